@@ -1,0 +1,47 @@
+import type { ErrorInfo } from './types.js';
+import { tpmErrors } from './tpm.js';
+
+/**
+ * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
+ * this module joins them and refuses duplicates at load time.
+ */
+const tables = [tpmErrors] as const;
+
+type Union<T> = T extends readonly (infer U)[] ? U : never;
+type KeysOfUnion<T> = T extends unknown ? keyof T : never;
+export type ErrorCode = KeysOfUnion<Union<typeof tables>> & string;
+
+export const ERRORS: Readonly<Record<ErrorCode, ErrorInfo>> = (() => {
+  const all: Record<string, ErrorInfo> = {};
+  for (const table of tables) {
+    for (const [code, info] of Object.entries(table)) {
+      if (code in all) throw new Error(`error code registered twice: ${code}`);
+      all[code] = info;
+    }
+  }
+  return Object.freeze(all) as Record<ErrorCode, ErrorInfo>;
+})();
+
+/**
+ * The error every layer throws for a known cause. `code` is stable and machine-readable;
+ * `message` may carry specifics but never a secret.
+ */
+export class EdgeidError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: ErrorCode, message?: string, details?: Record<string, unknown>) {
+    super(message ?? ERRORS[code].message);
+    this.name = 'EdgeidError';
+    this.code = code;
+    this.details = details;
+  }
+
+  get status(): number {
+    return ERRORS[this.code].status;
+  }
+}
+
+export function isEdgeidError(e: unknown, code?: ErrorCode): e is EdgeidError {
+  return e instanceof EdgeidError && (code === undefined || e.code === code);
+}
