@@ -1,0 +1,120 @@
+/**
+ * A real Mosquitto 2.0 per test on a free loopback port: TLS listener with client certificates
+ * (`require_certificate`, `use_identity_as_username`), optional CRL and dynamic-security plugin.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { freePort, waitForPort } from './ports.js';
+
+export const DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
+
+export interface MosquittoOptions {
+  /** PEM bundle of the CA(s) whose client certificates the listener accepts. */
+  caFile: string;
+  /** The broker's own TLS certificate and key (PEM). */
+  certFile: string;
+  keyFile: string;
+  crlFile?: string;
+  /** Path of a dynsec JSON file (created with `mosquitto_ctrl dynsec init` or by the server). */
+  dynsecFile?: string;
+  /** Extra lines appended to the generated config. */
+  extra?: string[];
+  /** Use this ready-made config file instead of generating one; `port` must then be given. */
+  configFile?: string;
+  port?: number;
+}
+
+export interface Mosquitto {
+  port: number;
+  url: string;
+  /** Everything the broker logged so far (stdout + stderr). */
+  log(): string;
+  stop(): Promise<void>;
+  /** Stops and starts on the same port and config (Mosquitto re-reads CRLs only at start). */
+  restart(): Promise<void>;
+}
+
+export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-mosq-'));
+  let port = opts.port ?? (await freePort());
+  let logText = '';
+  let proc: ChildProcess | null = null;
+  let stopped = false;
+  const confPath = opts.configFile ?? path.join(dir, 'mosquitto.conf');
+
+  const writeConfig = async (): Promise<void> => {
+    if (opts.configFile) return;
+    const lines = [
+      'per_listener_settings false',
+      'persistence false',
+      'log_dest stderr',
+      'log_type all',
+      'connection_messages true',
+      'log_timestamp true',
+      'user root',
+      `listener ${port} 127.0.0.1`,
+      `cafile ${opts.caFile}`,
+      `certfile ${opts.certFile}`,
+      `keyfile ${opts.keyFile}`,
+      'require_certificate true',
+      'use_identity_as_username true',
+      'tls_version tlsv1.2',
+      ...(opts.crlFile ? [`crlfile ${opts.crlFile}`] : []),
+      ...(opts.dynsecFile ? [`plugin ${DYNSEC_PLUGIN}`, `plugin_opt_config_file ${opts.dynsecFile}`] : ['allow_anonymous false']),
+      ...(opts.extra ?? []),
+    ];
+    await writeFile(confPath, lines.join('\n') + '\n', { mode: 0o600 });
+  };
+
+  const launch = async (): Promise<void> => {
+    let lastErr: unknown;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (attempt > 0 && opts.port === undefined && !opts.configFile) port = await freePort();
+      await writeConfig();
+      const child = spawn('mosquitto', ['-c', confPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout?.on('data', (d: Buffer) => { logText += d.toString(); });
+      child.stderr?.on('data', (d: Buffer) => { logText += d.toString(); });
+      const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}): ${logText.slice(-2000)}`))));
+      exited.catch(() => {});
+      try {
+        await Promise.race([waitForPort(port, 10_000), exited]);
+        proc = child;
+        return;
+      } catch (e) {
+        lastErr = e;
+        child.kill('SIGKILL');
+      }
+    }
+    throw lastErr;
+  };
+
+  const halt = async (): Promise<void> => {
+    const p = proc;
+    proc = null;
+    if (!p || p.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => p.kill('SIGKILL'), 3000);
+      p.once('exit', () => { clearTimeout(t); resolve(); });
+      p.kill('SIGTERM');
+    });
+  };
+
+  await launch();
+  return {
+    get port() { return port; },
+    get url() { return `mqtts://127.0.0.1:${port}`; },
+    log: () => logText,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await halt();
+      await rm(dir, { recursive: true, force: true });
+    },
+    async restart() {
+      await halt();
+      await launch();
+    },
+  };
+}
