@@ -1,31 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import mqtt from 'mqtt';
 import { startMosquitto } from '../helpers/mosquitto.js';
-
-const run = promisify(execFile);
-
-/** A throwaway software PKI for the harness test only (the product's certificates come from the edgeid CA). */
-async function testPki(dir: string): Promise<void> {
-  const o = (args: string[]) => run('openssl', args, { cwd: dir });
-  await o(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'ca.key']);
-  await o(['req', '-x509', '-new', '-key', 'ca.key', '-subj', '/CN=harness-ca', '-days', '1', '-out', 'ca.pem']);
-  for (const [name, cn] of [['server', 'localhost'], ['client', 'device-1']] as const) {
-    await o(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', `${name}.key`]);
-    await o(['req', '-new', '-key', `${name}.key`, '-subj', `/CN=${cn}`, '-out', `${name}.csr`]);
-    await o(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1', '-out', `${name}.pem`]);
-  }
-}
+import { makeTestPki } from '../helpers/test-pki.js';
 
 test('mosquitto harness: TLS client certificate becomes the username; no certificate is refused', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-pki-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  await testPki(dir);
+  await makeTestPki(dir, [{ name: 'server', cn: 'localhost' }, { name: 'client', cn: 'device-1' }]);
   const broker = await startMosquitto({
     caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'server.pem'), keyFile: path.join(dir, 'server.key'),
     extra: ['allow_anonymous true'],

@@ -1,0 +1,167 @@
+/**
+ * Client for Mosquitto's dynamic-security plugin: JSON commands published to
+ * `$CONTROL/dynamic-security/v1`, answers on `.../v1/response`, matched by correlationData.
+ * The server connects as its own broker identity (client certificate, CN edgeid-broker-admin),
+ * which the dynsec file makes the admin.
+ */
+import { randomUUID } from 'node:crypto';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+
+export const DYNSEC_TOPIC = '$CONTROL/dynamic-security/v1';
+export const DYNSEC_RESPONSE_TOPIC = '$CONTROL/dynamic-security/v1/response';
+export const BROKER_ADMIN_CN = 'edgeid-broker-admin';
+
+export interface DynsecCommand {
+  command: string;
+  [field: string]: unknown;
+}
+
+export interface DynsecResponse {
+  command: string;
+  error?: string;
+  data?: unknown;
+  correlationData?: string;
+}
+
+export class DynsecError extends Error {
+  constructor(readonly command: string, readonly brokerError: string) {
+    super(`dynsec ${command} failed: ${brokerError}`);
+    this.name = 'DynsecError';
+  }
+}
+
+/** The role a device gets: its own telemetry topics and its own control topic, nothing else. */
+export function deviceRoleName(deviceId: string): string {
+  return `edgeid-device-${deviceId}`;
+}
+
+export function deviceAcls(deviceId: string): { acltype: string; topic: string; allow: boolean; priority: number }[] {
+  assertTopicSafe(deviceId);
+  return [
+    { acltype: 'publishClientSend', topic: `devices/${deviceId}/#`, allow: true, priority: 0 },
+    { acltype: 'subscribePattern', topic: `edgeid/${deviceId}/control`, allow: true, priority: 0 },
+    { acltype: 'publishClientReceive', topic: `edgeid/${deviceId}/control`, allow: true, priority: 0 },
+  ];
+}
+
+/** Device ids become topic levels and dynsec names: no wildcards, separators or control characters. */
+export function assertTopicSafe(deviceId: string): void {
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(deviceId)) throw new Error(`device id not usable as a topic level: ${JSON.stringify(deviceId)}`);
+}
+
+export interface DynsecClientOptions {
+  url: string;
+  /** TLS options for the admin identity (ca, cert, key) and anything else mqtt.js takes. */
+  tls: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'servername' | 'rejectUnauthorized'>;
+  /** How long one command may wait for its answer. */
+  timeoutMs?: number;
+  clientId?: string;
+}
+
+export class DynsecClient {
+  private readonly pending = new Map<string, { resolve: (r: DynsecResponse[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+
+  private constructor(private readonly client: MqttClient, private readonly timeoutMs: number) {
+    client.on('message', (topic, payload) => {
+      if (topic !== DYNSEC_RESPONSE_TOPIC) return;
+      let body: { responses?: DynsecResponse[] };
+      try {
+        body = JSON.parse(payload.toString('utf8')) as { responses?: DynsecResponse[] };
+      } catch {
+        return;
+      }
+      const responses = Array.isArray(body.responses) ? body.responses : [];
+      const id = responses[0]?.correlationData;
+      const waiter = id ? this.pending.get(id) : undefined;
+      if (!waiter || !id) return;
+      this.pending.delete(id);
+      clearTimeout(waiter.timer);
+      waiter.resolve(responses);
+    });
+  }
+
+  static async connect(opts: DynsecClientOptions): Promise<DynsecClient> {
+    const client = await mqtt.connectAsync(opts.url, {
+      ...opts.tls,
+      clientId: opts.clientId ?? `edgeid-server-${randomUUID().slice(0, 8)}`,
+      protocolVersion: 5,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+      clean: true,
+    });
+    const dc = new DynsecClient(client, opts.timeoutMs ?? 5000);
+    await client.subscribeAsync(DYNSEC_RESPONSE_TOPIC, { qos: 1 });
+    return dc;
+  }
+
+  get mqtt(): MqttClient {
+    return this.client;
+  }
+
+  /**
+   * Sends commands in one message and returns their answers. A command whose answer carries
+   * an error throws DynsecError, unless its error is listed in `tolerate` (e.g. "Client not found"
+   * when deleting something already gone).
+   */
+  async send(commands: DynsecCommand[], tolerate: RegExp | null = null): Promise<DynsecResponse[]> {
+    const id = randomUUID();
+    const body = { commands: commands.map((c) => ({ ...c, correlationData: id })) };
+    const answer = new Promise<DynsecResponse[]>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`dynsec did not answer ${commands.map((c) => c.command).join(',')} within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+    });
+    await this.client.publishAsync(DYNSEC_TOPIC, JSON.stringify(body), { qos: 1 });
+    const responses = await answer;
+    for (const r of responses) {
+      if (r.error && !(tolerate && tolerate.test(r.error))) throw new DynsecError(r.command, r.error);
+    }
+    return responses;
+  }
+
+  /**
+   * Gives the device its client and its one role. Idempotent and never kicks a live session:
+   * what already exists is kept, what is missing is added.
+   */
+  async provisionDevice(deviceId: string): Promise<void> {
+    const role = deviceRoleName(deviceId);
+    const acls = deviceAcls(deviceId);
+    await this.send([{ command: 'createRole', rolename: role, acls }], /already exists/i);
+    await this.send(acls.map((a) => ({ command: 'addRoleACL', rolename: role, ...a })), /already exists/i);
+    const [created] = await this.send([
+      { command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: role, priority: 0 }] },
+    ], /already exists/i);
+    if (!created?.error) return;
+    // The client existed: make sure it has its role (Mosquitto 2.0 answers a duplicate addClientRole with "Internal error").
+    const [got] = await this.send([{ command: 'getClient', username: deviceId }]);
+    const roles = ((got?.data as { client?: { roles?: { rolename?: string }[] } } | undefined)?.client?.roles ?? []).map((r) => r.rolename);
+    if (!roles.includes(role)) await this.send([{ command: 'addClientRole', username: deviceId, rolename: role, priority: 0 }]);
+  }
+
+  /** Deletes the device's client (kicks its live session) and its role: idempotent. */
+  async removeDevice(deviceId: string): Promise<void> {
+    assertTopicSafe(deviceId);
+    await this.send([
+      { command: 'deleteClient', username: deviceId },
+      { command: 'deleteRole', rolename: deviceRoleName(deviceId) },
+    ], /not found/i);
+  }
+
+  /** Usernames of every dynsec client. */
+  async listClients(): Promise<string[]> {
+    const [r] = await this.send([{ command: 'listClients', verbose: false, count: -1 }]);
+    const data = (r?.data ?? {}) as { clients?: unknown[] };
+    return (data.clients ?? []).map((c) => (typeof c === 'string' ? c : String((c as { username?: string }).username)));
+  }
+
+  async close(): Promise<void> {
+    for (const [, w] of this.pending) {
+      clearTimeout(w.timer);
+      w.reject(new Error('dynsec client closed'));
+    }
+    this.pending.clear();
+    await this.client.endAsync(true);
+  }
+}
