@@ -1,11 +1,16 @@
 import type { ErrorInfo } from './types.js';
 import { tpmErrors } from './tpm.js';
+import { enrollErrors } from './enroll.js';
+import { adminErrors } from './admin.js';
+import { credentialErrors } from './credential.js';
+import { agentErrors } from './agent.js';
+import { agentTpmErrors } from './agent-tpm.js';
 
 /**
  * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
  * this module joins them and refuses duplicates at load time.
  */
-const tables = [tpmErrors] as const;
+const tables = [tpmErrors, enrollErrors, adminErrors, credentialErrors, agentErrors, agentTpmErrors] as const;
 
 type Union<T> = T extends readonly (infer U)[] ? U : never;
 type KeysOfUnion<T> = T extends unknown ? keyof T : never;

@@ -1,0 +1,115 @@
+import { defineErrors } from './types.js';
+
+const forgedControl = 'The command was ignored. If this repeats, someone may be publishing to the control topic: check the broker ACLs and the audit log.';
+
+/**
+ * Codes of the edge agent (agent/) and of the signed control-command envelope (protocol/control.ts).
+ * Status codes follow the registry's rule (4xx = the caller's fault); the agent itself mostly logs them.
+ */
+export const agentErrors = defineErrors({
+  agent_usage: {
+    status: 400,
+    message: 'The command line is incomplete or contradicts itself.',
+    fix: 'Run `edgeid-agent --help` and pass the options the command needs.',
+  },
+  agent_config_invalid: {
+    status: 400,
+    message: 'The agent configuration file is not valid.',
+    fix: 'Fix the field named in the message (see the agent README for the options) and start again.',
+  },
+  enroll_uri_invalid: {
+    status: 400,
+    message: 'The enrollment URI or its parameters are not valid.',
+    fix: 'Use the URI printed by `edgeid-admin token create` unchanged: edgeid://enroll?server=https://…&token=…&ca=sha256:<64 hex digits>.',
+  },
+  already_enrolled: {
+    status: 409,
+    message: 'This device is already enrolled with the state directory in use.',
+    fix: 'Nothing to do; run `edgeid-agent run`. To enroll anew, run `edgeid-agent wipe` first (the old identity is lost).',
+  },
+  not_enrolled: {
+    status: 409,
+    message: 'This device is not enrolled (no identity in the state directory).',
+    fix: 'Enroll it first: `edgeid-agent enroll --uri \'edgeid://enroll?…\'` with a token from `edgeid-admin token create`.',
+  },
+  enrollment_incomplete: {
+    status: 409,
+    message: 'An enrollment was started but could not be completed and its token can no longer be used.',
+    fix: 'Ask ops for a new token and run `edgeid-agent enroll` again; the attestation key in the state directory is reused.',
+  },
+  state_dir_unusable: {
+    status: 500,
+    message: 'The state directory cannot be created, locked or written.',
+    fix: 'Check that the directory (default /var/lib/edgeid) is on a writable filesystem and owned by the agent user; with systemd, check ReadWritePaths.',
+  },
+  state_locked: {
+    status: 409,
+    message: 'Another edgeid-agent process is using this state directory.',
+    fix: 'Stop the other agent (systemctl stop edgeid-agent) or use a different --state directory.',
+  },
+  state_corrupt: {
+    status: 500,
+    message: 'The agent state file cannot be read or does not describe a consistent identity.',
+    fix: 'Restore the state directory from a backup, or wipe it and enroll the device again.',
+  },
+  server_unreachable: {
+    status: 503,
+    message: 'The enrollment server cannot be reached.',
+    fix: 'Check the server URL, DNS, routes and firewalls between the device and the server; the agent retries by itself.',
+  },
+  server_fingerprint_mismatch: {
+    status: 400,
+    message: 'The server did not present the edgeid CA certificate whose fingerprint was pinned at enrollment.',
+    fix: 'Check that the URI points at the right edgeid server and that the token was created there; a mismatch may mean an interception attempt.',
+  },
+  server_untrusted: {
+    status: 400,
+    message: 'The server TLS certificate does not validate against the pinned edgeid CA (chain or host name).',
+    fix: 'Check the server URL host name against the server certificate (config hostnames) and that the server uses the CA it was enrolled with.',
+  },
+  server_error: {
+    status: 502,
+    message: 'The enrollment server answered with an error the agent does not know, or with a malformed response.',
+    fix: 'Check the server logs for the request; update the agent if the server is newer.',
+  },
+  renewal_failed: {
+    status: 500,
+    message: 'A certificate renewal attempt failed.',
+    fix: 'The agent retries with backoff; see the reason code in the log or `edgeid-agent status`.',
+  },
+  mqtt_not_configured: {
+    status: 409,
+    message: 'No MQTT broker URL is known for this device.',
+    fix: 'Set mqtt.url in the agent config, or configure the broker URL on the enrollment server.',
+  },
+  tls_context_unavailable: {
+    status: 500,
+    message: 'The TPM addon cannot install the TPM-resident key into a TLS context.',
+    fix: 'Update the agent: this build of the TPM addon lacks the TLS key support.',
+  },
+  outbox_unusable: {
+    status: 500,
+    message: 'The durable MQTT outbox cannot be written.',
+    fix: 'Check free space and permissions of the state directory.',
+  },
+
+  control_malformed: { status: 400, message: 'A control command is not a well-formed signed envelope.', fix: forgedControl },
+  control_bad_signature: { status: 400, message: 'A control command signature does not verify.', fix: forgedControl },
+  control_untrusted_signer: {
+    status: 400,
+    message: 'A control command is signed by a certificate that is not an edgeid control signer chaining to the edgeid CA.',
+    fix: forgedControl,
+  },
+  control_wrong_device: { status: 400, message: 'A control command is addressed to another device.', fix: forgedControl },
+  control_stale: {
+    status: 400,
+    message: 'A control command is too old or dated in the future.',
+    fix: 'Check the clocks of the device and the server (NTP); commands are accepted only within the freshness window.',
+  },
+  control_replayed: { status: 400, message: 'A control command with this id was already received.', fix: forgedControl },
+  control_unknown_command: {
+    status: 400,
+    message: 'A control command names a command this agent does not know.',
+    fix: 'Update the agent, or send one of: wipe, renew-now.',
+  },
+});
