@@ -1,0 +1,128 @@
+/**
+ * The broker side of edgeid (issue 5), as server hooks:
+ * - enrolled → the device gets its dynsec client and its one role;
+ * - revoked  → a signed `wipe` goes to its control topic first (so it is delivered), then
+ *              `deleteClient` kicks the live session and leaves any reconnect without rights;
+ * - retired  → `deleteClient`;
+ * - new CRL  → written atomically to the broker's crlfile, then the reload command runs.
+ * Every step is audited with its outcome; dynsec failures are retried with backoff.
+ * `reconcile()` makes the broker's dynsec clients match the active devices, both ways.
+ */
+import type { Logger } from 'pino';
+import type { SignedControl, ControlCommand } from '../../protocol/api.js';
+import type { CrlData } from '../ca/ca.js';
+import type { EdgeidHooks } from '../hooks.js';
+import type { AuditInput, DeviceRecord } from '../store/store.js';
+import { CrlPublisher } from './crl-publisher.js';
+import { BROKER_ADMIN_CN, DynsecClient, type DynsecClientOptions } from './dynsec.js';
+
+export interface BrokerIntegrationOptions {
+  dynsec: DynsecClientOptions;
+  crl?: { file: string; reloadCommand?: string[] };
+  /** Signs control commands with the server's control key (CertificateAuthority.signControl). */
+  signControl: (c: Omit<ControlCommand, 'id' | 'issuedAt'>) => SignedControl;
+  audit: (row: Omit<AuditInput, 'time' | 'actor'>) => Promise<void>;
+  /** Devices that should have broker rights (status active or quarantined). */
+  activeDeviceIds: () => Promise<string[]>;
+  log: Logger;
+  retries?: number;
+}
+
+async function withRetry<T>(what: string, retries: number, fn: () => Promise<T>, log: Logger): Promise<T> {
+  let delay = 100;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (attempt >= retries) throw e;
+      log.warn({ err: (e as Error).message, attempt: attempt + 1, what }, 'broker step failed; retrying');
+      await new Promise((r) => setTimeout(r, delay + Math.random() * delay));
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+}
+
+export class BrokerIntegration implements EdgeidHooks {
+  readonly name = 'broker';
+  private dynsec: DynsecClient | null = null;
+  private readonly crlPublisher: CrlPublisher | null;
+  private readonly retries: number;
+
+  constructor(private readonly opts: BrokerIntegrationOptions) {
+    this.crlPublisher = opts.crl ? new CrlPublisher({ crlFile: opts.crl.file, ...(opts.crl.reloadCommand ? { reloadCommand: opts.crl.reloadCommand } : {}) }) : null;
+    this.retries = opts.retries ?? 4;
+  }
+
+  private async client(): Promise<DynsecClient> {
+    if (!this.dynsec) this.dynsec = await DynsecClient.connect(this.opts.dynsec);
+    return this.dynsec;
+  }
+
+  private async step(event: string, deviceId: string | null, fn: () => Promise<Record<string, unknown> | void>): Promise<void> {
+    const t0 = Date.now();
+    try {
+      const details = await withRetry(event, this.retries, fn, this.opts.log);
+      await this.opts.audit({ event, deviceId, outcome: 'ok', details: { ms: Date.now() - t0, ...(details ?? {}) } });
+    } catch (e) {
+      const message = (e as Error).message.slice(0, 300);
+      await this.opts.audit({ event, deviceId, outcome: 'fail', reason: 'broker_unavailable', details: { ms: Date.now() - t0, message } });
+      throw e;
+    }
+  }
+
+  async onDeviceEnrolled(e: { device: DeviceRecord }): Promise<void> {
+    await this.step('broker.provision', e.device.id, async () => {
+      await (await this.client()).provisionDevice(e.device.id);
+    });
+  }
+
+  async onDeviceRevoked(e: { device: DeviceRecord; reason: string }): Promise<void> {
+    const id = e.device.id;
+    // The wipe first, while the device still has its subscription; PUBACK means the broker has it.
+    await this.step('broker.wipe_sent', id, async () => {
+      const cmd = this.opts.signControl({ type: 'wipe', deviceId: id, reason: e.reason });
+      const c = await this.client();
+      await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(cmd), { qos: 1 });
+      return { commandId: (JSON.parse(cmd.payload) as ControlCommand).id };
+    });
+    await this.step('broker.session_kicked', id, async () => {
+      await (await this.client()).removeDevice(id);
+    });
+  }
+
+  async onDeviceRetired(e: { device: DeviceRecord }): Promise<void> {
+    await this.step('broker.remove', e.device.id, async () => {
+      await (await this.client()).removeDevice(e.device.id);
+    });
+  }
+
+  async onCrlChanged(crl: CrlData): Promise<void> {
+    if (!this.crlPublisher) return;
+    const r = await this.crlPublisher.publish(crl.pem);
+    await this.opts.audit({
+      event: 'broker.crl_published',
+      deviceId: null,
+      outcome: r.reloadError ? 'fail' : 'ok',
+      reason: r.reloadError ? 'broker_reload_failed' : null,
+      details: { crlNumber: crl.number.toString(), writtenAt: r.writtenAt.toISOString(), reloadedAt: r.reloadedAt?.toISOString() ?? null, ...(r.reloadError ? { message: r.reloadError } : {}) },
+    });
+  }
+
+  /** Makes dynsec match the DB: missing devices are provisioned, unknown clients removed. */
+  async reconcile(): Promise<{ added: string[]; removed: string[] }> {
+    const c = await this.client();
+    const want = new Set(await this.opts.activeDeviceIds());
+    const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN));
+    const added = [...want].filter((id) => !have.has(id));
+    const removed = [...have].filter((id) => !want.has(id));
+    for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
+    for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
+    await this.opts.audit({ event: 'broker.reconcile', deviceId: null, outcome: 'ok', details: { added, removed } });
+    return { added, removed };
+  }
+
+  async close(): Promise<void> {
+    await this.dynsec?.close();
+    this.dynsec = null;
+  }
+}
