@@ -24,6 +24,11 @@ export interface MosquittoOptions {
   /** Use this ready-made config file instead of generating one; `port` must then be given. */
   configFile?: string;
   port?: number;
+  /**
+   * Start the broker again whenever it exits (until stop()), like a service manager would. With
+   * it, `reloadCommand` restarts the broker, the way Mosquitto needs for a new CRL.
+   */
+  supervised?: boolean;
 }
 
 export interface Mosquitto {
@@ -34,6 +39,10 @@ export interface Mosquitto {
   stop(): Promise<void>;
   /** Stops and starts on the same port and config (Mosquitto re-reads CRLs only at start). */
   restart(): Promise<void>;
+  /** argv that makes a supervised broker restart (for the server's CRL reload hook). */
+  reloadCommand: string[];
+  /** How many times the broker (re)started. */
+  starts(): number;
 }
 
 export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto> {
@@ -43,6 +52,9 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
   let proc: ChildProcess | null = null;
   let stopped = false;
   const confPath = opts.configFile ?? path.join(dir, 'mosquitto.conf');
+  const pidFile = path.join(dir, 'mosquitto.pid');
+  let startCount = 0;
+  let restarting: Promise<void> | null = null;
 
   const writeConfig = async (): Promise<void> => {
     if (opts.configFile) return;
@@ -54,6 +66,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       'connection_messages true',
       'log_timestamp true',
       'user root',
+      `pid_file ${pidFile}`,
       `listener ${port} 127.0.0.1`,
       `cafile ${opts.caFile}`,
       `certfile ${opts.certFile}`,
@@ -81,6 +94,14 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       try {
         await Promise.race([waitForPort(port, 10_000), exited]);
         proc = child;
+        startCount++;
+        if (opts.supervised) {
+          child.once('exit', () => {
+            if (stopped || proc !== child) return;
+            proc = null;
+            restarting = launch().catch((e) => { logText += `\n[harness] restart failed: ${String(e)}\n`; }).finally(() => { restarting = null; });
+          });
+        }
         return;
       } catch (e) {
         lastErr = e;
@@ -91,6 +112,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
   };
 
   const halt = async (): Promise<void> => {
+    if (restarting) await restarting;
     const p = proc;
     proc = null;
     if (!p || p.exitCode !== null) return;
@@ -113,8 +135,11 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       await rm(dir, { recursive: true, force: true });
     },
     async restart() {
+      if (restarting) await restarting;
       await halt();
       await launch();
     },
+    reloadCommand: ['sh', '-c', `kill -TERM "$(cat '${pidFile}')"`],
+    starts: () => startCount,
   };
 }

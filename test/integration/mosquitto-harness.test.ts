@@ -26,3 +26,22 @@ test('mosquitto harness: TLS client certificate becomes the username; no certifi
 
   await assert.rejects(mqtt.connectAsync(broker.url, { ca, servername: 'localhost', reconnectPeriod: 0, connectTimeout: 3000 }));
 });
+
+test('a supervised broker comes back on the same port after its reload command', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-pki-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const pki = await makeTestPki(dir, [{ name: 'server', cn: 'localhost' }, { name: 'client', cn: 'device-1' }]);
+  const broker = await startMosquitto({
+    caFile: pki.caFile, certFile: pki.files('server').cert, keyFile: pki.files('server').key,
+    extra: ['allow_anonymous true'], supervised: true,
+  });
+  t.after(() => broker.stop());
+  const { execFile } = await import('node:child_process');
+  const [cmd, ...args] = broker.reloadCommand as [string, ...string[]];
+  await new Promise<void>((resolve, reject) => execFile(cmd, args, (e) => (e ? reject(e) : resolve())));
+  const tls = { ca: await readFile(pki.caFile), cert: await readFile(pki.files('client').cert), key: await readFile(pki.files('client').key), servername: 'localhost' };
+  for (let i = 0; broker.starts() < 2 && i < 100; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(broker.starts(), 2);
+  const client = await mqtt.connectAsync(broker.url, { ...tls, reconnectPeriod: 0 });
+  await client.endAsync();
+});

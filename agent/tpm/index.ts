@@ -1,0 +1,188 @@
+/**
+ * The agent's TPM: a typed API over the edgeid_tpm addon (tpm2-tss ESYS).
+ *
+ * Every TPM call runs off the event loop and goes through one queue per Tpm (ESYS contexts are not
+ * thread-safe, and a small TPM holds only ~3 objects). `batch()` holds the queue for a whole unit of
+ * work, creates the SRK at most once, and flushes everything it loaded at the end, even on error;
+ * the convenience methods below are one batch each.
+ *
+ *   const tpm = await Tpm.open();            // EDGEID_TCTI or device:/dev/tpmrm0
+ *   const ak = await tpm.createAttestationKey();
+ *   const { attest, signature } = await tpm.quote(ak, [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1] }], nonce);
+ *   await tpm.close();
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { TPM_ALG, type PcrSelection } from '../../protocol/tpm/index.js';
+import type { EkKind } from './ek.js';
+import { toTpmError } from './errors.js';
+import { loadAddon } from './native.js';
+import {
+  TpmCore,
+  TpmSession,
+  type Attestation,
+  type EndorsementKey,
+  type KeyBlob,
+  type PcrValue,
+  type TpmInfo,
+} from './session.js';
+
+export { TpmError, TPM_RC } from './errors.js';
+export { TpmSession } from './session.js';
+export type { Attestation, EndorsementKey, KeyBlob, LoadedKey, PcrValue, TpmInfo } from './session.js';
+export type { EkKind } from './ek.js';
+
+export const DEFAULT_TCTI = 'device:/dev/tpmrm0';
+
+/** The TCTI configuration to use: explicit, else EDGEID_TCTI, else the kernel resource manager. */
+export function resolveTcti(tcti?: string): string {
+  if (tcti !== undefined && tcti !== '') return tcti;
+  const env = process.env.EDGEID_TCTI;
+  return env !== undefined && env !== '' ? env : DEFAULT_TCTI;
+}
+
+export class Tpm {
+  private tail: Promise<unknown> = Promise.resolve();
+  private readonly inBatch = new AsyncLocalStorage<true>();
+  private closed = false;
+
+  private constructor(
+    private readonly core: TpmCore,
+    readonly tcti: string,
+  ) {}
+
+  /** Opens the TPM behind a TCTI (`swtpm:host=127.0.0.1,port=N`, `device:/dev/tpmrm0`, …). */
+  static async open(tcti?: string): Promise<Tpm> {
+    const conf = resolveTcti(tcti);
+    const addon = loadAddon();
+    try {
+      const ctx = await addon.open(conf);
+      return new Tpm(new TpmCore(addon, ctx), conf);
+    } catch (e) {
+      throw toTpmError(e);
+    }
+  }
+
+  /** TPM commands sent through this Tpm so far (every command, flushes included). */
+  get commandCount(): number {
+    return this.core.commandCount;
+  }
+
+  /** TPM commands by command name, e.g. { CreatePrimary: 1, Load: 2, Quote: 1, FlushContext: 3 }. */
+  commandStats(): Record<string, number> {
+    return this.core.commandStats();
+  }
+
+  /** Waits for queued work, then closes the TPM connection. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.tail.catch(() => {});
+    this.core.addon.close(this.core.ctx);
+  }
+
+  /**
+   * Runs `fn` with exclusive use of the TPM. Everything the session loads is flushed when `fn`
+   * settles. Inside `fn`, use only the session: calling this Tpm's methods would wait for the
+   * batch itself, so it throws tpm_nested_batch.
+   */
+  batch<T>(fn: (s: TpmSession) => Promise<T>): Promise<T> {
+    if (this.inBatch.getStore()) {
+      return Promise.reject(new EdgeidError('tpm_nested_batch'));
+    }
+    if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
+    const run = async (): Promise<T> => {
+      if (this.closed) throw new EdgeidError('tpm_closed');
+      const session = new TpmSession(this.core);
+      let result: T;
+      try {
+        result = await this.inBatch.run(true, () => fn(session));
+      } catch (e) {
+        await session.end().catch(() => {});
+        throw e;
+      }
+      await session.end();
+      return result;
+    };
+    const p = this.tail.then(run, run);
+    this.tail = p.catch(() => {});
+    return p;
+  }
+
+  // ---- convenience: one batch each ----
+
+  info(): Promise<TpmInfo> {
+    return this.batch((s) => s.info());
+  }
+
+  getRandom(n: number): Promise<Buffer> {
+    return this.batch((s) => s.getRandom(n));
+  }
+
+  /** PCR values in TPM order (by selection entry, then ascending index). */
+  readPcrs(selection: PcrSelection[]): Promise<PcrValue[]> {
+    return this.batch((s) => s.readPcrs(selection));
+  }
+
+  /** One bank's PCR values, index → value (the shape verifyQuote takes). */
+  readPcrBank(pcrs: number[], hashAlg: number = TPM_ALG.SHA256): Promise<Map<number, Buffer>> {
+    return this.batch((s) => s.readPcrBank(pcrs, hashAlg));
+  }
+
+  /** Extends a PCR; for tests and diagnostics. */
+  extendPcr(index: number, digest: Buffer, hashAlg: number = TPM_ALG.SHA256): Promise<void> {
+    return this.batch((s) => s.extendPcr(index, digest, hashAlg));
+  }
+
+  endorsementKey(kind?: EkKind): Promise<EndorsementKey> {
+    return this.batch((s) => s.endorsementKey(kind));
+  }
+
+  createAttestationKey(): Promise<KeyBlob> {
+    return this.batch((s) => s.createAttestationKey());
+  }
+
+  createSigningKey(): Promise<KeyBlob> {
+    return this.batch((s) => s.createSigningKey());
+  }
+
+  /** Signs a SHA-256/384/512 digest with an unrestricted key; returns TPMT_SIGNATURE. */
+  sign(key: KeyBlob, digest: Buffer): Promise<Buffer> {
+    return this.batch(async (s) => s.sign(await s.load(key), digest));
+  }
+
+  quote(ak: KeyBlob, selection: PcrSelection[], qualifyingData: Buffer): Promise<Attestation> {
+    return this.batch(async (s) => s.quote(await s.load(ak), selection, qualifyingData));
+  }
+
+  certify(key: KeyBlob, ak: KeyBlob, qualifyingData: Buffer): Promise<Attestation> {
+    return this.batch(async (s) => {
+      const loadedKey = await s.load(key);
+      const loadedAk = await s.load(ak);
+      return s.certify(loadedKey, loadedAk, qualifyingData);
+    });
+  }
+
+  /** Recovers a MakeCredential secret; `ek` selects the EK the server used (default as endorsementKey()). */
+  activateCredential(ak: KeyBlob, credentialBlob: Buffer, encryptedSecret: Buffer, ek?: EkKind | EndorsementKey): Promise<Buffer> {
+    return this.batch(async (s) => {
+      const loadedAk = await s.load(ak);
+      await s.releaseSrk(); // room for a transient EK
+      return s.activateCredential(loadedAk, credentialBlob, encryptedSecret, ek);
+    });
+  }
+
+  /**
+   * Flushes every transient object in the TPM (by anyone). For TPMs without a resource manager
+   * (swtpm, /dev/tpm0) after a process was killed mid-batch; call it only while no other process
+   * uses the TPM. Returns how many objects were flushed.
+   */
+  flushTransientObjects(): Promise<number> {
+    return this.batch((s) => s.flushAllTransient());
+  }
+
+  /** Transient objects loaded in the TPM right now (by anyone); 0 when nothing leaked. */
+  transientHandleCount(): Promise<number> {
+    return this.batch((s) => s.transientHandleCount());
+  }
+}

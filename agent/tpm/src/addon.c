@@ -1,0 +1,365 @@
+/*
+ * edgeid TPM addon: module init, the ESYS context object and the async job machinery.
+ * TPM primitives live in commands.c.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#include "job.h"
+
+/* ---------- context ---------- */
+
+static void ctx_shutdown(edgeid_ctx *ctx) {
+  if (ctx->closed) return;
+  ctx->closed = 1;
+  if (ctx->esys) Esys_Finalize(&ctx->esys);
+  if (ctx->tcti) Tss2_TctiLdr_Finalize(&ctx->tcti);
+}
+
+static void ctx_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  edgeid_ctx *ctx = data;
+  pthread_mutex_lock(&ctx->lock);
+  ctx_shutdown(ctx);
+  pthread_mutex_unlock(&ctx->lock);
+  pthread_mutex_destroy(&ctx->lock);
+  free(ctx);
+}
+
+edgeid_ctx *edgeid_ctx_from_value(napi_env env, napi_value value) {
+  napi_valuetype type;
+  void *data = NULL;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_external ||
+      napi_get_value_external(env, value, &data) != napi_ok || data == NULL) {
+    napi_throw_type_error(env, NULL, "expected a TPM context");
+    return NULL;
+  }
+  return data;
+}
+
+/* ---------- helpers ---------- */
+
+int args_get(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  if (argc < want) {
+    napi_throw_type_error(env, NULL, "missing arguments");
+    return 0;
+  }
+  return 1;
+}
+
+int arg_u32(napi_env env, napi_value v, const char *what, uint32_t *out) {
+  napi_valuetype type;
+  double d;
+  if (napi_typeof(env, v, &type) != napi_ok || type != napi_number ||
+      napi_get_value_double(env, v, &d) != napi_ok || d < 0 || d > 4294967295.0 ||
+      d != (double)(uint32_t)d) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be an unsigned 32-bit integer", what);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  *out = (uint32_t)d;
+  return 1;
+}
+
+static int view_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len) {
+  bool is_typed = false;
+  napi_typedarray_type type;
+  void *ptr = NULL;
+  if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, v, &type, len, &ptr, NULL, NULL) != napi_ok ||
+      type != napi_uint8_array) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a Buffer or Uint8Array", what);
+    napi_throw_type_error(env, NULL, msg);
+    return 0;
+  }
+  *data = ptr;
+  return 1;
+}
+
+int arg_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len) {
+  uint8_t *src;
+  if (!view_bytes(env, v, what, &src, len)) return 0;
+  *data = malloc(*len ? *len : 1);
+  if (*data == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return 0;
+  }
+  if (*len) memcpy(*data, src, *len);
+  return 1;
+}
+
+int arg_bytes_into(napi_env env, napi_value v, const char *what, uint8_t *dst, size_t cap, uint16_t *len) {
+  uint8_t *src;
+  size_t n;
+  if (!view_bytes(env, v, what, &src, &n)) return 0;
+  if (n > cap) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s is longer than %zu bytes", what, cap);
+    napi_throw_range_error(env, NULL, msg);
+    return 0;
+  }
+  if (n) memcpy(dst, src, n);
+  *len = (uint16_t)n;
+  return 1;
+}
+
+napi_value make_buffer(napi_env env, const void *data, size_t len) {
+  napi_value out;
+  void *copy;
+  if (napi_create_buffer_copy(env, len, len ? data : "", &copy, &out) != napi_ok) return NULL;
+  return out;
+}
+
+napi_value make_u32(napi_env env, uint32_t v) {
+  napi_value out;
+  if (napi_create_uint32(env, v, &out) != napi_ok) return NULL;
+  return out;
+}
+
+int set_prop(napi_env env, napi_value obj, const char *key, napi_value v) {
+  return v != NULL && napi_set_named_property(env, obj, key, v) == napi_ok;
+}
+
+/* ---------- jobs ---------- */
+
+job *job_new(napi_env env, napi_value ctx_value, size_t size, job_execute_fn execute,
+             job_complete_fn complete, job_release_fn release) {
+  edgeid_ctx *ctx = NULL;
+  if (ctx_value != NULL) {
+    ctx = edgeid_ctx_from_value(env, ctx_value);
+    if (ctx == NULL) return NULL;
+  }
+  job *j = calloc(1, size);
+  if (j == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  j->ctx = ctx;
+  j->execute = execute;
+  j->complete = complete;
+  j->release = release;
+  /* The job keeps the JS context object (and so the ESYS context) alive until it settles. */
+  if (ctx_value != NULL && napi_create_reference(env, ctx_value, 1, &j->ctx_ref) != napi_ok) {
+    free(j);
+    return NULL;
+  }
+  return j;
+}
+
+static void job_free(napi_env env, job *j) {
+  if (j->release) j->release(j);
+  if (j->ctx_ref) napi_delete_reference(env, j->ctx_ref);
+  if (j->work) napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static void job_execute(napi_env env, void *data) {
+  (void)env;
+  job *j = data;
+  if (j->ctx == NULL) { /* only `open` runs without a context; it handles its own locking */
+    j->execute(j);
+    return;
+  }
+  pthread_mutex_lock(&j->ctx->lock);
+  if (j->ctx->closed) {
+    j->rc = TSS2_ESYS_RC_BAD_REFERENCE;
+    j->failed = "edgeid (TPM context is closed)";
+  } else {
+    j->execute(j);
+  }
+  pthread_mutex_unlock(&j->ctx->lock);
+}
+
+static napi_value make_tpm_error(napi_env env, TSS2_RC rc, const char *command) {
+  const char *text = Tss2_RC_Decode(rc);
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s failed: 0x%x %s", command ? command : "TPM call", rc, text ? text : "");
+  napi_value message, err, v;
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok) return NULL;
+  if (napi_create_error(env, NULL, message, &err) != napi_ok) return NULL;
+  if (napi_create_uint32(env, rc, &v) == napi_ok) napi_set_named_property(env, err, "rc", v);
+  if (napi_create_string_utf8(env, command ? command : "", NAPI_AUTO_LENGTH, &v) == napi_ok)
+    napi_set_named_property(env, err, "command", v);
+  if (napi_create_string_utf8(env, text ? text : "", NAPI_AUTO_LENGTH, &v) == napi_ok)
+    napi_set_named_property(env, err, "text", v);
+  return err;
+}
+
+static void job_complete(napi_env env, napi_status status, void *data) {
+  job *j = data;
+  napi_value result = NULL;
+  if (status != napi_ok) {
+    napi_value msg;
+    napi_create_string_utf8(env, "TPM job was cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &result);
+    napi_reject_deferred(env, j->deferred, result);
+  } else if (j->rc != TSS2_RC_SUCCESS) {
+    result = make_tpm_error(env, j->rc, j->failed);
+    napi_reject_deferred(env, j->deferred, result);
+  } else {
+    result = j->complete ? j->complete(env, j) : NULL;
+    if (result == NULL) {
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (pending) {
+        napi_value exc;
+        napi_get_and_clear_last_exception(env, &exc);
+        napi_reject_deferred(env, j->deferred, exc);
+      } else if (j->complete) {
+        napi_value msg;
+        napi_create_string_utf8(env, "building the TPM result failed", NAPI_AUTO_LENGTH, &msg);
+        napi_create_error(env, NULL, msg, &result);
+        napi_reject_deferred(env, j->deferred, result);
+      } else {
+        napi_get_undefined(env, &result);
+        napi_resolve_deferred(env, j->deferred, result);
+      }
+    } else {
+      napi_resolve_deferred(env, j->deferred, result);
+    }
+  }
+  job_free(env, j);
+}
+
+napi_value job_start(napi_env env, job *j, const char *name) {
+  napi_value promise, resource_name;
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, job_execute, job_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    /* A deferred that was created but never settled is simply dropped with its promise. */
+    job_free(env, j);
+    return NULL;
+  }
+  return promise;
+}
+
+/* ---------- open / close / commandCount ---------- */
+
+typedef struct {
+  job base;
+  char *conf;
+  edgeid_ctx *ctx;
+} open_job;
+
+static void open_execute(job *base) {
+  open_job *j = (open_job *)base;
+  edgeid_ctx *ctx = calloc(1, sizeof *ctx);
+  if (ctx == NULL) {
+    base->rc = TSS2_ESYS_RC_MEMORY;
+    base->failed = "calloc";
+    return;
+  }
+  pthread_mutex_init(&ctx->lock, NULL);
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(j->conf, &ctx->tcti);
+  if (rc != TSS2_RC_SUCCESS) {
+    base->rc = rc;
+    base->failed = "Tss2_TctiLdr_Initialize";
+  } else {
+    rc = Esys_Initialize(&ctx->esys, ctx->tcti, NULL);
+    if (rc != TSS2_RC_SUCCESS) {
+      base->rc = rc;
+      base->failed = "Esys_Initialize";
+    }
+  }
+  if (base->rc != TSS2_RC_SUCCESS) {
+    ctx_shutdown(ctx);
+    pthread_mutex_destroy(&ctx->lock);
+    free(ctx);
+    return;
+  }
+  j->ctx = ctx;
+}
+
+static napi_value open_complete(napi_env env, job *base) {
+  open_job *j = (open_job *)base;
+  napi_value external;
+  if (napi_create_external(env, j->ctx, ctx_finalize, NULL, &external) != napi_ok) return NULL;
+  j->ctx = NULL; /* now owned by the external */
+  return external;
+}
+
+static void open_release(job *base) {
+  open_job *j = (open_job *)base;
+  free(j->conf);
+  if (j->ctx) {
+    ctx_shutdown(j->ctx);
+    pthread_mutex_destroy(&j->ctx->lock);
+    free(j->ctx);
+  }
+}
+
+/* open(tcti: string) → Promise<context> */
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!args_get(env, info, 1, argv)) return NULL;
+  size_t len;
+  if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "tcti must be a string");
+    return NULL;
+  }
+  open_job *j = (open_job *)job_new(env, NULL, sizeof *j, open_execute, open_complete, open_release);
+  if (j == NULL) return NULL;
+  j->conf = malloc(len + 1);
+  if (j->conf == NULL || napi_get_value_string_utf8(env, argv[0], j->conf, len + 1, &len) != napi_ok) {
+    free(j->conf);
+    free(j);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  return job_start(env, &j->base, "edgeid.tpm.open");
+}
+
+/* close(ctx): finalizes ESYS and the TCTI; later jobs on this context fail. Waits for a running job. */
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!args_get(env, info, 1, argv)) return NULL;
+  edgeid_ctx *ctx = edgeid_ctx_from_value(env, argv[0]);
+  if (ctx == NULL) return NULL;
+  pthread_mutex_lock(&ctx->lock);
+  ctx_shutdown(ctx);
+  pthread_mutex_unlock(&ctx->lock);
+  return NULL;
+}
+
+/* commandCount(ctx) → number of TPM commands sent through this context. */
+static napi_value js_command_count(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out;
+  if (!args_get(env, info, 1, argv)) return NULL;
+  edgeid_ctx *ctx = edgeid_ctx_from_value(env, argv[0]);
+  if (ctx == NULL) return NULL;
+  uint64_t n = __atomic_load_n(&ctx->commands, __ATOMIC_RELAXED);
+  if (napi_create_double(env, (double)n, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/* decodeRc(rc) → text, for errors raised outside the addon. */
+static napi_value js_decode_rc(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out;
+  uint32_t rc;
+  if (!args_get(env, info, 1, argv) || !arg_u32(env, argv[0], "rc", &rc)) return NULL;
+  if (napi_create_string_utf8(env, Tss2_RC_Decode(rc), NAPI_AUTO_LENGTH, &out) != napi_ok) return NULL;
+  return out;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"open", NULL, js_open, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+      {"commandCount", NULL, js_command_count, NULL, NULL, NULL, napi_default, NULL},
+      {"decodeRc", NULL, js_decode_rc, NULL, NULL, NULL, napi_default, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  edgeid_register_commands(env, exports);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
