@@ -55,4 +55,24 @@ export const agentTpmErrors = defineErrors({
     message: 'The TPM did not return a value for every requested PCR.',
     fix: 'The PCR bank (e.g. sha256) is probably not active on this TPM; check with `tpm2_getcap pcrs` and select an active bank.',
   },
+  tpm_tls_openssl_mismatch: {
+    status: 500,
+    message: "The TPM addon was built against another OpenSSL than the one inside this Node.",
+    fix: 'Rebuild the addon for this Node (`npm run build:addon`, which compiles against /usr/include/node); the TPM-backed TLS key needs the same OpenSSL major.minor as Node.',
+  },
+  tpm_tls_node_internals_changed: {
+    status: 500,
+    message: "This Node's tls.SecureContext no longer exposes the SSL_CTX the TPM key is installed into (context._external).",
+    fix: 'A Node upgrade changed an internal the agent relies on. Run the agent on the Node version it was released for and report the Node version; test/integration/tpm-tls.test.ts shows the failing check.',
+  },
+  tpm_tls_key_mismatch: {
+    status: 500,
+    message: "The TLS certificate's public key is not the TPM key's.",
+    fix: 'A bug in the agent or a state dir out of step: the certificate must be the one issued for this session key. Renew to get a matching pair.',
+  },
+  tpm_tls_key_rejected: {
+    status: 500,
+    message: 'OpenSSL did not accept the TPM-backed key for the TLS context.',
+    fix: 'The message names the OpenSSL reason. Check that certPem holds the leaf certificate first and that the key is an unrestricted ECC P-256/P-384 signing key.',
+  },
 });

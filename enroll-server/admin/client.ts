@@ -1,0 +1,108 @@
+import { existsSync, readFileSync } from 'node:fs';
+import https from 'node:https';
+import { join, resolve } from 'node:path';
+import type { ErrorBody } from '../../protocol/api.js';
+import { EdgeidError, ERRORS, type ErrorCode } from '../../protocol/errors/index.js';
+import { DATA_FILES, type ServerInfo } from '../server.js';
+
+export interface AdminTarget {
+  server: string;
+  token: string;
+  /** PEM the server's TLS chain must lead to; null = the system's trust store. */
+  ca: string | null;
+  /** Where each setting came from (for error messages). */
+  from: { server: string; token: string; ca: string };
+}
+
+/**
+ * Server URL, admin token and CA: flags, then env (EDGEID_SERVER, EDGEID_ADMIN_TOKEN, EDGEID_CA),
+ * then the server's data dir (--data, default ./data): server.json, admin-token, ca/root.pem.
+ */
+export function resolveTarget(opts: { server?: string; adminToken?: string; ca?: string; data?: string }, env: NodeJS.ProcessEnv = process.env): AdminTarget {
+  // empty env values count as unset
+  const e = (name: string) => env[name] || undefined;
+  const dataDir = resolve(opts.data ?? e('EDGEID_DATA') ?? './data');
+  const fromData = (f: string) => join(dataDir, f);
+  let server = opts.server ?? e('EDGEID_SERVER');
+  let serverFrom = opts.server ? '--server' : 'EDGEID_SERVER';
+  if (!server && existsSync(fromData(DATA_FILES.serverInfo))) {
+    server = (JSON.parse(readFileSync(fromData(DATA_FILES.serverInfo), 'utf8')) as ServerInfo).url;
+    serverFrom = fromData(DATA_FILES.serverInfo);
+  }
+  if (!server) {
+    throw new EdgeidError('admin_server_unreachable', `no server URL: pass --server URL, set EDGEID_SERVER, or run on the server host with --data DIR (looked in ${dataDir})`);
+  }
+  let token = opts.adminToken ?? e('EDGEID_ADMIN_TOKEN');
+  let tokenFrom = opts.adminToken ? '--admin-token' : 'EDGEID_ADMIN_TOKEN';
+  if (!token && existsSync(fromData(DATA_FILES.adminToken))) {
+    token = readFileSync(fromData(DATA_FILES.adminToken), 'utf8').trim();
+    tokenFrom = fromData(DATA_FILES.adminToken);
+  }
+  if (!token) {
+    throw new EdgeidError('admin_unauthorized', `no admin token: pass --admin-token, set EDGEID_ADMIN_TOKEN, or run on the server host with --data DIR (looked in ${dataDir})`);
+  }
+  const caPath = opts.ca ?? e('EDGEID_CA') ?? (existsSync(fromData(DATA_FILES.rootPem)) ? fromData(DATA_FILES.rootPem) : undefined);
+  return {
+    server: server.replace(/\/+$/, ''),
+    token,
+    ca: caPath ? readFileSync(caPath, 'utf8') : null,
+    from: { server: serverFrom, token: tokenFrom, ca: caPath ?? 'system trust store' },
+  };
+}
+
+export class AdminClient {
+  constructor(readonly target: AdminTarget) {}
+
+  request<T>(method: 'GET' | 'POST', path: string, body?: unknown, opts: { auth?: boolean; raw?: boolean } = {}): Promise<T> {
+    const url = new URL(path, this.target.server);
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolvePromise, reject) => {
+      const req = https.request(
+        url,
+        {
+          method,
+          ...(this.target.ca ? { ca: this.target.ca } : {}),
+          headers: {
+            ...(opts.auth === false ? {} : { authorization: `Bearer ${this.target.token}` }),
+            ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}),
+          },
+          timeout: 30_000,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const buf = Buffer.concat(chunks);
+            const status = res.statusCode ?? 0;
+            if (status >= 200 && status < 300) {
+              if (opts.raw) return resolvePromise(buf as unknown as T);
+              try {
+                return resolvePromise(JSON.parse(buf.toString('utf8')) as T);
+              } catch {
+                return reject(new Error(`${method} ${path}: answer is not JSON`));
+              }
+            }
+            let err: ErrorBody['error'] | undefined;
+            try {
+              err = (JSON.parse(buf.toString('utf8')) as ErrorBody).error;
+            } catch {
+              /* not an edgeid error body */
+            }
+            const code = (err?.code && err.code in ERRORS ? err.code : 'internal_error') as ErrorCode;
+            reject(new EdgeidError(code, err?.message ?? `HTTP ${status}`, err?.details));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+      req.on('error', (e) => {
+        reject(
+          new EdgeidError(
+            'admin_server_unreachable',
+            `cannot reach ${this.target.server} (server from ${this.target.from.server}, CA from ${this.target.from.ca}): ${e.message}`,
+          ),
+        );
+      });
+      req.end(data);
+    });
+  }
+}

@@ -1,0 +1,318 @@
+import { readFileSync } from 'node:fs';
+import { BlockList, isIP } from 'node:net';
+import { resolve } from 'node:path';
+import { EdgeidError } from '../protocol/errors/index.js';
+import { parseDuration } from './duration.js';
+
+/** How a zone judges posture: PCRs recorded at enrollment, or fixed golden values (hex sha256). */
+export type PosturePolicy = { mode: 'baseline' } | { mode: 'golden'; values: Record<number, string> };
+
+export interface ZonePolicy {
+  name: string;
+  /** Certificate lifetime in seconds. */
+  lifetime: number;
+  /** PCR indices of the sha256 bank every quote must cover. */
+  pcrs: number[];
+  posture: PosturePolicy;
+  claims: { minAgentVersion?: string };
+  /** Allowed source networks; empty = any. */
+  cidrs: string[];
+  /** Devices retire automatically this long after enrollment (null = never). */
+  retireAfter: number | null;
+  /** A device whose last certificate expired longer ago than this must enroll again. */
+  maxOffline: number;
+  /** Checker built from `cidrs` (null = any). */
+  allow: BlockList | null;
+}
+
+export interface RateLimit {
+  max: number;
+  /** Window in seconds. */
+  window: number;
+}
+
+export interface ServerConfig {
+  dataDir: string;
+  listen: { host: string; port: number };
+  /** Names and addresses put into the server's TLS certificate (plus localhost/127.0.0.1). */
+  hostnames: string[];
+  /** URL devices use to reach this server; default https://<first hostname>:<port>. */
+  publicUrl: string | null;
+  logLevel: string;
+  allowShortLifetimes: boolean;
+  tokenDefaultTtl: number;
+  enrollSessionTtl: number;
+  challengeTtl: number;
+  crlValidity: number;
+  staleAfter: number;
+  baselineWindow: number;
+  housekeepingInterval: number;
+  rateLimit: { enroll: RateLimit; renew: RateLimit; admin: RateLimit };
+  mqtt: { url: string | null };
+  ek: { roots: string[]; intermediates: string[]; requireEkCertificate: boolean };
+  zones: Record<string, ZonePolicy>;
+}
+
+const MIN_LIFETIME = 300;
+const MAX_LIFETIME = 86400;
+const SHORT_LIFETIME_FLOOR = 5;
+
+class Field {
+  constructor(readonly path: string) {}
+  fail(what: string): never {
+    throw new EdgeidError('config_invalid', `config: ${this.path}: ${what}`, { field: this.path });
+  }
+  at(key: string | number): Field {
+    return new Field(this.path ? `${this.path}.${key}` : String(key));
+  }
+}
+
+function asObject(f: Field, v: unknown): Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) f.fail('must be an object');
+  return v as Record<string, unknown>;
+}
+
+function onlyKeys(f: Field, o: Record<string, unknown>, keys: string[]): void {
+  for (const k of Object.keys(o)) if (!keys.includes(k)) f.at(k).fail(`unknown field (known: ${keys.join(', ')})`);
+}
+
+function str(f: Field, v: unknown): string {
+  if (typeof v !== 'string' || v.length === 0) f.fail('must be a non-empty string');
+  return v;
+}
+
+function bool(f: Field, v: unknown): boolean {
+  if (typeof v !== 'boolean') f.fail('must be true or false');
+  return v;
+}
+
+function int(f: Field, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) f.fail(`must be an integer from ${min} to ${max}`);
+  return v;
+}
+
+function duration(f: Field, v: unknown, min: number, max: number): number {
+  const s = parseDuration(v);
+  if (s === null) f.fail('must be a duration: seconds or e.g. "90s", "5m", "8h", "7d"');
+  if (s < min || s > max) f.fail(`must be from ${min}s to ${max}s (got ${s}s)`);
+  return s;
+}
+
+function strings(f: Field, v: unknown): string[] {
+  if (!Array.isArray(v)) f.fail('must be an array of strings');
+  return v.map((x, i) => str(f.at(i), x));
+}
+
+function semver(f: Field, v: unknown): string {
+  const s = str(f, v);
+  if (!/^\d+(\.\d+){0,2}$/.test(s)) f.fail('must be a version like 1.4.2');
+  return s;
+}
+
+function buildAllowList(f: Field, cidrs: string[]): BlockList | null {
+  if (cidrs.length === 0) return null;
+  const list = new BlockList();
+  cidrs.forEach((c, i) => {
+    const [addr = '', bitsText] = c.split('/');
+    const family = isIP(addr);
+    const bits = bitsText === undefined ? (family === 6 ? 128 : 32) : Number(bitsText);
+    if (!addr || family === 0 || !Number.isInteger(bits) || bits < 0 || bits > (family === 6 ? 128 : 32)) {
+      f.at(i).fail(`"${c}" is not a CIDR like 10.1.0.0/16`);
+    }
+    list.addSubnet(addr, bits, family === 6 ? 'ipv6' : 'ipv4');
+  });
+  return list;
+}
+
+function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePolicy {
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(name)) f.fail('zone names are lower-case letters, digits and dashes');
+  const o = asObject(f, v ?? {});
+  onlyKeys(f, o, ['lifetime', 'pcrs', 'posture', 'claims', 'cidrs', 'retireAfter', 'maxOffline']);
+  const floor = allowShort ? SHORT_LIFETIME_FLOOR : MIN_LIFETIME;
+  const lifetime = o.lifetime === undefined ? 3600 : duration(f.at('lifetime'), o.lifetime, floor, MAX_LIFETIME);
+  let pcrs = [0, 1, 2, 3, 4, 5, 6, 7];
+  if (o.pcrs !== undefined) {
+    const list: unknown = o.pcrs;
+    const pf: Field = f.at('pcrs');
+    if (!Array.isArray(list) || list.length === 0) pf.fail('must be a non-empty array of PCR indices');
+    pcrs = list.map((p, i) => int(f.at('pcrs').at(i), p, 0, 23));
+    if (new Set(pcrs).size !== pcrs.length) f.at('pcrs').fail('lists a PCR twice');
+    pcrs.sort((a, b) => a - b);
+  }
+  let posture: PosturePolicy = { mode: 'baseline' };
+  if (o.posture !== undefined && o.posture !== 'baseline') {
+    const p = asObject(f.at('posture'), o.posture);
+    onlyKeys(f.at('posture'), p, ['golden']);
+    const g = asObject(f.at('posture').at('golden'), p.golden);
+    const values: Record<number, string> = {};
+    for (const [k, hex] of Object.entries(g) as [string, unknown][]) {
+      const gf: Field = f.at('posture').at('golden').at(k);
+      const idx = Number(k);
+      if (!pcrs.includes(idx)) gf.fail('is not in the zone\'s pcrs selection');
+      if (typeof hex !== 'string' || !/^[0-9a-fA-F]{64}$/.test(hex)) gf.fail('must be a 64-digit hex sha256 value');
+      values[idx] = hex.toLowerCase();
+    }
+    for (const p of pcrs) if (!(p in values)) f.at('posture').at('golden').fail(`has no value for PCR ${p}`);
+    posture = { mode: 'golden', values };
+  }
+  const claims: ZonePolicy['claims'] = {};
+  if (o.claims !== undefined) {
+    const c = asObject(f.at('claims'), o.claims);
+    onlyKeys(f.at('claims'), c, ['minAgentVersion']);
+    if (c.minAgentVersion !== undefined) claims.minAgentVersion = semver(f.at('claims').at('minAgentVersion'), c.minAgentVersion);
+  }
+  const cidrs = o.cidrs === undefined ? [] : strings(f.at('cidrs'), o.cidrs);
+  const allow = buildAllowList(f.at('cidrs'), cidrs);
+  const retireAfter =
+    o.retireAfter === undefined || o.retireAfter === null ? null : duration(f.at('retireAfter'), o.retireAfter, 60, 100 * 365 * 86400);
+  const maxOffline = o.maxOffline === undefined ? 7 * 86400 : duration(f.at('maxOffline'), o.maxOffline, 0, 365 * 86400);
+  return { name, lifetime, pcrs, posture, claims, cidrs, retireAfter, maxOffline, allow };
+}
+
+function listen(f: Field, v: unknown): { host: string; port: number } {
+  const s = str(f, v);
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || !Number.isInteger(port) || port > 65535) f.fail(`"${s}" is not HOST:PORT`);
+  return { host, port };
+}
+
+function rate(f: Field, v: unknown, def: RateLimit): RateLimit {
+  if (v === undefined) return def;
+  const o = asObject(f, v);
+  onlyKeys(f, o, ['max', 'window']);
+  return {
+    max: o.max === undefined ? def.max : int(f.at('max'), o.max, 1, 1_000_000),
+    window: o.window === undefined ? def.window : duration(f.at('window'), o.window, 1, 86400),
+  };
+}
+
+export interface ConfigSources {
+  argv?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Parsed config object (instead of --config FILE); used by tests. */
+  file?: unknown;
+  cwd?: string;
+}
+
+/** Parses `--data`, `--listen`, `--config` (also `--flag=value`); unknown flags are an error. */
+export function parseServerArgs(argv: string[]): { data?: string; listen?: string; config?: string; help?: boolean } {
+  const out: { data?: string; listen?: string; config?: string; help?: boolean } = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--help' || a === '-h') {
+      out.help = true;
+      continue;
+    }
+    const m = /^--(data|listen|config)(?:=(.*))?$/.exec(a);
+    if (!m) throw new EdgeidError('config_invalid', `unknown argument ${a} (known: --data DIR, --listen HOST:PORT, --config FILE)`);
+    const value = m[2] ?? argv[++i];
+    if (value === undefined || value === '') throw new EdgeidError('config_invalid', `--${m[1]} needs a value`);
+    out[m[1] as 'data' | 'listen' | 'config'] = value;
+  }
+  return out;
+}
+
+/**
+ * The effective configuration: embedded defaults, then the config file, then env, then flags.
+ * Throws EdgeidError('config_invalid') naming the field; nothing starts with a bad config.
+ */
+export function loadConfig(src: ConfigSources = {}): ServerConfig {
+  const env = src.env ?? process.env;
+  const cwd = src.cwd ?? process.cwd();
+  const args = parseServerArgs(src.argv ?? []);
+  let raw: unknown = src.file ?? {};
+  if (args.config) {
+    let text: string;
+    try {
+      text = readFileSync(resolve(cwd, args.config), 'utf8');
+    } catch (e) {
+      throw new EdgeidError('config_invalid', `config: cannot read ${args.config}: ${(e as Error).message}`);
+    }
+    try {
+      raw = JSON.parse(text);
+    } catch (e) {
+      throw new EdgeidError('config_invalid', `config: ${args.config} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+  const root = new Field('');
+  const o = asObject(new Field('(config)'), raw);
+  onlyKeys(new Field('(config)'), o, [
+    'dataDir', 'listen', 'hostnames', 'publicUrl', 'logLevel', 'allowShortLifetimes', 'tokenTtl', 'enrollSessionTtl',
+    'challengeTtl', 'crlValidity', 'staleAfter', 'baselineWindow', 'housekeepingInterval', 'rateLimit', 'mqtt', 'ek', 'zones',
+  ]);
+
+  const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
+  const listenText = args.listen ?? env.EDGEID_LISTEN ?? (o.listen === undefined ? '0.0.0.0:8443' : o.listen);
+  const listenAt = listen(args.listen ? new Field('--listen') : env.EDGEID_LISTEN ? new Field('EDGEID_LISTEN') : root.at('listen'), listenText);
+  const hostnames = o.hostnames === undefined ? [] : strings(root.at('hostnames'), o.hostnames);
+  let publicUrl: string | null = null;
+  if (o.publicUrl !== undefined) {
+    publicUrl = str(root.at('publicUrl'), o.publicUrl).replace(/\/+$/, '');
+    if (!/^https:\/\/[^/]+$/.test(publicUrl)) root.at('publicUrl').fail('must be https://HOST[:PORT]');
+  }
+  const logLevel = o.logLevel === undefined ? env.EDGEID_LOG_LEVEL ?? 'info' : str(root.at('logLevel'), o.logLevel);
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) root.at('logLevel').fail('must be a pino level');
+  const allowShortLifetimes = o.allowShortLifetimes === undefined ? false : bool(root.at('allowShortLifetimes'), o.allowShortLifetimes);
+
+  const rl = o.rateLimit === undefined ? {} : asObject(root.at('rateLimit'), o.rateLimit);
+  onlyKeys(root.at('rateLimit'), rl, ['enroll', 'renew', 'admin']);
+
+  const mqttRaw = o.mqtt === undefined ? {} : asObject(root.at('mqtt'), o.mqtt);
+  onlyKeys(root.at('mqtt'), mqttRaw, ['url']);
+  const mqttUrl = mqttRaw.url === undefined || mqttRaw.url === null ? null : str(root.at('mqtt').at('url'), mqttRaw.url);
+
+  const ekRaw = o.ek === undefined ? {} : asObject(root.at('ek'), o.ek);
+  onlyKeys(root.at('ek'), ekRaw, ['roots', 'intermediates', 'requireEkCertificate']);
+  const ek = {
+    roots: (ekRaw.roots === undefined ? [] : strings(root.at('ek').at('roots'), ekRaw.roots)).map((p) => resolve(cwd, p)),
+    intermediates: (ekRaw.intermediates === undefined ? [] : strings(root.at('ek').at('intermediates'), ekRaw.intermediates)).map((p) =>
+      resolve(cwd, p),
+    ),
+    requireEkCertificate:
+      ekRaw.requireEkCertificate === undefined ? false : bool(root.at('ek').at('requireEkCertificate'), ekRaw.requireEkCertificate),
+  };
+  if (ek.requireEkCertificate && ek.roots.length === 0) root.at('ek').at('roots').fail('must list at least one root when requireEkCertificate is true');
+
+  const zonesRaw = o.zones === undefined ? { default: {} } : asObject(root.at('zones'), o.zones);
+  const zones: Record<string, ZonePolicy> = {};
+  for (const [name, z] of Object.entries(zonesRaw)) zones[name] = zone(root.at('zones').at(name), name, z, allowShortLifetimes);
+  if (Object.keys(zones).length === 0) root.at('zones').fail('must define at least one zone');
+
+  const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
+  return {
+    dataDir,
+    listen: listenAt,
+    hostnames,
+    publicUrl,
+    logLevel,
+    allowShortLifetimes,
+    tokenDefaultTtl: o.tokenTtl === undefined ? 8 * 3600 : duration(root.at('tokenTtl'), o.tokenTtl, 60, 30 * 86400),
+    enrollSessionTtl: o.enrollSessionTtl === undefined ? 600 : duration(root.at('enrollSessionTtl'), o.enrollSessionTtl, 10, 86400),
+    challengeTtl: o.challengeTtl === undefined ? 300 : duration(root.at('challengeTtl'), o.challengeTtl, 5, 86400),
+    crlValidity:
+      o.crlValidity === undefined ? Math.max(60, Math.min(3600, minLifetime)) : duration(root.at('crlValidity'), o.crlValidity, 10, 7 * 86400),
+    staleAfter: o.staleAfter === undefined ? 86400 : duration(root.at('staleAfter'), o.staleAfter, 10, 365 * 86400),
+    baselineWindow: o.baselineWindow === undefined ? 86400 : duration(root.at('baselineWindow'), o.baselineWindow, 10, 30 * 86400),
+    housekeepingInterval:
+      o.housekeepingInterval === undefined ? 60 : duration(root.at('housekeepingInterval'), o.housekeepingInterval, 1, 86400),
+    rateLimit: {
+      enroll: rate(root.at('rateLimit').at('enroll'), rl.enroll, { max: 30, window: 60 }),
+      renew: rate(root.at('rateLimit').at('renew'), rl.renew, { max: 10, window: 60 }),
+      admin: rate(root.at('rateLimit').at('admin'), rl.admin, { max: 600, window: 60 }),
+    },
+    mqtt: { url: mqttUrl },
+    ek,
+    zones,
+  };
+}
+
+/** The URL devices are told to use (enrollment URI, CRL distribution point). */
+export function serverUrl(cfg: ServerConfig, boundPort?: number): string {
+  if (cfg.publicUrl) return cfg.publicUrl;
+  const port = boundPort ?? cfg.listen.port;
+  let host = cfg.hostnames[0] ?? (cfg.listen.host === '0.0.0.0' || cfg.listen.host === '::' ? 'localhost' : cfg.listen.host);
+  if (isIP(host) === 6) host = `[${host}]`;
+  return `https://${host}:${port}`;
+}

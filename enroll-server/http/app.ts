@@ -1,0 +1,262 @@
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import rateLimit from '@fastify/rate-limit';
+import type {
+  EnrollFinishRequest,
+  EnrollStartRequest,
+  RenewChallengeRequest,
+  RenewRequest,
+  RevokeReason,
+  TokenCreateRequest,
+  ControlCommandType,
+} from '../../protocol/api.js';
+import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
+import { audited, type ServerContext } from '../services/context.js';
+import { approveBaseline, deviceView, retireDevice, revokeDevice } from '../services/devices.js';
+import { enrollFinish, enrollStart } from '../services/enroll.js';
+import { renew, renewChallenge } from '../services/renew.js';
+import { createToken, tokenView } from '../services/tokens.js';
+import * as S from './schemas.js';
+
+export const BODY_LIMIT = 64 * 1024;
+
+export interface AppOptions {
+  /** SHA-256 of the admin bearer token. */
+  adminTokenHash: Buffer;
+  /** fastify `https` options; omitted for in-process tests with inject(). */
+  https?: { key: string; cert: string };
+  /** pino options, or false for no logging. */
+  logger?: boolean | Record<string, unknown>;
+}
+
+function errorBody(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+  return { error: { code, message, ...(details && Object.keys(details).length > 0 ? { details } : {}) } };
+}
+
+/** Maps anything thrown in a request to an EdgeidError; only our own faults become 5xx. */
+function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
+  if (err instanceof EdgeidError) return err;
+  const fe = err as FastifyError & { validationContext?: string };
+  if (fe.validation) {
+    const v = fe.validation[0];
+    const where = `${fe.validationContext ?? 'body'}${v?.instancePath ?? ''}`;
+    const extra = v?.params && 'additionalProperty' in v.params ? ` (${String(v.params.additionalProperty)})` : '';
+    return new EdgeidError('bad_request', `${where} ${v?.message ?? 'is invalid'}${extra}`, { field: where });
+  }
+  switch (fe.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new EdgeidError('body_too_large');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new EdgeidError('unsupported_media_type');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return new EdgeidError('malformed_json');
+  }
+  if (fe.statusCode === 429) return new EdgeidError('rate_limited');
+  if (err instanceof SyntaxError || (fe.statusCode === 400 && /JSON/i.test(err.message))) return new EdgeidError('malformed_json');
+  if (fe.statusCode === 413) return new EdgeidError('body_too_large');
+  if (fe.statusCode === 415) return new EdgeidError('unsupported_media_type');
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) return new EdgeidError('bad_request', err.message.slice(0, 200));
+  return new EdgeidError('internal_error');
+}
+
+function routeEvent(req: FastifyRequest): string {
+  const url = req.routeOptions.url ?? req.url.split('?')[0] ?? '';
+  if (url.startsWith('/v1/admin')) return `admin.http${url.slice('/v1/admin'.length).replace(/\/:id/g, '').replace(/\//g, '.')}`;
+  return `http${url.replace(/^\/v1/, '').replace(/\//g, '.')}`;
+}
+
+function meta(req: FastifyRequest) {
+  return { ip: req.ip ?? null, requestId: req.id };
+}
+
+/**
+ * The HTTPS API: thin routes (decode, call the service, encode) over services/, one error
+ * handler mapping EdgeidError codes to statuses through the registry.
+ */
+export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: opts.logger === undefined ? false : opts.logger,
+    ...(opts.https ? { https: { key: opts.https.key, cert: opts.https.cert } } : {}),
+    bodyLimit: BODY_LIMIT,
+    genReqId: () => randomUUID(),
+    requestIdHeader: false,
+    trustProxy: false,
+    return503OnClosing: true,
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
+  }) as unknown as FastifyInstance;
+
+  // JSON only: anything else is unsupported_media_type before it reaches a schema
+  app.removeContentTypeParser('text/plain');
+
+  app.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    ctx.metrics.latency.observe(
+      { route: req.routeOptions.url ?? 'unknown', method: req.method, status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  app.setErrorHandler(async (err: FastifyError, req, reply) => {
+    const e = classify(err);
+    const status = ERRORS[e.code].status;
+    ctx.metrics.failures.inc({ code: e.code, route: req.routeOptions.url ?? 'unknown' });
+    if (status >= 500) req.log.error({ err }, 'request failed');
+    else req.log.info({ code: e.code }, 'request refused');
+    if (!audited.has(e) && e.code !== 'rate_limited') {
+      try {
+        const body = req.body as Record<string, unknown> | undefined;
+        const deviceId = body && typeof body === 'object' && typeof body.deviceId === 'string' ? body.deviceId.slice(0, 64) : null;
+        await ctx.store.appendAudit({
+          time: ctx.now(),
+          actor: req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
+          event: routeEvent(req),
+          deviceId,
+          ip: req.ip ?? null,
+          outcome: 'fail',
+          reason: e.code,
+          details: { message: e.message.slice(0, 300), requestId: req.id },
+        });
+      } catch (auditErr) {
+        req.log.error({ err: auditErr }, 'audit append failed');
+      }
+    }
+    return reply.status(status).send(errorBody(e.code, e.message, status >= 500 ? undefined : (e.details as Record<string, unknown>)));
+  });
+
+  app.setNotFoundHandler(async (req, reply) => {
+    return reply.status(404).send(errorBody('not_found', `no route ${req.method} ${req.url.split('?')[0]}`));
+  });
+
+  await app.register(rateLimit, { global: false });
+  const rl = ctx.config.rateLimit;
+  const perIp = {
+    rateLimit: { max: rl.enroll.max, timeWindow: rl.enroll.window * 1000, keyGenerator: (req: FastifyRequest) => req.ip },
+  };
+  const perDevice = {
+    rateLimit: {
+      max: rl.renew.max,
+      timeWindow: rl.renew.window * 1000,
+      hook: 'preHandler' as const,
+      keyGenerator: (req: FastifyRequest) => `device:${(req.body as { deviceId?: string } | undefined)?.deviceId ?? req.ip}`,
+    },
+  };
+
+  // --- device API --------------------------------------------------------------------------
+  app.post('/v1/enroll/start', { schema: { body: S.enrollStartBody }, config: perIp }, async (req) =>
+    enrollStart(ctx, req.body as EnrollStartRequest, meta(req)),
+  );
+  app.post('/v1/enroll/finish', { schema: { body: S.enrollFinishBody }, config: perIp }, async (req) =>
+    enrollFinish(ctx, req.body as EnrollFinishRequest, meta(req)),
+  );
+  app.post('/v1/renew/challenge', { schema: { body: S.renewChallengeBody }, config: perDevice }, async (req) =>
+    renewChallenge(ctx, req.body as RenewChallengeRequest, meta(req)),
+  );
+  app.post('/v1/renew', { schema: { body: S.renewBody }, config: perDevice }, async (req) => renew(ctx, req.body as RenewRequest, meta(req)));
+
+  app.get('/v1/crl', { schema: { querystring: S.crlQuery } }, async (req, reply) => {
+    const crl = await ctx.crl.get();
+    const q = req.query as { format?: 'der' | 'pem' };
+    const wantsPem = q.format === 'pem' || (q.format === undefined && /application\/x-pem-file|text\/plain/.test(req.headers.accept ?? ''));
+    reply.header('cache-control', `max-age=${Math.max(0, Math.floor((crl.nextUpdate.getTime() - ctx.now()) / 2000))}`);
+    if (wantsPem) return reply.type('application/x-pem-file').send(crl.pem);
+    return reply.type('application/pkix-crl').send(crl.der);
+  });
+
+  app.get('/v1/ca', { schema: { querystring: S.crlQuery } }, async (req, reply) => {
+    const q = req.query as { format?: 'der' | 'pem' };
+    if (q.format === 'der') return reply.type('application/pkix-cert').send(ctx.ca.rootDer);
+    return reply.type('application/x-pem-file').send(ctx.ca.chainPem.join(''));
+  });
+
+  app.get('/healthz', { schema: { querystring: S.emptyQuery } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
+
+  app.get('/metrics', { schema: { querystring: S.emptyQuery } }, async (_req, reply) => {
+    reply.type(ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
+
+  // --- admin API ---------------------------------------------------------------------------
+  await app.register(
+    async (admin) => {
+      admin.addHook('onRequest', async (req) => {
+        const h = req.headers.authorization ?? '';
+        const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(h);
+        const presented = createHash('sha256').update(m?.[1] ?? '').digest();
+        if (!m || !timingSafeEqual(presented, opts.adminTokenHash)) {
+          throw new EdgeidError('admin_unauthorized', h ? 'the admin token is wrong' : 'no admin bearer token');
+        }
+      });
+      const who = (req: FastifyRequest) => ({ actor: 'admin', ip: req.ip ?? null });
+      const read = async (req: FastifyRequest, event: string, details?: Record<string, unknown>) =>
+        ctx.store.appendAudit({ time: ctx.now(), actor: 'admin', event, ip: req.ip ?? null, outcome: 'ok', details: details ?? null });
+
+      admin.post('/tokens', { schema: { body: S.tokenCreateBody }, config: { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } } }, async (req) =>
+        createToken(ctx, req.body as TokenCreateRequest, { ...meta(req), actor: 'admin' }),
+      );
+      admin.get('/tokens', { schema: { querystring: S.emptyQuery } }, async (req) => {
+        await read(req, 'admin.tokens.list');
+        return { tokens: (await ctx.store.listTokens()).map(tokenView) };
+      });
+      admin.get('/devices', { schema: { querystring: S.devicesQuery } }, async (req) => {
+        const q = req.query as { status?: string; zone?: string; stale?: string };
+        await read(req, 'admin.devices.list', q);
+        let list = (await ctx.store.listDevices()).map((d) => deviceView(ctx, d));
+        if (q.status) list = list.filter((d) => d.status === q.status);
+        if (q.zone) list = list.filter((d) => d.zone === q.zone);
+        if (q.stale) list = list.filter((d) => d.stale === (q.stale === 'true'));
+        return { devices: list };
+      });
+      admin.get('/devices/:id', { schema: { params: S.deviceParams, querystring: S.emptyQuery } }, async (req) => {
+        const { id } = req.params as { id: string };
+        const d = await ctx.store.getDevice(id);
+        if (!d) throw new EdgeidError('device_not_found', `no device ${id}`);
+        await read(req, 'admin.device.show', { deviceId: id });
+        return { device: deviceView(ctx, d, await ctx.store.listCertificates(id)) };
+      });
+      admin.post('/devices/:id/revoke', { schema: { params: S.deviceParams, body: S.revokeBody } }, async (req) =>
+        revokeDevice(ctx, (req.params as { id: string }).id, (req.body as { reason: RevokeReason }).reason, who(req)),
+      );
+      admin.post('/devices/:id/retire', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
+        retireDevice(ctx, (req.params as { id: string }).id, who(req)),
+      );
+      admin.post('/devices/:id/approve-baseline', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
+        approveBaseline(ctx, (req.params as { id: string }).id, who(req)),
+      );
+      admin.post('/devices/:id/control', { schema: { params: S.deviceParams, body: S.controlBody } }, async (req) => {
+        const { id } = req.params as { id: string };
+        if (!(await ctx.store.getDevice(id))) throw new EdgeidError('device_not_found', `no device ${id}`);
+        const body = req.body as { type: ControlCommandType; reason?: string };
+        const signed = ctx.ca.signControl({ type: body.type, deviceId: id, ...(body.reason ? { reason: body.reason } : {}) });
+        await read(req, 'admin.control.sign', { deviceId: id, type: body.type });
+        return signed;
+      });
+      admin.get('/audit', { schema: { querystring: S.auditQuery } }, async (req) => {
+        const q = req.query as { after?: string; limit?: string; deviceId?: string };
+        const rows = await ctx.store.listAudit({
+          afterSeq: q.after ? Number(q.after) : 0,
+          limit: Math.min(10_000, q.limit ? Number(q.limit) : 1000),
+          ...(q.deviceId ? { deviceId: q.deviceId } : {}),
+        });
+        await read(req, 'admin.audit.export', { after: q.after ?? '0', rows: rows.length });
+        return { rows };
+      });
+      admin.get('/audit/verify', { schema: { querystring: S.emptyQuery } }, async (req) => {
+        const result = await ctx.store.verifyAudit();
+        await read(req, 'admin.audit.verify', { ok: result.ok, rows: result.rows });
+        return result;
+      });
+      admin.post('/crl/regenerate', { schema: { body: S.emptyBody } }, async (req) => {
+        const crl = await ctx.crl.regenerate('admin');
+        await read(req, 'admin.crl.regenerate', { number: crl.number.toString() });
+        return { number: crl.number.toString(), nextUpdate: crl.nextUpdate.toISOString() };
+      });
+    },
+    { prefix: '/v1/admin' },
+  );
+
+  return app;
+}
+

@@ -1,0 +1,173 @@
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import pino, { type Logger } from 'pino';
+import type { FastifyInstance } from 'fastify';
+import { EdgeidError } from '../protocol/errors/index.js';
+import { CertificateAuthority } from './ca/ca.js';
+import { serverUrl, type ServerConfig } from './config.js';
+import { ensurePrivateDir, writeFileAtomic } from './files.js';
+import type { EdgeidHooks } from './hooks.js';
+import { buildApp } from './http/app.js';
+import { createMetrics } from './metrics.js';
+import type { ServerContext } from './services/context.js';
+import { CrlService } from './services/crl.js';
+import { housekeeping } from './services/devices.js';
+import { SqliteStore } from './store/sqlite.js';
+
+/** Files in the data dir other tools (edgeid-admin, the broker integration) rely on. */
+export const DATA_FILES = {
+  db: 'edgeid.db',
+  adminToken: 'admin-token',
+  serverInfo: 'server.json',
+  caDir: 'ca',
+  rootPem: join('ca', 'root.pem'),
+  crlDer: 'crl.der',
+  crlPem: 'crl.pem',
+} as const;
+
+/** What edgeid-server writes to data/server.json once it listens. */
+export interface ServerInfo {
+  url: string;
+  host: string;
+  port: number;
+  pid: number;
+  caFingerprint: string;
+  startedAt: string;
+}
+
+export interface CreateServerOptions {
+  config: ServerConfig;
+  hooks?: EdgeidHooks[];
+  /** pino logger to use; default: a pino logger at config.logLevel on stdout. */
+  logger?: Logger;
+  /** Serve HTTPS (default true). In-process tests may use plain inject() without TLS. */
+  tls?: boolean;
+  /** Clock for tests. */
+  now?: () => number;
+  /** Run housekeeping (auto-retire, CRL refresh) on a timer (default true once listening). */
+  housekeeping?: boolean;
+}
+
+export interface EdgeidServer {
+  app: FastifyInstance;
+  ctx: ServerContext;
+  /** The admin token, only when this start created it (show it once). */
+  createdAdminToken: string | null;
+  listen(): Promise<ServerInfo>;
+  close(): Promise<void>;
+}
+
+function loadPemBundle(path: string): Buffer[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new EdgeidError('config_invalid', `config: ek: cannot read ${path}: ${(e as Error).message}`);
+  }
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+  if (!blocks) {
+    // a DER file
+    try {
+      return [Buffer.from(new X509Certificate(readFileSync(path)).raw)];
+    } catch {
+      throw new EdgeidError('config_invalid', `config: ek: ${path} holds no certificate`);
+    }
+  }
+  return blocks.map((b) => Buffer.from(new X509Certificate(b).raw));
+}
+
+/** The admin token lives in data/admin-token (0600); the server keeps only its hash in memory. */
+function loadOrCreateAdminToken(dataDir: string): { hash: Buffer; created: string | null } {
+  const file = join(dataDir, DATA_FILES.adminToken);
+  if (existsSync(file)) {
+    const token = readFileSync(file, 'utf8').trim();
+    if (!token) throw new EdgeidError('data_dir_unusable', `${file} is empty; delete it to create a new admin token`);
+    return { hash: createHash('sha256').update(token).digest(), created: null };
+  }
+  const token = `adm_${randomBytes(32).toString('base64url')}`;
+  writeFileAtomic(file, token + '\n', 0o600);
+  return { hash: createHash('sha256').update(token).digest(), created: token };
+}
+
+/** Builds the whole server (store, CA, services, HTTP app) from a validated config. */
+export async function createServer(opts: CreateServerOptions): Promise<EdgeidServer> {
+  const { config } = opts;
+  ensurePrivateDir(config.dataDir);
+  const log =
+    opts.logger ??
+    pino({ level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization', '*.token', '*.secret'] });
+  const ekTrust =
+    config.ek.roots.length > 0
+      ? { roots: config.ek.roots.flatMap(loadPemBundle), intermediates: config.ek.intermediates.flatMap(loadPemBundle) }
+      : null;
+  const store = new SqliteStore(join(config.dataDir, DATA_FILES.db));
+  let ca: CertificateAuthority;
+  try {
+    ca = await CertificateAuthority.open({ dir: join(config.dataDir, DATA_FILES.caDir), hostnames: config.hostnames });
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+  const admin = loadOrCreateAdminToken(config.dataDir);
+
+  let boundPort: number | undefined;
+  const ctx = {
+    config,
+    store,
+    ca,
+    log,
+    hooks: [...(opts.hooks ?? [])],
+    now: opts.now ?? Date.now,
+    publicUrl: () => serverUrl(config, boundPort),
+    ekTrust,
+  } as unknown as ServerContext;
+  ctx.metrics = createMetrics(async () => {
+    const counts: Record<string, number> = {};
+    for (const d of await store.listDevices()) counts[d.status] = (counts[d.status] ?? 0) + 1;
+    return counts;
+  });
+  ctx.crl = new CrlService(ctx);
+
+  const tls = opts.tls ?? true;
+  const app = await buildApp(ctx, {
+    adminTokenHash: admin.hash,
+    ...(tls ? { https: ca.tls } : {}),
+    logger: opts.logger ? false : { level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization'] },
+  });
+
+  let timer: NodeJS.Timeout | null = null;
+  return {
+    app,
+    ctx,
+    createdAdminToken: admin.created,
+    async listen() {
+      await app.listen({ host: config.listen.host, port: config.listen.port });
+      const addr = app.server.address() as AddressInfo;
+      boundPort = addr.port;
+      await ctx.crl.get();
+      if (opts.housekeeping ?? true) {
+        timer = setInterval(() => {
+          housekeeping(ctx).catch((e) => log.error({ err: e }, 'housekeeping failed'));
+        }, config.housekeepingInterval * 1000);
+        timer.unref();
+      }
+      const info: ServerInfo = {
+        url: ctx.publicUrl(),
+        host: config.listen.host,
+        port: addr.port,
+        pid: process.pid,
+        caFingerprint: ca.fingerprint,
+        startedAt: new Date().toISOString(),
+      };
+      writeFileAtomic(join(config.dataDir, DATA_FILES.serverInfo), JSON.stringify(info, null, 2) + '\n', 0o600);
+      return info;
+    },
+    async close() {
+      if (timer) clearInterval(timer);
+      await app.close();
+      await store.close();
+    },
+  };
+}

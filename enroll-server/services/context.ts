@@ -1,0 +1,95 @@
+import type { Logger } from 'pino';
+import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
+import type { CertificateAuthority } from '../ca/ca.js';
+import type { ServerConfig, ZonePolicy } from '../config.js';
+import type { EdgeidHooks, HookName, HookResult } from '../hooks.js';
+import type { Metrics } from '../metrics.js';
+import type { AuditInput, Store } from '../store/store.js';
+
+/** Everything a service needs; built once by createServer (server.ts). */
+export interface ServerContext {
+  config: ServerConfig;
+  store: Store;
+  ca: CertificateAuthority;
+  log: Logger;
+  metrics: Metrics;
+  hooks: EdgeidHooks[];
+  /** Milliseconds since the epoch; replaceable in tests. */
+  now: () => number;
+  /** Manufacturer roots/intermediates (DER) for EK certificates; null when none are configured. */
+  ekTrust: { roots: Buffer[]; intermediates: Buffer[] } | null;
+  crl: import('./crl.js').CrlService;
+  /** The URL devices use (known once the server listens). */
+  publicUrl: () => string;
+}
+
+/** Who made the request and from where: goes into every audit row. */
+export interface RequestMeta {
+  ip: string | null;
+  requestId?: string;
+}
+
+/** Errors whose audit row a service already wrote, so the HTTP error handler does not write another. */
+export const audited = new WeakSet<object>();
+
+export function auditedError(e: EdgeidError): EdgeidError {
+  audited.add(e);
+  return e;
+}
+
+export function zoneOf(ctx: ServerContext, name: string): ZonePolicy {
+  const z = ctx.config.zones[name];
+  if (!z) throw new EdgeidError('zone_unknown', `zone "${name}" is not configured on this server`, { zone: name });
+  return z;
+}
+
+export function checkSourceIp(zone: ZonePolicy, ip: string | null): void {
+  if (!zone.allow) return;
+  const addr = ip?.startsWith('::ffff:') ? ip.slice(7) : ip;
+  const family = addr?.includes(':') ? 'ipv6' : 'ipv4';
+  if (!addr || !zone.allow.check(addr, family)) {
+    throw new EdgeidError('source_ip_not_allowed', `source ${ip ?? 'unknown'} is not in zone ${zone.name}'s networks`, { ip, zone: zone.name });
+  }
+}
+
+export function toEdgeidError(e: unknown, fallback: ErrorCode): EdgeidError {
+  if (e instanceof EdgeidError) return e;
+  return new EdgeidError(fallback, undefined, { cause: e instanceof Error ? e.message.slice(0, 200) : String(e) });
+}
+
+export function failAudit(base: Omit<AuditInput, 'outcome' | 'reason'>, e: EdgeidError): AuditInput {
+  return { ...base, outcome: 'fail', reason: e.code, details: { ...(base.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) } };
+}
+
+/** Runs one hook on every registered implementation; failures are logged and audited, never thrown. */
+export async function runHooks<K extends HookName>(
+  ctx: ServerContext,
+  name: K,
+  event: Parameters<NonNullable<import('../hooks.js').EdgeidHooks[K]>>[0],
+  deviceId: string | null,
+): Promise<HookResult[]> {
+  const results: HookResult[] = [];
+  for (const h of ctx.hooks) {
+    const fn = h[name] as ((e: unknown) => void | Promise<void>) | undefined;
+    if (!fn) continue;
+    const t0 = performance.now();
+    try {
+      await fn.call(h, event);
+      results.push({ hook: `${h.name}.${name}`, ok: true, ms: performance.now() - t0 });
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      results.push({ hook: `${h.name}.${name}`, ok: false, ms: performance.now() - t0, error: msg });
+      ctx.log.error({ hook: h.name, event: name, err: msg }, 'hook failed');
+      await ctx.store.appendAudit({
+        time: ctx.now(),
+        actor: 'server',
+        event: `hook.${name}`,
+        deviceId,
+        outcome: 'fail',
+        reason: 'hook_failed',
+        details: { hook: h.name, message: msg.slice(0, 300) },
+      });
+    }
+  }
+  return results;
+}

@@ -1,0 +1,55 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { CrlData } from '../ca/ca.js';
+import { writeFileAtomic } from '../files.js';
+import { runHooks, type ServerContext } from './context.js';
+
+/**
+ * The CRL of the issuing CA: regenerated at once after every revocation and before half of its
+ * validity has passed; written atomically to data/crl.der and data/crl.pem; every new CRL goes to
+ * the onCrlChanged hooks. Regenerations are serialised so CRL numbers never repeat.
+ */
+export class CrlService {
+  private current: CrlData | null = null;
+  private chain: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly ctx: ServerContext) {}
+
+  /** The current CRL, regenerated first if it is missing or past half of its validity. */
+  async get(): Promise<CrlData> {
+    const c = this.current;
+    const half = this.ctx.config.crlValidity * 500;
+    if (c && c.nextUpdate.getTime() - half > this.ctx.now()) return c;
+    return this.regenerate('refresh');
+  }
+
+  regenerate(why: string): Promise<CrlData> {
+    const run = this.chain.then(() => this.build(why));
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  private async build(why: string): Promise<CrlData> {
+    const { ctx } = this;
+    const number = BigInt((await ctx.store.getMeta('crl_number')) ?? '0') + 1n;
+    const entries = (await ctx.store.listRevokedUnexpired(ctx.now())).map((c) => ({
+      serial: c.serial,
+      revokedAt: new Date(c.revokedAt!),
+      reason: c.reason ?? 'unspecified',
+    }));
+    const crl = await ctx.ca.createCrl({ number, validitySeconds: ctx.config.crlValidity, entries });
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), crl.pem, 0o644);
+    await ctx.store.setMeta('crl_number', number.toString());
+    this.current = crl;
+    ctx.log.info({ crlNumber: number.toString(), entries: entries.length, why }, 'CRL generated');
+    await runHooks(ctx, 'onCrlChanged', crl, null);
+    return crl;
+  }
+
+  /** The CRL files on disk, if any (for tools that run without the server). */
+  static readFromDataDir(dataDir: string): Buffer | null {
+    const p = join(dataDir, 'crl.der');
+    return existsSync(p) ? readFileSync(p) : null;
+  }
+}

@@ -1,0 +1,151 @@
+import type { CertificateView, DeviceView, RevokeReason } from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import type { HookResult } from '../hooks.js';
+import type { CertificateRecord, DeviceRecord } from '../store/store.js';
+import { runHooks, type ServerContext } from './context.js';
+
+const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
+
+export function certificateView(c: CertificateRecord): CertificateView {
+  return { serial: c.serial, notBefore: iso(c.notBefore)!, notAfter: iso(c.notAfter)!, revokedAt: iso(c.revokedAt), reason: c.reason };
+}
+
+export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: CertificateRecord[]): DeviceView {
+  const now = ctx.now();
+  const live = d.status === 'active' || d.status === 'quarantined';
+  const windowOpen = d.baselineWindowUntil !== null && d.baselineWindowUntil > now;
+  return {
+    id: d.id,
+    zone: d.zone,
+    owner: d.owner,
+    name: d.name,
+    purpose: d.purpose,
+    status: d.status,
+    statusReason: d.statusReason,
+    posture: d.status === 'quarantined' ? 'quarantined' : windowOpen ? 'baseline-window' : 'ok',
+    enrolledBy: d.enrolledBy,
+    enrolledAt: iso(d.enrolledAt)!,
+    retireBy: iso(d.retireBy),
+    lastSeen: iso(d.lastSeen),
+    lastIp: d.lastIp,
+    stale: live && (d.lastSeen ?? d.enrolledAt) + ctx.config.staleAfter * 1000 < now,
+    baselineWindowUntil: iso(d.baselineWindowUntil),
+    ekHash: d.ekHash,
+    claims: d.claims,
+    baseline: d.baseline,
+    ...(certificates ? { certificates: certificates.map(certificateView) } : {}),
+  };
+}
+
+export interface Actor {
+  actor: string;
+  ip: string | null;
+}
+
+async function mustGet(ctx: ServerContext, id: string): Promise<DeviceRecord> {
+  const d = await ctx.store.getDevice(id);
+  if (!d) throw new EdgeidError('device_not_found', `no device ${id}`);
+  return d;
+}
+
+/**
+ * Revokes a device: status `revoked` (renewals refused from the commit on), its unexpired
+ * certificates revoked and its open nonces spent in the same transaction, a new CRL at once, then
+ * the onDeviceRevoked hooks (broker kick, wipe command — issue 5).
+ */
+export async function revokeDevice(
+  ctx: ServerContext,
+  id: string,
+  reason: RevokeReason,
+  who: Actor,
+): Promise<{ device: DeviceView; serials: string[]; crlNumber: string; hooks: HookResult[] }> {
+  const d = await mustGet(ctx, id);
+  if (d.status === 'revoked' || d.status === 'retired') {
+    throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+  }
+  const now = ctx.now();
+  const serials = await ctx.store.endDevice({
+    deviceId: id,
+    status: 'revoked',
+    reason,
+    statusReason: `revoked: ${reason}`,
+    now,
+    audit: { time: now, actor: who.actor, event: 'device.revoke', deviceId: id, ip: who.ip, outcome: 'ok', details: { reason } },
+  });
+  const crl = await ctx.crl.regenerate(`revoke ${id}`);
+  const after = (await ctx.store.getDevice(id))!;
+  const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
+  return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
+}
+
+/** Retires a device (by an operator, or automatically past retireBy): like revoke with reason cessation-of-operation. */
+export async function retireDevice(
+  ctx: ServerContext,
+  id: string,
+  who: Actor & { automatic?: boolean },
+): Promise<{ device: DeviceView; serials: string[]; hooks: HookResult[] }> {
+  const d = await mustGet(ctx, id);
+  if (d.status === 'revoked' || d.status === 'retired') {
+    throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+  }
+  const now = ctx.now();
+  const serials = await ctx.store.endDevice({
+    deviceId: id,
+    status: 'retired',
+    reason: 'cessation-of-operation',
+    statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
+    now,
+    audit: { time: now, actor: who.actor, event: 'device.retire', deviceId: id, ip: who.ip, outcome: 'ok', details: { automatic: who.automatic === true } },
+  });
+  if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
+  const after = (await ctx.store.getDevice(id))!;
+  const hooks = await runHooks(ctx, 'onDeviceRetired', { device: after, serials, at: new Date(now), automatic: who.automatic === true }, id);
+  return { device: deviceView(ctx, after), serials, hooks };
+}
+
+/**
+ * Opens the baseline window: the device becomes active again (if quarantined) and the next
+ * quote it sends within `baselineWindow` becomes its new PCR baseline.
+ */
+export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
+  const d = await mustGet(ctx, id);
+  if (d.status !== 'active' && d.status !== 'quarantined') {
+    throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
+  }
+  const now = ctx.now();
+  const until = now + ctx.config.baselineWindow * 1000;
+  await ctx.store.updateDevice(
+    id,
+    { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
+    {
+      time: now,
+      actor: who.actor,
+      event: 'device.approve_baseline',
+      deviceId: id,
+      ip: who.ip,
+      outcome: 'ok',
+      details: { previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() },
+    },
+  );
+  const after = (await ctx.store.getDevice(id))!;
+  await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
+  return { device: deviceView(ctx, after) };
+}
+
+/** Periodic work: retire devices past retireBy, keep the CRL fresh. */
+export async function housekeeping(ctx: ServerContext): Promise<{ retired: string[] }> {
+  const now = ctx.now();
+  const retired: string[] = [];
+  for (const d of await ctx.store.listDevices()) {
+    if ((d.status === 'active' || d.status === 'quarantined') && d.retireBy !== null && d.retireBy <= now) {
+      try {
+        await retireDevice(ctx, d.id, { actor: 'server', ip: null, automatic: true });
+        retired.push(d.id);
+      } catch (e) {
+        ctx.log.error({ err: e, deviceId: d.id }, 'automatic retire failed');
+      }
+    }
+  }
+  await ctx.crl.get();
+  return { retired };
+}

@@ -1,0 +1,229 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import {
+  deviceTopics,
+  type EnrollFinishRequest,
+  type EnrollFinishResponse,
+  type EnrollStartRequest,
+  type EnrollStartResponse,
+} from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { makeCredential } from '../../protocol/tpm/makecredential.js';
+import { objectName, parsePublic, type TpmPublic } from '../../protocol/tpm/public.js';
+import { checkAkPublic } from '../../protocol/tpm/verify.js';
+import { verifyEkCertificate } from '../../protocol/tpm/ekcert.js';
+import { TPM_ALG } from '../../protocol/tpm/constants.js';
+import type { AuditInput, DeviceRecord, TokenRecord } from '../store/store.js';
+import { auditedError, checkSourceIp, failAudit, runHooks, toEdgeidError, zoneOf, type RequestMeta, type ServerContext } from './context.js';
+import { b64, sha256Hex, verifyEvidence } from './evidence.js';
+import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl } from './issue.js';
+import { judgePosture } from './posture.js';
+import { lookupToken } from './tokens.js';
+
+const SECRET_BYTES = 32;
+
+export function newDeviceId(): string {
+  return `dev-${randomBytes(8).toString('hex')}`;
+}
+
+/**
+ * POST /v1/enroll/start. Checks, each failure its own code and audit row:
+ * token known (token_invalid), unused (token_used), unexpired (token_expired), its zone
+ * configured (zone_unknown) and the one the device asked for (token_zone_mismatch), the source
+ * network (source_ip_not_allowed), the EK public area (tpm_malformed), the token not bound to
+ * another EK (token_bound_to_other_ek), the EK certificate against the manufacturer roots
+ * (ek_cert_required / ek_cert_*), the AK (ak_attributes_invalid / ak_algorithm_invalid), no live
+ * device on this EK (ek_already_enrolled). Then binds the token to the EK atomically and answers
+ * MakeCredential(EK, name(AK), secret) with a fresh nonce.
+ *
+ * The token is spent by a failed evidence check (zone mismatch, EK, EK certificate, AK) from the
+ * EK it is bound to, or from any EK while unbound; never by another EK's failure (that would let
+ * a thief burn a technician's token) nor by context checks (source network).
+ */
+export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, meta: RequestMeta): Promise<EnrollStartResponse> {
+  const now = ctx.now();
+  const base: Omit<AuditInput, 'outcome' | 'reason'> = { time: now, actor: 'device', event: 'enroll.start', ip: meta.ip };
+  let token: TokenRecord | null = null;
+  let spendable = false;
+  try {
+    token = await lookupToken(ctx, req.token);
+    base.actor = `token:${token.id}`;
+    base.details = { tokenId: token.id };
+    if (token.usedAt !== null) throw new EdgeidError('token_used');
+    if (token.expiresAt <= now) throw new EdgeidError('token_expired');
+    const zone = zoneOf(ctx, token.zone);
+    checkSourceIp(zone, meta.ip);
+    spendable = token.ekHash === null;
+    if (req.zone !== undefined && req.zone !== token.zone) {
+      throw new EdgeidError('token_zone_mismatch', `the token is for zone ${token.zone}, the device asked for ${req.zone}`, {
+        tokenZone: token.zone,
+        requested: req.zone,
+      });
+    }
+
+    const ekPubBytes = b64('ekPub', req.ekPub);
+    const ek = parsePublic(ekPubBytes);
+    const ekHash = sha256Hex(ek.tpmtPublic);
+    if (token.ekHash !== null && token.ekHash !== ekHash) throw new EdgeidError('token_bound_to_other_ek');
+    spendable = true;
+    if (ek.type !== TPM_ALG.RSA && ek.type !== TPM_ALG.ECC) throw new EdgeidError('tpm_unsupported_algorithm', 'the EK must be an RSA or ECC key');
+
+    if (req.ekCert !== undefined && ctx.ekTrust) {
+      verifyEkCertificate(b64('ekCert', req.ekCert), ek, ctx.ekTrust, new Date(now));
+    } else if (ctx.config.ek.requireEkCertificate) {
+      throw new EdgeidError('ek_cert_required');
+    }
+
+    const ak: TpmPublic = parsePublic(b64('akPub', req.akPub));
+    checkAkPublic(ak);
+
+    if (await ctx.store.findLiveDeviceByEk(ekHash)) {
+      spendable = false;
+      throw new EdgeidError('ek_already_enrolled');
+    }
+
+    const secret = randomBytes(SECRET_BYTES);
+    const cred = makeCredential(ek, objectName(ak), secret);
+    const nonce = randomBytes(32);
+    const sessionId = randomBytes(18).toString('base64url');
+    const expiresAt = Math.min(now + ctx.config.enrollSessionTtl * 1000, token.expiresAt);
+    const result = await ctx.store.startEnrollment({
+      tokenId: token.id,
+      ekHash,
+      now,
+      session: {
+        id: sessionId,
+        tokenId: token.id,
+        ekHash,
+        akPub: b64('akPub', req.akPub),
+        secretHash: createHash('sha256').update(secret).digest(),
+        nonce,
+        ip: meta.ip,
+        createdAt: now,
+        expiresAt,
+        usedAt: null,
+      },
+      audit: { ...base, outcome: 'ok', details: { tokenId: token.id, ekHash, ekType: ek.type === TPM_ALG.RSA ? 'rsa' : 'ecc', ekCert: req.ekCert !== undefined } },
+    });
+    secret.fill(0);
+    if (result !== 'ok') {
+      spendable = false;
+      throw new EdgeidError(
+        result === 'bound_other' ? 'token_bound_to_other_ek' : result === 'used' ? 'token_used' : result === 'expired' ? 'token_expired' : 'token_invalid',
+      );
+    }
+    return {
+      session: sessionId,
+      credentialBlob: cred.credentialBlob.toString('base64'),
+      encryptedSecret: cred.encryptedSecret.toString('base64'),
+      nonce: nonce.toString('base64'),
+      pcrs: zone.pcrs,
+      expiresAt: new Date(expiresAt).toISOString(),
+    };
+  } catch (e) {
+    const err = toEdgeidError(e, 'internal_error');
+    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'enroll start failed');
+    const audit = failAudit(base, err);
+    if (token && spendable && err.code !== 'internal_error' && token.usedAt === null && token.expiresAt > now) {
+      await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit });
+    } else {
+      await ctx.store.appendAudit(audit);
+    }
+    throw auditedError(err);
+  }
+}
+
+/**
+ * POST /v1/enroll/finish. Checks the session (session_invalid / session_used / session_expired)
+ * and its token (token_used / token_expired), then — each failure spends the token — the
+ * activation secret (activation_secret_mismatch), the evidence (verifyEvidence: certify, quote,
+ * CSR), posture (posture_pcr_mismatch / posture_claims_rejected) and the source network. On
+ * success the device, its certificate row and its first renewal nonce are written in the
+ * transaction that spends the token.
+ */
+export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest, meta: RequestMeta): Promise<EnrollFinishResponse> {
+  const now = ctx.now();
+  const base: Omit<AuditInput, 'outcome' | 'reason'> = { time: now, actor: 'device', event: 'enroll.finish', ip: meta.ip };
+  let spend: { tokenId: string; sessionId: string } | null = null;
+  try {
+    const session = await ctx.store.getSession(req.session);
+    if (!session) throw new EdgeidError('session_invalid');
+    base.actor = `token:${session.tokenId}`;
+    base.details = { tokenId: session.tokenId, ekHash: session.ekHash };
+    if (session.usedAt !== null) throw new EdgeidError('session_used');
+    if (session.expiresAt <= now) throw new EdgeidError('session_expired');
+    const token = await ctx.store.getToken(session.tokenId);
+    if (!token || token.usedAt !== null) throw new EdgeidError('token_used');
+    if (token.expiresAt <= now) throw new EdgeidError('token_expired');
+    spend = { tokenId: token.id, sessionId: session.id };
+
+    const zone = zoneOf(ctx, token.zone);
+    checkSourceIp(zone, meta.ip);
+
+    const secret = b64('secret', req.secret);
+    const secretHash = createHash('sha256').update(secret).digest();
+    if (!timingSafeEqual(secretHash, session.secretHash)) throw new EdgeidError('activation_secret_mismatch');
+
+    const akPublic = parsePublic(session.akPub);
+    const ev = await verifyEvidence({ akPublic, nonce: session.nonce, evidence: req, zone });
+
+    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: null, windowOpen: false });
+    if (!verdict.ok) throw new EdgeidError(verdict.code, verdict.reason, { pcrs: verdict.pcrs, claims: verdict.claims });
+
+    const deviceId = newDeviceId();
+    const cert = await issueFor(ctx, { deviceId, zone, spki: ev.spki });
+    const device: DeviceRecord = {
+      id: deviceId,
+      zone: zone.name,
+      owner: token.owner,
+      name: token.name,
+      purpose: token.purpose,
+      status: 'active',
+      statusReason: null,
+      statusChangedAt: now,
+      ekHash: session.ekHash,
+      akPub: session.akPub,
+      baseline: verdict.newBaseline ?? ev.pcrs,
+      claims: ev.claims,
+      baselineWindowUntil: null,
+      enrolledBy: `${token.createdBy} (token ${token.id})`,
+      enrolledAt: now,
+      retireBy: zone.retireAfter === null ? null : now + zone.retireAfter * 1000,
+      lastSeen: now,
+      lastIp: meta.ip,
+    };
+    const nonce = newNonce(ctx, deviceId, nextNonceTtl(zone));
+    const committed = await ctx.store.finishEnrollment({
+      tokenId: token.id,
+      sessionId: session.id,
+      now,
+      device,
+      certificate: certRecord(deviceId, cert, ev.spkiHash, now),
+      nonce,
+      audit: {
+        ...base,
+        deviceId,
+        outcome: 'ok',
+        details: { tokenId: token.id, serial: cert.serial, notAfter: cert.notAfter.toISOString(), zone: zone.name, owner: token.owner },
+      },
+    });
+    if (!committed) {
+      spend = null;
+      throw new EdgeidError('session_used', 'the session or its token was used by a concurrent request');
+    }
+    ctx.metrics.enrollments.inc({ outcome: 'ok' });
+    await runHooks(ctx, 'onDeviceEnrolled', { device, serial: cert.serial, certificatePem: cert.pem }, deviceId);
+    await runHooks(ctx, 'onCertificateIssued', { device, serial: cert.serial, notAfter: cert.notAfter, renewal: false }, deviceId);
+    return {
+      ...issueResponse(ctx, deviceId, zone, cert, nonce, now),
+      mqtt: { url: ctx.config.mqtt.url, topics: deviceTopics(deviceId) },
+    };
+  } catch (e) {
+    const err = toEdgeidError(e, 'internal_error');
+    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'enroll finish failed');
+    ctx.metrics.enrollments.inc({ outcome: 'fail' });
+    const audit = failAudit(base, err);
+    if (spend && err.code !== 'internal_error') await ctx.store.failEnrollment({ ...spend, now, audit });
+    else await ctx.store.appendAudit(audit);
+    throw auditedError(err);
+  }
+}

@@ -1,0 +1,133 @@
+import 'reflect-metadata';
+import { createHash } from 'node:crypto';
+import * as x509 from '@peculiar/x509';
+import { canonicalJson, quoteQualifyingData, type Claims, type Evidence } from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { TPM_ALG, TPM_ECC_CURVE } from '../../protocol/tpm/constants.js';
+import { parsePublic, publicKeySpkiDer, type TpmPublic } from '../../protocol/tpm/public.js';
+import { verifyCertify, verifyQuote } from '../../protocol/tpm/verify.js';
+import type { ZonePolicy } from '../config.js';
+
+const MAX_CLAIMS_JSON = 8 * 1024;
+
+export interface VerifiedEvidence {
+  sessionKey: TpmPublic;
+  /** SPKI DER of the session key: the certificate's key. */
+  spki: Buffer;
+  spkiHash: string;
+  /** PCR index → hex sha256, as quoted. */
+  pcrs: Record<string, string>;
+  claims: Claims;
+}
+
+export function b64(field: string, value: string): Buffer {
+  // the JSON schema already restricts the alphabet; this catches non-canonical padding
+  const buf = Buffer.from(value, 'base64');
+  if (buf.toString('base64') !== value) throw new EdgeidError('bad_request', `${field} is not canonical base64`, { field });
+  return buf;
+}
+
+export function sha256Hex(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+export function checkClaims(claims: unknown): Claims {
+  if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) throw new EdgeidError('claims_invalid');
+  const c = claims as Claims;
+  if (typeof c.agentVersion !== 'string' || c.agentVersion.length === 0) throw new EdgeidError('claims_invalid', 'claims.agentVersion must be a string');
+  let text: string;
+  try {
+    text = canonicalJson(c);
+  } catch {
+    throw new EdgeidError('claims_invalid');
+  }
+  if (Buffer.byteLength(text) > MAX_CLAIMS_JSON) throw new EdgeidError('claims_invalid', `claims are larger than ${MAX_CLAIMS_JSON} bytes`);
+  return c;
+}
+
+/** Reported PCR values must be exactly the zone's selection, each a 32-byte sha256 digest. */
+export function checkPcrValues(zone: ZonePolicy, values: Record<string, string>): Map<number, Buffer> {
+  const keys = Object.keys(values);
+  const expected = zone.pcrs.map(String);
+  if (keys.length !== expected.length || !expected.every((k) => k in values)) {
+    throw new EdgeidError('pcr_values_invalid', `report exactly PCRs ${zone.pcrs.join(',')} of the sha256 bank`, { expected: zone.pcrs, got: keys });
+  }
+  const map = new Map<number, Buffer>();
+  for (const k of expected) {
+    const v = b64(`pcrValues.${k}`, values[k]!);
+    if (v.length !== 32) throw new EdgeidError('pcr_values_invalid', `PCR ${k} is not a 32-byte sha256 value`);
+    map.set(Number(k), v);
+  }
+  return map;
+}
+
+async function checkCsr(csrDer: Buffer, spki: Buffer): Promise<void> {
+  let csr: x509.Pkcs10CertificateRequest;
+  try {
+    csr = new x509.Pkcs10CertificateRequest(csrDer);
+  } catch {
+    throw new EdgeidError('csr_malformed');
+  }
+  let ok = false;
+  try {
+    ok = await csr.verify();
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new EdgeidError('csr_bad_signature');
+  if (!Buffer.from(csr.publicKey.rawData).equals(spki)) throw new EdgeidError('csr_key_mismatch');
+}
+
+/**
+ * Verifies the evidence of one certificate request against the device's AK and the nonce the
+ * server issued. In this order, each failure with its own code:
+ *  1. claims are an object with agentVersion, ≤ 8 KiB canonical      → claims_invalid
+ *  2. pcrValues are exactly the zone's PCRs, 32 bytes each            → pcr_values_invalid
+ *  3. the session key is an ECC P-256 public area                     → tpm_malformed / session_key_malformed
+ *  4. certify (qualifyingData = nonce): TPM-generated, signed by the AK, names the session key,
+ *     fixedTPM, fixedParent, sensitiveDataOrigin, sign, not restricted → certify_* (protocol/tpm/verify.ts)
+ *  5. quote (qualifyingData = SHA-256(nonce ‖ SHA-256(canonical claims))): TPM-generated, signed
+ *     by the AK, selection = reported PCRs, pcrDigest = H(reported values) → quote_*
+ *  6. the CSR parses, its signature verifies, its key is the certified session key
+ *                                                                     → csr_malformed / csr_bad_signature / csr_key_mismatch
+ * Posture policy (baseline, golden values, claim rules) is judged afterwards (posture.ts).
+ */
+export async function verifyEvidence(p: { akPublic: TpmPublic; nonce: Buffer; evidence: Evidence; zone: ZonePolicy }): Promise<VerifiedEvidence> {
+  const { evidence, akPublic, nonce } = p;
+  const claims = checkClaims(evidence.claims);
+  const pcrValues = checkPcrValues(p.zone, evidence.pcrValues);
+
+  const sessionKey = parsePublic(b64('sessionKeyPub', evidence.sessionKeyPub));
+  if (sessionKey.type !== TPM_ALG.ECC || sessionKey.ecc?.curve !== TPM_ECC_CURVE.NIST_P256) {
+    throw new EdgeidError('session_key_malformed');
+  }
+  let spki: Buffer;
+  try {
+    spki = publicKeySpkiDer(sessionKey);
+  } catch (e) {
+    if (e instanceof EdgeidError) throw e;
+    throw new EdgeidError('session_key_malformed');
+  }
+
+  verifyCertify({
+    akPublic,
+    attest: b64('certify.attest', evidence.certify.attest),
+    signature: b64('certify.signature', evidence.certify.signature),
+    certifiedPublic: sessionKey,
+    qualifyingData: nonce,
+  });
+
+  verifyQuote({
+    akPublic,
+    attest: b64('quote.attest', evidence.quote.attest),
+    signature: b64('quote.signature', evidence.quote.signature),
+    qualifyingData: quoteQualifyingData(nonce, claims),
+    pcrValues,
+  });
+
+  await checkCsr(b64('csr', evidence.csr), spki);
+
+  const pcrs: Record<string, string> = {};
+  for (const [k, v] of pcrValues) pcrs[String(k)] = v.toString('hex');
+  return { sessionKey, spki, spkiHash: sha256Hex(spki), pcrs, claims };
+}

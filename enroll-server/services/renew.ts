@@ -1,0 +1,126 @@
+import type { RenewChallengeRequest, RenewChallengeResponse, RenewRequest, RenewResponse } from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { parsePublic } from '../../protocol/tpm/public.js';
+import type { ZonePolicy } from '../config.js';
+import type { AuditInput, DevicePatch, DeviceRecord } from '../store/store.js';
+import { audited, auditedError, checkSourceIp, failAudit, runHooks, toEdgeidError, zoneOf, type RequestMeta, type ServerContext } from './context.js';
+import { retireDevice } from './devices.js';
+import { verifyEvidence } from './evidence.js';
+import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
+import { judgePosture } from './posture.js';
+
+/**
+ * Lifecycle checks shared by challenge and renewal: device known (device_not_found), not revoked
+ * (device_revoked), not retired and retireBy not passed (device_retired — a device past retireBy is
+ * retired on the spot), not quarantined (device_quarantined, with the recorded reason), source
+ * network allowed (source_ip_not_allowed).
+ */
+async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMeta): Promise<{ device: DeviceRecord; zone: ZonePolicy }> {
+  const device = await ctx.store.getDevice(deviceId);
+  if (!device) throw new EdgeidError('device_not_found');
+  if (device.status === 'revoked') throw new EdgeidError('device_revoked', undefined, { since: device.statusChangedAt && new Date(device.statusChangedAt).toISOString() });
+  if (device.status === 'retired') throw new EdgeidError('device_retired');
+  if (device.retireBy !== null && device.retireBy <= ctx.now()) {
+    await retireDevice(ctx, device.id, { actor: 'server', ip: null, automatic: true });
+    throw new EdgeidError('device_retired', 'the device passed its retire-by date and was retired');
+  }
+  if (device.status === 'quarantined') {
+    throw new EdgeidError('device_quarantined', `the device is quarantined: ${device.statusReason ?? 'posture changed'}`, { reason: device.statusReason });
+  }
+  const zone = zoneOf(ctx, device.zone);
+  checkSourceIp(zone, meta.ip);
+  return { device, zone };
+}
+
+/** POST /v1/renew/challenge: a fresh single-use nonce bound to the device. */
+export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequest, meta: RequestMeta): Promise<RenewChallengeResponse> {
+  try {
+    const { zone } = await liveDevice(ctx, req.deviceId, meta);
+    const nonce = newNonce(ctx, req.deviceId, ctx.config.challengeTtl);
+    await ctx.store.createNonce(nonce, NONCES_KEPT);
+    return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs };
+  } catch (e) {
+    const err = toEdgeidError(e, 'internal_error');
+    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'renew challenge failed');
+    await ctx.store.appendAudit(
+      failAudit({ time: ctx.now(), actor: 'device', event: 'renew.challenge', ip: meta.ip, deviceId: err.code === 'device_not_found' ? null : req.deviceId }, err),
+    );
+    throw auditedError(err);
+  }
+}
+
+/**
+ * POST /v1/renew. Checks, each failure its own code and audit row: the device's lifecycle
+ * (liveDevice), the nonce (nonce_unknown / nonce_wrong_device / nonce_used / nonce_expired), the
+ * time offline (device_offline_too_long: last certificate expired longer than maxOffline ago),
+ * the evidence against the device's enrolled AK (verifyEvidence), then posture: a mismatch
+ * quarantines the device (posture_pcr_mismatch / posture_claims_rejected with the PCRs or claims).
+ * The nonce is spent only by the transaction that records the new certificate; a failed attempt
+ * changes nothing but the audit log (and the device's status on a posture mismatch).
+ */
+export async function renew(ctx: ServerContext, req: RenewRequest, meta: RequestMeta): Promise<RenewResponse> {
+  const now = ctx.now();
+  const base: Omit<AuditInput, 'outcome' | 'reason'> = { time: now, actor: `device:${req.deviceId}`, event: 'renew', ip: meta.ip, deviceId: req.deviceId };
+  try {
+    const { device, zone } = await liveDevice(ctx, req.deviceId, meta);
+
+    const nonce = await ctx.store.getNonce(req.nonce);
+    if (!nonce) throw new EdgeidError('nonce_unknown');
+    if (nonce.deviceId !== device.id) throw new EdgeidError('nonce_wrong_device');
+    if (nonce.usedAt !== null) throw new EdgeidError('nonce_used');
+    if (nonce.expiresAt <= now) throw new EdgeidError('nonce_expired');
+
+    const last = await ctx.store.lastCertificate(device.id);
+    if (last && last.notAfter + zone.maxOffline * 1000 < now) {
+      throw new EdgeidError('device_offline_too_long', `the last certificate expired ${new Date(last.notAfter).toISOString()}, longer ago than maxOffline`);
+    }
+
+    const ev = await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
+
+    const windowOpen = device.baselineWindowUntil !== null && device.baselineWindowUntil > now;
+    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen });
+    if (!verdict.ok) {
+      const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, { pcrs: verdict.pcrs, claims: verdict.claims });
+      await ctx.store.updateDevice(
+        device.id,
+        { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip },
+        failAudit(base, err),
+      );
+      ctx.metrics.renewals.inc({ outcome: 'fail' });
+      await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: verdict.reason }, reason: verdict.reason, code: verdict.code }, device.id);
+      throw auditedError(err);
+    }
+
+    const cert = await issueFor(ctx, { deviceId: device.id, zone, spki: ev.spki });
+    const next = newNonce(ctx, device.id, nextNonceTtl(zone));
+    const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims };
+    if (verdict.newBaseline) {
+      patch.baseline = verdict.newBaseline;
+      patch.baselineWindowUntil = null;
+    }
+    const committed = await ctx.store.renew({
+      nonce: req.nonce,
+      now,
+      deviceId: device.id,
+      patch,
+      certificate: certRecord(device.id, cert, ev.spkiHash, now),
+      nextNonce: next,
+      audit: {
+        ...base,
+        outcome: 'ok',
+        details: { serial: cert.serial, notAfter: cert.notAfter.toISOString(), ...(verdict.newBaseline && device.baseline ? { newBaseline: true } : {}) },
+      },
+    });
+    if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');
+    ctx.metrics.renewals.inc({ outcome: 'ok' });
+    await runHooks(ctx, 'onCertificateIssued', { device: { ...device, ...patch } as DeviceRecord, serial: cert.serial, notAfter: cert.notAfter, renewal: true }, device.id);
+    return issueResponse(ctx, device.id, zone, cert, next, now);
+  } catch (e) {
+    const err = toEdgeidError(e, 'internal_error');
+    if (!audited.has(err)) ctx.metrics.renewals.inc({ outcome: 'fail' });
+    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'renew failed');
+    if (err.code === 'device_not_found') base.deviceId = null;
+    if (!audited.has(err)) await ctx.store.appendAudit(failAudit(base, err));
+    throw auditedError(err);
+  }
+}

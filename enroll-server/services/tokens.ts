@@ -1,0 +1,86 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { enrollUri, type TokenCreateRequest, type TokenCreateResponse, type TokenView } from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import type { TokenRecord } from '../store/store.js';
+import { zoneOf, type RequestMeta, type ServerContext } from './context.js';
+
+/**
+ * Enrollment tokens are `<id>.<secret>`: the id (16 hex digits) finds the row, the secret (32
+ * random bytes, base64url) is checked against its stored SHA-256 in constant time.
+ */
+const TOKEN_RE = /^([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
+
+export function splitToken(token: string): { id: string; secretHash: Buffer } | null {
+  const m = TOKEN_RE.exec(token);
+  if (!m) return null;
+  return { id: m[1]!, secretHash: createHash('sha256').update(m[2]!, 'utf8').digest() };
+}
+
+/** Finds the token a device presented; token_invalid for an unknown id or a wrong secret (same answer). */
+export async function lookupToken(ctx: ServerContext, token: string): Promise<TokenRecord> {
+  const parts = splitToken(token);
+  const row = parts ? await ctx.store.getToken(parts.id) : null;
+  if (!parts || !row || !timingSafeEqual(row.secretHash, parts.secretHash)) throw new EdgeidError('token_invalid');
+  return row;
+}
+
+export async function createToken(ctx: ServerContext, req: TokenCreateRequest, meta: RequestMeta & { actor: string }): Promise<TokenCreateResponse> {
+  zoneOf(ctx, req.zone);
+  const ttl = req.ttlSeconds ?? ctx.config.tokenDefaultTtl;
+  if (!Number.isInteger(ttl) || ttl < 60 || ttl > 30 * 86400) throw new EdgeidError('token_ttl_invalid');
+  const id = randomBytes(8).toString('hex');
+  const secret = randomBytes(32).toString('base64url');
+  const now = ctx.now();
+  const rec: TokenRecord = {
+    id,
+    secretHash: createHash('sha256').update(secret, 'utf8').digest(),
+    zone: req.zone,
+    owner: req.owner,
+    name: req.name ?? null,
+    purpose: req.purpose ?? null,
+    createdBy: meta.actor,
+    createdAt: now,
+    expiresAt: now + ttl * 1000,
+    ekHash: null,
+    boundAt: null,
+    usedAt: null,
+    deviceId: null,
+  };
+  await ctx.store.createToken(rec, {
+    time: now,
+    actor: meta.actor,
+    event: 'token.create',
+    ip: meta.ip,
+    outcome: 'ok',
+    details: { tokenId: id, zone: req.zone, owner: req.owner, name: req.name ?? null, expiresAt: new Date(rec.expiresAt).toISOString() },
+  });
+  const token = `${id}.${secret}`;
+  const server = ctx.publicUrl();
+  return {
+    id,
+    token,
+    uri: enrollUri({ server, token, caFingerprint: ctx.ca.fingerprint, zone: req.zone }),
+    server,
+    caFingerprint: ctx.ca.fingerprint,
+    zone: rec.zone,
+    owner: rec.owner,
+    name: rec.name,
+    expiresAt: new Date(rec.expiresAt).toISOString(),
+  };
+}
+
+export function tokenView(t: TokenRecord): TokenView {
+  const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
+  return {
+    id: t.id,
+    zone: t.zone,
+    owner: t.owner,
+    name: t.name,
+    createdBy: t.createdBy,
+    createdAt: new Date(t.createdAt).toISOString(),
+    expiresAt: new Date(t.expiresAt).toISOString(),
+    boundAt: iso(t.boundAt),
+    usedAt: iso(t.usedAt),
+    deviceId: t.deviceId,
+  };
+}

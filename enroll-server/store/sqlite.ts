@@ -1,0 +1,490 @@
+import Database from 'better-sqlite3';
+import { chmodSync, existsSync } from 'node:fs';
+import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
+import { auditHash, GENESIS_HASH, verifyChain } from './audit-chain.js';
+import type {
+  AuditInput,
+  CertificateRecord,
+  DevicePatch,
+  DeviceRecord,
+  EnrollSessionRecord,
+  NonceRecord,
+  Store,
+  TokenRecord,
+} from './store.js';
+
+/** Portable DDL: TEXT / INTEGER / BLOB only, no SQLite-only syntax beyond IF NOT EXISTS. */
+const SCHEMA = [
+  `CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS tokens (
+     id TEXT PRIMARY KEY, secret_hash BLOB NOT NULL, zone TEXT NOT NULL, owner TEXT NOT NULL, name TEXT, purpose TEXT,
+     created_by TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+     ek_hash TEXT, bound_at INTEGER, used_at INTEGER, device_id TEXT)`,
+  `CREATE TABLE IF NOT EXISTS enroll_sessions (
+     id TEXT PRIMARY KEY, token_id TEXT NOT NULL REFERENCES tokens(id), ek_hash TEXT NOT NULL, ak_pub BLOB NOT NULL,
+     secret_hash BLOB NOT NULL, nonce BLOB NOT NULL, ip TEXT, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER)`,
+  `CREATE INDEX IF NOT EXISTS enroll_sessions_token ON enroll_sessions(token_id)`,
+  `CREATE TABLE IF NOT EXISTS devices (
+     id TEXT PRIMARY KEY, zone TEXT NOT NULL, owner TEXT NOT NULL, name TEXT, purpose TEXT,
+     status TEXT NOT NULL, status_reason TEXT, status_changed_at INTEGER, ek_hash TEXT NOT NULL, ak_pub BLOB NOT NULL,
+     baseline TEXT, claims TEXT, baseline_window_until INTEGER, enrolled_by TEXT NOT NULL, enrolled_at INTEGER NOT NULL,
+     retire_by INTEGER, last_seen INTEGER, last_ip TEXT)`,
+  `CREATE INDEX IF NOT EXISTS devices_ek ON devices(ek_hash)`,
+  `CREATE TABLE IF NOT EXISTS certificates (
+     serial TEXT PRIMARY KEY, device_id TEXT NOT NULL REFERENCES devices(id), not_before INTEGER NOT NULL,
+     not_after INTEGER NOT NULL, spki_hash TEXT NOT NULL, issued_at INTEGER NOT NULL, revoked_at INTEGER, reason TEXT)`,
+  `CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id)`,
+  `CREATE TABLE IF NOT EXISTS nonces (
+     value TEXT PRIMARY KEY, device_id TEXT NOT NULL REFERENCES devices(id), created_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL, used_at INTEGER)`,
+  `CREATE INDEX IF NOT EXISTS nonces_device ON nonces(device_id)`,
+  `CREATE TABLE IF NOT EXISTS audit (
+     seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, event TEXT NOT NULL, device_id TEXT, ip TEXT,
+     outcome TEXT NOT NULL, reason TEXT, details TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)`,
+];
+
+type Row = Record<string, unknown>;
+
+const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+const text = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+
+function tokenFrom(r: Row): TokenRecord {
+  return {
+    id: String(r.id),
+    secretHash: r.secret_hash as Buffer,
+    zone: String(r.zone),
+    owner: String(r.owner),
+    name: text(r.name),
+    purpose: text(r.purpose),
+    createdBy: String(r.created_by),
+    createdAt: Number(r.created_at),
+    expiresAt: Number(r.expires_at),
+    ekHash: text(r.ek_hash),
+    boundAt: num(r.bound_at),
+    usedAt: num(r.used_at),
+    deviceId: text(r.device_id),
+  };
+}
+
+function sessionFrom(r: Row): EnrollSessionRecord {
+  return {
+    id: String(r.id),
+    tokenId: String(r.token_id),
+    ekHash: String(r.ek_hash),
+    akPub: r.ak_pub as Buffer,
+    secretHash: r.secret_hash as Buffer,
+    nonce: r.nonce as Buffer,
+    ip: text(r.ip),
+    createdAt: Number(r.created_at),
+    expiresAt: Number(r.expires_at),
+    usedAt: num(r.used_at),
+  };
+}
+
+function deviceFrom(r: Row): DeviceRecord {
+  return {
+    id: String(r.id),
+    zone: String(r.zone),
+    owner: String(r.owner),
+    name: text(r.name),
+    purpose: text(r.purpose),
+    status: String(r.status) as DeviceStatus,
+    statusReason: text(r.status_reason),
+    statusChangedAt: num(r.status_changed_at),
+    ekHash: String(r.ek_hash),
+    akPub: r.ak_pub as Buffer,
+    baseline: r.baseline ? (JSON.parse(String(r.baseline)) as Record<string, string>) : null,
+    claims: r.claims ? JSON.parse(String(r.claims)) : null,
+    baselineWindowUntil: num(r.baseline_window_until),
+    enrolledBy: String(r.enrolled_by),
+    enrolledAt: Number(r.enrolled_at),
+    retireBy: num(r.retire_by),
+    lastSeen: num(r.last_seen),
+    lastIp: text(r.last_ip),
+  };
+}
+
+function certFrom(r: Row): CertificateRecord {
+  return {
+    serial: String(r.serial),
+    deviceId: String(r.device_id),
+    notBefore: Number(r.not_before),
+    notAfter: Number(r.not_after),
+    spkiHash: String(r.spki_hash),
+    issuedAt: Number(r.issued_at),
+    revokedAt: num(r.revoked_at),
+    reason: text(r.reason) as RevokeReason | null,
+  };
+}
+
+function nonceFrom(r: Row): NonceRecord {
+  return { value: String(r.value), deviceId: String(r.device_id), createdAt: Number(r.created_at), expiresAt: Number(r.expires_at), usedAt: num(r.used_at) };
+}
+
+function auditFrom(r: Row): AuditRow {
+  return {
+    seq: Number(r.seq),
+    time: new Date(Number(r.time)).toISOString(),
+    actor: String(r.actor),
+    event: String(r.event),
+    deviceId: text(r.device_id),
+    ip: text(r.ip),
+    outcome: String(r.outcome) as 'ok' | 'fail',
+    reason: text(r.reason),
+    details: r.details ? JSON.parse(String(r.details)) : null,
+    prevHash: String(r.prev_hash),
+    hash: String(r.hash),
+  };
+}
+
+const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
+  status: 'status',
+  statusReason: 'status_reason',
+  statusChangedAt: 'status_changed_at',
+  baseline: 'baseline',
+  claims: 'claims',
+  baselineWindowUntil: 'baseline_window_until',
+  lastSeen: 'last_seen',
+  lastIp: 'last_ip',
+};
+
+/** SQLite store: WAL, file 0600, write transactions BEGIN IMMEDIATE (serialises the audit chain). */
+export class SqliteStore implements Store {
+  readonly db: Database.Database;
+
+  constructor(readonly file: string) {
+    const fresh = file !== ':memory:' && !existsSync(file);
+    this.db = new Database(file);
+    if (file !== ':memory:') {
+      this.db.pragma('journal_mode = WAL');
+      if (fresh) chmodSync(file, 0o600);
+    }
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma('synchronous = NORMAL');
+    for (const s of SCHEMA) this.db.exec(s);
+  }
+
+  private tx<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  /** Appends inside the caller's transaction. */
+  private appendAuditSync(a: AuditInput): AuditRow {
+    const last = this.db.prepare('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    const row: Omit<AuditRow, 'hash'> = {
+      seq: last ? Number(last.seq) + 1 : 1,
+      time: new Date(a.time).toISOString(),
+      actor: a.actor,
+      event: a.event,
+      deviceId: a.deviceId ?? null,
+      ip: a.ip ?? null,
+      outcome: a.outcome,
+      reason: a.reason ?? null,
+      details: a.details ?? null,
+      prevHash: last ? String(last.hash) : GENESIS_HASH,
+    };
+    const hash = auditHash(row);
+    this.db
+      .prepare(
+        `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(row.seq, a.time, row.actor, row.event, row.deviceId, row.ip, row.outcome, row.reason, row.details ? JSON.stringify(row.details) : null, row.prevHash, hash);
+    this.setMetaSync('audit_head', JSON.stringify({ seq: row.seq, hash }));
+    return { ...row, hash };
+  }
+
+  private setMetaSync(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  async getMeta(key: string): Promise<string | null> {
+    const r = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as Row | undefined;
+    return r ? String(r.value) : null;
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    this.setMetaSync(key, value);
+  }
+
+  async createToken(t: TokenRecord, audit: AuditInput): Promise<void> {
+    this.tx(() => {
+      this.db
+        .prepare(
+          `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, ek_hash, bound_at, used_at, device_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)`,
+        )
+        .run(t.id, t.secretHash, t.zone, t.owner, t.name, t.purpose, t.createdBy, t.createdAt, t.expiresAt);
+      this.appendAuditSync(audit);
+    });
+  }
+
+  async getToken(id: string): Promise<TokenRecord | null> {
+    const r = this.db.prepare('SELECT * FROM tokens WHERE id = ?').get(id) as Row | undefined;
+    return r ? tokenFrom(r) : null;
+  }
+
+  async listTokens(): Promise<TokenRecord[]> {
+    return (this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as Row[]).map(tokenFrom);
+  }
+
+  async startEnrollment(p: { tokenId: string; ekHash: string; now: number; session: EnrollSessionRecord; audit: AuditInput }) {
+    return this.tx(() => {
+      const bound = this.db
+        .prepare(
+          `UPDATE tokens SET ek_hash = ?, bound_at = COALESCE(bound_at, ?)
+           WHERE id = ? AND used_at IS NULL AND expires_at > ? AND (ek_hash IS NULL OR ek_hash = ?)`,
+        )
+        .run(p.ekHash, p.now, p.tokenId, p.now, p.ekHash);
+      if (bound.changes !== 1) {
+        const t = this.db.prepare('SELECT * FROM tokens WHERE id = ?').get(p.tokenId) as Row | undefined;
+        if (!t) return 'missing' as const;
+        const tok = tokenFrom(t);
+        if (tok.usedAt !== null) return 'used' as const;
+        if (tok.expiresAt <= p.now) return 'expired' as const;
+        return 'bound_other' as const;
+      }
+      this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+      const s = p.session;
+      this.db
+        .prepare(
+          `INSERT INTO enroll_sessions (id, token_id, ek_hash, ak_pub, secret_hash, nonce, ip, created_at, expires_at, used_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)`,
+        )
+        .run(s.id, s.tokenId, s.ekHash, s.akPub, s.secretHash, s.nonce, s.ip, s.createdAt, s.expiresAt);
+      this.appendAuditSync(p.audit);
+      return 'ok' as const;
+    });
+  }
+
+  async getSession(id: string): Promise<EnrollSessionRecord | null> {
+    const r = this.db.prepare('SELECT * FROM enroll_sessions WHERE id = ?').get(id) as Row | undefined;
+    return r ? sessionFrom(r) : null;
+  }
+
+  private spendTokenAndSession(tokenId: string, sessionId: string, now: number, deviceId: string | null): boolean {
+    const t = this.db.prepare('UPDATE tokens SET used_at = ?, device_id = ? WHERE id = ? AND used_at IS NULL').run(now, deviceId, tokenId);
+    const s = this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(now, sessionId);
+    return t.changes === 1 && s.changes === 1;
+  }
+
+  private insertCertificate(c: CertificateRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at, revoked_at, reason)
+         VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)`,
+      )
+      .run(c.serial, c.deviceId, c.notBefore, c.notAfter, c.spkiHash, c.issuedAt);
+  }
+
+  private insertNonce(n: NonceRecord, keep: number): void {
+    this.db.prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, NULL)').run(
+      n.value,
+      n.deviceId,
+      n.createdAt,
+      n.expiresAt,
+    );
+    // bound the number of live nonces per device (challenges are unauthenticated)
+    this.db
+      .prepare(
+        `DELETE FROM nonces WHERE device_id = ? AND used_at IS NULL AND value NOT IN
+           (SELECT value FROM nonces WHERE device_id = ? AND used_at IS NULL ORDER BY created_at DESC, value LIMIT ?)`,
+      )
+      .run(n.deviceId, n.deviceId, keep);
+  }
+
+  async finishEnrollment(p: {
+    tokenId: string;
+    sessionId: string;
+    now: number;
+    device: DeviceRecord;
+    certificate: CertificateRecord;
+    nonce: NonceRecord;
+    audit: AuditInput;
+  }): Promise<boolean> {
+    try {
+      return this.tx(() => {
+        if (!this.spendTokenAndSession(p.tokenId, p.sessionId, p.now, p.device.id)) throw new RaceLost();
+        const d = p.device;
+        this.db
+          .prepare(
+            `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, baseline, claims,
+               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(
+            d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub,
+            d.baseline ? JSON.stringify(d.baseline) : null, d.claims ? JSON.stringify(d.claims) : null, d.baselineWindowUntil,
+            d.enrolledBy, d.enrolledAt, d.retireBy, d.lastSeen, d.lastIp,
+          );
+        this.insertCertificate(p.certificate);
+        this.insertNonce(p.nonce, 5);
+        this.appendAuditSync(p.audit);
+        return true;
+      });
+    } catch (e) {
+      if (e instanceof RaceLost) return false;
+      throw e;
+    }
+  }
+
+  async failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void> {
+    this.tx(() => {
+      this.db.prepare('UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+      // a failed check also closes every open session of the token
+      this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+      this.appendAuditSync(p.audit);
+    });
+  }
+
+  async getDevice(id: string): Promise<DeviceRecord | null> {
+    const r = this.db.prepare('SELECT * FROM devices WHERE id = ?').get(id) as Row | undefined;
+    return r ? deviceFrom(r) : null;
+  }
+
+  async listDevices(): Promise<DeviceRecord[]> {
+    return (this.db.prepare('SELECT * FROM devices ORDER BY enrolled_at, id').all() as Row[]).map(deviceFrom);
+  }
+
+  async findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null> {
+    const r = this.db.prepare(`SELECT * FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`).get(ekHash) as Row | undefined;
+    return r ? deviceFrom(r) : null;
+  }
+
+  private updateDeviceSync(id: string, patch: DevicePatch): void {
+    const sets: string[] = [];
+    const values: unknown[] = [];
+    for (const [k, v] of Object.entries(patch) as [keyof DevicePatch, unknown][]) {
+      if (v === undefined) continue;
+      sets.push(`${DEVICE_COLUMNS[k]} = ?`);
+      values.push(k === 'baseline' || k === 'claims' ? (v === null ? null : JSON.stringify(v)) : v);
+    }
+    if (sets.length === 0) return;
+    this.db.prepare(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+  }
+
+  async updateDevice(id: string, patch: DevicePatch, audit?: AuditInput): Promise<void> {
+    this.tx(() => {
+      this.updateDeviceSync(id, patch);
+      if (audit) this.appendAuditSync(audit);
+    });
+  }
+
+  async createNonce(n: NonceRecord, keep: number): Promise<void> {
+    this.tx(() => this.insertNonce(n, keep));
+  }
+
+  async getNonce(value: string): Promise<NonceRecord | null> {
+    const r = this.db.prepare('SELECT * FROM nonces WHERE value = ?').get(value) as Row | undefined;
+    return r ? nonceFrom(r) : null;
+  }
+
+  async spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean> {
+    return this.tx(() => {
+      const ok = this.db.prepare('UPDATE nonces SET used_at = ? WHERE value = ? AND used_at IS NULL').run(now, value).changes === 1;
+      if (audit) this.appendAuditSync(audit);
+      return ok;
+    });
+  }
+
+  async renew(p: {
+    nonce: string;
+    now: number;
+    deviceId: string;
+    patch: DevicePatch;
+    certificate: CertificateRecord;
+    nextNonce: NonceRecord;
+    audit: AuditInput;
+  }): Promise<boolean> {
+    try {
+      return this.tx(() => {
+        const spent = this.db
+          .prepare(`UPDATE nonces SET used_at = ? WHERE value = ? AND device_id = ? AND used_at IS NULL`)
+          .run(p.now, p.nonce, p.deviceId);
+        // the device must still be active at commit time: a revoke that raced us wins
+        const live = this.db.prepare(`SELECT status FROM devices WHERE id = ? AND status = 'active'`).get(p.deviceId);
+        if (spent.changes !== 1 || !live) throw new RaceLost();
+        this.updateDeviceSync(p.deviceId, p.patch);
+        this.insertCertificate(p.certificate);
+        this.insertNonce(p.nextNonce, 5);
+        this.appendAuditSync(p.audit);
+        return true;
+      });
+    } catch (e) {
+      if (e instanceof RaceLost) return false;
+      throw e;
+    }
+  }
+
+  async listCertificates(deviceId: string): Promise<CertificateRecord[]> {
+    return (this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY issued_at, serial').all(deviceId) as Row[]).map(certFrom);
+  }
+
+  async lastCertificate(deviceId: string): Promise<CertificateRecord | null> {
+    const r = this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY not_after DESC LIMIT 1').get(deviceId) as Row | undefined;
+    return r ? certFrom(r) : null;
+  }
+
+  async endDevice(p: {
+    deviceId: string;
+    status: 'revoked' | 'retired';
+    reason: RevokeReason;
+    statusReason: string;
+    now: number;
+    audit: AuditInput;
+  }): Promise<string[]> {
+    return this.tx(() => {
+      this.updateDeviceSync(p.deviceId, { status: p.status, statusReason: p.statusReason, statusChangedAt: p.now });
+      const serials = (
+        this.db.prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').all(p.deviceId, p.now) as Row[]
+      ).map((r) => String(r.serial));
+      this.db.prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').run(
+        p.now,
+        p.reason,
+        p.deviceId,
+        p.now,
+      );
+      this.db.prepare('UPDATE nonces SET used_at = ? WHERE device_id = ? AND used_at IS NULL').run(p.now, p.deviceId);
+      this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
+      return serials;
+    });
+  }
+
+  async listRevokedUnexpired(now: number): Promise<CertificateRecord[]> {
+    return (
+      this.db.prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial').all(now) as Row[]
+    ).map(certFrom);
+  }
+
+  async appendAudit(a: AuditInput): Promise<AuditRow> {
+    return this.tx(() => this.appendAuditSync(a));
+  }
+
+  async listAudit(p: { afterSeq?: number; limit?: number; deviceId?: string } = {}): Promise<AuditRow[]> {
+    const where = ['seq > ?'];
+    const args: unknown[] = [p.afterSeq ?? 0];
+    if (p.deviceId) {
+      where.push('device_id = ?');
+      args.push(p.deviceId);
+    }
+    args.push(p.limit ?? 1000);
+    return (this.db.prepare(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args) as Row[]).map(auditFrom);
+  }
+
+  async verifyAudit(): Promise<AuditVerifyResult> {
+    const headText = await this.getMeta('audit_head');
+    const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
+    const stmt = this.db.prepare('SELECT * FROM audit ORDER BY seq');
+    const rows = (function* () {
+      for (const r of stmt.iterate() as IterableIterator<Row>) yield auditFrom(r);
+    })();
+    return verifyChain(rows, head);
+  }
+}
+
+class RaceLost extends Error {}

@@ -1,0 +1,174 @@
+import type { AuditRow, AuditVerifyResult, Claims, DeviceStatus, RevokeReason } from '../../protocol/api.js';
+
+/**
+ * The one storage interface of the server (smallstep's db/ idea): domain-level operations, each
+ * atomic. Times are milliseconds since the epoch. SQLite implements it now (store/sqlite.ts);
+ * the SQL is kept portable so a PostgreSQL implementation can follow.
+ */
+
+export interface TokenRecord {
+  id: string;
+  /** SHA-256 of the token's secret part; the secret itself is never stored. */
+  secretHash: Buffer;
+  zone: string;
+  owner: string;
+  name: string | null;
+  purpose: string | null;
+  createdBy: string;
+  createdAt: number;
+  expiresAt: number;
+  /** SHA-256 (hex) of the EK public area that first presented the token. */
+  ekHash: string | null;
+  boundAt: number | null;
+  usedAt: number | null;
+  deviceId: string | null;
+}
+
+export interface EnrollSessionRecord {
+  id: string;
+  tokenId: string;
+  ekHash: string;
+  akPub: Buffer;
+  /** SHA-256 of the MakeCredential secret. */
+  secretHash: Buffer;
+  nonce: Buffer;
+  ip: string | null;
+  createdAt: number;
+  expiresAt: number;
+  usedAt: number | null;
+}
+
+export interface DeviceRecord {
+  id: string;
+  zone: string;
+  owner: string;
+  name: string | null;
+  purpose: string | null;
+  status: DeviceStatus;
+  statusReason: string | null;
+  ekHash: string;
+  akPub: Buffer;
+  /** PCR index → hex sha256 value approved for this device. */
+  baseline: Record<string, string> | null;
+  claims: Claims | null;
+  baselineWindowUntil: number | null;
+  enrolledBy: string;
+  enrolledAt: number;
+  retireBy: number | null;
+  lastSeen: number | null;
+  lastIp: string | null;
+  statusChangedAt: number | null;
+}
+
+export interface CertificateRecord {
+  serial: string;
+  deviceId: string;
+  notBefore: number;
+  notAfter: number;
+  /** SHA-256 (hex) of the certificate's SPKI. */
+  spkiHash: string;
+  issuedAt: number;
+  revokedAt: number | null;
+  reason: RevokeReason | null;
+}
+
+export interface NonceRecord {
+  /** base64 of 32 random bytes, as the API carries it. */
+  value: string;
+  deviceId: string;
+  createdAt: number;
+  expiresAt: number;
+  usedAt: number | null;
+}
+
+export interface AuditInput {
+  time: number;
+  actor: string;
+  event: string;
+  deviceId?: string | null;
+  ip?: string | null;
+  outcome: 'ok' | 'fail';
+  reason?: string | null;
+  details?: Record<string, unknown> | null;
+}
+
+export type DevicePatch = Partial<
+  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
+>;
+
+export interface Store {
+  close(): Promise<void>;
+
+  getMeta(key: string): Promise<string | null>;
+  setMeta(key: string, value: string): Promise<void>;
+
+  createToken(token: TokenRecord, audit: AuditInput): Promise<void>;
+  getToken(id: string): Promise<TokenRecord | null>;
+  listTokens(): Promise<TokenRecord[]>;
+
+  /**
+   * Binds the token to the EK atomically (only if unbound or bound to the same EK, unused and
+   * unexpired) and records a new enrollment session; earlier open sessions of the token are
+   * superseded. Returns why it refused, or 'ok'.
+   */
+  startEnrollment(p: { tokenId: string; ekHash: string; now: number; session: EnrollSessionRecord; audit: AuditInput }): Promise<
+    'ok' | 'bound_other' | 'used' | 'expired' | 'missing'
+  >;
+  getSession(id: string): Promise<EnrollSessionRecord | null>;
+  /**
+   * Spends the token and the session, creates the device, its first certificate and its first
+   * renewal nonce, and appends the audit row — all or nothing. Returns false (and changes
+   * nothing) if the token or session was spent meanwhile.
+   */
+  finishEnrollment(p: {
+    tokenId: string;
+    sessionId: string;
+    now: number;
+    device: DeviceRecord;
+    certificate: CertificateRecord;
+    nonce: NonceRecord;
+    audit: AuditInput;
+  }): Promise<boolean>;
+  /** A finish that failed a check: spend token and session and append the audit row. */
+  failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void>;
+
+  getDevice(id: string): Promise<DeviceRecord | null>;
+  listDevices(): Promise<DeviceRecord[]>;
+  /** A device with this EK that is still active or quarantined. */
+  findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
+  updateDevice(id: string, patch: DevicePatch, audit?: AuditInput): Promise<void>;
+
+  /** Stores a nonce; keeps only the newest `keep` unused nonces of the device. */
+  createNonce(n: NonceRecord, keep: number): Promise<void>;
+  getNonce(value: string): Promise<NonceRecord | null>;
+  /** Marks the nonce used (false if it already was) and appends the audit row in one transaction. */
+  spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean>;
+  /**
+   * Renewal: spends the nonce, records the certificate, stores the next nonce, updates the device
+   * and appends the audit row — all or nothing. False (no change) if the nonce was spent meanwhile.
+   */
+  renew(p: {
+    nonce: string;
+    now: number;
+    deviceId: string;
+    patch: DevicePatch;
+    certificate: CertificateRecord;
+    nextNonce: NonceRecord;
+    audit: AuditInput;
+  }): Promise<boolean>;
+
+  listCertificates(deviceId: string): Promise<CertificateRecord[]>;
+  /** The newest certificate of the device. */
+  lastCertificate(deviceId: string): Promise<CertificateRecord | null>;
+  /**
+   * Sets the device's status (revoked / retired), revokes its unexpired certificates and appends
+   * the audit row in one transaction. Returns the serials it revoked.
+   */
+  endDevice(p: { deviceId: string; status: 'revoked' | 'retired'; reason: RevokeReason; statusReason: string; now: number; audit: AuditInput }): Promise<string[]>;
+  /** Revoked certificates that have not expired yet at `now` (the CRL's entries). */
+  listRevokedUnexpired(now: number): Promise<CertificateRecord[]>;
+
+  appendAudit(a: AuditInput): Promise<AuditRow>;
+  listAudit(p?: { afterSeq?: number; limit?: number; deviceId?: string }): Promise<AuditRow[]>;
+  verifyAudit(): Promise<AuditVerifyResult>;
+}

@@ -1,0 +1,134 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { SqliteStore } from '../../enroll-server/store/sqlite.js';
+import type { EnrollSessionRecord, TokenRecord } from '../../enroll-server/store/store.js';
+
+async function withStore(t: { after: (fn: () => Promise<void>) => void }): Promise<SqliteStore> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-store-'));
+  const s = new SqliteStore(path.join(dir, 'edgeid.db'));
+  t.after(async () => {
+    await s.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return s;
+}
+
+const audit = (event: string, n = 0) => ({ time: 1_700_000_000_000 + n, actor: 'test', event, outcome: 'ok' as const, details: { n } });
+
+function token(id: string, expiresAt = Date.now() + 3600_000): TokenRecord {
+  return {
+    id, secretHash: createHash('sha256').update(id).digest(), zone: 'default', owner: 'o', name: null, purpose: null, createdBy: 'admin',
+    createdAt: Date.now(), expiresAt, ekHash: null, boundAt: null, usedAt: null, deviceId: null,
+  };
+}
+
+function session(id: string, tokenId: string, ekHash: string): EnrollSessionRecord {
+  return { id, tokenId, ekHash, akPub: Buffer.from('ak'), secretHash: Buffer.alloc(32), nonce: Buffer.alloc(32), ip: null, createdAt: Date.now(), expiresAt: Date.now() + 600_000, usedAt: null };
+}
+
+test('the database file is created 0600 in WAL mode', async (t) => {
+  const s = await withStore(t);
+  assert.equal((await stat(s.file)).mode & 0o777, 0o600);
+  assert.equal(s.db.pragma('journal_mode', { simple: true }), 'wal');
+});
+
+test('an intact audit chain verifies', async (t) => {
+  const s = await withStore(t);
+  for (let i = 0; i < 5; i++) await s.appendAudit(audit('e', i));
+  assert.deepEqual(await s.verifyAudit(), { ok: true, rows: 5 });
+});
+
+test('audit verify detects an edited row', async (t) => {
+  const s = await withStore(t);
+  for (let i = 0; i < 5; i++) await s.appendAudit(audit('e', i));
+  s.db.prepare(`UPDATE audit SET outcome = 'fail' WHERE seq = 3`).run();
+  const r = await s.verifyAudit();
+  assert.equal(r.ok, false);
+  assert.deepEqual([r.problem?.seq, r.problem?.kind], [3, 'hash_mismatch']);
+});
+
+test('audit verify detects a row edited together with its own hash', async (t) => {
+  const s = await withStore(t);
+  for (let i = 0; i < 5; i++) await s.appendAudit(audit('e', i));
+  s.db.prepare(`UPDATE audit SET hash = ? WHERE seq = 2`).run('f'.repeat(64));
+  const r = await s.verifyAudit();
+  assert.equal(r.ok, false);
+  assert.equal(r.problem?.seq, 2);
+});
+
+test('audit verify detects a deleted row in the middle', async (t) => {
+  const s = await withStore(t);
+  for (let i = 0; i < 5; i++) await s.appendAudit(audit('e', i));
+  s.db.prepare(`DELETE FROM audit WHERE seq = 2`).run();
+  const r = await s.verifyAudit();
+  assert.equal(r.ok, false);
+  assert.deepEqual([r.problem?.seq, r.problem?.kind], [3, 'gap']);
+});
+
+test('audit verify detects deleted rows at the end', async (t) => {
+  const s = await withStore(t);
+  for (let i = 0; i < 5; i++) await s.appendAudit(audit('e', i));
+  s.db.prepare(`DELETE FROM audit WHERE seq >= 4`).run();
+  const r = await s.verifyAudit();
+  assert.equal(r.ok, false);
+  assert.equal(r.problem?.kind, 'head_mismatch');
+});
+
+test('a token binds to the first EK; the same EK may start again, another EK is refused', async (t) => {
+  const s = await withStore(t);
+  await s.createToken(token('t1'), audit('token.create'));
+  const now = Date.now();
+  assert.equal(await s.startEnrollment({ tokenId: 't1', ekHash: 'ek-a', now, session: session('s1', 't1', 'ek-a'), audit: audit('start') }), 'ok');
+  assert.equal(await s.startEnrollment({ tokenId: 't1', ekHash: 'ek-b', now, session: session('s2', 't1', 'ek-b'), audit: audit('start') }), 'bound_other');
+  assert.equal(await s.startEnrollment({ tokenId: 't1', ekHash: 'ek-a', now, session: session('s3', 't1', 'ek-a'), audit: audit('start') }), 'ok');
+  assert.notEqual((await s.getSession('s1'))!.usedAt, null, 'the retry supersedes the earlier session');
+  assert.equal(await s.getSession('s2'), null);
+  assert.equal((await s.getToken('t1'))!.ekHash, 'ek-a');
+});
+
+test('an expired or spent token cannot start an enrollment', async (t) => {
+  const s = await withStore(t);
+  await s.createToken(token('t1', Date.now() - 1), audit('token.create'));
+  assert.equal(await s.startEnrollment({ tokenId: 't1', ekHash: 'ek', now: Date.now(), session: session('s1', 't1', 'ek'), audit: audit('x') }), 'expired');
+  await s.createToken(token('t2'), audit('token.create'));
+  await s.failEnrollment({ tokenId: 't2', sessionId: null, now: Date.now(), audit: audit('fail') });
+  assert.equal(await s.startEnrollment({ tokenId: 't2', ekHash: 'ek', now: Date.now(), session: session('s2', 't2', 'ek'), audit: audit('x') }), 'used');
+  assert.equal(await s.startEnrollment({ tokenId: 'nope', ekHash: 'ek', now: Date.now(), session: session('s3', 'nope', 'ek'), audit: audit('x') }), 'missing');
+});
+
+test('finishEnrollment is all or nothing and works once per token', async (t) => {
+  const s = await withStore(t);
+  await s.createToken(token('t1'), audit('token.create'));
+  const now = Date.now();
+  await s.startEnrollment({ tokenId: 't1', ekHash: 'ek', now, session: session('s1', 't1', 'ek'), audit: audit('start') });
+  const device = {
+    id: 'dev-0000000000000001', zone: 'default', owner: 'o', name: null, purpose: null, status: 'active' as const, statusReason: null, statusChangedAt: now,
+    ekHash: 'ek', akPub: Buffer.from('ak'), baseline: { 0: 'aa' }, claims: { agentVersion: '1' }, baselineWindowUntil: null, enrolledBy: 'admin',
+    enrolledAt: now, retireBy: null, lastSeen: now, lastIp: null,
+  };
+  const cert = { serial: 'aa'.repeat(16), deviceId: device.id, notBefore: now, notAfter: now + 3600_000, spkiHash: 'x', issuedAt: now, revokedAt: null, reason: null };
+  const nonce = { value: 'n1', deviceId: device.id, createdAt: now, expiresAt: now + 600_000, usedAt: null };
+  const p = { tokenId: 't1', sessionId: 's1', now, device, certificate: cert, nonce, audit: audit('finish') };
+  assert.equal(await s.finishEnrollment(p), true);
+  const rows = (await s.listAudit()).length;
+  assert.equal(await s.finishEnrollment({ ...p, device: { ...device, id: 'dev-0000000000000002' }, certificate: { ...cert, serial: 'bb'.repeat(16) }, nonce: { ...nonce, value: 'n2' } }), false);
+  assert.equal((await s.listDevices()).length, 1);
+  assert.equal((await s.listAudit()).length, rows, 'the lost race wrote nothing');
+  assert.equal((await s.getToken('t1'))!.deviceId, device.id);
+
+  // renew spends the nonce once; the next nonce and certificate land together
+  const r = { nonce: 'n1', now, deviceId: device.id, patch: { lastSeen: now + 1 }, certificate: { ...cert, serial: 'cc'.repeat(16) }, nextNonce: { ...nonce, value: 'n3' }, audit: audit('renew') };
+  assert.equal(await s.renew(r), true);
+  assert.equal(await s.renew({ ...r, certificate: { ...cert, serial: 'dd'.repeat(16) }, nextNonce: { ...nonce, value: 'n4' } }), false);
+  assert.equal((await s.listCertificates(device.id)).length, 2);
+
+  const serials = await s.endDevice({ deviceId: device.id, status: 'revoked', reason: 'key-compromise', statusReason: 'x', now: now + 2, audit: audit('revoke') });
+  assert.deepEqual(serials.sort(), ['aa'.repeat(16), 'cc'.repeat(16)]);
+  assert.equal((await s.getNonce('n3'))!.usedAt, now + 2, 'open nonces die with the device');
+  assert.equal((await s.listRevokedUnexpired(now + 3)).length, 2);
+  assert.equal((await s.verifyAudit()).ok, true);
+});
