@@ -11,6 +11,7 @@ import type { AuditRow, AuditVerifyResult, DeviceView, TokenCreateResponse, Toke
 import { REVOKE_REASONS } from '../protocol/api.js';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
 import { AdminClient, resolveTarget } from './admin/client.js';
+import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { parseDuration } from './duration.js';
 import { verifyChain } from './store/audit-chain.js';
 
@@ -27,6 +28,9 @@ commands:
   audit export [--out FILE]            JSON lines, oldest first
   audit verify [--file FILE] [--json]  checks the hash chain (on the server, or an exported FILE)
   ca export [--out FILE]               the CA chain (PEM) devices and tools trust
+  broker config --out DIR [--hostname H]... [--port 8883] [--bind 0.0.0.0] [--run-as-root]
+                                       a Mosquitto 2.0 config dir (TLS + client certs, CRL, dynsec)
+  broker reconcile [--json]            make the broker's per-device clients match the inventory
 
 connection (first match wins):
   --server URL       / EDGEID_SERVER       / <data>/server.json
@@ -34,7 +38,7 @@ connection (first match wins):
   --ca FILE          / EDGEID_CA           / <data>/ca/root.pem   (pins the server's TLS chain)
   --data DIR         the server's data dir (default ./data, env EDGEID_DATA)`;
 
-type Flags = Record<string, string | boolean | undefined>;
+type Flags = Record<string, string | boolean | string[] | undefined>;
 
 function table(rows: Record<string, unknown>[], columns: string[]): string {
   const cell = (v: unknown) => (v === null || v === undefined ? '-' : String(v));
@@ -98,6 +102,10 @@ async function run(argv: string[]): Promise<number> {
       reason: { type: 'string' },
       out: { type: 'string' },
       file: { type: 'string' },
+      hostname: { type: 'string', multiple: true },
+      port: { type: 'string' },
+      bind: { type: 'string' },
+      'run-as-root': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -248,6 +256,47 @@ async function run(argv: string[]): Promise<number> {
       const pem = (await client.request<Buffer>('GET', '/v1/ca', undefined, { auth: false, raw: true })).toString('utf8');
       if (typeof flags.out === 'string') writeFileSync(flags.out, pem);
       else process.stdout.write(pem);
+      return 0;
+    }
+    case 'broker config': {
+      const outDir = need(flags, 'out');
+      const hostnames = (flags.hostname as string[] | undefined) ?? ['localhost', '127.0.0.1'];
+      const port = Number(flags.port ?? 8883);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError('--port must be a TCP port');
+      const spki = brokerKeySpki(outDir);
+      const res = await client.request<{ certificate: string; caBundle: string; crl: string | null; notAfter: string }>('POST', '/v1/admin/broker/certificate', {
+        spki: spki.toString('base64'),
+        hostnames,
+      });
+      const files = writeBrokerConfig({
+        out: outDir,
+        port,
+        bindAddress: typeof flags.bind === 'string' ? flags.bind : '0.0.0.0',
+        certificate: res.certificate,
+        caBundle: res.caBundle,
+        crl: res.crl ?? '',
+        runAsRoot: flags['run-as-root'] === true,
+      });
+      const host = hostnames[0]!;
+      out(flags, { files, notAfter: res.notAfter }, () =>
+        [
+          `wrote a Mosquitto 2.0 config for edgeid to ${files.dir} (broker certificate valid until ${res.notAfter})`,
+          '',
+          `  run it:   mosquitto -c ${files.config}`,
+          `            (as root Mosquitto drops to user "mosquitto": chown mosquitto ${files.keyFile} ${files.dynsecFile})`,
+          '',
+          '  then tell the server, in its config file:',
+          `    "broker": { "url": "mqtts://${host}:${port}", "crlFile": "${files.crlFile}",`,
+          '                "reloadCommand": ["systemctl", "restart", "mosquitto"] }',
+          `    "mqtt":   { "url": "mqtts://${host}:${port}" }`,
+          '  Mosquitto reads its CRL only at start: the reload command must restart it.',
+        ].join('\n'),
+      );
+      return 0;
+    }
+    case 'broker reconcile': {
+      const res = await client.request<{ added: string[]; removed: string[] }>('POST', '/v1/admin/broker/reconcile', {});
+      out(flags, res, () => `broker reconciled: ${res.added.length} device(s) added, ${res.removed.length} removed`);
       return 0;
     }
     default:

@@ -49,8 +49,23 @@ export interface ServerConfig {
   housekeepingInterval: number;
   rateLimit: { enroll: RateLimit; renew: RateLimit; admin: RateLimit };
   mqtt: { url: string | null };
+  /** Broker integration (issue 5): dynsec over MQTT as the server's broker identity, CRL file + reload. */
+  broker: BrokerConfig | null;
   ek: { roots: string[]; intermediates: string[]; requireEkCertificate: boolean };
   zones: Record<string, ZonePolicy>;
+}
+
+export interface BrokerConfig {
+  /** mqtts:// URL the server connects to as its broker identity (CN edgeid-broker-admin). */
+  url: string;
+  /** TLS server name to expect from the broker (default: the URL's host). */
+  servername: string | null;
+  /** The broker's crlfile; null = the server does not manage the broker's CRL. */
+  crlFile: string | null;
+  /** argv run after each CRL change (Mosquitto 2.0 reads its CRL only at start), e.g. ["systemctl","restart","mosquitto"]. */
+  reloadCommand: string[] | null;
+  /** Reconcile dynsec clients with the device table at start (default true). */
+  reconcileOnStart: boolean;
 }
 
 const MIN_LIFETIME = 300;
@@ -240,7 +255,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   const o = asObject(new Field('(config)'), raw);
   onlyKeys(new Field('(config)'), o, [
     'dataDir', 'listen', 'hostnames', 'publicUrl', 'logLevel', 'allowShortLifetimes', 'tokenTtl', 'enrollSessionTtl',
-    'challengeTtl', 'crlValidity', 'staleAfter', 'baselineWindow', 'housekeepingInterval', 'rateLimit', 'mqtt', 'ek', 'zones',
+    'challengeTtl', 'crlValidity', 'staleAfter', 'baselineWindow', 'housekeepingInterval', 'rateLimit', 'mqtt', 'broker', 'ek', 'zones',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -262,6 +277,24 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   const mqttRaw = o.mqtt === undefined ? {} : asObject(root.at('mqtt'), o.mqtt);
   onlyKeys(root.at('mqtt'), mqttRaw, ['url']);
   const mqttUrl = mqttRaw.url === undefined || mqttRaw.url === null ? null : str(root.at('mqtt').at('url'), mqttRaw.url);
+
+  let broker: BrokerConfig | null = null;
+  if (o.broker !== undefined && o.broker !== null) {
+    const bf = root.at('broker');
+    const b = asObject(bf, o.broker);
+    onlyKeys(bf, b, ['url', 'servername', 'crlFile', 'reloadCommand', 'reconcileOnStart']);
+    const url = str(bf.at('url'), b.url);
+    if (!/^mqtts:\/\/[^/]+(:\d+)?\/?$/.test(url)) bf.at('url').fail('must be mqtts://HOST:PORT (the broker\'s TLS listener)');
+    const reload = b.reloadCommand === undefined || b.reloadCommand === null ? null : strings(bf.at('reloadCommand'), b.reloadCommand);
+    if (reload && reload.length === 0) bf.at('reloadCommand').fail('must name a program (argv array)');
+    broker = {
+      url,
+      servername: b.servername === undefined ? null : str(bf.at('servername'), b.servername),
+      crlFile: b.crlFile === undefined || b.crlFile === null ? null : resolve(cwd, str(bf.at('crlFile'), b.crlFile)),
+      reloadCommand: reload,
+      reconcileOnStart: b.reconcileOnStart === undefined ? true : bool(bf.at('reconcileOnStart'), b.reconcileOnStart),
+    };
+  }
 
   const ekRaw = o.ek === undefined ? {} : asObject(root.at('ek'), o.ek);
   onlyKeys(root.at('ek'), ekRaw, ['roots', 'intermediates', 'requireEkCertificate']);
@@ -303,6 +336,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
       admin: rate(root.at('rateLimit').at('admin'), rl.admin, { max: 600, window: 60 }),
     },
     mqtt: { url: mqttUrl },
+    broker,
     ek,
     zones,
   };

@@ -13,14 +13,20 @@ export interface EdgeidHooks {
   readonly name: string;
   onDeviceEnrolled?(e: { device: DeviceRecord; serial: string; certificatePem: string }): void | Promise<void>;
   onCertificateIssued?(e: { device: DeviceRecord; serial: string; notAfter: Date; renewal: boolean }): void | Promise<void>;
-  /** Renewals are refused from the commit on; `serials` went onto the CRL (onCrlChanged follows). */
+  /** Renewals are refused from the commit on; `serials` go onto the CRL right after the hooks ran (onCrlChanged follows). */
   onDeviceRevoked?(e: { device: DeviceRecord; reason: RevokeReason; serials: string[]; at: Date }): void | Promise<void>;
   onDeviceRetired?(e: { device: DeviceRecord; serials: string[]; at: Date; automatic: boolean }): void | Promise<void>;
   onDeviceQuarantined?(e: { device: DeviceRecord; reason: string; code: string }): void | Promise<void>;
   onBaselineApproved?(e: { device: DeviceRecord; windowUntil: Date }): void | Promise<void>;
-  /** A new CRL was generated (after every revocation, and before the old one's nextUpdate). */
-  onCrlChanged?(e: CrlData): void | Promise<void>;
+  /**
+   * A new CRL was generated (after every revocation, and before the old one's nextUpdate).
+   * `longLived` has the same entries with a 30-day validity, for readers that load a CRL once
+   * (Mosquitto); `serials` are the revoked serials (lower-case hex, sorted).
+   */
+  onCrlChanged?(e: CrlChange): void | Promise<void>;
 }
+
+export type CrlChange = CrlData & { longLived: CrlData; serials: string[] };
 
 export type HookName = Exclude<keyof EdgeidHooks, 'name'>;
 

@@ -15,6 +15,7 @@ import type { ServerContext } from './services/context.js';
 import { CrlService } from './services/crl.js';
 import { housekeeping } from './services/devices.js';
 import { SqliteStore } from './store/sqlite.js';
+import { createBrokerIntegration } from './broker/setup.js';
 
 /** Files in the data dir other tools (edgeid-admin, the broker integration) rely on. */
 export const DATA_FILES = {
@@ -129,6 +130,8 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     return counts;
   });
   ctx.crl = new CrlService(ctx);
+  ctx.broker = await createBrokerIntegration(ctx);
+  if (ctx.broker) ctx.hooks.push(ctx.broker);
 
   const tls = opts.tls ?? true;
   const app = await buildApp(ctx, {
@@ -147,6 +150,11 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
       const addr = app.server.address() as AddressInfo;
       boundPort = addr.port;
       await ctx.crl.get();
+      if (ctx.broker && config.broker?.reconcileOnStart) {
+        // In the background: a broker that is down must not keep the server from starting (it
+        // heals on the next reconcile; the failure is audited).
+        void ctx.broker.reconcile().catch((e: unknown) => log.warn({ err: (e as Error).message }, 'broker reconcile at start failed'));
+      }
       if (opts.housekeeping ?? true) {
         timer = setInterval(() => {
           housekeeping(ctx).catch((e) => log.error({ err: e }, 'housekeeping failed'));
@@ -167,6 +175,7 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     async close() {
       if (timer) clearInterval(timer);
       await app.close();
+      await ctx.broker?.close();
       await store.close();
     },
   };

@@ -10,8 +10,10 @@
  */
 import type { Logger } from 'pino';
 import type { SignedControl, ControlCommand } from '../../protocol/api.js';
-import type { CrlData } from '../ca/ca.js';
-import type { EdgeidHooks } from '../hooks.js';
+import 'reflect-metadata';
+import { readFileSync } from 'node:fs';
+import * as x509 from '@peculiar/x509';
+import type { CrlChange, EdgeidHooks } from '../hooks.js';
 import type { AuditInput, DeviceRecord } from '../store/store.js';
 import { CrlPublisher } from './crl-publisher.js';
 import { BROKER_ADMIN_CN, DynsecClient, type DynsecClientOptions } from './dynsec.js';
@@ -26,6 +28,27 @@ export interface BrokerIntegrationOptions {
   activeDeviceIds: () => Promise<string[]>;
   log: Logger;
   retries?: number;
+}
+
+/** Republish the broker's CRL when its copy has less than this left before nextUpdate. */
+const REPUBLISH_BEFORE_MS = 7 * 86400 * 1000;
+
+interface PublishedCrl {
+  serials: string[];
+  nextUpdate: Date;
+}
+
+/** What the broker's current CRL file revokes, or null when it is missing or unreadable. */
+function readCrlFile(file: string): PublishedCrl | null {
+  try {
+    const crl = new x509.X509Crl(readFileSync(file, 'utf8'));
+    return {
+      serials: crl.entries.map((en) => en.serialNumber.toLowerCase()).sort(),
+      nextUpdate: crl.nextUpdate ?? new Date(0),
+    };
+  } catch {
+    return null;
+  }
 }
 
 async function withRetry<T>(what: string, retries: number, fn: () => Promise<T>, log: Logger): Promise<T> {
@@ -47,6 +70,7 @@ export class BrokerIntegration implements EdgeidHooks {
   private dynsec: DynsecClient | null = null;
   private readonly crlPublisher: CrlPublisher | null;
   private readonly retries: number;
+  private published: PublishedCrl | null = null;
 
   constructor(private readonly opts: BrokerIntegrationOptions) {
     this.crlPublisher = opts.crl ? new CrlPublisher({ crlFile: opts.crl.file, ...(opts.crl.reloadCommand ? { reloadCommand: opts.crl.reloadCommand } : {}) }) : null;
@@ -96,29 +120,54 @@ export class BrokerIntegration implements EdgeidHooks {
     });
   }
 
-  async onCrlChanged(crl: CrlData): Promise<void> {
-    if (!this.crlPublisher) return;
-    const r = await this.crlPublisher.publish(crl.pem);
+  /**
+   * Publishes the long-lived copy of the CRL to the broker when what it revokes changed, or when
+   * the broker's copy gets within a week of its nextUpdate. Each publish restarts Mosquitto (its
+   * only way to load a CRL), which drops every session for a moment; skipping unchanged CRLs keeps
+   * that to revocations.
+   */
+  async onCrlChanged(e: CrlChange): Promise<void> {
+    if (!this.crlPublisher || !this.opts.crl) return;
+    const current = this.published ?? readCrlFile(this.opts.crl.file);
+    const sameSerials = current !== null && current.serials.join(',') === e.serials.join(',');
+    const fresh = current !== null && current.nextUpdate.getTime() - Date.now() > REPUBLISH_BEFORE_MS;
+    if (sameSerials && fresh) {
+      this.published = current;
+      return;
+    }
+    const r = await this.crlPublisher.publish(e.longLived.pem);
+    this.published = { serials: e.serials, nextUpdate: e.longLived.nextUpdate };
     await this.opts.audit({
       event: 'broker.crl_published',
       deviceId: null,
       outcome: r.reloadError ? 'fail' : 'ok',
       reason: r.reloadError ? 'broker_reload_failed' : null,
-      details: { crlNumber: crl.number.toString(), writtenAt: r.writtenAt.toISOString(), reloadedAt: r.reloadedAt?.toISOString() ?? null, ...(r.reloadError ? { message: r.reloadError } : {}) },
+      details: {
+        crlNumber: e.longLived.number.toString(),
+        revoked: e.serials.length,
+        writtenAt: r.writtenAt.toISOString(),
+        reloadedAt: r.reloadedAt?.toISOString() ?? null,
+        ...(r.reloadError ? { message: r.reloadError } : {}),
+      },
     });
   }
 
   /** Makes dynsec match the DB: missing devices are provisioned, unknown clients removed. */
   async reconcile(): Promise<{ added: string[]; removed: string[] }> {
-    const c = await this.client();
-    const want = new Set(await this.opts.activeDeviceIds());
-    const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN));
-    const added = [...want].filter((id) => !have.has(id));
-    const removed = [...have].filter((id) => !want.has(id));
-    for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
-    for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
-    await this.opts.audit({ event: 'broker.reconcile', deviceId: null, outcome: 'ok', details: { added, removed } });
-    return { added, removed };
+    try {
+      const c = await this.client();
+      const want = new Set(await this.opts.activeDeviceIds());
+      const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN));
+      const added = [...want].filter((id) => !have.has(id));
+      const removed = [...have].filter((id) => !want.has(id));
+      for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
+      for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
+      await this.opts.audit({ event: 'broker.reconcile', deviceId: null, outcome: 'ok', details: { added, removed } });
+      return { added, removed };
+    } catch (e) {
+      await this.opts.audit({ event: 'broker.reconcile', deviceId: null, outcome: 'fail', reason: 'broker_unavailable', details: { message: (e as Error).message.slice(0, 300) } });
+      throw e;
+    }
   }
 
   async close(): Promise<void> {

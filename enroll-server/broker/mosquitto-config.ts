@@ -64,6 +64,9 @@ export function initialDynsecConfig(adminUsername = BROKER_ADMIN_CN): Record<str
         allow('publishClientReceive', '$CONTROL/dynamic-security/#'),
         allow('subscribePattern', '$CONTROL/dynamic-security/#'),
         allow('publishClientSend', 'edgeid/+/control'),
+        // lets ops tools running as the server identity watch what is sent to devices
+        allow('subscribePattern', 'edgeid/+/control'),
+        allow('publishClientReceive', 'edgeid/+/control'),
         allow('subscribePattern', 'devices/+/state'),
         allow('publishClientReceive', 'devices/+/state'),
       ],

@@ -286,6 +286,24 @@ export class CertificateAuthority {
     return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
   }
 
+  /** A TLS server certificate for another service of the deployment (the MQTT broker, issue 5). */
+  async issueServer(p: { commonName: string; hostnames: string[]; spki: Buffer; lifetimeSeconds: number }): Promise<IssuedCertificate> {
+    const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
+      subject: `CN=${p.commonName}`,
+      spki: p.spki,
+      lifetimeMs: p.lifetimeSeconds * 1000,
+      extensions: [
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
+        new x509.SubjectAlternativeNameExtension(
+          p.hostnames.map((n) => ({ type: isIP(n) ? ('ip' as const) : ('dns' as const), value: n })),
+          false,
+        ),
+      ],
+    });
+    return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
+  }
+
   async createCrl(p: {
     number: bigint;
     validitySeconds: number;

@@ -1,4 +1,4 @@
-import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, createPublicKey, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import type {
@@ -252,6 +252,35 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         const crl = await ctx.crl.regenerate('admin');
         await read(req, 'admin.crl.regenerate', { number: crl.number.toString() });
         return { number: crl.number.toString(), nextUpdate: crl.nextUpdate.toISOString() };
+      });
+      admin.post('/broker/reconcile', { schema: { body: S.emptyBody } }, async (req) => {
+        if (!ctx.broker) throw new EdgeidError('broker_not_configured');
+        try {
+          return await ctx.broker.reconcile();
+        } catch (e) {
+          throw new EdgeidError('broker_unavailable', `broker reconcile failed: ${(e as Error).message.slice(0, 200)}`);
+        } finally {
+          await read(req, 'admin.broker.reconcile');
+        }
+      });
+      admin.post('/broker/certificate', { schema: { body: S.brokerCertificateBody } }, async (req) => {
+        const body = req.body as { spki: string; hostnames: string[] };
+        const spki = Buffer.from(body.spki, 'base64');
+        try {
+          const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+          if (k.asymmetricKeyType !== 'ec' && k.asymmetricKeyType !== 'rsa') throw new Error(`unsupported key type ${k.asymmetricKeyType}`);
+        } catch (e) {
+          throw new EdgeidError('bad_request', `spki is not a usable public key: ${(e as Error).message.slice(0, 120)}`);
+        }
+        const cert = await ctx.ca.issueServer({ commonName: body.hostnames[0]!, hostnames: body.hostnames, spki, lifetimeSeconds: 365 * 86400 });
+        await ctx.crl.regenerate('broker config');
+        await read(req, 'admin.broker.certificate', { serial: cert.serial, hostnames: body.hostnames });
+        return {
+          certificate: cert.pem + ctx.ca.chainPem[0],
+          caBundle: ctx.ca.chainPem.join(''),
+          crl: ctx.crl.longLived?.pem ?? null,
+          notAfter: cert.notAfter.toISOString(),
+        };
       });
     },
     { prefix: '/v1/admin' },

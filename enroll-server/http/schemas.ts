@@ -156,3 +156,14 @@ export const controlBody = {
   required: ['type'],
   properties: { type: { type: 'string', enum: ['wipe', 'renew-now'] }, reason: { type: 'string', maxLength: 256 } },
 };
+
+export const brokerCertificateBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['spki', 'hostnames'],
+  properties: {
+    /** base64 DER SubjectPublicKeyInfo of the broker's own TLS key (generated where the broker runs). */
+    spki: { type: 'string', minLength: 40, maxLength: 2000, pattern: '^[A-Za-z0-9+/]+={0,2}$' },
+    hostnames: { type: 'array', minItems: 1, maxItems: 20, items: { type: 'string', minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:-]+$' } },
+  },
+};

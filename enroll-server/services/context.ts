@@ -21,6 +21,8 @@ export interface ServerContext {
   crl: import('./crl.js').CrlService;
   /** The URL devices use (known once the server listens). */
   publicUrl: () => string;
+  /** Broker integration (issue 5), when config.broker is set. */
+  broker: import('../broker/integration.js').BrokerIntegration | null;
 }
 
 /** Who made the request and from where: goes into every audit row. */

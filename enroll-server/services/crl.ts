@@ -4,6 +4,9 @@ import type { CrlData } from '../ca/ca.js';
 import { writeFileAtomic } from '../files.js';
 import { runHooks, type ServerContext } from './context.js';
 
+/** Validity of the long-lived copy handed to onCrlChanged hooks (see build). */
+export const LONG_LIVED_CRL_SECONDS = 30 * 86400;
+
 /**
  * The CRL of the issuing CA: regenerated at once after every revocation and before half of its
  * validity has passed; written atomically to data/crl.der and data/crl.pem; every new CRL goes to
@@ -11,6 +14,8 @@ import { runHooks, type ServerContext } from './context.js';
  */
 export class CrlService {
   private current: CrlData | null = null;
+  /** The long-lived copy of the current CRL (see build). */
+  longLived: CrlData | null = null;
   private chain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly ctx: ServerContext) {}
@@ -38,12 +43,18 @@ export class CrlService {
       reason: c.reason ?? 'unspecified',
     }));
     const crl = await ctx.ca.createCrl({ number, validitySeconds: ctx.config.crlValidity, entries });
+    // The same entries with a long validity (and the next number), for readers that load a CRL
+    // file once and keep it: Mosquitto re-reads its crlfile only on restart, and OpenSSL refuses
+    // every client once a loaded CRL is past nextUpdate.
+    const longLived = await ctx.ca.createCrl({ number: number + 1n, validitySeconds: LONG_LIVED_CRL_SECONDS, entries });
     writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
     writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), crl.pem, 0o644);
-    await ctx.store.setMeta('crl_number', number.toString());
+    await ctx.store.setMeta('crl_number', (number + 1n).toString());
     this.current = crl;
+    this.longLived = longLived;
     ctx.log.info({ crlNumber: number.toString(), entries: entries.length, why }, 'CRL generated');
-    await runHooks(ctx, 'onCrlChanged', crl, null);
+    const serials = entries.map((e) => e.serial.toLowerCase()).sort();
+    await runHooks(ctx, 'onCrlChanged', { ...crl, longLived, serials }, null);
     return crl;
   }
 

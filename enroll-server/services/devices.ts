@@ -72,9 +72,11 @@ export async function revokeDevice(
     now,
     audit: { time: now, actor: who.actor, event: 'device.revoke', deviceId: id, ip: who.ip, outcome: 'ok', details: { reason } },
   });
-  const crl = await ctx.crl.regenerate(`revoke ${id}`);
+  // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
+  // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
   const after = (await ctx.store.getDevice(id))!;
   const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
+  const crl = await ctx.crl.regenerate(`revoke ${id}`);
   return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
 }
 
@@ -97,9 +99,9 @@ export async function retireDevice(
     now,
     audit: { time: now, actor: who.actor, event: 'device.retire', deviceId: id, ip: who.ip, outcome: 'ok', details: { automatic: who.automatic === true } },
   });
-  if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
   const after = (await ctx.store.getDevice(id))!;
   const hooks = await runHooks(ctx, 'onDeviceRetired', { device: after, serials, at: new Date(now), automatic: who.automatic === true }, id);
+  if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
   return { device: deviceView(ctx, after), serials, hooks };
 }
 

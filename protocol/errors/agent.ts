@@ -82,11 +82,6 @@ export const agentErrors = defineErrors({
     message: 'No MQTT broker URL is known for this device.',
     fix: 'Set mqtt.url in the agent config, or configure the broker URL on the enrollment server.',
   },
-  tls_context_unavailable: {
-    status: 500,
-    message: 'The TPM addon cannot install the TPM-resident key into a TLS context.',
-    fix: 'Update the agent: this build of the TPM addon lacks the TLS key support.',
-  },
   outbox_unusable: {
     status: 500,
     message: 'The durable MQTT outbox cannot be written.',

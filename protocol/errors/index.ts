@@ -1,4 +1,5 @@
 import type { ErrorInfo } from './types.js';
+import { brokerErrors } from './broker.js';
 import { tpmErrors } from './tpm.js';
 import { enrollErrors } from './enroll.js';
 import { adminErrors } from './admin.js';
@@ -10,7 +11,7 @@ import { agentTpmErrors } from './agent-tpm.js';
  * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
  * this module joins them and refuses duplicates at load time.
  */
-const tables = [tpmErrors, enrollErrors, adminErrors, credentialErrors, agentErrors, agentTpmErrors] as const;
+const tables = [tpmErrors, enrollErrors, adminErrors, credentialErrors, agentErrors, agentTpmErrors, brokerErrors] as const;
 
 type Union<T> = T extends readonly (infer U)[] ? U : never;
 type KeysOfUnion<T> = T extends unknown ? keyof T : never;

@@ -11,11 +11,11 @@ import { freePort, waitForPort } from './ports.js';
 export const DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
 
 export interface MosquittoOptions {
-  /** PEM bundle of the CA(s) whose client certificates the listener accepts. */
-  caFile: string;
-  /** The broker's own TLS certificate and key (PEM). */
-  certFile: string;
-  keyFile: string;
+  /** PEM bundle of the CA(s) whose client certificates the listener accepts (unless configFile). */
+  caFile?: string;
+  /** The broker's own TLS certificate and key (PEM) (unless configFile). */
+  certFile?: string;
+  keyFile?: string;
   crlFile?: string;
   /** Path of a dynsec JSON file (created with `mosquitto_ctrl dynsec init` or by the server). */
   dynsecFile?: string;
@@ -58,6 +58,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
 
   const writeConfig = async (): Promise<void> => {
     if (opts.configFile) return;
+    if (!opts.caFile || !opts.certFile || !opts.keyFile) throw new Error('startMosquitto needs caFile, certFile and keyFile (or configFile)');
     const lines = [
       'per_listener_settings false',
       'persistence false',
@@ -66,7 +67,6 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       'connection_messages true',
       'log_timestamp true',
       'user root',
-      `pid_file ${pidFile}`,
       `listener ${port} 127.0.0.1`,
       `cafile ${opts.caFile}`,
       `certfile ${opts.certFile}`,
@@ -95,6 +95,8 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
         await Promise.race([waitForPort(port, 10_000), exited]);
         proc = child;
         startCount++;
+        // The harness keeps the pid file itself, so it works with any config (edgeid-admin's too).
+        await writeFile(pidFile, `${child.pid}\n`);
         if (opts.supervised) {
           child.once('exit', () => {
             if (stopped || proc !== child) return;

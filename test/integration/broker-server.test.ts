@@ -1,0 +1,117 @@
+/**
+ * The server drives the real broker: per-device dynsec clients on enrollment, wipe + kick + CRL
+ * on revocation, reconciliation both ways. Devices here are real swtpm TPMs driven through the
+ * TPM layer (test/helpers/device.ts); the agent's own MQTT session is covered by the agent tests.
+ */
+import 'reflect-metadata';
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import * as x509 from '@peculiar/x509';
+import type { MqttClient } from 'mqtt';
+import { startDeployment, type Deployment } from '../helpers/deployment.js';
+import { startSwtpm, extendBootPcrs } from '../helpers/swtpm.js';
+import { TestDevice, httpsTransport } from '../helpers/device.js';
+import { DynsecClient } from '../../enroll-server/broker/dynsec.js';
+
+async function adminDynsec(d: Deployment): Promise<DynsecClient> {
+  const dir = path.join(d.dataDir, 'broker');
+  return DynsecClient.connect({
+    url: d.broker.url,
+    tls: {
+      ca: await readFile(path.join(d.brokerDir, 'ca.pem')),
+      cert: await readFile(path.join(dir, 'admin.pem')),
+      key: await readFile(path.join(dir, 'admin.key')),
+      servername: 'localhost',
+    },
+    clientId: `test-observer-${Math.random().toString(16).slice(2, 8)}`,
+  });
+}
+
+async function enrolledDevice(t: import('node:test').TestContext, d: Deployment): Promise<TestDevice> {
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  const dev = await TestDevice.create(tpm.tcti);
+  t.after(() => dev.close());
+  const { token } = JSON.parse(await d.admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--json'])) as { token: string };
+  await dev.enroll(httpsTransport(d.server.info.url, d.server.caPem), token);
+  return dev;
+}
+
+async function auditEvents(d: Deployment, deviceId: string | null): Promise<{ event: string; outcome: string; reason: string | null }[]> {
+  const lines = (await d.admin(['audit', 'export'])).split('\n').filter((l) => l.trim());
+  return lines.map((l) => JSON.parse(l) as { event: string; outcome: string; reason: string | null; deviceId: string | null })
+    .filter((r) => deviceId === null || r.deviceId === deviceId);
+}
+
+async function eventually(what: string, fn: () => Promise<boolean> | boolean, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test('enrollment gives the device its broker client; revocation sends a signed wipe, kicks it and puts its serial on the broker CRL', async (t) => {
+  const d = await startDeployment();
+  t.after(() => d.stop());
+  const dev = await enrolledDevice(t, d);
+  const id = dev.deviceId!;
+
+  const observer = await adminDynsec(d);
+  t.after(() => observer.close());
+  assert.ok((await observer.listClients()).includes(id), 'the device has a dynsec client after enrollment');
+
+  // Watch the device's control topic as the server's identity (its role may read control topics).
+  const control: Buffer[] = [];
+  const m: MqttClient = observer.mqtt;
+  m.on('message', (topic, payload) => { if (topic === `edgeid/${id}/control`) control.push(payload); });
+  await m.subscribeAsync(`edgeid/${id}/control`, { qos: 1 });
+
+  const serial = new X509Certificate(dev.certificate!).serialNumber.toLowerCase();
+  const startsBefore = d.broker.starts();
+  const out = JSON.parse(await d.admin(['revoke', id, '--reason', 'key-compromise', '--json'])) as { hooks: { hook: string; ok: boolean }[] };
+  assert.ok(out.hooks.every((h) => h.ok), `every broker step succeeded: ${JSON.stringify(out.hooks)}`);
+
+  // The signed wipe was published to the device's control topic.
+  await eventually('wipe command on the control topic', () => control.length > 0);
+  const wipe = JSON.parse(control[0]!.toString()) as { payload: string };
+  assert.equal(JSON.parse(wipe.payload).type, 'wipe');
+  assert.equal(JSON.parse(wipe.payload).deviceId, id);
+
+  // The broker's CRL file revokes the serial, and the broker was restarted to load it.
+  const crl = new x509.X509Crl(await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8'));
+  assert.ok(crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial.replace(/^0+/, '')), 'serial on the broker CRL');
+  assert.ok(crl.nextUpdate && crl.nextUpdate.getTime() - Date.now() > 20 * 86400 * 1000, 'the broker CRL is the long-lived copy');
+  await eventually('broker restarted for the CRL', () => d.broker.starts() > startsBefore);
+
+  // After the restart the observer reconnects by itself; the device's client is gone.
+  await eventually('device client removed', async () => !(await observer.listClients().catch(() => [id])).includes(id));
+
+  const events = await auditEvents(d, null);
+  for (const ev of ['broker.wipe_sent', 'broker.session_kicked']) {
+    assert.ok(events.some((e) => e.event === ev && e.outcome === 'ok'), `audit has ${ev}`);
+  }
+  assert.ok(events.some((e) => e.event === 'broker.crl_published' && e.outcome === 'ok'), 'audit has broker.crl_published');
+});
+
+test('reconcile heals the broker both ways: missing device clients come back, unknown ones go', async (t) => {
+  const d = await startDeployment();
+  t.after(() => d.stop());
+  const dev = await enrolledDevice(t, d);
+  const observer = await adminDynsec(d);
+  t.after(() => observer.close());
+
+  await observer.removeDevice(dev.deviceId!);
+  await observer.provisionDevice('ghost-device');
+  const res = JSON.parse(await d.admin(['broker', 'reconcile', '--json'])) as { added: string[]; removed: string[] };
+  assert.deepEqual(res, { added: [dev.deviceId], removed: ['ghost-device'] });
+  const clients = await observer.listClients();
+  assert.ok(clients.includes(dev.deviceId!));
+  assert.ok(!clients.includes('ghost-device'));
+  // A second run has nothing to do.
+  assert.deepEqual(JSON.parse(await d.admin(['broker', 'reconcile', '--json'])), { added: [], removed: [] });
+});
