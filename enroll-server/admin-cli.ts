@@ -30,6 +30,7 @@ commands:
   ca export [--out FILE]               the CA chain (PEM) devices and tools trust
   broker config --out DIR [--hostname H]... [--port 8883] [--bind 0.0.0.0] [--run-as-root]
                                        a Mosquitto 2.0 config dir (TLS + client certs, CRL, dynsec)
+  renew-now ID [--json]                ask a device (over the broker) to re-attest at once
   broker reconcile [--json]            make the broker's per-device clients match the inventory
 
 connection (first match wins):
@@ -142,7 +143,7 @@ async function run(argv: string[]): Promise<number> {
     return x;
   };
 
-  switch (cmd === 'device' || cmd === 'revoke' || cmd === 'approve-baseline' || cmd === 'retire' ? cmd : key) {
+  switch (cmd === 'device' || cmd === 'revoke' || cmd === 'approve-baseline' || cmd === 'retire' || cmd === 'renew-now' ? cmd : key) {
     case 'token create': {
       let ttlSeconds: number | undefined;
       if (typeof flags.ttl === 'string') {
@@ -293,6 +294,12 @@ async function run(argv: string[]): Promise<number> {
         ].join('\n'),
       );
       return 0;
+    }
+    case 'renew-now': {
+      const id = deviceArg(sub);
+      const res = await client.request<{ published: boolean; payload: string }>('POST', `/v1/admin/devices/${encodeURIComponent(id)}/control`, { type: 'renew-now' });
+      out(flags, res, () => (res.published ? `renew-now sent to ${id}` : `renew-now signed for ${id}, but this server has no broker integration to deliver it`));
+      return res.published ? 0 : 1;
     }
     case 'broker reconcile': {
       const res = await client.request<{ added: string[]; removed: string[] }>('POST', '/v1/admin/broker/reconcile', {});

@@ -231,7 +231,17 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         const body = req.body as { type: ControlCommandType; reason?: string };
         const signed = ctx.ca.signControl({ type: body.type, deviceId: id, ...(body.reason ? { reason: body.reason } : {}) });
         await read(req, 'admin.control.sign', { deviceId: id, type: body.type });
-        return signed;
+        // With a broker integration the command also goes out; without one the caller delivers it.
+        let published = false;
+        if (ctx.broker) {
+          try {
+            await ctx.broker.sendControl(id, signed);
+            published = true;
+          } catch (e) {
+            throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
+          }
+        }
+        return { ...signed, published };
       });
       admin.get('/audit', { schema: { querystring: S.auditQuery } }, async (req) => {
         const q = req.query as { after?: string; limit?: string; deviceId?: string };
