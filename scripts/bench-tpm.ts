@@ -3,14 +3,19 @@
  * TPM commands each one issues (flushes included). Prints a markdown table for BENCHMARKS.md.
  *   node --import tsx scripts/bench-tpm.ts [--iterations N]
  * Each operation is the agent-level call (one batch: SRK CreatePrimary, loads, the command, flushes).
+ * The TLS rows use tpm.tlsSecureContext against a local Node TLS server that requires a client
+ * certificate: a full handshake (TLS 1.3) and the TPM sign callback alone (ContextLoad, Sign, Flush).
  */
+import 'reflect-metadata';
 import { randomBytes } from 'node:crypto';
+import tls from 'node:tls';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { makeCredential } from '../protocol/tpm/makecredential.js';
 import { TPM_ALG, objectName, parsePublic, sessionKeyTemplate } from '../protocol/tpm/index.js';
 import { Tpm } from '../agent/tpm/index.js';
 import { startSwtpm } from '../test/helpers/swtpm.js';
+import { makeTestCa } from '../test/integration/tpm-tls-pki.js';
 
 const { values } = parseArgs({ options: { iterations: { type: 'string', default: '50' } } });
 const iterations = Number(values.iterations);
@@ -29,18 +34,42 @@ interface Row {
   commands: number;
 }
 
-async function measure(tpm: Tpm, name: string, op: () => Promise<unknown>): Promise<Row> {
+function tlsCommandCount(tpm: Tpm): number {
+  return Object.values(tpm.tlsStats().commands).reduce((a, b) => a + b, 0);
+}
+
+/** `op` returns its own duration in ms (or undefined: the wall time counts). */
+async function measure(tpm: Tpm, name: string, op: () => Promise<number | unknown>): Promise<Row> {
   await op(); // warm-up
   const times: number[] = [];
-  const before = tpm.commandCount;
+  const before = tpm.commandCount + tlsCommandCount(tpm);
   for (let i = 0; i < iterations; i++) {
     const t0 = performance.now();
-    await op();
-    times.push(performance.now() - t0);
+    const own = await op();
+    times.push(typeof own === 'number' ? own : performance.now() - t0);
   }
-  const commands = (tpm.commandCount - before) / iterations;
+  const commands = (tpm.commandCount + tlsCommandCount(tpm) - before) / iterations;
   times.sort((a, b) => a - b);
   return { name, median: quantile(times, 0.5), p95: quantile(times, 0.95), commands };
+}
+
+/** A local TLS server that requires a client certificate from `caPem`; one handshake per connection. */
+async function tlsServer(ca: Awaited<ReturnType<typeof makeTestCa>>): Promise<{ port: number; close(): void }> {
+  const server = tls.createServer(
+    { key: ca.server.keyPem, cert: ca.server.certPem, ca: ca.caPem, requestCert: true, rejectUnauthorized: true },
+    (s) => s.end(),
+  );
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return { port: (server.address() as { port: number }).port, close: () => server.close() };
+}
+
+function handshake(port: number, secureContext: tls.SecureContext): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', secureContext });
+    socket.once('secureConnect', () => socket.destroy());
+    socket.once('error', reject);
+    socket.once('close', () => resolve());
+  });
 }
 
 const swtpm = await startSwtpm();
@@ -83,9 +112,27 @@ try {
       ),
     );
 
+    // TLS with the key in the TPM: one TPM signature per full handshake, on the main thread.
+    const ca = await makeTestCa();
+    const server = await tlsServer(ca);
+    try {
+      const secureContext = await tpm.tlsSecureContext({ key, certPem: await ca.issueForTpmKey(key, 'bench'), caPem: ca.caPem });
+      rows.push(await measure(tpm, 'tls handshake with the TPM key (TLS 1.3, local server)', () => handshake(server.port, secureContext)));
+      rows.push(
+        await measure(tpm, 'tls sign callback alone (ContextLoad + Sign + Flush)', async () => {
+          await handshake(server.port, secureContext);
+          return tpm.tlsStats().lastSignMicros / 1000;
+        }),
+      );
+      if (tpm.tlsStats().failures > 0) throw new Error(`TLS signatures failed: ${JSON.stringify(tpm.tlsStats().lastError)}`);
+    } finally {
+      server.close();
+    }
+
     const info = await tpm.info();
     console.log(`TPM latency through the edgeid addon on swtpm (${info.manufacturer} ${info.vendor} ${info.firmwareVersion}, TCP loopback), ${iterations} iterations each after one warm-up.`);
     console.log('Each operation is one agent-level call: SRK CreatePrimary, loads, the command, flushes.');
+    console.log('The tls rows: a full TLS 1.3 handshake with tpm.tlsSecureContext against a local server that requires a client certificate, and the TPM sign callback inside it (ContextLoad + Sign + FlushContext, main thread).');
     console.log('');
     console.log('| operation | median (ms) | p95 (ms) | TPM commands |');
     console.log('|---|---:|---:|---:|');

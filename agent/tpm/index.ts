@@ -9,14 +9,17 @@
  *   const tpm = await Tpm.open();            // EDGEID_TCTI or device:/dev/tpmrm0
  *   const ak = await tpm.createAttestationKey();
  *   const { attest, signature } = await tpm.quote(ak, [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1] }], nonce);
+ *   const secureContext = await tpm.tlsSecureContext({ key: sessionKey, certPem, caPem }); // for mqtt.js
  *   await tpm.close();
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
+import type { SecureContext } from 'node:tls';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG, type PcrSelection } from '../../protocol/tpm/index.js';
 import type { EkKind } from './ek.js';
 import { toTpmError } from './errors.js';
 import { loadAddon } from './native.js';
+import { createTpmSecureContext, releaseTlsKey, type TlsContextOptions, type TlsStats } from './tls.js';
 import {
   TpmCore,
   TpmSession,
@@ -31,6 +34,7 @@ export { TpmError, TPM_RC } from './errors.js';
 export { TpmSession } from './session.js';
 export type { Attestation, EndorsementKey, KeyBlob, LoadedKey, PcrValue, TpmInfo } from './session.js';
 export type { EkKind } from './ek.js';
+export type { TlsContextOptions, TlsStats } from './tls.js';
 
 export const DEFAULT_TCTI = 'device:/dev/tpmrm0';
 
@@ -63,14 +67,25 @@ export class Tpm {
     }
   }
 
-  /** TPM commands sent through this Tpm so far (every command, flushes included). */
+  /**
+   * TPM commands sent through this Tpm's queue so far (every command, flushes included). The TLS
+   * signing path runs outside the queue and is counted apart: `tls.*` in commandStats(), tlsStats().
+   */
   get commandCount(): number {
     return this.core.commandCount;
   }
 
-  /** TPM commands by command name, e.g. { CreatePrimary: 1, Load: 2, Quote: 1, FlushContext: 3 }. */
+  /**
+   * TPM commands by command name, e.g. { CreatePrimary: 1, Load: 2, Quote: 1, FlushContext: 3 }; the
+   * TLS signing path's under `tls.<name>`, e.g. { 'tls.ContextLoad': 4, 'tls.Sign': 4, 'tls.FlushContext': 4 }.
+   */
   commandStats(): Record<string, number> {
     return this.core.commandStats();
+  }
+
+  /** Signatures, failures and TPM commands of the TLS signing path, and why it last failed. */
+  tlsStats(): TlsStats {
+    return this.core.addon.tlsStats(this.core.ctx);
   }
 
   /** Waits for queued work, then closes the TPM connection. Idempotent. */
@@ -107,6 +122,29 @@ export class Tpm {
     const p = this.tail.then(run, run);
     this.tail = p.catch(() => {});
     return p;
+  }
+
+  // ---- TLS with the key inside the TPM ----
+
+  /**
+   * A tls.SecureContext with `certPem` and `caPem` whose private key is the TPM key `key` (pass it
+   * to mqtt.js as `secureContext`; TLS version limits go here, not into connect). The key is loaded
+   * once now (one batch) to check it and save its context; each full handshake then signs with
+   * ContextLoad → Sign → FlushContext on the main thread, taking no transient slot in between.
+   * The context works while this Tpm is open; after close() its handshakes fail.
+   */
+  tlsSecureContext(opts: TlsContextOptions): Promise<SecureContext> {
+    return createTpmSecureContext(this.core.addon, this.core.ctx, opts, (key) =>
+      this.batch(async (s) => s.contextSave(await s.load(key))),
+    );
+  }
+
+  /**
+   * Makes a context from tlsSecureContext unusable (its key blob was deleted, e.g. by a wipe):
+   * later handshakes with it fail. Returns false if `secureContext` has no TPM key.
+   */
+  releaseTlsKey(secureContext: SecureContext): boolean {
+    return releaseTlsKey(this.core.addon, secureContext);
   }
 
   // ---- convenience: one batch each ----

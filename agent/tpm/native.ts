@@ -9,11 +9,28 @@ import { EdgeidError } from '../../protocol/errors/index.js';
 /** Opaque ESYS context (an N-API external). */
 export type NativeContext = { readonly __brand: 'edgeid-tpm-context' };
 
+/** Opaque handle of a TPM key installed into a TLS context (an N-API external). */
+export type NativeTlsKey = { readonly __brand: 'edgeid-tpm-tls-key' };
+
+/** What the TLS signing path (tls_key.cc) did so far on one context. */
+export interface NativeTlsStats {
+  signatures: number;
+  failures: number;
+  /** Duration of the last sign callback in µs, waiting for the TPM lock included. */
+  lastSignMicros: number;
+  /** TPM commands by name: ContextLoad, CreatePrimary, Load, ContextSave, Sign, FlushContext. */
+  commands: Record<string, number>;
+  /** The last thing that failed (a TSS call with its rc, or a reason with rc 0); null if none. */
+  lastError: { command: string; rc: number; text: string } | null;
+}
+
 export interface NativeAddon {
   open(tcti: string): Promise<NativeContext>;
   close(ctx: NativeContext): void;
   commandCount(ctx: NativeContext): number;
   decodeRc(rc: number): string;
+  /** ESYS contexts and TLS keys this process still holds (leak checks). */
+  liveObjects(): { contexts: number; tlsKeys: number };
 
   createPrimary(ctx: NativeContext, hierarchy: number, template: Buffer): Promise<{ handle: number; public: Buffer }>;
   create(ctx: NativeContext, parent: number, template: Buffer): Promise<{ public: Buffer; private: Buffer }>;
@@ -38,6 +55,17 @@ export interface NativeAddon {
   nvRead(ctx: NativeContext, auth: number, nvHandle: number, size: number, offset: number): Promise<Buffer>;
   contextSave(ctx: NativeContext, handle: number): Promise<Buffer>;
   contextLoad(ctx: NativeContext, context: Buffer): Promise<number>;
+
+  /**
+   * Installs a TPM key into the SSL_CTX behind `sslCtx` (a tls.SecureContext's `context._external`)
+   * and returns its handle. Synchronous. Throws Errors with `code` tpm_tls_* / tpm_bad_argument.
+   */
+  tlsInstallKey(ctx: NativeContext, sslCtx: unknown, pub: Buffer, priv: Buffer, srkTemplate: Buffer, savedContext: Buffer | null): NativeTlsKey;
+  /** Forgets a TLS key's blobs and saved context: its next handshakes fail. */
+  tlsReleaseKey(key: NativeTlsKey): void;
+  tlsStats(ctx: NativeContext): NativeTlsStats;
+  /** The OpenSSL the addon was compiled against and the one Node runs; compatible = same major.minor. */
+  tlsOpenssl(): { headers: string; runtime: string; compatible: boolean };
 
   /** ESYS_TR values of the hierarchies (not the TPM handles). */
   readonly ESYS_TR: { RH_OWNER: number; RH_ENDORSEMENT: number; RH_PLATFORM: number; RH_NULL: number };

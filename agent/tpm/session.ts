@@ -118,12 +118,17 @@ export class TpmCore {
     readonly ctx: NativeContext,
   ) {}
 
+  /** Commands sent through the queue; the TLS signing path is counted apart (tls.* in commandStats). */
   get commandCount(): number {
     return this.addon.commandCount(this.ctx);
   }
 
   commandStats(): Record<string, number> {
-    return Object.fromEntries(this.stats);
+    const out: Record<string, number> = Object.fromEntries(this.stats);
+    for (const [name, n] of Object.entries(this.addon.tlsStats(this.ctx).commands)) {
+      if (n > 0) out[`tls.${name}`] = n;
+    }
+    return out;
   }
 
   /** Runs one addon primitive: TPM failures become TpmError; commands are counted under `name`. */

@@ -19,15 +19,28 @@ static void ctx_shutdown(edgeid_ctx *ctx) {
   if (ctx->tcti) Tss2_TctiLdr_Finalize(&ctx->tcti);
 }
 
-static void ctx_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  edgeid_ctx *ctx = data;
+int edgeid_live_contexts = 0;
+int edgeid_live_tls_keys = 0;
+
+void edgeid_ctx_ref(edgeid_ctx *ctx) {
+  __atomic_add_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+void edgeid_ctx_unref(edgeid_ctx *ctx) {
+  if (__atomic_sub_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
   pthread_mutex_lock(&ctx->lock);
   ctx_shutdown(ctx);
   pthread_mutex_unlock(&ctx->lock);
   pthread_mutex_destroy(&ctx->lock);
   free(ctx);
+  __atomic_sub_fetch(&edgeid_live_contexts, 1, __ATOMIC_RELAXED);
+}
+
+/* The JS handle was garbage-collected: a TLS key still installed somewhere keeps ESYS open. */
+static void ctx_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  edgeid_ctx_unref(data);
 }
 
 edgeid_ctx *edgeid_ctx_from_value(napi_env env, napi_value value) {
@@ -259,6 +272,7 @@ static void open_execute(job *base) {
     return;
   }
   pthread_mutex_init(&ctx->lock, NULL);
+  ctx->refs = 1;
   TSS2_RC rc = Tss2_TctiLdr_Initialize(j->conf, &ctx->tcti);
   if (rc != TSS2_RC_SUCCESS) {
     base->rc = rc;
@@ -284,6 +298,7 @@ static napi_value open_complete(napi_env env, job *base) {
   napi_value external;
   if (napi_create_external(env, j->ctx, ctx_finalize, NULL, &external) != napi_ok) return NULL;
   j->ctx = NULL; /* now owned by the external */
+  __atomic_add_fetch(&edgeid_live_contexts, 1, __ATOMIC_RELAXED);
   return external;
 }
 
@@ -350,15 +365,28 @@ static napi_value js_decode_rc(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* liveObjects() → { contexts, tlsKeys }: what this process still holds (leak checks in tests). */
+static napi_value js_live_objects(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value o;
+  if (napi_create_object(env, &o) != napi_ok ||
+      !set_prop(env, o, "contexts", make_u32(env, (uint32_t)__atomic_load_n(&edgeid_live_contexts, __ATOMIC_RELAXED))) ||
+      !set_prop(env, o, "tlsKeys", make_u32(env, (uint32_t)__atomic_load_n(&edgeid_live_tls_keys, __ATOMIC_RELAXED))))
+    return NULL;
+  return o;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"open", NULL, js_open, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
       {"commandCount", NULL, js_command_count, NULL, NULL, NULL, napi_default, NULL},
       {"decodeRc", NULL, js_decode_rc, NULL, NULL, NULL, napi_default, NULL},
+      {"liveObjects", NULL, js_live_objects, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   edgeid_register_commands(env, exports);
+  edgeid_register_tls(env, exports);
   return exports;
 }
 
