@@ -7,11 +7,6 @@ const forgedControl = 'The command was ignored. If this repeats, someone may be 
  * Status codes follow the registry's rule (4xx = the caller's fault); the agent itself mostly logs them.
  */
 export const agentErrors = defineErrors({
-  agent_usage: {
-    status: 400,
-    message: 'The command line is incomplete or contradicts itself.',
-    fix: 'Run `edgeid-agent --help` and pass the options the command needs.',
-  },
   agent_config_invalid: {
     status: 400,
     message: 'The agent configuration file is not valid.',
@@ -76,11 +71,6 @@ export const agentErrors = defineErrors({
     status: 500,
     message: 'A certificate renewal attempt failed.',
     fix: 'The agent retries with backoff; see the reason code in the log or `edgeid-agent status`.',
-  },
-  mqtt_not_configured: {
-    status: 409,
-    message: 'No MQTT broker URL is known for this device.',
-    fix: 'Set mqtt.url in the agent config, or configure the broker URL on the enrollment server.',
   },
   outbox_unusable: {
     status: 500,

@@ -1,0 +1,89 @@
+/** `edgeid-agent enroll`: one-time enrollment by a field technician (issue 4 §2). */
+import { parseArgs } from 'node:util';
+import { parseEnrollUri } from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { enroll, type EnrollParams } from '../identity.js';
+import { PostureCollector } from '../posture.js';
+import { StateStore } from '../state/store.js';
+import { Tpm } from '../tpm/index.js';
+import { flushLeftoverObjects } from '../tpm-support.js';
+import { COMMON_OPTIONS, COMMON_USAGE, makeLogger, resolveConfig } from './common.js';
+import { UsageError, type AgentCommand } from './types.js';
+
+const USAGE = `usage:
+  edgeid-agent enroll --uri 'edgeid://enroll?server=…&token=…&ca=sha256:…' [options]
+  edgeid-agent enroll --server URL --token TOKEN --ca-fingerprint sha256:HEX [--zone ZONE] [options]
+
+  The server's TLS certificate must chain to the CA with that fingerprint (no trust on first use).
+  The URI can also come from env EDGEID_ENROLL_URI (keeps the token out of the process list).
+${COMMON_USAGE}
+  --json             print the result as JSON`;
+
+export const enrollCommand: AgentCommand = {
+  name: 'enroll',
+  summary: 'enroll this device with a one-time token (edgeid://enroll?… URI)',
+  async run(args, io) {
+    let values;
+    try {
+      ({ values } = parseArgs({
+        args,
+        options: {
+          ...COMMON_OPTIONS,
+          uri: { type: 'string' },
+          server: { type: 'string' },
+          token: { type: 'string' },
+          'ca-fingerprint': { type: 'string' },
+          zone: { type: 'string' },
+          json: { type: 'boolean' },
+        },
+        strict: true,
+      }));
+    } catch (e) {
+      throw new UsageError((e as Error).message, USAGE);
+    }
+    if (values.help) {
+      io.out.write(`${USAGE}\n`);
+      return 0;
+    }
+    const uri = values.uri ?? process.env.EDGEID_ENROLL_URI;
+    let params: EnrollParams;
+    if (uri) {
+      if (values.server || values.token || values['ca-fingerprint']) throw new UsageError('give either --uri or --server/--token/--ca-fingerprint', USAGE);
+      try {
+        params = parseEnrollUri(uri);
+      } catch (e) {
+        throw new EdgeidError('enroll_uri_invalid', `enrollment URI: ${(e as Error).message}`);
+      }
+      if (values.zone) params.zone = values.zone;
+    } else {
+      if (!values.server || !values.token || !values['ca-fingerprint']) throw new UsageError('need --uri, or all of --server, --token and --ca-fingerprint', USAGE);
+      params = { server: values.server, token: values.token, caFingerprint: values['ca-fingerprint'], ...(values.zone ? { zone: values.zone } : {}) };
+    }
+    const config = resolveConfig(values);
+    const log = makeLogger(config);
+    const store = await StateStore.open(config.stateDir, { lock: true });
+    let tpm: Tpm | undefined;
+    try {
+      await store.cleanupOrphans(await store.load());
+      tpm = await Tpm.open(config.tcti);
+      await flushLeftoverObjects(tpm);
+      const state = await enroll({ store, tpm, log, config, posture: new PostureCollector({ config }) }, params);
+      const c = state.certificate!;
+      const result = { deviceId: state.device!.id, zone: state.device!.zone, serial: c.serial, notAfter: c.notAfter, mqtt: state.mqtt?.url ?? null, stateDir: config.stateDir };
+      if (values.json) io.out.write(`${JSON.stringify(result, null, 2)}\n`);
+      else {
+        io.out.write(
+          `enrolled as ${result.deviceId} (zone ${result.zone})\n` +
+            `  certificate ${result.serial}, valid until ${result.notAfter}\n` +
+            `  broker      ${result.mqtt ?? '(none announced; set mqtt.url in the agent config)'}\n` +
+            `  state       ${result.stateDir}\n` +
+            `start the agent: edgeid-agent run --state ${result.stateDir}   (or: systemctl enable --now edgeid-agent)\n`,
+        );
+      }
+      return 0;
+    } finally {
+      await tpm?.close().catch(() => {});
+      await store.close();
+    }
+  },
+};

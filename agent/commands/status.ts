@@ -1,0 +1,133 @@
+/** `edgeid-agent status [--json]`: what the device is, its certificate, renewal, MQTT and outbox. */
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import type { AgentStatus } from '../agent.js';
+import { StateStore } from '../state/store.js';
+import { AGENT_VERSION } from '../version.js';
+import { COMMON_OPTIONS, COMMON_USAGE, resolveConfig } from './common.js';
+import { UsageError, type AgentCommand } from './types.js';
+
+const USAGE = `usage:
+  edgeid-agent status [--json] [options]
+${COMMON_USAGE}
+  --json             machine-readable output`;
+
+async function readJson<T>(file: string): Promise<T | null> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as T;
+  } catch {
+    return null;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)}h`;
+  return `${(s / 86400).toFixed(1)}d`;
+}
+
+export interface StatusReport extends Omit<AgentStatus, 'pid'> {
+  enrolled: boolean;
+  stateDir: string;
+  pid: number | null;
+}
+
+export async function collectStatus(stateDir: string): Promise<StatusReport> {
+  const store = await StateStore.open(stateDir, { create: false }).catch(() => null);
+  const state = store ? await store.load().catch(() => null) : null;
+  const lockPid = Number.parseInt((await readFile(path.join(stateDir, 'lock'), 'utf8').catch(() => '')).trim(), 10);
+  const running = Number.isSafeInteger(lockPid) && lockPid > 0 && alive(lockPid);
+  const live = running ? await readJson<AgentStatus>(path.join(stateDir, 'status.json')) : null;
+  const outboxDir = path.join(stateDir, 'outbox');
+  const files = await readdir(outboxDir).catch(() => [] as string[]);
+  const dropped = (await readJson<{ dropped?: number }>(path.join(outboxDir, 'stats.json')))?.dropped ?? 0;
+  const cert = state?.certificate;
+  const left = cert ? (Date.parse(cert.notAfter) - Date.now()) / 1000 : 0;
+  return {
+    enrolled: !!state?.device,
+    stateDir,
+    running,
+    pid: running ? lockPid : null,
+    agentVersion: live?.agentVersion ?? AGENT_VERSION,
+    device: state?.device ?? null,
+    server: state?.server.url ?? '',
+    certificate: cert ? { serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter, secondsLeft: Math.max(0, Math.round(left)), expired: left <= 0 } : null,
+    renewal: {
+      next: live?.renewal.next ?? state?.renew?.renewAfter ?? null,
+      consecutiveFailures: live?.renewal.consecutiveFailures ?? 0,
+      last: state?.lastRenewal ?? null,
+      total: state?.renewals ?? 0,
+      tpmCommandsPerRenewal: state?.tpmCommandsPerRenewal ?? null,
+    },
+    mqtt: live?.mqtt ?? { state: running ? 'disabled' : 'closed', url: state?.mqtt?.url ?? null, serial: null, connectedAt: null, connects: 0, lastError: null },
+    outbox: {
+      pending: files.filter((f) => /^\d{16}-.*\.json$/.test(f)).length,
+      pendingBytes: live?.outbox.pendingBytes ?? 0,
+      dropped,
+      delivered: live?.outbox.delivered ?? 0,
+      maxMessages: live?.outbox.maxMessages ?? 0,
+    },
+    control: live?.control ?? { accepted: 0, ignored: 0, lastIgnored: null },
+    posture: live?.posture ?? null,
+    updatedAt: live?.updatedAt ?? new Date().toISOString(),
+  };
+}
+
+export function renderStatus(s: StatusReport): string {
+  if (!s.enrolled) return `not enrolled (state ${s.stateDir})\nenroll with: edgeid-agent enroll --uri 'edgeid://enroll?…'\n`;
+  const lines = [
+    `device      ${s.device!.id}  zone ${s.device!.zone}  (enrolled ${s.device!.enrolledAt})`,
+    `server      ${s.server}`,
+    `agent       ${s.running ? `running, pid ${s.pid}` : 'not running'}  version ${s.agentVersion}`,
+  ];
+  if (s.certificate) {
+    lines.push(`certificate ${s.certificate.serial}  ${s.certificate.expired ? 'EXPIRED' : `${duration(s.certificate.secondsLeft)} left`} (until ${s.certificate.notAfter})`);
+  }
+  const last = s.renewal.last;
+  lines.push(
+    `renewal     next ${s.renewal.next ?? '—'}; ${s.renewal.total} done; last ${last ? `${last.ok ? 'ok' : `FAILED [${last.code}]`} at ${last.at} (${last.reason})` : '—'}` +
+      (s.renewal.consecutiveFailures ? `; ${s.renewal.consecutiveFailures} failures in a row` : ''),
+    `tpm         ${s.renewal.tpmCommandsPerRenewal ?? '—'} commands per renewal`,
+    `mqtt        ${s.mqtt.state}${s.mqtt.url ? ` ${s.mqtt.url}` : ''}${s.mqtt.lastError ? ` (last error: ${s.mqtt.lastError})` : ''}`,
+    `outbox      ${s.outbox.pending} pending, ${s.outbox.dropped} dropped (full)`,
+    `control     ${s.control.accepted} accepted, ${s.control.ignored} ignored${s.control.lastIgnored ? ` (last: ${s.control.lastIgnored.code})` : ''}`,
+  );
+  if (s.posture) {
+    const p = s.posture as { os?: { PRETTY_NAME?: string }; kernel?: string; agentHash?: string; configHash?: string };
+    lines.push(`posture     ${p.os?.PRETTY_NAME ?? '?'}, kernel ${p.kernel ?? '?'}, agent ${String(p.agentHash ?? '?').slice(0, 12)}…, config ${String(p.configHash ?? '?').slice(0, 12)}…`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+export const statusCommand: AgentCommand = {
+  name: 'status',
+  summary: 'show identity, certificate, renewal, MQTT and outbox state (--json for scripts)',
+  async run(args, io) {
+    let values;
+    try {
+      ({ values } = parseArgs({ args, options: { ...COMMON_OPTIONS, json: { type: 'boolean' } }, strict: true }));
+    } catch (e) {
+      throw new UsageError((e as Error).message, USAGE);
+    }
+    if (values.help) {
+      io.out.write(`${USAGE}\n`);
+      return 0;
+    }
+    const config = resolveConfig(values);
+    const s = await collectStatus(config.stateDir);
+    io.out.write(values.json ? `${JSON.stringify(s, null, 2)}\n` : renderStatus(s));
+    return s.enrolled ? 0 : 3;
+  },
+};

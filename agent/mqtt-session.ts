@@ -1,0 +1,208 @@
+/**
+ * The device's MQTT session (issue 4 §4): mqtt.js v5 over TLS with a client certificate whose
+ * private key is in the TPM. The TLS material comes as a ready `tls.SecureContext` (built by the
+ * TPM addon, which installs the TPM-backed key); this module never sees a private key.
+ *
+ * - mqtt.js owns reconnection; this module only reacts to its events.
+ * - Every application message goes through the durable Outbox first and is handed to mqtt.js
+ *   (QoS 1) only while connected; the outbox entry is removed on PUBACK. On every (re)connect,
+ *   whatever is still pending is sent again: at least once, with the id in the MQTT 5 user
+ *   property `edgeid-msg-id` for de-duplication.
+ * - `switchCredentials` (after a renewal) closes the current client and opens a new one with the
+ *   new certificate; messages published in between wait in the outbox.
+ */
+import { EventEmitter } from 'node:events';
+import type { SecureContext } from 'node:tls';
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
+import type { Outbox, OutboxMessage } from './outbox.js';
+
+export const MSG_ID_PROPERTY = 'edgeid-msg-id';
+
+export type MqttState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'switching' | 'closed';
+
+export interface MqttCredentials {
+  secureContext: SecureContext;
+  /** Serial of the certificate in the context (for logs and status). */
+  serial: string;
+}
+
+export interface MqttSessionOptions {
+  url: string;
+  clientId: string;
+  /** Topics to subscribe (QoS 1) on every connect, e.g. the control topic. */
+  subscriptions: string[];
+  outbox: Outbox;
+  log: Logger;
+  keepaliveSeconds?: number;
+  reconnectPeriodMs?: number;
+  connectTimeoutMs?: number;
+  /** How long the broker keeps the session (subscriptions, queued QoS 1 messages) while offline. */
+  sessionExpirySeconds?: number;
+}
+
+interface Generation {
+  client: MqttClient;
+  serial: string;
+  /** Outbox ids handed to this client and not yet acknowledged or failed. */
+  inflight: Set<string>;
+}
+
+/**
+ * Events: 'connect' (serial), 'close', 'message' (topic, payload, packet), 'fault' (err; never 'error', so an unobserved failure cannot throw).
+ */
+export class MqttSession extends EventEmitter {
+  private gen: Generation | null = null;
+  private stateValue: MqttState = 'idle';
+  private lastError: string | null = null;
+  private connectedAt: Date | null = null;
+  private connects = 0;
+
+  constructor(private readonly opts: MqttSessionOptions) {
+    super();
+  }
+
+  get state(): MqttState {
+    return this.stateValue;
+  }
+
+  /** Serial of the certificate of the current client. */
+  get serial(): string | null {
+    return this.gen?.serial ?? null;
+  }
+
+  info(): { state: MqttState; url: string; serial: string | null; connectedAt: string | null; connects: number; lastError: string | null } {
+    return {
+      state: this.stateValue,
+      url: this.opts.url,
+      serial: this.serial,
+      connectedAt: this.connectedAt?.toISOString() ?? null,
+      connects: this.connects,
+      lastError: this.lastError,
+    };
+  }
+
+  /** Starts a client with these credentials (closing the current one first, if any). */
+  async switchCredentials(creds: MqttCredentials): Promise<void> {
+    const old = this.gen;
+    if (old) {
+      this.stateValue = 'switching';
+      this.gen = null;
+      await this.endClient(old);
+    }
+    this.startClient(creds);
+  }
+
+  /** Persists the message, then sends it if connected (else it waits in the outbox). */
+  async publish(topic: string, payload: Buffer | string): Promise<OutboxMessage> {
+    const msg = await this.opts.outbox.add(topic, payload);
+    const g = this.gen;
+    if (g && g.client.connected) this.send(g, msg);
+    return msg;
+  }
+
+  /** QoS 1 publish outside the outbox (heartbeats: stale ones are worthless after an outage). */
+  publishVolatile(topic: string, payload: Buffer | string): boolean {
+    const g = this.gen;
+    if (!g || !g.client.connected) return false;
+    g.client.publish(topic, payload, { qos: 1 }, (err) => {
+      if (err) this.opts.log.debug({ err: err.message, topic }, 'heartbeat not delivered');
+    });
+    return true;
+  }
+
+  async close(): Promise<void> {
+    const g = this.gen;
+    this.gen = null;
+    this.stateValue = 'closed';
+    if (g) await this.endClient(g);
+  }
+
+  private startClient(creds: MqttCredentials): void {
+    const options: IClientOptions & { secureContext: SecureContext } = {
+      clientId: this.opts.clientId,
+      protocolVersion: 5,
+      // A persistent session: QoS 1 control commands sent while the device reconnects (e.g. for a
+      // certificate switch) are queued by the broker and delivered, not dropped.
+      clean: false,
+      properties: { sessionExpiryInterval: this.opts.sessionExpirySeconds ?? 3600 },
+      keepalive: this.opts.keepaliveSeconds ?? 30,
+      reconnectPeriod: this.opts.reconnectPeriodMs ?? 1000,
+      connectTimeout: this.opts.connectTimeoutMs ?? 15_000,
+      rejectUnauthorized: true,
+      secureContext: creds.secureContext,
+      resubscribe: false, // we subscribe on every 'connect' ourselves
+    };
+    const client = mqtt.connect(this.opts.url, options);
+    const g: Generation = { client, serial: creds.serial, inflight: new Set() };
+    this.gen = g;
+    this.stateValue = 'connecting';
+
+    client.on('connect', () => {
+      if (this.gen !== g) return;
+      this.stateValue = 'connected';
+      this.connectedAt = new Date();
+      this.connects++;
+      this.lastError = null;
+      this.opts.log.info({ url: this.opts.url, serial: g.serial }, 'mqtt connected');
+      if (this.opts.subscriptions.length > 0) {
+        client.subscribe(this.opts.subscriptions, { qos: 1 }, (err, granted) => {
+          if (err) this.opts.log.warn({ err: err.message }, 'mqtt subscribe failed');
+          else if (granted?.some((x) => x.qos >= 128)) this.opts.log.warn({ granted }, 'mqtt subscription refused by the broker');
+        });
+      }
+      // mqtt.js resends what it already holds; hand over only what it never had.
+      for (const m of this.opts.outbox.pending()) if (!g.inflight.has(m.id)) this.send(g, m);
+      this.emit('connect', g.serial);
+    });
+    client.on('close', () => {
+      if (this.gen !== g) return;
+      if (this.stateValue === 'connected') this.opts.log.warn({ url: this.opts.url }, 'mqtt connection closed');
+      this.stateValue = 'reconnecting';
+      this.emit('close');
+    });
+    client.on('error', (err) => {
+      if (this.gen !== g) return;
+      this.lastError = err.message;
+      this.opts.log.warn({ err: err.message, code: (err as NodeJS.ErrnoException).code }, 'mqtt error');
+      this.emit('fault', err);
+    });
+    client.on('message', (topic: string, payload: Buffer, packet: IPublishPacket) => {
+      if (this.gen !== g) return;
+      this.emit('message', topic, payload, packet);
+    });
+  }
+
+  private send(g: Generation, m: OutboxMessage): void {
+    g.inflight.add(m.id);
+    g.client.publish(m.topic, m.payload, { qos: 1, properties: { userProperties: { [MSG_ID_PROPERTY]: m.id } } }, (err) => {
+      g.inflight.delete(m.id);
+      if (err) {
+        // stays in the outbox; sent again on the next connect
+        this.opts.log.debug({ err: err.message, id: m.id }, 'mqtt publish not acknowledged');
+        return;
+      }
+      this.opts.outbox.ack(m.id).catch((e: Error) => this.opts.log.warn({ err: e.message }, 'outbox ack failed'));
+    });
+  }
+
+  /** Ends a client: graceful (waits for outstanding PUBACKs) for up to 2 s, then forced. */
+  private async endClient(g: Generation): Promise<void> {
+    await new Promise<void>((resolve) => {
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        g.client.end(true, {}, () => finish());
+        setTimeout(finish, 500);
+      }, 2000);
+      g.client.end(false, {}, () => finish());
+    });
+    g.client.removeAllListeners('message');
+    g.inflight.clear();
+  }
+}

@@ -1,0 +1,167 @@
+/**
+ * Durable, bounded MQTT outbox (issue 4 §4). Every message handed to `agent.publish` is written
+ * to disk (one file per message, atomically) before it is sent, and removed only when the broker
+ * acknowledged it (PUBACK, QoS 1). After a crash, a reconnect or a certificate switch, whatever
+ * is still here is sent again: delivery is at least once, and each message carries an id so the
+ * receiver can drop duplicates.
+ *
+ * Bounded: when `maxMessages` or `maxBytes` would be exceeded, the OLDEST messages are dropped
+ * and counted (the count survives restarts and is shown by `status`).
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { EdgeidError } from '../protocol/errors/index.js';
+import { DIR_MODE, removeStaleTempFiles, writeFileAtomic } from './state/fs.js';
+
+export interface OutboxMessage {
+  /** Unique id for de-duplication by the receiver. */
+  id: string;
+  /** Monotonic sequence number; delivery order. */
+  seq: number;
+  topic: string;
+  payload: Buffer;
+  /** ISO time the message was accepted. */
+  createdAt: string;
+}
+
+export interface OutboxStats {
+  pending: number;
+  pendingBytes: number;
+  /** Dropped because the outbox was full (oldest first), since the outbox was created. */
+  dropped: number;
+  /** Acknowledged by the broker since this process started. */
+  delivered: number;
+  maxMessages: number;
+}
+
+export interface OutboxOptions {
+  maxMessages?: number;
+  maxBytes?: number;
+}
+
+const STATS_FILE = 'stats.json';
+const MSG_RE = /^(\d{16})-([0-9a-f-]{36})\.json$/;
+
+function fileName(m: { seq: number; id: string }): string {
+  return `${String(m.seq).padStart(16, '0')}-${m.id}.json`;
+}
+
+export class Outbox {
+  private readonly messages = new Map<string, OutboxMessage>(); // insertion order = seq order
+  private bytes = 0;
+  private dropped = 0;
+  private delivered = 0;
+  private nextSeq = 1;
+  private tail: Promise<void> = Promise.resolve();
+  private readonly maxMessages: number;
+  private readonly maxBytes: number;
+
+  private constructor(
+    readonly dir: string,
+    opts: OutboxOptions,
+  ) {
+    this.maxMessages = opts.maxMessages ?? 10_000;
+    this.maxBytes = opts.maxBytes ?? 16 * 1024 * 1024;
+  }
+
+  static async open(dir: string, opts: OutboxOptions = {}): Promise<Outbox> {
+    const box = new Outbox(dir, opts);
+    try {
+      await mkdir(dir, { recursive: true, mode: DIR_MODE });
+      await removeStaleTempFiles(dir);
+      const found: OutboxMessage[] = [];
+      for (const name of await readdir(dir)) {
+        if (name === STATS_FILE) {
+          const s = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as { dropped?: number };
+          box.dropped = Number.isSafeInteger(s.dropped) ? (s.dropped as number) : 0;
+          continue;
+        }
+        const m = MSG_RE.exec(name);
+        if (!m) continue;
+        try {
+          const raw = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as { topic: string; payload: string; createdAt: string };
+          found.push({ id: m[2]!, seq: Number(m[1]), topic: raw.topic, payload: Buffer.from(raw.payload, 'base64'), createdAt: raw.createdAt });
+        } catch {
+          await rm(path.join(dir, name), { force: true }); // unreadable: cannot be delivered anyway
+        }
+      }
+      found.sort((a, b) => a.seq - b.seq);
+      for (const m of found) {
+        box.messages.set(m.id, m);
+        box.bytes += m.payload.length;
+      }
+      box.nextSeq = (found.at(-1)?.seq ?? 0) + 1;
+    } catch (e) {
+      if (e instanceof EdgeidError) throw e;
+      throw new EdgeidError('outbox_unusable', `outbox ${dir}: ${(e as Error).message}`);
+    }
+    return box;
+  }
+
+  /** Persists a message; resolves once it is durable. Drops the oldest ones if the outbox is full. */
+  add(topic: string, payload: Buffer | string): Promise<OutboxMessage> {
+    // Serialised: eviction and ordering must see the previous add's result.
+    const run = this.tail.then(() => this.addNow(topic, payload));
+    this.tail = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  private async addNow(topic: string, payload: Buffer | string): Promise<OutboxMessage> {
+    const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+    const msg: OutboxMessage = { id: randomUUID(), seq: this.nextSeq++, topic, payload: body, createdAt: new Date().toISOString() };
+    const evict: OutboxMessage[] = [];
+    let count = this.messages.size + 1;
+    let bytes = this.bytes + body.length;
+    for (const old of this.messages.values()) {
+      if (count <= this.maxMessages && bytes <= this.maxBytes) break;
+      evict.push(old);
+      count--;
+      bytes -= old.payload.length;
+    }
+    try {
+      await writeFileAtomic(
+        path.join(this.dir, fileName(msg)),
+        JSON.stringify({ topic, payload: body.toString('base64'), createdAt: msg.createdAt }),
+      );
+      if (evict.length > 0) {
+        for (const old of evict) this.forget(old);
+        this.dropped += evict.length;
+        await writeFileAtomic(path.join(this.dir, STATS_FILE), JSON.stringify({ dropped: this.dropped }));
+        await Promise.all(evict.map((old) => rm(path.join(this.dir, fileName(old)), { force: true })));
+      }
+    } catch (e) {
+      throw new EdgeidError('outbox_unusable', `outbox ${this.dir}: ${(e as Error).message}`);
+    }
+    this.messages.set(msg.id, msg);
+    this.bytes += body.length;
+    return msg;
+  }
+
+  /** The broker acknowledged the message: forget it. Unknown ids (already acked, dropped) are ignored. */
+  async ack(id: string): Promise<void> {
+    const m = this.messages.get(id);
+    if (!m) return;
+    this.forget(m);
+    this.delivered++;
+    // No directory fsync: losing this unlink in a crash only means the message is sent once more.
+    await rm(path.join(this.dir, fileName(m)), { force: true });
+  }
+
+  has(id: string): boolean {
+    return this.messages.has(id);
+  }
+
+  /** Messages not yet acknowledged, oldest first. */
+  pending(): OutboxMessage[] {
+    return [...this.messages.values()];
+  }
+
+  stats(): OutboxStats {
+    return { pending: this.messages.size, pendingBytes: this.bytes, dropped: this.dropped, delivered: this.delivered, maxMessages: this.maxMessages };
+  }
+
+  private forget(m: OutboxMessage): void {
+    if (this.messages.delete(m.id)) this.bytes -= m.payload.length;
+  }
+}

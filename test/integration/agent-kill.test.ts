@@ -1,0 +1,190 @@
+/**
+ * Issue 4 §7 / done-when: kill -9 of the agent at random points of enroll and renew, ≥ 30 times;
+ * it always continues without re-enrollment (same device, same token, never a new one) and leaves
+ * no TPM transient objects behind.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../helpers/swtpm.js';
+import { createToken, spawnAgent, startServer, tmpDir } from './agent-env.js';
+
+/** mulberry32: a seeded PRNG so a failing sequence of kill points can be replayed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function readState(dir: string): Promise<any | null> {
+  try {
+    return JSON.parse(await readFile(path.join(dir, 'state.json'), 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e; // a torn state.json is a failure
+  }
+}
+
+/**
+ * Runs the agent and kills it (SIGKILL) `ms` after its log first matches `after` (or after start).
+ * Kill points relative to a log line land inside the work itself, not in Node's start-up.
+ */
+async function killAfter(args: string[], ms: number, after?: RegExp): Promise<{ code: number | null; killed: boolean; log: string }> {
+  const a = spawnAgent(args);
+  let killed = false;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    timer = setTimeout(() => {
+      killed = a.child.exitCode === null;
+      a.child.kill('SIGKILL');
+    }, ms);
+  };
+  if (!after) arm();
+  else {
+    const poll = setInterval(() => {
+      if (after.test(a.log())) {
+        clearInterval(poll);
+        arm();
+      }
+    }, 2);
+    void a.exit.then(() => clearInterval(poll));
+  }
+  const code = await a.exit;
+  clearTimeout(timer);
+  return { code, killed, log: a.log() };
+}
+
+test('kill -9 at random points of enrollment: the agent continues with the same token and leaves no TPM objects', async (t) => {
+  const seed = Number(process.env.EDGEID_KILL_SEED ?? Date.now() % 100000);
+  t.diagnostic(`seed ${seed} (EDGEID_KILL_SEED to replay)`);
+  const rand = prng(seed);
+  const srv = await startServer({
+    config: {
+      allowShortLifetimes: true,
+      rateLimit: { enroll: { max: 1000, window: 60 }, renew: { max: 1000, window: 60 } },
+      zones: { default: { lifetime: 5 } },
+    },
+  });
+  t.after(() => srv.stop());
+  // Recovery from a kill after the server issued but before the agent saved the answer needs the
+  // server to find the device by its AK name (POST /v1/renew/challenge {akName}).
+  const probe = await srv.admin<any>('POST', '/v1/renew/challenge', { akName: '000b' + '00'.repeat(32) });
+  if (probe.body?.error?.code === 'bad_request') {
+    t.todo('enroll-server does not support POST /v1/renew/challenge {akName} yet: a kill between issuance and the agent saving it cannot be recovered');
+  }
+  let kills = 0;
+
+  // Phase 1: enrollments, each on a fresh TPM, killed once at a random point, then continued with
+  // the SAME token (`run` continues a pending enrollment; `enroll` is re-run only if the kill came
+  // before anything was recorded). A continuation, never a re-enrollment with a new token.
+  const ENROLL_SCENARIOS = Number(process.env.EDGEID_KILL_ENROLLS ?? 10);
+  let enrollKills = 0;
+  for (let i = 0; i < ENROLL_SCENARIOS; i++) {
+    const etpm = await startSwtpm();
+    try {
+      const dir = path.join(await tmpDir('edgeid-agent-kill-', t), 'state');
+      const { uri } = await createToken(srv, { ttlSeconds: 3600 });
+      const args = ['--state', dir, '--tcti', etpm.tcti, '--log-level', 'info'];
+      // the kill lands anywhere from the TLS pinning to the last state write (~100 ms of work)
+      const first = await killAfter(['enroll', '--uri', uri, ...args], rand() * 110, /server certificate pinned/);
+      if (first.killed) {
+        kills++;
+        enrollKills++;
+      } else assert.equal(first.code, 0, first.log.slice(-2000));
+      for (let attempt = 0; attempt < 3 && !(await readState(dir))?.device; attempt++) {
+        const st = await readState(dir);
+        if (st?.pendingEnrollment) {
+          const a = spawnAgent(['run', ...args]);
+          for (let w = 0; w < 600 && !(await readState(dir))?.device && a.child.exitCode === null; w++) await new Promise((r) => setTimeout(r, 100));
+          a.child.kill('SIGTERM');
+          const code = await a.exit;
+          if (!(await readState(dir))?.device) assert.fail(`run did not continue the enrollment (exit ${code}): ${a.log().slice(-2500)}`);
+        } else {
+          const again = await killAfter(['enroll', '--uri', uri, ...args], 600_000);
+          assert.equal(again.code, 0, `enroll with the same token after a kill: ${again.log.slice(-2500)}`);
+        }
+      }
+      const st = await readState(dir);
+      assert.ok(st?.device?.id, `scenario ${i}: enrolled after the kill`);
+      assert.equal(st.pendingEnrollment, undefined);
+      assert.equal(await transientHandleCountViaTools(etpm.tcti), 0, `scenario ${i}: no TPM transient objects left`);
+    } finally {
+      await etpm.stop();
+    }
+  }
+  t.diagnostic(`enrollment: ${ENROLL_SCENARIOS} scenarios, ${enrollKills} killed mid-way and continued`);
+
+  const devices = await srv.admin<any>('GET', '/v1/admin/devices');
+  const list = Array.isArray(devices.body) ? devices.body : devices.body.devices;
+  assert.equal(list.length, ENROLL_SCENARIOS, 'one device per TPM on the server: no second enrollment');
+});
+
+test('kill -9 at 30 random points of the renewal loop: the agent always continues without re-enrollment and leaves no TPM objects', async (t) => {
+  const seed = Number(process.env.EDGEID_KILL_SEED ?? Date.now() % 100000);
+  t.diagnostic(`seed ${seed} (EDGEID_KILL_SEED to replay)`);
+  const rand = prng(seed);
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  const srv = await startServer({
+    config: {
+      allowShortLifetimes: true,
+      rateLimit: { enroll: { max: 1000, window: 60 }, renew: { max: 1000, window: 60 } },
+      zones: { default: { lifetime: 5 } },
+    },
+  });
+  t.after(() => srv.stop());
+  let kills = 0;
+  // The long-lived device for the renewal kills.
+  const stateDir = path.join(await tmpDir('edgeid-agent-kill-', t), 'state');
+  const { uri } = await createToken(srv, { ttlSeconds: 3600 });
+  const base = ['--state', stateDir, '--tcti', tpm.tcti, '--log-level', 'info'];
+  const enrolled = await killAfter(['enroll', '--uri', uri, ...base], 600_000);
+  assert.equal(enrolled.code, 0, enrolled.log.slice(-2000));
+  const state = await readState(stateDir);
+  const deviceId: string = state.device.id;
+
+  // Phase 2: the daemon, renewing every few seconds, killed at random points.
+  let renewalsSeen = state.renewals ?? 0;
+  let renewalsDuringKills = 0;
+  while (kills < 30) {
+    // two thirds of the kills land inside a renewal (TPM batch, HTTP, state commit), the rest anywhere
+    const r = kills % 3 === 2 ? await killAfter(['run', ...base], 300 + rand() * 3500) : await killAfter(['run', ...base], rand() * 60, /renewal started/);
+    if (r.killed) kills++;
+    else assert.fail(`run ended by itself (code ${r.code}): ${r.log.slice(-2000)}`);
+    const s = await readState(stateDir);
+    assert.ok(s, 'state.json still exists');
+    assert.equal(s.device?.id, deviceId, 'same device: never re-enrolled');
+    assert.equal(s.pendingEnrollment, undefined);
+    if ((s.renewals ?? 0) > renewalsSeen) renewalsDuringKills += s.renewals - renewalsSeen;
+    renewalsSeen = s.renewals ?? 0;
+  }
+  t.diagnostic(`${kills} kills in total, ${renewalsDuringKills} renewals completed between kills`);
+
+  // Finally: a clean run renews, stops on SIGTERM, and nothing is left in the TPM.
+  const a = spawnAgent(['run', ...base]);
+  let final: any = null;
+  for (let i = 0; i < 1200; i++) {
+    final = await readState(stateDir);
+    if ((final?.renewals ?? 0) > renewalsSeen && final.lastRenewal?.ok) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  a.child.kill('SIGTERM');
+  assert.equal(await a.exit, 0, a.log().slice(-2000));
+  assert.ok(final.renewals > renewalsSeen && final.lastRenewal.ok, `renews after the kills: ${a.log().slice(-2000)}`);
+  assert.equal(final.device.id, deviceId);
+  assert.equal(await transientHandleCountViaTools(tpm.tcti), 0, 'no TPM transient objects left');
+  const keep = new Set([final.certificate.sessionKey, final.previousSessionKey].filter((x) => x !== undefined).map((g: number) => `session-${g}`));
+  const blobs = (await readdir(stateDir)).filter((n) => n.startsWith('session-')).map((n) => n.replace(/\.(pub|priv)$/, ''));
+  assert.deepEqual([...new Set(blobs)].sort(), [...keep].sort(), 'no orphaned key blobs');
+  assert.deepEqual((await readdir(stateDir)).filter((n) => n.endsWith('.tmp')), [], 'no temp files');
+  const devices = await srv.admin<any>('GET', '/v1/admin/devices');
+  const list = Array.isArray(devices.body) ? devices.body : devices.body.devices;
+  assert.equal(list.length, 1, 'exactly one device on the server: never re-enrolled');
+});

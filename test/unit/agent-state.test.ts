@@ -1,0 +1,123 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { writeFileAtomic, lockDir } from '../../agent/state/fs.js';
+import { StateStore, type AgentState } from '../../agent/state/store.js';
+import { isEdgeidError } from '../../protocol/errors/index.js';
+
+async function tmpDir(t: { after(fn: () => Promise<void>): void }): Promise<string> {
+  const d = await mkdtemp(path.join(os.tmpdir(), 'edgeid-agent-state-'));
+  t.after(() => rm(d, { recursive: true, force: true }));
+  return d;
+}
+
+function baseState(): AgentState {
+  return { version: 1, server: { url: 'https://127.0.0.1:8443', caFingerprint: 'sha256:' + 'ab'.repeat(32) }, renewals: 0, nextSessionKey: 1 };
+}
+
+test('creates the state dir 0700 and writes every file 0600 atomically', async (t) => {
+  const root = await tmpDir(t);
+  const dir = path.join(root, 'state');
+  const store = await StateStore.open(dir, { lock: true });
+  t.after(() => store.close());
+  assert.equal((await stat(dir)).mode & 0o777, 0o700);
+  await store.save(baseState());
+  await store.writeKey('ak', { public: Buffer.from([0, 2, 1, 2]), private: Buffer.from([0, 1, 9]) });
+  for (const f of ['state.json', 'ak.pub', 'ak.priv']) assert.equal((await stat(path.join(dir, f))).mode & 0o777, 0o600, f);
+  assert.deepEqual((await store.load())?.server, baseState().server);
+  assert.deepEqual((await store.readKey('ak')).private, Buffer.from([0, 1, 9]));
+  // no temp files left behind
+  assert.deepEqual((await readdir(dir)).filter((n) => n.endsWith('.tmp')), []);
+});
+
+test('tightens a state dir that others can read', async (t) => {
+  const root = await tmpDir(t);
+  const dir = path.join(root, 'loose');
+  await import('node:fs/promises').then((fs) => fs.mkdir(dir, { mode: 0o755 }));
+  await StateStore.open(dir);
+  assert.equal((await stat(dir)).mode & 0o777, 0o700);
+});
+
+test('a killed writer leaves the old content, and its temp file is removed at the next start', async (t) => {
+  const dir = await tmpDir(t);
+  const file = path.join(dir, 'state.json');
+  await writeFileAtomic(file, '{"version":1,"server":{"url":"https://a","caFingerprint":"x"}}');
+  // Simulate a crash between the temp write and the rename: a temp file exists, the target is intact.
+  await writeFile(path.join(dir, '.state.json.12345.deadbeef.tmp'), '{"torn');
+  const store = await StateStore.open(dir, { lock: true });
+  t.after(() => store.close());
+  assert.equal((await store.load())?.server.url, 'https://a');
+  assert.deepEqual((await readdir(dir)).filter((n) => n.endsWith('.tmp')), []);
+});
+
+test('a kill -9 during writeFileAtomic never leaves a torn state.json', async (t) => {
+  const dir = await tmpDir(t);
+  const file = path.join(dir, 'state.json');
+  const big = (n: number) => JSON.stringify({ n, pad: 'x'.repeat(200_000) });
+  await writeFileAtomic(file, big(0));
+  for (let round = 0; round < 5; round++) {
+    const child = spawn(process.execPath, ['--import', 'tsx', '-e', `
+      import('${path.resolve('agent/state/fs.ts')}').then(async ({ writeFileAtomic }) => {
+        for (let n = 1; ; n++) await writeFileAtomic(${JSON.stringify(file)}, JSON.stringify({ n, pad: 'x'.repeat(200000) }));
+      });`], { stdio: 'ignore' });
+    await new Promise((r) => setTimeout(r, 400 + round * 97));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    const text = await import('node:fs/promises').then((fs) => fs.readFile(file, 'utf8'));
+    const parsed = JSON.parse(text) as { n: number; pad: string };
+    assert.equal(parsed.pad.length, 200_000);
+  }
+});
+
+test('removes key blobs the state does not reference and keeps current and previous session keys', async (t) => {
+  const dir = await tmpDir(t);
+  const store = await StateStore.open(dir);
+  const blob = { public: Buffer.from([0, 1, 1]), private: Buffer.from([0, 1, 2]) };
+  for (const n of ['ak', 'session-1', 'session-2', 'session-3']) await store.writeKey(n, blob);
+  const state: AgentState = {
+    ...baseState(),
+    ak: { name: '000b' + '00'.repeat(32), createdAt: new Date().toISOString() },
+    certificate: { pem: '', chain: [], serial: '01', notBefore: '', notAfter: '', sessionKey: 2 },
+    previousSessionKey: 1,
+    nextSessionKey: 3,
+  };
+  const removed = await store.cleanupOrphans(state);
+  assert.deepEqual(removed.sort(), ['session-3.priv', 'session-3.pub']);
+  const left = (await readdir(dir)).sort();
+  assert.deepEqual(left, ['ak.priv', 'ak.pub', 'session-1.priv', 'session-1.pub', 'session-2.priv', 'session-2.pub']);
+  // With no state at all, AK blobs are leftovers of an enrollment that never recorded them.
+  assert.deepEqual((await store.cleanupOrphans(null)).length, 6);
+});
+
+test('refuses a second agent on the same state dir and takes over a dead holder\'s lock', async (t) => {
+  const dir = await tmpDir(t);
+  const first = await lockDir(dir);
+  await assert.rejects(lockDir(dir), (e) => isEdgeidError(e, 'state_locked'));
+  await first.release();
+  await writeFile(path.join(dir, 'lock'), '999999999\n'); // no such process
+  const again = await lockDir(dir);
+  await again.release();
+});
+
+test('refuses a state file that is not an agent state with state_corrupt', async (t) => {
+  const dir = await tmpDir(t);
+  await writeFile(path.join(dir, 'state.json'), '{"hello":1}');
+  const store = await StateStore.open(dir);
+  await assert.rejects(store.load(), (e) => isEdgeidError(e, 'state_corrupt'));
+  await writeFile(path.join(dir, 'state.json'), '{"torn');
+  await assert.rejects(store.load(), (e) => isEdgeidError(e, 'state_corrupt'));
+});
+
+test('wipe deletes everything of the identity but the lock', async (t) => {
+  const dir = await tmpDir(t);
+  const store = await StateStore.open(dir, { lock: true });
+  t.after(() => store.close());
+  await store.save(baseState());
+  await store.writeKey('ak', { public: Buffer.from([0]), private: Buffer.from([0]) });
+  await import('node:fs/promises').then((fs) => fs.mkdir(path.join(dir, 'outbox')));
+  await store.wipe();
+  assert.deepEqual(await readdir(dir), ['lock']);
+});
