@@ -101,14 +101,19 @@ export interface EnrollFinishResponse extends IssueResponse {
   mqtt: MqttInfo;
 }
 
-export interface RenewChallengeRequest {
-  deviceId: string;
-}
+/**
+ * Either the device id, or — for an agent that crashed after the server issued its first
+ * certificate but before it stored the answer — the hex TPM name of its AK. The renewal that
+ * follows proves possession of that AK, so the lookup reveals nothing a caller could use.
+ */
+export type RenewChallengeRequest = { deviceId: string; akName?: never } | { akName: string; deviceId?: never };
 
 export interface RenewChallengeResponse {
   nonce: Base64;
   expiresAt: IsoTime;
   pcrs: number[];
+  deviceId: string;
+  zone: string;
 }
 
 export interface RenewRequest extends Evidence {

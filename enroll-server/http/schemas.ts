@@ -77,8 +77,9 @@ export const enrollFinishBody = {
 export const renewChallengeBody = {
   type: 'object',
   additionalProperties: false,
-  required: ['deviceId'],
-  properties: { deviceId: DEVICE_ID },
+  minProperties: 1,
+  maxProperties: 1,
+  properties: { deviceId: DEVICE_ID, akName: { type: 'string', pattern: '^000[bcd][0-9a-fA-F]{64,128}$' } },
 };
 
 export const renewBody = {

@@ -34,16 +34,22 @@ async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMet
 
 /** POST /v1/renew/challenge: a fresh single-use nonce bound to the device. */
 export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequest, meta: RequestMeta): Promise<RenewChallengeResponse> {
+  let deviceId = req.deviceId ?? null;
   try {
-    const { zone } = await liveDevice(ctx, req.deviceId, meta);
-    const nonce = newNonce(ctx, req.deviceId, ctx.config.challengeTtl);
+    if (deviceId === null) {
+      const byAk = await ctx.store.findDeviceByAkName(req.akName!);
+      if (!byAk) throw new EdgeidError('device_not_found', 'no device is enrolled with this attestation key');
+      deviceId = byAk.id;
+    }
+    const { zone } = await liveDevice(ctx, deviceId, meta);
+    const nonce = newNonce(ctx, deviceId, ctx.config.challengeTtl);
     await ctx.store.createNonce(nonce, NONCES_KEPT);
-    return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs };
+    return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs, deviceId, zone: zone.name };
   } catch (e) {
     const err = toEdgeidError(e, 'internal_error');
     if (err.code === 'internal_error') ctx.log.error({ err: e }, 'renew challenge failed');
     await ctx.store.appendAudit(
-      failAudit({ time: ctx.now(), actor: 'device', event: 'renew.challenge', ip: meta.ip, deviceId: err.code === 'device_not_found' ? null : req.deviceId }, err),
+      failAudit({ time: ctx.now(), actor: 'device', event: 'renew.challenge', ip: meta.ip, deviceId: err.code === 'device_not_found' ? null : deviceId }, err),
     );
     throw auditedError(err);
   }

@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { chmodSync, existsSync } from 'node:fs';
 import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
+import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import { auditHash, GENESIS_HASH, verifyChain } from './audit-chain.js';
 import type {
   AuditInput,
@@ -44,6 +45,18 @@ const SCHEMA = [
 ];
 
 type Row = Record<string, unknown>;
+
+/**
+ * Hex TPM name (nameAlg ‖ digest) of an AK public area: how an agent that lost its device id finds
+ * itself. Services store only verified AKs; anything unparseable simply gets no name.
+ */
+function akNameOf(akPub: Buffer): string | null {
+  try {
+    return objectName(parsePublic(akPub)).toString('hex');
+  } catch {
+    return null;
+  }
+}
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 const text = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
@@ -163,6 +176,21 @@ export class SqliteStore implements Store {
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('synchronous = NORMAL');
     for (const s of SCHEMA) this.db.exec(s);
+    this.migrate();
+  }
+
+  /** Schema additions for databases created by older versions (idempotent). */
+  private migrate(): void {
+    const cols = (this.db.prepare('PRAGMA table_info(devices)').all() as Row[]).map((c) => String(c.name));
+    if (!cols.includes('ak_name')) {
+      this.tx(() => {
+        this.db.exec('ALTER TABLE devices ADD COLUMN ak_name TEXT');
+        const rows = this.db.prepare('SELECT id, ak_pub FROM devices').all() as Row[];
+        const set = this.db.prepare('UPDATE devices SET ak_name = ? WHERE id = ?');
+        for (const r of rows) set.run(akNameOf(r.ak_pub as Buffer), r.id);
+      });
+    }
+    this.db.exec('CREATE INDEX IF NOT EXISTS devices_ak_name ON devices(ak_name)');
   }
 
   private tx<T>(fn: () => T): T {
@@ -313,12 +341,12 @@ export class SqliteStore implements Store {
         const d = p.device;
         this.db
           .prepare(
-            `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, baseline, claims,
+            `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
                baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
           .run(
-            d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub,
+            d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub, akNameOf(d.akPub),
             d.baseline ? JSON.stringify(d.baseline) : null, d.claims ? JSON.stringify(d.claims) : null, d.baselineWindowUntil,
             d.enrolledBy, d.enrolledAt, d.retireBy, d.lastSeen, d.lastIp,
           );
@@ -349,6 +377,11 @@ export class SqliteStore implements Store {
 
   async listDevices(): Promise<DeviceRecord[]> {
     return (this.db.prepare('SELECT * FROM devices ORDER BY enrolled_at, id').all() as Row[]).map(deviceFrom);
+  }
+
+  async findDeviceByAkName(akName: string): Promise<DeviceRecord | null> {
+    const r = this.db.prepare('SELECT * FROM devices WHERE ak_name = ? ORDER BY enrolled_at DESC LIMIT 1').get(akName.toLowerCase()) as Row | undefined;
+    return r ? deviceFrom(r) : null;
   }
 
   async findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null> {

@@ -136,6 +136,8 @@ export interface Store {
   listDevices(): Promise<DeviceRecord[]>;
   /** A device with this EK that is still active or quarantined. */
   findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
+  /** The device whose AK has this TPM name (hex), most recent first; any status. */
+  findDeviceByAkName(akName: string): Promise<DeviceRecord | null>;
   updateDevice(id: string, patch: DevicePatch, audit?: AuditInput): Promise<void>;
 
   /** Stores a nonce; keeps only the newest `keep` unused nonces of the device. */
