@@ -1,4 +1,5 @@
 /** `edgeid-agent run`: the daemon (systemd unit scripts/edgeid-agent.service). */
+import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { EdgeAgent } from '../agent.js';
 import { applyConfigObject } from '../config.js';
@@ -10,6 +11,8 @@ const USAGE = `usage:
 ${COMMON_USAGE}
   --mqtt-url URL     broker (mqtts://host:port), overrides the URL the server announced
   --heartbeat SECS   heartbeat period to devices/<id>/state (0 = off; default 30)
+  --telemetry SECS   publish a numbered sample to devices/<id>/telemetry through the durable
+                     outbox every SECS (0 = off, the default; for demos and soak tests)
 
   Stops cleanly on SIGTERM/SIGINT (exit 0); a signed wipe command also ends it with exit 0.`;
 
@@ -19,7 +22,11 @@ export const runCommand: AgentCommand = {
   async run(args, io) {
     let values;
     try {
-      ({ values } = parseArgs({ args, options: { ...COMMON_OPTIONS, 'mqtt-url': { type: 'string' }, heartbeat: { type: 'string' } }, strict: true }));
+      ({ values } = parseArgs({
+        args,
+        options: { ...COMMON_OPTIONS, 'mqtt-url': { type: 'string' }, heartbeat: { type: 'string' }, telemetry: { type: 'string' } },
+        strict: true,
+      }));
     } catch (e) {
       throw new UsageError((e as Error).message, USAGE);
     }
@@ -27,6 +34,8 @@ export const runCommand: AgentCommand = {
       io.out.write(`${USAGE}\n`);
       return 0;
     }
+    const telemetry = values.telemetry === undefined ? 0 : Number(values.telemetry);
+    if (!Number.isFinite(telemetry) || telemetry < 0 || telemetry > 86400) throw new UsageError('--telemetry must be a number of seconds from 0 to 86400', USAGE);
     let config = resolveConfig(values);
     const mqtt: Record<string, unknown> = {};
     if (values['mqtt-url']) mqtt.url = values['mqtt-url'];
@@ -35,6 +44,18 @@ export const runCommand: AgentCommand = {
     const log = makeLogger(config);
     const agent = await EdgeAgent.start({ config, log });
     log.info({ deviceId: agent.deviceId, stateDir: config.stateDir }, 'agent running');
+    // boot tells samples of this process from those of an earlier run (seq restarts at 1)
+    const boot = randomUUID().slice(0, 8);
+    let seq = 0;
+    const sampler =
+      telemetry > 0
+        ? setInterval(() => {
+            seq += 1;
+            agent.publish(`devices/${agent.deviceId}/telemetry`, JSON.stringify({ boot, seq, at: new Date().toISOString() })).catch((e: unknown) => {
+              log.warn({ err: (e as Error).message, seq }, 'telemetry sample not queued');
+            });
+          }, telemetry * 1000)
+        : null;
     const onSignal = (sig: NodeJS.Signals) => {
       log.info({ signal: sig }, 'stopping');
       void agent.stop(0);
@@ -42,6 +63,7 @@ export const runCommand: AgentCommand = {
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
     const code = await agent.exited;
+    if (sampler) clearInterval(sampler);
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     return code;

@@ -67,8 +67,9 @@ export function initialDynsecConfig(adminUsername = BROKER_ADMIN_CN): Record<str
         // lets ops tools running as the server identity watch what is sent to devices
         allow('subscribePattern', 'edgeid/+/control'),
         allow('publishClientReceive', 'edgeid/+/control'),
-        allow('subscribePattern', 'devices/+/state'),
-        allow('publishClientReceive', 'devices/+/state'),
+        // ops monitoring as the server identity: device state and telemetry (read only)
+        allow('subscribePattern', 'devices/#'),
+        allow('publishClientReceive', 'devices/#'),
       ],
     }],
     defaultACLAccess: { publishClientSend: false, publishClientReceive: false, subscribe: false, unsubscribe: true },
