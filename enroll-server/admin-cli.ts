@@ -196,8 +196,8 @@ async function run(argv: string[]): Promise<number> {
       const { devices } = await client.request<{ devices: DeviceView[] }>('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`);
       out(flags, devices, () =>
         table(
-          devices.map((d) => ({ ...d, stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
-          ['id', 'status', 'posture', 'zone', 'owner', 'name', 'lastSeen', 'lastIp', 'stale', 'agent'],
+          devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter, stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
+          ['id', 'name', 'zone', 'owner', 'state', 'posture', 'certExpires', 'lastSeen', 'lastIp', 'stale', 'agent'],
         ),
       );
       return 0;

@@ -207,6 +207,8 @@ export interface DeviceView {
   ekHash: string;
   claims: Claims | null;
   baseline: Record<string, string> | null;
+  /** notAfter of the device's newest certificate (null before the first one). */
+  certificateNotAfter: IsoTime | null;
   certificates?: CertificateView[];
 }
 

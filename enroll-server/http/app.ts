@@ -203,7 +203,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       admin.get('/devices', { schema: { querystring: S.devicesQuery } }, async (req) => {
         const q = req.query as { status?: string; zone?: string; stale?: string };
         await read(req, 'admin.devices.list', q);
-        let list = (await ctx.store.listDevices()).map((d) => deviceView(ctx, d));
+        let list = await Promise.all((await ctx.store.listDevices()).map(async (d) => deviceView(ctx, d, undefined, await ctx.store.lastCertificate(d.id))));
         if (q.status) list = list.filter((d) => d.status === q.status);
         if (q.zone) list = list.filter((d) => d.zone === q.zone);
         if (q.stale) list = list.filter((d) => d.stale === (q.stale === 'true'));

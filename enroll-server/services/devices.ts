@@ -10,7 +10,7 @@ export function certificateView(c: CertificateRecord): CertificateView {
   return { serial: c.serial, notBefore: iso(c.notBefore)!, notAfter: iso(c.notAfter)!, revokedAt: iso(c.revokedAt), reason: c.reason };
 }
 
-export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: CertificateRecord[]): DeviceView {
+export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: CertificateRecord[], last?: CertificateRecord | null): DeviceView {
   const now = ctx.now();
   const live = d.status === 'active' || d.status === 'quarantined';
   const windowOpen = d.baselineWindowUntil !== null && d.baselineWindowUntil > now;
@@ -33,6 +33,7 @@ export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: C
     ekHash: d.ekHash,
     claims: d.claims,
     baseline: d.baseline,
+    certificateNotAfter: iso((last ?? certificates?.reduce<CertificateRecord | null>((a, c) => (!a || c.notAfter > a.notAfter ? c : a), null))?.notAfter ?? null),
     ...(certificates ? { certificates: certificates.map(certificateView) } : {}),
   };
 }
