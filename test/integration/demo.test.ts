@@ -17,7 +17,12 @@ function leftovers(dir: string): string[] {
 
 function runDemo(dir: string, onLine?: (line: string, kill: () => void) => void): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> {
   return new Promise((resolve) => {
-    const child = spawn(path.join(REPO, 'scripts/demo'), ['--unattended', '--lifetime', '30s', '--dir', dir], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(path.join(REPO, 'scripts/demo'), ['--unattended', '--lifetime', '30s', '--dir', dir], {
+      cwd: REPO,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // scripts/test ran setup already; a second one would rebuild the bundle under other tests
+      env: { ...process.env, EDGEID_DEMO_SKIP_SETUP: '1' },
+    });
     let out = '';
     const onData = (d: Buffer) => {
       out += d.toString();
