@@ -113,6 +113,8 @@ export class DynsecClient {
       }, this.timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
     });
+    // the answer may time out while the publish is still pending: never an unhandled rejection
+    answer.catch(() => undefined);
     await this.client.publishAsync(DYNSEC_TOPIC, JSON.stringify(body), { qos: 1 });
     const responses = await answer;
     for (const r of responses) {

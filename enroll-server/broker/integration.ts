@@ -51,11 +51,24 @@ function readCrlFile(file: string): PublishedCrl | null {
   }
 }
 
+/** One attempt may take this long: mqtt.js waits for a reconnect forever, a revocation must not. */
+const ATTEMPT_TIMEOUT_MS = 3000;
+
+function bounded<T>(what: string, p: Promise<T>, ms = ATTEMPT_TIMEOUT_MS): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer from the broker within ${ms} ms`)), ms);
+  });
+  // the abandoned attempt may still fail later: that must not become an unhandled rejection
+  p.catch(() => undefined);
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
 async function withRetry<T>(what: string, retries: number, fn: () => Promise<T>, log: Logger): Promise<T> {
   let delay = 100;
   for (let attempt = 0; ; attempt++) {
     try {
-      return await fn();
+      return await bounded(what, fn());
     } catch (e) {
       if (attempt >= retries) throw e;
       log.warn({ err: (e as Error).message, attempt: attempt + 1, what }, 'broker step failed; retrying');
@@ -74,11 +87,18 @@ export class BrokerIntegration implements EdgeidHooks {
 
   constructor(private readonly opts: BrokerIntegrationOptions) {
     this.crlPublisher = opts.crl ? new CrlPublisher({ crlFile: opts.crl.file, ...(opts.crl.reloadCommand ? { reloadCommand: opts.crl.reloadCommand } : {}) }) : null;
-    this.retries = opts.retries ?? 4;
+    this.retries = opts.retries ?? 2;
   }
 
+  private connecting: Promise<DynsecClient> | null = null;
+
   private async client(): Promise<DynsecClient> {
-    if (!this.dynsec) this.dynsec = await DynsecClient.connect(this.opts.dynsec);
+    if (this.dynsec) return this.dynsec;
+    // one connection for concurrent callers; a failed attempt is forgotten so the next call retries
+    this.connecting ??= DynsecClient.connect(this.opts.dynsec).finally(() => {
+      this.connecting = null;
+    });
+    this.dynsec = await bounded('connect to the broker', this.connecting, 10_000);
     return this.dynsec;
   }
 
@@ -103,15 +123,22 @@ export class BrokerIntegration implements EdgeidHooks {
   async onDeviceRevoked(e: { device: DeviceRecord; reason: string }): Promise<void> {
     const id = e.device.id;
     // The wipe first, while the device still has its subscription; PUBACK means the broker has it.
-    await this.step('broker.wipe_sent', id, async () => {
-      const cmd = this.opts.signControl({ type: 'wipe', deviceId: id, reason: e.reason });
-      const c = await this.client();
-      await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(cmd), { qos: 1 });
-      return { commandId: (JSON.parse(cmd.payload) as ControlCommand).id };
-    });
+    // The kick happens whatever became of the wipe: a revoked device must lose its session.
+    let wipeError: unknown = null;
+    try {
+      await this.step('broker.wipe_sent', id, async () => {
+        const cmd = this.opts.signControl({ type: 'wipe', deviceId: id, reason: e.reason });
+        const c = await this.client();
+        await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(cmd), { qos: 1 });
+        return { commandId: (JSON.parse(cmd.payload) as ControlCommand).id };
+      });
+    } catch (err) {
+      wipeError = err;
+    }
     await this.step('broker.session_kicked', id, async () => {
       await (await this.client()).removeDevice(id);
     });
+    if (wipeError) throw wipeError;
   }
 
   /** Publishes a signed command to the device's control topic (QoS 1; resolves on the broker's PUBACK). */

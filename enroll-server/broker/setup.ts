@@ -5,6 +5,7 @@
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { CertificateAuthority } from '../ca/ca.js';
 import { ensurePrivateDir, writeFileAtomic } from '../files.js';
@@ -57,7 +58,13 @@ export async function createBrokerIntegration(ctx: ServerContext): Promise<Broke
   return new BrokerIntegration({
     dynsec: {
       url: b.url,
-      tls: { ca: ctx.ca.chainPem.join(''), cert: identity.certPem, key: identity.keyPem, servername: b.servername ?? host },
+      tls: {
+        ca: ctx.ca.chainPem.join(''),
+        cert: identity.certPem,
+        key: identity.keyPem,
+        // SNI takes names only; for an IP address the certificate's IP SAN is checked
+        ...(b.servername ? { servername: b.servername } : isIP(host) ? {} : { servername: host }),
+      },
     },
     ...(b.crlFile ? { crl: { file: b.crlFile, ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}) } } : {}),
     signControl: (c) => ctx.ca.signControl(c),

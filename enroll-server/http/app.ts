@@ -140,7 +140,9 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       max: rl.renew.max,
       timeWindow: rl.renew.window * 1000,
       hook: 'preHandler' as const,
-      keyGenerator: (req: FastifyRequest) => `device:${(req.body as { deviceId?: string } | undefined)?.deviceId ?? req.ip}`,
+      // per source AND device: keyed on the (unauthenticated) device id alone, anyone could
+      // exhaust a victim device's budget and keep it from renewing
+      keyGenerator: (req: FastifyRequest) => `device:${req.ip}|${(req.body as { deviceId?: string } | undefined)?.deviceId ?? ''}`,
     },
   };
 

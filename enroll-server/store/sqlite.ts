@@ -191,6 +191,8 @@ export class SqliteStore implements Store {
       });
     }
     this.db.exec('CREATE INDEX IF NOT EXISTS devices_ak_name ON devices(ak_name)');
+    const nonceCols = (this.db.prepare('PRAGMA table_info(nonces)').all() as Row[]).map((c) => String(c.name));
+    if (!nonceCols.includes('kind')) this.db.exec("ALTER TABLE nonces ADD COLUMN kind TEXT NOT NULL DEFAULT 'issued'");
   }
 
   private tx<T>(fn: () => T): T {
@@ -310,21 +312,27 @@ export class SqliteStore implements Store {
       .run(c.serial, c.deviceId, c.notBefore, c.notAfter, c.spkiHash, c.issuedAt);
   }
 
-  private insertNonce(n: NonceRecord, keep: number): void {
-    this.db.prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, NULL)').run(
+  /**
+   * Stores a nonce and bounds the live ones per device and kind. Challenge nonces come from an
+   * unauthenticated endpoint, so they may only ever evict other challenge nonces — never the
+   * nonce the server handed the device with its last certificate.
+   */
+  private insertNonce(n: NonceRecord, keep: number, kind: 'issued' | 'challenge' = 'issued'): void {
+    this.db.prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at, kind) VALUES (?, ?, ?, ?, NULL, ?)').run(
       n.value,
       n.deviceId,
       n.createdAt,
       n.expiresAt,
+      kind,
     );
-    // bound the number of live nonces per device (challenges are unauthenticated)
     this.db
       .prepare(
-        `DELETE FROM nonces WHERE device_id = ? AND used_at IS NULL AND value NOT IN
-           (SELECT value FROM nonces WHERE device_id = ? AND used_at IS NULL ORDER BY created_at DESC, value LIMIT ?)`,
+        `DELETE FROM nonces WHERE device_id = ? AND kind = ? AND used_at IS NULL AND value NOT IN
+           (SELECT value FROM nonces WHERE device_id = ? AND kind = ? AND used_at IS NULL ORDER BY created_at DESC, value LIMIT ?)`,
       )
-      .run(n.deviceId, n.deviceId, keep);
+      .run(n.deviceId, kind, n.deviceId, kind, keep);
   }
+
 
   async finishEnrollment(p: {
     tokenId: string;
@@ -409,7 +417,7 @@ export class SqliteStore implements Store {
   }
 
   async createNonce(n: NonceRecord, keep: number): Promise<void> {
-    this.tx(() => this.insertNonce(n, keep));
+    this.tx(() => this.insertNonce(n, keep, 'challenge'));
   }
 
   async getNonce(value: string): Promise<NonceRecord | null> {

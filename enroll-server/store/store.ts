@@ -141,6 +141,7 @@ export interface Store {
   updateDevice(id: string, patch: DevicePatch, audit?: AuditInput): Promise<void>;
 
   /** Stores a nonce; keeps only the newest `keep` unused nonces of the device. */
+  /** Stores a challenge nonce; only challenge nonces beyond `keep` are evicted, never an issued one. */
   createNonce(n: NonceRecord, keep: number): Promise<void>;
   getNonce(value: string): Promise<NonceRecord | null>;
   /** Marks the nonce used (false if it already was) and appends the audit row in one transaction. */

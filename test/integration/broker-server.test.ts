@@ -115,3 +115,37 @@ test('reconcile heals the broker both ways: missing device clients come back, un
   // A second run has nothing to do.
   assert.deepEqual(JSON.parse(await d.admin(['broker', 'reconcile', '--json'])), { added: [], removed: [] });
 });
+
+test('a hung broker does not stop a revocation: the call returns, each failed step is audited, the CRL still goes out', async (t) => {
+  const d = await startDeployment();
+  t.after(() => d.stop());
+  const dev = await enrolledDevice(t, d);
+  const id = dev.deviceId!;
+  const serial = new X509Certificate(dev.certificate!).serialNumber.toLowerCase().replace(/^0+/, '');
+  const pid = Number((await readFile(d.broker.reloadCommand[2]!.match(/'([^']+)'/)![1]!, 'utf8')).trim());
+  process.kill(pid, 'SIGSTOP');
+  t.after(() => {
+    try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
+  });
+
+  const out = JSON.parse(await d.admin(['revoke', id, '--reason', 'key-compromise', '--json'])) as { device: { status: string }; hooks: { ok: boolean }[] };
+  assert.equal(out.device.status, 'revoked');
+  assert.ok(out.hooks.some((h) => !h.ok), 'the broker step is reported as failed');
+  const events = await auditEvents(d, id);
+  assert.ok(events.some((e) => e.event === 'broker.wipe_sent' && e.outcome === 'fail' && e.reason === 'broker_unavailable'));
+  assert.ok(events.some((e) => e.event === 'broker.session_kicked' && e.outcome === 'fail'), 'the kick was still attempted');
+  const crl = new x509.X509Crl(await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8'));
+  assert.ok(crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial), 'the broker CRL file revokes the serial');
+
+  // The broker comes back: reconcile removes the revoked device's client.
+  process.kill(pid, 'SIGCONT');
+  await eventually('reconcile removes the device', async () => {
+    const r = JSON.parse(await d.admin(['broker', 'reconcile', '--json']).catch(() => '{"removed":[]}')) as { removed: string[] };
+    const observer = await adminDynsec(d);
+    try {
+      return !(await observer.listClients()).includes(id) || r.removed.includes(id);
+    } finally {
+      await observer.close();
+    }
+  }, 60_000);
+});
