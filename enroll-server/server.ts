@@ -103,6 +103,11 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     config.ek.roots.length > 0
       ? { roots: config.ek.roots.flatMap(loadPemBundle), intermediates: config.ek.intermediates.flatMap(loadPemBundle) }
       : null;
+  if (!ekTrust) {
+    log.warn(
+      'no TPM manufacturer roots configured (ek.roots): EK certificates are not checked, so enrollment does not prove a real TPM. Set ek.roots and ek.requireEkCertificate for production',
+    );
+  }
   const store = new SqliteStore(join(config.dataDir, DATA_FILES.db));
   let ca: CertificateAuthority;
   try {

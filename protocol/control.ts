@@ -9,7 +9,7 @@
  * `verifyControlCommand` accepts a command only if ALL of these hold, each failure its own code:
  * - the envelope and the payload are well formed                          → control_malformed
  * - the signature verifies with the signer certificate's key               → control_bad_signature
- * - the signer is a control signer: CN `edgeid-control`, not a CA, keyUsage digitalSignature,
+ * - the signer is a control signer: CN `edgeid-control`, not a CA,
  *   no EKU other than CONTROL_SIGNER_EKU (device certificates carry clientAuth and are refused),
  *   and it chains, every link checked (signature, issuer name, CA flag, validity), to one of the
  *   trusted edgeid root certificates                                        → control_untrusted_signer
@@ -139,7 +139,7 @@ function checkSignerChain(leaf: X509Certificate, extra: X509Certificate[], trust
   if (commonName(leaf.subject) !== CONTROL_SIGNER_CN) throw untrusted(`subject is not CN=${CONTROL_SIGNER_CN}`);
   if (leaf.ca) throw untrusted('is a CA certificate');
   const eku = leaf.keyUsage; // node: the extended key usage OIDs, undefined without the extension
-  if (eku !== undefined && !eku.includes(CONTROL_SIGNER_EKU)) throw untrusted('has an extended key usage other than control signing');
+  if (eku !== undefined && (eku.length === 0 || eku.some((oid) => oid !== CONTROL_SIGNER_EKU))) throw untrusted('has an extended key usage other than control signing');
   if (!withinValidity(leaf, at)) throw untrusted('certificate is outside its validity period');
 
   const roots = trust.filter((c) => c.ca && c.checkIssued(c) && c.verify(c.publicKey));

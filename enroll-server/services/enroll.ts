@@ -182,7 +182,9 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       statusChangedAt: now,
       ekHash: session.ekHash,
       akPub: session.akPub,
-      baseline: verdict.newBaseline ?? ev.pcrs,
+      // golden zones judge against the zone's values: a device-specific baseline exists only once
+      // an operator approves one, so new golden values bind devices already enrolled too
+      baseline: zone.posture.mode === 'golden' ? null : (verdict.newBaseline ?? ev.pcrs),
       claims: ev.claims,
       baselineWindowUntil: null,
       enrolledBy: `${token.createdBy} (token ${token.id})`,

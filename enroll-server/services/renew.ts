@@ -91,6 +91,8 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
         device.id,
         { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip },
         failAudit(base, err),
+        // a revocation or retirement that landed meanwhile wins: never turn it back into quarantine
+        ['active', 'quarantined'],
       );
       ctx.metrics.renewals.inc({ outcome: 'fail' });
       await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: verdict.reason }, reason: verdict.reason, code: verdict.code }, device.id);

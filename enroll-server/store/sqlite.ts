@@ -397,7 +397,7 @@ export class SqliteStore implements Store {
     return r ? deviceFrom(r) : null;
   }
 
-  private updateDeviceSync(id: string, patch: DevicePatch): void {
+  private updateDeviceSync(id: string, patch: DevicePatch, onlyIfStatus?: DeviceStatus[]): boolean {
     const sets: string[] = [];
     const values: unknown[] = [];
     for (const [k, v] of Object.entries(patch) as [keyof DevicePatch, unknown][]) {
@@ -405,14 +405,16 @@ export class SqliteStore implements Store {
       sets.push(`${DEVICE_COLUMNS[k]} = ?`);
       values.push(k === 'baseline' || k === 'claims' ? (v === null ? null : JSON.stringify(v)) : v);
     }
-    if (sets.length === 0) return;
-    this.db.prepare(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+    if (sets.length === 0) return false;
+    const guard = onlyIfStatus?.length ? ` AND status IN (${onlyIfStatus.map(() => '?').join(', ')})` : '';
+    return this.db.prepare(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?${guard}`).run(...values, id, ...(onlyIfStatus ?? [])).changes > 0;
   }
 
-  async updateDevice(id: string, patch: DevicePatch, audit?: AuditInput): Promise<void> {
-    this.tx(() => {
-      this.updateDeviceSync(id, patch);
+  async updateDevice(id: string, patch: DevicePatch, audit?: AuditInput, onlyIfStatus?: DeviceStatus[]): Promise<boolean> {
+    return this.tx(() => {
+      const changed = this.updateDeviceSync(id, patch, onlyIfStatus);
       if (audit) this.appendAuditSync(audit);
+      return changed;
     });
   }
 

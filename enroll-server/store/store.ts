@@ -138,7 +138,8 @@ export interface Store {
   findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
   /** The device whose AK has this TPM name (hex), most recent first; any status. */
   findDeviceByAkName(akName: string): Promise<DeviceRecord | null>;
-  updateDevice(id: string, patch: DevicePatch, audit?: AuditInput): Promise<void>;
+  /** Applies the patch (only while the device's status is one of `onlyIfStatus`, if given); true if a row changed. */
+  updateDevice(id: string, patch: DevicePatch, audit?: AuditInput, onlyIfStatus?: DeviceStatus[]): Promise<boolean>;
 
   /** Stores a nonce; keeps only the newest `keep` unused nonces of the device. */
   /** Stores a challenge nonce; only challenge nonces beyond `keep` are evicted, never an issued one. */
