@@ -196,7 +196,7 @@ async function run(argv: string[]): Promise<number> {
       const { devices } = await client.request<{ devices: DeviceView[] }>('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`);
       out(flags, devices, () =>
         table(
-          devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter, stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
+          devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter ?? '', stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
           ['id', 'name', 'zone', 'owner', 'state', 'posture', 'certExpires', 'lastSeen', 'lastIp', 'stale', 'agent'],
         ),
       );

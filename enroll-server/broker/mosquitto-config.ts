@@ -40,6 +40,8 @@ export function renderMosquittoConfig(c: BrokerConfigInput): string {
     `crlfile ${c.crlFile}`,
     'require_certificate true',
     'use_identity_as_username true',
+    // the minimum: Mosquitto 2.0 negotiates TLS 1.3 when the client offers it (and then refuses a
+    // bad client certificate with an alert after the client's handshake has completed)
     'tls_version tlsv1.2',
     `plugin ${c.pluginPath ?? DEFAULT_DYNSEC_PLUGIN}`,
     `plugin_opt_config_file ${c.dynsecFile}`,

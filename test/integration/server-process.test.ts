@@ -180,7 +180,7 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
       [[dev.deviceId, 'revoked', 'controls-team', 'plc-gw-17']],
     );
     const human = admin(srv.dataDir, ['devices', 'list']);
-    assert.match(human.stdout, /ID\s+STATUS/);
+    assert.match(human.stdout, /ID\s+NAME\s+ZONE\s+OWNER\s+STATE\s+POSTURE\s+CERTEXPIRES/);
     const show = admin(srv.dataDir, ['device', 'show', dev.deviceId!]);
     assert.match(show.stdout, /status\s+revoked/);
     assert.match(show.stdout, /key-compromise/);
