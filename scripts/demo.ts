@@ -119,17 +119,21 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 const node = (script: string, argv: string[]): [string, string[]] => [process.execPath, ['--import', 'tsx', path.join(REPO, script), ...argv]];
 
-async function admin(argv: string[]): Promise<string> {
-  const [cmd, a] = node('enroll-server/admin-cli.ts', [...argv, '--data', path.join(work, 'data')]);
-  const { stdout } = await run(cmd, a, { cwd: REPO, timeout: 60_000 });
-  return stdout;
+/** Runs a CLI to completion; the child is tracked so Ctrl-C stops it too. */
+async function cli(script: string, argv: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
+  const [cmd, a] = node(script, argv);
+  const p = run(cmd, a, { cwd: REPO, timeout: 60_000, env: { ...process.env, ...env } });
+  children.add(p.child);
+  try {
+    return (await p).stdout;
+  } finally {
+    children.delete(p.child);
+  }
 }
 
-async function agentCli(dev: Device, argv: string[]): Promise<string> {
-  const [cmd, a] = node('agent/cli.ts', [...argv, '--state', dev.stateDir]);
-  const { stdout } = await run(cmd, a, { cwd: REPO, timeout: 60_000, env: { ...process.env, EDGEID_TCTI: dev.tcti } });
-  return stdout;
-}
+const admin = (argv: string[]) => cli('enroll-server/admin-cli.ts', [...argv, '--data', path.join(work, 'data')]);
+const agentCli = (dev: Device, argv: string[], env: NodeJS.ProcessEnv = {}) =>
+  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tcti, ...env });
 
 async function eventually<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms: number): Promise<T> {
   const deadline = Date.now() + ms;
@@ -315,7 +319,8 @@ async function main(): Promise<void> {
   for (const [i, dev] of devs.entries()) {
     shell(`edgeid-agent enroll --uri '${uris[i]!.replace(/token=[^&]+/, 'token=…')}' --state ${path.relative(REPO, dev.stateDir)}`);
     const t = Date.now();
-    const out = JSON.parse(await agentCli(dev, ['enroll', '--uri', uris[i]!, '--json'])) as { deviceId: string; certificate?: { serial: string } };
+    // the link goes in through the environment, which keeps the token out of the process list
+    const out = JSON.parse(await agentCli(dev, ['enroll', '--json'], { EDGEID_ENROLL_URI: uris[i]! })) as { deviceId: string };
     dev.id = out.deviceId;
     say(`${green('enrolled')} ${dev.name} as ${bold(dev.id)} in ${Date.now() - t} ms (EK certificate checked, AK activated, quote and certify verified)`);
     startAgent(dev);
@@ -436,6 +441,7 @@ main().then(
     process.exit(0);
   },
   async (e: unknown) => {
+    if (stopping) return; // Ctrl-C: the signal handler stops everything and exits
     process.stdout.write(`\n${red('demo failed')}: ${e instanceof Error ? e.message : String(e)}\nlogs: ${logs}\n`);
     await stopAll();
     process.exit(1);
