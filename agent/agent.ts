@@ -44,6 +44,11 @@ export interface AgentStatus {
     consecutiveFailures: number;
     last: AgentState['lastRenewal'] | null;
     total: number;
+    /**
+     * TPM commands of a steady-state renewal: every command incl. flushes of a renewal that found
+     * the SRK and AK resident (CreateLoaded, Certify, Quote, Sign, ContextSave, FlushContext = 6;
+     * + PCR_Read when the PCRs changed). `last.tpmCommands`/`last.tpmCommandStats`: the last one's.
+     */
     tpmCommandsPerRenewal: number | null;
   };
   mqtt: { state: MqttState | 'disabled'; url: string | null; serial: string | null; connectedAt: string | null; connects: number; lastError: string | null };

@@ -1,20 +1,15 @@
 #!/usr/bin/env -S node --import tsx
 /**
- * edgeid-agent: the device-side CLI. Each subcommand is an AgentCommand in agent/commands/;
- * add one by importing it into COMMANDS below.
+ * edgeid-agent: the device-side CLI. Each subcommand is an AgentCommand in agent/commands/,
+ * listed (and loaded only when it runs) in agent/commands/registry.ts.
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
-import { enrollCommand } from './commands/enroll.js';
-import { runCommand } from './commands/run.js';
-import { statusCommand } from './commands/status.js';
-import { tpmCommand } from './commands/tpm.js';
-import { wipeCommand } from './commands/wipe.js';
-import { UsageError, type AgentCommand } from './commands/types.js';
+import { COMMANDS } from './commands/registry.js';
+import { UsageError } from './commands/types.js';
 import { AGENT_VERSION } from './version.js';
 
-const COMMANDS: readonly AgentCommand[] = [enrollCommand, runCommand, statusCommand, wipeCommand, tpmCommand];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -45,7 +40,7 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
     return 2;
   }
   try {
-    return await command.run(rest, { out, err });
+    return await (await command.load()).run(rest, { out, err });
   } catch (e) {
     if (e instanceof UsageError) {
       err.write(`edgeid-agent ${name}: ${e.message}\n\n${e.usage}\n`);

@@ -27,7 +27,7 @@ import type {
   RenewRequest,
 } from '../protocol/api.js';
 import { EdgeidError, isEdgeidError } from '../protocol/errors/index.js';
-import { objectName, parsePublic, publicKeySpkiDer } from '../protocol/tpm/index.js';
+import { objectName, parsePublic, publicKeySpkiDer } from '../protocol/tpm/public.js';
 import type { AgentConfig } from './config.js';
 import { produceEvidence, type EvidenceResult } from './evidence.js';
 import type { PostureCollector } from './posture.js';
@@ -298,8 +298,10 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   else delete next.previousSessionKey;
   const durationMs = Math.round(performance.now() - started);
   next.renewals = state.renewals + 1;
-  next.tpmCommandsPerRenewal = tpmCommands;
-  next.lastRenewal = { at: new Date().toISOString(), ok: true, reason, durationMs, tpmCommands, serial: cert.serial };
+  // Steady state: the SRK and AK were resident already (no CreatePrimary/Load for them).
+  const steady = !stats.CreatePrimary && !stats.Load;
+  next.tpmCommandsPerRenewal = steady ? tpmCommands : (state.tpmCommandsPerRenewal ?? tpmCommands);
+  next.lastRenewal = { at: new Date().toISOString(), ok: true, reason, durationMs, tpmCommands, tpmCommandStats: stats, serial: cert.serial };
   await store.save(next); // R2
   // A key two generations old is in use by nothing (the MQTT session switched away from it).
   if (older !== undefined && older !== replaced && older !== gen) await store.removeKey(sessionKeyName(older));

@@ -24,6 +24,22 @@ const banner = [
   "if (!process.env.EDGEID_TPM_ADDON) process.env.EDGEID_TPM_ADDON = new URL('./edgeid_tpm.node', import.meta.url).pathname;",
 ].join('\n');
 
+// The agent speaks mqtts:// only. mqtt.js loads its WebSocket (ws) and SOCKS-proxy (socks,
+// ip-address, smart-buffer) transports at the first connect whatever the URL; they cost the
+// running agent ~0.8 MB of RSS (issue 4: RSS ≤ 60 MB). In the bundle they are stand-ins that fail
+// clearly if ever reached (a ws:// URL, or MQTTJS_SOCKS_PROXY set).
+const LEFT_OUT = {
+  ws: "function WebSocket() { throw new Error('edgeid-agent: MQTT over WebSockets is not in the agent bundle; use an mqtts:// broker URL'); } module.exports = WebSocket; module.exports.default = WebSocket;",
+  socks: "class SocksClient { constructor() { throw new Error('edgeid-agent: SOCKS proxies (MQTTJS_SOCKS_PROXY) are not in the agent bundle'); } } module.exports = { SocksClient };",
+};
+const leaveOut = {
+  name: 'edgeid-leave-out',
+  setup(b) {
+    b.onResolve({ filter: /^(ws|socks)$/ }, (a) => ({ path: a.path, namespace: 'edgeid-left-out' }));
+    b.onLoad({ filter: /.*/, namespace: 'edgeid-left-out' }, (a) => ({ contents: LEFT_OUT[a.path], loader: 'js' }));
+  },
+};
+
 const result = await build({
   entryPoints: [path.join(root, 'agent/cli.ts')],
   outfile,
@@ -42,6 +58,7 @@ const result = await build({
   },
   // optional transports/features of dependencies the agent does not use
   external: ['bufferutil', 'utf-8-validate', 'pino-pretty'],
+  plugins: [leaveOut],
   logLevel: 'warning',
 });
 

@@ -65,7 +65,8 @@ export const enrollCommand: AgentCommand = {
     let tpm: Tpm | undefined;
     try {
       await store.cleanupOrphans(await store.load());
-      tpm = await Tpm.open(config.tcti);
+      // One-shot: no SRK/AK kept loaded after the batch (a kill leaves nothing in a TPM without RM).
+      tpm = await Tpm.open(config.tcti, { keepResidents: false });
       await flushLeftoverObjects(tpm);
       const state = await enroll({ store, tpm, log, config, posture: new PostureCollector({ config }) }, params);
       const c = state.certificate!;

@@ -42,7 +42,27 @@ export const runCommand: AgentCommand = {
     if (values.heartbeat !== undefined) mqtt.heartbeatSeconds = Number(values.heartbeat);
     if (Object.keys(mqtt).length) config = applyConfigObject(config, { mqtt });
     const log = makeLogger(config);
-    const agent = await EdgeAgent.start({ config, log });
+    // Signals are handled from the start: a SIGTERM while the agent is still starting (continuing an
+    // enrollment, a first renewal) stops it cleanly once started — closing the TPM flushes the SRK
+    // and AK it keeps loaded — instead of Node's default exit, which would leave them in a TPM
+    // without resource manager.
+    let agent: EdgeAgent | null = null;
+    let stopRequested = false;
+    const onSignal = (sig: NodeJS.Signals) => {
+      log.info({ signal: sig }, 'stopping');
+      if (agent) void agent.stop(0);
+      else stopRequested = true;
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+    try {
+      agent = await EdgeAgent.start({ config, log });
+    } catch (e) {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      throw e;
+    }
+    if (stopRequested) void agent.stop(0);
     log.info({ deviceId: agent.deviceId, stateDir: config.stateDir }, 'agent running');
     // boot tells samples of this process from those of an earlier run (seq restarts at 1)
     const boot = randomUUID().slice(0, 8);
@@ -51,17 +71,11 @@ export const runCommand: AgentCommand = {
       telemetry > 0
         ? setInterval(() => {
             seq += 1;
-            agent.publish(`devices/${agent.deviceId}/telemetry`, JSON.stringify({ boot, seq, at: new Date().toISOString() })).catch((e: unknown) => {
+            agent!.publish(`devices/${agent!.deviceId}/telemetry`, JSON.stringify({ boot, seq, at: new Date().toISOString() })).catch((e: unknown) => {
               log.warn({ err: (e as Error).message, seq }, 'telemetry sample not queued');
             });
           }, telemetry * 1000)
         : null;
-    const onSignal = (sig: NodeJS.Signals) => {
-      log.info({ signal: sig }, 'stopping');
-      void agent.stop(0);
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
     const code = await agent.exited;
     if (sampler) clearInterval(sampler);
     process.off('SIGTERM', onSignal);

@@ -99,7 +99,8 @@ export function renderStatus(s: StatusReport): string {
   lines.push(
     `renewal     next ${s.renewal.next ?? '—'}; ${s.renewal.total} done; last ${last ? `${last.ok ? 'ok' : `FAILED [${last.code}]`} at ${last.at} (${last.reason})` : '—'}` +
       (s.renewal.consecutiveFailures ? `; ${s.renewal.consecutiveFailures} failures in a row` : ''),
-    `tpm         ${s.renewal.tpmCommandsPerRenewal ?? '—'} commands per renewal`,
+    `tpm         ${s.renewal.tpmCommandsPerRenewal ?? '—'} commands per renewal (steady state, flushes included)` +
+      (last?.tpmCommands !== undefined ? `; last renewal ${last.tpmCommands}${last.tpmCommandStats ? `: ${Object.entries(last.tpmCommandStats).map(([k, v]) => (v > 1 ? `${k}×${v}` : k)).join(', ')}` : ''}` : ''),
     `mqtt        ${s.mqtt.state}${s.mqtt.url ? ` ${s.mqtt.url}` : ''}${s.mqtt.lastError ? ` (last error: ${s.mqtt.lastError})` : ''}`,
     `outbox      ${s.outbox.pending} pending, ${s.outbox.dropped} dropped (full)`,
     `control     ${s.control.accepted} accepted, ${s.control.ignored} ignored${s.control.lastIgnored ? ` (last: ${s.control.lastIgnored.code})` : ''}`,

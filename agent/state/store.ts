@@ -48,7 +48,10 @@ export interface RenewalRecord {
   code?: string;
   message?: string;
   durationMs?: number;
+  /** Every TPM command of this renewal's batches, flushes included (the TLS handshake after it is not). */
   tpmCommands?: number;
+  /** The same by command name, e.g. { CreateLoaded: 1, Certify: 1, Quote: 1, Sign: 1, ContextSave: 1, FlushContext: 1 }. */
+  tpmCommandStats?: Record<string, number>;
   serial?: string;
 }
 
@@ -68,7 +71,11 @@ export interface AgentState {
   renew?: { nonce?: string; nonceExpiresAt?: string; renewAfter?: string; notAfter?: string; pcrs?: number[] };
   mqtt?: { url: string | null; topics?: { publish: string; control: string } };
   lastRenewal?: RenewalRecord;
-  /** Last successful renewal's TPM command count (issue 4: goal ≤ 6). */
+  /**
+   * TPM commands of a steady-state renewal (issue 4: goal ≤ 6): every command, flushes included, of
+   * the last successful renewal that found the SRK and AK already loaded. The first renewal of a
+   * process also loads them (+ CreatePrimary, Load; lastRenewal.tpmCommands has its own count).
+   */
   tpmCommandsPerRenewal?: number;
   renewals: number;
   nextSessionKey: number;

@@ -4,19 +4,9 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { EdgeidError } from '../../protocol/errors/index.js';
-import {
-  TPMA_OBJECT,
-  TPM_ALG,
-  TPM_RH_ENDORSEMENT,
-  digestSize,
-  ekTemplateEccP256,
-  ekTemplateEccP384,
-  ekTemplateRsa2048,
-  hashName,
-  parsePublic,
-  publicKeyObject,
-  type TpmPublic,
-} from '../../protocol/tpm/index.js';
+import { TPMA_OBJECT, TPM_ALG, TPM_RH_ENDORSEMENT } from '../../protocol/tpm/constants.js';
+import { digestSize, hashName, parsePublic, publicKeyObject, type TpmPublic } from '../../protocol/tpm/public.js';
+import { ekTemplateEccP256, ekTemplateEccP384, ekTemplateRsa2048 } from '../../protocol/tpm/templates.js';
 
 export type EkKind = 'rsa' | 'ecc';
 

@@ -12,6 +12,9 @@ export const TPM_RC = {
   BAD_AUTH: 0x0a2,
   /** Format-zero warnings. */
   OBJECT_MEMORY: 0x902,
+  /** The 1st..7th handle names a transient object or session that is not loaded (…_H0 … _H6). */
+  REFERENCE_H0: 0x910,
+  REFERENCE_H6: 0x916,
   SESSION_MEMORY: 0x903,
   RETRY: 0x922,
 } as const;
@@ -51,6 +54,16 @@ export class TpmError extends EdgeidError {
     if (this.layer !== 0) return this.rc;
     return this.rc & 0x80 ? this.rc & 0xbf : this.rc & 0xfff;
   }
+}
+
+/**
+ * True for the codes a TPM gives for a handle whose object is gone (flushed by someone else, or the
+ * TPM was reset): TPM_RC_REFERENCE_H0..H6, TPM_RC_HANDLE, TPM_RC_VALUE.
+ */
+export function isStaleHandleError(e: unknown): boolean {
+  if (!(e instanceof TpmError) || e.layer !== 0) return false;
+  const c = e.tpmCode;
+  return (c >= TPM_RC.REFERENCE_H0 && c <= TPM_RC.REFERENCE_H6) || c === TPM_RC.HANDLE || c === TPM_RC.VALUE;
 }
 
 /** Turns the addon's rejection ({rc, command, text} on an Error) into a TpmError; others pass through. */

@@ -4,7 +4,9 @@
  * Every TPM call runs off the event loop and goes through one queue per Tpm (ESYS contexts are not
  * thread-safe, and a small TPM holds only ~3 objects). `batch()` holds the queue for a whole unit of
  * work, creates the SRK at most once, and flushes everything it loaded at the end, even on error;
- * the convenience methods below are one batch each.
+ * the convenience methods below are one batch each. Only what a batch makes resident on purpose
+ * (`s.loadResident(ak)`: the SRK and one key, for the renewal) stays loaded between batches, until
+ * close(), flushResidents() or flushTransientObjects().
  *
  *   const tpm = await Tpm.open();            // EDGEID_TCTI or device:/dev/tpmrm0
  *   const ak = await tpm.createAttestationKey();
@@ -15,7 +17,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { SecureContext } from 'node:tls';
 import { EdgeidError } from '../../protocol/errors/index.js';
-import { TPM_ALG, type PcrSelection } from '../../protocol/tpm/index.js';
+import { TPM_ALG } from '../../protocol/tpm/constants.js';
+import type { PcrSelection } from '../../protocol/tpm/pcr.js';
 import type { EkKind } from './ek.js';
 import { toTpmError } from './errors.js';
 import { loadAddon } from './native.js';
@@ -38,6 +41,13 @@ export type { TlsContextOptions, TlsStats } from './tls.js';
 
 export const DEFAULT_TCTI = 'device:/dev/tpmrm0';
 
+/** A batch failed on a stale resident handle: Tpm.batch drops the residents and retries once. */
+class StaleResidents extends Error {
+  constructor(override readonly cause: unknown) {
+    super('a resident TPM object is gone');
+  }
+}
+
 /** The TCTI configuration to use: explicit, else EDGEID_TCTI, else the kernel resource manager. */
 export function resolveTcti(tcti?: string): string {
   if (tcti !== undefined && tcti !== '') return tcti;
@@ -47,7 +57,14 @@ export function resolveTcti(tcti?: string): string {
 
 export class Tpm {
   private tail: Promise<unknown> = Promise.resolve();
+  /**
+   * Marks the async context of a running batch (tpm_nested_batch). Enabled only while batches are
+   * queued: an enabled AsyncLocalStorage makes Node 20 run four JS promise hooks for every promise
+   * in the process, forever — about twice the cost per promise, and the hottest functions of an
+   * otherwise idle agent (measured: ~0.8 MB RSS; issue 4: RSS ≤ 60 MB).
+   */
   private readonly inBatch = new AsyncLocalStorage<true>();
+  private queued = 0;
   private closed = false;
 
   private constructor(
@@ -55,13 +72,19 @@ export class Tpm {
     readonly tcti: string,
   ) {}
 
-  /** Opens the TPM behind a TCTI (`swtpm:host=127.0.0.1,port=N`, `device:/dev/tpmrm0`, …). */
-  static async open(tcti?: string): Promise<Tpm> {
+  /**
+   * Opens the TPM behind a TCTI (`swtpm:host=127.0.0.1,port=N`, `device:/dev/tpmrm0`, …).
+   * `keepResidents: false` for one-shot processes: `s.loadResident()` then loads for its batch only,
+   * so a kill -9 after a batch leaves nothing loaded in a TPM without resource manager.
+   */
+  static async open(tcti?: string, opts: { keepResidents?: boolean } = {}): Promise<Tpm> {
     const conf = resolveTcti(tcti);
     const addon = loadAddon();
     try {
       const ctx = await addon.open(conf);
-      return new Tpm(new TpmCore(addon, ctx), conf);
+      const core = new TpmCore(addon, ctx);
+      core.keepResidents = opts.keepResidents ?? true;
+      return new Tpm(core, conf);
     } catch (e) {
       throw toTpmError(e);
     }
@@ -88,40 +111,83 @@ export class Tpm {
     return this.core.addon.tlsStats(this.core.ctx);
   }
 
-  /** Waits for queued work, then closes the TPM connection. Idempotent. */
+  /** Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.tail.catch(() => {});
+    await this.core.releaseResidents().catch(() => 0);
     this.core.addon.close(this.core.ctx);
   }
 
   /**
    * Runs `fn` with exclusive use of the TPM. Everything the session loads is flushed when `fn`
-   * settles. Inside `fn`, use only the session: calling this Tpm's methods would wait for the
-   * batch itself, so it throws tpm_nested_batch.
+   * settles, except what it made resident (`s.loadResident`). Inside `fn`, use only the session:
+   * calling this Tpm's methods would wait for the batch itself, so it throws tpm_nested_batch.
+   * If a resident object turned out stale (TPM reset, flushed by another process), the residents
+   * are dropped and `fn` runs once more, in a fresh session.
    */
-  batch<T>(fn: (s: TpmSession) => Promise<T>): Promise<T> {
+  async batch<T>(fn: (s: TpmSession) => Promise<T>): Promise<T> {
+    return (await this.batchWithStats(fn)).result;
+  }
+
+  /**
+   * batch() that also reports the TPM commands the batch sent: every command, the end-of-batch
+   * flushes and a retry included (the TLS signing path is not in the queue and not counted here).
+   */
+  batchWithStats<T>(fn: (s: TpmSession) => Promise<T>): Promise<{ result: T; commands: number; commandStats: Record<string, number> }> {
     if (this.inBatch.getStore()) {
       return Promise.reject(new EdgeidError('tpm_nested_batch'));
     }
     if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
-    const run = async (): Promise<T> => {
-      if (this.closed) throw new EdgeidError('tpm_closed');
-      const session = new TpmSession(this.core);
+    const stats = new Map<string, number>();
+    const attempt = async (): Promise<T> => {
+      const session = new TpmSession(this.core, stats);
       let result: T;
       try {
         result = await this.inBatch.run(true, () => fn(session));
       } catch (e) {
         await session.end().catch(() => {});
+        if (session.residentsStale) throw new StaleResidents(e);
         throw e;
       }
       await session.end();
       return result;
     };
-    const p = this.tail.then(run, run);
+    const run = async () => {
+      if (this.closed) throw new EdgeidError('tpm_closed');
+      let result: T;
+      try {
+        result = await attempt();
+      } catch (e) {
+        if (!(e instanceof StaleResidents)) throw e;
+        await this.core.releaseResidents(stats).catch(() => 0); // closes their ESYS handles
+        try {
+          result = await attempt();
+        } catch (again) {
+          throw again instanceof StaleResidents ? again.cause : again;
+        }
+      }
+      const commandStats = Object.fromEntries(stats);
+      return { result, commands: Object.values(commandStats).reduce((a, b) => a + b, 0), commandStats };
+    };
+    this.queued++;
+    const p = this.tail.then(run, run).finally(() => {
+      if (--this.queued === 0) this.inBatch.disable(); // the next run() enables it again
+    });
     this.tail = p.catch(() => {});
     return p;
+  }
+
+  /** Objects this Tpm keeps loaded between batches (0, or 2 after a renewal: the SRK and the AK). */
+  get residentObjectCount(): number {
+    return this.core.residentCount;
+  }
+
+  /** Flushes the resident objects (wipe; close() does it too). Returns how many the TPM flushed. */
+  flushResidents(): Promise<number> {
+    if (this.closed) return Promise.resolve(0);
+    return this.batch((s) => s.releaseResidents());
   }
 
   // ---- TLS with the key inside the TPM ----
@@ -129,14 +195,17 @@ export class Tpm {
   /**
    * A tls.SecureContext with `certPem` and `caPem` whose private key is the TPM key `key` (pass it
    * to mqtt.js as `secureContext`; TLS version limits go here, not into connect). The key is loaded
-   * once now (one batch) to check it and save its context; each full handshake then signs with
-   * ContextLoad → Sign → FlushContext on the main thread, taking no transient slot in between.
-   * The context works while this Tpm is open; after close() its handshakes fail.
+   * once now (one batch) to check it and save its context — unless a batch already saved it (the
+   * renewal does, right after creating the key: then no TPM command here); each full handshake then
+   * signs with ContextLoad → Sign → FlushContext on the main thread, taking no transient slot in
+   * between. The context works while this Tpm is open; after close() its handshakes fail.
    */
   tlsSecureContext(opts: TlsContextOptions): Promise<SecureContext> {
-    return createTpmSecureContext(this.core.addon, this.core.ctx, opts, (key) =>
-      this.batch(async (s) => s.contextSave(await s.load(key))),
-    );
+    return createTpmSecureContext(this.core.addon, this.core.ctx, opts, async (key) => {
+      const saved = this.core.takeSavedContext(key.public);
+      if (saved) return saved;
+      return this.batch(async (s) => s.contextSave(await s.load(key)));
+    });
   }
 
   /**
@@ -211,9 +280,10 @@ export class Tpm {
   }
 
   /**
-   * Flushes every transient object in the TPM (by anyone). For TPMs without a resource manager
-   * (swtpm, /dev/tpm0) after a process was killed mid-batch; call it only while no other process
-   * uses the TPM. Returns how many objects were flushed.
+   * Flushes every transient object in the TPM (by anyone), this Tpm's residents included. For TPMs
+   * without a resource manager (swtpm, /dev/tpm0) after a process was killed mid-batch or left its
+   * residents behind; call it only while no other process uses the TPM. Returns how many objects
+   * were flushed.
    */
   flushTransientObjects(): Promise<number> {
     return this.batch((s) => s.flushAllTransient());

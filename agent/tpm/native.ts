@@ -64,6 +64,8 @@ export interface NativeAddon {
   /** Forgets a TLS key's blobs and saved context: its next handshakes fail. */
   tlsReleaseKey(key: NativeTlsKey): void;
   tlsStats(ctx: NativeContext): NativeTlsStats;
+  /** The resident SRK (ESYS_TR) a TLS key with a stale saved context is reloaded under; null: none. */
+  tlsSetParent(ctx: NativeContext, srk: number | null): void;
   /** The OpenSSL the addon was compiled against and the one Node runs; compatible = same major.minor. */
   tlsOpenssl(): { headers: string; runtime: string; compatible: boolean };
 

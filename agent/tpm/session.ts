@@ -3,19 +3,24 @@
  * tracks every object it loads and flushes all of them when the batch ends, even on error.
  * Only ~3 transient objects fit in a small TPM (swtpm has no resource manager): load what you need,
  * `flush()` or `releaseSrk()` early when a step needs the slot.
+ *
+ * Residents: the renewal keeps the SRK and the AK loaded *between* batches (`loadResident`), so a
+ * renewal is CreateLoaded, Certify, Quote, Sign, ContextSave, FlushContext — not CreatePrimary +
+ * Load + 2 more flushes each time. At most the SRK and one key are resident, so the third slot of a
+ * small TPM stays free for the TLS signing path. Any batch uses a resident SRK/key instead of
+ * loading its own copy. A batch that needs more room evicts residents it does not use
+ * (OBJECT_MEMORY → evict → once more). A TPM error on a command that used a resident (stale after a
+ * TPM reset or a flush by someone else: TPM_RC_REFERENCE_H0…, _HANDLE, _VALUE; or any error when
+ * the handle now names a foreign object) makes Tpm.batch drop the residents and run the batch once
+ * more. Tpm.close(), flushResidents() and flushTransientObjects() flush them.
  */
 import { EdgeidError } from '../../protocol/errors/index.js';
-import {
-  TPMA_OBJECT,
-  TPM_ALG,
-  akTemplate,
-  marshalPcrSelection,
-  parsePcrSelection,
-  parsePublic,
-  sessionKeyTemplate,
-  srkTemplate,
-  type PcrSelection,
-} from '../../protocol/tpm/index.js';
+// Specific modules, not the protocol/tpm barrel: that would also load the EK-certificate and
+// MakeCredential code (and @peculiar/asn1-*), which only the server needs.
+import { TPMA_OBJECT, TPM_ALG } from '../../protocol/tpm/constants.js';
+import { marshalPcrSelection, parsePcrSelection, type PcrSelection } from '../../protocol/tpm/pcr.js';
+import { parsePublic } from '../../protocol/tpm/public.js';
+import { akTemplate, sessionKeyTemplate, srkTemplate } from '../../protocol/tpm/templates.js';
 import {
   EK_CERTIFICATE_SLOTS,
   EK_PERSISTENT_FIRST,
@@ -28,7 +33,7 @@ import {
   trimDer,
   type EkKind,
 } from './ek.js';
-import { TPM_RC, TpmError, toTpmError } from './errors.js';
+import { TPM_RC, TpmError, isStaleHandleError, toTpmError } from './errors.js';
 import type { NativeAddon, NativeContext } from './native.js';
 
 /** A key as stored on disk: TPM2B_PUBLIC + TPM2B_PRIVATE (wrapped by the SRK, useless off this TPM). */
@@ -107,11 +112,29 @@ const PT = {
 } as const;
 const TPMA_NV = { PPREAD: 1 << 16, OWNERREAD: 1 << 17, AUTHREAD: 1 << 18 } as const;
 
-/** Shared per-Tpm state: the addon, the context, command statistics and the EK cache. */
+/** An object kept loaded between batches. */
+export interface ResidentObject {
+  /** ESYS_TR handle, valid across batches until the object is flushed or found stale. */
+  readonly handle: number;
+  readonly public: Buffer;
+  /** The blob it was loaded from (keys only; the SRK is recreated from its template). */
+  readonly blob?: KeyBlob;
+}
+
+/** Saved contexts remembered for the TLS path (newest last), by TPM2B_PUBLIC. */
+const SAVED_CONTEXTS_KEPT = 4;
+
+/** Shared per-Tpm state: the addon, the context, command statistics, the EK cache and the residents. */
 export class TpmCore {
   private readonly stats = new Map<string, number>();
   readonly ekCache = new Map<EkKind, EndorsementKey>();
   nvBufferMax: number | undefined;
+  private srkResident: ResidentObject | undefined;
+  /** At most one resident key (the AK): the third object slot belongs to the TLS signing path. */
+  keyResident: ResidentObject | undefined;
+  private readonly savedContexts = new Map<string, Buffer>();
+  /** false: `loadResident`/`residentSrk` load for the batch only (one-shot processes). */
+  keepResidents = true;
 
   constructor(
     readonly addon: NativeAddon,
@@ -131,8 +154,11 @@ export class TpmCore {
     return out;
   }
 
-  /** Runs one addon primitive: TPM failures become TpmError; commands are counted under `name`. */
-  async call<T>(name: string, fn: (addon: NativeAddon, ctx: NativeContext) => Promise<T>): Promise<T> {
+  /**
+   * Runs one addon primitive: TPM failures become TpmError; commands are counted under `name` (and
+   * into `into`, a batch's own statistics).
+   */
+  async call<T>(name: string, fn: (addon: NativeAddon, ctx: NativeContext) => Promise<T>, into?: Map<string, number>): Promise<T> {
     const before = this.addon.commandCount(this.ctx);
     try {
       return await fn(this.addon, this.ctx);
@@ -140,9 +166,81 @@ export class TpmCore {
       throw toTpmError(e);
     } finally {
       const n = this.addon.commandCount(this.ctx) - before;
-      if (n > 0) this.stats.set(name, (this.stats.get(name) ?? 0) + n);
+      if (n > 0) {
+        this.stats.set(name, (this.stats.get(name) ?? 0) + n);
+        into?.set(name, (into.get(name) ?? 0) + n);
+      }
     }
   }
+
+  // ---- residents ----
+
+  get residentSrk(): ResidentObject | undefined {
+    return this.srkResident;
+  }
+
+  /** Sets the resident SRK and tells the TLS path (it may reload a stale key under it). */
+  set residentSrk(r: ResidentObject | undefined) {
+    // Cleared before the SRK is flushed, set once it exists: the TLS sign callback runs on this
+    // (the main) thread, so it never sees a handle that is being flushed.
+    this.addon.tlsSetParent(this.ctx, r ? r.handle : null);
+    this.srkResident = r;
+  }
+
+  isResident(handle: number): boolean {
+    return this.srkResident?.handle === handle || this.keyResident?.handle === handle;
+  }
+
+  /** Resident objects right now (0–2). */
+  get residentCount(): number {
+    return (this.srkResident ? 1 : 0) + (this.keyResident ? 1 : 0);
+  }
+
+  /**
+   * Forgets a resident and flushes it; if the flush fails (already gone), closes its ESYS handle
+   * instead. Returns true if the TPM flushed it.
+   */
+  async releaseResident(which: 'srk' | 'key', into?: Map<string, number>): Promise<boolean> {
+    const r = which === 'srk' ? this.srkResident : this.keyResident;
+    if (!r) return false;
+    if (which === 'srk') this.residentSrk = undefined;
+    else this.keyResident = undefined;
+    try {
+      await this.call('FlushContext', (a, c) => a.flush(c, r.handle), into);
+      return true;
+    } catch {
+      await this.call('TR_Close', (a, c) => a.trClose(c, r.handle), into).catch(() => {});
+      return false;
+    }
+  }
+
+  /** Flushes every resident object (the key first). Returns how many the TPM flushed. */
+  async releaseResidents(into?: Map<string, number>): Promise<number> {
+    const key = await this.releaseResident('key', into);
+    const srk = await this.releaseResident('srk', into);
+    return (key ? 1 : 0) + (srk ? 1 : 0);
+  }
+
+  // ---- saved contexts for the TLS path ----
+
+  rememberSavedContext(publicArea: Buffer, saved: Buffer): void {
+    const id = publicArea.toString('hex');
+    this.savedContexts.delete(id);
+    this.savedContexts.set(id, saved);
+    while (this.savedContexts.size > SAVED_CONTEXTS_KEPT) this.savedContexts.delete(this.savedContexts.keys().next().value!);
+  }
+
+  /** The saved context of the key with this TPM2B_PUBLIC, if a batch saved one (taken once). */
+  takeSavedContext(publicArea: Buffer): Buffer | undefined {
+    const id = publicArea.toString('hex');
+    const saved = this.savedContexts.get(id);
+    this.savedContexts.delete(id);
+    return saved;
+  }
+}
+
+function sameBlob(a: KeyBlob, b: KeyBlob): boolean {
+  return a.public.equals(b.public) && a.private.equals(b.private);
 }
 
 function badArgument(message: string): EdgeidError {
@@ -172,42 +270,159 @@ export class TpmSession {
   /** ESYS handles of persistent objects / NV indices, closed (not flushed) at the end. */
   private readonly opened: number[] = [];
   private srkHandle: number | undefined;
+  private srkPublic: Buffer | undefined;
+  /** Resident objects this batch used (never evicted to make room for it). */
+  private readonly usedResidents = new Set<number>();
   private ended = false;
+  /** Set when a command on a resident handle found it stale: Tpm.batch then retries once. */
+  residentsStale = false;
 
-  constructor(private readonly core: TpmCore) {}
+  /**
+   * @param stats this batch's TPM commands by name (shared with a retry of the same batch, so the
+   *   count covers every command the batch caused).
+   */
+  constructor(
+    private readonly core: TpmCore,
+    readonly stats: Map<string, number> = new Map(),
+  ) {}
 
   private get esysTr(): NativeAddon['ESYS_TR'] {
     return this.core.addon.ESYS_TR;
   }
 
-  private call<T>(name: string, fn: (addon: NativeAddon, ctx: NativeContext) => Promise<T>): Promise<T> {
-    if (this.ended) return Promise.reject(new EdgeidError('tpm_closed', 'this TPM batch has ended; its session and handles are no longer valid'));
-    return this.core.call(name, fn);
+  /** TPM commands this batch sent so far (flushes included). */
+  get commandCount(): number {
+    let n = 0;
+    for (const v of this.stats.values()) n += v;
+    return n;
+  }
+
+  /**
+   * Runs one addon primitive. `handles`: the objects the command uses; if one of them is resident
+   * and the TPM fails the command, the residents are suspect (see residentsStale).
+   */
+  private async call<T>(name: string, fn: (addon: NativeAddon, ctx: NativeContext) => Promise<T>, handles: number[] = []): Promise<T> {
+    if (this.ended) throw new EdgeidError('tpm_closed', 'this TPM batch has ended; its session and handles are no longer valid');
+    try {
+      return await this.core.call(name, fn, this.stats);
+    } catch (e) {
+      // Gone (TPM reset, flushed by another process: TPM_RC_REFERENCE_H0…, _HANDLE) — or, worse, the
+      // handle now names someone else's object, which fails in any way (e.g. TPM_RC_SCHEME): any TPM
+      // error on a resident object makes Tpm.batch reload the residents and try once more.
+      if (handles.some((h) => this.core.isResident(h)) && (isStaleHandleError(e) || (e instanceof TpmError && e.layer === 0))) {
+        this.residentsStale = true;
+      }
+      throw e;
+    }
+  }
+
+  /** Runs `load` (an object into a slot); on OBJECT_MEMORY, evicts residents this batch does not use and tries once more. */
+  private async withRoom<T>(load: () => Promise<T>): Promise<T> {
+    try {
+      return await load();
+    } catch (e) {
+      if (!isTpmCode(e, TPM_RC.OBJECT_MEMORY)) throw e;
+      let freed = false;
+      for (const which of ['key', 'srk'] as const) {
+        const r = which === 'key' ? this.core.keyResident : this.core.residentSrk;
+        if (r && !this.usedResidents.has(r.handle)) freed = (await this.core.releaseResident(which, this.stats)) || freed;
+      }
+      if (!freed) throw e;
+      return load();
+    }
+  }
+
+  private useResident(r: ResidentObject): number {
+    this.usedResidents.add(r.handle);
+    return r.handle;
   }
 
   // ---- objects ----
 
-  /** The SRK (ECC P-256 storage primary, owner hierarchy), created on first use in this batch. */
+  /**
+   * The SRK (ECC P-256 storage primary, owner hierarchy): the resident one if there is one, else
+   * created on first use in this batch (and flushed at its end).
+   */
   async srk(): Promise<number> {
+    const resident = this.core.residentSrk;
+    if (resident) return this.useResident(resident);
     if (this.srkHandle === undefined) {
-      const { handle } = await this.createPrimary('owner', srkTemplate());
+      const { handle, public: pub } = await this.createPrimary('owner', srkTemplate());
       this.srkHandle = handle;
+      this.srkPublic = pub;
     }
     return this.srkHandle;
   }
 
-  /** Flushes the SRK now to free its slot (the next load recreates it). */
+  /** The SRK, kept loaded after this batch (this batch's own SRK is promoted rather than recreated). */
+  async residentSrk(): Promise<number> {
+    if (!this.core.keepResidents) return this.srk();
+    const resident = this.core.residentSrk;
+    if (resident) return this.useResident(resident);
+    let handle = this.srkHandle;
+    let pub: Buffer;
+    if (handle !== undefined) {
+      this.srkHandle = undefined;
+      this.transient.splice(this.transient.lastIndexOf(handle), 1);
+      pub = this.srkPublic ?? Buffer.alloc(0);
+    } else {
+      const tr = this.esysTr.RH_OWNER;
+      const r = await this.withRoom(() => this.call('CreatePrimary', (a, c) => a.createPrimary(c, tr, srkTemplate())));
+      handle = r.handle;
+      pub = r.public;
+    }
+    this.core.residentSrk = { handle, public: pub };
+    return this.useResident(this.core.residentSrk);
+  }
+
+  /**
+   * Loads `blob` under the resident SRK and keeps both loaded between batches (the renewal's AK).
+   * Returns at once, with no TPM command, if it is resident already; replaces a different resident
+   * key (one at most). On a Tpm opened with { keepResidents: false }: a plain load().
+   */
+  async loadResident(blob: KeyBlob): Promise<LoadedKey> {
+    if (!this.core.keepResidents) return this.load(blob);
+    const current = this.core.keyResident;
+    if (current?.blob && sameBlob(current.blob, blob)) {
+      await this.residentSrk(); // e.g. released for an EK's slot during enrollment
+      return { handle: this.useResident(current), public: current.public };
+    }
+    if (current) await this.core.releaseResident('key', this.stats);
+    const parent = await this.residentSrk();
+    const handle = await this.withRoom(() => this.call('Load', (a, c) => a.load(c, parent, blob.private, blob.public), [parent]));
+    const resident: ResidentObject = { handle, public: blob.public, blob: { public: Buffer.from(blob.public), private: Buffer.from(blob.private) } };
+    this.core.keyResident = resident;
+    return { handle: this.useResident(resident), public: blob.public };
+  }
+
+  /** Flushes the resident objects now (close, wipe). Returns how many the TPM flushed. */
+  releaseResidents(): Promise<number> {
+    return this.core.releaseResidents(this.stats);
+  }
+
+  /**
+   * The residents this batch used gave results that cannot be right (e.g. a quote the resident AK
+   * did not sign: its handle now names another object). Tpm.batch drops them and retries once.
+   */
+  distrustResidents(): void {
+    if (this.usedResidents.size > 0) this.residentsStale = true;
+  }
+
+  /** Flushes the SRK now to free its slot (the next load recreates it); a resident SRK stops being one. */
   async releaseSrk(): Promise<void> {
-    if (this.srkHandle === undefined) return;
-    const h = this.srkHandle;
-    this.srkHandle = undefined;
-    await this.flushHandle(h);
+    if (this.srkHandle !== undefined) {
+      const h = this.srkHandle;
+      this.srkHandle = undefined;
+      await this.flushHandle(h);
+    } else if (this.core.residentSrk) {
+      await this.core.releaseResident('srk', this.stats);
+    }
   }
 
   /** CreatePrimary in a hierarchy; the object is flushed when the batch ends. */
   async createPrimary(hierarchy: 'owner' | 'endorsement', template: Buffer): Promise<LoadedKey> {
     const tr = hierarchy === 'owner' ? this.esysTr.RH_OWNER : this.esysTr.RH_ENDORSEMENT;
-    const r = await this.call('CreatePrimary', (a, c) => a.createPrimary(c, tr, template));
+    const r = await this.withRoom(() => this.call('CreatePrimary', (a, c) => a.createPrimary(c, tr, template)));
     this.transient.push(r.handle);
     return { handle: r.handle, public: r.public };
   }
@@ -215,27 +430,31 @@ export class TpmSession {
   /** Creates a key under the SRK and returns its blobs (not loaded). */
   async create(template: Buffer): Promise<KeyBlob> {
     const parent = await this.srk();
-    return this.call('Create', (a, c) => a.create(c, parent, template));
+    return this.call('Create', (a, c) => a.create(c, parent, template), [parent]);
   }
 
   /** Creates a key under the SRK and loads it in one command (TPM2_CreateLoaded). */
   async createLoaded(template: Buffer): Promise<LoadedKey & KeyBlob> {
     const parent = await this.srk();
-    const r = await this.call('CreateLoaded', (a, c) => a.createLoaded(c, parent, template));
+    const r = await this.withRoom(() => this.call('CreateLoaded', (a, c) => a.createLoaded(c, parent, template), [parent]));
     this.transient.push(r.handle);
     return { handle: r.handle, public: r.public, private: r.private };
   }
 
-  /** Loads a key blob under the SRK. */
+  /** Loads a key blob under the SRK (or returns the resident key if it is that blob). */
   async load(blob: KeyBlob): Promise<LoadedKey> {
+    const resident = this.core.keyResident;
+    if (resident?.blob && sameBlob(resident.blob, blob)) return { handle: this.useResident(resident), public: resident.public };
     const parent = await this.srk();
-    const handle = await this.call('Load', (a, c) => a.load(c, parent, blob.private, blob.public));
+    const handle = await this.withRoom(() => this.call('Load', (a, c) => a.load(c, parent, blob.private, blob.public), [parent]));
     this.transient.push(handle);
     return { handle, public: blob.public };
   }
 
-  /** Flushes a transient object loaded by this batch before the batch ends. */
+  /** Flushes an object loaded by this batch before the batch ends (a resident one stops being resident). */
   async flush(key: LoadedKey): Promise<void> {
+    if (this.core.keyResident?.handle === key.handle) return void (await this.core.releaseResident('key', this.stats));
+    if (this.core.residentSrk?.handle === key.handle) return void (await this.core.releaseResident('srk', this.stats));
     if (key.handle === this.srkHandle) this.srkHandle = undefined;
     await this.flushHandle(key.handle);
   }
@@ -247,14 +466,19 @@ export class TpmSession {
     await this.call('FlushContext', (a, c) => a.flush(c, handle));
   }
 
-  /** Saves a loaded object's context (ESYS blob) so it can be reloaded later without its parent. */
+  /**
+   * Saves a loaded object's context (ESYS blob) so it can be reloaded later without its parent.
+   * Remembered for Tpm.tlsSecureContext: a key saved here needs no batch of its own there.
+   */
   async contextSave(key: LoadedKey): Promise<Buffer> {
-    return this.call('ContextSave', (a, c) => a.contextSave(c, key.handle));
+    const saved = await this.call('ContextSave', (a, c) => a.contextSave(c, key.handle), [key.handle]);
+    this.core.rememberSavedContext(key.public, saved);
+    return saved;
   }
 
   /** Loads a saved context; the object is flushed when the batch ends. */
   async contextLoad(saved: Buffer, publicArea: Buffer): Promise<LoadedKey> {
-    const handle = await this.call('ContextLoad', (a, c) => a.contextLoad(c, saved));
+    const handle = await this.withRoom(() => this.call('ContextLoad', (a, c) => a.contextLoad(c, saved)));
     this.transient.push(handle);
     return { handle, public: publicArea };
   }
@@ -291,17 +515,17 @@ export class TpmSession {
     const hashAlg = hashAlgForDigest(digest);
     let schemeAlg: number = TPM_ALG.NULL;
     if (pub.scheme.alg === TPM_ALG.NULL) schemeAlg = pub.type === TPM_ALG.ECC ? TPM_ALG.ECDSA : TPM_ALG.RSASSA;
-    return this.call('Sign', (a, c) => a.sign(c, key.handle, digest, schemeAlg, hashAlg));
+    return this.call('Sign', (a, c) => a.sign(c, key.handle, digest, schemeAlg, hashAlg), [key.handle]);
   }
 
   /** TPM2_Quote over `selection` with the AK's scheme. */
   async quote(ak: LoadedKey, selection: PcrSelection[], qualifyingData: Buffer): Promise<Attestation> {
-    return this.call('Quote', (a, c) => a.quote(c, ak.handle, qualifyingData, marshalPcrSelection(selection)));
+    return this.call('Quote', (a, c) => a.quote(c, ak.handle, qualifyingData, marshalPcrSelection(selection)), [ak.handle]);
   }
 
   /** TPM2_Certify: the AK attests that `key` is loaded in this TPM (name + attributes). */
   async certify(key: LoadedKey, ak: LoadedKey, qualifyingData: Buffer): Promise<Attestation> {
-    return this.call('Certify', (a, c) => a.certify(c, key.handle, ak.handle, qualifyingData));
+    return this.call('Certify', (a, c) => a.certify(c, key.handle, ak.handle, qualifyingData), [key.handle, ak.handle]);
   }
 
   /**
@@ -316,8 +540,12 @@ export class TpmSession {
         ? await this.openPersistentHandleOnly(endorsement.persistentHandle)
         : (await this.createPrimary('endorsement', endorsement.template ?? defaultEkTemplate(endorsement.kind))).handle;
     const auth = ekAuthorization(parsePublic(endorsement.public));
-    return this.call('ActivateCredential', (a, c) =>
-      a.activateCredential(c, ak.handle, ekObject, credentialBlob, encryptedSecret, auth.policyHashAlg, auth.orDigests),
+    return this.withRoom(() =>
+      this.call(
+        'ActivateCredential',
+        (a, c) => a.activateCredential(c, ak.handle, ekObject, credentialBlob, encryptedSecret, auth.policyHashAlg, auth.orDigests),
+        [ak.handle],
+      ),
     );
   }
 
@@ -432,7 +660,7 @@ export class TpmSession {
    * resource manager, after a process died mid-batch). Returns how many were flushed.
    */
   async flushAllTransient(): Promise<number> {
-    let n = 0;
+    let n = await this.releaseResidents();
     for (const tpmHandle of await this.handles(TPM_HT_TRANSIENT, TPM_HT_TRANSIENT + 0xffffff)) {
       try {
         const tr = await this.call('ReadPublic', (a, c) => a.trFromTpmPublic(c, tpmHandle));
@@ -588,14 +816,14 @@ export class TpmSession {
     let firstError: unknown;
     for (const handle of this.transient.reverse()) {
       try {
-        await this.core.call('FlushContext', (a, c) => a.flush(c, handle));
+        await this.core.call('FlushContext', (a, c) => a.flush(c, handle), this.stats);
       } catch (e) {
         firstError ??= e;
       }
     }
     for (const handle of this.opened.reverse()) {
       try {
-        await this.core.call('TR_Close', (a, c) => a.trClose(c, handle));
+        await this.core.call('TR_Close', (a, c) => a.trClose(c, handle), this.stats);
       } catch (e) {
         firstError ??= e;
       }

@@ -13,7 +13,9 @@
  */
 import tls, { type SecureContext, type SecureVersion } from 'node:tls';
 import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
-import { TPMA_OBJECT, TPM_ALG, parsePublic, srkTemplate } from '../../protocol/tpm/index.js';
+import { TPMA_OBJECT, TPM_ALG } from '../../protocol/tpm/constants.js';
+import { parsePublic } from '../../protocol/tpm/public.js';
+import { srkTemplate } from '../../protocol/tpm/templates.js';
 import type { NativeAddon, NativeContext, NativeTlsKey, NativeTlsStats } from './native.js';
 import type { KeyBlob } from './session.js';
 

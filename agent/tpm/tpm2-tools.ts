@@ -11,7 +11,7 @@
  * The digests are the PCR values in TPM order (by selection entry, then ascending index), eight per
  * TPML_DIGEST. Layout checked against a file written by tpm2_quote on swtpm (see the integration test).
  */
-import type { PcrSelection } from '../../protocol/tpm/index.js';
+import type { PcrSelection } from '../../protocol/tpm/pcr.js';
 
 const NUM_PCR_BANKS = 16;
 const PCR_SELECT_MAX = 4;

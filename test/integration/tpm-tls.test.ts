@@ -14,7 +14,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import mqtt, { type MqttClient } from 'mqtt';
 import { isEdgeidError } from '../../protocol/errors/index.js';
-import { sessionKeyTemplate, srkTemplate } from '../../protocol/tpm/index.js';
+import { TPM_ALG, sessionKeyTemplate, srkTemplate } from '../../protocol/tpm/index.js';
 import { Tpm, type KeyBlob } from '../../agent/tpm/index.js';
 import { loadAddon } from '../../agent/tpm/native.js';
 import { sslContextHandle } from '../../agent/tpm/tls.js';
@@ -314,6 +314,52 @@ test('after a TPM reset the key is rebuilt from its blobs; after the owner hiera
   assert.match(stats.lastError.text, /integrity/);
   assert.equal(await ownTpm.transientHandleCount(), 0);
   assert.equal(await transientHandleCountViaTools(own.tcti), 0);
+});
+
+test('between renewals (SRK and AK resident) a handshake signs in the third slot; after a TPM reset a stale key reloads under the resident SRK', async (t) => {
+  const own = await startSwtpm();
+  t.after(() => own.stop());
+  const ownTpm = await Tpm.open(own.tcti);
+  t.after(() => ownTpm.close());
+  const ak = await ownTpm.createAttestationKey();
+  // What a renewal leaves behind: the SRK and the AK resident, a new key created and its context saved.
+  const k = await ownTpm.batch(async (s) => {
+    await s.loadResident(ak);
+    const key = await s.createLoaded(sessionKeyTemplate());
+    await s.contextSave(key);
+    return { public: key.public, private: key.private };
+  });
+  assert.equal(ownTpm.residentObjectCount, 2);
+  const queued = ownTpm.commandCount;
+  const sc = await contextFor(ownTpm, k, 'dev-resident');
+  assert.equal(ownTpm.commandCount, queued, 'the renewal saved the context: no TPM command to build the TLS context');
+  await connect(t, sc);
+  let stats = ownTpm.tlsStats();
+  assert.equal(stats.signatures, 1);
+  assert.deepEqual([stats.commands.ContextLoad, stats.commands.Sign, stats.commands.FlushContext], [1, 1, 1]);
+  assert.equal(await transientHandleCountViaTools(own.tcti), 2, 'only the residents between handshakes');
+
+  // TPM Reset, then a renewal-like batch recreates the residents (its resident handles are stale: one
+  // retry). Now only one slot is free, and the key's saved context no longer loads: it is reloaded
+  // under the resident SRK (no CreatePrimary, which would need a second slot).
+  await own.restart();
+  await ownTpm.batch(async (s) => {
+    const a = await s.loadResident(ak);
+    await s.quote(a, [{ hashAlg: TPM_ALG.SHA256, pcrs: [0] }], Buffer.alloc(32, 1));
+  });
+  assert.equal(await ownTpm.transientHandleCount(), 2);
+  await connect(t, sc);
+  stats = ownTpm.tlsStats();
+  assert.equal(stats.signatures, 2);
+  assert.equal(stats.failures, 0);
+  assert.equal(stats.commands.CreatePrimary, 0, 'the resident SRK was used');
+  assert.equal(stats.commands.Load, 1);
+  assert.equal(stats.commands.ContextSave, 1);
+  await connect(t, sc);
+  assert.equal(ownTpm.tlsStats().commands.Load, 1, 'the re-saved context is used again');
+  assert.equal(await transientHandleCountViaTools(own.tcti), 2);
+  await ownTpm.close();
+  assert.equal(await transientHandleCountViaTools(own.tcti), 0, 'close() flushed the residents');
 });
 
 test('a context outlives tpm.close(): its handshakes then fail cleanly', async (t) => {

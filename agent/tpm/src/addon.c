@@ -273,6 +273,7 @@ static void open_execute(job *base) {
   }
   pthread_mutex_init(&ctx->lock, NULL);
   ctx->refs = 1;
+  ctx->tls_parent = ESYS_TR_NONE;
   TSS2_RC rc = Tss2_TctiLdr_Initialize(j->conf, &ctx->tcti);
   if (rc != TSS2_RC_SUCCESS) {
     base->rc = rc;

@@ -51,6 +51,10 @@ typedef struct edgeid_ctx {
   uint64_t commands;
   /* Written by the TLS sign callback (main thread, `lock` held); read on the main thread. */
   edgeid_tls_stats tls;
+  /* The SRK the TS layer keeps resident between batches (ESYS_TR_NONE if none): a TLS key whose
+   * saved context is stale is reloaded under it instead of recreating the SRK, which would need a
+   * second free object slot. Main thread only (set by tlsSetParent, read by the sign callback). */
+  ESYS_TR tls_parent;
   /* References: the JS handle + one per installed TLS key. Main thread only. */
   int refs;
 } edgeid_ctx;

@@ -10,8 +10,9 @@
  *
  * Per signature: ContextLoad (saved context) → Sign → FlushContext, so the key occupies no
  * transient slot between handshakes. If the saved context no longer loads (TPM reset/cleared,
- * context invalid), the key is rebuilt from its blobs: CreatePrimary(SRK) → Load → Flush(SRK) →
- * ContextSave → Sign → Flush. A TPM that is out of memory (or unreachable) fails the signature, and
+ * context invalid), the key is rebuilt from its blobs: Load under the SRK the TS layer keeps
+ * resident (tlsSetParent), else CreatePrimary(SRK) → Load → Flush(SRK); then ContextSave → Sign →
+ * Flush. A TPM that is out of memory (or unreachable) fails the signature, and
  * with it the handshake; mqtt.js reconnects later. Nothing here may crash the process.
  *
  * Built against Node's own OpenSSL headers (node-gyp --nodedir=/usr) and linked to no libcrypto:
@@ -95,8 +96,48 @@ bool worth_rebuilding(TSS2_RC rc) {
   return layer == 7; /* ESYS: e.g. its metadata in the saved blob does not fit */
 }
 
+/* The TPM has no room (memory warnings) or cannot be reached (TCTI): no other route will work now.
+ * A stale resident handle (TPM_RC_REFERENCE_H0, _HANDLE …) is not that: the SRK is recreated. */
+bool out_of_room(TSS2_RC rc) {
+  uint32_t layer = (rc >> 16) & 0xff;
+  if (layer == 10) return true; /* TCTI */
+  uint32_t base = rc & 0xfff;
+  return layer == 0 && (base == 0x901 || base == 0x902 || base == 0x903);
+}
+
+/* ContextSave of the freshly loaded key, so the next handshakes need only ContextLoad. */
+void save_context(TlsKey *k, ESYS_TR obj, SignFailure *f) {
+  TPMS_CONTEXT *saved = nullptr;
+  TSS2_RC rc = TLS_CMD(EDGEID_TLS_CONTEXT_SAVE, Esys_ContextSave(k->ctx->esys, obj, &saved));
+  if (rc == TSS2_RC_SUCCESS) {
+    k->saved = *saved;
+    k->have_saved = true;
+  } else {
+    *f = {rc, "Esys_ContextSave"}; /* next handshake rebuilds again */
+  }
+  Esys_Free(saved);
+}
+
+/* Load(blobs) under the SRK the TS layer keeps resident (one object slot); false if there is none
+ * or it does not take the blob (stale handle after a TPM reset, …): then the caller recreates it. */
+bool load_under_resident_srk(TlsKey *k, ESYS_TR *obj, SignFailure *f) {
+  ESYS_TR parent = k->ctx->tls_parent;
+  if (parent == ESYS_TR_NONE) return false;
+  TSS2_RC rc = TLS_CMD(EDGEID_TLS_LOAD, Esys_Load(k->ctx->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                                  ESYS_TR_NONE, &k->priv, &k->pub, obj));
+  if (rc != TSS2_RC_SUCCESS) {
+    *obj = ESYS_TR_NONE;
+    *f = {rc, "Esys_Load (resident SRK)"};
+    return false;
+  }
+  save_context(k, *obj, f);
+  return true;
+}
+
 /* CreatePrimary(SRK) → Load(blobs) → Flush(SRK) → ContextSave; leaves the key loaded in *obj. */
 bool load_from_blobs(TlsKey *k, ESYS_TR *obj, SignFailure *f) {
+  if (load_under_resident_srk(k, obj, f)) return true;
+  if (f->what != nullptr && out_of_room(f->rc)) return false; /* CreatePrimary would fail the same way */
   ESYS_CONTEXT *esys = k->ctx->esys;
   static const TPM2B_SENSITIVE_CREATE no_sensitive{};
   static const TPM2B_DATA no_outside_info{};
@@ -127,15 +168,7 @@ bool load_from_blobs(TlsKey *k, ESYS_TR *obj, SignFailure *f) {
     return false;
   }
   if (frc != TSS2_RC_SUCCESS) *f = {frc, "Esys_FlushContext (SRK)"}; /* recorded; the key is usable */
-  TPMS_CONTEXT *saved = nullptr;
-  rc = TLS_CMD(EDGEID_TLS_CONTEXT_SAVE, Esys_ContextSave(esys, *obj, &saved));
-  if (rc == TSS2_RC_SUCCESS) {
-    k->saved = *saved;
-    k->have_saved = true;
-  } else {
-    *f = {rc, "Esys_ContextSave"}; /* next handshake rebuilds again */
-  }
-  Esys_Free(saved);
+  save_context(k, *obj, f);
   return true;
 }
 
@@ -554,6 +587,25 @@ napi_value js_tls_stats(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* tlsSetParent(ctx, esysTr | null): the resident SRK a stale TLS key may be reloaded under. The TS
+ * layer clears it before it flushes that SRK (both on the main thread, like the sign callback). */
+napi_value js_tls_set_parent(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
+  if (argc < 2) return throw_coded(env, "tpm_bad_argument", "tlsSetParent: missing arguments");
+  edgeid_ctx *ctx = edgeid_ctx_from_value(env, argv[0]);
+  if (ctx == nullptr) return nullptr;
+  napi_valuetype type;
+  uint32_t tr = ESYS_TR_NONE;
+  if (napi_typeof(env, argv[1], &type) != napi_ok) return nullptr;
+  if (type != napi_null && type != napi_undefined &&
+      (type != napi_number || napi_get_value_uint32(env, argv[1], &tr) != napi_ok))
+    return throw_coded(env, "tpm_bad_argument", "tlsSetParent: expected an ESYS_TR handle or null");
+  ctx->tls_parent = tr;
+  return nullptr;
+}
+
 /* tlsOpenssl() → { headers, runtime, compatible }: the OpenSSL this addon was built for vs Node's. */
 napi_value js_tls_openssl(napi_env env, napi_callback_info) {
   napi_value out, b;
@@ -572,6 +624,7 @@ extern "C" void edgeid_register_tls(napi_env env, napi_value exports) {
       {"tlsInstallKey", nullptr, js_tls_install_key, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"tlsReleaseKey", nullptr, js_tls_release_key, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"tlsStats", nullptr, js_tls_stats, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"tlsSetParent", nullptr, js_tls_set_parent, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"tlsOpenssl", nullptr, js_tls_openssl, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
