@@ -137,6 +137,8 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
   assert.ok(serials.size >= 4, `saw ${serials.size} certificates`);
   assert.equal(new Set(serials.values()).size, serials.size, 'each renewal has a new public key');
   assert.ok(obs.messages.some((m) => m.topic === `devices/${r.deviceId}/state`), 'heartbeats arrive');
+  // the subscriber can see the last message before the broker's PUBACK reaches the agent
+  await waitFor('outbox drained', () => agent.status().outbox.pending === 0);
   const st = agent.status();
   assert.equal(st.outbox.pending, 0);
   assert.equal(st.outbox.dropped, 0);
