@@ -1,7 +1,7 @@
 /**
  * The PKCS#10 request for a TPM session key, DER-encoded by hand.
  *
- * Hand-written on purpose (issue 4: agent RSS ≤ 60 MB): protocol/csr.ts builds the same bytes with
+ * Hand-written on purpose (issue 4: agent RSS ≤ 60 MB): test/helpers/csr-reference.ts builds the same bytes with
  * @peculiar/asn1-csr, but that library family (+ reflect-metadata, asn1js, tslib) costs the running
  * agent about 1 MB of heap for a structure that is fixed here — one CN, an SPKI that
  * publicKeySpkiDer already encoded, no attributes, ECDSA with SHA-256:
@@ -11,7 +11,7 @@
  *     signatureAlgorithm AlgorithmIdentifier { ecdsa-with-SHA256 },
  *     signature BIT STRING }
  *
- * test/unit/agent-csr.test.ts checks it byte for byte against protocol/csr.ts and with openssl.
+ * test/unit/agent-csr.test.ts checks it byte for byte against test/helpers/csr-reference.ts and with openssl.
  */
 import { createHash } from 'node:crypto';
 
@@ -42,7 +42,7 @@ const ECDSA_WITH_SHA256 = Buffer.from('300a06082a8648ce3d040302', 'hex');
 /**
  * Builds a DER PKCS#10 request for a key whose private half never leaves the TPM: `sign` receives
  * the DER CertificationRequestInfo and its SHA-256 digest (what TPM2_Sign takes) and returns the
- * DER ECDSA signature. Same inputs and output as protocol/csr.ts's buildCsr.
+ * DER ECDSA signature. Same inputs and output as test/helpers/csr-reference.ts's buildCsr.
  */
 export async function buildCsr(p: {
   /** SPKI DER of the key (publicKeySpkiDer of the TPM public area). */

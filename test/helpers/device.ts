@@ -20,7 +20,7 @@ import {
   type RenewRequest,
   type RenewResponse,
 } from '../../protocol/api.js';
-import { buildCsr } from '../../protocol/csr.js';
+import { buildCsr } from './csr-reference.js';
 import { TPM_ALG, TPMA_OBJECT } from '../../protocol/tpm/constants.js';
 import { marshalPublic, parsePublic, publicKeySpkiDer } from '../../protocol/tpm/public.js';
 import { parseSignature, signatureToDer } from '../../protocol/tpm/signature.js';

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { CertificationRequest } from '@peculiar/asn1-csr';
-import { buildCsr } from '../../protocol/csr.js';
+import { buildCsr } from '../helpers/csr-reference.js';
 import { buildCsr as buildCsrDer } from '../../agent/tpm/csr.js';
 
 test('the agent\'s TPM-style CSR (digest signed as given) verifies with openssl: builds a CSR whose signature over the request info verifies with the given key (openssl req -verify)', async (t) => {
@@ -33,7 +33,7 @@ test('the agent\'s TPM-style CSR (digest signed as given) verifies with openssl:
   assert.deepEqual(Buffer.from(AsnConvert.serialize(parsed.certificationRequestInfo.subjectPKInfo)), spki);
 });
 
-test("the agent's hand-encoded CSR (agent/tpm/csr.ts) is byte for byte the one @peculiar builds (protocol/csr.ts), for short and long names", async () => {
+test("the agent's hand-encoded CSR (agent/tpm/csr.ts) is byte for byte the one @peculiar builds (test/helpers/csr-reference.ts), for short and long names", async () => {
   for (const [curve, commonName] of [['P-256', 'dev-42'], ['P-256', 'd'.repeat(200)], ['P-384', 'edgeid-enrollment'], ['P-256', 'gerät-ü']] as const) {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: curve });
     const spki = publicKey.export({ type: 'spki', format: 'der' });

@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+/** The library-built (@peculiar/asn1-csr) PKCS#10 builder: the reference the agent's hand-encoded CSR (agent/tpm/csr.ts) is checked against, and the test devices' CSR builder. */
 import { createHash } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
