@@ -142,7 +142,9 @@ export class EdgeAgent {
       });
       this.mqtt.on('connect', (serial: string) => void this.onMqttConnect(serial));
       this.mqtt.on('close', () => void this.writeStatus());
-      this.mqtt.on('message', (topic: string, payload: Buffer) => void this.onMessage(topic, payload));
+      this.mqtt.on('message', (topic: string, payload: Buffer) => {
+        this.onMessage(topic, payload).catch((e: unknown) => this.log.error({ err: (e as Error).message, topic }, 'control message handling failed'));
+      });
     } else {
       this.log.warn('no MQTT broker URL (config mqtt.url or the server): running without MQTT');
     }
@@ -374,7 +376,13 @@ export class EdgeAgent {
       await this.writeStatus();
       return;
     }
-    await this.memory.remember(cmd.id);
+    try {
+      await this.memory.remember(cmd.id);
+    } catch (e) {
+      // e.g. disk full: a verified command is still obeyed (replaying a wipe or a renew-now within
+      // the freshness window does no harm); the failure is logged
+      this.log.error({ err: (e as Error).message, id: cmd.id }, 'could not record the control command id');
+    }
     this.control.accepted++;
     this.log.info({ command: cmd.type, id: cmd.id, issuedAt: cmd.issuedAt }, 'control command accepted');
     switch (cmd.type) {
