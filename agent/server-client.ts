@@ -31,6 +31,14 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOST
 
 function networkError(url: URL, e: unknown): EdgeidError {
   const err = e as NodeJS.ErrnoException;
+  if (err.code === 'CERT_NOT_YET_VALID' || err.code === 'CERT_HAS_EXPIRED') {
+    // the pinned chain is fine but not at this device's time: almost always a wrong clock
+    return new EdgeidError(
+      'clock_skew',
+      `the server's certificate is ${err.code === 'CERT_NOT_YET_VALID' ? 'not yet valid' : 'expired'} at this device's time (${new Date().toISOString()}): the device clock is probably wrong`,
+      { tlsCode: err.code },
+    );
+  }
   if (err.code && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|HOSTNAME|ALTNAME/.test(err.code)) {
     return new EdgeidError('server_untrusted', `TLS to ${url.host} failed against the pinned edgeid CA: ${err.code}: ${err.message}`);
   }

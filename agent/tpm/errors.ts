@@ -30,8 +30,10 @@ export class TpmError extends EdgeidError {
 
   constructor(rc: number, command: string, text: string) {
     const opening = command === 'Tss2_TctiLdr_Initialize' || command === 'Esys_Initialize';
+    // TPM_RC_LOCKOUT (format zero, 0x921) from the TPM itself (layer 0) or as ESYS passed it on
+    const lockout = (rc & 0xfff) === 0x921 && ((rc >>> 16) & 0xff) === 0;
     super(
-      opening ? 'tpm_unavailable' : 'tpm_command_failed',
+      opening ? 'tpm_unavailable' : lockout ? 'tpm_lockout' : 'tpm_command_failed',
       `${command} failed: 0x${rc.toString(16)} ${text}`,
       { rc, command, text },
     );

@@ -21,6 +21,12 @@ import { lookupToken } from './tokens.js';
 
 const SECRET_BYTES = 32;
 
+/** "This enrollment token expired at 14:02 UTC (2026-11-28)": what a technician reads on the device. */
+function tokenExpired(expiresAt: number): EdgeidError {
+  const at = new Date(expiresAt).toISOString();
+  return new EdgeidError('token_expired', `This enrollment token expired at ${at.slice(11, 16)} UTC (${at.slice(0, 10)}).`, { expiresAt: at });
+}
+
 export function newDeviceId(): string {
   return `dev-${randomBytes(8).toString('hex')}`;
 }
@@ -49,7 +55,7 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     base.actor = `token:${token.id}`;
     base.details = { tokenId: token.id };
     if (token.usedAt !== null) throw new EdgeidError('token_used');
-    if (token.expiresAt <= now) throw new EdgeidError('token_expired');
+    if (token.expiresAt <= now) throw tokenExpired(token.expiresAt);
     const zone = zoneOf(ctx, token.zone);
     checkSourceIp(zone, meta.ip);
     spendable = token.ekHash === null;
@@ -109,6 +115,7 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
       spendable = false;
       throw new EdgeidError(
         result === 'bound_other' ? 'token_bound_to_other_ek' : result === 'used' ? 'token_used' : result === 'expired' ? 'token_expired' : 'token_invalid',
+        result === 'expired' ? tokenExpired(token.expiresAt).message : undefined,
       );
     }
     return {
@@ -153,7 +160,7 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
     if (session.expiresAt <= now) throw new EdgeidError('session_expired');
     const token = await ctx.store.getToken(session.tokenId);
     if (!token || token.usedAt !== null) throw new EdgeidError('token_used');
-    if (token.expiresAt <= now) throw new EdgeidError('token_expired');
+    if (token.expiresAt <= now) throw tokenExpired(token.expiresAt);
     spend = { tokenId: token.id, sessionId: session.id };
 
     const zone = zoneOf(ctx, token.zone);

@@ -75,4 +75,9 @@ export const agentTpmErrors = defineErrors({
     message: 'OpenSSL did not accept the TPM-backed key for the TLS context.',
     fix: 'The message names the OpenSSL reason. Check that certPem holds the leaf certificate first and that the key is an unrestricted ECC P-256/P-384 signing key.',
   },
+  tpm_lockout: {
+    status: 503,
+    message: 'The TPM is in dictionary-attack lockout and refuses authorised commands for now.',
+    fix: 'Wait for the lockout to expire (the TPM owner can clear it with tpm2_dictionarylockout --clear-lockout), then restart the agent.',
+  },
 });

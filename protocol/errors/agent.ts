@@ -97,4 +97,9 @@ export const agentErrors = defineErrors({
     message: 'A control command names a command this agent does not know.',
     fix: 'Update the agent, or send one of: wipe, renew-now.',
   },
+  clock_skew: {
+    status: 400,
+    message: "This device's clock is far off: the server's certificate is not valid at the device's time.",
+    fix: 'Set the device clock (enable NTP, e.g. timedatectl set-ntp true), then run the command again.',
+  },
 });

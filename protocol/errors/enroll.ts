@@ -51,7 +51,7 @@ export const enrollErrors = defineErrors({
   token_expired: {
     status: 401,
     message: 'The enrollment token has expired.',
-    fix: 'Create a new token with edgeid-admin token create.',
+    fix: 'Ask your operator for a new one (edgeid-admin token create --zone … --owner …).',
   },
   token_used: {
     status: 409,

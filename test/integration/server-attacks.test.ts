@@ -41,6 +41,8 @@ type Allowed = 'token_spent' | 'quarantined';
 interface Attack {
   name: string;
   code: ErrorCode;
+  /** What the message must say, where the cause has specifics a technician needs. */
+  message?: RegExp;
   allow?: Allowed;
   prepare?: () => Promise<void>;
   run: () => Promise<HttpResult>;
@@ -102,6 +104,7 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
     {
       name: 'expired token',
       code: 'token_expired',
+      message: /^This enrollment token expired at \d\d:\d\d UTC \(\d{4}-\d\d-\d\d\)\.$/,
       prepare: async () => {
         freshToken = await srv.token({ ttlSeconds: 60 });
         srv.clock.offset = 120_000;
@@ -328,6 +331,7 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
         assert.equal(res.status, ERRORS[a.code].status, `status for ${a.name}: ${JSON.stringify(res.body)}`);
         assert.ok(res.status >= 400 && res.status < 500);
         assert.equal(res.body?.error?.code, a.code, JSON.stringify(res.body));
+        if (a.message) assert.match(res.body.error.message, a.message);
         const rows = db.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq').all(seq) as { outcome: string; reason: string }[];
         assert.ok(
           rows.some((r) => r.outcome === 'fail' && r.reason === a.code),
