@@ -6,7 +6,6 @@
  * for attack tests.
  */
 import { generateKeyPairSync, randomBytes, sign as nodeSign } from 'node:crypto';
-import https from 'node:https';
 import type { FastifyInstance } from 'fastify';
 import { Tpm, type EndorsementKey, type KeyBlob } from '../../agent/tpm/index.js';
 import {
@@ -25,6 +24,7 @@ import { TPM_ALG, TPMA_OBJECT } from '../../protocol/tpm/constants.js';
 import { marshalPublic, parsePublic, publicKeySpkiDer } from '../../protocol/tpm/public.js';
 import { parseSignature, signatureToDer } from '../../protocol/tpm/signature.js';
 import { sessionKeyTemplate } from '../../protocol/tpm/templates.js';
+import { httpsJson } from './https.js';
 
 export interface HttpResult<T = any> {
   status: number;
@@ -37,33 +37,7 @@ export interface Transport {
 }
 
 export function httpsTransport(baseUrl: string, caPem: string): Transport {
-  return {
-    post(path, body) {
-      return new Promise((resolve, reject) => {
-        const data = Buffer.from(JSON.stringify(body));
-        const req = https.request(
-          new URL(path, baseUrl),
-          { method: 'POST', ca: caPem, headers: { 'content-type': 'application/json', 'content-length': data.length } },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => {
-              const text = Buffer.concat(chunks).toString('utf8');
-              let parsed: unknown = text;
-              try {
-                parsed = JSON.parse(text);
-              } catch {
-                /* not JSON */
-              }
-              resolve({ status: res.statusCode ?? 0, body: parsed as any });
-            });
-          },
-        );
-        req.on('error', reject);
-        req.end(data);
-      });
-    },
-  };
+  return { post: (path, body) => httpsJson('POST', new URL(path, baseUrl), { ca: caPem, body }) };
 }
 
 export function injectTransport(app: FastifyInstance, opts: { remoteAddress?: string } = {}): Transport {

@@ -11,7 +11,6 @@
 import 'reflect-metadata';
 import { X509Certificate, webcrypto } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
@@ -24,6 +23,7 @@ import type { Tpm, KeyBlob } from '../../agent/tpm/index.js';
 import { startDeployment, type Deployment } from './deployment.js';
 import { waitForPort } from './ports.js';
 import { startServerProcess, type ServerProcess } from './server.js';
+import { httpsJson } from './https.js';
 
 // ---- deployment with a holdable CRL reload ------------------------------------------------
 
@@ -120,33 +120,7 @@ export async function startRevocationDeployment(serverConfig: Record<string, unk
 }
 
 function adminRequest<T>(srv: ServerProcess, method: string, p: string, body?: unknown): Promise<{ status: number; body: T }> {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = https.request(
-      new URL(p, srv.info.url),
-      {
-        method,
-        ca: srv.caPem,
-        headers: { authorization: `Bearer ${srv.adminToken}`, ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}) },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let parsed: unknown = text;
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            /* not JSON */
-          }
-          resolve({ status: res.statusCode ?? 0, body: parsed as T });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(data);
-  });
+  return httpsJson<T>(method, new URL(p, srv.info.url), { ca: srv.caPem, bearer: srv.adminToken, body });
 }
 
 // ---- a device's MQTT identity ----------------------------------------------------------------

@@ -5,12 +5,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
-import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { certFingerprint } from '../../protocol/api.js';
 import { freePort, waitForPort } from '../helpers/ports.js';
+import { httpsJson } from '../helpers/https.js';
 
 export const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 export const AGENT_CLI = path.join(REPO, 'agent/cli.ts');
@@ -88,33 +88,7 @@ export async function startServer(opts: { config?: Record<string, unknown>; data
       if (!proc) await launch();
     },
     admin(method, p, body) {
-      return new Promise((resolve, reject) => {
-        const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-        const req = https.request(
-          new URL(p, url),
-          {
-            method,
-            ca: rootPem,
-            headers: { authorization: `Bearer ${adminToken}`, ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}) },
-          },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => {
-              const text = Buffer.concat(chunks).toString('utf8');
-              let parsed: unknown = text;
-              try {
-                parsed = JSON.parse(text);
-              } catch {
-                /* not JSON */
-              }
-              resolve({ status: res.statusCode ?? 0, body: parsed as never });
-            });
-          },
-        );
-        req.on('error', reject);
-        req.end(data);
-      });
+      return httpsJson(method, new URL(p, url), { ca: rootPem, bearer: adminToken, body });
     },
   };
   return srv;
