@@ -9,7 +9,7 @@
  * - a wide-view observer on the broker (a dynsec client that may read every topic).
  */
 import 'reflect-metadata';
-import { X509Certificate, webcrypto } from 'node:crypto';
+import { KeyObject, X509Certificate, webcrypto } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -326,7 +326,7 @@ export async function wideObserver(d: RevocationDeployment, topics: string[] = [
   const { privateKey, publicKey } = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', publicKey));
   const issued = await ca.issueClient({ commonName: OBSERVER_CN, spki, lifetimeSeconds: 3600 });
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${Buffer.from(await webcrypto.subtle.exportKey('pkcs8', privateKey)).toString('base64').replace(/(.{64})/g, '$1\n').trimEnd()}\n-----END PRIVATE KEY-----\n`;
+  const keyPem = KeyObject.from(privateKey).export({ type: 'pkcs8', format: 'pem' }) as string;
   const client = await mqtt.connectAsync(d.broker.url, {
     cert: issued.pem + ca.chainPem[0]!,
     key: keyPem,
