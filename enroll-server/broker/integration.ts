@@ -144,7 +144,7 @@ export class BrokerIntegration implements EdgeidHooks {
   /** Publishes a signed command to the device's control topic (QoS 1; resolves on the broker's PUBACK). */
   async sendControl(deviceId: string, signed: SignedControl): Promise<void> {
     const cmd = JSON.parse(signed.payload) as ControlCommand;
-    await this.step(`broker.control_sent`, deviceId, async () => {
+    await this.step('broker.control_sent', deviceId, async () => {
       await (await this.client()).mqtt.publishAsync(`edgeid/${deviceId}/control`, JSON.stringify(signed), { qos: 1 });
       return { type: cmd.type, commandId: cmd.id };
     });

@@ -77,6 +77,11 @@ export interface CrlData {
   nextUpdate: Date;
 }
 
+/** The issued certificate in the forms callers store and send. */
+function issued(cert: x509.X509Certificate): IssuedCertificate {
+  return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
+}
+
 export interface CaOptions {
   /** Directory for keys and certificates (data/ca). */
   dir: string;
@@ -269,7 +274,7 @@ export class CertificateAuthority {
         new x509.CRLDistributionPointsExtension([p.crlUrl], false),
       ],
     });
-    return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
+    return issued(cert);
   }
 
   /** A client certificate for a service identity (e.g. the broker's dynsec admin, issue 5). */
@@ -283,7 +288,7 @@ export class CertificateAuthority {
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth], false),
       ],
     });
-    return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
+    return issued(cert);
   }
 
   /** A TLS server certificate for another service of the deployment (the MQTT broker, issue 5). */
@@ -301,7 +306,7 @@ export class CertificateAuthority {
         ),
       ],
     });
-    return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
+    return issued(cert);
   }
 
   async createCrl(p: {
