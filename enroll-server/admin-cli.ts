@@ -29,9 +29,9 @@ commands:
   revoke ID --reason R [--json]        reasons: ${REVOKE_REASONS.join(', ')}
   approve-baseline ID [--json]
   retire ID [--json]
-  audit export [--out FILE]            JSON lines, oldest first
+  audit export [--out FILE] [--json]   JSON lines, oldest first (--json: one array)
   audit verify [--file FILE] [--json]  checks the hash chain (on the server, or an exported FILE)
-  ca export [--out FILE]               the CA chain (PEM) devices and tools trust
+  ca export [--out FILE] [--json]      the CA chain (PEM) devices and tools trust
   broker config --out DIR [--hostname H]... [--port 8883] [--bind 0.0.0.0] [--run-as-root]
                                        a Mosquitto 2.0 config dir (TLS + client certs, CRL, dynsec)
   renew-now ID [--json]                ask a device (over the broker) to re-attest at once
@@ -44,8 +44,8 @@ connection (first match wins):
   --data DIR         the server's data dir (default ./data, env EDGEID_DATA)
 
 output:
-  stdout holds the command's result and nothing else: with --json exactly one JSON document
-  (audit export: JSON lines), else text; --out FILE writes that result to FILE (0600) instead
+  stdout holds the command's result and nothing else: with --json exactly one JSON document,
+  else text (audit export: JSON lines); --out FILE writes that result to FILE (0600) instead
   (broker config: --out is its directory). Messages, hints and errors go to stderr. Colour and
   QR blocks only on a terminal, never with NO_COLOR set. Device-supplied text is shown with its
   control characters escaped (\x1b).
@@ -303,8 +303,8 @@ async function run(argv: string[], o: Output): Promise<number> {
         if (rows.length < 5000) break;
         after = rows[rows.length - 1]!.seq;
       }
-      // JSON lines whatever --json says (one JSON document per audit row)
-      o.result = lines.join('\n') + (lines.length ? '\n' : '');
+      // JSON lines (one document per row, the export format); --json makes it one document, an array
+      o.result = flags.json ? `[${lines.join(',\n')}]\n` : lines.join('\n') + (lines.length ? '\n' : '');
       if (typeof flags.out === 'string') o.notes.push(`${lines.length} audit rows`);
       return 0;
     }
@@ -314,7 +314,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       return res.ok ? 0 : 1;
     }
     case 'ca export': {
-      o.result = (await client.request<Buffer>('GET', '/v1/ca', undefined, { auth: false, raw: true })).toString('utf8');
+      const pem = (await client.request<Buffer>('GET', '/v1/ca', undefined, { auth: false, raw: true })).toString('utf8');
+      o.result = flags.json ? JSON.stringify({ chain: pem }, null, 2) + '\n' : pem;
       return 0;
     }
     case 'broker config': {

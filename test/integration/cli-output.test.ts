@@ -37,7 +37,8 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
   const admin = (args: string[], env?: NodeJS.ProcessEnv) => runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work, ...(env ? { env } : {}) });
 
   await t.test('every large listing read slowly through a pipe equals the same written with --out (≥ 1 MiB each)', async () => {
-    for (const args of [['tokens', 'list'], ['tokens', 'list', '--json'], ['devices', 'list'], ['devices', 'list', '--json'], ['audit', 'export']]) {
+    const listings = [['tokens', 'list'], ['tokens', 'list', '--json'], ['devices', 'list'], ['devices', 'list', '--json'], ['audit', 'export'], ['audit', 'export', '--json']];
+    for (const args of listings) {
       const what = args.join(' ');
       const piped = await admin(args);
       assert.equal(piped.code, 0, `${what}: ${piped.stderr}`);
@@ -48,7 +49,20 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
       assert.equal(filed.code, 0, filed.stderr);
       assert.equal(filed.stdout.length, 0, `${what} --out prints nothing on stdout`);
       assert.match(filed.stderr, /^wrote /m);
-      assert.ok(piped.stdout.equals(await readFile(file)), `${what}: the pipe got exactly what --out wrote`);
+      const written = await readFile(file);
+      if (args[0] !== 'audit') {
+        assert.ok(piped.stdout.equals(written), `${what}: the pipe got exactly what --out wrote`);
+      } else {
+        // the admin calls between the two runs are audit rows too: the pipe got every row the file
+        // has up to then, byte for byte, and the file only newer rows after them
+        const rows = (b: Buffer) =>
+          args.includes('--json') ? (JSON.parse(b.toString('utf8')) as { seq: number }[]) : b.toString('utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as { seq: number });
+        const pipedRows = rows(piped.stdout);
+        const fileRows = rows(written);
+        assert.deepEqual(fileRows.slice(0, pipedRows.length), pipedRows, `${what}: the pipe got every row`);
+        assert.ok(fileRows.length - pipedRows.length <= 4, `${what}: only the rows of the calls in between are new`);
+        if (!args.includes('--json')) assert.ok(written.subarray(0, piped.stdout.length).equals(piped.stdout), `${what}: byte for byte`);
+      }
       assert.equal(await mode(file), 0o600, `${what} --out writes 0600`);
     }
   });
@@ -82,7 +96,12 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
     assert.equal((JSON.parse(revoke.stdout.toString('utf8')) as { device: { status: string } }).device.status, 'revoked');
     const rows = (await admin(['audit', 'export'])).stdout.toString('utf8').trimEnd().split('\n');
     assert.ok(rows.length > 9000);
-    for (const line of rows) JSON.parse(line);
+    const parsed = rows.map((line) => JSON.parse(line) as { seq: number });
+    // with --json the same rows as one document
+    const array = JSON.parse((await admin(['audit', 'export', '--json'])).stdout.toString('utf8')) as { seq: number }[];
+    assert.deepEqual(array.slice(0, parsed.length), parsed);
+    const ca = JSON.parse((await admin(['ca', 'export', '--json'])).stdout.toString('utf8')) as { chain: string };
+    assert.equal((ca.chain.match(/-----BEGIN CERTIFICATE-----/g) ?? []).length, 2);
   });
 
   await t.test('device-supplied control characters are escaped in every human listing, on a pipe and on a terminal', async () => {
@@ -234,6 +253,11 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
     const info = await runCli('edgeid-agent', ['tpm', 'info', '--tcti', tpm.tcti, '--json']);
     assert.equal(info.code, 0, info.stderr);
     assert.equal((JSON.parse(info.stdout.toString('utf8')) as { tcti: string }).tcti, tpm.tcti);
+
+    const wiped = await runCli('edgeid-agent', ['wipe', '--state', stateDir, '--tcti', tpm.tcti, '--json']);
+    assert.equal(wiped.code, 0, wiped.stderr);
+    assert.ok((JSON.parse(wiped.stdout.toString('utf8')) as { removed: number }).removed > 0);
+    assert.equal((await runCli('edgeid-agent', ['status', '--state', stateDir])).code, 1, 'not enrolled any more');
   });
 });
 
