@@ -6,6 +6,7 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
+import { flush, printable } from '../protocol/terminal.js';
 import { COMMANDS } from './commands/registry.js';
 import { UsageError } from './commands/types.js';
 import { AGENT_VERSION } from './version.js';
@@ -23,12 +24,19 @@ function usage(): string {
   ].join('\n');
 }
 
-/** Runs the CLI; returns the process exit code (0 ok, 1 failure, 2 usage). */
+/**
+ * Runs the CLI; returns the process exit code (0 ok, 1 failure, 2 usage). The result goes to `out`
+ * (one JSON document with --json), every message, log line and error to `err`.
+ */
 export async function main(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    err.write(`edgeid-agent: no command given\n\n${usage()}\n`);
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     out.write(`${usage()}\n`);
-    return name === undefined ? 2 : 0;
+    return 0;
   }
   if (name === '--version' || name === '-V') {
     out.write(`${AGENT_VERSION}\n`);
@@ -36,21 +44,22 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
   }
   const command = COMMANDS.find((c) => c.name === name);
   if (!command) {
-    err.write(`edgeid-agent: unknown command "${name}"\n\n${usage()}\n`);
+    err.write(`edgeid-agent: unknown command "${printable(name)}"\n\n${usage()}\n`);
     return 2;
   }
   try {
     return await (await command.load()).run(rest, { out, err });
   } catch (e) {
     if (e instanceof UsageError) {
-      err.write(`edgeid-agent ${name}: ${e.message}\n\n${e.usage}\n`);
+      err.write(`edgeid-agent ${name}: ${printable(e.message)}\n\n${e.usage}\n`);
       return 2;
     }
     if (isEdgeidError(e)) {
-      err.write(`edgeid-agent ${name}: ${e.message} [${e.code}]\n  fix: ${ERRORS[e.code].fix}\n`);
+      // messages can carry the server's or the TPM's words: escaped for the terminal
+      err.write(`edgeid-agent ${name}: ${printable(e.message)} [${e.code}]\n  fix: ${ERRORS[e.code].fix}\n`);
       return 1;
     }
-    err.write(`edgeid-agent ${name}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    err.write(`edgeid-agent ${name}: ${printable(e instanceof Error ? (e.stack ?? e.message) : String(e)).replace(/\\x0a/g, '\n')}\n`);
     return 1;
   }
 }
@@ -65,14 +74,32 @@ function isEntryPoint(): boolean {
   }
 }
 
+/**
+ * Ends by returning, never by process.exit(): Node exits once stdout and stderr have drained, so
+ * a pipe gets every byte. A stdout that cannot be written (a closed pipe) makes the exit code 1.
+ */
+async function entry(): Promise<number> {
+  process.stdout.on('error', () => {});
+  process.stderr.on('error', () => {});
+  let code: number;
+  try {
+    code = await main(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`${String(e)}\n`);
+    code = 1;
+  }
+  try {
+    await flush(process.stdout);
+  } catch (e) {
+    process.stderr.write(`edgeid-agent: stdout: ${(e as Error).message}\n`);
+    code = 1;
+  }
+  await flush(process.stderr).catch(() => {});
+  return code;
+}
+
 if (isEntryPoint()) {
-  main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (e: unknown) => {
-      process.stderr.write(`${String(e)}\n`);
-      process.exitCode = 1;
-    },
-  );
+  void entry().then((code) => {
+    process.exitCode = code;
+  });
 }

@@ -24,9 +24,13 @@ async function main(): Promise<number> {
   const config = loadConfig({ argv });
   const server = await createServer({ config });
   if (server.createdAdminToken) {
-    // shown once; the CLI on this host reads it from the data dir
+    // A secret never goes to a log stream: under systemd or a pipe stderr is the journal or a log
+    // file, so the token is shown only to a person at a terminal. The CLI on this host reads the file.
+    const file = join(config.dataDir, DATA_FILES.adminToken);
     process.stderr.write(
-      `\nedgeid-server: created the admin token (stored 0600 in ${join(config.dataDir, DATA_FILES.adminToken)}; shown once):\n\n  ${server.createdAdminToken}\n\n`,
+      process.stderr.isTTY
+        ? `\nedgeid-server: created the admin token (stored 0600 in ${file}; shown once):\n\n  ${server.createdAdminToken}\n\n`
+        : `edgeid-server: created the admin token in ${file} (mode 0600; edgeid-admin on this host reads it from there)\n`,
     );
   }
   const info = await server.listen();

@@ -1,13 +1,16 @@
 /** `edgeid-agent enroll`: one-time enrollment by a field technician (issue 4 §2). */
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseEnrollUri } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { enroll, type EnrollParams } from '../identity.js';
 import { PostureCollector } from '../posture.js';
 import { StateStore } from '../state/store.js';
-import { Tpm } from '../tpm/index.js';
+import { DEFAULT_TCTI, Tpm } from '../tpm/index.js';
 import { flushLeftoverObjects } from '../tpm-support.js';
-import { COMMON_OPTIONS, COMMON_USAGE, makeLogger, resolveConfig } from './common.js';
+import { defaultConfig, type AgentConfig } from '../config.js';
+import { printable } from '../../protocol/terminal.js';
+import { COMMON_OPTIONS, COMMON_USAGE, makeLogger, resolveConfig, wantsSentences } from './common.js';
 import { UsageError, type AgentCommand } from './types.js';
 
 const USAGE = `usage:
@@ -18,6 +21,23 @@ const USAGE = `usage:
   The URI can also come from env EDGEID_ENROLL_URI (keeps the token out of the process list).
 ${COMMON_USAGE}
   --json             print the result as JSON`;
+
+/** A word as the shell reads it back: bare when it is plain, else single-quoted. */
+function shellWord(s: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The command that starts the agent on exactly what this enrollment used (state dir, TPM, config). */
+export function nextStep(config: AgentConfig, configFile: string | undefined): string {
+  const defaults = defaultConfig();
+  const args = ['edgeid-agent', 'run'];
+  if (configFile) args.push('--config', path.resolve(configFile));
+  args.push('--state', path.resolve(config.stateDir));
+  const customTpm = config.tcti !== undefined && config.tcti !== DEFAULT_TCTI;
+  if (customTpm) args.push('--tcti', config.tcti!);
+  const asService = !configFile && path.resolve(config.stateDir) === defaults.stateDir && !customTpm;
+  return `start the agent: ${args.map(shellWord).join(' ')}${asService ? '   (or: systemctl enable --now edgeid-agent)' : ''}`;
+}
 
 export const enrollCommand: AgentCommand = {
   name: 'enroll',
@@ -60,7 +80,7 @@ export const enrollCommand: AgentCommand = {
       params = { server: values.server, token: values.token, caFingerprint: values['ca-fingerprint'], ...(values.zone ? { zone: values.zone } : {}) };
     }
     const config = resolveConfig(values);
-    const log = makeLogger(config);
+    const log = makeLogger(config, { sentences: wantsSentences(values.json) });
     const store = await StateStore.open(config.stateDir, { lock: true });
     let tpm: Tpm | undefined;
     try {
@@ -74,13 +94,13 @@ export const enrollCommand: AgentCommand = {
       if (values.json) io.out.write(`${JSON.stringify(result, null, 2)}\n`);
       else {
         io.out.write(
-          `enrolled as ${result.deviceId} (zone ${result.zone})\n` +
-            `  certificate ${result.serial}, valid until ${result.notAfter}\n` +
-            `  broker      ${result.mqtt ?? '(none announced; set mqtt.url in the agent config)'}\n` +
-            `  state       ${result.stateDir}\n` +
-            `start the agent: edgeid-agent run --state ${result.stateDir}   (or: systemctl enable --now edgeid-agent)\n`,
+          `enrolled as ${printable(result.deviceId)} (zone ${printable(result.zone)})\n` +
+            `  certificate ${printable(result.serial)}, valid until ${printable(result.notAfter)}\n` +
+            `  broker      ${result.mqtt ? printable(result.mqtt) : '(none announced; set mqtt.url in the agent config)'}\n` +
+            `  state       ${result.stateDir}\n`,
         );
       }
+      io.err.write(`${nextStep(config, values.config ?? process.env.EDGEID_AGENT_CONFIG)}\n`);
       return 0;
     } finally {
       await tpm?.close().catch(() => {});

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { EdgeAgent } from '../agent.js';
 import { applyConfigObject } from '../config.js';
-import { COMMON_OPTIONS, COMMON_USAGE, makeLogger, resolveConfig } from './common.js';
+import { COMMON_OPTIONS, COMMON_USAGE, makeLogger, resolveConfig, wantsSentences } from './common.js';
 import { UsageError, type AgentCommand } from './types.js';
 
 const USAGE = `usage:
@@ -41,7 +41,7 @@ export const runCommand: AgentCommand = {
     if (values['mqtt-url']) mqtt.url = values['mqtt-url'];
     if (values.heartbeat !== undefined) mqtt.heartbeatSeconds = Number(values.heartbeat);
     if (Object.keys(mqtt).length) config = applyConfigObject(config, { mqtt });
-    const log = makeLogger(config);
+    const log = makeLogger(config, { sentences: wantsSentences(false) });
     // Signals are handled from the start: a SIGTERM while the agent is still starting (continuing an
     // enrollment, a first renewal) stops it cleanly once started — closing the TPM flushes the SRK
     // and AK it keeps loaded — instead of Node's default exit, which would leave them in a TPM

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { AgentStatus } from '../agent.js';
 import { StateStore } from '../state/store.js';
+import { printable } from '../../protocol/terminal.js';
 import { AGENT_VERSION } from '../version.js';
 import { COMMON_OPTIONS, COMMON_USAGE, resolveConfig } from './common.js';
 import { UsageError, type AgentCommand } from './types.js';
@@ -86,28 +87,30 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
 }
 
 export function renderStatus(s: StatusReport): string {
-  if (!s.enrolled) return `not enrolled (state ${s.stateDir})\nenroll with: edgeid-agent enroll --uri 'edgeid://enroll?…'\n`;
+  // every value may come from the device's files, the server or the broker: escaped for the terminal
+  const p = printable;
+  if (!s.enrolled) return `not enrolled (state ${p(s.stateDir)})\nenroll with: edgeid-agent enroll --uri 'edgeid://enroll?…'\n`;
   const lines = [
-    `device      ${s.device!.id}  zone ${s.device!.zone}  (enrolled ${s.device!.enrolledAt})`,
-    `server      ${s.server}`,
-    `agent       ${s.running ? `running, pid ${s.pid}` : 'not running'}  version ${s.agentVersion}`,
+    `device      ${p(s.device!.id)}  zone ${p(s.device!.zone)}  (enrolled ${p(s.device!.enrolledAt)})`,
+    `server      ${p(s.server)}`,
+    `agent       ${s.running ? `running, pid ${s.pid}` : 'not running'}  version ${p(s.agentVersion)}`,
   ];
   if (s.certificate) {
-    lines.push(`certificate ${s.certificate.serial}  ${s.certificate.expired ? 'EXPIRED' : `${duration(s.certificate.secondsLeft)} left`} (until ${s.certificate.notAfter})`);
+    lines.push(`certificate ${p(s.certificate.serial)}  ${s.certificate.expired ? 'EXPIRED' : `${duration(s.certificate.secondsLeft)} left`} (until ${s.certificate.notAfter})`);
   }
   const last = s.renewal.last;
   lines.push(
-    `renewal     next ${s.renewal.next ?? '—'}; ${s.renewal.total} done; last ${last ? `${last.ok ? 'ok' : `FAILED [${last.code}]`} at ${last.at} (${last.reason})` : '—'}` +
+    `renewal     next ${s.renewal.next ?? '—'}; ${s.renewal.total} done; last ${last ? `${last.ok ? 'ok' : `FAILED [${p(last.code)}]`} at ${p(last.at)} (${p(last.reason)})` : '—'}` +
       (s.renewal.consecutiveFailures ? `; ${s.renewal.consecutiveFailures} failures in a row` : ''),
     `tpm         ${s.renewal.tpmCommandsPerRenewal ?? '—'} commands per renewal (steady state, flushes included)` +
       (last?.tpmCommands !== undefined ? `; last renewal ${last.tpmCommands}${last.tpmCommandStats ? `: ${Object.entries(last.tpmCommandStats).map(([k, v]) => (v > 1 ? `${k}×${v}` : k)).join(', ')}` : ''}` : ''),
-    `mqtt        ${s.mqtt.state}${s.mqtt.url ? ` ${s.mqtt.url}` : ''}${s.mqtt.lastError ? ` (last error: ${s.mqtt.lastError})` : ''}`,
+    `mqtt        ${p(s.mqtt.state)}${s.mqtt.url ? ` ${p(s.mqtt.url)}` : ''}${s.mqtt.lastError ? ` (last error: ${p(s.mqtt.lastError)})` : ''}`,
     `outbox      ${s.outbox.pending} pending, ${s.outbox.dropped} dropped (full)`,
-    `control     ${s.control.accepted} accepted, ${s.control.ignored} ignored${s.control.lastIgnored ? ` (last: ${s.control.lastIgnored.code})` : ''}`,
+    `control     ${s.control.accepted} accepted, ${s.control.ignored} ignored${s.control.lastIgnored ? ` (last: ${p(s.control.lastIgnored.code)})` : ''}`,
   );
   if (s.posture) {
-    const p = s.posture as { os?: { PRETTY_NAME?: string }; kernel?: string; agentHash?: string; configHash?: string };
-    lines.push(`posture     ${p.os?.PRETTY_NAME ?? '?'}, kernel ${p.kernel ?? '?'}, agent ${String(p.agentHash ?? '?').slice(0, 12)}…, config ${String(p.configHash ?? '?').slice(0, 12)}…`);
+    const pos = s.posture as { os?: { PRETTY_NAME?: string }; kernel?: string; agentHash?: string; configHash?: string };
+    lines.push(`posture     ${printable(pos.os?.PRETTY_NAME ?? '?')}, kernel ${printable(pos.kernel ?? '?')}, agent ${printable(String(pos.agentHash ?? '?').slice(0, 12))}…, config ${printable(String(pos.configHash ?? '?').slice(0, 12))}…`);
   }
   return lines.join('\n') + '\n';
 }
@@ -129,6 +132,7 @@ export const statusCommand: AgentCommand = {
     const config = resolveConfig(values);
     const s = await collectStatus(config.stateDir);
     io.out.write(values.json ? `${JSON.stringify(s, null, 2)}\n` : renderStatus(s));
-    return s.enrolled ? 0 : 3;
+    // the report is printed either way; "not enrolled" is a failed check for a script
+    return s.enrolled ? 0 : 1;
   },
 };

@@ -8,6 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { isEdgeidError } from '../../protocol/errors/index.js';
+import { printable } from '../../protocol/terminal.js';
 import { TPM_ALG, parsePublic, verifyQuote, type PcrSelection } from '../../protocol/tpm/index.js';
 import { Tpm, type EkKind, type EndorsementKey, type TpmInfo } from '../tpm/index.js';
 import { tpm2ToolsPcrsFile } from '../tpm/tpm2-tools.js';
@@ -128,7 +129,8 @@ async function info(args: string[], io: CommandIo): Promise<number> {
             ].join(', '),
       ]),
     ];
-    io.out.write(`${lines.map(([k, v]) => `${k!.padEnd(14)} ${v}`).join('\n')}\n`);
+    // manufacturer strings and EK certificate names come from the TPM: escaped for the terminal
+    io.out.write(`${lines.map(([k, v]) => `${k!.padEnd(14)} ${printable(v)}`).join('\n')}\n`);
     return 0;
   } finally {
     await tpm.close();
@@ -214,8 +216,10 @@ async function quote(args: string[], io: CommandIo): Promise<number> {
 
 type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
 
+class HelpRequested extends Error {}
+
 function parseOrUsage(args: string[], options: Options): { values: Record<string, string | boolean | undefined> } {
-  if (args.includes('--help') || args.includes('-h')) throw new UsageError('help', USAGE);
+  if (args.includes('--help') || args.includes('-h')) throw new HelpRequested();
   try {
     const { values } = parseArgs({ args, options, strict: true, allowPositionals: false });
     return { values: values as Record<string, string | boolean | undefined> };
@@ -229,12 +233,18 @@ export const tpmCommand: AgentCommand = {
   summary: 'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote)',
   async run(args, io) {
     const [sub, ...rest] = args;
-    if (sub === 'info') return info(rest, io);
-    if (sub === 'quote') return quote(rest, io);
-    if (sub === undefined || sub === '--help' || sub === '-h') {
+    try {
+      if (sub === 'info') return await info(rest, io);
+      if (sub === 'quote') return await quote(rest, io);
+    } catch (e) {
+      if (!(e instanceof HelpRequested)) throw e;
       io.out.write(`${USAGE}\n`);
-      return sub === undefined ? 2 : 0;
+      return 0;
     }
-    throw new UsageError(`unknown tpm subcommand "${sub}"`, USAGE);
+    if (sub === '--help' || sub === '-h') {
+      io.out.write(`${USAGE}\n`);
+      return 0;
+    }
+    throw new UsageError(sub === undefined ? 'which one: tpm info or tpm quote?' : `unknown tpm subcommand "${sub}"`, USAGE);
   },
 };

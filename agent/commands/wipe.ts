@@ -10,6 +10,7 @@ const USAGE = `usage:
   edgeid-agent wipe [options]
 ${COMMON_USAGE}
   --no-tpm           do not connect to the TPM (only delete the files)
+  --json             print the result as JSON
 
   Refuses while the agent runs on the same state dir (stop it first). The device must be
   enrolled again afterwards; its old certificate stays valid until it expires or is revoked.`;
@@ -20,7 +21,7 @@ export const wipeCommand: AgentCommand = {
   async run(args, io) {
     let values;
     try {
-      ({ values } = parseArgs({ args, options: { ...COMMON_OPTIONS, 'no-tpm': { type: 'boolean' } }, strict: true }));
+      ({ values } = parseArgs({ args, options: { ...COMMON_OPTIONS, 'no-tpm': { type: 'boolean' }, json: { type: 'boolean' } }, strict: true }));
     } catch (e) {
       throw new UsageError((e as Error).message, USAGE);
     }
@@ -41,7 +42,11 @@ export const wipeCommand: AgentCommand = {
           await tpm.close();
         }
       }
-      io.out.write(`wiped ${config.stateDir}: ${removed.length} entries removed, ${flushed} TPM objects flushed\n`);
+      io.out.write(
+        values.json
+          ? `${JSON.stringify({ stateDir: config.stateDir, removed: removed.length, tpmObjectsFlushed: flushed }, null, 2)}\n`
+          : `wiped ${config.stateDir}: ${removed.length} entries removed, ${flushed} TPM objects flushed\n`,
+      );
       return 0;
     } finally {
       await store.close();
