@@ -4,8 +4,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
-import { startMosquitto } from '../helpers/mosquitto.js';
-import { makeTestPki, type TestPki } from '../helpers/test-pki.js';
+import { startMosquitto } from '../../scripts/harness/mosquitto.js';
+import { makeTestPki, type TestPki } from '../../scripts/harness/pki.js';
 import { DynsecClient, BROKER_ADMIN_CN } from '../../enroll-server/broker/dynsec.js';
 import { initialDynsecConfig } from '../../enroll-server/broker/mosquitto-config.js';
 

@@ -21,7 +21,7 @@ import {
   type PcrSelection,
 } from '../../protocol/tpm/index.js';
 import { Tpm, type KeyBlob } from '../../agent/tpm/index.js';
-import { extendBootPcrs, startSwtpm, type Swtpm } from '../helpers/swtpm.js';
+import { extendBootPcrs, startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
 
 const BOOT_PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const SELECTION: PcrSelection[] = [{ hashAlg: TPM_ALG.SHA256, pcrs: BOOT_PCRS }];

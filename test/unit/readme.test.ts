@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ERRORS } from '../../protocol/errors/index.js';
-import { REPO } from '../helpers/server.js';
+import { REPO } from '../../scripts/harness/fs.js';
 
 const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');
 const shellLines = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.split('\n')).map((l) => l.replace(/#.*$/, '').trim()).filter(Boolean);
