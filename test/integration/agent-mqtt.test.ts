@@ -26,6 +26,11 @@ import { agentCli } from '../helpers/agent.js';
 /** Renewals with 20-second certificates take minutes on a busy machine. */
 const SLOW = 180_000;
 
+/** How many SUBACKs the broker sent to this client (Mosquitto logs each one; the subscription is in place by then). */
+function subacksTo(broker: Mosquitto, clientId: string): number {
+  return broker.log().split('\n').filter((l) => l.endsWith(`Sending SUBACK to ${clientId}`)).length;
+}
+
 function memoryLogger(): { log: pino.Logger; lines: () => Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
   const sink = new Writable({
@@ -155,9 +160,9 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   const { log, lines } = memoryLogger();
   const agent = await EdgeAgent.start({ config: agentConfig(r), log });
   t.after(() => agent.stop());
-  await waitFor('MQTT connected', () => agent.status().mqtt.state === 'connected', SLOW);
-  await waitFor('control subscription', () => r.broker.log().includes(`edgeid/${r.deviceId}/control`) || agent.status().mqtt.connects > 0, SLOW);
-  await new Promise((res) => setTimeout(res, 300)); // let the SUBSCRIBE settle before injecting
+  // the agent's MQTT client id is its device id; inject only once the broker acknowledged the subscription
+  await waitFor('the control subscription acknowledged by the broker', () => subacksTo(r.broker, r.deviceId) >= 1, SLOW);
+  assert.equal(agent.status().mqtt.state, 'connected');
 
   const topic = `edgeid/${r.deviceId}/control`;
   const send = (msg: unknown) => new Promise<void>((res, rej) => obs.client.publish(topic, typeof msg === 'string' ? msg : JSON.stringify(msg), { qos: 1 }, (e) => (e ? rej(e) : res())));
@@ -176,10 +181,11 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   await ignored('control_stale');
   // replayed: the same signed renew-now twice — the first one renews, the second is ignored
   const before = agent.status().renewal.total;
+  const subacksBefore = subacksTo(r.broker, r.deviceId);
   await send(renew);
   await waitFor('renew-now obeyed', () => agent.status().renewal.total > before, 30_000);
   await waitFor('reconnected with the new certificate', () => agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial, SLOW);
-  await new Promise((res) => setTimeout(res, 300)); // the re-subscription settles
+  await waitFor('the new connection\'s control subscription acknowledged', () => subacksTo(r.broker, r.deviceId) > subacksBefore, SLOW);
   await send(renew);
   await ignored('control_replayed');
   assert.equal(agent.status().control.ignored, 4);
