@@ -57,13 +57,15 @@ async function killAfter(args: string[], ms: number, after?: RegExp): Promise<{ 
   };
   if (!after) arm();
   else {
-    const poll = setInterval(() => {
-      if (after.test(a.log())) {
-        clearInterval(poll);
-        arm();
-      }
-    }, 2);
-    void a.exit.then(() => clearInterval(poll));
+    // spawnAgent's own listeners run first, so a.log() already holds the chunk
+    const onOutput = (): void => {
+      if (!after.test(a.log())) return;
+      a.child.stdout?.off('data', onOutput);
+      a.child.stderr?.off('data', onOutput);
+      arm();
+    };
+    a.child.stdout?.on('data', onOutput);
+    a.child.stderr?.on('data', onOutput);
   }
   const code = await a.exit;
   clearTimeout(timer);
