@@ -18,7 +18,7 @@
  * EDGEID_BENCH_NODE_FLAGS="..." passes extra Node/V8 flags to the measured agent process.
  */
 import { execFile, spawn } from 'node:child_process';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -28,9 +28,12 @@ import { enroll, renewCertificate } from '../agent/identity.js';
 import { PostureCollector } from '../agent/posture.js';
 import { StateStore } from '../agent/state/store.js';
 import { Tpm } from '../agent/tpm/index.js';
-import { startMosquitto } from '../test/helpers/mosquitto.js';
-import { extendBootPcrs, startSwtpm } from '../test/helpers/swtpm.js';
-import { REPO, createToken, edgeidCaBundle, startServer, tmpDir } from '../test/integration/agent-env.js';
+import { REPO, tmpDir } from './harness/fs.js';
+import { startMosquitto } from './harness/mosquitto.js';
+import { edgeidCaBundle } from './harness/pki.js';
+import { createToken, startServerProcess } from './harness/server.js';
+import { extendBootPcrs, startSwtpm } from './harness/swtpm.js';
+import { waitFor } from './harness/wait.js';
 
 const run = promisify(execFile);
 const argv = process.argv.slice(2);
@@ -75,7 +78,7 @@ async function main(): Promise<void> {
   const rows: [string, string, string][] = [];
   const work = await tmpDir('edgeid-bench-agent-');
   const tpmSim = await startSwtpm();
-  const srv = await startServer({ config: { rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } } });
+  const srv = await startServerProcess({ config: { rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } } });
   try {
     await extendBootPcrs(tpmSim.tcti);
 
@@ -109,7 +112,7 @@ async function main(): Promise<void> {
     }
     // The TLS handshake after a renewal: the context comes from the renewal's saved context.
     const queuedBefore = tpm.commandCount;
-    await tpm.tlsSecureContext({ key: await store.readKey(`session-${state.certificate!.sessionKey}`), certPem: state.certificate!.pem, caPem: srv.rootPem });
+    await tpm.tlsSecureContext({ key: await store.readKey(`session-${state.certificate!.sessionKey}`), certPem: state.certificate!.pem, caPem: srv.caPem });
     const tlsContextCommands = tpm.commandCount - queuedBefore;
     const residents = tpm.residentObjectCount;
     await tpm.close();
@@ -133,7 +136,7 @@ async function main(): Promise<void> {
     rows.push(['bundle size (edgeid-agent.js)', `${((await stat(bundle)).size / 1024).toFixed(0)} KiB (+ addon ${((await stat(path.join(dist, 'edgeid_tpm.node'))).size / 1024).toFixed(0)} KiB)`, '≤ 2 MB']);
 
     // 3. cold start of the bundled agent to MQTT connected, then RSS while it runs and renews
-    const rssSrv = await startServer({ config: { allowShortLifetimes: true, zones: { default: { lifetime: 30 } }, rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } } });
+    const rssSrv = await startServerProcess({ config: { allowShortLifetimes: true, zones: { default: { lifetime: 30 } }, rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } } });
     const caFile = path.join(work, 'edgeid-ca.pem');
     await writeFile(caFile, await edgeidCaBundle(rssSrv));
     const broker = await startMosquitto({ caFile, certFile: path.join(rssSrv.dataDir, 'ca', 'server.pem'), keyFile: path.join(rssSrv.dataDir, 'ca', 'server.key') });
@@ -174,9 +177,9 @@ async function main(): Promise<void> {
               samples.push(kb('VmRSS'));
               last = `RssAnon ${kb('RssAnon').toFixed(1)} + RssFile ${kb('RssFile').toFixed(1)} MB`;
             }
+            await rm(probeOut, { force: true });
             child.kill('SIGUSR2');
-            await new Promise((r) => setTimeout(r, 500));
-            const heap = JSON.parse(await readFile(probeOut, 'utf8').catch(() => '{}')) as { heapUsed?: number; heapTotal?: number };
+            const heap = await waitFor('the memory probe', async () => JSON.parse(await readFile(probeOut, 'utf8')) as { heapUsed?: number; heapTotal?: number }, { timeoutMs: 10_000, retryErrors: true });
             const renewals = (log.match(/"msg":"certificate renewed"/g) ?? []).length;
             const steady = samples.slice(samples.length / 2);
             rows.push([
@@ -196,10 +199,10 @@ async function main(): Promise<void> {
       await measure('plain `node`, no flags or tunables', [], {}, true);
     } finally {
       await broker.stop();
-      await rssSrv.stop();
+      await rssSrv.close();
     }
   } finally {
-    await srv.stop();
+    await srv.close();
     await tpmSim.stop();
   }
   console.log(`\n### Agent (swtpm, ${N} renewals, Node ${process.version})\n`);

@@ -24,9 +24,10 @@ import { enroll } from '../agent/identity.js';
 import { PostureCollector } from '../agent/posture.js';
 import { StateStore } from '../agent/state/store.js';
 import { Tpm } from '../agent/tpm/index.js';
-import { connectAsDevice, readDeviceIdentity, startRevocationDeployment, tlsHandshake, tpmTlsContext, waitUntil } from '../test/helpers/revocation.js';
-import { extendBootPcrs, startSwtpm } from '../test/helpers/swtpm.js';
-import { tmpDir } from '../test/integration/agent-env.js';
+import { tmpDir } from './harness/fs.js';
+import { connectAsDevice, readDeviceIdentity, startRevocationDeployment, tlsHandshake, tpmTlsContext } from './harness/revocation.js';
+import { extendBootPcrs, startSwtpm } from './harness/swtpm.js';
+import { waitFor } from './harness/wait.js';
 
 const run = promisify(execFile);
 const argv = process.argv.slice(2);
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
           await store.close();
         }
         const agent = await EdgeAgent.start({ config, log, tpm });
-        await waitUntil('agent connected', () => agent.status().mqtt.state === 'connected', 30_000);
+        await waitFor('agent connected', () => agent.status().mqtt.state === 'connected', 30_000);
         const id = await readDeviceIdentity(stateDir);
         const ctx = await tpmTlsContext(tpm, id);
         const held = await connectAsDevice(d.broker.url, ctx, `${id.deviceId}-held`);
@@ -92,16 +93,16 @@ async function main(): Promise<void> {
           if (r.status !== 200) throw new Error(`revoke: ${r.status} ${JSON.stringify(r.body)}`);
           return performance.now() - t0;
         });
-        const crlInForce = (async () => {
-          const deadline = Date.now() + 30_000;
-          for (;;) {
+        const crlInForce = waitFor(
+          'the CRL in force',
+          async () => {
             const r = await tlsHandshake(d.broker.port, ctx, 5000);
             if (!r.ok && r.code === 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED') return performance.now() - t0;
             if (!r.ok && !['ECONNREFUSED', 'ECONNRESET', 'CLOSED', 'EPIPE'].includes(r.code)) throw new Error(`unexpected handshake outcome: ${JSON.stringify(r)}`);
-            if (Date.now() > deadline) throw new Error('the CRL was not in force after 30 s');
-            await new Promise((res) => setTimeout(res, 10));
-          }
-        })();
+            return null;
+          },
+          { timeoutMs: 30_000, intervalMs: 10 },
+        );
         const [k, c, a, w] = await Promise.all([kicked, crlInForce, api, agentWiped]);
         // 152 = "administrative action": the broker's deleteClient, not a network error or the client itself
         if (disconnectReason !== 152) throw new Error(`the session ended without the broker's administrative disconnect (reason ${disconnectReason})`);

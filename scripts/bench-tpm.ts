@@ -14,8 +14,8 @@ import { parseArgs } from 'node:util';
 import { makeCredential } from '../protocol/tpm/makecredential.js';
 import { TPM_ALG, objectName, parsePublic, sessionKeyTemplate } from '../protocol/tpm/index.js';
 import { Tpm } from '../agent/tpm/index.js';
-import { startSwtpm } from '../test/helpers/swtpm.js';
-import { makeTestCa } from '../test/integration/tpm-tls-pki.js';
+import { makeTestCa } from './harness/pki.js';
+import { startSwtpm } from './harness/swtpm.js';
 
 const { values } = parseArgs({ options: { iterations: { type: 'string', default: '50' } } });
 const iterations = Number(values.iterations);

@@ -9,19 +9,22 @@
  */
 import 'reflect-metadata';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { prettyFactory } from 'pino-pretty';
-import { manufactureTpm, bootMeasurement, SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT } from '../test/helpers/swtpm.js';
-import { freePort, freePortPair, waitForPort } from '../test/helpers/ports.js';
+import { REPO } from './harness/fs.js';
+import { httpsJson } from './harness/https.js';
+import { startMosquitto, type Mosquitto } from './harness/mosquitto.js';
+import { freePort } from './harness/ports.js';
+import { stopChild } from './harness/process.js';
+import { startServerProcess, type ServerProcess } from './harness/server.js';
+import { extendBootPcrs, manufactureTpm, startSwtpm, SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, type Swtpm } from './harness/swtpm.js';
+import { waitFor } from './harness/wait.js';
 
 const run = promisify(execFile);
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const { values: args } = parseArgs({
   options: {
@@ -62,7 +65,9 @@ async function pause(): Promise<void> {
 
 // ---- processes -----------------------------------------------------------------------------
 
+/** Agents and CLI runs (child processes), and the harness's server, broker and TPMs. */
 const children = new Set<ChildProcess>();
+const services: { server: ServerProcess | null; broker: Mosquitto | null; tpms: Swtpm[] } = { server: null, broker: null, tpms: [] };
 let stopping = false;
 
 /** Agent log lines worth showing people as they happen (all lines go to the JSON log files). */
@@ -89,25 +94,14 @@ function startProcess(name: string, cmd: string, argv: string[], env: NodeJS.Pro
   return child;
 }
 
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  await new Promise<void>((resolve) => {
-    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
-
 async function stopAll(): Promise<void> {
   stopping = true;
-  // agents first (they talk to the others), then the server, broker and TPMs
-  const order = [...children].sort((a, b) => rank(a) - rank(b));
-  for (const c of order) await stopProcess(c);
+  // agents and CLIs first (they talk to the others), then the server, broker and TPMs
+  for (const c of [...children]) await stopChild(c);
+  await services.server?.stop();
+  await services.broker?.stop();
+  for (const t of services.tpms) await t.stop();
 }
-const rank = (c: ChildProcess) => (String(c.spawnargs.join(' ')).includes('agent/cli.ts') ? 0 : String(c.spawnargs[0]).includes('swtpm') ? 2 : 1);
 
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.on(sig, () => {
@@ -133,52 +127,31 @@ async function cli(script: string, argv: string[], env: NodeJS.ProcessEnv = {}):
 
 const admin = (argv: string[]) => cli('enroll-server/admin-cli.ts', [...argv, '--data', path.join(work, 'data')]);
 const agentCli = (dev: Device, argv: string[], env: NodeJS.ProcessEnv = {}) =>
-  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tcti, ...env });
+  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tpm.tcti, ...env });
 
-async function eventually<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms: number): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => null);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${Math.round(ms / 1000)} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
+/** Asks the deployment every half second (through CLIs and files, which may fail while it moves). */
+const eventually = <T>(what: string, fn: () => Promise<T>, timeoutMs: number) => waitFor(what, fn, { timeoutMs, intervalMs: 500, retryErrors: true });
 
 // ---- the deployment ------------------------------------------------------------------------
 
 interface Device {
   name: string;
   stateDir: string;
-  tpmDir: string;
-  port: number;
-  tcti: string;
-  swtpm: ChildProcess | null;
+  tpm: Swtpm;
   agent: ChildProcess | null;
   id: string | null;
   serials: Set<string>;
 }
 
-async function startSwtpm(dev: Device): Promise<void> {
-  dev.swtpm = startProcess(`swtpm-${dev.name}`, 'swtpm', [
-    'socket', '--tpm2', '--tpmstate', `dir=${dev.tpmDir}`,
-    '--server', `type=tcp,port=${dev.port},bindaddr=127.0.0.1`, '--ctrl', `type=tcp,port=${dev.port + 1},bindaddr=127.0.0.1`,
-    '--flags', 'startup-clear',
-  ]);
-  await waitForPort(dev.port);
-}
-
-/** Emulated measured boot: firmware and bootloader measurements into PCRs 0–7. */
+/** Emulated measured boot: firmware (PCR 0) and bootloader measurements (PCRs 1–7). */
 async function boot(dev: Device, firmware = 'firmware-1.0'): Promise<void> {
-  for (let pcr = 0; pcr < 8; pcr++) {
-    const label = pcr === 0 ? `${dev.name}:${firmware}` : `${dev.name}:boot`;
-    await run('tpm2_pcrextend', ['-T', dev.tcti, `${pcr}:sha256=${bootMeasurement(pcr, label).toString('hex')}`]);
-  }
+  await extendBootPcrs(dev.tpm.tcti, `${dev.name}:${firmware}`, [0]);
+  await extendBootPcrs(dev.tpm.tcti, `${dev.name}:boot`, [1, 2, 3, 4, 5, 6, 7]);
 }
 
 function startAgent(dev: Device): void {
   const [cmd, a] = node('agent/cli.ts', ['run', '--state', dev.stateDir, '--heartbeat', '5', '--telemetry', '1']);
-  dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tcti });
+  dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tpm.tcti });
 }
 
 interface DeviceView {
@@ -201,7 +174,6 @@ async function main(): Promise<void> {
 
   // -- infrastructure
   step('0', 'Starting the enrollment server, the MQTT broker and three devices');
-  const serverPort = await freePort();
   const brokerPort = await freePort();
   const dataDir = path.join(work, 'data');
   const brokerDir = path.join(work, 'broker');
@@ -211,53 +183,34 @@ async function main(): Promise<void> {
     ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER], requireEkCertificate: true },
     housekeepingInterval: '10s',
   };
-  const configFile = path.join(work, 'server.json');
-  writeFileSync(configFile, JSON.stringify(baseConfig, null, 2));
-  const serverArgs = ['--data', dataDir, '--listen', `127.0.0.1:${serverPort}`, '--config', configFile];
-  let server = startProcess('server', ...node('enroll-server/main.ts', serverArgs));
-  await waitForPort(serverPort, 30_000);
+  const server = await startServerProcess({ config: baseConfig, configFile: path.join(work, 'server.json'), dataDir, logLevel: 'info', logFile: path.join(logs, 'server.log') });
+  services.server = server;
+  const serverPort = server.port;
   say(`enrollment server on https://localhost:${serverPort} (SQLite, CA created on first start; EK certificates must chain to the TPM maker's root)`);
 
   shell(`edgeid-admin broker config --out ${path.relative(REPO, brokerDir)} --port ${brokerPort}`);
   await admin(['broker', 'config', '--out', brokerDir, '--port', String(brokerPort), '--bind', '127.0.0.1', '--run-as-root']);
-  const brokerPidFile = path.join(brokerDir, 'mosquitto.pid');
-  const startBroker = async () => {
-    const b = startProcess('mosquitto', 'mosquitto', ['-c', path.join(brokerDir, 'mosquitto.conf')]);
-    writeFileSync(brokerPidFile, `${b.pid}\n`);
-    // Mosquitto reads its CRL only at start: the server's reload command restarts it, we bring it back.
-    b.once('exit', () => {
-      if (!stopping) void startBroker();
-    });
-    await waitForPort(brokerPort);
-  };
-  await startBroker();
+  // Mosquitto reads its CRL only at start: the server's reload command restarts it, and the
+  // harness brings it back like a service manager would.
+  const broker = await startMosquitto({ configFile: path.join(brokerDir, 'mosquitto.conf'), port: brokerPort, supervised: true, logFile: path.join(logs, 'mosquitto.log') });
+  services.broker = broker;
   say(`Mosquitto on mqtts://127.0.0.1:${brokerPort}: client certificates required, CN = username, per-device permissions by dynsec`);
 
   // the server again, now driving the broker
-  writeFileSync(
-    configFile,
-    JSON.stringify(
-      {
-        ...baseConfig,
-        mqtt: { url: `mqtts://127.0.0.1:${brokerPort}` },
-        broker: { url: `mqtts://127.0.0.1:${brokerPort}`, crlFile: path.join(brokerDir, 'crl.pem'), reloadCommand: ['sh', '-c', `kill -TERM "$(cat '${brokerPidFile}')"`] },
-      },
-      null,
-      2,
-    ),
-  );
-  await stopProcess(server);
-  server = startProcess('server', ...node('enroll-server/main.ts', serverArgs));
-  await waitForPort(serverPort, 30_000);
+  await server.start({
+    ...baseConfig,
+    mqtt: { url: `mqtts://127.0.0.1:${brokerPort}` },
+    broker: { url: `mqtts://127.0.0.1:${brokerPort}`, crlFile: path.join(brokerDir, 'crl.pem'), reloadCommand: broker.reloadCommand },
+  });
 
   const devs: Device[] = [];
   for (const name of ['plc-gw-1', 'plc-gw-2', 'plc-gw-3']) {
     const tpmDir = path.join(work, 'tpm', name);
     mkdirSync(tpmDir, { recursive: true });
     await manufactureTpm(tpmDir);
-    const port = await freePortPair();
-    const dev: Device = { name, tpmDir, port, tcti: `swtpm:host=127.0.0.1,port=${port}`, stateDir: path.join(work, 'devices', name), swtpm: null, agent: null, id: null, serials: new Set() };
-    await startSwtpm(dev);
+    const tpm = await startSwtpm({ stateDir: tpmDir, logFile: path.join(logs, `swtpm-${name}.log`) });
+    services.tpms.push(tpm);
+    const dev: Device = { name, tpm, stateDir: path.join(work, 'devices', name), agent: null, id: null, serials: new Set() };
     await boot(dev);
     devs.push(dev);
   }
@@ -302,7 +255,8 @@ async function main(): Promise<void> {
     const argv = ['token', 'create', '--zone', 'default', '--owner', 'controls-team', '--name', dev.name, '--ttl', '8h'];
     shell(`edgeid-admin ${argv.join(' ')}${i === 0 ? '' : ' --json'}`);
     if (i === 0) {
-      const out = await admin(argv);
+      // admin's stdout is a pipe here: ask for the QR explicitly when the demo runs on a terminal
+      const out = await admin(process.stdout.isTTY ? [...argv, '--qr'] : argv);
       process.stdout.write(out.trimEnd().replace(/^/gm, '    ') + '\n');
       const m = /(edgeid:\/\/enroll\?\S+)/.exec(out);
       if (!m) throw new Error('token create printed no enrollment URI');
@@ -349,9 +303,8 @@ async function main(): Promise<void> {
   const d3 = devs[2]!;
   let restored = false;
   step('4', `Posture drift: ${d3.name} reboots with new firmware (PCR 0 changes)`);
-  await stopProcess(d3.agent!);
-  await stopProcess(d3.swtpm!);
-  await startSwtpm(d3);
+  await stopChild(d3.agent);
+  await d3.tpm.restart();
   await boot(d3, 'firmware-2.0-unapproved');
   startAgent(d3);
   shell(`edgeid-admin renew-now ${d3.id}`);
@@ -389,11 +342,10 @@ async function main(): Promise<void> {
   const countAt = received.get(d2.id!)?.size ?? 0;
   await new Promise((r) => setTimeout(r, 3000));
   say(`messages from ${d2.name} after the revoke: ${(received.get(d2.id!)?.size ?? 0) - countAt}`);
-  const refused = await run(process.execPath, ['--import', 'tsx', '-e', `
-    const https = await import('node:https');
-    const req = https.request('https://localhost:${serverPort}/v1/renew/challenge', { method: 'POST', ca: ${JSON.stringify(readFileSync(path.join(dataDir, 'ca', 'root.pem'), 'utf8'))}, headers: { 'content-type': 'application/json' } }, (res) => { let b=''; res.on('data', (d) => b += d); res.on('end', () => console.log(res.statusCode, b)); });
-    req.end(JSON.stringify({ deviceId: '${d2.id}' }));
-  `], { cwd: REPO }).then((r) => r.stdout.trim(), (e: Error) => e.message);
+  const refused = await httpsJson('POST', `https://localhost:${serverPort}/v1/renew/challenge`, { ca: server.caPem, body: { deviceId: d2.id } }).then(
+    (r) => `${r.status} ${JSON.stringify(r.body)}`,
+    (e: Error) => e.message,
+  );
   say(`a renewal attempt for ${d2.id} is refused: ${refused}`);
   await pause();
 

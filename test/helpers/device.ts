@@ -24,7 +24,7 @@ import { TPM_ALG, TPMA_OBJECT } from '../../protocol/tpm/constants.js';
 import { marshalPublic, parsePublic, publicKeySpkiDer } from '../../protocol/tpm/public.js';
 import { parseSignature, signatureToDer } from '../../protocol/tpm/signature.js';
 import { sessionKeyTemplate } from '../../protocol/tpm/templates.js';
-import { httpsJson } from './https.js';
+import { httpsJson } from '../../scripts/harness/https.js';
 
 export interface HttpResult<T = any> {
   status: number;

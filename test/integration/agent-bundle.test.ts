@@ -9,8 +9,9 @@ import { createHash } from 'node:crypto';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { extendBootPcrs, startSwtpm } from '../helpers/swtpm.js';
-import { REPO, createToken, startServer, tmpDir } from './agent-env.js';
+import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
+import { REPO, tmpDir } from '../../scripts/harness/fs.js';
+import { createToken, startServerProcess } from '../../scripts/harness/server.js';
 
 const run = promisify(execFile);
 
@@ -42,8 +43,8 @@ test('the bundle runs with plain node from anywhere, loads the addon beside itse
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
-  const srv = await startServer();
-  t.after(() => srv.stop());
+  const srv = await startServerProcess();
+  t.after(() => srv.close());
   const { uri } = await createToken(srv);
   const stateDir = path.join(out, 'state');
 

@@ -8,8 +8,11 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey, createHash } from 'node:crypto';
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../helpers/swtpm.js';
-import { agentCli, createToken, spawnAgent, startServer, tmpDir } from './agent-env.js';
+import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
+import { createToken, startServerProcess } from '../../scripts/harness/server.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { agentCli, spawnAgent } from '../helpers/agent.js';
 
 const FAST = {
   allowShortLifetimes: true,
@@ -17,15 +20,8 @@ const FAST = {
   ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER], requireEkCertificate: true },
 };
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+/** Renewals of short certificates on a busy machine. */
+const SLOW = { timeoutMs: 120_000, intervalMs: 200 };
 
 async function readState(dir: string): Promise<any> {
   return JSON.parse(await readFile(path.join(dir, 'state.json'), 'utf8'));
@@ -64,8 +60,8 @@ test('enrolls through a pinned server, renews with a new serial and key each tim
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
-  const srv = await startServer({ config: { ...FAST, zones: { default: { lifetime: 6 } } } });
-  t.after(() => srv.stop());
+  const srv = await startServerProcess({ config: { ...FAST, zones: { default: { lifetime: 6 } } } });
+  t.after(() => srv.close());
   const stateDir = path.join(await tmpDir('edgeid-agent-', t), 'state');
   const { uri } = await createToken(srv);
 
@@ -99,7 +95,7 @@ test('enrolls through a pinned server, renews with a new serial and key each tim
       keys.add(createHash('sha256').update(c.publicKey.export({ type: 'spki', format: 'der' })).digest('hex'));
     }
     return serials.size >= 4;
-  });
+  }, SLOW);
   assert.equal(keys.size, serials.size, 'every renewal certifies a new TPM session key');
 
   const status = await agentCli(['status', '--state', stateDir, '--json']);
@@ -124,8 +120,8 @@ test('enrolls through a pinned server, renews with a new serial and key each tim
 test('refuses an enrollment server whose CA does not match the pinned fingerprint, naming both', async (t) => {
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
-  const srv = await startServer();
-  t.after(() => srv.stop());
+  const srv = await startServerProcess();
+  t.after(() => srv.close());
   const stateDir = await tmpDir('edgeid-agent-', t);
   const { token } = await createToken(srv);
   const wrong = `sha256:${'ab'.repeat(32)}`;
@@ -141,8 +137,8 @@ test('recovers by itself after the server was down longer than the certificate l
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
-  const srv = await startServer({ config: { ...FAST, zones: { default: { lifetime: 5 } } } });
-  t.after(() => srv.stop());
+  const srv = await startServerProcess({ config: { ...FAST, zones: { default: { lifetime: 5 } } } });
+  t.after(() => srv.close());
   const dir = await tmpDir('edgeid-agent-', t);
   const stateDir = path.join(dir, 'state');
   const configFile = path.join(dir, 'agent.json');
@@ -156,20 +152,20 @@ test('recovers by itself after the server was down longer than the certificate l
   t.after(() => {
     agent.child.kill('SIGKILL');
   });
-  await waitFor('a first renewal', async () => ((await readState(stateDir)).renewals ?? 0) >= 1);
+  await waitFor('a first renewal', async () => ((await readState(stateDir)).renewals ?? 0) >= 1, SLOW);
   await srv.stop();
   const expiredAt = Date.parse((await readState(stateDir)).certificate.notAfter);
   // wait until the certificate has expired and the agent has failed at least once against the dead server
   await waitFor('expiry and failed renewals', async () => {
     const s = await readState(stateDir);
     return Date.now() > expiredAt + 2000 && s.lastRenewal?.ok === false && s.lastRenewal.code === 'server_unreachable';
-  });
+  }, SLOW);
   const before = (await readState(stateDir)).renewals;
   await srv.start();
   const after = await waitFor('a renewal after the outage', async () => {
     const s = await readState(stateDir);
     return s.renewals > before && s.lastRenewal?.ok ? s : null;
-  });
+  }, SLOW);
   assert.equal(after.device.id, deviceId, 'same identity, no re-enrollment');
   assert.equal(after.lastRenewal.reason, 'expired', 'renewed by attestation alone although the certificate had expired');
   assert.ok(Date.parse(after.certificate.notAfter) > Date.now() - 1000);

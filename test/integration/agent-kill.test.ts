@@ -14,8 +14,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../helpers/swtpm.js';
-import { createToken, spawnAgent, startServer, tmpDir } from './agent-env.js';
+import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
+import { createToken, startServerProcess } from '../../scripts/harness/server.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { spawnAgent } from '../helpers/agent.js';
 
 /** mulberry32: a seeded PRNG so a failing sequence of kill points can be replayed. */
 function prng(seed: number): () => number {
@@ -54,13 +57,15 @@ async function killAfter(args: string[], ms: number, after?: RegExp): Promise<{ 
   };
   if (!after) arm();
   else {
-    const poll = setInterval(() => {
-      if (after.test(a.log())) {
-        clearInterval(poll);
-        arm();
-      }
-    }, 2);
-    void a.exit.then(() => clearInterval(poll));
+    // spawnAgent's own listeners run first, so a.log() already holds the chunk
+    const onOutput = (): void => {
+      if (!after.test(a.log())) return;
+      a.child.stdout?.off('data', onOutput);
+      a.child.stderr?.off('data', onOutput);
+      arm();
+    };
+    a.child.stdout?.on('data', onOutput);
+    a.child.stderr?.on('data', onOutput);
   }
   const code = await a.exit;
   clearTimeout(timer);
@@ -71,14 +76,14 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
   const seed = Number(process.env.EDGEID_KILL_SEED ?? Date.now() % 100000);
   t.diagnostic(`seed ${seed} (EDGEID_KILL_SEED to replay)`);
   const rand = prng(seed);
-  const srv = await startServer({
+  const srv = await startServerProcess({
     config: {
       allowShortLifetimes: true,
       rateLimit: { enroll: { max: 1000, window: 60 }, renew: { max: 1000, window: 60 } },
       zones: { default: { lifetime: 5 } },
     },
   });
-  t.after(() => srv.stop());
+  t.after(() => srv.close());
   // A kill after the server issued but before the agent saved the answer is recovered through
   // POST /v1/renew/challenge {akName} (the server finds the device by its AK).
   let kills = 0;
@@ -104,7 +109,8 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
         const st = await readState(dir);
         if (st?.pendingEnrollment) {
           const a = spawnAgent(['run', ...args]);
-          for (let w = 0; w < 600 && !(await readState(dir))?.device && a.child.exitCode === null; w++) await new Promise((r) => setTimeout(r, 100));
+          // the assertion below reports a timeout with the agent's log
+          await waitFor('run to continue the enrollment', async () => (await readState(dir))?.device || a.child.exitCode !== null, { timeoutMs: 60_000, intervalMs: 100 }).catch(() => {});
           a.child.kill('SIGTERM');
           const code = await a.exit;
           if (!(await readState(dir))?.device) assert.fail(`run did not continue the enrollment (exit ${code}): ${a.log().slice(-2500)}`);
@@ -135,14 +141,14 @@ test('kill -9 at 30 random points of the renewal loop: the agent always continue
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
-  const srv = await startServer({
+  const srv = await startServerProcess({
     config: {
       allowShortLifetimes: true,
       rateLimit: { enroll: { max: 1000, window: 60 }, renew: { max: 1000, window: 60 } },
       zones: { default: { lifetime: 5 } },
     },
   });
-  t.after(() => srv.stop());
+  t.after(() => srv.close());
   let kills = 0;
   // The long-lived device for the renewal kills.
   const stateDir = path.join(await tmpDir('edgeid-agent-kill-', t), 'state');
@@ -174,12 +180,12 @@ test('kill -9 at 30 random points of the renewal loop: the agent always continue
 
   // Finally: a clean run renews, stops on SIGTERM, and nothing is left in the TPM.
   const a = spawnAgent(['run', ...base]);
-  let final: any = null;
-  for (let i = 0; i < 1200; i++) {
-    final = await readState(stateDir);
-    if ((final?.renewals ?? 0) > renewalsSeen && final.lastRenewal?.ok) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  const renewed = async () => {
+    const s = await readState(stateDir);
+    return (s?.renewals ?? 0) > renewalsSeen && s.lastRenewal?.ok ? s : null;
+  };
+  // the assertion below reports a timeout with the agent's log
+  const final = await waitFor('a renewal after the kills', renewed, { timeoutMs: 120_000, intervalMs: 100 }).catch(() => readState(stateDir));
   a.child.kill('SIGTERM');
   assert.equal(await a.exit, 0, a.log().slice(-2000));
   assert.ok(final.renewals > renewalsSeen && final.lastRenewal.ok, `renews after the kills: ${a.log().slice(-2000)}`);

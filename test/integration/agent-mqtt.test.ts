@@ -15,18 +15,20 @@ import { EdgeAgent } from '../../agent/agent.js';
 import { applyConfigObject, defaultConfig } from '../../agent/config.js';
 import { MSG_ID_PROPERTY } from '../../agent/mqtt-session.js';
 import { signControlCommand } from '../../protocol/control.js';
-import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../helpers/swtpm.js';
-import { agentCli, createToken, edgeidCaBundle, softwareClientCert, startServer, tmpDir, type ServerProc } from './agent-env.js';
+import { startMosquitto, type Mosquitto } from '../../scripts/harness/mosquitto.js';
+import { extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../../scripts/harness/swtpm.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
+import { edgeidCaBundle, softwareClientCert } from '../../scripts/harness/pki.js';
+import { createToken, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { agentCli } from '../helpers/agent.js';
 
-async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 180_000): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+/** Renewals with 20-second certificates take minutes on a busy machine. */
+const SLOW = 180_000;
+
+/** How many SUBACKs the broker sent to this client (Mosquitto logs each one; the subscription is in place by then). */
+function subacksTo(broker: Mosquitto, clientId: string): number {
+  return broker.log().split('\n').filter((l) => l.endsWith(`Sending SUBACK to ${clientId}`)).length;
 }
 
 function memoryLogger(): { log: pino.Logger; lines: () => Record<string, unknown>[] } {
@@ -42,7 +44,7 @@ function memoryLogger(): { log: pino.Logger; lines: () => Record<string, unknown
 
 interface Rig {
   tpm: Swtpm;
-  srv: ServerProc;
+  srv: ServerProcess;
   broker: Mosquitto;
   bundle: string;
   stateDir: string;
@@ -53,10 +55,10 @@ async function rig(t: { after(fn: () => Promise<void>): void }, lifetime: number
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
-  const srv = await startServer({
+  const srv = await startServerProcess({
     config: { allowShortLifetimes: true, rateLimit: { renew: { max: 1000, window: 60 } }, zones: { default: { lifetime } } },
   });
-  t.after(() => srv.stop());
+  t.after(() => srv.close());
   const dir = await tmpDir('edgeid-agent-mqtt-', t);
   const bundle = path.join(dir, 'edgeid-ca.pem');
   await writeFile(bundle, await edgeidCaBundle(srv));
@@ -101,7 +103,7 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
   const agent = await EdgeAgent.start({ config: agentConfig(r), log });
   t.after(() => agent.stop());
 
-  await waitFor('MQTT connected', () => agent.status().mqtt.state === 'connected');
+  await waitFor('MQTT connected', () => agent.status().mqtt.state === 'connected', SLOW);
   assert.match(r.broker.log(), new RegExp(`u'${r.deviceId}'`), "the broker's log shows the deviceId as username");
 
   const serials = new Map<string, string>(); // serial -> SPKI hash
@@ -120,7 +122,7 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
   await waitFor('3 renewals while publishing', async () => {
     await track();
     return agent.status().renewal.total >= startRenewals + 3 && agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial;
-  });
+  }, SLOW);
   clearInterval(timer);
   assert.deepEqual(failures, []);
   const seq = () => new Set(obs.messages.filter((m) => m.topic.endsWith('/seq')).map((m) => Number(m.payload)));
@@ -138,7 +140,7 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
   assert.equal(new Set(serials.values()).size, serials.size, 'each renewal has a new public key');
   assert.ok(obs.messages.some((m) => m.topic === `devices/${r.deviceId}/state`), 'heartbeats arrive');
   // the subscriber can see the last message before the broker's PUBACK reaches the agent
-  await waitFor('outbox drained', () => agent.status().outbox.pending === 0);
+  await waitFor('outbox drained', () => agent.status().outbox.pending === 0, SLOW);
   const st = agent.status();
   assert.equal(st.outbox.pending, 0);
   assert.equal(st.outbox.dropped, 0);
@@ -158,9 +160,9 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   const { log, lines } = memoryLogger();
   const agent = await EdgeAgent.start({ config: agentConfig(r), log });
   t.after(() => agent.stop());
-  await waitFor('MQTT connected', () => agent.status().mqtt.state === 'connected');
-  await waitFor('control subscription', () => r.broker.log().includes(`edgeid/${r.deviceId}/control`) || agent.status().mqtt.connects > 0);
-  await new Promise((res) => setTimeout(res, 300)); // let the SUBSCRIBE settle before injecting
+  // the agent's MQTT client id is its device id; inject only once the broker acknowledged the subscription
+  await waitFor('the control subscription acknowledged by the broker', () => subacksTo(r.broker, r.deviceId) >= 1, SLOW);
+  assert.equal(agent.status().mqtt.state, 'connected');
 
   const topic = `edgeid/${r.deviceId}/control`;
   const send = (msg: unknown) => new Promise<void>((res, rej) => obs.client.publish(topic, typeof msg === 'string' ? msg : JSON.stringify(msg), { qos: 1 }, (e) => (e ? rej(e) : res())));
@@ -179,10 +181,11 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   await ignored('control_stale');
   // replayed: the same signed renew-now twice — the first one renews, the second is ignored
   const before = agent.status().renewal.total;
+  const subacksBefore = subacksTo(r.broker, r.deviceId);
   await send(renew);
   await waitFor('renew-now obeyed', () => agent.status().renewal.total > before, 30_000);
-  await waitFor('reconnected with the new certificate', () => agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial);
-  await new Promise((res) => setTimeout(res, 300)); // the re-subscription settles
+  await waitFor('reconnected with the new certificate', () => agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial, SLOW);
+  await waitFor('the new connection\'s control subscription acknowledged', () => subacksTo(r.broker, r.deviceId) > subacksBefore, SLOW);
   await send(renew);
   await ignored('control_replayed');
   assert.equal(agent.status().control.ignored, 4);

@@ -21,12 +21,13 @@ import {
   subscribeReasons,
   tlsHandshake,
   tpmTlsContext,
-  waitUntil,
   wideObserver,
   type RevocationDeployment,
-} from '../helpers/revocation.js';
-import { extendBootPcrs, startSwtpm, type Swtpm } from '../helpers/swtpm.js';
-import { agentCli, spawnAgent, tmpDir } from './agent-env.js';
+} from '../../scripts/harness/revocation.js';
+import { extendBootPcrs, startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { agentCli, spawnAgent } from '../helpers/agent.js';
 
 const NOT_AUTHORIZED = 135;
 
@@ -59,7 +60,7 @@ test('one owned device reaches only its own topics; foreign, expired and revoked
     if (agentB.child.exitCode === null) agentB.child.kill('SIGTERM');
     await agentB.exit;
   });
-  await waitUntil("B's heartbeats at the observer", () => fromB() >= 2, 60_000);
+  await waitFor("B's heartbeats at the observer", () => fromB() >= 2, 60_000);
 
   // The attacker holds A's TPM and a copy of A's disk (certificate + key blobs).
   const idA = await readDeviceIdentity(devA.stateDir);
@@ -102,7 +103,7 @@ test('one owned device reaches only its own topics; foreign, expired and revoked
     assert.equal(await publishReason(clientA, `devices/${A}/done`, `${marker} done`), 0);
     // The broker handles one connection's packets in order: once "done" is at the observer, every
     // earlier publish of A has been routed (or dropped).
-    await waitUntil('A\'s last publish at the observer', () => observer.messages.some((m) => m.topic === `devices/${A}/done`));
+    await waitFor('A\'s last publish at the observer', () => observer.messages.some((m) => m.topic === `devices/${A}/done`));
     const seen = observer.messages.filter((m) => m.payload.includes(marker)).map((m) => m.topic).sort();
     assert.deepEqual(seen, [`devices/${A}/done`, `devices/${A}/telemetry`], 'only what A may publish reached a subscriber');
 
@@ -145,17 +146,17 @@ test('one owned device reaches only its own topics; foreign, expired and revoked
     // …and one it must see: a command to A on its own control topic.
     const toA = await d.adminApi<{ published: boolean }>('POST', `/v1/admin/devices/${A}/control`, { type: 'renew-now' });
     assert.equal(toA.status, 200);
-    await waitUntil("new heartbeats from B and B's control command at the observer", () => fromB() >= before + 2 && observer.messages.some((m) => m.topic === `edgeid/${B}/control`), 30_000);
+    await waitFor("new heartbeats from B and B's control command at the observer", () => fromB() >= before + 2 && observer.messages.some((m) => m.topic === `edgeid/${B}/control`), 30_000);
     // A PUBACK round trip: whatever the broker queued for A before it is now in A's hands (TCP order).
     assert.equal(await publishReason(clientA, `devices/${A}/sync`, 'sync'), 0);
-    await waitUntil('the command to A', () => receivedByA.length > 0);
+    await waitFor('the command to A', () => receivedByA.length > 0);
     assert.deepEqual(receivedByA.map((m) => m.topic), [`edgeid/${A}/control`], 'A received its own control command and nothing else');
   });
 
   await t.test('B never receives what A attempted', async () => {
     // B's agent counts every message on its control topic (accepted or ignored) in status.json;
     // the only one it got is the server's signed renew-now above, which it obeyed.
-    const status = await waitUntil("B's status after the server's renew-now", async () => {
+    const status = await waitFor("B's status after the server's renew-now", async () => {
       const s = JSON.parse(await readFile(path.join(devB.stateDir, 'status.json'), 'utf8')) as { control: { accepted: number; ignored: number } };
       return s.control.accepted >= 1 ? s : null;
     }, 30_000);
@@ -179,7 +180,7 @@ test('one owned device reaches only its own topics; foreign, expired and revoked
     const out = JSON.parse(await d.admin(['revoke', A, '--reason', 'key-compromise', '--json'])) as { hooks: { hook: string; ok: boolean }[] };
     assert.ok(out.hooks.every((h) => h.ok), JSON.stringify(out.hooks));
     await d.brokerRestarted(startsBefore);
-    const revoked = await waitUntil('a handshake the restarted broker answers', async () => {
+    const revoked = await waitFor('a handshake the restarted broker answers', async () => {
       const r = await tlsHandshake(d.broker.port, ctxA);
       return !r.ok && r.code === 'ECONNREFUSED' ? null : r;
     });
@@ -188,6 +189,6 @@ test('one owned device reaches only its own topics; foreign, expired and revoked
 
     // B is untouched: its agent reconnects after the broker restart and keeps publishing.
     const after = fromB();
-    await waitUntil('B publishing again after the restart', () => fromB() >= after + 2, 30_000);
+    await waitFor('B publishing again after the restart', () => fromB() >= after + 2, 30_000);
   });
 });

@@ -4,8 +4,9 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
-import { startMosquitto } from '../helpers/mosquitto.js';
-import { makeTestPki, type TestPki } from '../helpers/test-pki.js';
+import { startMosquitto } from '../../scripts/harness/mosquitto.js';
+import { makeTestPki, type TestPki } from '../../scripts/harness/pki.js';
+import { publishReason } from '../../scripts/harness/revocation.js';
 import { DynsecClient, BROKER_ADMIN_CN } from '../../enroll-server/broker/dynsec.js';
 import { initialDynsecConfig } from '../../enroll-server/broker/mosquitto-config.js';
 
@@ -44,18 +45,33 @@ async function canSubscribe(c: MqttClient, topic: string): Promise<boolean> {
   }
 }
 
-/** Publishes and reports whether a watcher subscribed to `topic` received it within a short window. */
+/**
+ * Publishes at QoS 1 and reports whether the watcher (subscribed to `topic`) received it. The
+ * broker's PUBACK is the verdict (MQTT 5: 0 = accepted, 135 = not authorized, never forwarded);
+ * an accepted message must then reach the watcher.
+ */
 async function delivered(pub: MqttClient, watcher: MqttClient, topic: string): Promise<boolean> {
   const marker = `m-${Math.random()}`;
-  const got = new Promise<boolean>((resolve) => {
-    const timer = setTimeout(() => { watcher.off('message', on); resolve(false); }, 700);
-    const on = (tp: string, payload: Buffer) => {
-      if (tp === topic && payload.toString() === marker) { clearTimeout(timer); watcher.off('message', on); resolve(true); }
+  let on: ((tp: string, payload: Buffer) => void) | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const got = new Promise<void>((resolve, reject) => {
+    on = (tp, payload) => {
+      if (tp === topic && payload.toString() === marker) resolve();
     };
     watcher.on('message', on);
+    timer = setTimeout(() => reject(new Error(`the broker accepted a message on ${topic} but the watcher never got it`)), 10_000);
   });
-  pub.publish(topic, marker, { qos: 0 });
-  return got;
+  got.catch(() => {});
+  try {
+    const reason = await publishReason(pub, topic, marker);
+    if (reason === 135) return false;
+    assert.equal(reason, 0, `PUBACK reason code for ${topic}`);
+    await got;
+    return true;
+  } finally {
+    clearTimeout(timer);
+    watcher.off('message', on!);
+  }
 }
 
 test('a provisioned device may publish only under devices/<own id>/ and subscribe only to its own control topic', async (t) => {

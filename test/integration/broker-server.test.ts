@@ -11,8 +11,9 @@ import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import type { MqttClient } from 'mqtt';
-import { startDeployment, type Deployment } from '../helpers/deployment.js';
-import { startSwtpm, extendBootPcrs } from '../helpers/swtpm.js';
+import { startDeployment, type Deployment } from '../../scripts/harness/deployment.js';
+import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
+import { waitFor } from '../../scripts/harness/wait.js';
 import { TestDevice, httpsTransport } from '../helpers/device.js';
 import { DynsecClient } from '../../enroll-server/broker/dynsec.js';
 
@@ -47,13 +48,6 @@ async function auditEvents(d: Deployment, deviceId: string | null): Promise<{ ev
     .filter((r) => deviceId === null || r.deviceId === deviceId);
 }
 
-async function eventually(what: string, fn: () => Promise<boolean> | boolean, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 test('enrollment gives the device its broker client; revocation sends a signed wipe, kicks it and puts its serial on the broker CRL', async (t) => {
   const d = await startDeployment();
@@ -77,7 +71,7 @@ test('enrollment gives the device its broker client; revocation sends a signed w
   assert.ok(out.hooks.every((h) => h.ok), `every broker step succeeded: ${JSON.stringify(out.hooks)}`);
 
   // The signed wipe was published to the device's control topic.
-  await eventually('wipe command on the control topic', () => control.length > 0);
+  await waitFor('wipe command on the control topic', () => control.length > 0, 15_000);
   const wipe = JSON.parse(control[0]!.toString()) as { payload: string };
   assert.equal(JSON.parse(wipe.payload).type, 'wipe');
   assert.equal(JSON.parse(wipe.payload).deviceId, id);
@@ -86,10 +80,10 @@ test('enrollment gives the device its broker client; revocation sends a signed w
   const crl = new x509.X509Crl(await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8'));
   assert.ok(crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial.replace(/^0+/, '')), 'serial on the broker CRL');
   assert.ok(crl.nextUpdate && crl.nextUpdate.getTime() - Date.now() > 20 * 86400 * 1000, 'the broker CRL is the long-lived copy');
-  await eventually('broker restarted for the CRL', () => d.broker.starts() > startsBefore);
+  await waitFor('broker restarted for the CRL', () => d.broker.starts() > startsBefore, 15_000);
 
   // After the restart the observer reconnects by itself; the device's client is gone.
-  await eventually('device client removed', async () => !(await observer.listClients().catch(() => [id])).includes(id));
+  await waitFor('device client removed', async () => !(await observer.listClients().catch(() => [id])).includes(id), 15_000);
 
   const events = await auditEvents(d, null);
   for (const ev of ['broker.wipe_sent', 'broker.session_kicked']) {
@@ -139,7 +133,7 @@ test('a hung broker does not stop a revocation: the call returns, each failed st
 
   // The broker comes back: reconcile removes the revoked device's client.
   process.kill(pid, 'SIGCONT');
-  await eventually('reconcile removes the device', async () => {
+  await waitFor('reconcile removes the device', async () => {
     const r = JSON.parse(await d.admin(['broker', 'reconcile', '--json']).catch(() => '{"removed":[]}')) as { removed: string[] };
     const observer = await adminDynsec(d);
     try {

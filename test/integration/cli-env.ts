@@ -12,7 +12,7 @@ import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
 import { createToken } from '../../enroll-server/services/tokens.js';
 import type { DeviceRecord } from '../../enroll-server/store/store.js';
-import { REPO } from '../helpers/server.js';
+import { REPO } from '../../scripts/harness/fs.js';
 
 /**
  * How each CLI is started: the only place to change once the bins are installed

@@ -13,8 +13,8 @@ import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { startServerProcess } from '../helpers/server.js';
-import { extendBootPcrs, startSwtpm } from '../helpers/swtpm.js';
+import { startServerProcess } from '../../scripts/harness/server.js';
+import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
 import { ANSI, BINS, cleanEnv, runCli, runOnPty, seedDataDir, shellLine } from './cli-env.js';
 
 // OSC 52 (write the clipboard), BEL, then CSI 2K (erase the line) and a cursor-up: what a hostile
@@ -32,7 +32,7 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
   // 3,200 devices make `devices list` (the narrowest listing) pass 1 MiB as a table
   const ids = await seedDataDir(dataDir, { tokens: 600, devices: 3200, firstDevice: { agentVersion: HOSTILE_VERSION, name: HOSTILE_NAME } });
   const hostileId = ids[0]!;
-  const srv = await startServerProcess(undefined, { dataDir, keepData: true });
+  const srv = await startServerProcess({ dataDir });
   t.after(() => srv.stop());
   const admin = (args: string[], env?: NodeJS.ProcessEnv) => runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work, ...(env ? { env } : {}) });
 
@@ -263,10 +263,10 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
 
 test('edgeid-server first start: the new admin token stays out of a piped stderr (it is in the 0600 file), and is shown on a terminal', { timeout: 120_000 }, async (t) => {
   const piped = await startServerProcess();
-  t.after(() => piped.stop());
+  t.after(() => piped.close());
   assert.equal(await mode(path.join(piped.dataDir, 'admin-token')), 0o600);
-  assert.ok(!piped.output().includes(piped.adminToken), 'not in the log stream');
-  assert.ok(piped.output().includes(path.join(piped.dataDir, 'admin-token')), 'the log points to the file');
+  assert.ok(!piped.log().includes(piped.adminToken), 'not in the log stream');
+  assert.ok(piped.log().includes(path.join(piped.dataDir, 'admin-token')), 'the log points to the file');
 
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-server-pty-'));
   t.after(() => rm(dir, { recursive: true, force: true }));

@@ -27,7 +27,7 @@ import {
   type TpmCredential,
 } from '../../protocol/tpm/makecredential.js';
 import { objectName, parsePublic, type TpmPublic } from '../../protocol/tpm/public.js';
-import { startSwtpm, type Swtpm } from '../helpers/swtpm.js';
+import { startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 

@@ -4,8 +4,9 @@ import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
-import { startMosquitto } from '../helpers/mosquitto.js';
-import { makeTestPki } from '../helpers/test-pki.js';
+import { startMosquitto } from '../../scripts/harness/mosquitto.js';
+import { makeTestPki } from '../../scripts/harness/pki.js';
+import { waitFor } from '../../scripts/harness/wait.js';
 
 test('mosquitto harness: TLS client certificate becomes the username; no certificate is refused', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-pki-'));
@@ -40,7 +41,7 @@ test('a supervised broker comes back on the same port after its reload command',
   const [cmd, ...args] = broker.reloadCommand as [string, ...string[]];
   await new Promise<void>((resolve, reject) => execFile(cmd, args, (e) => (e ? reject(e) : resolve())));
   const tls = { ca: await readFile(pki.caFile), cert: await readFile(pki.files('client').cert), key: await readFile(pki.files('client').key), servername: 'localhost' };
-  for (let i = 0; broker.starts() < 2 && i < 100; i++) await new Promise((r) => setTimeout(r, 50));
+  await waitFor('the broker to start again', () => broker.starts() >= 2, 5000);
   assert.equal(broker.starts(), 2);
   const client = await mqtt.connectAsync(broker.url, { ...tls, reconnectPeriod: 0 });
   await client.endAsync();

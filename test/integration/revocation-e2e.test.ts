@@ -34,10 +34,11 @@ import {
   subscribeReasons,
   tlsHandshake,
   tpmTlsContext,
-  waitUntil,
-} from '../helpers/revocation.js';
-import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../helpers/swtpm.js';
-import { agentCli, spawnAgent, tmpDir } from './agent-env.js';
+} from '../../scripts/harness/revocation.js';
+import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { agentCli, spawnAgent } from '../helpers/agent.js';
 
 const NOT_AUTHORIZED = 135;
 const ADMINISTRATIVE_ACTION = 152;
@@ -101,7 +102,7 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
     if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
     await agent.exit;
   });
-  await waitUntil('heartbeats of the agent and the second session at the subscriber', () => {
+  await waitFor('heartbeats of the agent and the second session at the subscriber', () => {
     const msgs = fromDevice();
     return msgs.filter((m) => !m.held).length >= 3 && msgs.filter((m) => m.held).length >= 3;
   }, 60_000);
@@ -125,11 +126,11 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   assert.deepEqual(left.filter((n) => n !== 'lock'), [], `the state dir is empty but for its lock: ${left.join(',')}`);
   assert.equal(await transientHandleCountViaTools(tpm.tcti), 0, 'no TPM object left loaded');
 
-  await waitUntil('the broker to end the second session', () => heldClosedAt > 0);
+  await waitFor('the broker to end the second session', () => heldClosedAt > 0);
   assert.equal((heldDisconnect as IDisconnectPacket | null)?.reasonCode, ADMINISTRATIVE_ACTION, 'the broker disconnected it "by administrative action"');
 
   // The signed wipe went out on the device's control topic.
-  await waitUntil('the wipe at the subscriber', () => seen.some((m) => m.topic === `edgeid/${id}/control`), 10_000).catch((e: Error) => {
+  await waitFor('the wipe at the subscriber', () => seen.some((m) => m.topic === `edgeid/${id}/control`), 10_000).catch((e: Error) => {
     const brokerLog = d.broker.log().split('\n').filter((l) => l.includes(id) || l.includes('test-subscriber')).join('\n');
     throw new Error(`${e.message}; subscriber connected: ${subscriber.connected}; broker log:\n${brokerLog}`);
   });
@@ -187,7 +188,7 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   // Marker round trip on the subscriber's connection: the attacker's refused publishes came before it.
   const sentinel = `sentinel-${randomUUID()}`;
   await subscriber.publishAsync(`edgeid/${id}/control`, sentinel, { qos: 1 });
-  await waitUntil('the sentinel', () => seen.some((m) => m.payload === sentinel));
+  await waitFor('the sentinel', () => seen.some((m) => m.payload === sentinel));
   assert.equal(seen.filter((m) => m.payload.includes(attackerMarker)).length, 0, 'nothing the reconnect published reached the subscriber');
 
   // ---- the CRL reload ----
@@ -198,7 +199,7 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   assert.ok(out.serials.map(norm).includes(norm(identity.serial)));
   assert.ok(out.hooks.length > 0 && out.hooks.every((h) => h.ok), JSON.stringify(out.hooks));
   await d.brokerRestarted(startsBefore);
-  const refused = await waitUntil('a verdict from the restarted broker', async () => {
+  const refused = await waitFor('a verdict from the restarted broker', async () => {
     const tpmDev = await Tpm.open(tpm.tcti);
     try {
       const r = await tlsHandshake(d.broker.port, await tpmTlsContext(tpmDev, identity));

@@ -12,7 +12,7 @@ import type Database from 'better-sqlite3';
 import { ERRORS, type ErrorCode } from '../../protocol/errors/index.js';
 import type { EnrollStartResponse } from '../../protocol/api.js';
 import type { SqliteStore } from '../../enroll-server/store/sqlite.js';
-import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER, type Swtpm } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER, type Swtpm } from '../../scripts/harness/swtpm.js';
 import { TestDevice, injectTransport, duplicableKeyTemplate, b64, type Transport, type HttpResult, type EvidenceOptions } from '../helpers/device.js';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
 

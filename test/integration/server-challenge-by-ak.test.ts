@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import { TestDevice, injectTransport } from '../helpers/device.js';
 import { startInProcessServer } from '../helpers/server.js';
-import { startSwtpm, extendBootPcrs } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
 
 test('renew/challenge by AK name recovers the device id, and the renewal with that nonce succeeds', async (t) => {
   const srv = await startInProcessServer();

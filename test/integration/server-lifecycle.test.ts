@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import type { EnrollStartResponse } from '../../protocol/api.js';
 import type { EdgeidHooks } from '../../enroll-server/hooks.js';
 import { housekeeping } from '../../enroll-server/services/devices.js';
-import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER } from '../../scripts/harness/swtpm.js';
 import { TestDevice, injectTransport, b64 } from '../helpers/device.js';
 import { startInProcessServer } from '../helpers/server.js';
 

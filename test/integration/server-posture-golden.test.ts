@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { TestDevice, injectTransport } from '../helpers/device.js';
 import { startInProcessServer } from '../helpers/server.js';
-import { startSwtpm, extendBootPcrs, bootMeasurement } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs, bootMeasurement } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 

@@ -15,9 +15,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import * as x509 from '@peculiar/x509';
-import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER } from '../../scripts/harness/swtpm.js';
 import { TestDevice, httpsTransport } from '../helpers/device.js';
-import { REPO, startServerProcess } from '../helpers/server.js';
+import { REPO } from '../../scripts/harness/fs.js';
+import { startServerProcess } from '../../scripts/harness/server.js';
 
 const run = promisify(execFile);
 
@@ -71,7 +72,7 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
     ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER], requireEkCertificate: true },
   };
   const dataDir = path.join(work, 'data');
-  const srv = await startServerProcess(serverConfig, { dataDir, keepData: true });
+  const srv = await startServerProcess({ config: serverConfig, dataDir });
   t.after(() => srv.stop());
   const [tpm, tpm2] = await Promise.all([startSwtpm(), startSwtpm()]);
   t.after(() => tpm.stop());
@@ -236,15 +237,15 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
   });
 
   await t.test('shows the admin token only on the first start; a restart keeps the CA, the devices and the CRL', async () => {
-    assert.match(srv.output(), /created the admin token/);
+    assert.match(srv.log(), /created the admin token/);
     // stderr is a pipe here, as under systemd: the token stays in its 0600 file, out of any log
-    assert.equal(srv.output().includes(srv.adminToken), false, 'the admin token is not printed to a log stream');
+    assert.equal(srv.log().includes(srv.adminToken), false, 'the admin token is not printed to a log stream');
     const crlBefore = await get(`${srv.info.url}/v1/crl`, srv.caPem);
     await srv.stop();
-    const again = await startServerProcess(serverConfig, { dataDir, keepData: true });
+    const again = await startServerProcess({ config: serverConfig, dataDir });
     try {
-      assert.doesNotMatch(again.output(), /created the admin token/);
-      assert.equal(again.output().includes(again.adminToken), false);
+      assert.doesNotMatch(again.log(), /created the admin token/);
+      assert.equal(again.log().includes(again.adminToken), false);
       assert.equal(again.adminToken, srv.adminToken);
       assert.equal(again.info.caFingerprint, srv.info.caFingerprint);
       const list = admin(dataDir, ['devices', 'list', '--json']);

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestDevice, injectTransport } from '../helpers/device.js';
 import { startInProcessServer } from '../helpers/server.js';
-import { startSwtpm, extendBootPcrs } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
 
 test('a flood of challenges for a victim device from elsewhere neither rate-limits nor evicts its own renewal', async (t) => {
   const srv = await startInProcessServer({ rateLimit: { renew: { max: 5, window: '1m' } } });

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startSwtpm, extendBootPcrs, bootMeasurement, transientHandleCountViaTools } from '../helpers/swtpm.js';
+import { startSwtpm, extendBootPcrs, bootMeasurement, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
 import { createHash } from 'node:crypto';
 
 const run = promisify(execFile);

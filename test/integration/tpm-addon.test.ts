@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { isEdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG } from '../../protocol/tpm/index.js';
 import { TPM_RC, Tpm, TpmError } from '../../agent/tpm/index.js';
-import { bootMeasurement, extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../helpers/swtpm.js';
+import { bootMeasurement, extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { extendBootPcrs, startSwtpm, type Swtpm } from '../helpers/swtpm.js';
+import { extendBootPcrs, startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { makeCredential, parseTpm2ToolsCredentialFile } from '../../protocol/tpm/makecredential.js';
 import { objectName, parsePublic } from '../../protocol/tpm/index.js';
 import { TPM_RC, Tpm, TpmError } from '../../agent/tpm/index.js';
-import { startSwtpm } from '../helpers/swtpm.js';
+import { startSwtpm } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 

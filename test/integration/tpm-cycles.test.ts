@@ -13,7 +13,7 @@ import { quoteQualifyingData } from '../../protocol/api.js';
 import { TPM_ALG, parsePublic, verifyCertify, verifyQuote } from '../../protocol/tpm/index.js';
 import { produceEvidence } from '../../agent/evidence.js';
 import { Tpm } from '../../agent/tpm/index.js';
-import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../helpers/swtpm.js';
+import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
 
 const CYCLES = 200;
 

@@ -16,7 +16,7 @@ import { verifyEkCertificate } from '../../protocol/tpm/ekcert.js';
 import { TPMA_OBJECT, TPM_ALG, TPM_ECC_CURVE, parsePublic, publicKeyObject } from '../../protocol/tpm/index.js';
 import { ekAuthorization, policyOrDigest, policySecretEndorsementDigest } from '../../agent/tpm/ek.js';
 import { Tpm } from '../../agent/tpm/index.js';
-import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, startSwtpm } from '../helpers/swtpm.js';
+import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, startSwtpm } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 

@@ -16,7 +16,7 @@ import { produceEvidence, type EvidenceResult } from '../../agent/evidence.js';
 import { flushLeftoverObjects } from '../../agent/tpm-support.js';
 import { Tpm, type KeyBlob } from '../../agent/tpm/index.js';
 import { loadAddon } from '../../agent/tpm/native.js';
-import { extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../helpers/swtpm.js';
+import { extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../../scripts/harness/swtpm.js';
 
 const run = promisify(execFile);
 const PCRS = [0, 1, 2, 3, 7];

@@ -18,9 +18,10 @@ import { TPM_ALG, sessionKeyTemplate, srkTemplate } from '../../protocol/tpm/ind
 import { Tpm, type KeyBlob } from '../../agent/tpm/index.js';
 import { loadAddon } from '../../agent/tpm/native.js';
 import { sslContextHandle } from '../../agent/tpm/tls.js';
-import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { startSwtpm, transientHandleCountViaTools, type Swtpm } from '../helpers/swtpm.js';
-import { makeTestCa, type TestCa } from './tpm-tls-pki.js';
+import { startMosquitto, type Mosquitto } from '../../scripts/harness/mosquitto.js';
+import { startSwtpm, transientHandleCountViaTools, type Swtpm } from '../../scripts/harness/swtpm.js';
+import { makeTestCa, type TestCa } from '../../scripts/harness/pki.js';
+import { waitFor } from '../../scripts/harness/wait.js';
 
 const run = promisify(execFile);
 
@@ -82,12 +83,9 @@ async function connectFails(secureContext: SecureContext): Promise<Error> {
 
 /** Waits until the broker has logged a line matching `re` (the log reaches us asynchronously). */
 async function brokerLogged(re: RegExp): Promise<string> {
-  for (let i = 0; i < 200; i++) {
-    const line = broker.log().split('\n').find((l) => re.test(l));
-    if (line) return line;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  assert.fail(`the broker never logged ${re}; log tail:\n${broker.log().slice(-1500)}`);
+  return waitFor(`the broker to log ${re}`, () => broker.log().split('\n').find((l) => re.test(l)), { timeoutMs: 5000, intervalMs: 25 }).catch(() =>
+    assert.fail(`the broker never logged ${re}; log tail:\n${broker.log().slice(-1500)}`),
+  );
 }
 
 async function publishAndReceive(client: MqttClient, topic: string): Promise<void> {
@@ -265,10 +263,7 @@ test('a context keeps working after its Tpm handle was garbage-collected, and is
   sc = undefined;
   assert.equal(await settle('context'), true, 'the SecureContext was collected');
   // Its SSL_CTX, the EVP_PKEY, the key and finally the ESYS context go with it.
-  for (let i = 0; i < 50 && addon.liveObjects().contexts > live.contexts; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await waitFor('the ESYS context released', () => (gc(), addon.liveObjects().contexts <= live.contexts), { timeoutMs: 2000, intervalMs: 10 }).catch(() => {});
   assert.deepEqual(addon.liveObjects(), live);
   assert.equal(await transientHandleCountViaTools(own.tcti), 0);
 });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync, webcrypto, type KeyObject } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { CONTROL_SIGNER_EKU, signControlCommand, verifyControlCommand } from '../../protocol/control.js';
-import { isEdgeidError } from '../../protocol/errors/index.js';
+import { assertCode } from '../helpers/assert.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 const ALG = { name: 'ECDSA', hash: 'SHA-256' } as const;
@@ -47,15 +47,6 @@ async function pki() {
   return { root, inter, control, device, otherRoot, otherControl, trust: root.pem + '\n' + inter.pem };
 }
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    if (isEdgeidError(e)) return e.code;
-    throw e;
-  }
-  return undefined;
-}
 
 test('control envelope: signed commands verify and tampering is refused with its own code', async (t) => {
   const p = await pki();
@@ -79,35 +70,35 @@ test('control envelope: signed commands verify and tampering is refused with its
   await t.test('rejects a command whose payload was altered (forged)', () => {
     const env = signControlCommand({ type: 'renew-now', deviceId: 'dev-1' }, signer);
     const forged = { ...env, payload: env.payload.replace('renew-now', 'wipe') };
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(forged), { deviceId: 'dev-1', trust: p.trust })), 'control_bad_signature');
+    assertCode(() => verifyControlCommand(JSON.stringify(forged), { deviceId: 'dev-1', trust: p.trust }), 'control_bad_signature');
   });
 
   await t.test('rejects a command signed by a device certificate of the same CA', () => {
     const env = signControlCommand({ type: 'wipe', deviceId: 'dev-1' }, { key: p.device.key, certPem: p.device.pem });
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust })), 'control_untrusted_signer');
+    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust }), 'control_untrusted_signer');
   });
 
   await t.test('rejects a clientAuth certificate even if it is named edgeid-control', async () => {
     const c = await issue('CN=edgeid-control', p.inter, { eku: ['1.3.6.1.5.5.7.3.2'] });
     const env = signControlCommand({ type: 'wipe', deviceId: 'dev-1' }, { key: c.key, certPem: c.pem });
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust })), 'control_untrusted_signer');
+    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust }), 'control_untrusted_signer');
   });
 
   await t.test('rejects a control signer from another CA', () => {
     const env = signControlCommand({ type: 'wipe', deviceId: 'dev-1' }, { key: p.otherControl.key, certPem: p.otherControl.pem });
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust })), 'control_untrusted_signer');
+    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust }), 'control_untrusted_signer');
   });
 
   await t.test('rejects a command for another device (foreign)', () => {
     const env = signControlCommand({ type: 'wipe', deviceId: 'dev-2' }, signer);
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust })), 'control_wrong_device');
+    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust }), 'control_wrong_device');
   });
 
   await t.test('rejects a stale command and one dated in the future', () => {
     const old = signControlCommand({ type: 'wipe', deviceId: 'dev-1', issuedAt: new Date(now.getTime() - 10 * 60_000).toISOString() }, signer);
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(old), { deviceId: 'dev-1', trust: p.trust, now })), 'control_stale');
+    assertCode(() => verifyControlCommand(JSON.stringify(old), { deviceId: 'dev-1', trust: p.trust, now }), 'control_stale');
     const future = signControlCommand({ type: 'wipe', deviceId: 'dev-1', issuedAt: new Date(now.getTime() + 10 * 60_000).toISOString() }, signer);
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(future), { deviceId: 'dev-1', trust: p.trust, now })), 'control_stale');
+    assertCode(() => verifyControlCommand(JSON.stringify(future), { deviceId: 'dev-1', trust: p.trust, now }), 'control_stale');
   });
 
   await t.test('rejects a replayed command id', () => {
@@ -115,18 +106,18 @@ test('control envelope: signed commands verify and tampering is refused with its
     const seen = new Set<string>();
     const cmd = verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust, seen: (id) => seen.has(id) });
     seen.add(cmd.id);
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust, seen: (id) => seen.has(id) })), 'control_replayed');
+    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust, seen: (id) => seen.has(id) }), 'control_replayed');
   });
 
   await t.test('rejects garbage with control_malformed', () => {
     for (const junk of ['', 'null', '{}', '[1]', '{"payload":1,"signature":"x","signer":"y"}', Buffer.from([0xff, 0x00])]) {
-      assert.equal(code(() => verifyControlCommand(junk, { deviceId: 'dev-1', trust: p.trust })), 'control_malformed');
+      assertCode(() => verifyControlCommand(junk, { deviceId: 'dev-1', trust: p.trust }), 'control_malformed');
     }
   });
 
   await t.test('rejects a signer whose certificate expired', async () => {
     const c = await issue('CN=edgeid-control', p.inter, { notAfter: new Date(Date.now() - 1000) });
     const env = signControlCommand({ type: 'wipe', deviceId: 'dev-1' }, { key: c.key, certPem: c.pem });
-    assert.equal(code(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust })), 'control_untrusted_signer');
+    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust }), 'control_untrusted_signer');
   });
 });

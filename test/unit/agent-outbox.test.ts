@@ -1,18 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
-import os from 'node:os';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Outbox } from '../../agent/outbox.js';
-
-async function tmpDir(t: { after(fn: () => Promise<void>): void }): Promise<string> {
-  const d = await mkdtemp(path.join(os.tmpdir(), 'edgeid-outbox-'));
-  t.after(() => rm(d, { recursive: true, force: true }));
-  return d;
-}
+import { tmpDir } from '../../scripts/harness/fs.js';
 
 test('keeps unacknowledged messages across a restart, in order, with their ids', async (t) => {
-  const dir = path.join(await tmpDir(t), 'outbox');
+  const dir = path.join(await tmpDir('edgeid-outbox-', t), 'outbox');
   const box = await Outbox.open(dir);
   const a = await box.add('devices/d1/telemetry', 'one');
   const b = await box.add('devices/d1/telemetry', Buffer.from('two'));
@@ -31,7 +25,7 @@ test('keeps unacknowledged messages across a restart, in order, with their ids',
 });
 
 test('when full drops the oldest messages and counts them durably', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-outbox-', t);
   const box = await Outbox.open(dir, { maxMessages: 3 });
   const ids: string[] = [];
   for (let i = 0; i < 5; i++) ids.push((await box.add('t', `m${i}`)).id);
@@ -43,7 +37,7 @@ test('when full drops the oldest messages and counts them durably', async (t) =>
 });
 
 test('bounds the outbox by bytes too', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-outbox-', t);
   const box = await Outbox.open(dir, { maxBytes: 2048 });
   for (let i = 0; i < 4; i++) await box.add('t', Buffer.alloc(1000, i));
   assert.equal(box.stats().pending, 2);
@@ -52,7 +46,7 @@ test('bounds the outbox by bytes too', async (t) => {
 });
 
 test('concurrent adds keep their order and never over-count drops', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-outbox-', t);
   const box = await Outbox.open(dir, { maxMessages: 10 });
   await Promise.all(Array.from({ length: 30 }, (_, i) => box.add('t', String(i))));
   assert.deepEqual(box.pending().map((m) => m.payload.toString()), Array.from({ length: 10 }, (_, i) => String(i + 20)));
@@ -61,7 +55,7 @@ test('concurrent adds keep their order and never over-count drops', async (t) =>
 });
 
 test('acknowledging an unknown or already acknowledged id is harmless', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-outbox-', t);
   const box = await Outbox.open(dir);
   const m = await box.add('t', 'x');
   await box.ack(m.id);

@@ -1,25 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { writeFileAtomic, lockDir } from '../../agent/state/fs.js';
 import { StateStore, type AgentState } from '../../agent/state/store.js';
 import { isEdgeidError } from '../../protocol/errors/index.js';
-
-async function tmpDir(t: { after(fn: () => Promise<void>): void }): Promise<string> {
-  const d = await mkdtemp(path.join(os.tmpdir(), 'edgeid-agent-state-'));
-  t.after(() => rm(d, { recursive: true, force: true }));
-  return d;
-}
+import { REPO, tmpDir } from '../../scripts/harness/fs.js';
+import { waitForEvent } from '../../scripts/harness/wait.js';
 
 function baseState(): AgentState {
   return { version: 1, server: { url: 'https://127.0.0.1:8443', caFingerprint: 'sha256:' + 'ab'.repeat(32) }, renewals: 0, nextSessionKey: 1 };
 }
 
 test('creates the state dir 0700 and writes every file 0600 atomically', async (t) => {
-  const root = await tmpDir(t);
+  const root = await tmpDir('edgeid-agent-state-', t);
   const dir = path.join(root, 'state');
   const store = await StateStore.open(dir, { lock: true });
   t.after(() => store.close());
@@ -34,7 +29,7 @@ test('creates the state dir 0700 and writes every file 0600 atomically', async (
 });
 
 test('tightens a state dir that others can read', async (t) => {
-  const root = await tmpDir(t);
+  const root = await tmpDir('edgeid-agent-state-', t);
   const dir = path.join(root, 'loose');
   await import('node:fs/promises').then((fs) => fs.mkdir(dir, { mode: 0o755 }));
   await StateStore.open(dir);
@@ -42,7 +37,7 @@ test('tightens a state dir that others can read', async (t) => {
 });
 
 test('a killed writer leaves the old content, and its temp file is removed at the next start', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-agent-state-', t);
   const file = path.join(dir, 'state.json');
   await writeFileAtomic(file, '{"version":1,"server":{"url":"https://a","caFingerprint":"x"}}');
   // Simulate a crash between the temp write and the rename: a temp file exists, the target is intact.
@@ -54,26 +49,52 @@ test('a killed writer leaves the old content, and its temp file is removed at th
 });
 
 test('a kill -9 during writeFileAtomic never leaves a torn state.json', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-agent-state-', t);
   const file = path.join(dir, 'state.json');
-  const big = (n: number) => JSON.stringify({ n, pad: 'x'.repeat(200_000) });
-  await writeFileAtomic(file, big(0));
+  // version n of the file; the writer below writes exactly these
+  const version = (n: number) => JSON.stringify({ n, pad: 'x'.repeat(200_000) });
+  await writeFileAtomic(file, version(0));
+  let last = 0;
   for (let round = 0; round < 5; round++) {
+    // The writer reports each completed write on stdout (a pipe: written synchronously on Linux).
     const child = spawn(process.execPath, ['--import', 'tsx', '-e', `
-      import('${path.resolve('agent/state/fs.ts')}').then(async ({ writeFileAtomic }) => {
-        for (let n = 1; ; n++) await writeFileAtomic(${JSON.stringify(file)}, JSON.stringify({ n, pad: 'x'.repeat(200000) }));
-      });`], { stdio: 'ignore' });
-    await new Promise((r) => setTimeout(r, 400 + round * 97));
+      import(${JSON.stringify(path.join(REPO, 'agent/state/fs.ts'))}).then(async ({ writeFileAtomic }) => {
+        for (let n = ${last + 1}; ; n++) {
+          await writeFileAtomic(${JSON.stringify(file)}, JSON.stringify({ n, pad: 'x'.repeat(200000) }));
+          process.stdout.write(n + '\\n');
+        }
+      });`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const lines = () => out.split('\n').length - 1;
+    const closed = new Promise<void>((r) => child.stdout.once('close', () => r()));
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    // Kill once it reported some completed writes …
+    const wanted = 2 + round;
+    await Promise.race([
+      waitForEvent(child.stdout, 'data', { filter: () => lines() >= wanted, timeoutMs: 60_000, what: `${wanted} completed writes` }),
+      exited.then(() => assert.fail(`the writer exited before ${wanted} writes: ${stderr}`)),
+    ]);
+    // then at a random point of the writes that follow (a kill point, not a synchronisation)
+    await new Promise((r) => setTimeout(r, Math.random() * 20));
     child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
-    const text = await import('node:fs/promises').then((fs) => fs.readFile(file, 'utf8'));
-    const parsed = JSON.parse(text) as { n: number; pad: string };
-    assert.equal(parsed.pad.length, 200_000);
+    await Promise.all([exited, closed]);
+    const reported = out.split('\n').filter(Boolean).map(Number);
+    assert.ok(reported.length >= wanted, `writes completed before the kill: ${reported.length}`);
+    const completed = reported[reported.length - 1]!;
+    assert.equal(completed, last + reported.length, 'the writer wrote every version in order');
+    const parsed = JSON.parse(await readFile(file, 'utf8')) as { n: number; pad: string };
+    // The last completed write, or the one in flight if its rename landed before the kill.
+    assert.ok(parsed.n === completed || parsed.n === completed + 1, `state.json holds version ${parsed.n}, the writer completed ${completed}`);
+    assert.equal(await readFile(file, 'utf8'), version(parsed.n), 'exactly what that version wrote');
+    last = parsed.n;
   }
 });
 
 test('removes key blobs the state does not reference and keeps current and previous session keys', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-agent-state-', t);
   const store = await StateStore.open(dir);
   const blob = { public: Buffer.from([0, 1, 1]), private: Buffer.from([0, 1, 2]) };
   for (const n of ['ak', 'session-1', 'session-2', 'session-3']) await store.writeKey(n, blob);
@@ -93,7 +114,7 @@ test('removes key blobs the state does not reference and keeps current and previ
 });
 
 test('refuses a second agent on the same state dir and takes over a dead holder\'s lock', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-agent-state-', t);
   const first = await lockDir(dir);
   await assert.rejects(lockDir(dir), (e) => isEdgeidError(e, 'state_locked'));
   await first.release();
@@ -103,7 +124,7 @@ test('refuses a second agent on the same state dir and takes over a dead holder\
 });
 
 test('refuses a state file that is not an agent state with state_corrupt', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-agent-state-', t);
   await writeFile(path.join(dir, 'state.json'), '{"hello":1}');
   const store = await StateStore.open(dir);
   await assert.rejects(store.load(), (e) => isEdgeidError(e, 'state_corrupt'));
@@ -112,7 +133,7 @@ test('refuses a state file that is not an agent state with state_corrupt', async
 });
 
 test('wipe deletes everything of the identity but the lock', async (t) => {
-  const dir = await tmpDir(t);
+  const dir = await tmpDir('edgeid-agent-state-', t);
   const store = await StateStore.open(dir, { lock: true });
   t.after(() => store.close());
   await store.save(baseState());

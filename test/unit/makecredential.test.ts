@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { createECDH, generateKeyPairSync, privateDecrypt, constants, type KeyObject } from 'node:crypto';
 import { test } from 'node:test';
-import { isEdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import { TPM_ALG, TPM_ECC_CURVE, TPMA_OBJECT } from '../../protocol/tpm/constants.js';
 import { kdfa, kdfe } from '../../protocol/tpm/kdf.js';
 import {
@@ -16,16 +15,10 @@ import {
   toTpm2ToolsCredentialFile,
 } from '../../protocol/tpm/makecredential.js';
 import { marshalPublic, parsePublic, parseTpmtPublic, type TpmPublic } from '../../protocol/tpm/public.js';
+import { assertCode } from '../helpers/assert.js';
 
 const hex = (s: string): Buffer => Buffer.from(s, 'hex');
 
-function rejectsWith(fn: () => unknown, code: ErrorCode): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(isEdgeidError(e), `expected EdgeidError, got ${String(e)}`);
-    assert.equal(e.code, code);
-    return true;
-  });
-}
 
 // --- KDFa ------------------------------------------------------------------------------------
 
@@ -241,9 +234,9 @@ test('makeCredential accepts a secret of the full digest size and rejects longer
   const ek384 = ekFor(p384.publicKey, { nameAlg: TPM_ALG.SHA384, symBits: 256 });
   makeCredential(ek256, AK_NAME, Buffer.alloc(32, 1));
   makeCredential(ek384, AK_NAME, Buffer.alloc(48, 1));
-  rejectsWith(() => makeCredential(ek256, AK_NAME, Buffer.alloc(33, 1)), 'credential_secret_invalid');
-  rejectsWith(() => makeCredential(ek384, AK_NAME, Buffer.alloc(49, 1)), 'credential_secret_invalid');
-  rejectsWith(() => makeCredential(ek256, AK_NAME, Buffer.alloc(0)), 'credential_secret_invalid');
+  assertCode(() => makeCredential(ek256, AK_NAME, Buffer.alloc(33, 1)), 'credential_secret_invalid');
+  assertCode(() => makeCredential(ek384, AK_NAME, Buffer.alloc(49, 1)), 'credential_secret_invalid');
+  assertCode(() => makeCredential(ek256, AK_NAME, Buffer.alloc(0)), 'credential_secret_invalid');
 });
 
 test('makeCredential rejects an object name that is not algorithm id + digest with credential_name_invalid', () => {
@@ -256,7 +249,7 @@ test('makeCredential rejects an object name that is not algorithm id + digest wi
     Buffer.concat([hex('0010'), Buffer.alloc(32)]), // TPM_ALG_NULL
     hex('40000001'), // a handle "name"
   ];
-  for (const name of bad) rejectsWith(() => makeCredential(ek, name, Buffer.from('s')), 'credential_name_invalid');
+  for (const name of bad) assertCode(() => makeCredential(ek, name, Buffer.from('s')), 'credential_name_invalid');
   makeCredential(ek, Buffer.concat([hex('000c'), Buffer.alloc(48)]), Buffer.from('s')); // a SHA-384 name is fine
 });
 
@@ -264,7 +257,7 @@ test('makeCredential rejects an EK that is not a restricted decryption key with 
   const signing = EK_ATTRIBUTES & ~TPMA_OBJECT.decrypt | TPMA_OBJECT.sign;
   const unrestricted = EK_ATTRIBUTES & ~TPMA_OBJECT.restricted;
   for (const attributes of [signing, unrestricted]) {
-    rejectsWith(() => makeCredential(ekFor(p256.publicKey, { attributes }), AK_NAME, Buffer.from('s')), 'credential_ek_not_storage_key');
+    assertCode(() => makeCredential(ekFor(p256.publicKey, { attributes }), AK_NAME, Buffer.from('s')), 'credential_ek_not_storage_key');
   }
 });
 
@@ -278,7 +271,7 @@ test('makeCredential rejects EK algorithms it does not support with credential_e
     ekFor(p521.publicKey, { nameAlg: TPM_ALG.SHA512, symBits: 256 }),
     ekFor(rsa1024.publicKey),
   ];
-  for (const ek of cases) rejectsWith(() => makeCredential(ek, AK_NAME, Buffer.from('s')), 'credential_ek_unsupported');
+  for (const ek of cases) assertCode(() => makeCredential(ek, AK_NAME, Buffer.from('s')), 'credential_ek_unsupported');
 });
 
 test('makeCredential rejects an ECC EK whose point is not on the curve with tpm_malformed', () => {
@@ -286,7 +279,7 @@ test('makeCredential rejects an ECC EK whose point is not on the curve with tpm_
   const y = Buffer.from(ek.ecc?.y ?? Buffer.alloc(32));
   y[31] = (y[31] ?? 0) ^ 1;
   const off = parsePublic(marshalPublic({ ...ek, ecc: { ...(ek.ecc as NonNullable<TpmPublic['ecc']>), y } }));
-  rejectsWith(() => makeCredential(off, AK_NAME, Buffer.from('s')), 'tpm_malformed');
+  assertCode(() => makeCredential(off, AK_NAME, Buffer.from('s')), 'tpm_malformed');
 });
 
 test('tpm2-tools credential file: header 0xBADCC0DE version 1, then blob and secret; other files are tpm_malformed', () => {
@@ -296,7 +289,7 @@ test('tpm2-tools credential file: header 0xBADCC0DE version 1, then blob and sec
   assert.deepEqual(parseTpm2ToolsCredentialFile(file), c);
   const badMagic = Buffer.from(file);
   badMagic[0] = 0;
-  rejectsWith(() => parseTpm2ToolsCredentialFile(badMagic), 'tpm_malformed');
-  rejectsWith(() => parseTpm2ToolsCredentialFile(file.subarray(0, file.length - 1)), 'tpm_malformed');
-  rejectsWith(() => parseTpm2ToolsCredentialFile(Buffer.concat([file, Buffer.alloc(1)])), 'tpm_malformed');
+  assertCode(() => parseTpm2ToolsCredentialFile(badMagic), 'tpm_malformed');
+  assertCode(() => parseTpm2ToolsCredentialFile(file.subarray(0, file.length - 1)), 'tpm_malformed');
+  assertCode(() => parseTpm2ToolsCredentialFile(Buffer.concat([file, Buffer.alloc(1)])), 'tpm_malformed');
 });

@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { verify as cryptoVerify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { isEdgeidError } from '../../protocol/errors/index.js';
 import {
   TPM_ALG,
   TPM_GENERATED_VALUE,
@@ -21,13 +20,11 @@ import {
   signatureToDer,
   verifyTpmSignature,
 } from '../../protocol/tpm/index.js';
+import { assertCode } from '../helpers/assert.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
 const quotePcrs = JSON.parse(fixture('quote-pcrs.json').toString()) as { qualifyingData: string; pcrs: Record<string, string> };
 
-function assertCode(fn: () => unknown, code: string): void {
-  assert.throws(fn, (e: unknown) => isEdgeidError(e) && e.code === code);
-}
 
 test('parses a real tpm2_quote TPMS_ATTEST and its PCR digest matches the quoted values', () => {
   const a = parseAttest(fixture('quote.msg'));

@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { AttributeTypeAndValue, AttributeValue, GeneralName, Name, RelativeDistinguishedName, SubjectAlternativeName } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
-import { isEdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG, TPM_ECC_CURVE, marshalPublic, parsePublic, verifyEkCertificate, type EkTrust, type TpmPublic } from '../../protocol/tpm/index.js';
+import { assertCode } from '../helpers/assert.js';
 
 x509.cryptoProvider.set(webcrypto as never);
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -19,13 +19,6 @@ const swtpmTrust: EkTrust = { roots: [pemToDer('swtpm-localca-rootca-cert.pem')]
 const rsaEk = parsePublic(fixture('ek-rsa-persistent.pub'));
 const eccEk = parsePublic(fixture('ek-ecc384-persistent.pub'));
 
-function assertCode(fn: () => unknown, code: string): void {
-  assert.throws(fn, (e: unknown) => {
-    if (!isEdgeidError(e)) return false;
-    assert.equal(e.code, code, e.message);
-    return true;
-  });
-}
 
 test("accepts swtpm's RSA and P-384 EK certificates chained via swtpm-localca, and reads the TCG SAN", () => {
   for (const [cert, ek] of [

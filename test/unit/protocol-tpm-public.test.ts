@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { isEdgeidError } from '../../protocol/errors/index.js';
 import {
   AK_ATTRIBUTES,
   SESSION_KEY_ATTRIBUTES,
@@ -25,6 +24,7 @@ import {
   srkTemplate,
   type TpmPublic,
 } from '../../protocol/tpm/index.js';
+import { assertCode } from '../helpers/assert.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
 
@@ -37,9 +37,6 @@ function withTemplateUnique(p: TpmPublic, eccBytes: number): Omit<TpmPublic, 'tp
   };
 }
 
-function assertCode(fn: () => unknown, code: string): void {
-  assert.throws(fn, (e: unknown) => isEdgeidError(e) && e.code === code);
-}
 
 test('ekTemplateRsa2048 is byte for byte the TCG L-1 template of the RSA EK swtpm made', () => {
   const ek = parsePublic(fixture('ek-rsa-persistent.pub'));

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { isEdgeidError } from '../../protocol/errors/index.js';
+import type { ErrorCode } from '../../protocol/errors/index.js';
 import {
   AK_ATTRIBUTES,
   SESSION_KEY_ATTRIBUTES,
@@ -24,16 +24,10 @@ import {
   type TpmPublic,
   type TpmsAttest,
 } from '../../protocol/tpm/index.js';
+import { assertCode } from '../helpers/assert.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
 
-function assertCode(fn: () => unknown, code: string): void {
-  assert.throws(fn, (e: unknown) => {
-    if (!isEdgeidError(e)) return false;
-    assert.equal(e.code, code);
-    return true;
-  });
-}
 
 /** An ECC P-256 key in node:crypto and as the TPM public area a TPM would report for it. */
 function eccKey(attributes: number, scheme: TpmPublic['scheme'] = { alg: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 }): { privateKey: KeyObject; pub: TpmPublic } {
@@ -266,7 +260,7 @@ test('rejects a certification of another key than the one submitted: certify_nam
 });
 
 test('rejects certified keys without the required attributes, each with its own code', () => {
-  const cases: Array<[number, string]> = [
+  const cases: Array<[number, ErrorCode]> = [
     [SESSION_KEY_ATTRIBUTES & ~TPMA_OBJECT.fixedTPM, 'certify_not_fixed_tpm'],
     [SESSION_KEY_ATTRIBUTES & ~TPMA_OBJECT.fixedParent, 'certify_not_fixed_parent'],
     [SESSION_KEY_ATTRIBUTES & ~TPMA_OBJECT.sensitiveDataOrigin, 'certify_not_sensitive_data_origin'],

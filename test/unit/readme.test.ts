@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadConfig } from '../../enroll-server/config.js';
 import { ERRORS } from '../../protocol/errors/index.js';
-import { REPO } from '../helpers/server.js';
+import { REPO } from '../../scripts/harness/fs.js';
 import { BINS, cleanEnv, runCli, seedDataDir } from '../integration/cli-env.js';
 
 const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');

@@ -2,18 +2,15 @@ import 'reflect-metadata';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { X509Certificate, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { mkdtemp, rm, stat, readFile } from 'node:fs/promises';
-import os from 'node:os';
+import { stat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
 import { verifyControlCommand } from '../../protocol/control.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
 
-async function tmp(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-ca-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return path.join(dir, 'ca');
-}
+/** A CA dir (not yet created) in a fresh temp dir. */
+const tmp = async (t: { after: (fn: () => Promise<void>) => void }): Promise<string> => path.join(await tmpDir('edgeid-ca-', t), 'ca');
 
 const spki = () => createPublicKey(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey).export({ type: 'spki', format: 'der' });
 

@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { waitFor } from './wait.js';
 
 /** A free TCP port on 127.0.0.1 (the OS picks it; a tiny race remains, callers retry on EADDRINUSE). */
 export function freePort(): Promise<number> {
@@ -31,15 +32,11 @@ export async function freePortPair(): Promise<number> {
 
 /** Resolves once something accepts TCP connections on host:port, or rejects after timeoutMs. */
 export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.0.0.1'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
+  const accepts = (): Promise<boolean> =>
+    new Promise((resolve) => {
       const s = net.connect({ port, host });
       s.once('connect', () => { s.destroy(); resolve(true); });
       s.once('error', () => resolve(false));
     });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${host}:${port} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitFor(`something to listen on ${host}:${port}`, accepts, { timeoutMs });
 }

@@ -3,9 +3,11 @@
  * (`require_certificate`, `use_identity_as_username`), optional CRL and dynamic-security plugin.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { stopChild } from './process.js';
 import { freePort, waitForPort } from './ports.js';
 
 export const DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
@@ -29,6 +31,8 @@ export interface MosquittoOptions {
    * it, `reloadCommand` restarts the broker, the way Mosquitto needs for a new CRL.
    */
   supervised?: boolean;
+  /** Append the broker's output to this file too. */
+  logFile?: string;
 }
 
 export interface Mosquitto {
@@ -55,6 +59,11 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
   const pidFile = path.join(dir, 'mosquitto.pid');
   let startCount = 0;
   let restarting: Promise<void> | null = null;
+  const logStream = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : null;
+  const collect = (d: Buffer): void => {
+    logText += d.toString();
+    logStream?.write(d);
+  };
 
   const writeConfig = async (): Promise<void> => {
     if (opts.configFile) return;
@@ -87,8 +96,8 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       if (attempt > 0 && opts.port === undefined && !opts.configFile) port = await freePort();
       await writeConfig();
       const child = spawn('mosquitto', ['-c', confPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-      child.stdout?.on('data', (d: Buffer) => { logText += d.toString(); });
-      child.stderr?.on('data', (d: Buffer) => { logText += d.toString(); });
+      child.stdout?.on('data', collect);
+      child.stderr?.on('data', collect);
       const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}): ${logText.slice(-2000)}`))));
       exited.catch(() => {});
       try {
@@ -117,12 +126,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
     if (restarting) await restarting;
     const p = proc;
     proc = null;
-    if (!p || p.exitCode !== null) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => p.kill('SIGKILL'), 3000);
-      p.once('exit', () => { clearTimeout(t); resolve(); });
-      p.kill('SIGTERM');
-    });
+    await stopChild(p, 3000);
   };
 
   await launch();
@@ -134,6 +138,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       if (stopped) return;
       stopped = true;
       await halt();
+      logStream?.end();
       await rm(dir, { recursive: true, force: true });
     },
     async restart() {

@@ -4,10 +4,12 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { stopChild } from './process.js';
 import { freePortPair, waitForPort } from './ports.js';
 
 const run = promisify(execFile);
@@ -32,6 +34,8 @@ export interface SwtpmOptions {
   stateDir?: string;
   /** Skip manufacturing (a TPM without EKs or certificates). */
   bare?: boolean;
+  /** Append the simulator's output to this file. */
+  logFile?: string;
 }
 
 /** Creates a manufactured TPM state in `dir` (RSA-2048 + ECC P-384 EKs with certificates, platform cert). */
@@ -48,6 +52,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   let proc: ChildProcess | null = null;
   let port = 0;
   let stopped = false;
+  const logStream = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : null;
 
   const launch = async (): Promise<void> => {
     let lastErr: unknown;
@@ -59,9 +64,10 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
         '--server', `type=tcp,port=${port},bindaddr=127.0.0.1`,
         '--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
         '--flags', flags,
-      ], { stdio: ['ignore', 'ignore', 'pipe'] });
+      ], { stdio: ['ignore', logStream ? 'pipe' : 'ignore', 'pipe'] });
       let stderr = '';
-      child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
+      child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); logStream?.write(d); });
+      child.stdout?.on('data', (d: Buffer) => logStream?.write(d));
       const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`swtpm exited (${code}): ${stderr.trim()}`))));
       exited.catch(() => {});
       try {
@@ -79,12 +85,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   const halt = async (): Promise<void> => {
     const p = proc;
     proc = null;
-    if (!p || p.exitCode !== null) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => { p.kill('SIGKILL'); }, 3000);
-      p.once('exit', () => { clearTimeout(t); resolve(); });
-      p.kill('SIGTERM');
-    });
+    await stopChild(p, 3000);
   };
 
   await launch();
@@ -97,6 +98,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       if (stopped) return;
       stopped = true;
       await halt();
+      logStream?.end();
       if (own) await rm(stateDir, { recursive: true, force: true });
     },
     async restart() {

@@ -1,6 +1,6 @@
 /**
- * Tools for the revocation and blast-radius tests (issue 5) and `scripts/bench revoke`:
- * - a deployment (test/helpers/deployment.ts) whose CRL reload can be held, so a test can look
+ * Tools for the revocation and blast-radius tests and `scripts/bench revoke`:
+ * - a deployment (deployment.ts) whose CRL reload can be held, so a test can look
  *   at the window between the broker's deleteClient and the broker restart that loads the CRL;
  * - a device's MQTT identity read from an agent state dir (certificate + TPM key blobs), and TLS
  *   contexts whose key is that TPM key, for scripted clients that act as the device (or as an
@@ -10,8 +10,7 @@
  */
 import 'reflect-metadata';
 import { KeyObject, X509Certificate, webcrypto } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
 import * as x509 from '@peculiar/x509';
@@ -21,9 +20,10 @@ import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
 import { DynsecClient } from '../../enroll-server/broker/dynsec.js';
 import type { Tpm, KeyBlob } from '../../agent/tpm/index.js';
 import { startDeployment, type Deployment } from './deployment.js';
+import { tmpDir } from './fs.js';
 import { waitForPort } from './ports.js';
-import { startServerProcess, type ServerProcess } from './server.js';
-import { httpsJson } from './https.js';
+import type { ServerProcess } from './server.js';
+import { waitFor } from './wait.js';
 
 // ---- deployment with a holdable CRL reload ------------------------------------------------
 
@@ -57,9 +57,8 @@ export interface RevocationDeployment {
  */
 export async function startRevocationDeployment(serverConfig: Record<string, unknown> = {}): Promise<RevocationDeployment> {
   const inner = await startDeployment(serverConfig);
-  const holdDir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-reload-hold-'));
+  const holdDir = await tmpDir('edgeid-reload-hold-');
   const holdFile = path.join(holdDir, 'hold');
-  let server: ServerProcess | null = null;
   try {
     const [sh, flag, kill] = inner.broker.reloadCommand;
     if (sh !== 'sh' || flag !== '-c' || !kill) throw new Error(`unexpected broker reload command ${JSON.stringify(inner.broker.reloadCommand)}`);
@@ -70,22 +69,20 @@ export async function startRevocationDeployment(serverConfig: Record<string, unk
       mqtt: { url },
       broker: { url, crlFile: path.join(inner.brokerDir, 'crl.pem'), reloadCommand },
     };
-    await inner.server.stop();
-    server = await startServerProcess(config, { dataDir: inner.dataDir, keepData: true });
+    await inner.restartServer(config);
   } catch (e) {
-    await server?.stop();
     await inner.stop();
     await rm(holdDir, { recursive: true, force: true });
     throw e;
   }
-  const srv = server;
+  const srv = inner.server;
   const d: RevocationDeployment = {
     server: srv,
     broker: inner.broker,
     brokerDir: inner.brokerDir,
     dataDir: inner.dataDir,
     admin: (args) => inner.admin(args),
-    adminApi: (method, p, body) => adminRequest(srv, method, p, body),
+    adminApi: (method, p, body) => srv.admin(method, p, body),
     holdReload: () => writeFile(holdFile, ''),
     releaseReload: () => rm(holdFile, { force: true }),
     async dynsec() {
@@ -103,24 +100,16 @@ export async function startRevocationDeployment(serverConfig: Record<string, unk
     caBundle: () => readFile(path.join(inner.brokerDir, 'ca.pem'), 'utf8'),
     async brokerRestarted(startsBefore, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;
-      while (inner.broker.starts() <= startsBefore) {
-        if (Date.now() > deadline) throw new Error(`the broker did not restart within ${timeoutMs} ms`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await waitFor('the broker to restart', () => inner.broker.starts() > startsBefore, { timeoutMs, intervalMs: 20 });
       await waitForPort(inner.broker.port, Math.max(1000, deadline - Date.now()));
     },
     async stop() {
       await rm(holdFile, { force: true });
-      await srv.stop();
       await inner.stop();
       await rm(holdDir, { recursive: true, force: true });
     },
   };
   return d;
-}
-
-function adminRequest<T>(srv: ServerProcess, method: string, p: string, body?: unknown): Promise<{ status: number; body: T }> {
-  return httpsJson<T>(method, new URL(p, srv.info.url), { ca: srv.caPem, bearer: srv.adminToken, body });
 }
 
 // ---- a device's MQTT identity ----------------------------------------------------------------
@@ -339,15 +328,4 @@ export async function wideObserver(d: RevocationDeployment, topics: string[] = [
   client.on('message', (topic, payload, packet) => messages.push({ topic, payload: payload.toString(), packet }));
   await client.subscribeAsync(topics, { qos: 1 });
   return { client, messages, close: () => client.endAsync(true) };
-}
-
-/** Polls `fn` every 20 ms until it returns something truthy. */
-export async function waitUntil<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 30_000): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
