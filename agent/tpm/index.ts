@@ -23,19 +23,19 @@ import type { EkKind } from './ek.js';
 import { toTpmError } from './errors.js';
 import { loadAddon } from './native.js';
 import { createTpmSecureContext, releaseTlsKey, type TlsContextOptions, type TlsStats } from './tls.js';
-import {
-  TpmCore,
-  TpmSession,
-  type Attestation,
-  type EndorsementKey,
-  type KeyBlob,
-  type PcrValue,
-  type TpmInfo,
-} from './session.js';
+import type { TpmInfo } from './capabilities.js';
+import { TpmConnection } from './connection.js';
+import type { EndorsementKey } from './ek-discovery.js';
+import type { PcrValue } from './pcrs.js';
+import { ResidentObjects } from './residents.js';
+import { TpmSession, type Attestation, type KeyBlob } from './session.js';
 
 export { TpmError, TPM_RC } from './errors.js';
 export { TpmSession } from './session.js';
-export type { Attestation, EndorsementKey, KeyBlob, LoadedKey, PcrValue, TpmInfo } from './session.js';
+export type { Attestation, KeyBlob, LoadedKey } from './session.js';
+export type { TpmInfo } from './capabilities.js';
+export type { EndorsementKey } from './ek-discovery.js';
+export type { PcrValue } from './pcrs.js';
 export type { EkKind } from './ek.js';
 export type { TlsContextOptions, TlsStats } from './tls.js';
 
@@ -68,7 +68,8 @@ export class Tpm {
   private closed = false;
 
   private constructor(
-    private readonly core: TpmCore,
+    private readonly conn: TpmConnection,
+    private readonly residents: ResidentObjects,
     readonly tcti: string,
   ) {}
 
@@ -82,9 +83,10 @@ export class Tpm {
     const addon = loadAddon();
     try {
       const ctx = await addon.open(conf);
-      const core = new TpmCore(addon, ctx);
-      core.keepResidents = opts.keepResidents ?? true;
-      return new Tpm(core, conf);
+      const conn = new TpmConnection(addon, ctx);
+      const residents = new ResidentObjects(conn);
+      residents.keep = opts.keepResidents ?? true;
+      return new Tpm(conn, residents, conf);
     } catch (e) {
       throw toTpmError(e);
     }
@@ -95,7 +97,7 @@ export class Tpm {
    * signing path runs outside the queue and is counted apart: `tls.*` in commandStats(), tlsStats().
    */
   get commandCount(): number {
-    return this.core.commandCount;
+    return this.conn.commandCount;
   }
 
   /**
@@ -103,12 +105,12 @@ export class Tpm {
    * TLS signing path's under `tls.<name>`, e.g. { 'tls.ContextLoad': 4, 'tls.Sign': 4, 'tls.FlushContext': 4 }.
    */
   commandStats(): Record<string, number> {
-    return this.core.commandStats();
+    return this.conn.commandStats();
   }
 
   /** Signatures, failures and TPM commands of the TLS signing path, and why it last failed. */
   tlsStats(): TlsStats {
-    return this.core.addon.tlsStats(this.core.ctx);
+    return this.conn.addon.tlsStats(this.conn.ctx);
   }
 
   /** Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent. */
@@ -116,8 +118,8 @@ export class Tpm {
     if (this.closed) return;
     this.closed = true;
     await this.tail.catch(() => {});
-    await this.core.releaseResidents().catch(() => 0);
-    this.core.addon.close(this.core.ctx);
+    await this.residents.releaseAll().catch(() => 0);
+    this.conn.addon.close(this.conn.ctx);
   }
 
   /**
@@ -142,7 +144,7 @@ export class Tpm {
     if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
     const stats = new Map<string, number>();
     const attempt = async (): Promise<T> => {
-      const session = new TpmSession(this.core, stats);
+      const session = new TpmSession(this.conn, this.residents, stats);
       let result: T;
       try {
         result = await this.inBatch.run(true, () => fn(session));
@@ -161,7 +163,7 @@ export class Tpm {
         result = await attempt();
       } catch (e) {
         if (!(e instanceof StaleResidents)) throw e;
-        await this.core.releaseResidents(stats).catch(() => 0); // closes their ESYS handles
+        await this.residents.releaseAll(stats).catch(() => 0); // closes their ESYS handles
         try {
           result = await attempt();
         } catch (again) {
@@ -181,7 +183,7 @@ export class Tpm {
 
   /** Objects this Tpm keeps loaded between batches (0, or 2 after a renewal: the SRK and the AK). */
   get residentObjectCount(): number {
-    return this.core.residentCount;
+    return this.residents.count;
   }
 
   /** Flushes the resident objects (wipe; close() does it too). Returns how many the TPM flushed. */
@@ -201,8 +203,8 @@ export class Tpm {
    * between. The context works while this Tpm is open; after close() its handshakes fail.
    */
   tlsSecureContext(opts: TlsContextOptions): Promise<SecureContext> {
-    return createTpmSecureContext(this.core.addon, this.core.ctx, opts, async (key) => {
-      const saved = this.core.takeSavedContext(key.public);
+    return createTpmSecureContext(this.conn.addon, this.conn.ctx, opts, async (key) => {
+      const saved = this.residents.takeSavedContext(key.public);
       if (saved) return saved;
       return this.batch(async (s) => s.contextSave(await s.load(key)));
     });
@@ -213,7 +215,7 @@ export class Tpm {
    * later handshakes with it fail. Returns false if `secureContext` has no TPM key.
    */
   releaseTlsKey(secureContext: SecureContext): boolean {
-    return releaseTlsKey(this.core.addon, secureContext);
+    return releaseTlsKey(this.conn.addon, secureContext);
   }
 
   // ---- convenience: one batch each ----
