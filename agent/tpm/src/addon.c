@@ -81,7 +81,7 @@ int arg_u32(napi_env env, napi_value v, const char *what, uint32_t *out) {
   return 1;
 }
 
-static int view_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len) {
+int arg_view(napi_env env, napi_value v, const char *what, const uint8_t **data, size_t *len) {
   bool is_typed = false;
   napi_typedarray_type type;
   void *ptr = NULL;
@@ -97,22 +97,10 @@ static int view_bytes(napi_env env, napi_value v, const char *what, uint8_t **da
   return 1;
 }
 
-int arg_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len) {
-  uint8_t *src;
-  if (!view_bytes(env, v, what, &src, len)) return 0;
-  *data = malloc(*len ? *len : 1);
-  if (*data == NULL) {
-    napi_throw_error(env, NULL, "out of memory");
-    return 0;
-  }
-  if (*len) memcpy(*data, src, *len);
-  return 1;
-}
-
 int arg_bytes_into(napi_env env, napi_value v, const char *what, uint8_t *dst, size_t cap, uint16_t *len) {
-  uint8_t *src;
+  const uint8_t *src;
   size_t n;
-  if (!view_bytes(env, v, what, &src, &n)) return 0;
+  if (!arg_view(env, v, what, &src, &n)) return 0;
   if (n > cap) {
     char msg[96];
     snprintf(msg, sizeof msg, "%s is longer than %zu bytes", what, cap);
@@ -181,6 +169,7 @@ static void job_execute(napi_env env, void *data) {
     j->execute(j);
     return;
   }
+  if (j->rc != TSS2_RC_SUCCESS) return; /* an argument did not unmarshal: reject with that */
   pthread_mutex_lock(&j->ctx->lock);
   if (j->ctx->closed) {
     j->rc = TSS2_ESYS_RC_BAD_REFERENCE;
