@@ -107,3 +107,35 @@ export async function readInfo(s: TpmSession): Promise<TpmInfo> {
     pcrBanks: pcrs.selection ? parsePcrSelection(pcrs.selection).filter((b) => b.pcrs.length > 0) : [],
   };
 }
+
+/**
+ * Flushes the transient objects whose TPM2B_PUBLIC is one of `publics` (objects loaded through a
+ * connection that broke: a TPM without resource manager keeps them). Lists the transient handles
+ * even when `publics` is empty, so it also proves that the TPM answers. Returns how many it flushed.
+ * On a TPM shared with other processes without a resource manager, an object of theirs with the
+ * same public area (the SRK from the same template) is flushed too.
+ */
+export async function flushOrphans(s: TpmSession, publics: readonly Buffer[]): Promise<number> {
+  const handles = await readHandles(s, TPM_HR_TRANSIENT, TPM_HR_TRANSIENT_LAST);
+  const wanted = [...publics];
+  let n = 0;
+  for (const tpmHandle of wanted.length > 0 ? handles : []) {
+    let tr: number;
+    try {
+      tr = await s.command('ReadPublic', (a, c) => a.trFromTpmPublic(c, tpmHandle));
+    } catch (e) {
+      if (e instanceof TpmError && e.tpmCode === TPM_RC.HANDLE) continue; // gone meanwhile
+      throw e;
+    }
+    const { public: pub } = await s.command('ReadPublic', (a, c) => a.readPublic(c, tr));
+    const i = wanted.findIndex((w) => w.equals(pub));
+    if (i >= 0) {
+      wanted.splice(i, 1);
+      await s.command('FlushContext', (a, c) => a.flush(c, tr));
+      n++;
+    } else {
+      await s.command('TR_Close', (a, c) => a.trClose(c, tr));
+    }
+  }
+  return n;
+}

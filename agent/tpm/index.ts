@@ -8,6 +8,13 @@
  * (`s.loadResident(ak)`: the SRK and one key, for the renewal) stays loaded between batches, until
  * close(), flushResidents() or flushTransientObjects().
  *
+ * Every TPM command has a deadline (EDGEID_TPM_DEADLINE_MS, default 30 s; the TLS signature
+ * EDGEID_TPM_TLS_DEADLINE_MS, default 5 s; or `Tpm.open(tcti, { deadlines })`). A TPM that does not
+ * answer in time fails the call with tpm_unresponsive, and every call after it at once, until the
+ * TPM answers again: then the next batch reopens the connection (a new TCTI and ESYS context;
+ * connection.ts), flushes what the old one left loaded, and goes on. A recovery batch is scheduled
+ * by itself (backing off from 1 s to 30 s), so the TLS signing path recovers in an idle agent too.
+ *
  *   const tpm = await Tpm.open();            // EDGEID_TCTI or device:/dev/tpmrm0
  *   const ak = await tpm.createAttestationKey();
  *   const { attest, signature } = await tpm.quote(ak, [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1] }], nonce);
@@ -23,8 +30,8 @@ import type { EkKind } from './ek.js';
 import { toTpmError } from './errors.js';
 import { loadAddon } from './native.js';
 import { createTpmSecureContext, releaseTlsKey, type TlsContextOptions, type TlsStats } from './tls.js';
-import type { TpmInfo } from './capabilities.js';
-import { TpmConnection } from './connection.js';
+import { flushOrphans, type TpmInfo } from './capabilities.js';
+import { TpmConnection, resolveDeadlines, type TpmDeadlines } from './connection.js';
 import type { EndorsementKey } from './ek-discovery.js';
 import type { PcrValue } from './pcrs.js';
 import { ResidentObjects } from './residents.js';
@@ -34,6 +41,7 @@ export { TpmError, TPM_RC } from './errors.js';
 export { TpmSession } from './session.js';
 export type { Attestation, KeyBlob, LoadedKey } from './session.js';
 export type { TpmInfo } from './capabilities.js';
+export { DEFAULT_COMMAND_DEADLINE_MS, DEFAULT_TLS_DEADLINE_MS, type TpmDeadlines } from './connection.js';
 export type { EndorsementKey } from './ek-discovery.js';
 export type { PcrValue } from './pcrs.js';
 export type { EkKind } from './ek.js';
@@ -55,6 +63,32 @@ export function resolveTcti(tcti?: string): string {
   return env !== undefined && env !== '' ? env : DEFAULT_TCTI;
 }
 
+/** First and longest wait before a recovery batch tries to reopen a broken connection. */
+const RECOVERY_FIRST_MS = 1_000;
+const RECOVERY_MAX_MS = 30_000;
+/** How often an agent with a TPM-backed TLS context looks whether the signing path broke the connection. */
+const TLS_HEALTH_CHECK_MS = 2_000;
+
+/**
+ * An unref'd interval that calls `fn` with the target while it lives. A module-level function, so
+ * that the timer's closure holds only the WeakRef: a timer must not keep an abandoned Tpm (and its
+ * TPM connection) from being collected.
+ */
+function everyWhileAlive<T extends object>(target: WeakRef<T>, ms: number, fn: (t: T) => void): NodeJS.Timeout {
+  const timer = setInterval(() => {
+    const t = target.deref();
+    if (t) fn(t);
+    else clearInterval(timer);
+  }, ms);
+  timer.unref();
+  return timer;
+}
+
+/** Module-level, like everyWhileAlive: a closure made inside a Tpm method would capture `this`. */
+function recoverIfBroken(tpm: Tpm): void {
+  tpm.scheduleRecovery();
+}
+
 export class Tpm {
   private tail: Promise<unknown> = Promise.resolve();
   /**
@@ -66,24 +100,32 @@ export class Tpm {
   private readonly inBatch = new AsyncLocalStorage<true>();
   private queued = 0;
   private closed = false;
+  private recoveryTimer: NodeJS.Timeout | undefined;
+  private recoveryDelayMs = RECOVERY_FIRST_MS;
+  private tlsHealthTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly conn: TpmConnection,
     private readonly residents: ResidentObjects,
     readonly tcti: string,
-  ) {}
+  ) {
+    conn.onTrouble = () => this.scheduleRecovery();
+  }
 
   /**
    * Opens the TPM behind a TCTI (`swtpm:host=127.0.0.1,port=N`, `device:/dev/tpmrm0`, …).
    * `keepResidents: false` for one-shot processes: `s.loadResident()` then loads for its batch only,
    * so a kill -9 after a batch leaves nothing loaded in a TPM without resource manager.
+   * `deadlines`: per queued command and per TLS signature (default: environment, else 30 s / 5 s).
    */
-  static async open(tcti?: string, opts: { keepResidents?: boolean } = {}): Promise<Tpm> {
+  static async open(tcti?: string, opts: { keepResidents?: boolean; deadlines?: Partial<TpmDeadlines> } = {}): Promise<Tpm> {
     const conf = resolveTcti(tcti);
+    const deadlines = resolveDeadlines(opts.deadlines);
     const addon = loadAddon();
     try {
       const ctx = await addon.open(conf);
-      const conn = new TpmConnection(addon, ctx);
+      addon.setTlsDeadline(ctx, deadlines.tlsMs);
+      const conn = new TpmConnection(addon, ctx, deadlines);
       const residents = new ResidentObjects(conn);
       residents.keep = opts.keepResidents ?? true;
       return new Tpm(conn, residents, conf);
@@ -113,13 +155,82 @@ export class Tpm {
     return this.conn.addon.tlsStats(this.conn.ctx);
   }
 
-  /** Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent. */
+  /**
+   * 'ok'; 'stuck' while a command is out past its deadline (calls fail with tpm_unresponsive);
+   * 'broken' until the next batch reopens the connection.
+   */
+  get connectionState(): 'ok' | 'stuck' | 'broken' {
+    return this.conn.state;
+  }
+
+  /**
+   * Resolves once no TPM command is out past its deadline (at once if none): after an abort the
+   * command comes back from its worker a moment later; on the device TCTI when the kernel gives up.
+   */
+  unstuck(): Promise<void> {
+    return this.conn.unstuck();
+  }
+
+  /**
+   * Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent.
+   * Never waits for a TPM that does not answer: a stuck command's context is closed when it returns.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.recoveryTimer);
+    clearInterval(this.tlsHealthTimer);
     await this.tail.catch(() => {});
-    await this.residents.releaseAll().catch(() => 0);
-    this.conn.addon.close(this.conn.ctx);
+    if (this.conn.state === 'ok') await this.residents.releaseAll().catch(() => 0);
+    this.conn.close();
+  }
+
+  /**
+   * A broken connection is reopened by the next batch; this makes sure there is one, so that the
+   * TLS signing path (outside the queue) recovers in an idle agent too. Nothing while a command is
+   * stuck (its return calls this again) or while the connection is fine. Called by the connection
+   * and by the TLS health check.
+   */
+  scheduleRecovery(): void {
+    if (this.closed || this.recoveryTimer !== undefined || this.conn.state !== 'broken') return;
+    this.recoveryTimer = setTimeout(() => {
+      this.recoveryTimer = undefined;
+      this.batch(async () => {}).then(
+        () => {
+          this.recoveryDelayMs = RECOVERY_FIRST_MS;
+        },
+        () => {
+          this.recoveryDelayMs = Math.min(this.recoveryDelayMs * 2, RECOVERY_MAX_MS);
+          this.scheduleRecovery();
+        },
+      );
+    }, this.recoveryDelayMs);
+    this.recoveryTimer.unref();
+  }
+
+  /**
+   * At the start of a batch: a stuck connection fails it with tpm_unresponsive; a broken one is
+   * reopened — the residents' ESYS handles die with the old context, so they are forgotten and,
+   * with whatever else the old connection left loaded, flushed by their public areas.
+   */
+  private async ensureConnected(stats: Map<string, number>): Promise<void> {
+    const state = this.conn.state;
+    if (state === 'ok') return;
+    if (state === 'stuck') throw this.conn.unusable();
+    this.conn.orphans.push(...this.residents.forget());
+    try {
+      await this.conn.reconnect();
+    } catch (e) {
+      this.scheduleRecovery();
+      throw e;
+    }
+    const session = new TpmSession(this.conn, this.residents, stats);
+    try {
+      await flushOrphans(session, this.conn.orphans);
+      this.conn.orphans.length = 0;
+    } finally {
+      await session.end().catch(() => {});
+    }
   }
 
   /**
@@ -158,6 +269,7 @@ export class Tpm {
     };
     const run = async () => {
       if (this.closed) throw new EdgeidError('tpm_closed');
+      await this.ensureConnected(stats);
       let result: T;
       try {
         result = await attempt();
@@ -203,6 +315,10 @@ export class Tpm {
    * between. The context works while this Tpm is open; after close() its handshakes fail.
    */
   tlsSecureContext(opts: TlsContextOptions): Promise<SecureContext> {
+    if (this.tlsHealthTimer === undefined && !this.closed) {
+      // The signing path may break the connection (its deadline passed) without a queued call to notice.
+      this.tlsHealthTimer = everyWhileAlive(new WeakRef(this), TLS_HEALTH_CHECK_MS, recoverIfBroken);
+    }
     return createTpmSecureContext(this.conn.addon, this.conn.ctx, opts, async (key) => {
       const saved = this.residents.takeSavedContext(key.public);
       if (saved) return saved;

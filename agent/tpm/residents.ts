@@ -75,6 +75,17 @@ export class ResidentObjects {
     }
   }
 
+  /**
+   * Forgets the residents without a TPM command (their ESYS handles died with a broken connection)
+   * and returns their TPM2B_PUBLIC, so that the objects can be found and flushed after a reconnect.
+   */
+  forget(): Buffer[] {
+    const lost = [this.key, this.srkResident].filter((r): r is ResidentObject => r !== undefined).map((r) => r.public);
+    this.key = undefined;
+    if (this.srkResident) this.srk = undefined;
+    return lost;
+  }
+
   /** Flushes every resident object (the key first). Returns how many the TPM flushed. */
   async releaseAll(into?: Map<string, number>): Promise<number> {
     const key = await this.release('key', into);

@@ -77,6 +77,8 @@ function isTpmCode(e: unknown, code: number): boolean {
 export class TpmSession {
   /** Transient objects loaded by this batch, flushed in reverse order at the end. */
   private readonly transient: number[] = [];
+  /** Their TPM2B_PUBLIC, to find them again if the connection breaks before they are flushed. */
+  private readonly transientPublic = new Map<number, Buffer>();
   /** ESYS handles of persistent objects / NV indices, closed (not flushed) at the end. */
   private readonly opened: number[] = [];
   private srkHandle: number | undefined;
@@ -126,6 +128,11 @@ export class TpmSession {
       }
       throw e;
     }
+  }
+
+  private track(handle: number, publicArea: Buffer): void {
+    this.transient.push(handle);
+    this.transientPublic.set(handle, publicArea);
   }
 
   /** An ESYS handle of a persistent object or NV index this batch opened: closed (not flushed) at its end. */
@@ -240,7 +247,7 @@ export class TpmSession {
   async createPrimary(hierarchy: 'owner' | 'endorsement', template: Buffer): Promise<LoadedKey> {
     const tr = hierarchy === 'owner' ? this.esysTr.RH_OWNER : this.esysTr.RH_ENDORSEMENT;
     const r = await this.withRoom(() => this.command('CreatePrimary', (a, c) => a.createPrimary(c, tr, template)));
-    this.transient.push(r.handle);
+    this.track(r.handle, r.public);
     return { handle: r.handle, public: r.public };
   }
 
@@ -254,7 +261,7 @@ export class TpmSession {
   async createLoaded(template: Buffer): Promise<LoadedKey & KeyBlob> {
     const parent = await this.srk();
     const r = await this.withRoom(() => this.command('CreateLoaded', (a, c) => a.createLoaded(c, parent, template), [parent]));
-    this.transient.push(r.handle);
+    this.track(r.handle, r.public);
     return { handle: r.handle, public: r.public, private: r.private };
   }
 
@@ -264,7 +271,7 @@ export class TpmSession {
     if (resident?.blob && sameBlob(resident.blob, blob)) return { handle: this.useResident(resident), public: resident.public };
     const parent = await this.srk();
     const handle = await this.withRoom(() => this.command('Load', (a, c) => a.load(c, parent, blob.private, blob.public), [parent]));
-    this.transient.push(handle);
+    this.track(handle, blob.public);
     return { handle, public: blob.public };
   }
 
@@ -296,7 +303,7 @@ export class TpmSession {
   /** Loads a saved context; the object is flushed when the batch ends. */
   async contextLoad(saved: Buffer, publicArea: Buffer): Promise<LoadedKey> {
     const handle = await this.withRoom(() => this.command('ContextLoad', (a, c) => a.contextLoad(c, saved)));
-    this.transient.push(handle);
+    this.track(handle, publicArea);
     return { handle, public: publicArea };
   }
 
@@ -439,6 +446,9 @@ export class TpmSession {
         await this.connection.call('FlushContext', (a, c) => a.flush(c, handle), this.stats);
       } catch (e) {
         firstError ??= e;
+        // Still loaded in a TPM without resource manager: flushed by its public area after the reconnect.
+        const publicArea = this.transientPublic.get(handle);
+        if (this.connection.state !== 'ok' && publicArea) this.connection.orphans.push(publicArea);
       }
     }
     for (const handle of this.opened.reverse()) {
@@ -449,6 +459,7 @@ export class TpmSession {
       }
     }
     this.transient.length = 0;
+    this.transientPublic.clear();
     this.opened.length = 0;
     this.srkHandle = undefined;
     this.ended = true;

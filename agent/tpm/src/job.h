@@ -27,6 +27,7 @@ struct job {
   job_execute_fn execute;
   job_complete_fn complete;
   job_release_fn release;
+  int repairs; /* runs on a broken context (reconnect); every other job fails on one at once */
 };
 
 /* Allocates a zeroed job of `size` bytes (a struct whose first member is `job base`) bound to the
