@@ -103,6 +103,7 @@ export class Tpm {
   private recoveryTimer: NodeJS.Timeout | undefined;
   private recoveryDelayMs = RECOVERY_FIRST_MS;
   private tlsHealthTimer: NodeJS.Timeout | undefined;
+  private readonly recoveryWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
 
   private constructor(
     private readonly conn: TpmConnection,
@@ -172,6 +173,16 @@ export class Tpm {
   }
 
   /**
+   * Resolves when the connection works again (at once if it does): after a reconnect by a batch or
+   * by the recovery this Tpm schedules itself. Rejects with tpm_closed if the Tpm is closed first.
+   */
+  recovered(): Promise<void> {
+    if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
+    if (this.conn.state === 'ok') return Promise.resolve();
+    return new Promise((resolve, reject) => this.recoveryWaiters.push({ resolve, reject }));
+  }
+
+  /**
    * Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent.
    * Never waits for a TPM that does not answer: a stuck command's context is closed when it returns.
    */
@@ -180,6 +191,7 @@ export class Tpm {
     this.closed = true;
     clearTimeout(this.recoveryTimer);
     clearInterval(this.tlsHealthTimer);
+    for (const w of this.recoveryWaiters.splice(0)) w.reject(new EdgeidError('tpm_closed'));
     await this.tail.catch(() => {});
     if (this.conn.state === 'ok') await this.residents.releaseAll().catch(() => 0);
     this.conn.close();
@@ -231,6 +243,7 @@ export class Tpm {
     } finally {
       await session.end().catch(() => {});
     }
+    for (const w of this.recoveryWaiters.splice(0)) w.resolve();
   }
 
   /**

@@ -54,6 +54,27 @@ async function openThroughProxy(t: import('node:test').TestContext): Promise<Tpm
   return tpm;
 }
 
+/** A TLS server that requires a client certificate; returns one handshake with `secureContext` against it. */
+async function tlsServer(t: import('node:test').TestContext, secureContext: tls.SecureContext): Promise<() => Promise<void>> {
+  const server = tls.createServer({ key: ca.server.keyPem, cert: ca.server.certPem, ca: ca.caPem, requestCert: true, rejectUnauthorized: true }, (s) =>
+    s.end(),
+  );
+  server.on('tlsClientError', () => {});
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => server.close());
+  const { port } = server.address() as net.AddressInfo;
+  return () =>
+    new Promise<void>((resolve, reject) => {
+      const c = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', secureContext });
+      c.once('secureConnect', () => {
+        c.destroy();
+        resolve();
+      });
+      c.on('error', reject);
+    });
+}
+
 for (const mode of ['stall', 'truncate'] as const) {
   test(`a TPM that ${mode === 'stall' ? 'never answers' : 'answers one byte short'} fails the call with tpm_unresponsive by its deadline; the loop runs meanwhile; after healing the next call works and nothing stays loaded`, async (t) => {
     const tpm = await openThroughProxy(t);
@@ -120,23 +141,7 @@ test('the TLS signing callback gives up by its deadline when the TPM stalls: the
   const tpm = await openThroughProxy(t);
   const key = await tpm.createSigningKey();
   const secureContext = await tpm.tlsSecureContext({ key, certPem: await ca.issueForTpmKey(key, 'dev-stall'), caPem: ca.caPem });
-  const server = tls.createServer({ key: ca.server.keyPem, cert: ca.server.certPem, ca: ca.caPem, requestCert: true, rejectUnauthorized: true }, (s) =>
-    s.end(),
-  );
-  server.on('tlsClientError', () => {});
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.after(() => server.close());
-  const { port } = server.address() as net.AddressInfo;
-  const handshake = () =>
-    new Promise<void>((resolve, reject) => {
-      const c = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', secureContext });
-      c.once('secureConnect', () => {
-        c.destroy();
-        resolve();
-      });
-      c.on('error', reject);
-    });
+  const handshake = await tlsServer(t, secureContext);
 
   await handshake();
   const signed = tpm.tlsStats().signatures;
@@ -166,6 +171,22 @@ test('the TLS signing callback gives up by its deadline when the TPM stalls: the
   await tpm.getRandom(1); // the next batch reopens the connection (an idle agent's recovery batch does the same)
   await handshake();
   assert.equal(tpm.tlsStats().signatures, signed + 1);
+});
+
+test('an idle agent recovers its TLS signing path by itself once the TPM answers again (no TPM call of its own)', async (t) => {
+  const tpm = await openThroughProxy(t);
+  const key = await tpm.createSigningKey();
+  const secureContext = await tpm.tlsSecureContext({ key, certPem: await ca.issueForTpmKey(key, 'dev-idle'), caPem: ca.caPem });
+  const handshake = await tlsServer(t, secureContext);
+  await proxy.setMode('stall');
+  await assert.rejects(handshake());
+  assert.equal(tpm.connectionState, 'broken', 'only the signing path knows: no queued call noticed');
+  await proxy.setMode('pass');
+  const commands = tpm.commandStats();
+  await tpm.recovered(); // the health check saw the broken connection and a recovery batch reopened it
+  assert.equal(tpm.connectionState, 'ok');
+  assert.ok((tpm.commandStats().GetCapability ?? 0) > (commands.GetCapability ?? 0), 'the recovery probed the TPM');
+  await handshake();
 });
 
 test('deadlines must be whole milliseconds', async () => {
