@@ -1,8 +1,8 @@
 /**
  * The agent's TPM: a typed API over the edgeid_tpm addon (tpm2-tss ESYS).
  *
- * Every TPM call runs off the event loop and goes through one queue per Tpm (ESYS contexts are not
- * thread-safe, and a small TPM holds only ~3 objects). `batch()` holds the queue for a whole unit of
+ * Every TPM call runs off the event loop and goes through one queue per Tpm (queue.ts; ESYS contexts
+ * are not thread-safe, and a small TPM holds only ~3 objects). `batch()` holds the queue for a whole unit of
  * work, creates the SRK at most once, and flushes everything it loaded at the end, even on error;
  * the convenience methods below are one batch each. Only what a batch makes resident on purpose
  * (`s.loadResident(ak)`: the SRK and one key, for the renewal) stays loaded between batches, until
@@ -12,8 +12,8 @@
  * EDGEID_TPM_TLS_DEADLINE_MS, default 5 s; or `Tpm.open(tcti, { deadlines })`). A TPM that does not
  * answer in time fails the call with tpm_unresponsive, and every call after it at once, until the
  * TPM answers again: then the next batch reopens the connection (a new TCTI and ESYS context;
- * connection.ts), flushes what the old one left loaded, and goes on. A recovery batch is scheduled
- * by itself (backing off from 1 s to 30 s), so the TLS signing path recovers in an idle agent too.
+ * connection.ts), flushes what the old one left loaded, and goes on. The queue schedules a recovery
+ * batch by itself (backing off from 1 s to 30 s), so the TLS signing path recovers in an idle agent too.
  *
  *   const tpm = await Tpm.open();            // EDGEID_TCTI or device:/dev/tpmrm0
  *   const ak = await tpm.createAttestationKey();
@@ -21,19 +21,18 @@
  *   const secureContext = await tpm.tlsSecureContext({ key: sessionKey, certPem, caPem }); // for mqtt.js
  *   await tpm.close();
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import type { SecureContext } from 'node:tls';
-import { EdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG } from '../../protocol/tpm/constants.js';
 import type { PcrSelection } from '../../protocol/tpm/pcr.js';
 import type { EkKind } from './ek.js';
 import { toTpmError } from './errors.js';
 import { loadAddon } from './native.js';
 import { createTpmSecureContext, releaseTlsKey, type TlsContextOptions, type TlsStats } from './tls.js';
-import { flushOrphans, type TpmInfo } from './capabilities.js';
+import type { TpmInfo } from './capabilities.js';
 import { TpmConnection, resolveDeadlines, type TpmDeadlines } from './connection.js';
 import type { EndorsementKey } from './ek-discovery.js';
 import type { PcrValue } from './pcrs.js';
+import { TpmQueue, type BatchResult } from './queue.js';
 import { ResidentObjects } from './residents.js';
 import { TpmSession, type Attestation, type KeyBlob } from './session.js';
 
@@ -49,13 +48,6 @@ export type { TlsContextOptions, TlsStats } from './tls.js';
 
 export const DEFAULT_TCTI = 'device:/dev/tpmrm0';
 
-/** A batch failed on a stale resident handle: Tpm.batch drops the residents and retries once. */
-class StaleResidents extends Error {
-  constructor(override readonly cause: unknown) {
-    super('a resident TPM object is gone');
-  }
-}
-
 /** The TCTI configuration to use: explicit, else EDGEID_TCTI, else the kernel resource manager. */
 export function resolveTcti(tcti?: string): string {
   if (tcti !== undefined && tcti !== '') return tcti;
@@ -63,54 +55,15 @@ export function resolveTcti(tcti?: string): string {
   return env !== undefined && env !== '' ? env : DEFAULT_TCTI;
 }
 
-/** First and longest wait before a recovery batch tries to reopen a broken connection. */
-const RECOVERY_FIRST_MS = 1_000;
-const RECOVERY_MAX_MS = 30_000;
-/** How often an agent with a TPM-backed TLS context looks whether the signing path broke the connection. */
-const TLS_HEALTH_CHECK_MS = 2_000;
-
-/**
- * An unref'd interval that calls `fn` with the target while it lives. A module-level function, so
- * that the timer's closure holds only the WeakRef: a timer must not keep an abandoned Tpm (and its
- * TPM connection) from being collected.
- */
-function everyWhileAlive<T extends object>(target: WeakRef<T>, ms: number, fn: (t: T) => void): NodeJS.Timeout {
-  const timer = setInterval(() => {
-    const t = target.deref();
-    if (t) fn(t);
-    else clearInterval(timer);
-  }, ms);
-  timer.unref();
-  return timer;
-}
-
-/** Module-level, like everyWhileAlive: a closure made inside a Tpm method would capture `this`. */
-function recoverIfBroken(tpm: Tpm): void {
-  tpm.scheduleRecovery();
-}
-
 export class Tpm {
-  private tail: Promise<unknown> = Promise.resolve();
-  /**
-   * Marks the async context of a running batch (tpm_nested_batch). Enabled only while batches are
-   * queued: an enabled AsyncLocalStorage makes Node 20 run four JS promise hooks for every promise
-   * in the process, forever — about twice the cost per promise, and the hottest functions of an
-   * otherwise idle agent (measured: ~0.8 MB RSS; issue 4: RSS ≤ 60 MB).
-   */
-  private readonly inBatch = new AsyncLocalStorage<true>();
-  private queued = 0;
-  private closed = false;
-  private recoveryTimer: NodeJS.Timeout | undefined;
-  private recoveryDelayMs = RECOVERY_FIRST_MS;
-  private tlsHealthTimer: NodeJS.Timeout | undefined;
-  private readonly recoveryWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private readonly queue: TpmQueue;
 
   private constructor(
     private readonly conn: TpmConnection,
     private readonly residents: ResidentObjects,
     readonly tcti: string,
   ) {
-    conn.onTrouble = () => this.scheduleRecovery();
+    this.queue = new TpmQueue(conn, residents);
   }
 
   /**
@@ -174,76 +127,18 @@ export class Tpm {
 
   /**
    * Resolves when the connection works again (at once if it does): after a reconnect by a batch or
-   * by the recovery this Tpm schedules itself. Rejects with tpm_closed if the Tpm is closed first.
+   * by the recovery this Tpm schedules itself (queue.ts). Rejects with tpm_closed if closed first.
    */
   recovered(): Promise<void> {
-    if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
-    if (this.conn.state === 'ok') return Promise.resolve();
-    return new Promise((resolve, reject) => this.recoveryWaiters.push({ resolve, reject }));
+    return this.queue.recovered();
   }
 
   /**
    * Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent.
    * Never waits for a TPM that does not answer: a stuck command's context is closed when it returns.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    clearTimeout(this.recoveryTimer);
-    clearInterval(this.tlsHealthTimer);
-    for (const w of this.recoveryWaiters.splice(0)) w.reject(new EdgeidError('tpm_closed'));
-    await this.tail.catch(() => {});
-    if (this.conn.state === 'ok') await this.residents.releaseAll().catch(() => 0);
-    this.conn.close();
-  }
-
-  /**
-   * A broken connection is reopened by the next batch; this makes sure there is one, so that the
-   * TLS signing path (outside the queue) recovers in an idle agent too. Nothing while a command is
-   * stuck (its return calls this again) or while the connection is fine. Called by the connection
-   * and by the TLS health check.
-   */
-  scheduleRecovery(): void {
-    if (this.closed || this.recoveryTimer !== undefined || this.conn.state !== 'broken') return;
-    this.recoveryTimer = setTimeout(() => {
-      this.recoveryTimer = undefined;
-      this.batch(async () => {}).then(
-        () => {
-          this.recoveryDelayMs = RECOVERY_FIRST_MS;
-        },
-        () => {
-          this.recoveryDelayMs = Math.min(this.recoveryDelayMs * 2, RECOVERY_MAX_MS);
-          this.scheduleRecovery();
-        },
-      );
-    }, this.recoveryDelayMs);
-    this.recoveryTimer.unref();
-  }
-
-  /**
-   * At the start of a batch: a stuck connection fails it with tpm_unresponsive; a broken one is
-   * reopened — the residents' ESYS handles die with the old context, so they are forgotten and,
-   * with whatever else the old connection left loaded, flushed by their public areas.
-   */
-  private async ensureConnected(stats: Map<string, number>): Promise<void> {
-    const state = this.conn.state;
-    if (state === 'ok') return;
-    if (state === 'stuck') throw this.conn.unusable();
-    this.conn.orphans.push(...this.residents.forget());
-    try {
-      await this.conn.reconnect();
-    } catch (e) {
-      this.scheduleRecovery();
-      throw e;
-    }
-    const session = new TpmSession(this.conn, this.residents, stats);
-    try {
-      await flushOrphans(session, this.conn.orphans);
-      this.conn.orphans.length = 0;
-    } finally {
-      await session.end().catch(() => {});
-    }
-    for (const w of this.recoveryWaiters.splice(0)) w.resolve();
+  close(): Promise<void> {
+    return this.queue.close();
   }
 
   /**
@@ -254,56 +149,15 @@ export class Tpm {
    * are dropped and `fn` runs once more, in a fresh session.
    */
   async batch<T>(fn: (s: TpmSession) => Promise<T>): Promise<T> {
-    return (await this.batchWithStats(fn)).result;
+    return (await this.queue.run(fn)).result;
   }
 
   /**
    * batch() that also reports the TPM commands the batch sent: every command, the end-of-batch
    * flushes and a retry included (the TLS signing path is not in the queue and not counted here).
    */
-  batchWithStats<T>(fn: (s: TpmSession) => Promise<T>): Promise<{ result: T; commands: number; commandStats: Record<string, number> }> {
-    if (this.inBatch.getStore()) {
-      return Promise.reject(new EdgeidError('tpm_nested_batch'));
-    }
-    if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
-    const stats = new Map<string, number>();
-    const attempt = async (): Promise<T> => {
-      const session = new TpmSession(this.conn, this.residents, stats);
-      let result: T;
-      try {
-        result = await this.inBatch.run(true, () => fn(session));
-      } catch (e) {
-        await session.end().catch(() => {});
-        if (session.residentsStale) throw new StaleResidents(e);
-        throw e;
-      }
-      await session.end();
-      return result;
-    };
-    const run = async () => {
-      if (this.closed) throw new EdgeidError('tpm_closed');
-      await this.ensureConnected(stats);
-      let result: T;
-      try {
-        result = await attempt();
-      } catch (e) {
-        if (!(e instanceof StaleResidents)) throw e;
-        await this.residents.releaseAll(stats).catch(() => 0); // closes their ESYS handles
-        try {
-          result = await attempt();
-        } catch (again) {
-          throw again instanceof StaleResidents ? again.cause : again;
-        }
-      }
-      const commandStats = Object.fromEntries(stats);
-      return { result, commands: Object.values(commandStats).reduce((a, b) => a + b, 0), commandStats };
-    };
-    this.queued++;
-    const p = this.tail.then(run, run).finally(() => {
-      if (--this.queued === 0) this.inBatch.disable(); // the next run() enables it again
-    });
-    this.tail = p.catch(() => {});
-    return p;
+  batchWithStats<T>(fn: (s: TpmSession) => Promise<T>): Promise<BatchResult<T>> {
+    return this.queue.run(fn);
   }
 
   /** Objects this Tpm keeps loaded between batches (0, or 2 after a renewal: the SRK and the AK). */
@@ -313,7 +167,7 @@ export class Tpm {
 
   /** Flushes the resident objects (wipe; close() does it too). Returns how many the TPM flushed. */
   flushResidents(): Promise<number> {
-    if (this.closed) return Promise.resolve(0);
+    if (this.queue.closed) return Promise.resolve(0);
     return this.batch((s) => s.releaseResidents());
   }
 
@@ -328,10 +182,7 @@ export class Tpm {
    * between. The context works while this Tpm is open; after close() its handshakes fail.
    */
   tlsSecureContext(opts: TlsContextOptions): Promise<SecureContext> {
-    if (this.tlsHealthTimer === undefined && !this.closed) {
-      // The signing path may break the connection (its deadline passed) without a queued call to notice.
-      this.tlsHealthTimer = everyWhileAlive(new WeakRef(this), TLS_HEALTH_CHECK_MS, recoverIfBroken);
-    }
+    this.queue.watchSigningPath();
     return createTpmSecureContext(this.conn.addon, this.conn.ctx, opts, async (key) => {
       const saved = this.residents.takeSavedContext(key.public);
       if (saved) return saved;
