@@ -46,9 +46,9 @@ after(async () => {
   await swtpm?.stop();
 });
 
-async function openThroughProxy(t: import('node:test').TestContext): Promise<Tpm> {
+async function openThroughProxy(t: import('node:test').TestContext, deadlines = DEADLINES): Promise<Tpm> {
   await proxy.setMode('pass');
-  const tpm = await Tpm.open(proxy.tcti, { deadlines: DEADLINES });
+  const tpm = await Tpm.open(proxy.tcti, { deadlines });
   t.after(() => tpm.close());
   await tpm.flushTransientObjects(); // what an earlier test's broken connection left in the simulator
   return tpm;
@@ -171,6 +171,23 @@ test('the TLS signing callback gives up by its deadline when the TPM stalls: the
   await tpm.getRandom(1); // the next batch reopens the connection (an idle agent's recovery batch does the same)
   await handshake();
   assert.equal(tpm.tlsStats().signatures, signed + 1);
+});
+
+test('a handshake while a queued command waits for a silent TPM gives up waiting for the TPM lock by the TLS deadline', async (t) => {
+  const tpm = await openThroughProxy(t, { commandMs: 3_000, tlsMs: 300 });
+  const key = await tpm.createSigningKey();
+  const secureContext = await tpm.tlsSecureContext({ key, certPem: await ca.issueForTpmKey(key, 'dev-busy'), caPem: ca.caPem });
+  const handshake = await tlsServer(t, secureContext);
+  await proxy.setMode('stall');
+  const sent = once(proxy, 'response'); // the queued command reached the TPM; its worker now holds the lock
+  const queued = tpm.getRandom(8);
+  await sent;
+  await assert.rejects(handshake());
+  assert.equal(tpm.tlsStats().lastError?.command, 'the TPM stayed busy with another command past the TLS signing deadline');
+  await assert.rejects(queued, (e) => isEdgeidError(e, 'tpm_unresponsive'));
+  await proxy.setMode('pass');
+  await tpm.recovered();
+  await handshake();
 });
 
 test('an idle agent recovers its TLS signing path by itself once the TPM answers again (no TPM call of its own)', async (t) => {

@@ -280,8 +280,11 @@ ECDSA_SIG *method_sign_sig(const unsigned char *dgst, int dgst_len, const BIGNUM
   }
   SignFailure f;
   ECDSA_SIG *sig = nullptr;
-  /* A queued TPM command may be running on a worker thread: wait for it (one command, not a batch). */
-  if (pthread_mutex_clocklock(&ctx->lock, CLOCK_MONOTONIC, &deadline) != 0) {
+  if (edgeid_is_broken(ctx)) {
+    /* Checked before the lock: the command that broke it may still hold the lock, blocked. */
+    f = {0, "the TPM connection is broken (a command got no answer in time); the agent reconnects it"};
+  } else if (pthread_mutex_clocklock(&ctx->lock, CLOCK_MONOTONIC, &deadline) != 0) {
+    /* A queued TPM command runs on a worker thread (one command, not a batch) and took too long. */
     f = {0, "the TPM stayed busy with another command past the TLS signing deadline"};
   } else {
     bool was_broken = edgeid_is_broken(ctx) != 0;
