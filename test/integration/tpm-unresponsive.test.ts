@@ -29,7 +29,8 @@ function ticker(): { readonly ticks: number; stop(): void } {
   };
 }
 
-const DEADLINES = { commandMs: 400, tlsMs: 400 };
+/** Short, so that a test waits little for a stall; long enough for any real swtpm command on a busy machine. */
+const DEADLINES = { commandMs: 1_500, tlsMs: 1_000 };
 
 let swtpm: Swtpm;
 let proxy: TpmProxy;
@@ -87,7 +88,7 @@ for (const mode of ['stall', 'truncate'] as const) {
     t.after(() => loop.stop());
     const ticksBefore = loop.ticks;
     const tcticlosed = once(proxy, 'clientClosed');
-    await assert.rejects(tpm.getRandom(8), (e) => isEdgeidError(e, 'tpm_unresponsive') && /did not answer GetRandom within 400 ms/.test(e.message));
+    await assert.rejects(tpm.getRandom(8), (e) => isEdgeidError(e, 'tpm_unresponsive') && e.message.includes(`did not answer GetRandom within ${DEADLINES.commandMs} ms`));
     assert.ok(loop.ticks > ticksBefore, 'timers fired while the TPM call was pending');
     await tcticlosed; // the addon ended the blocked read: the TCTI let go of its socket
     await assert.rejects(tpm.getRandom(8), (e) => isEdgeidError(e, 'tpm_unresponsive'), 'still silent: fails again');
@@ -174,7 +175,7 @@ test('the TLS signing callback gives up by its deadline when the TPM stalls: the
 });
 
 test('a handshake while a queued command waits for a silent TPM gives up waiting for the TPM lock by the TLS deadline', async (t) => {
-  const tpm = await openThroughProxy(t, { commandMs: 3_000, tlsMs: 300 });
+  const tpm = await openThroughProxy(t, { commandMs: 4_000, tlsMs: 500 });
   const key = await tpm.createSigningKey();
   const secureContext = await tpm.tlsSecureContext({ key, certPem: await ca.issueForTpmKey(key, 'dev-busy'), caPem: ca.caPem });
   const handshake = await tlsServer(t, secureContext);
