@@ -70,6 +70,10 @@ export class ResidentObjects {
       await this.conn.call('FlushContext', (a, c) => a.flush(c, r.handle), into);
       return true;
     } catch {
+      if (this.conn.state !== 'ok') {
+        this.conn.orphans.push(r.public); // still loaded: flushed by its public area after the reconnect
+        return false;
+      }
       await this.conn.call('TR_Close', (a, c) => a.trClose(c, r.handle), into).catch(() => {});
       return false;
     }

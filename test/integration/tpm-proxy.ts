@@ -11,7 +11,7 @@ import { EventEmitter, once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 
 /** What the proxy does to the TPM's responses. */
-export type ProxyMode = 'pass' | 'stall' | 'truncate' | 'pad' | 'flip';
+export type ProxyMode = 'pass' | 'stall' | 'truncate' | 'pad' | 'flip' | 'flip-code';
 
 const WORKER = `
 const net = require('node:net');
@@ -49,6 +49,10 @@ function relay(client, upstreamPort, mangle) {
     } else if (mode === 'flip') {
       const flipped = Buffer.from(response);
       flipped[1] ^= 0x02; // TPM_ST_NO_SESSIONS 0x8001 -> 0x8003, a tag no response has
+      client.end(flipped);
+    } else if (mode === 'flip-code') {
+      const flipped = Buffer.from(response);
+      flipped[8] ^= 0x01; // responseCode TPM_RC_SUCCESS -> 0x100, TPM_RC_INITIALIZE
       client.end(flipped);
     }
     // 'stall': the command was taken and no answer ever comes

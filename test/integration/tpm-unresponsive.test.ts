@@ -129,6 +129,15 @@ test('a response with a flipped bit fails at once with tpm_bad_response; the nex
   assert.equal(tpm.connectionState, 'ok');
 });
 
+test('a flipped bit in the response code reads as that TPM error (TPM_RC_INITIALIZE); the connection stays usable', async (t) => {
+  const tpm = await openThroughProxy(t);
+  await proxy.setMode('flip-code');
+  await assert.rejects(tpm.getRandom(8), (e) => e instanceof TpmError && e.code === 'tpm_command_failed' && e.rc === 0x100);
+  assert.equal(tpm.connectionState, 'ok');
+  await proxy.setMode('pass');
+  assert.equal((await tpm.getRandom(8)).length, 8);
+});
+
 test('a padded response (size field and bytes both longer) neither hangs nor breaks the connection: the TSS reads its parameters and ignores the rest', async (t) => {
   const tpm = await openThroughProxy(t);
   await proxy.setMode('pad');
