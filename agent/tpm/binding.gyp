@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "edgeid_tpm",
-      "sources": ["src/addon.c", "src/commands.c", "src/tls_key.cc"],
+      "sources": ["src/addon.c", "src/commands.c", "src/watchdog.c", "src/tls_key.cc"],
       "defines": [
         "NAPI_VERSION=8",
         "OPENSSL_API_COMPAT=0x10100000L",

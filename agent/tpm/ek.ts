@@ -1,6 +1,6 @@
 /**
  * Endorsement keys: where the TCG puts them and their certificates, and how to authorise them.
- * Pure functions; the TPM round trips live in session.ts.
+ * Pure functions; the TPM round trips live in ek-discovery.ts.
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { EdgeidError } from '../../protocol/errors/index.js';

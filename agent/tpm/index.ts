@@ -1,12 +1,19 @@
 /**
  * The agent's TPM: a typed API over the edgeid_tpm addon (tpm2-tss ESYS).
  *
- * Every TPM call runs off the event loop and goes through one queue per Tpm (ESYS contexts are not
- * thread-safe, and a small TPM holds only ~3 objects). `batch()` holds the queue for a whole unit of
+ * Every TPM call runs off the event loop and goes through one queue per Tpm (queue.ts; ESYS contexts
+ * are not thread-safe, and a small TPM holds only ~3 objects). `batch()` holds the queue for a whole unit of
  * work, creates the SRK at most once, and flushes everything it loaded at the end, even on error;
  * the convenience methods below are one batch each. Only what a batch makes resident on purpose
  * (`s.loadResident(ak)`: the SRK and one key, for the renewal) stays loaded between batches, until
  * close(), flushResidents() or flushTransientObjects().
+ *
+ * Every TPM command has a deadline (EDGEID_TPM_DEADLINE_MS, default 30 s; the TLS signature
+ * EDGEID_TPM_TLS_DEADLINE_MS, default 5 s; or `Tpm.open(tcti, { deadlines })`). A TPM that does not
+ * answer in time fails the call with tpm_unresponsive, and every call after it at once, until the
+ * TPM answers again: then the next batch reopens the connection (a new TCTI and ESYS context;
+ * connection.ts), flushes what the old one left loaded, and goes on. The queue schedules a recovery
+ * batch by itself (backing off from 1 s to 30 s), so the TLS signing path recovers in an idle agent too.
  *
  *   const tpm = await Tpm.open();            // EDGEID_TCTI or device:/dev/tpmrm0
  *   const ak = await tpm.createAttestationKey();
@@ -14,39 +21,32 @@
  *   const secureContext = await tpm.tlsSecureContext({ key: sessionKey, certPem, caPem }); // for mqtt.js
  *   await tpm.close();
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import type { SecureContext } from 'node:tls';
-import { EdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG } from '../../protocol/tpm/constants.js';
 import type { PcrSelection } from '../../protocol/tpm/pcr.js';
 import type { EkKind } from './ek.js';
 import { toTpmError } from './errors.js';
 import { loadAddon } from './native.js';
 import { createTpmSecureContext, releaseTlsKey, type TlsContextOptions, type TlsStats } from './tls.js';
-import {
-  TpmCore,
-  TpmSession,
-  type Attestation,
-  type EndorsementKey,
-  type KeyBlob,
-  type PcrValue,
-  type TpmInfo,
-} from './session.js';
+import type { TpmInfo } from './capabilities.js';
+import { TpmConnection, resolveDeadlines, type TpmDeadlines } from './connection.js';
+import type { EndorsementKey } from './ek-discovery.js';
+import type { PcrValue } from './pcrs.js';
+import { TpmQueue, type BatchResult } from './queue.js';
+import { ResidentObjects } from './residents.js';
+import { TpmSession, type Attestation, type KeyBlob } from './session.js';
 
 export { TpmError, TPM_RC } from './errors.js';
 export { TpmSession } from './session.js';
-export type { Attestation, EndorsementKey, KeyBlob, LoadedKey, PcrValue, TpmInfo } from './session.js';
+export type { Attestation, KeyBlob, LoadedKey } from './session.js';
+export type { TpmInfo } from './capabilities.js';
+export { DEFAULT_COMMAND_DEADLINE_MS, DEFAULT_TLS_DEADLINE_MS, type TpmDeadlines } from './connection.js';
+export type { EndorsementKey } from './ek-discovery.js';
+export type { PcrValue } from './pcrs.js';
 export type { EkKind } from './ek.js';
 export type { TlsContextOptions, TlsStats } from './tls.js';
 
 export const DEFAULT_TCTI = 'device:/dev/tpmrm0';
-
-/** A batch failed on a stale resident handle: Tpm.batch drops the residents and retries once. */
-class StaleResidents extends Error {
-  constructor(override readonly cause: unknown) {
-    super('a resident TPM object is gone');
-  }
-}
 
 /** The TCTI configuration to use: explicit, else EDGEID_TCTI, else the kernel resource manager. */
 export function resolveTcti(tcti?: string): string {
@@ -56,35 +56,33 @@ export function resolveTcti(tcti?: string): string {
 }
 
 export class Tpm {
-  private tail: Promise<unknown> = Promise.resolve();
-  /**
-   * Marks the async context of a running batch (tpm_nested_batch). Enabled only while batches are
-   * queued: an enabled AsyncLocalStorage makes Node 20 run four JS promise hooks for every promise
-   * in the process, forever — about twice the cost per promise, and the hottest functions of an
-   * otherwise idle agent (measured: ~0.8 MB RSS; issue 4: RSS ≤ 60 MB).
-   */
-  private readonly inBatch = new AsyncLocalStorage<true>();
-  private queued = 0;
-  private closed = false;
+  private readonly queue: TpmQueue;
 
   private constructor(
-    private readonly core: TpmCore,
+    private readonly conn: TpmConnection,
+    private readonly residents: ResidentObjects,
     readonly tcti: string,
-  ) {}
+  ) {
+    this.queue = new TpmQueue(conn, residents);
+  }
 
   /**
    * Opens the TPM behind a TCTI (`swtpm:host=127.0.0.1,port=N`, `device:/dev/tpmrm0`, …).
    * `keepResidents: false` for one-shot processes: `s.loadResident()` then loads for its batch only,
    * so a kill -9 after a batch leaves nothing loaded in a TPM without resource manager.
+   * `deadlines`: per queued command and per TLS signature (default: environment, else 30 s / 5 s).
    */
-  static async open(tcti?: string, opts: { keepResidents?: boolean } = {}): Promise<Tpm> {
+  static async open(tcti?: string, opts: { keepResidents?: boolean; deadlines?: Partial<TpmDeadlines> } = {}): Promise<Tpm> {
     const conf = resolveTcti(tcti);
+    const deadlines = resolveDeadlines(opts.deadlines);
     const addon = loadAddon();
     try {
       const ctx = await addon.open(conf);
-      const core = new TpmCore(addon, ctx);
-      core.keepResidents = opts.keepResidents ?? true;
-      return new Tpm(core, conf);
+      addon.setTlsDeadline(ctx, deadlines.tlsMs);
+      const conn = new TpmConnection(addon, ctx, deadlines);
+      const residents = new ResidentObjects(conn);
+      residents.keep = opts.keepResidents ?? true;
+      return new Tpm(conn, residents, conf);
     } catch (e) {
       throw toTpmError(e);
     }
@@ -95,7 +93,7 @@ export class Tpm {
    * signing path runs outside the queue and is counted apart: `tls.*` in commandStats(), tlsStats().
    */
   get commandCount(): number {
-    return this.core.commandCount;
+    return this.conn.commandCount;
   }
 
   /**
@@ -103,21 +101,44 @@ export class Tpm {
    * TLS signing path's under `tls.<name>`, e.g. { 'tls.ContextLoad': 4, 'tls.Sign': 4, 'tls.FlushContext': 4 }.
    */
   commandStats(): Record<string, number> {
-    return this.core.commandStats();
+    return this.conn.commandStats();
   }
 
   /** Signatures, failures and TPM commands of the TLS signing path, and why it last failed. */
   tlsStats(): TlsStats {
-    return this.core.addon.tlsStats(this.core.ctx);
+    return this.conn.addon.tlsStats(this.conn.ctx);
   }
 
-  /** Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.tail.catch(() => {});
-    await this.core.releaseResidents().catch(() => 0);
-    this.core.addon.close(this.core.ctx);
+  /**
+   * 'ok'; 'stuck' while a command is out past its deadline (calls fail with tpm_unresponsive);
+   * 'broken' until the next batch reopens the connection.
+   */
+  get connectionState(): 'ok' | 'stuck' | 'broken' {
+    return this.conn.state;
+  }
+
+  /**
+   * Resolves once no TPM command is out past its deadline (at once if none): after an abort the
+   * command comes back from its worker a moment later; on the device TCTI when the kernel gives up.
+   */
+  unstuck(): Promise<void> {
+    return this.conn.unstuck();
+  }
+
+  /**
+   * Resolves when the connection works again (at once if it does): after a reconnect by a batch or
+   * by the recovery this Tpm schedules itself (queue.ts). Rejects with tpm_closed if closed first.
+   */
+  recovered(): Promise<void> {
+    return this.queue.recovered();
+  }
+
+  /**
+   * Waits for queued work, flushes the resident objects, then closes the TPM connection. Idempotent.
+   * Never waits for a TPM that does not answer: a stuck command's context is closed when it returns.
+   */
+  close(): Promise<void> {
+    return this.queue.close();
   }
 
   /**
@@ -128,65 +149,25 @@ export class Tpm {
    * are dropped and `fn` runs once more, in a fresh session.
    */
   async batch<T>(fn: (s: TpmSession) => Promise<T>): Promise<T> {
-    return (await this.batchWithStats(fn)).result;
+    return (await this.queue.run(fn)).result;
   }
 
   /**
    * batch() that also reports the TPM commands the batch sent: every command, the end-of-batch
    * flushes and a retry included (the TLS signing path is not in the queue and not counted here).
    */
-  batchWithStats<T>(fn: (s: TpmSession) => Promise<T>): Promise<{ result: T; commands: number; commandStats: Record<string, number> }> {
-    if (this.inBatch.getStore()) {
-      return Promise.reject(new EdgeidError('tpm_nested_batch'));
-    }
-    if (this.closed) return Promise.reject(new EdgeidError('tpm_closed'));
-    const stats = new Map<string, number>();
-    const attempt = async (): Promise<T> => {
-      const session = new TpmSession(this.core, stats);
-      let result: T;
-      try {
-        result = await this.inBatch.run(true, () => fn(session));
-      } catch (e) {
-        await session.end().catch(() => {});
-        if (session.residentsStale) throw new StaleResidents(e);
-        throw e;
-      }
-      await session.end();
-      return result;
-    };
-    const run = async () => {
-      if (this.closed) throw new EdgeidError('tpm_closed');
-      let result: T;
-      try {
-        result = await attempt();
-      } catch (e) {
-        if (!(e instanceof StaleResidents)) throw e;
-        await this.core.releaseResidents(stats).catch(() => 0); // closes their ESYS handles
-        try {
-          result = await attempt();
-        } catch (again) {
-          throw again instanceof StaleResidents ? again.cause : again;
-        }
-      }
-      const commandStats = Object.fromEntries(stats);
-      return { result, commands: Object.values(commandStats).reduce((a, b) => a + b, 0), commandStats };
-    };
-    this.queued++;
-    const p = this.tail.then(run, run).finally(() => {
-      if (--this.queued === 0) this.inBatch.disable(); // the next run() enables it again
-    });
-    this.tail = p.catch(() => {});
-    return p;
+  batchWithStats<T>(fn: (s: TpmSession) => Promise<T>): Promise<BatchResult<T>> {
+    return this.queue.run(fn);
   }
 
   /** Objects this Tpm keeps loaded between batches (0, or 2 after a renewal: the SRK and the AK). */
   get residentObjectCount(): number {
-    return this.core.residentCount;
+    return this.residents.count;
   }
 
   /** Flushes the resident objects (wipe; close() does it too). Returns how many the TPM flushed. */
   flushResidents(): Promise<number> {
-    if (this.closed) return Promise.resolve(0);
+    if (this.queue.closed) return Promise.resolve(0);
     return this.batch((s) => s.releaseResidents());
   }
 
@@ -201,8 +182,9 @@ export class Tpm {
    * between. The context works while this Tpm is open; after close() its handshakes fail.
    */
   tlsSecureContext(opts: TlsContextOptions): Promise<SecureContext> {
-    return createTpmSecureContext(this.core.addon, this.core.ctx, opts, async (key) => {
-      const saved = this.core.takeSavedContext(key.public);
+    this.queue.watchSigningPath();
+    return createTpmSecureContext(this.conn.addon, this.conn.ctx, opts, async (key) => {
+      const saved = this.residents.takeSavedContext(key.public);
       if (saved) return saved;
       return this.batch(async (s) => s.contextSave(await s.load(key)));
     });
@@ -213,7 +195,7 @@ export class Tpm {
    * later handshakes with it fail. Returns false if `secureContext` has no TPM key.
    */
   releaseTlsKey(secureContext: SecureContext): boolean {
-    return releaseTlsKey(this.core.addon, secureContext);
+    return releaseTlsKey(this.conn.addon, secureContext);
   }
 
   // ---- convenience: one batch each ----

@@ -27,6 +27,17 @@ export interface NativeTlsStats {
 export interface NativeAddon {
   open(tcti: string): Promise<NativeContext>;
   close(ctx: NativeContext): void;
+  /**
+   * Ends a TPM read that is blocked on a worker (shuts down this process's sockets to the TPM's
+   * address; see src/watchdog.c) and marks the context broken. Returns the sockets shut down.
+   */
+  abort(ctx: NativeContext): number;
+  /** True after abort (by the TS layer or the TLS watchdog) until a reconnect succeeds. */
+  isBroken(ctx: NativeContext): boolean;
+  /** A new TCTI and ESYS context in place of the old ones: every ESYS_TR handle becomes invalid. */
+  reconnect(ctx: NativeContext): Promise<void>;
+  /** How long one TLS signature may take, waiting for the TPM included (default 5000 ms). */
+  setTlsDeadline(ctx: NativeContext, ms: number): void;
   commandCount(ctx: NativeContext): number;
   decodeRc(rc: number): string;
   /** ESYS contexts and TLS keys this process still holds (leak checks). */

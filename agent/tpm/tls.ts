@@ -10,6 +10,8 @@
  * about 1 ms on swtpm, tens of ms on a discrete TPM): the only blocking TPM call in the agent.
  * If the TPM cannot sign (out of object memory while a batch holds its slots, TPM gone, key
  * released), the handshake fails with EPROTO and mqtt.js retries later; `tlsStats().lastError` says why.
+ * A TPM that does not answer holds the loop at most for the TLS signing deadline
+ * (EDGEID_TPM_TLS_DEADLINE_MS, default 5 s), lock wait included; see src/tls_key.cc.
  */
 import tls, { type SecureContext, type SecureVersion } from 'node:tls';
 import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';

@@ -75,6 +75,16 @@ export const agentTpmErrors = defineErrors({
     message: 'OpenSSL did not accept the TPM-backed key for the TLS context.',
     fix: 'The message names the OpenSSL reason. Check that certPem holds the leaf certificate first and that the key is an unrestricted ECC P-256/P-384 signing key.',
   },
+  tpm_unresponsive: {
+    status: 503,
+    message: 'The TPM did not answer a command within its deadline, or the connection to it broke.',
+    fix: 'Check the TPM (kernel log for tpm_tis/tpm_crb timeouts) or the simulator and the link to it. The agent fails TPM calls at once while the TPM stays silent and reconnects by itself when it answers again. The deadline is EDGEID_TPM_DEADLINE_MS (default 30000) for queued commands and EDGEID_TPM_TLS_DEADLINE_MS (default 5000) for the TLS signature.',
+  },
+  tpm_bad_response: {
+    status: 503,
+    message: 'The TPM answered with a malformed response (truncated, padded or corrupted on the way).',
+    fix: 'Check the link to the TPM (bus, cable, simulator, proxy). The agent opens a fresh TPM connection before its next command; if this repeats, the TPM or its driver is faulty.',
+  },
   tpm_lockout: {
     status: 503,
     message: 'The TPM is in dictionary-attack lockout and refuses authorised commands for now.',

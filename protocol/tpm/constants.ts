@@ -92,3 +92,50 @@ export const TPM_LIMITS = {
   /** Largest TPMS_ATTEST we accept (the spec's sizeof(TPMS_ATTEST) is below 1 KiB for every type). */
   MAX_ATTEST: 2048,
 } as const;
+
+/** TPM_CAP: what TPM2_GetCapability reads (TPM 2.0 Library Part 2, section 6.12). Only those edgeid reads. */
+export const TPM_CAP = {
+  /** TPML_HANDLE: handles of loaded/defined objects, from `property` on. */
+  HANDLES: 0x00000001,
+  /** TPML_PCR_SELECTION: the active PCR banks. */
+  PCRS: 0x00000005,
+  /** TPML_TAGGED_TPM_PROPERTY: the TPM_PT properties below. */
+  TPM_PROPERTIES: 0x00000006,
+} as const;
+
+/**
+ * TPM_PT: property tags of TPM_CAP_TPM_PROPERTIES (TPM 2.0 Library Part 2, section 6.13).
+ * The fixed group starts at PT_FIXED = PT_GROUP × 1 = 0x100.
+ */
+export const TPM_PT = {
+  FIXED: 0x100,
+  FAMILY_INDICATOR: 0x100,
+  LEVEL: 0x101,
+  REVISION: 0x102,
+  DAY_OF_YEAR: 0x103,
+  YEAR: 0x104,
+  MANUFACTURER: 0x105,
+  /** VENDOR_STRING_1..4 are 0x106..0x109. */
+  VENDOR_STRING_1: 0x106,
+  FIRMWARE_VERSION_1: 0x10b,
+  FIRMWARE_VERSION_2: 0x10c,
+  HR_TRANSIENT_MIN: 0x10e,
+  HR_LOADED_MIN: 0x110,
+  NV_BUFFER_MAX: 0x12c,
+} as const;
+
+/**
+ * First handle of the transient-object range: TPM_HT_TRANSIENT (0x80, Part 2 section 7.2) in the
+ * top octet, i.e. HR_TRANSIENT of TPM_HC (Part 2 section 7.5). The range spans 0x80000000..0x80FFFFFF.
+ */
+export const TPM_HR_TRANSIENT = 0x80000000;
+
+/** TPMA_NV read-authorisation bits (TPM 2.0 Library Part 2, section 13.4). */
+export const TPMA_NV = {
+  /** TPMA_NV_PPREAD: the platform authorisation may read. */
+  PPREAD: 1 << 16,
+  /** TPMA_NV_OWNERREAD: the owner authorisation may read. */
+  OWNERREAD: 1 << 17,
+  /** TPMA_NV_AUTHREAD: the index's own authValue may read. */
+  AUTHREAD: 1 << 18,
+} as const;

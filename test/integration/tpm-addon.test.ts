@@ -153,6 +153,28 @@ describe('TPM addon on swtpm', () => {
     assert.deepEqual(order, ['first', 'second']);
   });
 
+  test('a malformed TPM structure as argument rejects with its unmarshal error and reaches no TPM', async () => {
+    const key = await tpm.createSigningKey();
+    const good = await tpm.batch(async (s) => s.transientHandleCount());
+    await assert.rejects(
+      tpm.batch(async (s) => {
+        await s.srk();
+        const before = s.commandCount;
+        try {
+          return await s.load({ public: key.public, private: Buffer.from([0x00, 0x10, 0x01]) });
+        } finally {
+          assert.equal(s.commandCount, before, 'no Load was sent');
+        }
+      }),
+      (e) => e instanceof TpmError && e.code === 'tpm_command_failed' && e.command === 'Tss2_MU_TPM2B_PRIVATE_Unmarshal',
+    );
+    await assert.rejects(
+      tpm.batch(async (s) => s.contextLoad(Buffer.concat([Buffer.alloc(8), Buffer.from('trailing')]), key.public)),
+      (e) => e instanceof TpmError && e.command === 'Tss2_MU_TPMS_CONTEXT_Unmarshal',
+    );
+    assert.equal(await tpm.transientHandleCount(), good, 'nothing left loaded');
+  });
+
   test('a session used after its batch ended is refused with tpm_closed', async () => {
     const leaked = await tpm.batch(async (s) => s);
     await assert.rejects(leaked.getRandom(4), (e) => isEdgeidError(e, 'tpm_closed'));

@@ -144,7 +144,7 @@ for (const [foreign, template, caughtBy] of [
     const other = await Tpm.open(swtpm.tcti);
     t.after(() => other.close());
     const addon = loadAddon();
-    const { ctx } = (other as unknown as { core: { ctx: Parameters<typeof addon.flush>[0] } }).core;
+    const { ctx } = (other as unknown as { conn: { ctx: Parameters<typeof addon.flush>[0] } }).conn;
     const srk = await addon.createPrimary(ctx, addon.ESYS_TR.RH_OWNER, srkTemplate());
     await addon.createLoaded(ctx, srk.handle, template());
     assert.equal(await transientHandleCountViaTools(swtpm.tcti), 2);

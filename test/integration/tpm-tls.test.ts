@@ -393,7 +393,7 @@ test("Node's tls.SecureContext still exposes its SSL_CTX as context._external, a
 test('anything but that External is refused with tpm_tls_node_internals_changed, never dereferenced', async () => {
   assert.throws(() => sslContextHandle({} as SecureContext), (e: unknown) => isEdgeidError(e, 'tpm_tls_node_internals_changed'));
   const addon = loadAddon();
-  const ctx = (tpm as unknown as { core: { ctx: Parameters<typeof addon.tlsStats>[0] } }).core.ctx;
+  const ctx = (tpm as unknown as { conn: { ctx: Parameters<typeof addon.tlsStats>[0] } }).conn.ctx;
   for (const notExternal of [{}, 42, null, Buffer.alloc(8)]) {
     assert.throws(
       () => addon.tlsInstallKey(ctx, notExternal, key.public, key.private, srkTemplate(), null),

@@ -12,11 +12,37 @@
 
 /* ---------- context ---------- */
 
+/* Finalizes ESYS and the TCTI (lock held, or the context not yet shared). */
+static void ctx_disconnect(edgeid_ctx *ctx) {
+  if (ctx->esys) Esys_Finalize(&ctx->esys);
+  if (ctx->tcti) Tss2_TctiLdr_Finalize(&ctx->tcti);
+}
+
+/* Opens the TCTI of ctx->conf and an ESYS context on it; on failure names the call in *failed. */
+static TSS2_RC ctx_connect(edgeid_ctx *ctx, const char **failed) {
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(ctx->conf, &ctx->tcti);
+  if (rc != TSS2_RC_SUCCESS) {
+    *failed = "Tss2_TctiLdr_Initialize";
+    return rc;
+  }
+  rc = Esys_Initialize(&ctx->esys, ctx->tcti, NULL);
+  if (rc != TSS2_RC_SUCCESS) {
+    *failed = "Esys_Initialize";
+    ctx_disconnect(ctx);
+  }
+  return rc;
+}
+
 static void ctx_shutdown(edgeid_ctx *ctx) {
   if (ctx->closed) return;
   ctx->closed = 1;
-  if (ctx->esys) Esys_Finalize(&ctx->esys);
-  if (ctx->tcti) Tss2_TctiLdr_Finalize(&ctx->tcti);
+  ctx_disconnect(ctx);
+}
+
+static void ctx_free(edgeid_ctx *ctx) {
+  pthread_mutex_destroy(&ctx->lock);
+  free(ctx->conf);
+  free(ctx);
 }
 
 int edgeid_live_contexts = 0;
@@ -31,8 +57,7 @@ void edgeid_ctx_unref(edgeid_ctx *ctx) {
   pthread_mutex_lock(&ctx->lock);
   ctx_shutdown(ctx);
   pthread_mutex_unlock(&ctx->lock);
-  pthread_mutex_destroy(&ctx->lock);
-  free(ctx);
+  ctx_free(ctx);
   __atomic_sub_fetch(&edgeid_live_contexts, 1, __ATOMIC_RELAXED);
 }
 
@@ -81,7 +106,7 @@ int arg_u32(napi_env env, napi_value v, const char *what, uint32_t *out) {
   return 1;
 }
 
-static int view_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len) {
+int arg_view(napi_env env, napi_value v, const char *what, const uint8_t **data, size_t *len) {
   bool is_typed = false;
   napi_typedarray_type type;
   void *ptr = NULL;
@@ -97,22 +122,10 @@ static int view_bytes(napi_env env, napi_value v, const char *what, uint8_t **da
   return 1;
 }
 
-int arg_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len) {
-  uint8_t *src;
-  if (!view_bytes(env, v, what, &src, len)) return 0;
-  *data = malloc(*len ? *len : 1);
-  if (*data == NULL) {
-    napi_throw_error(env, NULL, "out of memory");
-    return 0;
-  }
-  if (*len) memcpy(*data, src, *len);
-  return 1;
-}
-
 int arg_bytes_into(napi_env env, napi_value v, const char *what, uint8_t *dst, size_t cap, uint16_t *len) {
-  uint8_t *src;
+  const uint8_t *src;
   size_t n;
-  if (!view_bytes(env, v, what, &src, &n)) return 0;
+  if (!arg_view(env, v, what, &src, &n)) return 0;
   if (n > cap) {
     char msg[96];
     snprintf(msg, sizeof msg, "%s is longer than %zu bytes", what, cap);
@@ -181,10 +194,14 @@ static void job_execute(napi_env env, void *data) {
     j->execute(j);
     return;
   }
+  if (j->rc != TSS2_RC_SUCCESS) return; /* an argument did not unmarshal: reject with that */
   pthread_mutex_lock(&j->ctx->lock);
   if (j->ctx->closed) {
     j->rc = TSS2_ESYS_RC_BAD_REFERENCE;
     j->failed = "edgeid (TPM context is closed)";
+  } else if (edgeid_is_broken(j->ctx) && !j->repairs) {
+    j->rc = TSS2_TCTI_RC_NO_CONNECTION;
+    j->failed = "edgeid (the TPM connection broke: it must be reconnected)";
   } else {
     j->execute(j);
   }
@@ -274,23 +291,19 @@ static void open_execute(job *base) {
   pthread_mutex_init(&ctx->lock, NULL);
   ctx->refs = 1;
   ctx->tls_parent = ESYS_TR_NONE;
-  TSS2_RC rc = Tss2_TctiLdr_Initialize(j->conf, &ctx->tcti);
-  if (rc != TSS2_RC_SUCCESS) {
-    base->rc = rc;
-    base->failed = "Tss2_TctiLdr_Initialize";
+  ctx->tls_deadline_ms = 5000;
+  ctx->conf = strdup(j->conf);
+  if (ctx->conf == NULL) {
+    base->rc = TSS2_ESYS_RC_MEMORY;
+    base->failed = "strdup";
   } else {
-    rc = Esys_Initialize(&ctx->esys, ctx->tcti, NULL);
-    if (rc != TSS2_RC_SUCCESS) {
-      base->rc = rc;
-      base->failed = "Esys_Initialize";
-    }
+    base->rc = ctx_connect(ctx, &base->failed);
   }
   if (base->rc != TSS2_RC_SUCCESS) {
-    ctx_shutdown(ctx);
-    pthread_mutex_destroy(&ctx->lock);
-    free(ctx);
+    ctx_free(ctx);
     return;
   }
+  edgeid_resolve_peers(ctx->conf, &ctx->peers);
   j->ctx = ctx;
 }
 
@@ -308,8 +321,7 @@ static void open_release(job *base) {
   free(j->conf);
   if (j->ctx) {
     ctx_shutdown(j->ctx);
-    pthread_mutex_destroy(&j->ctx->lock);
-    free(j->ctx);
+    ctx_free(j->ctx);
   }
 }
 
@@ -343,6 +355,68 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&ctx->lock);
   ctx_shutdown(ctx);
   pthread_mutex_unlock(&ctx->lock);
+  return NULL;
+}
+
+/* abort(ctx) → sockets shut down: ends a TPM read that is blocked on a worker (watchdog.c) and marks
+ * the context broken. Takes no lock (the blocked worker holds it). */
+static napi_value js_abort(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!args_get(env, info, 1, argv)) return NULL;
+  edgeid_ctx *ctx = edgeid_ctx_from_value(env, argv[0]);
+  if (ctx == NULL) return NULL;
+  return make_u32(env, (uint32_t)edgeid_abort_io(ctx));
+}
+
+/* isBroken(ctx) → true after abort (by the TS layer or the TLS watchdog) until a reconnect. */
+static napi_value js_is_broken(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out;
+  if (!args_get(env, info, 1, argv)) return NULL;
+  edgeid_ctx *ctx = edgeid_ctx_from_value(env, argv[0]);
+  if (ctx == NULL) return NULL;
+  if (napi_get_boolean(env, edgeid_is_broken(ctx) != 0, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/* reconnect(ctx) → Promise<void>: a new TCTI and ESYS context in place of the old ones (whose ESYS_TR
+ * handles all become invalid). Waits for the lock like any job. */
+static void reconnect_execute(job *j) {
+  edgeid_ctx *ctx = j->ctx;
+  ctx_disconnect(ctx);
+  __atomic_store_n(&ctx->broken, 1, __ATOMIC_RELEASE);
+  ctx->tls_parent = ESYS_TR_NONE; /* a handle of the old ESYS context (read under the lock) */
+  j->rc = ctx_connect(ctx, &j->failed);
+  if (j->rc == TSS2_RC_SUCCESS) __atomic_store_n(&ctx->broken, 0, __ATOMIC_RELEASE);
+}
+
+static napi_value reconnect_complete(napi_env env, job *j) {
+  (void)j;
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  return undefined;
+}
+
+static napi_value js_reconnect(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!args_get(env, info, 1, argv)) return NULL;
+  job *j = job_new(env, argv[0], sizeof(job), reconnect_execute, reconnect_complete, NULL);
+  if (j == NULL) return NULL;
+  j->repairs = 1;
+  return job_start(env, j, "edgeid.tpm.reconnect");
+}
+
+/* setTlsDeadline(ctx, ms): how long one TLS signature may take, waiting for the TPM included. */
+static napi_value js_set_tls_deadline(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  uint32_t ms;
+  if (!args_get(env, info, 2, argv) || !arg_u32(env, argv[1], "ms", &ms)) return NULL;
+  edgeid_ctx *ctx = edgeid_ctx_from_value(env, argv[0]);
+  if (ctx == NULL) return NULL;
+  if (ms == 0) {
+    napi_throw_range_error(env, NULL, "the TLS signing deadline must be at least 1 ms");
+    return NULL;
+  }
+  ctx->tls_deadline_ms = ms;
   return NULL;
 }
 
@@ -381,6 +455,10 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"open", NULL, js_open, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+      {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
+      {"isBroken", NULL, js_is_broken, NULL, NULL, NULL, napi_default, NULL},
+      {"reconnect", NULL, js_reconnect, NULL, NULL, NULL, napi_default, NULL},
+      {"setTlsDeadline", NULL, js_set_tls_deadline, NULL, NULL, NULL, napi_default, NULL},
       {"commandCount", NULL, js_command_count, NULL, NULL, NULL, napi_default, NULL},
       {"decodeRc", NULL, js_decode_rc, NULL, NULL, NULL, napi_default, NULL},
       {"liveObjects", NULL, js_live_objects, NULL, NULL, NULL, napi_default, NULL},

@@ -4,6 +4,7 @@
  * Object authorisation is always the (empty) password; the only policy session is the EK's in
  * activateCredential, whose digests TypeScript works out.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,12 +22,38 @@ static const TPM2B_SENSITIVE_CREATE EMPTY_SENSITIVE = {0};
 static const TPM2B_DATA EMPTY_OUTSIDE_INFO = {0};
 static const TPML_PCR_SELECTION EMPTY_CREATION_PCR = {0};
 
-/* One job layout serves all primitives: inputs in u[]/in[], outputs in the typed fields. */
+/* The inputs of each primitive, copied (TPM structures unmarshaled) from JS on the main thread. */
+typedef union {
+  struct { ESYS_TR hierarchy; TPM2B_PUBLIC template; } create_primary;
+  struct { ESYS_TR parent; TPM2B_PUBLIC template; } create; /* create and createLoaded */
+  struct { ESYS_TR parent; TPM2B_PRIVATE private; TPM2B_PUBLIC public; } load;
+  /* flush, trClose, readPublic, nvReadPublic, contextSave */
+  struct { ESYS_TR handle; } object;
+  struct { TPM2_HANDLE tpm_handle; } tr_from_public;
+  struct { ESYS_TR key; TPMI_ALG_SIG_SCHEME scheme; TPMI_ALG_HASH hash; TPM2B_DIGEST digest; } sign;
+  struct { ESYS_TR ak; TPM2B_DATA qualifying; TPML_PCR_SELECTION selection; } quote;
+  struct { ESYS_TR object; ESYS_TR ak; TPM2B_DATA qualifying; } certify;
+  struct {
+    ESYS_TR ak;
+    ESYS_TR ek;
+    TPM2B_ID_OBJECT credential_blob;
+    TPM2B_ENCRYPTED_SECRET encrypted_secret;
+    TPMI_ALG_HASH policy_hash; /* 0: the EK's authValue, no policy session */
+    TPML_DIGEST or_digests;
+  } activate;
+  struct { TPML_PCR_SELECTION selection; } pcr_read;
+  struct { uint32_t index; TPMI_ALG_HASH hash; TPM2B_DIGEST digest; } pcr_extend;
+  struct { UINT16 bytes; } get_random;
+  struct { TPM2_CAP capability; uint32_t property; uint32_t count; } get_capability;
+  struct { ESYS_TR auth; ESYS_TR nv_index; UINT16 size; UINT16 offset; } nv_read;
+  struct { TPMS_CONTEXT saved; } context_load;
+} cmd_args;
+
+/* One job layout serves all primitives: inputs in `args` (the member named after the primitive),
+ * outputs in the typed fields. */
 typedef struct {
   job base;
-  uint32_t u[4];
-  uint8_t *in[2];
-  size_t in_len[2];
+  cmd_args args;
   ESYS_TR handle;
   OUT_FIELD(TPM2B_PUBLIC, pub);
   OUT_FIELD(TPM2B_PRIVATE, priv);
@@ -35,9 +62,8 @@ typedef struct {
   OUT_FIELD(TPMS_ATTEST, attest);
   OUT_FIELD(TPMS_CONTEXT, context);
   OUT_FIELD(TPML_PCR_SELECTION, selection);
-  TPM2B_DATA qualifying;
-  TPM2B_DIGEST digest;
-  TPML_DIGEST digests;
+  TPML_DIGEST digests; /* pcrRead */
+  UINT32 update_counter; /* pcrRead */
   TPMS_CAPABILITY_DATA cap;
   TPMI_YES_NO more;
   TPMS_NV_PUBLIC nv;
@@ -47,9 +73,45 @@ typedef struct {
 
 static void cmd_release(job *base) {
   cmd_job *j = (cmd_job *)base;
-  free(j->in[0]);
-  free(j->in[1]);
   free(j->data);
+}
+
+/* arg_TPM2B_PUBLIC(env, value, what, job, out) etc.: a whole byte argument unmarshaled into a TSS
+ * structure (trailing bytes are an error). A malformed structure does not throw: it is recorded on
+ * the job, whose promise then rejects with the MU error like a failed TSS call. Returns 0 (with a
+ * TypeError pending) only if the value is not bytes. */
+#define DEFINE_ARG_STRUCT(T)                                                                        \
+  static int arg_##T(napi_env env, napi_value v, const char *what, cmd_job *j, T *out) {           \
+    const uint8_t *data;                                                                            \
+    size_t len, off = 0;                                                                            \
+    if (!arg_view(env, v, what, &data, &len)) return 0;                                             \
+    TSS2_RC rc = Tss2_MU_##T##_Unmarshal(data, len, &off, out);                                     \
+    if (rc == TSS2_RC_SUCCESS && off != len) rc = TSS2_MU_RC_BAD_SIZE;                              \
+    if (rc != TSS2_RC_SUCCESS && j->base.rc == TSS2_RC_SUCCESS) {                                   \
+      j->base.rc = rc;                                                                              \
+      j->base.failed = "Tss2_MU_" #T "_Unmarshal";                                                  \
+    }                                                                                               \
+    return 1;                                                                                       \
+  }
+DEFINE_ARG_STRUCT(TPM2B_PUBLIC)
+DEFINE_ARG_STRUCT(TPM2B_PRIVATE)
+DEFINE_ARG_STRUCT(TPML_PCR_SELECTION)
+DEFINE_ARG_STRUCT(TPM2B_ID_OBJECT)
+DEFINE_ARG_STRUCT(TPM2B_ENCRYPTED_SECRET)
+DEFINE_ARG_STRUCT(TPMS_CONTEXT)
+
+/* A 16-bit argument (an algorithm identifier, a size). */
+static int arg_u16(napi_env env, napi_value v, const char *what, UINT16 *out) {
+  uint32_t x;
+  if (!arg_u32(env, v, what, &x)) return 0;
+  if (x > 0xffff) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be an unsigned 16-bit integer", what);
+    napi_throw_range_error(env, NULL, msg);
+    return 0;
+  }
+  *out = (UINT16)x;
+  return 1;
 }
 
 static cmd_job *cmd_new(napi_env env, napi_value ctx, job_execute_fn exec, job_complete_fn done) {
@@ -85,14 +147,13 @@ static napi_value new_object(napi_env env) {
 
 static void create_primary_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPM2B_PUBLIC in = {0};
-  UNMARSHAL_ALL(base, TPM2B_PUBLIC, j->in[0], j->in_len[0], &in);
   TPM2B_PUBLIC *out = NULL;
   TPM2B_CREATION_DATA *cdata = NULL;
   TPM2B_DIGEST *chash = NULL;
   TPMT_TK_CREATION *ticket = NULL;
   TPM_COMMAND(base, "Esys_CreatePrimary",
-              Esys_CreatePrimary(base->ctx->esys, j->u[0], PW, NONE, NONE, &EMPTY_SENSITIVE, &in,
+              Esys_CreatePrimary(base->ctx->esys, j->args.create_primary.hierarchy, PW, NONE, NONE, &EMPTY_SENSITIVE,
+                                 &j->args.create_primary.template,
                                  &EMPTY_OUTSIDE_INFO, &EMPTY_CREATION_PCR, &j->handle, &out, &cdata,
                                  &chash, &ticket));
   MARSHAL_INTO(base, TPM2B_PUBLIC, out, j->pub, j->pub_len);
@@ -117,8 +178,8 @@ static napi_value js_create_primary(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 3, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], create_primary_exec, handle_public_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "hierarchy", &j->u[0])) goto fail;
-  if (!arg_bytes(env, argv[2], "template", &j->in[0], &j->in_len[0])) goto fail;
+  if (!arg_u32(env, argv[1], "hierarchy", &j->args.create_primary.hierarchy)) goto fail;
+  if (!arg_TPM2B_PUBLIC(env, argv[2], "template", j, &j->args.create_primary.template)) goto fail;
   return job_start(env, &j->base, "edgeid.tpm.createPrimary");
 fail:
   return fail_job(env, j);
@@ -128,15 +189,13 @@ fail:
 
 static void create_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPM2B_PUBLIC in = {0};
-  UNMARSHAL_ALL(base, TPM2B_PUBLIC, j->in[0], j->in_len[0], &in);
   TPM2B_PRIVATE *priv = NULL;
   TPM2B_PUBLIC *pub = NULL;
   TPM2B_CREATION_DATA *cdata = NULL;
   TPM2B_DIGEST *chash = NULL;
   TPMT_TK_CREATION *ticket = NULL;
   TPM_COMMAND(base, "Esys_Create",
-              Esys_Create(base->ctx->esys, j->u[0], PW, NONE, NONE, &EMPTY_SENSITIVE, &in,
+              Esys_Create(base->ctx->esys, j->args.create.parent, PW, NONE, NONE, &EMPTY_SENSITIVE, &j->args.create.template,
                           &EMPTY_OUTSIDE_INFO, &EMPTY_CREATION_PCR, &priv, &pub, &cdata, &chash, &ticket));
   MARSHAL_INTO(base, TPM2B_PUBLIC, pub, j->pub, j->pub_len);
   MARSHAL_INTO(base, TPM2B_PRIVATE, priv, j->priv, j->priv_len);
@@ -161,8 +220,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 3, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], create_exec, public_private_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "parent", &j->u[0])) goto fail;
-  if (!arg_bytes(env, argv[2], "template", &j->in[0], &j->in_len[0])) goto fail;
+  if (!arg_u32(env, argv[1], "parent", &j->args.create.parent)) goto fail;
+  if (!arg_TPM2B_PUBLIC(env, argv[2], "template", j, &j->args.create.template)) goto fail;
   return job_start(env, &j->base, "edgeid.tpm.create");
 fail:
   return fail_job(env, j);
@@ -172,18 +231,16 @@ fail:
 
 static void create_loaded_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPM2B_PUBLIC in = {0};
-  UNMARSHAL_ALL(base, TPM2B_PUBLIC, j->in[0], j->in_len[0], &in);
   /* CreateLoaded takes the bare TPMT_PUBLIC inside a TPM2B_TEMPLATE. */
   TPM2B_TEMPLATE tmpl = {0};
   size_t off = 0;
   TSS_CALL(base, "Tss2_MU_TPMT_PUBLIC_Marshal",
-           Tss2_MU_TPMT_PUBLIC_Marshal(&in.publicArea, tmpl.buffer, sizeof tmpl.buffer, &off));
+           Tss2_MU_TPMT_PUBLIC_Marshal(&j->args.create.template.publicArea, tmpl.buffer, sizeof tmpl.buffer, &off));
   tmpl.size = (UINT16)off;
   TPM2B_PRIVATE *priv = NULL;
   TPM2B_PUBLIC *pub = NULL;
   TPM_COMMAND(base, "Esys_CreateLoaded",
-              Esys_CreateLoaded(base->ctx->esys, j->u[0], PW, NONE, NONE, &EMPTY_SENSITIVE, &tmpl,
+              Esys_CreateLoaded(base->ctx->esys, j->args.create.parent, PW, NONE, NONE, &EMPTY_SENSITIVE, &tmpl,
                                 &j->handle, &priv, &pub));
   MARSHAL_INTO(base, TPM2B_PUBLIC, pub, j->pub, j->pub_len);
   MARSHAL_INTO(base, TPM2B_PRIVATE, priv, j->priv, j->priv_len);
@@ -196,8 +253,8 @@ static napi_value js_create_loaded(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 3, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], create_loaded_exec, handle_public_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "parent", &j->u[0])) goto fail;
-  if (!arg_bytes(env, argv[2], "template", &j->in[0], &j->in_len[0])) goto fail;
+  if (!arg_u32(env, argv[1], "parent", &j->args.create.parent)) goto fail;
+  if (!arg_TPM2B_PUBLIC(env, argv[2], "template", j, &j->args.create.template)) goto fail;
   return job_start(env, &j->base, "edgeid.tpm.createLoaded");
 fail:
   return fail_job(env, j);
@@ -207,11 +264,9 @@ fail:
 
 static void load_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPM2B_PRIVATE priv = {0};
-  TPM2B_PUBLIC pub = {0};
-  UNMARSHAL_ALL(base, TPM2B_PRIVATE, j->in[0], j->in_len[0], &priv);
-  UNMARSHAL_ALL(base, TPM2B_PUBLIC, j->in[1], j->in_len[1], &pub);
-  TPM_COMMAND(base, "Esys_Load", Esys_Load(base->ctx->esys, j->u[0], PW, NONE, NONE, &priv, &pub, &j->handle));
+  TPM_COMMAND(base, "Esys_Load",
+              Esys_Load(base->ctx->esys, j->args.load.parent, PW, NONE, NONE, &j->args.load.private,
+                        &j->args.load.public, &j->handle));
 }
 
 static napi_value handle_complete(napi_env env, job *base) {
@@ -223,9 +278,9 @@ static napi_value js_load(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 4, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], load_exec, handle_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "parent", &j->u[0])) goto fail;
-  if (!arg_bytes(env, argv[2], "private", &j->in[0], &j->in_len[0])) goto fail;
-  if (!arg_bytes(env, argv[3], "public", &j->in[1], &j->in_len[1])) goto fail;
+  if (!arg_u32(env, argv[1], "parent", &j->args.load.parent)) goto fail;
+  if (!arg_TPM2B_PRIVATE(env, argv[2], "private", j, &j->args.load.private)) goto fail;
+  if (!arg_TPM2B_PUBLIC(env, argv[3], "public", j, &j->args.load.public)) goto fail;
   return job_start(env, &j->base, "edgeid.tpm.load");
 fail:
   return fail_job(env, j);
@@ -235,42 +290,47 @@ fail:
 
 static void flush_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPM_COMMAND(base, "Esys_FlushContext", Esys_FlushContext(base->ctx->esys, j->u[0]));
+  TPM_COMMAND(base, "Esys_FlushContext", Esys_FlushContext(base->ctx->esys, j->args.object.handle));
 }
 
 static void tr_close_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  ESYS_TR tr = j->u[0];
+  ESYS_TR tr = j->args.object.handle;
   TSS_CALL(base, "Esys_TR_Close", Esys_TR_Close(base->ctx->esys, &tr));
 }
 
 static void tr_from_public_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPM_COMMAND(base, "Esys_TR_FromTPMPublic",
-              Esys_TR_FromTPMPublic(base->ctx->esys, j->u[0], NONE, NONE, NONE, &j->handle));
+              Esys_TR_FromTPMPublic(base->ctx->esys, j->args.tr_from_public.tpm_handle, NONE, NONE, NONE, &j->handle));
 }
 
-static napi_value one_u32_command(napi_env env, napi_callback_info info, const char *what, job_execute_fn exec,
-                                  job_complete_fn done, const char *name) {
+/* A primitive whose one argument is an object's ESYS_TR (args.object). */
+static napi_value one_handle_command(napi_env env, napi_callback_info info, const char *what, job_execute_fn exec,
+                                     job_complete_fn done, const char *name) {
   napi_value argv[2];
   if (!args_get(env, info, 2, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], exec, done);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], what, &j->u[0])) return fail_job(env, j);
+  if (!arg_u32(env, argv[1], what, &j->args.object.handle)) return fail_job(env, j);
   return job_start(env, &j->base, name);
 }
 
 static napi_value js_flush(napi_env env, napi_callback_info info) {
-  return one_u32_command(env, info, "handle", flush_exec, NULL, "edgeid.tpm.flush");
+  return one_handle_command(env, info, "handle", flush_exec, NULL, "edgeid.tpm.flush");
 }
 
 static napi_value js_tr_close(napi_env env, napi_callback_info info) {
-  return one_u32_command(env, info, "handle", tr_close_exec, NULL, "edgeid.tpm.trClose");
+  return one_handle_command(env, info, "handle", tr_close_exec, NULL, "edgeid.tpm.trClose");
 }
 
 static napi_value js_tr_from_tpm_public(napi_env env, napi_callback_info info) {
-  return one_u32_command(env, info, "tpmHandle", tr_from_public_exec, handle_complete,
-                         "edgeid.tpm.trFromTpmPublic");
+  napi_value argv[2];
+  if (!args_get(env, info, 2, argv)) return NULL;
+  cmd_job *j = cmd_new(env, argv[0], tr_from_public_exec, handle_complete);
+  if (j == NULL) return NULL;
+  if (!arg_u32(env, argv[1], "tpmHandle", &j->args.tr_from_public.tpm_handle)) return fail_job(env, j);
+  return job_start(env, &j->base, "edgeid.tpm.trFromTpmPublic");
 }
 
 /* ---------- readPublic(ctx, tr) → {public, name} ---------- */
@@ -279,7 +339,7 @@ static void read_public_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPM2B_PUBLIC *pub = NULL;
   TPM2B_NAME *name = NULL, *qname = NULL;
-  TPM_COMMAND(base, "Esys_ReadPublic", Esys_ReadPublic(base->ctx->esys, j->u[0], NONE, NONE, NONE, &pub, &name, &qname));
+  TPM_COMMAND(base, "Esys_ReadPublic", Esys_ReadPublic(base->ctx->esys, j->args.object.handle, NONE, NONE, NONE, &pub, &name, &qname));
   MARSHAL_INTO(base, TPM2B_PUBLIC, pub, j->pub, j->pub_len);
   memcpy(j->name, name->name, name->size);
   j->name_len = name->size;
@@ -298,20 +358,20 @@ static napi_value read_public_complete(napi_env env, job *base) {
 }
 
 static napi_value js_read_public(napi_env env, napi_callback_info info) {
-  return one_u32_command(env, info, "handle", read_public_exec, read_public_complete, "edgeid.tpm.readPublic");
+  return one_handle_command(env, info, "handle", read_public_exec, read_public_complete, "edgeid.tpm.readPublic");
 }
 
 /* ---------- sign(ctx, keyTr, digest, schemeAlg, hashAlg) → TPMT_SIGNATURE ---------- */
 
 static void sign_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPMT_SIG_SCHEME scheme = {.scheme = (TPMI_ALG_SIG_SCHEME)j->u[1]};
-  scheme.details.any.hashAlg = (TPMI_ALG_HASH)j->u[2];
+  TPMT_SIG_SCHEME scheme = {.scheme = j->args.sign.scheme};
+  scheme.details.any.hashAlg = j->args.sign.hash;
   /* A NULL ticket: only valid for unrestricted keys, which is all we sign external digests with. */
   TPMT_TK_HASHCHECK validation = {.tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL};
   TPMT_SIGNATURE *sig = NULL;
   TPM_COMMAND(base, "Esys_Sign",
-              Esys_Sign(base->ctx->esys, j->u[0], PW, NONE, NONE, &j->digest, &scheme, &validation, &sig));
+              Esys_Sign(base->ctx->esys, j->args.sign.key, PW, NONE, NONE, &j->args.sign.digest, &scheme, &validation, &sig));
   MARSHAL_INTO(base, TPMT_SIGNATURE, sig, j->sig, j->sig_len);
   Esys_Free(sig);
 }
@@ -326,9 +386,10 @@ static napi_value js_sign(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 5, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], sign_exec, sig_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "key", &j->u[0]) ||
-      !arg_bytes_into(env, argv[2], "digest", j->digest.buffer, sizeof j->digest.buffer, &j->digest.size) ||
-      !arg_u32(env, argv[3], "schemeAlg", &j->u[1]) || !arg_u32(env, argv[4], "hashAlg", &j->u[2]))
+  TPM2B_DIGEST *digest = &j->args.sign.digest;
+  if (!arg_u32(env, argv[1], "key", &j->args.sign.key) ||
+      !arg_bytes_into(env, argv[2], "digest", digest->buffer, sizeof digest->buffer, &digest->size) ||
+      !arg_u16(env, argv[3], "schemeAlg", &j->args.sign.scheme) || !arg_u16(env, argv[4], "hashAlg", &j->args.sign.hash))
     return fail_job(env, j);
   return job_start(env, &j->base, "edgeid.tpm.sign");
 }
@@ -343,13 +404,12 @@ static void store_attest(cmd_job *j, TPM2B_ATTEST *attest, TPMT_SIGNATURE *sig) 
 
 static void quote_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPML_PCR_SELECTION sel = {0};
-  UNMARSHAL_ALL(base, TPML_PCR_SELECTION, j->in[0], j->in_len[0], &sel);
   TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the AK's own scheme */
   TPM2B_ATTEST *attest = NULL;
   TPMT_SIGNATURE *sig = NULL;
   TPM_COMMAND(base, "Esys_Quote",
-              Esys_Quote(base->ctx->esys, j->u[0], PW, NONE, NONE, &j->qualifying, &scheme, &sel, &attest, &sig));
+              Esys_Quote(base->ctx->esys, j->args.quote.ak, PW, NONE, NONE, &j->args.quote.qualifying, &scheme,
+                         &j->args.quote.selection, &attest, &sig));
   store_attest(j, attest, sig);
   Esys_Free(attest);
   Esys_Free(sig);
@@ -369,10 +429,10 @@ static napi_value js_quote(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 4, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], quote_exec, attest_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "ak", &j->u[0]) ||
-      !arg_bytes_into(env, argv[2], "qualifyingData", j->qualifying.buffer, sizeof j->qualifying.buffer,
-                      &j->qualifying.size) ||
-      !arg_bytes(env, argv[3], "selection", &j->in[0], &j->in_len[0]))
+  TPM2B_DATA *qualifying = &j->args.quote.qualifying;
+  if (!arg_u32(env, argv[1], "ak", &j->args.quote.ak) ||
+      !arg_bytes_into(env, argv[2], "qualifyingData", qualifying->buffer, sizeof qualifying->buffer, &qualifying->size) ||
+      !arg_TPML_PCR_SELECTION(env, argv[3], "selection", j, &j->args.quote.selection))
     return fail_job(env, j);
   return job_start(env, &j->base, "edgeid.tpm.quote");
 }
@@ -385,7 +445,8 @@ static void certify_exec(job *base) {
   TPM2B_ATTEST *attest = NULL;
   TPMT_SIGNATURE *sig = NULL;
   TPM_COMMAND(base, "Esys_Certify",
-              Esys_Certify(base->ctx->esys, j->u[0], j->u[1], PW, PW, NONE, &j->qualifying, &scheme, &attest, &sig));
+              Esys_Certify(base->ctx->esys, j->args.certify.object, j->args.certify.ak, PW, PW, NONE,
+                           &j->args.certify.qualifying, &scheme, &attest, &sig));
   store_attest(j, attest, sig);
   Esys_Free(attest);
   Esys_Free(sig);
@@ -396,9 +457,9 @@ static napi_value js_certify(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 4, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], certify_exec, attest_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "object", &j->u[0]) || !arg_u32(env, argv[2], "ak", &j->u[1]) ||
-      !arg_bytes_into(env, argv[3], "qualifyingData", j->qualifying.buffer, sizeof j->qualifying.buffer,
-                      &j->qualifying.size))
+  TPM2B_DATA *qualifying = &j->args.certify.qualifying;
+  if (!arg_u32(env, argv[1], "object", &j->args.certify.object) || !arg_u32(env, argv[2], "ak", &j->args.certify.ak) ||
+      !arg_bytes_into(env, argv[3], "qualifyingData", qualifying->buffer, sizeof qualifying->buffer, &qualifying->size))
     return fail_job(env, j);
   return job_start(env, &j->base, "edgeid.tpm.certify");
 }
@@ -412,20 +473,17 @@ static napi_value js_certify(napi_env env, napi_callback_info info) {
 static void activate_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   ESYS_CONTEXT *esys = base->ctx->esys;
-  TPM2B_ID_OBJECT blob = {0};
-  TPM2B_ENCRYPTED_SECRET secret = {0};
-  UNMARSHAL_ALL(base, TPM2B_ID_OBJECT, j->in[0], j->in_len[0], &blob);
-  UNMARSHAL_ALL(base, TPM2B_ENCRYPTED_SECRET, j->in[1], j->in_len[1], &secret);
+  const TPMI_ALG_HASH policy_hash = j->args.activate.policy_hash;
 
   ESYS_TR session = NONE;
   TSS2_RC rc = TSS2_RC_SUCCESS;
   const char *failed = NULL;
   TPM2B_DIGEST *cert_info = NULL;
-  if (j->u[2] != 0) {
+  if (policy_hash != 0) {
     TPMT_SYM_DEF sym = {.algorithm = TPM2_ALG_NULL};
     edgeid_count_command(base->ctx);
     rc = Esys_StartAuthSession(esys, NONE, NONE, NONE, NONE, NONE, NULL, TPM2_SE_POLICY, &sym,
-                               (TPMI_ALG_HASH)j->u[2], &session);
+                               policy_hash, &session);
     if (rc != TSS2_RC_SUCCESS) {
       failed = "Esys_StartAuthSession";
       session = NONE;
@@ -447,9 +505,9 @@ static void activate_exec(job *base) {
       failed = "Esys_PolicySecret";
       goto out;
     }
-    if (j->digests.count > 0) {
+    if (j->args.activate.or_digests.count > 0) {
       edgeid_count_command(base->ctx);
-      rc = Esys_PolicyOR(esys, session, NONE, NONE, NONE, &j->digests);
+      rc = Esys_PolicyOR(esys, session, NONE, NONE, NONE, &j->args.activate.or_digests);
       if (rc != TSS2_RC_SUCCESS) {
         failed = "Esys_PolicyOR";
         goto out;
@@ -457,7 +515,8 @@ static void activate_exec(job *base) {
     }
   }
   edgeid_count_command(base->ctx);
-  rc = Esys_ActivateCredential(esys, j->u[0], j->u[1], PW, j->u[2] != 0 ? session : PW, NONE, &blob, &secret,
+  rc = Esys_ActivateCredential(esys, j->args.activate.ak, j->args.activate.ek, PW, policy_hash != 0 ? session : PW,
+                               NONE, &j->args.activate.credential_blob, &j->args.activate.encrypted_secret,
                                &cert_info);
   if (rc != TSS2_RC_SUCCESS) {
     failed = "Esys_ActivateCredential";
@@ -490,10 +549,10 @@ static napi_value js_activate_credential(napi_env env, napi_callback_info info) 
   if (!args_get(env, info, 7, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], activate_exec, data_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "ak", &j->u[0]) || !arg_u32(env, argv[2], "ek", &j->u[1]) ||
-      !arg_bytes(env, argv[3], "credentialBlob", &j->in[0], &j->in_len[0]) ||
-      !arg_bytes(env, argv[4], "encryptedSecret", &j->in[1], &j->in_len[1]) ||
-      !arg_u32(env, argv[5], "policyHashAlg", &j->u[2]))
+  if (!arg_u32(env, argv[1], "ak", &j->args.activate.ak) || !arg_u32(env, argv[2], "ek", &j->args.activate.ek) ||
+      !arg_TPM2B_ID_OBJECT(env, argv[3], "credentialBlob", j, &j->args.activate.credential_blob) ||
+      !arg_TPM2B_ENCRYPTED_SECRET(env, argv[4], "encryptedSecret", j, &j->args.activate.encrypted_secret) ||
+      !arg_u16(env, argv[5], "policyHashAlg", &j->args.activate.policy_hash))
     return fail_job(env, j);
   bool is_array = false;
   uint32_t n = 0;
@@ -502,12 +561,13 @@ static napi_value js_activate_credential(napi_env env, napi_callback_info info) 
     napi_throw_type_error(env, NULL, "orDigests must be an array of 0 or 2..8 digests");
     return fail_job(env, j);
   }
-  j->digests.count = n;
+  TPML_DIGEST *or_digests = &j->args.activate.or_digests;
+  or_digests->count = n;
   for (uint32_t i = 0; i < n; i++) {
     napi_value d;
     if (napi_get_element(env, argv[6], i, &d) != napi_ok ||
-        !arg_bytes_into(env, d, "orDigests[i]", j->digests.digests[i].buffer, sizeof j->digests.digests[i].buffer,
-                        &j->digests.digests[i].size))
+        !arg_bytes_into(env, d, "orDigests[i]", or_digests->digests[i].buffer, sizeof or_digests->digests[i].buffer,
+                        &or_digests->digests[i].size))
       return fail_job(env, j);
   }
   return job_start(env, &j->base, "edgeid.tpm.activateCredential");
@@ -517,13 +577,10 @@ static napi_value js_activate_credential(napi_env env, napi_callback_info info) 
 
 static void pcr_read_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPML_PCR_SELECTION sel = {0};
-  UNMARSHAL_ALL(base, TPML_PCR_SELECTION, j->in[0], j->in_len[0], &sel);
-  UINT32 counter = 0;
   TPML_PCR_SELECTION *sel_out = NULL;
   TPML_DIGEST *values = NULL;
-  TPM_COMMAND(base, "Esys_PCR_Read", Esys_PCR_Read(base->ctx->esys, NONE, NONE, NONE, &sel, &counter, &sel_out, &values));
-  j->u[3] = counter;
+  TPM_COMMAND(base, "Esys_PCR_Read", Esys_PCR_Read(base->ctx->esys, NONE, NONE, NONE, &j->args.pcr_read.selection,
+                                                   &j->update_counter, &sel_out, &values));
   MARSHAL_INTO(base, TPML_PCR_SELECTION, sel_out, j->selection, j->selection_len);
   j->digests = *values;
   Esys_Free(sel_out);
@@ -538,7 +595,7 @@ static napi_value pcr_read_complete(napi_env env, job *base) {
     napi_value b = make_buffer(env, j->digests.digests[i].buffer, j->digests.digests[i].size);
     if (b == NULL || napi_set_element(env, arr, i, b) != napi_ok) return NULL;
   }
-  if (!set_prop(env, o, "updateCounter", make_u32(env, j->u[3])) ||
+  if (!set_prop(env, o, "updateCounter", make_u32(env, j->update_counter)) ||
       !set_prop(env, o, "selection", make_buffer(env, j->selection, j->selection_len)) ||
       !set_prop(env, o, "digests", arr))
     return NULL;
@@ -550,7 +607,7 @@ static napi_value js_pcr_read(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 2, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], pcr_read_exec, pcr_read_complete);
   if (j == NULL) return NULL;
-  if (!arg_bytes(env, argv[1], "selection", &j->in[0], &j->in_len[0])) return fail_job(env, j);
+  if (!arg_TPML_PCR_SELECTION(env, argv[1], "selection", j, &j->args.pcr_read.selection)) return fail_job(env, j);
   return job_start(env, &j->base, "edgeid.tpm.pcrRead");
 }
 
@@ -559,10 +616,10 @@ static napi_value js_pcr_read(napi_env env, napi_callback_info info) {
 static void pcr_extend_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPML_DIGEST_VALUES values = {.count = 1};
-  values.digests[0].hashAlg = (TPMI_ALG_HASH)j->u[1];
-  memcpy(&values.digests[0].digest, j->digest.buffer, j->digest.size);
+  values.digests[0].hashAlg = j->args.pcr_extend.hash;
+  memcpy(&values.digests[0].digest, j->args.pcr_extend.digest.buffer, j->args.pcr_extend.digest.size);
   TPM_COMMAND(base, "Esys_PCR_Extend",
-              Esys_PCR_Extend(base->ctx->esys, ESYS_TR_PCR0 + j->u[0], PW, NONE, NONE, &values));
+              Esys_PCR_Extend(base->ctx->esys, ESYS_TR_PCR0 + j->args.pcr_extend.index, PW, NONE, NONE, &values));
 }
 
 static napi_value js_pcr_extend(napi_env env, napi_callback_info info) {
@@ -570,10 +627,12 @@ static napi_value js_pcr_extend(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 4, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], pcr_extend_exec, NULL);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "index", &j->u[0]) || !arg_u32(env, argv[2], "hashAlg", &j->u[1]) ||
-      !arg_bytes_into(env, argv[3], "digest", j->digest.buffer, sizeof j->digest.buffer, &j->digest.size))
+  TPM2B_DIGEST *digest = &j->args.pcr_extend.digest;
+  if (!arg_u32(env, argv[1], "index", &j->args.pcr_extend.index) ||
+      !arg_u16(env, argv[2], "hashAlg", &j->args.pcr_extend.hash) ||
+      !arg_bytes_into(env, argv[3], "digest", digest->buffer, sizeof digest->buffer, &digest->size))
     return fail_job(env, j);
-  if (j->u[0] > 31) {
+  if (j->args.pcr_extend.index > 31) {
     napi_throw_range_error(env, NULL, "PCR index out of range");
     return fail_job(env, j);
   }
@@ -585,7 +644,7 @@ static napi_value js_pcr_extend(napi_env env, napi_callback_info info) {
 static void get_random_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPM2B_DIGEST *bytes = NULL;
-  TPM_COMMAND(base, "Esys_GetRandom", Esys_GetRandom(base->ctx->esys, NONE, NONE, NONE, (UINT16)j->u[0], &bytes));
+  TPM_COMMAND(base, "Esys_GetRandom", Esys_GetRandom(base->ctx->esys, NONE, NONE, NONE, j->args.get_random.bytes, &bytes));
   set_data(j, bytes->buffer, bytes->size);
   Esys_Free(bytes);
 }
@@ -595,11 +654,13 @@ static napi_value js_get_random(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 2, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], get_random_exec, data_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "bytes", &j->u[0])) return fail_job(env, j);
-  if (j->u[0] > sizeof(TPMU_HA)) {
+  uint32_t bytes;
+  if (!arg_u32(env, argv[1], "bytes", &bytes)) return fail_job(env, j);
+  if (bytes > sizeof(TPMU_HA)) {
     napi_throw_range_error(env, NULL, "getRandom returns at most 64 bytes per call");
     return fail_job(env, j);
   }
+  j->args.get_random.bytes = (UINT16)bytes;
   return job_start(env, &j->base, "edgeid.tpm.getRandom");
 }
 
@@ -612,7 +673,8 @@ static void get_capability_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPMS_CAPABILITY_DATA *data = NULL;
   TPM_COMMAND(base, "Esys_GetCapability",
-              Esys_GetCapability(base->ctx->esys, NONE, NONE, NONE, j->u[0], j->u[1], j->u[2], &j->more, &data));
+              Esys_GetCapability(base->ctx->esys, NONE, NONE, NONE, j->args.get_capability.capability,
+                                 j->args.get_capability.property, j->args.get_capability.count, &j->more, &data));
   j->cap = *data;
   if (data->capability == TPM2_CAP_PCRS)
     MARSHAL_INTO(base, TPML_PCR_SELECTION, &data->data.assignedPCR, j->selection, j->selection_len);
@@ -649,10 +711,11 @@ static napi_value js_get_capability(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 4, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], get_capability_exec, get_capability_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "capability", &j->u[0]) || !arg_u32(env, argv[2], "property", &j->u[1]) ||
-      !arg_u32(env, argv[3], "count", &j->u[2]))
+  TPM2_CAP *capability = &j->args.get_capability.capability;
+  if (!arg_u32(env, argv[1], "capability", capability) || !arg_u32(env, argv[2], "property", &j->args.get_capability.property) ||
+      !arg_u32(env, argv[3], "count", &j->args.get_capability.count))
     return fail_job(env, j);
-  if (j->u[0] != TPM2_CAP_TPM_PROPERTIES && j->u[0] != TPM2_CAP_HANDLES && j->u[0] != TPM2_CAP_PCRS) {
+  if (*capability != TPM2_CAP_TPM_PROPERTIES && *capability != TPM2_CAP_HANDLES && *capability != TPM2_CAP_PCRS) {
     napi_throw_range_error(env, NULL, "only TPM_CAP_TPM_PROPERTIES, TPM_CAP_HANDLES and TPM_CAP_PCRS are supported");
     return fail_job(env, j);
   }
@@ -665,7 +728,7 @@ static void nv_read_public_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPM2B_NV_PUBLIC *pub = NULL;
   TPM2B_NAME *name = NULL;
-  TPM_COMMAND(base, "Esys_NV_ReadPublic", Esys_NV_ReadPublic(base->ctx->esys, j->u[0], NONE, NONE, NONE, &pub, &name));
+  TPM_COMMAND(base, "Esys_NV_ReadPublic", Esys_NV_ReadPublic(base->ctx->esys, j->args.object.handle, NONE, NONE, NONE, &pub, &name));
   j->nv = pub->nvPublic;
   Esys_Free(pub);
   Esys_Free(name);
@@ -683,7 +746,7 @@ static napi_value nv_read_public_complete(napi_env env, job *base) {
 }
 
 static napi_value js_nv_read_public(napi_env env, napi_callback_info info) {
-  return one_u32_command(env, info, "nvIndex", nv_read_public_exec, nv_read_public_complete,
+  return one_handle_command(env, info, "nvIndex", nv_read_public_exec, nv_read_public_complete,
                          "edgeid.tpm.nvReadPublic");
 }
 
@@ -693,7 +756,8 @@ static void nv_read_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPM2B_MAX_NV_BUFFER *data = NULL;
   TPM_COMMAND(base, "Esys_NV_Read",
-              Esys_NV_Read(base->ctx->esys, j->u[0], j->u[1], PW, NONE, NONE, (UINT16)j->u[2], (UINT16)j->u[3], &data));
+              Esys_NV_Read(base->ctx->esys, j->args.nv_read.auth, j->args.nv_read.nv_index, PW, NONE, NONE,
+                           j->args.nv_read.size, j->args.nv_read.offset, &data));
   set_data(j, data->buffer, data->size);
   Esys_Free(data);
 }
@@ -703,13 +767,16 @@ static napi_value js_nv_read(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 5, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], nv_read_exec, data_complete);
   if (j == NULL) return NULL;
-  if (!arg_u32(env, argv[1], "auth", &j->u[0]) || !arg_u32(env, argv[2], "nvIndex", &j->u[1]) ||
-      !arg_u32(env, argv[3], "size", &j->u[2]) || !arg_u32(env, argv[4], "offset", &j->u[3]))
+  uint32_t size, offset;
+  if (!arg_u32(env, argv[1], "auth", &j->args.nv_read.auth) || !arg_u32(env, argv[2], "nvIndex", &j->args.nv_read.nv_index) ||
+      !arg_u32(env, argv[3], "size", &size) || !arg_u32(env, argv[4], "offset", &offset))
     return fail_job(env, j);
-  if (j->u[2] > TPM2_MAX_NV_BUFFER_SIZE || j->u[3] > 0xffff) {
+  if (size > TPM2_MAX_NV_BUFFER_SIZE || offset > 0xffff) {
     napi_throw_range_error(env, NULL, "NV read size or offset out of range");
     return fail_job(env, j);
   }
+  j->args.nv_read.size = (UINT16)size;
+  j->args.nv_read.offset = (UINT16)offset;
   return job_start(env, &j->base, "edgeid.tpm.nvRead");
 }
 
@@ -718,7 +785,7 @@ static napi_value js_nv_read(napi_env env, napi_callback_info info) {
 static void context_save_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
   TPMS_CONTEXT *saved = NULL;
-  TPM_COMMAND(base, "Esys_ContextSave", Esys_ContextSave(base->ctx->esys, j->u[0], &saved));
+  TPM_COMMAND(base, "Esys_ContextSave", Esys_ContextSave(base->ctx->esys, j->args.object.handle, &saved));
   MARSHAL_INTO(base, TPMS_CONTEXT, saved, j->context, j->context_len);
   Esys_Free(saved);
 }
@@ -729,15 +796,12 @@ static napi_value context_complete(napi_env env, job *base) {
 }
 
 static napi_value js_context_save(napi_env env, napi_callback_info info) {
-  return one_u32_command(env, info, "handle", context_save_exec, context_complete, "edgeid.tpm.contextSave");
+  return one_handle_command(env, info, "handle", context_save_exec, context_complete, "edgeid.tpm.contextSave");
 }
 
 static void context_load_exec(job *base) {
   cmd_job *j = (cmd_job *)base;
-  TPMS_CONTEXT saved;
-  memset(&saved, 0, sizeof saved);
-  UNMARSHAL_ALL(base, TPMS_CONTEXT, j->in[0], j->in_len[0], &saved);
-  TPM_COMMAND(base, "Esys_ContextLoad", Esys_ContextLoad(base->ctx->esys, &saved, &j->handle));
+  TPM_COMMAND(base, "Esys_ContextLoad", Esys_ContextLoad(base->ctx->esys, &j->args.context_load.saved, &j->handle));
 }
 
 static napi_value js_context_load(napi_env env, napi_callback_info info) {
@@ -745,7 +809,7 @@ static napi_value js_context_load(napi_env env, napi_callback_info info) {
   if (!args_get(env, info, 2, argv)) return NULL;
   cmd_job *j = cmd_new(env, argv[0], context_load_exec, handle_complete);
   if (j == NULL) return NULL;
-  if (!arg_bytes(env, argv[1], "context", &j->in[0], &j->in_len[0])) return fail_job(env, j);
+  if (!arg_TPMS_CONTEXT(env, argv[1], "context", j, &j->args.context_load.saved)) return fail_job(env, j);
   return job_start(env, &j->base, "edgeid.tpm.contextLoad");
 }
 

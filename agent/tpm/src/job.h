@@ -22,11 +22,12 @@ struct job {
   napi_deferred deferred;
   napi_ref ctx_ref;
   edgeid_ctx *ctx;
-  TSS2_RC rc;
+  TSS2_RC rc;         /* set before execution when an argument did not unmarshal: then not executed */
   const char *failed;
   job_execute_fn execute;
   job_complete_fn complete;
   job_release_fn release;
+  int repairs; /* runs on a broken context (reconnect); every other job fails on one at once */
 };
 
 /* Allocates a zeroed job of `size` bytes (a struct whose first member is `job base`) bound to the
@@ -39,7 +40,8 @@ napi_value job_start(napi_env env, job *j, const char *name);
 
 /* Argument helpers; each returns 0 and throws a TypeError on bad input. */
 int arg_u32(napi_env env, napi_value v, const char *what, uint32_t *out);
-int arg_bytes(napi_env env, napi_value v, const char *what, uint8_t **data, size_t *len);
+/* A view of a Buffer/Uint8Array argument (valid during the call only: copy what the job keeps). */
+int arg_view(napi_env env, napi_value v, const char *what, const uint8_t **data, size_t *len);
 int arg_bytes_into(napi_env env, napi_value v, const char *what, uint8_t *dst, size_t cap, uint16_t *len);
 int args_get(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
 
@@ -67,19 +69,6 @@ int set_prop(napi_env env, napi_value obj, const char *key, napi_value v);
     if (rc_ != TSS2_RC_SUCCESS) {                                                         \
       (j)->rc = rc_;                                                                      \
       (j)->failed = (name);                                                               \
-      return;                                                                             \
-    }                                                                                     \
-  } while (0)
-
-/* Unmarshals a whole input buffer into a TSS structure: trailing bytes are an error. */
-#define UNMARSHAL_ALL(j, T, buf, len, out)                                                \
-  do {                                                                                    \
-    size_t off_ = 0;                                                                      \
-    TSS2_RC rc_ = Tss2_MU_##T##_Unmarshal((buf), (len), &off_, (out));                    \
-    if (rc_ == TSS2_RC_SUCCESS && off_ != (len)) rc_ = TSS2_MU_RC_BAD_SIZE;               \
-    if (rc_ != TSS2_RC_SUCCESS) {                                                         \
-      (j)->rc = rc_;                                                                      \
-      (j)->failed = "Tss2_MU_" #T "_Unmarshal";                                           \
       return;                                                                             \
     }                                                                                     \
   } while (0)

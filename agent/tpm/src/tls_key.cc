@@ -15,6 +15,11 @@
  * Flush. A TPM that is out of memory (or unreachable) fails the signature, and
  * with it the handshake; mqtt.js reconnects later. Nothing here may crash the process.
  *
+ * The callback blocks the event loop, so it is bounded: waiting for the lock (a queued command may
+ * be running) and its TPM commands end by one deadline (setTlsDeadline, default 5 s). Past it the
+ * watchdog (watchdog.c) shuts down the TPM socket, the blocked read returns and the signature fails;
+ * the context is then broken until the TS layer reconnects it.
+ *
  * Built against Node's own OpenSSL headers (node-gyp --nodedir=/usr) and linked to no libcrypto:
  * the symbols resolve to the OpenSSL inside the node binary.
  */
@@ -184,8 +189,12 @@ ECDSA_SIG *tpm_sign(TlsKey *k, const unsigned char *digest, int len, SignFailure
       return nullptr;
   }
   edgeid_ctx *ctx = k->ctx;
-  if (ctx->closed || ctx->esys == nullptr) {
+  if (ctx->closed) {
     *f = {0, "the TPM connection is closed"};
+    return nullptr;
+  }
+  if (edgeid_is_broken(ctx) || ctx->esys == nullptr) {
+    *f = {0, "the TPM connection is broken (a command got no answer in time); the agent reconnects it"};
     return nullptr;
   }
   if (k->released) {
@@ -258,10 +267,37 @@ ECDSA_SIG *method_sign_sig(const unsigned char *dgst, int dgst_len, const BIGNUM
   }
   uint64_t t0 = now_ns();
   edgeid_ctx *ctx = k->ctx;
-  /* A queued TPM command may be running on a worker thread: wait for it (one command, not a batch). */
-  pthread_mutex_lock(&ctx->lock);
+  /* This runs on the main thread inside a handshake: everything below, waiting for the lock
+   * included, ends by one deadline, so a TPM that stops answering fails the handshake instead of
+   * freezing the event loop. */
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += ctx->tls_deadline_ms / 1000;
+  deadline.tv_nsec += static_cast<long>(ctx->tls_deadline_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
   SignFailure f;
-  ECDSA_SIG *sig = tpm_sign(k, dgst, dgst_len, &f);
+  ECDSA_SIG *sig = nullptr;
+  if (edgeid_is_broken(ctx)) {
+    /* Checked before the lock: the command that broke it may still hold the lock, blocked. */
+    f = {0, "the TPM connection is broken (a command got no answer in time); the agent reconnects it"};
+  } else if (pthread_mutex_clocklock(&ctx->lock, CLOCK_MONOTONIC, &deadline) != 0) {
+    /* A queued TPM command runs on a worker thread (one command, not a batch) and took too long. */
+    f = {0, "the TPM stayed busy with another command past the TLS signing deadline"};
+  } else {
+    bool was_broken = edgeid_is_broken(ctx) != 0;
+    /* If the TPM does not answer by the deadline, the watchdog ends the blocked read (watchdog.c). */
+    bool armed = edgeid_watchdog_arm(ctx, &deadline) != 0;
+    sig = tpm_sign(k, dgst, dgst_len, &f);
+    if (armed) edgeid_watchdog_disarm();
+    if (!sig && !was_broken && edgeid_is_broken(ctx)) {
+      f.what = "the TPM did not answer within the TLS signing deadline";
+    }
+    pthread_mutex_unlock(&ctx->lock);
+  }
+  /* The statistics are written and read on the main thread only. */
   if (sig) {
     ctx->tls.signatures++;
   } else {
@@ -272,7 +308,6 @@ ECDSA_SIG *method_sign_sig(const unsigned char *dgst, int dgst_len, const BIGNUM
     ctx->tls.last_failed = f.what;
   }
   ctx->tls.last_sign_ns = now_ns() - t0;
-  pthread_mutex_unlock(&ctx->lock);
   if (!sig) {
     ERR_raise_data(ERR_LIB_EC, ERR_R_OPERATION_FAIL, "edgeid: TPM signature failed: %s (rc 0x%x)", f.what, f.rc);
   }
