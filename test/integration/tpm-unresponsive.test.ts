@@ -13,9 +13,9 @@ import tls from 'node:tls';
 import { after, before, test } from 'node:test';
 import { isEdgeidError } from '../../protocol/errors/index.js';
 import { Tpm, TpmError } from '../../agent/tpm/index.js';
-import { startSwtpm, type Swtpm } from '../helpers/swtpm.js';
+import { startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
 import { TpmProxy } from './tpm-proxy.js';
-import { makeTestCa, type TestCa } from './tpm-tls-pki.js';
+import { makeTestCa, type TestCa } from '../../scripts/harness/pki.js';
 
 /** Counts timer ticks: proof that the event loop ran while something was pending. */
 function ticker(): { readonly ticks: number; stop(): void } {
