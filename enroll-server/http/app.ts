@@ -11,7 +11,7 @@ import type {
   ControlCommandType,
 } from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
-import { audited, type ServerContext } from '../services/context.js';
+import type { ServerContext } from '../services/context.js';
 import { approveBaseline, deviceView, retireDevice, revokeDevice } from '../services/devices.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
@@ -66,7 +66,16 @@ function routeEvent(req: FastifyRequest): string {
   return `http${url.replace(/^\/v1/, '').replace(/\//g, '.')}`;
 }
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set when the request reached its service, whose audited action writes its audit row. */
+    reachedService: boolean;
+  }
+}
+
+/** Who asks from where, for the service the request is handed to (which audits it from here on). */
 function meta(req: FastifyRequest) {
+  req.reachedService = true;
   return { ip: req.ip ?? null, requestId: req.id };
 }
 
@@ -88,6 +97,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
 
   // JSON only: anything else is unsupported_media_type before it reaches a schema
   app.removeContentTypeParser('text/plain');
+  app.decorateRequest('reachedService', false);
 
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
@@ -105,7 +115,9 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     ctx.metrics.failures.inc({ code: e.code, route: req.routeOptions.url ?? 'unknown' });
     if (status >= 500) req.log.error({ err }, 'request failed');
     else req.log.info({ code: e.code }, 'request refused');
-    if (!audited.has(e) && e.code !== 'rate_limited') {
+    // a request that reached its service was audited there (exactly one row per action); this
+    // row is for refusals before that: validation, authentication, media type, size
+    if (!req.reachedService && e.code !== 'rate_limited') {
       try {
         const body = req.body as Record<string, unknown> | undefined;
         const deviceId = body && typeof body === 'object' && typeof body.deviceId === 'string' ? body.deviceId.slice(0, 64) : null;

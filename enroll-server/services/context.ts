@@ -1,10 +1,10 @@
 import type { Logger } from 'pino';
-import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
 import type { CertificateAuthority } from '../ca/ca.js';
 import type { ServerConfig, ZonePolicy } from '../config.js';
 import type { EdgeidHooks, HookName, HookResult } from '../hooks.js';
 import type { Metrics } from '../metrics.js';
-import type { AuditInput, Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 
 /** Everything a service needs; built once by createServer (server.ts). */
 export interface ServerContext {
@@ -31,14 +31,6 @@ export interface RequestMeta {
   requestId?: string;
 }
 
-/** Errors whose audit row a service already wrote, so the HTTP error handler does not write another. */
-export const audited = new WeakSet<object>();
-
-export function auditedError(e: EdgeidError): EdgeidError {
-  audited.add(e);
-  return e;
-}
-
 export function zoneOf(ctx: ServerContext, name: string): ZonePolicy {
   const z = ctx.config.zones[name];
   if (!z) throw new EdgeidError('zone_unknown', `zone "${name}" is not configured on this server`, { zone: name });
@@ -52,15 +44,6 @@ export function checkSourceIp(zone: ZonePolicy, ip: string | null): void {
   if (!addr || !zone.allow.check(addr, family)) {
     throw new EdgeidError('source_ip_not_allowed', `source ${ip ?? 'unknown'} is not in zone ${zone.name}'s networks`, { ip, zone: zone.name });
   }
-}
-
-export function toEdgeidError(e: unknown, fallback: ErrorCode): EdgeidError {
-  if (e instanceof EdgeidError) return e;
-  return new EdgeidError(fallback, undefined, { cause: e instanceof Error ? e.message.slice(0, 200) : String(e) });
-}
-
-export function failAudit(base: Omit<AuditInput, 'outcome' | 'reason'>, e: EdgeidError): AuditInput {
-  return { ...base, outcome: 'fail', reason: e.code, details: { ...(base.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) } };
 }
 
 /** Runs one hook on every registered implementation; failures are logged and audited, never thrown. */

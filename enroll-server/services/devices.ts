@@ -2,6 +2,7 @@ import type { CertificateView, DeviceView, RevokeReason } from '../../protocol/a
 import { EdgeidError } from '../../protocol/errors/index.js';
 import type { HookResult } from '../hooks.js';
 import type { CertificateRecord, DeviceRecord } from '../store/store.js';
+import { audited } from './audit.js';
 import { runHooks, type ServerContext } from './context.js';
 
 const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
@@ -60,19 +61,14 @@ export async function revokeDevice(
   reason: RevokeReason,
   who: Actor,
 ): Promise<{ device: DeviceView; serials: string[]; crlNumber: string; hooks: HookResult[] }> {
+  return audited(ctx, { event: 'device.revoke', actor: who.actor, ip: who.ip, deviceId: id, details: { reason } }, async (a) => {
   const d = await mustGet(ctx, id);
   if (d.status === 'revoked' || d.status === 'retired') {
     throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
   }
-  const now = ctx.now();
-  const serials = await ctx.store.endDevice({
-    deviceId: id,
-    status: 'revoked',
-    reason,
-    statusReason: `revoked: ${reason}`,
-    now,
-    audit: { time: now, actor: who.actor, event: 'device.revoke', deviceId: id, ip: who.ip, outcome: 'ok', details: { reason } },
-  });
+  const now = a.time;
+  const serials = await ctx.store.endDevice({ deviceId: id, status: 'revoked', reason, statusReason: `revoked: ${reason}`, now, audit: a.okRow() });
+  a.recorded();
   // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
   // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
   const after = (await ctx.store.getDevice(id))!;
@@ -80,6 +76,7 @@ export async function revokeDevice(
   const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
   const crl = await ctx.crl.regenerate(`revoke ${id}`);
   return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
+  });
 }
 
 /** Retires a device (by an operator, or automatically past retireBy): like revoke with reason cessation-of-operation. */
@@ -88,23 +85,26 @@ export async function retireDevice(
   id: string,
   who: Actor & { automatic?: boolean },
 ): Promise<{ device: DeviceView; serials: string[]; hooks: HookResult[] }> {
+  return audited(ctx, { event: 'device.retire', actor: who.actor, ip: who.ip, deviceId: id, details: { automatic: who.automatic === true } }, async (a) => {
   const d = await mustGet(ctx, id);
   if (d.status === 'revoked' || d.status === 'retired') {
     throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
   }
-  const now = ctx.now();
+  const now = a.time;
   const serials = await ctx.store.endDevice({
     deviceId: id,
     status: 'retired',
     reason: 'cessation-of-operation',
     statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
     now,
-    audit: { time: now, actor: who.actor, event: 'device.retire', deviceId: id, ip: who.ip, outcome: 'ok', details: { automatic: who.automatic === true } },
+    audit: a.okRow(),
   });
+  a.recorded();
   const after = (await ctx.store.getDevice(id))!;
   const hooks = await runHooks(ctx, 'onDeviceRetired', { device: after, serials, at: new Date(now), automatic: who.automatic === true }, id);
   if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
   return { device: deviceView(ctx, after), serials, hooks };
+  });
 }
 
 /**
@@ -112,28 +112,23 @@ export async function retireDevice(
  * quote it sends within `baselineWindow` becomes its new PCR baseline.
  */
 export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
+  return audited(ctx, { event: 'device.approve_baseline', actor: who.actor, ip: who.ip, deviceId: id }, async (a) => {
   const d = await mustGet(ctx, id);
   if (d.status !== 'active' && d.status !== 'quarantined') {
     throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
   }
-  const now = ctx.now();
+  const now = a.time;
   const until = now + ctx.config.baselineWindow * 1000;
   await ctx.store.updateDevice(
     id,
     { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
-    {
-      time: now,
-      actor: who.actor,
-      event: 'device.approve_baseline',
-      deviceId: id,
-      ip: who.ip,
-      outcome: 'ok',
-      details: { previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() },
-    },
+    a.okRow({ previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
   );
+  a.recorded();
   const after = (await ctx.store.getDevice(id))!;
   await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
   return { device: deviceView(ctx, after) };
+  });
 }
 
 /** Periodic work: retire devices past retireBy, keep the CRL fresh. */

@@ -418,8 +418,11 @@ export class SqliteStore implements Store {
     });
   }
 
-  async createNonce(n: NonceRecord, keep: number): Promise<void> {
-    this.tx(() => this.insertNonce(n, keep, 'challenge'));
+  async createNonce(n: NonceRecord, keep: number, audit: AuditInput): Promise<void> {
+    this.tx(() => {
+      this.insertNonce(n, keep, 'challenge');
+      this.appendAuditSync(audit);
+    });
   }
 
   async getNonce(value: string): Promise<NonceRecord | null> {

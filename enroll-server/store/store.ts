@@ -141,9 +141,11 @@ export interface Store {
   /** Applies the patch (only while the device's status is one of `onlyIfStatus`, if given); true if a row changed. */
   updateDevice(id: string, patch: DevicePatch, audit?: AuditInput, onlyIfStatus?: DeviceStatus[]): Promise<boolean>;
 
-  /** Stores a nonce; keeps only the newest `keep` unused nonces of the device. */
-  /** Stores a challenge nonce; only challenge nonces beyond `keep` are evicted, never an issued one. */
-  createNonce(n: NonceRecord, keep: number): Promise<void>;
+  /**
+   * Stores a challenge nonce and appends the audit row; only challenge nonces beyond the newest
+   * `keep` of the device are evicted, never an issued one.
+   */
+  createNonce(n: NonceRecord, keep: number, audit: AuditInput): Promise<void>;
   getNonce(value: string): Promise<NonceRecord | null>;
   /** Marks the nonce used (false if it already was) and appends the audit row in one transaction. */
   spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean>;
