@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import type {
@@ -9,13 +9,17 @@ import type {
   RevokeReason,
   TokenCreateRequest,
   ControlCommandType,
+  DeviceStatus,
 } from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { ServerContext } from '../services/context.js';
-import { approveBaseline, deviceView, retireDevice, revokeDevice } from '../services/devices.js';
+import { auditRefusal, exportAudit, verifyAudit } from '../services/audit.js';
+import { issueBrokerCertificate, reconcileBroker } from '../services/broker.js';
+import { regenerateCrl } from '../services/ca.js';
+import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
-import { createToken, tokenView } from '../services/tokens.js';
+import { createToken, listTokens } from '../services/tokens.js';
 import * as S from './schemas.js';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -121,15 +125,13 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       try {
         const body = req.body as Record<string, unknown> | undefined;
         const deviceId = body && typeof body === 'object' && typeof body.deviceId === 'string' ? body.deviceId.slice(0, 64) : null;
-        await ctx.store.appendAudit({
-          time: ctx.now(),
-          actor: req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
+        await auditRefusal(ctx, {
           event: routeEvent(req),
-          deviceId,
+          actor: req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
           ip: req.ip ?? null,
-          outcome: 'fail',
-          reason: e.code,
-          details: { message: e.message.slice(0, 300), requestId: req.id },
+          deviceId,
+          error: e,
+          requestId: req.id,
         });
       } catch (auditErr) {
         req.log.error({ err: auditErr }, 'audit append failed');
@@ -203,109 +205,42 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
           throw new EdgeidError('admin_unauthorized', h ? 'the admin token is wrong' : 'no admin bearer token');
         }
       });
-      const who = (req: FastifyRequest) => ({ actor: 'admin', ip: req.ip ?? null });
-      const read = async (req: FastifyRequest, event: string, details?: Record<string, unknown>) =>
-        ctx.store.appendAudit({ time: ctx.now(), actor: 'admin', event, ip: req.ip ?? null, outcome: 'ok', details: details ?? null });
+      const who = (req: FastifyRequest) => ({ ...meta(req), actor: 'admin' });
+      const id = (req: FastifyRequest) => (req.params as { id: string }).id;
 
       admin.post('/tokens', { schema: { body: S.tokenCreateBody }, config: { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } } }, async (req) =>
-        createToken(ctx, req.body as TokenCreateRequest, { ...meta(req), actor: 'admin' }),
+        createToken(ctx, req.body as TokenCreateRequest, who(req)),
       );
-      admin.get('/tokens', { schema: { querystring: S.emptyQuery } }, async (req) => {
-        await read(req, 'admin.tokens.list');
-        return { tokens: (await ctx.store.listTokens()).map(tokenView) };
-      });
+      admin.get('/tokens', { schema: { querystring: S.emptyQuery } }, async (req) => listTokens(ctx, who(req)));
       admin.get('/devices', { schema: { querystring: S.devicesQuery } }, async (req) => {
-        const q = req.query as { status?: string; zone?: string; stale?: string };
-        await read(req, 'admin.devices.list', q);
-        let list = await Promise.all((await ctx.store.listDevices()).map(async (d) => deviceView(ctx, d, undefined, await ctx.store.lastCertificate(d.id))));
-        if (q.status) list = list.filter((d) => d.status === q.status);
-        if (q.zone) list = list.filter((d) => d.zone === q.zone);
-        if (q.stale) list = list.filter((d) => d.stale === (q.stale === 'true'));
-        return { devices: list };
+        const q = req.query as { status?: DeviceStatus; zone?: string; stale?: 'true' | 'false' };
+        return listDevices(ctx, { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}) }, who(req));
       });
-      admin.get('/devices/:id', { schema: { params: S.deviceParams, querystring: S.emptyQuery } }, async (req) => {
-        const { id } = req.params as { id: string };
-        const d = await ctx.store.getDevice(id);
-        if (!d) throw new EdgeidError('device_not_found', `no device ${id}`);
-        await read(req, 'admin.device.show', { deviceId: id });
-        return { device: deviceView(ctx, d, await ctx.store.listCertificates(id)) };
-      });
+      admin.get('/devices/:id', { schema: { params: S.deviceParams, querystring: S.emptyQuery } }, async (req) => showDevice(ctx, id(req), who(req)));
       admin.post('/devices/:id/revoke', { schema: { params: S.deviceParams, body: S.revokeBody } }, async (req) =>
-        revokeDevice(ctx, (req.params as { id: string }).id, (req.body as { reason: RevokeReason }).reason, who(req)),
+        revokeDevice(ctx, id(req), (req.body as { reason: RevokeReason }).reason, who(req)),
       );
-      admin.post('/devices/:id/retire', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
-        retireDevice(ctx, (req.params as { id: string }).id, who(req)),
-      );
+      admin.post('/devices/:id/retire', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) => retireDevice(ctx, id(req), who(req)));
       admin.post('/devices/:id/approve-baseline', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
-        approveBaseline(ctx, (req.params as { id: string }).id, who(req)),
+        approveBaseline(ctx, id(req), who(req)),
       );
-      admin.post('/devices/:id/control', { schema: { params: S.deviceParams, body: S.controlBody } }, async (req) => {
-        const { id } = req.params as { id: string };
-        if (!(await ctx.store.getDevice(id))) throw new EdgeidError('device_not_found', `no device ${id}`);
-        const body = req.body as { type: ControlCommandType; reason?: string };
-        const signed = ctx.ca.signControl({ type: body.type, deviceId: id, ...(body.reason ? { reason: body.reason } : {}) });
-        await read(req, 'admin.control.sign', { deviceId: id, type: body.type });
-        // With a broker integration the command also goes out; without one the caller delivers it.
-        let published = false;
-        if (ctx.broker) {
-          try {
-            await ctx.broker.sendControl(id, signed);
-            published = true;
-          } catch (e) {
-            throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
-          }
-        }
-        return { ...signed, published };
-      });
+      admin.post('/devices/:id/control', { schema: { params: S.deviceParams, body: S.controlBody } }, async (req) =>
+        sendControl(ctx, id(req), req.body as { type: ControlCommandType; reason?: string }, who(req)),
+      );
       admin.get('/audit', { schema: { querystring: S.auditQuery } }, async (req) => {
         const q = req.query as { after?: string; limit?: string; deviceId?: string };
-        const rows = await ctx.store.listAudit({
-          afterSeq: q.after ? Number(q.after) : 0,
-          limit: Math.min(10_000, q.limit ? Number(q.limit) : 1000),
-          ...(q.deviceId ? { deviceId: q.deviceId } : {}),
-        });
-        await read(req, 'admin.audit.export', { after: q.after ?? '0', rows: rows.length });
-        return { rows };
+        return exportAudit(
+          ctx,
+          { ...(q.after ? { after: Number(q.after) } : {}), ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.deviceId ? { deviceId: q.deviceId } : {}) },
+          who(req),
+        );
       });
-      admin.get('/audit/verify', { schema: { querystring: S.emptyQuery } }, async (req) => {
-        const result = await ctx.store.verifyAudit();
-        await read(req, 'admin.audit.verify', { ok: result.ok, rows: result.rows });
-        return result;
-      });
-      admin.post('/crl/regenerate', { schema: { body: S.emptyBody } }, async (req) => {
-        const crl = await ctx.crl.regenerate('admin');
-        await read(req, 'admin.crl.regenerate', { number: crl.number.toString() });
-        return { number: crl.number.toString(), nextUpdate: crl.nextUpdate.toISOString() };
-      });
-      admin.post('/broker/reconcile', { schema: { body: S.emptyBody } }, async (req) => {
-        if (!ctx.broker) throw new EdgeidError('broker_not_configured');
-        try {
-          return await ctx.broker.reconcile();
-        } catch (e) {
-          throw new EdgeidError('broker_unavailable', `broker reconcile failed: ${(e as Error).message.slice(0, 200)}`);
-        } finally {
-          await read(req, 'admin.broker.reconcile');
-        }
-      });
-      admin.post('/broker/certificate', { schema: { body: S.brokerCertificateBody } }, async (req) => {
-        const body = req.body as { spki: string; hostnames: string[] };
-        const spki = Buffer.from(body.spki, 'base64');
-        try {
-          const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
-          if (k.asymmetricKeyType !== 'ec' && k.asymmetricKeyType !== 'rsa') throw new Error(`unsupported key type ${k.asymmetricKeyType}`);
-        } catch (e) {
-          throw new EdgeidError('bad_request', `spki is not a usable public key: ${(e as Error).message.slice(0, 120)}`);
-        }
-        const cert = await ctx.ca.issueServer({ commonName: body.hostnames[0]!, hostnames: body.hostnames, spki, lifetimeSeconds: 365 * 86400 });
-        await ctx.crl.regenerate('broker config');
-        await read(req, 'admin.broker.certificate', { serial: cert.serial, hostnames: body.hostnames });
-        return {
-          certificate: cert.pem + ctx.ca.chainPem[0],
-          caBundle: ctx.ca.chainPem.join(''),
-          crl: ctx.crl.longLived?.pem ?? null,
-          notAfter: cert.notAfter.toISOString(),
-        };
-      });
+      admin.get('/audit/verify', { schema: { querystring: S.emptyQuery } }, async (req) => verifyAudit(ctx, who(req)));
+      admin.post('/crl/regenerate', { schema: { body: S.emptyBody } }, async (req) => regenerateCrl(ctx, who(req)));
+      admin.post('/broker/reconcile', { schema: { body: S.emptyBody } }, async (req) => reconcileBroker(ctx, who(req)));
+      admin.post('/broker/certificate', { schema: { body: S.brokerCertificateBody } }, async (req) =>
+        issueBrokerCertificate(ctx, req.body as { spki: string; hostnames: string[] }, who(req)),
+      );
     },
     { prefix: '/v1/admin' },
   );

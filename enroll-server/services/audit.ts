@@ -1,3 +1,4 @@
+import type { AuditRow, AuditVerifyResult } from '../../protocol/api.js';
 import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { AuditInput } from '../store/store.js';
 import type { ServerContext } from './context.js';
@@ -111,4 +112,46 @@ export async function audited<T>(ctx: ServerContext, start: ActionStart, fn: (a:
   }
   start.count?.('ok');
   return result;
+}
+
+/** GET /v1/admin/audit: rows after `after` (seq), at most `limit` (≤ 10 000), optionally of one device. */
+export async function exportAudit(
+  ctx: ServerContext,
+  q: { after?: number; limit?: number; deviceId?: string },
+  who: { actor: string; ip: string | null },
+): Promise<{ rows: AuditRow[] }> {
+  return audited(ctx, { event: 'admin.audit.export', actor: who.actor, ip: who.ip, details: { after: String(q.after ?? 0) } }, async (a) => {
+    const rows = await ctx.store.listAudit({ afterSeq: q.after ?? 0, limit: Math.min(10_000, q.limit ?? 1000), ...(q.deviceId ? { deviceId: q.deviceId } : {}) });
+    a.details = { ...a.details, rows: rows.length };
+    return { rows };
+  });
+}
+
+/** GET /v1/admin/audit/verify: walks the hash chain (see store/audit-chain.ts). */
+export async function verifyAudit(ctx: ServerContext, who: { actor: string; ip: string | null }): Promise<AuditVerifyResult> {
+  return audited(ctx, { event: 'admin.audit.verify', actor: who.actor, ip: who.ip }, async (a) => {
+    const result = await ctx.store.verifyAudit();
+    a.details = { ok: result.ok, rows: result.rows };
+    return result;
+  });
+}
+
+/**
+ * The audit row of a request refused before it reached a service action (bad input, no admin
+ * token, wrong media type, too large): the caller's side of it, as far as it is known.
+ */
+export async function auditRefusal(
+  ctx: ServerContext,
+  r: { event: string; actor: string; ip: string | null; deviceId: string | null; error: EdgeidError; requestId: string },
+): Promise<void> {
+  await ctx.store.appendAudit({
+    time: ctx.now(),
+    actor: r.actor,
+    event: r.event,
+    deviceId: r.deviceId,
+    ip: r.ip,
+    outcome: 'fail',
+    reason: r.error.code,
+    details: { message: r.error.message.slice(0, 300), requestId: r.requestId },
+  });
 }

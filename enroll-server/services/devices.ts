@@ -1,7 +1,7 @@
-import type { CertificateView, DeviceView, RevokeReason } from '../../protocol/api.js';
+import type { CertificateView, ControlCommandType, DeviceStatus, DeviceView, RevokeReason, SignedControl } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import type { HookResult } from '../hooks.js';
-import type { CertificateRecord, DeviceRecord } from '../store/store.js';
+import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
 import { audited } from './audit.js';
 import { runHooks, type ServerContext } from './context.js';
 
@@ -48,6 +48,63 @@ async function mustGet(ctx: ServerContext, id: string): Promise<DeviceRecord> {
   const d = await ctx.store.getDevice(id);
   if (!d) throw new EdgeidError('device_not_found', `no device ${id}`);
   return d;
+}
+
+/** What `devices list` may filter on (each narrows the listing). */
+export interface DeviceQuery {
+  status?: DeviceStatus;
+  zone?: string;
+  stale?: boolean;
+}
+
+/** GET /v1/admin/devices: the inventory, filtered by the store's query. */
+export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor): Promise<{ devices: DeviceView[] }> {
+  const details: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(q)) if (v !== undefined) details[k] = String(v);
+  return audited(ctx, { event: 'admin.devices.list', actor: who.actor, ip: who.ip, details }, async (a) => {
+    const filter: DeviceFilter = {
+      ...(q.status ? { status: [q.status] } : {}),
+      ...(q.zone ? { zone: q.zone } : {}),
+      ...(q.stale !== undefined ? { stale: { is: q.stale, before: a.time - ctx.config.staleAfter * 1000 } } : {}),
+    };
+    const rows = await ctx.store.listDevicesWithLastCertificate(filter);
+    return { devices: rows.map((r) => deviceView(ctx, r.device, undefined, r.lastCertificate)) };
+  });
+}
+
+/** GET /v1/admin/devices/:id: one device with all its certificates. */
+export async function showDevice(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
+  return audited(ctx, { event: 'admin.device.show', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id } }, async () => {
+    const d = await mustGet(ctx, id);
+    return { device: deviceView(ctx, d, await ctx.store.listCertificates(id)) };
+  });
+}
+
+/**
+ * POST /v1/admin/devices/:id/control: a command signed by the server's control key. With a broker
+ * integration it also goes to the device's control topic (published: true once the broker has
+ * it); without one the caller delivers it.
+ */
+export async function sendControl(
+  ctx: ServerContext,
+  id: string,
+  cmd: { type: ControlCommandType; reason?: string },
+  who: Actor,
+): Promise<SignedControl & { published: boolean }> {
+  return audited(ctx, { event: 'admin.control.sign', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id, type: cmd.type } }, async () => {
+    await mustGet(ctx, id);
+    const signed = ctx.ca.signControl({ type: cmd.type, deviceId: id, ...(cmd.reason ? { reason: cmd.reason } : {}) });
+    let published = false;
+    if (ctx.broker) {
+      try {
+        await ctx.broker.sendControl(id, signed);
+        published = true;
+      } catch (e) {
+        throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
+      }
+    }
+    return { ...signed, published };
+  });
 }
 
 /**
@@ -135,14 +192,12 @@ export async function approveBaseline(ctx: ServerContext, id: string, who: Actor
 export async function housekeeping(ctx: ServerContext): Promise<{ retired: string[] }> {
   const now = ctx.now();
   const retired: string[] = [];
-  for (const d of await ctx.store.listDevices()) {
-    if ((d.status === 'active' || d.status === 'quarantined') && d.retireBy !== null && d.retireBy <= now) {
-      try {
-        await retireDevice(ctx, d.id, { actor: 'server', ip: null, automatic: true });
-        retired.push(d.id);
-      } catch (e) {
-        ctx.log.error({ err: e, deviceId: d.id }, 'automatic retire failed');
-      }
+  for (const d of await ctx.store.listDevices({ status: ['active', 'quarantined'], retireByAtOrBefore: now })) {
+    try {
+      await retireDevice(ctx, d.id, { actor: 'server', ip: null, automatic: true });
+      retired.push(d.id);
+    } catch (e) {
+      ctx.log.error({ err: e, deviceId: d.id }, 'automatic retire failed');
     }
   }
   await ctx.crl.get();

@@ -6,6 +6,8 @@ import { auditHash, GENESIS_HASH, verifyChain } from './audit-chain.js';
 import type {
   AuditInput,
   CertificateRecord,
+  DeviceFilter,
+  DeviceListing,
   DevicePatch,
   DeviceRecord,
   EnrollSessionRecord,
@@ -148,6 +150,33 @@ function auditFrom(r: Row): AuditRow {
     prevHash: String(r.prev_hash),
     hash: String(r.hash),
   };
+}
+
+/** WHERE clause of a device listing (`t` is the devices table's name or alias). */
+function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown[] } {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  if (f.status) {
+    if (f.status.length === 0) where.push('1 = 0');
+    else {
+      where.push(`${t}.status IN (${f.status.map(() => '?').join(', ')})`);
+      args.push(...f.status);
+    }
+  }
+  if (f.zone !== undefined) {
+    where.push(`${t}.zone = ?`);
+    args.push(f.zone);
+  }
+  if (f.stale) {
+    const stale = `(${t}.status IN ('active', 'quarantined') AND COALESCE(${t}.last_seen, ${t}.enrolled_at) < ?)`;
+    where.push(f.stale.is ? stale : `NOT ${stale}`);
+    args.push(f.stale.before);
+  }
+  if (f.retireByAtOrBefore !== undefined) {
+    where.push(`${t}.retire_by IS NOT NULL AND ${t}.retire_by <= ?`);
+    args.push(f.retireByAtOrBefore);
+  }
+  return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
 }
 
 const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
@@ -383,8 +412,33 @@ export class SqliteStore implements Store {
     return r ? deviceFrom(r) : null;
   }
 
-  async listDevices(): Promise<DeviceRecord[]> {
-    return (this.db.prepare('SELECT * FROM devices ORDER BY enrolled_at, id').all() as Row[]).map(deviceFrom);
+  async listDevices(filter: DeviceFilter = {}): Promise<DeviceRecord[]> {
+    const { where, args } = deviceWhere(filter, 'devices');
+    return (this.db.prepare(`SELECT * FROM devices${where} ORDER BY enrolled_at, id`).all(...args) as Row[]).map(deviceFrom);
+  }
+
+  async listDevicesWithLastCertificate(filter: DeviceFilter = {}): Promise<DeviceListing[]> {
+    const { where, args } = deviceWhere(filter, 'd');
+    // one query: the newest certificate per device is a correlated subquery on certificates_device
+    const rows = this.db
+      .prepare(
+        `SELECT d.*, c.serial AS c_serial, c.device_id AS c_device_id, c.not_before AS c_not_before, c.not_after AS c_not_after,
+                c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
+         FROM devices d
+         LEFT JOIN certificates c ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1)
+         ${where} ORDER BY d.enrolled_at, d.id`,
+      )
+      .all(...args) as Row[];
+    return rows.map((r) => ({
+      device: deviceFrom(r),
+      lastCertificate:
+        r.c_serial === null || r.c_serial === undefined
+          ? null
+          : certFrom({
+              serial: r.c_serial, device_id: r.c_device_id, not_before: r.c_not_before, not_after: r.c_not_after,
+              spki_hash: r.c_spki_hash, issued_at: r.c_issued_at, revoked_at: r.c_revoked_at, reason: r.c_reason,
+            }),
+    }));
   }
 
   async findDeviceByAkName(akName: string): Promise<DeviceRecord | null> {

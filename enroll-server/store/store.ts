@@ -92,6 +92,25 @@ export interface AuditInput {
   details?: Record<string, unknown> | null;
 }
 
+/** Which devices a listing returns; every field narrows it (in the query, not after it). */
+export interface DeviceFilter {
+  status?: DeviceStatus[];
+  zone?: string;
+  /**
+   * Stale or not: a device is stale when it is active or quarantined and its last contact (or its
+   * enrollment, before any) is older than `before`.
+   */
+  stale?: { is: boolean; before: number };
+  /** Only devices whose retireBy is set and at or before this time. */
+  retireByAtOrBefore?: number;
+}
+
+/** A device with its newest certificate (by notAfter), as the inventory lists it. */
+export interface DeviceListing {
+  device: DeviceRecord;
+  lastCertificate: CertificateRecord | null;
+}
+
 export type DevicePatch = Partial<
   Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
 >;
@@ -133,7 +152,9 @@ export interface Store {
   failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void>;
 
   getDevice(id: string): Promise<DeviceRecord | null>;
-  listDevices(): Promise<DeviceRecord[]>;
+  listDevices(filter?: DeviceFilter): Promise<DeviceRecord[]>;
+  /** The devices the filter selects, each with its newest certificate, in one query. */
+  listDevicesWithLastCertificate(filter?: DeviceFilter): Promise<DeviceListing[]>;
   /** A device with this EK that is still active or quarantined. */
   findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
   /** The device whose AK has this TPM name (hex), most recent first; any status. */
