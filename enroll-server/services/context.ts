@@ -1,3 +1,4 @@
+import type { SignedControl } from '../../protocol/api.js';
 import type { Logger } from 'pino';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import type { CertificateAuthority } from '../ca/ca.js';
@@ -6,7 +7,7 @@ import type { EdgeidHooks, HookName, HookResult } from '../hooks.js';
 import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 
-/** Everything a service needs; built once by createServer (server.ts). */
+/** Everything a service needs; built once by the composition root (composition.ts). */
 export interface ServerContext {
   config: ServerConfig;
   store: Store;
@@ -21,8 +22,17 @@ export interface ServerContext {
   crl: import('./crl.js').CrlService;
   /** The URL devices use (known once the server listens). */
   publicUrl: () => string;
-  /** Broker integration (issue 5), when config.broker is set. */
-  broker: import('../broker/integration.js').BrokerIntegration | null;
+  /** The broker integration, when config.broker is set. */
+  broker: BrokerPort | null;
+}
+
+/** The broker as services use it (broker/integration.ts implements it; the composition root wires it). */
+export interface BrokerPort {
+  /** Publishes a signed command to the device's control topic; resolves once the broker has it. */
+  sendControl(deviceId: string, signed: SignedControl): Promise<void>;
+  /** Makes the broker's per-device clients match the inventory. */
+  reconcile(): Promise<{ added: string[]; removed: string[] }>;
+  close(): Promise<void>;
 }
 
 /** Who made the request and from where: goes into every audit row. */

@@ -1,5 +1,6 @@
 import type { CertificateView, ControlCommandType, DeviceStatus, DeviceView, RevokeReason, SignedControl } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
+import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
 import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
 import { audited } from './audit.js';
@@ -202,4 +203,25 @@ export async function housekeeping(ctx: ServerContext): Promise<{ retired: strin
   }
   await ctx.crl.get();
   return { retired };
+}
+
+/**
+ * Stores the AK name of devices enrolled before it was stored (schema migration 002 adds the
+ * column empty): the name is computed here, from the AK the device enrolled with. An AK that does
+ * not parse keeps no name; such a device can still renew by its id.
+ */
+export async function backfillAkNames(ctx: ServerContext): Promise<number> {
+  let n = 0;
+  for (const d of await ctx.store.devicesWithoutAkName()) {
+    let name: string;
+    try {
+      name = objectName(parsePublic(d.akPub)).toString('hex');
+    } catch {
+      ctx.log.warn({ deviceId: d.id }, 'the stored AK does not parse; the device has no AK name');
+      continue;
+    }
+    await ctx.store.setAkName(d.id, name);
+    n++;
+  }
+  return n;
 }

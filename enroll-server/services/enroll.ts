@@ -16,7 +16,7 @@ import type { DeviceRecord, TokenRecord } from '../store/store.js';
 import { audited } from './audit.js';
 import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { b64, sha256Hex, verifyEvidence } from './evidence.js';
-import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl } from './issue.js';
+import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
 import { judgePosture } from './posture.js';
 import { lookupToken } from './tokens.js';
 
@@ -189,6 +189,7 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       statusChangedAt: now,
       ekHash: session.ekHash,
       akPub: session.akPub,
+      akName: objectName(akPublic).toString('hex'),
       // golden zones judge against the zone's values: a device-specific baseline exists only once
       // an operator approves one, so new golden values bind devices already enrolled too
       baseline: zone.posture.mode === 'golden' ? null : (verdict.newBaseline ?? ev.pcrs),
@@ -208,6 +209,7 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       device,
       certificate: certRecord(deviceId, cert, ev.spkiHash, now),
       nonce,
+      keepNonces: NONCES_KEPT,
       audit: {
         ...a.okRow({ tokenId: token.id, serial: cert.serial, notAfter: cert.notAfter.toISOString(), zone: zone.name, owner: token.owner }),
         deviceId,

@@ -122,6 +122,7 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
       patch,
       certificate: certRecord(device.id, cert, ev.spkiHash, now),
       nextNonce: next,
+      keepNonces: NONCES_KEPT,
       audit: a.okRow({ serial: cert.serial, notAfter: cert.notAfter.toISOString(), ...(verdict.newBaseline && device.baseline ? { newBaseline: true } : {}) }),
     });
     if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');

@@ -48,6 +48,8 @@ export interface DeviceRecord {
   statusReason: string | null;
   ekHash: string;
   akPub: Buffer;
+  /** Hex TPM name (nameAlg ‖ digest) of the AK, computed by the service that verified it; null only for rows from before it was stored. */
+  akName: string | null;
   /** PCR index → hex sha256 value approved for this device. */
   baseline: Record<string, string> | null;
   claims: Claims | null;
@@ -146,6 +148,8 @@ export interface Store {
     device: DeviceRecord;
     certificate: CertificateRecord;
     nonce: NonceRecord;
+    /** Unused issued nonces kept per device (the newest ones). */
+    keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean>;
   /** A finish that failed a check: spend token and session and append the audit row. */
@@ -155,6 +159,10 @@ export interface Store {
   listDevices(filter?: DeviceFilter): Promise<DeviceRecord[]>;
   /** The devices the filter selects, each with its newest certificate, in one query. */
   listDevicesWithLastCertificate(filter?: DeviceFilter): Promise<DeviceListing[]>;
+  /** Devices stored without an AK name (enrolled before it was stored). */
+  devicesWithoutAkName(): Promise<{ id: string; akPub: Buffer }[]>;
+  /** Records a device's AK name (only where none is stored). */
+  setAkName(id: string, akName: string): Promise<void>;
   /** A device with this EK that is still active or quarantined. */
   findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
   /** The device whose AK has this TPM name (hex), most recent first; any status. */
@@ -181,6 +189,8 @@ export interface Store {
     patch: DevicePatch;
     certificate: CertificateRecord;
     nextNonce: NonceRecord;
+    /** Unused issued nonces kept per device (the newest ones). */
+    keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean>;
 
