@@ -1,16 +1,8 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
-import type {
-  EnrollFinishRequest,
-  EnrollStartRequest,
-  RenewChallengeRequest,
-  RenewRequest,
-  RevokeReason,
-  TokenCreateRequest,
-  ControlCommandType,
-  DeviceStatus,
-} from '../../protocol/api.js';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import * as W from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { ServerContext } from '../services/context.js';
 import { auditRefusal, exportAudit, verifyAudit } from '../services/audit.js';
@@ -20,7 +12,6 @@ import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, 
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
 import { createToken, listTokens } from '../services/tokens.js';
-import * as S from './schemas.js';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -96,8 +87,10 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     requestIdHeader: false,
     trustProxy: false,
     return503OnClosing: true,
+    // Ajv validates requests against the protocol/api.ts schemas (plain JSON Schema) without
+    // coercion or defaults; responses are serialised from the same schemas
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
-  }) as unknown as FastifyInstance;
+  }).withTypeProvider<TypeBoxTypeProvider>();
 
   // JSON only: anything else is unsupported_media_type before it reaches a schema
   app.removeContentTypeParser('text/plain');
@@ -161,42 +154,45 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   };
 
   // --- device API --------------------------------------------------------------------------
-  app.post('/v1/enroll/start', { schema: { body: S.enrollStartBody }, config: perIp }, async (req) =>
-    enrollStart(ctx, req.body as EnrollStartRequest, meta(req)),
+  app.post('/v1/enroll/start', { schema: { body: W.EnrollStartRequest, response: { 200: W.EnrollStartResponse } }, config: perIp }, async (req) =>
+    enrollStart(ctx, req.body, meta(req)),
   );
-  app.post('/v1/enroll/finish', { schema: { body: S.enrollFinishBody }, config: perIp }, async (req) =>
-    enrollFinish(ctx, req.body as EnrollFinishRequest, meta(req)),
+  app.post('/v1/enroll/finish', { schema: { body: W.EnrollFinishRequest, response: { 200: W.EnrollFinishResponse } }, config: perIp }, async (req) =>
+    enrollFinish(ctx, req.body, meta(req)),
   );
-  app.post('/v1/renew/challenge', { schema: { body: S.renewChallengeBody }, config: perDevice }, async (req) =>
-    renewChallenge(ctx, req.body as RenewChallengeRequest, meta(req)),
+  app.post('/v1/renew/challenge', { schema: { body: W.RenewChallengeRequest, response: { 200: W.RenewChallengeResponse } }, config: perDevice }, async (req) =>
+    renewChallenge(ctx, req.body, meta(req)),
   );
-  app.post('/v1/renew', { schema: { body: S.renewBody }, config: perDevice }, async (req) => renew(ctx, req.body as RenewRequest, meta(req)));
+  app.post('/v1/renew', { schema: { body: W.RenewRequest, response: { 200: W.RenewResponse } }, config: perDevice }, async (req) =>
+    renew(ctx, req.body, meta(req)),
+  );
 
-  app.get('/v1/crl', { schema: { querystring: S.crlQuery } }, async (req, reply) => {
+  app.get('/v1/crl', { schema: { querystring: W.FormatQuery } }, async (req, reply) => {
     const crl = await ctx.crl.get();
-    const q = req.query as { format?: 'der' | 'pem' };
+    const q = req.query;
     const wantsPem = q.format === 'pem' || (q.format === undefined && /application\/x-pem-file|text\/plain/.test(req.headers.accept ?? ''));
     reply.header('cache-control', `max-age=${Math.max(0, Math.floor((crl.nextUpdate.getTime() - ctx.now()) / 2000))}`);
     if (wantsPem) return reply.type('application/x-pem-file').send(crl.pem);
     return reply.type('application/pkix-crl').send(crl.der);
   });
 
-  app.get('/v1/ca', { schema: { querystring: S.crlQuery } }, async (req, reply) => {
-    const q = req.query as { format?: 'der' | 'pem' };
+  app.get('/v1/ca', { schema: { querystring: W.FormatQuery } }, async (req, reply) => {
+    const q = req.query;
     if (q.format === 'der') return reply.type('application/pkix-cert').send(ctx.ca.rootDer);
     return reply.type('application/x-pem-file').send(ctx.ca.chainPem.join(''));
   });
 
-  app.get('/healthz', { schema: { querystring: S.emptyQuery } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
+  app.get('/healthz', { schema: { querystring: W.EmptyQuery, response: { 200: W.HealthResponse } } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
 
-  app.get('/metrics', { schema: { querystring: S.emptyQuery } }, async (_req, reply) => {
+  app.get('/metrics', { schema: { querystring: W.EmptyQuery } }, async (_req, reply) => {
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();
   });
 
   // --- admin API ---------------------------------------------------------------------------
   await app.register(
-    async (admin) => {
+    async (plugin) => {
+      const admin = plugin.withTypeProvider<TypeBoxTypeProvider>();
       admin.addHook('onRequest', async (req) => {
         const h = req.headers.authorization ?? '';
         const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(h);
@@ -206,45 +202,51 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         }
       });
       const who = (req: FastifyRequest) => ({ ...meta(req), actor: 'admin' });
-      const id = (req: FastifyRequest) => (req.params as { id: string }).id;
+      const adminLimit = { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } };
 
-      admin.post('/tokens', { schema: { body: S.tokenCreateBody }, config: { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } } }, async (req) =>
-        createToken(ctx, req.body as TokenCreateRequest, who(req)),
+      admin.post('/tokens', { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit }, async (req) =>
+        createToken(ctx, req.body, who(req)),
       );
-      admin.get('/tokens', { schema: { querystring: S.emptyQuery } }, async (req) => listTokens(ctx, who(req)));
-      admin.get('/devices', { schema: { querystring: S.devicesQuery } }, async (req) => {
-        const q = req.query as { status?: DeviceStatus; zone?: string; stale?: 'true' | 'false' };
+      admin.get('/tokens', { schema: { querystring: W.EmptyQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req)));
+      admin.get('/devices', { schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } }, async (req) => {
+        const q = req.query;
         return listDevices(ctx, { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}) }, who(req));
       });
-      admin.get('/devices/:id', { schema: { params: S.deviceParams, querystring: S.emptyQuery } }, async (req) => showDevice(ctx, id(req), who(req)));
-      admin.post('/devices/:id/revoke', { schema: { params: S.deviceParams, body: S.revokeBody } }, async (req) =>
-        revokeDevice(ctx, id(req), (req.body as { reason: RevokeReason }).reason, who(req)),
+      admin.get('/devices/:id', { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } }, async (req) =>
+        showDevice(ctx, req.params.id, who(req)),
       );
-      admin.post('/devices/:id/retire', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) => retireDevice(ctx, id(req), who(req)));
-      admin.post('/devices/:id/approve-baseline', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
-        approveBaseline(ctx, id(req), who(req)),
+      admin.post('/devices/:id/revoke', { schema: { params: W.DeviceParams, body: W.RevokeRequest, response: { 200: W.RevokeResponse } } }, async (req) =>
+        revokeDevice(ctx, req.params.id, req.body.reason, who(req)),
       );
-      admin.post('/devices/:id/control', { schema: { params: S.deviceParams, body: S.controlBody } }, async (req) =>
-        sendControl(ctx, id(req), req.body as { type: ControlCommandType; reason?: string }, who(req)),
+      admin.post('/devices/:id/retire', { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.RetireResponse } } }, async (req) =>
+        retireDevice(ctx, req.params.id, who(req)),
       );
-      admin.get('/audit', { schema: { querystring: S.auditQuery } }, async (req) => {
-        const q = req.query as { after?: string; limit?: string; deviceId?: string };
+      admin.post('/devices/:id/approve-baseline', { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.DeviceShow } } }, async (req) =>
+        approveBaseline(ctx, req.params.id, who(req)),
+      );
+      admin.post('/devices/:id/control', { schema: { params: W.DeviceParams, body: W.ControlRequest, response: { 200: W.ControlResponse } } }, async (req) =>
+        sendControl(ctx, req.params.id, req.body, who(req)),
+      );
+      admin.get('/audit', { schema: { querystring: W.AuditQuery, response: { 200: W.AuditExport } } }, async (req) => {
+        const q = req.query;
         return exportAudit(
           ctx,
           { ...(q.after ? { after: Number(q.after) } : {}), ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.deviceId ? { deviceId: q.deviceId } : {}) },
           who(req),
         );
       });
-      admin.get('/audit/verify', { schema: { querystring: S.emptyQuery } }, async (req) => verifyAudit(ctx, who(req)));
-      admin.post('/crl/regenerate', { schema: { body: S.emptyBody } }, async (req) => regenerateCrl(ctx, who(req)));
-      admin.post('/broker/reconcile', { schema: { body: S.emptyBody } }, async (req) => reconcileBroker(ctx, who(req)));
-      admin.post('/broker/certificate', { schema: { body: S.brokerCertificateBody } }, async (req) =>
-        issueBrokerCertificate(ctx, req.body as { spki: string; hostnames: string[] }, who(req)),
+      admin.get('/audit/verify', { schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } }, async (req) => verifyAudit(ctx, who(req)));
+      admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) => regenerateCrl(ctx, who(req)));
+      admin.post('/broker/reconcile', { schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } }, async (req) =>
+        reconcileBroker(ctx, who(req)),
+      );
+      admin.post('/broker/certificate', { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } }, async (req) =>
+        issueBrokerCertificate(ctx, req.body, who(req)),
       );
     },
     { prefix: '/v1/admin' },
   );
 
-  return app;
+  return app as unknown as FastifyInstance;
 }
 

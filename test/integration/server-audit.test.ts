@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import type { AuditRow, EnrollStartResponse } from '../../protocol/api.js';
-import { TestDevice, injectTransport, b64 } from '../helpers/device.js';
+import { showDevice } from '../../enroll-server/services/devices.js';
+import { DEFAULT_CLAIMS, TestDevice, injectTransport, b64 } from '../helpers/device.js';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
 import { extendBootPcrs, startSwtpm } from '../helpers/swtpm.js';
 
@@ -152,7 +153,14 @@ test('every admin and device action writes exactly one audit row, success or fai
 
   // --- admin actions on the device --------------------------------------------------------------
   const id = dev.deviceId!;
-  await oneRow(s, 'device show', () => s.admin('GET', `/v1/admin/devices/${id}`), { event: 'admin.device.show', status: 200 });
+  const shown = await oneRow(s, 'device show', () => s.admin('GET', `/v1/admin/devices/${id}`), { event: 'admin.device.show', status: 200 });
+  // responses are serialised from their protocol schemas: nothing the service returned is dropped
+  const direct = JSON.parse(JSON.stringify(await showDevice(s.server.ctx, id, { actor: 'test', ip: null })));
+  assert.deepEqual(shown.body, direct);
+  assert.deepEqual(shown.body.device.claims, DEFAULT_CLAIMS);
+  assert.equal(Object.keys(shown.body.device.baseline).length, 8);
+  const exported = await s.admin('GET', '/v1/admin/audit?after=0&limit=10000');
+  assert.deepEqual(exported.body.rows.slice(0, -1), await s.server.ctx.store.listAudit({ limit: exported.body.rows.length - 1 }));
   await oneRow(s, 'control', () => s.admin('POST', `/v1/admin/devices/${id}/control`, { type: 'renew-now' }), { event: 'admin.control.sign', status: 200 });
   await oneRow(s, 'approve baseline', () => s.admin('POST', `/v1/admin/devices/${id}/approve-baseline`, {}), { event: 'device.approve_baseline', status: 200 });
   await oneRow(s, 'revoke', () => s.admin('POST', `/v1/admin/devices/${id}/revoke`, { reason: 'key-compromise' }), { event: 'device.revoke', status: 200 });
