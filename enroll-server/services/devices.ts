@@ -120,20 +120,20 @@ export async function revokeDevice(
   who: Actor,
 ): Promise<{ device: DeviceView; serials: string[]; crlNumber: string; hooks: HookResult[] }> {
   return audited(ctx, { event: 'device.revoke', actor: who.actor, ip: who.ip, deviceId: id, details: { reason } }, async (a) => {
-  const d = await mustGet(ctx, id);
-  if (d.status === 'revoked' || d.status === 'retired') {
-    throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
-  }
-  const now = a.time;
-  const serials = await ctx.store.endDevice({ deviceId: id, status: 'revoked', reason, statusReason: `revoked: ${reason}`, now, audit: a.okRow() });
-  a.recorded();
-  // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
-  // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
-  const after = (await ctx.store.getDevice(id))!;
-  // runHooks audits a failing hook and never throws, so the CRL goes out whatever the hooks did
-  const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
-  const crl = await ctx.crl.regenerate(`revoke ${id}`);
-  return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
+    const d = await mustGet(ctx, id);
+    if (d.status === 'revoked' || d.status === 'retired') {
+      throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+    }
+    const now = a.time;
+    const serials = await ctx.store.endDevice({ deviceId: id, status: 'revoked', reason, statusReason: `revoked: ${reason}`, now, audit: a.okRow() });
+    a.recorded();
+    // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
+    // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
+    const after = (await ctx.store.getDevice(id))!;
+    // runHooks audits a failing hook and never throws, so the CRL goes out whatever the hooks did
+    const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
+    const crl = await ctx.crl.regenerate(`revoke ${id}`);
+    return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
   });
 }
 
@@ -144,18 +144,18 @@ export async function retireDevice(
   who: Actor & { automatic?: boolean },
 ): Promise<{ device: DeviceView; serials: string[]; hooks: HookResult[] }> {
   return audited(ctx, { event: 'device.retire', actor: who.actor, ip: who.ip, deviceId: id, details: { automatic: who.automatic === true } }, async (a) => {
-  const d = await mustGet(ctx, id);
-  if (d.status === 'revoked' || d.status === 'retired') {
-    throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
-  }
-  const now = a.time;
-  const serials = await ctx.store.endDevice({
-    deviceId: id,
-    status: 'retired',
-    reason: 'cessation-of-operation',
-    statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
-    now,
-    audit: a.okRow(),
+    const d = await mustGet(ctx, id);
+    if (d.status === 'revoked' || d.status === 'retired') {
+      throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+    }
+    const now = a.time;
+    const serials = await ctx.store.endDevice({
+      deviceId: id,
+      status: 'retired',
+      reason: 'cessation-of-operation',
+      statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
+      now,
+      audit: a.okRow(),
   });
   a.recorded();
   const after = (await ctx.store.getDevice(id))!;
@@ -171,21 +171,21 @@ export async function retireDevice(
  */
 export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
   return audited(ctx, { event: 'device.approve_baseline', actor: who.actor, ip: who.ip, deviceId: id }, async (a) => {
-  const d = await mustGet(ctx, id);
-  if (d.status !== 'active' && d.status !== 'quarantined') {
-    throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
-  }
-  const now = a.time;
-  const until = now + ctx.config.baselineWindow * 1000;
-  await ctx.store.updateDevice(
-    id,
-    { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
-    a.okRow({ previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
-  );
-  a.recorded();
-  const after = (await ctx.store.getDevice(id))!;
-  await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
-  return { device: deviceView(ctx, after) };
+    const d = await mustGet(ctx, id);
+    if (d.status !== 'active' && d.status !== 'quarantined') {
+      throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
+    }
+    const now = a.time;
+    const until = now + ctx.config.baselineWindow * 1000;
+    await ctx.store.updateDevice(
+      id,
+      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
+      a.okRow({ previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
+    );
+    a.recorded();
+    const after = (await ctx.store.getDevice(id))!;
+    await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
+    return { device: deviceView(ctx, after) };
   });
 }
 
