@@ -97,11 +97,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
     ekTrust,
     broker: null,
   } as unknown as ServerContext;
-  ctx.metrics = createMetrics(async () => {
-    const counts: Record<string, number> = {};
-    for (const d of await store.listDevices()) counts[d.status] = (counts[d.status] ?? 0) + 1;
-    return counts;
-  });
+  ctx.metrics = createMetrics(() => store.countDevicesByStatus());
   ctx.crl = new CrlService(ctx);
   const named = await backfillAkNames(ctx);
   if (named > 0) log.info({ devices: named }, 'stored the AK names of devices enrolled before they were stored');

@@ -368,6 +368,12 @@ export class SqliteStore implements Store {
     return (this.db.prepare(`SELECT * FROM devices${where} ORDER BY enrolled_at, id`).all(...args) as Row[]).map(deviceFrom);
   }
 
+  async countDevicesByStatus(): Promise<Partial<Record<DeviceStatus, number>>> {
+    const out: Partial<Record<DeviceStatus, number>> = {};
+    for (const r of this.db.prepare('SELECT status, COUNT(*) AS n FROM devices GROUP BY status').all() as Row[]) out[String(r.status) as DeviceStatus] = Number(r.n);
+    return out;
+  }
+
   async listDevicesWithLastCertificate(filter: DeviceFilter = {}): Promise<DeviceListing[]> {
     const { where, args } = deviceWhere(filter, 'd');
     // one query: the newest certificate per device is a correlated subquery on certificates_device

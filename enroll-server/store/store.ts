@@ -157,6 +157,8 @@ export interface Store {
 
   getDevice(id: string): Promise<DeviceRecord | null>;
   listDevices(filter?: DeviceFilter): Promise<DeviceRecord[]>;
+  /** How many devices there are in each status (statuses without devices are absent). */
+  countDevicesByStatus(): Promise<Partial<Record<DeviceStatus, number>>>;
   /** The devices the filter selects, each with its newest certificate, in one query. */
   listDevicesWithLastCertificate(filter?: DeviceFilter): Promise<DeviceListing[]>;
   /** Devices stored without an AK name (enrolled before it was stored). */

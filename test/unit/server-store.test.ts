@@ -167,4 +167,5 @@ test('the device listing filters in the query and carries each device newest cer
   assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ stale: { is: true, before } })), ['1', '3']);
   assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ stale: { is: false, before } })), ['2', '4']);
   assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ zone: 'a', stale: { is: true, before } })), ['1']);
+  assert.deepEqual(await s.countDevicesByStatus(), { active: 2, quarantined: 1, revoked: 1 });
 });
