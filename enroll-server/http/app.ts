@@ -24,7 +24,7 @@ export interface AppOptions {
   logger?: boolean | Record<string, unknown>;
 }
 
-function errorBody(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+function errorBody(code: ErrorCode, message: string, details?: Record<string, unknown>): W.ErrorBody {
   return { error: { code, message, ...(details && Object.keys(details).length > 0 ? { details } : {}) } };
 }
 
