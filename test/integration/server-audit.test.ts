@@ -10,7 +10,7 @@ import type { AuditRow, EnrollStartResponse } from '../../protocol/api.js';
 import { showDevice } from '../../enroll-server/services/devices.js';
 import { DEFAULT_CLAIMS, TestDevice, injectTransport, b64 } from '../helpers/device.js';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
-import { extendBootPcrs, startSwtpm } from '../helpers/swtpm.js';
+import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
 
 async function lastSeq(s: TestServer): Promise<number> {
   const rows = await s.server.ctx.store.listAudit({ limit: 1_000_000 });
