@@ -63,7 +63,7 @@ async function opensslVerify(dir: string, leafPem: string, chain: string, crlPem
   }
 }
 
-test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin CLI', { timeout: 180_000 }, async (t) => {
+test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin CLI', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-proc-test-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   const serverConfig = {
