@@ -14,7 +14,7 @@ import path from 'node:path';
 import { loadConfig } from '../../enroll-server/config.js';
 import { ERRORS } from '../../protocol/errors/index.js';
 import { REPO } from '../../scripts/harness/fs.js';
-import { BINS, cleanEnv, runCli, seedDataDir } from '../integration/cli-env.js';
+import { BINS, cleanEnv, runCli, seedDataDir } from '../helpers/cli.js';
 
 const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');
 const shellBlocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!.split('\n').map((l) => l.replace(/#.*$/, '').trim()).filter(Boolean));
