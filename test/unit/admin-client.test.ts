@@ -22,7 +22,9 @@ const GOOD: RevokeResponseT = { device: DEVICE as RevokeResponseT['device'], ser
 test('an admin API answer that does not match its schema is a server_error naming the field', async (t) => {
   const ca = await CertificateAuthority.open({ dir: await tmpDir('edgeid-admin-client-', t), hostnames: [] });
   let answer: { status: number; body: unknown } = { status: 200, body: GOOD };
-  const server = https.createServer({ key: ca.tls.key, cert: ca.tls.cert }, (_req, res) => {
+  let authorization: string | undefined;
+  const server = https.createServer({ key: ca.tls.key, cert: ca.tls.cert }, (req, res) => {
+    authorization = req.headers.authorization;
     res.writeHead(answer.status, { 'content-type': 'application/json' });
     res.end(typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body));
   });
@@ -33,6 +35,7 @@ test('an admin API answer that does not match its schema is a server_error namin
   const revoke = () => client.request('POST', `/v1/admin/devices/${DEVICE.id}/revoke`, { reason: 'superseded' }, RevokeResponse);
 
   assert.deepEqual(await revoke(), GOOD);
+  assert.equal(authorization, 'Bearer x');
 
   const cases: [string, unknown, string][] = [
     ['a missing member', { ...GOOD, crlNumber: undefined }, 'response'],
@@ -53,4 +56,9 @@ test('an admin API answer that does not match its schema is a server_error namin
   // the server's own error bodies keep their codes
   answer = { status: 409, body: { error: { code: 'device_state_conflict', message: 'device dev-0000000000000001 is already revoked' } } };
   await assert.rejects(revoke(), (e) => isEdgeidError(e, 'device_state_conflict') && /already revoked/.test(e.message));
+
+  // raw answers (the CA chain) come back as bytes, without the admin token when asked so
+  answer = { status: 200, body: '-----BEGIN CERTIFICATE-----\n' };
+  assert.equal((await client.raw('GET', '/v1/ca', { auth: false })).toString('utf8'), '-----BEGIN CERTIFICATE-----\n');
+  assert.equal(authorization, undefined);
 });
