@@ -7,7 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import QRCode from 'qrcode';
-import type { AuditRow, AuditVerifyResult, DeviceView, TokenCreateResponse, TokenView } from '../protocol/api.js';
+import type { AuditRow, DeviceView } from '../protocol/api.js';
+import * as W from '../protocol/api.js';
 import { REVOKE_REASONS } from '../protocol/api.js';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
 import { colourEnabled, flush, printable } from '../protocol/terminal.js';
@@ -209,13 +210,14 @@ async function run(argv: string[], o: Output): Promise<number> {
         if (s === null) throw new UsageError(`--ttl ${flags.ttl} is not a duration like 30m, 8h, 7d`);
         ttlSeconds = Math.round(s);
       }
-      const res = await client.request<TokenCreateResponse>('POST', '/v1/admin/tokens', {
+      const req: W.TokenCreateRequest = {
         zone: need(flags, 'zone'),
         owner: need(flags, 'owner'),
         ...(typeof flags.name === 'string' ? { name: flags.name } : {}),
         ...(typeof flags.purpose === 'string' ? { purpose: flags.purpose } : {}),
         ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
-      });
+      };
+      const res = await client.request('POST', '/v1/admin/tokens', req, W.TokenCreateResponse);
       if (typeof flags.png === 'string') {
         // the QR code is the whole token: a secret file, 0600 whatever the umask or an earlier file's mode
         writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
@@ -244,7 +246,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'tokens list': {
-      const { tokens } = await client.request<{ tokens: TokenView[] }>('GET', '/v1/admin/tokens');
+      const { tokens } = await client.request('GET', '/v1/admin/tokens', undefined, W.TokenList);
       emit(tokens, () => table(tokens.map((t) => ({ ...t })), ['id', 'zone', 'owner', 'name', 'expiresAt', 'usedAt', 'deviceId']));
       return 0;
     }
@@ -253,7 +255,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       if (flags.stale) q.set('stale', 'true');
       if (typeof flags.status === 'string') q.set('status', flags.status);
       if (typeof flags.zone === 'string') q.set('zone', flags.zone);
-      const { devices } = await client.request<{ devices: DeviceView[] }>('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`);
+      const { devices } = await client.request('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`, undefined, W.DeviceList);
       emit(devices, () =>
         table(
           devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter ?? '', stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
@@ -264,18 +266,15 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'device': {
       if (sub !== 'show') throw new UsageError('device show ID');
-      const { device } = await client.request<{ device: DeviceView }>('GET', `/v1/admin/devices/${encodeURIComponent(deviceArg(arg))}`);
+      const { device } = await client.request('GET', `/v1/admin/devices/${encodeURIComponent(deviceArg(arg))}`, undefined, W.DeviceShow);
       emit(device, () => showDevice(device));
       return 0;
     }
     case 'revoke': {
       const reason = need(flags, 'reason');
       if (!(REVOKE_REASONS as readonly string[]).includes(reason)) throw new UsageError(`--reason must be one of ${REVOKE_REASONS.join(', ')}`);
-      const res = await client.request<{ device: DeviceView; serials: string[]; crlNumber: string; hooks: { hook: string; ok: boolean; ms: number; error?: string }[] }>(
-        'POST',
-        `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/revoke`,
-        { reason },
-      );
+      const body: W.RevokeRequest = { reason: reason as W.RevokeReason };
+      const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/revoke`, body, W.RevokeResponse);
       emit(res, () =>
         [
           `revoked ${printable(res.device.id)} (${reason}); ${res.serials.length} certificate(s) on CRL #${printable(res.crlNumber)}`,
@@ -285,12 +284,12 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'retire': {
-      const res = await client.request<{ device: DeviceView; serials: string[] }>('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/retire`, {});
+      const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/retire`, {}, W.RetireResponse);
       emit(res, () => `retired ${printable(res.device.id)}; ${res.serials.length} certificate(s) revoked`);
       return 0;
     }
     case 'approve-baseline': {
-      const res = await client.request<{ device: DeviceView }>('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/approve-baseline`, {});
+      const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/approve-baseline`, {}, W.DeviceShow);
       emit(res, () => `${printable(res.device.id)}: status ${printable(res.device.status)}; the next quote until ${printable(res.device.baselineWindowUntil)} becomes the new baseline`);
       return 0;
     }
@@ -298,7 +297,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       const lines: string[] = [];
       let after = 0;
       for (;;) {
-        const { rows } = await client.request<{ rows: AuditRow[] }>('GET', `/v1/admin/audit?after=${after}&limit=5000`);
+        const { rows } = await client.request('GET', `/v1/admin/audit?after=${after}&limit=5000`, undefined, W.AuditExport);
         for (const r of rows) lines.push(JSON.stringify(r));
         if (rows.length < 5000) break;
         after = rows[rows.length - 1]!.seq;
@@ -309,12 +308,12 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'audit verify': {
-      const res = await client.request<AuditVerifyResult>('GET', '/v1/admin/audit/verify');
+      const res = await client.request('GET', '/v1/admin/audit/verify', undefined, W.AuditVerifyResult);
       emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq} (${printable(res.problem!.kind)}): ${printable(res.problem!.detail)}`));
       return res.ok ? 0 : 1;
     }
     case 'ca export': {
-      const pem = (await client.request<Buffer>('GET', '/v1/ca', undefined, { auth: false, raw: true })).toString('utf8');
+      const pem = (await client.raw('GET', '/v1/ca', { auth: false })).toString('utf8');
       o.result = flags.json ? JSON.stringify({ chain: pem }, null, 2) + '\n' : pem;
       return 0;
     }
@@ -324,10 +323,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       const port = Number(flags.port ?? 8883);
       if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError('--port must be a TCP port');
       const spki = brokerKeySpki(outDir);
-      const res = await client.request<{ certificate: string; caBundle: string; crl: string | null; notAfter: string }>('POST', '/v1/admin/broker/certificate', {
-        spki: spki.toString('base64'),
-        hostnames,
-      });
+      const body: W.BrokerCertificateRequest = { spki: spki.toString('base64'), hostnames };
+      const res = await client.request('POST', '/v1/admin/broker/certificate', body, W.BrokerCertificateResponse);
       const files = writeBrokerConfig({
         out: outDir,
         port,
@@ -356,12 +353,12 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'renew-now': {
       const id = deviceArg(sub);
-      const res = await client.request<{ published: boolean; payload: string }>('POST', `/v1/admin/devices/${encodeURIComponent(id)}/control`, { type: 'renew-now' });
+      const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(id)}/control`, { type: 'renew-now' } satisfies W.ControlRequest, W.ControlResponse);
       emit(res, () => (res.published ? `renew-now sent to ${printable(id)}` : `renew-now signed for ${printable(id)}, but this server has no broker integration to deliver it`));
       return res.published ? 0 : 1;
     }
     case 'broker reconcile': {
-      const res = await client.request<{ added: string[]; removed: string[] }>('POST', '/v1/admin/broker/reconcile', {});
+      const res = await client.request('POST', '/v1/admin/broker/reconcile', {}, W.BrokerReconcileResponse);
       emit(res, () => `broker reconciled: ${res.added.length} device(s) added, ${res.removed.length} removed`);
       return 0;
     }

@@ -15,6 +15,7 @@ import readline from 'node:readline';
 import { parseArgs, promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { prettyFactory } from 'pino-pretty';
+import type { DeviceView } from '../protocol/api.js';
 import { REPO } from './harness/fs.js';
 import { httpsJson } from './harness/https.js';
 import { startMosquitto, type Mosquitto } from './harness/mosquitto.js';
@@ -152,14 +153,6 @@ async function boot(dev: Device, firmware = 'firmware-1.0'): Promise<void> {
 function startAgent(dev: Device): void {
   const [cmd, a] = node('agent/cli.ts', ['run', '--state', dev.stateDir, '--heartbeat', '5', '--telemetry', '1']);
   dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tpm.tcti });
-}
-
-interface DeviceView {
-  id: string;
-  name: string | null;
-  status: string;
-  statusReason: string | null;
-  certificate?: { serial: string; notAfter: string } | null;
 }
 
 async function devices(): Promise<DeviceView[]> {

@@ -1,7 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import https from 'node:https';
 import { join, resolve } from 'node:path';
-import type { ErrorBody } from '../../protocol/api.js';
+import type { Static, TSchema } from 'typebox';
+import { Compile } from 'typebox/compile';
+import { ErrorBody } from '../../protocol/api.js';
 import { EdgeidError, ERRORS, type ErrorCode } from '../../protocol/errors/index.js';
 import { DATA_FILES, type ServerInfo } from '../server.js';
 
@@ -50,20 +52,58 @@ export function resolveTarget(opts: { server?: string; adminToken?: string; ca?:
   };
 }
 
+/** Compiled validators of the response schemas, one per schema. */
+const validators = new WeakMap<TSchema, ReturnType<typeof Compile>>();
+
+/** Where `json` first departs from `schema` (`response/…` and why), or null when it matches. */
+function mismatch(schema: TSchema, json: unknown): { field: string; text: string } | null {
+  let v = validators.get(schema);
+  if (!v) {
+    v = Compile(schema);
+    validators.set(schema, v);
+  }
+  if (v.Check(json)) return null;
+  const [first] = v.Errors(json);
+  const field = `response${first?.instancePath ?? ''}`;
+  return { field, text: `${field} ${first?.message ?? 'does not match the protocol'}` };
+}
+
 export class AdminClient {
   constructor(readonly target: AdminTarget) {}
 
-  request<T>(method: 'GET' | 'POST', path: string, body?: unknown, opts: { auth?: boolean; raw?: boolean } = {}): Promise<T> {
+  /**
+   * A JSON request whose answer is checked against its protocol/api.ts schema: an answer that does
+   * not match is a server_error naming the field, never a half-typed object.
+   */
+  async request<S extends TSchema>(method: 'GET' | 'POST', path: string, body: unknown, response: S): Promise<Static<S>> {
+    const buf = await this.send(method, path, body, true);
+    let json: unknown;
+    try {
+      json = JSON.parse(buf.toString('utf8'));
+    } catch {
+      throw new EdgeidError('server_error', `${method} ${path}: the answer is not JSON`, { path });
+    }
+    const problem = mismatch(response, json);
+    if (problem) throw new EdgeidError('server_error', `${method} ${path}: malformed response: ${problem.text}`, { path, field: problem.field });
+    return json as Static<S>;
+  }
+
+  /** The answer's bytes as they are (e.g. the CA chain), without the admin token unless `auth`. */
+  raw(method: 'GET' | 'POST', path: string, opts: { auth?: boolean } = {}): Promise<Buffer> {
+    return this.send(method, path, undefined, opts.auth !== false);
+  }
+
+  private send(method: 'GET' | 'POST', path: string, body: unknown, auth: boolean): Promise<Buffer> {
     const url = new URL(path, this.target.server);
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    return new Promise<T>((resolvePromise, reject) => {
+    return new Promise<Buffer>((resolvePromise, reject) => {
       const req = https.request(
         url,
         {
           method,
           ...(this.target.ca ? { ca: this.target.ca } : {}),
           headers: {
-            ...(opts.auth === false ? {} : { authorization: `Bearer ${this.target.token}` }),
+            ...(auth ? { authorization: `Bearer ${this.target.token}` } : {}),
             ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}),
           },
           timeout: 30_000,
@@ -74,17 +114,11 @@ export class AdminClient {
           res.on('end', () => {
             const buf = Buffer.concat(chunks);
             const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300) {
-              if (opts.raw) return resolvePromise(buf as unknown as T);
-              try {
-                return resolvePromise(JSON.parse(buf.toString('utf8')) as T);
-              } catch {
-                return reject(new Error(`${method} ${path}: answer is not JSON`));
-              }
-            }
+            if (status >= 200 && status < 300) return resolvePromise(buf);
             let err: ErrorBody['error'] | undefined;
             try {
-              err = (JSON.parse(buf.toString('utf8')) as ErrorBody).error;
+              const json: unknown = JSON.parse(buf.toString('utf8'));
+              if (!mismatch(ErrorBody, json)) err = (json as ErrorBody).error;
             } catch {
               /* not an edgeid error body */
             }

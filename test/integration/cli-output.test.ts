@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startServerProcess } from '../../scripts/harness/server.js';
 import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
-import { ANSI, BINS, cleanEnv, runCli, runOnPty, seedDataDir, shellLine } from './cli-env.js';
+import { ANSI, BINS, cleanEnv, runCli, runOnPty, seedDataDir, shellLine } from '../helpers/cli.js';
 
 // OSC 52 (write the clipboard), BEL, then CSI 2K (erase the line) and a cursor-up: what a hostile
 // device would put in its claims to rewrite an operator's `devices list`

@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import { isEdgeidError } from '../../protocol/errors/index.js';
 import { Tpm, TpmError } from '../../agent/tpm/index.js';
 import { startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
-import { TpmProxy } from './tpm-proxy.js';
+import { TpmProxy } from '../helpers/tpm-proxy.js';
 import { makeTestCa, type TestCa } from '../../scripts/harness/pki.js';
 
 /** Counts timer ticks: proof that the event loop ran while something was pending. */

@@ -7,14 +7,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig } from '../../enroll-server/config.js';
 import { ERRORS } from '../../protocol/errors/index.js';
 import { REPO } from '../../scripts/harness/fs.js';
-import { BINS, cleanEnv, runCli, seedDataDir } from '../integration/cli-env.js';
+import { BINS, cleanEnv, runCli, seedDataDir } from '../helpers/cli.js';
 
 const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');
 const shellBlocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!.split('\n').map((l) => l.replace(/#.*$/, '').trim()).filter(Boolean));
@@ -69,6 +69,17 @@ test('the scripts and files the README points to exist', () => {
     assert.ok(existsSync(path.join(REPO, f)), `${f} exists`);
   }
   assert.match(readFileSync(path.join(REPO, '.ci/run'), 'utf8'), /scripts\/test/);
+});
+
+test("the README's layout table and the folders agree", () => {
+  const section = /\n## Layout\n([\s\S]*?)(?:\n## |$)/.exec(readme)?.[1] ?? '';
+  const named = [...section.matchAll(/^\| `([^`]+)\/` \|/gm)].map((m) => m[1]!);
+  assert.ok(named.length >= 5, 'the Layout section has a folder table');
+  for (const f of named) assert.ok(existsSync(path.join(REPO, f)), `the README names ${f}/, which does not exist`);
+  // every top-level folder of the source tree (not hidden, not installed or built) has its row
+  const ignored = new Set(['node_modules', 'dist', 'data']);
+  const folders = readdirSync(REPO, { withFileTypes: true }).filter((d) => d.isDirectory() && !d.name.startsWith('.') && !ignored.has(d.name));
+  for (const d of folders) assert.ok(named.includes(d.name), `${d.name}/ has no row in the README's Layout table`);
 });
 
 test("the README's zones exist: the embedded default, or one its config example adds", () => {

@@ -13,6 +13,13 @@ async function lastAudit(s: TestServer) {
   return rows[rows.length - 1]!;
 }
 
+/** The audit rows `fn` appended (a refusal writes exactly one: the last row alone cannot tell). */
+async function auditRowsOf(s: TestServer, fn: () => Promise<unknown>) {
+  const before = (await lastAudit(s))?.seq ?? 0;
+  await fn();
+  return s.server.ctx.store.listAudit({ afterSeq: before, limit: 100000 });
+}
+
 test('healthz, the CA chain and the CRL are served without authentication', async (t) => {
   const s = await server(t);
   const app = s.server.app;
@@ -51,12 +58,17 @@ test('malformed JSON, a wrong content type and an oversized body get their own 4
     ['/v1/renew/challenge', 'application/json', '{"deviceId":"dev-0000000000000000","x":1}', 400, 'bad_request'],
   ];
   for (const [url, type, payload, status, code] of cases) {
-    const r = await app.inject({ method: 'POST', url, headers: { 'content-type': type }, payload });
-    assert.equal(r.statusCode, status, `${url} ${payload.slice(0, 20)}: ${r.body}`);
-    assert.equal(r.json().error.code, code);
-    const a = await lastAudit(s);
-    assert.equal(a.reason, code);
-    assert.equal(a.outcome, 'fail');
+    let r: Awaited<ReturnType<typeof app.inject>> | undefined;
+    const rows = await auditRowsOf(s, async () => {
+      r = await app.inject({ method: 'POST', url, headers: { 'content-type': type }, payload });
+    });
+    assert.equal(r!.statusCode, status, `${url} ${payload.slice(0, 20)}: ${r!.body}`);
+    assert.equal(r!.json().error.code, code);
+    assert.deepEqual(
+      rows.map((a) => [a.outcome, a.reason]),
+      [['fail', code]],
+      `${url} ${payload.slice(0, 20)}: one audit row`,
+    );
   }
 });
 
@@ -64,10 +76,17 @@ test('admin API refuses a missing or wrong bearer token and audits it', async (t
   const s = await server(t);
   const app = s.server.app;
   for (const headers of [{}, { authorization: 'Bearer nope' }, { authorization: `Basic ${s.adminToken}` }, { authorization: `Bearer ${s.adminToken} ` }]) {
-    const r = await app.inject({ method: 'GET', url: '/v1/admin/devices', headers });
-    assert.equal(r.statusCode, 401);
-    assert.equal(r.json().error.code, 'admin_unauthorized');
-    assert.equal((await lastAudit(s)).reason, 'admin_unauthorized');
+    let r: Awaited<ReturnType<typeof app.inject>> | undefined;
+    const rows = await auditRowsOf(s, async () => {
+      r = await app.inject({ method: 'GET', url: '/v1/admin/devices', headers });
+    });
+    assert.equal(r!.statusCode, 401);
+    assert.equal(r!.json().error.code, 'admin_unauthorized');
+    assert.deepEqual(
+      rows.map((a) => [a.outcome, a.reason, a.event]),
+      [['fail', 'admin_unauthorized', 'admin.http.devices']],
+      `${JSON.stringify(headers)}: one audit row`,
+    );
   }
   const ok = await s.admin('GET', '/v1/admin/devices');
   assert.equal(ok.status, 200);
