@@ -11,6 +11,7 @@ import type { ServerContext } from './services/context.js';
 import { writeFileAtomic } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
 import { buildApp } from './http/app.js';
+import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
 
 export { DATA_FILES };
@@ -101,7 +102,9 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
       if (ctx.broker && config.broker?.reconcileOnStart) {
         // In the background: a broker that is down must not keep the server from starting (it
         // heals on the next reconcile; the failure is audited).
-        void ctx.broker.reconcile().catch((e: unknown) => log.warn({ err: (e as Error).message }, 'broker reconcile at start failed'));
+        void reconcileBroker(ctx, { actor: 'server', ip: null }).catch((e: unknown) =>
+          log.warn({ err: (e as Error).message }, 'broker reconcile at start failed'),
+        );
       }
       if (opts.housekeeping ?? true) {
         timer = setInterval(() => {

@@ -188,22 +188,19 @@ export class BrokerIntegration implements EdgeidHooks {
     });
   }
 
-  /** Makes dynsec match the DB: missing devices are provisioned, unknown clients removed. */
+  /**
+   * Makes dynsec match the DB: missing devices are provisioned, unknown clients removed. The
+   * caller's action (an admin request or the start-up reconcile) writes the one audit row.
+   */
   async reconcile(): Promise<{ added: string[]; removed: string[] }> {
-    try {
-      const c = await this.client();
-      const want = new Set(await this.opts.activeDeviceIds());
-      const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN));
-      const added = [...want].filter((id) => !have.has(id));
-      const removed = [...have].filter((id) => !want.has(id));
-      for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
-      for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
-      await this.opts.audit({ event: 'broker.reconcile', deviceId: null, outcome: 'ok', details: { added, removed } });
-      return { added, removed };
-    } catch (e) {
-      await this.opts.audit({ event: 'broker.reconcile', deviceId: null, outcome: 'fail', reason: 'broker_unavailable', details: { message: (e as Error).message.slice(0, 300) } });
-      throw e;
-    }
+    const c = await this.client();
+    const want = new Set(await this.opts.activeDeviceIds());
+    const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN));
+    const added = [...want].filter((id) => !have.has(id));
+    const removed = [...have].filter((id) => !want.has(id));
+    for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
+    for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
+    return { added, removed };
   }
 
   async close(): Promise<void> {

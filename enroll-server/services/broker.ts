@@ -14,7 +14,7 @@ export async function reconcileBroker(ctx: ServerContext, who: Actor): Promise<{
     if (!ctx.broker) throw new EdgeidError('broker_not_configured');
     try {
       const r = await ctx.broker.reconcile();
-      a.details = { added: r.added.length, removed: r.removed.length };
+      a.details = { added: r.added, removed: r.removed };
       return r;
     } catch (e) {
       throw new EdgeidError('broker_unavailable', `broker reconcile failed: ${(e as Error).message.slice(0, 200)}`);

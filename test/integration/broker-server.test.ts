@@ -108,6 +108,15 @@ test('reconcile heals the broker both ways: missing device clients come back, un
   assert.ok(!clients.includes('ghost-device'));
   // A second run has nothing to do.
   assert.deepEqual(JSON.parse(await d.admin(['broker', 'reconcile', '--json'])), { added: [], removed: [] });
+  // Each reconcile is one action with one audit row (the start-up reconcile is one too).
+  const rows = JSON.parse(await d.admin(['audit', 'export', '--json'])) as { event: string; actor: string; details: { added?: string[] } | null }[];
+  const reconciles = rows.filter((r) => /reconcile/.test(r.event));
+  assert.equal(reconciles.filter((r) => r.actor === 'server').length, 1, 'the start-up reconcile');
+  assert.deepEqual(
+    reconciles.filter((r) => r.actor === 'admin').map((r) => r.details?.added),
+    [[dev.deviceId], []],
+  );
+  assert.ok(reconciles.every((r) => r.event === 'admin.broker.reconcile'), JSON.stringify(reconciles.map((r) => r.event)));
 });
 
 test('a hung broker does not stop a revocation: the call returns, each failed step is audited, the CRL still goes out', async (t) => {
