@@ -3,7 +3,8 @@
  * `dpkg --root` into a temp root (maintainer scripts run with DPKG_ROOT, users written into that
  * root's /etc), the server's unit run by scripts/unit-run (its exact ExecStart as its user, with
  * its environment and file-system sandbox), upgraded to version n+1 (state and an edited conffile
- * kept), removed and purged; lintian has nothing to say about them. Needs root (dpkg, chown to
+ * kept), removed and purged; the agent enrolls as its unit's user against an swtpm and its unit's
+ * ExecStart runs; lintian has nothing to say about them. Needs root (dpkg, chown to
  * the package's users, mount namespace); as another user the test fails and says so.
  */
 import { test } from 'node:test';
@@ -17,6 +18,7 @@ import { promisify } from 'node:util';
 import { REPO } from '../../scripts/harness/fs.js';
 import { freePort } from '../../scripts/harness/ports.js';
 import { stopChild } from '../../scripts/harness/process.js';
+import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 
 const run = promisify(execFile);
@@ -153,14 +155,43 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   assert.equal((await stat(dbFile)).mode & 0o077, 0, 'UMask=0077: nothing for group or others');
   const created = JSON.parse(await admin(root, ['token', 'create', '--zone', 'default', '--owner', 'pkg-test', '--name', 'gw-1', '--json'])) as { uri: string };
   assert.match(created.uri, /^edgeid:\/\/enroll\?/);
+
+  // the agent as its unit's user, in its sandbox: enroll (the unit's environment, another command),
+  // then the unit's exact ExecStart until it runs; the TPM is an swtpm named by the unit's
+  // EnvironmentFile (in place of /dev/tpmrm0, which this machine does not have)
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  await writeFile(path.join(root, 'etc/default/edgeid-agent'), `EDGEID_TCTI=${tpm.tcti}\n`);
+  const unitRun = path.join(REPO, 'scripts/unit-run');
+  const agentUnit = '/lib/systemd/system/edgeid-agent.service';
+  const enrolled = await run(unitRun, ['--root', root, agentUnit, '--', '/usr/bin/node', '/usr/lib/edgeid-agent/edgeid-agent.js', 'enroll', '--uri', created.uri, '--json']).catch(
+    (e: { stdout: string; stderr: string }) => assert.fail(`enroll as user edgeid failed: ${e.stderr}${e.stdout}`),
+  );
+  const device = JSON.parse(enrolled.stdout) as { deviceId: string; stateDir: string };
+  assert.equal(device.stateDir, '/var/lib/edgeid', 'the state dir from the conffile');
+  const certFile = path.join(root, 'var/lib/edgeid/cert.pem');
+  assert.equal((await stat(certFile)).uid, Number(agentUser[2]), 'the identity belongs to edgeid');
+  assert.equal((await stat(certFile)).mode & 0o777, 0o600);
+  const agent = spawn(unitRun, ['--root', root, agentUnit], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let agentLog = '';
+  agent.stdout.on('data', (c: Buffer) => (agentLog += c.toString()));
+  agent.stderr.on('data', (c: Buffer) => (agentLog += c.toString()));
+  t.after(() => stopChild(agent));
+  await waitFor('the packaged agent running', () => {
+    assert.equal(agent.exitCode, null, `the agent unit exited: ${agentLog}`);
+    return agentLog.includes('"msg":"agent running"') && agentLog.includes(device.deviceId);
+  }, 90_000);
+  await stopChild(agent, 20_000);
+  assert.equal(agent.exitCode, 0, `SIGTERM: a clean stop\n${agentLog}`);
   await srv.stop();
   const caBefore = await sha(path.join(root, 'var/lib/edgeid-server/ca/root.pem'));
+  const certBefore = await sha(certFile);
 
-  // an operator's edit of a conffile, and agent state, must survive the upgrade
+  // an operator's edit of a conffile must survive the upgrade, like the state
   const agentConf = path.join(root, 'etc/edgeid/agent.json');
   const edited = '{ "stateDir": "/var/lib/edgeid", "tcti": "device:/dev/tpmrm0", "logLevel": "debug" }\n';
   await writeFile(agentConf, edited);
-  await writeFile(path.join(root, 'var/lib/edgeid/state.json'), '{"kept":true}\n', { mode: 0o600 });
 
   await build2;
   const debs2 = [deb(v2, 'edgeid-agent', next), deb(v2, 'edgeid-server', next)];
@@ -168,7 +199,8 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   assert.equal(await status(root, 'edgeid-agent'), `ii ${next}`);
   assert.equal(await status(root, 'edgeid-server'), `ii ${next}`);
   assert.equal(await readFile(agentConf, 'utf8'), edited, `edited conffile kept (${upgradeOut})`);
-  assert.equal(await readFile(path.join(root, 'var/lib/edgeid/state.json'), 'utf8'), '{"kept":true}\n');
+  assert.equal(await sha(certFile), certBefore, "the device's certificate is kept");
+  assert.ok(existsSync(path.join(root, 'var/lib/edgeid/state.json')));
   assert.deepEqual(await passwd(root, 'edgeid-server'), serverUser, 'the same user, the same uid');
   assert.equal(await sha(path.join(root, 'var/lib/edgeid-server/ca/root.pem')), caBefore, 'the CA is kept');
   // n+1 serves the same data: the same CA, the token made under n still listed
@@ -184,7 +216,7 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   assert.equal(existsSync(path.join(root, 'usr/bin/edgeid-server')), false);
   assert.equal(existsSync(path.join(root, 'usr/lib/edgeid-agent/edgeid-agent.js')), false);
   assert.equal(await readFile(agentConf, 'utf8'), edited);
-  assert.ok(existsSync(path.join(root, 'var/lib/edgeid/state.json')));
+  assert.equal(await sha(certFile), certBefore);
 
   // purge: conffiles and the agent's identity go; the server's CA and database stay (postrm says why)
   const purgeOut = await dpkg(root, '-P', 'edgeid-agent', 'edgeid-server');
