@@ -1,9 +1,12 @@
 #!/usr/bin/env node
-// Bundles the edge agent into ONE file that runs with plain `node` (issue 4 §8):
+// Bundles the three programs into files that run with plain `node` (no tsx, no node_modules):
 //   dist/edgeid-agent.js      esbuild bundle of agent/cli.ts (ESM, Node 20)
 //   dist/edgeid_tpm.node      the TPM addon, copied beside it (the bundle loads it from there
 //                             unless EDGEID_TPM_ADDON names another path)
-// Usage: node scripts/bundle.mjs [--outdir DIR] [--metafile]
+//   dist/edgeid-server.js     esbuild bundle of enroll-server/main.ts
+//   dist/edgeid-admin.js      esbuild bundle of enroll-server/admin-cli.ts
+//   dist/better_sqlite3.node  better-sqlite3's native addon, copied beside the server bundle
+// Usage: node scripts/bundle.mjs [--outdir DIR] [--metafile] [--only agent|server|admin]
 import { build } from 'esbuild';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
@@ -14,15 +17,10 @@ const args = process.argv.slice(2);
 const outdir = path.resolve(args.includes('--outdir') ? args[args.indexOf('--outdir') + 1] : path.join(root, 'dist'));
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
 const addon = path.join(root, 'agent/tpm/build/Release/edgeid_tpm.node');
-const outfile = path.join(outdir, 'edgeid-agent.js');
 mkdirSync(outdir, { recursive: true });
 
 // ESM output: CommonJS dependencies still call require(), and the addon is found beside the bundle.
-const banner = [
-  "import { createRequire as __edgeidCreateRequire } from 'node:module';",
-  'const require = __edgeidCreateRequire(import.meta.url);',
-  "if (!process.env.EDGEID_TPM_ADDON) process.env.EDGEID_TPM_ADDON = new URL('./edgeid_tpm.node', import.meta.url).pathname;",
-].join('\n');
+const common = ["import { createRequire as __edgeidCreateRequire } from 'node:module';", 'const require = __edgeidCreateRequire(import.meta.url);'];
 
 // The agent speaks mqtts:// only. mqtt.js loads its WebSocket (ws) and SOCKS-proxy (socks,
 // ip-address, smart-buffer) transports at the first connect whatever the URL; they cost the
@@ -40,36 +38,91 @@ const leaveOut = {
   },
 };
 
-const result = await build({
-  entryPoints: [path.join(root, 'agent/cli.ts')],
-  outfile,
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20',
-  minify: true,
-  sourcemap: false,
-  legalComments: 'none',
-  metafile: true,
-  banner: { js: banner },
-  define: {
-    EDGEID_AGENT_VERSION: JSON.stringify(pkg.version),
-    EDGEID_BUNDLED: 'true',
+// better-sqlite3 finds its addon with the `bindings` package, which searches node_modules trees
+// relative to the calling file: nothing to find in a bundle. In the server bundle `bindings` is a
+// stand-in that loads the addon named beside the bundle (the `require` of the banner resolves
+// relative to the bundle file), or the file EDGEID_SQLITE_ADDON names. The addon is built by
+// better-sqlite3's install script against the Node that ran `npm ci` (V8 API, not N-API: it loads
+// only in that Node major).
+const sqliteAddon = path.join(root, 'node_modules/better-sqlite3/build/Release/better_sqlite3.node');
+const bindingsBesideBundle = {
+  name: 'edgeid-bindings-beside-bundle',
+  setup(b) {
+    b.onResolve({ filter: /^bindings$/ }, (a) => ({ path: a.path, namespace: 'edgeid-bindings' }));
+    b.onLoad({ filter: /.*/, namespace: 'edgeid-bindings' }, () => ({
+      contents: "module.exports = (name) => require(process.env.EDGEID_SQLITE_ADDON || ('./' + name));",
+      loader: 'js',
+    }));
   },
-  // optional transports/features of dependencies the agent does not use
-  external: ['bufferutil', 'utf-8-validate', 'pino-pretty'],
-  plugins: [leaveOut],
-  logLevel: 'warning',
-});
+};
 
-// esbuild keeps the entry's own hashbang (`node --import tsx`, for the sources): plain node here.
-const text = readFileSync(outfile, 'utf8').split('\n');
-writeFileSync(outfile, ['#!/usr/bin/env node', ...text.filter((l, i) => !(i < 6 && l.startsWith('#!')))].join('\n'));
-chmodSync(outfile, 0o755);
+const PROGRAMS = {
+  agent: {
+    entry: 'agent/cli.ts',
+    out: 'edgeid-agent.js',
+    banner: [...common, "if (!process.env.EDGEID_TPM_ADDON) process.env.EDGEID_TPM_ADDON = new URL('./edgeid_tpm.node', import.meta.url).pathname;"],
+    define: { EDGEID_AGENT_VERSION: JSON.stringify(pkg.version), EDGEID_BUNDLED: 'true' },
+    // optional transports/features of dependencies the agent does not use
+    external: ['bufferutil', 'utf-8-validate', 'pino-pretty'],
+    plugins: [leaveOut],
+    natives: [[addon, 'edgeid_tpm.node', 'npm run build:addon']],
+  },
+  server: {
+    entry: 'enroll-server/main.ts',
+    out: 'edgeid-server.js',
+    banner: common,
+    define: {},
+    // mqtt.js's optional native WebSocket speed-ups (ws tries them and falls back to JS)
+    external: ['bufferutil', 'utf-8-validate'],
+    plugins: [bindingsBesideBundle],
+    natives: [[sqliteAddon, 'better_sqlite3.node', 'npm ci (better-sqlite3 builds it)']],
+  },
+  admin: {
+    entry: 'enroll-server/admin-cli.ts',
+    out: 'edgeid-admin.js',
+    banner: common,
+    define: {},
+    external: ['bufferutil', 'utf-8-validate'],
+    plugins: [bindingsBesideBundle],
+    natives: [],
+  },
+};
 
-if (existsSync(addon)) copyFileSync(addon, path.join(outdir, 'edgeid_tpm.node'));
-else console.warn(`[bundle] ${path.relative(root, addon)} not built (npm run build:addon); the bundle needs it beside itself or EDGEID_TPM_ADDON`);
-if (args.includes('--metafile')) writeFileSync(path.join(outdir, 'edgeid-agent.meta.json'), JSON.stringify(result.metafile));
-
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : Object.keys(PROGRAMS);
 const kb = (f) => (statSync(f).size / 1024).toFixed(0);
-console.log(`[bundle] ${path.relative(root, outfile)} ${kb(outfile)} KiB` + (existsSync(addon) ? `, edgeid_tpm.node ${kb(addon)} KiB` : ''));
+for (const name of only) {
+  const p = PROGRAMS[name];
+  if (!p) throw new Error(`--only: unknown program ${name} (agent, server, admin)`);
+  const outfile = path.join(outdir, p.out);
+  const result = await build({
+    entryPoints: [path.join(root, p.entry)],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    minify: true,
+    sourcemap: false,
+    legalComments: 'none',
+    metafile: true,
+    banner: { js: p.banner.join('\n') },
+    define: p.define,
+    external: p.external,
+    plugins: p.plugins,
+    logLevel: 'warning',
+  });
+
+  // esbuild keeps the entry's own hashbang (`node --import tsx`, for the sources): plain node here.
+  const text = readFileSync(outfile, 'utf8').split('\n');
+  writeFileSync(outfile, ['#!/usr/bin/env node', ...text.filter((l, i) => !(i < 6 && l.startsWith('#!')))].join('\n'));
+  chmodSync(outfile, 0o755);
+  const notes = [];
+  for (const [src, base, how] of p.natives) {
+    if (existsSync(src)) {
+      copyFileSync(src, path.join(outdir, base));
+      notes.push(`${base} ${kb(src)} KiB`);
+    } else console.warn(`[bundle] ${path.relative(root, src)} not built (${how}); ${p.out} needs it beside itself`);
+  }
+  if (args.includes('--metafile')) writeFileSync(path.join(outdir, p.out.replace(/\.js$/, '.meta.json')), JSON.stringify(result.metafile));
+  console.log(`[bundle] ${path.relative(root, outfile)} ${kb(outfile)} KiB` + (notes.length ? `, ${notes.join(', ')}` : ''));
+}

@@ -16,16 +16,20 @@ import type { DeviceRecord } from '../../enroll-server/store/store.js';
 import { REPO } from '../../scripts/harness/fs.js';
 
 /**
- * How each CLI is started: the only place to change once the bins are installed
- * (e.g. `{ 'edgeid-admin': ['edgeid-admin'] }`).
+ * How each CLI is started. Default: the TypeScript sources through tsx (what a developer edits).
+ * EDGEID_TEST_BINS=installed: the commands as installed on the PATH (`edgeid-admin`, found by
+ * the shell's PATH lookup: `scripts/install` links the bundles there), as an operator types them.
  */
 // tsx by absolute URL: the commands run in other working directories (where ./data is)
 const TSX = pathToFileURL(path.join(REPO, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
-export const BINS: Record<'edgeid-admin' | 'edgeid-agent' | 'edgeid-server', string[]> = {
-  'edgeid-admin': [process.execPath, '--import', TSX, path.join(REPO, 'enroll-server/admin-cli.ts')],
-  'edgeid-agent': [process.execPath, '--import', TSX, path.join(REPO, 'agent/cli.ts')],
-  'edgeid-server': [process.execPath, '--import', TSX, path.join(REPO, 'enroll-server/main.ts')],
-};
+export const BINS: Record<'edgeid-admin' | 'edgeid-agent' | 'edgeid-server', string[]> =
+  process.env.EDGEID_TEST_BINS === 'installed'
+    ? { 'edgeid-admin': ['edgeid-admin'], 'edgeid-agent': ['edgeid-agent'], 'edgeid-server': ['edgeid-server'] }
+    : {
+        'edgeid-admin': [process.execPath, '--import', TSX, path.join(REPO, 'enroll-server/admin-cli.ts')],
+        'edgeid-agent': [process.execPath, '--import', TSX, path.join(REPO, 'agent/cli.ts')],
+        'edgeid-server': [process.execPath, '--import', TSX, path.join(REPO, 'enroll-server/main.ts')],
+      };
 export type Bin = keyof typeof BINS;
 
 /** An environment with none of the CLI's own variables (the test says everything explicitly). */
