@@ -48,7 +48,7 @@ output:
   else text (audit export: JSON lines); --out FILE writes that result to FILE (0600) instead
   (broker config: --out is its directory). Messages, hints and errors go to stderr. Colour and
   QR blocks only on a terminal, never with NO_COLOR set. Device-supplied text is shown with its
-  control characters escaped (\x1b).
+  control characters escaped (\\x1b).
 exit codes: 0 ok, 1 failed (or the result could not be written), 2 usage error`;
 
 type Flags = Record<string, string | boolean | string[] | undefined>;

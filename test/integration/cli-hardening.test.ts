@@ -1,0 +1,33 @@
+/**
+ * What an outsider finds when probing the CLIs: help and usage text hold no control character;
+ * usage mistakes are usage errors wherever the CLI runs; secrets stay off stderr unless it is a
+ * terminal; JSON output carries no raw C1 or bidi control (each test names its case).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { runCli } from './cli-env.js';
+
+// any control character but the newline: C0, DEL, C1 (ECMA-48 §5), bidi controls (Unicode TR #9)
+const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+
+test('help and usage text of both CLIs hold no control character (no raw ESC on a terminal)', { timeout: 120_000 }, async (t) => {
+  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  const help = await runCli('edgeid-admin', ['--help'], { cwd: work });
+  assert.equal(help.code, 0, help.stderr);
+  assert.match(help.stdout.toString('utf8'), /usage: edgeid-admin/);
+  assert.doesNotMatch(help.stdout.toString('utf8'), CONTROL, 'edgeid-admin --help');
+  // the usage printed with a usage error, on stderr
+  const bad = await runCli('edgeid-admin', ['tokens', 'list', '--frobnicate'], { cwd: work });
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /Unknown option '--frobnicate'/);
+  assert.doesNotMatch(bad.stderr, CONTROL, 'edgeid-admin usage on stderr');
+  for (const args of [['--help'], ['enroll', '--help'], ['run', '--help'], ['status', '--help'], ['wipe', '--help'], ['tpm', '--help']]) {
+    const r = await runCli('edgeid-agent', args, { cwd: work });
+    assert.equal(r.code, 0, `edgeid-agent ${args.join(' ')}: ${r.stderr}`);
+    assert.doesNotMatch(r.stdout.toString('utf8'), CONTROL, `edgeid-agent ${args.join(' ')}`);
+  }
+});
