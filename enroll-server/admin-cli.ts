@@ -188,14 +188,22 @@ async function run(argv: string[], o: Output): Promise<number> {
     return res.ok ? 0 : 1;
   }
 
-  const client = new AdminClient(
-    resolveTarget({
-      ...(typeof flags.server === 'string' ? { server: flags.server } : {}),
-      ...(typeof flags['admin-token'] === 'string' ? { adminToken: flags['admin-token'] } : {}),
-      ...(typeof flags.ca === 'string' ? { ca: flags.ca } : {}),
-      ...(typeof flags.data === 'string' ? { data: flags.data } : {}),
-    }),
-  );
+  // resolved on first use, after the command and its arguments are checked: a usage mistake is a
+  // usage error (exit 2) also where no server is configured
+  let target: AdminClient | undefined;
+  const client = {
+    request: <T>(...args: Parameters<AdminClient['request']>): Promise<T> => {
+      target ??= new AdminClient(
+        resolveTarget({
+          ...(typeof flags.server === 'string' ? { server: flags.server } : {}),
+          ...(typeof flags['admin-token'] === 'string' ? { adminToken: flags['admin-token'] } : {}),
+          ...(typeof flags.ca === 'string' ? { ca: flags.ca } : {}),
+          ...(typeof flags.data === 'string' ? { data: flags.data } : {}),
+        }),
+      );
+      return target.request<T>(...args);
+    },
+  };
   const deviceArg = (x: string | undefined) => {
     if (!x) throw new UsageError('a device id is required');
     return x;

@@ -31,3 +31,29 @@ test('help and usage text of both CLIs hold no control character (no raw ESC on 
     assert.doesNotMatch(r.stdout.toString('utf8'), CONTROL, `edgeid-agent ${args.join(' ')}`);
   }
 });
+
+test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no server is configured', { timeout: 120_000 }, async (t) => {
+  // a workstation: no ./data, no EDGEID_* variables
+  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  const cases: [string[], RegExp][] = [
+    [['frobnicate'], /unknown command: frobnicate/],
+    [['device', 'show'], /a device id is required/],
+    [['device', 'frob', 'dev-0123456789abcdef'], /device show ID/],
+    [['revoke', 'dev-0123456789abcdef', '--reason', 'bored'], /--reason must be one of/],
+    [['retire'], /a device id is required/],
+    [['token', 'create', '--zone', 'default'], /--owner is required/],
+    [['token', 'create', '--zone', 'default', '--owner', 'ops', '--ttl', 'forever'], /--ttl forever is not a duration/],
+  ];
+  for (const [args, why] of cases) {
+    const r = await runCli('edgeid-admin', args, { cwd: work });
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, why, args.join(' '));
+    assert.match(r.stderr, /usage: edgeid-admin/);
+    assert.equal(r.stdout.length, 0);
+  }
+  // a well-formed command still says what is missing, with its code
+  const r = await runCli('edgeid-admin', ['tokens', 'list'], { cwd: work });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /admin_server_unreachable: no server URL/);
+});
