@@ -229,7 +229,13 @@ async function run(argv: string[], o: Output): Promise<number> {
         writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
         o.notes.push(`QR code written to ${flags.png} (mode 0600)`);
       }
-      o.notes.push(`on the device: edgeid-agent enroll --uri '${res.uri}'`);
+      // The URI is the token: it is repeated on stderr only to a person at a terminal. A stderr that
+      // is a pipe or a file is usually a log (CI, cron, systemd), and a secret never goes to a log.
+      o.notes.push(
+        process.stderr.isTTY && !o.outFile
+          ? `on the device: edgeid-agent enroll --uri '${printable(res.uri)}'`
+          : `on the device: edgeid-agent enroll --uri 'URI', URI being the result's uri (the token is not repeated on a stderr that is not a terminal)`,
+      );
       if (flags.json) {
         emit({ token: res.token, uri: res.uri, expiresAt: res.expiresAt, id: res.id, zone: res.zone, owner: res.owner, caFingerprint: res.caFingerprint }, () => '');
         return 0;

@@ -5,9 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { startServerProcess } from '../helpers/server.js';
 import { runCli } from './cli-env.js';
 
 // any control character but the newline: C0, DEL, C1 (ECMA-48 §5), bidi controls (Unicode TR #9)
@@ -56,4 +57,32 @@ test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no serv
   const r = await runCli('edgeid-admin', ['tokens', 'list'], { cwd: work });
   assert.equal(r.code, 1);
   assert.match(r.stderr, /admin_server_unreachable: no server URL/);
+});
+
+test('edgeid-admin token create: the token (in its URI) stays off a stderr that is not a terminal', { timeout: 180_000 }, async (t) => {
+  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  const srv = await startServerProcess(undefined, { dataDir: path.join(work, 'data'), keepData: true });
+  t.after(() => srv.stop());
+  const admin = (args: string[]) => runCli('edgeid-admin', [...args, '--data', srv.dataDir], { cwd: work });
+  const token = (doc: string) => /token=([A-Za-z0-9._~-]+)/.exec(decodeURIComponent(doc))![1]!;
+  // stderr is a pipe in each (a CI job's log, a cron mail, the journal)
+  const human = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops']);
+  assert.equal(human.code, 0, human.stderr);
+  const json = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--json', '--png', path.join(work, 't.png')]);
+  assert.equal(json.code, 0, json.stderr);
+  const out = path.join(work, 'token.txt');
+  const filed = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--out', out]);
+  assert.equal(filed.code, 0, filed.stderr);
+  const secrets = [
+    token(/^uri\s+(\S+)$/m.exec(human.stdout.toString('utf8'))![1]!),
+    (JSON.parse(json.stdout.toString('utf8')) as { token: string }).token,
+    token(/^uri\s+(\S+)$/m.exec(await readFile(out, 'utf8'))![1]!),
+  ];
+  for (const [i, r] of [human, json, filed].entries()) {
+    assert.ok(secrets[i]!.length > 20);
+    assert.ok(!r.stderr.includes(secrets[i]!), `token ${i} is not on stderr: ${r.stderr}`);
+    assert.ok(!r.stderr.includes(secrets[i]!.split('.')[1]!), `nor its secret part`);
+    assert.match(r.stderr, /on the device: edgeid-agent enroll --uri/, 'the next step is still named');
+  }
 });
