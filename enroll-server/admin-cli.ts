@@ -10,7 +10,7 @@ import QRCode from 'qrcode';
 import type { AuditRow, AuditVerifyResult, DeviceView, TokenCreateResponse, TokenView } from '../protocol/api.js';
 import { REVOKE_REASONS } from '../protocol/api.js';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
-import { colourEnabled, flush, printable } from '../protocol/terminal.js';
+import { colourEnabled, flush, jsonText, printable } from '../protocol/terminal.js';
 import { AdminClient, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { parseDuration } from './duration.js';
@@ -168,7 +168,7 @@ async function run(argv: string[], o: Output): Promise<number> {
   if (typeof flags.out === 'string' && key !== 'broker config') o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
   /** The command's one stdout document: JSON with --json, else the human text. */
   const emit = (json: unknown, human: () => string) => {
-    o.result = flags.json ? JSON.stringify(json, null, 2) + '\n' : human() + '\n';
+    o.result = flags.json ? jsonText(json, 2) + '\n' : human() + '\n';
   };
 
   // offline: verify an exported audit file without any server
@@ -313,7 +313,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       let after = 0;
       for (;;) {
         const { rows } = await client.request<{ rows: AuditRow[] }>('GET', `/v1/admin/audit?after=${after}&limit=5000`);
-        for (const r of rows) lines.push(JSON.stringify(r));
+        for (const r of rows) lines.push(jsonText(r));
         if (rows.length < 5000) break;
         after = rows[rows.length - 1]!.seq;
       }
@@ -329,7 +329,7 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'ca export': {
       const pem = (await client.request<Buffer>('GET', '/v1/ca', undefined, { auth: false, raw: true })).toString('utf8');
-      o.result = flags.json ? JSON.stringify({ chain: pem }, null, 2) + '\n' : pem;
+      o.result = flags.json ? jsonText({ chain: pem }, 2) + '\n' : pem;
       return 0;
     }
     case 'broker config': {

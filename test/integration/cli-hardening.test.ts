@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startServerProcess } from '../helpers/server.js';
-import { runCli } from './cli-env.js';
+import { runCli, seedDataDir } from './cli-env.js';
 
 // any control character but the newline: C0, DEL, C1 (ECMA-48 §5), bidi controls (Unicode TR #9)
 const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
@@ -84,5 +84,32 @@ test('edgeid-admin token create: the token (in its URI) stays off a stderr that 
     assert.ok(!r.stderr.includes(secrets[i]!), `token ${i} is not on stderr: ${r.stderr}`);
     assert.ok(!r.stderr.includes(secrets[i]!.split('.')[1]!), `nor its secret part`);
     assert.match(r.stderr, /on the device: edgeid-agent enroll --uri/, 'the next step is still named');
+  }
+});
+
+test('edgeid-admin --json and audit export: device-supplied C1 and bidi controls are \\u escapes, not raw bytes', { timeout: 180_000 }, async (t) => {
+  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  // CSI and OSC as 8-bit C1 controls (ECMA-48 §5.3), a right-to-left override, DEL: JSON.stringify
+  // escapes none of them (it escapes only U+0000–U+001F)
+  const version = '1.0\x9b2J\x9d52;c;ZWRnZWlk\x07\u202eevil\x7f';
+  const name = 'gw\x9b1A\u2066x';
+  const dataDir = path.join(work, 'data');
+  const [id] = await seedDataDir(dataDir, { tokens: 0, devices: 1, firstDevice: { agentVersion: version, name } });
+  const srv = await startServerProcess(undefined, { dataDir, keepData: true });
+  t.after(() => srv.stop());
+  const admin = (args: string[]) => runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work });
+  // a token name lands in the audit trail (token.create's details)
+  const created = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--name', name, '--json']);
+  assert.equal(created.code, 0, created.stderr);
+  for (const args of [['devices', 'list', '--json'], ['device', 'show', id!, '--json'], ['tokens', 'list', '--json'], ['audit', 'export'], ['audit', 'export', '--json']]) {
+    const r = await admin(args);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    const text = r.stdout.toString('utf8');
+    assert.doesNotMatch(text.replace(/\n/g, ''), CONTROL, `${args.join(' ')} prints no raw control character`);
+    // and the values are exactly the device's, to a JSON parser
+    const docs = args[1] === 'export' && !args.includes('--json') ? text.trimEnd().split('\n').map((l) => JSON.parse(l) as unknown) : (JSON.parse(text) as unknown);
+    const all = JSON.stringify(docs);
+    assert.ok(all.includes(JSON.stringify(args[0] === 'audit' || args[0] === 'tokens' ? name : version).slice(1, -1)), `${args.join(' ')} holds the value unchanged`);
   }
 });
