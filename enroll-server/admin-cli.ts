@@ -15,6 +15,7 @@ import { AdminClient, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { parseDuration } from './duration.js';
 import { writeFileAtomic } from './files.js';
+import { DEVICE_ID } from './http/schemas.js';
 import { verifyChain } from './store/audit-chain.js';
 
 const USAGE = `usage: edgeid-admin COMMAND [options]
@@ -206,6 +207,10 @@ async function run(argv: string[], o: Output): Promise<number> {
   };
   const deviceArg = (x: string | undefined) => {
     if (!x) throw new UsageError('a device id is required');
+    // the server's own pattern: a placeholder or a device name is a usage mistake, said as one
+    if (!new RegExp(DEVICE_ID.pattern).test(x)) {
+      throw new UsageError(`"${x}" is not a device id: ids look like dev-0123456789abcdef (edgeid-admin devices list shows them)`);
+    }
     return x;
   };
 

@@ -43,6 +43,10 @@ test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no serv
     [['device', 'frob', 'dev-0123456789abcdef'], /device show ID/],
     [['revoke', 'dev-0123456789abcdef', '--reason', 'bored'], /--reason must be one of/],
     [['retire'], /a device id is required/],
+    // the README's placeholder typed as is: named as not a device id, not a schema message from the server
+    [['device', 'show', 'DEVICE_ID'], /"DEVICE_ID" is not a device id: ids look like dev-/],
+    [['revoke', 'DEVICE_ID', '--reason', 'key-compromise'], /is not a device id/],
+    [['renew-now', 'plc-gw-17'], /"plc-gw-17" is not a device id/],
     [['token', 'create', '--zone', 'default'], /--owner is required/],
     [['token', 'create', '--zone', 'default', '--owner', 'ops', '--ttl', 'forever'], /--ttl forever is not a duration/],
   ];
