@@ -4,7 +4,8 @@
  * Server URL, admin token and CA come from --server/--admin-token/--ca, from EDGEID_SERVER /
  * EDGEID_ADMIN_TOKEN / EDGEID_CA, or — on the server's host — from its data dir (--data, default ./data).
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import QRCode from 'qrcode';
 import type { AuditRow, AuditVerifyResult, DeviceView, TokenCreateResponse, TokenView } from '../protocol/api.js';
@@ -80,6 +81,20 @@ function need(flags: Flags, name: string): string {
 }
 
 class UsageError extends Error {}
+
+/**
+ * Fails unless FILE can be created: checked before the server is asked, so that a mistyped path
+ * does not leave a token (or any other result) created on the server and never shown.
+ */
+function checkWritable(flag: string, file: string): void {
+  const dir = dirname(resolve(file));
+  try {
+    if (!statSync(dir).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    accessSync(dir, constants.W_OK);
+  } catch (e) {
+    throw new Error(`--${flag} ${file}: cannot create a file in ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`);
+  }
+}
 
 function showDevice(d: DeviceView): string {
   const p = (v: unknown) => (v === null || v === undefined ? '-' : printable(v));
@@ -166,7 +181,10 @@ async function run(argv: string[], o: Output): Promise<number> {
   const key = [cmd, sub].filter(Boolean).join(' ');
   // --out FILE takes the result of every command (broker config's --out is its directory); the
   // document may hold a token, so 0600 — only the CA chain, which is public, is 0644
-  if (typeof flags.out === 'string' && key !== 'broker config') o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
+  if (typeof flags.out === 'string' && key !== 'broker config') {
+    checkWritable('out', flags.out);
+    o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
+  }
   /** The command's one stdout document: JSON with --json, else the human text. */
   const emit = (json: unknown, human: () => string) => {
     o.result = flags.json ? jsonText(json, 2) + '\n' : human() + '\n';
@@ -222,6 +240,7 @@ async function run(argv: string[], o: Output): Promise<number> {
         if (s === null) throw new UsageError(`--ttl ${flags.ttl} is not a duration like 30m, 8h, 7d`);
         ttlSeconds = Math.round(s);
       }
+      if (typeof flags.png === 'string') checkWritable('png', flags.png);
       const res = await client.request<TokenCreateResponse>('POST', '/v1/admin/tokens', {
         zone: need(flags, 'zone'),
         owner: need(flags, 'owner'),
@@ -231,7 +250,11 @@ async function run(argv: string[], o: Output): Promise<number> {
       });
       if (typeof flags.png === 'string') {
         // the QR code is the whole token: a secret file, 0600 whatever the umask or an earlier file's mode
-        writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
+        try {
+          writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
+        } catch (e) {
+          throw new Error(`token ${res.id} was created, but its QR code could not be written to ${flags.png}: ${(e as Error).message} (the token stays unused until ${res.expiresAt})`);
+        }
         o.notes.push(`QR code written to ${flags.png} (mode 0600)`);
       }
       // The URI is the token: it is repeated on stderr only to a person at a terminal. A stderr that

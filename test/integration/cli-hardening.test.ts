@@ -117,3 +117,20 @@ test('edgeid-admin --json and audit export: device-supplied C1 and bidi controls
     assert.ok(all.includes(JSON.stringify(args[0] === 'audit' || args[0] === 'tokens' ? name : version).slice(1, -1)), `${args.join(' ')} holds the value unchanged`);
   }
 });
+
+test('edgeid-admin token create: a --png or --out path that cannot be written creates no token', { timeout: 180_000 }, async (t) => {
+  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  const srv = await startServerProcess(undefined, { dataDir: path.join(work, 'data'), keepData: true });
+  t.after(() => srv.stop());
+  const admin = (args: string[]) => runCli('edgeid-admin', [...args, '--data', srv.dataDir], { cwd: work });
+  const count = async () => (JSON.parse((await admin(['tokens', 'list', '--json'])).stdout.toString('utf8')) as unknown[]).length;
+  const before = await count();
+  for (const flag of ['--png', '--out']) {
+    const r = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', flag, path.join(work, 'no-such-dir', 'token.x')]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`${flag} .*token\\.x: cannot create a file in .*no-such-dir \\(ENOENT\\); nothing was done`));
+    assert.equal(r.stdout.length, 0);
+  }
+  assert.equal(await count(), before, 'no token was created on the server');
+});
