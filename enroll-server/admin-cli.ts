@@ -91,8 +91,10 @@ function checkWritable(flag: string, file: string): void {
   try {
     if (!statSync(dir).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
     accessSync(dir, constants.W_OK);
+    // the file is replaced by a rename, which cannot replace a directory
+    if (statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
   } catch (e) {
-    throw new Error(`--${flag} ${file}: cannot create a file in ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`);
+    throw new Error(`--${flag} ${file}: cannot create that file in ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`);
   }
 }
 

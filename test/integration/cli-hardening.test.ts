@@ -129,8 +129,12 @@ test('edgeid-admin token create: a --png or --out path that cannot be written cr
   for (const flag of ['--png', '--out']) {
     const r = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', flag, path.join(work, 'no-such-dir', 'token.x')]);
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, new RegExp(`${flag} .*token\\.x: cannot create a file in .*no-such-dir \\(ENOENT\\); nothing was done`));
+    assert.match(r.stderr, new RegExp(`${flag} .*token\\.x: cannot create that file in .*no-such-dir \\(ENOENT\\); nothing was done`));
     assert.equal(r.stdout.length, 0);
+    // a directory where the file should go (a rename cannot replace it)
+    const dir = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', flag, work]);
+    assert.equal(dir.code, 1, dir.stderr);
+    assert.match(dir.stderr, /cannot create that file in .* \(EISDIR\); nothing was done/);
   }
   assert.equal(await count(), before, 'no token was created on the server');
 });
