@@ -198,11 +198,16 @@ async function run(argv: string[], o: Output): Promise<number> {
       .split('\n')
       .filter((l) => l.trim())
       .map((l, i) => {
+        let row: unknown;
         try {
-          return JSON.parse(l) as AuditRow;
+          row = JSON.parse(l);
         } catch {
           throw new Error(`${flags.file}: line ${i + 1} is not JSON`);
         }
+        if (typeof row !== 'object' || row === null || Array.isArray(row) || typeof (row as { seq?: unknown }).seq !== 'number') {
+          throw new Error(`${flags.file}: line ${i + 1} is not an audit row (an object with a numeric seq, as audit export writes)`);
+        }
+        return row as AuditRow;
       });
     const res = verifyChain(rows, null);
     emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq}: ${printable(res.problem!.detail)}`));

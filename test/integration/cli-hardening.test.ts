@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startServerProcess } from '../helpers/server.js';
@@ -137,4 +137,18 @@ test('edgeid-admin token create: a --png or --out path that cannot be written cr
     assert.match(dir.stderr, /cannot create that file in .* \(EISDIR\); nothing was done/);
   }
   assert.equal(await count(), before, 'no token was created on the server');
+});
+
+test('edgeid-admin audit verify --file: a file of JSON values that are not audit rows is named as such, not a TypeError', { timeout: 120_000 }, async (t) => {
+  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  for (const [i, text] of ['null\n', '[1,2]\n', '{"seq":1}\n"x"\n', '{"seq":"1"}\n'].entries()) {
+    const file = path.join(work, `rows-${i}.jsonl`);
+    await writeFile(file, text);
+    const r = await runCli('edgeid-admin', ['audit', 'verify', '--file', file, '--json'], { cwd: work });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /line \d is not an audit row/, JSON.stringify(text));
+    assert.doesNotMatch(r.stderr, /Cannot read properties|TypeError/);
+    assert.equal(r.stdout.length, 0, 'no half document on stdout');
+  }
 });
