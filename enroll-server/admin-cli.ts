@@ -16,7 +16,7 @@ import { AdminClient, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { parseDuration } from './duration.js';
 import { writeFileAtomic } from './files.js';
-import { DEVICE_ID } from './http/schemas.js';
+import { DEVICE_ID, devicesQuery } from './http/schemas.js';
 import { verifyChain } from './store/audit-chain.js';
 
 const USAGE = `usage: edgeid-admin COMMAND [options]
@@ -27,6 +27,7 @@ commands:
                                        on a terminal only, or wherever --qr asks for it
   tokens list [--json]
   devices list [--stale] [--status S] [--zone Z] [--json]
+                                       states: ${devicesQuery.properties.status.enum.join(', ')}
   device show ID [--json]
   revoke ID --reason R [--json]        reasons: ${REVOKE_REASONS.join(', ')}
   approve-baseline ID [--json]
@@ -300,7 +301,11 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'devices list': {
       const q = new URLSearchParams();
       if (flags.stale) q.set('stale', 'true');
-      if (typeof flags.status === 'string') q.set('status', flags.status);
+      if (typeof flags.status === 'string') {
+        const states = devicesQuery.properties.status.enum;
+        if (!states.includes(flags.status)) throw new UsageError(`--status must be one of ${states.join(', ')}`);
+        q.set('status', flags.status);
+      }
       if (typeof flags.zone === 'string') q.set('zone', flags.zone);
       const { devices } = await client.request<{ devices: DeviceView[] }>('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`);
       emit(devices, () =>

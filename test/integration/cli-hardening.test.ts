@@ -47,6 +47,7 @@ test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no serv
     [['device', 'show', 'DEVICE_ID'], /"DEVICE_ID" is not a device id: ids look like dev-/],
     [['revoke', 'DEVICE_ID', '--reason', 'key-compromise'], /is not a device id/],
     [['renew-now', 'plc-gw-17'], /"plc-gw-17" is not a device id/],
+    [['devices', 'list', '--status', 'bogus'], /--status must be one of active, quarantined, revoked, retired/],
     [['token', 'create', '--zone', 'default'], /--owner is required/],
     [['token', 'create', '--zone', 'default', '--owner', 'ops', '--ttl', 'forever'], /--ttl forever is not a duration/],
   ];
