@@ -184,10 +184,12 @@ async function run(argv: string[], o: Output): Promise<number> {
   const key = [cmd, sub].filter(Boolean).join(' ');
   // --out FILE takes the result of every command (broker config's --out is its directory); the
   // document may hold a token, so 0600 — only the CA chain, which is public, is 0644
-  if (typeof flags.out === 'string' && key !== 'broker config') {
-    checkWritable('out', flags.out);
-    o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
-  }
+  if (typeof flags.out === 'string' && key !== 'broker config') o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
+  // checks of the files a result goes to, run after the arguments are checked and before the
+  // server is asked (a mistyped path must not leave a token created on the server and never shown)
+  const beforeServer: (() => void)[] = [];
+  const outFile = o.outFile;
+  if (outFile) beforeServer.push(() => checkWritable('out', outFile.path));
   /** The command's one stdout document: JSON with --json, else the human text. */
   const emit = (json: unknown, human: () => string) => {
     o.result = flags.json ? jsonText(json, 2) + '\n' : human() + '\n';
@@ -220,6 +222,7 @@ async function run(argv: string[], o: Output): Promise<number> {
   let target: AdminClient | undefined;
   const client = {
     request: <T>(...args: Parameters<AdminClient['request']>): Promise<T> => {
+      for (const check of beforeServer.splice(0)) check();
       target ??= new AdminClient(
         resolveTarget({
           ...(typeof flags.server === 'string' ? { server: flags.server } : {}),
@@ -248,7 +251,8 @@ async function run(argv: string[], o: Output): Promise<number> {
         if (s === null) throw new UsageError(`--ttl ${flags.ttl} is not a duration like 30m, 8h, 7d`);
         ttlSeconds = Math.round(s);
       }
-      if (typeof flags.png === 'string') checkWritable('png', flags.png);
+      const png = flags.png;
+      if (typeof png === 'string') beforeServer.push(() => checkWritable('png', png));
       const res = await client.request<TokenCreateResponse>('POST', '/v1/admin/tokens', {
         zone: need(flags, 'zone'),
         owner: need(flags, 'owner'),

@@ -48,6 +48,9 @@ test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no serv
     [['revoke', 'DEVICE_ID', '--reason', 'key-compromise'], /is not a device id/],
     [['renew-now', 'plc-gw-17'], /"plc-gw-17" is not a device id/],
     [['devices', 'list', '--status', 'bogus'], /--status must be one of active, quarantined, revoked, retired/],
+    // the argument mistake is named first, before an unwritable output path
+    [['token', 'create', '--zone', 'default', '--png', '/nonexistent-dir/q.png'], /--owner is required/],
+    [['frobnicate', '--out', '/nonexistent-dir/x'], /unknown command: frobnicate/],
     [['token', 'create', '--zone', 'default'], /--owner is required/],
     [['token', 'create', '--zone', 'default', '--owner', 'ops', '--ttl', 'forever'], /--ttl forever is not a duration/],
   ];
