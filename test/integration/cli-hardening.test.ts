@@ -14,7 +14,7 @@ import { runCli, seedDataDir } from './cli-env.js';
 // any control character but the newline: C0, DEL, C1 (ECMA-48 §5), bidi controls (Unicode TR #9)
 const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
-test('help and usage text of both CLIs hold no control character (no raw ESC on a terminal)', { timeout: 120_000 }, async (t) => {
+test('help and usage text of both CLIs hold no control character (no raw ESC on a terminal)', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   const help = await runCli('edgeid-admin', ['--help'], { cwd: work });
@@ -33,7 +33,7 @@ test('help and usage text of both CLIs hold no control character (no raw ESC on 
   }
 });
 
-test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no server is configured', { timeout: 120_000 }, async (t) => {
+test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no server is configured', { timeout: 600_000 }, async (t) => {
   // a workstation: no ./data, no EDGEID_* variables
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
   t.after(() => rm(work, { recursive: true, force: true }));
@@ -67,7 +67,7 @@ test('edgeid-admin: a usage mistake is a usage error (exit 2) also where no serv
   assert.match(r.stderr, /admin_server_unreachable: no server URL/);
 });
 
-test('edgeid-admin token create: the token (in its URI) stays off a stderr that is not a terminal', { timeout: 180_000 }, async (t) => {
+test('edgeid-admin token create: the token (in its URI) stays off a stderr that is not a terminal', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   const srv = await startServerProcess(undefined, { dataDir: path.join(work, 'data'), keepData: true });
@@ -95,7 +95,7 @@ test('edgeid-admin token create: the token (in its URI) stays off a stderr that 
   }
 });
 
-test('edgeid-admin --json and audit export: device-supplied C1 and bidi controls are \\u escapes, not raw bytes', { timeout: 180_000 }, async (t) => {
+test('edgeid-admin --json and audit export: device-supplied C1 and bidi controls are \\u escapes, not raw bytes', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   // CSI and OSC as 8-bit C1 controls (ECMA-48 §5.3), a right-to-left override, DEL: JSON.stringify
@@ -122,7 +122,7 @@ test('edgeid-admin --json and audit export: device-supplied C1 and bidi controls
   }
 });
 
-test('edgeid-admin token create: a --png or --out path that cannot be written creates no token', { timeout: 180_000 }, async (t) => {
+test('edgeid-admin token create: a --png or --out path that cannot be written creates no token', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   const srv = await startServerProcess(undefined, { dataDir: path.join(work, 'data'), keepData: true });
@@ -143,7 +143,7 @@ test('edgeid-admin token create: a --png or --out path that cannot be written cr
   assert.equal(await count(), before, 'no token was created on the server');
 });
 
-test('edgeid-admin audit verify --file: a file of JSON values that are not audit rows is named as such, not a TypeError', { timeout: 120_000 }, async (t) => {
+test('edgeid-admin audit verify --file: a file of JSON values that are not audit rows is named as such, not a TypeError', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   for (const [i, text] of ['null\n', '[1,2]\n', '{"seq":1}\n"x"\n', '{"seq":"1"}\n'].entries()) {
