@@ -4,14 +4,16 @@
  * Server URL, admin token and CA come from --server/--admin-token/--ca, from EDGEID_SERVER /
  * EDGEID_ADMIN_TOKEN / EDGEID_CA, or — on the server's host — from its data dir (--data, default ./data).
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import QRCode from 'qrcode';
+import type { Static, TSchema } from 'typebox';
 import type { AuditRow, DeviceView } from '../protocol/api.js';
 import * as W from '../protocol/api.js';
 import { REVOKE_REASONS } from '../protocol/api.js';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
-import { colourEnabled, flush, printable } from '../protocol/terminal.js';
+import { colourEnabled, flush, jsonText, printable } from '../protocol/terminal.js';
 import { AdminClient, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { parseDuration } from './duration.js';
@@ -26,6 +28,7 @@ commands:
                                        on a terminal only, or wherever --qr asks for it
   tokens list [--json]
   devices list [--stale] [--status S] [--zone Z] [--json]
+                                       states: ${W.DEVICE_STATUSES.join(', ')}
   device show ID [--json]
   revoke ID --reason R [--json]        reasons: ${REVOKE_REASONS.join(', ')}
   approve-baseline ID [--json]
@@ -49,7 +52,7 @@ output:
   else text (audit export: JSON lines); --out FILE writes that result to FILE (0600) instead
   (broker config: --out is its directory). Messages, hints and errors go to stderr. Colour and
   QR blocks only on a terminal, never with NO_COLOR set. Device-supplied text is shown with its
-  control characters escaped (\x1b).
+  control characters escaped (\\x1b).
 exit codes: 0 ok, 1 failed (or the result could not be written), 2 usage error`;
 
 type Flags = Record<string, string | boolean | string[] | undefined>;
@@ -80,6 +83,22 @@ function need(flags: Flags, name: string): string {
 }
 
 class UsageError extends Error {}
+
+/**
+ * Fails unless FILE can be created: checked before the server is asked, so that a mistyped path
+ * does not leave a token (or any other result) created on the server and never shown.
+ */
+function checkWritable(flag: string, file: string): void {
+  const dir = dirname(resolve(file));
+  try {
+    if (!statSync(dir).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    accessSync(dir, constants.W_OK);
+    // the file is replaced by a rename, which cannot replace a directory
+    if (statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+  } catch (e) {
+    throw new Error(`--${flag} ${file}: cannot create that file in ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`);
+  }
+}
 
 function showDevice(d: DeviceView): string {
   const p = (v: unknown) => (v === null || v === undefined ? '-' : printable(v));
@@ -167,9 +186,14 @@ async function run(argv: string[], o: Output): Promise<number> {
   // --out FILE takes the result of every command (broker config's --out is its directory); the
   // document may hold a token, so 0600 — only the CA chain, which is public, is 0644
   if (typeof flags.out === 'string' && key !== 'broker config') o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
+  // checks of the files a result goes to, run after the arguments are checked and before the
+  // server is asked (a mistyped path must not leave a token created on the server and never shown)
+  const beforeServer: (() => void)[] = [];
+  const outFile = o.outFile;
+  if (outFile) beforeServer.push(() => checkWritable('out', outFile.path));
   /** The command's one stdout document: JSON with --json, else the human text. */
   const emit = (json: unknown, human: () => string) => {
-    o.result = flags.json ? JSON.stringify(json, null, 2) + '\n' : human() + '\n';
+    o.result = flags.json ? jsonText(json, 2) + '\n' : human() + '\n';
   };
 
   // offline: verify an exported audit file without any server
@@ -178,27 +202,48 @@ async function run(argv: string[], o: Output): Promise<number> {
       .split('\n')
       .filter((l) => l.trim())
       .map((l, i) => {
+        let row: unknown;
         try {
-          return JSON.parse(l) as AuditRow;
+          row = JSON.parse(l);
         } catch {
           throw new Error(`${flags.file}: line ${i + 1} is not JSON`);
         }
+        if (typeof row !== 'object' || row === null || Array.isArray(row) || typeof (row as { seq?: unknown }).seq !== 'number') {
+          throw new Error(`${flags.file}: line ${i + 1} is not an audit row (an object with a numeric seq, as audit export writes)`);
+        }
+        return row as AuditRow;
       });
     const res = verifyChain(rows, null);
     emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq}: ${printable(res.problem!.detail)}`));
     return res.ok ? 0 : 1;
   }
 
-  const client = new AdminClient(
-    resolveTarget({
-      ...(typeof flags.server === 'string' ? { server: flags.server } : {}),
-      ...(typeof flags['admin-token'] === 'string' ? { adminToken: flags['admin-token'] } : {}),
-      ...(typeof flags.ca === 'string' ? { ca: flags.ca } : {}),
-      ...(typeof flags.data === 'string' ? { data: flags.data } : {}),
-    }),
-  );
+  // resolved on first use, after the command and its arguments are checked: a usage mistake is a
+  // usage error (exit 2) also where no server is configured
+  let target: AdminClient | undefined;
+  const connect = (): AdminClient => {
+    for (const check of beforeServer.splice(0)) check();
+    target ??= new AdminClient(
+      resolveTarget({
+        ...(typeof flags.server === 'string' ? { server: flags.server } : {}),
+        ...(typeof flags['admin-token'] === 'string' ? { adminToken: flags['admin-token'] } : {}),
+        ...(typeof flags.ca === 'string' ? { ca: flags.ca } : {}),
+        ...(typeof flags.data === 'string' ? { data: flags.data } : {}),
+      }),
+    );
+    return target;
+  };
+  const client = {
+    request: <S extends TSchema>(method: 'GET' | 'POST', p: string, body: unknown, response: S): Promise<Static<S>> =>
+      connect().request(method, p, body, response),
+    raw: (method: 'GET' | 'POST', p: string, opts: { auth?: boolean } = {}): Promise<Buffer> => connect().raw(method, p, opts),
+  };
   const deviceArg = (x: string | undefined) => {
     if (!x) throw new UsageError('a device id is required');
+    // the server's own pattern: a placeholder or a device name is a usage mistake, said as one
+    if (!new RegExp(W.DEVICE_ID_PATTERN).test(x)) {
+      throw new UsageError(`"${x}" is not a device id: ids look like dev-0123456789abcdef (edgeid-admin devices list shows them)`);
+    }
     return x;
   };
 
@@ -210,6 +255,8 @@ async function run(argv: string[], o: Output): Promise<number> {
         if (s === null) throw new UsageError(`--ttl ${flags.ttl} is not a duration like 30m, 8h, 7d`);
         ttlSeconds = Math.round(s);
       }
+      const png = flags.png;
+      if (typeof png === 'string') beforeServer.push(() => checkWritable('png', png));
       const req: W.TokenCreateRequest = {
         zone: need(flags, 'zone'),
         owner: need(flags, 'owner'),
@@ -220,10 +267,20 @@ async function run(argv: string[], o: Output): Promise<number> {
       const res = await client.request('POST', '/v1/admin/tokens', req, W.TokenCreateResponse);
       if (typeof flags.png === 'string') {
         // the QR code is the whole token: a secret file, 0600 whatever the umask or an earlier file's mode
-        writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
+        try {
+          writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
+        } catch (e) {
+          throw new Error(`token ${res.id} was created, but its QR code could not be written to ${flags.png}: ${(e as Error).message} (the token stays unused until ${res.expiresAt})`);
+        }
         o.notes.push(`QR code written to ${flags.png} (mode 0600)`);
       }
-      o.notes.push(`on the device: edgeid-agent enroll --uri '${res.uri}'`);
+      // The URI is the token: it is repeated on stderr only to a person at a terminal. A stderr that
+      // is a pipe or a file is usually a log (CI, cron, systemd), and a secret never goes to a log.
+      o.notes.push(
+        process.stderr.isTTY && !o.outFile
+          ? `on the device: edgeid-agent enroll --uri '${printable(res.uri)}'`
+          : `on the device: edgeid-agent enroll --uri 'URI', URI being the result's uri (the token is not repeated on a stderr that is not a terminal)`,
+      );
       if (flags.json) {
         emit({ token: res.token, uri: res.uri, expiresAt: res.expiresAt, id: res.id, zone: res.zone, owner: res.owner, caFingerprint: res.caFingerprint }, () => '');
         return 0;
@@ -253,7 +310,11 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'devices list': {
       const q = new URLSearchParams();
       if (flags.stale) q.set('stale', 'true');
-      if (typeof flags.status === 'string') q.set('status', flags.status);
+      if (typeof flags.status === 'string') {
+        const states: readonly string[] = W.DEVICE_STATUSES;
+        if (!states.includes(flags.status)) throw new UsageError(`--status must be one of ${states.join(', ')}`);
+        q.set('status', flags.status);
+      }
       if (typeof flags.zone === 'string') q.set('zone', flags.zone);
       const { devices } = await client.request('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`, undefined, W.DeviceList);
       emit(devices, () =>
@@ -298,7 +359,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       let after = 0;
       for (;;) {
         const { rows } = await client.request('GET', `/v1/admin/audit?after=${after}&limit=5000`, undefined, W.AuditExport);
-        for (const r of rows) lines.push(JSON.stringify(r));
+        for (const r of rows) lines.push(jsonText(r));
         if (rows.length < 5000) break;
         after = rows[rows.length - 1]!.seq;
       }
@@ -314,7 +375,7 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'ca export': {
       const pem = (await client.raw('GET', '/v1/ca', { auth: false })).toString('utf8');
-      o.result = flags.json ? JSON.stringify({ chain: pem }, null, 2) + '\n' : pem;
+      o.result = flags.json ? jsonText({ chain: pem }, 2) + '\n' : pem;
       return 0;
     }
     case 'broker config': {

@@ -33,7 +33,8 @@ const NullableStr = Nullable(Type.String());
 const AnyObject = Type.Unsafe<Record<string, unknown>>({ type: 'object', additionalProperties: true });
 const StringMap = Type.Unsafe<Record<string, string>>({ type: 'object', additionalProperties: { type: 'string' } });
 
-export const DeviceId = Type.String({ pattern: '^dev-[0-9a-f]{16}$' });
+export const DEVICE_ID_PATTERN = '^dev-[0-9a-f]{16}$';
+export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN });
 const NonceB64 = Type.String({ minLength: 44, maxLength: 44, pattern: '^[A-Za-z0-9+/]{43}=$' });
 const ZoneName = Type.String({ minLength: 1, maxLength: 63 });
 

@@ -26,6 +26,19 @@ export function printable(value: unknown): string {
   return String(value).replace(UNSAFE, escapeChar);
 }
 
+// JSON.stringify escapes only C0 controls (RFC 8259 §7): DEL, C1 and the bidi/separator controls
+// above would reach a terminal raw from `--json` output or `audit export`.
+const UNSAFE_IN_JSON = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * JSON.stringify(value, null, space) with every control character that `printable` escapes written
+ * as a `\uXXXX` escape. Outside strings JSON text holds only ASCII, so this is the same document to
+ * any parser, and inert on a terminal.
+ */
+export function jsonText(value: unknown, space?: number): string {
+  return JSON.stringify(value, null, space).replace(UNSAFE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** True when `stream` is a terminal that may receive colour (and QR block graphics in colour). */
 export function colourEnabled(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv = process.env): boolean {
   if (!stream.isTTY) return false;

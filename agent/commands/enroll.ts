@@ -9,7 +9,7 @@ import { StateStore } from '../state/store.js';
 import { DEFAULT_TCTI, Tpm } from '../tpm/index.js';
 import { flushLeftoverObjects } from '../tpm-support.js';
 import { defaultConfig, type AgentConfig } from '../config.js';
-import { printable } from '../../protocol/terminal.js';
+import { jsonText, printable } from '../../protocol/terminal.js';
 import { COMMON_OPTIONS, COMMON_USAGE, makeLogger, resolveConfig, wantsSentences } from './common.js';
 import { UsageError, type AgentCommand } from './types.js';
 
@@ -91,7 +91,7 @@ export const enrollCommand: AgentCommand = {
       const state = await enroll({ store, tpm, log, config, posture: new PostureCollector({ config }) }, params);
       const c = state.certificate!;
       const result = { deviceId: state.device!.id, zone: state.device!.zone, serial: c.serial, notAfter: c.notAfter, mqtt: state.mqtt?.url ?? null, stateDir: config.stateDir };
-      if (values.json) io.out.write(`${JSON.stringify(result, null, 2)}\n`);
+      if (values.json) io.out.write(`${jsonText(result, 2)}\n`);
       else {
         io.out.write(
           `enrolled as ${printable(result.deviceId)} (zone ${printable(result.zone)})\n` +

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { AgentStatus } from '../agent.js';
 import { StateStore } from '../state/store.js';
-import { printable } from '../../protocol/terminal.js';
+import { jsonText, printable } from '../../protocol/terminal.js';
 import { AGENT_VERSION } from '../version.js';
 import { COMMON_OPTIONS, COMMON_USAGE, resolveConfig } from './common.js';
 import { UsageError, type AgentCommand } from './types.js';
@@ -131,7 +131,7 @@ export const statusCommand: AgentCommand = {
     }
     const config = resolveConfig(values);
     const s = await collectStatus(config.stateDir);
-    io.out.write(values.json ? `${JSON.stringify(s, null, 2)}\n` : renderStatus(s));
+    io.out.write(values.json ? `${jsonText(s, 2)}\n` : renderStatus(s));
     // the report is printed either way; "not enrolled" is a failed check for a script
     return s.enrolled ? 0 : 1;
   },

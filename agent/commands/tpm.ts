@@ -8,7 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { isEdgeidError } from '../../protocol/errors/index.js';
-import { printable } from '../../protocol/terminal.js';
+import { jsonText, printable } from '../../protocol/terminal.js';
 import { TPM_ALG, parsePublic, verifyQuote, type PcrSelection } from '../../protocol/tpm/index.js';
 import { Tpm, type EkKind, type EndorsementKey, type TpmInfo } from '../tpm/index.js';
 import { tpm2ToolsPcrsFile } from '../tpm/tpm2-tools.js';
@@ -108,7 +108,7 @@ async function info(args: string[], io: CommandIo): Promise<number> {
     }
     const transientObjects = await tpm.transientHandleCount();
     if (values.json) {
-      io.out.write(`${JSON.stringify({ tcti: tpm.tcti, ...tpmInfo, endorsementKeys, transientObjects }, null, 2)}\n`);
+      io.out.write(`${jsonText({ tcti: tpm.tcti, ...tpmInfo, endorsementKeys, transientObjects }, 2)}\n`);
       return 0;
     }
     const lines = [

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { colourEnabled, printable } from '../../protocol/terminal.js';
+import { colourEnabled, jsonText, printable } from '../../protocol/terminal.js';
 import { renderStatus, type StatusReport } from '../../agent/commands/status.js';
 import { nextStep } from '../../agent/commands/enroll.js';
 import { defaultConfig } from '../../agent/config.js';
@@ -21,6 +21,21 @@ test('printable turns OSC 52, CSI erase, C1 controls and bidi overrides into vis
   fc.assert(
     fc.property(fc.string({ unit: 'binary' }), (s) => {
       assert.doesNotMatch(printable(s), CONTROL);
+    }),
+  );
+});
+
+test('jsonText: the same document as JSON.stringify to a parser, with no raw control character for a terminal', () => {
+  const hostile = { agentVersion: '1.0\x9b2J\x9d52;c;ZWRnZWlk\x07\u202eevil\x7f', nested: ['\u2066x\u2069', 'a\\\x85'] };
+  const text = jsonText(hostile, 2);
+  assert.doesNotMatch(text.replace(/\n/g, ''), CONTROL);
+  assert.ok(text.includes('1.0\\u009b2J\\u009d52'), 'C1 controls are \\u escapes');
+  assert.deepEqual(JSON.parse(text), hostile);
+  fc.assert(
+    fc.property(fc.jsonValue(), fc.string({ unit: 'binary' }), (v, s) => {
+      const doc = { v, s };
+      assert.doesNotMatch(jsonText(doc), CONTROL);
+      assert.deepEqual(JSON.parse(jsonText(doc)), JSON.parse(JSON.stringify(doc)));
     }),
   );
 });
