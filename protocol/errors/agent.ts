@@ -77,6 +77,11 @@ export const agentErrors = defineErrors({
     message: 'The durable MQTT outbox cannot be written.',
     fix: 'Check free space and permissions of the state directory.',
   },
+  outbox_message_too_large: {
+    status: 400,
+    message: 'A message is larger than the whole outbox (outbox.maxBytes); it was refused and nothing else was changed.',
+    fix: 'Send smaller messages (split them), or raise outbox.maxBytes in the agent config.',
+  },
 
   control_malformed: { status: 400, message: 'A control command is not a well-formed signed envelope.', fix: forgedControl },
   control_bad_signature: { status: 400, message: 'A control command signature does not verify.', fix: forgedControl },
