@@ -37,6 +37,16 @@ export const agentErrors = defineErrors({
     message: 'The state directory cannot be created, locked or written.',
     fix: 'Check that the directory (default /var/lib/edgeid) is on a writable filesystem and owned by the agent user; with systemd, check ReadWritePaths.',
   },
+  state_owner_mismatch: {
+    status: 409,
+    message: "The state directory, or a file in it, is not owned by the user the agent runs as; the agent does not trust it.",
+    fix: "Run the agent as the directory's owner (systemd: User=edgeid). If someone else wrote there, check the files, then remove them or wipe and enroll again; otherwise chown -R the directory to the agent user.",
+  },
+  state_parent_unsafe: {
+    status: 409,
+    message: 'The directory containing the state directory lets another user rename or replace it (writable by group/others without the sticky bit, or owned by another user).',
+    fix: "Make the parent owned by root or the agent user and not group/other-writable (chmod go-w), or put the state directory under /var/lib (default /var/lib/edgeid).",
+  },
   state_locked: {
     status: 409,
     message: 'Another edgeid-agent process is using this state directory.',
