@@ -41,6 +41,8 @@ export interface IdentityDeps {
   posture: PostureCollector;
   log: Logger;
   config: AgentConfig;
+  /** Ends every request to the server at once (the agent stopping or wiping). */
+  signal?: AbortSignal;
 }
 
 export interface EnrollParams {
@@ -67,9 +69,9 @@ function b64(b: Buffer): string {
   return b.toString('base64');
 }
 
-export function clientFor(state: AgentState, config: AgentConfig): ServerClient {
+export function clientFor(state: AgentState, config: AgentConfig, signal?: AbortSignal): ServerClient {
   if (!state.server.rootPem) throw new EdgeidError('state_corrupt', 'the state has no pinned server CA certificate');
-  return new ServerClient(state.server.url, { caPem: state.server.rootPem, timeoutMs: config.httpTimeoutMs });
+  return new ServerClient(state.server.url, { caPem: state.server.rootPem, timeoutMs: config.httpTimeoutMs, ...(signal ? { signal } : {}) });
 }
 
 /** Checks an issuing response against what we asked for and the pinned root, and makes the certificate record. */
@@ -160,7 +162,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
   const { store, tpm, log, posture } = deps;
   const pending = state.pendingEnrollment;
   if (!pending || !state.ak) throw new EdgeidError('not_enrolled');
-  const client = clientFor(state, deps.config);
+  const client = clientFor(state, deps.config, deps.signal);
   try {
     const ak = await store.readKey('ak');
     const ek = await tpm.endorsementKey();
@@ -242,7 +244,7 @@ async function challenge(client: ServerClient, state: AgentState): Promise<NonNu
 
 /** One renewal (R1 → R2). Throws an EdgeidError with the server's or the agent's reason code. */
 export async function renewCertificate(deps: IdentityDeps, state: AgentState, reason: string): Promise<RenewalOutcome> {
-  const client = clientFor(state, deps.config);
+  const client = clientFor(state, deps.config, deps.signal);
   try {
     return await renewWith(deps, state, client, reason);
   } finally {

@@ -62,6 +62,21 @@ export const agentErrors = defineErrors({
     message: 'The enrollment server cannot be reached.',
     fix: 'Check the server URL, DNS, routes and firewalls between the device and the server; the agent retries by itself.',
   },
+  server_timeout: {
+    status: 504,
+    message: 'The enrollment server did not send a complete answer within the time limit (httpTimeoutMs, the whole request).',
+    fix: 'Check the server and the network path (a proxy holding connections open?); the agent retries by itself with backoff.',
+  },
+  server_response_too_large: {
+    status: 502,
+    message: 'The enrollment server sent an answer larger than the agent accepts (1 MiB); it was refused unread.',
+    fix: 'Check that the server URL points at the edgeid server and not at another service or a broken proxy; the agent retries by itself.',
+  },
+  request_aborted: {
+    status: 503,
+    message: 'A request to the enrollment server was abandoned because the agent is stopping or wiping its identity.',
+    fix: 'Nothing to do: the agent does not wait on the network to stop.',
+  },
   server_fingerprint_mismatch: {
     status: 400,
     message: 'The server did not present the edgeid CA certificate whose fingerprint was pinned at enrollment.',
