@@ -113,11 +113,11 @@ function boundedRequest(
   options: https.RequestOptions,
   payload: Buffer | undefined,
   bounds: Bounds,
-): Promise<{ status: number; text: string }> {
+): Promise<{ status: number; text: string; date: string | undefined }> {
   return new Promise((resolve, reject) => {
     let settled = false;
     let req: ReturnType<typeof https.request> | undefined;
-    const finish = (err: Error | null, value?: { status: number; text: string }) => {
+    const finish = (err: Error | null, value?: { status: number; text: string; date: string | undefined }) => {
       if (settled) return;
       settled = true;
       clearTimeout(deadline);
@@ -150,7 +150,7 @@ function boundedRequest(
       });
       res.on('error', (e) => finish(e));
       res.on('aborted', () => finish(Object.assign(new Error('the server closed the connection mid-answer'), { code: 'ECONNRESET' })));
-      res.on('end', () => finish(null, { status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () => finish(null, { status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), date: res.headers.date }));
     });
     req.on('timeout', () => finish(Object.assign(new Error(`no data within ${bounds.deadlineMs} ms`), { code: 'ETIMEDOUT' })));
     req.on('error', (e) => finish(e));
@@ -213,6 +213,8 @@ export interface ServerClientOptions {
   maxResponseBytes?: number;
   /** Aborts every request of this client (the agent stopping or wiping must not wait on the network). */
   signal?: AbortSignal;
+  /** The agent's clock, to measure the server's clock against (default Date.now). */
+  now?: () => number;
 }
 
 /** JSON over HTTPS with the pinned CA as the only trust anchor; server errors become EdgeidErrors. */
@@ -221,6 +223,12 @@ export class ServerClient {
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
   private readonly signal: AbortSignal | undefined;
+  private readonly now: () => number;
+  /**
+   * Server clock minus agent clock, from the Date header (RFC 9110 §6.6.1, whole seconds) of the
+   * last answer, taken when it arrived; undefined before any answer or without the header.
+   */
+  serverClockOffsetMs: number | undefined;
   readonly base: URL;
 
   constructor(baseUrl: string, opts: ServerClientOptions) {
@@ -228,6 +236,7 @@ export class ServerClient {
     this.timeoutMs = opts.timeoutMs ?? 15_000;
     this.maxResponseBytes = opts.maxResponseBytes ?? MAX_RESPONSE_BYTES;
     this.signal = opts.signal;
+    this.now = opts.now ?? Date.now;
     this.agent = new https.Agent({ keepAlive: true, maxSockets: 2, ca: opts.caPem, rejectUnauthorized: true });
   }
 
@@ -246,7 +255,7 @@ export class ServerClient {
   private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const url = new URL(path, this.base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), 'utf8');
-    const { status, text } = await boundedRequest(
+    const { status, text, date } = await boundedRequest(
       url,
       {
         method,
@@ -259,6 +268,8 @@ export class ServerClient {
       payload,
       { deadlineMs: this.timeoutMs, maxBytes: this.maxResponseBytes, ...(this.signal ? { signal: this.signal } : {}) },
     );
+    const serverTime = date ? Date.parse(date) : NaN;
+    if (Number.isFinite(serverTime)) this.serverClockOffsetMs = serverTime - this.now();
     let json: unknown;
     try {
       json = text.length ? JSON.parse(text) : null;

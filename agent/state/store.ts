@@ -37,6 +37,10 @@ export interface CertificateRecord {
   notAfter: string;
   /** Generation of the session key (files session-N.*) whose public key the certificate carries. */
   sessionKey: number;
+  /** Server clock minus agent clock when it was issued (ms, from the answer's Date header). */
+  clockOffsetMs?: number;
+  /** Agent-clock time it arrived. */
+  receivedAt?: string;
 }
 
 export interface RenewalRecord {

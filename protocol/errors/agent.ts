@@ -97,6 +97,11 @@ export const agentErrors = defineErrors({
     message: 'A certificate renewal attempt failed.',
     fix: 'The agent retries with backoff; see the reason code in the log or `edgeid-agent status`.',
   },
+  mqtt_url_insecure: {
+    status: 400,
+    message: 'The MQTT broker URL (announced by the server or configured) is not a TLS URL; the agent refuses plaintext MQTT.',
+    fix: 'Set the broker URL to mqtts://host:port on the server (its mqtt.url) or in the agent config (mqtt.url).',
+  },
   outbox_unusable: {
     status: 500,
     message: 'The durable MQTT outbox cannot be written.',
