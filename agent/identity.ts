@@ -45,6 +45,8 @@ export interface IdentityDeps {
   signal?: AbortSignal;
   /** The agent's clock (default Date.now). */
   now?: () => number;
+  /** A long-lived client for the pinned server (the daemon keeps one); by default one per call. */
+  client?: ServerClient;
 }
 
 export interface EnrollParams {
@@ -249,6 +251,7 @@ async function challenge(client: ServerClient, state: AgentState): Promise<NonNu
 
 /** One renewal (R1 → R2). Throws an EdgeidError with the server's or the agent's reason code. */
 export async function renewCertificate(deps: IdentityDeps, state: AgentState, reason: string): Promise<RenewalOutcome> {
+  if (deps.client) return renewWith(deps, state, deps.client, reason);
   const client = clientFor(state, deps.config, deps.signal, deps.now);
   try {
     return await renewWith(deps, state, client, reason);

@@ -21,6 +21,7 @@
  * the systemd unit runs it, MQTT connected (heartbeat 1 s), against a real server issuing S-second
  * certificates (default 5) and swtpm, until it has renewed N times (≥ 500 to show a leak); RSS is
  * sampled at every renewal. Prints RSS by renewal count and the slope over the second half.
+ * `--plain`: plain `node`, without the unit's node flags and memory tunables.
  */
 import { execFile, spawn } from 'node:child_process';
 import { readFile, stat, writeFile } from 'node:fs/promises';
@@ -45,6 +46,7 @@ const RSS_SECONDS = Number(opt('--rss-seconds') ?? 60) || 60;
 const PREBUILT = opt('--bundle');
 const SOAK = opt('--soak') === undefined ? 0 : Number(opt('--soak'));
 const SOAK_LIFETIME = Number(opt('--lifetime') ?? 5) || 5;
+const SOAK_PLAIN = argv.includes('--plain');
 
 /** Node flags of the unit's ExecStart and its Environment= memory tunables (measured as shipped). */
 async function unitSettings(): Promise<{ nodeFlags: string[]; env: Record<string, string> }> {
@@ -248,7 +250,7 @@ async function soak(renewals: number): Promise<void> {
     const stateDir = path.join(work, 'state');
     const tok = await createToken(srv);
     await run(process.execPath, [bundle, 'enroll', '--uri', tok.uri, '--state', stateDir, '--tcti', t2.tcti]);
-    const unit = await unitSettings();
+    const unit = SOAK_PLAIN ? { nodeFlags: [], env: {} } : await unitSettings();
     const child = spawn(process.execPath, [...unit.nodeFlags, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, ...unit.env },
@@ -286,7 +288,7 @@ async function soak(renewals: number): Promise<void> {
   const half = samples.slice(Math.floor(samples.length / 2));
   const perHundred = slope(half.map((s) => s.renewal), half.map((s) => s.rss)) * 100;
   const anonPerHundred = slope(half.map((s) => s.renewal), half.map((s) => s.anon)) * 100;
-  console.log(`\n### Agent renewal soak (${renewals} renewals of ${SOAK_LIFETIME}-second certificates, bundled agent as the unit runs it, MQTT connected, Node ${process.version})\n`);
+  console.log(`\n### Agent renewal soak (${renewals} renewals of ${SOAK_LIFETIME}-second certificates, bundled agent ${SOAK_PLAIN ? 'with plain node' : 'as the unit runs it'}, MQTT connected, Node ${process.version})\n`);
   console.log('| renewals | elapsed | RSS | RssAnon |\n|---|---|---|---|');
   const marks = new Set([1, 10, 50, 100, 200, 300, 400, 500, renewals]);
   for (const s of samples) if (marks.has(s.renewal) || s.renewal % 250 === 0) console.log(`| ${s.renewal} | ${s.at.toFixed(0)} s | ${s.rss.toFixed(1)} MB | ${s.anon.toFixed(1)} MB |`);
