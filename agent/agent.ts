@@ -5,6 +5,15 @@
  *   const agent = await EdgeAgent.start({ config, log });
  *   await agent.publish('devices/<id>/telemetry', payload);   // durable, QoS 1
  *   const code = await agent.exited;                           // 0 after stop() or a wipe
+ *
+ * Exit codes: 0 after stop() or a signed wipe command; EXIT_IDENTITY_ENDED (10) after the server
+ * answered device_revoked or device_retired (the identity is wiped first; the systemd unit does not
+ * restart on it: RestartPreventExitStatus=10).
+ *
+ * Renewals run on a RenewalScheduler (schedule.ts) with the agent's Clock (options.clock; for
+ * integration tests EDGEID_TEST_CLOCK_OFFSET_MS): never lost, never closer than a floor, timed by
+ * elapsed time so that a wrong device clock does not matter. stop() and wipe() abort requests to
+ * the server instead of waiting for them.
  */
 import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
@@ -12,11 +21,21 @@ import { controlTopic, verifyControlCommand } from '../protocol/control.js';
 import { EdgeidError, isEdgeidError } from '../protocol/errors/index.js';
 import type { AgentConfig } from './config.js';
 import { ControlMemory } from './control-memory.js';
-import { continueEnrollment, renewCertificate, type IdentityDeps } from './identity.js';
+import { clientFor, continueEnrollment, renewCertificate, type IdentityDeps } from './identity.js';
 import { MqttSession, type MqttState } from './mqtt-session.js';
 import { Outbox, type OutboxMessage, type OutboxStats } from './outbox.js';
 import { PostureCollector } from './posture.js';
-import { backoffDelay, renewalTime } from './schedule.js';
+import {
+  RenewalScheduler,
+  backoffDelay,
+  clockFromEnv,
+  localExpiry,
+  localRenewalTime,
+  renewalFloorMs,
+  type Clock,
+  type RenewalPlan,
+  type ScheduledCertificate,
+} from './schedule.js';
 import { writeFileAtomic } from './state/fs.js';
 import { StateStore, sessionKeyName, type AgentState } from './state/store.js';
 import { flushLeftoverObjects, tlsContextFromTpm, type SecureContextFactory } from './tpm-support.js';
@@ -30,6 +49,49 @@ export interface AgentOptions {
   tpm?: Tpm;
   /** Builds the MQTT TLS context for a TPM key + certificate; by default the TPM addon's. */
   secureContextFactory?: SecureContextFactory;
+  /** The agent's clock (tests); by default the system clock, or EDGEID_TEST_CLOCK_OFFSET_MS from it. */
+  clock?: Clock;
+}
+
+/**
+ * Every renewal leaves garbage whose weight is native, not JavaScript: the replaced TLS context (an
+ * OpenSSL SSL_CTX with its CA store and TPM key), the ended MQTT connection's socket. V8 counts each
+ * at about 1 KB and, with a heap this small, runs a full collection rarely, so RSS grew by ~50 KB
+ * per renewal for hundreds of renewals (measured: scripts/bench agent --soak). One full collection
+ * after a renewal — an hourly event, a few ms — returns it. `gc` exists when Node runs with
+ * --expose-gc (the systemd unit's ExecStart); without it this does nothing.
+ */
+function collectReplacedContexts(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (typeof gc === 'function') setImmediate(gc);
+}
+
+/** A clock set back by less than this since the certificate arrived changes the schedule too little to matter. */
+const CLOCK_SET_BACK_TOLERANCE_MS = 60_000;
+
+/** Exit code after the server ended this identity (device_revoked, device_retired) and it was wiped. */
+export const EXIT_IDENTITY_ENDED = 10;
+
+/**
+ * Whether an error is the server's final word on this identity: a revoked or retired device, in an
+ * answer of the pinned server (serverError sets httpStatus). A network failure never has these
+ * codes, so no outage, proxy or unauthenticated party can make the agent wipe itself.
+ */
+function isTerminalAnswer(e: unknown): e is EdgeidError {
+  return (isEdgeidError(e, 'device_revoked') || isEdgeidError(e, 'device_retired')) && typeof e.details?.httpStatus === 'number';
+}
+
+/** Broker URLs the agent accepts: TLS only (mqtts://, ssl://, wss://); a plaintext one is refused. */
+export function checkBrokerUrl(url: string, origin: string): void {
+  let protocol: string;
+  try {
+    protocol = new URL(url).protocol;
+  } catch {
+    throw new EdgeidError('mqtt_url_insecure', `the MQTT broker URL from ${origin} is not a URL: ${url}`);
+  }
+  if (protocol !== 'mqtts:' && protocol !== 'ssl:' && protocol !== 'wss:') {
+    throw new EdgeidError('mqtt_url_insecure', `the MQTT broker URL from ${origin} is not TLS (${protocol}//): ${url}; the agent only connects with mqtts://`, { url, origin });
+  }
 }
 
 export interface AgentStatus {
@@ -51,7 +113,16 @@ export interface AgentStatus {
      */
     tpmCommandsPerRenewal: number | null;
   };
-  mqtt: { state: MqttState | 'disabled'; url: string | null; serial: string | null; connectedAt: string | null; connects: number; lastError: string | null };
+  mqtt: {
+    state: MqttState | 'disabled';
+    url: string | null;
+    serial: string | null;
+    connectedAt: string | null;
+    connects: number;
+    /** Connection attempts (TLS handshakes) started by this process. */
+    attempts?: number;
+    lastError: string | null;
+  };
   outbox: OutboxStats;
   control: { accepted: number; ignored: number; lastIgnored: { at: string; code: string } | null };
   posture: Record<string, unknown> | null;
@@ -64,11 +135,12 @@ export class EdgeAgent {
   private state: AgentState;
   private readonly deps: IdentityDeps;
   private mqtt: MqttSession | null = null;
-  private renewTimer: NodeJS.Timeout | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
-  private nextRenewal: Date | null = null;
   private failures = 0;
-  private renewing: Promise<void> | null = null;
+  private readonly clock: Clock;
+  private readonly scheduler: RenewalScheduler;
+  /** Aborted by stop() and wipe(): no request to the server outlives the agent. */
+  private readonly abort = new AbortController();
   private stopping = false;
   private resolveExit!: (code: number) => void;
   private control = { accepted: 0, ignored: 0, lastIgnored: null as { at: string; code: string } | null };
@@ -89,7 +161,25 @@ export class EdgeAgent {
     private readonly contextFactory: SecureContextFactory,
   ) {
     this.state = state;
-    this.deps = { store, tpm, posture: new PostureCollector({ config: opts.config }), log: opts.log, config: opts.config };
+    this.clock = opts.clock ?? clockFromEnv();
+    this.deps = {
+      store,
+      tpm,
+      posture: new PostureCollector({ config: opts.config }),
+      log: opts.log,
+      config: opts.config,
+      signal: this.abort.signal,
+      now: () => this.clock.now(),
+    };
+    this.scheduler = new RenewalScheduler({
+      clock: this.clock,
+      run: (reason) => this.renewOnce(reason),
+      floorMs: () => renewalFloorMs(this.scheduledCert()),
+      onPlanned: (at, reason) => {
+        this.log.debug({ at: new Date(at).toISOString(), reason }, 'renewal scheduled');
+        void this.writeStatus();
+      },
+    });
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
 
@@ -129,6 +219,7 @@ export class EdgeAgent {
     if (!this.state.device) throw new EdgeidError('not_enrolled', `no identity in ${this.opts.config.stateDir}`);
     this.posture = { ...(await this.deps.posture.claims()) };
     const url = this.opts.config.mqtt.url ?? this.state.mqtt?.url ?? null;
+    if (url) checkBrokerUrl(url, this.opts.config.mqtt.url ? 'the agent config' : 'the enrollment server');
     if (url) {
       const deviceId = this.state.device.id;
       this.mqtt = new MqttSession({
@@ -139,9 +230,11 @@ export class EdgeAgent {
         log: this.log.child({ part: 'mqtt' }),
         keepaliveSeconds: this.opts.config.mqtt.keepaliveSeconds,
         reconnectPeriodMs: this.opts.config.mqtt.reconnectPeriodMs,
+        clock: this.clock,
       });
       this.mqtt.on('connect', (serial: string) => void this.onMqttConnect(serial));
       this.mqtt.on('close', () => void this.writeStatus());
+      this.mqtt.on('suspended', (reason: 'refused' | 'expired', _detail: string, failures: number) => this.onMqttSuspended(reason, failures));
       this.mqtt.on('message', (topic: string, payload: Buffer) => {
         this.onMessage(topic, payload).catch((e: unknown) => this.log.error({ err: (e as Error).message, topic }, 'control message handling failed'));
       });
@@ -149,13 +242,20 @@ export class EdgeAgent {
       this.log.warn('no MQTT broker URL (config mqtt.url or the server): running without MQTT');
     }
 
-    const cert = this.state.certificate;
-    const valid = cert && Date.parse(cert.notAfter) > Date.now() + 1000;
-    if (valid) {
+    const cert = this.scheduledCert();
+    const valid = cert && localExpiry(cert) > this.clock.now() + 1000;
+    // The clock offset measured at issuance holds while the device clock runs on; a clock set back
+    // since (a reboot without RTC, a manual change) shows as a certificate received "in the
+    // future": the offset is stale, and only a renewal measures it again.
+    const clockSetBack = cert?.receivedAt !== undefined && cert.receivedAt > this.clock.now() + CLOCK_SET_BACK_TOLERANCE_MS;
+    if (clockSetBack) {
+      this.log.warn({ receivedAt: new Date(cert!.receivedAt!).toISOString(), now: new Date(this.clock.now()).toISOString() }, 'the device clock was set back since the certificate arrived; renewing now');
+      void this.scheduler.due('clock-changed');
+    } else if (valid) {
       if (this.mqtt) await this.connectWithCurrent();
-      this.schedule(renewalTime({ notBefore: new Date(cert.notBefore), notAfter: new Date(cert.notAfter) }, this.renewAfter()), 'schedule');
+      this.scheduler.plan({ at: localRenewalTime(cert!, this.renewAfter()), reason: 'schedule' });
     } else {
-      this.schedule(new Date(), cert ? 'expired' : 'startup');
+      void this.scheduler.due(cert ? 'expired' : 'startup');
     }
     if (!this.mqtt && this.state.previousSessionKey !== undefined) await this.dropPreviousKey();
     const hb = this.opts.config.mqtt.heartbeatSeconds;
@@ -164,6 +264,18 @@ export class EdgeAgent {
       this.heartbeatTimer.unref?.();
     }
     await this.writeStatus();
+  }
+
+  /** The current certificate as the schedule sees it (server times plus the measured clock offset). */
+  private scheduledCert(): ScheduledCertificate | null {
+    const c = this.state.certificate;
+    if (!c) return null;
+    return {
+      notBefore: new Date(c.notBefore),
+      notAfter: new Date(c.notAfter),
+      ...(c.clockOffsetMs !== undefined ? { clockOffsetMs: c.clockOffsetMs } : {}),
+      ...(c.receivedAt ? { receivedAt: Date.parse(c.receivedAt) } : {}),
+    };
   }
 
   private renewAfter(): Date | undefined {
@@ -186,12 +298,14 @@ export class EdgeAgent {
 
   /** Starts a renewal now (control `renew-now`, tests); resolves when it finished (either way). */
   renewNow(reason = 'renew-now'): Promise<void> {
-    return this.runRenewal(reason);
+    return this.scheduler.due(reason);
   }
 
   status(): AgentStatus {
     const cert = this.state.certificate;
-    const left = cert ? Math.round((Date.parse(cert.notAfter) - Date.now()) / 1000) : 0;
+    const sc = this.scheduledCert();
+    const left = sc ? Math.round((localExpiry(sc) - this.clock.now()) / 1000) : 0;
+    const next = this.scheduler.next;
     const m = this.mqtt?.info();
     return {
       running: !this.stopping,
@@ -201,7 +315,7 @@ export class EdgeAgent {
       server: this.state.server.url,
       certificate: cert ? { serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter, secondsLeft: Math.max(0, left), expired: left <= 0 } : null,
       renewal: {
-        next: this.nextRenewal?.toISOString() ?? null,
+        next: next === null ? null : new Date(next).toISOString(),
         consecutiveFailures: this.failures,
         last: this.state.lastRenewal ?? null,
         total: this.state.renewals,
@@ -211,75 +325,97 @@ export class EdgeAgent {
       outbox: this.outbox.stats(),
       control: { ...this.control },
       posture: this.posture,
-      updatedAt: new Date().toISOString(),
+      updatedAt: new Date(this.clock.now()).toISOString(),
     };
   }
 
-  /** Stops timers and the MQTT session, releases the state dir and (if it opened it) the TPM. */
-  async stop(code = 0): Promise<void> {
+  /**
+   * Stops timers and the MQTT session, releases the state dir and (if it opened it) the TPM. Never
+   * waits on the server: a renewal in flight has its request aborted and ends at once.
+   */
+  stop(code = 0): Promise<void> {
+    return this.shutdown({ code, wipe: false, origin: 'stop' });
+  }
+
+  private async shutdown(o: { code: number; wipe: boolean; origin: string; insideRenewal?: boolean }): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    if (this.renewTimer) clearTimeout(this.renewTimer);
+    if (o.wipe) this.log.warn({ origin: o.origin }, 'wiping the device identity');
+    this.scheduler.stop();
+    this.abort.abort();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    await this.renewing?.catch(() => {});
+    // the renewal's requests were just aborted; what is left of it is local (disk, TPM)
+    if (!o.insideRenewal) await this.scheduler.idle();
     await this.mqtt?.close();
-    await this.writeStatus(false).catch(() => {});
+    this.deps.client?.close();
+    if (o.wipe) {
+      if (this.tlsContext) this.releaseTls(this.tlsContext);
+      this.tlsContext = null;
+      const removed = await this.store.wipe();
+      await flushLeftoverObjects(this.tpm).catch(() => 0);
+      this.log.warn({ removed: removed.length, origin: o.origin, exitCode: o.code }, 'identity wiped');
+    } else {
+      await this.writeStatus(false).catch(() => {});
+    }
     if (this.ownsTpm) await this.tpm.close().catch(() => {});
     await this.store.close();
-    this.resolveExit(code);
+    this.resolveExit(o.code);
   }
 
   // ---- renewal ----------------------------------------------------------------------------
 
-  private schedule(at: Date, reason: string): void {
-    if (this.stopping) return;
-    if (this.renewTimer) clearTimeout(this.renewTimer);
-    this.nextRenewal = at;
-    const delay = Math.max(0, at.getTime() - Date.now());
-    // setTimeout caps at ~24.8 days; re-arm for longer waits
-    const step = Math.min(delay, 2 ** 31 - 1);
-    this.renewTimer = setTimeout(() => {
-      if (step < delay) return this.schedule(at, reason);
-      void this.runRenewal(reason);
-    }, step);
-    this.log.debug({ at: at.toISOString(), reason }, 'renewal scheduled');
-  }
-
-  private runRenewal(reason: string): Promise<void> {
-    if (this.renewing) return this.renewing;
-    if (this.stopping) return Promise.resolve();
-    const cert = this.state.certificate;
-    const why = cert && Date.parse(cert.notAfter) <= Date.now() ? 'expired' : reason;
-    this.renewing = this.renewOnce(why).finally(() => {
-      this.renewing = null;
-    });
-    return this.renewing;
-  }
-
-  private async renewOnce(reason: string): Promise<void> {
-    if (this.renewTimer) clearTimeout(this.renewTimer);
+  /** One renewal (the scheduler runs one at a time); returns the next one to plan, or null when ending. */
+  private async renewOnce(reason: string): Promise<RenewalPlan | null> {
+    if (this.stopping) return null;
+    const sc = this.scheduledCert();
+    const why = sc && localExpiry(sc) <= this.clock.now() ? 'expired' : reason;
     const attempt = this.failures + 1;
-    this.log.info({ reason, attempt }, 'renewal started');
+    this.log.info({ reason: why, attempt }, 'renewal started');
     try {
-      const outcome = await renewCertificate(this.deps, this.state, reason);
+      // one client (one https.Agent, one TLS context) for the agent's life, not one per renewal
+      this.deps.client ??= clientFor(this.state, this.opts.config, this.abort.signal, () => this.clock.now());
+      const outcome = await renewCertificate(this.deps, this.state, why);
       this.state = outcome.state;
       this.failures = 0;
       this.posture = { ...(await this.deps.posture.claims()) };
-      const cert = this.state.certificate!;
       if (this.mqtt && !this.stopping) await this.connectWithCurrent();
       else await this.dropPreviousKey();
-      this.schedule(renewalTime({ notBefore: new Date(cert.notBefore), notAfter: new Date(cert.notAfter) }, this.renewAfter()), 'schedule');
+      collectReplacedContexts();
+      return { at: localRenewalTime(this.scheduledCert()!, this.renewAfter()), reason: 'schedule' };
     } catch (e) {
+      if (this.stopping) {
+        this.log.info({ code: isEdgeidError(e) ? e.code : undefined }, 'renewal abandoned: the agent is stopping');
+        return null;
+      }
+      if (isTerminalAnswer(e)) {
+        // The pinned server says this identity is over: do what a signed wipe command would.
+        this.log.error({ code: e.code, err: e.message }, 'the server ended this identity; wiping it and exiting');
+        await this.shutdown({ code: EXIT_IDENTITY_ENDED, wipe: true, origin: `server:${e.code}`, insideRenewal: true });
+        return null;
+      }
       this.failures++;
       const code = isEdgeidError(e) ? e.code : 'renewal_failed';
       const message = (e as Error).message;
       const delay = backoffDelay(this.failures, this.opts.config.renewal.backoff);
-      this.log.warn({ reason, code, attempt, retryInMs: delay, err: message }, 'renewal failed');
-      this.state = { ...this.state, lastRenewal: { at: new Date().toISOString(), ok: false, reason, code, message } };
+      this.log.warn({ reason: why, code, attempt, retryInMs: delay, err: message }, 'renewal failed');
+      this.state = { ...this.state, lastRenewal: { at: new Date(this.clock.now()).toISOString(), ok: false, reason: why, code, message } };
       await this.store.save(this.state).catch((err: Error) => this.log.error({ err: err.message }, 'cannot save state'));
-      this.schedule(new Date(Date.now() + delay), 'retry');
+      return { at: this.clock.now() + delay, reason: 'retry' };
     }
-    await this.writeStatus();
+  }
+
+  /**
+   * The broker refuses the certificate, or it expired: MQTT waits (no more handshakes with it) and
+   * a renewal is brought forward, with backoff over successive refusals — the renewal either brings
+   * a certificate the broker accepts or the server's final answer.
+   */
+  private onMqttSuspended(reason: 'refused' | 'expired', failures: number): void {
+    if (this.stopping) return;
+    const delay = backoffDelay(failures, { baseMs: this.opts.config.mqtt.reconnectPeriodMs, capMs: 5 * 60_000 });
+    const at = this.clock.now() + delay;
+    const next = this.scheduler.next;
+    if (next === null || at < next) this.scheduler.plan({ at, reason: reason === 'expired' ? 'expired' : 'mqtt-refused' });
+    void this.writeStatus();
   }
 
   // ---- MQTT -------------------------------------------------------------------------------
@@ -299,7 +435,8 @@ export class EdgeAgent {
       this.log.error({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot build the MQTT TLS context');
       return;
     }
-    await this.mqtt!.switchCredentials({ secureContext: ctx, serial: cert.serial });
+    const sc = this.scheduledCert()!;
+    await this.mqtt!.switchCredentials({ secureContext: ctx, serial: cert.serial, expiresAt: localExpiry(sc) });
     const old = this.tlsContext;
     this.tlsContext = ctx;
     if (old) this.releaseTls(old);
@@ -342,7 +479,7 @@ export class EdgeAgent {
     const s = this.status();
     const body = {
       deviceId: this.state.device.id,
-      at: new Date().toISOString(),
+      at: new Date(this.clock.now()).toISOString(),
       agentVersion: AGENT_VERSION,
       certificate: s.certificate && { serial: s.certificate.serial, notAfter: s.certificate.notAfter },
       nextRenewal: s.renewal.next,
@@ -371,7 +508,7 @@ export class EdgeAgent {
     } catch (e) {
       const code = isEdgeidError(e) ? e.code : 'control_malformed';
       this.control.ignored++;
-      this.control.lastIgnored = { at: new Date().toISOString(), code };
+      this.control.lastIgnored = { at: new Date(this.clock.now()).toISOString(), code };
       this.log.warn({ code, err: (e as Error).message }, 'control command ignored');
       await this.writeStatus();
       return;
@@ -398,21 +535,8 @@ export class EdgeAgent {
   }
 
   /** Deletes the identity (key blobs, state, outbox), flushes TPM objects, stops with exit code 0. */
-  async wipe(origin: string): Promise<void> {
-    this.log.warn({ origin }, 'wiping the device identity');
-    this.stopping = true;
-    if (this.renewTimer) clearTimeout(this.renewTimer);
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    await this.renewing?.catch(() => {});
-    await this.mqtt?.close();
-    if (this.tlsContext) this.releaseTls(this.tlsContext);
-    this.tlsContext = null;
-    const removed = await this.store.wipe();
-    await flushLeftoverObjects(this.tpm).catch(() => 0);
-    this.log.warn({ removed: removed.length }, 'identity wiped');
-    if (this.ownsTpm) await this.tpm.close().catch(() => {});
-    await this.store.close();
-    this.resolveExit(0);
+  wipe(origin: string): Promise<void> {
+    return this.shutdown({ code: 0, wipe: true, origin });
   }
 
   private async writeStatus(running = true): Promise<void> {

@@ -33,7 +33,7 @@ export interface AgentConfig {
     maxFutureSkewSeconds: number;
   };
   outbox: { maxMessages: number; maxBytes: number };
-  /** HTTP timeout towards the enrollment server. */
+  /** Total time of one request to the enrollment server (connect to last byte of the answer). */
   httpTimeoutMs: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }

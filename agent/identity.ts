@@ -42,6 +42,12 @@ export interface IdentityDeps {
   posture: PostureCollector;
   log: Logger;
   config: AgentConfig;
+  /** Ends every request to the server at once (the agent stopping or wiping). */
+  signal?: AbortSignal;
+  /** The agent's clock (default Date.now). */
+  now?: () => number;
+  /** A long-lived client for the pinned server (the daemon keeps one); by default one per call. */
+  client?: ServerClient;
 }
 
 export interface EnrollParams {
@@ -68,13 +74,13 @@ function b64(b: Buffer): string {
   return b.toString('base64');
 }
 
-export function clientFor(state: AgentState, config: AgentConfig): ServerClient {
+export function clientFor(state: AgentState, config: AgentConfig, signal?: AbortSignal, now?: () => number): ServerClient {
   if (!state.server.rootPem) throw new EdgeidError('state_corrupt', 'the state has no pinned server CA certificate');
-  return new ServerClient(state.server.url, { caPem: state.server.rootPem, timeoutMs: config.httpTimeoutMs });
+  return new ServerClient(state.server.url, { caPem: state.server.rootPem, timeoutMs: config.httpTimeoutMs, ...(signal ? { signal } : {}), ...(now ? { now } : {}) });
 }
 
 /** Checks an issuing response against what we asked for and the pinned root, and makes the certificate record. */
-function certificateRecord(resp: IssueResponse, state: AgentState, sessionKeyPub: Buffer, gen: number): CertificateRecord {
+function certificateRecord(resp: IssueResponse, state: AgentState, sessionKeyPub: Buffer, gen: number, client: ServerClient, now: () => number): CertificateRecord {
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(resp.certificate);
@@ -105,6 +111,9 @@ function certificateRecord(resp: IssueResponse, state: AgentState, sessionKeyPub
     notBefore: new Date(leaf.validFrom).toISOString(),
     notAfter: new Date(leaf.validTo).toISOString(),
     sessionKey: gen,
+    // the renewal schedule runs on elapsed time, whatever this device's clock says (schedule.ts)
+    ...(client.serverClockOffsetMs !== undefined ? { clockOffsetMs: client.serverClockOffsetMs } : {}),
+    receivedAt: new Date(now()).toISOString(),
   };
 }
 
@@ -161,7 +170,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
   const { store, tpm, log, posture } = deps;
   const pending = state.pendingEnrollment;
   if (!pending || !state.ak) throw new EdgeidError('not_enrolled');
-  const client = clientFor(state, deps.config);
+  const client = clientFor(state, deps.config, deps.signal, deps.now);
   try {
     const ak = await store.readKey('ak');
     const ek = await tpm.endorsementKey();
@@ -196,7 +205,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // E2
     const finishReq: EnrollFinishRequest = { session: start.session, secret: b64(ev.secret!), ...ev.evidence };
     const resp = await client.post('/v1/enroll/finish', finishReq, EnrollFinishResponse);
-    const cert = certificateRecord(resp, state, ev.sessionKey.public, gen);
+    const cert = certificateRecord(resp, state, ev.sessionKey.public, gen, client, deps.now ?? Date.now);
     const next: AgentState = { ...applyIssue(state, resp, cert), mqtt: resp.mqtt };
     delete next.pendingEnrollment;
     await store.save(next); // E3
@@ -243,7 +252,8 @@ async function challenge(client: ServerClient, state: AgentState): Promise<NonNu
 
 /** One renewal (R1 → R2). Throws an EdgeidError with the server's or the agent's reason code. */
 export async function renewCertificate(deps: IdentityDeps, state: AgentState, reason: string): Promise<RenewalOutcome> {
-  const client = clientFor(state, deps.config);
+  if (deps.client) return renewWith(deps, state, deps.client, reason);
+  const client = clientFor(state, deps.config, deps.signal, deps.now);
   try {
     return await renewWith(deps, state, client, reason);
   } finally {
@@ -257,7 +267,9 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   const started = performance.now();
   const ak = await store.readKey('ak');
   let renew = state.renew;
-  const fresh = (r: typeof renew) => !!r?.nonce && (!r.nonceExpiresAt || Date.parse(r.nonceExpiresAt) > Date.now() + 5_000);
+  // nonceExpiresAt is server time: compare it on the server's clock as last measured
+  const serverNow = (deps.now ?? Date.now)() + (state.certificate?.clockOffsetMs ?? 0);
+  const fresh = (r: typeof renew) => !!r?.nonce && (!r.nonceExpiresAt || Date.parse(r.nonceExpiresAt) > serverNow + 5_000);
   if (!fresh(renew) || !renew?.pcrs) renew = await challenge(client, state);
 
   const gen = state.nextSessionKey;
@@ -291,7 +303,7 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   }
   if (!resp || !ev) throw new EdgeidError('renewal_failed', 'no certificate after a fresh challenge');
 
-  const cert = certificateRecord(resp, state, ev.sessionKey.public, gen);
+  const cert = certificateRecord(resp, state, ev.sessionKey.public, gen, client, deps.now ?? Date.now);
   const replaced = state.certificate?.sessionKey;
   const older = state.previousSessionKey;
   const next: AgentState = applyIssue(state, resp, cert);

@@ -3,7 +3,15 @@
  * private key is in the TPM. The TLS material comes as a ready `tls.SecureContext` (built by the
  * TPM addon, which installs the TPM-backed key); this module never sees a private key.
  *
- * - mqtt.js owns reconnection; this module only reacts to its events.
+ * - Reconnection is this module's, not mqtt.js's: mqtt.js retries at a fixed `reconnectPeriod`
+ *   (a setInterval, no jitter), so it runs with reconnectPeriod 0 and every reconnect is scheduled
+ *   here with exponential backoff, "equal jitter" and a cap (schedule.ts backoffDelay), calling
+ *   `client.reconnect()` with mqtt.js' own stores so nothing in flight is forgotten. Each attempt
+ *   is a TLS handshake signed by the TPM: a fleet must not hammer the broker or its TPMs in step.
+ * - A refusal of the certificate (a TLS alert about it, or CONNACK "not authorized"/"bad
+ *   credentials"/"banned") or an expired certificate suspends the session: no more attempts with
+ *   this certificate; 'suspended' tells the agent, whose next renewal brings new credentials
+ *   (`switchCredentials` resumes).
  * - Every application message goes through the durable Outbox first and is handed to mqtt.js
  *   (QoS 1) only while connected; the outbox entry is removed on PUBACK. On every (re)connect,
  *   whatever is still pending is sent again: at least once, with the id in the MQTT 5 user
@@ -16,15 +24,18 @@ import type { SecureContext } from 'node:tls';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import type { Outbox, OutboxMessage } from './outbox.js';
+import { backoffDelay, systemClock, type Clock } from './schedule.js';
 
 export const MSG_ID_PROPERTY = 'edgeid-msg-id';
 
-export type MqttState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'switching' | 'closed';
+export type MqttState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'switching' | 'suspended' | 'closed';
 
 export interface MqttCredentials {
   secureContext: SecureContext;
   /** Serial of the certificate in the context (for logs and status). */
   serial: string;
+  /** Agent-clock time the certificate expires: no attempt is made with it afterwards. */
+  expiresAt?: number;
 }
 
 export interface MqttSessionOptions {
@@ -35,8 +46,12 @@ export interface MqttSessionOptions {
   outbox: Outbox;
   log: Logger;
   keepaliveSeconds?: number;
+  /** First reconnect delay (backoff base); delays double per failed attempt, with jitter. */
   reconnectPeriodMs?: number;
+  /** Upper bound of a reconnect delay (default 5 min). */
+  reconnectCapMs?: number;
   connectTimeoutMs?: number;
+  clock?: Clock;
   /** How long the broker keeps the session (subscriptions, queued QoS 1 messages) while offline. */
   sessionExpirySeconds?: number;
 }
@@ -44,22 +59,42 @@ export interface MqttSessionOptions {
 interface Generation {
   client: MqttClient;
   serial: string;
+  expiresAt: number | undefined;
   /** Outbox ids handed to this client and not yet acknowledged or failed. */
   inflight: Set<string>;
 }
 
 /**
- * Events: 'connect' (serial), 'close', 'message' (topic, payload, packet), 'fault' (err; never 'error', so an unobserved failure cannot throw).
+ * Events: 'connect' (serial), 'close', 'message' (topic, payload, packet), 'fault' (err; never 'error', so an unobserved failure cannot throw),
+ * 'suspended' (reason: 'refused' | 'expired', detail).
  */
+
+/** TLS alerts by which a broker refuses our certificate (RFC 8446 §6.2), as OpenSSL names them. */
+const CERT_REFUSED_ALERT = /ALERT_(CERTIFICATE_(REVOKED|EXPIRED|UNKNOWN|REQUIRED)|BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)/i;
+/** CONNACK reason codes of refused credentials: MQTT 5 §3.2.2.2 (0x86, 0x87, 0x8A, 0x8C); MQTT 3.1.1 §3.2.2.3 (4, 5). */
+const CONNACK_REFUSED = new Set([0x86, 0x87, 0x8a, 0x8c]);
+
+/** Whether a client error says the broker refuses this certificate (not a network failure). */
+export function isCredentialRefusal(err: Error & { code?: unknown }): boolean {
+  if (typeof err.code === 'number') return CONNACK_REFUSED.has(err.code) || /^Connection refused: (Bad username|Not authorized)/i.test(err.message);
+  return CERT_REFUSED_ALERT.test(String(err.code ?? '')) || CERT_REFUSED_ALERT.test(err.message.replace(/ /g, '_'));
+}
 export class MqttSession extends EventEmitter {
   private gen: Generation | null = null;
   private stateValue: MqttState = 'idle';
   private lastError: string | null = null;
   private connectedAt: Date | null = null;
   private connects = 0;
+  /** Connection attempts (TLS handshakes) started, for status and tests. */
+  private attempts = 0;
+  /** Failed attempts since the last successful connect (the backoff exponent). */
+  private failures = 0;
+  private reconnectTimer: unknown = null;
+  private readonly clock: Clock;
 
   constructor(private readonly opts: MqttSessionOptions) {
     super();
+    this.clock = opts.clock ?? systemClock;
   }
 
   get state(): MqttState {
@@ -71,19 +106,21 @@ export class MqttSession extends EventEmitter {
     return this.gen?.serial ?? null;
   }
 
-  info(): { state: MqttState; url: string; serial: string | null; connectedAt: string | null; connects: number; lastError: string | null } {
+  info(): { state: MqttState; url: string; serial: string | null; connectedAt: string | null; connects: number; attempts: number; lastError: string | null } {
     return {
       state: this.stateValue,
       url: this.opts.url,
       serial: this.serial,
       connectedAt: this.connectedAt?.toISOString() ?? null,
       connects: this.connects,
+      attempts: this.attempts,
       lastError: this.lastError,
     };
   }
 
   /** Starts a client with these credentials (closing the current one first, if any). */
   async switchCredentials(creds: MqttCredentials): Promise<void> {
+    this.cancelReconnect();
     const old = this.gen;
     if (old) {
       this.stateValue = 'switching';
@@ -112,6 +149,7 @@ export class MqttSession extends EventEmitter {
   }
 
   async close(): Promise<void> {
+    this.cancelReconnect();
     const g = this.gen;
     this.gen = null;
     this.stateValue = 'closed';
@@ -127,7 +165,7 @@ export class MqttSession extends EventEmitter {
       clean: false,
       properties: { sessionExpiryInterval: this.opts.sessionExpirySeconds ?? 3600 },
       keepalive: this.opts.keepaliveSeconds ?? 30,
-      reconnectPeriod: this.opts.reconnectPeriodMs ?? 1000,
+      reconnectPeriod: 0, // reconnects are scheduled by scheduleReconnect (backoff with jitter)
       connectTimeout: this.opts.connectTimeoutMs ?? 15_000,
       rejectUnauthorized: true,
       secureContext: creds.secureContext,
@@ -136,8 +174,15 @@ export class MqttSession extends EventEmitter {
       // third of the agent's RSS goal); encoding a packet id or topic length on the fly costs nothing.
       writeCache: false,
     };
+    if (creds.expiresAt !== undefined && creds.expiresAt <= this.clock.now()) {
+      // never start a handshake with a certificate known to be expired
+      this.gen = null;
+      this.suspend('expired', `certificate ${creds.serial} expired at ${new Date(creds.expiresAt).toISOString()} (agent clock)`);
+      return;
+    }
+    this.attempts++;
     const client = mqtt.connect(this.opts.url, options);
-    const g: Generation = { client, serial: creds.serial, inflight: new Set() };
+    const g: Generation = { client, serial: creds.serial, expiresAt: creds.expiresAt, inflight: new Set() };
     this.gen = g;
     this.stateValue = 'connecting';
 
@@ -146,6 +191,7 @@ export class MqttSession extends EventEmitter {
       this.stateValue = 'connected';
       this.connectedAt = new Date();
       this.connects++;
+      this.failures = 0;
       this.lastError = null;
       this.opts.log.info({ url: this.opts.url, serial: g.serial }, 'mqtt connected');
       if (this.opts.subscriptions.length > 0) {
@@ -159,21 +205,62 @@ export class MqttSession extends EventEmitter {
       this.emit('connect', g.serial);
     });
     client.on('close', () => {
-      if (this.gen !== g) return;
+      if (this.gen !== g || this.stateValue === 'suspended') return;
       if (this.stateValue === 'connected') this.opts.log.warn({ url: this.opts.url }, 'mqtt connection closed');
       this.stateValue = 'reconnecting';
       this.emit('close');
+      this.scheduleReconnect(g);
     });
     client.on('error', (err) => {
       if (this.gen !== g) return;
       this.lastError = err.message;
-      this.opts.log.warn({ err: err.message, code: (err as NodeJS.ErrnoException).code }, 'mqtt error');
+      const code = (err as NodeJS.ErrnoException).code;
+      this.opts.log.warn({ err: err.message, code }, 'mqtt error');
       this.emit('fault', err);
+      if (isCredentialRefusal(err as Error & { code?: unknown })) {
+        this.suspend('refused', `the broker refuses certificate ${g.serial}: ${err.message}`);
+        g.client.end(true);
+      }
     });
     client.on('message', (topic: string, payload: Buffer, packet: IPublishPacket) => {
       if (this.gen !== g) return;
       this.emit('message', topic, payload, packet);
     });
+  }
+
+  /** The next attempt after a failed one: backoff with jitter and a cap; never with an expired certificate. */
+  private scheduleReconnect(g: Generation): void {
+    this.cancelReconnect();
+    this.failures++;
+    const delay = backoffDelay(this.failures, { baseMs: this.opts.reconnectPeriodMs ?? 1000, capMs: this.opts.reconnectCapMs ?? 5 * 60_000, factor: 2 });
+    this.reconnectTimer = this.clock.setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.gen !== g || this.stateValue === 'suspended' || this.stateValue === 'closed') return;
+      if (g.expiresAt !== undefined && g.expiresAt <= this.clock.now()) {
+        this.suspend('expired', `certificate ${g.serial} expired (agent clock)`);
+        g.client.end(true);
+        return;
+      }
+      this.attempts++;
+      this.stateValue = 'connecting';
+      // mqtt.js' reconnect() replaces its message stores unless given: keep them (QoS 1 in flight)
+      g.client.reconnect({ incomingStore: g.client.incomingStore, outgoingStore: g.client.outgoingStore });
+    }, delay);
+    this.opts.log.debug({ inMs: delay, failures: this.failures }, 'mqtt reconnect scheduled');
+  }
+
+  private cancelReconnect(): void {
+    if (this.reconnectTimer !== null) this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+  }
+
+  private suspend(reason: 'refused' | 'expired', detail: string): void {
+    this.cancelReconnect();
+    this.failures++;
+    this.stateValue = 'suspended';
+    this.lastError = detail;
+    this.opts.log.warn({ reason, detail }, 'mqtt suspended until the next renewal');
+    this.emit('suspended', reason, detail, this.failures);
   }
 
   private send(g: Generation, m: OutboxMessage): void {

@@ -5,8 +5,11 @@
  * is still here is sent again: delivery is at least once, and each message carries an id so the
  * receiver can drop duplicates.
  *
- * Bounded: when `maxMessages` or `maxBytes` would be exceeded, the OLDEST messages are dropped
- * and counted (the count survives restarts and is shown by `status`).
+ * Bounded, by one policy only: when accepting a message would exceed `maxMessages` or `maxBytes`,
+ * the OLDEST messages are dropped — just enough of them — and counted (the count survives restarts
+ * and is shown by `status` as "dropped"). A single message larger than `maxBytes` could never fit:
+ * it is refused (`outbox_message_too_large`) before anything is evicted or written, so one
+ * oversized publish can never cost the backlog.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
@@ -109,6 +112,12 @@ export class Outbox {
 
   private async addNow(topic: string, payload: Buffer | string): Promise<OutboxMessage> {
     const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+    if (body.length > this.maxBytes) {
+      throw new EdgeidError('outbox_message_too_large', `a ${body.length}-byte message for ${topic} exceeds the outbox limit of ${this.maxBytes} bytes`, {
+        bytes: body.length,
+        maxBytes: this.maxBytes,
+      });
+    }
     const msg: OutboxMessage = { id: randomUUID(), seq: this.nextSeq++, topic, payload: body, createdAt: new Date().toISOString() };
     const evict: OutboxMessage[] = [];
     let count = this.messages.size + 1;

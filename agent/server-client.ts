@@ -84,19 +84,79 @@ function isIpLiteral(host: string): boolean {
 
 /** GET without verification, for public, self-authenticating data only (the CA bundle). */
 async function getUnverified(url: URL, timeoutMs: number): Promise<string> {
+  const body = await boundedRequest(url, { method: 'GET', rejectUnauthorized: false, headers: { accept: 'application/x-pem-file, */*' } }, undefined, {
+    deadlineMs: timeoutMs,
+    maxBytes: MAX_RESPONSE_BYTES,
+  });
+  return body.text;
+}
+
+/**
+ * The most any answer of the server may weigh. The largest legitimate one (an issuing response:
+ * a leaf, two CA certificates and a few fields) is a few KiB; a CA bundle a few more.
+ */
+export const MAX_RESPONSE_BYTES = 1024 * 1024;
+
+interface Bounds {
+  /** Total time for the whole exchange (connect, TLS, request, every byte of the answer). */
+  deadlineMs: number;
+  maxBytes: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * One HTTPS exchange that cannot exhaust the agent: the answer is refused once it passes
+ * `maxBytes` (server_response_too_large), the whole exchange once it passes `deadlineMs`
+ * (server_timeout) — a server dripping a byte at a time never trips an idle timeout — and
+ * `signal` (agent stop or wipe) ends it at once (request_aborted). Settles exactly once.
+ */
+function boundedRequest(
+  url: URL,
+  options: https.RequestOptions,
+  payload: Buffer | undefined,
+  bounds: Bounds,
+): Promise<{ status: number; text: string; date: string | undefined }> {
   return new Promise((resolve, reject) => {
-    const req = https.get(url, { rejectUnauthorized: false, timeout: timeoutMs, headers: { accept: 'application/x-pem-file, */*' } }, (res) => {
+    let settled = false;
+    let req: ReturnType<typeof https.request> | undefined;
+    const finish = (err: Error | null, value?: { status: number; text: string; date: string | undefined }) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      bounds.signal?.removeEventListener('abort', onAbort);
+      if (err) {
+        req?.destroy();
+        reject(err instanceof EdgeidError ? err : networkError(url, err));
+      } else resolve(value!);
+    };
+    const deadline = setTimeout(
+      () => finish(new EdgeidError('server_timeout', `${url.origin}${url.pathname}: no complete answer within ${bounds.deadlineMs} ms`, { timeoutMs: bounds.deadlineMs })),
+      bounds.deadlineMs,
+    );
+    const onAbort = () => finish(new EdgeidError('request_aborted', `${url.pathname}: request abandoned (the agent is stopping)`));
+    if (bounds.signal?.aborted) return onAbort();
+    bounds.signal?.addEventListener('abort', onAbort, { once: true });
+    const tooLarge = (n: number) =>
+      new EdgeidError('server_response_too_large', `${url.origin}${url.pathname}: the answer exceeds ${bounds.maxBytes} bytes${n > 0 ? ` (${n} announced or received)` : ''}`, {
+        maxBytes: bounds.maxBytes,
+      });
+    req = https.request(url, { ...options, timeout: bounds.deadlineMs }, (res) => {
+      const announced = Number(res.headers['content-length'] ?? 0);
+      if (announced > bounds.maxBytes) return finish(tooLarge(announced));
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (d: Buffer) => {
         size += d.length;
-        if (size > 1024 * 1024) req.destroy(new Error('CA bundle too large'));
-        else chunks.push(d);
+        if (size > bounds.maxBytes) return finish(tooLarge(size));
+        chunks.push(d);
       });
-      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      res.on('error', (e) => finish(e));
+      res.on('aborted', () => finish(Object.assign(new Error('the server closed the connection mid-answer'), { code: 'ECONNRESET' })));
+      res.on('end', () => finish(null, { status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), date: res.headers.date }));
     });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', (e) => reject(networkError(url, e)));
+    req.on('timeout', () => finish(Object.assign(new Error(`no data within ${bounds.deadlineMs} ms`), { code: 'ETIMEDOUT' })));
+    req.on('error', (e) => finish(e));
+    req.end(payload);
   });
 }
 
@@ -149,19 +209,39 @@ export async function pinServerCa(serverUrl: string, fingerprint: string, timeou
 export interface ServerClientOptions {
   /** PEM of the pinned root (trust anchor); intermediates may follow. */
   caPem: string;
+  /** Total time one request may take, answer included (default 15 s). */
   timeoutMs?: number;
+  /** Largest answer accepted (default MAX_RESPONSE_BYTES, 1 MiB). */
+  maxResponseBytes?: number;
+  /** Aborts every request of this client (the agent stopping or wiping must not wait on the network). */
+  signal?: AbortSignal;
+  /** The agent's clock, to measure the server's clock against (default Date.now). */
+  now?: () => number;
 }
 
 /** JSON over HTTPS with the pinned CA as the only trust anchor; server errors become EdgeidErrors. */
 export class ServerClient {
   private readonly agent: https.Agent;
   private readonly timeoutMs: number;
+  private readonly maxResponseBytes: number;
+  private readonly signal: AbortSignal | undefined;
+  private readonly now: () => number;
+  /**
+   * Server clock minus agent clock, from the Date header (RFC 9110 §6.6.1, whole seconds) of the
+   * last answer, taken when it arrived; undefined before any answer or without the header.
+   */
+  serverClockOffsetMs: number | undefined;
   readonly base: URL;
 
   constructor(baseUrl: string, opts: ServerClientOptions) {
     this.base = new URL(baseUrl);
     this.timeoutMs = opts.timeoutMs ?? 15_000;
-    this.agent = new https.Agent({ keepAlive: true, maxSockets: 2, ca: opts.caPem, rejectUnauthorized: true });
+    this.maxResponseBytes = opts.maxResponseBytes ?? MAX_RESPONSE_BYTES;
+    this.signal = opts.signal;
+    this.now = opts.now ?? Date.now;
+    // One TLS context for every connection: with `ca` alone, each connection parses the CA into a
+    // new OpenSSL context, native memory that V8 does not see and collects late.
+    this.agent = new https.Agent({ keepAlive: true, maxSockets: 2, secureContext: tls.createSecureContext({ ca: opts.caPem }), rejectUnauthorized: true });
   }
 
   close(): void {
@@ -177,47 +257,38 @@ export class ServerClient {
     return this.request('GET', path, response);
   }
 
-  private request<S extends TSchema>(method: string, path: string, response: S, body?: unknown): Promise<Static<S>> {
+  private async request<S extends TSchema>(method: string, path: string, response: S, body?: unknown): Promise<Static<S>> {
     const url = new URL(path, this.base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), 'utf8');
-    return new Promise<Static<S>>((resolve, reject) => {
-      const req = https.request(
-        url,
-        {
-          method,
-          agent: this.agent,
-          timeout: this.timeoutMs,
-          headers: {
-            accept: 'application/json',
-            ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
-          },
+    const { status, text, date } = await boundedRequest(
+      url,
+      {
+        method,
+        agent: this.agent,
+        headers: {
+          accept: 'application/json',
+          ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
         },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (d: Buffer) => chunks.push(d));
-          res.on('error', (e) => reject(networkError(url, e)));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let json: unknown;
-            try {
-              json = text.length ? JSON.parse(text) : null;
-            } catch {
-              json = undefined;
-            }
-            const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300 && json !== undefined) {
-              const problem = responseProblem(response, json);
-              if (problem) return reject(new EdgeidError('server_error', `${url.pathname}: malformed response: ${problem.text}`, { path: url.pathname, field: problem.field, httpStatus: status }));
-              return resolve(json as Static<S>);
-            }
-            reject(serverError(url, status, json, text));
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
-      req.on('error', (e) => reject(e instanceof EdgeidError ? e : networkError(url, e)));
-      req.end(payload);
-    });
+      },
+      payload,
+      { deadlineMs: this.timeoutMs, maxBytes: this.maxResponseBytes, ...(this.signal ? { signal: this.signal } : {}) },
+    );
+    const serverTime = date ? Date.parse(date) : NaN;
+    if (Number.isFinite(serverTime)) this.serverClockOffsetMs = serverTime - this.now();
+    let json: unknown;
+    try {
+      json = text.length ? JSON.parse(text) : null;
+    } catch {
+      json = undefined;
+    }
+    if (status >= 200 && status < 300 && json !== undefined) {
+      const problem = responseProblem(response, json);
+      if (problem) {
+        throw new EdgeidError('server_error', `${url.pathname}: malformed response: ${problem.text}`, { path: url.pathname, field: problem.field, httpStatus: status });
+      }
+      return json as Static<S>;
+    }
+    throw serverError(url, status, json, text);
   }
 }
 

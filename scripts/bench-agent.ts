@@ -16,6 +16,12 @@
  * and the live JS heap after a forced GC (via a small --import probe).
  * --bundle DIR measures a bundle built elsewhere (e.g. an older revision) instead of building one.
  * EDGEID_BENCH_NODE_FLAGS="..." passes extra Node/V8 flags to the measured agent process.
+ *
+ * Renewal soak: `scripts/bench agent --soak N [--lifetime S]` runs only this: the bundled agent as
+ * the systemd unit runs it, MQTT connected (heartbeat 1 s), against a real server issuing S-second
+ * certificates (default 5) and swtpm, until it has renewed N times (≥ 500 to show a leak); RSS is
+ * sampled at every renewal. Prints RSS by renewal count and the slope over the second half.
+ * `--plain`: plain `node`, without the unit's node flags and memory tunables.
  */
 import { execFile, spawn } from 'node:child_process';
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -41,6 +47,9 @@ const opt = (name: string): string | undefined => (argv.includes(name) ? argv[ar
 const N = Number(opt('--renewals') ?? 50) || 50;
 const RSS_SECONDS = Number(opt('--rss-seconds') ?? 60) || 60;
 const PREBUILT = opt('--bundle');
+const SOAK = opt('--soak') === undefined ? 0 : Number(opt('--soak'));
+const SOAK_LIFETIME = Number(opt('--lifetime') ?? 5) || 5;
+const SOAK_PLAIN = argv.includes('--plain');
 
 /** Node flags of the unit's ExecStart and its Environment= memory tunables (measured as shipped). */
 async function unitSettings(): Promise<{ nodeFlags: string[]; env: Record<string, string> }> {
@@ -210,7 +219,86 @@ async function main(): Promise<void> {
   for (const [a, b, c] of rows) console.log(`| ${a} | ${b} | ${c} |`);
 }
 
-main().catch((e: unknown) => {
+/** Least-squares slope of y over x. */
+function slope(xs: number[], ys: number[]): number {
+  const n = xs.length;
+  const mx = xs.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < n; i++) {
+    num += (xs[i]! - mx) * (ys[i]! - my);
+    den += (xs[i]! - mx) ** 2;
+  }
+  return den === 0 ? 0 : num / den;
+}
+
+async function soak(renewals: number): Promise<void> {
+  const work = await tmpDir('edgeid-bench-soak-');
+  const srv = await startServerProcess({
+    config: { allowShortLifetimes: true, zones: { default: { lifetime: SOAK_LIFETIME } }, rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } },
+  });
+  const t2 = await startSwtpm();
+  const caFile = path.join(work, 'edgeid-ca.pem');
+  await writeFile(caFile, await edgeidCaBundle(srv));
+  const broker = await startMosquitto({ caFile, certFile: path.join(srv.dataDir, 'ca', 'server.pem'), keyFile: path.join(srv.dataDir, 'ca', 'server.key') });
+  const samples: { renewal: number; rss: number; anon: number; at: number }[] = [];
+  const started = performance.now();
+  try {
+    await extendBootPcrs(t2.tcti);
+    let dist = path.join(work, 'dist');
+    if (PREBUILT) dist = path.resolve(PREBUILT);
+    else await run(process.execPath, [path.join(REPO, 'scripts/bundle.mjs'), '--outdir', dist], { cwd: REPO });
+    const bundle = path.join(dist, 'edgeid-agent.js');
+    const stateDir = path.join(work, 'state');
+    const tok = await createToken(srv);
+    await run(process.execPath, [bundle, 'enroll', '--uri', tok.uri, '--state', stateDir, '--tcti', t2.tcti]);
+    const unit = SOAK_PLAIN ? { nodeFlags: [], env: {} } : await unitSettings();
+    const child = spawn(process.execPath, [...unit.nodeFlags, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, ...unit.env },
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let count = 0;
+        let tail = '';
+        child.stderr.on('data', (d: Buffer) => {
+          tail = (tail + d.toString()).slice(-100_000);
+          const lines = tail.split('\n');
+          tail = lines.pop()!;
+          for (const l of lines) {
+            if (!l.includes('"msg":"certificate renewed"')) continue;
+            count++;
+            readFile(`/proc/${child.pid}/status`, 'utf8').then((status) => {
+              const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)?.[1] ?? 0) / 1024;
+              samples.push({ renewal: count, rss: kb('VmRSS'), anon: kb('RssAnon'), at: (performance.now() - started) / 1000 });
+              if (count % 50 === 0) console.error(`[soak] ${count} renewals, RSS ${kb('VmRSS').toFixed(1)} MB`);
+              if (count >= renewals) resolve();
+            }, reject);
+          }
+        });
+        child.once('exit', (c) => reject(new Error(`agent exited ${c}`)));
+      });
+    } finally {
+      child.kill('SIGTERM');
+    }
+  } finally {
+    await broker.stop();
+    await t2.stop();
+    await srv.close();
+  }
+  samples.sort((a, b) => a.renewal - b.renewal);
+  const half = samples.slice(Math.floor(samples.length / 2));
+  const perHundred = slope(half.map((s) => s.renewal), half.map((s) => s.rss)) * 100;
+  const anonPerHundred = slope(half.map((s) => s.renewal), half.map((s) => s.anon)) * 100;
+  console.log(`\n### Agent renewal soak (${renewals} renewals of ${SOAK_LIFETIME}-second certificates, bundled agent ${SOAK_PLAIN ? 'with plain node' : 'as the unit runs it'}, MQTT connected, Node ${process.version})\n`);
+  console.log('| renewals | elapsed | RSS | RssAnon |\n|---|---|---|---|');
+  const marks = new Set([1, 10, 50, 100, 200, 300, 400, 500, renewals]);
+  for (const s of samples) if (marks.has(s.renewal) || s.renewal % 250 === 0) console.log(`| ${s.renewal} | ${s.at.toFixed(0)} s | ${s.rss.toFixed(1)} MB | ${s.anon.toFixed(1)} MB |`);
+  console.log(`\nSlope over the second half (renewals ${half[0]?.renewal}–${half.at(-1)?.renewal}): RSS ${perHundred >= 0 ? '+' : ''}${perHundred.toFixed(2)} MB per 100 renewals (RssAnon ${anonPerHundred >= 0 ? '+' : ''}${anonPerHundred.toFixed(2)}).`);
+}
+
+(SOAK > 0 ? soak(SOAK) : main()).catch((e: unknown) => {
   console.error(e);
   process.exit(1);
 });

@@ -14,7 +14,9 @@ ${COMMON_USAGE}
   --telemetry SECS   publish a numbered sample to devices/<id>/telemetry through the durable
                      outbox every SECS (0 = off, the default; for demos and soak tests)
 
-  Stops cleanly on SIGTERM/SIGINT (exit 0); a signed wipe command also ends it with exit 0.`;
+  Stops cleanly on SIGTERM/SIGINT (exit 0); a signed wipe command also ends it with exit 0.
+  Exit 10: the server answered that this device is revoked or retired; the identity was wiped
+  (the systemd unit does not restart it: RestartPreventExitStatus=10).`;
 
 export const runCommand: AgentCommand = {
   name: 'run',

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { chmod, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { EdgeidError } from '../../protocol/errors/index.js';
 
@@ -77,6 +77,63 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
     }
   } catch (e) {
     throw new EdgeidError('state_dir_unusable', `state directory ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Checks who can change the state directory before the agent trusts anything in it (state.json
+ * names the server and the pinned CA; the key blobs are the identity). Refuses, with a code that
+ * says what to do:
+ *   1. a state directory not owned by the agent's user (uid) — state_owner_mismatch;
+ *   2. an entry of the directory (state.json, key blobs, outbox/ …) owned by another uid —
+ *      state_owner_mismatch;
+ *   3. a parent directory (of the real path) that another user could use to rename or replace the
+ *      state directory: writable by group or others WITHOUT the sticky bit, or owned by a uid that
+ *      is neither root nor the agent's — state_parent_unsafe.
+ * A sticky, world-writable parent such as /tmp (1777) is accepted: the sticky bit lets only an
+ * entry's owner (or root) rename or delete it (unlink(2), rename(2) EPERM; inode(7) S_ISVTX), and
+ * a directory someone else created there in advance fails check 1. /var/lib (root, 0755) is the
+ * normal case. Only the immediate parent is checked; the path above it is the system's.
+ * On platforms without uids (process.getuid missing) nothing is checked.
+ */
+export async function checkStateOwnership(dir: string): Promise<void> {
+  const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
+  if (uid === undefined) return;
+  let real: string;
+  try {
+    real = await realpath(dir);
+  } catch (e) {
+    throw new EdgeidError('state_dir_unusable', `state directory ${dir}: ${(e as Error).message}`);
+  }
+  const st = await stat(real);
+  if (st.uid !== uid) {
+    throw new EdgeidError(
+      'state_owner_mismatch',
+      `state directory ${dir} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}): run the agent as the directory's owner, or \`chown -R <agent user> ${dir}\` after checking its contents`,
+      { path: dir, owner: st.uid, uid },
+    );
+  }
+  for (const name of await readdir(real)) {
+    const e = await lstat(path.join(real, name)).catch(() => null); // gone meanwhile: fine
+    if (e && e.uid !== uid) {
+      throw new EdgeidError(
+        'state_owner_mismatch',
+        `${path.join(dir, name)} is owned by uid ${e.uid}, not by the agent's user (uid ${uid}): someone else wrote into the state directory; check it, then remove the file or wipe and enroll again`,
+        { path: path.join(dir, name), owner: e.uid, uid },
+      );
+    }
+  }
+  const parent = path.dirname(real);
+  if (parent === real) return; // the root directory itself
+  const p = await stat(parent);
+  const sticky = (p.mode & 0o1000) !== 0; // S_ISVTX
+  if (((p.mode & 0o022) !== 0 && !sticky) || (p.uid !== 0 && p.uid !== uid)) {
+    throw new EdgeidError(
+      'state_parent_unsafe',
+      `the parent of the state directory, ${parent} (owner uid ${p.uid}, mode ${(p.mode & 0o7777).toString(8)}), lets another user rename or replace ${dir}: ` +
+        `make it owned by root or the agent's user and not writable by group/others (chmod go-w ${parent}), or move the state directory (e.g. /var/lib/edgeid)`,
+      { path: parent, owner: p.uid, mode: p.mode & 0o7777 },
+    );
   }
 }
 

@@ -19,7 +19,7 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { EdgeidError } from '../../protocol/errors/index.js';
-import { ensurePrivateDir, fsyncDir, lockDir, removeFilesDurably, removeStaleTempFiles, writeFileAtomic } from './fs.js';
+import { checkStateOwnership, ensurePrivateDir, fsyncDir, lockDir, removeFilesDurably, removeStaleTempFiles, writeFileAtomic } from './fs.js';
 
 /** A TPM key as stored on disk: marshaled TPM2B_PUBLIC and TPM2B_PRIVATE (useless off this TPM). */
 export interface KeyBlobs {
@@ -37,6 +37,10 @@ export interface CertificateRecord {
   notAfter: string;
   /** Generation of the session key (files session-N.*) whose public key the certificate carries. */
   sessionKey: number;
+  /** Server clock minus agent clock when it was issued (ms, from the answer's Date header). */
+  clockOffsetMs?: number;
+  /** Agent-clock time it arrived. */
+  receivedAt?: string;
 }
 
 export interface RenewalRecord {
@@ -98,9 +102,14 @@ export class StateStore {
 
   private constructor(readonly dir: string) {}
 
-  /** Opens (creating it 0700 if needed) the state directory; with `lock`, takes the exclusive lock. */
+  /**
+   * Opens (creating it 0700 if needed) the state directory; with `lock`, takes the exclusive lock.
+   * A store opened to write (create or lock) first checks who owns the directory, its entries and
+   * its parent (`checkStateOwnership`); a read-only look (`status`) does not.
+   */
   static async open(dir: string, opts: { lock?: boolean; create?: boolean } = {}): Promise<StateStore> {
     if (opts.create !== false) await ensurePrivateDir(dir);
+    if (opts.create !== false || opts.lock) await checkStateOwnership(dir);
     const store = new StateStore(dir);
     if (opts.lock) {
       store.lock = await lockDir(dir);

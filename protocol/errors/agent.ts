@@ -37,6 +37,16 @@ export const agentErrors = defineErrors({
     message: 'The state directory cannot be created, locked or written.',
     fix: 'Check that the directory (default /var/lib/edgeid) is on a writable filesystem and owned by the agent user; with systemd, check ReadWritePaths.',
   },
+  state_owner_mismatch: {
+    status: 409,
+    message: "The state directory, or a file in it, is not owned by the user the agent runs as; the agent does not trust it.",
+    fix: "Run the agent as the directory's owner (systemd: User=edgeid). If someone else wrote there, check the files, then remove them or wipe and enroll again; otherwise chown -R the directory to the agent user.",
+  },
+  state_parent_unsafe: {
+    status: 409,
+    message: 'The directory containing the state directory lets another user rename or replace it (writable by group/others without the sticky bit, or owned by another user).',
+    fix: "Make the parent owned by root or the agent user and not group/other-writable (chmod go-w), or put the state directory under /var/lib (default /var/lib/edgeid).",
+  },
   state_locked: {
     status: 409,
     message: 'Another edgeid-agent process is using this state directory.',
@@ -51,6 +61,21 @@ export const agentErrors = defineErrors({
     status: 503,
     message: 'The enrollment server cannot be reached.',
     fix: 'Check the server URL, DNS, routes and firewalls between the device and the server; the agent retries by itself.',
+  },
+  server_timeout: {
+    status: 504,
+    message: 'The enrollment server did not send a complete answer within the time limit (httpTimeoutMs, the whole request).',
+    fix: 'Check the server and the network path (a proxy holding connections open?); the agent retries by itself with backoff.',
+  },
+  server_response_too_large: {
+    status: 502,
+    message: 'The enrollment server sent an answer larger than the agent accepts (1 MiB); it was refused unread.',
+    fix: 'Check that the server URL points at the edgeid server and not at another service or a broken proxy; the agent retries by itself.',
+  },
+  request_aborted: {
+    status: 503,
+    message: 'A request to the enrollment server was abandoned because the agent is stopping or wiping its identity.',
+    fix: 'Nothing to do: the agent does not wait on the network to stop.',
   },
   server_fingerprint_mismatch: {
     status: 400,
@@ -72,10 +97,20 @@ export const agentErrors = defineErrors({
     message: 'A certificate renewal attempt failed.',
     fix: 'The agent retries with backoff; see the reason code in the log or `edgeid-agent status`.',
   },
+  mqtt_url_insecure: {
+    status: 400,
+    message: 'The MQTT broker URL (announced by the server or configured) is not a TLS URL; the agent refuses plaintext MQTT.',
+    fix: 'Set the broker URL to mqtts://host:port on the server (its mqtt.url) or in the agent config (mqtt.url).',
+  },
   outbox_unusable: {
     status: 500,
     message: 'The durable MQTT outbox cannot be written.',
     fix: 'Check free space and permissions of the state directory.',
+  },
+  outbox_message_too_large: {
+    status: 400,
+    message: 'A message is larger than the whole outbox (outbox.maxBytes); it was refused and nothing else was changed.',
+    fix: 'Send smaller messages (split them), or raise outbox.maxBytes in the agent config.',
   },
 
   control_malformed: { status: 400, message: 'A control command is not a well-formed signed envelope.', fix: forgedControl },

@@ -64,3 +64,24 @@ test('acknowledging an unknown or already acknowledged id is harmless', async (t
   assert.equal(box.stats().pending, 0);
   assert.equal(box.stats().delivered, 1);
 });
+
+test('refuses a message larger than maxBytes with its own code and touches nothing else', async (t) => {
+  const dir = await tmpDir('edgeid-agent-test-', t);
+  const box = await Outbox.open(dir, { maxBytes: 64 * 1024 });
+  for (let i = 0; i < 500; i++) await box.add('t', `m${i}`);
+  const before = box.stats();
+  await assert.rejects(box.add('t', Buffer.alloc(64 * 1024 + 1)), (e: any) => e.code === 'outbox_message_too_large');
+  assert.equal(box.stats().pending, 500);
+  assert.equal(box.stats().dropped, 0);
+  assert.equal(box.stats().pendingBytes, before.pendingBytes);
+  assert.equal(box.pending()[0]!.payload.toString(), 'm0');
+  // nothing on disk changed either: 500 message files, no stats.json (nothing was ever dropped)
+  const files = await readdir(dir);
+  assert.equal(files.filter((n) => /^\d{16}-.*\.json$/.test(n)).length, 500);
+  assert.ok(!files.includes('stats.json'));
+  // the outbox still works, and the sequence has no gap
+  const next = await box.add('t', 'after');
+  assert.equal(next.seq, 501);
+  const reopened = await Outbox.open(dir, { maxBytes: 64 * 1024 });
+  assert.equal(reopened.stats().pending, 501);
+});

@@ -1,51 +1,68 @@
 /**
- * The agent checks every answer of the enrollment server against the protocol/api.ts schema of
- * that response: a malformed answer is a server_error naming the field, never a half-typed object.
+ * The agent's HTTPS client against a hostile server on loopback (pinned like the real one): an
+ * endless or announced-huge body, a server dripping one byte a second, and an abort while it drips.
+ * Each ends with its own code; none of these tests waits on a clock of its own.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import https from 'node:https';
-import type { AddressInfo } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { ServerClient } from '../../agent/server-client.js';
-import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
-import { RenewChallengeResponse } from '../../protocol/api.js';
 import { isEdgeidError } from '../../protocol/errors/index.js';
+import { RenewChallengeResponse, RenewResponse } from '../../protocol/api.js';
+import { drip, startHostileHttps, type HostileServer } from '../helpers/hostile-https.js';
 
-const GOOD = { nonce: 'A'.repeat(43) + '=', expiresAt: '2026-01-01T00:00:00.000Z', pcrs: [0, 1, 2], deviceId: 'dev-0000000000000001', zone: 'default' };
+async function hostile(t: { after(fn: () => Promise<void>): void }, handler: Parameters<typeof startHostileHttps>[0]): Promise<HostileServer> {
+  const h = await startHostileHttps(handler);
+  t.after(() => h.close());
+  return h;
+}
 
-test('a response that does not match its schema is a server_error naming the field', async (t) => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-client-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const ca = await CertificateAuthority.open({ dir, hostnames: [] });
-  let answer: { status: number; body: unknown } = { status: 200, body: GOOD };
-  const server = https.createServer({ key: ca.tls.key, cert: ca.tls.cert }, (_req, res) => {
-    res.writeHead(answer.status, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(answer.body));
+test('an endless body is refused once it passes the size bound (server_response_too_large)', async (t) => {
+  let sent = 0;
+  const h = await hostile(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    const pump = () => {
+      while (!res.destroyed && res.write(chunk)) sent += chunk.length;
+      if (!res.destroyed) res.once('drain', pump);
+    };
+    pump();
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(() => new Promise<void>((r) => server.close(() => r())));
-  const client = new ServerClient(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { caPem: ca.chainPem.join('') });
+  const client = new ServerClient(h.url, { caPem: h.ca, timeoutMs: 600_000 });
   t.after(() => client.close());
-  const ask = () => client.post('/v1/renew/challenge', { deviceId: GOOD.deviceId }, RenewChallengeResponse);
+  await assert.rejects(client.post('/v1/renew', {}, RenewResponse), (e: unknown) => isEdgeidError(e, 'server_response_too_large'));
+  await h.connectionClosed; // the agent hung up instead of reading on
+  assert.ok(sent < 64 * 1024 * 1024, `the agent stopped reading early (server wrote ${sent} bytes)`);
+});
 
-  assert.deepEqual(await ask(), GOOD);
+test('an announced huge body is refused before it is read', async (t) => {
+  const h = await hostile(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(400 * 1024 * 1024) });
+    res.write('{"x":"');
+  });
+  const client = new ServerClient(h.url, { caPem: h.ca, timeoutMs: 600_000 });
+  t.after(() => client.close());
+  await assert.rejects(client.get('/v1/ca', RenewChallengeResponse), (e: unknown) => isEdgeidError(e, 'server_response_too_large') && /400|419430400/.test(e.message));
+});
 
-  const cases: [string, unknown, RegExp][] = [
-    ['a missing member', { ...GOOD, nonce: undefined }, /nonce/],
-    ['a member of the wrong type', { ...GOOD, pcrs: '0-7' }, /response\/pcrs/],
-    ['an array element of the wrong type', { ...GOOD, pcrs: [0, 'x'] }, /response\/pcrs\/1/],
-    ['not an object', [GOOD], /response/],
-    ['null', null, /response/],
-  ];
-  for (const [what, body, field] of cases) {
-    answer = { status: 200, body };
-    await assert.rejects(ask(), (e) => isEdgeidError(e, 'server_error') && /malformed response/.test(e.message) && field.test(String(e.details?.field) + e.message), what);
-  }
+test('a server dripping a byte a second cannot hold a request past its total deadline (server_timeout)', async (t) => {
+  const h = await hostile(t, drip);
+  // the total deadline (2.5 s) is longer than the gap between bytes (1 s): an idle timeout alone never fires
+  const client = new ServerClient(h.url, { caPem: h.ca, timeoutMs: 2500 });
+  t.after(() => client.close());
+  await assert.rejects(client.post('/v1/renew/challenge', {}, RenewChallengeResponse), (e: unknown) => isEdgeidError(e, 'server_timeout'));
+  await h.connectionClosed;
+});
 
-  // the server's own error bodies keep their codes
-  answer = { status: 404, body: { error: { code: 'device_not_found', message: 'no such device' } } };
-  await assert.rejects(ask(), (e) => isEdgeidError(e, 'device_not_found'));
+test('aborting ends a dripping request at once (request_aborted), whatever the deadline', async (t) => {
+  const h = await hostile(t, drip);
+  const ac = new AbortController();
+  const client = new ServerClient(h.url, { caPem: h.ca, timeoutMs: 600_000, signal: ac.signal });
+  t.after(() => client.close());
+  const pending = client.post('/v1/renew', {}, RenewResponse);
+  await h.gotRequest;
+  ac.abort();
+  await assert.rejects(pending, (e: unknown) => isEdgeidError(e, 'request_aborted'));
+  await h.connectionClosed;
+  // a client whose signal is already aborted does not even connect
+  await assert.rejects(client.post('/v1/renew', {}, RenewResponse), (e: unknown) => isEdgeidError(e, 'request_aborted'));
 });

@@ -142,3 +142,54 @@ test('wipe deletes everything of the identity but the lock', async (t) => {
   await store.wipe();
   assert.deepEqual(await readdir(dir), ['lock']);
 });
+
+// Ownership checks need a second uid: these tests chown to one, so they run as root (like scripts/test).
+const OTHER_UID = 4242;
+
+test('refuses a 0700 state dir owned by another user, and a state file another user wrote', async (t) => {
+  const { chown, mkdir } = await import('node:fs/promises');
+  const root = await tmpDir('edgeid-agent-test-', t);
+  const foreign = path.join(root, 'foreign');
+  await mkdir(foreign, { mode: 0o700 });
+  await writeFile(path.join(foreign, 'state.json'), JSON.stringify(baseState()), { mode: 0o600 });
+  await chown(path.join(foreign, 'state.json'), OTHER_UID, OTHER_UID);
+  await chown(foreign, OTHER_UID, OTHER_UID);
+  await assert.rejects(StateStore.open(foreign, { lock: true }), (e: unknown) => isEdgeidError(e, 'state_owner_mismatch') && /owned by uid 4242/.test(e.message));
+  assert.deepEqual(await readdir(foreign), ['state.json'], 'no lock taken, nothing written');
+
+  const mine = path.join(root, 'mine');
+  const store = await StateStore.open(mine, { lock: true });
+  await store.save(baseState());
+  await store.close();
+  await chown(path.join(mine, 'state.json'), OTHER_UID, OTHER_UID);
+  await assert.rejects(StateStore.open(mine, { lock: true }), (e: unknown) => isEdgeidError(e, 'state_owner_mismatch') && e.message.includes('state.json'));
+});
+
+test('refuses a state dir whose parent others can write without the sticky bit, or another user owns', async (t) => {
+  const { chmod, chown, mkdir } = await import('node:fs/promises');
+  const root = await tmpDir('edgeid-agent-test-', t);
+  const shared = path.join(root, 'shared');
+  await mkdir(shared);
+  await chmod(shared, 0o777);
+  await assert.rejects(StateStore.open(path.join(shared, 'state'), { lock: true }), (e: unknown) => isEdgeidError(e, 'state_parent_unsafe'));
+  const groupWritable = path.join(root, 'group');
+  await mkdir(groupWritable);
+  await chmod(groupWritable, 0o770);
+  await assert.rejects(StateStore.open(path.join(groupWritable, 'state'), { lock: true }), (e: unknown) => isEdgeidError(e, 'state_parent_unsafe'));
+  const othersHome = path.join(root, 'home');
+  await mkdir(othersHome, { mode: 0o755 });
+  await chown(othersHome, OTHER_UID, OTHER_UID);
+  await assert.rejects(StateStore.open(path.join(othersHome, 'state'), { lock: true }), (e: unknown) => isEdgeidError(e, 'state_parent_unsafe'));
+
+  // sticky and world-writable (like /tmp, 1777): only an entry's owner may rename or delete it
+  const sticky = path.join(root, 'sticky');
+  await mkdir(sticky);
+  await chmod(sticky, 0o1777);
+  const store = await StateStore.open(path.join(sticky, 'state'), { lock: true });
+  await store.close();
+  // root-owned 0755 (like /var/lib)
+  const varlib = path.join(root, 'varlib');
+  await mkdir(varlib, { mode: 0o755 });
+  const ok = await StateStore.open(path.join(varlib, 'edgeid'), { lock: true });
+  await ok.close();
+});
