@@ -62,6 +62,25 @@ function table(rows: Record<string, unknown>[], columns: string[]): string {
 }
 
 /**
+ * `audit verify` as text: the first line as before (OK, or BROKEN at the first bad row), then one
+ * line per problem when there is more than one, so a later edit is not hidden by an earlier one.
+ */
+function verifyText(res: AuditVerifyResult, withKind: boolean): string {
+  const from = res.from ? ` (from row ${res.from}; older rows pruned)` : '';
+  if (res.ok) return `audit chain OK: ${res.rows} rows${from}`;
+  const p = res.problem!;
+  const head = `audit chain BROKEN at row ${p.seq}${withKind ? ` (${printable(p.kind)})` : ''}: ${printable(p.detail)}`;
+  const all = res.problems ?? [p];
+  if (all.length <= 1) return head;
+  return [
+    head,
+    `${all.length + (res.problemsOmitted ?? 0)} problems:`,
+    ...all.map((q) => `  row ${q.seq} (${printable(q.kind)}): ${printable(q.detail)}`),
+    ...(res.problemsOmitted ? [`  … and ${res.problemsOmitted} more`] : []),
+  ].join('\n');
+}
+
+/**
  * What a command prints. `result` is its one document for stdout (JSON with --json, text
  * otherwise; --out FILE puts it in FILE instead); `note` is a human message for stderr.
  */
@@ -183,8 +202,12 @@ async function run(argv: string[], o: Output): Promise<number> {
           throw new Error(`${flags.file}: line ${i + 1} is not JSON`);
         }
       });
-    const res = verifyChain(rows, null);
-    emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq}: ${printable(res.problem!.detail)}`));
+    // an export of a pruned chain (or a retention archive) starts after row 1: it is checked from
+    // its first row's prevHash on (the server checks the cut against its stored checkpoint)
+    const first = rows[0];
+    const anchor = first && first.seq > 1 ? { seq: first.seq - 1, hash: first.prevHash } : null;
+    const res = verifyChain(rows, null, anchor);
+    emit(res, () => verifyText(res, false));
     return res.ok ? 0 : 1;
   }
 
@@ -310,7 +333,7 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'audit verify': {
       const res = await client.request<AuditVerifyResult>('GET', '/v1/admin/audit/verify');
-      emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq} (${printable(res.problem!.kind)}): ${printable(res.problem!.detail)}`));
+      emit(res, () => verifyText(res, true));
       return res.ok ? 0 : 1;
     }
     case 'ca export': {

@@ -349,13 +349,18 @@ export const AuditQuery = Type.Object(
 );
 export const AuditExport = Type.Object({ rows: Type.Array(AuditRow) });
 
+export const AuditProblem = Type.Object({ seq: Type.Integer(), kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const), detail: Str });
+export type AuditProblem = Static<typeof AuditProblem>;
 export const AuditVerifyResult = Type.Object({
   ok: Type.Boolean(),
   rows: Type.Integer(),
+  /** The first seq checked when older rows were pruned by retention (absent: from row 1). */
+  from: Type.Optional(Type.Integer()),
   /** First problem found, if any. */
-  problem: Type.Optional(
-    Type.Object({ seq: Type.Integer(), kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const), detail: Str }),
-  ),
+  problem: Type.Optional(AuditProblem),
+  /** Every problem found, in seq order (at most 1000; the rest counted in problemsOmitted). */
+  problems: Type.Optional(Type.Array(AuditProblem)),
+  problemsOmitted: Type.Optional(Type.Integer()),
 });
 export type AuditVerifyResult = Static<typeof AuditVerifyResult>;
 

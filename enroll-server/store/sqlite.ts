@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { chmodSync, existsSync } from 'node:fs';
 import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
-import { auditHash, GENESIS_HASH, verifyChain } from './audit-chain.js';
+import { auditHash, GENESIS_HASH, storableDetails, storableText, verifyChain, type ChainAnchor } from './audit-chain.js';
 import { loadMigrations, migrate } from './migrate.js';
 import type {
   AuditInput,
@@ -178,20 +178,28 @@ export class SqliteStore implements Store {
     return this.db.transaction(fn).immediate();
   }
 
-  /** Appends inside the caller's transaction. */
+  /**
+   * Appends inside the caller's transaction. Every text goes through storableText first (well
+   * formed, no NUL, bounded), the hash is taken over exactly those values, and the row read back
+   * from SQLite must hash the same: a value SQLite would store differently from the one hashed
+   * fails this append instead of breaking the chain for good.
+   */
   private appendAuditSync(a: AuditInput): AuditRow {
     const last = this.db.prepare('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    const anchor = last ? null : this.auditAnchorSync();
+    const opt = (v: string | null | undefined) => (v === null || v === undefined ? null : storableText(v));
+    const time = Math.trunc(a.time);
     const row: Omit<AuditRow, 'hash'> = {
-      seq: last ? Number(last.seq) + 1 : 1,
-      time: new Date(a.time).toISOString(),
-      actor: a.actor,
-      event: a.event,
-      deviceId: a.deviceId ?? null,
-      ip: a.ip ?? null,
+      seq: last ? Number(last.seq) + 1 : (anchor?.seq ?? 0) + 1,
+      time: new Date(time).toISOString(),
+      actor: storableText(a.actor),
+      event: storableText(a.event),
+      deviceId: opt(a.deviceId),
+      ip: opt(a.ip),
       outcome: a.outcome,
-      reason: a.reason ?? null,
-      details: a.details ?? null,
-      prevHash: last ? String(last.hash) : GENESIS_HASH,
+      reason: opt(a.reason),
+      details: storableDetails(a.details),
+      prevHash: last ? String(last.hash) : (anchor?.hash ?? GENESIS_HASH),
     };
     const hash = auditHash(row);
     this.db
@@ -199,9 +207,17 @@ export class SqliteStore implements Store {
         `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(row.seq, a.time, row.actor, row.event, row.deviceId, row.ip, row.outcome, row.reason, row.details ? JSON.stringify(row.details) : null, row.prevHash, hash);
+      .run(row.seq, time, row.actor, row.event, row.deviceId, row.ip, row.outcome, row.reason, row.details ? JSON.stringify(row.details) : null, row.prevHash, hash);
+    const stored = auditFrom(this.db.prepare('SELECT * FROM audit WHERE seq = ?').get(row.seq) as Row);
+    if (auditHash(stored) !== hash) throw new Error(`audit row ${row.seq} would not read back as hashed`);
     this.setMetaSync('audit_head', JSON.stringify({ seq: row.seq, hash }));
     return { ...row, hash };
+  }
+
+  /** The newest retention checkpoint: the last pruned row, where the remaining chain starts. */
+  private auditAnchorSync(): ChainAnchor | null {
+    const r = this.db.prepare('SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    return r ? { seq: Number(r.seq), hash: String(r.hash) } : null;
   }
 
   private setMetaSync(key: string, value: string): void {
@@ -548,11 +564,12 @@ export class SqliteStore implements Store {
   async verifyAudit(): Promise<AuditVerifyResult> {
     const headText = await this.getMeta('audit_head');
     const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
-    const stmt = this.db.prepare('SELECT * FROM audit ORDER BY seq');
+    const anchor = this.auditAnchorSync();
+    const stmt = this.db.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq');
     const rows = (function* () {
-      for (const r of stmt.iterate() as IterableIterator<Row>) yield auditFrom(r);
+      for (const r of stmt.iterate(anchor?.seq ?? 0) as IterableIterator<Row>) yield auditFrom(r);
     })();
-    return verifyChain(rows, head);
+    return verifyChain(rows, head, anchor);
   }
 }
 
