@@ -62,6 +62,23 @@ function table(rows: Record<string, unknown>[], columns: string[]): string {
 }
 
 /**
+ * Every page of a paged admin listing (the server answers at most 1000 items and a `next`
+ * cursor): followed here, so the command's output is still one list (one JSON document).
+ */
+async function allPages<T>(client: AdminClient, path: string, q: URLSearchParams, key: string): Promise<T[]> {
+  const out: T[] = [];
+  let after: string | undefined;
+  for (;;) {
+    const p = new URLSearchParams(q);
+    if (after) p.set('after', after);
+    const page = await client.request<Record<string, unknown> & { next?: string }>('GET', `${path}${p.size ? `?${p}` : ''}`);
+    out.push(...((page[key] as T[] | undefined) ?? []));
+    if (!page.next || page.next === after) return out;
+    after = page.next;
+  }
+}
+
+/**
  * `audit verify` as text: the first line as before (OK, or BROKEN at the first bad row), then one
  * line per problem when there is more than one, so a later edit is not hidden by an earlier one.
  */
@@ -267,7 +284,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'tokens list': {
-      const { tokens } = await client.request<{ tokens: TokenView[] }>('GET', '/v1/admin/tokens');
+      const tokens = await allPages<TokenView>(client, '/v1/admin/tokens', new URLSearchParams(), 'tokens');
       emit(tokens, () => table(tokens.map((t) => ({ ...t })), ['id', 'zone', 'owner', 'name', 'expiresAt', 'usedAt', 'deviceId']));
       return 0;
     }
@@ -276,7 +293,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       if (flags.stale) q.set('stale', 'true');
       if (typeof flags.status === 'string') q.set('status', flags.status);
       if (typeof flags.zone === 'string') q.set('zone', flags.zone);
-      const { devices } = await client.request<{ devices: DeviceView[] }>('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`);
+      const devices = await allPages<DeviceView>(client, '/v1/admin/devices', q, 'devices');
       emit(devices, () =>
         table(
           devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter ?? '', stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),

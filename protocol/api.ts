@@ -265,7 +265,12 @@ export const TokenView = Type.Object({
   deviceId: NullableStr,
 });
 export type TokenView = Static<typeof TokenView>;
-export const TokenList = Type.Object({ tokens: Type.Array(TokenView) });
+/** Paged listings: at most `limit` items (default and maximum 1000); `next` is the cursor of the following page (absent on the last). */
+export const LIST_PAGE_MAX = 1000;
+const PageLimit = Type.String({ pattern: '^[0-9]{1,4}$' });
+const PageCursor = Type.String({ pattern: '^[0-9]{1,15}:[A-Za-z0-9_.-]{1,64}$' });
+export const TokensQuery = Type.Object({ limit: Type.Optional(PageLimit), after: Type.Optional(PageCursor) }, { additionalProperties: false });
+export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
 
 export const CertificateView = Type.Object({
   serial: Str,
@@ -300,12 +305,18 @@ export const DeviceView = Type.Object({
   certificates: Type.Optional(Type.Array(CertificateView)),
 });
 export type DeviceView = Static<typeof DeviceView>;
-export const DeviceList = Type.Object({ devices: Type.Array(DeviceView) });
+export const DeviceList = Type.Object({ devices: Type.Array(DeviceView), next: Type.Optional(Str) });
 export const DeviceShow = Type.Object({ device: DeviceView });
 
 export const DeviceParams = Type.Object({ id: DeviceId }, { additionalProperties: false });
 export const DevicesQuery = Type.Object(
-  { status: Type.Optional(oneOf(DEVICE_STATUSES)), zone: Type.Optional(Type.String({ maxLength: 63 })), stale: Type.Optional(oneOf(['true', 'false'] as const)) },
+  {
+    status: Type.Optional(oneOf(DEVICE_STATUSES)),
+    zone: Type.Optional(Type.String({ maxLength: 63 })),
+    stale: Type.Optional(oneOf(['true', 'false'] as const)),
+    limit: Type.Optional(PageLimit),
+    after: Type.Optional(PageCursor),
+  },
   { additionalProperties: false },
 );
 

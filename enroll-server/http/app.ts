@@ -310,10 +310,15 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       admin.post('/tokens', { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit }, async (req) =>
         createToken(ctx, req.body, who(req)),
       );
-      admin.get('/tokens', { schema: { querystring: W.EmptyQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req)));
+      const page = (q: { limit?: string; after?: string }) => ({ ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.after ? { after: q.after } : {}) });
+      admin.get('/tokens', { schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req), page(req.query)));
       admin.get('/devices', { schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } }, async (req) => {
         const q = req.query;
-        return listDevices(ctx, { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}) }, who(req));
+        return listDevices(
+          ctx,
+          { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}), ...page(q) },
+          who(req),
+        );
       });
       admin.get('/devices/:id', { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } }, async (req) =>
         showDevice(ctx, req.params.id, who(req)),

@@ -390,8 +390,16 @@ export class SqliteStore implements Store {
     return out;
   }
 
-  async listDevicesWithLastCertificate(filter: DeviceFilter = {}): Promise<DeviceListing[]> {
-    const { where, args } = deviceWhere(filter, 'd');
+  async listDevicesWithLastCertificate(filter: DeviceFilter = {}, page?: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]> {
+    const w = deviceWhere(filter, 'd');
+    let where = w.where;
+    const args = [...w.args];
+    if (page?.after) {
+      where += `${where ? ' AND' : ' WHERE'} (d.enrolled_at, d.id) > (?, ?)`;
+      args.push(page.after.time, page.after.id);
+    }
+    const limit = page ? ' LIMIT ?' : '';
+    if (page) args.push(page.limit);
     // one query: the newest certificate per device is a correlated subquery on certificates_device
     const rows = this.db
       .prepare(
@@ -399,7 +407,7 @@ export class SqliteStore implements Store {
                 c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
          FROM devices d
          LEFT JOIN certificates c ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1)
-         ${where} ORDER BY d.enrolled_at, d.id`,
+         ${where} ORDER BY d.enrolled_at, d.id${limit}`,
       )
       .all(...args) as Row[];
     return rows.map((r) => ({
@@ -544,6 +552,60 @@ export class SqliteStore implements Store {
     return (
       this.db.prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial').all(now) as Row[]
     ).map(certFrom);
+  }
+
+  async listDeviceIds(filter: DeviceFilter = {}): Promise<string[]> {
+    const { where, args } = deviceWhere(filter, 'devices');
+    return (this.db.prepare(`SELECT id FROM devices${where} ORDER BY id`).pluck().all(...args) as unknown[]).map(String);
+  }
+
+  async pageDevicesWithLastCertificate(filter: DeviceFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]> {
+    return this.listDevicesWithLastCertificate(filter, page);
+  }
+
+  async pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]> {
+    const rows = page.after
+      ? this.db.prepare('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?').all(page.after.time, page.after.id, page.limit)
+      : this.db.prepare('SELECT * FROM tokens ORDER BY created_at, id LIMIT ?').all(page.limit);
+    return (rows as Row[]).map(tokenFrom);
+  }
+
+  async auditPruneLimit(before: number): Promise<number | null> {
+    const r = this.db
+      .prepare('SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)')
+      .get(before) as Row;
+    return r.s === null ? null : Number(r.s);
+  }
+
+  async pruneAudit(p: { throughSeq: number; now: number; file: string; audit: AuditInput }): Promise<{ rows: number; anchor: { seq: number; hash: string } }> {
+    return this.tx(() => {
+      const last = this.db.prepare('SELECT seq, hash, time FROM audit WHERE seq = ?').get(p.throughSeq) as Row | undefined;
+      if (!last) throw new Error(`audit row ${p.throughSeq} does not exist`);
+      const anchorSeq = this.auditAnchorSync()?.seq ?? 0;
+      const rows = this.db.prepare('DELETE FROM audit WHERE seq > ? AND seq <= ?').run(anchorSeq, p.throughSeq).changes;
+      this.db
+        .prepare('INSERT INTO audit_checkpoint (seq, hash, time, pruned_at, rows, file) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(p.throughSeq, String(last.hash), Number(last.time), p.now, rows, p.file);
+      this.appendAuditSync(p.audit);
+      return { rows, anchor: { seq: p.throughSeq, hash: String(last.hash) } };
+    });
+  }
+
+  async auditAnchor(): Promise<{ seq: number; hash: string } | null> {
+    return this.auditAnchorSync();
+  }
+
+  async listExpiredCertificates(before: number, limit: number): Promise<CertificateRecord[]> {
+    return (this.db.prepare('SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT ?').all(before, limit) as Row[]).map(certFrom);
+  }
+
+  async deleteCertificates(serials: string[], before: number): Promise<number> {
+    return this.tx(() => {
+      const del = this.db.prepare('DELETE FROM certificates WHERE serial = ? AND not_after < ?');
+      let n = 0;
+      for (const s of serials) n += del.run(s, before).changes;
+      return n;
+    });
   }
 
   async appendAudit(a: AuditInput): Promise<AuditRow> {
