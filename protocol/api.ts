@@ -267,7 +267,7 @@ export const TokenView = Type.Object({
 export type TokenView = Static<typeof TokenView>;
 /** Paged listings: at most `limit` items (default and maximum 1000); `next` is the cursor of the following page (absent on the last). */
 export const LIST_PAGE_MAX = 1000;
-const PageLimit = Type.String({ pattern: '^[0-9]{1,4}$' });
+const PageLimit = Type.String({ pattern: '^(1000|[1-9][0-9]{0,2})$' });
 const PageCursor = Type.String({ pattern: '^[0-9]{1,15}:[A-Za-z0-9_.-]{1,64}$' });
 export const TokensQuery = Type.Object({ limit: Type.Optional(PageLimit), after: Type.Optional(PageCursor) }, { additionalProperties: false });
 export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
