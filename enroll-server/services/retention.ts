@@ -16,7 +16,7 @@ import { verifyChain } from '../store/audit-chain.js';
 import { ensurePrivateDir, writeFileAtomic } from '../files.js';
 import type { ServerContext } from './context.js';
 
-export const RETENTION_BATCH = 20_000;
+export const RETENTION_BATCH = 2_000;
 const DAY = 86_400_000;
 
 export interface RetentionResult {
