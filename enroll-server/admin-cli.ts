@@ -9,7 +9,7 @@ import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import QRCode from 'qrcode';
 import type { Static, TSchema } from 'typebox';
-import type { AuditRow, DeviceView } from '../protocol/api.js';
+import type { AuditRow, AuditVerifyResult, DeviceView } from '../protocol/api.js';
 import * as W from '../protocol/api.js';
 import { REVOKE_REASONS } from '../protocol/api.js';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
@@ -63,6 +63,46 @@ function table(rows: Record<string, unknown>[], columns: string[]): string {
   const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
   const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i]!)).join('  ').trimEnd();
   return [line(columns.map((c) => c.toUpperCase())), ...rows.map((r) => line(columns.map((c) => cell(r[c]))))].join('\n');
+}
+
+/**
+ * Every page of a paged admin listing (the server answers at most 1000 items and a `next`
+ * cursor): followed here, so the command's output is still one list (one JSON document).
+ */
+async function allPages<T>(
+  fetchPage: (path: string) => Promise<{ items: T[]; next?: string | undefined }>,
+  path: string,
+  q: URLSearchParams,
+): Promise<T[]> {
+  const out: T[] = [];
+  let after: string | undefined;
+  for (;;) {
+    const p = new URLSearchParams(q);
+    if (after) p.set('after', after);
+    const page = await fetchPage(`${path}${p.size ? `?${p}` : ''}`);
+    out.push(...page.items);
+    if (!page.next || page.next === after) return out;
+    after = page.next;
+  }
+}
+
+/**
+ * `audit verify` as text: the first line as before (OK, or BROKEN at the first bad row), then one
+ * line per problem when there is more than one, so a later edit is not hidden by an earlier one.
+ */
+function verifyText(res: AuditVerifyResult, withKind: boolean): string {
+  const from = res.from ? ` (from row ${res.from}; older rows pruned)` : '';
+  if (res.ok) return `audit chain OK: ${res.rows} rows${from}`;
+  const p = res.problem!;
+  const head = `audit chain BROKEN at row ${p.seq}${withKind ? ` (${printable(p.kind)})` : ''}: ${printable(p.detail)}`;
+  const all = res.problems ?? [p];
+  if (all.length <= 1) return head;
+  return [
+    head,
+    `${all.length + (res.problemsOmitted ?? 0)} problems:`,
+    ...all.map((q) => `  row ${q.seq} (${printable(q.kind)}): ${printable(q.detail)}`),
+    ...(res.problemsOmitted ? [`  … and ${res.problemsOmitted} more`] : []),
+  ].join('\n');
 }
 
 /**
@@ -213,8 +253,12 @@ async function run(argv: string[], o: Output): Promise<number> {
         }
         return row as AuditRow;
       });
-    const res = verifyChain(rows, null);
-    emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq}: ${printable(res.problem!.detail)}`));
+    // an export of a pruned chain (or a retention archive) starts after row 1: it is checked from
+    // its first row's prevHash on (the server checks the cut against its stored checkpoint)
+    const first = rows[0];
+    const anchor = first && first.seq > 1 ? { seq: first.seq - 1, hash: first.prevHash } : null;
+    const res = verifyChain(rows, null, anchor);
+    emit(res, () => verifyText(res, false));
     return res.ok ? 0 : 1;
   }
 
@@ -303,7 +347,11 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'tokens list': {
-      const { tokens } = await client.request('GET', '/v1/admin/tokens', undefined, W.TokenList);
+      const tokens = await allPages(
+        (p) => client.request('GET', p, undefined, W.TokenList).then((r) => ({ items: r.tokens, next: r.next })),
+        '/v1/admin/tokens',
+        new URLSearchParams(),
+      );
       emit(tokens, () => table(tokens.map((t) => ({ ...t })), ['id', 'zone', 'owner', 'name', 'expiresAt', 'usedAt', 'deviceId']));
       return 0;
     }
@@ -316,7 +364,11 @@ async function run(argv: string[], o: Output): Promise<number> {
         q.set('status', flags.status);
       }
       if (typeof flags.zone === 'string') q.set('zone', flags.zone);
-      const { devices } = await client.request('GET', `/v1/admin/devices${q.size ? `?${q}` : ''}`, undefined, W.DeviceList);
+      const devices = await allPages(
+        (p) => client.request('GET', p, undefined, W.DeviceList).then((r) => ({ items: r.devices, next: r.next })),
+        '/v1/admin/devices',
+        q,
+      );
       emit(devices, () =>
         table(
           devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter ?? '', stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
@@ -370,7 +422,7 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'audit verify': {
       const res = await client.request('GET', '/v1/admin/audit/verify', undefined, W.AuditVerifyResult);
-      emit(res, () => (res.ok ? `audit chain OK: ${res.rows} rows` : `audit chain BROKEN at row ${res.problem!.seq} (${printable(res.problem!.kind)}): ${printable(res.problem!.detail)}`));
+      emit(res, () => verifyText(res, true));
       return res.ok ? 0 : 1;
     }
     case 'ca export': {

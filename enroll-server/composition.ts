@@ -109,7 +109,8 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
       audit: async (row) => {
         await store.appendAudit({ time: now(), actor: 'server', ...row });
       },
-      activeDeviceIds: async () => (await store.listDevices({ status: ['active', 'quarantined'] })).map((d) => d.id),
+      // ids only (no row decoding), through the status index
+      activeDeviceIds: () => store.listDeviceIds({ status: ['active', 'quarantined'] }),
       log: log.child({ part: 'broker' }),
     });
     ctx.broker = broker;

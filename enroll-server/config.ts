@@ -47,7 +47,21 @@ export interface ServerConfig {
   staleAfter: number;
   baselineWindow: number;
   housekeepingInterval: number;
-  rateLimit: { enroll: RateLimit; renew: RateLimit; admin: RateLimit };
+  /**
+   * perAddress: every route, per source address, counted at onRequest (before any parsing or
+   * validation); enroll / renew / admin: the per-route limits on top of it.
+   */
+  rateLimit: { perAddress: RateLimit; enroll: RateLimit; renew: RateLimit; admin: RateLimit };
+  /** GET /metrics: allowed from these sources (CIDRs; default loopback) or with the admin bearer token. */
+  metrics: { allow: string[]; allowList: BlockList | null };
+  /** Audit rows of identical unauthenticated refusals (source, route, code) are aggregated per minute. */
+  audit: { aggregateRefusals: boolean };
+  /**
+   * Retention (days; null = keep for ever): audit rows older than auditDays and certificates
+   * expired more than certificateDays ago are exported (JSON lines, 0600, under
+   * `<data>/archive/`) and then deleted by housekeeping; the audit chain keeps its anchor.
+   */
+  retention: { auditDays: number | null; certificateDays: number | null };
   mqtt: { url: string | null };
   /** Broker integration (issue 5): dynsec over MQTT as the server's broker identity, CRL file + reload. */
   broker: BrokerConfig | null;
@@ -256,6 +270,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   onlyKeys(new Field('(config)'), o, [
     'dataDir', 'listen', 'hostnames', 'publicUrl', 'logLevel', 'allowShortLifetimes', 'tokenTtl', 'enrollSessionTtl',
     'challengeTtl', 'crlValidity', 'staleAfter', 'baselineWindow', 'housekeepingInterval', 'rateLimit', 'mqtt', 'broker', 'ek', 'zones',
+    'metrics', 'audit', 'retention',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -272,7 +287,17 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   const allowShortLifetimes = o.allowShortLifetimes === undefined ? false : bool(root.at('allowShortLifetimes'), o.allowShortLifetimes);
 
   const rl = o.rateLimit === undefined ? {} : asObject(root.at('rateLimit'), o.rateLimit);
-  onlyKeys(root.at('rateLimit'), rl, ['enroll', 'renew', 'admin']);
+  onlyKeys(root.at('rateLimit'), rl, ['perAddress', 'enroll', 'renew', 'admin']);
+
+  const metricsRaw = o.metrics === undefined ? {} : asObject(root.at('metrics'), o.metrics);
+  onlyKeys(root.at('metrics'), metricsRaw, ['allow']);
+  const metricsAllow = metricsRaw.allow === undefined ? ['127.0.0.1/8', '::1/128'] : strings(root.at('metrics').at('allow'), metricsRaw.allow);
+  const auditRaw = o.audit === undefined ? {} : asObject(root.at('audit'), o.audit);
+  onlyKeys(root.at('audit'), auditRaw, ['aggregateRefusals']);
+  const retRaw = o.retention === undefined ? {} : asObject(root.at('retention'), o.retention);
+  onlyKeys(root.at('retention'), retRaw, ['auditDays', 'certificateDays']);
+  const days = (k: 'auditDays' | 'certificateDays', def: number) =>
+    retRaw[k] === undefined ? def : retRaw[k] === null ? null : int(root.at('retention').at(k), retRaw[k], 1, 100 * 365);
 
   const mqttRaw = o.mqtt === undefined ? {} : asObject(root.at('mqtt'), o.mqtt);
   onlyKeys(root.at('mqtt'), mqttRaw, ['url']);
@@ -331,10 +356,14 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     housekeepingInterval:
       o.housekeepingInterval === undefined ? 60 : duration(root.at('housekeepingInterval'), o.housekeepingInterval, 1, 86400),
     rateLimit: {
+      perAddress: rate(root.at('rateLimit').at('perAddress'), rl.perAddress, { max: 1200, window: 60 }),
       enroll: rate(root.at('rateLimit').at('enroll'), rl.enroll, { max: 30, window: 60 }),
       renew: rate(root.at('rateLimit').at('renew'), rl.renew, { max: 10, window: 60 }),
       admin: rate(root.at('rateLimit').at('admin'), rl.admin, { max: 600, window: 60 }),
     },
+    metrics: { allow: metricsAllow, allowList: buildAllowList(root.at('metrics').at('allow'), metricsAllow) },
+    audit: { aggregateRefusals: auditRaw.aggregateRefusals === undefined ? true : bool(root.at('audit').at('aggregateRefusals'), auditRaw.aggregateRefusals) },
+    retention: { auditDays: days('auditDays', 400), certificateDays: days('certificateDays', 400) },
     mqtt: { url: mqttUrl },
     broker,
     ek,

@@ -13,6 +13,7 @@ import type { EdgeidHooks } from './hooks.js';
 import { buildApp } from './http/app.js';
 import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
+import { applyRetention } from './services/retention.js';
 
 export { DATA_FILES };
 
@@ -108,7 +109,9 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
       }
       if (opts.housekeeping ?? true) {
         timer = setInterval(() => {
-          housekeeping(ctx).catch((e) => log.error({ err: e }, 'housekeeping failed'));
+          housekeeping(ctx)
+            .then(() => applyRetention(ctx))
+            .catch((e) => log.error({ err: e }, 'housekeeping failed'));
         }, config.housekeepingInterval * 1000);
         timer.unref();
       }

@@ -266,7 +266,12 @@ export const TokenView = Type.Object({
   deviceId: NullableStr,
 });
 export type TokenView = Static<typeof TokenView>;
-export const TokenList = Type.Object({ tokens: Type.Array(TokenView) });
+/** Paged listings: at most `limit` items (default and maximum 1000); `next` is the cursor of the following page (absent on the last). */
+export const LIST_PAGE_MAX = 1000;
+const PageLimit = Type.String({ pattern: '^(1000|[1-9][0-9]{0,2})$' });
+const PageCursor = Type.String({ pattern: '^[0-9]{1,15}:[A-Za-z0-9_.-]{1,64}$' });
+export const TokensQuery = Type.Object({ limit: Type.Optional(PageLimit), after: Type.Optional(PageCursor) }, { additionalProperties: false });
+export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
 
 export const CertificateView = Type.Object({
   serial: Str,
@@ -301,12 +306,18 @@ export const DeviceView = Type.Object({
   certificates: Type.Optional(Type.Array(CertificateView)),
 });
 export type DeviceView = Static<typeof DeviceView>;
-export const DeviceList = Type.Object({ devices: Type.Array(DeviceView) });
+export const DeviceList = Type.Object({ devices: Type.Array(DeviceView), next: Type.Optional(Str) });
 export const DeviceShow = Type.Object({ device: DeviceView });
 
 export const DeviceParams = Type.Object({ id: DeviceId }, { additionalProperties: false });
 export const DevicesQuery = Type.Object(
-  { status: Type.Optional(oneOf(DEVICE_STATUSES)), zone: Type.Optional(Type.String({ maxLength: 63 })), stale: Type.Optional(oneOf(['true', 'false'] as const)) },
+  {
+    status: Type.Optional(oneOf(DEVICE_STATUSES)),
+    zone: Type.Optional(Type.String({ maxLength: 63 })),
+    stale: Type.Optional(oneOf(['true', 'false'] as const)),
+    limit: Type.Optional(PageLimit),
+    after: Type.Optional(PageCursor),
+  },
   { additionalProperties: false },
 );
 
@@ -350,13 +361,18 @@ export const AuditQuery = Type.Object(
 );
 export const AuditExport = Type.Object({ rows: Type.Array(AuditRow) });
 
+export const AuditProblem = Type.Object({ seq: Type.Integer(), kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const), detail: Str });
+export type AuditProblem = Static<typeof AuditProblem>;
 export const AuditVerifyResult = Type.Object({
   ok: Type.Boolean(),
   rows: Type.Integer(),
+  /** The first seq checked when older rows were pruned by retention (absent: from row 1). */
+  from: Type.Optional(Type.Integer()),
   /** First problem found, if any. */
-  problem: Type.Optional(
-    Type.Object({ seq: Type.Integer(), kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const), detail: Str }),
-  ),
+  problem: Type.Optional(AuditProblem),
+  /** Every problem found, in seq order (at most 1000; the rest counted in problemsOmitted). */
+  problems: Type.Optional(Type.Array(AuditProblem)),
+  problemsOmitted: Type.Optional(Type.Integer()),
 });
 export type AuditVerifyResult = Static<typeof AuditVerifyResult>;
 

@@ -1,11 +1,13 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import * as W from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { ServerContext } from '../services/context.js';
-import { auditRefusal, exportAudit, verifyAudit } from '../services/audit.js';
+import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
+import { toWellFormed } from '../store/audit-chain.js';
 import { issueBrokerCertificate, reconcileBroker } from '../services/broker.js';
 import { regenerateCrl } from '../services/ca.js';
 import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
@@ -34,8 +36,10 @@ function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
   const fe = err as FastifyError & { validationContext?: string };
   if (fe.validation) {
     const v = fe.validation[0];
-    const where = `${fe.validationContext ?? 'body'}${v?.instancePath ?? ''}`;
-    const extra = v?.params && 'additionalProperty' in v.params ? ` (${String(v.params.additionalProperty)})` : '';
+    // the path and property name come from the caller's document: only a plain, short name is
+    // repeated (in the answer and the audit row), anything else is replaced
+    const where = `${fe.validationContext ?? 'body'}${safeName(v?.instancePath ?? '')}`;
+    const extra = v?.params && 'additionalProperty' in v.params ? ` (${safeName(String(v.params.additionalProperty))})` : '';
     return new EdgeidError('bad_request', `${where} ${v?.message ?? 'is invalid'}${extra}`, { field: where });
   }
   switch (fe.code) {
@@ -55,8 +59,79 @@ function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
   return new EdgeidError('internal_error');
 }
 
+/** True when the Authorization header carries the admin bearer token (compared by its SHA-256, in constant time). */
+function bearerMatches(header: string | undefined, tokenHash: Buffer): boolean {
+  const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
+  const presented = createHash('sha256').update(m?.[1] ?? '').digest();
+  return m !== null && timingSafeEqual(presented, tokenHash);
+}
+
+/**
+ * A fixed-window counter per source address (RFC 6585 429 with Retry-After): `take` answers 0
+ * when the request may go on, else the seconds until the window ends. The table is bounded: when
+ * it grows past its cap, finished windows are dropped, and if none are, the whole table resets.
+ */
+export class AddressLimiter {
+  private readonly windows = new Map<string, { start: number; n: number }>();
+  constructor(
+    private readonly max: number,
+    private readonly windowMs: number,
+    private readonly now: () => number,
+    private readonly cap = 100_000,
+  ) {}
+
+  take(addr: string): number {
+    const now = this.now();
+    let w = this.windows.get(addr);
+    if (!w || now - w.start >= this.windowMs) {
+      if (!w && this.windows.size >= this.cap) this.sweep(now);
+      w = { start: now, n: 0 };
+      this.windows.set(addr, w);
+    }
+    w.n++;
+    return w.n > this.max ? Math.max(1, Math.ceil((w.start + this.windowMs - now) / 1000)) : 0;
+  }
+
+  private sweep(now: number): void {
+    for (const [k, w] of this.windows) if (now - w.start >= this.windowMs) this.windows.delete(k);
+    if (this.windows.size >= this.cap) this.windows.clear();
+  }
+}
+
+/** A name from the caller's document, repeated only when it is plain ASCII of at most 64 characters. */
+function safeName(s: string): string {
+  return /^[A-Za-z0-9_./-]{0,64}$/.test(s) ? s : '/<unprintable>';
+}
+
+/** The device id of a refused request, only when it has the shape of one (else null, never the raw value). */
+function validDeviceId(body: unknown): string | null {
+  if (!body || typeof body !== 'object') return null;
+  const id = (body as Record<string, unknown>).deviceId;
+  return typeof id === 'string' && DEVICE_ID.test(id) ? id : null;
+}
+const DEVICE_ID = new RegExp((W.DeviceId as { pattern?: string }).pattern ?? '^$');
+
+/**
+ * Refuses a request whose decoded body, query or path holds text that is not well-formed
+ * Unicode (a lone surrogate, which JSON's \\u escapes can carry; a U+FFFD left by invalid
+ * UTF-8 in a URL) or a NUL: no table stores such text, and nothing downstream must see it.
+ */
+function assertWellFormed(v: unknown, depth = 0): void {
+  if (typeof v === 'string') {
+    if (!isWellFormed(v)) throw new EdgeidError('text_not_well_formed');
+    return;
+  }
+  if (!v || typeof v !== 'object' || depth > 32) return;
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if (!isWellFormed(k)) throw new EdgeidError('text_not_well_formed');
+    assertWellFormed(x, depth + 1);
+  }
+}
+const isWellFormed = (s: string) => toWellFormed(s) === s && !s.includes('\u0000');
+
 function routeEvent(req: FastifyRequest): string {
-  const url = req.routeOptions.url ?? req.url.split('?')[0] ?? '';
+  // the route's template, never the caller's URL (an unmatched route has none)
+  const url = req.routeOptions.url ?? '/unknown';
   if (url.startsWith('/v1/admin')) return `admin.http${url.slice('/v1/admin'.length).replace(/\/:id/g, '').replace(/\//g, '.')}`;
   return `http${url.replace(/^\/v1/, '').replace(/\//g, '.')}`;
 }
@@ -65,6 +140,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Set when the request reached its service, whose audited action writes its audit row. */
     reachedService: boolean;
+    /** Set once the admin bearer token was checked. */
+    adminAuthenticated: boolean;
   }
 }
 
@@ -95,7 +172,23 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   // JSON only: anything else is unsupported_media_type before it reaches a schema
   app.removeContentTypeParser('text/plain');
   app.decorateRequest('reachedService', false);
+  app.decorateRequest('adminAuthenticated', false);
 
+  // every route, per source address, before anything is parsed or validated
+  const perAddress = new AddressLimiter(ctx.config.rateLimit.perAddress.max, ctx.config.rateLimit.perAddress.window * 1000, ctx.now);
+  app.addHook('onRequest', async (req) => {
+    const wait = perAddress.take(req.ip ?? '');
+    if (wait > 0) throw new EdgeidError('rate_limited', `more than ${ctx.config.rateLimit.perAddress.max} requests from this address in ${ctx.config.rateLimit.perAddress.window}s`, { retryAfter: wait });
+  });
+  app.addHook('onClose', async () => {
+    await closeRefusalAggregator(ctx);
+  });
+
+  app.addHook('preValidation', async (req) => {
+    assertWellFormed(req.params);
+    assertWellFormed(req.query);
+    assertWellFormed(req.body);
+  });
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
@@ -114,22 +207,24 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     else req.log.info({ code: e.code }, 'request refused');
     // a request that reached its service was audited there (exactly one row per action); this
     // row is for refusals before that: validation, authentication, media type, size
-    if (!req.reachedService && e.code !== 'rate_limited') {
+    if (!req.reachedService) {
       try {
-        const body = req.body as Record<string, unknown> | undefined;
-        const deviceId = body && typeof body === 'object' && typeof body.deviceId === 'string' ? body.deviceId.slice(0, 64) : null;
+        // only validated values: the device id when it has a device id's shape, else null
+        const deviceId = req.adminAuthenticated ? null : validDeviceId(req.body);
         await auditRefusal(ctx, {
           event: routeEvent(req),
-          actor: req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
+          actor: req.adminAuthenticated ? 'admin' : req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
           ip: req.ip ?? null,
           deviceId,
           error: e,
           requestId: req.id,
+          authenticated: req.adminAuthenticated,
         });
       } catch (auditErr) {
         req.log.error({ err: auditErr }, 'audit append failed');
       }
     }
+    if (e.code === 'rate_limited' && e.details?.retryAfter !== undefined) reply.header('retry-after', String(e.details.retryAfter));
     return reply.status(status).send(errorBody(e.code, e.message, status >= 500 ? undefined : (e.details as Record<string, unknown>)));
   });
 
@@ -184,7 +279,16 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
 
   app.get('/healthz', { schema: { querystring: W.EmptyQuery, response: { 200: W.HealthResponse } } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
 
-  app.get('/metrics', { schema: { querystring: W.EmptyQuery } }, async (_req, reply) => {
+  // allowed from the configured sources (default loopback) or with the admin bearer token
+  const metricsAllow = ctx.config.metrics.allow.length > 0 ? ctx.config.metrics.allowList : null;
+  const metricsAuth = async (req: FastifyRequest) => {
+    const ip = req.ip ?? '';
+    const family = isIP(ip) === 6 ? 'ipv6' : 'ipv4';
+    if (metricsAllow && isIP(ip) && metricsAllow.check(ip, family)) return;
+    if (bearerMatches(req.headers.authorization, opts.adminTokenHash)) return;
+    throw new EdgeidError('metrics_unauthorized', `GET /metrics from ${isIP(ip) ? ip : 'this address'} needs the admin bearer token`);
+  };
+  app.get('/metrics', { schema: { querystring: W.EmptyQuery }, onRequest: metricsAuth }, async (_req, reply) => {
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();
   });
@@ -195,11 +299,10 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       const admin = plugin.withTypeProvider<TypeBoxTypeProvider>();
       admin.addHook('onRequest', async (req) => {
         const h = req.headers.authorization ?? '';
-        const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(h);
-        const presented = createHash('sha256').update(m?.[1] ?? '').digest();
-        if (!m || !timingSafeEqual(presented, opts.adminTokenHash)) {
+        if (!bearerMatches(h, opts.adminTokenHash)) {
           throw new EdgeidError('admin_unauthorized', h ? 'the admin token is wrong' : 'no admin bearer token');
         }
+        req.adminAuthenticated = true;
       });
       const who = (req: FastifyRequest) => ({ ...meta(req), actor: 'admin' });
       const adminLimit = { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } };
@@ -207,10 +310,15 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       admin.post('/tokens', { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit }, async (req) =>
         createToken(ctx, req.body, who(req)),
       );
-      admin.get('/tokens', { schema: { querystring: W.EmptyQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req)));
+      const page = (q: { limit?: string; after?: string }) => ({ ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.after ? { after: q.after } : {}) });
+      admin.get('/tokens', { schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req), page(req.query)));
       admin.get('/devices', { schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } }, async (req) => {
         const q = req.query;
-        return listDevices(ctx, { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}) }, who(req));
+        return listDevices(
+          ctx,
+          { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}), ...page(q) },
+          who(req),
+        );
       });
       admin.get('/devices/:id', { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } }, async (req) =>
         showDevice(ctx, req.params.id, who(req)),

@@ -1,5 +1,5 @@
 import type { AuditRow, AuditVerifyResult } from '../../protocol/api.js';
-import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
+import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { AuditInput } from '../store/store.js';
 import type { ServerContext } from './context.js';
 
@@ -66,6 +66,10 @@ export class AuditedAction {
     this.done = true;
   }
 
+  get hasFailureWriter(): boolean {
+    return this.failureWriter !== null;
+  }
+
   get isRecorded(): boolean {
     return this.done;
   }
@@ -85,6 +89,15 @@ export class AuditedAction {
 }
 
 /**
+ * A failed action whose caller never proved anything (actor still the anonymous `device`, no
+ * token or device learned, no failure writer such as the one that spends a token): a caller's
+ * mistake, aggregated like an HTTP refusal. Our own faults stay one row each.
+ */
+function unauthenticatedFailure(a: AuditedAction, e: EdgeidError): boolean {
+  return a.actor === 'device' && !a.hasFailureWriter && !a.isRecorded && e.code !== 'internal_error' && ERRORS[e.code].status < 500;
+}
+
+/**
  * Runs one service action so that it leaves exactly one audit row (see AuditedAction). Anything
  * thrown becomes an EdgeidError (our own faults internal_error, logged with their cause); the
  * action's counter, if any, counts the outcome once.
@@ -99,7 +112,11 @@ export async function audited<T>(ctx: ServerContext, start: ActionStart, fn: (a:
     if (err.code === 'internal_error') ctx.log.error({ err: e, event: start.event }, 'action failed');
     start.count?.('fail');
     try {
-      await a.writeFailure(ctx, err);
+      const agg = unauthenticatedFailure(a, err) ? refusalAggregator(ctx) : null;
+      if (agg) {
+        await agg.refuse({ event: a.event, actor: a.actor, ip: start.ip, deviceId: a.deviceId, error: err, requestId: '' });
+        a.recorded();
+      } else await a.writeFailure(ctx, err);
     } catch (auditErr) {
       ctx.log.error({ err: auditErr, event: start.event }, 'audit append failed');
       throw toEdgeidError(auditErr, 'internal_error');
@@ -136,15 +153,135 @@ export async function verifyAudit(ctx: ServerContext, who: { actor: string; ip: 
   });
 }
 
+/** A refusal before (or without) any authentication: who asked from where, and why it failed. */
+export interface Refusal {
+  event: string;
+  actor: string;
+  ip: string | null;
+  deviceId: string | null;
+  error: EdgeidError;
+  requestId: string;
+}
+
+const MINUTE = 60_000;
+/** Open aggregation buckets kept at most; beyond that every bucket is flushed at once. */
+const MAX_BUCKETS = 10_000;
+
+interface Bucket {
+  minute: number;
+  event: string;
+  actor: string;
+  ip: string | null;
+  reason: string;
+  firstSeq: number;
+  firstTime: number;
+  lastTime: number;
+  repeated: number;
+}
+
 /**
- * The audit row of a request refused before it reached a service action (bad input, no admin
- * token, wrong media type, too large): the caller's side of it, as far as it is known.
+ * Aggregates identical unauthenticated refusals so that one source cannot write audit rows at
+ * the rate it can send requests: per (source address, event, actor, code) and clock minute, the
+ * first refusal writes its full row as usual and the rest of that minute only increment a counter
+ * in memory; when the minute is over (checked every few seconds, on the next refusal of the same
+ * key, and at close) one summary row records how many followed the first, with the first row's
+ * seq. Every row is an ordinary chain row, so the hash chain is unchanged; a crash loses at most
+ * the count of the current minute, never a row already written. Authenticated and device events
+ * do not pass through here: they stay one row each.
  */
-export async function auditRefusal(
-  ctx: ServerContext,
-  r: { event: string; actor: string; ip: string | null; deviceId: string | null; error: EdgeidError; requestId: string },
-): Promise<void> {
-  await ctx.store.appendAudit({
+export class RefusalAggregator {
+  private readonly buckets = new Map<string, Bucket>();
+  private readonly timer: NodeJS.Timeout;
+  private flushing: Promise<void> = Promise.resolve();
+
+  constructor(private readonly ctx: ServerContext) {
+    this.timer = setInterval(() => {
+      void this.flush(false).catch((e) => ctx.log.error({ err: e }, 'audit aggregation flush failed'));
+    }, 5_000);
+    this.timer.unref();
+  }
+
+  async refuse(r: Refusal): Promise<void> {
+    const now = this.ctx.now();
+    const minute = Math.floor(now / MINUTE);
+    const key = `${r.ip ?? ''}\u0001${r.event}\u0001${r.actor}\u0001${r.error.code}`;
+    const b = this.buckets.get(key);
+    if (b && b.minute === minute) {
+      b.repeated++;
+      b.lastTime = now;
+      return;
+    }
+    if (b) await this.writeSummary(key, b);
+    if (this.buckets.size >= MAX_BUCKETS) await this.flush(true);
+    // reserve the bucket before the first row is written, so concurrent refusals count into it
+    const nb: Bucket = { minute, event: r.event, actor: r.actor, ip: r.ip, reason: r.error.code, firstSeq: 0, firstTime: now, lastTime: now, repeated: 0 };
+    this.buckets.set(key, nb);
+    const row = await writeRefusal(this.ctx, r, { aggregated: true });
+    nb.firstSeq = row.seq;
+  }
+
+  /** Writes the summary rows of finished minutes (all buckets when `all`). */
+  async flush(all: boolean): Promise<void> {
+    const run = this.flushing.then(async () => {
+      const minute = Math.floor(this.ctx.now() / MINUTE);
+      for (const [key, b] of [...this.buckets]) {
+        if (all || b.minute < minute) await this.writeSummary(key, b);
+      }
+    });
+    this.flushing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async writeSummary(key: string, b: Bucket): Promise<void> {
+    if (this.buckets.get(key) === b) this.buckets.delete(key);
+    if (b.repeated === 0) return;
+    await this.ctx.store.appendAudit({
+      time: this.ctx.now(),
+      actor: b.actor,
+      event: b.event,
+      deviceId: null,
+      ip: b.ip,
+      outcome: 'fail',
+      reason: b.reason,
+      details: {
+        aggregated: true,
+        repeated: b.repeated,
+        firstSeq: b.firstSeq,
+        from: new Date(b.firstTime).toISOString(),
+        to: new Date(b.lastTime).toISOString(),
+        message: `${b.repeated} more identical refusal(s) after row ${b.firstSeq} in the same minute`,
+      },
+    });
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.flush(true);
+  }
+}
+
+const aggregators = new WeakMap<ServerContext, RefusalAggregator>();
+
+/** The context's aggregator (made on first use), or null when aggregation is off in the config. */
+export function refusalAggregator(ctx: ServerContext): RefusalAggregator | null {
+  if (ctx.config.audit?.aggregateRefusals === false) return null;
+  let a = aggregators.get(ctx);
+  if (!a) {
+    a = new RefusalAggregator(ctx);
+    aggregators.set(ctx, a);
+  }
+  return a;
+}
+
+/** Flushes and stops the context's aggregator (server close). */
+export async function closeRefusalAggregator(ctx: ServerContext): Promise<void> {
+  const a = aggregators.get(ctx);
+  aggregators.delete(ctx);
+  await a?.close();
+}
+
+function writeRefusal(ctx: ServerContext, r: Refusal, extra: Record<string, unknown> = {}) {
+  return ctx.store.appendAudit({
     time: ctx.now(),
     actor: r.actor,
     event: r.event,
@@ -152,6 +289,18 @@ export async function auditRefusal(
     ip: r.ip,
     outcome: 'fail',
     reason: r.error.code,
-    details: { message: r.error.message.slice(0, 300), requestId: r.requestId },
+    details: { message: r.error.message.slice(0, 300), requestId: r.requestId, ...extra },
   });
+}
+
+/**
+ * The audit row of a request refused before it reached a service action (bad input, no admin
+ * token, wrong media type, too large, rate limited): the caller's side of it, as far as it is
+ * known and validated. Unauthenticated refusals are aggregated (RefusalAggregator); an
+ * authenticated caller's refusal is one row.
+ */
+export async function auditRefusal(ctx: ServerContext, r: Refusal & { authenticated: boolean }): Promise<void> {
+  const agg = r.authenticated ? null : refusalAggregator(ctx);
+  if (agg) await agg.refuse(r);
+  else await writeRefusal(ctx, r);
 }

@@ -1,4 +1,4 @@
-import type { CertificateView, ControlCommandType, DeviceStatus, DeviceView, RevokeReason, SignedControl } from '../../protocol/api.js';
+import { LIST_PAGE_MAX, type CertificateView, type ControlCommandType, type DeviceStatus, type DeviceView, type RevokeReason, type SignedControl } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
@@ -56,10 +56,20 @@ export interface DeviceQuery {
   status?: DeviceStatus;
   zone?: string;
   stale?: boolean;
+  /** Page size (1 … 1000, default 1000) and the cursor `<enrolledAt>:<id>` of the previous page's last device. */
+  limit?: number;
+  after?: string;
+}
+
+/** A listing cursor `<time>:<id>` (validated by the API schema). */
+export function parseCursor(c: string | undefined): { time: number; id: string } | undefined {
+  if (!c) return undefined;
+  const i = c.indexOf(':');
+  return { time: Number(c.slice(0, i)), id: c.slice(i + 1) };
 }
 
 /** GET /v1/admin/devices: the inventory, filtered by the store's query. */
-export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor): Promise<{ devices: DeviceView[] }> {
+export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor): Promise<{ devices: DeviceView[]; next?: string }> {
   const details: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(q)) if (v !== undefined) details[k] = String(v);
   return audited(ctx, { event: 'admin.devices.list', actor: who.actor, ip: who.ip, details }, async (a) => {
@@ -68,8 +78,17 @@ export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor
       ...(q.zone ? { zone: q.zone } : {}),
       ...(q.stale !== undefined ? { stale: { is: q.stale, before: a.time - ctx.config.staleAfter * 1000 } } : {}),
     };
-    const rows = await ctx.store.listDevicesWithLastCertificate(filter);
-    return { devices: rows.map((r) => deviceView(ctx, r.device, undefined, r.lastCertificate)) };
+    // one page (keyset on enrolledAt, id): a listing never loads the whole table
+    const limit = Math.min(LIST_PAGE_MAX, Math.max(1, q.limit ?? LIST_PAGE_MAX));
+    const after = parseCursor(q.after);
+    const rows = await ctx.store.pageDevicesWithLastCertificate(filter, { limit: limit + 1, ...(after ? { after } : {}) });
+    const page = rows.slice(0, limit);
+    const last = page.at(-1)?.device;
+    a.details = { ...a.details, rows: page.length };
+    return {
+      devices: page.map((r) => deviceView(ctx, r.device, undefined, r.lastCertificate)),
+      ...(rows.length > limit && last ? { next: `${last.enrolledAt}:${last.id}` } : {}),
+    };
   });
 }
 
@@ -193,12 +212,13 @@ export async function approveBaseline(ctx: ServerContext, id: string, who: Actor
 export async function housekeeping(ctx: ServerContext): Promise<{ retired: string[] }> {
   const now = ctx.now();
   const retired: string[] = [];
-  for (const d of await ctx.store.listDevices({ status: ['active', 'quarantined'], retireByAtOrBefore: now })) {
+  // ids only, through the retire_by index: the rows are not decoded here
+  for (const id of await ctx.store.listDeviceIds({ status: ['active', 'quarantined'], retireByAtOrBefore: now })) {
     try {
-      await retireDevice(ctx, d.id, { actor: 'server', ip: null, automatic: true });
-      retired.push(d.id);
+      await retireDevice(ctx, id, { actor: 'server', ip: null, automatic: true });
+      retired.push(id);
     } catch (e) {
-      ctx.log.error({ err: e, deviceId: d.id }, 'automatic retire failed');
+      ctx.log.error({ err: e, deviceId: id }, 'automatic retire failed');
     }
   }
   await ctx.crl.get();

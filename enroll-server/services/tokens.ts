@@ -1,9 +1,10 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { enrollUri, type TokenCreateRequest, type TokenCreateResponse, type TokenView } from '../../protocol/api.js';
+import { enrollUri, LIST_PAGE_MAX, type TokenCreateRequest, type TokenCreateResponse, type TokenView } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import type { TokenRecord } from '../store/store.js';
 import { audited } from './audit.js';
 import { zoneOf, type RequestMeta, type ServerContext } from './context.js';
+import { parseCursor } from './devices.js';
 
 /**
  * Enrollment tokens are `<id>.<secret>`: the id (16 hex digits) finds the row, the secret (32
@@ -69,9 +70,24 @@ export async function createToken(ctx: ServerContext, req: TokenCreateRequest, m
   });
 }
 
-/** GET /v1/admin/tokens: every token, without its secret (only a hash of it is stored). */
-export async function listTokens(ctx: ServerContext, meta: RequestMeta & { actor: string }): Promise<{ tokens: TokenView[] }> {
-  return audited(ctx, { event: 'admin.tokens.list', actor: meta.actor, ip: meta.ip }, async () => ({ tokens: (await ctx.store.listTokens()).map(tokenView) }));
+/**
+ * GET /v1/admin/tokens: one page of tokens (keyset on createdAt, id; `limit` 1 … 1000, default
+ * 1000; `next` when there are more), without their secrets (only a hash of each is stored).
+ */
+export async function listTokens(
+  ctx: ServerContext,
+  meta: RequestMeta & { actor: string },
+  q: { limit?: number; after?: string } = {},
+): Promise<{ tokens: TokenView[]; next?: string }> {
+  return audited(ctx, { event: 'admin.tokens.list', actor: meta.actor, ip: meta.ip }, async (a) => {
+    const limit = Math.min(LIST_PAGE_MAX, Math.max(1, q.limit ?? LIST_PAGE_MAX));
+    const after = parseCursor(q.after);
+    const rows = await ctx.store.pageTokens({ limit: limit + 1, ...(after ? { after } : {}) });
+    const page = rows.slice(0, limit);
+    const last = page.at(-1);
+    a.details = { rows: page.length };
+    return { tokens: page.map(tokenView), ...(rows.length > limit && last ? { next: `${last.createdAt}:${last.id}` } : {}) };
+  });
 }
 
 export function tokenView(t: TokenRecord): TokenView {

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { chmodSync, existsSync } from 'node:fs';
 import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
-import { auditHash, GENESIS_HASH, verifyChain } from './audit-chain.js';
+import { auditHash, GENESIS_HASH, storableDetails, storableText, verifyChain, type ChainAnchor } from './audit-chain.js';
 import { loadMigrations, migrate } from './migrate.js';
 import type {
   AuditInput,
@@ -178,20 +178,28 @@ export class SqliteStore implements Store {
     return this.db.transaction(fn).immediate();
   }
 
-  /** Appends inside the caller's transaction. */
+  /**
+   * Appends inside the caller's transaction. Every text goes through storableText first (well
+   * formed, no NUL, bounded), the hash is taken over exactly those values, and the row read back
+   * from SQLite must hash the same: a value SQLite would store differently from the one hashed
+   * fails this append instead of breaking the chain for good.
+   */
   private appendAuditSync(a: AuditInput): AuditRow {
     const last = this.db.prepare('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    const anchor = last ? null : this.auditAnchorSync();
+    const opt = (v: string | null | undefined) => (v === null || v === undefined ? null : storableText(v));
+    const time = Math.trunc(a.time);
     const row: Omit<AuditRow, 'hash'> = {
-      seq: last ? Number(last.seq) + 1 : 1,
-      time: new Date(a.time).toISOString(),
-      actor: a.actor,
-      event: a.event,
-      deviceId: a.deviceId ?? null,
-      ip: a.ip ?? null,
+      seq: last ? Number(last.seq) + 1 : (anchor?.seq ?? 0) + 1,
+      time: new Date(time).toISOString(),
+      actor: storableText(a.actor),
+      event: storableText(a.event),
+      deviceId: opt(a.deviceId),
+      ip: opt(a.ip),
       outcome: a.outcome,
-      reason: a.reason ?? null,
-      details: a.details ?? null,
-      prevHash: last ? String(last.hash) : GENESIS_HASH,
+      reason: opt(a.reason),
+      details: storableDetails(a.details),
+      prevHash: last ? String(last.hash) : (anchor?.hash ?? GENESIS_HASH),
     };
     const hash = auditHash(row);
     this.db
@@ -199,9 +207,17 @@ export class SqliteStore implements Store {
         `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(row.seq, a.time, row.actor, row.event, row.deviceId, row.ip, row.outcome, row.reason, row.details ? JSON.stringify(row.details) : null, row.prevHash, hash);
+      .run(row.seq, time, row.actor, row.event, row.deviceId, row.ip, row.outcome, row.reason, row.details ? JSON.stringify(row.details) : null, row.prevHash, hash);
+    const stored = auditFrom(this.db.prepare('SELECT * FROM audit WHERE seq = ?').get(row.seq) as Row);
+    if (auditHash(stored) !== hash) throw new Error(`audit row ${row.seq} would not read back as hashed`);
     this.setMetaSync('audit_head', JSON.stringify({ seq: row.seq, hash }));
     return { ...row, hash };
+  }
+
+  /** The newest retention checkpoint: the last pruned row, where the remaining chain starts. */
+  private auditAnchorSync(): ChainAnchor | null {
+    const r = this.db.prepare('SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    return r ? { seq: Number(r.seq), hash: String(r.hash) } : null;
   }
 
   private setMetaSync(key: string, value: string): void {
@@ -374,8 +390,16 @@ export class SqliteStore implements Store {
     return out;
   }
 
-  async listDevicesWithLastCertificate(filter: DeviceFilter = {}): Promise<DeviceListing[]> {
-    const { where, args } = deviceWhere(filter, 'd');
+  async listDevicesWithLastCertificate(filter: DeviceFilter = {}, page?: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]> {
+    const w = deviceWhere(filter, 'd');
+    let where = w.where;
+    const args = [...w.args];
+    if (page?.after) {
+      where += `${where ? ' AND' : ' WHERE'} (d.enrolled_at, d.id) > (?, ?)`;
+      args.push(page.after.time, page.after.id);
+    }
+    const limit = page ? ' LIMIT ?' : '';
+    if (page) args.push(page.limit);
     // one query: the newest certificate per device is a correlated subquery on certificates_device
     const rows = this.db
       .prepare(
@@ -383,7 +407,7 @@ export class SqliteStore implements Store {
                 c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
          FROM devices d
          LEFT JOIN certificates c ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1)
-         ${where} ORDER BY d.enrolled_at, d.id`,
+         ${where} ORDER BY d.enrolled_at, d.id${limit}`,
       )
       .all(...args) as Row[];
     return rows.map((r) => ({
@@ -530,6 +554,60 @@ export class SqliteStore implements Store {
     ).map(certFrom);
   }
 
+  async listDeviceIds(filter: DeviceFilter = {}): Promise<string[]> {
+    const { where, args } = deviceWhere(filter, 'devices');
+    return (this.db.prepare(`SELECT id FROM devices${where} ORDER BY id`).pluck().all(...args) as unknown[]).map(String);
+  }
+
+  async pageDevicesWithLastCertificate(filter: DeviceFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]> {
+    return this.listDevicesWithLastCertificate(filter, page);
+  }
+
+  async pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]> {
+    const rows = page.after
+      ? this.db.prepare('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?').all(page.after.time, page.after.id, page.limit)
+      : this.db.prepare('SELECT * FROM tokens ORDER BY created_at, id LIMIT ?').all(page.limit);
+    return (rows as Row[]).map(tokenFrom);
+  }
+
+  async auditPruneLimit(before: number): Promise<number | null> {
+    const r = this.db
+      .prepare('SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)')
+      .get(before) as Row;
+    return r.s === null ? null : Number(r.s);
+  }
+
+  async pruneAudit(p: { throughSeq: number; now: number; file: string; audit: AuditInput }): Promise<{ rows: number; anchor: { seq: number; hash: string } }> {
+    return this.tx(() => {
+      const last = this.db.prepare('SELECT seq, hash, time FROM audit WHERE seq = ?').get(p.throughSeq) as Row | undefined;
+      if (!last) throw new Error(`audit row ${p.throughSeq} does not exist`);
+      const anchorSeq = this.auditAnchorSync()?.seq ?? 0;
+      const rows = this.db.prepare('DELETE FROM audit WHERE seq > ? AND seq <= ?').run(anchorSeq, p.throughSeq).changes;
+      this.db
+        .prepare('INSERT INTO audit_checkpoint (seq, hash, time, pruned_at, rows, file) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(p.throughSeq, String(last.hash), Number(last.time), p.now, rows, p.file);
+      this.appendAuditSync(p.audit);
+      return { rows, anchor: { seq: p.throughSeq, hash: String(last.hash) } };
+    });
+  }
+
+  async auditAnchor(): Promise<{ seq: number; hash: string } | null> {
+    return this.auditAnchorSync();
+  }
+
+  async listExpiredCertificates(before: number, limit: number): Promise<CertificateRecord[]> {
+    return (this.db.prepare('SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT ?').all(before, limit) as Row[]).map(certFrom);
+  }
+
+  async deleteCertificates(serials: string[], before: number): Promise<number> {
+    return this.tx(() => {
+      const del = this.db.prepare('DELETE FROM certificates WHERE serial = ? AND not_after < ?');
+      let n = 0;
+      for (const s of serials) n += del.run(s, before).changes;
+      return n;
+    });
+  }
+
   async appendAudit(a: AuditInput): Promise<AuditRow> {
     return this.tx(() => this.appendAuditSync(a));
   }
@@ -548,11 +626,12 @@ export class SqliteStore implements Store {
   async verifyAudit(): Promise<AuditVerifyResult> {
     const headText = await this.getMeta('audit_head');
     const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
-    const stmt = this.db.prepare('SELECT * FROM audit ORDER BY seq');
+    const anchor = this.auditAnchorSync();
+    const stmt = this.db.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq');
     const rows = (function* () {
-      for (const r of stmt.iterate() as IterableIterator<Row>) yield auditFrom(r);
+      for (const r of stmt.iterate(anchor?.seq ?? 0) as IterableIterator<Row>) yield auditFrom(r);
     })();
-    return verifyChain(rows, head);
+    return verifyChain(rows, head, anchor);
   }
 }
 

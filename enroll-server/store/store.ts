@@ -207,6 +207,30 @@ export interface Store {
   /** Revoked certificates that have not expired yet at `now` (the CRL's entries). */
   listRevokedUnexpired(now: number): Promise<CertificateRecord[]>;
 
+  /** Only the ids of the devices the filter selects (no row decoding), in id order. */
+  listDeviceIds(filter?: DeviceFilter): Promise<string[]>;
+  /**
+   * One page of a listing in its sort order (devices: enrolledAt, id; tokens: createdAt, id),
+   * after the cursor `after` (the last item of the previous page, as `<time>:<id>`).
+   */
+  pageDevicesWithLastCertificate(filter: DeviceFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]>;
+  pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]>;
+
+  /** Retention: the highest seq of a row older than `before` (never the newest row), or null. */
+  auditPruneLimit(before: number): Promise<number | null>;
+  /**
+   * Deletes the audit rows after the current anchor up to `throughSeq` and records the last one as
+   * the new anchor (audit_checkpoint) with the file they were exported to — in one transaction,
+   * with the audit row that reports it.
+   */
+  pruneAudit(p: { throughSeq: number; now: number; file: string; audit: AuditInput }): Promise<{ rows: number; anchor: { seq: number; hash: string } }>;
+  /** The current anchor of the chain (the last pruned row), null when nothing was pruned. */
+  auditAnchor(): Promise<{ seq: number; hash: string } | null>;
+  /** Certificates that expired before `before`, oldest first, at most `limit`. */
+  listExpiredCertificates(before: number, limit: number): Promise<CertificateRecord[]>;
+  /** Deletes these certificates (only those still expired before `before`); returns how many. */
+  deleteCertificates(serials: string[], before: number): Promise<number>;
+
   appendAudit(a: AuditInput): Promise<AuditRow>;
   listAudit(p?: { afterSeq?: number; limit?: number; deviceId?: string }): Promise<AuditRow[]>;
   verifyAudit(): Promise<AuditVerifyResult>;

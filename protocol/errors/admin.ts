@@ -7,6 +7,11 @@ export const adminErrors = defineErrors({
     message: 'The admin API needs a valid admin bearer token.',
     fix: 'Pass --admin-token or EDGEID_ADMIN_TOKEN, or run edgeid-admin on the server host with --data pointing at its data dir.',
   },
+  metrics_unauthorized: {
+    status: 401,
+    message: 'GET /metrics needs the admin bearer token or a source address on the metrics allow-list.',
+    fix: 'Scrape from an address in metrics.allow (default: loopback) or send Authorization: Bearer <admin token> (Prometheus: authorization.credentials_file).',
+  },
   device_state_conflict: {
     status: 409,
     message: 'The device is not in a state that allows this operation.',

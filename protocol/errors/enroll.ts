@@ -11,6 +11,11 @@ export const enrollErrors = defineErrors({
     message: 'The request does not match the API schema.',
     fix: 'Check the field named in the message; the client and the server may be different versions.',
   },
+  text_not_well_formed: {
+    status: 400,
+    message: 'A text in the request holds a lone UTF-16 surrogate or a NUL character.',
+    fix: 'Send well-formed Unicode text (every string valid UTF-8, no U+0000).',
+  },
   malformed_json: {
     status: 400,
     message: 'The request body is not valid JSON.',
