@@ -46,10 +46,13 @@ function certOf(der: Buffer): X509Certificate {
   return new X509Certificate(der);
 }
 
-/** The built-in certificates with their role (see the rules above). */
-export function builtinEkCas(): EkCa[] {
-  const certs = BUILTIN_EK_CAS.map((c) => ({ file: c.file, der: Buffer.from(c.der, 'base64') })).map((c) => ({ ...c, x: certOf(c.der) }));
-  return certs.map(({ file, der, x }) => {
+/**
+ * The role of each certificate of a maker's set (see the rules above): self-signed → anchor;
+ * issued by another certificate of the set → intermediate; issuer not in the set → anchor.
+ */
+export function classifyEkCas(set: ReadonlyArray<{ origin: string; der: Buffer }>, source: EkCa['source']): EkCa[] {
+  const certs = set.map((c) => ({ ...c, x: certOf(c.der) }));
+  return certs.map(({ origin, der, x }) => {
     const selfSigned = x.subject === x.issuer && x.checkIssued(x) && x.verify(x.publicKey);
     const hasIssuer = !selfSigned && certs.some((o) => o.x !== x && x.checkIssued(o.x) && x.verify(o.x.publicKey));
     return {
@@ -59,11 +62,19 @@ export function builtinEkCas(): EkCa[] {
       issuer: x.issuer.replace(/\n/g, ', '),
       notAfter: new Date(x.validTo),
       role: hasIssuer ? 'intermediate' : 'anchor',
-      source: 'builtin',
-      origin: file,
+      source,
+      origin,
       disabled: false,
     };
   });
+}
+
+/** The built-in TPM makers' CA certificates (enroll-server/ek-roots/) with their role. */
+export function builtinEkCas(): EkCa[] {
+  return classifyEkCas(
+    BUILTIN_EK_CAS.map((c) => ({ origin: c.file, der: Buffer.from(c.der, 'base64') })),
+    'builtin',
+  );
 }
 
 function pemBlocks(text: string): Buffer[] {
