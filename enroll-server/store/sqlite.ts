@@ -435,7 +435,7 @@ export class SqliteStore implements Store {
   async findLiveDeviceByEk(ekHash: string, legacyHashes: string[] = []): Promise<DeviceRecord | null> {
     const legacy = legacyHashes.length ? ` OR (ek_legacy = 1 AND ek_hash IN (${legacyHashes.map(() => '?').join(', ')}))` : '';
     const r = this.db
-      .prepare(`SELECT * FROM devices WHERE (ek_hash = ?${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`)
+      .prepare(`SELECT * FROM devices WHERE ((ek_hash = ? AND ek_legacy = 0)${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`)
       .get(ekHash, ...legacyHashes) as Row | undefined;
     return r ? deviceFrom(r) : null;
   }

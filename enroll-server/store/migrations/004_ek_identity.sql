@@ -13,7 +13,6 @@ ALTER TABLE devices ADD COLUMN ek_verified INTEGER;
 ALTER TABLE devices ADD COLUMN ek_issuer TEXT;
 -- one live device per EK, enforced by the transaction that creates the device
 CREATE UNIQUE INDEX devices_live_ek ON devices(ek_hash) WHERE ek_legacy = 0 AND status IN ('active', 'quarantined');
-CREATE INDEX devices_ek_hash ON devices(ek_hash);
 
 -- EK trust store changes made by operators (edgeid-admin ek-roots): 'anchor' rows add a trust
 -- anchor, 'disabled' rows switch off a built-in one. The built-in store itself is code.
