@@ -69,12 +69,15 @@ export function classifyEkCas(set: ReadonlyArray<{ origin: string; der: Buffer }
   });
 }
 
-/** The built-in TPM makers' CA certificates (enroll-server/ek-roots/) with their role. */
+let builtinCache: EkCa[] | null = null;
+
+/** The built-in TPM makers' CA certificates (enroll-server/ek-roots/) with their role (classified once per process). */
 export function builtinEkCas(): EkCa[] {
-  return classifyEkCas(
+  builtinCache ??= classifyEkCas(
     BUILTIN_EK_CAS.map((c) => ({ origin: c.file, der: Buffer.from(c.der, 'base64') })),
     'builtin',
   );
+  return builtinCache.map((c) => ({ ...c }));
 }
 
 function pemBlocks(text: string): Buffer[] {
