@@ -52,7 +52,8 @@ export interface IdentityDeps {
 
 export interface EnrollParams {
   server: string;
-  token: string;
+  /** Absent: zero-touch enrollment, for a TPM whose EK an operator imported from a supplier manifest. */
+  token?: string;
   caFingerprint: string;
   zone?: string;
 }
@@ -153,7 +154,11 @@ export async function enroll(deps: IdentityDeps, params: EnrollParams): Promise<
     ...(existing ?? { version: 1, renewals: 0, nextSessionKey: 1 }),
     version: 1,
     server: { url: params.server, caFingerprint, rootPem },
-    pendingEnrollment: { token: params.token, ...(params.zone ? { zone: params.zone } : {}), startedAt: new Date().toISOString() },
+    pendingEnrollment: {
+      ...(params.token !== undefined ? { token: params.token } : {}),
+      ...(params.zone ? { zone: params.zone } : {}),
+      startedAt: new Date().toISOString(),
+    },
   } as AgentState;
   if (!state.ak) {
     const ak = await tpm.createAttestationKey();
@@ -175,7 +180,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     const ak = await store.readKey('ak');
     const ek = await tpm.endorsementKey();
     const startReq: EnrollStartRequest = {
-      token: pending.token,
+      ...(pending.token !== undefined ? { token: pending.token } : {}),
       ekPub: b64(ek.public),
       akPub: b64(ak.public),
       ...(ek.certificate ? { ekCert: b64(ek.certificate) } : {}),
@@ -185,7 +190,8 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     try {
       start = await client.post('/v1/enroll/start', startReq, EnrollStartResponse);
     } catch (e) {
-      if (isEdgeidError(e, 'token_used') || isEdgeidError(e, 'ek_already_enrolled')) {
+      // without a token, a manifest entry that was used answers ek_not_allowed: maybe by us, before a crash
+      if (isEdgeidError(e, 'token_used') || isEdgeidError(e, 'ek_already_enrolled') || (pending.token === undefined && isEdgeidError(e, 'ek_not_allowed'))) {
         // The server may have issued before we could save the answer: re-attest with the AK.
         log.warn({ code: e.code }, 'token already spent; recovering the identity by attestation with the AK');
         return await recoverByAk(deps, state, client);

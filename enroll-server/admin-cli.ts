@@ -40,6 +40,14 @@ commands:
                                        a Mosquitto 2.0 config dir (TLS + client certs, CRL, dynsec)
   renew-now ID [--json]                ask a device (over the broker) to re-attest at once
   broker reconcile [--json]            make the broker's per-device clients match the inventory
+  ek-roots list [--json]               the EK trust store: built-in TPM makers' CAs, configured, added
+  ek-roots add FILE [--json]           add a trust anchor for EK certificates (PEM or DER CA certificate)
+  ek-roots remove FINGERPRINT [--json] remove an added anchor, or switch off a built-in/configured one
+  ek-allow import FILE --zone Z --owner O [--json]
+                                       a supplier manifest (CSV or JSON of EK certificates or EK
+                                       public keys): each listed TPM may enroll once without a token
+  ek-allow list [--json]
+  ek-allow remove ID [--json]
 
 connection (first match wins):
   --server URL       / EDGEID_SERVER       / <data>/server.json
@@ -154,6 +162,7 @@ function showDevice(d: DeviceView): string {
     `retire by   ${p(d.retireBy)}`,
     `last seen   ${p(d.lastSeen)} from ${p(d.lastIp)}${d.stale ? '  [STALE]' : ''}`,
     `EK hash     ${p(d.ekHash)}`,
+    `EK cert     ${d.ekVerified === true ? `verified, issuer ${p(d.ekIssuer)}` : d.ekVerified === false ? 'NOT verified (zone opted out or certificate optional)' : '-'}`,
     `agent       ${p(d.claims?.agentVersion)}`,
   ];
   if (d.certificates?.length) {
@@ -371,8 +380,15 @@ async function run(argv: string[], o: Output): Promise<number> {
       );
       emit(devices, () =>
         table(
-          devices.map((d) => ({ ...d, state: d.status, certExpires: d.certificateNotAfter ?? '', stale: d.stale ? 'yes' : '', agent: d.claims?.agentVersion })),
-          ['id', 'name', 'zone', 'owner', 'state', 'posture', 'certExpires', 'lastSeen', 'lastIp', 'stale', 'agent'],
+          devices.map((d) => ({
+            ...d,
+            state: d.status,
+            certExpires: d.certificateNotAfter ?? '',
+            stale: d.stale ? 'yes' : '',
+            agent: d.claims?.agentVersion,
+            ek: d.ekVerified === true ? 'verified' : d.ekVerified === false ? 'UNVERIFIED' : '-',
+          })),
+          ['id', 'name', 'zone', 'owner', 'state', 'posture', 'certExpires', 'lastSeen', 'lastIp', 'stale', 'ek', 'agent'],
         ),
       );
       return 0;
@@ -473,6 +489,66 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'broker reconcile': {
       const res = await client.request('POST', '/v1/admin/broker/reconcile', {}, W.BrokerReconcileResponse);
       emit(res, () => `broker reconciled: ${res.added.length} device(s) added, ${res.removed.length} removed`);
+      return 0;
+    }
+    case 'ek-roots list': {
+      const { roots } = await client.request('GET', '/v1/admin/ek-roots', undefined, W.EkRootList);
+      const now = Date.now();
+      emit(roots, () =>
+        table(
+          roots.map((r) => ({
+            ...r,
+            fingerprint: r.fingerprint.slice(0, 16),
+            state: r.disabled ? 'disabled' : Date.parse(r.notAfter) < now ? 'EXPIRED' : 'ok',
+            notAfter: r.notAfter.slice(0, 10),
+          })),
+          ['fingerprint', 'role', 'source', 'state', 'notAfter', 'subject'],
+        ),
+      );
+      return 0;
+    }
+    case 'ek-roots add': {
+      if (!arg) throw new UsageError('ek-roots add FILE');
+      const bytes = readFileSync(arg);
+      const text = bytes.toString('latin1');
+      const certificate = text.includes('-----BEGIN CERTIFICATE-----') ? text : bytes.toString('base64');
+      const r = await client.request('POST', '/v1/admin/ek-roots', { certificate }, W.EkRootView);
+      emit(r, () => `added EK trust anchor ${r.fingerprint}\n  ${printable(r.subject)} (until ${r.notAfter})`);
+      return 0;
+    }
+    case 'ek-roots remove': {
+      if (!arg) throw new UsageError('ek-roots remove FINGERPRINT (see ek-roots list --json)');
+      const r = await client.request('POST', `/v1/admin/ek-roots/${encodeURIComponent(arg)}/remove`, {}, W.EkRootView);
+      emit(r, () => `${r.disabled ? 'switched off' : 'removed'} ${r.fingerprint}\n  ${printable(r.subject)}`);
+      return 0;
+    }
+    case 'ek-allow import': {
+      if (!arg) throw new UsageError('ek-allow import FILE --zone Z --owner O');
+      const content = readFileSync(arg, 'utf8');
+      const res = await client.request(
+        'POST',
+        '/v1/admin/ek-allow',
+        { zone: need(flags, 'zone'), owner: need(flags, 'owner'), content, source: arg.split('/').pop()!.slice(0, 200) },
+        W.EkAllowImportResponse,
+      );
+      emit(res, () => `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}${res.skipped ? `; ${res.skipped} already listed or repeated, skipped` : ''}`);
+      o.notes.push('listed devices enroll with: edgeid-agent enroll --server URL --ca-fingerprint FP (no token)');
+      return 0;
+    }
+    case 'ek-allow list': {
+      const { entries } = await client.request('GET', '/v1/admin/ek-allow', undefined, W.EkAllowList);
+      emit(entries, () =>
+        table(
+          entries.map((e) => ({ ...e, ekId: e.ekId.slice(0, 16), used: e.tokenId ? 'attempted' : '' })),
+          ['id', 'zone', 'owner', 'name', 'ekId', 'used', 'source'],
+        ),
+      );
+      return 0;
+    }
+    case 'ek-allow remove': {
+      if (!arg) throw new UsageError('ek-allow remove ID');
+      const res = await client.request('POST', `/v1/admin/ek-allow/${encodeURIComponent(arg)}/remove`, {}, W.EkAllowRemoveResponse);
+      emit(res, () => `removed ${printable(res.removed)}`);
       return 0;
     }
     default:

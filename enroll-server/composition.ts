@@ -17,6 +17,7 @@ import { createMetrics } from './metrics.js';
 import type { ServerContext } from './services/context.js';
 import { CrlService } from './services/crl.js';
 import { backfillAkNames } from './services/devices.js';
+import { reloadEkTrust } from './services/ek.js';
 import { SqliteStore } from './store/sqlite.js';
 
 /** Files in the data dir other tools (edgeid-admin, the broker integration) rely on. */
@@ -41,25 +42,6 @@ export interface ComposeOptions {
   boundPort: () => number | undefined;
 }
 
-function loadPemBundle(path: string): Buffer[] {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new EdgeidError('config_invalid', `config: ek: cannot read ${path}: ${(e as Error).message}`);
-  }
-  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
-  if (!blocks) {
-    // a DER file
-    try {
-      return [Buffer.from(new X509Certificate(readFileSync(path)).raw)];
-    } catch {
-      throw new EdgeidError('config_invalid', `config: ek: ${path} holds no certificate`);
-    }
-  }
-  return blocks.map((b) => Buffer.from(new X509Certificate(b).raw));
-}
-
 /** Opens the store (migrating it), the CA and the broker integration, and wires the hooks. */
 export async function composeContext(opts: ComposeOptions): Promise<ServerContext> {
   const { config } = opts;
@@ -67,15 +49,6 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   const log =
     opts.logger ??
     pino({ level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization', '*.token', '*.secret'] });
-  const ekTrust =
-    config.ek.roots.length > 0
-      ? { roots: config.ek.roots.flatMap(loadPemBundle), intermediates: config.ek.intermediates.flatMap(loadPemBundle) }
-      : null;
-  if (!ekTrust) {
-    log.warn(
-      'no TPM manufacturer roots configured (ek.roots): EK certificates are not checked, so enrollment does not prove a real TPM. Set ek.roots and ek.requireEkCertificate for production',
-    );
-  }
   const store = new SqliteStore(join(config.dataDir, DATA_FILES.db));
   if (store.schema.from !== store.schema.to) log.info({ from: store.schema.from, to: store.schema.to }, 'database schema migrated');
   let ca: CertificateAuthority;
@@ -94,9 +67,32 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
     hooks: [...(opts.hooks ?? [])],
     now,
     publicUrl: () => serverUrl(config, opts.boundPort()),
-    ekTrust,
+    ekTrust: null,
+    ekRequireDefault: true,
     broker: null,
   } as unknown as ServerContext;
+  try {
+    await reloadEkTrust(ctx);
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+  // data dirs that held devices or tokens before EK certificates were required by default keep
+  // them optional until the configuration says otherwise (new data dirs require them)
+  const legacyOptional = (await store.getMeta('ek_cert_legacy_optional')) === '1';
+  ctx.ekRequireDefault = config.ek.requireEkCertificate ?? !legacyOptional;
+  if (!ctx.ekRequireDefault) {
+    log.warn(
+      config.ek.requireEkCertificate === false
+        ? 'ek.requireEkCertificate is false: TPMs without an EK certificate chaining to the EK trust store can enroll, so enrollment does not prove a real TPM'
+        : 'this data dir predates required EK certificates: EK certificates stay optional until ek.requireEkCertificate is set (true is recommended)',
+    );
+  }
+  for (const z of Object.values(config.zones)) {
+    if (z.requireEkCertificate === false) {
+      log.warn({ zone: z.name }, `zone ${z.name} opted out of EK certificates (requireEkCertificate: false): its devices enroll without proof of a real TPM and show ekVerified: false`);
+    }
+  }
   ctx.metrics = createMetrics(() => store.countDevicesByStatus());
   ctx.crl = new CrlService(ctx);
   const named = await backfillAkNames(ctx);

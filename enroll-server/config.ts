@@ -23,6 +23,11 @@ export interface ZonePolicy {
   maxOffline: number;
   /** Checker built from `cidrs` (null = any). */
   allow: BlockList | null;
+  /**
+   * EK certificates in this zone: null = the server's rule (ek.requireEkCertificate); false = the
+   * zone opted out explicitly: no EK certificate is checked and its devices are ekVerified: false.
+   */
+  requireEkCertificate: boolean | null;
 }
 
 export interface RateLimit {
@@ -65,7 +70,13 @@ export interface ServerConfig {
   mqtt: { url: string | null };
   /** Broker integration (issue 5): dynsec over MQTT as the server's broker identity, CRL file + reload. */
   broker: BrokerConfig | null;
-  ek: { roots: string[]; intermediates: string[]; requireEkCertificate: boolean };
+  /**
+   * EK trust: roots / intermediates added to the built-in TPM makers' store (files), whether the
+   * built-in store is used, and whether an EK certificate chaining to the store is required
+   * (null = not set: required, except in data dirs that held devices or tokens before EK
+   * certificates were required by default).
+   */
+  ek: { roots: string[]; intermediates: string[]; builtinRoots: boolean; requireEkCertificate: boolean | null };
   zones: Record<string, ZonePolicy>;
 }
 
@@ -156,7 +167,7 @@ function buildAllowList(f: Field, cidrs: string[]): BlockList | null {
 function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePolicy {
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(name)) f.fail('zone names are lower-case letters, digits and dashes');
   const o = asObject(f, v ?? {});
-  onlyKeys(f, o, ['lifetime', 'pcrs', 'posture', 'claims', 'cidrs', 'retireAfter', 'maxOffline']);
+  onlyKeys(f, o, ['lifetime', 'pcrs', 'posture', 'claims', 'cidrs', 'retireAfter', 'maxOffline', 'requireEkCertificate']);
   const floor = allowShort ? SHORT_LIFETIME_FLOOR : MIN_LIFETIME;
   const lifetime = o.lifetime === undefined ? 3600 : duration(f.at('lifetime'), o.lifetime, floor, MAX_LIFETIME);
   let pcrs = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -195,7 +206,8 @@ function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePoli
   const retireAfter =
     o.retireAfter === undefined || o.retireAfter === null ? null : duration(f.at('retireAfter'), o.retireAfter, 60, 100 * 365 * 86400);
   const maxOffline = o.maxOffline === undefined ? 7 * 86400 : duration(f.at('maxOffline'), o.maxOffline, 0, 365 * 86400);
-  return { name, lifetime, pcrs, posture, claims, cidrs, retireAfter, maxOffline, allow };
+  const requireEkCertificate = o.requireEkCertificate === undefined ? null : bool(f.at('requireEkCertificate'), o.requireEkCertificate);
+  return { name, lifetime, pcrs, posture, claims, cidrs, retireAfter, maxOffline, allow, requireEkCertificate };
 }
 
 function listen(f: Field, v: unknown): { host: string; port: number } {
@@ -322,16 +334,16 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   }
 
   const ekRaw = o.ek === undefined ? {} : asObject(root.at('ek'), o.ek);
-  onlyKeys(root.at('ek'), ekRaw, ['roots', 'intermediates', 'requireEkCertificate']);
+  onlyKeys(root.at('ek'), ekRaw, ['roots', 'intermediates', 'builtinRoots', 'requireEkCertificate']);
   const ek = {
     roots: (ekRaw.roots === undefined ? [] : strings(root.at('ek').at('roots'), ekRaw.roots)).map((p) => resolve(cwd, p)),
     intermediates: (ekRaw.intermediates === undefined ? [] : strings(root.at('ek').at('intermediates'), ekRaw.intermediates)).map((p) =>
       resolve(cwd, p),
     ),
+    builtinRoots: ekRaw.builtinRoots === undefined ? true : bool(root.at('ek').at('builtinRoots'), ekRaw.builtinRoots),
     requireEkCertificate:
-      ekRaw.requireEkCertificate === undefined ? false : bool(root.at('ek').at('requireEkCertificate'), ekRaw.requireEkCertificate),
+      ekRaw.requireEkCertificate === undefined ? null : bool(root.at('ek').at('requireEkCertificate'), ekRaw.requireEkCertificate),
   };
-  if (ek.requireEkCertificate && ek.roots.length === 0) root.at('ek').at('roots').fail('must list at least one root when requireEkCertificate is true');
 
   const zonesRaw = o.zones === undefined ? { default: {} } : asObject(root.at('zones'), o.zones);
   const zones: Record<string, ZonePolicy> = {};

@@ -82,7 +82,8 @@ export type Evidence = Static<typeof Evidence>;
 
 export const EnrollStartRequest = Type.Object(
   {
-    token: Type.String({ minLength: 1, maxLength: 128 }),
+    /** Absent: zero-touch enrollment, allowed only for an EK on a supplier manifest (ek-allow). */
+    token: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
     /** TPM2B_PUBLIC of the endorsement key. */
     ekPub: b64(1024),
     /** DER EK certificate from the TPM's NV, if it has one. */
@@ -273,6 +274,56 @@ const PageCursor = Type.String({ pattern: '^[0-9]{1,15}:[A-Za-z0-9_.-]{1,64}$' }
 export const TokensQuery = Type.Object({ limit: Type.Optional(PageLimit), after: Type.Optional(PageCursor) }, { additionalProperties: false });
 export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
 
+export const EkRootView = Type.Object({
+  /** SHA-256 of the certificate's DER (hex). */
+  fingerprint: Str,
+  subject: Str,
+  issuer: Str,
+  notAfter: Iso,
+  role: oneOf(['anchor', 'intermediate'] as const),
+  source: oneOf(['builtin', 'config', 'operator'] as const),
+  origin: Str,
+  disabled: Type.Boolean(),
+});
+export type EkRootView = Static<typeof EkRootView>;
+export const EkRootList = Type.Object({ roots: Type.Array(EkRootView) });
+export const EkRootAddRequest = Type.Object({ certificate: Type.String({ minLength: 1, maxLength: 65536 }) }, { additionalProperties: false });
+export type EkRootAddRequest = Static<typeof EkRootAddRequest>;
+export const EkRootParams = Type.Object({ fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{64,95}$' }) }, { additionalProperties: false });
+
+export const EkAllowEntry = Type.Object({
+  id: Str,
+  /** EK identity: SHA-256 (hex) of the EK's DER SubjectPublicKeyInfo. */
+  ekId: Str,
+  zone: Str,
+  owner: Str,
+  name: NullableStr,
+  source: NullableStr,
+  importedBy: Str,
+  importedAt: Iso,
+  /** The token minted for its enrollment (set at the first attempt). */
+  tokenId: NullableStr,
+});
+export type EkAllowEntry = Static<typeof EkAllowEntry>;
+export const EkAllowList = Type.Object({ entries: Type.Array(EkAllowEntry) });
+export const EkAllowImportRequest = Type.Object(
+  {
+    zone: ZoneName,
+    owner: Type.String({ minLength: 1, maxLength: 200 }),
+    /** The manifest file's text (CSV or JSON). */
+    content: Type.String({ minLength: 1, maxLength: 16 * 1024 * 1024 }),
+    format: Type.Optional(oneOf(['csv', 'json'] as const)),
+    /** File name, recorded with each entry. */
+    source: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  },
+  { additionalProperties: false },
+);
+export type EkAllowImportRequest = Static<typeof EkAllowImportRequest>;
+export const EkAllowImportResponse = Type.Object({ added: Type.Array(EkAllowEntry), skipped: Type.Integer() });
+export type EkAllowImportResponse = Static<typeof EkAllowImportResponse>;
+export const EkAllowRemoveResponse = Type.Object({ removed: Str });
+export const EkAllowParams = Type.Object({ id: Type.String({ pattern: '^ekm-[0-9a-f]{12}$' }) }, { additionalProperties: false });
+
 export const CertificateView = Type.Object({
   serial: Str,
   notBefore: Iso,
@@ -299,6 +350,10 @@ export const DeviceView = Type.Object({
   stale: Type.Boolean(),
   baselineWindowUntil: Nullable(Iso),
   ekHash: Str,
+  /** true: its EK certificate chained to the EK trust store; false: enrolled without that check (zone opted out); null: not recorded. */
+  ekVerified: Type.Optional(Nullable(Type.Boolean())),
+  /** Issuer DN of the verified EK certificate. */
+  ekIssuer: Type.Optional(NullableStr),
   claims: Nullable(Type.Unsafe<Claims>({ type: 'object', additionalProperties: true })),
   baseline: Nullable(StringMap),
   /** notAfter of the device's newest certificate (null before the first one). */

@@ -16,6 +16,8 @@ import { UsageError, type AgentCommand } from './types.js';
 const USAGE = `usage:
   edgeid-agent enroll --uri 'edgeid://enroll?server=…&token=…&ca=sha256:…' [options]
   edgeid-agent enroll --server URL --token TOKEN --ca-fingerprint sha256:HEX [--zone ZONE] [options]
+  edgeid-agent enroll --server URL --ca-fingerprint sha256:HEX [options]
+      (no token: zero-touch, for a TPM whose EK the operator imported with edgeid-admin ek-allow import)
 
   The server's TLS certificate must chain to the CA with that fingerprint (no trust on first use).
   The URI can also come from env EDGEID_ENROLL_URI (keeps the token out of the process list).
@@ -76,8 +78,14 @@ export const enrollCommand: AgentCommand = {
       }
       if (values.zone) params.zone = values.zone;
     } else {
-      if (!values.server || !values.token || !values['ca-fingerprint']) throw new UsageError('need --uri, or all of --server, --token and --ca-fingerprint', USAGE);
-      params = { server: values.server, token: values.token, caFingerprint: values['ca-fingerprint'], ...(values.zone ? { zone: values.zone } : {}) };
+      // no --token: zero-touch enrollment, for a TPM whose EK is on a supplier manifest the operator imported
+      if (!values.server || !values['ca-fingerprint']) throw new UsageError('need --uri, or --server and --ca-fingerprint (and --token unless the TPM is on a supplier manifest)', USAGE);
+      params = {
+        server: values.server,
+        ...(values.token ? { token: values.token } : {}),
+        caFingerprint: values['ca-fingerprint'],
+        ...(values.zone ? { zone: values.zone } : {}),
+      };
     }
     const config = resolveConfig(values);
     const log = makeLogger(config, { sentences: wantsSentences(values.json) });

@@ -66,7 +66,7 @@ export interface AgentState {
   /** Set once the AK blobs are on disk; hex of the AK's TPM name. */
   ak?: { name: string; createdAt: string };
   /** An enrollment that was started but not finished; holds the one-time token until then. */
-  pendingEnrollment?: { token: string; zone?: string; startedAt: string };
+  pendingEnrollment?: { token?: string; zone?: string; startedAt: string };
   device?: { id: string; zone: string; enrolledAt: string };
   certificate?: CertificateRecord;
   /** The session key of the certificate before the current one; deleted once the new one is in use. */

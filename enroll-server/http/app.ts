@@ -11,11 +11,14 @@ import { toWellFormed } from '../store/audit-chain.js';
 import { issueBrokerCertificate, reconcileBroker } from '../services/broker.js';
 import { regenerateCrl } from '../services/ca.js';
 import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
+import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, removeEkRoot } from '../services/ek.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
 import { createToken, listTokens } from '../services/tokens.js';
 
 export const BODY_LIMIT = 64 * 1024;
+/** A supplier manifest (POST /v1/admin/ek-allow), JSON-wrapped. */
+export const EK_MANIFEST_BODY_LIMIT = 17 * 1024 * 1024;
 
 export interface AppOptions {
   /** SHA-256 of the admin bearer token. */
@@ -351,6 +354,19 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       admin.post('/broker/certificate', { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } }, async (req) =>
         issueBrokerCertificate(ctx, req.body, who(req)),
       );
+      admin.get('/ek-roots', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkRootList } } }, async (req) => listEkRoots(ctx, who(req)));
+      admin.post('/ek-roots', { schema: { body: W.EkRootAddRequest, response: { 200: W.EkRootView } } }, async (req) => addEkRoot(ctx, req.body, who(req)));
+      admin.post('/ek-roots/:fingerprint/remove', { schema: { params: W.EkRootParams, body: W.EmptyBody, response: { 200: W.EkRootView } } }, async (req) =>
+        removeEkRoot(ctx, req.params.fingerprint, who(req)),
+      );
+      admin.get('/ek-allow', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkAllowList } } }, async (req) => listEkAllow(ctx, who(req)));
+      // a supplier manifest may list thousands of certificates: this route alone takes up to 16 MiB
+      admin.post(
+        '/ek-allow',
+        { bodyLimit: EK_MANIFEST_BODY_LIMIT, schema: { body: W.EkAllowImportRequest, response: { 200: W.EkAllowImportResponse } } },
+        async (req) => importEkAllow(ctx, req.body, who(req)),
+      );
+      admin.post('/ek-allow/:id/remove', { schema: { params: W.EkAllowParams, body: W.EmptyBody, response: { 200: W.EkAllowRemoveResponse } } }, async (req) => removeEkAllow(ctx, req.params.id, who(req)));
     },
     { prefix: '/v1/admin' },
   );

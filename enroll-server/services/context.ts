@@ -17,8 +17,10 @@ export interface ServerContext {
   hooks: EdgeidHooks[];
   /** Milliseconds since the epoch; replaceable in tests. */
   now: () => number;
-  /** Manufacturer roots/intermediates (DER) for EK certificates; null when none are configured. */
+  /** The EK trust store (DER): built-in TPM makers' CAs, configured and operators' ones (services/ek.ts). */
   ekTrust: { roots: Buffer[]; intermediates: Buffer[] } | null;
+  /** Whether zones without their own requireEkCertificate require an EK certificate. */
+  ekRequireDefault: boolean;
   crl: import('./crl.js').CrlService;
   /** The URL devices use (known once the server listens). */
   publicUrl: () => string;

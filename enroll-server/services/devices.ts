@@ -33,6 +33,8 @@ export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: C
     stale: live && (d.lastSeen ?? d.enrolledAt) + ctx.config.staleAfter * 1000 < now,
     baselineWindowUntil: iso(d.baselineWindowUntil),
     ekHash: d.ekHash,
+    ekVerified: d.ekVerified ?? null,
+    ekIssuer: d.ekIssuer ?? null,
     claims: d.claims,
     baseline: d.baseline,
     certificateNotAfter: iso((last ?? certificates?.reduce<CertificateRecord | null>((a, c) => (!a || c.notAfter > a.notAfter ? c : a), null))?.notAfter ?? null),

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
 import {
   deviceTopics,
   type EnrollFinishRequest,
@@ -8,7 +8,8 @@ import {
 } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { makeCredential } from '../../protocol/tpm/makecredential.js';
-import { objectName, parsePublic, type TpmPublic } from '../../protocol/tpm/public.js';
+import { ekIdentity } from '../../protocol/tpm/ekidentity.js';
+import { marshalPublic, objectName, parsePublic, type TpmPublic } from '../../protocol/tpm/public.js';
 import { checkAkPublic } from '../../protocol/tpm/verify.js';
 import { verifyEkCertificate } from '../../protocol/tpm/ekcert.js';
 import { TPM_ALG } from '../../protocol/tpm/constants.js';
@@ -17,6 +18,7 @@ import { audited } from './audit.js';
 import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { b64, sha256Hex, verifyEvidence } from './evidence.js';
 import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
+import { ekCertRequired } from './ek.js';
 import { judgePosture } from './posture.js';
 import { lookupToken } from './tokens.js';
 
@@ -36,10 +38,13 @@ export function newDeviceId(): string {
  * POST /v1/enroll/start. Checks, each failure its own code and audit row:
  * token known (token_invalid), unused (token_used), unexpired (token_expired), its zone
  * configured (zone_unknown) and the one the device asked for (token_zone_mismatch), the source
- * network (source_ip_not_allowed), the EK public area (tpm_malformed), the token not bound to
+ * network (source_ip_not_allowed), the EK public area (tpm_malformed) matching a TCG EK template
+ * (ek_template_mismatch; the EK's identity is its canonical key, ekidentity.ts), the token not bound to
  * another EK (token_bound_to_other_ek), the EK certificate against the manufacturer roots
  * (ek_cert_required / ek_cert_*), the AK (ak_attributes_invalid / ak_algorithm_invalid), no live
- * device on this EK (ek_already_enrolled). Then binds the token to the EK atomically and answers
+ * device on this EK (ek_already_enrolled: the audit row names it; an operator revokes or retires
+ * it first, and a quarantined device counts as live). Without a token, the EK must be on a
+ * supplier manifest (ek_not_allowed otherwise; see manifestToken). Then binds the token to the EK atomically and answers
  * MakeCredential(EK, name(AK), secret) with a fresh nonce.
  *
  * The token is spent by a failed evidence check (zone mismatch, EK, EK certificate, AK) from the
@@ -50,9 +55,17 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
   return audited(ctx, { event: 'enroll.start', actor: 'device', ip: meta.ip }, async (a) => {
     const now = a.time;
     let spendable = false;
-    const token: TokenRecord = await lookupToken(ctx, req.token);
-    a.actor = `token:${token.id}`;
-    a.details = { tokenId: token.id };
+    let manifestEntry: string | null = null;
+    let token: TokenRecord;
+    if (req.token !== undefined) {
+      token = await lookupToken(ctx, req.token);
+    } else {
+      const m = await manifestToken(ctx, req, now);
+      token = m.token;
+      manifestEntry = m.entry;
+    }
+    a.actor = manifestEntry ? `ek-allow:${manifestEntry}` : `token:${token.id}`;
+    a.details = { tokenId: token.id, ...(manifestEntry ? { manifestEntry } : {}) };
     // a failed evidence check spends the token (see above); `spendable` says whether it has been reached
     a.onFailure(async (row) => {
       if (spendable && token.usedAt === null && token.expiresAt > now) await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit: row });
@@ -71,23 +84,40 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     }
 
     const ekPubBytes = b64('ekPub', req.ekPub);
-    const ek = parsePublic(ekPubBytes);
-    const ekHash = sha256Hex(ek.tpmtPublic);
+    const ekAsSent = parsePublic(ekPubBytes);
+    // identity and public area from the canonical form, never from the bytes as sent (ekidentity.ts)
+    const { id: ekHash, canonical: ek, template } = ekIdentity(ekAsSent);
+    a.details = { ...a.details, ekHash };
     if (token.ekHash !== null && token.ekHash !== ekHash) throw new EdgeidError('token_bound_to_other_ek');
     spendable = true;
-    if (ek.type !== TPM_ALG.RSA && ek.type !== TPM_ALG.ECC) throw new EdgeidError('tpm_unsupported_algorithm', 'the EK must be an RSA or ECC key');
 
-    if (req.ekCert !== undefined && ctx.ekTrust) {
-      verifyEkCertificate(b64('ekCert', req.ekCert), ek, ctx.ekTrust, new Date(now));
-    } else if (ctx.config.ek.requireEkCertificate) {
+    let ekVerified = false;
+    let ekIssuer: string | null = null;
+    if (zone.requireEkCertificate === false) {
+      // the zone opted out explicitly: nothing about the EK certificate is checked or recorded
+    } else if (req.ekCert !== undefined && ctx.ekTrust) {
+      try {
+        const r = verifyEkCertificate(b64('ekCert', req.ekCert), ek, ctx.ekTrust, new Date(now));
+        ekVerified = true;
+        ekIssuer = new X509Certificate(r.chain[0]!).issuer.replace(/\n/g, ', ');
+      } catch (e) {
+        // where certificates are optional, one from an unknown CA is recorded as unverified;
+        // anything else (a certificate for another key, a broken or expired one) is refused
+        if (ekCertRequired(ctx, zone) || !(e instanceof EdgeidError) || e.code !== 'ek_cert_untrusted') throw e;
+      }
+    } else if (ekCertRequired(ctx, zone)) {
       throw new EdgeidError('ek_cert_required');
     }
 
     const ak: TpmPublic = parsePublic(b64('akPub', req.akPub));
     checkAkPublic(ak);
 
-    if (await ctx.store.findLiveDeviceByEk(ekHash)) {
+    // devices enrolled before the identity was canonical are matched by the old hash of both encodings
+    const live = await ctx.store.findLiveDeviceByEk(ekHash, [sha256Hex(ekAsSent.tpmtPublic), sha256Hex(ek.tpmtPublic)]);
+    if (live) {
       spendable = false;
+      // the existing device is named for the operator (audit row), not for the caller
+      a.details = { ...a.details, existingDevice: live.id, existingStatus: live.status };
       throw new EdgeidError('ek_already_enrolled');
     }
 
@@ -104,6 +134,9 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
         id: sessionId,
         tokenId: token.id,
         ekHash,
+        ekPub: marshalPublic(ek),
+        ekVerified,
+        ekIssuer,
         akPub: b64('akPub', req.akPub),
         secretHash: createHash('sha256').update(secret).digest(),
         nonce,
@@ -112,7 +145,16 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
         expiresAt,
         usedAt: null,
       },
-      audit: a.okRow({ tokenId: token.id, ekHash, ekType: ek.type === TPM_ALG.RSA ? 'rsa' : 'ecc', ekCert: req.ekCert !== undefined }),
+      audit: a.okRow({
+        tokenId: token.id,
+        ...(manifestEntry ? { manifestEntry } : {}),
+        ekHash,
+        ekTemplate: template,
+        ekType: ek.type === TPM_ALG.RSA ? 'rsa' : 'ecc',
+        ekCert: req.ekCert !== undefined,
+        ekVerified,
+        ekIssuer,
+      }),
     });
     secret.fill(0);
     if (result === 'ok') a.recorded();
@@ -132,6 +174,48 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
       expiresAt: new Date(expiresAt).toISOString(),
     };
   });
+}
+
+/**
+ * Zero-touch enrollment: an EK on a supplier manifest (ek-allow) enrolls without a token. The
+ * server mints an internal token for the entry, bound to the EK, zone and owner of the entry,
+ * with an unguessable secret nobody learns; the rest of the enrollment is the token flow
+ * unchanged. Each entry enrolls once: a used token (enrolled, or spent by a failed check) ends
+ * it; an attempt that only timed out may start again. Unknown, used or removed: ek_not_allowed.
+ */
+async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: number): Promise<{ token: TokenRecord; entry: string }> {
+  const { id } = ekIdentity(parsePublic(b64('ekPub', req.ekPub)));
+  const entry = await ctx.store.getEkAllowByEk(id);
+  if (!entry) throw new EdgeidError('ek_not_allowed');
+  let previous: TokenRecord | null = null;
+  if (entry.tokenId !== null) {
+    previous = await ctx.store.getToken(entry.tokenId);
+    if (previous && previous.usedAt === null && previous.expiresAt > now) return { token: previous, entry: entry.id };
+    if (!previous || previous.usedAt !== null) {
+      throw new EdgeidError('ek_not_allowed', 'this manifest entry was used already; an operator imports it again to allow another enrollment', {
+        manifestEntry: entry.id,
+      });
+    }
+  }
+  const token: TokenRecord = {
+    id: randomBytes(8).toString('hex'),
+    secretHash: createHash('sha256').update(randomBytes(32)).digest(),
+    zone: entry.zone,
+    owner: entry.owner,
+    name: entry.name,
+    purpose: null,
+    createdBy: `ek-allow:${entry.id}`,
+    createdAt: now,
+    expiresAt: now + ctx.config.enrollSessionTtl * 1000,
+    ekHash: id,
+    boundAt: now,
+    usedAt: null,
+    deviceId: null,
+  };
+  if (!(await ctx.store.claimEkAllow({ entryId: entry.id, previousTokenId: entry.tokenId, token }))) {
+    throw new EdgeidError('ek_not_allowed', 'the manifest entry was removed or used meanwhile', { manifestEntry: entry.id });
+  }
+  return { token, entry: entry.id };
 }
 
 /**
@@ -162,6 +246,8 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
     if (!token || token.usedAt !== null) throw new EdgeidError('token_used');
     if (token.expiresAt <= now) throw tokenExpired(token.expiresAt);
     spend = { tokenId: token.id, sessionId: session.id };
+    const manifestEntry = token.createdBy.startsWith('ek-allow:') ? token.createdBy.slice('ek-allow:'.length) : null;
+    if (manifestEntry) a.details = { ...a.details, manifestEntry };
 
     const zone = zoneOf(ctx, token.zone);
     checkSourceIp(zone, meta.ip);
@@ -188,6 +274,9 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       statusReason: null,
       statusChangedAt: now,
       ekHash: session.ekHash,
+      ekPub: session.ekPub ?? null,
+      ekVerified: session.ekVerified ?? false,
+      ekIssuer: session.ekIssuer ?? null,
       akPub: session.akPub,
       akName: objectName(akPublic).toString('hex'),
       // golden zones judge against the zone's values: a device-specific baseline exists only once
@@ -211,13 +300,24 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       nonce,
       keepNonces: NONCES_KEPT,
       audit: {
-        ...a.okRow({ tokenId: token.id, serial: cert.serial, notAfter: cert.notAfter.toISOString(), zone: zone.name, owner: token.owner }),
+        ...a.okRow({
+          tokenId: token.id,
+          ...(manifestEntry ? { manifestEntry } : {}),
+          serial: cert.serial,
+          notAfter: cert.notAfter.toISOString(),
+          zone: zone.name,
+          owner: token.owner,
+          ekVerified: device.ekVerified,
+        }),
         deviceId,
       },
     });
-    if (!committed) {
+    if (committed !== true) {
       spend = null;
-      throw new EdgeidError('session_used', 'the session or its token was used by a concurrent request');
+      if (committed === false) throw new EdgeidError('session_used', 'the session or its token was used by a concurrent request');
+      // another session of the same EK created a live device first (checked in the transaction)
+      a.details = { ...a.details, existingDevice: committed.liveDevice };
+      throw new EdgeidError('ek_already_enrolled');
     }
     a.recorded();
     a.deviceId = deviceId;

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { canonicalJson, quoteQualifyingData, type Claims, type Evidence } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
@@ -75,7 +75,15 @@ async function checkCsr(csrDer: Buffer, spki: Buffer): Promise<void> {
     ok = false;
   }
   if (!ok) throw new EdgeidError('csr_bad_signature');
-  if (!Buffer.from(csr.publicKey.rawData).equals(spki)) throw new EdgeidError('csr_key_mismatch');
+  // compared as keys, not as the CSR's bytes: an SPKI has more than one encoding of one key (e.g.
+  // a compressed EC point, SEC 1 §2.3.3), so both sides go through node:crypto's DER export
+  let csrSpki: Buffer;
+  try {
+    csrSpki = createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' });
+  } catch {
+    throw new EdgeidError('csr_key_mismatch');
+  }
+  if (!csrSpki.equals(spki)) throw new EdgeidError('csr_key_mismatch');
 }
 
 /**

@@ -10,6 +10,8 @@ import type {
   DeviceListing,
   DevicePatch,
   DeviceRecord,
+  EkAllowRecord,
+  EkRootRecord,
   EnrollSessionRecord,
   NonceRecord,
   Store,
@@ -44,6 +46,9 @@ function sessionFrom(r: Row): EnrollSessionRecord {
     id: String(r.id),
     tokenId: String(r.token_id),
     ekHash: String(r.ek_hash),
+    ekPub: (r.ek_pub as Buffer | null | undefined) ?? null,
+    ekVerified: r.ek_verified === null || r.ek_verified === undefined ? null : Number(r.ek_verified) === 1,
+    ekIssuer: text(r.ek_issuer),
     akPub: r.ak_pub as Buffer,
     secretHash: r.secret_hash as Buffer,
     nonce: r.nonce as Buffer,
@@ -65,6 +70,10 @@ function deviceFrom(r: Row): DeviceRecord {
     statusReason: text(r.status_reason),
     statusChangedAt: num(r.status_changed_at),
     ekHash: String(r.ek_hash),
+    ekLegacy: Number(r.ek_legacy ?? 0) === 1,
+    ekPub: (r.ek_pub as Buffer | null | undefined) ?? null,
+    ekVerified: r.ek_verified === null || r.ek_verified === undefined ? null : Number(r.ek_verified) === 1,
+    ekIssuer: text(r.ek_issuer),
     akPub: r.ak_pub as Buffer,
     akName: text(r.ak_name),
     baseline: r.baseline ? (JSON.parse(String(r.baseline)) as Record<string, string>) : null,
@@ -278,10 +287,13 @@ export class SqliteStore implements Store {
       const s = p.session;
       this.db
         .prepare(
-          `INSERT INTO enroll_sessions (id, token_id, ek_hash, ak_pub, secret_hash, nonce, ip, created_at, expires_at, used_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)`,
+          `INSERT INTO enroll_sessions (id, token_id, ek_hash, ak_pub, secret_hash, nonce, ip, created_at, expires_at, used_at, ek_pub, ek_verified, ek_issuer)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)`,
         )
-        .run(s.id, s.tokenId, s.ekHash, s.akPub, s.secretHash, s.nonce, s.ip, s.createdAt, s.expiresAt);
+        .run(
+          s.id, s.tokenId, s.ekHash, s.akPub, s.secretHash, s.nonce, s.ip, s.createdAt, s.expiresAt,
+          s.ekPub ?? null, s.ekVerified === undefined || s.ekVerified === null ? null : s.ekVerified ? 1 : 0, s.ekIssuer ?? null,
+        );
       this.appendAuditSync(p.audit);
       return 'ok' as const;
     });
@@ -338,21 +350,26 @@ export class SqliteStore implements Store {
     nonce: NonceRecord;
     keepNonces: number;
     audit: AuditInput;
-  }): Promise<boolean> {
+  }): Promise<boolean | { liveDevice: string }> {
     try {
       return this.tx(() => {
         if (!this.spendTokenAndSession(p.tokenId, p.sessionId, p.now, p.device.id)) throw new RaceLost();
         const d = p.device;
+        // one live device per EK: checked here, inside the write transaction, so two sessions of
+        // the same EK finishing at once cannot both create one (devices_live_ek backs it up)
+        const live = this.db.prepare(`SELECT id FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`).get(d.ekHash) as Row | undefined;
+        if (live) throw new EkLive(String(live.id));
         this.db
           .prepare(
             `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
-               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`,
           )
           .run(
             d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub, d.akName,
             d.baseline ? JSON.stringify(d.baseline) : null, d.claims ? JSON.stringify(d.claims) : null, d.baselineWindowUntil,
             d.enrolledBy, d.enrolledAt, d.retireBy, d.lastSeen, d.lastIp,
+            d.ekPub ?? null, d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0, d.ekIssuer ?? null,
           );
         this.insertCertificate(p.certificate);
         this.insertNonce(p.nonce, p.keepNonces);
@@ -361,6 +378,7 @@ export class SqliteStore implements Store {
       });
     } catch (e) {
       if (e instanceof RaceLost) return false;
+      if (e instanceof EkLive) return { liveDevice: e.deviceId };
       throw e;
     }
   }
@@ -438,9 +456,97 @@ export class SqliteStore implements Store {
     this.db.prepare('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id);
   }
 
-  async findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null> {
-    const r = this.db.prepare(`SELECT * FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`).get(ekHash) as Row | undefined;
+  async findLiveDeviceByEk(ekHash: string, legacyHashes: string[] = []): Promise<DeviceRecord | null> {
+    const legacy = legacyHashes.length ? ` OR (ek_legacy = 1 AND ek_hash IN (${legacyHashes.map(() => '?').join(', ')}))` : '';
+    const r = this.db
+      .prepare(`SELECT * FROM devices WHERE ((ek_hash = ? AND ek_legacy = 0)${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`)
+      .get(ekHash, ...legacyHashes) as Row | undefined;
     return r ? deviceFrom(r) : null;
+  }
+
+  async listEkRoots(): Promise<EkRootRecord[]> {
+    return (this.db.prepare('SELECT * FROM ek_roots ORDER BY added_at, fingerprint').all() as Row[]).map((r) => ({
+      fingerprint: String(r.fingerprint),
+      kind: String(r.kind) as EkRootRecord['kind'],
+      der: (r.der as Buffer | null) ?? null,
+      subject: String(r.subject),
+      notAfter: num(r.not_after),
+      addedBy: String(r.added_by),
+      addedAt: Number(r.added_at),
+    }));
+  }
+
+  async putEkRoot(r: EkRootRecord, audit: AuditInput): Promise<void> {
+    this.tx(() => {
+      this.db
+        .prepare(
+          `INSERT INTO ek_roots (fingerprint, kind, der, subject, not_after, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (fingerprint) DO UPDATE SET kind = excluded.kind, der = excluded.der, subject = excluded.subject,
+             not_after = excluded.not_after, added_by = excluded.added_by, added_at = excluded.added_at`,
+        )
+        .run(r.fingerprint, r.kind, r.der, r.subject, r.notAfter, r.addedBy, r.addedAt);
+      this.appendAuditSync(audit);
+    });
+  }
+
+  async deleteEkRoot(fingerprint: string, audit: AuditInput): Promise<boolean> {
+    return this.tx(() => {
+      const n = this.db.prepare('DELETE FROM ek_roots WHERE fingerprint = ?').run(fingerprint).changes;
+      this.appendAuditSync(audit);
+      return n === 1;
+    });
+  }
+
+  async listEkAllow(): Promise<EkAllowRecord[]> {
+    return (this.db.prepare('SELECT * FROM ek_allow ORDER BY imported_at, id').all() as Row[]).map(ekAllowFrom);
+  }
+
+  async getEkAllowByEk(ekId: string): Promise<EkAllowRecord | null> {
+    const r = this.db.prepare('SELECT * FROM ek_allow WHERE ek_id = ?').get(ekId) as Row | undefined;
+    return r ? ekAllowFrom(r) : null;
+  }
+
+  async importEkAllow(entries: EkAllowRecord[], audit: (added: EkAllowRecord[]) => AuditInput): Promise<EkAllowRecord[]> {
+    return this.tx(() => {
+      const insert = this.db.prepare(
+        `INSERT INTO ek_allow (id, ek_id, zone, owner, name, source, imported_by, imported_at, token_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
+         ON CONFLICT (ek_id) DO NOTHING`,
+      );
+      const added = entries.filter((e) => insert.run(e.id, e.ekId, e.zone, e.owner, e.name, e.source, e.importedBy, e.importedAt).changes === 1);
+      this.appendAuditSync(audit(added));
+      return added;
+    });
+  }
+
+  async removeEkAllow(id: string, now: number, audit: AuditInput): Promise<boolean> {
+    return this.tx(() => {
+      const r = this.db.prepare('SELECT token_id FROM ek_allow WHERE id = ?').get(id) as Row | undefined;
+      if (r && r.token_id !== null) {
+        // an attempt under way loses its token with the entry
+        this.db.prepare('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?').run(now, String(r.token_id), now);
+        this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(now, String(r.token_id));
+      }
+      const n = this.db.prepare('DELETE FROM ek_allow WHERE id = ?').run(id).changes;
+      this.appendAuditSync(audit);
+      return n === 1;
+    });
+  }
+
+  async claimEkAllow(p: { entryId: string; previousTokenId: string | null; token: TokenRecord }): Promise<boolean> {
+    return this.tx(() => {
+      const claimed = this.db
+        .prepare('UPDATE ek_allow SET token_id = ? WHERE id = ? AND token_id IS ?')
+        .run(p.token.id, p.entryId, p.previousTokenId);
+      if (claimed.changes !== 1) return false;
+      const t = p.token;
+      this.db
+        .prepare(
+          `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, ek_hash, bound_at, used_at, device_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)`,
+        )
+        .run(t.id, t.secretHash, t.zone, t.owner, t.name, t.purpose, t.createdBy, t.createdAt, t.expiresAt, t.ekHash, t.boundAt);
+      return true;
+    });
   }
 
   private updateDeviceSync(id: string, patch: DevicePatch, onlyIfStatus?: DeviceStatus[]): boolean {
@@ -636,3 +742,23 @@ export class SqliteStore implements Store {
 }
 
 class RaceLost extends Error {}
+
+class EkLive extends Error {
+  constructor(readonly deviceId: string) {
+    super('a live device has this EK');
+  }
+}
+
+function ekAllowFrom(r: Row): EkAllowRecord {
+  return {
+    id: String(r.id),
+    ekId: String(r.ek_id),
+    zone: String(r.zone),
+    owner: String(r.owner),
+    name: text(r.name),
+    source: text(r.source),
+    importedBy: String(r.imported_by),
+    importedAt: Number(r.imported_at),
+    tokenId: text(r.token_id),
+  };
+}

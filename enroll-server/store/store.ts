@@ -17,7 +17,7 @@ export interface TokenRecord {
   createdBy: string;
   createdAt: number;
   expiresAt: number;
-  /** SHA-256 (hex) of the EK public area that first presented the token. */
+  /** EK identity (SHA-256 hex of the EK's DER SPKI, protocol/tpm/ekidentity.ts) that first presented the token. */
   ekHash: string | null;
   boundAt: number | null;
   usedAt: number | null;
@@ -28,6 +28,11 @@ export interface EnrollSessionRecord {
   id: string;
   tokenId: string;
   ekHash: string;
+  /** Canonical TPM2B_PUBLIC of the EK. */
+  ekPub?: Buffer | null;
+  /** Whether the EK certificate chained to the EK trust store, and its issuer. */
+  ekVerified?: boolean | null;
+  ekIssuer?: string | null;
   akPub: Buffer;
   /** SHA-256 of the MakeCredential secret. */
   secretHash: Buffer;
@@ -46,7 +51,16 @@ export interface DeviceRecord {
   purpose: string | null;
   status: DeviceStatus;
   statusReason: string | null;
+  /** EK identity (SHA-256 hex of the EK's DER SPKI); for legacy rows (ekLegacy) the hash of the TPMT_PUBLIC as sent. */
   ekHash: string;
+  /** True for rows enrolled before the EK identity was canonical (their ekHash is the old one). */
+  ekLegacy?: boolean;
+  /** Canonical TPM2B_PUBLIC of the EK (absent for legacy rows). */
+  ekPub?: Buffer | null;
+  /** Whether its EK certificate chained to the EK trust store (null: not recorded, legacy rows). */
+  ekVerified?: boolean | null;
+  /** Issuer DN of the EK certificate, when one was verified. */
+  ekIssuer?: string | null;
   akPub: Buffer;
   /** Hex TPM name (nameAlg ‖ digest) of the AK, computed by the service that verified it; null only for rows from before it was stored. */
   akName: string | null;
@@ -117,6 +131,34 @@ export type DevicePatch = Partial<
   Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
 >;
 
+/** An operator's change to the EK trust store: an added anchor, or a built-in one switched off. */
+export interface EkRootRecord {
+  /** SHA-256 (hex) of the certificate's DER. */
+  fingerprint: string;
+  kind: 'anchor' | 'disabled';
+  der: Buffer | null;
+  subject: string;
+  notAfter: number | null;
+  addedBy: string;
+  addedAt: number;
+}
+
+/** One device of a supplier manifest: its EK may enroll once without a token. */
+export interface EkAllowRecord {
+  id: string;
+  /** EK identity (SHA-256 hex of the EK's DER SPKI). */
+  ekId: string;
+  zone: string;
+  owner: string;
+  name: string | null;
+  /** Where it came from (manifest file name and line/index). */
+  source: string | null;
+  importedBy: string;
+  importedAt: number;
+  /** The token minted for its enrollment, once it tried. */
+  tokenId: string | null;
+}
+
 export interface Store {
   close(): Promise<void>;
 
@@ -139,7 +181,9 @@ export interface Store {
   /**
    * Spends the token and the session, creates the device, its first certificate and its first
    * renewal nonce, and appends the audit row — all or nothing. Returns false (and changes
-   * nothing) if the token or session was spent meanwhile.
+   * nothing) if the token or session was spent meanwhile, and the live device's id (changing
+   * nothing) if a live device with the same EK exists (checked in the transaction, and a unique
+   * index on the EK identity of live devices backs it).
    */
   finishEnrollment(p: {
     tokenId: string;
@@ -151,7 +195,7 @@ export interface Store {
     /** Unused issued nonces kept per device (the newest ones). */
     keepNonces: number;
     audit: AuditInput;
-  }): Promise<boolean>;
+  }): Promise<boolean | { liveDevice: string }>;
   /** A finish that failed a check: spend token and session and append the audit row. */
   failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void>;
 
@@ -165,8 +209,29 @@ export interface Store {
   devicesWithoutAkName(): Promise<{ id: string; akPub: Buffer }[]>;
   /** Records a device's AK name (only where none is stored). */
   setAkName(id: string, akName: string): Promise<void>;
-  /** A device with this EK that is still active or quarantined. */
-  findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
+  /**
+   * A device with this EK that is still active or quarantined: ekHash against current rows,
+   * legacyHashes against rows enrolled before the EK identity was canonical.
+   */
+  findLiveDeviceByEk(ekHash: string, legacyHashes?: string[]): Promise<DeviceRecord | null>;
+
+  listEkRoots(): Promise<EkRootRecord[]>;
+  /** Adds or replaces the operator's row for this fingerprint. */
+  putEkRoot(r: EkRootRecord, audit: AuditInput): Promise<void>;
+  /** Deletes the operator's row for this fingerprint; false if there was none. */
+  deleteEkRoot(fingerprint: string, audit: AuditInput): Promise<boolean>;
+
+  listEkAllow(): Promise<EkAllowRecord[]>;
+  getEkAllowByEk(ekId: string): Promise<EkAllowRecord | null>;
+  /** Inserts the entries whose EK is not listed yet, in one transaction; returns those it inserted. */
+  importEkAllow(entries: EkAllowRecord[], audit: (added: EkAllowRecord[]) => AuditInput): Promise<EkAllowRecord[]>;
+  /** Removes an entry (and expires its minted token if that is unused); false if it does not exist. */
+  removeEkAllow(id: string, now: number, audit: AuditInput): Promise<boolean>;
+  /**
+   * Tokenless enrollment: mints `token` for the entry (only if the entry still exists and its
+   * token is still `previousTokenId`) in one transaction. Returns false if it lost to a removal or another attempt.
+   */
+  claimEkAllow(p: { entryId: string; previousTokenId: string | null; token: TokenRecord }): Promise<boolean>;
   /** The device whose AK has this TPM name (hex), most recent first; any status. */
   findDeviceByAkName(akName: string): Promise<DeviceRecord | null>;
   /** Applies the patch (only while the device's status is one of `onlyIfStatus`, if given); true if a row changed. */

@@ -37,4 +37,24 @@ export const adminErrors = defineErrors({
     message: 'The edgeid server cannot be reached.',
     fix: 'Check --server / EDGEID_SERVER, that the server runs, and the CA used to pin its certificate.',
   },
+  ek_root_invalid: {
+    status: 400,
+    message: 'The file is not a usable CA certificate for the EK trust store (PEM or DER X.509, basicConstraints CA).',
+    fix: 'Pass the TPM maker\'s CA certificate (PEM or DER) as the maker publishes it.',
+  },
+  ek_root_unknown: {
+    status: 404,
+    message: 'No EK trust store certificate has this fingerprint.',
+    fix: 'List them with edgeid-admin ek-roots list and pass the SHA-256 fingerprint shown there.',
+  },
+  ek_allow_invalid: {
+    status: 400,
+    message: 'The supplier manifest cannot be read: each entry must be an EK certificate (PEM or base64 DER) or an EK public key (PEM SPKI, base64 DER SPKI or base64 TPM2B_PUBLIC).',
+    fix: 'Fix the entry named in the message (line or index); nothing was imported.',
+  },
+  ek_allow_unknown: {
+    status: 404,
+    message: 'No supplier manifest entry has this id.',
+    fix: 'List the entries with edgeid-admin ek-allow list.',
+  },
 });

@@ -88,7 +88,17 @@ export const enrollErrors = defineErrors({
   ek_already_enrolled: {
     status: 409,
     message: 'A device with this TPM is already enrolled and not revoked or retired.',
-    fix: 'Revoke or retire the existing device (edgeid-admin devices list) before enrolling the TPM again.',
+    fix: 'The audit row of this refusal names the existing device; an operator revokes or retires it (edgeid-admin device revoke|retire) before the TPM may enroll again. A quarantined device is not cleared by enrolling again.',
+  },
+  ek_template_mismatch: {
+    status: 400,
+    message: 'The EK public area matches no TCG EK template (attributes, authPolicy, exponent, scheme, symmetric algorithm, key size or curve).',
+    fix: 'Send the EK as the TPM reports it (TPM2_ReadPublic of the EK created from a TCG EK Credential Profile template); an edited public area is refused.',
+  },
+  ek_not_allowed: {
+    status: 401,
+    message: 'Enrollment without a token needs this TPM\'s EK on a supplier manifest (ek-allow), and it is not there (or was already used or removed).',
+    fix: 'Import the supplier manifest with edgeid-admin ek-allow import FILE --zone Z --owner O, or enroll with a token.',
   },
   ak_public_malformed: {
     status: 400,

@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { certFingerprint } from '../../protocol/api.js';
 import type { ServerInfo } from '../../enroll-server/server.js';
 import { REPO, tmpDir } from './fs.js';
+import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT } from './swtpm.js';
 import { httpsJson } from './https.js';
 import { stopChild } from './process.js';
 import { waitFor } from './wait.js';
@@ -57,6 +58,12 @@ export interface ServerProcess {
   close(): Promise<void>;
 }
 
+/** The config with swtpm-localca as EK root and issuer added, unless it sets `ek` itself. */
+export function withSwtpmEkRoots(config: Record<string, unknown>): Record<string, unknown> {
+  if (config.ek !== undefined) return config;
+  return { ...config, ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER] } };
+}
+
 /** Starts `node --import tsx enroll-server/main.ts --data DIR --listen 127.0.0.1:PORT [--config FILE]`. */
 export async function startServerProcess(opts: ServerProcessOptions = {}): Promise<ServerProcess> {
   const ownData = opts.dataDir === undefined;
@@ -71,8 +78,11 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
 
   const launch = async (): Promise<void> => {
     const args = ['--import', 'tsx', path.join(REPO, 'enroll-server/main.ts'), '--data', dataDir, '--listen', `127.0.0.1:${port}`];
-    if (config) {
-      await writeFile(configFile, JSON.stringify(config, null, 2));
+    // EK certificates are required by default and swtpm's come from its local CA: the harness adds
+    // that CA to every test server (never the product), unless the test configures `ek` itself
+    const effective = config ?? (opts.configFile ? undefined : {});
+    if (effective) {
+      await writeFile(configFile, JSON.stringify(withSwtpmEkRoots(effective), null, 2));
       args.push('--config', configFile);
     }
     await rm(path.join(dataDir, 'server.json'), { force: true });

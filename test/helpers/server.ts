@@ -11,6 +11,7 @@ import { createServer, type EdgeidServer } from '../../enroll-server/server.js';
 import { createToken } from '../../enroll-server/services/tokens.js';
 import type { EdgeidHooks } from '../../enroll-server/hooks.js';
 import type { TokenCreateRequest } from '../../protocol/api.js';
+import { withSwtpmEkRoots } from '../../scripts/harness/server.js';
 
 export interface TestServer {
   server: EdgeidServer;
@@ -26,7 +27,8 @@ export interface TestServer {
 
 export async function startInProcessServer(configFile: Record<string, unknown> = {}, hooks: EdgeidHooks[] = []): Promise<TestServer> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-server-'));
-  const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: configFile });
+  // EK certificates are required by default; swtpm's chain to its local CA, which only tests trust
+  const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: withSwtpmEkRoots(configFile) });
   const clock = { offset: 0 };
   const server = await createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false, hooks, now: () => Date.now() + clock.offset });
   const adminToken = (await readFile(path.join(dataDir, 'admin-token'), 'utf8')).trim();

@@ -21,7 +21,10 @@ test('runs with no config: ./data, 0.0.0.0:8443, one zone "default" with baselin
   assert.deepEqual(z.posture, { mode: 'baseline' });
   assert.equal(z.maxOffline, 7 * 86400);
   assert.deepEqual(z.pcrs, [0, 1, 2, 3, 4, 5, 6, 7]);
-  assert.equal(c.ek.requireEkCertificate, false);
+  // not set: required (services/ek.ts; data dirs from before required EK certificates keep them optional)
+  assert.equal(c.ek.requireEkCertificate, null);
+  assert.equal(c.ek.builtinRoots, true);
+  assert.equal(z.requireEkCertificate, null);
   assert.equal(serverUrl(c), 'https://localhost:8443');
 });
 
@@ -51,7 +54,8 @@ test('names the bad field for every kind of mistake', () => {
   rejects({ zones: { a: { colour: 'red' } } }, /zones\.a\.colour: unknown field/);
   rejects({ zones: { A_B: {} } }, /zones\.A_B/);
   rejects({ listen: 'nohost' }, /listen/);
-  rejects({ ek: { requireEkCertificate: true } }, /ek\.roots/);
+  rejects({ ek: { requireEkCertificate: 'yes' } }, /ek\.requireEkCertificate/);
+  rejects({ zones: { a: { requireEkCertificate: 0 } } }, /zones\.a\.requireEkCertificate/);
   rejects({ rateLimit: { renew: { max: 0 } } }, /rateLimit\.renew\.max/);
   rejects({ typo: 1 }, /typo: unknown field/);
   rejects({}, /--listen/, ['--listen', 'x']);

@@ -149,9 +149,10 @@ test('the device listing filters in the query and carries each device newest cer
   ];
   for (const [i, d] of devices.entries()) {
     await s.createToken(token(`t${i}`), audit('token.create'));
-    await s.startEnrollment({ tokenId: `t${i}`, ekHash: 'ek', now, session: session(`s${i}`, `t${i}`, 'ek'), audit: audit('start') });
+    // one live device per EK: each device its own TPM
+    await s.startEnrollment({ tokenId: `t${i}`, ekHash: `ek${i}`, now, session: session(`s${i}`, `t${i}`, `ek${i}`), audit: audit('start') });
     const cert = { serial: `${i}0`, deviceId: d.id, notBefore: now, notAfter: now + hour, spkiHash: 'x', issuedAt: now, revokedAt: null, reason: null };
-    await s.finishEnrollment({ tokenId: `t${i}`, sessionId: `s${i}`, now, device: d, certificate: cert, nonce: { value: `n${i}`, deviceId: d.id, createdAt: now, expiresAt: now + hour, usedAt: null }, keepNonces: 5, audit: audit('finish') });
+    await s.finishEnrollment({ tokenId: `t${i}`, sessionId: `s${i}`, now, device: { ...d, ekHash: `ek${i}` }, certificate: cert, nonce: { value: `n${i}`, deviceId: d.id, createdAt: now, expiresAt: now + hour, usedAt: null }, keepNonces: 5, audit: audit('finish') });
   }
   // a newer certificate for device 1 (renewal)
   await s.renew({ nonce: 'n0', now, deviceId: devices[0]!.id, patch: {}, certificate: { serial: '0b', deviceId: devices[0]!.id, notBefore: now, notAfter: now + 2 * hour, spkiHash: 'x', issuedAt: now, revokedAt: null, reason: null }, nextNonce: { value: 'n9', deviceId: devices[0]!.id, createdAt: now, expiresAt: now + hour, usedAt: null }, keepNonces: 5, audit: audit('renew') });
