@@ -147,6 +147,13 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   // the installed programs run from /usr/lib with no node_modules anywhere above them
   const agentHelp = await run(process.execPath, [path.join(root, 'usr/lib/edgeid-agent/edgeid-agent.js'), '--help'], { cwd: root });
   assert.match(agentHelp.stdout, /usage: edgeid-agent/);
+  // root enrolling would leave files the service's user cannot read: the wrapper refuses, says how
+  const asRoot = await run('sh', [path.join(root, 'usr/bin/edgeid-agent'), 'enroll', '--uri', 'edgeid://enroll?x']).then(
+    () => ({ code: 0, stderr: '' }),
+    (e: { code: number; stderr: string }) => e,
+  );
+  assert.equal(asRoot.code, 2, 'edgeid-agent enroll as root refused');
+  assert.match(asRoot.stderr, /runuser -u edgeid -- edgeid-agent enroll/);
 
   // the server's unit as systemd would run it: first start creates the CA and database as its user
   let srv = await startServerUnit(root, t);
