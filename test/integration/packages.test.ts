@@ -147,6 +147,11 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   // the installed programs run from /usr/lib with no node_modules anywhere above them
   const agentHelp = await run(process.execPath, [path.join(root, 'usr/lib/edgeid-agent/edgeid-agent.js'), '--help'], { cwd: root });
   assert.match(agentHelp.stdout, /usage: edgeid-agent/);
+  // the bundled npm packages and their licenses, which the copyright files point to (edgeid-admin's too)
+  assert.match(await readFile(path.join(root, 'usr/share/doc/edgeid-agent/dependencies.txt'), 'utf8'), /^mqtt \S+ MIT$/m);
+  const serverDeps = await readFile(path.join(root, 'usr/share/doc/edgeid-server/dependencies.txt'), 'utf8');
+  assert.match(serverDeps, /^fastify \S+ MIT$/m, 'the server bundle');
+  assert.match(serverDeps, /^qrcode \S+ MIT$/m, "edgeid-admin's bundle");
   // root enrolling would leave files the service's user cannot read: the wrapper refuses, says how
   const asRoot = await run('sh', [path.join(root, 'usr/bin/edgeid-agent'), 'enroll', '--uri', 'edgeid://enroll?x']).then(
     () => ({ code: 0, stderr: '' }),
