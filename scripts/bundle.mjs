@@ -6,9 +6,11 @@
 //   dist/edgeid-server.js     esbuild bundle of enroll-server/main.ts
 //   dist/edgeid-admin.js      esbuild bundle of enroll-server/admin-cli.ts
 //   dist/better_sqlite3.node  better-sqlite3's native addon, copied beside the server bundle
+//   dist/migrations/*.sql     the store's schema migrations, read at start from ./migrations/
+//                             beside the server bundle (enroll-server/store/migrate.ts)
 // Usage: node scripts/bundle.mjs [--outdir DIR] [--metafile] [--only agent|server|admin]
 import { build } from 'esbuild';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -76,6 +78,8 @@ const PROGRAMS = {
     external: ['bufferutil', 'utf-8-validate'],
     plugins: [bindingsBesideBundle],
     natives: [[sqliteAddon, 'better_sqlite3.node', 'npm ci (better-sqlite3 builds it)']],
+    // migrate.ts reads new URL('./migrations/', import.meta.url): beside the bundle once bundled
+    dataDirs: [[path.join(root, 'enroll-server/store/migrations'), 'migrations']],
   },
   admin: {
     entry: 'enroll-server/admin-cli.ts',
@@ -122,6 +126,14 @@ for (const name of only) {
       copyFileSync(src, path.join(outdir, base));
       notes.push(`${base} ${kb(src)} KiB`);
     } else console.warn(`[bundle] ${path.relative(root, src)} not built (${how}); ${p.out} needs it beside itself`);
+  }
+  for (const [src, base] of p.dataDirs ?? []) {
+    const dst = path.join(outdir, base);
+    rmSync(dst, { recursive: true, force: true });
+    mkdirSync(dst, { recursive: true });
+    const files = readdirSync(src).filter((f) => f.endsWith('.sql'));
+    for (const f of files) copyFileSync(path.join(src, f), path.join(dst, f));
+    notes.push(`${base}/ ${files.length} files`);
   }
   if (args.includes('--metafile')) writeFileSync(path.join(outdir, p.out.replace(/\.js$/, '.meta.json')), JSON.stringify(result.metafile));
   console.log(`[bundle] ${path.relative(root, outfile)} ${kb(outfile)} KiB` + (notes.length ? `, ${notes.join(', ')}` : ''));

@@ -147,6 +147,18 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   // the installed programs run from /usr/lib with no node_modules anywhere above them
   const agentHelp = await run(process.execPath, [path.join(root, 'usr/lib/edgeid-agent/edgeid-agent.js'), '--help'], { cwd: root });
   assert.match(agentHelp.stdout, /usage: edgeid-agent/);
+  // the bundled npm packages and their licenses, which the copyright files point to (edgeid-admin's too)
+  assert.match(await readFile(path.join(root, 'usr/share/doc/edgeid-agent/dependencies.txt'), 'utf8'), /^mqtt \S+ MIT$/m);
+  const serverDeps = await readFile(path.join(root, 'usr/share/doc/edgeid-server/dependencies.txt'), 'utf8');
+  assert.match(serverDeps, /^fastify \S+ MIT$/m, 'the server bundle');
+  assert.match(serverDeps, /^qrcode \S+ MIT$/m, "edgeid-admin's bundle");
+  // root enrolling would leave files the service's user cannot read: the wrapper refuses, says how
+  const asRoot = await run('sh', [path.join(root, 'usr/bin/edgeid-agent'), 'enroll', '--uri', 'edgeid://enroll?x']).then(
+    () => ({ code: 0, stderr: '' }),
+    (e: { code: number; stderr: string }) => e,
+  );
+  assert.equal(asRoot.code, 2, 'edgeid-agent enroll as root refused');
+  assert.match(asRoot.stderr, /runuser -u edgeid -- edgeid-agent enroll/);
 
   // the server's unit as systemd would run it: first start creates the CA and database as its user
   let srv = await startServerUnit(root, t);
