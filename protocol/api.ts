@@ -55,8 +55,9 @@ export const AGENT_VERSION_PATTERN = '^[0-9A-Za-z.+_-]{1,64}$';
 export const Claims = Type.Object(
   {
     agentVersion: Type.String({ minLength: 1, maxLength: 64, pattern: AGENT_VERSION_PATTERN }),
-    agentHash: Type.Optional(Type.String({ maxLength: 128, pattern: '^[0-9a-f]{64}$' })),
-    configHash: Type.Optional(Type.String({ maxLength: 128, pattern: '^[0-9a-f]{64}$' })),
+    // hex digests from the agent; any short token of digest characters (no spaces or controls)
+    agentHash: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[0-9A-Za-z+/=._-]{1,128}$' })),
+    configHash: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[0-9A-Za-z+/=._-]{1,128}$' })),
     kernel: Type.Optional(Printable(256)),
     os: Type.Optional(
       Type.Unsafe<Record<string, string>>({

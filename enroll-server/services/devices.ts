@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { CertificateView, ControlCommandType, DeviceStatus, DeviceView, RevokeReason, SignedControl } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
@@ -167,7 +168,8 @@ export async function retireDevice(
 
 /**
  * Opens the baseline window: the device becomes active again (if quarantined) and the next
- * quote it sends within `baselineWindow` becomes its new PCR baseline.
+ * quote it sends within `baselineWindow` becomes its new PCR baseline; that first successful
+ * renewal closes the window whatever its PCRs are.
  */
 export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
   return audited(ctx, { event: 'device.approve_baseline', actor: who.actor, ip: who.ip, deviceId: id }, async (a) => {
@@ -177,10 +179,12 @@ export async function approveBaseline(ctx: ServerContext, id: string, who: Actor
     }
     const now = a.time;
     const until = now + ctx.config.baselineWindow * 1000;
+    // links this row to the renewal row that closes the window (details.baselineWindowClosed.approvalId)
+    const approvalId = randomUUID();
     await ctx.store.updateDevice(
       id,
-      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
-      a.okRow({ previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
+      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until, baselineApprovalId: approvalId },
+      a.okRow({ approvalId, previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
     );
     a.recorded();
     const after = (await ctx.store.getDevice(id))!;

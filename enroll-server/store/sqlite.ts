@@ -70,6 +70,7 @@ function deviceFrom(r: Row): DeviceRecord {
     baseline: r.baseline ? (JSON.parse(String(r.baseline)) as Record<string, string>) : null,
     claims: r.claims ? JSON.parse(String(r.claims)) : null,
     baselineWindowUntil: num(r.baseline_window_until),
+    baselineApprovalId: text(r.baseline_approval_id),
     enrolledBy: String(r.enrolled_by),
     enrolledAt: Number(r.enrolled_at),
     retireBy: num(r.retire_by),
@@ -145,6 +146,7 @@ const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
   baseline: 'baseline',
   claims: 'claims',
   baselineWindowUntil: 'baseline_window_until',
+  baselineApprovalId: 'baseline_approval_id',
   lastSeen: 'last_seen',
   lastIp: 'last_ip',
 };

@@ -54,6 +54,8 @@ export interface DeviceRecord {
   baseline: Record<string, string> | null;
   claims: Claims | null;
   baselineWindowUntil: number | null;
+  /** Id of the approval that opened the baseline window (in both audit rows: the approval and the renewal that closed it). */
+  baselineApprovalId?: string | null;
   enrolledBy: string;
   enrolledAt: number;
   retireBy: number | null;
@@ -114,7 +116,7 @@ export interface DeviceListing {
 }
 
 export type DevicePatch = Partial<
-  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
+  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'baselineApprovalId' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
 >;
 
 export interface Store {

@@ -40,7 +40,7 @@ test('claims have strict schemas: terminal controls, odd versions, unknown membe
     ['ESC in an os-release value', { agentVersion: '1.0.0', os: { PRETTY_NAME: 'Debian\u001b[31m' } }],
     ['lower-case os-release key', { agentVersion: '1.0.0', os: { pretty_name: 'x' } }],
     ['control character in an os-release key', { agentVersion: '1.0.0', os: { 'ID\u0007': 'x' } }],
-    ['agentHash not hex', { agentVersion: '1.0.0', agentHash: 'zz' }],
+    ['space in agentHash', { agentVersion: '1.0.0', agentHash: 'ab cd' }],
     ['an unknown claim member', { agentVersion: '1.0.0', note: '\u001b[2K' }],
   ];
   for (const [name, claims] of hostile) {
