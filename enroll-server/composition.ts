@@ -110,6 +110,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
         await store.appendAudit({ time: now(), actor: 'server', ...row });
       },
       activeDeviceIds: async () => (await store.listDevices({ status: ['active', 'quarantined'] })).map((d) => d.id),
+      quarantinedDeviceIds: async () => (await store.listDevices({ status: ['quarantined'] })).map((d) => d.id),
       log: log.child({ part: 'broker' }),
     });
     ctx.broker = broker;

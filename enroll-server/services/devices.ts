@@ -167,6 +167,22 @@ export async function retireDevice(
 }
 
 /**
+ * Approval of a quarantined device: its broker role back, then a signed `renew-now` on its control
+ * topic (reaches it while the broker still accepts its certificate; otherwise its own renewal
+ * retry brings it back). Its quarantine-time certificates stay revoked: it renews for a new one.
+ * Broker failures are audited (broker.restore / broker.control_sent) and never undo the approval.
+ */
+async function restoreAccess(ctx: ServerContext, id: string): Promise<void> {
+  const broker = ctx.broker!;
+  try {
+    await broker.restoreDevice(id);
+    await broker.sendControl(id, ctx.ca.signControl({ type: 'renew-now', deviceId: id, reason: 'baseline approved' }));
+  } catch (e) {
+    ctx.log.error({ deviceId: id, err: (e as Error).message }, 'approval: the broker rights could not be restored');
+  }
+}
+
+/**
  * Opens the baseline window: the device becomes active again (if quarantined) and the next
  * quote it sends within `baselineWindow` becomes its new PCR baseline; that first successful
  * renewal closes the window whatever its PCRs are.
@@ -188,6 +204,7 @@ export async function approveBaseline(ctx: ServerContext, id: string, who: Actor
     );
     a.recorded();
     const after = (await ctx.store.getDevice(id))!;
+    if (d.status === 'quarantined' && ctx.broker) await restoreAccess(ctx, id);
     await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
     return { device: deviceView(ctx, after) };
   });

@@ -33,6 +33,24 @@ async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMet
   return { device, zone };
 }
 
+/**
+ * After a quarantine committed: the broker rights shrink to the control topic at once (the
+ * session is cut; BrokerPort.restrictDevice), the hooks run, then the new CRL goes out (whose
+ * publication restarts Mosquitto, which then refuses the revoked certificate at the handshake).
+ * Failures are audited by the broker step and the hook runner; they never undo the quarantine.
+ */
+async function cutAccess(ctx: ServerContext, device: DeviceRecord, reason: string, code: string, serials: string[]): Promise<void> {
+  if (ctx.broker) {
+    try {
+      await ctx.broker.restrictDevice(device.id);
+    } catch (e) {
+      ctx.log.error({ deviceId: device.id, err: (e as Error).message }, 'quarantine: the broker rights could not be reduced');
+    }
+  }
+  await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: reason }, reason, code }, device.id);
+  if (serials.length > 0) await ctx.crl.regenerate(`quarantine ${device.id}`);
+}
+
 /** Lifecycle refusals whose cause an anonymous caller must not learn (they all answer renewal_refused). */
 const HIDDEN_STATES = new Set(['device_not_found', 'device_revoked', 'device_retired', 'device_quarantined']);
 
@@ -137,15 +155,20 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen });
     if (!verdict.ok) {
       const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, { pcrs: verdict.pcrs, claims: verdict.claims });
-      await ctx.store.updateDevice(
-        device.id,
-        { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip },
-        a.failRow(err),
-        // a revocation or retirement that landed meanwhile wins: never turn it back into quarantine
-        ['active', 'quarantined'],
-      );
+      // Quarantine cuts access (docs/SECURITY.md, "Server side"): the live certificates go on the
+      // CRL for good (reason privilegeWithdrawn, RFC 5280 §5.3.1 — an approved device renews and
+      // gets a new one), and the broker rights shrink to the control topic. A revocation or
+      // retirement that landed meanwhile wins: never turned back into quarantine (serials null).
+      const serials = await ctx.store.quarantineDevice({
+        deviceId: device.id,
+        statusReason: verdict.reason,
+        reason: 'privilege-withdrawn',
+        now,
+        patch: { lastSeen: now, lastIp: meta.ip },
+        audit: a.failRow(err),
+      });
       a.recorded();
-      await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: verdict.reason }, reason: verdict.reason, code: verdict.code }, device.id);
+      if (serials !== null) await cutAccess(ctx, device, verdict.reason, verdict.code, serials);
       throw err;
     }
 

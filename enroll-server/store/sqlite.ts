@@ -526,6 +526,26 @@ export class SqliteStore implements Store {
     });
   }
 
+  async quarantineDevice(p: { deviceId: string; statusReason: string; reason: RevokeReason; now: number; patch: DevicePatch; audit: AuditInput }): Promise<string[] | null> {
+    return this.tx(() => {
+      const changed = this.updateDeviceSync(
+        p.deviceId,
+        { ...p.patch, status: 'quarantined', statusReason: p.statusReason, statusChangedAt: p.now },
+        ['active', 'quarantined'],
+      );
+      if (!changed) {
+        this.appendAuditSync(p.audit);
+        return null;
+      }
+      const serials = (
+        this.db.prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').all(p.deviceId, p.now) as Row[]
+      ).map((r) => String(r.serial));
+      this.db.prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').run(p.now, p.reason, p.deviceId, p.now);
+      this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
+      return serials;
+    });
+  }
+
   async listRevokedUnexpired(now: number): Promise<CertificateRecord[]> {
     return (
       this.db.prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial').all(now) as Row[]

@@ -206,6 +206,12 @@ export interface Store {
    * the audit row in one transaction. Returns the serials it revoked.
    */
   endDevice(p: { deviceId: string; status: 'revoked' | 'retired'; reason: RevokeReason; statusReason: string; now: number; audit: AuditInput }): Promise<string[]>;
+  /**
+   * Quarantines an active (or already quarantined) device in one transaction: status, the patch,
+   * its unexpired certificates revoked with `reason`, and the audit row (with the serials). A
+   * device revoked or retired meanwhile is left as it is (null; the row is still written).
+   */
+  quarantineDevice(p: { deviceId: string; statusReason: string; reason: RevokeReason; now: number; patch: DevicePatch; audit: AuditInput }): Promise<string[] | null>;
   /** Revoked certificates that have not expired yet at `now` (the CRL's entries). */
   listRevokedUnexpired(now: number): Promise<CertificateRecord[]>;
 
