@@ -107,6 +107,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
       },
       // ids only (no row decoding), through the status index
       activeDeviceIds: () => store.listDeviceIds({ status: ['active', 'quarantined'] }),
+      quarantinedDeviceIds: () => store.listDeviceIds({ status: ['quarantined'] }),
       log: log.child({ part: 'broker' }),
     });
     ctx.broker = broker;

@@ -38,16 +38,39 @@ export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN });
 const NonceB64 = Type.String({ minLength: 44, maxLength: 44, pattern: '^[A-Za-z0-9+/]{43}=$' });
 const ZoneName = Type.String({ minLength: 1, maxLength: 63 });
 
-/** Posture claims the agent reports; canonical JSON of this object is bound into the quote. Extra members are allowed. */
+/**
+ * Text a device reports that reaches operators' terminals: printable only (no C0 or C1 control
+ * characters, which a terminal would interpret — ECMA-48 §5.3 and §5.4), and bounded.
+ */
+const PRINTABLE = '^[^\\u0000-\\u001f\\u007f-\\u009f]*$';
+const Printable = (maxLength: number) => Type.String({ maxLength, pattern: PRINTABLE });
+
+/** The agent's version: a SemVer-like token (SemVer 2.0.0 characters, no spaces or controls). */
+export const AGENT_VERSION_PATTERN = '^[0-9A-Za-z.+_-]{1,64}$';
+
+/**
+ * Posture claims the agent reports; canonical JSON of this object is bound into the quote. Every
+ * member has a strict schema; unknown members are refused, so nothing unchecked reaches an
+ * operator's screen.
+ */
 export const Claims = Type.Object(
   {
-    agentVersion: Type.String({ minLength: 1, maxLength: 64 }),
-    agentHash: Type.Optional(Type.String({ maxLength: 128 })),
-    configHash: Type.Optional(Type.String({ maxLength: 128 })),
-    kernel: Type.Optional(Type.String({ maxLength: 256 })),
-    os: Type.Optional(Type.Unsafe<Record<string, string>>({ type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 512 } })),
+    agentVersion: Type.String({ minLength: 1, maxLength: 64, pattern: AGENT_VERSION_PATTERN }),
+    // hex digests from the agent; any short token of digest characters (no spaces or controls)
+    agentHash: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[0-9A-Za-z+/=._-]{1,128}$' })),
+    configHash: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[0-9A-Za-z+/=._-]{1,128}$' })),
+    kernel: Type.Optional(Printable(256)),
+    os: Type.Optional(
+      Type.Unsafe<Record<string, string>>({
+        type: 'object',
+        maxProperties: 64,
+        // os-release(5) keys: upper-case letters, digits, underscores
+        propertyNames: { pattern: '^[A-Z0-9_]{1,64}$' },
+        additionalProperties: { type: 'string', maxLength: 512, pattern: PRINTABLE },
+      }),
+    ),
   },
-  { maxProperties: 64, additionalProperties: true },
+  { additionalProperties: false },
 );
 export type Claims = Static<typeof Claims> & { [extra: string]: unknown };
 

@@ -44,6 +44,19 @@ export function deviceAcls(deviceId: string): { acltype: string; topic: string; 
   ];
 }
 
+/** The role a quarantined device has instead of its own: its control topic, nothing else. */
+export function quarantineRoleName(deviceId: string): string {
+  return `edgeid-quarantine-${deviceId}`;
+}
+
+export function quarantineAcls(deviceId: string): { acltype: string; topic: string; allow: boolean; priority: number }[] {
+  assertTopicSafe(deviceId);
+  return [
+    { acltype: 'subscribePattern', topic: `edgeid/${deviceId}/control`, allow: true, priority: 0 },
+    { acltype: 'publishClientReceive', topic: `edgeid/${deviceId}/control`, allow: true, priority: 0 },
+  ];
+}
+
 /** Device ids become topic levels and dynsec names: no wildcards, separators or control characters. */
 export function assertTopicSafe(deviceId: string): void {
   if (!/^[A-Za-z0-9._-]{1,128}$/.test(deviceId)) throw new Error(`device id not usable as a topic level: ${JSON.stringify(deviceId)}`);
@@ -142,12 +155,45 @@ export class DynsecClient {
     if (!roles.includes(role)) await this.send([{ command: 'addClientRole', username: deviceId, rolename: role, priority: 0 }]);
   }
 
+  private async clientRoles(deviceId: string): Promise<string[] | null> {
+    const [got] = await this.send([{ command: 'getClient', username: deviceId }], /not found/i);
+    if (got?.error) return null;
+    return ((got?.data as { client?: { roles?: { rolename?: string }[] } } | undefined)?.client?.roles ?? []).map((r) => String(r.rolename));
+  }
+
+  /**
+   * Quarantine: the device keeps its client but only the quarantine role (its control topic).
+   * Idempotent. Mosquitto's dynsec plugin disconnects a client whose roles change, so the live
+   * session ends and a reconnect has only the reduced rights.
+   */
+  async restrictDevice(deviceId: string): Promise<void> {
+    const q = quarantineRoleName(deviceId);
+    const acls = quarantineAcls(deviceId);
+    await this.send([{ command: 'createRole', rolename: q, acls }], /already exists/i);
+    await this.send(acls.map((a) => ({ command: 'addRoleACL', rolename: q, ...a })), /already exists/i);
+    const roles = await this.clientRoles(deviceId);
+    if (roles === null) {
+      await this.send([{ command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: q, priority: 0 }] }], /already exists/i);
+      return;
+    }
+    // the quarantine role first, then the full role removed: the control topic is never lost in between
+    if (!roles.includes(q)) await this.send([{ command: 'addClientRole', username: deviceId, rolename: q, priority: 0 }]);
+    if (roles.includes(deviceRoleName(deviceId))) await this.send([{ command: 'removeClientRole', username: deviceId, rolename: deviceRoleName(deviceId) }], /not found/i);
+  }
+
+  /** Approval: the device's own role back (provisionDevice), the quarantine role removed. Idempotent. */
+  async restoreDevice(deviceId: string): Promise<void> {
+    await this.provisionDevice(deviceId);
+    await this.send([{ command: 'deleteRole', rolename: quarantineRoleName(deviceId) }], /not found/i);
+  }
+
   /** Deletes the device's client (kicks its live session) and its role: idempotent. */
   async removeDevice(deviceId: string): Promise<void> {
     assertTopicSafe(deviceId);
     await this.send([
       { command: 'deleteClient', username: deviceId },
       { command: 'deleteRole', rolename: deviceRoleName(deviceId) },
+      { command: 'deleteRole', rolename: quarantineRoleName(deviceId) },
     ], /not found/i);
   }
 

@@ -26,6 +26,8 @@ export interface BrokerIntegrationOptions {
   audit: (row: Omit<AuditInput, 'time' | 'actor'>) => Promise<void>;
   /** Devices that should have broker rights (status active or quarantined). */
   activeDeviceIds: () => Promise<string[]>;
+  /** Of those, the quarantined ones (their rights reduced to the control topic). */
+  quarantinedDeviceIds?: () => Promise<string[]>;
   log: Logger;
   retries?: number;
 }
@@ -150,6 +152,20 @@ export class BrokerIntegration implements EdgeidHooks {
     });
   }
 
+  /** Quarantine: the device's rights shrink to its control topic (DynsecClient.restrictDevice). */
+  async restrictDevice(deviceId: string): Promise<void> {
+    await this.step('broker.quarantine', deviceId, async () => {
+      await (await this.client()).restrictDevice(deviceId);
+    });
+  }
+
+  /** Approval: the device's full role again. */
+  async restoreDevice(deviceId: string): Promise<void> {
+    await this.step('broker.restore', deviceId, async () => {
+      await (await this.client()).restoreDevice(deviceId);
+    });
+  }
+
   async onDeviceRetired(e: { device: DeviceRecord }): Promise<void> {
     await this.step('broker.remove', e.device.id, async () => {
       await (await this.client()).removeDevice(e.device.id);
@@ -200,6 +216,9 @@ export class BrokerIntegration implements EdgeidHooks {
     const removed = [...have].filter((id) => !want.has(id));
     for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
     for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
+    // a quarantined device (re)provisioned above must not keep its full role
+    const quarantined = (await this.opts.quarantinedDeviceIds?.()) ?? [];
+    for (const id of quarantined) await withRetry('quarantine', this.retries, () => c.restrictDevice(id), this.opts.log);
     return { added, removed };
   }
 

@@ -58,6 +58,7 @@ export interface BrokerIntegrationDeps {
   dataDir: string;
   audit: BrokerIntegrationOptions['audit'];
   activeDeviceIds: BrokerIntegrationOptions['activeDeviceIds'];
+  quarantinedDeviceIds?: BrokerIntegrationOptions['quarantinedDeviceIds'];
   log: Logger;
 }
 
@@ -80,6 +81,7 @@ export async function createBrokerIntegration(deps: BrokerIntegrationDeps): Prom
     signControl: (c) => deps.ca.signControl(c),
     audit: deps.audit,
     activeDeviceIds: deps.activeDeviceIds,
+    ...(deps.quarantinedDeviceIds ? { quarantinedDeviceIds: deps.quarantinedDeviceIds } : {}),
     log: deps.log,
   });
 }

@@ -35,6 +35,8 @@ export class AuditedAction {
   details: Record<string, unknown> | null;
   private done = false;
   private failureWriter: ((row: AuditInput, e: EdgeidError) => Promise<void>) | null = null;
+  /** The real cause of a failure answered with a generic code (see auditAs). */
+  private realCause: EdgeidError | null = null;
 
   constructor(
     readonly event: string,
@@ -74,6 +76,14 @@ export class AuditedAction {
     return this.done;
   }
 
+  /**
+   * The failure row records `e` (code, message, details) while the caller is answered with the
+   * error the action throws: for refusals that must not tell an anonymous caller why.
+   */
+  auditAs(e: EdgeidError): void {
+    this.realCause = e;
+  }
+
   /** How a failure's row is written if none was recorded (default: appended on its own). */
   onFailure(writer: (row: AuditInput, e: EdgeidError) => Promise<void>): void {
     this.failureWriter = writer;
@@ -81,7 +91,7 @@ export class AuditedAction {
 
   async writeFailure(ctx: ServerContext, e: EdgeidError): Promise<void> {
     if (this.done) return;
-    const row = this.failRow(e);
+    const row = this.failRow(this.realCause ?? e);
     if (this.failureWriter && e.code !== 'internal_error') await this.failureWriter(row, e);
     else await ctx.store.appendAudit(row);
     this.done = true;

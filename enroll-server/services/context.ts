@@ -34,6 +34,13 @@ export interface BrokerPort {
   sendControl(deviceId: string, signed: SignedControl): Promise<void>;
   /** Makes the broker's per-device clients match the inventory. */
   reconcile(): Promise<{ added: string[]; removed: string[] }>;
+  /**
+   * Quarantine: the device's broker rights shrink to its control topic (subscribe and receive,
+   * so a signed `renew-now` still reaches it while its certificate is accepted); nothing else.
+   */
+  restrictDevice(deviceId: string): Promise<void>;
+  /** Approval: the device's full role again, the quarantine role gone. */
+  restoreDevice(deviceId: string): Promise<void>;
   close(): Promise<void>;
 }
 

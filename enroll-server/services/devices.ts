@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { LIST_PAGE_MAX, type CertificateView, type ControlCommandType, type DeviceStatus, type DeviceView, type RevokeReason, type SignedControl } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
@@ -187,8 +188,25 @@ export async function retireDevice(
 }
 
 /**
+ * Approval of a quarantined device: its broker role back, then a signed `renew-now` on its control
+ * topic (reaches it while the broker still accepts its certificate; otherwise its own renewal
+ * retry brings it back). Its quarantine-time certificates stay revoked: it renews for a new one.
+ * Broker failures are audited (broker.restore / broker.control_sent) and never undo the approval.
+ */
+async function restoreAccess(ctx: ServerContext, id: string): Promise<void> {
+  const broker = ctx.broker!;
+  try {
+    await broker.restoreDevice(id);
+    await broker.sendControl(id, ctx.ca.signControl({ type: 'renew-now', deviceId: id, reason: 'baseline approved' }));
+  } catch (e) {
+    ctx.log.error({ deviceId: id, err: (e as Error).message }, 'approval: the broker rights could not be restored');
+  }
+}
+
+/**
  * Opens the baseline window: the device becomes active again (if quarantined) and the next
- * quote it sends within `baselineWindow` becomes its new PCR baseline.
+ * quote it sends within `baselineWindow` becomes its new PCR baseline; that first successful
+ * renewal closes the window whatever its PCRs are.
  */
 export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
   return audited(ctx, { event: 'device.approve_baseline', actor: who.actor, ip: who.ip, deviceId: id }, async (a) => {
@@ -198,13 +216,16 @@ export async function approveBaseline(ctx: ServerContext, id: string, who: Actor
     }
     const now = a.time;
     const until = now + ctx.config.baselineWindow * 1000;
+    // links this row to the renewal row that closes the window (details.baselineWindowClosed.approvalId)
+    const approvalId = randomUUID();
     await ctx.store.updateDevice(
       id,
-      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
-      a.okRow({ previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
+      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until, baselineApprovalId: approvalId },
+      a.okRow({ approvalId, previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
     );
     a.recorded();
     const after = (await ctx.store.getDevice(id))!;
+    if (d.status === 'quarantined' && ctx.broker) await restoreAccess(ctx, id);
     await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
     return { device: deviceView(ctx, after) };
   });

@@ -3,7 +3,7 @@ import { EdgeidError } from '../../protocol/errors/index.js';
 import { parsePublic } from '../../protocol/tpm/public.js';
 import type { ZonePolicy } from '../config.js';
 import type { DevicePatch, DeviceRecord } from '../store/store.js';
-import { audited } from './audit.js';
+import { audited, type AuditedAction } from './audit.js';
 import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { retireDevice } from './devices.js';
 import { verifyEvidence } from './evidence.js';
@@ -33,13 +33,69 @@ async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMet
   return { device, zone };
 }
 
-/** POST /v1/renew/challenge: a fresh single-use nonce bound to the device. */
+/**
+ * After a quarantine committed: the broker rights shrink to the control topic at once (the
+ * session is cut; BrokerPort.restrictDevice), the hooks run, then the new CRL goes out (whose
+ * publication restarts Mosquitto, which then refuses the revoked certificate at the handshake).
+ * Failures are audited by the broker step and the hook runner; they never undo the quarantine.
+ */
+async function cutAccess(ctx: ServerContext, device: DeviceRecord, reason: string, code: string, serials: string[]): Promise<void> {
+  if (ctx.broker) {
+    try {
+      await ctx.broker.restrictDevice(device.id);
+    } catch (e) {
+      ctx.log.error({ deviceId: device.id, err: (e as Error).message }, 'quarantine: the broker rights could not be reduced');
+    }
+  }
+  await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: reason }, reason, code }, device.id);
+  if (serials.length > 0) await ctx.crl.regenerate(`quarantine ${device.id}`);
+}
+
+/** Lifecycle refusals whose cause an anonymous caller must not learn (they all answer renewal_refused). */
+const HIDDEN_STATES = new Set(['device_not_found', 'device_revoked', 'device_retired', 'device_quarantined']);
+
+function isHiddenState(e: unknown): e is EdgeidError {
+  return e instanceof EdgeidError && HIDDEN_STATES.has(e.code);
+}
+
+/**
+ * Answers a lifecycle refusal with the one generic code, its real cause going to the audit row
+ * (and from there to the admin API): an anonymous caller learns that this id cannot renew — which
+ * the challenge must reveal anyway by giving live devices a nonce — but not whether the device is
+ * unknown, revoked, retired or quarantined.
+ */
+function refuseAnonymously(a: AuditedAction, e: EdgeidError): never {
+  a.auditAs(e);
+  throw new EdgeidError('renewal_refused');
+}
+
+/**
+ * True when the renewal request is signed by the device's enrolled AK (quote and certify over the
+ * request's nonce): the caller holds the device's AK, so it may learn the device's state. The
+ * nonce need not be live; only possession of the AK is proven here.
+ */
+async function signedByDeviceAk(ctx: ServerContext, deviceId: string, req: RenewRequest): Promise<boolean> {
+  const device = await ctx.store.getDevice(deviceId);
+  if (!device) return false;
+  try {
+    const zone = zoneOf(ctx, device.zone);
+    await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * POST /v1/renew/challenge: a fresh single-use nonce bound to the device. The caller is not
+ * authenticated: an unknown, revoked, retired or quarantined device gets renewal_refused alike.
+ */
 export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequest, meta: RequestMeta): Promise<RenewChallengeResponse> {
   return audited(ctx, { event: 'renew.challenge', actor: 'device', ip: meta.ip, deviceId: req.deviceId ?? null }, async (a) => {
     let deviceId = req.deviceId ?? null;
     if (deviceId === null) {
       const byAk = await ctx.store.findDeviceByAkName(req.akName!);
-      if (!byAk) throw new EdgeidError('device_not_found', 'no device is enrolled with this attestation key');
+      if (!byAk) refuseAnonymously(a, new EdgeidError('device_not_found', 'no device is enrolled with this attestation key'));
       deviceId = byAk.id;
       a.deviceId = deviceId;
     }
@@ -52,6 +108,7 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
     } catch (e) {
       // an unknown device id is not recorded as a device
       if (e instanceof EdgeidError && e.code === 'device_not_found') a.deviceId = null;
+      if (isHiddenState(e)) refuseAnonymously(a, e);
       throw e;
     }
   });
@@ -59,7 +116,7 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
 
 /**
  * POST /v1/renew. Checks, each failure its own code and audit row: the device's lifecycle
- * (liveDevice), the nonce (nonce_unknown / nonce_wrong_device / nonce_used / nonce_expired), the
+ * (liveDevice; answered renewal_refused unless the request is signed by the device's AK), the nonce (nonce_unknown / nonce_wrong_device / nonce_used / nonce_expired), the
  * time offline (device_offline_too_long: last certificate expired longer than maxOffline ago),
  * the evidence against the device's enrolled AK (verifyEvidence), then posture: a mismatch
  * quarantines the device (posture_pcr_mismatch / posture_claims_rejected with the PCRs or claims).
@@ -75,6 +132,8 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
       live = await liveDevice(ctx, req.deviceId, meta);
     } catch (e) {
       if (e instanceof EdgeidError && e.code === 'device_not_found') a.deviceId = null;
+      // the real cause only for a caller that proves it holds the device's AK
+      if (isHiddenState(e) && !(e.code !== 'device_not_found' && (await signedByDeviceAk(ctx, req.deviceId, req)))) refuseAnonymously(a, e);
       throw e;
     }
     const { device, zone } = live;
@@ -96,24 +155,35 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen });
     if (!verdict.ok) {
       const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, { pcrs: verdict.pcrs, claims: verdict.claims });
-      await ctx.store.updateDevice(
-        device.id,
-        { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip },
-        a.failRow(err),
-        // a revocation or retirement that landed meanwhile wins: never turn it back into quarantine
-        ['active', 'quarantined'],
-      );
+      // Quarantine cuts access (docs/SECURITY.md, "Server side"): the live certificates go on the
+      // CRL for good (reason privilegeWithdrawn, RFC 5280 §5.3.1 — an approved device renews and
+      // gets a new one), and the broker rights shrink to the control topic. A revocation or
+      // retirement that landed meanwhile wins: never turned back into quarantine (serials null).
+      const serials = await ctx.store.quarantineDevice({
+        deviceId: device.id,
+        statusReason: verdict.reason,
+        reason: 'privilege-withdrawn',
+        now,
+        patch: { lastSeen: now, lastIp: meta.ip },
+        audit: a.failRow(err),
+      });
       a.recorded();
-      await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: verdict.reason }, reason: verdict.reason, code: verdict.code }, device.id);
+      if (serials !== null) await cutAccess(ctx, device, verdict.reason, verdict.code, serials);
       throw err;
     }
 
     const cert = await issueFor(ctx, { deviceId: device.id, zone, spki: ev.spki });
     const next = newNonce(ctx, device.id, nextNonceTtl(zone));
     const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims };
-    if (verdict.newBaseline) {
-      patch.baseline = verdict.newBaseline;
+    if (verdict.newBaseline) patch.baseline = verdict.newBaseline;
+    // An approval covers exactly one boot state: the first successful renewal after it closes the
+    // window whether or not the PCRs changed, so a later boot-chain change is a mismatch again.
+    // Its audit row names the approval (approvalId is also in the approval's row).
+    let window: Record<string, unknown> | null = null;
+    if (windowOpen) {
       patch.baselineWindowUntil = null;
+      patch.baselineApprovalId = null;
+      window = { approvalId: device.baselineApprovalId ?? null, newBaseline: verdict.newBaseline !== null };
     }
     const committed = await ctx.store.renew({
       nonce: req.nonce,
@@ -123,7 +193,12 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
       certificate: certRecord(device.id, cert, ev.spkiHash, now),
       nextNonce: next,
       keepNonces: NONCES_KEPT,
-      audit: a.okRow({ serial: cert.serial, notAfter: cert.notAfter.toISOString(), ...(verdict.newBaseline && device.baseline ? { newBaseline: true } : {}) }),
+      audit: a.okRow({
+        serial: cert.serial,
+        notAfter: cert.notAfter.toISOString(),
+        ...(verdict.newBaseline && device.baseline ? { newBaseline: true } : {}),
+        ...(window ? { baselineWindowClosed: window } : {}),
+      }),
     });
     if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');
     a.recorded();

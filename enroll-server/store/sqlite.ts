@@ -79,6 +79,7 @@ function deviceFrom(r: Row): DeviceRecord {
     baseline: r.baseline ? (JSON.parse(String(r.baseline)) as Record<string, string>) : null,
     claims: r.claims ? JSON.parse(String(r.claims)) : null,
     baselineWindowUntil: num(r.baseline_window_until),
+    baselineApprovalId: text(r.baseline_approval_id),
     enrolledBy: String(r.enrolled_by),
     enrolledAt: Number(r.enrolled_at),
     retireBy: num(r.retire_by),
@@ -154,6 +155,7 @@ const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
   baseline: 'baseline',
   claims: 'claims',
   baselineWindowUntil: 'baseline_window_until',
+  baselineApprovalId: 'baseline_approval_id',
   lastSeen: 'last_seen',
   lastIp: 'last_ip',
 };
@@ -649,6 +651,26 @@ export class SqliteStore implements Store {
         p.now,
       );
       this.db.prepare('UPDATE nonces SET used_at = ? WHERE device_id = ? AND used_at IS NULL').run(p.now, p.deviceId);
+      this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
+      return serials;
+    });
+  }
+
+  async quarantineDevice(p: { deviceId: string; statusReason: string; reason: RevokeReason; now: number; patch: DevicePatch; audit: AuditInput }): Promise<string[] | null> {
+    return this.tx(() => {
+      const changed = this.updateDeviceSync(
+        p.deviceId,
+        { ...p.patch, status: 'quarantined', statusReason: p.statusReason, statusChangedAt: p.now },
+        ['active', 'quarantined'],
+      );
+      if (!changed) {
+        this.appendAuditSync(p.audit);
+        return null;
+      }
+      const serials = (
+        this.db.prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').all(p.deviceId, p.now) as Row[]
+      ).map((r) => String(r.serial));
+      this.db.prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').run(p.now, p.reason, p.deviceId, p.now);
       this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
       return serials;
     });

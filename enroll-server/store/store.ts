@@ -68,6 +68,8 @@ export interface DeviceRecord {
   baseline: Record<string, string> | null;
   claims: Claims | null;
   baselineWindowUntil: number | null;
+  /** Id of the approval that opened the baseline window (in both audit rows: the approval and the renewal that closed it). */
+  baselineApprovalId?: string | null;
   enrolledBy: string;
   enrolledAt: number;
   retireBy: number | null;
@@ -128,7 +130,7 @@ export interface DeviceListing {
 }
 
 export type DevicePatch = Partial<
-  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
+  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'baselineApprovalId' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
 >;
 
 /** An operator's change to the EK trust store: an added anchor, or a built-in one switched off. */
@@ -269,6 +271,12 @@ export interface Store {
    * the audit row in one transaction. Returns the serials it revoked.
    */
   endDevice(p: { deviceId: string; status: 'revoked' | 'retired'; reason: RevokeReason; statusReason: string; now: number; audit: AuditInput }): Promise<string[]>;
+  /**
+   * Quarantines an active (or already quarantined) device in one transaction: status, the patch,
+   * its unexpired certificates revoked with `reason`, and the audit row (with the serials). A
+   * device revoked or retired meanwhile is left as it is (null; the row is still written).
+   */
+  quarantineDevice(p: { deviceId: string; statusReason: string; reason: RevokeReason; now: number; patch: DevicePatch; audit: AuditInput }): Promise<string[] | null>;
   /** Revoked certificates that have not expired yet at `now` (the CRL's entries). */
   listRevokedUnexpired(now: number): Promise<CertificateRecord[]>;
 

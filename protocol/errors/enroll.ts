@@ -192,6 +192,11 @@ export const enrollErrors = defineErrors({
     message: 'The device is quarantined because its posture changed.',
     fix: 'Check the device; if the change is expected run edgeid-admin approve-baseline ID.',
   },
+  renewal_refused: {
+    status: 403,
+    message: 'This device cannot renew.',
+    fix: 'The device is unknown, revoked, retired or quarantined; an operator sees which in edgeid-admin devices show ID and in the audit log. A quarantined device renews again after approve-baseline; the others must enroll again with a new token.',
+  },
   device_offline_too_long: {
     status: 403,
     message: 'The device was offline for longer than the zone\'s maxOffline.',

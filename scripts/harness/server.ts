@@ -15,6 +15,7 @@ import { REPO, tmpDir } from './fs.js';
 import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT } from './swtpm.js';
 import { httpsJson } from './https.js';
 import { stopChild } from './process.js';
+import { assertNoSecrets, recordSecret, recordSecretsIn, recordToken } from './secrets.js';
 import { waitFor } from './wait.js';
 
 const run = promisify(execFile);
@@ -121,6 +122,7 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
   await launch();
   const caPem = await readFile(path.join(dataDir, 'ca', 'root.pem'), 'utf8');
   const adminToken = (await readFile(path.join(dataDir, 'admin-token'), 'utf8')).trim();
+  recordSecret(adminToken, 'admin token');
   const url = `https://127.0.0.1:${port}`;
   const srv: ServerProcess = {
     get proc() { return proc; },
@@ -132,13 +134,17 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
     caFingerprint: certFingerprint(new X509Certificate(caPem).raw),
     adminToken,
     log: () => output,
-    admin(method, p, body) {
-      return httpsJson(method, new URL(p, url), { ca: caPem, bearer: adminToken, body });
+    async admin(method, p, body) {
+      const r = await httpsJson(method, new URL(p, url), { ca: caPem, bearer: adminToken, body });
+      recordSecretsIn(JSON.stringify(r.body ?? null));
+      return r;
     },
+    // every stop checks the server's log for every secret the run created (issue: logs never hold a secret)
     async stop() {
       const p = proc;
       proc = null;
       await stopChild(p);
+      if (p) assertNoSecrets('the edgeid-server log', output);
     },
     async start(newConfig) {
       if (newConfig) config = newConfig;
@@ -161,6 +167,7 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
 export async function createToken(srv: ServerProcess, p: { zone?: string; owner?: string; ttlSeconds?: number } = {}): Promise<{ token: string; uri: string }> {
   const r = await srv.admin<{ token: string; uri: string }>('POST', '/v1/admin/tokens', { zone: p.zone ?? 'default', owner: p.owner ?? 'controls-team', ...(p.ttlSeconds ? { ttlSeconds: p.ttlSeconds } : {}) });
   if (r.status !== 200) throw new Error(`token create: ${r.status} ${JSON.stringify(r.body)}`);
+  recordToken(r.body.token);
   return r.body;
 }
 
@@ -170,5 +177,6 @@ export async function adminCli(dataDir: string, args: string[]): Promise<string>
     cwd: REPO,
     timeout: 60_000,
   });
+  recordSecretsIn(stdout);
   return stdout;
 }

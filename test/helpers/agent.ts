@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { REPO } from '../../scripts/harness/fs.js';
+import { assertNoSecrets, recordSecretsIn } from '../../scripts/harness/secrets.js';
 
 export const AGENT_CLI = path.join(REPO, 'agent/cli.ts');
 
@@ -14,24 +15,51 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `edgeid-agent ARGS` as a child process. */
+/** Records the tokens passed on the command line (`--uri edgeid://enroll?token=…`, `--token T`). */
+function recordArgs(args: string[], env: Record<string, string>): void {
+  recordSecretsIn([...args, ...Object.values(env)].join(' '));
+  const i = args.indexOf('--token');
+  if (i >= 0 && args[i + 1]) recordSecretsIn(JSON.stringify({ token: args[i + 1] }));
+}
+
+/** Runs `edgeid-agent ARGS` as a child process; rejects when its output holds a secret of the run. */
 export function agentCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
-  return new Promise((resolve) => {
+  recordArgs(args, env);
+  return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], { cwd: REPO, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+    child.once('exit', (code) => {
+      try {
+        assertNoSecrets(`edgeid-agent ${args[0] ?? ''} output`, stdout + stderr);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      resolve({ code, stdout, stderr });
+    });
   });
 }
 
-/** Starts `edgeid-agent ARGS` and returns the child (logs collected). */
+/** Starts `edgeid-agent ARGS` and returns the child (logs collected; `exit` rejects when they hold a secret of the run). */
 export function spawnAgent(args: string[], env: Record<string, string> = {}): { child: ChildProcess; log(): string; exit: Promise<number | null> } {
+  recordArgs(args, env);
   const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], { cwd: REPO, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let text = '';
   child.stdout?.on('data', (d: Buffer) => (text += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (text += d.toString()));
-  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const exit = new Promise<number | null>((resolve, reject) =>
+    child.once('exit', (code) => {
+      try {
+        assertNoSecrets(`edgeid-agent ${args[0] ?? ''} log`, text);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      resolve(code);
+    }),
+  );
   return { child, log: () => text, exit };
 }

@@ -55,6 +55,6 @@ test('scripts/demo stops everything on Ctrl-C, then runs to its summary in the s
   assert.ok(m, 'the demo printed its summary');
   assert.deepEqual(JSON.parse(m[1]!), { enrolled: 3, renewedEach: true, quarantinedAndRestored: 1, revokedAndWiped: 1, lostFromActive: 0 });
   assert.match(full.out, /quarantined: PCRs 0 differ/);
-  assert.match(full.out, /device_revoked/);
+  assert.match(full.out, /renewal_refused/);
   assert.deepEqual(leftovers(dir), [], 'no process of the demo is left');
 });

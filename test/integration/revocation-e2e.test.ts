@@ -146,6 +146,7 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
       const state = (await store.load())!;
       await assert.rejects(
         renewCertificate({ store, tpm: tpmDev, config, log: pino({ level: 'silent' }), posture: new PostureCollector({ config }) }, state, 'attacker'),
+        // the stolen state holds a nonce and the renewal is signed by the device's own AK: the caller is the device and learns its state
         (e: unknown) => isEdgeidError(e, 'device_revoked'),
       );
     } finally {

@@ -41,6 +41,8 @@ type Allowed = 'token_spent' | 'quarantined';
 interface Attack {
   name: string;
   code: ErrorCode;
+  /** The cause in the audit row when the caller gets a generic code (default: code). */
+  audited?: ErrorCode;
   /** What the message must say, where the cause has specifics a technician needs. */
   message?: RegExp;
   allow?: Allowed;
@@ -256,7 +258,7 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
     { name: 'renewal with tampered PCR value', code: 'quote_pcr_digest_mismatch', run: () => devA.renew(http, { tamperPcr: 0 }) },
     { name: 'renewal CSR by a software key', code: 'csr_key_mismatch', run: () => devA.renew(http, { softwareCsrKey: true }) },
     { name: 'renewal from outside the zone CIDRs', code: 'source_ip_not_allowed', run: () => devA.renew(outside, {}) },
-    { name: 'renewal of an unknown device', code: 'device_not_found', run: () => devA.renew(http, { deviceId: 'dev-0000000000000000' } as EvidenceOptions) },
+    { name: 'renewal of an unknown device', code: 'renewal_refused', audited: 'device_not_found', run: () => devA.renew(http, { deviceId: 'dev-0000000000000000' } as EvidenceOptions) },
     {
       name: 'renewal by a revoked device',
       code: 'device_revoked',
@@ -334,8 +336,8 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
         if (a.message) assert.match(res.body.error.message, a.message);
         const rows = db.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq').all(seq) as { outcome: string; reason: string }[];
         assert.ok(
-          rows.some((r) => r.outcome === 'fail' && r.reason === a.code),
-          `audit row with reason ${a.code}: ${JSON.stringify(rows)}`,
+          rows.some((r) => r.outcome === 'fail' && r.reason === (a.audited ?? a.code)),
+          `audit row with reason ${a.audited ?? a.code}: ${JSON.stringify(rows)}`,
         );
         const after = snapshot(db);
         if (a.allow === 'token_spent') {

@@ -24,14 +24,17 @@ async function rowsOf(s: TestServer, fn: () => Promise<unknown>): Promise<AuditR
   return s.server.ctx.store.listAudit({ afterSeq: before, limit: 1_000_000 });
 }
 
-/** Asserts that `fn` wrote exactly one row: `event` with `outcome` (and `reason` for a failure). */
-async function oneRow(s: TestServer, what: string, fn: () => Promise<{ status: number; body: any }>, want: { event: string; status: number; reason?: string }) {
+/**
+ * Asserts that `fn` wrote exactly one row: `event` with `outcome` (and `reason` for a failure;
+ * `code` when the caller is answered with another, generic code).
+ */
+async function oneRow(s: TestServer, what: string, fn: () => Promise<{ status: number; body: any }>, want: { event: string; status: number; reason?: string; code?: string }) {
   let res: { status: number; body: any } | undefined;
   const rows = await rowsOf(s, async () => {
     res = await fn();
   });
   assert.equal(res!.status, want.status, `${what}: ${JSON.stringify(res!.body).slice(0, 300)}`);
-  if (want.reason) assert.equal(res!.body.error.code, want.reason, what);
+  if (want.reason) assert.equal(res!.body.error.code, want.code ?? want.reason, what);
   assert.equal(rows.length, 1, `${what} wrote ${rows.length} rows: ${rows.map((r) => `${r.event}/${r.outcome}/${r.reason}`).join(', ')}`);
   const [row] = rows;
   assert.equal(row!.event, want.event, what);
@@ -139,7 +142,8 @@ test('every admin and device action writes exactly one audit row, success or fai
 
   await oneRow(s, 'challenge, unknown device', () => http.post('/v1/renew/challenge', { deviceId: unknown }), {
     event: 'renew.challenge',
-    status: 404,
+    status: 403,
+    code: 'renewal_refused',
     reason: 'device_not_found',
   });
   const ch = await oneRow(s, 'challenge', () => dev.challenge(http), { event: 'renew.challenge', status: 200 });

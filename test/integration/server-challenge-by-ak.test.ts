@@ -30,13 +30,13 @@ test('renew/challenge by AK name recovers the device id, and the renewal with th
   assert.equal(r.status, 200, JSON.stringify(r.body));
 });
 
-test('renew/challenge answers an unknown AK name with device_not_found and malformed requests with bad_request', async (t) => {
+test('renew/challenge answers an unknown AK name with the generic renewal_refused and malformed requests with bad_request', async (t) => {
   const srv = await startInProcessServer();
   t.after(() => srv.close());
   const http = injectTransport(srv.server.app);
   const unknown = await http.post('/v1/renew/challenge', { akName: '000b' + 'ab'.repeat(32) });
-  assert.equal(unknown.status, 404);
-  assert.equal(unknown.body.error.code, 'device_not_found');
+  assert.equal(unknown.status, 403);
+  assert.equal(unknown.body.error.code, 'renewal_refused');
   for (const body of [{}, { akName: 'zz' }, { akName: '000b00', deviceId: 'x' }, { deviceId: 'dev-1', akName: '000b' + '00'.repeat(32) }]) {
     const r = await http.post('/v1/renew/challenge', body);
     assert.equal(r.status, 400, JSON.stringify(body));

@@ -155,7 +155,8 @@ test('device lifecycle on swtpm', { timeout: 180_000 }, async (t) => {
     const again = await srv.admin('POST', `/v1/admin/devices/${devA.deviceId}/revoke`, { reason: 'key-compromise' });
     assert.equal(again.status, 409);
     assert.equal(again.body.error.code, 'device_state_conflict');
+    // an anonymous challenge learns only that the device cannot renew
     const challenge = await devA.challenge(http);
-    assert.equal(challenge.body.error.code, 'device_revoked');
+    assert.equal(challenge.body.error.code, 'renewal_refused');
   });
 });
