@@ -1,5 +1,5 @@
 /**
- * The TPM work of one certificate request, done in ONE batch of the TPM queue (issue 4 §3: ≤ 6 TPM
+ * The TPM work of one certificate request, done in ONE batch of the TPM queue (budget: ≤ 6 TPM
  * commands per renewal). The SRK and the AK stay loaded between renewals (resident objects of the
  * Tpm, see agent/tpm/session.ts), so a steady-state renewal is exactly:
  *

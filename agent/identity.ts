@@ -1,5 +1,5 @@
 /**
- * Enrollment and renewal as a small durable state machine (issue 4 §2, §3, §7).
+ * Enrollment and renewal as a small durable state machine.
  *
  * Commit points (each an atomic replace of state.json; key blobs are written before the state
  * that references them):

@@ -1,5 +1,5 @@
 /**
- * The device's MQTT session (issue 4 §4): mqtt.js v5 over TLS with a client certificate whose
+ * The device's MQTT session: mqtt.js v5 over TLS with a client certificate whose
  * private key is in the TPM. The TLS material comes as a ready `tls.SecureContext` (built by the
  * TPM addon, which installs the TPM-backed key); this module never sees a private key.
  *

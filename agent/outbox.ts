@@ -1,5 +1,5 @@
 /**
- * Durable, bounded MQTT outbox (issue 4 §4). Every message handed to `agent.publish` is written
+ * Durable, bounded MQTT outbox. Every message handed to `agent.publish` is written
  * to disk (one file per message, atomically) before it is sent, and removed only when the broker
  * acknowledged it (PUBACK, QoS 1). After a crash, a reconnect or a certificate switch, whatever
  * is still here is sent again: delivery is at least once, and each message carries an id so the

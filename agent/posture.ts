@@ -1,5 +1,5 @@
 /**
- * Posture claims (issue 4 §6): what the agent says about itself and the OS, bound into every quote
+ * Posture claims: what the agent says about itself and the OS, bound into every quote
  * through quoteQualifyingData(nonce, claims) so the server can hold the device to a policy.
  */
 import { createHash } from 'node:crypto';

@@ -18,7 +18,7 @@ export interface SecureContextRequest {
 /** Builds a tls.SecureContext whose private key operations happen in the TPM. */
 export type SecureContextFactory = (req: SecureContextRequest) => Promise<SecureContext>;
 
-/** The TPM addon's TLS context builder (issue 4 §4): the private key operations run in the TPM. */
+/** The TPM addon's TLS context builder: the private key operations run in the TPM. */
 export function tlsContextFromTpm(tpm: Tpm): SecureContextFactory {
   return (req) => tpm.tlsSecureContext({ key: req.key, certPem: req.certPem, caPem: req.caPem, minVersion: req.minVersion });
 }

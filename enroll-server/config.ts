@@ -68,7 +68,7 @@ export interface ServerConfig {
    */
   retention: { auditDays: number | null; certificateDays: number | null };
   mqtt: { url: string | null };
-  /** Broker integration (issue 5): dynsec over MQTT as the server's broker identity, CRL file + reload. */
+  /** Broker integration: dynsec over MQTT as the server's broker identity, CRL file + reload. */
   broker: BrokerConfig | null;
   /**
    * EK trust: roots / intermediates added to the built-in TPM makers' store (files), whether the

@@ -3,7 +3,7 @@ import type { CrlData } from './ca/ca.js';
 import type { DeviceRecord } from './store/store.js';
 
 /**
- * Event hooks: the extension points other parts (the broker integration of issue 5) implement.
+ * Event hooks: the extension points other parts (the broker integration) implement.
  * Every hook runs after the change is committed. The server awaits each hook, so an API call
  * (e.g. revoke) returns after its hooks ran; a hook that throws is logged and audited as
  * `hook.<name>` with outcome fail, and never undoes the committed change.

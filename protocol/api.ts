@@ -526,7 +526,7 @@ export function parseEnrollUri(uri: string): { server: string; token: string; ca
   return { server, token, caFingerprint: ca, ...(zone ? { zone } : {}) };
 }
 
-/** Topics a device may use on the broker (issue 5 grants exactly these). */
+/** Topics a device may use on the broker (the broker integration grants exactly these). */
 export function deviceTopics(deviceId: string): { publish: string; control: string } {
   return { publish: `devices/${deviceId}/#`, control: `edgeid/${deviceId}/control` };
 }

@@ -1,5 +1,5 @@
 /**
- * Signed control commands (issue 4 §5, issue 5 §4): the server signs, the agent verifies.
+ * Signed control commands: the server signs, the agent verifies.
  *
  * Wire format: the MQTT payload on `edgeid/<deviceId>/control` is the JSON of a `SignedControl`
  * (protocol/api.ts): `payload` is the canonical JSON of a `ControlCommand`, `signature` a base64

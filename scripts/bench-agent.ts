@@ -1,5 +1,5 @@
 /**
- * Agent benchmark (issue 4): renewal latency on swtpm against a real edgeid-server (median, p95),
+ * Agent benchmark: renewal latency on swtpm against a real edgeid-server (median, p95),
  * TPM commands per renewal, bundle size, cold start of the bundled agent to MQTT connected, and its
  * steady RSS. Prints a markdown table (for BENCHMARKS.md).
  *   node --import tsx scripts/bench-agent.ts [--renewals N] [--rss-seconds S] [--bundle DIR]

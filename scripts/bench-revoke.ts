@@ -1,5 +1,5 @@
 /**
- * Revocation benchmark (issue 5): over N runs (default 20), the time from the revoke API call
+ * Revocation benchmark: over N runs (default 20), the time from the revoke API call
  * (`POST /v1/admin/devices/ID/revoke`) to
  *   (a) the device's TCP session being closed by the broker: a scripted MQTT client holding the
  *       device's TPM key and certificate, which ignores control commands, sees its connection end;

@@ -26,7 +26,7 @@ const common = ["import { createRequire as __edgeidCreateRequire } from 'node:mo
 
 // The agent speaks mqtts:// only. mqtt.js loads its WebSocket (ws) and SOCKS-proxy (socks,
 // ip-address, smart-buffer) transports at the first connect whatever the URL; they cost the
-// running agent ~0.8 MB of RSS (issue 4: RSS ≤ 60 MB). In the bundle they are stand-ins that fail
+// running agent ~0.8 MB of RSS (budget: RSS ≤ 60 MB). In the bundle they are stand-ins that fail
 // clearly if ever reached (a ws:// URL, or MQTTJS_SOCKS_PROXY set).
 const LEFT_OUT = {
   ws: "function WebSocket() { throw new Error('edgeid-agent: MQTT over WebSockets is not in the agent bundle; use an mqtts:// broker URL'); } module.exports = WebSocket; module.exports.default = WebSocket;",

@@ -1,4 +1,4 @@
-/** `edgeid-agent enroll`: one-time enrollment by a field technician (issue 4 §2). */
+/** `edgeid-agent enroll`: one-time enrollment by a field technician. */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseEnrollUri } from '../../protocol/api.js';

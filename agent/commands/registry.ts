@@ -2,7 +2,7 @@
  * The edgeid-agent subcommands. Each is imported when it runs, not at start: in the single-file
  * bundle esbuild then leaves every other command (and what only it needs — enrollment, the quote
  * verifier of `tpm quote`, the EK certificate code) uninitialised, so the `run` daemon does not
- * carry them in its heap (issue 4: RSS ≤ 60 MB). (The dynamic imports live here and not in cli.ts:
+ * carry them in its heap (the agent's RSS budget is 60 MB). (The dynamic imports live here and not in cli.ts:
  * tsx cannot lex dynamic imports in a file with cli.ts's `#!/usr/bin/env -S node --import tsx`.)
  */
 import type { AgentCommand } from './types.js';

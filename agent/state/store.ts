@@ -76,7 +76,7 @@ export interface AgentState {
   mqtt?: { url: string | null; topics?: { publish: string; control: string } };
   lastRenewal?: RenewalRecord;
   /**
-   * TPM commands of a steady-state renewal (issue 4: goal ≤ 6): every command, flushes included, of
+   * TPM commands of a steady-state renewal (budget ≤ 6, BENCHMARKS.md): every command, flushes included, of
    * the last successful renewal that found the SRK and AK already loaded. The first renewal of a
    * process also loads them (+ CreatePrimary, Load; lastRenewal.tpmCommands has its own count).
    */

@@ -1,7 +1,7 @@
 /**
  * The PKCS#10 request for a TPM session key, DER-encoded by hand.
  *
- * Hand-written on purpose (issue 4: agent RSS ≤ 60 MB): test/helpers/csr-reference.ts builds the same bytes with
+ * Hand-written on purpose (the agent keeps its RSS under 60 MB; a general ASN.1 library would cost several MB): test/helpers/csr-reference.ts builds the same bytes with
  * @peculiar/asn1-csr, but that library family (+ reflect-metadata, asn1js, tslib) costs the running
  * agent about 1 MB of heap for a structure that is fixed here — one CN, an SPKI that
  * publicKeySpkiDer already encoded, no attributes, ECDSA with SHA-256:

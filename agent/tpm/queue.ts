@@ -61,7 +61,7 @@ export class TpmQueue {
    * Marks the async context of a running batch (tpm_nested_batch). Enabled only while batches are
    * queued: an enabled AsyncLocalStorage makes Node 20 run four JS promise hooks for every promise
    * in the process, forever — about twice the cost per promise, and the hottest functions of an
-   * otherwise idle agent (measured: ~0.8 MB RSS; issue 4: RSS ≤ 60 MB).
+   * otherwise idle agent (measured: ~0.8 MB RSS against the agent's 60 MB budget).
    */
   private readonly inBatch = new AsyncLocalStorage<true>();
   private queued = 0;

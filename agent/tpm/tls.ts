@@ -1,5 +1,5 @@
 /**
- * TLS client contexts whose private key stays in the TPM (issue 4 §4).
+ * TLS client contexts whose private key stays in the TPM.
  *
  * Node has no public way to give a SecureContext a hardware key. The addon (src/tls_key.cc) takes
  * the SSL_CTX behind `tls.createSecureContext({cert, ca}).context._external` and installs an

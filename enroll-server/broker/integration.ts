@@ -1,5 +1,5 @@
 /**
- * The broker side of edgeid (issue 5), as server hooks:
+ * The broker side of edgeid, as server hooks:
  * - enrolled → the device gets its dynsec client and its one role;
  * - revoked  → a signed `wipe` goes to its control topic first (so it is delivered), then
  *              `deleteClient` kicks the live session and leaves any reconnect without rights;

@@ -259,7 +259,7 @@ export class CertificateAuthority {
     return this.control.certPem;
   }
 
-  /** A device certificate for a TPM session key (SPKI DER), see issue 3 §4 for every field. */
+  /** A device certificate for a TPM session key (SPKI DER; RFC 5280 §4.1, §4.2; test/unit/server-ca.test.ts checks every field). */
   async issueDevice(p: { deviceId: string; zone: string; spki: Buffer; lifetimeSeconds: number; crlUrl: string }): Promise<IssuedCertificate> {
     const serial = randomSerial();
     const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
@@ -277,7 +277,7 @@ export class CertificateAuthority {
     return issued(cert);
   }
 
-  /** A client certificate for a service identity (e.g. the broker's dynsec admin, issue 5). */
+  /** A client certificate for a service identity (e.g. the broker's dynsec admin). */
   async issueClient(p: { commonName: string; spki: Buffer; lifetimeSeconds: number }): Promise<IssuedCertificate> {
     const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
       subject: `CN=${p.commonName}`,
@@ -291,7 +291,7 @@ export class CertificateAuthority {
     return issued(cert);
   }
 
-  /** A TLS server certificate for another service of the deployment (the MQTT broker, issue 5). */
+  /** A TLS server certificate for another service of the deployment (the MQTT broker). */
   async issueServer(p: { commonName: string; hostnames: string[]; spki: Buffer; lifetimeSeconds: number }): Promise<IssuedCertificate> {
     const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
       subject: `CN=${p.commonName}`,
@@ -335,7 +335,7 @@ export class CertificateAuthority {
   }
 
   /**
-   * Signs a control command for a device (issue 4/5) with the control key; protocol/control.ts
+   * Signs a control command for a device with the control key; protocol/control.ts
    * defines the envelope and how the agent verifies it. `id` and `issuedAt` default to fresh values.
    */
   signControl(command: Omit<ControlCommand, 'id' | 'issuedAt'> & { id?: string; issuedAt?: string }): SignedControl {

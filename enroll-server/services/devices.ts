@@ -133,7 +133,7 @@ export async function sendControl(
 /**
  * Revokes a device: status `revoked` (renewals refused from the commit on), its unexpired
  * certificates revoked and its open nonces spent in the same transaction, a new CRL at once, then
- * the onDeviceRevoked hooks (broker kick, wipe command — issue 5).
+ * the onDeviceRevoked hooks (broker kick, wipe command).
  */
 export async function revokeDevice(
   ctx: ServerContext,

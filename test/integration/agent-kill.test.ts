@@ -1,5 +1,5 @@
 /**
- * Issue 4 §7 / done-when: kill -9 of the agent at random points of enroll and renew, ≥ 30 times;
+ * kill -9 of the agent at random points of enroll and renew, ≥ 30 times;
  * it always continues without re-enrollment (same device, same token, never a new one) and leaves
  * no TPM transient objects behind.
  *

@@ -1,5 +1,5 @@
 /**
- * Blast radius of one owned device (issue 5 §5), against a real server, the Mosquitto that
+ * Blast radius of one owned device, against a real server, the Mosquitto that
  * `edgeid-admin broker config` configures, and agents enrolled on swtpm with `edgeid-agent enroll`.
  * Device B runs its agent (`edgeid-agent run`); device A is in an attacker's hands: a scripted MQTT
  * client presents A's certificate with A's TPM-resident key and tries everything else. A wide

@@ -1,5 +1,5 @@
 /**
- * Remote revocation end to end (issue 5 §4): a real server, the Mosquitto that `edgeid-admin broker
+ * Remote revocation end to end: a real server, the Mosquitto that `edgeid-admin broker
  * config` configures, and the agent on swtpm as processes (`edgeid-agent enroll`, `edgeid-agent
  * run`). `edgeid-admin revoke ID --reason key-compromise` must refuse renewals, deliver a signed
  * wipe the agent obeys, kick the device's sessions, leave a reconnect with the still-valid

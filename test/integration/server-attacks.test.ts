@@ -1,5 +1,5 @@
 /**
- * Table-driven attacks on the enrollment server (issue 3 "Done when"): real swtpm TPMs driven
+ * Table-driven attacks on the enrollment server: real swtpm TPMs driven
  * through agent/tpm build the evidence, the server runs in-process (fastify inject). Every attack
  * must get a 4xx with its own code and an audit row with that code, and change nothing else in
  * the database — except where the issue demands a change (a failed check spends the token; a

@@ -1,5 +1,5 @@
 /**
- * Resident objects (issue 4 §3, ≤ 6 TPM commands per renewal): the renewal keeps the SRK and the AK
+ * Resident objects (budget: ≤ 6 TPM commands per renewal): the renewal keeps the SRK and the AK
  * loaded between batches. These tests break that state the ways a device can — a TPM reset, another
  * process flushing everything, a batch needing the slots, a handle that now names a foreign object —
  * and check that the next renewal still produces valid evidence and that nothing leaks.

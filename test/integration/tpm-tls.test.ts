@@ -1,5 +1,5 @@
 /**
- * TLS client keys that live in the TPM (issue 4 §4): tpm.tlsSecureContext() against a real swtpm and
+ * TLS client keys that live in the TPM: tpm.tlsSecureContext() against a real swtpm and
  * a real Mosquitto (`require_certificate`, `use_identity_as_username`). Only the test CA is software.
  */
 import { after, before, test } from 'node:test';

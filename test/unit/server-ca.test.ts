@@ -40,7 +40,7 @@ test('the server TLS certificate names the configured hosts plus localhost and 1
   assert.ok(leaf.verify(new X509Certificate(ca.chainPem[0]!).publicKey));
 });
 
-test('issues a device certificate with every field issue 3 asks for', async (t) => {
+test('issues a device certificate with every field of the device profile', async (t) => {
   const ca = await CertificateAuthority.open({ dir: await tmp(t), hostnames: [] });
   const key = spki();
   const before = Date.now();

@@ -1,4 +1,4 @@
-/** Errors a technician can act on (issue 6 §3): the specific cause, with its own code. */
+/** Errors a technician can act on: the specific cause, with its own code. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TpmError } from '../../agent/tpm/errors.js';
