@@ -100,11 +100,6 @@ export const enrollErrors = defineErrors({
     message: 'Enrollment without a token needs this TPM\'s EK on a supplier manifest (ek-allow), and it is not there (or was already used or removed).',
     fix: 'Import the supplier manifest with edgeid-admin ek-allow import FILE --zone Z --owner O, or enroll with a token.',
   },
-  ak_public_malformed: {
-    status: 400,
-    message: 'The attestation key public area cannot be used.',
-    fix: 'The agent sent a damaged or unsupported AK; check the agent version.',
-  },
   session_invalid: {
     status: 401,
     message: 'The enrollment session is unknown.',
@@ -221,10 +216,5 @@ export const enrollErrors = defineErrors({
     status: 403,
     message: 'The renewal nonce was issued to another device.',
     fix: 'Use this device\'s own nonce; this usually means tampering.',
-  },
-  crl_unavailable: {
-    status: 503,
-    message: 'The CRL is not available yet.',
-    fix: 'Retry in a few seconds.',
   },
 });
