@@ -17,14 +17,15 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type {
-  EnrollFinishRequest,
+import {
   EnrollFinishResponse,
-  EnrollStartRequest,
   EnrollStartResponse,
-  IssueResponse,
   RenewChallengeResponse,
-  RenewRequest,
+  RenewResponse,
+  type EnrollFinishRequest,
+  type EnrollStartRequest,
+  type IssueResponse,
+  type RenewRequest,
 } from '../protocol/api.js';
 import { EdgeidError, isEdgeidError } from '../protocol/errors/index.js';
 import { objectName, parsePublic, publicKeySpkiDer } from '../protocol/tpm/public.js';
@@ -173,7 +174,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     };
     let start: EnrollStartResponse;
     try {
-      start = await client.post<EnrollStartResponse>('/v1/enroll/start', startReq);
+      start = await client.post('/v1/enroll/start', startReq, EnrollStartResponse);
     } catch (e) {
       if (isEdgeidError(e, 'token_used') || isEdgeidError(e, 'ek_already_enrolled')) {
         // The server may have issued before we could save the answer: re-attest with the AK.
@@ -194,7 +195,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     const gen = state.nextSessionKey;
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // E2
     const finishReq: EnrollFinishRequest = { session: start.session, secret: b64(ev.secret!), ...ev.evidence };
-    const resp = await client.post<EnrollFinishResponse>('/v1/enroll/finish', finishReq);
+    const resp = await client.post('/v1/enroll/finish', finishReq, EnrollFinishResponse);
     const cert = certificateRecord(resp, state, ev.sessionKey.public, gen);
     const next: AgentState = { ...applyIssue(state, resp, cert), mqtt: resp.mqtt };
     delete next.pendingEnrollment;
@@ -213,9 +214,9 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
  * (Needs the server to look the device up by AK name; older servers answer bad_request.)
  */
 async function recoverByAk(deps: IdentityDeps, state: AgentState, client: ServerClient): Promise<AgentState> {
-  let ch: RenewChallengeResponse & { deviceId?: string; zone?: string };
+  let ch: RenewChallengeResponse;
   try {
-    ch = await client.post<RenewChallengeResponse & { deviceId?: string; zone?: string }>('/v1/renew/challenge', { akName: state.ak!.name });
+    ch = await client.post('/v1/renew/challenge', { akName: state.ak!.name }, RenewChallengeResponse);
   } catch (e) {
     throw new EdgeidError(
       'enrollment_incomplete',
@@ -236,7 +237,7 @@ async function recoverByAk(deps: IdentityDeps, state: AgentState, client: Server
 }
 
 async function challenge(client: ServerClient, state: AgentState): Promise<NonNullable<AgentState['renew']>> {
-  const ch = await client.post<RenewChallengeResponse>('/v1/renew/challenge', { deviceId: state.device!.id });
+  const ch = await client.post('/v1/renew/challenge', { deviceId: state.device!.id }, RenewChallengeResponse);
   return { ...state.renew, nonce: ch.nonce, nonceExpiresAt: ch.expiresAt, pcrs: ch.pcrs };
 }
 
@@ -278,7 +279,7 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // R1
     const req: RenewRequest = { deviceId: state.device.id, nonce: renew!.nonce!, ...ev.evidence };
     try {
-      resp = await client.post<IssueResponse>('/v1/renew', req);
+      resp = await client.post('/v1/renew', req, RenewResponse);
     } catch (e) {
       if (attempt === 0 && e instanceof EdgeidError && NONCE_CODES.has(e.code)) {
         log.info({ code: e.code }, 'renewal nonce not accepted; asking for a fresh challenge');

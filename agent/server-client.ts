@@ -11,6 +11,8 @@ import { X509Certificate, createHash } from 'node:crypto';
 import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
+import type { Static, TSchema } from 'typebox';
+import { Compile } from 'typebox/compile';
 import { ERRORS, EdgeidError, type ErrorCode } from '../protocol/errors/index.js';
 
 export function normaliseFingerprint(fp: string): string {
@@ -166,18 +168,19 @@ export class ServerClient {
     this.agent.destroy();
   }
 
-  post<T>(path: string, body: unknown): Promise<T> {
-    return this.request<T>('POST', path, body);
+  /** POSTs `body`; the answer must match `response` (a protocol/api.ts schema) or it is a server_error. */
+  post<S extends TSchema>(path: string, body: unknown, response: S): Promise<Static<S>> {
+    return this.request('POST', path, response, body);
   }
 
-  get<T>(path: string): Promise<T> {
-    return this.request<T>('GET', path);
+  get<S extends TSchema>(path: string, response: S): Promise<Static<S>> {
+    return this.request('GET', path, response);
   }
 
-  private request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private request<S extends TSchema>(method: string, path: string, response: S, body?: unknown): Promise<Static<S>> {
     const url = new URL(path, this.base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), 'utf8');
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<Static<S>>((resolve, reject) => {
       const req = https.request(
         url,
         {
@@ -202,7 +205,11 @@ export class ServerClient {
               json = undefined;
             }
             const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300 && json !== undefined) return resolve(json as T);
+            if (status >= 200 && status < 300 && json !== undefined) {
+              const problem = responseProblem(response, json);
+              if (problem) return reject(new EdgeidError('server_error', `${url.pathname}: malformed response: ${problem.text}`, { path: url.pathname, field: problem.field, httpStatus: status }));
+              return resolve(json as Static<S>);
+            }
             reject(serverError(url, status, json, text));
           });
         },
@@ -212,6 +219,22 @@ export class ServerClient {
       req.end(payload);
     });
   }
+}
+
+/** Compiled validators of the response schemas, one per schema. */
+const validators = new WeakMap<TSchema, ReturnType<typeof Compile>>();
+
+/** Why `json` does not match `schema` (the first error, naming the field), or null when it does. */
+function responseProblem(schema: TSchema, json: unknown): { field: string; text: string } | null {
+  let v = validators.get(schema);
+  if (!v) {
+    v = Compile(schema);
+    validators.set(schema, v);
+  }
+  if (v.Check(json)) return null;
+  const [first] = v.Errors(json);
+  const field = `response${first?.instancePath ?? ''}`;
+  return { field, text: `${field} ${first?.message ?? 'does not match the protocol'}` };
 }
 
 function serverError(url: URL, status: number, json: unknown, text: string): EdgeidError {

@@ -30,9 +30,5 @@ export type CrlChange = CrlData & { longLived: CrlData; serials: string[] };
 
 export type HookName = Exclude<keyof EdgeidHooks, 'name'>;
 
-export interface HookResult {
-  hook: string;
-  ok: boolean;
-  ms: number;
-  error?: string;
-}
+/** What one hook did (reported by revoke and retire); the wire type is in protocol/api.ts. */
+export type { HookResult } from '../protocol/api.js';

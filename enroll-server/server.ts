@@ -1,32 +1,19 @@
-import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { EdgeidError } from '../protocol/errors/index.js';
-import { CertificateAuthority } from './ca/ca.js';
-import { serverUrl, type ServerConfig } from './config.js';
-import { ensurePrivateDir, writeFileAtomic } from './files.js';
+import type { ServerConfig } from './config.js';
+import { composeContext, DATA_FILES } from './composition.js';
+import type { ServerContext } from './services/context.js';
+import { writeFileAtomic } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
 import { buildApp } from './http/app.js';
-import { createMetrics } from './metrics.js';
-import type { ServerContext } from './services/context.js';
-import { CrlService } from './services/crl.js';
 import { housekeeping } from './services/devices.js';
-import { SqliteStore } from './store/sqlite.js';
-import { createBrokerIntegration } from './broker/setup.js';
 
-/** Files in the data dir other tools (edgeid-admin, the broker integration) rely on. */
-export const DATA_FILES = {
-  db: 'edgeid.db',
-  adminToken: 'admin-token',
-  serverInfo: 'server.json',
-  caDir: 'ca',
-  rootPem: join('ca', 'root.pem'),
-  crlDer: 'crl.der',
-  crlPem: 'crl.pem',
-} as const;
+export { DATA_FILES };
 
 /** What edgeid-server writes to data/server.json once it listens. */
 export interface ServerInfo {
@@ -60,25 +47,6 @@ export interface EdgeidServer {
   close(): Promise<void>;
 }
 
-function loadPemBundle(path: string): Buffer[] {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new EdgeidError('config_invalid', `config: ek: cannot read ${path}: ${(e as Error).message}`);
-  }
-  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
-  if (!blocks) {
-    // a DER file
-    try {
-      return [Buffer.from(new X509Certificate(readFileSync(path)).raw)];
-    } catch {
-      throw new EdgeidError('config_invalid', `config: ek: ${path} holds no certificate`);
-    }
-  }
-  return blocks.map((b) => Buffer.from(new X509Certificate(b).raw));
-}
-
 /** The admin token lives in data/admin-token (0600); the server keeps only its hash in memory. */
 function loadOrCreateAdminToken(dataDir: string): { hash: Buffer; created: string | null } {
   const file = join(dataDir, DATA_FILES.adminToken);
@@ -95,48 +63,23 @@ function loadOrCreateAdminToken(dataDir: string): { hash: Buffer; created: strin
 /** Builds the whole server (store, CA, services, HTTP app) from a validated config. */
 export async function createServer(opts: CreateServerOptions): Promise<EdgeidServer> {
   const { config } = opts;
-  ensurePrivateDir(config.dataDir);
-  const log =
-    opts.logger ??
-    pino({ level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization', '*.token', '*.secret'] });
-  const ekTrust =
-    config.ek.roots.length > 0
-      ? { roots: config.ek.roots.flatMap(loadPemBundle), intermediates: config.ek.intermediates.flatMap(loadPemBundle) }
-      : null;
-  if (!ekTrust) {
-    log.warn(
-      'no TPM manufacturer roots configured (ek.roots): EK certificates are not checked, so enrollment does not prove a real TPM. Set ek.roots and ek.requireEkCertificate for production',
-    );
-  }
-  const store = new SqliteStore(join(config.dataDir, DATA_FILES.db));
-  let ca: CertificateAuthority;
+  let boundPort: number | undefined;
+  const ctx = await composeContext({
+    config,
+    ...(opts.hooks ? { hooks: opts.hooks } : {}),
+    ...(opts.logger ? { logger: opts.logger } : {}),
+    ...(opts.now ? { now: opts.now } : {}),
+    boundPort: () => boundPort,
+  });
+  const { store, ca, log } = ctx;
+  let admin: { hash: Buffer; created: string | null };
   try {
-    ca = await CertificateAuthority.open({ dir: join(config.dataDir, DATA_FILES.caDir), hostnames: config.hostnames });
+    admin = loadOrCreateAdminToken(config.dataDir);
   } catch (e) {
+    await ctx.broker?.close();
     await store.close();
     throw e;
   }
-  const admin = loadOrCreateAdminToken(config.dataDir);
-
-  let boundPort: number | undefined;
-  const ctx = {
-    config,
-    store,
-    ca,
-    log,
-    hooks: [...(opts.hooks ?? [])],
-    now: opts.now ?? Date.now,
-    publicUrl: () => serverUrl(config, boundPort),
-    ekTrust,
-  } as unknown as ServerContext;
-  ctx.metrics = createMetrics(async () => {
-    const counts: Record<string, number> = {};
-    for (const d of await store.listDevices()) counts[d.status] = (counts[d.status] ?? 0) + 1;
-    return counts;
-  });
-  ctx.crl = new CrlService(ctx);
-  ctx.broker = await createBrokerIntegration(ctx);
-  if (ctx.broker) ctx.hooks.push(ctx.broker);
 
   const tls = opts.tls ?? true;
   const app = await buildApp(ctx, {

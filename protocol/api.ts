@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import Type, { type Static, type TSchema } from 'typebox';
 
 /**
  * The HTTP API both the agent and the enrollment server speak. Binary fields are standard base64
@@ -7,24 +8,51 @@ import { createHash } from 'node:crypto';
  * Errors are always `{ "error": { "code", "message" } }` with a code from protocol/errors.
  */
 
+/**
+ * Each request and response is defined once, as a TypeBox schema (JSON Schema); its TypeScript
+ * type is derived with Static<>. The server validates requests and serialises responses with these
+ * schemas, the agent validates the server's responses with them. Requests are strict
+ * (additionalProperties false, bounded lengths); response schemas describe exactly what the
+ * server sends.
+ */
+
 export type Base64 = string;
 export type IsoTime = string;
 
-/** Posture claims the agent reports; canonical JSON of this object is bound into the quote. */
-export interface Claims {
-  agentVersion: string;
-  agentHash?: string;
-  configHash?: string;
-  os?: Record<string, string>;
-  kernel?: string;
-  [extra: string]: unknown;
-}
+const B64_PATTERN = '^[A-Za-z0-9+/]+={0,2}$';
+
+/** Standard base64 of at most `maxBytes` bytes. */
+const b64 = (maxBytes: number) => Type.String({ minLength: 1, maxLength: Math.ceil(maxBytes / 3) * 4, pattern: B64_PATTERN });
+/** A string from a fixed list (JSON Schema `enum` on a string). */
+const oneOf = <const T extends readonly string[]>(values: T) => Type.Unsafe<T[number]>({ type: 'string', enum: [...values] });
+const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
+const Str = Type.String();
+const Iso = Type.String();
+const NullableStr = Nullable(Type.String());
+/** A JSON object with any members (audit details, free-form data). */
+const AnyObject = Type.Unsafe<Record<string, unknown>>({ type: 'object', additionalProperties: true });
+const StringMap = Type.Unsafe<Record<string, string>>({ type: 'object', additionalProperties: { type: 'string' } });
+
+export const DeviceId = Type.String({ pattern: '^dev-[0-9a-f]{16}$' });
+const NonceB64 = Type.String({ minLength: 44, maxLength: 44, pattern: '^[A-Za-z0-9+/]{43}=$' });
+const ZoneName = Type.String({ minLength: 1, maxLength: 63 });
+
+/** Posture claims the agent reports; canonical JSON of this object is bound into the quote. Extra members are allowed. */
+export const Claims = Type.Object(
+  {
+    agentVersion: Type.String({ minLength: 1, maxLength: 64 }),
+    agentHash: Type.Optional(Type.String({ maxLength: 128 })),
+    configHash: Type.Optional(Type.String({ maxLength: 128 })),
+    kernel: Type.Optional(Type.String({ maxLength: 256 })),
+    os: Type.Optional(Type.Unsafe<Record<string, string>>({ type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 512 } })),
+  },
+  { maxProperties: 64, additionalProperties: true },
+);
+export type Claims = Static<typeof Claims> & { [extra: string]: unknown };
 
 /** A TPM attestation: TPMS_ATTEST bytes and the TPMT_SIGNATURE over them, both base64. */
-export interface SignedAttest {
-  attest: Base64;
-  signature: Base64;
-}
+export const SignedAttest = Type.Object({ attest: b64(1024), signature: b64(1024) }, { additionalProperties: false });
+export type SignedAttest = Static<typeof SignedAttest>;
 
 /**
  * Evidence sent with every certificate request (enrollment finish and renewal):
@@ -34,102 +62,137 @@ export interface SignedAttest {
  * - `pcrValues`: the sha256 bank values, keyed by decimal PCR index;
  * - `csr`: DER PKCS#10 signed by the session key.
  */
-export interface Evidence {
-  sessionKeyPub: Base64;
-  certify: SignedAttest;
-  quote: SignedAttest;
-  pcrValues: Record<string, Base64>;
-  claims: Claims;
-  csr: Base64;
-}
+const evidenceProperties = {
+  sessionKeyPub: b64(1024),
+  certify: SignedAttest,
+  quote: SignedAttest,
+  pcrValues: Type.Unsafe<Record<string, Base64>>({
+    type: 'object',
+    minProperties: 1,
+    maxProperties: 24,
+    propertyNames: { pattern: '^(?:[0-9]|1[0-9]|2[0-3])$' },
+    additionalProperties: b64(64),
+  }),
+  claims: Type.Unsafe<Claims>(Claims),
+  csr: b64(4096),
+};
+export const Evidence = Type.Object(evidenceProperties, { additionalProperties: false });
+export type Evidence = Static<typeof Evidence>;
 
-export interface EnrollStartRequest {
-  token: string;
-  /** TPM2B_PUBLIC of the endorsement key. */
-  ekPub: Base64;
-  /** DER EK certificate from the TPM's NV, if it has one. */
-  ekCert?: Base64;
-  /** TPM2B_PUBLIC of the attestation key. */
-  akPub: Base64;
-  /** The zone the device expects (from the enrollment URI); must match the token's zone if given. */
-  zone?: string;
-}
+export const EnrollStartRequest = Type.Object(
+  {
+    token: Type.String({ minLength: 1, maxLength: 128 }),
+    /** TPM2B_PUBLIC of the endorsement key. */
+    ekPub: b64(1024),
+    /** DER EK certificate from the TPM's NV, if it has one. */
+    ekCert: Type.Optional(b64(8192)),
+    /** TPM2B_PUBLIC of the attestation key. */
+    akPub: b64(1024),
+    /** The zone the device expects (from the enrollment URI); must match the token's zone if given. */
+    zone: Type.Optional(ZoneName),
+  },
+  { additionalProperties: false },
+);
+export type EnrollStartRequest = Static<typeof EnrollStartRequest>;
 
-export interface EnrollStartResponse {
-  session: string;
+export const EnrollStartResponse = Type.Object({
+  session: Str,
   /** TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET for TPM2_ActivateCredential. */
-  credentialBlob: Base64;
-  encryptedSecret: Base64;
-  nonce: Base64;
+  credentialBlob: Str,
+  encryptedSecret: Str,
+  nonce: Str,
   /** The zone's PCR selection (sha256 bank) the quote must cover. */
-  pcrs: number[];
-  expiresAt: IsoTime;
-}
+  pcrs: Type.Array(Type.Integer()),
+  expiresAt: Iso,
+});
+export type EnrollStartResponse = Static<typeof EnrollStartResponse>;
 
-export interface EnrollFinishRequest extends Evidence {
-  session: string;
-  /** The secret ActivateCredential recovered. */
-  secret: Base64;
-}
+export const EnrollFinishRequest = Type.Object(
+  {
+    session: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' }),
+    /** The secret ActivateCredential recovered. */
+    secret: b64(64),
+    ...evidenceProperties,
+  },
+  { additionalProperties: false },
+);
+export type EnrollFinishRequest = Static<typeof EnrollFinishRequest>;
 
 /** Renewal state every issuing response carries: the next single-use nonce and when to use it. */
-export interface RenewInfo {
-  nonce: Base64;
-  nonceExpiresAt: IsoTime;
-  renewAfter: IsoTime;
-  notAfter: IsoTime;
+export const RenewInfo = Type.Object({
+  nonce: Str,
+  nonceExpiresAt: Iso,
+  renewAfter: Iso,
+  notAfter: Iso,
   /** The zone's PCR selection for the next quote. */
-  pcrs: number[];
-}
+  pcrs: Type.Array(Type.Integer()),
+});
+export type RenewInfo = Static<typeof RenewInfo>;
 
-export interface MqttInfo {
-  url: string | null;
-  topics: { publish: string; control: string };
-}
+export const MqttInfo = Type.Object({
+  url: NullableStr,
+  topics: Type.Object({ publish: Str, control: Str }),
+});
+export type MqttInfo = Static<typeof MqttInfo>;
 
-export interface IssueResponse {
-  deviceId: string;
-  zone: string;
+const issueProperties = {
+  deviceId: Str,
+  zone: Str,
   /** PEM leaf certificate for the TPM session key. */
-  certificate: string;
+  certificate: Str,
   /** PEM chain from the issuing intermediate up to the root. */
-  chain: string[];
-  renew: RenewInfo;
-}
+  chain: Type.Array(Str),
+  renew: RenewInfo,
+};
+export const IssueResponse = Type.Object(issueProperties);
+export type IssueResponse = Static<typeof IssueResponse>;
 
-export interface EnrollFinishResponse extends IssueResponse {
-  mqtt: MqttInfo;
-}
+export const EnrollFinishResponse = Type.Object({ ...issueProperties, mqtt: MqttInfo });
+export type EnrollFinishResponse = Static<typeof EnrollFinishResponse>;
 
 /**
- * Either the device id, or — for an agent that crashed after the server issued its first
+ * Exactly one of: the device id, or — for an agent that crashed after the server issued its first
  * certificate but before it stored the answer — the hex TPM name of its AK. The renewal that
  * follows proves possession of that AK, so the lookup reveals nothing a caller could use.
  */
-export type RenewChallengeRequest = { deviceId: string; akName?: never } | { akName: string; deviceId?: never };
+export const RenewChallengeRequest = Type.Object(
+  { deviceId: Type.Optional(DeviceId), akName: Type.Optional(Type.String({ pattern: '^000[bcd][0-9a-fA-F]{64,128}$' })) },
+  { additionalProperties: false, minProperties: 1, maxProperties: 1 },
+);
+export type RenewChallengeRequest = Static<typeof RenewChallengeRequest>;
 
-export interface RenewChallengeResponse {
-  nonce: Base64;
-  expiresAt: IsoTime;
-  pcrs: number[];
-  deviceId: string;
-  zone: string;
-}
+export const RenewChallengeResponse = Type.Object({
+  nonce: Str,
+  expiresAt: Iso,
+  pcrs: Type.Array(Type.Integer()),
+  deviceId: Str,
+  zone: Str,
+});
+export type RenewChallengeResponse = Static<typeof RenewChallengeResponse>;
 
-export interface RenewRequest extends Evidence {
-  deviceId: string;
-  nonce: Base64;
-}
+export const RenewRequest = Type.Object({ deviceId: DeviceId, nonce: NonceB64, ...evidenceProperties }, { additionalProperties: false });
+export type RenewRequest = Static<typeof RenewRequest>;
 
+export const RenewResponse = IssueResponse;
 export type RenewResponse = IssueResponse;
 
-export interface ErrorBody {
-  error: { code: string; message: string; details?: Record<string, unknown> };
-}
+export const ErrorBody = Type.Object({
+  error: Type.Object({ code: Str, message: Str, details: Type.Optional(AnyObject) }),
+});
+export type ErrorBody = Static<typeof ErrorBody>;
 
-// --- control channel (issue 4/5) -------------------------------------------------------------
+export const HealthResponse = Type.Object({ status: Str, caFingerprint: Str });
+export type HealthResponse = Static<typeof HealthResponse>;
 
-export type ControlCommandType = 'wipe' | 'renew-now';
+/** `?format=der|pem` of /v1/crl and /v1/ca. */
+export const FormatQuery = Type.Object({ format: Type.Optional(oneOf(['der', 'pem'] as const)) }, { additionalProperties: false });
+export const EmptyQuery = Type.Object({}, { additionalProperties: false });
+export const EmptyBody = Type.Object({}, { additionalProperties: false });
+
+// --- control channel ---------------------------------------------------------------------------
+
+export const CONTROL_COMMAND_TYPES = ['wipe', 'renew-now'] as const;
+export type ControlCommandType = (typeof CONTROL_COMMAND_TYPES)[number];
 
 export interface ControlCommand {
   type: ControlCommandType;
@@ -145,101 +208,13 @@ export interface ControlCommand {
  * the UTF-8 bytes of `payload` (canonical JSON of the command); `signer` is the control key's PEM
  * certificate, issued by the edgeid issuing CA.
  */
-export interface SignedControl {
-  payload: string;
-  signature: Base64;
-  signer: string;
-}
+export const SignedControl = Type.Object({ payload: Str, signature: Str, signer: Str });
+export type SignedControl = Static<typeof SignedControl>;
 
 // --- admin API ---------------------------------------------------------------------------------
 
-export type DeviceStatus = 'active' | 'quarantined' | 'revoked' | 'retired';
-
-export interface TokenCreateRequest {
-  zone: string;
-  owner: string;
-  name?: string;
-  purpose?: string;
-  ttlSeconds?: number;
-}
-
-export interface TokenCreateResponse {
-  id: string;
-  token: string;
-  uri: string;
-  server: string;
-  caFingerprint: string;
-  zone: string;
-  owner: string;
-  name: string | null;
-  expiresAt: IsoTime;
-}
-
-export interface TokenView {
-  id: string;
-  zone: string;
-  owner: string;
-  name: string | null;
-  createdBy: string;
-  createdAt: IsoTime;
-  expiresAt: IsoTime;
-  boundAt: IsoTime | null;
-  usedAt: IsoTime | null;
-  deviceId: string | null;
-}
-
-export interface DeviceView {
-  id: string;
-  zone: string;
-  owner: string;
-  name: string | null;
-  purpose: string | null;
-  status: DeviceStatus;
-  statusReason: string | null;
-  posture: 'ok' | 'quarantined' | 'baseline-window';
-  enrolledBy: string;
-  enrolledAt: IsoTime;
-  retireBy: IsoTime | null;
-  lastSeen: IsoTime | null;
-  lastIp: string | null;
-  stale: boolean;
-  baselineWindowUntil: IsoTime | null;
-  ekHash: string;
-  claims: Claims | null;
-  baseline: Record<string, string> | null;
-  /** notAfter of the device's newest certificate (null before the first one). */
-  certificateNotAfter: IsoTime | null;
-  certificates?: CertificateView[];
-}
-
-export interface CertificateView {
-  serial: string;
-  notBefore: IsoTime;
-  notAfter: IsoTime;
-  revokedAt: IsoTime | null;
-  reason: string | null;
-}
-
-export interface AuditRow {
-  seq: number;
-  time: IsoTime;
-  actor: string;
-  event: string;
-  deviceId: string | null;
-  ip: string | null;
-  outcome: 'ok' | 'fail';
-  reason: string | null;
-  details: Record<string, unknown> | null;
-  prevHash: string;
-  hash: string;
-}
-
-export interface AuditVerifyResult {
-  ok: boolean;
-  rows: number;
-  /** First problem found, if any. */
-  problem?: { seq: number; kind: 'hash_mismatch' | 'chain_broken' | 'gap' | 'head_mismatch'; detail: string };
-}
+export const DEVICE_STATUSES = ['active', 'quarantined', 'revoked', 'retired'] as const;
+export type DeviceStatus = (typeof DEVICE_STATUSES)[number];
 
 /** The reasons `revoke` accepts (RFC 5280 names, kebab-case). */
 export const REVOKE_REASONS = [
@@ -251,6 +226,152 @@ export const REVOKE_REASONS = [
   'privilege-withdrawn',
 ] as const;
 export type RevokeReason = (typeof REVOKE_REASONS)[number];
+
+export const TokenCreateRequest = Type.Object(
+  {
+    zone: ZoneName,
+    owner: Type.String({ minLength: 1, maxLength: 128 }),
+    name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    purpose: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+    ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 * 86400 })),
+  },
+  { additionalProperties: false },
+);
+export type TokenCreateRequest = Static<typeof TokenCreateRequest>;
+
+export const TokenCreateResponse = Type.Object({
+  id: Str,
+  token: Str,
+  uri: Str,
+  server: Str,
+  caFingerprint: Str,
+  zone: Str,
+  owner: Str,
+  name: NullableStr,
+  expiresAt: Iso,
+});
+export type TokenCreateResponse = Static<typeof TokenCreateResponse>;
+
+export const TokenView = Type.Object({
+  id: Str,
+  zone: Str,
+  owner: Str,
+  name: NullableStr,
+  createdBy: Str,
+  createdAt: Iso,
+  expiresAt: Iso,
+  boundAt: Nullable(Iso),
+  usedAt: Nullable(Iso),
+  deviceId: NullableStr,
+});
+export type TokenView = Static<typeof TokenView>;
+export const TokenList = Type.Object({ tokens: Type.Array(TokenView) });
+
+export const CertificateView = Type.Object({
+  serial: Str,
+  notBefore: Iso,
+  notAfter: Iso,
+  revokedAt: Nullable(Iso),
+  reason: NullableStr,
+});
+export type CertificateView = Static<typeof CertificateView>;
+
+export const DeviceView = Type.Object({
+  id: Str,
+  zone: Str,
+  owner: Str,
+  name: NullableStr,
+  purpose: NullableStr,
+  status: oneOf(DEVICE_STATUSES),
+  statusReason: NullableStr,
+  posture: oneOf(['ok', 'quarantined', 'baseline-window'] as const),
+  enrolledBy: Str,
+  enrolledAt: Iso,
+  retireBy: Nullable(Iso),
+  lastSeen: Nullable(Iso),
+  lastIp: NullableStr,
+  stale: Type.Boolean(),
+  baselineWindowUntil: Nullable(Iso),
+  ekHash: Str,
+  claims: Nullable(Type.Unsafe<Claims>({ type: 'object', additionalProperties: true })),
+  baseline: Nullable(StringMap),
+  /** notAfter of the device's newest certificate (null before the first one). */
+  certificateNotAfter: Nullable(Iso),
+  certificates: Type.Optional(Type.Array(CertificateView)),
+});
+export type DeviceView = Static<typeof DeviceView>;
+export const DeviceList = Type.Object({ devices: Type.Array(DeviceView) });
+export const DeviceShow = Type.Object({ device: DeviceView });
+
+export const DeviceParams = Type.Object({ id: DeviceId }, { additionalProperties: false });
+export const DevicesQuery = Type.Object(
+  { status: Type.Optional(oneOf(DEVICE_STATUSES)), zone: Type.Optional(Type.String({ maxLength: 63 })), stale: Type.Optional(oneOf(['true', 'false'] as const)) },
+  { additionalProperties: false },
+);
+
+export const RevokeRequest = Type.Object({ reason: oneOf(REVOKE_REASONS) }, { additionalProperties: false });
+export type RevokeRequest = Static<typeof RevokeRequest>;
+
+/** Result of a hook run after a committed change (reported by revoke and retire). */
+export const HookResult = Type.Object({ hook: Str, ok: Type.Boolean(), ms: Type.Number(), error: Type.Optional(Str) });
+export type HookResult = Static<typeof HookResult>;
+
+export const RevokeResponse = Type.Object({ device: DeviceView, serials: Type.Array(Str), crlNumber: Str, hooks: Type.Array(HookResult) });
+export type RevokeResponse = Static<typeof RevokeResponse>;
+export const RetireResponse = Type.Object({ device: DeviceView, serials: Type.Array(Str), hooks: Type.Array(HookResult) });
+export type RetireResponse = Static<typeof RetireResponse>;
+
+export const ControlRequest = Type.Object(
+  { type: oneOf(CONTROL_COMMAND_TYPES), reason: Type.Optional(Type.String({ maxLength: 256 })) },
+  { additionalProperties: false },
+);
+export type ControlRequest = Static<typeof ControlRequest>;
+export const ControlResponse = Type.Object({ payload: Str, signature: Str, signer: Str, published: Type.Boolean() });
+export type ControlResponse = Static<typeof ControlResponse>;
+
+export const AuditRow = Type.Object({
+  seq: Type.Integer(),
+  time: Iso,
+  actor: Str,
+  event: Str,
+  deviceId: NullableStr,
+  ip: NullableStr,
+  outcome: oneOf(['ok', 'fail'] as const),
+  reason: NullableStr,
+  details: Nullable(AnyObject),
+  prevHash: Str,
+  hash: Str,
+});
+export type AuditRow = Static<typeof AuditRow>;
+export const AuditQuery = Type.Object(
+  { after: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })), limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })), deviceId: Type.Optional(DeviceId) },
+  { additionalProperties: false },
+);
+export const AuditExport = Type.Object({ rows: Type.Array(AuditRow) });
+
+export const AuditVerifyResult = Type.Object({
+  ok: Type.Boolean(),
+  rows: Type.Integer(),
+  /** First problem found, if any. */
+  problem: Type.Optional(
+    Type.Object({ seq: Type.Integer(), kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const), detail: Str }),
+  ),
+});
+export type AuditVerifyResult = Static<typeof AuditVerifyResult>;
+
+export const CrlRegenerateResponse = Type.Object({ number: Str, nextUpdate: Iso });
+export const BrokerReconcileResponse = Type.Object({ added: Type.Array(Str), removed: Type.Array(Str) });
+
+export const BrokerCertificateRequest = Type.Object(
+  {
+    /** base64 DER SubjectPublicKeyInfo of the broker's own TLS key (generated where the broker runs). */
+    spki: Type.String({ minLength: 40, maxLength: 2000, pattern: B64_PATTERN }),
+    hostnames: Type.Array(Type.String({ minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.:-]+$' }), { minItems: 1, maxItems: 20 }),
+  },
+  { additionalProperties: false },
+);
+export type BrokerCertificateRequest = Static<typeof BrokerCertificateRequest>;
+export const BrokerCertificateResponse = Type.Object({ certificate: Str, caBundle: Str, crl: NullableStr, notAfter: Iso });
 
 // --- canonical claims and the quote's qualifyingData -------------------------------------------
 

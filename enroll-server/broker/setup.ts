@@ -9,9 +9,10 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { CertificateAuthority } from '../ca/ca.js';
 import { ensurePrivateDir, writeFileAtomic } from '../files.js';
-import type { ServerContext } from '../services/context.js';
+import type { Logger } from 'pino';
+import type { BrokerConfig } from '../config.js';
 import { BROKER_ADMIN_CN } from './dynsec.js';
-import { BrokerIntegration } from './integration.js';
+import { BrokerIntegration, type BrokerIntegrationOptions } from './integration.js';
 
 const IDENTITY_LIFETIME_S = 90 * 86400;
 
@@ -50,16 +51,25 @@ export async function ensureBrokerIdentity(ca: CertificateAuthority, dataDir: st
   return { keyPem, certPem };
 }
 
-export async function createBrokerIntegration(ctx: ServerContext): Promise<BrokerIntegration | null> {
-  const b = ctx.config.broker;
-  if (!b) return null;
-  const identity = await ensureBrokerIdentity(ctx.ca, ctx.config.dataDir);
+/** What the broker integration needs from the server, handed in by the composition root. */
+export interface BrokerIntegrationDeps {
+  config: BrokerConfig;
+  ca: CertificateAuthority;
+  dataDir: string;
+  audit: BrokerIntegrationOptions['audit'];
+  activeDeviceIds: BrokerIntegrationOptions['activeDeviceIds'];
+  log: Logger;
+}
+
+export async function createBrokerIntegration(deps: BrokerIntegrationDeps): Promise<BrokerIntegration> {
+  const b = deps.config;
+  const identity = await ensureBrokerIdentity(deps.ca, deps.dataDir);
   const host = new URL(b.url).hostname;
   return new BrokerIntegration({
     dynsec: {
       url: b.url,
       tls: {
-        ca: ctx.ca.chainPem.join(''),
+        ca: deps.ca.chainPem.join(''),
         cert: identity.certPem,
         key: identity.keyPem,
         // SNI takes names only; for an IP address the certificate's IP SAN is checked
@@ -67,11 +77,9 @@ export async function createBrokerIntegration(ctx: ServerContext): Promise<Broke
       },
     },
     ...(b.crlFile ? { crl: { file: b.crlFile, ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}) } } : {}),
-    signControl: (c) => ctx.ca.signControl(c),
-    audit: async (row) => {
-      await ctx.store.appendAudit({ time: ctx.now(), actor: 'server', ...row });
-    },
-    activeDeviceIds: async () => (await ctx.store.listDevices()).filter((d) => d.status === 'active' || d.status === 'quarantined').map((d) => d.id),
-    log: ctx.log.child({ part: 'broker' }),
+    signControl: (c) => deps.ca.signControl(c),
+    audit: deps.audit,
+    activeDeviceIds: deps.activeDeviceIds,
+    log: deps.log,
   });
 }

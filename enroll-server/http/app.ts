@@ -1,22 +1,17 @@
-import { createHash, createPublicKey, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
-import type {
-  EnrollFinishRequest,
-  EnrollStartRequest,
-  RenewChallengeRequest,
-  RenewRequest,
-  RevokeReason,
-  TokenCreateRequest,
-  ControlCommandType,
-} from '../../protocol/api.js';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import * as W from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
-import { audited, type ServerContext } from '../services/context.js';
-import { approveBaseline, deviceView, retireDevice, revokeDevice } from '../services/devices.js';
+import type { ServerContext } from '../services/context.js';
+import { auditRefusal, exportAudit, verifyAudit } from '../services/audit.js';
+import { issueBrokerCertificate, reconcileBroker } from '../services/broker.js';
+import { regenerateCrl } from '../services/ca.js';
+import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
-import { createToken, tokenView } from '../services/tokens.js';
-import * as S from './schemas.js';
+import { createToken, listTokens } from '../services/tokens.js';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -29,7 +24,7 @@ export interface AppOptions {
   logger?: boolean | Record<string, unknown>;
 }
 
-function errorBody(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+function errorBody(code: ErrorCode, message: string, details?: Record<string, unknown>): W.ErrorBody {
   return { error: { code, message, ...(details && Object.keys(details).length > 0 ? { details } : {}) } };
 }
 
@@ -66,7 +61,16 @@ function routeEvent(req: FastifyRequest): string {
   return `http${url.replace(/^\/v1/, '').replace(/\//g, '.')}`;
 }
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set when the request reached its service, whose audited action writes its audit row. */
+    reachedService: boolean;
+  }
+}
+
+/** Who asks from where, for the service the request is handed to (which audits it from here on). */
 function meta(req: FastifyRequest) {
+  req.reachedService = true;
   return { ip: req.ip ?? null, requestId: req.id };
 }
 
@@ -83,11 +87,14 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     requestIdHeader: false,
     trustProxy: false,
     return503OnClosing: true,
+    // Ajv validates requests against the protocol/api.ts schemas (plain JSON Schema) without
+    // coercion or defaults; responses are serialised from the same schemas
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
-  }) as unknown as FastifyInstance;
+  }).withTypeProvider<TypeBoxTypeProvider>();
 
   // JSON only: anything else is unsupported_media_type before it reaches a schema
   app.removeContentTypeParser('text/plain');
+  app.decorateRequest('reachedService', false);
 
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
@@ -105,19 +112,19 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     ctx.metrics.failures.inc({ code: e.code, route: req.routeOptions.url ?? 'unknown' });
     if (status >= 500) req.log.error({ err }, 'request failed');
     else req.log.info({ code: e.code }, 'request refused');
-    if (!audited.has(e) && e.code !== 'rate_limited') {
+    // a request that reached its service was audited there (exactly one row per action); this
+    // row is for refusals before that: validation, authentication, media type, size
+    if (!req.reachedService && e.code !== 'rate_limited') {
       try {
         const body = req.body as Record<string, unknown> | undefined;
         const deviceId = body && typeof body === 'object' && typeof body.deviceId === 'string' ? body.deviceId.slice(0, 64) : null;
-        await ctx.store.appendAudit({
-          time: ctx.now(),
-          actor: req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
+        await auditRefusal(ctx, {
           event: routeEvent(req),
-          deviceId,
+          actor: req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
           ip: req.ip ?? null,
-          outcome: 'fail',
-          reason: e.code,
-          details: { message: e.message.slice(0, 300), requestId: req.id },
+          deviceId,
+          error: e,
+          requestId: req.id,
         });
       } catch (auditErr) {
         req.log.error({ err: auditErr }, 'audit append failed');
@@ -147,42 +154,45 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   };
 
   // --- device API --------------------------------------------------------------------------
-  app.post('/v1/enroll/start', { schema: { body: S.enrollStartBody }, config: perIp }, async (req) =>
-    enrollStart(ctx, req.body as EnrollStartRequest, meta(req)),
+  app.post('/v1/enroll/start', { schema: { body: W.EnrollStartRequest, response: { 200: W.EnrollStartResponse } }, config: perIp }, async (req) =>
+    enrollStart(ctx, req.body, meta(req)),
   );
-  app.post('/v1/enroll/finish', { schema: { body: S.enrollFinishBody }, config: perIp }, async (req) =>
-    enrollFinish(ctx, req.body as EnrollFinishRequest, meta(req)),
+  app.post('/v1/enroll/finish', { schema: { body: W.EnrollFinishRequest, response: { 200: W.EnrollFinishResponse } }, config: perIp }, async (req) =>
+    enrollFinish(ctx, req.body, meta(req)),
   );
-  app.post('/v1/renew/challenge', { schema: { body: S.renewChallengeBody }, config: perDevice }, async (req) =>
-    renewChallenge(ctx, req.body as RenewChallengeRequest, meta(req)),
+  app.post('/v1/renew/challenge', { schema: { body: W.RenewChallengeRequest, response: { 200: W.RenewChallengeResponse } }, config: perDevice }, async (req) =>
+    renewChallenge(ctx, req.body, meta(req)),
   );
-  app.post('/v1/renew', { schema: { body: S.renewBody }, config: perDevice }, async (req) => renew(ctx, req.body as RenewRequest, meta(req)));
+  app.post('/v1/renew', { schema: { body: W.RenewRequest, response: { 200: W.RenewResponse } }, config: perDevice }, async (req) =>
+    renew(ctx, req.body, meta(req)),
+  );
 
-  app.get('/v1/crl', { schema: { querystring: S.crlQuery } }, async (req, reply) => {
+  app.get('/v1/crl', { schema: { querystring: W.FormatQuery } }, async (req, reply) => {
     const crl = await ctx.crl.get();
-    const q = req.query as { format?: 'der' | 'pem' };
+    const q = req.query;
     const wantsPem = q.format === 'pem' || (q.format === undefined && /application\/x-pem-file|text\/plain/.test(req.headers.accept ?? ''));
     reply.header('cache-control', `max-age=${Math.max(0, Math.floor((crl.nextUpdate.getTime() - ctx.now()) / 2000))}`);
     if (wantsPem) return reply.type('application/x-pem-file').send(crl.pem);
     return reply.type('application/pkix-crl').send(crl.der);
   });
 
-  app.get('/v1/ca', { schema: { querystring: S.crlQuery } }, async (req, reply) => {
-    const q = req.query as { format?: 'der' | 'pem' };
+  app.get('/v1/ca', { schema: { querystring: W.FormatQuery } }, async (req, reply) => {
+    const q = req.query;
     if (q.format === 'der') return reply.type('application/pkix-cert').send(ctx.ca.rootDer);
     return reply.type('application/x-pem-file').send(ctx.ca.chainPem.join(''));
   });
 
-  app.get('/healthz', { schema: { querystring: S.emptyQuery } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
+  app.get('/healthz', { schema: { querystring: W.EmptyQuery, response: { 200: W.HealthResponse } } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
 
-  app.get('/metrics', { schema: { querystring: S.emptyQuery } }, async (_req, reply) => {
+  app.get('/metrics', { schema: { querystring: W.EmptyQuery } }, async (_req, reply) => {
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();
   });
 
   // --- admin API ---------------------------------------------------------------------------
   await app.register(
-    async (admin) => {
+    async (plugin) => {
+      const admin = plugin.withTypeProvider<TypeBoxTypeProvider>();
       admin.addHook('onRequest', async (req) => {
         const h = req.headers.authorization ?? '';
         const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(h);
@@ -191,113 +201,52 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
           throw new EdgeidError('admin_unauthorized', h ? 'the admin token is wrong' : 'no admin bearer token');
         }
       });
-      const who = (req: FastifyRequest) => ({ actor: 'admin', ip: req.ip ?? null });
-      const read = async (req: FastifyRequest, event: string, details?: Record<string, unknown>) =>
-        ctx.store.appendAudit({ time: ctx.now(), actor: 'admin', event, ip: req.ip ?? null, outcome: 'ok', details: details ?? null });
+      const who = (req: FastifyRequest) => ({ ...meta(req), actor: 'admin' });
+      const adminLimit = { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } };
 
-      admin.post('/tokens', { schema: { body: S.tokenCreateBody }, config: { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } } }, async (req) =>
-        createToken(ctx, req.body as TokenCreateRequest, { ...meta(req), actor: 'admin' }),
+      admin.post('/tokens', { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit }, async (req) =>
+        createToken(ctx, req.body, who(req)),
       );
-      admin.get('/tokens', { schema: { querystring: S.emptyQuery } }, async (req) => {
-        await read(req, 'admin.tokens.list');
-        return { tokens: (await ctx.store.listTokens()).map(tokenView) };
+      admin.get('/tokens', { schema: { querystring: W.EmptyQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req)));
+      admin.get('/devices', { schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } }, async (req) => {
+        const q = req.query;
+        return listDevices(ctx, { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}) }, who(req));
       });
-      admin.get('/devices', { schema: { querystring: S.devicesQuery } }, async (req) => {
-        const q = req.query as { status?: string; zone?: string; stale?: string };
-        await read(req, 'admin.devices.list', q);
-        let list = await Promise.all((await ctx.store.listDevices()).map(async (d) => deviceView(ctx, d, undefined, await ctx.store.lastCertificate(d.id))));
-        if (q.status) list = list.filter((d) => d.status === q.status);
-        if (q.zone) list = list.filter((d) => d.zone === q.zone);
-        if (q.stale) list = list.filter((d) => d.stale === (q.stale === 'true'));
-        return { devices: list };
-      });
-      admin.get('/devices/:id', { schema: { params: S.deviceParams, querystring: S.emptyQuery } }, async (req) => {
-        const { id } = req.params as { id: string };
-        const d = await ctx.store.getDevice(id);
-        if (!d) throw new EdgeidError('device_not_found', `no device ${id}`);
-        await read(req, 'admin.device.show', { deviceId: id });
-        return { device: deviceView(ctx, d, await ctx.store.listCertificates(id)) };
-      });
-      admin.post('/devices/:id/revoke', { schema: { params: S.deviceParams, body: S.revokeBody } }, async (req) =>
-        revokeDevice(ctx, (req.params as { id: string }).id, (req.body as { reason: RevokeReason }).reason, who(req)),
+      admin.get('/devices/:id', { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } }, async (req) =>
+        showDevice(ctx, req.params.id, who(req)),
       );
-      admin.post('/devices/:id/retire', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
-        retireDevice(ctx, (req.params as { id: string }).id, who(req)),
+      admin.post('/devices/:id/revoke', { schema: { params: W.DeviceParams, body: W.RevokeRequest, response: { 200: W.RevokeResponse } } }, async (req) =>
+        revokeDevice(ctx, req.params.id, req.body.reason, who(req)),
       );
-      admin.post('/devices/:id/approve-baseline', { schema: { params: S.deviceParams, body: S.emptyBody } }, async (req) =>
-        approveBaseline(ctx, (req.params as { id: string }).id, who(req)),
+      admin.post('/devices/:id/retire', { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.RetireResponse } } }, async (req) =>
+        retireDevice(ctx, req.params.id, who(req)),
       );
-      admin.post('/devices/:id/control', { schema: { params: S.deviceParams, body: S.controlBody } }, async (req) => {
-        const { id } = req.params as { id: string };
-        if (!(await ctx.store.getDevice(id))) throw new EdgeidError('device_not_found', `no device ${id}`);
-        const body = req.body as { type: ControlCommandType; reason?: string };
-        const signed = ctx.ca.signControl({ type: body.type, deviceId: id, ...(body.reason ? { reason: body.reason } : {}) });
-        await read(req, 'admin.control.sign', { deviceId: id, type: body.type });
-        // With a broker integration the command also goes out; without one the caller delivers it.
-        let published = false;
-        if (ctx.broker) {
-          try {
-            await ctx.broker.sendControl(id, signed);
-            published = true;
-          } catch (e) {
-            throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
-          }
-        }
-        return { ...signed, published };
+      admin.post('/devices/:id/approve-baseline', { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.DeviceShow } } }, async (req) =>
+        approveBaseline(ctx, req.params.id, who(req)),
+      );
+      admin.post('/devices/:id/control', { schema: { params: W.DeviceParams, body: W.ControlRequest, response: { 200: W.ControlResponse } } }, async (req) =>
+        sendControl(ctx, req.params.id, req.body, who(req)),
+      );
+      admin.get('/audit', { schema: { querystring: W.AuditQuery, response: { 200: W.AuditExport } } }, async (req) => {
+        const q = req.query;
+        return exportAudit(
+          ctx,
+          { ...(q.after ? { after: Number(q.after) } : {}), ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.deviceId ? { deviceId: q.deviceId } : {}) },
+          who(req),
+        );
       });
-      admin.get('/audit', { schema: { querystring: S.auditQuery } }, async (req) => {
-        const q = req.query as { after?: string; limit?: string; deviceId?: string };
-        const rows = await ctx.store.listAudit({
-          afterSeq: q.after ? Number(q.after) : 0,
-          limit: Math.min(10_000, q.limit ? Number(q.limit) : 1000),
-          ...(q.deviceId ? { deviceId: q.deviceId } : {}),
-        });
-        await read(req, 'admin.audit.export', { after: q.after ?? '0', rows: rows.length });
-        return { rows };
-      });
-      admin.get('/audit/verify', { schema: { querystring: S.emptyQuery } }, async (req) => {
-        const result = await ctx.store.verifyAudit();
-        await read(req, 'admin.audit.verify', { ok: result.ok, rows: result.rows });
-        return result;
-      });
-      admin.post('/crl/regenerate', { schema: { body: S.emptyBody } }, async (req) => {
-        const crl = await ctx.crl.regenerate('admin');
-        await read(req, 'admin.crl.regenerate', { number: crl.number.toString() });
-        return { number: crl.number.toString(), nextUpdate: crl.nextUpdate.toISOString() };
-      });
-      admin.post('/broker/reconcile', { schema: { body: S.emptyBody } }, async (req) => {
-        if (!ctx.broker) throw new EdgeidError('broker_not_configured');
-        try {
-          return await ctx.broker.reconcile();
-        } catch (e) {
-          throw new EdgeidError('broker_unavailable', `broker reconcile failed: ${(e as Error).message.slice(0, 200)}`);
-        } finally {
-          await read(req, 'admin.broker.reconcile');
-        }
-      });
-      admin.post('/broker/certificate', { schema: { body: S.brokerCertificateBody } }, async (req) => {
-        const body = req.body as { spki: string; hostnames: string[] };
-        const spki = Buffer.from(body.spki, 'base64');
-        try {
-          const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
-          if (k.asymmetricKeyType !== 'ec' && k.asymmetricKeyType !== 'rsa') throw new Error(`unsupported key type ${k.asymmetricKeyType}`);
-        } catch (e) {
-          throw new EdgeidError('bad_request', `spki is not a usable public key: ${(e as Error).message.slice(0, 120)}`);
-        }
-        const cert = await ctx.ca.issueServer({ commonName: body.hostnames[0]!, hostnames: body.hostnames, spki, lifetimeSeconds: 365 * 86400 });
-        await ctx.crl.regenerate('broker config');
-        await read(req, 'admin.broker.certificate', { serial: cert.serial, hostnames: body.hostnames });
-        return {
-          certificate: cert.pem + ctx.ca.chainPem[0],
-          caBundle: ctx.ca.chainPem.join(''),
-          crl: ctx.crl.longLived?.pem ?? null,
-          notAfter: cert.notAfter.toISOString(),
-        };
-      });
+      admin.get('/audit/verify', { schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } }, async (req) => verifyAudit(ctx, who(req)));
+      admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) => regenerateCrl(ctx, who(req)));
+      admin.post('/broker/reconcile', { schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } }, async (req) =>
+        reconcileBroker(ctx, who(req)),
+      );
+      admin.post('/broker/certificate', { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } }, async (req) =>
+        issueBrokerCertificate(ctx, req.body, who(req)),
+      );
     },
     { prefix: '/v1/admin' },
   );
 
-  return app;
+  return app as unknown as FastifyInstance;
 }
 

@@ -1,12 +1,13 @@
+import type { SignedControl } from '../../protocol/api.js';
 import type { Logger } from 'pino';
-import { EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
 import type { CertificateAuthority } from '../ca/ca.js';
 import type { ServerConfig, ZonePolicy } from '../config.js';
 import type { EdgeidHooks, HookName, HookResult } from '../hooks.js';
 import type { Metrics } from '../metrics.js';
-import type { AuditInput, Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 
-/** Everything a service needs; built once by createServer (server.ts). */
+/** Everything a service needs; built once by the composition root (composition.ts). */
 export interface ServerContext {
   config: ServerConfig;
   store: Store;
@@ -21,22 +22,23 @@ export interface ServerContext {
   crl: import('./crl.js').CrlService;
   /** The URL devices use (known once the server listens). */
   publicUrl: () => string;
-  /** Broker integration (issue 5), when config.broker is set. */
-  broker: import('../broker/integration.js').BrokerIntegration | null;
+  /** The broker integration, when config.broker is set. */
+  broker: BrokerPort | null;
+}
+
+/** The broker as services use it (broker/integration.ts implements it; the composition root wires it). */
+export interface BrokerPort {
+  /** Publishes a signed command to the device's control topic; resolves once the broker has it. */
+  sendControl(deviceId: string, signed: SignedControl): Promise<void>;
+  /** Makes the broker's per-device clients match the inventory. */
+  reconcile(): Promise<{ added: string[]; removed: string[] }>;
+  close(): Promise<void>;
 }
 
 /** Who made the request and from where: goes into every audit row. */
 export interface RequestMeta {
   ip: string | null;
   requestId?: string;
-}
-
-/** Errors whose audit row a service already wrote, so the HTTP error handler does not write another. */
-export const audited = new WeakSet<object>();
-
-export function auditedError(e: EdgeidError): EdgeidError {
-  audited.add(e);
-  return e;
 }
 
 export function zoneOf(ctx: ServerContext, name: string): ZonePolicy {
@@ -52,15 +54,6 @@ export function checkSourceIp(zone: ZonePolicy, ip: string | null): void {
   if (!addr || !zone.allow.check(addr, family)) {
     throw new EdgeidError('source_ip_not_allowed', `source ${ip ?? 'unknown'} is not in zone ${zone.name}'s networks`, { ip, zone: zone.name });
   }
-}
-
-export function toEdgeidError(e: unknown, fallback: ErrorCode): EdgeidError {
-  if (e instanceof EdgeidError) return e;
-  return new EdgeidError(fallback, undefined, { cause: e instanceof Error ? e.message.slice(0, 200) : String(e) });
-}
-
-export function failAudit(base: Omit<AuditInput, 'outcome' | 'reason'>, e: EdgeidError): AuditInput {
-  return { ...base, outcome: 'fail', reason: e.code, details: { ...(base.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) } };
 }
 
 /** Runs one hook on every registered implementation; failures are logged and audited, never thrown. */

@@ -1,7 +1,9 @@
-import type { CertificateView, DeviceView, RevokeReason } from '../../protocol/api.js';
+import type { CertificateView, ControlCommandType, DeviceStatus, DeviceView, RevokeReason, SignedControl } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
+import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
-import type { CertificateRecord, DeviceRecord } from '../store/store.js';
+import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
+import { audited } from './audit.js';
 import { runHooks, type ServerContext } from './context.js';
 
 const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
@@ -49,6 +51,63 @@ async function mustGet(ctx: ServerContext, id: string): Promise<DeviceRecord> {
   return d;
 }
 
+/** What `devices list` may filter on (each narrows the listing). */
+export interface DeviceQuery {
+  status?: DeviceStatus;
+  zone?: string;
+  stale?: boolean;
+}
+
+/** GET /v1/admin/devices: the inventory, filtered by the store's query. */
+export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor): Promise<{ devices: DeviceView[] }> {
+  const details: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(q)) if (v !== undefined) details[k] = String(v);
+  return audited(ctx, { event: 'admin.devices.list', actor: who.actor, ip: who.ip, details }, async (a) => {
+    const filter: DeviceFilter = {
+      ...(q.status ? { status: [q.status] } : {}),
+      ...(q.zone ? { zone: q.zone } : {}),
+      ...(q.stale !== undefined ? { stale: { is: q.stale, before: a.time - ctx.config.staleAfter * 1000 } } : {}),
+    };
+    const rows = await ctx.store.listDevicesWithLastCertificate(filter);
+    return { devices: rows.map((r) => deviceView(ctx, r.device, undefined, r.lastCertificate)) };
+  });
+}
+
+/** GET /v1/admin/devices/:id: one device with all its certificates. */
+export async function showDevice(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
+  return audited(ctx, { event: 'admin.device.show', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id } }, async () => {
+    const d = await mustGet(ctx, id);
+    return { device: deviceView(ctx, d, await ctx.store.listCertificates(id)) };
+  });
+}
+
+/**
+ * POST /v1/admin/devices/:id/control: a command signed by the server's control key. With a broker
+ * integration it also goes to the device's control topic (published: true once the broker has
+ * it); without one the caller delivers it.
+ */
+export async function sendControl(
+  ctx: ServerContext,
+  id: string,
+  cmd: { type: ControlCommandType; reason?: string },
+  who: Actor,
+): Promise<SignedControl & { published: boolean }> {
+  return audited(ctx, { event: 'admin.control.sign', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id, type: cmd.type } }, async () => {
+    await mustGet(ctx, id);
+    const signed = ctx.ca.signControl({ type: cmd.type, deviceId: id, ...(cmd.reason ? { reason: cmd.reason } : {}) });
+    let published = false;
+    if (ctx.broker) {
+      try {
+        await ctx.broker.sendControl(id, signed);
+        published = true;
+      } catch (e) {
+        throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
+      }
+    }
+    return { ...signed, published };
+  });
+}
+
 /**
  * Revokes a device: status `revoked` (renewals refused from the commit on), its unexpired
  * certificates revoked and its open nonces spent in the same transaction, a new CRL at once, then
@@ -60,26 +119,22 @@ export async function revokeDevice(
   reason: RevokeReason,
   who: Actor,
 ): Promise<{ device: DeviceView; serials: string[]; crlNumber: string; hooks: HookResult[] }> {
-  const d = await mustGet(ctx, id);
-  if (d.status === 'revoked' || d.status === 'retired') {
-    throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
-  }
-  const now = ctx.now();
-  const serials = await ctx.store.endDevice({
-    deviceId: id,
-    status: 'revoked',
-    reason,
-    statusReason: `revoked: ${reason}`,
-    now,
-    audit: { time: now, actor: who.actor, event: 'device.revoke', deviceId: id, ip: who.ip, outcome: 'ok', details: { reason } },
+  return audited(ctx, { event: 'device.revoke', actor: who.actor, ip: who.ip, deviceId: id, details: { reason } }, async (a) => {
+    const d = await mustGet(ctx, id);
+    if (d.status === 'revoked' || d.status === 'retired') {
+      throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+    }
+    const now = a.time;
+    const serials = await ctx.store.endDevice({ deviceId: id, status: 'revoked', reason, statusReason: `revoked: ${reason}`, now, audit: a.okRow() });
+    a.recorded();
+    // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
+    // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
+    const after = (await ctx.store.getDevice(id))!;
+    // runHooks audits a failing hook and never throws, so the CRL goes out whatever the hooks did
+    const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
+    const crl = await ctx.crl.regenerate(`revoke ${id}`);
+    return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
   });
-  // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
-  // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
-  const after = (await ctx.store.getDevice(id))!;
-  // runHooks audits a failing hook and never throws, so the CRL goes out whatever the hooks did
-  const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
-  const crl = await ctx.crl.regenerate(`revoke ${id}`);
-  return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
 }
 
 /** Retires a device (by an operator, or automatically past retireBy): like revoke with reason cessation-of-operation. */
@@ -88,23 +143,26 @@ export async function retireDevice(
   id: string,
   who: Actor & { automatic?: boolean },
 ): Promise<{ device: DeviceView; serials: string[]; hooks: HookResult[] }> {
-  const d = await mustGet(ctx, id);
-  if (d.status === 'revoked' || d.status === 'retired') {
-    throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
-  }
-  const now = ctx.now();
-  const serials = await ctx.store.endDevice({
-    deviceId: id,
-    status: 'retired',
-    reason: 'cessation-of-operation',
-    statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
-    now,
-    audit: { time: now, actor: who.actor, event: 'device.retire', deviceId: id, ip: who.ip, outcome: 'ok', details: { automatic: who.automatic === true } },
+  return audited(ctx, { event: 'device.retire', actor: who.actor, ip: who.ip, deviceId: id, details: { automatic: who.automatic === true } }, async (a) => {
+    const d = await mustGet(ctx, id);
+    if (d.status === 'revoked' || d.status === 'retired') {
+      throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+    }
+    const now = a.time;
+    const serials = await ctx.store.endDevice({
+      deviceId: id,
+      status: 'retired',
+      reason: 'cessation-of-operation',
+      statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
+      now,
+      audit: a.okRow(),
   });
+  a.recorded();
   const after = (await ctx.store.getDevice(id))!;
   const hooks = await runHooks(ctx, 'onDeviceRetired', { device: after, serials, at: new Date(now), automatic: who.automatic === true }, id);
   if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
   return { device: deviceView(ctx, after), serials, hooks };
+  });
 }
 
 /**
@@ -112,44 +170,58 @@ export async function retireDevice(
  * quote it sends within `baselineWindow` becomes its new PCR baseline.
  */
 export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
-  const d = await mustGet(ctx, id);
-  if (d.status !== 'active' && d.status !== 'quarantined') {
-    throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
-  }
-  const now = ctx.now();
-  const until = now + ctx.config.baselineWindow * 1000;
-  await ctx.store.updateDevice(
-    id,
-    { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
-    {
-      time: now,
-      actor: who.actor,
-      event: 'device.approve_baseline',
-      deviceId: id,
-      ip: who.ip,
-      outcome: 'ok',
-      details: { previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() },
-    },
-  );
-  const after = (await ctx.store.getDevice(id))!;
-  await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
-  return { device: deviceView(ctx, after) };
+  return audited(ctx, { event: 'device.approve_baseline', actor: who.actor, ip: who.ip, deviceId: id }, async (a) => {
+    const d = await mustGet(ctx, id);
+    if (d.status !== 'active' && d.status !== 'quarantined') {
+      throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
+    }
+    const now = a.time;
+    const until = now + ctx.config.baselineWindow * 1000;
+    await ctx.store.updateDevice(
+      id,
+      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until },
+      a.okRow({ previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
+    );
+    a.recorded();
+    const after = (await ctx.store.getDevice(id))!;
+    await runHooks(ctx, 'onBaselineApproved', { device: after, windowUntil: new Date(until) }, id);
+    return { device: deviceView(ctx, after) };
+  });
 }
 
 /** Periodic work: retire devices past retireBy, keep the CRL fresh. */
 export async function housekeeping(ctx: ServerContext): Promise<{ retired: string[] }> {
   const now = ctx.now();
   const retired: string[] = [];
-  for (const d of await ctx.store.listDevices()) {
-    if ((d.status === 'active' || d.status === 'quarantined') && d.retireBy !== null && d.retireBy <= now) {
-      try {
-        await retireDevice(ctx, d.id, { actor: 'server', ip: null, automatic: true });
-        retired.push(d.id);
-      } catch (e) {
-        ctx.log.error({ err: e, deviceId: d.id }, 'automatic retire failed');
-      }
+  for (const d of await ctx.store.listDevices({ status: ['active', 'quarantined'], retireByAtOrBefore: now })) {
+    try {
+      await retireDevice(ctx, d.id, { actor: 'server', ip: null, automatic: true });
+      retired.push(d.id);
+    } catch (e) {
+      ctx.log.error({ err: e, deviceId: d.id }, 'automatic retire failed');
     }
   }
   await ctx.crl.get();
   return { retired };
+}
+
+/**
+ * Stores the AK name of devices enrolled before it was stored (schema migration 002 adds the
+ * column empty): the name is computed here, from the AK the device enrolled with. An AK that does
+ * not parse keeps no name; such a device can still renew by its id.
+ */
+export async function backfillAkNames(ctx: ServerContext): Promise<number> {
+  let n = 0;
+  for (const d of await ctx.store.devicesWithoutAkName()) {
+    let name: string;
+    try {
+      name = objectName(parsePublic(d.akPub)).toString('hex');
+    } catch {
+      ctx.log.warn({ deviceId: d.id }, 'the stored AK does not parse; the device has no AK name');
+      continue;
+    }
+    await ctx.store.setAkName(d.id, name);
+    n++;
+  }
+  return n;
 }

@@ -12,10 +12,11 @@ import { objectName, parsePublic, type TpmPublic } from '../../protocol/tpm/publ
 import { checkAkPublic } from '../../protocol/tpm/verify.js';
 import { verifyEkCertificate } from '../../protocol/tpm/ekcert.js';
 import { TPM_ALG } from '../../protocol/tpm/constants.js';
-import type { AuditInput, DeviceRecord, TokenRecord } from '../store/store.js';
-import { auditedError, checkSourceIp, failAudit, runHooks, toEdgeidError, zoneOf, type RequestMeta, type ServerContext } from './context.js';
+import type { DeviceRecord, TokenRecord } from '../store/store.js';
+import { audited } from './audit.js';
+import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { b64, sha256Hex, verifyEvidence } from './evidence.js';
-import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl } from './issue.js';
+import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
 import { judgePosture } from './posture.js';
 import { lookupToken } from './tokens.js';
 
@@ -46,14 +47,17 @@ export function newDeviceId(): string {
  * a thief burn a technician's token) nor by context checks (source network).
  */
 export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, meta: RequestMeta): Promise<EnrollStartResponse> {
-  const now = ctx.now();
-  const base: Omit<AuditInput, 'outcome' | 'reason'> = { time: now, actor: 'device', event: 'enroll.start', ip: meta.ip };
-  let token: TokenRecord | null = null;
-  let spendable = false;
-  try {
-    token = await lookupToken(ctx, req.token);
-    base.actor = `token:${token.id}`;
-    base.details = { tokenId: token.id };
+  return audited(ctx, { event: 'enroll.start', actor: 'device', ip: meta.ip }, async (a) => {
+    const now = a.time;
+    let spendable = false;
+    const token: TokenRecord = await lookupToken(ctx, req.token);
+    a.actor = `token:${token.id}`;
+    a.details = { tokenId: token.id };
+    // a failed evidence check spends the token (see above); `spendable` says whether it has been reached
+    a.onFailure(async (row) => {
+      if (spendable && token.usedAt === null && token.expiresAt > now) await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit: row });
+      else await ctx.store.appendAudit(row);
+    });
     if (token.usedAt !== null) throw new EdgeidError('token_used');
     if (token.expiresAt <= now) throw tokenExpired(token.expiresAt);
     const zone = zoneOf(ctx, token.zone);
@@ -108,10 +112,11 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
         expiresAt,
         usedAt: null,
       },
-      audit: { ...base, outcome: 'ok', details: { tokenId: token.id, ekHash, ekType: ek.type === TPM_ALG.RSA ? 'rsa' : 'ecc', ekCert: req.ekCert !== undefined } },
+      audit: a.okRow({ tokenId: token.id, ekHash, ekType: ek.type === TPM_ALG.RSA ? 'rsa' : 'ecc', ekCert: req.ekCert !== undefined }),
     });
     secret.fill(0);
-    if (result !== 'ok') {
+    if (result === 'ok') a.recorded();
+    else {
       spendable = false;
       throw new EdgeidError(
         result === 'bound_other' ? 'token_bound_to_other_ek' : result === 'used' ? 'token_used' : result === 'expired' ? 'token_expired' : 'token_invalid',
@@ -126,17 +131,7 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
       pcrs: zone.pcrs,
       expiresAt: new Date(expiresAt).toISOString(),
     };
-  } catch (e) {
-    const err = toEdgeidError(e, 'internal_error');
-    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'enroll start failed');
-    const audit = failAudit(base, err);
-    if (token && spendable && err.code !== 'internal_error' && token.usedAt === null && token.expiresAt > now) {
-      await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit });
-    } else {
-      await ctx.store.appendAudit(audit);
-    }
-    throw auditedError(err);
-  }
+  });
 }
 
 /**
@@ -148,14 +143,19 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
  * transaction that spends the token.
  */
 export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest, meta: RequestMeta): Promise<EnrollFinishResponse> {
-  const now = ctx.now();
-  const base: Omit<AuditInput, 'outcome' | 'reason'> = { time: now, actor: 'device', event: 'enroll.finish', ip: meta.ip };
-  let spend: { tokenId: string; sessionId: string } | null = null;
-  try {
+  const count = (outcome: 'ok' | 'fail') => ctx.metrics.enrollments.inc({ outcome });
+  return audited(ctx, { event: 'enroll.finish', actor: 'device', ip: meta.ip, count }, async (a) => {
+    const now = a.time;
+    let spend: { tokenId: string; sessionId: string } | null = null;
+    // from the token check on, a failure spends the token and the session with its audit row
+    a.onFailure(async (row) => {
+      if (spend) await ctx.store.failEnrollment({ ...spend, now, audit: row });
+      else await ctx.store.appendAudit(row);
+    });
     const session = await ctx.store.getSession(req.session);
     if (!session) throw new EdgeidError('session_invalid');
-    base.actor = `token:${session.tokenId}`;
-    base.details = { tokenId: session.tokenId, ekHash: session.ekHash };
+    a.actor = `token:${session.tokenId}`;
+    a.details = { tokenId: session.tokenId, ekHash: session.ekHash };
     if (session.usedAt !== null) throw new EdgeidError('session_used');
     if (session.expiresAt <= now) throw new EdgeidError('session_expired');
     const token = await ctx.store.getToken(session.tokenId);
@@ -189,6 +189,7 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       statusChangedAt: now,
       ekHash: session.ekHash,
       akPub: session.akPub,
+      akName: objectName(akPublic).toString('hex'),
       // golden zones judge against the zone's values: a device-specific baseline exists only once
       // an operator approves one, so new golden values bind devices already enrolled too
       baseline: zone.posture.mode === 'golden' ? null : (verdict.newBaseline ?? ev.pcrs),
@@ -208,31 +209,23 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       device,
       certificate: certRecord(deviceId, cert, ev.spkiHash, now),
       nonce,
+      keepNonces: NONCES_KEPT,
       audit: {
-        ...base,
+        ...a.okRow({ tokenId: token.id, serial: cert.serial, notAfter: cert.notAfter.toISOString(), zone: zone.name, owner: token.owner }),
         deviceId,
-        outcome: 'ok',
-        details: { tokenId: token.id, serial: cert.serial, notAfter: cert.notAfter.toISOString(), zone: zone.name, owner: token.owner },
       },
     });
     if (!committed) {
       spend = null;
       throw new EdgeidError('session_used', 'the session or its token was used by a concurrent request');
     }
-    ctx.metrics.enrollments.inc({ outcome: 'ok' });
+    a.recorded();
+    a.deviceId = deviceId;
     await runHooks(ctx, 'onDeviceEnrolled', { device, serial: cert.serial, certificatePem: cert.pem }, deviceId);
     await runHooks(ctx, 'onCertificateIssued', { device, serial: cert.serial, notAfter: cert.notAfter, renewal: false }, deviceId);
     return {
       ...issueResponse(ctx, deviceId, zone, cert, nonce, now),
       mqtt: { url: ctx.config.mqtt.url, topics: deviceTopics(deviceId) },
     };
-  } catch (e) {
-    const err = toEdgeidError(e, 'internal_error');
-    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'enroll finish failed');
-    ctx.metrics.enrollments.inc({ outcome: 'fail' });
-    const audit = failAudit(base, err);
-    if (spend && err.code !== 'internal_error') await ctx.store.failEnrollment({ ...spend, now, audit });
-    else await ctx.store.appendAudit(audit);
-    throw auditedError(err);
-  }
+  });
 }

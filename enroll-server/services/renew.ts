@@ -2,8 +2,9 @@ import type { RenewChallengeRequest, RenewChallengeResponse, RenewRequest, Renew
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { parsePublic } from '../../protocol/tpm/public.js';
 import type { ZonePolicy } from '../config.js';
-import type { AuditInput, DevicePatch, DeviceRecord } from '../store/store.js';
-import { audited, auditedError, checkSourceIp, failAudit, runHooks, toEdgeidError, zoneOf, type RequestMeta, type ServerContext } from './context.js';
+import type { DevicePatch, DeviceRecord } from '../store/store.js';
+import { audited } from './audit.js';
+import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { retireDevice } from './devices.js';
 import { verifyEvidence } from './evidence.js';
 import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
@@ -34,25 +35,26 @@ async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMet
 
 /** POST /v1/renew/challenge: a fresh single-use nonce bound to the device. */
 export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequest, meta: RequestMeta): Promise<RenewChallengeResponse> {
-  let deviceId = req.deviceId ?? null;
-  try {
+  return audited(ctx, { event: 'renew.challenge', actor: 'device', ip: meta.ip, deviceId: req.deviceId ?? null }, async (a) => {
+    let deviceId = req.deviceId ?? null;
     if (deviceId === null) {
       const byAk = await ctx.store.findDeviceByAkName(req.akName!);
       if (!byAk) throw new EdgeidError('device_not_found', 'no device is enrolled with this attestation key');
       deviceId = byAk.id;
+      a.deviceId = deviceId;
     }
-    const { zone } = await liveDevice(ctx, deviceId, meta);
-    const nonce = newNonce(ctx, deviceId, ctx.config.challengeTtl);
-    await ctx.store.createNonce(nonce, NONCES_KEPT);
-    return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs, deviceId, zone: zone.name };
-  } catch (e) {
-    const err = toEdgeidError(e, 'internal_error');
-    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'renew challenge failed');
-    await ctx.store.appendAudit(
-      failAudit({ time: ctx.now(), actor: 'device', event: 'renew.challenge', ip: meta.ip, deviceId: err.code === 'device_not_found' ? null : deviceId }, err),
-    );
-    throw auditedError(err);
-  }
+    try {
+      const { zone } = await liveDevice(ctx, deviceId, meta);
+      const nonce = newNonce(ctx, deviceId, ctx.config.challengeTtl);
+      await ctx.store.createNonce(nonce, NONCES_KEPT, a.okRow({ nonceExpiresAt: new Date(nonce.expiresAt).toISOString() }));
+      a.recorded();
+      return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs, deviceId, zone: zone.name };
+    } catch (e) {
+      // an unknown device id is not recorded as a device
+      if (e instanceof EdgeidError && e.code === 'device_not_found') a.deviceId = null;
+      throw e;
+    }
+  });
 }
 
 /**
@@ -65,10 +67,17 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
  * changes nothing but the audit log (and the device's status on a posture mismatch).
  */
 export async function renew(ctx: ServerContext, req: RenewRequest, meta: RequestMeta): Promise<RenewResponse> {
-  const now = ctx.now();
-  const base: Omit<AuditInput, 'outcome' | 'reason'> = { time: now, actor: `device:${req.deviceId}`, event: 'renew', ip: meta.ip, deviceId: req.deviceId };
-  try {
-    const { device, zone } = await liveDevice(ctx, req.deviceId, meta);
+  const count = (outcome: 'ok' | 'fail') => ctx.metrics.renewals.inc({ outcome });
+  return audited(ctx, { event: 'renew', actor: `device:${req.deviceId}`, ip: meta.ip, deviceId: req.deviceId, count }, async (a) => {
+    const now = a.time;
+    let live: { device: DeviceRecord; zone: ZonePolicy };
+    try {
+      live = await liveDevice(ctx, req.deviceId, meta);
+    } catch (e) {
+      if (e instanceof EdgeidError && e.code === 'device_not_found') a.deviceId = null;
+      throw e;
+    }
+    const { device, zone } = live;
 
     const nonce = await ctx.store.getNonce(req.nonce);
     if (!nonce) throw new EdgeidError('nonce_unknown');
@@ -90,13 +99,13 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
       await ctx.store.updateDevice(
         device.id,
         { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip },
-        failAudit(base, err),
+        a.failRow(err),
         // a revocation or retirement that landed meanwhile wins: never turn it back into quarantine
         ['active', 'quarantined'],
       );
-      ctx.metrics.renewals.inc({ outcome: 'fail' });
+      a.recorded();
       await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: verdict.reason }, reason: verdict.reason, code: verdict.code }, device.id);
-      throw auditedError(err);
+      throw err;
     }
 
     const cert = await issueFor(ctx, { deviceId: device.id, zone, spki: ev.spki });
@@ -113,22 +122,12 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
       patch,
       certificate: certRecord(device.id, cert, ev.spkiHash, now),
       nextNonce: next,
-      audit: {
-        ...base,
-        outcome: 'ok',
-        details: { serial: cert.serial, notAfter: cert.notAfter.toISOString(), ...(verdict.newBaseline && device.baseline ? { newBaseline: true } : {}) },
-      },
+      keepNonces: NONCES_KEPT,
+      audit: a.okRow({ serial: cert.serial, notAfter: cert.notAfter.toISOString(), ...(verdict.newBaseline && device.baseline ? { newBaseline: true } : {}) }),
     });
     if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');
-    ctx.metrics.renewals.inc({ outcome: 'ok' });
+    a.recorded();
     await runHooks(ctx, 'onCertificateIssued', { device: { ...device, ...patch } as DeviceRecord, serial: cert.serial, notAfter: cert.notAfter, renewal: true }, device.id);
     return issueResponse(ctx, device.id, zone, cert, next, now);
-  } catch (e) {
-    const err = toEdgeidError(e, 'internal_error');
-    if (!audited.has(err)) ctx.metrics.renewals.inc({ outcome: 'fail' });
-    if (err.code === 'internal_error') ctx.log.error({ err: e }, 'renew failed');
-    if (err.code === 'device_not_found') base.deviceId = null;
-    if (!audited.has(err)) await ctx.store.appendAudit(failAudit(base, err));
-    throw auditedError(err);
-  }
+  });
 }

@@ -1,11 +1,13 @@
 import Database from 'better-sqlite3';
 import { chmodSync, existsSync } from 'node:fs';
 import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
-import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import { auditHash, GENESIS_HASH, verifyChain } from './audit-chain.js';
+import { loadMigrations, migrate } from './migrate.js';
 import type {
   AuditInput,
   CertificateRecord,
+  DeviceFilter,
+  DeviceListing,
   DevicePatch,
   DeviceRecord,
   EnrollSessionRecord,
@@ -14,49 +16,7 @@ import type {
   TokenRecord,
 } from './store.js';
 
-/** Portable DDL: TEXT / INTEGER / BLOB only, no SQLite-only syntax beyond IF NOT EXISTS. */
-const SCHEMA = [
-  `CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
-  `CREATE TABLE IF NOT EXISTS tokens (
-     id TEXT PRIMARY KEY, secret_hash BLOB NOT NULL, zone TEXT NOT NULL, owner TEXT NOT NULL, name TEXT, purpose TEXT,
-     created_by TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-     ek_hash TEXT, bound_at INTEGER, used_at INTEGER, device_id TEXT)`,
-  `CREATE TABLE IF NOT EXISTS enroll_sessions (
-     id TEXT PRIMARY KEY, token_id TEXT NOT NULL REFERENCES tokens(id), ek_hash TEXT NOT NULL, ak_pub BLOB NOT NULL,
-     secret_hash BLOB NOT NULL, nonce BLOB NOT NULL, ip TEXT, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER)`,
-  `CREATE INDEX IF NOT EXISTS enroll_sessions_token ON enroll_sessions(token_id)`,
-  `CREATE TABLE IF NOT EXISTS devices (
-     id TEXT PRIMARY KEY, zone TEXT NOT NULL, owner TEXT NOT NULL, name TEXT, purpose TEXT,
-     status TEXT NOT NULL, status_reason TEXT, status_changed_at INTEGER, ek_hash TEXT NOT NULL, ak_pub BLOB NOT NULL,
-     baseline TEXT, claims TEXT, baseline_window_until INTEGER, enrolled_by TEXT NOT NULL, enrolled_at INTEGER NOT NULL,
-     retire_by INTEGER, last_seen INTEGER, last_ip TEXT)`,
-  `CREATE INDEX IF NOT EXISTS devices_ek ON devices(ek_hash)`,
-  `CREATE TABLE IF NOT EXISTS certificates (
-     serial TEXT PRIMARY KEY, device_id TEXT NOT NULL REFERENCES devices(id), not_before INTEGER NOT NULL,
-     not_after INTEGER NOT NULL, spki_hash TEXT NOT NULL, issued_at INTEGER NOT NULL, revoked_at INTEGER, reason TEXT)`,
-  `CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id)`,
-  `CREATE TABLE IF NOT EXISTS nonces (
-     value TEXT PRIMARY KEY, device_id TEXT NOT NULL REFERENCES devices(id), created_at INTEGER NOT NULL,
-     expires_at INTEGER NOT NULL, used_at INTEGER)`,
-  `CREATE INDEX IF NOT EXISTS nonces_device ON nonces(device_id)`,
-  `CREATE TABLE IF NOT EXISTS audit (
-     seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, event TEXT NOT NULL, device_id TEXT, ip TEXT,
-     outcome TEXT NOT NULL, reason TEXT, details TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)`,
-];
-
 type Row = Record<string, unknown>;
-
-/**
- * Hex TPM name (nameAlg ‖ digest) of an AK public area: how an agent that lost its device id finds
- * itself. Services store only verified AKs; anything unparseable simply gets no name.
- */
-function akNameOf(akPub: Buffer): string | null {
-  try {
-    return objectName(parsePublic(akPub)).toString('hex');
-  } catch {
-    return null;
-  }
-}
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 const text = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
@@ -106,6 +66,7 @@ function deviceFrom(r: Row): DeviceRecord {
     statusChangedAt: num(r.status_changed_at),
     ekHash: String(r.ek_hash),
     akPub: r.ak_pub as Buffer,
+    akName: text(r.ak_name),
     baseline: r.baseline ? (JSON.parse(String(r.baseline)) as Record<string, string>) : null,
     claims: r.claims ? JSON.parse(String(r.claims)) : null,
     baselineWindowUntil: num(r.baseline_window_until),
@@ -150,6 +111,33 @@ function auditFrom(r: Row): AuditRow {
   };
 }
 
+/** WHERE clause of a device listing (`t` is the devices table's name or alias). */
+function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown[] } {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  if (f.status) {
+    if (f.status.length === 0) where.push('1 = 0');
+    else {
+      where.push(`${t}.status IN (${f.status.map(() => '?').join(', ')})`);
+      args.push(...f.status);
+    }
+  }
+  if (f.zone !== undefined) {
+    where.push(`${t}.zone = ?`);
+    args.push(f.zone);
+  }
+  if (f.stale) {
+    const stale = `(${t}.status IN ('active', 'quarantined') AND COALESCE(${t}.last_seen, ${t}.enrolled_at) < ?)`;
+    where.push(f.stale.is ? stale : `NOT ${stale}`);
+    args.push(f.stale.before);
+  }
+  if (f.retireByAtOrBefore !== undefined) {
+    where.push(`${t}.retire_by IS NOT NULL AND ${t}.retire_by <= ?`);
+    args.push(f.retireByAtOrBefore);
+  }
+  return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
+}
+
 const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
   status: 'status',
   statusReason: 'status_reason',
@@ -175,25 +163,16 @@ export class SqliteStore implements Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('synchronous = NORMAL');
-    for (const s of SCHEMA) this.db.exec(s);
-    this.migrate();
+    try {
+      this.schema = migrate(this.db, loadMigrations());
+    } catch (e) {
+      this.db.close();
+      throw e;
+    }
   }
 
-  /** Schema additions for databases created by older versions (idempotent). */
-  private migrate(): void {
-    const cols = (this.db.prepare('PRAGMA table_info(devices)').all() as Row[]).map((c) => String(c.name));
-    if (!cols.includes('ak_name')) {
-      this.tx(() => {
-        this.db.exec('ALTER TABLE devices ADD COLUMN ak_name TEXT');
-        const rows = this.db.prepare('SELECT id, ak_pub FROM devices').all() as Row[];
-        const set = this.db.prepare('UPDATE devices SET ak_name = ? WHERE id = ?');
-        for (const r of rows) set.run(akNameOf(r.ak_pub as Buffer), r.id);
-      });
-    }
-    this.db.exec('CREATE INDEX IF NOT EXISTS devices_ak_name ON devices(ak_name)');
-    const nonceCols = (this.db.prepare('PRAGMA table_info(nonces)').all() as Row[]).map((c) => String(c.name));
-    if (!nonceCols.includes('kind')) this.db.exec("ALTER TABLE nonces ADD COLUMN kind TEXT NOT NULL DEFAULT 'issued'");
-  }
+  /** The schema version the database was at when opened, and the one it is at now. */
+  readonly schema: { from: number; to: number };
 
   private tx<T>(fn: () => T): T {
     return this.db.transaction(fn).immediate();
@@ -341,6 +320,7 @@ export class SqliteStore implements Store {
     device: DeviceRecord;
     certificate: CertificateRecord;
     nonce: NonceRecord;
+    keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean> {
     try {
@@ -354,12 +334,12 @@ export class SqliteStore implements Store {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
           .run(
-            d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub, akNameOf(d.akPub),
+            d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub, d.akName,
             d.baseline ? JSON.stringify(d.baseline) : null, d.claims ? JSON.stringify(d.claims) : null, d.baselineWindowUntil,
             d.enrolledBy, d.enrolledAt, d.retireBy, d.lastSeen, d.lastIp,
           );
         this.insertCertificate(p.certificate);
-        this.insertNonce(p.nonce, 5);
+        this.insertNonce(p.nonce, p.keepNonces);
         this.appendAuditSync(p.audit);
         return true;
       });
@@ -383,13 +363,55 @@ export class SqliteStore implements Store {
     return r ? deviceFrom(r) : null;
   }
 
-  async listDevices(): Promise<DeviceRecord[]> {
-    return (this.db.prepare('SELECT * FROM devices ORDER BY enrolled_at, id').all() as Row[]).map(deviceFrom);
+  async listDevices(filter: DeviceFilter = {}): Promise<DeviceRecord[]> {
+    const { where, args } = deviceWhere(filter, 'devices');
+    return (this.db.prepare(`SELECT * FROM devices${where} ORDER BY enrolled_at, id`).all(...args) as Row[]).map(deviceFrom);
+  }
+
+  async countDevicesByStatus(): Promise<Partial<Record<DeviceStatus, number>>> {
+    const out: Partial<Record<DeviceStatus, number>> = {};
+    for (const r of this.db.prepare('SELECT status, COUNT(*) AS n FROM devices GROUP BY status').all() as Row[]) out[String(r.status) as DeviceStatus] = Number(r.n);
+    return out;
+  }
+
+  async listDevicesWithLastCertificate(filter: DeviceFilter = {}): Promise<DeviceListing[]> {
+    const { where, args } = deviceWhere(filter, 'd');
+    // one query: the newest certificate per device is a correlated subquery on certificates_device
+    const rows = this.db
+      .prepare(
+        `SELECT d.*, c.serial AS c_serial, c.device_id AS c_device_id, c.not_before AS c_not_before, c.not_after AS c_not_after,
+                c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
+         FROM devices d
+         LEFT JOIN certificates c ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1)
+         ${where} ORDER BY d.enrolled_at, d.id`,
+      )
+      .all(...args) as Row[];
+    return rows.map((r) => ({
+      device: deviceFrom(r),
+      lastCertificate:
+        r.c_serial === null || r.c_serial === undefined
+          ? null
+          : certFrom({
+              serial: r.c_serial, device_id: r.c_device_id, not_before: r.c_not_before, not_after: r.c_not_after,
+              spki_hash: r.c_spki_hash, issued_at: r.c_issued_at, revoked_at: r.c_revoked_at, reason: r.c_reason,
+            }),
+    }));
   }
 
   async findDeviceByAkName(akName: string): Promise<DeviceRecord | null> {
     const r = this.db.prepare('SELECT * FROM devices WHERE ak_name = ? ORDER BY enrolled_at DESC LIMIT 1').get(akName.toLowerCase()) as Row | undefined;
     return r ? deviceFrom(r) : null;
+  }
+
+  async devicesWithoutAkName(): Promise<{ id: string; akPub: Buffer }[]> {
+    return (this.db.prepare('SELECT id, ak_pub FROM devices WHERE ak_name IS NULL ORDER BY id').all() as Row[]).map((r) => ({
+      id: String(r.id),
+      akPub: r.ak_pub as Buffer,
+    }));
+  }
+
+  async setAkName(id: string, akName: string): Promise<void> {
+    this.db.prepare('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id);
   }
 
   async findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null> {
@@ -418,8 +440,11 @@ export class SqliteStore implements Store {
     });
   }
 
-  async createNonce(n: NonceRecord, keep: number): Promise<void> {
-    this.tx(() => this.insertNonce(n, keep, 'challenge'));
+  async createNonce(n: NonceRecord, keep: number, audit: AuditInput): Promise<void> {
+    this.tx(() => {
+      this.insertNonce(n, keep, 'challenge');
+      this.appendAuditSync(audit);
+    });
   }
 
   async getNonce(value: string): Promise<NonceRecord | null> {
@@ -442,6 +467,7 @@ export class SqliteStore implements Store {
     patch: DevicePatch;
     certificate: CertificateRecord;
     nextNonce: NonceRecord;
+    keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean> {
     try {
@@ -454,7 +480,7 @@ export class SqliteStore implements Store {
         if (spent.changes !== 1 || !live) throw new RaceLost();
         this.updateDeviceSync(p.deviceId, p.patch);
         this.insertCertificate(p.certificate);
-        this.insertNonce(p.nextNonce, 5);
+        this.insertNonce(p.nextNonce, p.keepNonces);
         this.appendAuditSync(p.audit);
         return true;
       });

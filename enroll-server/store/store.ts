@@ -48,6 +48,8 @@ export interface DeviceRecord {
   statusReason: string | null;
   ekHash: string;
   akPub: Buffer;
+  /** Hex TPM name (nameAlg ‖ digest) of the AK, computed by the service that verified it; null only for rows from before it was stored. */
+  akName: string | null;
   /** PCR index → hex sha256 value approved for this device. */
   baseline: Record<string, string> | null;
   claims: Claims | null;
@@ -92,6 +94,25 @@ export interface AuditInput {
   details?: Record<string, unknown> | null;
 }
 
+/** Which devices a listing returns; every field narrows it (in the query, not after it). */
+export interface DeviceFilter {
+  status?: DeviceStatus[];
+  zone?: string;
+  /**
+   * Stale or not: a device is stale when it is active or quarantined and its last contact (or its
+   * enrollment, before any) is older than `before`.
+   */
+  stale?: { is: boolean; before: number };
+  /** Only devices whose retireBy is set and at or before this time. */
+  retireByAtOrBefore?: number;
+}
+
+/** A device with its newest certificate (by notAfter), as the inventory lists it. */
+export interface DeviceListing {
+  device: DeviceRecord;
+  lastCertificate: CertificateRecord | null;
+}
+
 export type DevicePatch = Partial<
   Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
 >;
@@ -127,13 +148,23 @@ export interface Store {
     device: DeviceRecord;
     certificate: CertificateRecord;
     nonce: NonceRecord;
+    /** Unused issued nonces kept per device (the newest ones). */
+    keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean>;
   /** A finish that failed a check: spend token and session and append the audit row. */
   failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void>;
 
   getDevice(id: string): Promise<DeviceRecord | null>;
-  listDevices(): Promise<DeviceRecord[]>;
+  listDevices(filter?: DeviceFilter): Promise<DeviceRecord[]>;
+  /** How many devices there are in each status (statuses without devices are absent). */
+  countDevicesByStatus(): Promise<Partial<Record<DeviceStatus, number>>>;
+  /** The devices the filter selects, each with its newest certificate, in one query. */
+  listDevicesWithLastCertificate(filter?: DeviceFilter): Promise<DeviceListing[]>;
+  /** Devices stored without an AK name (enrolled before it was stored). */
+  devicesWithoutAkName(): Promise<{ id: string; akPub: Buffer }[]>;
+  /** Records a device's AK name (only where none is stored). */
+  setAkName(id: string, akName: string): Promise<void>;
   /** A device with this EK that is still active or quarantined. */
   findLiveDeviceByEk(ekHash: string): Promise<DeviceRecord | null>;
   /** The device whose AK has this TPM name (hex), most recent first; any status. */
@@ -141,9 +172,11 @@ export interface Store {
   /** Applies the patch (only while the device's status is one of `onlyIfStatus`, if given); true if a row changed. */
   updateDevice(id: string, patch: DevicePatch, audit?: AuditInput, onlyIfStatus?: DeviceStatus[]): Promise<boolean>;
 
-  /** Stores a nonce; keeps only the newest `keep` unused nonces of the device. */
-  /** Stores a challenge nonce; only challenge nonces beyond `keep` are evicted, never an issued one. */
-  createNonce(n: NonceRecord, keep: number): Promise<void>;
+  /**
+   * Stores a challenge nonce and appends the audit row; only challenge nonces beyond the newest
+   * `keep` of the device are evicted, never an issued one.
+   */
+  createNonce(n: NonceRecord, keep: number, audit: AuditInput): Promise<void>;
   getNonce(value: string): Promise<NonceRecord | null>;
   /** Marks the nonce used (false if it already was) and appends the audit row in one transaction. */
   spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean>;
@@ -158,6 +191,8 @@ export interface Store {
     patch: DevicePatch;
     certificate: CertificateRecord;
     nextNonce: NonceRecord;
+    /** Unused issued nonces kept per device (the newest ones). */
+    keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean>;
 

@@ -10,6 +10,7 @@ import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
+import { NONCES_KEPT } from '../../enroll-server/services/issue.js';
 import { createToken } from '../../enroll-server/services/tokens.js';
 import type { DeviceRecord } from '../../enroll-server/store/store.js';
 import { REPO } from '../../scripts/harness/fs.js';
@@ -140,6 +141,7 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
         statusReason: null,
         ekHash,
         akPub: randomBytes(64),
+        akName: randomBytes(34).toString('hex'),
         baseline: Object.fromEntries([0, 1, 2, 3, 4, 5, 6, 7].map((p) => [String(p), randomBytes(32).toString('hex')])),
         claims: { agentVersion: first?.agentVersion ?? '0.1.0', kernel: '6.1.0-seed', os: { PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)' } },
         baselineWindowUntil: null,
@@ -158,6 +160,7 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
         device,
         certificate: { serial, deviceId: id, notBefore: now, notAfter: now + 3_600_000, spkiHash: randomBytes(32).toString('hex'), issuedAt: now, revokedAt: null, reason: null },
         nonce: { value: randomBytes(32).toString('base64'), deviceId: id, createdAt: now, expiresAt: now + 3_600_000, usedAt: null },
+        keepNonces: NONCES_KEPT,
         audit: { time: now, actor: 'device', event: 'enroll.finish', deviceId: id, ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, serial, zone: 'default' } },
       });
       if (!ok) throw new Error('seeding: finishEnrollment refused');

@@ -107,12 +107,12 @@ test('finishEnrollment is all or nothing and works once per token', async (t) =>
   await s.startEnrollment({ tokenId: 't1', ekHash: 'ek', now, session: session('s1', 't1', 'ek'), audit: audit('start') });
   const device = {
     id: 'dev-0000000000000001', zone: 'default', owner: 'o', name: null, purpose: null, status: 'active' as const, statusReason: null, statusChangedAt: now,
-    ekHash: 'ek', akPub: Buffer.from('ak'), baseline: { 0: 'aa' }, claims: { agentVersion: '1' }, baselineWindowUntil: null, enrolledBy: 'admin',
+    ekHash: 'ek', akPub: Buffer.from('ak'), akName: null, baseline: { 0: 'aa' }, claims: { agentVersion: '1' }, baselineWindowUntil: null, enrolledBy: 'admin',
     enrolledAt: now, retireBy: null, lastSeen: now, lastIp: null,
   };
   const cert = { serial: 'aa'.repeat(16), deviceId: device.id, notBefore: now, notAfter: now + 3600_000, spkiHash: 'x', issuedAt: now, revokedAt: null, reason: null };
   const nonce = { value: 'n1', deviceId: device.id, createdAt: now, expiresAt: now + 600_000, usedAt: null };
-  const p = { tokenId: 't1', sessionId: 's1', now, device, certificate: cert, nonce, audit: audit('finish') };
+  const p = { tokenId: 't1', sessionId: 's1', now, device, certificate: cert, nonce, keepNonces: 5, audit: audit('finish') };
   assert.equal(await s.finishEnrollment(p), true);
   const rows = (await s.listAudit()).length;
   assert.equal(await s.finishEnrollment({ ...p, device: { ...device, id: 'dev-0000000000000002' }, certificate: { ...cert, serial: 'bb'.repeat(16) }, nonce: { ...nonce, value: 'n2' } }), false);
@@ -121,7 +121,7 @@ test('finishEnrollment is all or nothing and works once per token', async (t) =>
   assert.equal((await s.getToken('t1'))!.deviceId, device.id);
 
   // renew spends the nonce once; the next nonce and certificate land together
-  const r = { nonce: 'n1', now, deviceId: device.id, patch: { lastSeen: now + 1 }, certificate: { ...cert, serial: 'cc'.repeat(16) }, nextNonce: { ...nonce, value: 'n3' }, audit: audit('renew') };
+  const r = { nonce: 'n1', now, deviceId: device.id, patch: { lastSeen: now + 1 }, certificate: { ...cert, serial: 'cc'.repeat(16) }, nextNonce: { ...nonce, value: 'n3' }, keepNonces: 5, audit: audit('renew') };
   assert.equal(await s.renew(r), true);
   assert.equal(await s.renew({ ...r, certificate: { ...cert, serial: 'dd'.repeat(16) }, nextNonce: { ...nonce, value: 'n4' } }), false);
   assert.equal((await s.listCertificates(device.id)).length, 2);
@@ -131,4 +131,41 @@ test('finishEnrollment is all or nothing and works once per token', async (t) =>
   assert.equal((await s.getNonce('n3'))!.usedAt, now + 2, 'open nonces die with the device');
   assert.equal((await s.listRevokedUnexpired(now + 3)).length, 2);
   assert.equal((await s.verifyAudit()).ok, true);
+});
+
+test('the device listing filters in the query and carries each device newest certificate', async (t) => {
+  const s = await withStore(t);
+  const now = 1_760_000_000_000;
+  const hour = 3600_000;
+  const base = {
+    owner: 'o', name: null, purpose: null, statusReason: null, statusChangedAt: now, ekHash: 'ek', akPub: Buffer.from('ak'), akName: null,
+    baseline: null, claims: null, baselineWindowUntil: null, enrolledBy: 'admin', retireBy: null, lastIp: null,
+  };
+  const devices = [
+    { ...base, id: 'dev-0000000000000001', zone: 'a', status: 'active' as const, enrolledAt: now - 10 * hour, lastSeen: now - 5 * hour },
+    { ...base, id: 'dev-0000000000000002', zone: 'a', status: 'active' as const, enrolledAt: now - 10 * hour, lastSeen: now - 1 * hour },
+    { ...base, id: 'dev-0000000000000003', zone: 'b', status: 'quarantined' as const, enrolledAt: now - 10 * hour, lastSeen: null },
+    { ...base, id: 'dev-0000000000000004', zone: 'b', status: 'revoked' as const, enrolledAt: now - 10 * hour, lastSeen: now - 9 * hour },
+  ];
+  for (const [i, d] of devices.entries()) {
+    await s.createToken(token(`t${i}`), audit('token.create'));
+    await s.startEnrollment({ tokenId: `t${i}`, ekHash: 'ek', now, session: session(`s${i}`, `t${i}`, 'ek'), audit: audit('start') });
+    const cert = { serial: `${i}0`, deviceId: d.id, notBefore: now, notAfter: now + hour, spkiHash: 'x', issuedAt: now, revokedAt: null, reason: null };
+    await s.finishEnrollment({ tokenId: `t${i}`, sessionId: `s${i}`, now, device: d, certificate: cert, nonce: { value: `n${i}`, deviceId: d.id, createdAt: now, expiresAt: now + hour, usedAt: null }, keepNonces: 5, audit: audit('finish') });
+  }
+  // a newer certificate for device 1 (renewal)
+  await s.renew({ nonce: 'n0', now, deviceId: devices[0]!.id, patch: {}, certificate: { serial: '0b', deviceId: devices[0]!.id, notBefore: now, notAfter: now + 2 * hour, spkiHash: 'x', issuedAt: now, revokedAt: null, reason: null }, nextNonce: { value: 'n9', deviceId: devices[0]!.id, createdAt: now, expiresAt: now + hour, usedAt: null }, keepNonces: 5, audit: audit('renew') });
+
+  const ids = (l: { device: { id: string } }[]) => l.map((r) => r.device.id.slice(-1));
+  const all = await s.listDevicesWithLastCertificate();
+  assert.deepEqual(ids(all), ['1', '2', '3', '4']);
+  assert.deepEqual(all.map((r) => r.lastCertificate?.serial), ['0b', '10', '20', '30']);
+  assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ zone: 'b' })), ['3', '4']);
+  assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ status: ['active'] })), ['1', '2']);
+  // stale: live and last contact (or enrollment) before the cut-off, here 2 h ago
+  const before = now - 2 * hour;
+  assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ stale: { is: true, before } })), ['1', '3']);
+  assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ stale: { is: false, before } })), ['2', '4']);
+  assert.deepEqual(ids(await s.listDevicesWithLastCertificate({ zone: 'a', stale: { is: true, before } })), ['1']);
+  assert.deepEqual(await s.countDevicesByStatus(), { active: 2, quarantined: 1, revoked: 1 });
 });

@@ -1,0 +1,55 @@
+import { createPublicKey } from 'node:crypto';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { audited } from './audit.js';
+import type { ServerContext } from './context.js';
+
+type Actor = { actor: string; ip: string | null };
+
+/** Validity of the broker's TLS certificate issued by `broker config`. */
+const BROKER_CERT_SECONDS = 365 * 86400;
+
+/** POST /v1/admin/broker/reconcile: makes the broker's per-device clients match the inventory. */
+export async function reconcileBroker(ctx: ServerContext, who: Actor): Promise<{ added: string[]; removed: string[] }> {
+  return audited(ctx, { event: 'admin.broker.reconcile', actor: who.actor, ip: who.ip }, async (a) => {
+    if (!ctx.broker) throw new EdgeidError('broker_not_configured');
+    try {
+      const r = await ctx.broker.reconcile();
+      a.details = { added: r.added.length, removed: r.removed.length };
+      return r;
+    } catch (e) {
+      throw new EdgeidError('broker_unavailable', `broker reconcile failed: ${(e as Error).message.slice(0, 200)}`);
+    }
+  });
+}
+
+/**
+ * POST /v1/admin/broker/certificate: the broker's own TLS server certificate for a public key
+ * generated where the broker runs, with the CA bundle and the long-lived CRL it needs.
+ */
+export async function issueBrokerCertificate(
+  ctx: ServerContext,
+  req: { spki: string; hostnames: string[] },
+  who: Actor,
+): Promise<{ certificate: string; caBundle: string; crl: string | null; notAfter: string }> {
+  return audited(ctx, { event: 'admin.broker.certificate', actor: who.actor, ip: who.ip, details: { hostnames: req.hostnames } }, async (a) => {
+    const spki = Buffer.from(req.spki, 'base64');
+    try {
+      const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+      if (k.asymmetricKeyType !== 'ec' && k.asymmetricKeyType !== 'rsa') {
+        throw new EdgeidError('bad_request', `spki is not a usable public key: unsupported key type ${k.asymmetricKeyType}`);
+      }
+    } catch (e) {
+      if (e instanceof EdgeidError) throw e;
+      throw new EdgeidError('bad_request', `spki is not a usable public key: ${(e as Error).message.slice(0, 120)}`);
+    }
+    const cert = await ctx.ca.issueServer({ commonName: req.hostnames[0]!, hostnames: req.hostnames, spki, lifetimeSeconds: BROKER_CERT_SECONDS });
+    await ctx.crl.regenerate('broker config');
+    a.details = { serial: cert.serial, hostnames: req.hostnames };
+    return {
+      certificate: cert.pem + ctx.ca.chainPem[0],
+      caBundle: ctx.ca.chainPem.join(''),
+      crl: ctx.crl.longLived?.pem ?? null,
+      notAfter: cert.notAfter.toISOString(),
+    };
+  });
+}
