@@ -8,6 +8,7 @@ import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext }
 import { retireDevice } from './devices.js';
 import { verifyEvidence } from './evidence.js';
 import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
+import { checkEventLog, sha256Hex as eventLogSha256 } from './eventlog.js';
 import { judgePosture } from './posture.js';
 
 /**
@@ -44,11 +45,18 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
       a.deviceId = deviceId;
     }
     try {
-      const { zone } = await liveDevice(ctx, deviceId, meta);
+      const { zone, device } = await liveDevice(ctx, deviceId, meta);
       const nonce = newNonce(ctx, deviceId, ctx.config.challengeTtl);
       await ctx.store.createNonce(nonce, NONCES_KEPT, a.okRow({ nonceExpiresAt: new Date(nonce.expiresAt).toISOString() }));
       a.recorded();
-      return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs, deviceId, zone: zone.name };
+      return {
+        nonce: nonce.value,
+        expiresAt: new Date(nonce.expiresAt).toISOString(),
+        pcrs: zone.pcrs,
+        deviceId,
+        zone: zone.name,
+        eventLogSha256: device.eventLog ? eventLogSha256(device.eventLog) : null,
+      };
     } catch (e) {
       // an unknown device id is not recorded as a device
       if (e instanceof EdgeidError && e.code === 'device_not_found') a.deviceId = null;
@@ -92,13 +100,17 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
 
     const ev = await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
 
+    // the event log must replay to the quote (else refused with eventlog_*, nothing changes)
+    const eventLog = checkEventLog(req.eventLog, device, ev.pcrs, ev.claims.eventLog);
+
     const windowOpen = device.baselineWindowUntil !== null && device.baselineWindowUntil > now;
-    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen });
+    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen, eventLog: eventLog.logs });
     if (!verdict.ok) {
       const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, { pcrs: verdict.pcrs, claims: verdict.claims });
       await ctx.store.updateDevice(
         device.id,
-        { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip },
+        // the log replayed to the quote, so it is kept: `device show` diffs it against the approved one
+        { status: 'quarantined', statusReason: verdict.reason, statusChangedAt: now, lastSeen: now, lastIp: meta.ip, eventLog: eventLog.bytes },
         a.failRow(err),
         // a revocation or retirement that landed meanwhile wins: never turn it back into quarantine
         ['active', 'quarantined'],
@@ -110,10 +122,12 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
 
     const cert = await issueFor(ctx, { deviceId: device.id, zone, spki: ev.spki });
     const next = newNonce(ctx, device.id, nextNonceTtl(zone));
-    const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims };
+    const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims, eventLog: eventLog.bytes };
     if (verdict.newBaseline) {
       patch.baseline = verdict.newBaseline;
       patch.baselineWindowUntil = null;
+      // the approved log is recorded with the PCRs it explains
+      patch.baselineEventLog = eventLog.bytes;
     }
     const committed = await ctx.store.renew({
       nonce: req.nonce,
@@ -128,6 +142,8 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');
     a.recorded();
     await runHooks(ctx, 'onCertificateIssued', { device: { ...device, ...patch } as DeviceRecord, serial: cert.serial, notAfter: cert.notAfter, renewal: true }, device.id);
-    return issueResponse(ctx, device.id, zone, cert, next, now);
+    const issued = issueResponse(ctx, device.id, zone, cert, next, now);
+    issued.renew.eventLogSha256 = eventLog.bytes ? eventLogSha256(eventLog.bytes) : null;
+    return issued;
   });
 }

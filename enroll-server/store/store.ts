@@ -53,6 +53,10 @@ export interface DeviceRecord {
   /** PCR index → hex sha256 value approved for this device. */
   baseline: Record<string, string> | null;
   claims: Claims | null;
+  /** The last TCG event log accepted with a quote (uncompressed), or null (always set when read from the store). */
+  eventLog?: Buffer | null;
+  /** The TCG event log approved with the PCR baseline, or null. */
+  baselineEventLog?: Buffer | null;
   baselineWindowUntil: number | null;
   enrolledBy: string;
   enrolledAt: number;
@@ -114,7 +118,7 @@ export interface DeviceListing {
 }
 
 export type DevicePatch = Partial<
-  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
+  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'lastSeen' | 'lastIp' | 'statusChangedAt' | 'eventLog' | 'baselineEventLog'>
 >;
 
 export interface Store {

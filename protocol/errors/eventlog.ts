@@ -31,4 +31,14 @@ export const eventlogErrors = defineErrors({
     message: 'The TCG event log does not replay to the quoted PCR values.',
     fix: 'The message names the PCR and bank. The log was altered, is from another boot, or the PCR was extended outside the log; the log cannot explain the PCRs. Reboot the device and renew; if it persists, investigate the device.',
   },
+  eventlog_unknown: {
+    status: 409,
+    message: 'The evidence names an event log by digest that the server does not hold for this device.',
+    fix: 'The agent sends only the digest when the log is unchanged; it sends the whole log on its next attempt after a fresh challenge.',
+  },
+  posture_eventlog_rejected: {
+    status: 403,
+    message: 'The TCG event log violates the zone\'s posture policy: the device is quarantined.',
+    fix: 'The message names the event (Secure Boot off, a firmware blob or boot application not on the allowed list, dbx rolled back). Fix the device, or change the zone\'s eventLog policy; then edgeid-admin approve-baseline ID.',
+  },
 });
