@@ -5,10 +5,12 @@
  *  - eventlog: the firmware's TCG event log, its events and the PCR values it replays to.
  */
 import { X509Certificate, createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { EdgeidError, isEdgeidError } from '../../protocol/errors/index.js';
+import { isEdgeidError } from '../../protocol/errors/index.js';
+import { DEFAULT_EVENT_LOG } from '../config.js';
+import { readEventLogFile } from '../eventlog.js';
 import { DEFAULT_MAX_LOG_BYTES, describeEvent, parseEventLog, pcrsJson, replay, bankName as logBankName } from '../../protocol/eventlog/index.js';
 import { printable } from '../../protocol/terminal.js';
 import { TPM_ALG, parsePublic, verifyQuote, type PcrSelection } from '../../protocol/tpm/index.js';
@@ -16,8 +18,6 @@ import { Tpm, type EkKind, type EndorsementKey, type TpmInfo } from '../tpm/inde
 import { tpm2ToolsPcrsFile } from '../tpm/tpm2-tools.js';
 import { UsageError, type AgentCommand, type CommandIo } from './types.js';
 
-/** Where Linux exposes the firmware's event log (securityfs; drivers/char/tpm/eventlog). */
-export const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
 
 const USAGE = `usage:
   edgeid-agent tpm info [--tcti CONF] [--json]
@@ -221,18 +221,6 @@ async function quote(args: string[], io: CommandIo): Promise<number> {
     ].join('\n'),
   );
   return 0;
-}
-
-/** Reads an event log file, bounded (securityfs files report size 0, so read and then check). */
-export async function readEventLogFile(file: string): Promise<Buffer> {
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(file);
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new EdgeidError('eventlog_unreadable', `cannot read the TCG event log ${file}: ${err.code ?? err.message}`, { file });
-  }
-  return bytes;
 }
 
 async function eventlog(args: string[], io: CommandIo): Promise<number> {
