@@ -35,10 +35,17 @@ export interface AgentConfig {
   outbox: { maxMessages: number; maxBytes: number };
   /** Total time of one request to the enrollment server (connect to last byte of the answer). */
   httpTimeoutMs: number;
+  /**
+   * The TCG event log sent with each quote (env EDGEID_EVENT_LOG); null = send none (the claims
+   * say so). Default: the kernel's securityfs file of the firmware's log.
+   */
+  eventLog: string | null;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
 export const DEFAULT_STATE_DIR = '/var/lib/edgeid';
+/** Where Linux exposes the firmware's TCG event log (securityfs, drivers/char/tpm/eventlog). */
+export const DEFAULT_EVENT_LOG = '/sys/kernel/security/tpm0/binary_bios_measurements';
 
 export function defaultConfig(): AgentConfig {
   return {
@@ -49,6 +56,7 @@ export function defaultConfig(): AgentConfig {
     outbox: { maxMessages: 10_000, maxBytes: 16 * 1024 * 1024 },
     httpTimeoutMs: 15_000,
     logLevel: 'info',
+    eventLog: DEFAULT_EVENT_LOG,
   };
 }
 
@@ -80,7 +88,7 @@ function section(obj: Json, key: string): Json {
 }
 
 const KNOWN: Record<string, string[]> = {
-  '': ['stateDir', 'tcti', 'mqtt', 'renewal', 'control', 'outbox', 'httpTimeoutMs', 'logLevel'],
+  '': ['stateDir', 'tcti', 'mqtt', 'renewal', 'control', 'outbox', 'httpTimeoutMs', 'logLevel', 'eventLog'],
   mqtt: ['url', 'heartbeatSeconds', 'keepaliveSeconds', 'reconnectPeriodMs', 'minTlsVersion'],
   renewal: ['backoffBaseMs', 'backoffCapMs'],
   control: ['maxAgeSeconds', 'maxFutureSkewSeconds'],
@@ -103,6 +111,8 @@ export function applyConfigObject(base: AgentConfig, raw: unknown): AgentConfig 
   const tcti = str(obj, 'tcti', 'tcti');
   if (tcti) c.tcti = tcti;
   c.httpTimeoutMs = num(obj, 'httpTimeoutMs', 'httpTimeoutMs', 100, 600_000) ?? c.httpTimeoutMs;
+  if (obj.eventLog === null) c.eventLog = null;
+  else c.eventLog = str(obj, 'eventLog', 'eventLog') ?? c.eventLog;
   if (obj.logLevel !== undefined) {
     const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
     if (typeof obj.logLevel !== 'string' || !levels.includes(obj.logLevel)) throw bad('logLevel', `must be one of ${levels.join(', ')}`);

@@ -30,6 +30,7 @@ import {
 import { EdgeidError, isEdgeidError } from '../protocol/errors/index.js';
 import { objectName, parsePublic, publicKeySpkiDer } from '../protocol/tpm/public.js';
 import type { AgentConfig } from './config.js';
+import { eventLogForQuote } from './eventlog.js';
 import { produceEvidence, type EvidenceResult } from './evidence.js';
 import type { PostureCollector } from './posture.js';
 import { ServerClient, normaliseFingerprint, pinServerCa } from './server-client.js';
@@ -65,6 +66,8 @@ export interface RenewalOutcome {
   tpmCommands: number;
   tpmCommandStats: Record<string, number>;
   durationMs: number;
+  /** Bytes the event log added to the renewal request (the compressed log in base64, or only its digest). */
+  eventLogWireBytes: number;
   /** Session key generation that the new certificate replaced (delete once the new one is in use). */
   replacedSessionKey?: number;
 }
@@ -129,6 +132,7 @@ function applyIssue(state: AgentState, resp: IssueResponse, cert: CertificateRec
       renewAfter: resp.renew.renewAfter,
       notAfter: resp.renew.notAfter,
       pcrs: resp.renew.pcrs,
+      ...(resp.renew.eventLogSha256 !== undefined ? { eventLogSha256: resp.renew.eventLogSha256 } : {}),
     },
     nextSessionKey: Math.max(state.nextSessionKey, cert.sessionKey + 1),
   };
@@ -199,6 +203,9 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
       throw e;
     }
     const claims = await posture.claims();
+    // enrollment: the server holds no log yet, so the whole log goes (or the claims say why not)
+    const eventLog = await eventLogForQuote(deps.config.eventLog, null);
+    if (eventLog.claim) claims.eventLog = eventLog.claim;
     const ev = await produceEvidence(tpm, {
       ak,
       nonce: Buffer.from(start.nonce, 'base64'),
@@ -209,7 +216,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     });
     const gen = state.nextSessionKey;
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // E2
-    const finishReq: EnrollFinishRequest = { session: start.session, secret: b64(ev.secret!), ...ev.evidence };
+    const finishReq: EnrollFinishRequest = { session: start.session, secret: b64(ev.secret!), ...ev.evidence, ...(eventLog.field ? { eventLog: eventLog.field } : {}) };
     const resp = await client.post('/v1/enroll/finish', finishReq, EnrollFinishResponse);
     const cert = certificateRecord(resp, state, ev.sessionKey.public, gen, client, deps.now ?? Date.now);
     const next: AgentState = { ...applyIssue(state, resp, cert), mqtt: resp.mqtt };
@@ -253,7 +260,7 @@ async function recoverByAk(deps: IdentityDeps, state: AgentState, client: Server
 
 async function challenge(client: ServerClient, state: AgentState): Promise<NonNullable<AgentState['renew']>> {
   const ch = await client.post('/v1/renew/challenge', { deviceId: state.device!.id }, RenewChallengeResponse);
-  return { ...state.renew, nonce: ch.nonce, nonceExpiresAt: ch.expiresAt, pcrs: ch.pcrs };
+  return { ...state.renew, nonce: ch.nonce, nonceExpiresAt: ch.expiresAt, pcrs: ch.pcrs, ...(ch.eventLogSha256 !== undefined ? { eventLogSha256: ch.eventLogSha256 } : {}) };
 }
 
 /** One renewal (R1 → R2). Throws an EdgeidError with the server's or the agent's reason code. */
@@ -282,9 +289,14 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   let ev: EvidenceResult | undefined;
   let resp: IssueResponse | undefined;
   let tpmCommands = 0;
+  let eventLogWireBytes = 0;
   const stats: Record<string, number> = {};
   for (let attempt = 0; attempt < 2 && !resp; attempt++) {
     const claims = await posture.claims();
+    // the log itself only when it differs from the one the server holds, else its digest
+    const eventLog = await eventLogForQuote(deps.config.eventLog, renew!.eventLogSha256);
+    if (eventLog.claim) claims.eventLog = eventLog.claim;
+    eventLogWireBytes = eventLog.wireBytes;
     ev = await produceEvidence(tpm, {
       ak,
       nonce: Buffer.from(renew!.nonce!, 'base64'),
@@ -295,11 +307,11 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
     tpmCommands += ev.tpmCommands;
     for (const [k, v] of Object.entries(ev.tpmCommandStats)) stats[k] = (stats[k] ?? 0) + v;
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // R1
-    const req: RenewRequest = { deviceId: state.device.id, nonce: renew!.nonce!, ...ev.evidence };
+    const req: RenewRequest = { deviceId: state.device.id, nonce: renew!.nonce!, ...ev.evidence, ...(eventLog.field ? { eventLog: eventLog.field } : {}) };
     try {
       resp = await client.post('/v1/renew', req, RenewResponse);
     } catch (e) {
-      if (attempt === 0 && e instanceof EdgeidError && NONCE_CODES.has(e.code)) {
+      if (attempt === 0 && e instanceof EdgeidError && (NONCE_CODES.has(e.code) || e.code === 'eventlog_unknown')) {
         log.info({ code: e.code }, 'renewal nonce not accepted; asking for a fresh challenge');
         renew = await challenge(client, state);
         continue;
@@ -325,13 +337,14 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   // A key two generations old is in use by nothing (the MQTT session switched away from it).
   if (older !== undefined && older !== replaced && older !== gen) await store.removeKey(sessionKeyName(older));
   await store.writeOperatorFiles(next);
-  log.info({ reason, serial: cert.serial, notAfter: cert.notAfter, durationMs, tpmCommands, tpmCommandStats: stats }, 'certificate renewed');
+  log.info({ reason, serial: cert.serial, notAfter: cert.notAfter, durationMs, tpmCommands, tpmCommandStats: stats, eventLogWireBytes }, 'certificate renewed');
   return {
     state: next,
     serial: cert.serial,
     tpmCommands,
     tpmCommandStats: stats,
     durationMs,
+    eventLogWireBytes,
     ...(replaced !== undefined && replaced !== gen ? { replacedSessionKey: replaced } : {}),
   };
 }

@@ -168,6 +168,13 @@ function showDevice(d: DeviceView): string {
   if (d.certificates?.length) {
     lines.push('', table(d.certificates.map((c) => ({ ...c })), ['serial', 'notBefore', 'notAfter', 'revokedAt', 'reason']));
   }
+  if (d.eventLog) {
+    // baseline (approved) vs current TCG event log; event strings come from the device: escaped
+    const e = d.eventLog;
+    lines.push('', `event log   approved ${p(e.baselineSha256)}`, `            current  ${p(e.currentSha256)}`);
+    if (e.diff.length === 0) lines.push(`            no difference (${e.unchanged} events)`);
+    else lines.push(`            ${e.diff.length} changed lines, ${e.unchanged} events unchanged:`, ...e.diff.map((l) => `  ${printable(l)}`));
+  }
   return lines.join('\n');
 }
 

@@ -7,6 +7,23 @@ import { parseDuration } from './duration.js';
 /** How a zone judges posture: PCRs recorded at enrollment, or fixed golden values (hex sha256). */
 export type PosturePolicy = { mode: 'baseline' } | { mode: 'golden'; values: Record<number, string> };
 
+/**
+ * Posture in the TCG event log's own terms (the log is first replayed against the quote). Event
+ * types from the TCG PC Client PFP §10.4.1; digests are the events' sha256-bank digests (hex).
+ */
+export interface EventLogPolicy {
+  /** A quote without an event log is quarantined. */
+  required: boolean;
+  /** The SecureBoot variable (EV_EFI_VARIABLE_DRIVER_CONFIG, EFI global variable) must be 1. */
+  secureBoot: boolean;
+  /** Allowed digests of EV_EFI_PLATFORM_FIRMWARE_BLOB / _BLOB2 events (null = any). */
+  firmwareBlobs: string[] | null;
+  /** Allowed digests of EV_EFI_BOOT_SERVICES_APPLICATION events (null = any). */
+  bootApplications: string[] | null;
+  /** dbx must keep every entry of the approved (baseline) log's dbx. */
+  dbxNoRollback: boolean;
+}
+
 export interface ZonePolicy {
   name: string;
   /** Certificate lifetime in seconds. */
@@ -15,6 +32,7 @@ export interface ZonePolicy {
   pcrs: number[];
   posture: PosturePolicy;
   claims: { minAgentVersion?: string };
+  eventLog: EventLogPolicy;
   /** Allowed source networks; empty = any. */
   cidrs: string[];
   /** Devices retire automatically this long after enrollment (null = never). */
@@ -167,7 +185,7 @@ function buildAllowList(f: Field, cidrs: string[]): BlockList | null {
 function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePolicy {
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(name)) f.fail('zone names are lower-case letters, digits and dashes');
   const o = asObject(f, v ?? {});
-  onlyKeys(f, o, ['lifetime', 'pcrs', 'posture', 'claims', 'cidrs', 'retireAfter', 'maxOffline', 'requireEkCertificate']);
+  onlyKeys(f, o, ['lifetime', 'pcrs', 'posture', 'claims', 'eventLog', 'cidrs', 'retireAfter', 'maxOffline', 'requireEkCertificate']);
   const floor = allowShort ? SHORT_LIFETIME_FLOOR : MIN_LIFETIME;
   const lifetime = o.lifetime === undefined ? 3600 : duration(f.at('lifetime'), o.lifetime, floor, MAX_LIFETIME);
   let pcrs = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -207,7 +225,31 @@ function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePoli
     o.retireAfter === undefined || o.retireAfter === null ? null : duration(f.at('retireAfter'), o.retireAfter, 60, 100 * 365 * 86400);
   const maxOffline = o.maxOffline === undefined ? 7 * 86400 : duration(f.at('maxOffline'), o.maxOffline, 0, 365 * 86400);
   const requireEkCertificate = o.requireEkCertificate === undefined ? null : bool(f.at('requireEkCertificate'), o.requireEkCertificate);
-  return { name, lifetime, pcrs, posture, claims, cidrs, retireAfter, maxOffline, allow, requireEkCertificate };
+  const eventLog = eventLogPolicy(f.at('eventLog'), o.eventLog);
+  return { name, lifetime, pcrs, posture, claims, eventLog, cidrs, retireAfter, maxOffline, allow, requireEkCertificate };
+}
+
+function digestList(f: Field, v: unknown): string[] {
+  if (!Array.isArray(v)) f.fail('must be an array of 64-digit hex sha256 digests');
+  return v.map((x, i) => {
+    if (typeof x !== 'string' || !/^[0-9a-fA-F]{64}$/.test(x)) f.at(i).fail('must be a 64-digit hex sha256 digest');
+    return x.toLowerCase();
+  });
+}
+
+function eventLogPolicy(f: Field, v: unknown): EventLogPolicy {
+  const p: EventLogPolicy = { required: false, secureBoot: false, firmwareBlobs: null, bootApplications: null, dbxNoRollback: true };
+  if (v === undefined) return p;
+  const o = asObject(f, v);
+  onlyKeys(f, o, ['required', 'secureBoot', 'firmwareBlobs', 'bootApplications', 'dbxNoRollback']);
+  if (o.required !== undefined) p.required = bool(f.at('required'), o.required);
+  if (o.secureBoot !== undefined) p.secureBoot = bool(f.at('secureBoot'), o.secureBoot);
+  if (o.dbxNoRollback !== undefined) p.dbxNoRollback = bool(f.at('dbxNoRollback'), o.dbxNoRollback);
+  if (o.firmwareBlobs !== undefined) p.firmwareBlobs = digestList(f.at('firmwareBlobs'), o.firmwareBlobs);
+  if (o.bootApplications !== undefined) p.bootApplications = digestList(f.at('bootApplications'), o.bootApplications);
+  // a rule in the log's terms needs the log
+  if (p.secureBoot || p.firmwareBlobs || p.bootApplications) p.required = o.required === undefined ? true : p.required;
+  return p;
 }
 
 function listen(f: Field, v: unknown): { host: string; port: number } {

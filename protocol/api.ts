@@ -69,6 +69,8 @@ export const Claims = Type.Object(
         additionalProperties: { type: 'string', maxLength: 512, pattern: PRINTABLE },
       }),
     ),
+    /** Set when the evidence carries no TCG event log: why (e.g. `absent: eventlog_unreadable`). */
+    eventLog: Type.Optional(Printable(256)),
   },
   { additionalProperties: false },
 );
@@ -77,6 +79,25 @@ export type Claims = Static<typeof Claims> & { [extra: string]: unknown };
 /** A TPM attestation: TPMS_ATTEST bytes and the TPMT_SIGNATURE over them, both base64. */
 export const SignedAttest = Type.Object({ attest: b64(1024), signature: b64(1024) }, { additionalProperties: false });
 export type SignedAttest = Static<typeof SignedAttest>;
+
+/** Largest zlib-compressed event log a request may carry (real firmware logs compress to 1–17 KiB). */
+export const MAX_EVENT_LOG_DEFLATE = 32 * 1024;
+
+/**
+ * The TCG event log (`binary_bios_measurements`, TCG PC Client PFP §10) sent with a quote, so the
+ * server can replay it against the quoted PCRs and judge posture in the log's terms.
+ * - `sha256`: hex SHA-256 of the uncompressed log;
+ * - `deflate`: the log compressed with zlib (RFC 1950). To keep the cost per renewal small it is
+ *   sent only when the log differs from the one the server last accepted for this device (the
+ *   challenge and every issuing response name that one's digest as `eventLogSha256`); otherwise
+ *   only `sha256` is sent and the server replays the log it holds.
+ * No `eventLog` member: the device has no log, and its claims say why (`claims.eventLog`).
+ */
+export const EventLogEvidence = Type.Object(
+  { sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }), deflate: Type.Optional(b64(MAX_EVENT_LOG_DEFLATE)) },
+  { additionalProperties: false },
+);
+export type EventLogEvidence = Static<typeof EventLogEvidence>;
 
 /**
  * Evidence sent with every certificate request (enrollment finish and renewal):
@@ -99,6 +120,7 @@ const evidenceProperties = {
   }),
   claims: Type.Unsafe<Claims>(Claims),
   csr: b64(4096),
+  eventLog: Type.Optional(EventLogEvidence),
 };
 export const Evidence = Type.Object(evidenceProperties, { additionalProperties: false });
 export type Evidence = Static<typeof Evidence>;
@@ -151,6 +173,8 @@ export const RenewInfo = Type.Object({
   notAfter: Iso,
   /** The zone's PCR selection for the next quote. */
   pcrs: Type.Array(Type.Integer()),
+  /** SHA-256 of the event log the server holds for this device (null: none); send the log only when yours differs. */
+  eventLogSha256: Type.Optional(NullableStr),
 });
 export type RenewInfo = Static<typeof RenewInfo>;
 
@@ -192,6 +216,8 @@ export const RenewChallengeResponse = Type.Object({
   pcrs: Type.Array(Type.Integer()),
   deviceId: Str,
   zone: Str,
+  /** SHA-256 of the event log the server holds for this device (null: none); send the log only when yours differs. */
+  eventLogSha256: Type.Optional(NullableStr),
 });
 export type RenewChallengeResponse = Static<typeof RenewChallengeResponse>;
 
@@ -382,6 +408,13 @@ export const DeviceView = Type.Object({
   /** notAfter of the device's newest certificate (null before the first one). */
   certificateNotAfter: Nullable(Iso),
   certificates: Type.Optional(Type.Array(CertificateView)),
+  /**
+   * `device show` only: the approved (baseline) and the last accepted TCG event log, by digest, and
+   * their difference as lines (`- PCR 0 EV_… digest`, `+ …`; strings from the device, escape them).
+   */
+  eventLog: Type.Optional(
+    Type.Object({ baselineSha256: NullableStr, currentSha256: NullableStr, diff: Type.Array(Str), unchanged: Type.Integer() }),
+  ),
 });
 export type DeviceView = Static<typeof DeviceView>;
 export const DeviceList = Type.Object({ devices: Type.Array(DeviceView), next: Type.Optional(Str) });

@@ -14,6 +14,8 @@ export const COMMON_OPTIONS = {
 export const COMMON_USAGE = `  --state DIR        state directory (default /var/lib/edgeid, env EDGEID_STATE_DIR)
   --tcti CONF        TPM connection (env EDGEID_TCTI; default device:/dev/tpmrm0)
   --config FILE      agent config file, JSON (env EDGEID_AGENT_CONFIG)
+                     TCG event log sent with each quote: config eventLog or env EDGEID_EVENT_LOG
+                     (default /sys/kernel/security/tpm0/binary_bios_measurements)
   --log-level LEVEL  fatal|error|warn|info|debug (default info)`;
 
 export interface CommonValues {
@@ -32,6 +34,7 @@ export function resolveConfig(v: CommonValues, env: NodeJS.ProcessEnv = process.
   if (stateDir) over.stateDir = stateDir;
   const tcti = v.tcti ?? env.EDGEID_TCTI;
   if (tcti) over.tcti = tcti;
+  if (env.EDGEID_EVENT_LOG) over.eventLog = env.EDGEID_EVENT_LOG;
   if (v['log-level']) over.logLevel = v['log-level'];
   if (Object.keys(over).length) c = applyConfigObject(c, over);
   return c;

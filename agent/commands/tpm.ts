@@ -1,29 +1,38 @@
 /**
- * `edgeid-agent tpm info|quote`: TPM diagnostics for technicians and tests.
+ * `edgeid-agent tpm info|quote|eventlog`: TPM diagnostics for technicians and tests.
  *  - info: manufacturer, firmware, spec, slots, PCR banks, endorsement keys and their certificates.
  *  - quote: a fresh AK quotes PCRs over a nonce; the files are those tpm2_checkquote reads.
+ *  - eventlog: the firmware's TCG event log, its events and the PCR values it replays to.
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { isEdgeidError } from '../../protocol/errors/index.js';
+import { DEFAULT_EVENT_LOG } from '../config.js';
+import { readEventLogFile } from '../eventlog.js';
+import { DEFAULT_MAX_LOG_BYTES, describeEvent, parseEventLog, pcrsJson, replay, bankName as logBankName } from '../../protocol/eventlog/index.js';
 import { jsonText, printable } from '../../protocol/terminal.js';
 import { TPM_ALG, parsePublic, verifyQuote, type PcrSelection } from '../../protocol/tpm/index.js';
 import { Tpm, type EkKind, type EndorsementKey, type TpmInfo } from '../tpm/index.js';
 import { tpm2ToolsPcrsFile } from '../tpm/tpm2-tools.js';
 import { UsageError, type AgentCommand, type CommandIo } from './types.js';
 
+
 const USAGE = `usage:
   edgeid-agent tpm info [--tcti CONF] [--json]
   edgeid-agent tpm quote --nonce HEX --pcrs 0,1,2,3 --out DIR [--tcti CONF] [--json]
+  edgeid-agent tpm eventlog [--file F] [--json]
 
   --tcti CONF   TPM connection (default: $EDGEID_TCTI or device:/dev/tpmrm0),
                 e.g. swtpm:host=127.0.0.1,port=2321
   quote writes DIR/ak.pub (TPM2B_PUBLIC), quote.msg (TPMS_ATTEST), quote.sig (TPMT_SIGNATURE) and
   quote.pcrs (tpm2-tools format); check them with
     tpm2_checkquote -u ak.pub -m quote.msg -s quote.sig -f quote.pcrs -g sha256 -q HEX
-  --pcrs takes PCR indices of the sha256 bank, or BANK:LIST (e.g. sha384:0,7).`;
+  --pcrs takes PCR indices of the sha256 bank, or BANK:LIST (e.g. sha384:0,7).
+  eventlog reads the TCG event log (default ${DEFAULT_EVENT_LOG}, root only)
+  and prints its events and the PCR values it replays to per bank; --json prints
+  {"pcrs": {"sha256": {"0": "<hex>", …}, …}, "events": <count>}.`;
 
 const BANKS: Record<string, number> = { sha1: TPM_ALG.SHA1, sha256: TPM_ALG.SHA256, sha384: TPM_ALG.SHA384, sha512: TPM_ALG.SHA512 };
 
@@ -214,6 +223,30 @@ async function quote(args: string[], io: CommandIo): Promise<number> {
   return 0;
 }
 
+async function eventlog(args: string[], io: CommandIo): Promise<number> {
+  const { values } = parseOrUsage(args, { file: { type: 'string' }, json: { type: 'boolean' } });
+  const file = (values.file as string | undefined) ?? DEFAULT_EVENT_LOG;
+  const log = parseEventLog(await readEventLogFile(file), { maxBytes: DEFAULT_MAX_LOG_BYTES });
+  const pcrs = pcrsJson(replay(log));
+  if (values.json) {
+    io.out.write(`${JSON.stringify({ pcrs, events: log.events.length })}\n`);
+    return 0;
+  }
+  const lines = [`${file}: ${log.format === 'sha1' ? 'legacy SHA-1' : 'crypto-agile'} log, ${log.events.length} events, banks ${log.algorithms.map((a) => logBankName(a.alg)).join(', ')}`];
+  const first = log.algorithms.find((a) => a.alg === 0x000b) ?? log.algorithms[0];
+  for (const e of log.events) {
+    const digest = first ? e.digests.get(first.alg)?.toString('hex').slice(0, 16) ?? '' : '';
+    // strings from the firmware (device paths, descriptions, variable names) escaped for the terminal
+    lines.push(`${String(e.index).padStart(4)}  PCR ${String(e.pcr).padStart(2)}  ${digest.padEnd(16)}  ${printable(describeEvent(e))}`);
+  }
+  lines.push('replayed PCRs:');
+  for (const [bank, values_] of Object.entries(pcrs)) {
+    for (const [pcr, value] of Object.entries(values_)) lines.push(`  ${bank}:${pcr.padStart(2)} ${value}`);
+  }
+  io.out.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
 type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
 
 class HelpRequested extends Error {}
@@ -230,12 +263,13 @@ function parseOrUsage(args: string[], options: Options): { values: Record<string
 
 export const tpmCommand: AgentCommand = {
   name: 'tpm',
-  summary: 'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote)',
+  summary: 'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote), `tpm eventlog` (TCG event log replayed)',
   async run(args, io) {
     const [sub, ...rest] = args;
     try {
       if (sub === 'info') return await info(rest, io);
       if (sub === 'quote') return await quote(rest, io);
+      if (sub === 'eventlog') return await eventlog(rest, io);
     } catch (e) {
       if (!(e instanceof HelpRequested)) throw e;
       io.out.write(`${USAGE}\n`);
@@ -245,6 +279,6 @@ export const tpmCommand: AgentCommand = {
       io.out.write(`${USAGE}\n`);
       return 0;
     }
-    throw new UsageError(sub === undefined ? 'which one: tpm info or tpm quote?' : `unknown tpm subcommand "${sub}"`, USAGE);
+    throw new UsageError(sub === undefined ? 'which one: tpm info, tpm quote or tpm eventlog?' : `unknown tpm subcommand "${sub}"`, USAGE);
   },
 };

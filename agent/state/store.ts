@@ -72,7 +72,8 @@ export interface AgentState {
   /** The session key of the certificate before the current one; deleted once the new one is in use. */
   previousSessionKey?: number;
   /** Next single-use renewal nonce and the server's schedule. */
-  renew?: { nonce?: string; nonceExpiresAt?: string; renewAfter?: string; notAfter?: string; pcrs?: number[] };
+  /** eventLogSha256: digest of the event log the server holds for this device (send only the digest while ours equals it). */
+  renew?: { nonce?: string; nonceExpiresAt?: string; renewAfter?: string; notAfter?: string; pcrs?: number[]; eventLogSha256?: string | null };
   mqtt?: { url: string | null; topics?: { publish: string; control: string } };
   lastRenewal?: RenewalRecord;
   /**

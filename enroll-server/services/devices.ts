@@ -5,6 +5,7 @@ import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
 import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
 import { audited } from './audit.js';
+import { eventLogDiff, sha256Hex, storedLog } from './eventlog.js';
 import { runHooks, type ServerContext } from './context.js';
 
 const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
@@ -40,6 +41,16 @@ export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: C
     baseline: d.baseline,
     certificateNotAfter: iso((last ?? certificates?.reduce<CertificateRecord | null>((a, c) => (!a || c.notAfter > a.notAfter ? c : a), null))?.notAfter ?? null),
     ...(certificates ? { certificates: certificates.map(certificateView) } : {}),
+    ...(certificates && (d.eventLog || d.baselineEventLog) ? { eventLog: eventLogView(d) } : {}),
+  };
+}
+
+/** `device show`: the approved and the current event log, and what differs between them. */
+function eventLogView(d: DeviceRecord): NonNullable<DeviceView['eventLog']> {
+  return {
+    baselineSha256: d.baselineEventLog ? sha256Hex(d.baselineEventLog) : null,
+    currentSha256: d.eventLog ? sha256Hex(d.eventLog) : null,
+    ...eventLogDiff(storedLog(d.baselineEventLog), storedLog(d.eventLog)),
   };
 }
 

@@ -19,6 +19,7 @@ import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext }
 import { b64, sha256Hex, verifyEvidence } from './evidence.js';
 import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
 import { ekCertRequired } from './ek.js';
+import { checkEventLog, sha256Hex as eventLogSha256 } from './eventlog.js';
 import { judgePosture } from './posture.js';
 import { lookupToken } from './tokens.js';
 
@@ -259,7 +260,9 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
     const akPublic = parsePublic(session.akPub);
     const ev = await verifyEvidence({ akPublic, nonce: session.nonce, evidence: req, zone });
 
-    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: null, windowOpen: false });
+    // the event log must replay to the quote; accepted at enrollment, it is the approved log
+    const eventLog = checkEventLog(req.eventLog, null, ev.pcrs, ev.claims.eventLog);
+    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: null, windowOpen: false, eventLog: eventLog.logs });
     if (!verdict.ok) throw new EdgeidError(verdict.code, verdict.reason, { pcrs: verdict.pcrs, claims: verdict.claims });
 
     const deviceId = newDeviceId();
@@ -289,6 +292,8 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       retireBy: zone.retireAfter === null ? null : now + zone.retireAfter * 1000,
       lastSeen: now,
       lastIp: meta.ip,
+      eventLog: eventLog.bytes,
+      baselineEventLog: eventLog.bytes,
     };
     const nonce = newNonce(ctx, deviceId, nextNonceTtl(zone));
     const committed = await ctx.store.finishEnrollment({
@@ -323,8 +328,10 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
     a.deviceId = deviceId;
     await runHooks(ctx, 'onDeviceEnrolled', { device, serial: cert.serial, certificatePem: cert.pem }, deviceId);
     await runHooks(ctx, 'onCertificateIssued', { device, serial: cert.serial, notAfter: cert.notAfter, renewal: false }, deviceId);
+    const issued = issueResponse(ctx, deviceId, zone, cert, nonce, now);
+    issued.renew.eventLogSha256 = eventLog.bytes ? eventLogSha256(eventLog.bytes) : null;
     return {
-      ...issueResponse(ctx, deviceId, zone, cert, nonce, now),
+      ...issued,
       mqtt: { url: ctx.config.mqtt.url, topics: deviceTopics(deviceId) },
     };
   });

@@ -8,6 +8,7 @@ import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext }
 import { retireDevice } from './devices.js';
 import { verifyEvidence } from './evidence.js';
 import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
+import { checkEventLog, sha256Hex as eventLogSha256 } from './eventlog.js';
 import { judgePosture } from './posture.js';
 
 /**
@@ -100,11 +101,18 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
       a.deviceId = deviceId;
     }
     try {
-      const { zone } = await liveDevice(ctx, deviceId, meta);
+      const { zone, device } = await liveDevice(ctx, deviceId, meta);
       const nonce = newNonce(ctx, deviceId, ctx.config.challengeTtl);
       await ctx.store.createNonce(nonce, NONCES_KEPT, a.okRow({ nonceExpiresAt: new Date(nonce.expiresAt).toISOString() }));
       a.recorded();
-      return { nonce: nonce.value, expiresAt: new Date(nonce.expiresAt).toISOString(), pcrs: zone.pcrs, deviceId, zone: zone.name };
+      return {
+        nonce: nonce.value,
+        expiresAt: new Date(nonce.expiresAt).toISOString(),
+        pcrs: zone.pcrs,
+        deviceId,
+        zone: zone.name,
+        eventLogSha256: device.eventLog ? eventLogSha256(device.eventLog) : null,
+      };
     } catch (e) {
       // an unknown device id is not recorded as a device
       if (e instanceof EdgeidError && e.code === 'device_not_found') a.deviceId = null;
@@ -151,8 +159,11 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
 
     const ev = await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
 
+    // the event log must replay to the quote (else refused with eventlog_*, nothing changes)
+    const eventLog = checkEventLog(req.eventLog, device, ev.pcrs, ev.claims.eventLog);
+
     const windowOpen = device.baselineWindowUntil !== null && device.baselineWindowUntil > now;
-    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen });
+    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen, eventLog: eventLog.logs });
     if (!verdict.ok) {
       const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, { pcrs: verdict.pcrs, claims: verdict.claims });
       // Quarantine cuts access (docs/SECURITY.md, "Server side"): the live certificates go on the
@@ -164,7 +175,8 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
         statusReason: verdict.reason,
         reason: 'privilege-withdrawn',
         now,
-        patch: { lastSeen: now, lastIp: meta.ip },
+        // the log replayed to the quote, so it is kept: `device show` diffs it against the approved one
+        patch: { lastSeen: now, lastIp: meta.ip, eventLog: eventLog.bytes },
         audit: a.failRow(err),
       });
       a.recorded();
@@ -174,8 +186,12 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
 
     const cert = await issueFor(ctx, { deviceId: device.id, zone, spki: ev.spki });
     const next = newNonce(ctx, device.id, nextNonceTtl(zone));
-    const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims };
-    if (verdict.newBaseline) patch.baseline = verdict.newBaseline;
+    const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims, eventLog: eventLog.bytes };
+    if (verdict.newBaseline) {
+      patch.baseline = verdict.newBaseline;
+      // the approved log is recorded with the PCRs it explains
+      patch.baselineEventLog = eventLog.bytes;
+    }
     // An approval covers exactly one boot state: the first successful renewal after it closes the
     // window whether or not the PCRs changed, so a later boot-chain change is a mismatch again.
     // Its audit row names the approval (approvalId is also in the approval's row).
@@ -203,6 +219,8 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');
     a.recorded();
     await runHooks(ctx, 'onCertificateIssued', { device: { ...device, ...patch } as DeviceRecord, serial: cert.serial, notAfter: cert.notAfter, renewal: true }, device.id);
-    return issueResponse(ctx, device.id, zone, cert, next, now);
+    const issued = issueResponse(ctx, device.id, zone, cert, next, now);
+    issued.renew.eventLogSha256 = eventLog.bytes ? eventLogSha256(eventLog.bytes) : null;
+    return issued;
   });
 }

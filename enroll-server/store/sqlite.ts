@@ -78,6 +78,8 @@ function deviceFrom(r: Row): DeviceRecord {
     akName: text(r.ak_name),
     baseline: r.baseline ? (JSON.parse(String(r.baseline)) as Record<string, string>) : null,
     claims: r.claims ? JSON.parse(String(r.claims)) : null,
+    eventLog: (r.event_log as Buffer | null | undefined) ?? null,
+    baselineEventLog: (r.baseline_event_log as Buffer | null | undefined) ?? null,
     baselineWindowUntil: num(r.baseline_window_until),
     baselineApprovalId: text(r.baseline_approval_id),
     enrolledBy: String(r.enrolled_by),
@@ -158,6 +160,8 @@ const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
   baselineApprovalId: 'baseline_approval_id',
   lastSeen: 'last_seen',
   lastIp: 'last_ip',
+  eventLog: 'event_log',
+  baselineEventLog: 'baseline_event_log',
 };
 
 /** SQLite store: WAL, file 0600, write transactions BEGIN IMMEDIATE (serialises the audit chain). */
@@ -364,14 +368,14 @@ export class SqliteStore implements Store {
         this.db
           .prepare(
             `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
-               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)`,
+               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer, event_log, baseline_event_log)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`,
           )
           .run(
             d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub, d.akName,
             d.baseline ? JSON.stringify(d.baseline) : null, d.claims ? JSON.stringify(d.claims) : null, d.baselineWindowUntil,
             d.enrolledBy, d.enrolledAt, d.retireBy, d.lastSeen, d.lastIp,
-            d.ekPub ?? null, d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0, d.ekIssuer ?? null,
+            d.ekPub ?? null, d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0, d.ekIssuer ?? null, d.eventLog ?? null, d.baselineEventLog ?? null,
           );
         this.insertCertificate(p.certificate);
         this.insertNonce(p.nonce, p.keepNonces);

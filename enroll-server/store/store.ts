@@ -67,6 +67,10 @@ export interface DeviceRecord {
   /** PCR index → hex sha256 value approved for this device. */
   baseline: Record<string, string> | null;
   claims: Claims | null;
+  /** The last TCG event log accepted with a quote (uncompressed), or null (always set when read from the store). */
+  eventLog?: Buffer | null;
+  /** The TCG event log approved with the PCR baseline, or null. */
+  baselineEventLog?: Buffer | null;
   baselineWindowUntil: number | null;
   /** Id of the approval that opened the baseline window (in both audit rows: the approval and the renewal that closed it). */
   baselineApprovalId?: string | null;
@@ -130,7 +134,7 @@ export interface DeviceListing {
 }
 
 export type DevicePatch = Partial<
-  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'baselineApprovalId' | 'lastSeen' | 'lastIp' | 'statusChangedAt'>
+  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'baselineApprovalId' | 'lastSeen' | 'lastIp' | 'statusChangedAt' | 'eventLog' | 'baselineEventLog'>
 >;
 
 /** An operator's change to the EK trust store: an added anchor, or a built-in one switched off. */

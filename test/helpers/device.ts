@@ -16,6 +16,7 @@ import {
   type EnrollStartRequest,
   type EnrollStartResponse,
   type Evidence,
+  type EventLogEvidence,
   type RenewRequest,
   type RenewResponse,
 } from '../../protocol/api.js';
@@ -78,6 +79,8 @@ export interface EvidenceOptions {
   certifyOtherKey?: boolean;
   /** Sign the CSR with a software key instead of the TPM session key. */
   softwareCsrKey?: boolean;
+  /** Send this event log field instead of the device's `eventLog`. */
+  eventLog?: EventLogEvidence;
 }
 
 export function b64(b: Uint8Array): string {
@@ -100,6 +103,8 @@ export class TestDevice {
   certificate: string | null = null;
   chain: string[] = [];
   claims: Claims = { ...DEFAULT_CLAIMS };
+  /** The TCG event log field sent with every quote (none by default). */
+  eventLog: EventLogEvidence | undefined;
   sessionKey: KeyBlob | null = null;
 
   private constructor(
@@ -190,6 +195,7 @@ export class TestDevice {
         pcrValues,
         claims,
         csr: b64(r.csr),
+        ...((o.eventLog ?? this.eventLog) ? { eventLog: o.eventLog ?? this.eventLog } : {}),
       },
     };
   }

@@ -1,0 +1,195 @@
+/**
+ * The TCG event log on the server: received with a quote (compressed, or by digest when unchanged),
+ * replayed to the quoted PCRs — only then it explains them — and judged in its own terms: Secure
+ * Boot on, allowed firmware blobs and boot applications, dbx not rolled back; a PCR change against
+ * the approved log is described by the events that changed. Event types and structures: TCG PC
+ * Client Platform Firmware Profile Specification (PFP) 1.05 §10.
+ */
+import { createHash } from 'node:crypto';
+import { inflateSync } from 'node:zlib';
+import type { EventLogEvidence } from '../../protocol/api.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import {
+  DEFAULT_MAX_LOG_BYTES,
+  EFI_GLOBAL_VARIABLE,
+  EFI_IMAGE_SECURITY_DATABASE,
+  EV,
+  checkReplay,
+  eventSummary,
+  parseEventLog,
+  replay,
+  type EventLog,
+  type LogEvent,
+} from '../../protocol/eventlog/index.js';
+import type { EventLogPolicy } from '../config.js';
+
+const SHA256 = 0x000b;
+
+export function sha256Hex(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/**
+ * The log bytes the evidence stands for: decompressed with a bounded output (a zip bomb stops at
+ * DEFAULT_MAX_LOG_BYTES), or the stored log when only its digest was sent. The digest must match.
+ */
+export function receiveEventLog(field: EventLogEvidence | undefined, stored: Buffer | null | undefined): Buffer | null {
+  if (!field) return null;
+  if (field.deflate === undefined) {
+    if (!stored || sha256Hex(stored) !== field.sha256) {
+      throw new EdgeidError('eventlog_unknown', `the server holds no event log with sha256 ${field.sha256} for this device; send the log itself`);
+    }
+    return stored;
+  }
+  const compressed = Buffer.from(field.deflate, 'base64');
+  let log: Buffer;
+  try {
+    log = inflateSync(compressed, { maxOutputLength: DEFAULT_MAX_LOG_BYTES });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new EdgeidError('eventlog_too_large', `the event log inflates to more than ${DEFAULT_MAX_LOG_BYTES} bytes`, { limit: DEFAULT_MAX_LOG_BYTES });
+    }
+    throw new EdgeidError('eventlog_malformed', `eventLog.deflate is not zlib data: ${(e as Error).message}`, { offset: 0 });
+  }
+  if (sha256Hex(log) !== field.sha256) throw new EdgeidError('eventlog_malformed', 'eventLog.sha256 is not the digest of the decompressed log', { offset: 0 });
+  return log;
+}
+
+/** Parses the log and requires its sha256-bank replay to equal the quoted PCRs (hex by index). */
+export function replayAgainstQuote(bytes: Buffer, quoted: Record<string, string>): EventLog {
+  const log = parseEventLog(bytes);
+  checkReplay(replay(log), SHA256, new Map(Object.entries(quoted).map(([k, v]) => [Number(k), Buffer.from(v, 'hex')])));
+  return log;
+}
+
+/** Parses a log the server stored earlier (it replayed then); null when absent or unreadable now. */
+export function storedLog(bytes: Buffer | null | undefined): EventLog | null {
+  if (!bytes) return null;
+  try {
+    return parseEventLog(bytes);
+  } catch {
+    return null;
+  }
+}
+
+function short(d: Buffer | undefined): string {
+  return d ? `${d.toString('hex').slice(0, 8)}…` : '(none)';
+}
+
+function sha256Of(e: LogEvent): string {
+  return e.digests.get(SHA256)?.toString('hex') ?? '';
+}
+
+function label(e: LogEvent): string {
+  const s = eventSummary(e);
+  return s ? `${e.typeName} ${s}` : e.typeName;
+}
+
+/** The UEFI variable event `name` of `guid` measured into PCR 7 (the last one, PFP §3.3.4.8). */
+function driverConfig(log: EventLog, guid: string, name: string): LogEvent | undefined {
+  return log.events.filter((e) => e.type === EV.EV_EFI_VARIABLE_DRIVER_CONFIG && e.decoded.kind === 'variable' && e.decoded.guid === guid && e.decoded.name === name).at(-1);
+}
+
+/**
+ * Violations of the zone's event-log policy, each naming its event; `baseline` is the approved log
+ * (for dbx rollback). Decoded variable data is believed only when it hashes to the event's digest.
+ */
+export function eventLogViolations(policy: EventLogPolicy, log: EventLog | null, baseline: EventLog | null, claim: string | undefined): string[] {
+  if (!log) return policy.required ? [`no TCG event log was sent (${claim ?? 'claims name no reason'})`] : [];
+  const out: string[] = [];
+  if (policy.secureBoot) {
+    const sb = driverConfig(log, EFI_GLOBAL_VARIABLE, 'SecureBoot');
+    if (!sb || sb.decoded.kind !== 'variable') out.push('SecureBoot variable is not in the event log');
+    else if (sb.dataMatchesDigest !== true) out.push(`PCR 7: SecureBoot event (#${sb.index}) data does not match its digest`);
+    else if (sb.decoded.value !== 1) out.push(`SecureBoot variable is ${sb.decoded.value ?? 'empty'}`);
+  }
+  if (policy.firmwareBlobs) {
+    for (const e of log.events) {
+      if (e.type !== EV.EV_EFI_PLATFORM_FIRMWARE_BLOB && e.type !== EV.EV_EFI_PLATFORM_FIRMWARE_BLOB2) continue;
+      if (!policy.firmwareBlobs.includes(sha256Of(e))) out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed firmware blob`);
+    }
+  }
+  if (policy.bootApplications) {
+    for (const e of log.events) {
+      if (e.type !== EV.EV_EFI_BOOT_SERVICES_APPLICATION) continue;
+      if (!policy.bootApplications.includes(sha256Of(e))) out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed boot application`);
+    }
+  }
+  if (policy.dbxNoRollback && baseline) {
+    const before = driverConfig(baseline, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
+    const now = driverConfig(log, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
+    if (before?.decoded.kind === 'variable' && before.decoded.signatures && before.dataMatchesDigest) {
+      const current = new Set(now?.decoded.kind === 'variable' && now.dataMatchesDigest ? (now.decoded.signatures ?? []) : []);
+      const missing = before.decoded.signatures.filter((s) => !current.has(s)).length;
+      if (missing > 0) out.push(`dbx rolled back: ${missing} of the approved log's ${before.decoded.signatures.length} dbx entries are missing (now ${current.size})`);
+    }
+  }
+  return out;
+}
+
+/**
+ * What changed in each PCR between the approved log and this one, event by event (paired by
+ * position within the PCR): `PCR 0: EV_EFI_PLATFORM_FIRMWARE_BLOB2 'BIOS' … digest a1b2… → c3d4…`.
+ * At most three changes per PCR are named.
+ */
+export function explainPcrChanges(baseline: EventLog, log: EventLog, pcrs: number[]): string[] {
+  const out: string[] = [];
+  const of = (l: EventLog, pcr: number) => l.events.filter((e) => e.pcr === pcr && e.type !== EV.EV_NO_ACTION);
+  for (const pcr of pcrs) {
+    const a = of(baseline, pcr);
+    const b = of(log, pcr);
+    const changes: string[] = [];
+    for (let i = 0; i < Math.max(a.length, b.length); i++) {
+      const x = a[i];
+      const y = b[i];
+      if (x && y && x.type === y.type && sha256Of(x) === sha256Of(y)) continue;
+      if (x && y && x.type === y.type) changes.push(`${label(y)} digest ${short(x.digests.get(SHA256))} → ${short(y.digests.get(SHA256))}`);
+      else if (x && y) changes.push(`${label(x)} replaced by ${label(y)} digest ${short(y.digests.get(SHA256))}`);
+      else if (y) changes.push(`added ${label(y)} digest ${short(y.digests.get(SHA256))}`);
+      else if (x) changes.push(`removed ${label(x)}`);
+    }
+    if (changes.length > 0) out.push(`PCR ${pcr}: ${changes.slice(0, 3).join('; ')}${changes.length > 3 ? `; and ${changes.length - 3} more` : ''}`);
+  }
+  return out;
+}
+
+/** Line diff of two logs (LCS over `PCR n TYPE summary digest` lines): only the changed lines, `- ` / `+ `. */
+export function eventLogDiff(baseline: EventLog | null, current: EventLog | null): { diff: string[]; unchanged: number } {
+  const lines = (l: EventLog | null) => (l ? l.events.filter((e) => e.type !== EV.EV_NO_ACTION).map((e) => `PCR ${e.pcr} ${label(e)} ${short(e.digests.get(SHA256) ?? [...e.digests.values()][0])}`) : []);
+  const a = lines(baseline).slice(0, 2000);
+  const b = lines(current).slice(0, 2000);
+  // LCS table, O(n·m) on logs of a few hundred events
+  const n = a.length;
+  const m = b.length;
+  const t = Array.from({ length: n + 1 }, () => new Uint16Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) t[i]![j] = a[i] === b[j] ? t[i + 1]![j + 1]! + 1 : Math.max(t[i + 1]![j]!, t[i]![j + 1]!);
+  const diff: string[] = [];
+  let unchanged = 0;
+  let i = 0;
+  let j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && a[i] === b[j]) {
+      unchanged++;
+      i++;
+      j++;
+    } else if (i < n && (j === m || t[i + 1]![j]! >= t[i]![j + 1]!)) diff.push(`- ${a[i++]}`);
+    else diff.push(`+ ${b[j++]}`);
+  }
+  return { diff, unchanged };
+}
+
+/**
+ * The evidence's event log, checked: received (receiveEventLog), replayed to the quoted PCRs
+ * (replayAgainstQuote: eventlog_replay_mismatch naming PCR and bank), and the approved log for
+ * posture. `bytes` is what to store as the device's current log (null: none sent).
+ */
+export function checkEventLog(
+  field: EventLogEvidence | undefined,
+  device: { eventLog?: Buffer | null; baselineEventLog?: Buffer | null } | null,
+  quoted: Record<string, string>,
+  claim: string | undefined,
+): { bytes: Buffer | null; logs: { current: EventLog | null; baseline: EventLog | null; claim?: string } } {
+  const bytes = receiveEventLog(field, device?.eventLog);
+  const current = bytes ? replayAgainstQuote(bytes, quoted) : null;
+  return { bytes, logs: { current, baseline: storedLog(device?.baselineEventLog), ...(claim !== undefined ? { claim } : {}) } };
+}
