@@ -34,6 +34,7 @@ import { enroll, renewCertificate } from '../agent/identity.js';
 import { PostureCollector } from '../agent/posture.js';
 import { StateStore } from '../agent/state/store.js';
 import { Tpm } from '../agent/tpm/index.js';
+import { NO_EVENT_LOG } from './harness/eventlog.js';
 import { REPO, tmpDir } from './harness/fs.js';
 import { startMosquitto } from './harness/mosquitto.js';
 import { edgeidCaBundle } from './harness/pki.js';
@@ -92,7 +93,7 @@ async function main(): Promise<void> {
     await extendBootPcrs(tpmSim.tcti);
 
     // 1. renewal latency, in-process (one HTTPS round trip + one TPM batch + state commit each)
-    const config = applyConfigObject(defaultConfig(), { stateDir: path.join(work, 'state'), tcti: tpmSim.tcti, logLevel: 'warn' });
+    const config = applyConfigObject(defaultConfig(), { stateDir: path.join(work, 'state'), tcti: tpmSim.tcti, logLevel: 'warn', eventLog: NO_EVENT_LOG });
     const store = await StateStore.open(config.stateDir, { lock: true });
     const tpm = await Tpm.open(tpmSim.tcti);
     const deps = { store, tpm, config, log: pino({ level: 'warn' }), posture: new PostureCollector({ config }) };
@@ -165,7 +166,7 @@ async function main(): Promise<void> {
           const child = spawn(
             process.execPath,
             [...nodeFlags, ...(process.env.EDGEID_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean), '--import', probeFile, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'],
-            { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env, EDGEID_BENCH_PROBE: probeOut } },
+            { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env, EDGEID_EVENT_LOG: NO_EVENT_LOG, EDGEID_BENCH_PROBE: probeOut } },
           );
           try {
             let log = '';
@@ -256,7 +257,7 @@ async function soak(renewals: number): Promise<void> {
     const unit = SOAK_PLAIN ? { nodeFlags: [], env: {} } : await unitSettings();
     const child = spawn(process.execPath, [...unit.nodeFlags, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'], {
       stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, ...unit.env },
+      env: { ...process.env, ...unit.env, EDGEID_EVENT_LOG: NO_EVENT_LOG },
     });
     try {
       await new Promise<void>((resolve, reject) => {

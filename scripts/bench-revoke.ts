@@ -24,6 +24,7 @@ import { enroll } from '../agent/identity.js';
 import { PostureCollector } from '../agent/posture.js';
 import { StateStore } from '../agent/state/store.js';
 import { Tpm } from '../agent/tpm/index.js';
+import { NO_EVENT_LOG } from './harness/eventlog.js';
 import { tmpDir } from './harness/fs.js';
 import { connectAsDevice, readDeviceIdentity, startRevocationDeployment, tlsHandshake, tpmTlsContext } from './harness/revocation.js';
 import { extendBootPcrs, startSwtpm } from './harness/swtpm.js';
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
           stateDir,
           tcti: tpmSim.tcti,
           logLevel: 'silent',
+          eventLog: NO_EVENT_LOG,
           mqtt: { heartbeatSeconds: 1, reconnectPeriodMs: 200 },
         });
         const token = await d.adminApi<{ uri: string }>('POST', '/v1/admin/tokens', { zone: 'default', owner: 'bench' });

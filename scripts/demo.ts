@@ -16,6 +16,7 @@ import { parseArgs, promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { prettyFactory } from 'pino-pretty';
 import type { DeviceView } from '../protocol/api.js';
+import { NO_EVENT_LOG } from './harness/eventlog.js';
 import { REPO } from './harness/fs.js';
 import { httpsJson } from './harness/https.js';
 import { startMosquitto, type Mosquitto } from './harness/mosquitto.js';
@@ -128,7 +129,7 @@ async function cli(script: string, argv: string[], env: NodeJS.ProcessEnv = {}):
 
 const admin = (argv: string[]) => cli('enroll-server/admin-cli.ts', [...argv, '--data', path.join(work, 'data')]);
 const agentCli = (dev: Device, argv: string[], env: NodeJS.ProcessEnv = {}) =>
-  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tpm.tcti, ...env });
+  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: NO_EVENT_LOG, ...env });
 
 /** Asks the deployment every half second (through CLIs and files, which may fail while it moves). */
 const eventually = <T>(what: string, fn: () => Promise<T>, timeoutMs: number) => waitFor(what, fn, { timeoutMs, intervalMs: 500, retryErrors: true });
@@ -152,7 +153,7 @@ async function boot(dev: Device, firmware = 'firmware-1.0'): Promise<void> {
 
 function startAgent(dev: Device): void {
   const [cmd, a] = node('agent/cli.ts', ['run', '--state', dev.stateDir, '--heartbeat', '5', '--telemetry', '1']);
-  dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tpm.tcti });
+  dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: NO_EVENT_LOG });
 }
 
 async function devices(): Promise<DeviceView[]> {

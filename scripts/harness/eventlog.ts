@@ -10,6 +10,18 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
+/**
+ * An event-log path that never exists, for agents run against a swtpm: the agent's default is the
+ * host's own log (securityfs), which would not replay to a simulated TPM's PCRs. Agents started by
+ * tests, benches and the demo read this unless the run names a log (then the synthetic one).
+ */
+export const NO_EVENT_LOG = '/nonexistent/edgeid-test/binary_bios_measurements';
+
+/** `env` for an agent child process against a swtpm: EDGEID_EVENT_LOG is NO_EVENT_LOG unless `env` sets it (it overrides a config file's eventLog). */
+export function agentEventLogEnv<T extends Record<string, string | undefined>>(env: T): T & { EDGEID_EVENT_LOG: string } {
+  return { ...env, EDGEID_EVENT_LOG: env.EDGEID_EVENT_LOG ?? NO_EVENT_LOG };
+}
+
 export interface SyntheticEvent {
   pcr: number;
   type: number;

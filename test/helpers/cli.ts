@@ -13,6 +13,7 @@ import { createServer } from '../../enroll-server/server.js';
 import { NONCES_KEPT } from '../../enroll-server/services/issue.js';
 import { createToken } from '../../enroll-server/services/tokens.js';
 import type { DeviceRecord } from '../../enroll-server/store/store.js';
+import { NO_EVENT_LOG } from '../../scripts/harness/eventlog.js';
 import { REPO } from '../../scripts/harness/fs.js';
 
 /**
@@ -36,7 +37,8 @@ export type Bin = keyof typeof BINS;
 export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const env = { ...process.env };
   for (const k of Object.keys(env)) if (k.startsWith('EDGEID_') || k === 'NO_COLOR' || k === 'FORCE_COLOR') delete env[k];
-  return { ...env, ...extra };
+  // never the host's TCG event log (agents here run against swtpm); a test may name one
+  return { ...env, EDGEID_EVENT_LOG: NO_EVENT_LOG, ...extra };
 }
 
 export interface CliResult {

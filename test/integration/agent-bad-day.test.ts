@@ -20,6 +20,7 @@ import { drip, startHostileHttps } from '../helpers/hostile-https.js';
 import { startMosquitto } from '../../scripts/harness/mosquitto.js';
 import { makeTestPki } from '../../scripts/harness/pki.js';
 import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
+import { NO_EVENT_LOG } from '../../scripts/harness/eventlog.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 import { createToken, startServerProcess as startServer } from '../../scripts/harness/server.js';
 import { agentCli, spawnAgent } from '../helpers/agent.js';
@@ -167,7 +168,7 @@ test('stop() during a renewal stuck on a dripping server returns without waiting
   const stateDir = path.join(await tmpDir('edgeid-agent-drip-', t), 'state');
   await fabricatedState(tpm.tcti, stateDir, hostile);
   // a total deadline far beyond the test's: only the abort can end the request
-  const config = applyConfigObject(defaultConfig(), { stateDir, tcti: tpm.tcti, httpTimeoutMs: 600_000, mqtt: { heartbeatSeconds: 0 } });
+  const config = applyConfigObject(defaultConfig(), { stateDir, tcti: tpm.tcti, eventLog: NO_EVENT_LOG, httpTimeoutMs: 600_000, mqtt: { heartbeatSeconds: 0 } });
   const { log, lines } = memoryLogger();
   const agent = await EdgeAgent.start({ config, log });
   await hostile.gotRequest; // the startup renewal asked for a challenge and is now being dripped on
@@ -188,7 +189,7 @@ test('refuses a plaintext MQTT URL announced by the server (mqtt_url_insecure)',
   t.after(() => hostile.close());
   const stateDir = path.join(await tmpDir('edgeid-agent-plain-', t), 'state');
   await fabricatedState(tpm.tcti, stateDir, hostile, { mqtt: { url: 'mqtt://127.0.0.1:1883' } });
-  const config = applyConfigObject(defaultConfig(), { stateDir, tcti: tpm.tcti });
+  const config = applyConfigObject(defaultConfig(), { stateDir, tcti: tpm.tcti, eventLog: NO_EVENT_LOG });
   const { log } = memoryLogger();
   await assert.rejects(EdgeAgent.start({ config, log }), (e: unknown) => isEdgeidError(e, 'mqtt_url_insecure') && e.message.includes('mqtt://127.0.0.1:1883'));
   assert.ok(!(await readdir(stateDir)).includes('lock'), 'nothing left running');

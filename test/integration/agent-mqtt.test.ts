@@ -17,6 +17,7 @@ import { MSG_ID_PROPERTY } from '../../agent/mqtt-session.js';
 import { signControlCommand } from '../../protocol/control.js';
 import { startMosquitto, type Mosquitto } from '../../scripts/harness/mosquitto.js';
 import { extendBootPcrs, startSwtpm, transientHandleCountViaTools, type Swtpm } from '../../scripts/harness/swtpm.js';
+import { NO_EVENT_LOG } from '../../scripts/harness/eventlog.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 import { edgeidCaBundle, softwareClientCert } from '../../scripts/harness/pki.js';
 import { createToken, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
@@ -87,6 +88,7 @@ function agentConfig(r: Rig, extra: Record<string, unknown> = {}) {
   return applyConfigObject(defaultConfig(), {
     stateDir: r.stateDir,
     tcti: r.tpm.tcti,
+    eventLog: NO_EVENT_LOG,
     mqtt: { url: r.broker.url, heartbeatSeconds: 2, reconnectPeriodMs: 300 },
     renewal: { backoffBaseMs: 200, backoffCapMs: 2000 },
     ...extra,

@@ -36,6 +36,7 @@ import {
   tpmTlsContext,
 } from '../../scripts/harness/revocation.js';
 import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
+import { NO_EVENT_LOG } from '../../scripts/harness/eventlog.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { agentCli, spawnAgent } from '../helpers/agent.js';
@@ -139,7 +140,7 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
 
   // Renewals are refused: the attacker's copy of the state (AK blobs, nonce) on the same TPM.
   {
-    const config = applyConfigObject(defaultConfig(), { stateDir: stolenDir, tcti: tpm.tcti, logLevel: 'silent' });
+    const config = applyConfigObject(defaultConfig(), { stateDir: stolenDir, tcti: tpm.tcti, logLevel: 'silent', eventLog: NO_EVENT_LOG });
     const store = await StateStore.open(stolenDir, { lock: true });
     const tpmDev = await Tpm.open(tpm.tcti);
     try {
