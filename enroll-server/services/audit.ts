@@ -84,6 +84,11 @@ export class AuditedAction {
     this.realCause = e;
   }
 
+  /** What the audit row records for a failure answered with `answered`. */
+  causeOf(answered: EdgeidError): EdgeidError {
+    return this.realCause ?? answered;
+  }
+
   /** How a failure's row is written if none was recorded (default: appended on its own). */
   onFailure(writer: (row: AuditInput, e: EdgeidError) => Promise<void>): void {
     this.failureWriter = writer;
@@ -124,7 +129,7 @@ export async function audited<T>(ctx: ServerContext, start: ActionStart, fn: (a:
     try {
       const agg = unauthenticatedFailure(a, err) ? refusalAggregator(ctx) : null;
       if (agg) {
-        await agg.refuse({ event: a.event, actor: a.actor, ip: start.ip, deviceId: a.deviceId, error: err, requestId: '' });
+        await agg.refuse({ event: a.event, actor: a.actor, ip: start.ip, deviceId: a.deviceId, error: a.causeOf(err), requestId: '' });
         a.recorded();
       } else await a.writeFailure(ctx, err);
     } catch (auditErr) {
