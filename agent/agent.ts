@@ -90,7 +90,11 @@ export function checkBrokerUrl(url: string, origin: string): void {
     throw new EdgeidError('mqtt_url_insecure', `the MQTT broker URL from ${origin} is not a URL: ${url}`);
   }
   if (protocol !== 'mqtts:' && protocol !== 'ssl:' && protocol !== 'wss:') {
-    throw new EdgeidError('mqtt_url_insecure', `the MQTT broker URL from ${origin} is not TLS (${protocol}//): ${url}; the agent only connects with mqtts://`, { url, origin });
+    throw new EdgeidError(
+      'mqtt_url_insecure',
+      `the MQTT broker URL from ${origin} is not TLS (${protocol}//): ${url}; the agent only connects with mqtts://`,
+      { url, origin },
+    );
   }
 }
 
@@ -234,9 +238,13 @@ export class EdgeAgent {
       });
       this.mqtt.on('connect', (serial: string) => void this.onMqttConnect(serial));
       this.mqtt.on('close', () => void this.writeStatus());
-      this.mqtt.on('suspended', (reason: 'refused' | 'expired', _detail: string, failures: number) => this.onMqttSuspended(reason, failures));
+      this.mqtt.on('suspended', (reason: 'refused' | 'expired', _detail: string, failures: number) =>
+        this.onMqttSuspended(reason, failures),
+      );
       this.mqtt.on('message', (topic: string, payload: Buffer) => {
-        this.onMessage(topic, payload).catch((e: unknown) => this.log.error({ err: (e as Error).message, topic }, 'control message handling failed'));
+        this.onMessage(topic, payload).catch((e: unknown) =>
+          this.log.error({ err: (e as Error).message, topic }, 'control message handling failed'),
+        );
       });
     } else {
       this.log.warn('no MQTT broker URL (config mqtt.url or the server): running without MQTT');
@@ -249,7 +257,10 @@ export class EdgeAgent {
     // future": the offset is stale, and only a renewal measures it again.
     const clockSetBack = cert?.receivedAt !== undefined && cert.receivedAt > this.clock.now() + CLOCK_SET_BACK_TOLERANCE_MS;
     if (clockSetBack) {
-      this.log.warn({ receivedAt: new Date(cert!.receivedAt!).toISOString(), now: new Date(this.clock.now()).toISOString() }, 'the device clock was set back since the certificate arrived; renewing now');
+      this.log.warn(
+        { receivedAt: new Date(cert!.receivedAt!).toISOString(), now: new Date(this.clock.now()).toISOString() },
+        'the device clock was set back since the certificate arrived; renewing now',
+      );
       void this.scheduler.due('clock-changed');
     } else if (valid) {
       if (this.mqtt) await this.connectWithCurrent();
@@ -313,7 +324,9 @@ export class EdgeAgent {
       agentVersion: AGENT_VERSION,
       device: this.state.device ?? null,
       server: this.state.server.url,
-      certificate: cert ? { serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter, secondsLeft: Math.max(0, left), expired: left <= 0 } : null,
+      certificate: cert
+        ? { serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter, secondsLeft: Math.max(0, left), expired: left <= 0 }
+        : null,
       renewal: {
         next: next === null ? null : new Date(next).toISOString(),
         consecutiveFailures: this.failures,

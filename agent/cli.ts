@@ -11,7 +11,6 @@ import { COMMANDS } from './commands/registry.js';
 import { UsageError } from './commands/types.js';
 import { AGENT_VERSION } from './version.js';
 
-
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
   return [
@@ -28,7 +27,11 @@ function usage(): string {
  * Runs the CLI; returns the process exit code (0 ok, 1 failure, 2 usage). The result goes to `out`
  * (one JSON document with --json), every message, log line and error to `err`.
  */
-export async function main(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function main(
+  argv: string[],
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined) {
     err.write(`edgeid-agent: no command given\n\n${usage()}\n`);

@@ -143,7 +143,8 @@ export function applyConfigObject(base: AgentConfig, raw: unknown): AgentConfig 
   const ctl = section(obj, 'control');
   checkKnown(ctl, 'control');
   c.control.maxAgeSeconds = num(ctl, 'maxAgeSeconds', 'control.maxAgeSeconds', 1, 86_400) ?? c.control.maxAgeSeconds;
-  c.control.maxFutureSkewSeconds = num(ctl, 'maxFutureSkewSeconds', 'control.maxFutureSkewSeconds', 0, 3_600) ?? c.control.maxFutureSkewSeconds;
+  c.control.maxFutureSkewSeconds =
+    num(ctl, 'maxFutureSkewSeconds', 'control.maxFutureSkewSeconds', 0, 3_600) ?? c.control.maxFutureSkewSeconds;
 
   const o = section(obj, 'outbox');
   checkKnown(o, 'outbox');

@@ -44,7 +44,11 @@ export async function eventLogForQuote(file: string | null, serverSha256: string
     if (sha256 === serverSha256) return { field: { sha256 }, wireBytes: 64 };
     parseEventLog(bytes); // a log the server would refuse is not sent (the claim says why)
     const deflate = deflateSync(bytes, { level: 9 });
-    if (deflate.length > MAX_EVENT_LOG_DEFLATE) throw new EdgeidError('eventlog_too_large', `the event log compresses to ${deflate.length} bytes, more than ${MAX_EVENT_LOG_DEFLATE}`);
+    if (deflate.length > MAX_EVENT_LOG_DEFLATE)
+      throw new EdgeidError(
+        'eventlog_too_large',
+        `the event log compresses to ${deflate.length} bytes, more than ${MAX_EVENT_LOG_DEFLATE}`,
+      );
     const b64 = deflate.toString('base64');
     return { field: { sha256, deflate: b64 }, wireBytes: 64 + b64.length };
   } catch (e) {

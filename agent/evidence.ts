@@ -104,7 +104,14 @@ export async function produceEvidence(tpm: Tpm, input: EvidenceInput): Promise<E
 
     const quoted = parseAttest(quote.attest).quote?.pcrDigest;
     let values = pcrCache.get(cacheKey);
-    if (!values || !quoted || !pcrDigest(TPM_ALG.SHA256, pcrs.map((p) => values!.get(p) ?? Buffer.alloc(0))).equals(quoted)) {
+    if (
+      !values ||
+      !quoted ||
+      !pcrDigest(
+        TPM_ALG.SHA256,
+        pcrs.map((p) => values!.get(p) ?? Buffer.alloc(0)),
+      ).equals(quoted)
+    ) {
       values = await s.readPcrBank(pcrs, TPM_ALG.SHA256);
       pcrCache.set(cacheKey, values);
     }

@@ -80,11 +80,23 @@ function b64(b: Buffer): string {
 
 export function clientFor(state: AgentState, config: AgentConfig, signal?: AbortSignal, now?: () => number): ServerClient {
   if (!state.server.rootPem) throw new EdgeidError('state_corrupt', 'the state has no pinned server CA certificate');
-  return new ServerClient(state.server.url, { caPem: state.server.rootPem, timeoutMs: config.httpTimeoutMs, ...(signal ? { signal } : {}), ...(now ? { now } : {}) });
+  return new ServerClient(state.server.url, {
+    caPem: state.server.rootPem,
+    timeoutMs: config.httpTimeoutMs,
+    ...(signal ? { signal } : {}),
+    ...(now ? { now } : {}),
+  });
 }
 
 /** Checks an issuing response against what we asked for and the pinned root, and makes the certificate record. */
-function certificateRecord(resp: IssueResponse, state: AgentState, sessionKeyPub: Buffer, gen: number, client: ServerClient, now: () => number): CertificateRecord {
+function certificateRecord(
+  resp: IssueResponse,
+  state: AgentState,
+  sessionKeyPub: Buffer,
+  gen: number,
+  client: ServerClient,
+  now: () => number,
+): CertificateRecord {
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(resp.certificate);
@@ -195,7 +207,11 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
       start = await client.post('/v1/enroll/start', startReq, EnrollStartResponse);
     } catch (e) {
       // without a token, a manifest entry that was used answers ek_not_allowed: maybe by us, before a crash
-      if (isEdgeidError(e, 'token_used') || isEdgeidError(e, 'ek_already_enrolled') || (pending.token === undefined && isEdgeidError(e, 'ek_not_allowed'))) {
+      if (
+        isEdgeidError(e, 'token_used') ||
+        isEdgeidError(e, 'ek_already_enrolled') ||
+        (pending.token === undefined && isEdgeidError(e, 'ek_not_allowed'))
+      ) {
         // The server may have issued before we could save the answer: re-attest with the AK.
         log.warn({ code: e.code }, 'token already spent; recovering the identity by attestation with the AK');
         return await recoverByAk(deps, state, client);
@@ -212,18 +228,30 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
       claims,
       pcrs: start.pcrs,
       commonName: 'edgeid-enrollment',
-      activate: { credentialBlob: Buffer.from(start.credentialBlob, 'base64'), encryptedSecret: Buffer.from(start.encryptedSecret, 'base64'), ek },
+      activate: {
+        credentialBlob: Buffer.from(start.credentialBlob, 'base64'),
+        encryptedSecret: Buffer.from(start.encryptedSecret, 'base64'),
+        ek,
+      },
     });
     const gen = state.nextSessionKey;
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // E2
-    const finishReq: EnrollFinishRequest = { session: start.session, secret: b64(ev.secret!), ...ev.evidence, ...(eventLog.field ? { eventLog: eventLog.field } : {}) };
+    const finishReq: EnrollFinishRequest = {
+      session: start.session,
+      secret: b64(ev.secret!),
+      ...ev.evidence,
+      ...(eventLog.field ? { eventLog: eventLog.field } : {}),
+    };
     const resp = await client.post('/v1/enroll/finish', finishReq, EnrollFinishResponse);
     const cert = certificateRecord(resp, state, ev.sessionKey.public, gen, client, deps.now ?? Date.now);
     const next: AgentState = { ...applyIssue(state, resp, cert), mqtt: resp.mqtt };
     delete next.pendingEnrollment;
     await store.save(next); // E3
     await store.writeOperatorFiles(next);
-    log.info({ deviceId: resp.deviceId, zone: resp.zone, serial: cert.serial, notAfter: cert.notAfter, tpmCommands: ev.tpmCommands }, 'enrolled');
+    log.info(
+      { deviceId: resp.deviceId, zone: resp.zone, serial: cert.serial, notAfter: cert.notAfter, tpmCommands: ev.tpmCommands },
+      'enrolled',
+    );
     return next;
   } finally {
     client.close();
@@ -260,7 +288,13 @@ async function recoverByAk(deps: IdentityDeps, state: AgentState, client: Server
 
 async function challenge(client: ServerClient, state: AgentState): Promise<NonNullable<AgentState['renew']>> {
   const ch = await client.post('/v1/renew/challenge', { deviceId: state.device!.id }, RenewChallengeResponse);
-  return { ...state.renew, nonce: ch.nonce, nonceExpiresAt: ch.expiresAt, pcrs: ch.pcrs, ...(ch.eventLogSha256 !== undefined ? { eventLogSha256: ch.eventLogSha256 } : {}) };
+  return {
+    ...state.renew,
+    nonce: ch.nonce,
+    nonceExpiresAt: ch.expiresAt,
+    pcrs: ch.pcrs,
+    ...(ch.eventLogSha256 !== undefined ? { eventLogSha256: ch.eventLogSha256 } : {}),
+  };
 }
 
 /** One renewal (R1 → R2). Throws an EdgeidError with the server's or the agent's reason code. */
@@ -307,7 +341,12 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
     tpmCommands += ev.tpmCommands;
     for (const [k, v] of Object.entries(ev.tpmCommandStats)) stats[k] = (stats[k] ?? 0) + v;
     await store.writeKey(sessionKeyName(gen), ev.sessionKey); // R1
-    const req: RenewRequest = { deviceId: state.device.id, nonce: renew!.nonce!, ...ev.evidence, ...(eventLog.field ? { eventLog: eventLog.field } : {}) };
+    const req: RenewRequest = {
+      deviceId: state.device.id,
+      nonce: renew!.nonce!,
+      ...ev.evidence,
+      ...(eventLog.field ? { eventLog: eventLog.field } : {}),
+    };
     try {
       resp = await client.post('/v1/renew', req, RenewResponse);
     } catch (e) {
@@ -332,12 +371,23 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   // Steady state: the SRK and AK were resident already (no CreatePrimary/Load for them).
   const steady = !stats.CreatePrimary && !stats.Load;
   next.tpmCommandsPerRenewal = steady ? tpmCommands : (state.tpmCommandsPerRenewal ?? tpmCommands);
-  next.lastRenewal = { at: new Date().toISOString(), ok: true, reason, durationMs, tpmCommands, tpmCommandStats: stats, serial: cert.serial };
+  next.lastRenewal = {
+    at: new Date().toISOString(),
+    ok: true,
+    reason,
+    durationMs,
+    tpmCommands,
+    tpmCommandStats: stats,
+    serial: cert.serial,
+  };
   await store.save(next); // R2
   // A key two generations old is in use by nothing (the MQTT session switched away from it).
   if (older !== undefined && older !== replaced && older !== gen) await store.removeKey(sessionKeyName(older));
   await store.writeOperatorFiles(next);
-  log.info({ reason, serial: cert.serial, notAfter: cert.notAfter, durationMs, tpmCommands, tpmCommandStats: stats, eventLogWireBytes }, 'certificate renewed');
+  log.info(
+    { reason, serial: cert.serial, notAfter: cert.notAfter, durationMs, tpmCommands, tpmCommandStats: stats, eventLogWireBytes },
+    'certificate renewed',
+  );
   return {
     state: next,
     serial: cert.serial,

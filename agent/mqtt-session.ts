@@ -70,13 +70,15 @@ interface Generation {
  */
 
 /** TLS alerts by which a broker refuses our certificate (RFC 8446 §6.2), as OpenSSL names them. */
-const CERT_REFUSED_ALERT = /ALERT_(CERTIFICATE_(REVOKED|EXPIRED|UNKNOWN|REQUIRED)|BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)/i;
+const CERT_REFUSED_ALERT =
+  /ALERT_(CERTIFICATE_(REVOKED|EXPIRED|UNKNOWN|REQUIRED)|BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)/i;
 /** CONNACK reason codes of refused credentials: MQTT 5 §3.2.2.2 (0x86, 0x87, 0x8A, 0x8C); MQTT 3.1.1 §3.2.2.3 (4, 5). */
 const CONNACK_REFUSED = new Set([0x86, 0x87, 0x8a, 0x8c]);
 
 /** Whether a client error says the broker refuses this certificate (not a network failure). */
 export function isCredentialRefusal(err: Error & { code?: unknown }): boolean {
-  if (typeof err.code === 'number') return CONNACK_REFUSED.has(err.code) || /^Connection refused: (Bad username|Not authorized)/i.test(err.message);
+  if (typeof err.code === 'number')
+    return CONNACK_REFUSED.has(err.code) || /^Connection refused: (Bad username|Not authorized)/i.test(err.message);
   return CERT_REFUSED_ALERT.test(String(err.code ?? '')) || CERT_REFUSED_ALERT.test(err.message.replace(/ /g, '_'));
 }
 export class MqttSession extends EventEmitter {
@@ -106,7 +108,15 @@ export class MqttSession extends EventEmitter {
     return this.gen?.serial ?? null;
   }
 
-  info(): { state: MqttState; url: string; serial: string | null; connectedAt: string | null; connects: number; attempts: number; lastError: string | null } {
+  info(): {
+    state: MqttState;
+    url: string;
+    serial: string | null;
+    connectedAt: string | null;
+    connects: number;
+    attempts: number;
+    lastError: string | null;
+  } {
     return {
       state: this.stateValue,
       url: this.opts.url,
@@ -232,7 +242,11 @@ export class MqttSession extends EventEmitter {
   private scheduleReconnect(g: Generation): void {
     this.cancelReconnect();
     this.failures++;
-    const delay = backoffDelay(this.failures, { baseMs: this.opts.reconnectPeriodMs ?? 1000, capMs: this.opts.reconnectCapMs ?? 5 * 60_000, factor: 2 });
+    const delay = backoffDelay(this.failures, {
+      baseMs: this.opts.reconnectPeriodMs ?? 1000,
+      capMs: this.opts.reconnectCapMs ?? 5 * 60_000,
+      factor: 2,
+    });
     this.reconnectTimer = this.clock.setTimeout(() => {
       this.reconnectTimer = null;
       if (this.gen !== g || this.stateValue === 'suspended' || this.stateValue === 'closed') return;

@@ -84,7 +84,13 @@ export class Outbox {
         if (!m) continue;
         try {
           const raw = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as { topic: string; payload: string; createdAt: string };
-          found.push({ id: m[2]!, seq: Number(m[1]), topic: raw.topic, payload: Buffer.from(raw.payload, 'base64'), createdAt: raw.createdAt });
+          found.push({
+            id: m[2]!,
+            seq: Number(m[1]),
+            topic: raw.topic,
+            payload: Buffer.from(raw.payload, 'base64'),
+            createdAt: raw.createdAt,
+          });
         } catch {
           await rm(path.join(dir, name), { force: true }); // unreadable: cannot be delivered anyway
         }
@@ -106,17 +112,24 @@ export class Outbox {
   add(topic: string, payload: Buffer | string): Promise<OutboxMessage> {
     // Serialised: eviction and ordering must see the previous add's result.
     const run = this.tail.then(() => this.addNow(topic, payload));
-    this.tail = run.then(() => undefined, () => undefined);
+    this.tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
     return run;
   }
 
   private async addNow(topic: string, payload: Buffer | string): Promise<OutboxMessage> {
     const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
     if (body.length > this.maxBytes) {
-      throw new EdgeidError('outbox_message_too_large', `a ${body.length}-byte message for ${topic} exceeds the outbox limit of ${this.maxBytes} bytes`, {
-        bytes: body.length,
-        maxBytes: this.maxBytes,
-      });
+      throw new EdgeidError(
+        'outbox_message_too_large',
+        `a ${body.length}-byte message for ${topic} exceeds the outbox limit of ${this.maxBytes} bytes`,
+        {
+          bytes: body.length,
+          maxBytes: this.maxBytes,
+        },
+      );
     }
     const msg: OutboxMessage = { id: randomUUID(), seq: this.nextSeq++, topic, payload: body, createdAt: new Date().toISOString() };
     const evict: OutboxMessage[] = [];
@@ -167,7 +180,13 @@ export class Outbox {
   }
 
   stats(): OutboxStats {
-    return { pending: this.messages.size, pendingBytes: this.bytes, dropped: this.dropped, delivered: this.delivered, maxMessages: this.maxMessages };
+    return {
+      pending: this.messages.size,
+      pendingBytes: this.bytes,
+      dropped: this.dropped,
+      delivered: this.delivered,
+      maxMessages: this.maxMessages,
+    };
   }
 
   private forget(m: OutboxMessage): void {

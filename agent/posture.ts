@@ -49,7 +49,9 @@ export function agentCodeFile(): string | undefined {
 }
 
 export async function sha256File(file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await readFile(file))
+    .digest('hex');
 }
 
 export interface PostureSources {

@@ -46,7 +46,6 @@ export function renewalTime(cert: { notBefore: Date; notAfter: Date }, renewAfte
   return new Date(from + (to - from) * fraction);
 }
 
-
 /** Wall time and timers of the agent; injectable (tests run days of renewals on a fake clock). */
 export interface Clock {
   now(): number;
@@ -201,11 +200,14 @@ export class RenewalScheduler {
     this.nextAt = at;
     const wait = () => {
       const delay = Math.max(0, at - this.opts.clock.now());
-      this.timer = this.opts.clock.setTimeout(() => {
-        this.timer = null;
-        if (delay > MAX_TIMER_MS) return wait();
-        this.start(p.reason);
-      }, Math.min(delay, MAX_TIMER_MS));
+      this.timer = this.opts.clock.setTimeout(
+        () => {
+          this.timer = null;
+          if (delay > MAX_TIMER_MS) return wait();
+          this.start(p.reason);
+        },
+        Math.min(delay, MAX_TIMER_MS),
+      );
     };
     wait();
     this.opts.onPlanned?.(at, p.reason);

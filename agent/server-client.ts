@@ -16,8 +16,13 @@ import { Compile } from 'typebox/compile';
 import { ERRORS, EdgeidError, type ErrorCode } from '../protocol/errors/index.js';
 
 export function normaliseFingerprint(fp: string): string {
-  const hex = fp.trim().toLowerCase().replace(/^sha256:/, '').replace(/:/g, '');
-  if (!/^[0-9a-f]{64}$/.test(hex)) throw new EdgeidError('enroll_uri_invalid', `CA fingerprint must be sha256:<64 hex digits>, got "${fp}"`);
+  const hex = fp
+    .trim()
+    .toLowerCase()
+    .replace(/^sha256:/, '')
+    .replace(/:/g, '');
+  if (!/^[0-9a-f]{64}$/.test(hex))
+    throw new EdgeidError('enroll_uri_invalid', `CA fingerprint must be sha256:<64 hex digits>, got "${fp}"`);
   return `sha256:${hex}`;
 }
 
@@ -29,7 +34,17 @@ function toPem(der: Buffer): string {
   return new X509Certificate(der).toString();
 }
 
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'ECONNABORTED']);
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+  'ECONNABORTED',
+]);
 
 function networkError(url: URL, e: unknown): EdgeidError {
   const err = e as NodeJS.ErrnoException;
@@ -84,10 +99,15 @@ function isIpLiteral(host: string): boolean {
 
 /** GET without verification, for public, self-authenticating data only (the CA bundle). */
 async function getUnverified(url: URL, timeoutMs: number): Promise<string> {
-  const body = await boundedRequest(url, { method: 'GET', rejectUnauthorized: false, headers: { accept: 'application/x-pem-file, */*' } }, undefined, {
-    deadlineMs: timeoutMs,
-    maxBytes: MAX_RESPONSE_BYTES,
-  });
+  const body = await boundedRequest(
+    url,
+    { method: 'GET', rejectUnauthorized: false, headers: { accept: 'application/x-pem-file, */*' } },
+    undefined,
+    {
+      deadlineMs: timeoutMs,
+      maxBytes: MAX_RESPONSE_BYTES,
+    },
+  );
   return body.text;
 }
 
@@ -130,16 +150,25 @@ function boundedRequest(
       } else resolve(value!);
     };
     const deadline = setTimeout(
-      () => finish(new EdgeidError('server_timeout', `${url.origin}${url.pathname}: no complete answer within ${bounds.deadlineMs} ms`, { timeoutMs: bounds.deadlineMs })),
+      () =>
+        finish(
+          new EdgeidError('server_timeout', `${url.origin}${url.pathname}: no complete answer within ${bounds.deadlineMs} ms`, {
+            timeoutMs: bounds.deadlineMs,
+          }),
+        ),
       bounds.deadlineMs,
     );
     const onAbort = () => finish(new EdgeidError('request_aborted', `${url.pathname}: request abandoned (the agent is stopping)`));
     if (bounds.signal?.aborted) return onAbort();
     bounds.signal?.addEventListener('abort', onAbort, { once: true });
     const tooLarge = (n: number) =>
-      new EdgeidError('server_response_too_large', `${url.origin}${url.pathname}: the answer exceeds ${bounds.maxBytes} bytes${n > 0 ? ` (${n} announced or received)` : ''}`, {
-        maxBytes: bounds.maxBytes,
-      });
+      new EdgeidError(
+        'server_response_too_large',
+        `${url.origin}${url.pathname}: the answer exceeds ${bounds.maxBytes} bytes${n > 0 ? ` (${n} announced or received)` : ''}`,
+        {
+          maxBytes: bounds.maxBytes,
+        },
+      );
     req = https.request(url, { ...options, timeout: bounds.deadlineMs }, (res) => {
       const announced = Number(res.headers['content-length'] ?? 0);
       if (announced > bounds.maxBytes) return finish(tooLarge(announced));
@@ -152,7 +181,9 @@ function boundedRequest(
       });
       res.on('error', (e) => finish(e));
       res.on('aborted', () => finish(Object.assign(new Error('the server closed the connection mid-answer'), { code: 'ECONNRESET' })));
-      res.on('end', () => finish(null, { status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), date: res.headers.date }));
+      res.on('end', () =>
+        finish(null, { status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), date: res.headers.date }),
+      );
     });
     req.on('timeout', () => finish(Object.assign(new Error(`no data within ${bounds.deadlineMs} ms`), { code: 'ETIMEDOUT' })));
     req.on('error', (e) => finish(e));
@@ -164,7 +195,11 @@ function boundedRequest(
  * Finds the pinned root: the certificate whose SHA-256 is `fingerprint`, in the presented chain or
  * in /v1/ca. Throws server_fingerprint_mismatch naming the expected and the presented fingerprints.
  */
-export async function pinServerCa(serverUrl: string, fingerprint: string, timeoutMs = 15_000): Promise<{ rootPem: string; presented: string[] }> {
+export async function pinServerCa(
+  serverUrl: string,
+  fingerprint: string,
+  timeoutMs = 15_000,
+): Promise<{ rootPem: string; presented: string[] }> {
   const want = normaliseFingerprint(fingerprint);
   const url = new URL(serverUrl);
   if (url.protocol !== 'https:') throw new EdgeidError('enroll_uri_invalid', `server URL must be https://, got ${url.protocol}`);
@@ -241,7 +276,12 @@ export class ServerClient {
     this.now = opts.now ?? Date.now;
     // One TLS context for every connection: with `ca` alone, each connection parses the CA into a
     // new OpenSSL context, native memory that V8 does not see and collects late.
-    this.agent = new https.Agent({ keepAlive: true, maxSockets: 2, secureContext: tls.createSecureContext({ ca: opts.caPem }), rejectUnauthorized: true });
+    this.agent = new https.Agent({
+      keepAlive: true,
+      maxSockets: 2,
+      secureContext: tls.createSecureContext({ ca: opts.caPem }),
+      rejectUnauthorized: true,
+    });
   }
 
   close(): void {
@@ -284,7 +324,11 @@ export class ServerClient {
     if (status >= 200 && status < 300 && json !== undefined) {
       const problem = responseProblem(response, json);
       if (problem) {
-        throw new EdgeidError('server_error', `${url.pathname}: malformed response: ${problem.text}`, { path: url.pathname, field: problem.field, httpStatus: status });
+        throw new EdgeidError('server_error', `${url.pathname}: malformed response: ${problem.text}`, {
+          path: url.pathname,
+          field: problem.field,
+          httpStatus: status,
+        });
       }
       return json as Static<S>;
     }

@@ -69,7 +69,11 @@ function table(rows: Record<string, unknown>[], columns: string[]): string {
   // every cell may hold device-supplied text: escaped, so a name cannot move the cursor or erase rows
   const cell = (v: unknown) => (v === null || v === undefined ? '-' : printable(v));
   const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
-  const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (vals: string[]) =>
+    vals
+      .map((v, i) => v.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   return [line(columns.map((c) => c.toUpperCase())), ...rows.map((r) => line(columns.map((c) => cell(r[c]))))].join('\n');
 }
 
@@ -144,7 +148,9 @@ function checkWritable(flag: string, file: string): void {
     // the file is replaced by a rename, which cannot replace a directory
     if (statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
   } catch (e) {
-    throw new Error(`--${flag} ${file}: cannot create that file in ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`);
+    throw new Error(
+      `--${flag} ${file}: cannot create that file in ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`,
+    );
   }
 }
 
@@ -166,14 +172,21 @@ function showDevice(d: DeviceView): string {
     `agent       ${p(d.claims?.agentVersion)}`,
   ];
   if (d.certificates?.length) {
-    lines.push('', table(d.certificates.map((c) => ({ ...c })), ['serial', 'notBefore', 'notAfter', 'revokedAt', 'reason']));
+    lines.push(
+      '',
+      table(
+        d.certificates.map((c) => ({ ...c })),
+        ['serial', 'notBefore', 'notAfter', 'revokedAt', 'reason'],
+      ),
+    );
   }
   if (d.eventLog) {
     // baseline (approved) vs current TCG event log; event strings come from the device: escaped
     const e = d.eventLog;
     lines.push('', `event log   approved ${p(e.baselineSha256)}`, `            current  ${p(e.currentSha256)}`);
     if (e.diff.length === 0) lines.push(`            no difference (${e.unchanged} events)`);
-    else lines.push(`            ${e.diff.length} changed lines, ${e.unchanged} events unchanged:`, ...e.diff.map((l) => `  ${printable(l)}`));
+    else
+      lines.push(`            ${e.diff.length} changed lines, ${e.unchanged} events unchanged:`, ...e.diff.map((l) => `  ${printable(l)}`));
   }
   return lines.join('\n');
 }
@@ -328,9 +341,15 @@ async function run(argv: string[], o: Output): Promise<number> {
       if (typeof flags.png === 'string') {
         // the QR code is the whole token: a secret file, 0600 whatever the umask or an earlier file's mode
         try {
-          writeFileAtomic(flags.png, await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }), 0o600);
+          writeFileAtomic(
+            flags.png,
+            await QRCode.toBuffer(res.uri, { type: 'png', errorCorrectionLevel: 'M', margin: 2, scale: 6 }),
+            0o600,
+          );
         } catch (e) {
-          throw new Error(`token ${res.id} was created, but its QR code could not be written to ${flags.png}: ${(e as Error).message} (the token stays unused until ${res.expiresAt})`);
+          throw new Error(
+            `token ${res.id} was created, but its QR code could not be written to ${flags.png}: ${(e as Error).message} (the token stays unused until ${res.expiresAt})`,
+          );
         }
         o.notes.push(`QR code written to ${flags.png} (mode 0600)`);
       }
@@ -342,7 +361,18 @@ async function run(argv: string[], o: Output): Promise<number> {
           : `on the device: edgeid-agent enroll --uri 'URI', URI being the result's uri (the token is not repeated on a stderr that is not a terminal)`,
       );
       if (flags.json) {
-        emit({ token: res.token, uri: res.uri, expiresAt: res.expiresAt, id: res.id, zone: res.zone, owner: res.owner, caFingerprint: res.caFingerprint }, () => '');
+        emit(
+          {
+            token: res.token,
+            uri: res.uri,
+            expiresAt: res.expiresAt,
+            id: res.id,
+            zone: res.zone,
+            owner: res.owner,
+            caFingerprint: res.caFingerprint,
+          },
+          () => '',
+        );
         return 0;
       }
       // the QR block belongs on a terminal (or where --qr asks for it), never in a pipe or a file by default
@@ -368,7 +398,12 @@ async function run(argv: string[], o: Output): Promise<number> {
         '/v1/admin/tokens',
         new URLSearchParams(),
       );
-      emit(tokens, () => table(tokens.map((t) => ({ ...t })), ['id', 'zone', 'owner', 'name', 'expiresAt', 'usedAt', 'deviceId']));
+      emit(tokens, () =>
+        table(
+          tokens.map((t) => ({ ...t })),
+          ['id', 'zone', 'owner', 'name', 'expiresAt', 'usedAt', 'deviceId'],
+        ),
+      );
       return 0;
     }
     case 'devices list': {
@@ -408,7 +443,8 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'revoke': {
       const reason = need(flags, 'reason');
-      if (!(REVOKE_REASONS as readonly string[]).includes(reason)) throw new UsageError(`--reason must be one of ${REVOKE_REASONS.join(', ')}`);
+      if (!(REVOKE_REASONS as readonly string[]).includes(reason))
+        throw new UsageError(`--reason must be one of ${REVOKE_REASONS.join(', ')}`);
       const body: W.RevokeRequest = { reason: reason as W.RevokeReason };
       const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/revoke`, body, W.RevokeResponse);
       emit(res, () =>
@@ -425,8 +461,17 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'approve-baseline': {
-      const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/approve-baseline`, {}, W.DeviceShow);
-      emit(res, () => `${printable(res.device.id)}: status ${printable(res.device.status)}; the next quote until ${printable(res.device.baselineWindowUntil)} becomes the new baseline`);
+      const res = await client.request(
+        'POST',
+        `/v1/admin/devices/${encodeURIComponent(deviceArg(sub))}/approve-baseline`,
+        {},
+        W.DeviceShow,
+      );
+      emit(
+        res,
+        () =>
+          `${printable(res.device.id)}: status ${printable(res.device.status)}; the next quote until ${printable(res.device.baselineWindowUntil)} becomes the new baseline`,
+      );
       return 0;
     }
     case 'audit export': {
@@ -489,8 +534,17 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'renew-now': {
       const id = deviceArg(sub);
-      const res = await client.request('POST', `/v1/admin/devices/${encodeURIComponent(id)}/control`, { type: 'renew-now' } satisfies W.ControlRequest, W.ControlResponse);
-      emit(res, () => (res.published ? `renew-now sent to ${printable(id)}` : `renew-now signed for ${printable(id)}, but this server has no broker integration to deliver it`));
+      const res = await client.request(
+        'POST',
+        `/v1/admin/devices/${encodeURIComponent(id)}/control`,
+        { type: 'renew-now' } satisfies W.ControlRequest,
+        W.ControlResponse,
+      );
+      emit(res, () =>
+        res.published
+          ? `renew-now sent to ${printable(id)}`
+          : `renew-now signed for ${printable(id)}, but this server has no broker integration to deliver it`,
+      );
       return res.published ? 0 : 1;
     }
     case 'broker reconcile': {
@@ -538,7 +592,11 @@ async function run(argv: string[], o: Output): Promise<number> {
         { zone: need(flags, 'zone'), owner: need(flags, 'owner'), content, source: arg.split('/').pop()!.slice(0, 200) },
         W.EkAllowImportResponse,
       );
-      emit(res, () => `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}${res.skipped ? `; ${res.skipped} already listed or repeated, skipped` : ''}`);
+      emit(
+        res,
+        () =>
+          `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}${res.skipped ? `; ${res.skipped} already listed or repeated, skipped` : ''}`,
+      );
       o.notes.push('listed devices enroll with: edgeid-agent enroll --server URL --ca-fingerprint FP (no token)');
       return 0;
     }

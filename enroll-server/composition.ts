@@ -90,7 +90,10 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   }
   for (const z of Object.values(config.zones)) {
     if (z.requireEkCertificate === false) {
-      log.warn({ zone: z.name }, `zone ${z.name} opted out of EK certificates (requireEkCertificate: false): its devices enroll without proof of a real TPM and show ekVerified: false`);
+      log.warn(
+        { zone: z.name },
+        `zone ${z.name} opted out of EK certificates (requireEkCertificate: false): its devices enroll without proof of a real TPM and show ekVerified: false`,
+      );
     }
   }
   ctx.metrics = createMetrics(() => store.countDevicesByStatus());

@@ -206,7 +206,7 @@ function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePoli
     for (const [k, hex] of Object.entries(g) as [string, unknown][]) {
       const gf: Field = f.at('posture').at('golden').at(k);
       const idx = Number(k);
-      if (!pcrs.includes(idx)) gf.fail('is not in the zone\'s pcrs selection');
+      if (!pcrs.includes(idx)) gf.fail("is not in the zone's pcrs selection");
       if (typeof hex !== 'string' || !/^[0-9a-fA-F]{64}$/.test(hex)) gf.fail('must be a 64-digit hex sha256 value');
       values[idx] = hex.toLowerCase();
     }
@@ -322,21 +322,42 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   const root = new Field('');
   const o = asObject(new Field('(config)'), raw);
   onlyKeys(new Field('(config)'), o, [
-    'dataDir', 'listen', 'hostnames', 'publicUrl', 'logLevel', 'allowShortLifetimes', 'tokenTtl', 'enrollSessionTtl',
-    'challengeTtl', 'crlValidity', 'staleAfter', 'baselineWindow', 'housekeepingInterval', 'rateLimit', 'mqtt', 'broker', 'ek', 'zones',
-    'metrics', 'audit', 'retention',
+    'dataDir',
+    'listen',
+    'hostnames',
+    'publicUrl',
+    'logLevel',
+    'allowShortLifetimes',
+    'tokenTtl',
+    'enrollSessionTtl',
+    'challengeTtl',
+    'crlValidity',
+    'staleAfter',
+    'baselineWindow',
+    'housekeepingInterval',
+    'rateLimit',
+    'mqtt',
+    'broker',
+    'ek',
+    'zones',
+    'metrics',
+    'audit',
+    'retention',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
   const listenText = args.listen ?? env.EDGEID_LISTEN ?? (o.listen === undefined ? '0.0.0.0:8443' : o.listen);
-  const listenAt = listen(args.listen ? new Field('--listen') : env.EDGEID_LISTEN ? new Field('EDGEID_LISTEN') : root.at('listen'), listenText);
+  const listenAt = listen(
+    args.listen ? new Field('--listen') : env.EDGEID_LISTEN ? new Field('EDGEID_LISTEN') : root.at('listen'),
+    listenText,
+  );
   const hostnames = o.hostnames === undefined ? [] : strings(root.at('hostnames'), o.hostnames);
   let publicUrl: string | null = null;
   if (o.publicUrl !== undefined) {
     publicUrl = str(root.at('publicUrl'), o.publicUrl).replace(/\/+$/, '');
     if (!/^https:\/\/[^/]+$/.test(publicUrl)) root.at('publicUrl').fail('must be https://HOST[:PORT]');
   }
-  const logLevel = o.logLevel === undefined ? env.EDGEID_LOG_LEVEL ?? 'info' : str(root.at('logLevel'), o.logLevel);
+  const logLevel = o.logLevel === undefined ? (env.EDGEID_LOG_LEVEL ?? 'info') : str(root.at('logLevel'), o.logLevel);
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) root.at('logLevel').fail('must be a pino level');
   const allowShortLifetimes = o.allowShortLifetimes === undefined ? false : bool(root.at('allowShortLifetimes'), o.allowShortLifetimes);
 
@@ -345,7 +366,8 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
 
   const metricsRaw = o.metrics === undefined ? {} : asObject(root.at('metrics'), o.metrics);
   onlyKeys(root.at('metrics'), metricsRaw, ['allow']);
-  const metricsAllow = metricsRaw.allow === undefined ? ['127.0.0.1/8', '::1/128'] : strings(root.at('metrics').at('allow'), metricsRaw.allow);
+  const metricsAllow =
+    metricsRaw.allow === undefined ? ['127.0.0.1/8', '::1/128'] : strings(root.at('metrics').at('allow'), metricsRaw.allow);
   const auditRaw = o.audit === undefined ? {} : asObject(root.at('audit'), o.audit);
   onlyKeys(root.at('audit'), auditRaw, ['aggregateRefusals']);
   const retRaw = o.retention === undefined ? {} : asObject(root.at('retention'), o.retention);
@@ -363,7 +385,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     const b = asObject(bf, o.broker);
     onlyKeys(bf, b, ['url', 'servername', 'crlFile', 'reloadCommand', 'reconcileOnStart']);
     const url = str(bf.at('url'), b.url);
-    if (!/^mqtts:\/\/[^/]+(:\d+)?\/?$/.test(url)) bf.at('url').fail('must be mqtts://HOST:PORT (the broker\'s TLS listener)');
+    if (!/^mqtts:\/\/[^/]+(:\d+)?\/?$/.test(url)) bf.at('url').fail("must be mqtts://HOST:PORT (the broker's TLS listener)");
     const reload = b.reloadCommand === undefined || b.reloadCommand === null ? null : strings(bf.at('reloadCommand'), b.reloadCommand);
     if (reload && reload.length === 0) bf.at('reloadCommand').fail('must name a program (argv array)');
     broker = {
@@ -404,7 +426,9 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     enrollSessionTtl: o.enrollSessionTtl === undefined ? 600 : duration(root.at('enrollSessionTtl'), o.enrollSessionTtl, 10, 86400),
     challengeTtl: o.challengeTtl === undefined ? 300 : duration(root.at('challengeTtl'), o.challengeTtl, 5, 86400),
     crlValidity:
-      o.crlValidity === undefined ? Math.max(60, Math.min(3600, minLifetime)) : duration(root.at('crlValidity'), o.crlValidity, 10, 7 * 86400),
+      o.crlValidity === undefined
+        ? Math.max(60, Math.min(3600, minLifetime))
+        : duration(root.at('crlValidity'), o.crlValidity, 10, 7 * 86400),
     staleAfter: o.staleAfter === undefined ? 86400 : duration(root.at('staleAfter'), o.staleAfter, 10, 365 * 86400),
     baselineWindow: o.baselineWindow === undefined ? 86400 : duration(root.at('baselineWindow'), o.baselineWindow, 10, 30 * 86400),
     housekeepingInterval:
@@ -416,7 +440,10 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
       admin: rate(root.at('rateLimit').at('admin'), rl.admin, { max: 600, window: 60 }),
     },
     metrics: { allow: metricsAllow, allowList: buildAllowList(root.at('metrics').at('allow'), metricsAllow) },
-    audit: { aggregateRefusals: auditRaw.aggregateRefusals === undefined ? true : bool(root.at('audit').at('aggregateRefusals'), auditRaw.aggregateRefusals) },
+    audit: {
+      aggregateRefusals:
+        auditRaw.aggregateRefusals === undefined ? true : bool(root.at('audit').at('aggregateRefusals'), auditRaw.aggregateRefusals),
+    },
     retention: { auditDays: days('auditDays', 400), certificateDays: days('certificateDays', 400) },
     mqtt: { url: mqttUrl },
     broker,

@@ -34,7 +34,10 @@ async function main(): Promise<number> {
     );
   }
   const info = await server.listen();
-  server.ctx.log.info({ url: info.url, port: info.port, caFingerprint: info.caFingerprint, dataDir: config.dataDir }, 'edgeid-server listening');
+  server.ctx.log.info(
+    { url: info.url, port: info.port, caFingerprint: info.caFingerprint, dataDir: config.dataDir },
+    'edgeid-server listening',
+  );
   let closing = false;
   const stop = (sig: string) => {
     if (closing) return;

@@ -25,9 +25,24 @@ export function createMetrics(deviceCounts: () => Promise<Record<string, number>
   });
   return {
     registry,
-    enrollments: new Counter({ name: 'edgeid_enrollments_total', help: 'Enrollments finished, by outcome', labelNames: ['outcome'] as const, registers: [registry] }),
-    renewals: new Counter({ name: 'edgeid_renewals_total', help: 'Renewals, by outcome', labelNames: ['outcome'] as const, registers: [registry] }),
-    failures: new Counter({ name: 'edgeid_failures_total', help: 'Failed requests by error code', labelNames: ['code', 'route'] as const, registers: [registry] }),
+    enrollments: new Counter({
+      name: 'edgeid_enrollments_total',
+      help: 'Enrollments finished, by outcome',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+    renewals: new Counter({
+      name: 'edgeid_renewals_total',
+      help: 'Renewals, by outcome',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+    failures: new Counter({
+      name: 'edgeid_failures_total',
+      help: 'Failed requests by error code',
+      labelNames: ['code', 'route'] as const,
+      registers: [registry],
+    }),
     latency: new Histogram({
       name: 'edgeid_http_request_duration_seconds',
       help: 'Request latency',

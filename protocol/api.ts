@@ -320,7 +320,10 @@ export type TokenView = Static<typeof TokenView>;
 export const LIST_PAGE_MAX = 1000;
 const PageLimit = Type.String({ pattern: '^(1000|[1-9][0-9]{0,2})$' });
 const PageCursor = Type.String({ pattern: '^[0-9]{1,15}:[A-Za-z0-9_.-]{1,64}$' });
-export const TokensQuery = Type.Object({ limit: Type.Optional(PageLimit), after: Type.Optional(PageCursor) }, { additionalProperties: false });
+export const TokensQuery = Type.Object(
+  { limit: Type.Optional(PageLimit), after: Type.Optional(PageCursor) },
+  { additionalProperties: false },
+);
 export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
 
 export const EkRootView = Type.Object({
@@ -336,9 +339,15 @@ export const EkRootView = Type.Object({
 });
 export type EkRootView = Static<typeof EkRootView>;
 export const EkRootList = Type.Object({ roots: Type.Array(EkRootView) });
-export const EkRootAddRequest = Type.Object({ certificate: Type.String({ minLength: 1, maxLength: 65536 }) }, { additionalProperties: false });
+export const EkRootAddRequest = Type.Object(
+  { certificate: Type.String({ minLength: 1, maxLength: 65536 }) },
+  { additionalProperties: false },
+);
 export type EkRootAddRequest = Static<typeof EkRootAddRequest>;
-export const EkRootParams = Type.Object({ fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{64,95}$' }) }, { additionalProperties: false });
+export const EkRootParams = Type.Object(
+  { fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{64,95}$' }) },
+  { additionalProperties: false },
+);
 
 export const EkAllowEntry = Type.Object({
   id: Str,
@@ -467,12 +476,20 @@ export const AuditRow = Type.Object({
 });
 export type AuditRow = Static<typeof AuditRow>;
 export const AuditQuery = Type.Object(
-  { after: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })), limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })), deviceId: Type.Optional(DeviceId) },
+  {
+    after: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })),
+    limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })),
+    deviceId: Type.Optional(DeviceId),
+  },
   { additionalProperties: false },
 );
 export const AuditExport = Type.Object({ rows: Type.Array(AuditRow) });
 
-export const AuditProblem = Type.Object({ seq: Type.Integer(), kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const), detail: Str });
+export const AuditProblem = Type.Object({
+  seq: Type.Integer(),
+  kind: oneOf(['hash_mismatch', 'chain_broken', 'gap', 'head_mismatch'] as const),
+  detail: Str,
+});
 export type AuditProblem = Static<typeof AuditProblem>;
 export const AuditVerifyResult = Type.Object({
   ok: Type.Boolean(),

@@ -139,7 +139,8 @@ function checkSignerChain(leaf: X509Certificate, extra: X509Certificate[], trust
   if (commonName(leaf.subject) !== CONTROL_SIGNER_CN) throw untrusted(`subject is not CN=${CONTROL_SIGNER_CN}`);
   if (leaf.ca) throw untrusted('is a CA certificate');
   const eku = leaf.keyUsage; // node: the extended key usage OIDs, undefined without the extension
-  if (eku !== undefined && (eku.length === 0 || eku.some((oid) => oid !== CONTROL_SIGNER_EKU))) throw untrusted('has an extended key usage other than control signing');
+  if (eku !== undefined && (eku.length === 0 || eku.some((oid) => oid !== CONTROL_SIGNER_EKU)))
+    throw untrusted('has an extended key usage other than control signing');
   if (!withinValidity(leaf, at)) throw untrusted('certificate is outside its validity period');
 
   const roots = trust.filter((c) => c.ca && c.checkIssued(c) && c.verify(c.publicKey));
@@ -147,7 +148,9 @@ function checkSignerChain(leaf: X509Certificate, extra: X509Certificate[], trust
   let current = leaf;
   for (let depth = 0; depth < 8; depth++) {
     if (roots.some((r) => r.fingerprint256 === current.fingerprint256)) return;
-    const issuer = pool.find((c) => c.ca && c.fingerprint256 !== current.fingerprint256 && current.checkIssued(c) && current.verify(c.publicKey));
+    const issuer = pool.find(
+      (c) => c.ca && c.fingerprint256 !== current.fingerprint256 && current.checkIssued(c) && current.verify(c.publicKey),
+    );
     if (!issuer) throw untrusted('does not chain to the edgeid root CA');
     if (!withinValidity(issuer, at)) throw untrusted('a CA certificate in its chain is outside its validity period');
     current = issuer;
@@ -157,7 +160,8 @@ function checkSignerChain(leaf: X509Certificate, extra: X509Certificate[], trust
 
 /** Verifies a signed control command (see the module comment for every check) and returns it. */
 export function verifyControlCommand(message: string | Uint8Array | SignedControl, opts: VerifyControlOptions): ControlCommand {
-  const env = typeof message === 'object' && !(message instanceof Uint8Array) ? parseEnvelope(JSON.stringify(message)) : parseEnvelope(message);
+  const env =
+    typeof message === 'object' && !(message instanceof Uint8Array) ? parseEnvelope(JSON.stringify(message)) : parseEnvelope(message);
   const now = opts.now ?? new Date();
 
   let signerChain: X509Certificate[];

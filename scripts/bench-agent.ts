@@ -77,7 +77,9 @@ function median(xs: number[]): number {
 }
 
 function statsText(stats: Record<string, number>): string {
-  return Object.entries(stats).map(([k, v]) => (v > 1 ? `${k}×${v}` : k)).join(', ');
+  return Object.entries(stats)
+    .map(([k, v]) => (v > 1 ? `${k}×${v}` : k))
+    .join(', ');
 }
 
 function pct(sorted: number[], p: number): number {
@@ -88,18 +90,29 @@ async function main(): Promise<void> {
   const rows: [string, string, string][] = [];
   const work = await tmpDir('edgeid-bench-agent-');
   const tpmSim = await startSwtpm();
-  const srv = await startServerProcess({ config: { rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } } });
+  const srv = await startServerProcess({
+    config: { rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } },
+  });
   try {
     await extendBootPcrs(tpmSim.tcti);
 
     // 1. renewal latency, in-process (one HTTPS round trip + one TPM batch + state commit each)
-    const config = applyConfigObject(defaultConfig(), { stateDir: path.join(work, 'state'), tcti: tpmSim.tcti, logLevel: 'warn', eventLog: NO_EVENT_LOG });
+    const config = applyConfigObject(defaultConfig(), {
+      stateDir: path.join(work, 'state'),
+      tcti: tpmSim.tcti,
+      logLevel: 'warn',
+      eventLog: NO_EVENT_LOG,
+    });
     const store = await StateStore.open(config.stateDir, { lock: true });
     const tpm = await Tpm.open(tpmSim.tcti);
     const deps = { store, tpm, config, log: pino({ level: 'warn' }), posture: new PostureCollector({ config }) };
     const { uri } = await createToken(srv);
     const u = new URL(uri);
-    let state = await enroll(deps, { server: u.searchParams.get('server')!, token: u.searchParams.get('token')!, caFingerprint: u.searchParams.get('ca')! });
+    let state = await enroll(deps, {
+      server: u.searchParams.get('server')!,
+      token: u.searchParams.get('token')!,
+      caFingerprint: u.searchParams.get('ca')!,
+    });
     const times: number[] = [];
     const cmds: number[] = [];
     const first = { commands: 0, stats: {} as Record<string, number> };
@@ -122,7 +135,11 @@ async function main(): Promise<void> {
     }
     // The TLS handshake after a renewal: the context comes from the renewal's saved context.
     const queuedBefore = tpm.commandCount;
-    await tpm.tlsSecureContext({ key: await store.readKey(`session-${state.certificate!.sessionKey}`), certPem: state.certificate!.pem, caPem: srv.caPem });
+    await tpm.tlsSecureContext({
+      key: await store.readKey(`session-${state.certificate!.sessionKey}`),
+      certPem: state.certificate!.pem,
+      caPem: srv.caPem,
+    });
     const tlsContextCommands = tpm.commandCount - queuedBefore;
     const residents = tpm.residentObjectCount;
     await tpm.close();
@@ -135,21 +152,43 @@ async function main(): Promise<void> {
       `${median(cmds)}, max ${Math.max(...cmds)} over ${cmds.length}: ${[...steadyStats].map(([k, n]) => `${k} ×${n}`).join('; ')}`,
       '≤ 6',
     ]);
-    rows.push(['TPM commands, first renewal of a process (loads the residents, reads the PCRs)', `${first.commands} (${statsText(first.stats)})`, '']);
-    rows.push(['TPM objects resident between renewals / TPM commands to build the TLS context after a renewal', `${residents} (SRK, AK) / ${tlsContextCommands}`, '']);
+    rows.push([
+      'TPM commands, first renewal of a process (loads the residents, reads the PCRs)',
+      `${first.commands} (${statsText(first.stats)})`,
+      '',
+    ]);
+    rows.push([
+      'TPM objects resident between renewals / TPM commands to build the TLS context after a renewal',
+      `${residents} (SRK, AK) / ${tlsContextCommands}`,
+      '',
+    ]);
 
     // 2. bundle
     let dist = path.join(work, 'dist');
     if (PREBUILT) dist = path.resolve(PREBUILT);
     else await run(process.execPath, [path.join(REPO, 'scripts/bundle.mjs'), '--outdir', dist], { cwd: REPO });
     const bundle = path.join(dist, 'edgeid-agent.js');
-    rows.push(['bundle size (edgeid-agent.js)', `${((await stat(bundle)).size / 1024).toFixed(0)} KiB (+ addon ${((await stat(path.join(dist, 'edgeid_tpm.node'))).size / 1024).toFixed(0)} KiB)`, '≤ 2 MB']);
+    rows.push([
+      'bundle size (edgeid-agent.js)',
+      `${((await stat(bundle)).size / 1024).toFixed(0)} KiB (+ addon ${((await stat(path.join(dist, 'edgeid_tpm.node'))).size / 1024).toFixed(0)} KiB)`,
+      '≤ 2 MB',
+    ]);
 
     // 3. cold start of the bundled agent to MQTT connected, then RSS while it runs and renews
-    const rssSrv = await startServerProcess({ config: { allowShortLifetimes: true, zones: { default: { lifetime: 30 } }, rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } } });
+    const rssSrv = await startServerProcess({
+      config: {
+        allowShortLifetimes: true,
+        zones: { default: { lifetime: 30 } },
+        rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } },
+      },
+    });
     const caFile = path.join(work, 'edgeid-ca.pem');
     await writeFile(caFile, await edgeidCaBundle(rssSrv));
-    const broker = await startMosquitto({ caFile, certFile: path.join(rssSrv.dataDir, 'ca', 'server.pem'), keyFile: path.join(rssSrv.dataDir, 'ca', 'server.key') });
+    const broker = await startMosquitto({
+      caFile,
+      certFile: path.join(rssSrv.dataDir, 'ca', 'server.pem'),
+      keyFile: path.join(rssSrv.dataDir, 'ca', 'server.key'),
+    });
     try {
       const probeFile = path.join(work, 'probe.mjs');
       await writeFile(probeFile, PROBE);
@@ -165,8 +204,26 @@ async function main(): Promise<void> {
           const t0 = performance.now();
           const child = spawn(
             process.execPath,
-            [...nodeFlags, ...(process.env.EDGEID_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean), '--import', probeFile, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'],
-            { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env, EDGEID_EVENT_LOG: NO_EVENT_LOG, EDGEID_BENCH_PROBE: probeOut } },
+            [
+              ...nodeFlags,
+              ...(process.env.EDGEID_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean),
+              '--import',
+              probeFile,
+              bundle,
+              'run',
+              '--state',
+              stateDir,
+              '--tcti',
+              t2.tcti,
+              '--mqtt-url',
+              broker.url,
+              '--heartbeat',
+              '1',
+            ],
+            {
+              stdio: ['ignore', 'ignore', 'pipe'],
+              env: { ...process.env, ...env, EDGEID_EVENT_LOG: NO_EVENT_LOG, EDGEID_BENCH_PROBE: probeOut },
+            },
           );
           try {
             let log = '';
@@ -189,7 +246,11 @@ async function main(): Promise<void> {
             }
             await rm(probeOut, { force: true });
             child.kill('SIGUSR2');
-            const heap = await waitFor('the memory probe', async () => JSON.parse(await readFile(probeOut, 'utf8')) as { heapUsed?: number; heapTotal?: number }, { timeoutMs: 10_000, retryErrors: true });
+            const heap = await waitFor(
+              'the memory probe',
+              async () => JSON.parse(await readFile(probeOut, 'utf8')) as { heapUsed?: number; heapTotal?: number },
+              { timeoutMs: 10_000, retryErrors: true },
+            );
             const renewals = (log.match(/"msg":"certificate renewed"/g) ?? []).length;
             const steady = samples.slice(samples.length / 2);
             rows.push([
@@ -237,12 +298,20 @@ function slope(xs: number[], ys: number[]): number {
 async function soak(renewals: number): Promise<void> {
   const work = await tmpDir('edgeid-bench-soak-');
   const srv = await startServerProcess({
-    config: { allowShortLifetimes: true, zones: { default: { lifetime: SOAK_LIFETIME } }, rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } } },
+    config: {
+      allowShortLifetimes: true,
+      zones: { default: { lifetime: SOAK_LIFETIME } },
+      rateLimit: { renew: { max: 100000, window: 60 }, enroll: { max: 1000, window: 60 } },
+    },
   });
   const t2 = await startSwtpm();
   const caFile = path.join(work, 'edgeid-ca.pem');
   await writeFile(caFile, await edgeidCaBundle(srv));
-  const broker = await startMosquitto({ caFile, certFile: path.join(srv.dataDir, 'ca', 'server.pem'), keyFile: path.join(srv.dataDir, 'ca', 'server.key') });
+  const broker = await startMosquitto({
+    caFile,
+    certFile: path.join(srv.dataDir, 'ca', 'server.pem'),
+    keyFile: path.join(srv.dataDir, 'ca', 'server.key'),
+  });
   const samples: { renewal: number; rss: number; anon: number; at: number }[] = [];
   const started = performance.now();
   try {
@@ -255,10 +324,14 @@ async function soak(renewals: number): Promise<void> {
     const tok = await createToken(srv);
     await run(process.execPath, [bundle, 'enroll', '--uri', tok.uri, '--state', stateDir, '--tcti', t2.tcti]);
     const unit = SOAK_PLAIN ? { nodeFlags: [], env: {} } : await unitSettings();
-    const child = spawn(process.execPath, [...unit.nodeFlags, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, ...unit.env, EDGEID_EVENT_LOG: NO_EVENT_LOG },
-    });
+    const child = spawn(
+      process.execPath,
+      [...unit.nodeFlags, bundle, 'run', '--state', stateDir, '--tcti', t2.tcti, '--mqtt-url', broker.url, '--heartbeat', '1'],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, ...unit.env, EDGEID_EVENT_LOG: NO_EVENT_LOG },
+      },
+    );
     try {
       await new Promise<void>((resolve, reject) => {
         let count = 0;
@@ -290,13 +363,27 @@ async function soak(renewals: number): Promise<void> {
   }
   samples.sort((a, b) => a.renewal - b.renewal);
   const half = samples.slice(Math.floor(samples.length / 2));
-  const perHundred = slope(half.map((s) => s.renewal), half.map((s) => s.rss)) * 100;
-  const anonPerHundred = slope(half.map((s) => s.renewal), half.map((s) => s.anon)) * 100;
-  console.log(`\n### Agent renewal soak (${renewals} renewals of ${SOAK_LIFETIME}-second certificates, bundled agent ${SOAK_PLAIN ? 'with plain node' : 'as the unit runs it'}, MQTT connected, Node ${process.version})\n`);
+  const perHundred =
+    slope(
+      half.map((s) => s.renewal),
+      half.map((s) => s.rss),
+    ) * 100;
+  const anonPerHundred =
+    slope(
+      half.map((s) => s.renewal),
+      half.map((s) => s.anon),
+    ) * 100;
+  console.log(
+    `\n### Agent renewal soak (${renewals} renewals of ${SOAK_LIFETIME}-second certificates, bundled agent ${SOAK_PLAIN ? 'with plain node' : 'as the unit runs it'}, MQTT connected, Node ${process.version})\n`,
+  );
   console.log('| renewals | elapsed | RSS | RssAnon |\n|---|---|---|---|');
   const marks = new Set([1, 10, 50, 100, 200, 300, 400, 500, renewals]);
-  for (const s of samples) if (marks.has(s.renewal) || s.renewal % 250 === 0) console.log(`| ${s.renewal} | ${s.at.toFixed(0)} s | ${s.rss.toFixed(1)} MB | ${s.anon.toFixed(1)} MB |`);
-  console.log(`\nSlope over the second half (renewals ${half[0]?.renewal}–${half.at(-1)?.renewal}): RSS ${perHundred >= 0 ? '+' : ''}${perHundred.toFixed(2)} MB per 100 renewals (RssAnon ${anonPerHundred >= 0 ? '+' : ''}${anonPerHundred.toFixed(2)}).`);
+  for (const s of samples)
+    if (marks.has(s.renewal) || s.renewal % 250 === 0)
+      console.log(`| ${s.renewal} | ${s.at.toFixed(0)} s | ${s.rss.toFixed(1)} MB | ${s.anon.toFixed(1)} MB |`);
+  console.log(
+    `\nSlope over the second half (renewals ${half[0]?.renewal}–${half.at(-1)?.renewal}): RSS ${perHundred >= 0 ? '+' : ''}${perHundred.toFixed(2)} MB per 100 renewals (RssAnon ${anonPerHundred >= 0 ? '+' : ''}${anonPerHundred.toFixed(2)}).`,
+  );
 }
 
 (SOAK > 0 ? soak(SOAK) : main()).catch((e: unknown) => {

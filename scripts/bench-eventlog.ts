@@ -35,13 +35,19 @@ const rows: string[] = [
   '| log | bytes | events | wire: changed (b64 deflate) | wire: unchanged | agent unchanged ms | agent changed ms | server log sent ms | server digest only ms |',
   '|---|---|---|---|---|---|---|---|---|',
 ];
-for (const name of readdirSync(DIR).filter((f) => f.endsWith('.bin')).sort()) {
+for (const name of readdirSync(DIR)
+  .filter((f) => f.endsWith('.bin'))
+  .sort()) {
   const file = path.join(DIR, name);
   const full = await eventLogForQuote(file, null);
   if (!full.field) continue; // a log our parser refuses is not sent (specid-vendordata.bin)
-  const log = parseEventLog(Buffer.from(full.field.deflate ? (await import('node:zlib')).inflateSync(Buffer.from(full.field.deflate, 'base64')) : Buffer.alloc(0)));
+  const log = parseEventLog(
+    Buffer.from(full.field.deflate ? (await import('node:zlib')).inflateSync(Buffer.from(full.field.deflate, 'base64')) : Buffer.alloc(0)),
+  );
   const bytes = (await import('node:fs')).readFileSync(file);
-  const quoted = Object.fromEntries([...(replay(log).get('sha256') ?? new Map<number, Buffer>())].map(([k, v]) => [String(k), v.toString('hex')]));
+  const quoted = Object.fromEntries(
+    [...(replay(log).get('sha256') ?? new Map<number, Buffer>())].map(([k, v]) => [String(k), v.toString('hex')]),
+  );
   if (Object.keys(quoted).length === 0) continue; // SHA-1-only logs cannot be checked against a sha256 quote
   const sha256 = createHash('sha256').update(bytes).digest('hex');
   const same = await eventLogForQuote(file, sha256);

@@ -70,11 +70,14 @@ async function main(): Promise<void> {
         const u = new URL(token.body.uri);
         const store = await StateStore.open(stateDir, { lock: true });
         try {
-          await enroll({ store, tpm, config, log, posture: new PostureCollector({ config }) }, {
-            server: u.searchParams.get('server')!,
-            token: u.searchParams.get('token')!,
-            caFingerprint: u.searchParams.get('ca')!,
-          });
+          await enroll(
+            { store, tpm, config, log, posture: new PostureCollector({ config }) },
+            {
+              server: u.searchParams.get('server')!,
+              token: u.searchParams.get('token')!,
+              caFingerprint: u.searchParams.get('ca')!,
+            },
+          );
         } finally {
           await store.close();
         }
@@ -100,14 +103,16 @@ async function main(): Promise<void> {
           async () => {
             const r = await tlsHandshake(d.broker.port, ctx, 5000);
             if (!r.ok && r.code === 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED') return performance.now() - t0;
-            if (!r.ok && !['ECONNREFUSED', 'ECONNRESET', 'CLOSED', 'EPIPE'].includes(r.code)) throw new Error(`unexpected handshake outcome: ${JSON.stringify(r)}`);
+            if (!r.ok && !['ECONNREFUSED', 'ECONNRESET', 'CLOSED', 'EPIPE'].includes(r.code))
+              throw new Error(`unexpected handshake outcome: ${JSON.stringify(r)}`);
             return null;
           },
           { timeoutMs: 30_000, intervalMs: 10 },
         );
         const [k, c, a, w] = await Promise.all([kicked, crlInForce, api, agentWiped]);
         // 152 = "administrative action": the broker's deleteClient, not a network error or the client itself
-        if (disconnectReason !== 152) throw new Error(`the session ended without the broker's administrative disconnect (reason ${disconnectReason})`);
+        if (disconnectReason !== 152)
+          throw new Error(`the session ended without the broker's administrative disconnect (reason ${disconnectReason})`);
         samples.push({ kicked: k, crlInForce: c, apiReturned: a, agentWiped: w });
         await held.endAsync(true).catch(() => {});
         tpm.releaseTlsKey(ctx);
@@ -121,12 +126,16 @@ async function main(): Promise<void> {
     await d.stop();
   }
 
-  const mosquitto = (await run('mosquitto', ['-h']).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }))).stdout.split('\n')[0]?.trim();
+  const mosquitto = (await run('mosquitto', ['-h']).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }))).stdout
+    .split('\n')[0]
+    ?.trim();
   const row = (label: string, key: keyof Sample, goal: string) => {
     const v = samples.map((s) => s[key]).sort((a, b) => a - b);
     return `| ${label} | ${pct(v, 50).toFixed(0)} ms | ${pct(v, 95).toFixed(0)} ms | ${v[v.length - 1]!.toFixed(0)} ms | ${goal} |`;
   };
-  console.log(`\n### Revocation (${RUNS} runs; ${os.cpus()[0]?.model ?? 'cpu'}, ${os.cpus().length} cores, Node ${process.version}, ${mosquitto}, swtpm)\n`);
+  console.log(
+    `\n### Revocation (${RUNS} runs; ${os.cpus()[0]?.model ?? 'cpu'}, ${os.cpus().length} cores, Node ${process.version}, ${mosquitto}, swtpm)\n`,
+  );
   console.log('| from the revoke API call to … | median | p95 | max | goal |\n|---|---|---|---|---|');
   console.log(row("the device's session closed by the broker (dynsec deleteClient)", 'kicked', 'p95 ≤ 500 ms'));
   console.log(row('the CRL in force (a fresh handshake with the revoked certificate refused)', 'crlInForce', ''));

@@ -29,11 +29,15 @@ function seed(store: SqliteStore, n: number, now: number): void {
     `INSERT INTO devices (id, zone, owner, name, status, ek_hash, ak_pub, ak_name, baseline, claims, enrolled_by, enrolled_at, retire_by, last_seen, last_ip)
      VALUES (?, ?, 'ops', ?, ?, ?, ?, ?, ?, ?, 'token:x', ?, ?, ?, '10.0.0.1')`,
   );
-  const cert = db.prepare('INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at, revoked_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+  const cert = db.prepare(
+    'INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at, revoked_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+  );
   const tok = db.prepare(
     `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, used_at, device_id) VALUES (?, ?, 'default', 'ops', NULL, NULL, 'admin', ?, ?, ?, ?)`,
   );
-  const aud = db.prepare(`INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash) VALUES (?, ?, 'device', 'renew', ?, '10.0.0.1', 'ok', NULL, '{"serial":"x"}', ?, ?)`);
+  const aud = db.prepare(
+    `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash) VALUES (?, ?, 'device', 'renew', ?, '10.0.0.1', 'ok', NULL, '{"serial":"x"}', ?, ?)`,
+  );
   const baseline = JSON.stringify(Object.fromEntries([0, 1, 2, 3, 4, 5, 6, 7].map((i) => [String(i), 'ab'.repeat(32)])));
   const claims = JSON.stringify({ agentVersion: '1.2.3', os: 'linux', hostname: 'plc-line-3-station-12' });
   db.transaction(() => {
@@ -42,7 +46,20 @@ function seed(store: SqliteStore, n: number, now: number): void {
       const r = i % 100;
       const status = r < 90 ? 'active' : r < 95 ? 'quarantined' : r < 98 ? 'revoked' : 'retired';
       const enrolled = now - 400 * DAY + i * 1000;
-      dev.run(id, 'default', `device ${i}`, status, `ek${i}`, Buffer.alloc(90, i % 256), `000b${i.toString(16).padStart(64, '0')}`, baseline, claims, enrolled, i % 50 === 0 ? now - DAY : null, now - (i % 1000) * 60_000);
+      dev.run(
+        id,
+        'default',
+        `device ${i}`,
+        status,
+        `ek${i}`,
+        Buffer.alloc(90, i % 256),
+        `000b${i.toString(16).padStart(64, '0')}`,
+        baseline,
+        claims,
+        enrolled,
+        i % 50 === 0 ? now - DAY : null,
+        now - (i % 1000) * 60_000,
+      );
       cert.run(`a${i}`, id, now - 3 * DAY, now - 2 * DAY, 'h', now - 3 * DAY, null, null);
       const revoked = status === 'revoked';
       cert.run(`b${i}`, id, now - 1000, now + 3600_000, 'h', now - 1000, revoked ? now - 500 : null, revoked ? 'keyCompromise' : null);
@@ -79,20 +96,76 @@ for (const n of sizes) {
   const now = Date.now();
   seed(store, n, now);
   const metrics = createMetrics(() => store.countDevicesByStatus(), false);
-  const lastDev = store.db.prepare('SELECT enrolled_at, id FROM devices ORDER BY enrolled_at DESC, id DESC LIMIT 1 OFFSET 500').get() as { enrolled_at: number; id: string };
-  const lastTok = store.db.prepare('SELECT created_at, id FROM tokens ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET 500').get() as { created_at: number; id: string };
+  const lastDev = store.db.prepare('SELECT enrolled_at, id FROM devices ORDER BY enrolled_at DESC, id DESC LIMIT 1 OFFSET 500').get() as {
+    enrolled_at: number;
+    id: string;
+  };
+  const lastTok = store.db.prepare('SELECT created_at, id FROM tokens ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET 500').get() as {
+    created_at: number;
+    id: string;
+  };
   const cases: [string, () => Promise<unknown>, string, unknown[]][] = [
-    ['GET /metrics (device gauge: GROUP BY status)', () => metrics.registry.metrics(), 'SELECT status, COUNT(*) AS n FROM devices GROUP BY status', []],
+    [
+      'GET /metrics (device gauge: GROUP BY status)',
+      () => metrics.registry.metrics(),
+      'SELECT status, COUNT(*) AS n FROM devices GROUP BY status',
+      [],
+    ],
     ['before: every device row decoded per scrape', () => store.listDevices(), 'SELECT * FROM devices ORDER BY enrolled_at, id', []],
-    ['broker reconcile: live device ids', () => store.listDeviceIds({ status: ['active', 'quarantined'] }), "SELECT id FROM devices WHERE devices.status IN ('active','quarantined') ORDER BY id", []],
-    ['housekeeping: devices due to retire (ids)', () => store.listDeviceIds({ status: ['active', 'quarantined'], retireByAtOrBefore: now }), "SELECT id FROM devices WHERE devices.status IN ('active','quarantined') AND devices.retire_by IS NOT NULL AND devices.retire_by <= ? ORDER BY id", [now]],
-    ['CRL: revoked unexpired certificates', () => store.listRevokedUnexpired(now), 'SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial', [now]],
-    ['admin devices list: first page (1000)', () => store.pageDevicesWithLastCertificate({}, { limit: 1001 }), 'SELECT * FROM devices d ORDER BY d.enrolled_at, d.id LIMIT 1001', []],
-    ['admin devices list: a page near the end (cursor)', () => store.pageDevicesWithLastCertificate({}, { limit: 1001, after: { time: lastDev.enrolled_at, id: lastDev.id } }), 'SELECT * FROM devices d WHERE (d.enrolled_at, d.id) > (?, ?) ORDER BY d.enrolled_at, d.id LIMIT 1001', [lastDev.enrolled_at, lastDev.id]],
-    ['admin devices list: status=quarantined, first page', () => store.pageDevicesWithLastCertificate({ status: ['quarantined'] }, { limit: 1001 }), "SELECT * FROM devices d WHERE d.status IN ('quarantined') ORDER BY d.enrolled_at, d.id LIMIT 1001", []],
-    ['admin tokens list: a page near the end (cursor)', () => store.pageTokens({ limit: 1001, after: { time: lastTok.created_at, id: lastTok.id } }), 'SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT 1001', [lastTok.created_at, lastTok.id]],
-    ['retention: last audit row to prune', () => store.auditPruneLimit(now - 30 * DAY), 'SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)', [now - 30 * DAY]],
-    ['retention: expired certificates (batch of 2,000)', () => store.listExpiredCertificates(now - DAY, 2_000), 'SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT 2000', [now - DAY]],
+    [
+      'broker reconcile: live device ids',
+      () => store.listDeviceIds({ status: ['active', 'quarantined'] }),
+      "SELECT id FROM devices WHERE devices.status IN ('active','quarantined') ORDER BY id",
+      [],
+    ],
+    [
+      'housekeeping: devices due to retire (ids)',
+      () => store.listDeviceIds({ status: ['active', 'quarantined'], retireByAtOrBefore: now }),
+      "SELECT id FROM devices WHERE devices.status IN ('active','quarantined') AND devices.retire_by IS NOT NULL AND devices.retire_by <= ? ORDER BY id",
+      [now],
+    ],
+    [
+      'CRL: revoked unexpired certificates',
+      () => store.listRevokedUnexpired(now),
+      'SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial',
+      [now],
+    ],
+    [
+      'admin devices list: first page (1000)',
+      () => store.pageDevicesWithLastCertificate({}, { limit: 1001 }),
+      'SELECT * FROM devices d ORDER BY d.enrolled_at, d.id LIMIT 1001',
+      [],
+    ],
+    [
+      'admin devices list: a page near the end (cursor)',
+      () => store.pageDevicesWithLastCertificate({}, { limit: 1001, after: { time: lastDev.enrolled_at, id: lastDev.id } }),
+      'SELECT * FROM devices d WHERE (d.enrolled_at, d.id) > (?, ?) ORDER BY d.enrolled_at, d.id LIMIT 1001',
+      [lastDev.enrolled_at, lastDev.id],
+    ],
+    [
+      'admin devices list: status=quarantined, first page',
+      () => store.pageDevicesWithLastCertificate({ status: ['quarantined'] }, { limit: 1001 }),
+      "SELECT * FROM devices d WHERE d.status IN ('quarantined') ORDER BY d.enrolled_at, d.id LIMIT 1001",
+      [],
+    ],
+    [
+      'admin tokens list: a page near the end (cursor)',
+      () => store.pageTokens({ limit: 1001, after: { time: lastTok.created_at, id: lastTok.id } }),
+      'SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT 1001',
+      [lastTok.created_at, lastTok.id],
+    ],
+    [
+      'retention: last audit row to prune',
+      () => store.auditPruneLimit(now - 30 * DAY),
+      'SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)',
+      [now - 30 * DAY],
+    ],
+    [
+      'retention: expired certificates (batch of 2,000)',
+      () => store.listExpiredCertificates(now - DAY, 2_000),
+      'SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT 2000',
+      [now - DAY],
+    ],
   ];
   for (const [what, fn, sql, args] of cases) {
     const r = await time(fn);
@@ -102,9 +175,13 @@ for (const n of sizes) {
   rmSync(dir, { recursive: true, force: true });
 }
 
-console.log(`Median of ${runs} runs after one warm-up, one SQLite file (WAL) on local disk; devices: 90 % active, 5 % quarantined, 3 % revoked, 2 % retired, two certificates each (one expired), one token and one audit row each.`);
+console.log(
+  `Median of ${runs} runs after one warm-up, one SQLite file (WAL) on local disk; devices: 90 % active, 5 % quarantined, 3 % revoked, 2 % retired, two certificates each (one expired), one token and one audit row each.`,
+);
 console.log('');
-console.log(`| query | ${sizes.map((n) => `${n.toLocaleString('en')} devices (ms)`).join(' | ')} | rows returned (largest) | SQLite plan |`);
+console.log(
+  `| query | ${sizes.map((n) => `${n.toLocaleString('en')} devices (ms)`).join(' | ')} | rows returned (largest) | SQLite plan |`,
+);
 console.log(`|---|${sizes.map(() => '---:').join('|')}|---:|---|`);
 for (const what of [...new Set(results.map((r) => r.what))]) {
   const rs = results.filter((r) => r.what === what);

@@ -26,7 +26,10 @@ const max = (a: number[]) => Math.max(...a);
 
 async function startOnce(dataDir: string, calls: number): Promise<{ ms: number; cpu: number; rss: number; rssAfter: number }> {
   const t0 = process.hrtime.bigint();
-  const child = spawn(process.execPath, [bundle, '--data', dataDir, '--listen', '127.0.0.1:0'], { env: { ...process.env, EDGEID_LOG_LEVEL: 'info', NODE_ENV: 'production' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bundle, '--data', dataDir, '--listen', '127.0.0.1:0'], {
+    env: { ...process.env, EDGEID_LOG_LEVEL: 'info', NODE_ENV: 'production' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let log = '';
   const listening = new Promise<{ url: string }>((resolve, reject) => {
     child.stdout.on('data', (c: Buffer) => {
@@ -76,8 +79,12 @@ for (let i = 0; i < runs; i++) {
   await rm(dir, { recursive: true, force: true });
 }
 const mb = (k: number) => (k / 1024).toFixed(1);
-console.log(`Server bundle \`node dist/edgeid-server.js\` (${((await stat(bundle)).size / 1024).toFixed(0)} KiB, better_sqlite3.node beside it), ${runs} runs, --listen 127.0.0.1:0, NODE_ENV=production.`);
-console.log('Start-up = spawn to the "edgeid-server listening" log line (TLS listener up, CRL generated); its CPU time does not depend on how busy the machine is.\n');
+console.log(
+  `Server bundle \`node dist/edgeid-server.js\` (${((await stat(bundle)).size / 1024).toFixed(0)} KiB, better_sqlite3.node beside it), ${runs} runs, --listen 127.0.0.1:0, NODE_ENV=production.`,
+);
+console.log(
+  'Start-up = spawn to the "edgeid-server listening" log line (TLS listener up, CRL generated); its CPU time does not depend on how busy the machine is.\n',
+);
 console.log('| measure | median | max |');
 console.log('|---|---:|---:|');
 console.log(`| start-up, first start (creates CA keys, database) (ms) | ${median(first).toFixed(0)} | ${max(first).toFixed(0)} |`);

@@ -130,9 +130,13 @@ try {
     }
 
     const info = await tpm.info();
-    console.log(`TPM latency through the edgeid addon on swtpm (${info.manufacturer} ${info.vendor} ${info.firmwareVersion}, TCP loopback), ${iterations} iterations each after one warm-up.`);
+    console.log(
+      `TPM latency through the edgeid addon on swtpm (${info.manufacturer} ${info.vendor} ${info.firmwareVersion}, TCP loopback), ${iterations} iterations each after one warm-up.`,
+    );
     console.log('Each operation is one agent-level call: SRK CreatePrimary, loads, the command, flushes.');
-    console.log('The tls rows: a full TLS 1.3 handshake with tpm.tlsSecureContext against a local server that requires a client certificate, and the TPM sign callback inside it (ContextLoad + Sign + FlushContext, main thread).');
+    console.log(
+      'The tls rows: a full TLS 1.3 handshake with tpm.tlsSecureContext against a local server that requires a client certificate, and the TPM sign callback inside it (ContextLoad + Sign + FlushContext, main thread).',
+    );
     console.log('');
     console.log('| operation | median (ms) | p95 (ms) | TPM commands |');
     console.log('|---|---:|---:|---:|');

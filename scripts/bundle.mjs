@@ -22,7 +22,10 @@ const addon = path.join(root, 'agent/tpm/build/Release/edgeid_tpm.node');
 mkdirSync(outdir, { recursive: true });
 
 // ESM output: CommonJS dependencies still call require(), and the addon is found beside the bundle.
-const common = ["import { createRequire as __edgeidCreateRequire } from 'node:module';", 'const require = __edgeidCreateRequire(import.meta.url);'];
+const common = [
+  "import { createRequire as __edgeidCreateRequire } from 'node:module';",
+  'const require = __edgeidCreateRequire(import.meta.url);',
+];
 
 // The agent speaks mqtts:// only. mqtt.js loads its WebSocket (ws) and SOCKS-proxy (socks,
 // ip-address, smart-buffer) transports at the first connect whatever the URL; they cost the
@@ -30,7 +33,8 @@ const common = ["import { createRequire as __edgeidCreateRequire } from 'node:mo
 // clearly if ever reached (a ws:// URL, or MQTTJS_SOCKS_PROXY set).
 const LEFT_OUT = {
   ws: "function WebSocket() { throw new Error('edgeid-agent: MQTT over WebSockets is not in the agent bundle; use an mqtts:// broker URL'); } module.exports = WebSocket; module.exports.default = WebSocket;",
-  socks: "class SocksClient { constructor() { throw new Error('edgeid-agent: SOCKS proxies (MQTTJS_SOCKS_PROXY) are not in the agent bundle'); } } module.exports = { SocksClient };",
+  socks:
+    "class SocksClient { constructor() { throw new Error('edgeid-agent: SOCKS proxies (MQTTJS_SOCKS_PROXY) are not in the agent bundle'); } } module.exports = { SocksClient };",
 };
 const leaveOut = {
   name: 'edgeid-leave-out',
@@ -62,7 +66,10 @@ const PROGRAMS = {
   agent: {
     entry: 'agent/cli.ts',
     out: 'edgeid-agent.js',
-    banner: [...common, "if (!process.env.EDGEID_TPM_ADDON) process.env.EDGEID_TPM_ADDON = new URL('./edgeid_tpm.node', import.meta.url).pathname;"],
+    banner: [
+      ...common,
+      "if (!process.env.EDGEID_TPM_ADDON) process.env.EDGEID_TPM_ADDON = new URL('./edgeid_tpm.node', import.meta.url).pathname;",
+    ],
     define: { EDGEID_AGENT_VERSION: JSON.stringify(pkg.version), EDGEID_BUNDLED: 'true' },
     // optional transports/features of dependencies the agent does not use
     external: ['bufferutil', 'utf-8-validate', 'pino-pretty'],

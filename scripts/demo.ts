@@ -73,8 +73,13 @@ const services: { server: ServerProcess | null; broker: Mosquitto | null; tpms: 
 let stopping = false;
 
 /** Agent log lines worth showing people as they happen (all lines go to the JSON log files). */
-const SHOWN = /^(certificate renewed|renewal failed|mqtt connected|mqtt connection closed|control command accepted|control command ignored|identity wiped)$/;
-const pretty = prettyFactory({ colorize: process.stdout.isTTY, singleLine: true, ignore: 'pid,hostname,name,time,level,part,url,tpmCommandStats,notAfter' });
+const SHOWN =
+  /^(certificate renewed|renewal failed|mqtt connected|mqtt connection closed|control command accepted|control command ignored|identity wiped)$/;
+const pretty = prettyFactory({
+  colorize: process.stdout.isTTY,
+  singleLine: true,
+  ignore: 'pid,hostname,name,time,level,part,url,tpmCommandStats,notAfter',
+});
 
 function startProcess(name: string, cmd: string, argv: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
   const log = createWriteStream(path.join(logs, `${name}.log`), { flags: 'a' });
@@ -113,7 +118,10 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-const node = (script: string, argv: string[]): [string, string[]] => [process.execPath, ['--import', 'tsx', path.join(REPO, script), ...argv]];
+const node = (script: string, argv: string[]): [string, string[]] => [
+  process.execPath,
+  ['--import', 'tsx', path.join(REPO, script), ...argv],
+];
 
 /** Runs a CLI to completion; the child is tracked so Ctrl-C stops it too. */
 async function cli(script: string, argv: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
@@ -132,7 +140,8 @@ const agentCli = (dev: Device, argv: string[], env: NodeJS.ProcessEnv = {}) =>
   cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: NO_EVENT_LOG, ...env });
 
 /** Asks the deployment every half second (through CLIs and files, which may fail while it moves). */
-const eventually = <T>(what: string, fn: () => Promise<T>, timeoutMs: number) => waitFor(what, fn, { timeoutMs, intervalMs: 500, retryErrors: true });
+const eventually = <T>(what: string, fn: () => Promise<T>, timeoutMs: number) =>
+  waitFor(what, fn, { timeoutMs, intervalMs: 500, retryErrors: true });
 
 // ---- the deployment ------------------------------------------------------------------------
 
@@ -177,16 +186,29 @@ async function main(): Promise<void> {
     ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER], requireEkCertificate: true },
     housekeepingInterval: '10s',
   };
-  const server = await startServerProcess({ config: baseConfig, configFile: path.join(work, 'server.json'), dataDir, logLevel: 'info', logFile: path.join(logs, 'server.log') });
+  const server = await startServerProcess({
+    config: baseConfig,
+    configFile: path.join(work, 'server.json'),
+    dataDir,
+    logLevel: 'info',
+    logFile: path.join(logs, 'server.log'),
+  });
   services.server = server;
   const serverPort = server.port;
-  say(`enrollment server on https://localhost:${serverPort} (SQLite, CA created on first start; EK certificates must chain to the TPM maker's root)`);
+  say(
+    `enrollment server on https://localhost:${serverPort} (SQLite, CA created on first start; EK certificates must chain to the TPM maker's root)`,
+  );
 
   shell(`edgeid-admin broker config --out ${path.relative(REPO, brokerDir)} --port ${brokerPort}`);
   await admin(['broker', 'config', '--out', brokerDir, '--port', String(brokerPort), '--bind', '127.0.0.1', '--run-as-root']);
   // Mosquitto reads its CRL only at start: the server's reload command restarts it, and the
   // harness brings it back like a service manager would.
-  const broker = await startMosquitto({ configFile: path.join(brokerDir, 'mosquitto.conf'), port: brokerPort, supervised: true, logFile: path.join(logs, 'mosquitto.log') });
+  const broker = await startMosquitto({
+    configFile: path.join(brokerDir, 'mosquitto.conf'),
+    port: brokerPort,
+    supervised: true,
+    logFile: path.join(logs, 'mosquitto.log'),
+  });
   services.broker = broker;
   say(`Mosquitto on mqtts://127.0.0.1:${brokerPort}: client certificates required, CN = username, per-device permissions by dynsec`);
 
@@ -270,7 +292,9 @@ async function main(): Promise<void> {
     // the link goes in through the environment, which keeps the token out of the process list
     const out = JSON.parse(await agentCli(dev, ['enroll', '--json'], { EDGEID_ENROLL_URI: uris[i]! })) as { deviceId: string };
     dev.id = out.deviceId;
-    say(`${green('enrolled')} ${dev.name} as ${bold(dev.id)} in ${Date.now() - t} ms (EK certificate checked, AK activated, quote and certify verified)`);
+    say(
+      `${green('enrolled')} ${dev.name} as ${bold(dev.id)} in ${Date.now() - t} ms (EK certificate checked, AK activated, quote and certify verified)`,
+    );
     startAgent(dev);
   }
   await eventually('telemetry from every device', async () => devs.every((d) => (received.get(d.id!)?.size ?? 0) > 0), 60_000);
@@ -279,16 +303,28 @@ async function main(): Promise<void> {
 
   // -- 3. renewals
   step('3', 'Renewals happen live: new TPM key, new serial, the MQTT session keeps going');
-  const certOf = async (dev: Device) => (JSON.parse(await agentCli(dev, ['status', '--json'])) as { certificate: { serial: string } | null; renewal: { total: number; tpmCommandsPerRenewal: number | null } });
+  const certOf = async (dev: Device) =>
+    JSON.parse(await agentCli(dev, ['status', '--json'])) as {
+      certificate: { serial: string } | null;
+      renewal: { total: number; tpmCommandsPerRenewal: number | null };
+    };
   for (const dev of devs) dev.serials.add((await certOf(dev)).certificate!.serial);
   const lifetimeS = Number.parseInt(lifetime, 10) * (lifetime.endsWith('m') ? 60 : 1);
-  say(`waiting for every device to renew (at about ${Math.round(lifetimeS * 0.6)}–${Math.round(lifetimeS * 0.75)} s into its certificate) …`);
+  say(
+    `waiting for every device to renew (at about ${Math.round(lifetimeS * 0.6)}–${Math.round(lifetimeS * 0.75)} s into its certificate) …`,
+  );
   for (const dev of devs) {
-    const st = await eventually(`a renewal by ${dev.name}`, async () => {
-      const s = await certOf(dev);
-      return s.renewal.total >= 1 && s.certificate && !dev.serials.has(s.certificate.serial) ? s : null;
-    }, (lifetimeS + 60) * 1000);
-    say(`${dev.name} renewed: serial ${[...dev.serials][0]!.slice(0, 12)}… → ${bold(st.certificate!.serial.slice(0, 12))}… with a new TPM key (${st.renewal.tpmCommandsPerRenewal ?? '?'} TPM commands)`);
+    const st = await eventually(
+      `a renewal by ${dev.name}`,
+      async () => {
+        const s = await certOf(dev);
+        return s.renewal.total >= 1 && s.certificate && !dev.serials.has(s.certificate.serial) ? s : null;
+      },
+      (lifetimeS + 60) * 1000,
+    );
+    say(
+      `${dev.name} renewed: serial ${[...dev.serials][0]!.slice(0, 12)}… → ${bold(st.certificate!.serial.slice(0, 12))}… with a new TPM key (${st.renewal.tpmCommandsPerRenewal ?? '?'} TPM commands)`,
+    );
     dev.serials.add(st.certificate!.serial);
   }
   await pause();
@@ -303,17 +339,25 @@ async function main(): Promise<void> {
   startAgent(d3);
   shell(`edgeid-admin renew-now ${d3.id}`);
   await eventually(`${d3.name} connected again`, async () => (await admin(['renew-now', d3.id!])).includes('sent'), 30_000);
-  const q = await eventually(`${d3.name} quarantined`, async () => (await devices()).find((d) => d.id === d3.id && d.status === 'quarantined'), 60_000);
+  const q = await eventually(
+    `${d3.name} quarantined`,
+    async () => (await devices()).find((d) => d.id === d3.id && d.status === 'quarantined'),
+    60_000,
+  );
   say(`${red('quarantined')}: ${q.statusReason ?? ''}`);
   shell(`edgeid-admin approve-baseline ${d3.id}`);
   await admin(['approve-baseline', d3.id!]);
   say('ops confirms the firmware update: the next quote becomes the new baseline');
   await admin(['renew-now', d3.id!]);
-  const back = await eventually(`${d3.name} active again`, async () => {
-    const d = (await devices()).find((x) => x.id === d3.id);
-    const s = await certOf(d3);
-    return d?.status === 'active' && s.certificate && !d3.serials.has(s.certificate.serial) ? s : null;
-  }, 60_000);
+  const back = await eventually(
+    `${d3.name} active again`,
+    async () => {
+      const d = (await devices()).find((x) => x.id === d3.id);
+      const s = await certOf(d3);
+      return d?.status === 'active' && s.certificate && !d3.serials.has(s.certificate.serial) ? s : null;
+    },
+    60_000,
+  );
   d3.serials.add(back.certificate!.serial);
   say(`${green('active')} again: ${d3.name} renewed with the approved posture`);
   restored = true;
@@ -325,18 +369,26 @@ async function main(): Promise<void> {
   shell(`edgeid-admin revoke ${d2.id} --reason key-compromise`);
   const exited = new Promise<number>((resolve) => d2.agent!.once('exit', () => resolve(Date.now())));
   const tRevoke = Date.now();
-  const rev = JSON.parse(await admin(['revoke', d2.id!, '--reason', 'key-compromise', '--json'])) as { hooks: { hook: string; ok: boolean; ms: number }[] };
+  const rev = JSON.parse(await admin(['revoke', d2.id!, '--reason', 'key-compromise', '--json'])) as {
+    hooks: { hook: string; ok: boolean; ms: number }[];
+  };
   const tReturned = Date.now();
   const hookLine = rev.hooks.map((h) => `${h.hook} ${h.ok ? 'ok' : 'FAILED'} ${Math.round(h.ms)} ms`).join(', ');
   say(`revoke returned after ${tReturned - tRevoke} ms (${hookLine})`);
   const tExit = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(0), 20_000))]);
   const wiped = !existsSync(path.join(d2.stateDir, 'state.json'));
-  if (tExit) say(`${d2.name} got the signed wipe, deleted its keys and stopped ${tExit - tRevoke} ms after the revoke call (state dir wiped: ${wiped ? 'yes' : 'no'})`);
+  if (tExit)
+    say(
+      `${d2.name} got the signed wipe, deleted its keys and stopped ${tExit - tRevoke} ms after the revoke call (state dir wiped: ${wiped ? 'yes' : 'no'})`,
+    );
   else say(red(`${d2.name} did not stop within 20 s`));
   const countAt = received.get(d2.id!)?.size ?? 0;
   await new Promise((r) => setTimeout(r, 3000));
   say(`messages from ${d2.name} after the revoke: ${(received.get(d2.id!)?.size ?? 0) - countAt}`);
-  const refused = await httpsJson('POST', `https://localhost:${serverPort}/v1/renew/challenge`, { ca: server.caPem, body: { deviceId: d2.id } }).then(
+  const refused = await httpsJson('POST', `https://localhost:${serverPort}/v1/renew/challenge`, {
+    ca: server.caPem,
+    body: { deviceId: d2.id },
+  }).then(
     (r) => `${r.status} ${JSON.stringify(r.body)}`,
     (e: Error) => e.message,
   );
@@ -363,7 +415,14 @@ async function main(): Promise<void> {
     const d = final.find((x) => x.id === dev.id);
     const shown = JSON.parse(await admin(['device', 'show', dev.id!, '--json'])) as { certificates?: unknown[] };
     const got = received.get(dev.id!) ?? new Set<string>();
-    rows.push({ device: dev.name, id: dev.id ?? '-', state: d?.status ?? '?', certs: shown.certificates?.length ?? 0, delivered: got.size, lost: d?.status === 'revoked' ? '-' : String(lostOf(got)) });
+    rows.push({
+      device: dev.name,
+      id: dev.id ?? '-',
+      state: d?.status ?? '?',
+      certs: shown.certificates?.length ?? 0,
+      delivered: got.size,
+      lost: d?.status === 'revoked' ? '-' : String(lostOf(got)),
+    });
   }
   const header = ['device', 'id', 'state', 'certs', 'delivered', 'lost'] as const;
   const width = (k: (typeof header)[number]) => Math.max(k.length, ...rows.map((r) => String(r[k]).length));

@@ -10,7 +10,9 @@ import { fileURLToPath } from 'node:url';
 
 const dir = fileURLToPath(new URL('../enroll-server/ek-roots/', import.meta.url));
 const entries: string[] = [];
-for (const f of readdirSync(dir).filter((n) => n.endsWith('.pem')).sort()) {
+for (const f of readdirSync(dir)
+  .filter((n) => n.endsWith('.pem'))
+  .sort()) {
   const text = readFileSync(join(dir, f), 'utf8');
   const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
   if (blocks.length !== 1) throw new Error(`${f}: expected one certificate, found ${blocks.length}`);

@@ -33,7 +33,11 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const want = renderErrorsMarkdown();
   if (process.argv.includes('--check')) {
     let have = '';
-    try { have = readFileSync(ERRORS_MD, 'utf8'); } catch { /* missing */ }
+    try {
+      have = readFileSync(ERRORS_MD, 'utf8');
+    } catch {
+      /* missing */
+    }
     if (have !== want) {
       console.error('docs/ERRORS.md is out of date: run node --import tsx scripts/errors-doc.ts');
       process.exit(1);

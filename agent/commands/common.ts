@@ -77,7 +77,12 @@ function sentenceStream(out: NodeJS.WriteStream): { write(line: string): void } 
       const fields = Object.entries(o)
         .filter(([k]) => !QUIET_FIELDS.has(k))
         .map(([k, v]) => {
-          const text = v && typeof v === 'object' && 'message' in v ? (v as { message: unknown }).message : typeof v === 'string' ? v : JSON.stringify(v);
+          const text =
+            v && typeof v === 'object' && 'message' in v
+              ? (v as { message: unknown }).message
+              : typeof v === 'string'
+                ? v
+                : JSON.stringify(v);
           return `${k}=${printable(text)}`;
         });
       const label = level >= 40 ? `${LEVEL_NAMES[level] ?? 'error'}: ` : '';

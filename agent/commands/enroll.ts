@@ -70,7 +70,8 @@ export const enrollCommand: AgentCommand = {
     const uri = values.uri ?? process.env.EDGEID_ENROLL_URI;
     let params: EnrollParams;
     if (uri) {
-      if (values.server || values.token || values['ca-fingerprint']) throw new UsageError('give either --uri or --server/--token/--ca-fingerprint', USAGE);
+      if (values.server || values.token || values['ca-fingerprint'])
+        throw new UsageError('give either --uri or --server/--token/--ca-fingerprint', USAGE);
       try {
         params = parseEnrollUri(uri);
       } catch (e) {
@@ -79,7 +80,8 @@ export const enrollCommand: AgentCommand = {
       if (values.zone) params.zone = values.zone;
     } else {
       // no --token: zero-touch enrollment, for a TPM whose EK is on a supplier manifest the operator imported
-      if (!values.server || !values['ca-fingerprint']) throw new UsageError('need --uri, or --server and --ca-fingerprint (and --token unless the TPM is on a supplier manifest)', USAGE);
+      if (!values.server || !values['ca-fingerprint'])
+        throw new UsageError('need --uri, or --server and --ca-fingerprint (and --token unless the TPM is on a supplier manifest)', USAGE);
       params = {
         server: values.server,
         ...(values.token ? { token: values.token } : {}),
@@ -98,7 +100,14 @@ export const enrollCommand: AgentCommand = {
       await flushLeftoverObjects(tpm);
       const state = await enroll({ store, tpm, log, config, posture: new PostureCollector({ config }) }, params);
       const c = state.certificate!;
-      const result = { deviceId: state.device!.id, zone: state.device!.zone, serial: c.serial, notAfter: c.notAfter, mqtt: state.mqtt?.url ?? null, stateDir: config.stateDir };
+      const result = {
+        deviceId: state.device!.id,
+        zone: state.device!.zone,
+        serial: c.serial,
+        notAfter: c.notAfter,
+        mqtt: state.mqtt?.url ?? null,
+        stateDir: config.stateDir,
+      };
       if (values.json) io.out.write(`${jsonText(result, 2)}\n`);
       else {
         io.out.write(

@@ -14,9 +14,30 @@ export interface CommandEntry {
 }
 
 export const COMMANDS: readonly CommandEntry[] = [
-  { name: 'enroll', summary: 'enroll this device with a one-time token (edgeid://enroll?… URI)', load: async () => (await import('./enroll.js')).enrollCommand },
-  { name: 'run', summary: 'run the agent: renew the certificate, keep the MQTT session, obey control commands', load: async () => (await import('./run.js')).runCommand },
-  { name: 'status', summary: 'show identity, certificate, renewal, MQTT and outbox state (--json for scripts)', load: async () => (await import('./status.js')).statusCommand },
-  { name: 'wipe', summary: "delete this device's identity: key blobs, certificate, state and outbox", load: async () => (await import('./wipe.js')).wipeCommand },
-  { name: 'tpm', summary: 'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote), `tpm eventlog` (TCG event log replayed)', load: async () => (await import('./tpm.js')).tpmCommand },
+  {
+    name: 'enroll',
+    summary: 'enroll this device with a one-time token (edgeid://enroll?… URI)',
+    load: async () => (await import('./enroll.js')).enrollCommand,
+  },
+  {
+    name: 'run',
+    summary: 'run the agent: renew the certificate, keep the MQTT session, obey control commands',
+    load: async () => (await import('./run.js')).runCommand,
+  },
+  {
+    name: 'status',
+    summary: 'show identity, certificate, renewal, MQTT and outbox state (--json for scripts)',
+    load: async () => (await import('./status.js')).statusCommand,
+  },
+  {
+    name: 'wipe',
+    summary: "delete this device's identity: key blobs, certificate, state and outbox",
+    load: async () => (await import('./wipe.js')).wipeCommand,
+  },
+  {
+    name: 'tpm',
+    summary:
+      'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote), `tpm eventlog` (TCG event log replayed)',
+    load: async () => (await import('./tpm.js')).tpmCommand,
+  },
 ];

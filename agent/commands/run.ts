@@ -37,7 +37,8 @@ export const runCommand: AgentCommand = {
       return 0;
     }
     const telemetry = values.telemetry === undefined ? 0 : Number(values.telemetry);
-    if (!Number.isFinite(telemetry) || telemetry < 0 || telemetry > 86400) throw new UsageError('--telemetry must be a number of seconds from 0 to 86400', USAGE);
+    if (!Number.isFinite(telemetry) || telemetry < 0 || telemetry > 86400)
+      throw new UsageError('--telemetry must be a number of seconds from 0 to 86400', USAGE);
     let config = resolveConfig(values);
     const mqtt: Record<string, unknown> = {};
     if (values['mqtt-url']) mqtt.url = values['mqtt-url'];
@@ -73,9 +74,11 @@ export const runCommand: AgentCommand = {
       telemetry > 0
         ? setInterval(() => {
             seq += 1;
-            agent!.publish(`devices/${agent!.deviceId}/telemetry`, JSON.stringify({ boot, seq, at: new Date().toISOString() })).catch((e: unknown) => {
-              log.warn({ err: (e as Error).message, seq }, 'telemetry sample not queued');
-            });
+            agent!
+              .publish(`devices/${agent!.deviceId}/telemetry`, JSON.stringify({ boot, seq, at: new Date().toISOString() }))
+              .catch((e: unknown) => {
+                log.warn({ err: (e as Error).message, seq }, 'telemetry sample not queued');
+              });
           }, telemetry * 1000)
         : null;
     const code = await agent.exited;

@@ -64,7 +64,15 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
     agentVersion: live?.agentVersion ?? AGENT_VERSION,
     device: state?.device ?? null,
     server: state?.server.url ?? '',
-    certificate: cert ? { serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter, secondsLeft: Math.max(0, Math.round(left)), expired: left <= 0 } : null,
+    certificate: cert
+      ? {
+          serial: cert.serial,
+          notBefore: cert.notBefore,
+          notAfter: cert.notAfter,
+          secondsLeft: Math.max(0, Math.round(left)),
+          expired: left <= 0,
+        }
+      : null,
     renewal: {
       next: live?.renewal.next ?? state?.renew?.renewAfter ?? null,
       consecutiveFailures: live?.renewal.consecutiveFailures ?? 0,
@@ -72,7 +80,14 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
       total: state?.renewals ?? 0,
       tpmCommandsPerRenewal: state?.tpmCommandsPerRenewal ?? null,
     },
-    mqtt: live?.mqtt ?? { state: running ? 'disabled' : 'closed', url: state?.mqtt?.url ?? null, serial: null, connectedAt: null, connects: 0, lastError: null },
+    mqtt: live?.mqtt ?? {
+      state: running ? 'disabled' : 'closed',
+      url: state?.mqtt?.url ?? null,
+      serial: null,
+      connectedAt: null,
+      connects: 0,
+      lastError: null,
+    },
     outbox: {
       pending: files.filter((f) => /^\d{16}-.*\.json$/.test(f)).length,
       pendingBytes: live?.outbox.pendingBytes ?? 0,
@@ -96,21 +111,33 @@ export function renderStatus(s: StatusReport): string {
     `agent       ${s.running ? `running, pid ${s.pid}` : 'not running'}  version ${p(s.agentVersion)}`,
   ];
   if (s.certificate) {
-    lines.push(`certificate ${p(s.certificate.serial)}  ${s.certificate.expired ? 'EXPIRED' : `${duration(s.certificate.secondsLeft)} left`} (until ${s.certificate.notAfter})`);
+    lines.push(
+      `certificate ${p(s.certificate.serial)}  ${s.certificate.expired ? 'EXPIRED' : `${duration(s.certificate.secondsLeft)} left`} (until ${s.certificate.notAfter})`,
+    );
   }
   const last = s.renewal.last;
   lines.push(
     `renewal     next ${s.renewal.next ?? '—'}; ${s.renewal.total} done; last ${last ? `${last.ok ? 'ok' : `FAILED [${p(last.code)}]`} at ${p(last.at)} (${p(last.reason)})` : '—'}` +
       (s.renewal.consecutiveFailures ? `; ${s.renewal.consecutiveFailures} failures in a row` : ''),
     `tpm         ${s.renewal.tpmCommandsPerRenewal ?? '—'} commands per renewal (steady state, flushes included)` +
-      (last?.tpmCommands !== undefined ? `; last renewal ${last.tpmCommands}${last.tpmCommandStats ? `: ${Object.entries(last.tpmCommandStats).map(([k, v]) => (v > 1 ? `${k}×${v}` : k)).join(', ')}` : ''}` : ''),
+      (last?.tpmCommands !== undefined
+        ? `; last renewal ${last.tpmCommands}${
+            last.tpmCommandStats
+              ? `: ${Object.entries(last.tpmCommandStats)
+                  .map(([k, v]) => (v > 1 ? `${k}×${v}` : k))
+                  .join(', ')}`
+              : ''
+          }`
+        : ''),
     `mqtt        ${p(s.mqtt.state)}${s.mqtt.url ? ` ${p(s.mqtt.url)}` : ''}${s.mqtt.lastError ? ` (last error: ${p(s.mqtt.lastError)})` : ''}`,
     `outbox      ${s.outbox.pending} pending, ${s.outbox.dropped} dropped (full)`,
     `control     ${s.control.accepted} accepted, ${s.control.ignored} ignored${s.control.lastIgnored ? ` (last: ${p(s.control.lastIgnored.code)})` : ''}`,
   );
   if (s.posture) {
     const pos = s.posture as { os?: { PRETTY_NAME?: string }; kernel?: string; agentHash?: string; configHash?: string };
-    lines.push(`posture     ${printable(pos.os?.PRETTY_NAME ?? '?')}, kernel ${printable(pos.kernel ?? '?')}, agent ${printable(String(pos.agentHash ?? '?').slice(0, 12))}…, config ${printable(String(pos.configHash ?? '?').slice(0, 12))}…`);
+    lines.push(
+      `posture     ${printable(pos.os?.PRETTY_NAME ?? '?')}, kernel ${printable(pos.kernel ?? '?')}, agent ${printable(String(pos.agentHash ?? '?').slice(0, 12))}…, config ${printable(String(pos.configHash ?? '?').slice(0, 12))}…`,
+    );
   }
   return lines.join('\n') + '\n';
 }

@@ -11,13 +11,19 @@ import { parseArgs } from 'node:util';
 import { isEdgeidError } from '../../protocol/errors/index.js';
 import { DEFAULT_EVENT_LOG } from '../config.js';
 import { readEventLogFile } from '../eventlog.js';
-import { DEFAULT_MAX_LOG_BYTES, describeEvent, parseEventLog, pcrsJson, replay, bankName as logBankName } from '../../protocol/eventlog/index.js';
+import {
+  DEFAULT_MAX_LOG_BYTES,
+  describeEvent,
+  parseEventLog,
+  pcrsJson,
+  replay,
+  bankName as logBankName,
+} from '../../protocol/eventlog/index.js';
 import { jsonText, printable } from '../../protocol/terminal.js';
 import { TPM_ALG, parsePublic, verifyQuote, type PcrSelection } from '../../protocol/tpm/index.js';
 import { Tpm, type EkKind, type EndorsementKey, type TpmInfo } from '../tpm/index.js';
 import { tpm2ToolsPcrsFile } from '../tpm/tpm2-tools.js';
 import { UsageError, type AgentCommand, type CommandIo } from './types.js';
-
 
 const USAGE = `usage:
   edgeid-agent tpm info [--tcti CONF] [--json]
@@ -46,7 +52,7 @@ function hex(n: number, width = 8): string {
 
 function ranges(pcrs: number[]): string {
   const out: string[] = [];
-  for (let i = 0; i < pcrs.length; ) {
+  for (let i = 0; i < pcrs.length;) {
     let j = i;
     while (j + 1 < pcrs.length && pcrs[j + 1] === pcrs[j]! + 1) j++;
     out.push(i === j ? `${pcrs[i]}` : `${pcrs[i]}-${pcrs[j]}`);
@@ -112,7 +118,14 @@ async function info(args: string[], io: CommandIo): Promise<number> {
         endorsementKeys.push(summariseEk(await tpm.endorsementKey(kind)));
       } catch (e) {
         if (!isEdgeidError(e)) throw e;
-        endorsementKeys.push({ kind, persistentHandle: null, certificateIndex: null, publicSha256: '', certificate: null, error: `${e.code}: ${e.message}` });
+        endorsementKeys.push({
+          kind,
+          persistentHandle: null,
+          certificateIndex: null,
+          publicSha256: '',
+          certificate: null,
+          error: `${e.code}: ${e.message}`,
+        });
       }
     }
     const transientObjects = await tpm.transientHandleCount();
@@ -123,8 +136,14 @@ async function info(args: string[], io: CommandIo): Promise<number> {
     const lines = [
       ['TCTI', tpm.tcti],
       ['TPM', `${tpmInfo.manufacturer} ${tpmInfo.vendor}, firmware ${tpmInfo.firmwareVersion}`],
-      ['Specification', `TPM ${tpmInfo.spec.family} level ${tpmInfo.spec.level} revision ${tpmInfo.spec.revision} (${tpmInfo.spec.year}, day ${tpmInfo.spec.dayOfYear})`],
-      ['Slots', `${tpmInfo.transientObjectSlots} transient objects, ${tpmInfo.loadedSessionSlots} sessions; ${transientObjects} objects loaded now`],
+      [
+        'Specification',
+        `TPM ${tpmInfo.spec.family} level ${tpmInfo.spec.level} revision ${tpmInfo.spec.revision} (${tpmInfo.spec.year}, day ${tpmInfo.spec.dayOfYear})`,
+      ],
+      [
+        'Slots',
+        `${tpmInfo.transientObjectSlots} transient objects, ${tpmInfo.loadedSessionSlots} sessions; ${transientObjects} objects loaded now`,
+      ],
       ['PCR banks', tpmInfo.pcrBanks.map((b) => `${bankName(b.hashAlg)} (${ranges(b.pcrs)})`).join(', ') || 'none'],
       ...endorsementKeys.map((ek): [string, string] => [
         `EK ${ek.kind}`,
@@ -232,10 +251,12 @@ async function eventlog(args: string[], io: CommandIo): Promise<number> {
     io.out.write(`${JSON.stringify({ pcrs, events: log.events.length })}\n`);
     return 0;
   }
-  const lines = [`${file}: ${log.format === 'sha1' ? 'legacy SHA-1' : 'crypto-agile'} log, ${log.events.length} events, banks ${log.algorithms.map((a) => logBankName(a.alg)).join(', ')}`];
+  const lines = [
+    `${file}: ${log.format === 'sha1' ? 'legacy SHA-1' : 'crypto-agile'} log, ${log.events.length} events, banks ${log.algorithms.map((a) => logBankName(a.alg)).join(', ')}`,
+  ];
   const first = log.algorithms.find((a) => a.alg === 0x000b) ?? log.algorithms[0];
   for (const e of log.events) {
-    const digest = first ? e.digests.get(first.alg)?.toString('hex').slice(0, 16) ?? '' : '';
+    const digest = first ? (e.digests.get(first.alg)?.toString('hex').slice(0, 16) ?? '') : '';
     // strings from the firmware (device paths, descriptions, variable names) escaped for the terminal
     lines.push(`${String(e.index).padStart(4)}  PCR ${String(e.pcr).padStart(2)}  ${digest.padEnd(16)}  ${printable(describeEvent(e))}`);
   }
@@ -263,7 +284,8 @@ function parseOrUsage(args: string[], options: Options): { values: Record<string
 
 export const tpmCommand: AgentCommand = {
   name: 'tpm',
-  summary: 'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote), `tpm eventlog` (TCG event log replayed)',
+  summary:
+    'TPM diagnostics: `tpm info` (TPM, EKs, certificates), `tpm quote` (files for tpm2_checkquote), `tpm eventlog` (TCG event log replayed)',
   async run(args, io) {
     const [sub, ...rest] = args;
     try {

@@ -21,7 +21,11 @@ export const wipeCommand: AgentCommand = {
   async run(args, io) {
     let values;
     try {
-      ({ values } = parseArgs({ args, options: { ...COMMON_OPTIONS, 'no-tpm': { type: 'boolean' }, json: { type: 'boolean' } }, strict: true }));
+      ({ values } = parseArgs({
+        args,
+        options: { ...COMMON_OPTIONS, 'no-tpm': { type: 'boolean' }, json: { type: 'boolean' } },
+        strict: true,
+      }));
     } catch (e) {
       throw new UsageError((e as Error).message, USAGE);
     }

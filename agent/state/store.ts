@@ -19,7 +19,15 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { EdgeidError } from '../../protocol/errors/index.js';
-import { checkStateOwnership, ensurePrivateDir, fsyncDir, lockDir, removeFilesDurably, removeStaleTempFiles, writeFileAtomic } from './fs.js';
+import {
+  checkStateOwnership,
+  ensurePrivateDir,
+  fsyncDir,
+  lockDir,
+  removeFilesDurably,
+  removeStaleTempFiles,
+  writeFileAtomic,
+} from './fs.js';
 
 /** A TPM key as stored on disk: marshaled TPM2B_PUBLIC and TPM2B_PRIVATE (useless off this TPM). */
 export interface KeyBlobs {
@@ -73,7 +81,14 @@ export interface AgentState {
   previousSessionKey?: number;
   /** Next single-use renewal nonce and the server's schedule. */
   /** eventLogSha256: digest of the event log the server holds for this device (send only the digest while ours equals it). */
-  renew?: { nonce?: string; nonceExpiresAt?: string; renewAfter?: string; notAfter?: string; pcrs?: number[]; eventLogSha256?: string | null };
+  renew?: {
+    nonce?: string;
+    nonceExpiresAt?: string;
+    renewAfter?: string;
+    notAfter?: string;
+    pcrs?: number[];
+    eventLogSha256?: string | null;
+  };
   mqtt?: { url: string | null; topics?: { publish: string; control: string } };
   lastRenewal?: RenewalRecord;
   /**

@@ -37,7 +37,10 @@ export interface TpmDeadlines {
 function deadlineFrom(given: number | undefined, env: string, fallback: number): number {
   const raw = given ?? (process.env[env] !== undefined && process.env[env] !== '' ? Number(process.env[env]) : fallback);
   if (!Number.isInteger(raw) || raw < 1 || raw > 600_000) {
-    throw new EdgeidError('tpm_bad_argument', `${given !== undefined ? 'the deadline' : env} must be a whole number of milliseconds from 1 to 600000, not ${String(given ?? process.env[env])}`);
+    throw new EdgeidError(
+      'tpm_bad_argument',
+      `${given !== undefined ? 'the deadline' : env} must be a whole number of milliseconds from 1 to 600000, not ${String(given ?? process.env[env])}`,
+    );
   }
   return raw;
 }
@@ -111,9 +114,15 @@ export class TpmConnection {
   unusable(): EdgeidError {
     if (this.stuck) {
       const ago = Math.round(performance.now() - this.stuck.since);
-      return new EdgeidError('tpm_unresponsive', `the TPM has not answered ${this.stuck.command}, sent ${ago} ms ago; TPM calls fail until it does`);
+      return new EdgeidError(
+        'tpm_unresponsive',
+        `the TPM has not answered ${this.stuck.command}, sent ${ago} ms ago; TPM calls fail until it does`,
+      );
     }
-    return new EdgeidError('tpm_unresponsive', 'the TPM connection broke (no answer in time, or a malformed one); it is reopened before the next batch');
+    return new EdgeidError(
+      'tpm_unresponsive',
+      'the TPM connection broke (no answer in time, or a malformed one); it is reopened before the next batch',
+    );
   }
 
   /**

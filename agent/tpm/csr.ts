@@ -50,7 +50,10 @@ export async function buildCsr(p: {
   sign: (tbs: Buffer, digest: Buffer) => Promise<Buffer>;
   commonName?: string;
 }): Promise<Buffer> {
-  const subject = tlv(SEQUENCE, tlv(SET, tlv(SEQUENCE, OID_COMMON_NAME, tlv(UTF8_STRING, Buffer.from(p.commonName ?? 'edgeid-device', 'utf8')))));
+  const subject = tlv(
+    SEQUENCE,
+    tlv(SET, tlv(SEQUENCE, OID_COMMON_NAME, tlv(UTF8_STRING, Buffer.from(p.commonName ?? 'edgeid-device', 'utf8')))),
+  );
   const info = tlv(SEQUENCE, tlv(INTEGER, Buffer.from([0])), subject, p.spki, tlv(ATTRIBUTES));
   const signature = await p.sign(info, createHash('sha256').update(info).digest());
   return tlv(SEQUENCE, info, ECDSA_WITH_SHA256, tlv(BIT_STRING, Buffer.from([0]), signature));

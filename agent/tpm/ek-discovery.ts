@@ -121,7 +121,10 @@ async function discoverEk(s: TpmSession, kind: EkKind, allowTemplate: boolean): 
       }
       result = { kind, public: ek.public, certificate, certificateIndex: slot.nvIndex, template };
     } else {
-      throw new EdgeidError('tpm_ek_mismatch', `the certificate in NV 0x${slot.nvIndex.toString(16)} (${slot.label}) matches no persistent EK`);
+      throw new EdgeidError(
+        'tpm_ek_mismatch',
+        `the certificate in NV 0x${slot.nvIndex.toString(16)} (${slot.label}) matches no persistent EK`,
+      );
     }
     break;
   }

@@ -94,13 +94,19 @@ function u32(v: number): Buffer {
 /** PolicyA of the EK Credential Profile: TPM2_PolicySecret(TPM_RH_ENDORSEMENT) with an empty policyRef. */
 export function policySecretEndorsementDigest(hashAlg: number): Buffer {
   const h = hashName(hashAlg);
-  const updated = createHash(h).update(Buffer.alloc(digestSize(hashAlg))).update(u32(TPM_CC_PolicySecret)).update(u32(TPM_RH_ENDORSEMENT)).digest();
+  const updated = createHash(h)
+    .update(Buffer.alloc(digestSize(hashAlg)))
+    .update(u32(TPM_CC_PolicySecret))
+    .update(u32(TPM_RH_ENDORSEMENT))
+    .digest();
   return createHash(h).update(updated).digest();
 }
 
 /** TPM2_PolicyOR digest over `branches`, starting from the empty policy. */
 export function policyOrDigest(hashAlg: number, branches: Buffer[]): Buffer {
-  const h = createHash(hashName(hashAlg)).update(Buffer.alloc(digestSize(hashAlg))).update(u32(TPM_CC_PolicyOR));
+  const h = createHash(hashName(hashAlg))
+    .update(Buffer.alloc(digestSize(hashAlg)))
+    .update(u32(TPM_CC_PolicyOR));
   for (const b of branches) h.update(b);
   return h.digest();
 }
@@ -115,7 +121,10 @@ const EK_POLICY_C: ReadonlyMap<number, Buffer> = new Map([
   [TPM_ALG.SHA384, Buffer.from('d6032ce61f2fb3c240eb3cf6a33237ef2b6a16f4293c22b455e261cffd217ad5b4947c2d73e63005eed2dc2b3593d165', 'hex')],
   [
     TPM_ALG.SHA512,
-    Buffer.from('589ee1e146544716e8deafe6db247b01b81e9f9c7dd16b814aa159138749105fba5388dd1dea702f35240c184933121e2c61b8f50d3ef91393a49a38c3f73fc8', 'hex'),
+    Buffer.from(
+      '589ee1e146544716e8deafe6db247b01b81e9f9c7dd16b814aa159138749105fba5388dd1dea702f35240c184933121e2c61b8f50d3ef91393a49a38c3f73fc8',
+      'hex',
+    ),
   ],
 ]);
 

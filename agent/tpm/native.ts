@@ -55,13 +55,23 @@ export interface NativeAddon {
   quote(ctx: NativeContext, ak: number, qualifyingData: Buffer, selection: Buffer): Promise<{ attest: Buffer; signature: Buffer }>;
   certify(ctx: NativeContext, object: number, ak: number, qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer }>;
   activateCredential(
-    ctx: NativeContext, ak: number, ek: number, credentialBlob: Buffer, encryptedSecret: Buffer,
-    policyHashAlg: number, orDigests: Buffer[],
+    ctx: NativeContext,
+    ak: number,
+    ek: number,
+    credentialBlob: Buffer,
+    encryptedSecret: Buffer,
+    policyHashAlg: number,
+    orDigests: Buffer[],
   ): Promise<Buffer>;
   pcrRead(ctx: NativeContext, selection: Buffer): Promise<{ updateCounter: number; selection: Buffer; digests: Buffer[] }>;
   pcrExtend(ctx: NativeContext, index: number, hashAlg: number, digest: Buffer): Promise<void>;
   getRandom(ctx: NativeContext, bytes: number): Promise<Buffer>;
-  getCapability(ctx: NativeContext, capability: number, property: number, count: number): Promise<{ more: boolean; values: number[]; selection?: Buffer }>;
+  getCapability(
+    ctx: NativeContext,
+    capability: number,
+    property: number,
+    count: number,
+  ): Promise<{ more: boolean; values: number[]; selection?: Buffer }>;
   nvReadPublic(ctx: NativeContext, nvHandle: number): Promise<{ nvIndex: number; nameAlg: number; attributes: number; dataSize: number }>;
   nvRead(ctx: NativeContext, auth: number, nvHandle: number, size: number, offset: number): Promise<Buffer>;
   contextSave(ctx: NativeContext, handle: number): Promise<Buffer>;
@@ -71,7 +81,14 @@ export interface NativeAddon {
    * Installs a TPM key into the SSL_CTX behind `sslCtx` (a tls.SecureContext's `context._external`)
    * and returns its handle. Synchronous. Throws Errors with `code` tpm_tls_* / tpm_bad_argument.
    */
-  tlsInstallKey(ctx: NativeContext, sslCtx: unknown, pub: Buffer, priv: Buffer, srkTemplate: Buffer, savedContext: Buffer | null): NativeTlsKey;
+  tlsInstallKey(
+    ctx: NativeContext,
+    sslCtx: unknown,
+    pub: Buffer,
+    priv: Buffer,
+    srkTemplate: Buffer,
+    savedContext: Buffer | null,
+  ): NativeTlsKey;
   /** Forgets a TLS key's blobs and saved context: its next handshakes fail. */
   tlsReleaseKey(key: NativeTlsKey): void;
   tlsStats(ctx: NativeContext): NativeTlsStats;

@@ -214,7 +214,11 @@ export class TpmSession {
     if (current) await this.residents.release('key', this.stats);
     const parent = await this.residentSrk();
     const handle = await this.withRoom(() => this.command('Load', (a, c) => a.load(c, parent, blob.private, blob.public), [parent]));
-    const resident: ResidentObject = { handle, public: blob.public, blob: { public: Buffer.from(blob.public), private: Buffer.from(blob.private) } };
+    const resident: ResidentObject = {
+      handle,
+      public: blob.public,
+      blob: { public: Buffer.from(blob.public), private: Buffer.from(blob.private) },
+    };
     this.residents.key = resident;
     return { handle: this.useResident(resident), public: blob.public };
   }

@@ -20,7 +20,10 @@ export interface AdminTarget {
  * Server URL, admin token and CA: flags, then env (EDGEID_SERVER, EDGEID_ADMIN_TOKEN, EDGEID_CA),
  * then the server's data dir (--data, default ./data): server.json, admin-token, ca/root.pem.
  */
-export function resolveTarget(opts: { server?: string; adminToken?: string; ca?: string; data?: string }, env: NodeJS.ProcessEnv = process.env): AdminTarget {
+export function resolveTarget(
+  opts: { server?: string; adminToken?: string; ca?: string; data?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): AdminTarget {
   // empty env values count as unset
   const e = (name: string) => env[name] || undefined;
   const dataDir = resolve(opts.data ?? e('EDGEID_DATA') ?? './data');
@@ -32,7 +35,10 @@ export function resolveTarget(opts: { server?: string; adminToken?: string; ca?:
     serverFrom = fromData(DATA_FILES.serverInfo);
   }
   if (!server) {
-    throw new EdgeidError('admin_server_unreachable', `no server URL: pass --server URL, set EDGEID_SERVER, or run on the server host with --data DIR (looked in ${dataDir})`);
+    throw new EdgeidError(
+      'admin_server_unreachable',
+      `no server URL: pass --server URL, set EDGEID_SERVER, or run on the server host with --data DIR (looked in ${dataDir})`,
+    );
   }
   let token = opts.adminToken ?? e('EDGEID_ADMIN_TOKEN');
   let tokenFrom = opts.adminToken ? '--admin-token' : 'EDGEID_ADMIN_TOKEN';
@@ -41,7 +47,10 @@ export function resolveTarget(opts: { server?: string; adminToken?: string; ca?:
     tokenFrom = fromData(DATA_FILES.adminToken);
   }
   if (!token) {
-    throw new EdgeidError('admin_unauthorized', `no admin token: pass --admin-token, set EDGEID_ADMIN_TOKEN, or run on the server host with --data DIR (looked in ${dataDir})`);
+    throw new EdgeidError(
+      'admin_unauthorized',
+      `no admin token: pass --admin-token, set EDGEID_ADMIN_TOKEN, or run on the server host with --data DIR (looked in ${dataDir})`,
+    );
   }
   const caPath = opts.ca ?? e('EDGEID_CA') ?? (existsSync(fromData(DATA_FILES.rootPem)) ? fromData(DATA_FILES.rootPem) : undefined);
   return {
@@ -84,7 +93,8 @@ export class AdminClient {
       throw new EdgeidError('server_error', `${method} ${path}: the answer is not JSON`, { path });
     }
     const problem = mismatch(response, json);
-    if (problem) throw new EdgeidError('server_error', `${method} ${path}: malformed response: ${problem.text}`, { path, field: problem.field });
+    if (problem)
+      throw new EdgeidError('server_error', `${method} ${path}: malformed response: ${problem.text}`, { path, field: problem.field });
     return json as Static<S>;
   }
 

@@ -52,7 +52,13 @@ export class CrlPublisher {
       return { writtenAt, reloadedAt: new Date(), reloadError: null };
     } catch (e) {
       const err = e as { code?: unknown; stderr?: string; message: string };
-      return { writtenAt, reloadedAt: null, reloadError: `${file} failed: ${String(err.stderr || err.message).trim().slice(0, 500)}` };
+      return {
+        writtenAt,
+        reloadedAt: null,
+        reloadError: `${file} failed: ${String(err.stderr || err.message)
+          .trim()
+          .slice(0, 500)}`,
+      };
     }
   }
 }

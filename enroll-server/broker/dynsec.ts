@@ -24,7 +24,10 @@ export interface DynsecResponse {
 }
 
 export class DynsecError extends Error {
-  constructor(readonly command: string, readonly brokerError: string) {
+  constructor(
+    readonly command: string,
+    readonly brokerError: string,
+  ) {
     super(`dynsec ${command} failed: ${brokerError}`);
     this.name = 'DynsecError';
   }
@@ -72,9 +75,15 @@ export interface DynsecClientOptions {
 }
 
 export class DynsecClient {
-  private readonly pending = new Map<string, { resolve: (r: DynsecResponse[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly pending = new Map<
+    string,
+    { resolve: (r: DynsecResponse[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
 
-  private constructor(private readonly client: MqttClient, private readonly timeoutMs: number) {
+  private constructor(
+    private readonly client: MqttClient,
+    private readonly timeoutMs: number,
+  ) {
     client.on('message', (topic, payload) => {
       if (topic !== DYNSEC_RESPONSE_TOPIC) return;
       let body: { responses?: DynsecResponse[] };
@@ -144,10 +153,14 @@ export class DynsecClient {
     const role = deviceRoleName(deviceId);
     const acls = deviceAcls(deviceId);
     await this.send([{ command: 'createRole', rolename: role, acls }], /already exists/i);
-    await this.send(acls.map((a) => ({ command: 'addRoleACL', rolename: role, ...a })), /already exists/i);
-    const [created] = await this.send([
-      { command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: role, priority: 0 }] },
-    ], /already exists/i);
+    await this.send(
+      acls.map((a) => ({ command: 'addRoleACL', rolename: role, ...a })),
+      /already exists/i,
+    );
+    const [created] = await this.send(
+      [{ command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: role, priority: 0 }] }],
+      /already exists/i,
+    );
     if (!created?.error) return;
     // The client existed: make sure it has its role (Mosquitto 2.0 answers a duplicate addClientRole with "Internal error").
     const [got] = await this.send([{ command: 'getClient', username: deviceId }]);
@@ -158,7 +171,9 @@ export class DynsecClient {
   private async clientRoles(deviceId: string): Promise<string[] | null> {
     const [got] = await this.send([{ command: 'getClient', username: deviceId }], /not found/i);
     if (got?.error) return null;
-    return ((got?.data as { client?: { roles?: { rolename?: string }[] } } | undefined)?.client?.roles ?? []).map((r) => String(r.rolename));
+    return ((got?.data as { client?: { roles?: { rolename?: string }[] } } | undefined)?.client?.roles ?? []).map((r) =>
+      String(r.rolename),
+    );
   }
 
   /**
@@ -170,15 +185,22 @@ export class DynsecClient {
     const q = quarantineRoleName(deviceId);
     const acls = quarantineAcls(deviceId);
     await this.send([{ command: 'createRole', rolename: q, acls }], /already exists/i);
-    await this.send(acls.map((a) => ({ command: 'addRoleACL', rolename: q, ...a })), /already exists/i);
+    await this.send(
+      acls.map((a) => ({ command: 'addRoleACL', rolename: q, ...a })),
+      /already exists/i,
+    );
     const roles = await this.clientRoles(deviceId);
     if (roles === null) {
-      await this.send([{ command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: q, priority: 0 }] }], /already exists/i);
+      await this.send(
+        [{ command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: q, priority: 0 }] }],
+        /already exists/i,
+      );
       return;
     }
     // the quarantine role first, then the full role removed: the control topic is never lost in between
     if (!roles.includes(q)) await this.send([{ command: 'addClientRole', username: deviceId, rolename: q, priority: 0 }]);
-    if (roles.includes(deviceRoleName(deviceId))) await this.send([{ command: 'removeClientRole', username: deviceId, rolename: deviceRoleName(deviceId) }], /not found/i);
+    if (roles.includes(deviceRoleName(deviceId)))
+      await this.send([{ command: 'removeClientRole', username: deviceId, rolename: deviceRoleName(deviceId) }], /not found/i);
   }
 
   /** Approval: the device's own role back (provisionDevice), the quarantine role removed. Idempotent. */
@@ -190,11 +212,14 @@ export class DynsecClient {
   /** Deletes the device's client (kicks its live session) and its role: idempotent. */
   async removeDevice(deviceId: string): Promise<void> {
     assertTopicSafe(deviceId);
-    await this.send([
-      { command: 'deleteClient', username: deviceId },
-      { command: 'deleteRole', rolename: deviceRoleName(deviceId) },
-      { command: 'deleteRole', rolename: quarantineRoleName(deviceId) },
-    ], /not found/i);
+    await this.send(
+      [
+        { command: 'deleteClient', username: deviceId },
+        { command: 'deleteRole', rolename: deviceRoleName(deviceId) },
+        { command: 'deleteRole', rolename: quarantineRoleName(deviceId) },
+      ],
+      /not found/i,
+    );
   }
 
   /** Usernames of every dynsec client. */

@@ -88,7 +88,9 @@ export class BrokerIntegration implements EdgeidHooks {
   private published: PublishedCrl | null = null;
 
   constructor(private readonly opts: BrokerIntegrationOptions) {
-    this.crlPublisher = opts.crl ? new CrlPublisher({ crlFile: opts.crl.file, ...(opts.crl.reloadCommand ? { reloadCommand: opts.crl.reloadCommand } : {}) }) : null;
+    this.crlPublisher = opts.crl
+      ? new CrlPublisher({ crlFile: opts.crl.file, ...(opts.crl.reloadCommand ? { reloadCommand: opts.crl.reloadCommand } : {}) })
+      : null;
     this.retries = opts.retries ?? 2;
   }
 

@@ -59,21 +59,23 @@ export function initialDynsecConfig(adminUsername = BROKER_ADMIN_CN): Record<str
   const allow = (acltype: string, topic: string) => ({ acltype, topic, allow: true, priority: 0 });
   return {
     clients: [{ username: adminUsername, textname: 'edgeid enrollment server', roles: [{ rolename: 'edgeid-admin' }] }],
-    roles: [{
-      rolename: 'edgeid-admin',
-      acls: [
-        allow('publishClientSend', '$CONTROL/dynamic-security/#'),
-        allow('publishClientReceive', '$CONTROL/dynamic-security/#'),
-        allow('subscribePattern', '$CONTROL/dynamic-security/#'),
-        allow('publishClientSend', 'edgeid/+/control'),
-        // lets ops tools running as the server identity watch what is sent to devices
-        allow('subscribePattern', 'edgeid/+/control'),
-        allow('publishClientReceive', 'edgeid/+/control'),
-        // ops monitoring as the server identity: device state and telemetry (read only)
-        allow('subscribePattern', 'devices/#'),
-        allow('publishClientReceive', 'devices/#'),
-      ],
-    }],
+    roles: [
+      {
+        rolename: 'edgeid-admin',
+        acls: [
+          allow('publishClientSend', '$CONTROL/dynamic-security/#'),
+          allow('publishClientReceive', '$CONTROL/dynamic-security/#'),
+          allow('subscribePattern', '$CONTROL/dynamic-security/#'),
+          allow('publishClientSend', 'edgeid/+/control'),
+          // lets ops tools running as the server identity watch what is sent to devices
+          allow('subscribePattern', 'edgeid/+/control'),
+          allow('publishClientReceive', 'edgeid/+/control'),
+          // ops monitoring as the server identity: device state and telemetry (read only)
+          allow('subscribePattern', 'devices/#'),
+          allow('publishClientReceive', 'devices/#'),
+        ],
+      },
+    ],
     defaultACLAccess: { publishClientSend: false, publishClientReceive: false, subscribe: false, unsubscribe: true },
   };
 }

@@ -40,7 +40,8 @@ export async function ensureBrokerIdentity(ca: CertificateAuthority, dataDir: st
       const c = new X509Certificate(certPem);
       const left = Date.parse(c.validTo) - now;
       const sameKey = Buffer.from(c.publicKey.export({ type: 'spki', format: 'der' })).equals(spki);
-      if (sameKey && left > IDENTITY_LIFETIME_S * 1000 / 3 && c.checkIssued(new X509Certificate(ca.chainPem[0]!))) return { keyPem, certPem };
+      if (sameKey && left > (IDENTITY_LIFETIME_S * 1000) / 3 && c.checkIssued(new X509Certificate(ca.chainPem[0]!)))
+        return { keyPem, certPem };
     } catch {
       // unreadable: issue a new one below
     }

@@ -79,7 +79,13 @@ export interface CrlData {
 
 /** The issued certificate in the forms callers store and send. */
 function issued(cert: x509.X509Certificate): IssuedCertificate {
-  return { serial: cert.serialNumber, der: Buffer.from(cert.rawData), pem: cert.toString('pem') + '\n', notBefore: cert.notBefore, notAfter: cert.notAfter };
+  return {
+    serial: cert.serialNumber,
+    der: Buffer.from(cert.rawData),
+    pem: cert.toString('pem') + '\n',
+    notBefore: cert.notBefore,
+    notAfter: cert.notAfter,
+  };
 }
 
 export interface CaOptions {
@@ -260,7 +266,13 @@ export class CertificateAuthority {
   }
 
   /** A device certificate for a TPM session key (SPKI DER; RFC 5280 §4.1, §4.2; test/unit/server-ca.test.ts checks every field). */
-  async issueDevice(p: { deviceId: string; zone: string; spki: Buffer; lifetimeSeconds: number; crlUrl: string }): Promise<IssuedCertificate> {
+  async issueDevice(p: {
+    deviceId: string;
+    zone: string;
+    spki: Buffer;
+    lifetimeSeconds: number;
+    crlUrl: string;
+  }): Promise<IssuedCertificate> {
     const serial = randomSerial();
     const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
       serial,
@@ -330,7 +342,10 @@ export class CertificateAuthority {
     });
     const der = Buffer.from(crl.rawData);
     // OpenSSL and Mosquitto read the RFC 7468 label "X509 CRL" (@peculiar writes "CRL")
-    const pem = `-----BEGIN X509 CRL-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END X509 CRL-----\n`;
+    const pem = `-----BEGIN X509 CRL-----\n${der
+      .toString('base64')
+      .replace(/(.{64})/g, '$1\n')
+      .replace(/\n$/, '')}\n-----END X509 CRL-----\n`;
     return { der, pem, number: p.number, thisUpdate, nextUpdate };
   }
 

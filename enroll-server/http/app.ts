@@ -58,14 +58,17 @@ function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
   if (err instanceof SyntaxError || (fe.statusCode === 400 && /JSON/i.test(err.message))) return new EdgeidError('malformed_json');
   if (fe.statusCode === 413) return new EdgeidError('body_too_large');
   if (fe.statusCode === 415) return new EdgeidError('unsupported_media_type');
-  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) return new EdgeidError('bad_request', err.message.slice(0, 200));
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500)
+    return new EdgeidError('bad_request', err.message.slice(0, 200));
   return new EdgeidError('internal_error');
 }
 
 /** True when the Authorization header carries the admin bearer token (compared by its SHA-256, in constant time). */
 function bearerMatches(header: string | undefined, tokenHash: Buffer): boolean {
   const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
-  const presented = createHash('sha256').update(m?.[1] ?? '').digest();
+  const presented = createHash('sha256')
+    .update(m?.[1] ?? '')
+    .digest();
   return m !== null && timingSafeEqual(presented, tokenHash);
 }
 
@@ -181,7 +184,12 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   const perAddress = new AddressLimiter(ctx.config.rateLimit.perAddress.max, ctx.config.rateLimit.perAddress.window * 1000, ctx.now);
   app.addHook('onRequest', async (req) => {
     const wait = perAddress.take(req.ip ?? '');
-    if (wait > 0) throw new EdgeidError('rate_limited', `more than ${ctx.config.rateLimit.perAddress.max} requests from this address in ${ctx.config.rateLimit.perAddress.window}s`, { retryAfter: wait });
+    if (wait > 0)
+      throw new EdgeidError(
+        'rate_limited',
+        `more than ${ctx.config.rateLimit.perAddress.max} requests from this address in ${ctx.config.rateLimit.perAddress.window}s`,
+        { retryAfter: wait },
+      );
   });
   app.addHook('onClose', async () => {
     await closeRefusalAggregator(ctx);
@@ -252,14 +260,20 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   };
 
   // --- device API --------------------------------------------------------------------------
-  app.post('/v1/enroll/start', { schema: { body: W.EnrollStartRequest, response: { 200: W.EnrollStartResponse } }, config: perIp }, async (req) =>
-    enrollStart(ctx, req.body, meta(req)),
+  app.post(
+    '/v1/enroll/start',
+    { schema: { body: W.EnrollStartRequest, response: { 200: W.EnrollStartResponse } }, config: perIp },
+    async (req) => enrollStart(ctx, req.body, meta(req)),
   );
-  app.post('/v1/enroll/finish', { schema: { body: W.EnrollFinishRequest, response: { 200: W.EnrollFinishResponse } }, config: perIp }, async (req) =>
-    enrollFinish(ctx, req.body, meta(req)),
+  app.post(
+    '/v1/enroll/finish',
+    { schema: { body: W.EnrollFinishRequest, response: { 200: W.EnrollFinishResponse } }, config: perIp },
+    async (req) => enrollFinish(ctx, req.body, meta(req)),
   );
-  app.post('/v1/renew/challenge', { schema: { body: W.RenewChallengeRequest, response: { 200: W.RenewChallengeResponse } }, config: perDevice }, async (req) =>
-    renewChallenge(ctx, req.body, meta(req)),
+  app.post(
+    '/v1/renew/challenge',
+    { schema: { body: W.RenewChallengeRequest, response: { 200: W.RenewChallengeResponse } }, config: perDevice },
+    async (req) => renewChallenge(ctx, req.body, meta(req)),
   );
   app.post('/v1/renew', { schema: { body: W.RenewRequest, response: { 200: W.RenewResponse } }, config: perDevice }, async (req) =>
     renew(ctx, req.body, meta(req)),
@@ -280,7 +294,10 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     return reply.type('application/x-pem-file').send(ctx.ca.chainPem.join(''));
   });
 
-  app.get('/healthz', { schema: { querystring: W.EmptyQuery, response: { 200: W.HealthResponse } } }, async () => ({ status: 'ok', caFingerprint: ctx.ca.fingerprint }));
+  app.get('/healthz', { schema: { querystring: W.EmptyQuery, response: { 200: W.HealthResponse } } }, async () => ({
+    status: 'ok',
+    caFingerprint: ctx.ca.fingerprint,
+  }));
 
   // allowed from the configured sources (default loopback) or with the admin bearer token
   const metricsAllow = ctx.config.metrics.allow.length > 0 ? ctx.config.metrics.allowList : null;
@@ -310,67 +327,110 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       const who = (req: FastifyRequest) => ({ ...meta(req), actor: 'admin' });
       const adminLimit = { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } };
 
-      admin.post('/tokens', { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit }, async (req) =>
-        createToken(ctx, req.body, who(req)),
+      admin.post(
+        '/tokens',
+        { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit },
+        async (req) => createToken(ctx, req.body, who(req)),
       );
-      const page = (q: { limit?: string; after?: string }) => ({ ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.after ? { after: q.after } : {}) });
-      admin.get('/tokens', { schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } }, async (req) => listTokens(ctx, who(req), page(req.query)));
+      const page = (q: { limit?: string; after?: string }) => ({
+        ...(q.limit ? { limit: Number(q.limit) } : {}),
+        ...(q.after ? { after: q.after } : {}),
+      });
+      admin.get('/tokens', { schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } }, async (req) =>
+        listTokens(ctx, who(req), page(req.query)),
+      );
       admin.get('/devices', { schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } }, async (req) => {
         const q = req.query;
         return listDevices(
           ctx,
-          { ...(q.status ? { status: q.status } : {}), ...(q.zone ? { zone: q.zone } : {}), ...(q.stale ? { stale: q.stale === 'true' } : {}), ...page(q) },
+          {
+            ...(q.status ? { status: q.status } : {}),
+            ...(q.zone ? { zone: q.zone } : {}),
+            ...(q.stale ? { stale: q.stale === 'true' } : {}),
+            ...page(q),
+          },
           who(req),
         );
       });
-      admin.get('/devices/:id', { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } }, async (req) =>
-        showDevice(ctx, req.params.id, who(req)),
+      admin.get(
+        '/devices/:id',
+        { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } },
+        async (req) => showDevice(ctx, req.params.id, who(req)),
       );
-      admin.post('/devices/:id/revoke', { schema: { params: W.DeviceParams, body: W.RevokeRequest, response: { 200: W.RevokeResponse } } }, async (req) =>
-        revokeDevice(ctx, req.params.id, req.body.reason, who(req)),
+      admin.post(
+        '/devices/:id/revoke',
+        { schema: { params: W.DeviceParams, body: W.RevokeRequest, response: { 200: W.RevokeResponse } } },
+        async (req) => revokeDevice(ctx, req.params.id, req.body.reason, who(req)),
       );
-      admin.post('/devices/:id/retire', { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.RetireResponse } } }, async (req) =>
-        retireDevice(ctx, req.params.id, who(req)),
+      admin.post(
+        '/devices/:id/retire',
+        { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.RetireResponse } } },
+        async (req) => retireDevice(ctx, req.params.id, who(req)),
       );
-      admin.post('/devices/:id/approve-baseline', { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.DeviceShow } } }, async (req) =>
-        approveBaseline(ctx, req.params.id, who(req)),
+      admin.post(
+        '/devices/:id/approve-baseline',
+        { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.DeviceShow } } },
+        async (req) => approveBaseline(ctx, req.params.id, who(req)),
       );
-      admin.post('/devices/:id/control', { schema: { params: W.DeviceParams, body: W.ControlRequest, response: { 200: W.ControlResponse } } }, async (req) =>
-        sendControl(ctx, req.params.id, req.body, who(req)),
+      admin.post(
+        '/devices/:id/control',
+        { schema: { params: W.DeviceParams, body: W.ControlRequest, response: { 200: W.ControlResponse } } },
+        async (req) => sendControl(ctx, req.params.id, req.body, who(req)),
       );
       admin.get('/audit', { schema: { querystring: W.AuditQuery, response: { 200: W.AuditExport } } }, async (req) => {
         const q = req.query;
         return exportAudit(
           ctx,
-          { ...(q.after ? { after: Number(q.after) } : {}), ...(q.limit ? { limit: Number(q.limit) } : {}), ...(q.deviceId ? { deviceId: q.deviceId } : {}) },
+          {
+            ...(q.after ? { after: Number(q.after) } : {}),
+            ...(q.limit ? { limit: Number(q.limit) } : {}),
+            ...(q.deviceId ? { deviceId: q.deviceId } : {}),
+          },
           who(req),
         );
       });
-      admin.get('/audit/verify', { schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } }, async (req) => verifyAudit(ctx, who(req)));
-      admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) => regenerateCrl(ctx, who(req)));
+      admin.get('/audit/verify', { schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } }, async (req) =>
+        verifyAudit(ctx, who(req)),
+      );
+      admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) =>
+        regenerateCrl(ctx, who(req)),
+      );
       admin.post('/broker/reconcile', { schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } }, async (req) =>
         reconcileBroker(ctx, who(req)),
       );
-      admin.post('/broker/certificate', { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } }, async (req) =>
-        issueBrokerCertificate(ctx, req.body, who(req)),
+      admin.post(
+        '/broker/certificate',
+        { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } },
+        async (req) => issueBrokerCertificate(ctx, req.body, who(req)),
       );
-      admin.get('/ek-roots', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkRootList } } }, async (req) => listEkRoots(ctx, who(req)));
-      admin.post('/ek-roots', { schema: { body: W.EkRootAddRequest, response: { 200: W.EkRootView } } }, async (req) => addEkRoot(ctx, req.body, who(req)));
-      admin.post('/ek-roots/:fingerprint/remove', { schema: { params: W.EkRootParams, body: W.EmptyBody, response: { 200: W.EkRootView } } }, async (req) =>
-        removeEkRoot(ctx, req.params.fingerprint, who(req)),
+      admin.get('/ek-roots', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkRootList } } }, async (req) =>
+        listEkRoots(ctx, who(req)),
       );
-      admin.get('/ek-allow', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkAllowList } } }, async (req) => listEkAllow(ctx, who(req)));
+      admin.post('/ek-roots', { schema: { body: W.EkRootAddRequest, response: { 200: W.EkRootView } } }, async (req) =>
+        addEkRoot(ctx, req.body, who(req)),
+      );
+      admin.post(
+        '/ek-roots/:fingerprint/remove',
+        { schema: { params: W.EkRootParams, body: W.EmptyBody, response: { 200: W.EkRootView } } },
+        async (req) => removeEkRoot(ctx, req.params.fingerprint, who(req)),
+      );
+      admin.get('/ek-allow', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkAllowList } } }, async (req) =>
+        listEkAllow(ctx, who(req)),
+      );
       // a supplier manifest may list thousands of certificates: this route alone takes up to 16 MiB
       admin.post(
         '/ek-allow',
         { bodyLimit: EK_MANIFEST_BODY_LIMIT, schema: { body: W.EkAllowImportRequest, response: { 200: W.EkAllowImportResponse } } },
         async (req) => importEkAllow(ctx, req.body, who(req)),
       );
-      admin.post('/ek-allow/:id/remove', { schema: { params: W.EkAllowParams, body: W.EmptyBody, response: { 200: W.EkAllowRemoveResponse } } }, async (req) => removeEkAllow(ctx, req.params.id, who(req)));
+      admin.post(
+        '/ek-allow/:id/remove',
+        { schema: { params: W.EkAllowParams, body: W.EmptyBody, response: { 200: W.EkAllowRemoveResponse } } },
+        async (req) => removeEkAllow(ctx, req.params.id, who(req)),
+      );
     },
     { prefix: '/v1/admin' },
   );
 
   return app as unknown as FastifyInstance;
 }
-

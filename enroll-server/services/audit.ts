@@ -60,7 +60,12 @@ export class AuditedAction {
 
   /** The failure row: the error's code as the reason, its message and details added to the details. */
   failRow(e: EdgeidError): AuditInput {
-    return { ...this.base(), outcome: 'fail', reason: e.code, details: { ...(this.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) } };
+    return {
+      ...this.base(),
+      outcome: 'fail',
+      reason: e.code,
+      details: { ...(this.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) },
+    };
   }
 
   /** A store transaction committed this action's row (built by okRow / failRow). */
@@ -152,11 +157,19 @@ export async function exportAudit(
   q: { after?: number; limit?: number; deviceId?: string },
   who: { actor: string; ip: string | null },
 ): Promise<{ rows: AuditRow[] }> {
-  return audited(ctx, { event: 'admin.audit.export', actor: who.actor, ip: who.ip, details: { after: String(q.after ?? 0) } }, async (a) => {
-    const rows = await ctx.store.listAudit({ afterSeq: q.after ?? 0, limit: Math.min(10_000, q.limit ?? 1000), ...(q.deviceId ? { deviceId: q.deviceId } : {}) });
-    a.details = { ...a.details, rows: rows.length };
-    return { rows };
-  });
+  return audited(
+    ctx,
+    { event: 'admin.audit.export', actor: who.actor, ip: who.ip, details: { after: String(q.after ?? 0) } },
+    async (a) => {
+      const rows = await ctx.store.listAudit({
+        afterSeq: q.after ?? 0,
+        limit: Math.min(10_000, q.limit ?? 1000),
+        ...(q.deviceId ? { deviceId: q.deviceId } : {}),
+      });
+      a.details = { ...a.details, rows: rows.length };
+      return { rows };
+    },
+  );
 }
 
 /** GET /v1/admin/audit/verify: walks the hash chain (see store/audit-chain.ts). */
@@ -229,7 +242,17 @@ export class RefusalAggregator {
     if (b) await this.writeSummary(key, b);
     if (this.buckets.size >= MAX_BUCKETS) await this.flush(true);
     // reserve the bucket before the first row is written, so concurrent refusals count into it
-    const nb: Bucket = { minute, event: r.event, actor: r.actor, ip: r.ip, reason: r.error.code, firstSeq: 0, firstTime: now, lastTime: now, repeated: 0 };
+    const nb: Bucket = {
+      minute,
+      event: r.event,
+      actor: r.actor,
+      ip: r.ip,
+      reason: r.error.code,
+      firstSeq: 0,
+      firstTime: now,
+      lastTime: now,
+      repeated: 0,
+    };
     this.buckets.set(key, nb);
     const row = await writeRefusal(this.ctx, r, { aggregated: true });
     nb.firstSeq = row.seq;

@@ -31,25 +31,34 @@ export async function issueBrokerCertificate(
   req: { spki: string; hostnames: string[] },
   who: Actor,
 ): Promise<{ certificate: string; caBundle: string; crl: string | null; notAfter: string }> {
-  return audited(ctx, { event: 'admin.broker.certificate', actor: who.actor, ip: who.ip, details: { hostnames: req.hostnames } }, async (a) => {
-    const spki = Buffer.from(req.spki, 'base64');
-    try {
-      const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
-      if (k.asymmetricKeyType !== 'ec' && k.asymmetricKeyType !== 'rsa') {
-        throw new EdgeidError('bad_request', `spki is not a usable public key: unsupported key type ${k.asymmetricKeyType}`);
+  return audited(
+    ctx,
+    { event: 'admin.broker.certificate', actor: who.actor, ip: who.ip, details: { hostnames: req.hostnames } },
+    async (a) => {
+      const spki = Buffer.from(req.spki, 'base64');
+      try {
+        const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+        if (k.asymmetricKeyType !== 'ec' && k.asymmetricKeyType !== 'rsa') {
+          throw new EdgeidError('bad_request', `spki is not a usable public key: unsupported key type ${k.asymmetricKeyType}`);
+        }
+      } catch (e) {
+        if (e instanceof EdgeidError) throw e;
+        throw new EdgeidError('bad_request', `spki is not a usable public key: ${(e as Error).message.slice(0, 120)}`);
       }
-    } catch (e) {
-      if (e instanceof EdgeidError) throw e;
-      throw new EdgeidError('bad_request', `spki is not a usable public key: ${(e as Error).message.slice(0, 120)}`);
-    }
-    const cert = await ctx.ca.issueServer({ commonName: req.hostnames[0]!, hostnames: req.hostnames, spki, lifetimeSeconds: BROKER_CERT_SECONDS });
-    await ctx.crl.regenerate('broker config');
-    a.details = { serial: cert.serial, hostnames: req.hostnames };
-    return {
-      certificate: cert.pem + ctx.ca.chainPem[0],
-      caBundle: ctx.ca.chainPem.join(''),
-      crl: ctx.crl.longLived?.pem ?? null,
-      notAfter: cert.notAfter.toISOString(),
-    };
-  });
+      const cert = await ctx.ca.issueServer({
+        commonName: req.hostnames[0]!,
+        hostnames: req.hostnames,
+        spki,
+        lifetimeSeconds: BROKER_CERT_SECONDS,
+      });
+      await ctx.crl.regenerate('broker config');
+      a.details = { serial: cert.serial, hostnames: req.hostnames };
+      return {
+        certificate: cert.pem + ctx.ca.chainPem[0],
+        caBundle: ctx.ca.chainPem.join(''),
+        crl: ctx.crl.longLived?.pem ?? null,
+        notAfter: cert.notAfter.toISOString(),
+      };
+    },
+  );
 }

@@ -61,7 +61,10 @@ export function checkSourceIp(zone: ZonePolicy, ip: string | null): void {
   const addr = ip?.startsWith('::ffff:') ? ip.slice(7) : ip;
   const family = addr?.includes(':') ? 'ipv6' : 'ipv4';
   if (!addr || !zone.allow.check(addr, family)) {
-    throw new EdgeidError('source_ip_not_allowed', `source ${ip ?? 'unknown'} is not in zone ${zone.name}'s networks`, { ip, zone: zone.name });
+    throw new EdgeidError('source_ip_not_allowed', `source ${ip ?? 'unknown'} is not in zone ${zone.name}'s networks`, {
+      ip,
+      zone: zone.name,
+    });
   }
 }
 

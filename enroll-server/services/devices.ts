@@ -1,5 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { LIST_PAGE_MAX, type CertificateView, type ControlCommandType, type DeviceStatus, type DeviceView, type RevokeReason, type SignedControl } from '../../protocol/api.js';
+import {
+  LIST_PAGE_MAX,
+  type CertificateView,
+  type ControlCommandType,
+  type DeviceStatus,
+  type DeviceView,
+  type RevokeReason,
+  type SignedControl,
+} from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
@@ -14,7 +22,12 @@ export function certificateView(c: CertificateRecord): CertificateView {
   return { serial: c.serial, notBefore: iso(c.notBefore)!, notAfter: iso(c.notAfter)!, revokedAt: iso(c.revokedAt), reason: c.reason };
 }
 
-export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: CertificateRecord[], last?: CertificateRecord | null): DeviceView {
+export function deviceView(
+  ctx: ServerContext,
+  d: DeviceRecord,
+  certificates?: CertificateRecord[],
+  last?: CertificateRecord | null,
+): DeviceView {
   const now = ctx.now();
   const live = d.status === 'active' || d.status === 'quarantined';
   const windowOpen = d.baselineWindowUntil !== null && d.baselineWindowUntil > now;
@@ -39,7 +52,9 @@ export function deviceView(ctx: ServerContext, d: DeviceRecord, certificates?: C
     ekIssuer: d.ekIssuer ?? null,
     claims: d.claims,
     baseline: d.baseline,
-    certificateNotAfter: iso((last ?? certificates?.reduce<CertificateRecord | null>((a, c) => (!a || c.notAfter > a.notAfter ? c : a), null))?.notAfter ?? null),
+    certificateNotAfter: iso(
+      (last ?? certificates?.reduce<CertificateRecord | null>((a, c) => (!a || c.notAfter > a.notAfter ? c : a), null))?.notAfter ?? null,
+    ),
     ...(certificates ? { certificates: certificates.map(certificateView) } : {}),
     ...(certificates && (d.eventLog || d.baselineEventLog) ? { eventLog: eventLogView(d) } : {}),
   };
@@ -125,20 +140,24 @@ export async function sendControl(
   cmd: { type: ControlCommandType; reason?: string },
   who: Actor,
 ): Promise<SignedControl & { published: boolean }> {
-  return audited(ctx, { event: 'admin.control.sign', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id, type: cmd.type } }, async () => {
-    await mustGet(ctx, id);
-    const signed = ctx.ca.signControl({ type: cmd.type, deviceId: id, ...(cmd.reason ? { reason: cmd.reason } : {}) });
-    let published = false;
-    if (ctx.broker) {
-      try {
-        await ctx.broker.sendControl(id, signed);
-        published = true;
-      } catch (e) {
-        throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
+  return audited(
+    ctx,
+    { event: 'admin.control.sign', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id, type: cmd.type } },
+    async () => {
+      await mustGet(ctx, id);
+      const signed = ctx.ca.signControl({ type: cmd.type, deviceId: id, ...(cmd.reason ? { reason: cmd.reason } : {}) });
+      let published = false;
+      if (ctx.broker) {
+        try {
+          await ctx.broker.sendControl(id, signed);
+          published = true;
+        } catch (e) {
+          throw new EdgeidError('broker_unavailable', `the command was signed but not delivered: ${(e as Error).message.slice(0, 200)}`);
+        }
       }
-    }
-    return { ...signed, published };
-  });
+      return { ...signed, published };
+    },
+  );
 }
 
 /**
@@ -158,7 +177,14 @@ export async function revokeDevice(
       throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
     }
     const now = a.time;
-    const serials = await ctx.store.endDevice({ deviceId: id, status: 'revoked', reason, statusReason: `revoked: ${reason}`, now, audit: a.okRow() });
+    const serials = await ctx.store.endDevice({
+      deviceId: id,
+      status: 'revoked',
+      reason,
+      statusReason: `revoked: ${reason}`,
+      now,
+      audit: a.okRow(),
+    });
     a.recorded();
     // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
     // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
@@ -176,26 +202,35 @@ export async function retireDevice(
   id: string,
   who: Actor & { automatic?: boolean },
 ): Promise<{ device: DeviceView; serials: string[]; hooks: HookResult[] }> {
-  return audited(ctx, { event: 'device.retire', actor: who.actor, ip: who.ip, deviceId: id, details: { automatic: who.automatic === true } }, async (a) => {
-    const d = await mustGet(ctx, id);
-    if (d.status === 'revoked' || d.status === 'retired') {
-      throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
-    }
-    const now = a.time;
-    const serials = await ctx.store.endDevice({
-      deviceId: id,
-      status: 'retired',
-      reason: 'cessation-of-operation',
-      statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
-      now,
-      audit: a.okRow(),
-  });
-  a.recorded();
-  const after = (await ctx.store.getDevice(id))!;
-  const hooks = await runHooks(ctx, 'onDeviceRetired', { device: after, serials, at: new Date(now), automatic: who.automatic === true }, id);
-  if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
-  return { device: deviceView(ctx, after), serials, hooks };
-  });
+  return audited(
+    ctx,
+    { event: 'device.retire', actor: who.actor, ip: who.ip, deviceId: id, details: { automatic: who.automatic === true } },
+    async (a) => {
+      const d = await mustGet(ctx, id);
+      if (d.status === 'revoked' || d.status === 'retired') {
+        throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
+      }
+      const now = a.time;
+      const serials = await ctx.store.endDevice({
+        deviceId: id,
+        status: 'retired',
+        reason: 'cessation-of-operation',
+        statusReason: who.automatic ? 'retired: retire-by date passed' : 'retired by an operator',
+        now,
+        audit: a.okRow(),
+      });
+      a.recorded();
+      const after = (await ctx.store.getDevice(id))!;
+      const hooks = await runHooks(
+        ctx,
+        'onDeviceRetired',
+        { device: after, serials, at: new Date(now), automatic: who.automatic === true },
+        id,
+      );
+      if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
+      return { device: deviceView(ctx, after), serials, hooks };
+    },
+  );
 }
 
 /**
@@ -231,7 +266,13 @@ export async function approveBaseline(ctx: ServerContext, id: string, who: Actor
     const approvalId = randomUUID();
     await ctx.store.updateDevice(
       id,
-      { status: 'active', statusReason: null, statusChangedAt: d.status === 'active' ? d.statusChangedAt : now, baselineWindowUntil: until, baselineApprovalId: approvalId },
+      {
+        status: 'active',
+        statusReason: null,
+        statusChangedAt: d.status === 'active' ? d.statusChangedAt : now,
+        baselineWindowUntil: until,
+        baselineApprovalId: approvalId,
+      },
       a.okRow({ approvalId, previousStatus: d.status, previousReason: d.statusReason, windowUntil: new Date(until).toISOString() }),
     );
     a.recorded();

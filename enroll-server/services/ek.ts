@@ -81,7 +81,9 @@ export function builtinEkCas(): EkCa[] {
 }
 
 function pemBlocks(text: string): Buffer[] {
-  return (text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((b) => Buffer.from(certOf(Buffer.from(b)).raw));
+  return (text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((b) =>
+    Buffer.from(certOf(Buffer.from(b)).raw),
+  );
 }
 
 function loadFile(path: string): Buffer[] {
@@ -132,7 +134,10 @@ export async function ekTrustEntries(ctx: ServerContext): Promise<EkCa[]> {
 /** Rebuilds ctx.ekTrust from the store's entries (at start and after each ek-roots change). */
 export async function reloadEkTrust(ctx: ServerContext): Promise<void> {
   const live = (await ekTrustEntries(ctx)).filter((e) => !e.disabled);
-  ctx.ekTrust = { roots: live.filter((e) => e.role === 'anchor').map((e) => e.der), intermediates: live.filter((e) => e.role === 'intermediate').map((e) => e.der) };
+  ctx.ekTrust = {
+    roots: live.filter((e) => e.role === 'anchor').map((e) => e.der),
+    intermediates: live.filter((e) => e.role === 'intermediate').map((e) => e.der),
+  };
 }
 
 /** Whether an enrollment into this zone needs an EK certificate that chains to the store. */
@@ -154,7 +159,9 @@ function view(e: EkCa): EkRootView {
 }
 
 export async function listEkRoots(ctx: ServerContext, meta: RequestMeta & { actor: string }): Promise<{ roots: EkRootView[] }> {
-  return audited(ctx, { event: 'admin.ek-roots.list', actor: meta.actor, ip: meta.ip }, async () => ({ roots: (await ekTrustEntries(ctx)).map(view) }));
+  return audited(ctx, { event: 'admin.ek-roots.list', actor: meta.actor, ip: meta.ip }, async () => ({
+    roots: (await ekTrustEntries(ctx)).map(view),
+  }));
 }
 
 /** Adds a trust anchor (PEM or base64 DER); it must be a CA certificate. Re-enables a disabled built-in one. */
@@ -178,7 +185,15 @@ export async function addEkRoot(ctx: ServerContext, req: EkRootAddRequest, meta:
     if (builtin) await ctx.store.deleteEkRoot(fp, a.okRow());
     else {
       await ctx.store.putEkRoot(
-        { fingerprint: fp, kind: 'anchor', der, subject: x.subject.replace(/\n/g, ', '), notAfter: Date.parse(x.validTo), addedBy: meta.actor, addedAt: a.time },
+        {
+          fingerprint: fp,
+          kind: 'anchor',
+          der,
+          subject: x.subject.replace(/\n/g, ', '),
+          notAfter: Date.parse(x.validTo),
+          addedBy: meta.actor,
+          addedAt: a.time,
+        },
         a.okRow(),
       );
     }
@@ -199,7 +214,15 @@ export async function removeEkRoot(ctx: ServerContext, fp: string, meta: Request
     if (entry.source === 'operator') await ctx.store.deleteEkRoot(wanted, a.okRow());
     else {
       await ctx.store.putEkRoot(
-        { fingerprint: wanted, kind: 'disabled', der: null, subject: entry.subject, notAfter: entry.notAfter.getTime(), addedBy: meta.actor, addedAt: a.time },
+        {
+          fingerprint: wanted,
+          kind: 'disabled',
+          der: null,
+          subject: entry.subject,
+          notAfter: entry.notAfter.getTime(),
+          addedBy: meta.actor,
+          addedAt: a.time,
+        },
         a.okRow(),
       );
     }
@@ -252,7 +275,9 @@ export function manifestEkId(value: string, where: string): string {
     }
   }
   if (!key) bad('no key');
-  return createHash('sha256').update(key!.export({ type: 'spki', format: 'der' })).digest('hex');
+  return createHash('sha256')
+    .update(key!.export({ type: 'spki', format: 'der' }))
+    .digest('hex');
 }
 
 /** RFC 4180 CSV: quoted fields may hold commas, quotes ("") and line breaks (a PEM certificate). */
@@ -309,7 +334,11 @@ export function parseManifest(content: string, format: 'json' | 'csv' | undefine
     } catch (e) {
       throw new EdgeidError('ek_allow_invalid', `JSON: ${(e as Error).message}`);
     }
-    const list = Array.isArray(doc) ? doc : doc && typeof doc === 'object' && Array.isArray((doc as { devices?: unknown }).devices) ? (doc as { devices: unknown[] }).devices : null;
+    const list = Array.isArray(doc)
+      ? doc
+      : doc && typeof doc === 'object' && Array.isArray((doc as { devices?: unknown }).devices)
+        ? (doc as { devices: unknown[] }).devices
+        : null;
     if (!list) throw new EdgeidError('ek_allow_invalid', 'JSON: expected an array or {"devices": [...]}');
     if (list.length > MAX_MANIFEST_ENTRIES) throw new EdgeidError('ek_allow_invalid', `more than ${MAX_MANIFEST_ENTRIES} entries`);
     list.forEach((item, i) => {
@@ -352,37 +381,59 @@ function allowView(e: EkAllowRecord): EkAllowEntry {
   };
 }
 
-export async function importEkAllow(ctx: ServerContext, req: EkAllowImportRequest, meta: RequestMeta & { actor: string }): Promise<EkAllowImportResponse> {
-  return audited(ctx, { event: 'admin.ek-allow.import', actor: meta.actor, ip: meta.ip, details: { zone: req.zone, owner: req.owner, file: req.source ?? null } }, async (a) => {
-    zoneOf(ctx, req.zone);
-    const parsed = parseManifest(req.content, req.format);
-    const seen = new Set<string>();
-    const entries: EkAllowRecord[] = [];
-    for (const p of parsed) {
-      if (seen.has(p.ekId)) continue;
-      seen.add(p.ekId);
-      entries.push({
-        id: `ekm-${randomBytes(6).toString('hex')}`,
-        ekId: p.ekId,
-        zone: req.zone,
-        owner: req.owner,
-        name: p.name,
-        source: `${req.source ?? 'manifest'}:${p.where}`,
-        importedBy: meta.actor,
-        importedAt: a.time,
-        tokenId: null,
-      });
-    }
-    const added = await ctx.store.importEkAllow(entries, (added) =>
-      a.okRow({ zone: req.zone, owner: req.owner, file: req.source ?? null, entries: parsed.length, added: added.length, ids: added.slice(0, 1000).map((e) => e.id) }),
-    );
-    a.recorded();
-    return { added: added.map(allowView), skipped: parsed.length - added.length };
-  });
+export async function importEkAllow(
+  ctx: ServerContext,
+  req: EkAllowImportRequest,
+  meta: RequestMeta & { actor: string },
+): Promise<EkAllowImportResponse> {
+  return audited(
+    ctx,
+    {
+      event: 'admin.ek-allow.import',
+      actor: meta.actor,
+      ip: meta.ip,
+      details: { zone: req.zone, owner: req.owner, file: req.source ?? null },
+    },
+    async (a) => {
+      zoneOf(ctx, req.zone);
+      const parsed = parseManifest(req.content, req.format);
+      const seen = new Set<string>();
+      const entries: EkAllowRecord[] = [];
+      for (const p of parsed) {
+        if (seen.has(p.ekId)) continue;
+        seen.add(p.ekId);
+        entries.push({
+          id: `ekm-${randomBytes(6).toString('hex')}`,
+          ekId: p.ekId,
+          zone: req.zone,
+          owner: req.owner,
+          name: p.name,
+          source: `${req.source ?? 'manifest'}:${p.where}`,
+          importedBy: meta.actor,
+          importedAt: a.time,
+          tokenId: null,
+        });
+      }
+      const added = await ctx.store.importEkAllow(entries, (added) =>
+        a.okRow({
+          zone: req.zone,
+          owner: req.owner,
+          file: req.source ?? null,
+          entries: parsed.length,
+          added: added.length,
+          ids: added.slice(0, 1000).map((e) => e.id),
+        }),
+      );
+      a.recorded();
+      return { added: added.map(allowView), skipped: parsed.length - added.length };
+    },
+  );
 }
 
 export async function listEkAllow(ctx: ServerContext, meta: RequestMeta & { actor: string }): Promise<{ entries: EkAllowEntry[] }> {
-  return audited(ctx, { event: 'admin.ek-allow.list', actor: meta.actor, ip: meta.ip }, async () => ({ entries: (await ctx.store.listEkAllow()).map(allowView) }));
+  return audited(ctx, { event: 'admin.ek-allow.list', actor: meta.actor, ip: meta.ip }, async () => ({
+    entries: (await ctx.store.listEkAllow()).map(allowView),
+  }));
 }
 
 export async function removeEkAllow(ctx: ServerContext, id: string, meta: RequestMeta & { actor: string }): Promise<{ removed: string }> {

@@ -28,7 +28,9 @@ const SECRET_BYTES = 32;
 /** "This enrollment token expired at 14:02 UTC (2026-11-28)": what a technician reads on the device. */
 function tokenExpired(expiresAt: number): EdgeidError {
   const at = new Date(expiresAt).toISOString();
-  return new EdgeidError('token_expired', `This enrollment token expired at ${at.slice(11, 16)} UTC (${at.slice(0, 10)}).`, { expiresAt: at });
+  return new EdgeidError('token_expired', `This enrollment token expired at ${at.slice(11, 16)} UTC (${at.slice(0, 10)}).`, {
+    expiresAt: at,
+  });
 }
 
 export function newDeviceId(): string {
@@ -69,7 +71,8 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     a.details = { tokenId: token.id, ...(manifestEntry ? { manifestEntry } : {}) };
     // a failed evidence check spends the token (see above); `spendable` says whether it has been reached
     a.onFailure(async (row) => {
-      if (spendable && token.usedAt === null && token.expiresAt > now) await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit: row });
+      if (spendable && token.usedAt === null && token.expiresAt > now)
+        await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit: row });
       else await ctx.store.appendAudit(row);
     });
     if (token.usedAt !== null) throw new EdgeidError('token_used');
@@ -162,7 +165,13 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     else {
       spendable = false;
       throw new EdgeidError(
-        result === 'bound_other' ? 'token_bound_to_other_ek' : result === 'used' ? 'token_used' : result === 'expired' ? 'token_expired' : 'token_invalid',
+        result === 'bound_other'
+          ? 'token_bound_to_other_ek'
+          : result === 'used'
+            ? 'token_used'
+            : result === 'expired'
+              ? 'token_expired'
+              : 'token_invalid',
         result === 'expired' ? tokenExpired(token.expiresAt).message : undefined,
       );
     }
@@ -193,9 +202,13 @@ async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: n
     previous = await ctx.store.getToken(entry.tokenId);
     if (previous && previous.usedAt === null && previous.expiresAt > now) return { token: previous, entry: entry.id };
     if (!previous || previous.usedAt !== null) {
-      throw new EdgeidError('ek_not_allowed', 'this manifest entry was used already; an operator imports it again to allow another enrollment', {
-        manifestEntry: entry.id,
-      });
+      throw new EdgeidError(
+        'ek_not_allowed',
+        'this manifest entry was used already; an operator imports it again to allow another enrollment',
+        {
+          manifestEntry: entry.id,
+        },
+      );
     }
   }
   const token: TokenRecord = {

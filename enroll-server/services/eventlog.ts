@@ -37,7 +37,10 @@ export function receiveEventLog(field: EventLogEvidence | undefined, stored: Buf
   if (!field) return null;
   if (field.deflate === undefined) {
     if (!stored || sha256Hex(stored) !== field.sha256) {
-      throw new EdgeidError('eventlog_unknown', `the server holds no event log with sha256 ${field.sha256} for this device; send the log itself`);
+      throw new EdgeidError(
+        'eventlog_unknown',
+        `the server holds no event log with sha256 ${field.sha256} for this device; send the log itself`,
+      );
     }
     return stored;
   }
@@ -47,11 +50,14 @@ export function receiveEventLog(field: EventLogEvidence | undefined, stored: Buf
     log = inflateSync(compressed, { maxOutputLength: DEFAULT_MAX_LOG_BYTES });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new EdgeidError('eventlog_too_large', `the event log inflates to more than ${DEFAULT_MAX_LOG_BYTES} bytes`, { limit: DEFAULT_MAX_LOG_BYTES });
+      throw new EdgeidError('eventlog_too_large', `the event log inflates to more than ${DEFAULT_MAX_LOG_BYTES} bytes`, {
+        limit: DEFAULT_MAX_LOG_BYTES,
+      });
     }
     throw new EdgeidError('eventlog_malformed', `eventLog.deflate is not zlib data: ${(e as Error).message}`, { offset: 0 });
   }
-  if (sha256Hex(log) !== field.sha256) throw new EdgeidError('eventlog_malformed', 'eventLog.sha256 is not the digest of the decompressed log', { offset: 0 });
+  if (sha256Hex(log) !== field.sha256)
+    throw new EdgeidError('eventlog_malformed', 'eventLog.sha256 is not the digest of the decompressed log', { offset: 0 });
   return log;
 }
 
@@ -87,14 +93,24 @@ function label(e: LogEvent): string {
 
 /** The UEFI variable event `name` of `guid` measured into PCR 7 (the last one, PFP §3.3.4.8). */
 function driverConfig(log: EventLog, guid: string, name: string): LogEvent | undefined {
-  return log.events.filter((e) => e.type === EV.EV_EFI_VARIABLE_DRIVER_CONFIG && e.decoded.kind === 'variable' && e.decoded.guid === guid && e.decoded.name === name).at(-1);
+  return log.events
+    .filter(
+      (e) =>
+        e.type === EV.EV_EFI_VARIABLE_DRIVER_CONFIG && e.decoded.kind === 'variable' && e.decoded.guid === guid && e.decoded.name === name,
+    )
+    .at(-1);
 }
 
 /**
  * Violations of the zone's event-log policy, each naming its event; `baseline` is the approved log
  * (for dbx rollback). Decoded variable data is believed only when it hashes to the event's digest.
  */
-export function eventLogViolations(policy: EventLogPolicy, log: EventLog | null, baseline: EventLog | null, claim: string | undefined): string[] {
+export function eventLogViolations(
+  policy: EventLogPolicy,
+  log: EventLog | null,
+  baseline: EventLog | null,
+  claim: string | undefined,
+): string[] {
   if (!log) return policy.required ? [`no TCG event log was sent (${claim ?? 'claims name no reason'})`] : [];
   const out: string[] = [];
   if (policy.secureBoot) {
@@ -106,13 +122,15 @@ export function eventLogViolations(policy: EventLogPolicy, log: EventLog | null,
   if (policy.firmwareBlobs) {
     for (const e of log.events) {
       if (e.type !== EV.EV_EFI_PLATFORM_FIRMWARE_BLOB && e.type !== EV.EV_EFI_PLATFORM_FIRMWARE_BLOB2) continue;
-      if (!policy.firmwareBlobs.includes(sha256Of(e))) out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed firmware blob`);
+      if (!policy.firmwareBlobs.includes(sha256Of(e)))
+        out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed firmware blob`);
     }
   }
   if (policy.bootApplications) {
     for (const e of log.events) {
       if (e.type !== EV.EV_EFI_BOOT_SERVICES_APPLICATION) continue;
-      if (!policy.bootApplications.includes(sha256Of(e))) out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed boot application`);
+      if (!policy.bootApplications.includes(sha256Of(e)))
+        out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed boot application`);
     }
   }
   if (policy.dbxNoRollback && baseline) {
@@ -121,7 +139,10 @@ export function eventLogViolations(policy: EventLogPolicy, log: EventLog | null,
     if (before?.decoded.kind === 'variable' && before.decoded.signatures && before.dataMatchesDigest) {
       const current = new Set(now?.decoded.kind === 'variable' && now.dataMatchesDigest ? (now.decoded.signatures ?? []) : []);
       const missing = before.decoded.signatures.filter((s) => !current.has(s)).length;
-      if (missing > 0) out.push(`dbx rolled back: ${missing} of the approved log's ${before.decoded.signatures.length} dbx entries are missing (now ${current.size})`);
+      if (missing > 0)
+        out.push(
+          `dbx rolled back: ${missing} of the approved log's ${before.decoded.signatures.length} dbx entries are missing (now ${current.size})`,
+        );
     }
   }
   return out;
@@ -148,21 +169,28 @@ export function explainPcrChanges(baseline: EventLog, log: EventLog, pcrs: numbe
       else if (y) changes.push(`added ${label(y)} digest ${short(y.digests.get(SHA256))}`);
       else if (x) changes.push(`removed ${label(x)}`);
     }
-    if (changes.length > 0) out.push(`PCR ${pcr}: ${changes.slice(0, 3).join('; ')}${changes.length > 3 ? `; and ${changes.length - 3} more` : ''}`);
+    if (changes.length > 0)
+      out.push(`PCR ${pcr}: ${changes.slice(0, 3).join('; ')}${changes.length > 3 ? `; and ${changes.length - 3} more` : ''}`);
   }
   return out;
 }
 
 /** Line diff of two logs (LCS over `PCR n TYPE summary digest` lines): only the changed lines, `- ` / `+ `. */
 export function eventLogDiff(baseline: EventLog | null, current: EventLog | null): { diff: string[]; unchanged: number } {
-  const lines = (l: EventLog | null) => (l ? l.events.filter((e) => e.type !== EV.EV_NO_ACTION).map((e) => `PCR ${e.pcr} ${label(e)} ${short(e.digests.get(SHA256) ?? [...e.digests.values()][0])}`) : []);
+  const lines = (l: EventLog | null) =>
+    l
+      ? l.events
+          .filter((e) => e.type !== EV.EV_NO_ACTION)
+          .map((e) => `PCR ${e.pcr} ${label(e)} ${short(e.digests.get(SHA256) ?? [...e.digests.values()][0])}`)
+      : [];
   const a = lines(baseline).slice(0, 2000);
   const b = lines(current).slice(0, 2000);
   // LCS table, O(n·m) on logs of a few hundred events
   const n = a.length;
   const m = b.length;
   const t = Array.from({ length: n + 1 }, () => new Uint16Array(m + 1));
-  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) t[i]![j] = a[i] === b[j] ? t[i + 1]![j + 1]! + 1 : Math.max(t[i + 1]![j]!, t[i]![j + 1]!);
+  for (let i = n - 1; i >= 0; i--)
+    for (let j = m - 1; j >= 0; j--) t[i]![j] = a[i] === b[j] ? t[i + 1]![j + 1]! + 1 : Math.max(t[i + 1]![j]!, t[i]![j + 1]!);
   const diff: string[] = [];
   let unchanged = 0;
   let i = 0;

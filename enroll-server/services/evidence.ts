@@ -34,7 +34,8 @@ export function sha256Hex(b: Uint8Array): string {
 export function checkClaims(claims: unknown): Claims {
   if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) throw new EdgeidError('claims_invalid');
   const c = claims as Claims;
-  if (typeof c.agentVersion !== 'string' || c.agentVersion.length === 0) throw new EdgeidError('claims_invalid', 'claims.agentVersion must be a string');
+  if (typeof c.agentVersion !== 'string' || c.agentVersion.length === 0)
+    throw new EdgeidError('claims_invalid', 'claims.agentVersion must be a string');
   let text: string;
   try {
     text = canonicalJson(c);
@@ -50,7 +51,10 @@ export function checkPcrValues(zone: ZonePolicy, values: Record<string, string>)
   const keys = Object.keys(values);
   const expected = zone.pcrs.map(String);
   if (keys.length !== expected.length || !expected.every((k) => k in values)) {
-    throw new EdgeidError('pcr_values_invalid', `report exactly PCRs ${zone.pcrs.join(',')} of the sha256 bank`, { expected: zone.pcrs, got: keys });
+    throw new EdgeidError('pcr_values_invalid', `report exactly PCRs ${zone.pcrs.join(',')} of the sha256 bank`, {
+      expected: zone.pcrs,
+      got: keys,
+    });
   }
   const map = new Map<number, Buffer>();
   for (const k of expected) {
@@ -79,7 +83,10 @@ async function checkCsr(csrDer: Buffer, spki: Buffer): Promise<void> {
   // a compressed EC point, SEC 1 §2.3.3), so both sides go through node:crypto's DER export
   let csrSpki: Buffer;
   try {
-    csrSpki = createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' });
+    csrSpki = createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' }).export({
+      type: 'spki',
+      format: 'der',
+    });
   } catch {
     throw new EdgeidError('csr_key_mismatch');
   }
@@ -100,7 +107,12 @@ async function checkCsr(csrDer: Buffer, spki: Buffer): Promise<void> {
  *                                                                     → csr_malformed / csr_bad_signature / csr_key_mismatch
  * Posture policy (baseline, golden values, claim rules) is judged afterwards (posture.ts).
  */
-export async function verifyEvidence(p: { akPublic: TpmPublic; nonce: Buffer; evidence: Evidence; zone: ZonePolicy }): Promise<VerifiedEvidence> {
+export async function verifyEvidence(p: {
+  akPublic: TpmPublic;
+  nonce: Buffer;
+  evidence: Evidence;
+  zone: ZonePolicy;
+}): Promise<VerifiedEvidence> {
   const { evidence, akPublic, nonce } = p;
   const claims = checkClaims(evidence.claims);
   const pcrValues = checkPcrValues(p.zone, evidence.pcrValues);

@@ -56,6 +56,13 @@ export function renewInfo(zone: ZonePolicy, cert: IssuedCertificate, nonce: Nonc
   };
 }
 
-export function issueResponse(ctx: ServerContext, deviceId: string, zone: ZonePolicy, cert: IssuedCertificate, nonce: NonceRecord, now: number): IssueResponse {
+export function issueResponse(
+  ctx: ServerContext,
+  deviceId: string,
+  zone: ZonePolicy,
+  cert: IssuedCertificate,
+  nonce: NonceRecord,
+  now: number,
+): IssueResponse {
   return { deviceId, zone: zone.name, certificate: cert.pem, chain: ctx.ca.chainPem, renew: renewInfo(zone, cert, nonce, now) };
 }

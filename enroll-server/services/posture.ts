@@ -5,7 +5,13 @@ import { eventLogViolations, explainPcrChanges } from './eventlog.js';
 
 export type PostureVerdict =
   | { ok: true; newBaseline: Record<string, string> | null }
-  | { ok: false; code: 'posture_pcr_mismatch' | 'posture_claims_rejected' | 'posture_eventlog_rejected'; reason: string; pcrs?: number[]; claims?: string[] };
+  | {
+      ok: false;
+      code: 'posture_pcr_mismatch' | 'posture_claims_rejected' | 'posture_eventlog_rejected';
+      reason: string;
+      pcrs?: number[];
+      claims?: string[];
+    };
 
 /** The replayed event log of this quote and the approved one; `claim` is claims.eventLog (why there is none). */
 export interface PostureEventLogs {
@@ -14,7 +20,13 @@ export interface PostureEventLogs {
   claim?: string;
 }
 
-const NO_EVENT_LOG_POLICY: EventLogPolicy = { required: false, secureBoot: false, firmwareBlobs: null, bootApplications: null, dbxNoRollback: true };
+const NO_EVENT_LOG_POLICY: EventLogPolicy = {
+  required: false,
+  secureBoot: false,
+  firmwareBlobs: null,
+  bootApplications: null,
+  dbxNoRollback: true,
+};
 
 /** `: PCR 0: EV_… digest a1b2… → c3d4…` when both logs are known, else nothing. */
 function explained(logs: PostureEventLogs | undefined, pcrs: number[]): string {
@@ -75,12 +87,22 @@ export function judgePosture(p: {
     // an approved device-specific baseline also passes (firmware rolled out before the zone config)
     if (p.baseline && differing(p.pcrs, p.baseline, p.zone.pcrs).length === 0) return { ok: true, newBaseline: null };
     if (p.windowOpen) return { ok: true, newBaseline: p.pcrs };
-    return { ok: false, code: 'posture_pcr_mismatch', reason: `PCRs ${off.join(',')} differ from the zone's golden values${explained(p.eventLog, off)}`, pcrs: off };
+    return {
+      ok: false,
+      code: 'posture_pcr_mismatch',
+      reason: `PCRs ${off.join(',')} differ from the zone's golden values${explained(p.eventLog, off)}`,
+      pcrs: off,
+    };
   }
 
   if (!p.baseline) return { ok: true, newBaseline: p.pcrs };
   const off = differing(p.pcrs, p.baseline, p.zone.pcrs);
   if (off.length === 0) return { ok: true, newBaseline: null };
   if (p.windowOpen) return { ok: true, newBaseline: p.pcrs };
-  return { ok: false, code: 'posture_pcr_mismatch', reason: `PCRs ${off.join(',')} differ from the recorded baseline${explained(p.eventLog, off)}`, pcrs: off };
+  return {
+    ok: false,
+    code: 'posture_pcr_mismatch',
+    reason: `PCRs ${off.join(',')} differ from the recorded baseline${explained(p.eventLog, off)}`,
+    pcrs: off,
+  };
 }

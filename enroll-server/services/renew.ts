@@ -20,14 +20,17 @@ import { judgePosture } from './posture.js';
 async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMeta): Promise<{ device: DeviceRecord; zone: ZonePolicy }> {
   const device = await ctx.store.getDevice(deviceId);
   if (!device) throw new EdgeidError('device_not_found');
-  if (device.status === 'revoked') throw new EdgeidError('device_revoked', undefined, { since: device.statusChangedAt && new Date(device.statusChangedAt).toISOString() });
+  if (device.status === 'revoked')
+    throw new EdgeidError('device_revoked', undefined, { since: device.statusChangedAt && new Date(device.statusChangedAt).toISOString() });
   if (device.status === 'retired') throw new EdgeidError('device_retired');
   if (device.retireBy !== null && device.retireBy <= ctx.now()) {
     await retireDevice(ctx, device.id, { actor: 'server', ip: null, automatic: true });
     throw new EdgeidError('device_retired', 'the device passed its retire-by date and was retired');
   }
   if (device.status === 'quarantined') {
-    throw new EdgeidError('device_quarantined', `the device is quarantined: ${device.statusReason ?? 'posture changed'}`, { reason: device.statusReason });
+    throw new EdgeidError('device_quarantined', `the device is quarantined: ${device.statusReason ?? 'posture changed'}`, {
+      reason: device.statusReason,
+    });
   }
   const zone = zoneOf(ctx, device.zone);
   checkSourceIp(zone, meta.ip);
@@ -48,7 +51,12 @@ async function cutAccess(ctx: ServerContext, device: DeviceRecord, reason: strin
       ctx.log.error({ deviceId: device.id, err: (e as Error).message }, 'quarantine: the broker rights could not be reduced');
     }
   }
-  await runHooks(ctx, 'onDeviceQuarantined', { device: { ...device, status: 'quarantined', statusReason: reason }, reason, code }, device.id);
+  await runHooks(
+    ctx,
+    'onDeviceQuarantined',
+    { device: { ...device, status: 'quarantined', statusReason: reason }, reason, code },
+    device.id,
+  );
   if (serials.length > 0) await ctx.crl.regenerate(`quarantine ${device.id}`);
 }
 
@@ -154,7 +162,10 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
 
     const last = await ctx.store.lastCertificate(device.id);
     if (last && last.notAfter + zone.maxOffline * 1000 < now) {
-      throw new EdgeidError('device_offline_too_long', `the last certificate expired ${new Date(last.notAfter).toISOString()}, longer ago than maxOffline`);
+      throw new EdgeidError(
+        'device_offline_too_long',
+        `the last certificate expired ${new Date(last.notAfter).toISOString()}, longer ago than maxOffline`,
+      );
     }
 
     const ev = await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
@@ -163,9 +174,19 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     const eventLog = checkEventLog(req.eventLog, device, ev.pcrs, ev.claims.eventLog);
 
     const windowOpen = device.baselineWindowUntil !== null && device.baselineWindowUntil > now;
-    const verdict = judgePosture({ zone, pcrs: ev.pcrs, claims: ev.claims, baseline: device.baseline, windowOpen, eventLog: eventLog.logs });
+    const verdict = judgePosture({
+      zone,
+      pcrs: ev.pcrs,
+      claims: ev.claims,
+      baseline: device.baseline,
+      windowOpen,
+      eventLog: eventLog.logs,
+    });
     if (!verdict.ok) {
-      const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, { pcrs: verdict.pcrs, claims: verdict.claims });
+      const err = new EdgeidError(verdict.code, `${verdict.reason}; the device is quarantined`, {
+        pcrs: verdict.pcrs,
+        claims: verdict.claims,
+      });
       // Quarantine cuts access (docs/SECURITY.md, "Server side"): the live certificates go on the
       // CRL for good (reason privilegeWithdrawn, RFC 5280 §5.3.1 — an approved device renews and
       // gets a new one), and the broker rights shrink to the control topic. A revocation or
@@ -218,7 +239,12 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     });
     if (!committed) throw new EdgeidError('nonce_used', 'the nonce was used by a concurrent request, or the device changed state');
     a.recorded();
-    await runHooks(ctx, 'onCertificateIssued', { device: { ...device, ...patch } as DeviceRecord, serial: cert.serial, notAfter: cert.notAfter, renewal: true }, device.id);
+    await runHooks(
+      ctx,
+      'onCertificateIssued',
+      { device: { ...device, ...patch } as DeviceRecord, serial: cert.serial, notAfter: cert.notAfter, renewal: true },
+      device.id,
+    );
     const issued = issueResponse(ctx, device.id, zone, cert, next, now);
     issued.renew.eventLogSha256 = eventLog.bytes ? eventLogSha256(eventLog.bytes) : null;
     return issued;

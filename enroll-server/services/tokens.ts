@@ -26,48 +26,62 @@ export async function lookupToken(ctx: ServerContext, token: string): Promise<To
   return row;
 }
 
-export async function createToken(ctx: ServerContext, req: TokenCreateRequest, meta: RequestMeta & { actor: string }): Promise<TokenCreateResponse> {
-  return audited(ctx, { event: 'token.create', actor: meta.actor, ip: meta.ip, details: { zone: req.zone, owner: req.owner } }, async (a) => {
-    zoneOf(ctx, req.zone);
-    const ttl = req.ttlSeconds ?? ctx.config.tokenDefaultTtl;
-    if (!Number.isInteger(ttl) || ttl < 60 || ttl > 30 * 86400) throw new EdgeidError('token_ttl_invalid');
-    const id = randomBytes(8).toString('hex');
-    const secret = randomBytes(32).toString('base64url');
-    const now = a.time;
-    const rec: TokenRecord = {
-      id,
-      secretHash: createHash('sha256').update(secret, 'utf8').digest(),
-      zone: req.zone,
-      owner: req.owner,
-      name: req.name ?? null,
-      purpose: req.purpose ?? null,
-      createdBy: meta.actor,
-      createdAt: now,
-      expiresAt: now + ttl * 1000,
-      ekHash: null,
-      boundAt: null,
-      usedAt: null,
-      deviceId: null,
-    };
-    await ctx.store.createToken(
-      rec,
-      a.okRow({ tokenId: id, zone: req.zone, owner: req.owner, name: req.name ?? null, expiresAt: new Date(rec.expiresAt).toISOString() }),
-    );
-    a.recorded();
-    const token = `${id}.${secret}`;
-    const server = ctx.publicUrl();
-    return {
-      id,
-      token,
-      uri: enrollUri({ server, token, caFingerprint: ctx.ca.fingerprint, zone: req.zone }),
-      server,
-      caFingerprint: ctx.ca.fingerprint,
-      zone: rec.zone,
-      owner: rec.owner,
-      name: rec.name,
-      expiresAt: new Date(rec.expiresAt).toISOString(),
-    };
-  });
+export async function createToken(
+  ctx: ServerContext,
+  req: TokenCreateRequest,
+  meta: RequestMeta & { actor: string },
+): Promise<TokenCreateResponse> {
+  return audited(
+    ctx,
+    { event: 'token.create', actor: meta.actor, ip: meta.ip, details: { zone: req.zone, owner: req.owner } },
+    async (a) => {
+      zoneOf(ctx, req.zone);
+      const ttl = req.ttlSeconds ?? ctx.config.tokenDefaultTtl;
+      if (!Number.isInteger(ttl) || ttl < 60 || ttl > 30 * 86400) throw new EdgeidError('token_ttl_invalid');
+      const id = randomBytes(8).toString('hex');
+      const secret = randomBytes(32).toString('base64url');
+      const now = a.time;
+      const rec: TokenRecord = {
+        id,
+        secretHash: createHash('sha256').update(secret, 'utf8').digest(),
+        zone: req.zone,
+        owner: req.owner,
+        name: req.name ?? null,
+        purpose: req.purpose ?? null,
+        createdBy: meta.actor,
+        createdAt: now,
+        expiresAt: now + ttl * 1000,
+        ekHash: null,
+        boundAt: null,
+        usedAt: null,
+        deviceId: null,
+      };
+      await ctx.store.createToken(
+        rec,
+        a.okRow({
+          tokenId: id,
+          zone: req.zone,
+          owner: req.owner,
+          name: req.name ?? null,
+          expiresAt: new Date(rec.expiresAt).toISOString(),
+        }),
+      );
+      a.recorded();
+      const token = `${id}.${secret}`;
+      const server = ctx.publicUrl();
+      return {
+        id,
+        token,
+        uri: enrollUri({ server, token, caFingerprint: ctx.ca.fingerprint, zone: req.zone }),
+        server,
+        caFingerprint: ctx.ca.fingerprint,
+        zone: rec.zone,
+        owner: rec.owner,
+        name: rec.name,
+        expiresAt: new Date(rec.expiresAt).toISOString(),
+      };
+    },
+  );
 }
 
 /**

@@ -81,7 +81,11 @@ export interface ChainAnchor {
  * the first: after one, the walk resynchronises on the row as stored, so one bad row does not
  * hide a later one. `problem` is the first of `problems` (the older result shape).
  */
-export function verifyChain(rows: Iterable<AuditRow>, head: { seq: number; hash: string } | null, anchor: ChainAnchor | null = null): AuditVerifyResult {
+export function verifyChain(
+  rows: Iterable<AuditRow>,
+  head: { seq: number; hash: string } | null,
+  anchor: ChainAnchor | null = null,
+): AuditVerifyResult {
   let prev = anchor?.hash ?? GENESIS_HASH;
   let expectSeq = (anchor?.seq ?? 0) + 1;
   let count = 0;

@@ -23,13 +23,16 @@ export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations/', import.meta
 /** Reads the migration files; their numbers must run 1, 2, 3 … without a gap or a repeat. */
 export function loadMigrations(dir = MIGRATIONS_DIR): Migration[] {
   const out: Migration[] = [];
-  for (const f of readdirSync(dir).filter((n) => n.endsWith('.sql')).sort()) {
+  for (const f of readdirSync(dir)
+    .filter((n) => n.endsWith('.sql'))
+    .sort()) {
     const m = /^(\d{3})_([a-z0-9_]+)\.sql$/.exec(f);
     if (!m) throw new Error(`migration file ${f} is not named NNN_name.sql`);
     out.push({ version: Number(m[1]), name: m[2]!, sql: readFileSync(`${dir}/${f}`, 'utf8') });
   }
   out.forEach((m, i) => {
-    if (m.version !== i + 1) throw new Error(`migrations must be numbered 1, 2, 3 …: found ${String(m.version).padStart(3, '0')} at position ${i + 1}`);
+    if (m.version !== i + 1)
+      throw new Error(`migrations must be numbered 1, 2, 3 …: found ${String(m.version).padStart(3, '0')} at position ${i + 1}`);
   });
   return out;
 }
@@ -52,11 +55,16 @@ export function legacyVersion(db: Database.Database): number {
   const t = tables(db);
   if (t.size === 0) return 0;
   for (const need of ['meta', 'tokens', 'enroll_sessions', 'devices', 'certificates', 'nonces', 'audit']) {
-    if (!t.has(need)) throw new EdgeidError('data_dir_unusable', `the database has no schema_version table and no ${need} table: it is not an edgeid database`);
+    if (!t.has(need))
+      throw new EdgeidError(
+        'data_dir_unusable',
+        `the database has no schema_version table and no ${need} table: it is not an edgeid database`,
+      );
   }
   const akName = columns(db, 'devices').has('ak_name');
   const kind = columns(db, 'nonces').has('kind');
-  if (kind && !akName) throw new EdgeidError('data_dir_unusable', 'the database has an unknown schema (nonces.kind without devices.ak_name)');
+  if (kind && !akName)
+    throw new EdgeidError('data_dir_unusable', 'the database has an unknown schema (nonces.kind without devices.ak_name)');
   return kind ? 3 : akName ? 2 : 1;
 }
 
@@ -85,7 +93,10 @@ export function migrate(db: Database.Database, migrations: Migration[], now: () 
   }
   const newest = migrations.length;
   if (from > newest) {
-    throw new EdgeidError('data_dir_unusable', `the database is at schema version ${from}, newer than this server knows (${newest}): it was written by a later edgeid-server`);
+    throw new EdgeidError(
+      'data_dir_unusable',
+      `the database is at schema version ${from}, newer than this server knows (${newest}): it was written by a later edgeid-server`,
+    );
   }
   for (const m of migrations.slice(from)) {
     tx(() => {

@@ -104,7 +104,13 @@ function certFrom(r: Row): CertificateRecord {
 }
 
 function nonceFrom(r: Row): NonceRecord {
-  return { value: String(r.value), deviceId: String(r.device_id), createdAt: Number(r.created_at), expiresAt: Number(r.expires_at), usedAt: num(r.used_at) };
+  return {
+    value: String(r.value),
+    deviceId: String(r.device_id),
+    createdAt: Number(r.created_at),
+    expiresAt: Number(r.expires_at),
+    usedAt: num(r.used_at),
+  };
 }
 
 function auditFrom(r: Row): AuditRow {
@@ -222,7 +228,19 @@ export class SqliteStore implements Store {
         `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(row.seq, time, row.actor, row.event, row.deviceId, row.ip, row.outcome, row.reason, row.details ? JSON.stringify(row.details) : null, row.prevHash, hash);
+      .run(
+        row.seq,
+        time,
+        row.actor,
+        row.event,
+        row.deviceId,
+        row.ip,
+        row.outcome,
+        row.reason,
+        row.details ? JSON.stringify(row.details) : null,
+        row.prevHash,
+        hash,
+      );
     const stored = auditFrom(this.db.prepare('SELECT * FROM audit WHERE seq = ?').get(row.seq) as Row);
     if (auditHash(stored) !== hash) throw new Error(`audit row ${row.seq} would not read back as hashed`);
     this.setMetaSync('audit_head', JSON.stringify({ seq: row.seq, hash }));
@@ -297,8 +315,18 @@ export class SqliteStore implements Store {
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)`,
         )
         .run(
-          s.id, s.tokenId, s.ekHash, s.akPub, s.secretHash, s.nonce, s.ip, s.createdAt, s.expiresAt,
-          s.ekPub ?? null, s.ekVerified === undefined || s.ekVerified === null ? null : s.ekVerified ? 1 : 0, s.ekIssuer ?? null,
+          s.id,
+          s.tokenId,
+          s.ekHash,
+          s.akPub,
+          s.secretHash,
+          s.nonce,
+          s.ip,
+          s.createdAt,
+          s.expiresAt,
+          s.ekPub ?? null,
+          s.ekVerified === undefined || s.ekVerified === null ? null : s.ekVerified ? 1 : 0,
+          s.ekIssuer ?? null,
         );
       this.appendAuditSync(p.audit);
       return 'ok' as const;
@@ -331,13 +359,9 @@ export class SqliteStore implements Store {
    * nonce the server handed the device with its last certificate.
    */
   private insertNonce(n: NonceRecord, keep: number, kind: 'issued' | 'challenge' = 'issued'): void {
-    this.db.prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at, kind) VALUES (?, ?, ?, ?, NULL, ?)').run(
-      n.value,
-      n.deviceId,
-      n.createdAt,
-      n.expiresAt,
-      kind,
-    );
+    this.db
+      .prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at, kind) VALUES (?, ?, ?, ?, NULL, ?)')
+      .run(n.value, n.deviceId, n.createdAt, n.expiresAt, kind);
     this.db
       .prepare(
         `DELETE FROM nonces WHERE device_id = ? AND kind = ? AND used_at IS NULL AND value NOT IN
@@ -345,7 +369,6 @@ export class SqliteStore implements Store {
       )
       .run(n.deviceId, kind, n.deviceId, kind, keep);
   }
-
 
   async finishEnrollment(p: {
     tokenId: string;
@@ -363,7 +386,9 @@ export class SqliteStore implements Store {
         const d = p.device;
         // one live device per EK: checked here, inside the write transaction, so two sessions of
         // the same EK finishing at once cannot both create one (devices_live_ek backs it up)
-        const live = this.db.prepare(`SELECT id FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`).get(d.ekHash) as Row | undefined;
+        const live = this.db
+          .prepare(`SELECT id FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`)
+          .get(d.ekHash) as Row | undefined;
         if (live) throw new EkLive(String(live.id));
         this.db
           .prepare(
@@ -372,10 +397,30 @@ export class SqliteStore implements Store {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`,
           )
           .run(
-            d.id, d.zone, d.owner, d.name, d.purpose, d.status, d.statusReason, d.statusChangedAt, d.ekHash, d.akPub, d.akName,
-            d.baseline ? JSON.stringify(d.baseline) : null, d.claims ? JSON.stringify(d.claims) : null, d.baselineWindowUntil,
-            d.enrolledBy, d.enrolledAt, d.retireBy, d.lastSeen, d.lastIp,
-            d.ekPub ?? null, d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0, d.ekIssuer ?? null, d.eventLog ?? null, d.baselineEventLog ?? null,
+            d.id,
+            d.zone,
+            d.owner,
+            d.name,
+            d.purpose,
+            d.status,
+            d.statusReason,
+            d.statusChangedAt,
+            d.ekHash,
+            d.akPub,
+            d.akName,
+            d.baseline ? JSON.stringify(d.baseline) : null,
+            d.claims ? JSON.stringify(d.claims) : null,
+            d.baselineWindowUntil,
+            d.enrolledBy,
+            d.enrolledAt,
+            d.retireBy,
+            d.lastSeen,
+            d.lastIp,
+            d.ekPub ?? null,
+            d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0,
+            d.ekIssuer ?? null,
+            d.eventLog ?? null,
+            d.baselineEventLog ?? null,
           );
         this.insertCertificate(p.certificate);
         this.insertNonce(p.nonce, p.keepNonces);
@@ -410,11 +455,15 @@ export class SqliteStore implements Store {
 
   async countDevicesByStatus(): Promise<Partial<Record<DeviceStatus, number>>> {
     const out: Partial<Record<DeviceStatus, number>> = {};
-    for (const r of this.db.prepare('SELECT status, COUNT(*) AS n FROM devices GROUP BY status').all() as Row[]) out[String(r.status) as DeviceStatus] = Number(r.n);
+    for (const r of this.db.prepare('SELECT status, COUNT(*) AS n FROM devices GROUP BY status').all() as Row[])
+      out[String(r.status) as DeviceStatus] = Number(r.n);
     return out;
   }
 
-  async listDevicesWithLastCertificate(filter: DeviceFilter = {}, page?: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]> {
+  async listDevicesWithLastCertificate(
+    filter: DeviceFilter = {},
+    page?: { after?: { time: number; id: string }; limit: number },
+  ): Promise<DeviceListing[]> {
     const w = deviceWhere(filter, 'd');
     let where = w.where;
     const args = [...w.args];
@@ -440,14 +489,21 @@ export class SqliteStore implements Store {
         r.c_serial === null || r.c_serial === undefined
           ? null
           : certFrom({
-              serial: r.c_serial, device_id: r.c_device_id, not_before: r.c_not_before, not_after: r.c_not_after,
-              spki_hash: r.c_spki_hash, issued_at: r.c_issued_at, revoked_at: r.c_revoked_at, reason: r.c_reason,
+              serial: r.c_serial,
+              device_id: r.c_device_id,
+              not_before: r.c_not_before,
+              not_after: r.c_not_after,
+              spki_hash: r.c_spki_hash,
+              issued_at: r.c_issued_at,
+              revoked_at: r.c_revoked_at,
+              reason: r.c_reason,
             }),
     }));
   }
 
   async findDeviceByAkName(akName: string): Promise<DeviceRecord | null> {
-    const r = this.db.prepare('SELECT * FROM devices WHERE ak_name = ? ORDER BY enrolled_at DESC LIMIT 1').get(akName.toLowerCase()) as Row | undefined;
+    const r = this.db.prepare('SELECT * FROM devices WHERE ak_name = ? ORDER BY enrolled_at DESC LIMIT 1').get(akName.toLowerCase()) as
+      Row | undefined;
     return r ? deviceFrom(r) : null;
   }
 
@@ -465,7 +521,9 @@ export class SqliteStore implements Store {
   async findLiveDeviceByEk(ekHash: string, legacyHashes: string[] = []): Promise<DeviceRecord | null> {
     const legacy = legacyHashes.length ? ` OR (ek_legacy = 1 AND ek_hash IN (${legacyHashes.map(() => '?').join(', ')}))` : '';
     const r = this.db
-      .prepare(`SELECT * FROM devices WHERE ((ek_hash = ? AND ek_legacy = 0)${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`)
+      .prepare(
+        `SELECT * FROM devices WHERE ((ek_hash = ? AND ek_legacy = 0)${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`,
+      )
       .get(ekHash, ...legacyHashes) as Row | undefined;
     return r ? deviceFrom(r) : null;
   }
@@ -518,7 +576,9 @@ export class SqliteStore implements Store {
         `INSERT INTO ek_allow (id, ek_id, zone, owner, name, source, imported_by, imported_at, token_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
          ON CONFLICT (ek_id) DO NOTHING`,
       );
-      const added = entries.filter((e) => insert.run(e.id, e.ekId, e.zone, e.owner, e.name, e.source, e.importedBy, e.importedAt).changes === 1);
+      const added = entries.filter(
+        (e) => insert.run(e.id, e.ekId, e.zone, e.owner, e.name, e.source, e.importedBy, e.importedAt).changes === 1,
+      );
       this.appendAuditSync(audit(added));
       return added;
     });
@@ -529,7 +589,9 @@ export class SqliteStore implements Store {
       const r = this.db.prepare('SELECT token_id FROM ek_allow WHERE id = ?').get(id) as Row | undefined;
       if (r && r.token_id !== null) {
         // an attempt under way loses its token with the entry
-        this.db.prepare('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?').run(now, String(r.token_id), now);
+        this.db
+          .prepare('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?')
+          .run(now, String(r.token_id), now);
         this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(now, String(r.token_id));
       }
       const n = this.db.prepare('DELETE FROM ek_allow WHERE id = ?').run(id).changes;
@@ -565,7 +627,9 @@ export class SqliteStore implements Store {
     }
     if (sets.length === 0) return false;
     const guard = onlyIfStatus?.length ? ` AND status IN (${onlyIfStatus.map(() => '?').join(', ')})` : '';
-    return this.db.prepare(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?${guard}`).run(...values, id, ...(onlyIfStatus ?? [])).changes > 0;
+    return (
+      this.db.prepare(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?${guard}`).run(...values, id, ...(onlyIfStatus ?? [])).changes > 0
+    );
   }
 
   async updateDevice(id: string, patch: DevicePatch, audit?: AuditInput, onlyIfStatus?: DeviceStatus[]): Promise<boolean> {
@@ -627,11 +691,14 @@ export class SqliteStore implements Store {
   }
 
   async listCertificates(deviceId: string): Promise<CertificateRecord[]> {
-    return (this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY issued_at, serial').all(deviceId) as Row[]).map(certFrom);
+    return (this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY issued_at, serial').all(deviceId) as Row[]).map(
+      certFrom,
+    );
   }
 
   async lastCertificate(deviceId: string): Promise<CertificateRecord | null> {
-    const r = this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY not_after DESC LIMIT 1').get(deviceId) as Row | undefined;
+    const r = this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY not_after DESC LIMIT 1').get(deviceId) as
+      Row | undefined;
     return r ? certFrom(r) : null;
   }
 
@@ -646,21 +713,27 @@ export class SqliteStore implements Store {
     return this.tx(() => {
       this.updateDeviceSync(p.deviceId, { status: p.status, statusReason: p.statusReason, statusChangedAt: p.now });
       const serials = (
-        this.db.prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').all(p.deviceId, p.now) as Row[]
+        this.db
+          .prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
+          .all(p.deviceId, p.now) as Row[]
       ).map((r) => String(r.serial));
-      this.db.prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').run(
-        p.now,
-        p.reason,
-        p.deviceId,
-        p.now,
-      );
+      this.db
+        .prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
+        .run(p.now, p.reason, p.deviceId, p.now);
       this.db.prepare('UPDATE nonces SET used_at = ? WHERE device_id = ? AND used_at IS NULL').run(p.now, p.deviceId);
       this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
       return serials;
     });
   }
 
-  async quarantineDevice(p: { deviceId: string; statusReason: string; reason: RevokeReason; now: number; patch: DevicePatch; audit: AuditInput }): Promise<string[] | null> {
+  async quarantineDevice(p: {
+    deviceId: string;
+    statusReason: string;
+    reason: RevokeReason;
+    now: number;
+    patch: DevicePatch;
+    audit: AuditInput;
+  }): Promise<string[] | null> {
     return this.tx(() => {
       const changed = this.updateDeviceSync(
         p.deviceId,
@@ -672,9 +745,13 @@ export class SqliteStore implements Store {
         return null;
       }
       const serials = (
-        this.db.prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').all(p.deviceId, p.now) as Row[]
+        this.db
+          .prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
+          .all(p.deviceId, p.now) as Row[]
       ).map((r) => String(r.serial));
-      this.db.prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').run(p.now, p.reason, p.deviceId, p.now);
+      this.db
+        .prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
+        .run(p.now, p.reason, p.deviceId, p.now);
       this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
       return serials;
     });
@@ -682,34 +759,49 @@ export class SqliteStore implements Store {
 
   async listRevokedUnexpired(now: number): Promise<CertificateRecord[]> {
     return (
-      this.db.prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial').all(now) as Row[]
+      this.db
+        .prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial')
+        .all(now) as Row[]
     ).map(certFrom);
   }
 
   async listDeviceIds(filter: DeviceFilter = {}): Promise<string[]> {
     const { where, args } = deviceWhere(filter, 'devices');
-    return (this.db.prepare(`SELECT id FROM devices${where} ORDER BY id`).pluck().all(...args) as unknown[]).map(String);
+    return (
+      this.db
+        .prepare(`SELECT id FROM devices${where} ORDER BY id`)
+        .pluck()
+        .all(...args) as unknown[]
+    ).map(String);
   }
 
-  async pageDevicesWithLastCertificate(filter: DeviceFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]> {
+  async pageDevicesWithLastCertificate(
+    filter: DeviceFilter,
+    page: { after?: { time: number; id: string }; limit: number },
+  ): Promise<DeviceListing[]> {
     return this.listDevicesWithLastCertificate(filter, page);
   }
 
   async pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]> {
     const rows = page.after
-      ? this.db.prepare('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?').all(page.after.time, page.after.id, page.limit)
+      ? this.db
+          .prepare('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?')
+          .all(page.after.time, page.after.id, page.limit)
       : this.db.prepare('SELECT * FROM tokens ORDER BY created_at, id LIMIT ?').all(page.limit);
     return (rows as Row[]).map(tokenFrom);
   }
 
   async auditPruneLimit(before: number): Promise<number | null> {
-    const r = this.db
-      .prepare('SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)')
-      .get(before) as Row;
+    const r = this.db.prepare('SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)').get(before) as Row;
     return r.s === null ? null : Number(r.s);
   }
 
-  async pruneAudit(p: { throughSeq: number; now: number; file: string; audit: AuditInput }): Promise<{ rows: number; anchor: { seq: number; hash: string } }> {
+  async pruneAudit(p: {
+    throughSeq: number;
+    now: number;
+    file: string;
+    audit: AuditInput;
+  }): Promise<{ rows: number; anchor: { seq: number; hash: string } }> {
     return this.tx(() => {
       const last = this.db.prepare('SELECT seq, hash, time FROM audit WHERE seq = ?').get(p.throughSeq) as Row | undefined;
       if (!last) throw new Error(`audit row ${p.throughSeq} does not exist`);
@@ -728,7 +820,9 @@ export class SqliteStore implements Store {
   }
 
   async listExpiredCertificates(before: number, limit: number): Promise<CertificateRecord[]> {
-    return (this.db.prepare('SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT ?').all(before, limit) as Row[]).map(certFrom);
+    return (
+      this.db.prepare('SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT ?').all(before, limit) as Row[]
+    ).map(certFrom);
   }
 
   async deleteCertificates(serials: string[], before: number): Promise<number> {

@@ -134,7 +134,20 @@ export interface DeviceListing {
 }
 
 export type DevicePatch = Partial<
-  Pick<DeviceRecord, 'status' | 'statusReason' | 'baseline' | 'claims' | 'baselineWindowUntil' | 'baselineApprovalId' | 'lastSeen' | 'lastIp' | 'statusChangedAt' | 'eventLog' | 'baselineEventLog'>
+  Pick<
+    DeviceRecord,
+    | 'status'
+    | 'statusReason'
+    | 'baseline'
+    | 'claims'
+    | 'baselineWindowUntil'
+    | 'baselineApprovalId'
+    | 'lastSeen'
+    | 'lastIp'
+    | 'statusChangedAt'
+    | 'eventLog'
+    | 'baselineEventLog'
+  >
 >;
 
 /** An operator's change to the EK trust store: an added anchor, or a built-in one switched off. */
@@ -180,9 +193,13 @@ export interface Store {
    * unexpired) and records a new enrollment session; earlier open sessions of the token are
    * superseded. Returns why it refused, or 'ok'.
    */
-  startEnrollment(p: { tokenId: string; ekHash: string; now: number; session: EnrollSessionRecord; audit: AuditInput }): Promise<
-    'ok' | 'bound_other' | 'used' | 'expired' | 'missing'
-  >;
+  startEnrollment(p: {
+    tokenId: string;
+    ekHash: string;
+    now: number;
+    session: EnrollSessionRecord;
+    audit: AuditInput;
+  }): Promise<'ok' | 'bound_other' | 'used' | 'expired' | 'missing'>;
   getSession(id: string): Promise<EnrollSessionRecord | null>;
   /**
    * Spends the token and the session, creates the device, its first certificate and its first
@@ -274,13 +291,27 @@ export interface Store {
    * Sets the device's status (revoked / retired), revokes its unexpired certificates and appends
    * the audit row in one transaction. Returns the serials it revoked.
    */
-  endDevice(p: { deviceId: string; status: 'revoked' | 'retired'; reason: RevokeReason; statusReason: string; now: number; audit: AuditInput }): Promise<string[]>;
+  endDevice(p: {
+    deviceId: string;
+    status: 'revoked' | 'retired';
+    reason: RevokeReason;
+    statusReason: string;
+    now: number;
+    audit: AuditInput;
+  }): Promise<string[]>;
   /**
    * Quarantines an active (or already quarantined) device in one transaction: status, the patch,
    * its unexpired certificates revoked with `reason`, and the audit row (with the serials). A
    * device revoked or retired meanwhile is left as it is (null; the row is still written).
    */
-  quarantineDevice(p: { deviceId: string; statusReason: string; reason: RevokeReason; now: number; patch: DevicePatch; audit: AuditInput }): Promise<string[] | null>;
+  quarantineDevice(p: {
+    deviceId: string;
+    statusReason: string;
+    reason: RevokeReason;
+    now: number;
+    patch: DevicePatch;
+    audit: AuditInput;
+  }): Promise<string[] | null>;
   /** Revoked certificates that have not expired yet at `now` (the CRL's entries). */
   listRevokedUnexpired(now: number): Promise<CertificateRecord[]>;
 
@@ -290,7 +321,10 @@ export interface Store {
    * One page of a listing in its sort order (devices: enrolledAt, id; tokens: createdAt, id),
    * after the cursor `after` (the last item of the previous page, as `<time>:<id>`).
    */
-  pageDevicesWithLastCertificate(filter: DeviceFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<DeviceListing[]>;
+  pageDevicesWithLastCertificate(
+    filter: DeviceFilter,
+    page: { after?: { time: number; id: string }; limit: number },
+  ): Promise<DeviceListing[]>;
   pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]>;
 
   /** Retention: the highest seq of a row older than `before` (never the newest row), or null. */
@@ -300,7 +334,12 @@ export interface Store {
    * the new anchor (audit_checkpoint) with the file they were exported to — in one transaction,
    * with the audit row that reports it.
    */
-  pruneAudit(p: { throughSeq: number; now: number; file: string; audit: AuditInput }): Promise<{ rows: number; anchor: { seq: number; hash: string } }>;
+  pruneAudit(p: {
+    throughSeq: number;
+    now: number;
+    file: string;
+    audit: AuditInput;
+  }): Promise<{ rows: number; anchor: { seq: number; hash: string } }>;
   /** The current anchor of the chain (the last pruned row), null when nothing was pruned. */
   auditAnchor(): Promise<{ seq: number; hash: string } | null>;
   /** Certificates that expired before `before`, oldest first, at most `limit`. */

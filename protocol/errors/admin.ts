@@ -40,7 +40,7 @@ export const adminErrors = defineErrors({
   ek_root_invalid: {
     status: 400,
     message: 'The file is not a usable CA certificate for the EK trust store (PEM or DER X.509, basicConstraints CA).',
-    fix: 'Pass the TPM maker\'s CA certificate (PEM or DER) as the maker publishes it.',
+    fix: "Pass the TPM maker's CA certificate (PEM or DER) as the maker publishes it.",
   },
   ek_root_unknown: {
     status: 404,
@@ -49,7 +49,8 @@ export const adminErrors = defineErrors({
   },
   ek_allow_invalid: {
     status: 400,
-    message: 'The supplier manifest cannot be read: each entry must be an EK certificate (PEM or base64 DER) or an EK public key (PEM SPKI, base64 DER SPKI or base64 TPM2B_PUBLIC).',
+    message:
+      'The supplier manifest cannot be read: each entry must be an EK certificate (PEM or base64 DER) or an EK public key (PEM SPKI, base64 DER SPKI or base64 TPM2B_PUBLIC).',
     fix: 'Fix the entry named in the message (line or index); nothing was imported.',
   },
   ek_allow_unknown: {

@@ -57,7 +57,7 @@ export const agentTpmErrors = defineErrors({
   },
   tpm_tls_openssl_mismatch: {
     status: 500,
-    message: "The TPM addon was built against another OpenSSL than the one inside this Node.",
+    message: 'The TPM addon was built against another OpenSSL than the one inside this Node.',
     fix: 'Rebuild the addon for this Node (`npm run build:addon`, which compiles against /usr/include/node); the TPM-backed TLS key needs the same OpenSSL major.minor as Node.',
   },
   tpm_tls_node_internals_changed: {

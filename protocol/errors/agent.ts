@@ -1,6 +1,7 @@
 import { defineErrors } from './types.js';
 
-const forgedControl = 'The command was ignored. If this repeats, someone may be publishing to the control topic: check the broker ACLs and the audit log.';
+const forgedControl =
+  'The command was ignored. If this repeats, someone may be publishing to the control topic: check the broker ACLs and the audit log.';
 
 /**
  * Codes of the edge agent (agent/) and of the signed control-command envelope (protocol/control.ts).
@@ -25,7 +26,7 @@ export const agentErrors = defineErrors({
   not_enrolled: {
     status: 409,
     message: 'This device is not enrolled (no identity in the state directory).',
-    fix: 'Enroll it first: `edgeid-agent enroll --uri \'edgeid://enroll?…\'` with a token from `edgeid-admin token create`.',
+    fix: "Enroll it first: `edgeid-agent enroll --uri 'edgeid://enroll?…'` with a token from `edgeid-admin token create`.",
   },
   enrollment_incomplete: {
     status: 409,
@@ -39,13 +40,14 @@ export const agentErrors = defineErrors({
   },
   state_owner_mismatch: {
     status: 409,
-    message: "The state directory, or a file in it, is not owned by the user the agent runs as; the agent does not trust it.",
+    message: 'The state directory, or a file in it, is not owned by the user the agent runs as; the agent does not trust it.',
     fix: "Run the agent as the directory's owner (systemd: User=edgeid). If someone else wrote there, check the files, then remove them or wipe and enroll again; otherwise chown -R the directory to the agent user.",
   },
   state_parent_unsafe: {
     status: 409,
-    message: 'The directory containing the state directory lets another user rename or replace it (writable by group/others without the sticky bit, or owned by another user).',
-    fix: "Make the parent owned by root or the agent user and not group/other-writable (chmod go-w), or put the state directory under /var/lib (default /var/lib/edgeid).",
+    message:
+      'The directory containing the state directory lets another user rename or replace it (writable by group/others without the sticky bit, or owned by another user).',
+    fix: 'Make the parent owned by root or the agent user and not group/other-writable (chmod go-w), or put the state directory under /var/lib (default /var/lib/edgeid).',
   },
   state_locked: {
     status: 409,

@@ -9,12 +9,12 @@ export const brokerErrors = defineErrors({
   },
   broker_unavailable: {
     status: 503,
-    message: 'The MQTT broker did not answer the server\'s dynamic-security commands.',
+    message: "The MQTT broker did not answer the server's dynamic-security commands.",
     fix: 'Check that Mosquitto runs with the edgeid config (edgeid-admin broker config) and that the server can reach it; then run edgeid-admin broker reconcile.',
   },
   broker_reload_failed: {
     status: 502,
     message: 'The new CRL was written for the broker, but the reload command failed.',
-    fix: 'Restart Mosquitto by hand (it reads its CRL only at start) and check the server config\'s broker.reloadCommand.',
+    fix: "Restart Mosquitto by hand (it reads its CRL only at start) and check the server config's broker.reloadCommand.",
   },
 });

@@ -4,7 +4,8 @@ import { defineErrors } from './types.js';
 export const credentialErrors = defineErrors({
   credential_ek_unsupported: {
     status: 400,
-    message: 'The endorsement key cannot be used for credential activation: its type, curve, key size, name algorithm or symmetric cipher is not supported.',
+    message:
+      'The endorsement key cannot be used for credential activation: its type, curve, key size, name algorithm or symmetric cipher is not supported.',
     fix: 'edgeid supports TCG EK templates: RSA-2048 or ECC P-256/P-384, nameAlg SHA-256/384/512, AES-CFB. Send the EK the TPM made from such a template.',
   },
   credential_ek_not_storage_key: {

@@ -92,12 +92,14 @@ export const enrollErrors = defineErrors({
   },
   ek_template_mismatch: {
     status: 400,
-    message: 'The EK public area matches no TCG EK template (attributes, authPolicy, exponent, scheme, symmetric algorithm, key size or curve).',
+    message:
+      'The EK public area matches no TCG EK template (attributes, authPolicy, exponent, scheme, symmetric algorithm, key size or curve).',
     fix: 'Send the EK as the TPM reports it (TPM2_ReadPublic of the EK created from a TCG EK Credential Profile template); an edited public area is refused.',
   },
   ek_not_allowed: {
     status: 401,
-    message: 'Enrollment without a token needs this TPM\'s EK on a supplier manifest (ek-allow), and it is not there (or was already used or removed).',
+    message:
+      "Enrollment without a token needs this TPM's EK on a supplier manifest (ek-allow), and it is not there (or was already used or removed).",
     fix: 'Import the supplier manifest with edgeid-admin ek-allow import FILE --zone Z --owner O, or enroll with a token.',
   },
   session_invalid: {
@@ -147,8 +149,8 @@ export const enrollErrors = defineErrors({
   },
   pcr_values_invalid: {
     status: 400,
-    message: 'The reported PCR values are not the zone\'s PCR selection of SHA-256 digests.',
-    fix: 'Report exactly the PCRs of the zone\'s selection (sha256 bank); check the agent version.',
+    message: "The reported PCR values are not the zone's PCR selection of SHA-256 digests.",
+    fix: "Report exactly the PCRs of the zone's selection (sha256 bank); check the agent version.",
   },
   posture_pcr_mismatch: {
     status: 403,
@@ -158,12 +160,12 @@ export const enrollErrors = defineErrors({
   posture_claims_rejected: {
     status: 403,
     message: 'The posture claims violate the zone policy.',
-    fix: 'Update the agent or the device as the message says, or change the zone\'s claim rules.',
+    fix: "Update the agent or the device as the message says, or change the zone's claim rules.",
   },
   source_ip_not_allowed: {
     status: 403,
     message: 'The request comes from a network the zone does not allow.',
-    fix: 'Connect from the zone\'s network or add the network to the zone\'s cidrs.',
+    fix: "Connect from the zone's network or add the network to the zone's cidrs.",
   },
 
   // --- devices and renewal ----------------------------------------------------------------
@@ -194,7 +196,7 @@ export const enrollErrors = defineErrors({
   },
   device_offline_too_long: {
     status: 403,
-    message: 'The device was offline for longer than the zone\'s maxOffline.',
+    message: "The device was offline for longer than the zone's maxOffline.",
     fix: 'Enroll the device again with a new token, or raise maxOffline for the zone.',
   },
   nonce_unknown: {
@@ -215,6 +217,6 @@ export const enrollErrors = defineErrors({
   nonce_wrong_device: {
     status: 403,
     message: 'The renewal nonce was issued to another device.',
-    fix: 'Use this device\'s own nonce; this usually means tampering.',
+    fix: "Use this device's own nonce; this usually means tampering.",
   },
 });

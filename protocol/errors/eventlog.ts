@@ -24,7 +24,7 @@ export const eventlogErrors = defineErrors({
   eventlog_unreadable: {
     status: 500,
     message: 'The TCG event log file could not be read.',
-    fix: 'The default is /sys/kernel/security/tpm0/binary_bios_measurements (readable by root only, securityfs mounted); pass --file or set the agent\'s eventLog path.',
+    fix: "The default is /sys/kernel/security/tpm0/binary_bios_measurements (readable by root only, securityfs mounted); pass --file or set the agent's eventLog path.",
   },
   eventlog_replay_mismatch: {
     status: 400,
@@ -38,7 +38,7 @@ export const eventlogErrors = defineErrors({
   },
   posture_eventlog_rejected: {
     status: 403,
-    message: 'The TCG event log violates the zone\'s posture policy: the device is quarantined.',
-    fix: 'The message names the event (Secure Boot off, a firmware blob or boot application not on the allowed list, dbx rolled back). Fix the device, or change the zone\'s eventLog policy; then edgeid-admin approve-baseline ID.',
+    message: "The TCG event log violates the zone's posture policy: the device is quarantined.",
+    fix: "The message names the event (Secure Boot off, a firmware blob or boot application not on the allowed list, dbx rolled back). Fix the device, or change the zone's eventLog policy; then edgeid-admin approve-baseline ID.",
   },
 });

@@ -11,7 +11,14 @@ import { EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE, EV } from './types.js
 
 export type EventData =
   /** EV_NO_ACTION TCG_EfiSpecIDEvent (PFP §10.4.5.1): the first event of a crypto-agile log. */
-  | { kind: 'spec-id'; signature: string; platformClass: number; version: string; uintnSize: number; algorithms: { alg: number; size: number }[] }
+  | {
+      kind: 'spec-id';
+      signature: string;
+      platformClass: number;
+      version: string;
+      uintnSize: number;
+      algorithms: { alg: number; size: number }[];
+    }
   /** EV_NO_ACTION TCG_EfiStartupLocalityEvent (PFP §10.4.5.3). */
   | { kind: 'startup-locality'; locality: number }
   /** Any other EV_NO_ACTION (SP800-155 Event, NvIndexInstance …): named by its signature. */

@@ -50,7 +50,8 @@ function node(type: number, sub: number, r: Reader): string {
           const sig = r.bytes(16, 'partition signature');
           const fmt = r.u8('partition format');
           const sigType = r.u8('signature type');
-          const s = sigType === 2 ? `GPT,${guidText(sig)}` : sigType === 1 ? `MBR,${hx(sig.readUInt32LE(0))}` : `${hx(fmt)},${sig.toString('hex')}`;
+          const s =
+            sigType === 2 ? `GPT,${guidText(sig)}` : sigType === 1 ? `MBR,${hx(sig.readUInt32LE(0))}` : `${hx(fmt)},${sig.toString('hex')}`;
           return `HD(${part},${s},${hx(start)},${hx(size)})`;
         }
         if (sub === 0x02) return `CDROM(${hx(r.u32('boot entry'))})`;

@@ -99,7 +99,8 @@ function agileEvent(r: Reader, index: number, sizes: Map<number, number>): LogEv
   const type = r.u32('EventType');
   const countAt = r.offset;
   const count = r.u32('digest count');
-  if (count === 0 || count > sizes.size) throw malformed(countAt, `digest count ${count} is not 1..${sizes.size} (banks in the Spec ID event)`);
+  if (count === 0 || count > sizes.size)
+    throw malformed(countAt, `digest count ${count} is not 1..${sizes.size} (banks in the Spec ID event)`);
   const digests = new Map<number, Buffer>();
   for (let i = 0; i < count; i++) {
     const at = r.offset;
@@ -119,7 +120,10 @@ export function parseEventLog(log: Uint8Array, options: ParseOptions = {}): Even
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_LOG_BYTES;
   const maxEvents = options.maxEvents ?? DEFAULT_MAX_EVENTS;
   if (log.length > maxBytes) {
-    throw new EdgeidError('eventlog_too_large', `TCG event log of ${log.length} bytes exceeds the limit of ${maxBytes}`, { size: log.length, limit: maxBytes });
+    throw new EdgeidError('eventlog_too_large', `TCG event log of ${log.length} bytes exceeds the limit of ${maxBytes}`, {
+      size: log.length,
+      limit: maxBytes,
+    });
   }
   const buf = Buffer.from(log.buffer, log.byteOffset, log.length);
   const r = new Reader(buf);
@@ -130,12 +134,20 @@ export function parseEventLog(log: Uint8Array, options: ParseOptions = {}): Even
     const more = (): boolean => {
       if (r.remaining === 0) return false;
       if (events.length >= maxEvents) {
-        throw new EdgeidError('eventlog_too_many_events', `TCG event log has more than ${maxEvents} events (at byte offset ${r.offset})`, { offset: r.offset, limit: maxEvents });
+        throw new EdgeidError('eventlog_too_many_events', `TCG event log has more than ${maxEvents} events (at byte offset ${r.offset})`, {
+          offset: r.offset,
+          limit: maxEvents,
+        });
       }
       return true;
     };
     // A crypto-agile log starts with EV_NO_ACTION on PCR 0 carrying "Spec ID Event03" (PFP §10.4.5.1).
-    if (first.type === EV.EV_NO_ACTION && first.pcr === 0 && first.decoded.kind === 'spec-id' && first.decoded.signature === 'Spec ID Event03') {
+    if (
+      first.type === EV.EV_NO_ACTION &&
+      first.pcr === 0 &&
+      first.decoded.kind === 'spec-id' &&
+      first.decoded.signature === 'Spec ID Event03'
+    ) {
       const algorithms = first.decoded.algorithms;
       const sizes = new Map(algorithms.map((a) => [a.alg, a.size]));
       for (const { alg, size } of algorithms) {

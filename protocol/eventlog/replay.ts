@@ -40,7 +40,11 @@ export function replay(log: EventLog): ReplayedPcrs {
 
 /** JSON form: { sha256: { "0": "<hex>", … }, … }; a bank no event extends is left out. */
 export function pcrsJson(pcrs: ReplayedPcrs): Record<string, Record<string, string>> {
-  return Object.fromEntries([...pcrs].filter(([, m]) => m.size > 0).map(([bank, m]) => [bank, Object.fromEntries([...m].map(([i, v]) => [String(i), v.toString('hex')]))]));
+  return Object.fromEntries(
+    [...pcrs]
+      .filter(([, m]) => m.size > 0)
+      .map(([bank, m]) => [bank, Object.fromEntries([...m].map(([i, v]) => [String(i), v.toString('hex')]))]),
+  );
 }
 
 /**

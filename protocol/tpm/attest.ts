@@ -54,7 +54,10 @@ export function parseAttest(bytes: Uint8Array): TpmsAttest {
       attest.certify = { name: r.tpm2b(TPM_LIMITS.MAX_HA, 'name'), qualifiedName: r.tpm2b(TPM_LIMITS.MAX_HA, 'qualifiedName') };
       break;
     case TPM_ST_ATTEST_CREATION:
-      attest.creation = { objectName: r.tpm2b(TPM_LIMITS.MAX_HA, 'objectName'), creationHash: r.tpm2b(TPM_LIMITS.MAX_DIGEST, 'creationHash') };
+      attest.creation = {
+        objectName: r.tpm2b(TPM_LIMITS.MAX_HA, 'objectName'),
+        creationHash: r.tpm2b(TPM_LIMITS.MAX_DIGEST, 'creationHash'),
+      };
       break;
     default:
       attest.attested = r.bytes(r.remaining, 'attested');

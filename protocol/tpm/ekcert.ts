@@ -135,7 +135,10 @@ function checkExtensions(cert: Cert, onFailure: ErrorCode): void {
   for (const ext of cert.extensions) {
     const decode = UNDERSTOOD_EXTENSIONS.get(ext.oid);
     if (!decode) {
-      if (ext.critical) fail(onFailure, `unsupported critical extension ${ext.oid} in ${cert.subject || 'a certificate with an empty subject'}`, { oid: ext.oid });
+      if (ext.critical)
+        fail(onFailure, `unsupported critical extension ${ext.oid} in ${cert.subject || 'a certificate with an empty subject'}`, {
+          oid: ext.oid,
+        });
       continue;
     }
     try {
@@ -238,12 +241,17 @@ export function verifyEkCertificate(certDer: Buffer, ekPublic: TpmPublic, trust:
     const bc = ca.basicConstraints;
     if (!bc?.cA) fail('ek_cert_untrusted', `intermediate ${ca.subject} is not a CA`);
     // `below` = number of intermediates between this CA and the leaf
-    if (bc.pathLenConstraint !== undefined && below > bc.pathLenConstraint) fail('ek_cert_untrusted', `path length constraint of ${ca.subject} exceeded`);
+    if (bc.pathLenConstraint !== undefined && below > bc.pathLenConstraint)
+      fail('ek_cert_untrusted', `path length constraint of ${ca.subject} exceeded`);
   });
 
   for (const cert of chain) {
     if (at < cert.notBefore || at > cert.notAfter) {
-      fail('ek_cert_expired', undefined, { subject: cert.subject, notBefore: cert.notBefore.toISOString(), notAfter: cert.notAfter.toISOString() });
+      fail('ek_cert_expired', undefined, {
+        subject: cert.subject,
+        notBefore: cert.notBefore.toISOString(),
+        notAfter: cert.notAfter.toISOString(),
+      });
     }
   }
 

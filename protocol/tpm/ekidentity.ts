@@ -37,12 +37,60 @@ const SHA384 = TPM_ALG.SHA384;
 /** The TCG EK templates edgeid accepts (EK Credential Profile 2.5, §2.1.5.1 low range, §2.1.5.2 high range). */
 export const EK_TEMPLATES: readonly EkTemplateSpec[] = [
   { name: 'L-1', type: TPM_ALG.RSA, nameAlg: SHA256, attributes: EK_ATTRIBUTES, policy: EK_POLICY_SHA256, aesBits: 128, rsaBits: 2048 },
-  { name: 'L-2', type: TPM_ALG.ECC, nameAlg: SHA256, attributes: EK_ATTRIBUTES, policy: EK_POLICY_SHA256, aesBits: 128, curve: TPM_ECC_CURVE.NIST_P256 },
-  { name: 'H-1', type: TPM_ALG.RSA, nameAlg: SHA256, attributes: EK_HIGH_RANGE_ATTRIBUTES, policy: EK_POLICY_HIGH_SHA256, aesBits: 128, rsaBits: 2048 },
-  { name: 'H-2', type: TPM_ALG.ECC, nameAlg: SHA256, attributes: EK_HIGH_RANGE_ATTRIBUTES, policy: EK_POLICY_HIGH_SHA256, aesBits: 128, curve: TPM_ECC_CURVE.NIST_P256 },
-  { name: 'H-3', type: TPM_ALG.ECC, nameAlg: SHA384, attributes: EK_HIGH_RANGE_ATTRIBUTES, policy: EK_POLICY_SHA384, aesBits: 256, curve: TPM_ECC_CURVE.NIST_P384 },
-  { name: 'H-6', type: TPM_ALG.RSA, nameAlg: SHA384, attributes: EK_HIGH_RANGE_ATTRIBUTES, policy: EK_POLICY_SHA384, aesBits: 256, rsaBits: 3072 },
-  { name: 'H-7', type: TPM_ALG.RSA, nameAlg: SHA384, attributes: EK_HIGH_RANGE_ATTRIBUTES, policy: EK_POLICY_SHA384, aesBits: 256, rsaBits: 4096 },
+  {
+    name: 'L-2',
+    type: TPM_ALG.ECC,
+    nameAlg: SHA256,
+    attributes: EK_ATTRIBUTES,
+    policy: EK_POLICY_SHA256,
+    aesBits: 128,
+    curve: TPM_ECC_CURVE.NIST_P256,
+  },
+  {
+    name: 'H-1',
+    type: TPM_ALG.RSA,
+    nameAlg: SHA256,
+    attributes: EK_HIGH_RANGE_ATTRIBUTES,
+    policy: EK_POLICY_HIGH_SHA256,
+    aesBits: 128,
+    rsaBits: 2048,
+  },
+  {
+    name: 'H-2',
+    type: TPM_ALG.ECC,
+    nameAlg: SHA256,
+    attributes: EK_HIGH_RANGE_ATTRIBUTES,
+    policy: EK_POLICY_HIGH_SHA256,
+    aesBits: 128,
+    curve: TPM_ECC_CURVE.NIST_P256,
+  },
+  {
+    name: 'H-3',
+    type: TPM_ALG.ECC,
+    nameAlg: SHA384,
+    attributes: EK_HIGH_RANGE_ATTRIBUTES,
+    policy: EK_POLICY_SHA384,
+    aesBits: 256,
+    curve: TPM_ECC_CURVE.NIST_P384,
+  },
+  {
+    name: 'H-6',
+    type: TPM_ALG.RSA,
+    nameAlg: SHA384,
+    attributes: EK_HIGH_RANGE_ATTRIBUTES,
+    policy: EK_POLICY_SHA384,
+    aesBits: 256,
+    rsaBits: 3072,
+  },
+  {
+    name: 'H-7',
+    type: TPM_ALG.RSA,
+    nameAlg: SHA384,
+    attributes: EK_HIGH_RANGE_ATTRIBUTES,
+    policy: EK_POLICY_SHA384,
+    aesBits: 256,
+    rsaBits: 4096,
+  },
 ];
 
 function mismatch(why: string): never {
@@ -51,9 +99,13 @@ function mismatch(why: string): never {
 
 function templateFor(ek: TpmPublic): EkTemplateSpec {
   const candidates = EK_TEMPLATES.filter(
-    (t) => t.type === ek.type && (t.rsaBits === undefined || t.rsaBits === ek.rsa?.keyBits) && (t.curve === undefined || t.curve === ek.ecc?.curve),
+    (t) =>
+      t.type === ek.type &&
+      (t.rsaBits === undefined || t.rsaBits === ek.rsa?.keyBits) &&
+      (t.curve === undefined || t.curve === ek.ecc?.curve),
   );
-  if (candidates.length === 0) mismatch(ek.type === TPM_ALG.RSA ? `RSA-${ek.rsa?.keyBits}` : `ECC curve 0x${(ek.ecc?.curve ?? 0).toString(16)}`);
+  if (candidates.length === 0)
+    mismatch(ek.type === TPM_ALG.RSA ? `RSA-${ek.rsa?.keyBits}` : `ECC curve 0x${(ek.ecc?.curve ?? 0).toString(16)}`);
   const t = candidates.find((c) => c.nameAlg === ek.nameAlg && c.attributes === ek.objectAttributes && c.policy.equals(ek.authPolicy));
   if (!t) {
     mismatch(
@@ -86,8 +138,10 @@ export function canonicalEkPublic(ek: TpmPublic): { template: string; public: Tp
     scheme: { alg: TPM_ALG.NULL },
   };
   if (ek.type === TPM_ALG.RSA && ek.rsa) {
-    if (ek.rsa.exponent !== 0 && ek.rsa.exponent !== 65537) mismatch(`template ${t.name} requires the default exponent (0 or 65537), not ${ek.rsa.exponent}`);
-    if (ek.rsa.modulus.length !== ek.rsa.keyBits / 8) mismatch(`an RSA-${ek.rsa.keyBits} modulus has ${ek.rsa.keyBits / 8} bytes, not ${ek.rsa.modulus.length}`);
+    if (ek.rsa.exponent !== 0 && ek.rsa.exponent !== 65537)
+      mismatch(`template ${t.name} requires the default exponent (0 or 65537), not ${ek.rsa.exponent}`);
+    if (ek.rsa.modulus.length !== ek.rsa.keyBits / 8)
+      mismatch(`an RSA-${ek.rsa.keyBits} modulus has ${ek.rsa.keyBits / 8} bytes, not ${ek.rsa.modulus.length}`);
     canonical = { ...base, rsa: { keyBits: ek.rsa.keyBits, exponent: 0, modulus: Buffer.from(ek.rsa.modulus) } };
   } else if (ek.type === TPM_ALG.ECC && ek.ecc) {
     if (ek.ecc.kdf.alg !== TPM_ALG.NULL) mismatch(`template ${t.name} requires kdf TPM_ALG_NULL`);

@@ -126,7 +126,16 @@ export function parseTpmtPublic(bytes: Uint8Array): TpmPublic {
     if (keyBits !== 1024 && keyBits !== 2048 && keyBits !== 3072 && keyBits !== 4096) throw unsupported('RSA key size', keyBits);
     const exponent = r.u32('RSA exponent');
     const modulus = r.tpm2b(TPM_LIMITS.MAX_RSA_KEY_BYTES, 'RSA modulus');
-    pub = { type, nameAlg, objectAttributes, authPolicy, symmetric, scheme, rsa: { keyBits, exponent, modulus }, tpmtPublic: Buffer.alloc(0) };
+    pub = {
+      type,
+      nameAlg,
+      objectAttributes,
+      authPolicy,
+      symmetric,
+      scheme,
+      rsa: { keyBits, exponent, modulus },
+      tpmtPublic: Buffer.alloc(0),
+    };
   } else {
     const curve = r.u16('ECC curve');
     curveSize(curve);

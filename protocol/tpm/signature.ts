@@ -56,7 +56,10 @@ function derLength(n: number): Buffer {
 /** ECDSA (r, s) → DER Ecdsa-Sig-Value, the form X.509, TLS and node:crypto use. */
 export function signatureToDer(sig: TpmSignature): Buffer {
   if (!sig.ecdsa) {
-    throw new EdgeidError('tpm_unsupported_algorithm', 'only ECDSA signatures have a DER form', { what: 'signature algorithm', alg: sig.sigAlg });
+    throw new EdgeidError('tpm_unsupported_algorithm', 'only ECDSA signatures have a DER form', {
+      what: 'signature algorithm',
+      alg: sig.sigAlg,
+    });
   }
   const body = Buffer.concat([derUnsignedInteger(sig.ecdsa.r), derUnsignedInteger(sig.ecdsa.s)]);
   return Buffer.concat([Buffer.from([0x30]), derLength(body.length), body]);
@@ -81,7 +84,12 @@ export function verifyTpmSignature(pub: TpmPublic, message: Buffer, sig: TpmSign
       if (sig.sigAlg === TPM_ALG.RSASSA) {
         return cryptoVerify(hash, message, { key, padding: constants.RSA_PKCS1_PADDING }, sig.rsa.sig);
       }
-      return cryptoVerify(hash, message, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_AUTO }, sig.rsa.sig);
+      return cryptoVerify(
+        hash,
+        message,
+        { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_AUTO },
+        sig.rsa.sig,
+      );
     }
     return false;
   } catch {

@@ -30,7 +30,21 @@ export async function startDeployment(serverConfig: Record<string, unknown> = {}
   const server = await startServerProcess({ config: serverConfig, dataDir });
   let broker: Mosquitto | null = null;
   try {
-    await adminCli(dataDir, ['broker', 'config', '--out', brokerDir, '--port', String(port), '--bind', '127.0.0.1', '--run-as-root', '--hostname', 'localhost', '--hostname', '127.0.0.1']);
+    await adminCli(dataDir, [
+      'broker',
+      'config',
+      '--out',
+      brokerDir,
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--run-as-root',
+      '--hostname',
+      'localhost',
+      '--hostname',
+      '127.0.0.1',
+    ]);
     broker = await startMosquitto({ configFile: path.join(brokerDir, 'mosquitto.conf'), port, supervised: true });
     const config = {
       ...serverConfig,

@@ -54,7 +54,12 @@ function u16(n: number): Buffer {
 function guid(text: string): Buffer {
   const h = text.replace(/-/g, '');
   const b = Buffer.from(h, 'hex');
-  return Buffer.concat([Buffer.from(b.subarray(0, 4)).reverse(), Buffer.from(b.subarray(4, 6)).reverse(), Buffer.from(b.subarray(6, 8)).reverse(), b.subarray(8)]);
+  return Buffer.concat([
+    Buffer.from(b.subarray(0, 4)).reverse(),
+    Buffer.from(b.subarray(4, 6)).reverse(),
+    Buffer.from(b.subarray(6, 8)).reverse(),
+    b.subarray(8),
+  ]);
 }
 
 export function eventDigest(e: SyntheticEvent, bank: string): Buffer {
@@ -83,7 +88,16 @@ export function buildEventLog(events: SyntheticEvent[], banks: string[] = ['sha2
     ]);
   if (opts.startupLocality !== undefined) {
     // TCG_EfiStartupLocalityEvent (PFP §10.4.5.3), an EV_NO_ACTION with zero digests.
-    parts.push(record({ pcr: 0, type: EV.EV_NO_ACTION, data: Buffer.concat([Buffer.from('StartupLocality\0', 'latin1'), Buffer.from([opts.startupLocality])]) }, true));
+    parts.push(
+      record(
+        {
+          pcr: 0,
+          type: EV.EV_NO_ACTION,
+          data: Buffer.concat([Buffer.from('StartupLocality\0', 'latin1'), Buffer.from([opts.startupLocality])]),
+        },
+        true,
+      ),
+    );
   }
   for (const e of events) parts.push(record(e, e.type === EV.EV_NO_ACTION));
   return Buffer.concat(parts);
@@ -132,20 +146,40 @@ export function syntheticBootEvents(boot: SyntheticBoot = {}): SyntheticEvent[] 
   const h = (s: string) => createHash('sha256').update(s).digest();
   const blob = Buffer.concat([Buffer.from([4]), Buffer.from('BIOS', 'latin1'), u64(0xff000000), u64(0x1000000)]);
   const dbx = sha256SignatureList(Array.from({ length: dbxEntries }, (_, i) => h(`dbx:${i}`)));
-  const image = Buffer.concat([u64(0x7e000000), u64(0x100000), u64(0), u64(bootDevicePath('\\EFI\\BOOT\\BOOTX64.EFI').length), bootDevicePath('\\EFI\\BOOT\\BOOTX64.EFI')]);
+  const image = Buffer.concat([
+    u64(0x7e000000),
+    u64(0x100000),
+    u64(0),
+    u64(bootDevicePath('\\EFI\\BOOT\\BOOTX64.EFI').length),
+    bootDevicePath('\\EFI\\BOOT\\BOOTX64.EFI'),
+  ]);
   const separator = (pcr: number): SyntheticEvent => ({ pcr, type: EV.EV_SEPARATOR, data: Buffer.alloc(4) });
   return [
     { pcr: 0, type: EV.EV_S_CRTM_VERSION, data: Buffer.from('1.0\0', 'utf16le') },
-    { pcr: 0, type: EV.EV_EFI_PLATFORM_FIRMWARE_BLOB2, data: blob, digests: { sha256: h(`firmware:${firmware}`), sha1: createHash('sha1').update(`firmware:${firmware}`).digest() } },
+    {
+      pcr: 0,
+      type: EV.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+      data: blob,
+      digests: { sha256: h(`firmware:${firmware}`), sha1: createHash('sha1').update(`firmware:${firmware}`).digest() },
+    },
     { pcr: 7, type: EV.EV_EFI_VARIABLE_DRIVER_CONFIG, data: variableData(EFI_GLOBAL_VARIABLE, 'SecureBoot', Buffer.from([secureBoot])) },
     { pcr: 7, type: EV.EV_EFI_VARIABLE_DRIVER_CONFIG, data: variableData(EFI_GLOBAL_VARIABLE, 'PK', sha256SignatureList([h('pk')])) },
     { pcr: 7, type: EV.EV_EFI_VARIABLE_DRIVER_CONFIG, data: variableData(EFI_GLOBAL_VARIABLE, 'KEK', sha256SignatureList([h('kek')])) },
-    { pcr: 7, type: EV.EV_EFI_VARIABLE_DRIVER_CONFIG, data: variableData(EFI_IMAGE_SECURITY_DATABASE, 'db', sha256SignatureList([h('db')])) },
+    {
+      pcr: 7,
+      type: EV.EV_EFI_VARIABLE_DRIVER_CONFIG,
+      data: variableData(EFI_IMAGE_SECURITY_DATABASE, 'db', sha256SignatureList([h('db')])),
+    },
     { pcr: 7, type: EV.EV_EFI_VARIABLE_DRIVER_CONFIG, data: variableData(EFI_IMAGE_SECURITY_DATABASE, 'dbx', dbx) },
     ...[0, 1, 2, 3, 4, 5, 6, 7].map(separator),
     { pcr: 1, type: EV.EV_EFI_VARIABLE_BOOT, data: variableData(EFI_GLOBAL_VARIABLE, 'BootOrder', Buffer.concat([u16(1), u16(0)])) },
     { pcr: 4, type: EV.EV_EFI_ACTION, data: Buffer.from('Calling EFI Application from Boot Option', 'latin1') },
-    { pcr: 4, type: EV.EV_EFI_BOOT_SERVICES_APPLICATION, data: image, digests: { sha256: h(`app:${bootApp}`), sha1: createHash('sha1').update(`app:${bootApp}`).digest() } },
+    {
+      pcr: 4,
+      type: EV.EV_EFI_BOOT_SERVICES_APPLICATION,
+      data: image,
+      digests: { sha256: h(`app:${bootApp}`), sha1: createHash('sha1').update(`app:${bootApp}`).digest() },
+    },
   ];
 }
 

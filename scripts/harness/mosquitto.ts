@@ -67,7 +67,8 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
 
   const writeConfig = async (): Promise<void> => {
     if (opts.configFile) return;
-    if (!opts.caFile || !opts.certFile || !opts.keyFile) throw new Error('startMosquitto needs caFile, certFile and keyFile (or configFile)');
+    if (!opts.caFile || !opts.certFile || !opts.keyFile)
+      throw new Error('startMosquitto needs caFile, certFile and keyFile (or configFile)');
     const lines = [
       'per_listener_settings false',
       'persistence false',
@@ -98,7 +99,9 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       const child = spawn('mosquitto', ['-c', confPath], { stdio: ['ignore', 'pipe', 'pipe'] });
       child.stdout?.on('data', collect);
       child.stderr?.on('data', collect);
-      const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}): ${logText.slice(-2000)}`))));
+      const exited = new Promise<never>((_, reject) =>
+        child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}): ${logText.slice(-2000)}`))),
+      );
       exited.catch(() => {});
       try {
         await Promise.race([waitForPort(port, 10_000), exited]);
@@ -110,7 +113,13 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
           child.once('exit', () => {
             if (stopped || proc !== child) return;
             proc = null;
-            restarting = launch().catch((e) => { logText += `\n[harness] restart failed: ${String(e)}\n`; }).finally(() => { restarting = null; });
+            restarting = launch()
+              .catch((e) => {
+                logText += `\n[harness] restart failed: ${String(e)}\n`;
+              })
+              .finally(() => {
+                restarting = null;
+              });
           });
         }
         return;
@@ -131,8 +140,12 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
 
   await launch();
   return {
-    get port() { return port; },
-    get url() { return `mqtts://127.0.0.1:${port}`; },
+    get port() {
+      return port;
+    },
+    get url() {
+      return `mqtts://127.0.0.1:${port}`;
+    },
     log: () => logText,
     async stop() {
       if (stopped) return;

@@ -74,7 +74,10 @@ export async function makeTestCa(): Promise<TestCa> {
 
   const serverKeys = (await subtle.generateKey(KEY_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const serverCert = await issue('CN=localhost', serverKeys.publicKey, [
-    new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: 'localhost' }, { type: 'ip', value: '127.0.0.1' }]),
+    new x509.SubjectAlternativeNameExtension([
+      { type: 'dns', value: 'localhost' },
+      { type: 'ip', value: '127.0.0.1' },
+    ]),
     new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
   ]);
   const clientExtensions = () => [
@@ -84,7 +87,10 @@ export async function makeTestCa(): Promise<TestCa> {
 
   return {
     caPem: ca.toString('pem') + '\n',
-    server: { certPem: serverCert.toString('pem') + '\n', keyPem: pem('PRIVATE KEY', await subtle.exportKey('pkcs8', serverKeys.privateKey)) },
+    server: {
+      certPem: serverCert.toString('pem') + '\n',
+      keyPem: pem('PRIVATE KEY', await subtle.exportKey('pkcs8', serverKeys.privateKey)),
+    },
     async issueForTpmKey(key, cn) {
       const spki = publicKeySpkiDer(parsePublic(key.public));
       const cert = await issue(`CN=${cn}`, new x509.PublicKey(spki), clientExtensions());
@@ -113,7 +119,21 @@ export async function makeTestPki(dir: string, leaves: { name: string; cn: strin
   for (const { name, cn, days } of leaves) {
     await o(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', `${name}.key`]);
     await o(['req', '-new', '-key', `${name}.key`, '-subj', `/CN=${cn}`, '-out', `${name}.csr`]);
-    await o(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', String(days ?? 1), '-out', `${name}.pem`]);
+    await o([
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.pem',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-days',
+      String(days ?? 1),
+      '-out',
+      `${name}.pem`,
+    ]);
   }
   return {
     dir,
@@ -132,9 +152,27 @@ export async function softwareClientCert(srv: { dataDir: string }, cn: string): 
     await run('openssl', ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', path.join(dir, 'k.pem')]);
     await run('openssl', ['req', '-new', '-key', path.join(dir, 'k.pem'), '-subj', `/CN=${cn}`, '-out', path.join(dir, 'r.csr')]);
     await writeFile(path.join(dir, 'ext.cnf'), 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n');
-    await run('openssl', ['x509', '-req', '-in', path.join(dir, 'r.csr'), '-CA', path.join(ca, 'intermediate.pem'), '-CAkey', path.join(ca, 'intermediate.key'),
-      '-CAcreateserial', '-days', '1', '-extfile', path.join(dir, 'ext.cnf'), '-out', path.join(dir, 'c.pem')]);
-    return { cert: (await readFile(path.join(dir, 'c.pem'), 'utf8')) + (await readFile(path.join(ca, 'intermediate.pem'), 'utf8')), key: await readFile(path.join(dir, 'k.pem'), 'utf8') };
+    await run('openssl', [
+      'x509',
+      '-req',
+      '-in',
+      path.join(dir, 'r.csr'),
+      '-CA',
+      path.join(ca, 'intermediate.pem'),
+      '-CAkey',
+      path.join(ca, 'intermediate.key'),
+      '-CAcreateserial',
+      '-days',
+      '1',
+      '-extfile',
+      path.join(dir, 'ext.cnf'),
+      '-out',
+      path.join(dir, 'c.pem'),
+    ]);
+    return {
+      cert: (await readFile(path.join(dir, 'c.pem'), 'utf8')) + (await readFile(path.join(ca, 'intermediate.pem'), 'utf8')),
+      key: await readFile(path.join(dir, 'k.pem'), 'utf8'),
+    };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

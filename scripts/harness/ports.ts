@@ -35,7 +35,10 @@ export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.
   const accepts = (): Promise<boolean> =>
     new Promise((resolve) => {
       const s = net.connect({ port, host });
-      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
       s.once('error', () => resolve(false));
     });
   await waitFor(`something to listen on ${host}:${port}`, accepts, { timeoutMs });

@@ -61,7 +61,8 @@ export async function startRevocationDeployment(serverConfig: Record<string, unk
   const holdFile = path.join(holdDir, 'hold');
   try {
     const [sh, flag, kill] = inner.broker.reloadCommand;
-    if (sh !== 'sh' || flag !== '-c' || !kill) throw new Error(`unexpected broker reload command ${JSON.stringify(inner.broker.reloadCommand)}`);
+    if (sh !== 'sh' || flag !== '-c' || !kill)
+      throw new Error(`unexpected broker reload command ${JSON.stringify(inner.broker.reloadCommand)}`);
     const reloadCommand = ['sh', '-c', `while [ -e '${holdFile}' ]; do sleep 0.02; done; ${kill}`];
     const url = inner.broker.url;
     const config = {
@@ -162,7 +163,13 @@ export type HandshakeResult = { ok: true; connack: number } | { ok: false; code:
 /** An MQTT 3.1.1 CONNECT (clean session, keepalive 10 s) with this client id. */
 function mqttConnectPacket(clientId: string): Buffer {
   const id = Buffer.from(clientId, 'utf8');
-  const body = Buffer.concat([Buffer.from([0, 4]), Buffer.from('MQTT'), Buffer.from([4, 0x02, 0, 10]), Buffer.from([id.length >> 8, id.length & 0xff]), id]);
+  const body = Buffer.concat([
+    Buffer.from([0, 4]),
+    Buffer.from('MQTT'),
+    Buffer.from([4, 0x02, 0, 10]),
+    Buffer.from([id.length >> 8, id.length & 0xff]),
+    id,
+  ]);
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
 }
 
@@ -196,7 +203,12 @@ export function tlsHandshake(port: number, secureContext: SecureContext, timeout
 }
 
 /** An MQTT 5 client as the device (TPM key), with no reconnects: a closed session stays closed. */
-export function connectAsDevice(url: string, secureContext: SecureContext, clientId: string, opts: { clean?: boolean } = {}): Promise<MqttClient> {
+export function connectAsDevice(
+  url: string,
+  secureContext: SecureContext,
+  clientId: string,
+  opts: { clean?: boolean } = {},
+): Promise<MqttClient> {
   return mqtt.connectAsync(url, {
     secureContext,
     clientId,
@@ -252,7 +264,10 @@ export async function foreignCaCertificate(cn: string, spki: Buffer): Promise<st
     notAfter: new Date(now + 86400_000),
     keys,
     signingAlgorithm: EC_ALG,
-    extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+    ],
   });
   const leaf = await x509.X509CertificateGenerator.create({
     serialNumber: '02',
@@ -307,7 +322,10 @@ export async function wideObserver(d: RevocationDeployment, topics: string[] = [
       { acltype: 'publishClientReceive', topic: '#', allow: true, priority: 0 },
     ];
     await dyn.send([{ command: 'createRole', rolename: OBSERVER_CN, acls }], /already exists/i);
-    await dyn.send([{ command: 'createClient', username: OBSERVER_CN, roles: [{ rolename: OBSERVER_CN, priority: 0 }] }], /already exists/i);
+    await dyn.send(
+      [{ command: 'createClient', username: OBSERVER_CN, roles: [{ rolename: OBSERVER_CN, priority: 0 }] }],
+      /already exists/i,
+    );
   } finally {
     await dyn.close();
   }

@@ -98,7 +98,9 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
     };
     child.stdout!.on('data', collect);
     child.stderr!.on('data', collect);
-    const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`edgeid-server exited (${code}): ${output.slice(-3000)}`))));
+    const exited = new Promise<never>((_, reject) =>
+      child.once('exit', (code) => reject(new Error(`edgeid-server exited (${code}): ${output.slice(-3000)}`))),
+    );
     exited.catch(() => {});
     const started = waitFor(
       'edgeid-server to write data/server.json',
@@ -125,11 +127,17 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
   recordSecret(adminToken, 'admin token');
   const url = `https://127.0.0.1:${port}`;
   const srv: ServerProcess = {
-    get proc() { return proc; },
-    get port() { return port; },
+    get proc() {
+      return proc;
+    },
+    get port() {
+      return port;
+    },
     url,
     dataDir,
-    get info() { return info!; },
+    get info() {
+      return info!;
+    },
     caPem,
     caFingerprint: certFingerprint(new X509Certificate(caPem).raw),
     adminToken,
@@ -164,8 +172,15 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
 }
 
 /** A one-time enrollment token from the server's admin API. */
-export async function createToken(srv: ServerProcess, p: { zone?: string; owner?: string; ttlSeconds?: number } = {}): Promise<{ token: string; uri: string }> {
-  const r = await srv.admin<{ token: string; uri: string }>('POST', '/v1/admin/tokens', { zone: p.zone ?? 'default', owner: p.owner ?? 'controls-team', ...(p.ttlSeconds ? { ttlSeconds: p.ttlSeconds } : {}) });
+export async function createToken(
+  srv: ServerProcess,
+  p: { zone?: string; owner?: string; ttlSeconds?: number } = {},
+): Promise<{ token: string; uri: string }> {
+  const r = await srv.admin<{ token: string; uri: string }>('POST', '/v1/admin/tokens', {
+    zone: p.zone ?? 'default',
+    owner: p.owner ?? 'controls-team',
+    ...(p.ttlSeconds ? { ttlSeconds: p.ttlSeconds } : {}),
+  });
   if (r.status !== 200) throw new Error(`token create: ${r.status} ${JSON.stringify(r.body)}`);
   recordToken(r.body.token);
   return r.body;
@@ -173,10 +188,14 @@ export async function createToken(srv: ServerProcess, p: { zone?: string; owner?
 
 /** Runs edgeid-admin against the server of `dataDir` (connection read from the data dir); returns stdout. */
 export async function adminCli(dataDir: string, args: string[]): Promise<string> {
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', path.join(REPO, 'enroll-server/admin-cli.ts'), ...args, '--data', dataDir], {
-    cwd: REPO,
-    timeout: 60_000,
-  });
+  const { stdout } = await run(
+    process.execPath,
+    ['--import', 'tsx', path.join(REPO, 'enroll-server/admin-cli.ts'), ...args, '--data', dataDir],
+    {
+      cwd: REPO,
+      timeout: 60_000,
+    },
+  );
   recordSecretsIn(stdout);
   return stdout;
 }

@@ -40,9 +40,11 @@ export interface SwtpmOptions {
 
 /** Creates a manufactured TPM state in `dir` (RSA-2048 + ECC P-384 EKs with certificates, platform cert). */
 export async function manufactureTpm(dir: string): Promise<void> {
-  await run('swtpm_setup', [
-    '--tpm2', '--tpmstate', dir, '--create-ek-cert', '--create-platform-cert', '--overwrite', '--pcr-banks', 'sha256',
-  ], { timeout: 60_000 });
+  await run(
+    'swtpm_setup',
+    ['--tpm2', '--tpmstate', dir, '--create-ek-cert', '--create-platform-cert', '--overwrite', '--pcr-banks', 'sha256'],
+    { timeout: 60_000 },
+  );
 }
 
 export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
@@ -59,16 +61,31 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     for (let attempt = 0; attempt < 5; attempt++) {
       if (port === 0 || attempt > 0) port = await freePortPair();
       const flags = opts.bare ? 'startup-clear,not-need-init' : 'startup-clear';
-      const child = spawn('swtpm', [
-        'socket', '--tpm2', '--tpmstate', `dir=${stateDir}`,
-        '--server', `type=tcp,port=${port},bindaddr=127.0.0.1`,
-        '--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
-        '--flags', flags,
-      ], { stdio: ['ignore', logStream ? 'pipe' : 'ignore', 'pipe'] });
+      const child = spawn(
+        'swtpm',
+        [
+          'socket',
+          '--tpm2',
+          '--tpmstate',
+          `dir=${stateDir}`,
+          '--server',
+          `type=tcp,port=${port},bindaddr=127.0.0.1`,
+          '--ctrl',
+          `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
+          '--flags',
+          flags,
+        ],
+        { stdio: ['ignore', logStream ? 'pipe' : 'ignore', 'pipe'] },
+      );
       let stderr = '';
-      child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); logStream?.write(d); });
+      child.stderr?.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        logStream?.write(d);
+      });
       child.stdout?.on('data', (d: Buffer) => logStream?.write(d));
-      const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`swtpm exited (${code}): ${stderr.trim()}`))));
+      const exited = new Promise<never>((_, reject) =>
+        child.once('exit', (code) => reject(new Error(`swtpm exited (${code}): ${stderr.trim()}`))),
+      );
       exited.catch(() => {});
       try {
         await Promise.race([waitForPort(port, 10_000), exited]);
@@ -90,9 +107,15 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
 
   await launch();
   const tpm: Swtpm = {
-    get tcti() { return `swtpm:host=127.0.0.1,port=${port}`; },
-    get port() { return port; },
-    get ctrlPort() { return port + 1; },
+    get tcti() {
+      return `swtpm:host=127.0.0.1,port=${port}`;
+    },
+    get port() {
+      return port;
+    },
+    get ctrlPort() {
+      return port + 1;
+    },
     stateDir,
     async stop() {
       if (stopped) return;

@@ -27,7 +27,11 @@ function recordArgs(args: string[], env: Record<string, string>): void {
 export function agentCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   recordArgs(args, env);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], { cwd: REPO, env: agentEventLogEnv({ ...process.env, ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], {
+      cwd: REPO,
+      env: agentEventLogEnv({ ...process.env, ...env }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -45,9 +49,16 @@ export function agentCli(args: string[], env: Record<string, string> = {}): Prom
 }
 
 /** Starts `edgeid-agent ARGS` and returns the child (logs collected; `exit` rejects when they hold a secret of the run). */
-export function spawnAgent(args: string[], env: Record<string, string> = {}): { child: ChildProcess; log(): string; exit: Promise<number | null> } {
+export function spawnAgent(
+  args: string[],
+  env: Record<string, string> = {},
+): { child: ChildProcess; log(): string; exit: Promise<number | null> } {
   recordArgs(args, env);
-  const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], { cwd: REPO, env: agentEventLogEnv({ ...process.env, ...env }), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], {
+    cwd: REPO,
+    env: agentEventLogEnv({ ...process.env, ...env }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let text = '';
   child.stdout?.on('data', (d: Buffer) => (text += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (text += d.toString()));

@@ -55,7 +55,11 @@ export interface CliResult {
 export function runCli(bin: Bin, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
   const [cmd, ...pre] = BINS[bin];
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd!, [...pre!, ...args], { cwd: opts.cwd ?? REPO, env: opts.env ?? cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd!, [...pre!, ...args], {
+      cwd: opts.cwd ?? REPO,
+      env: opts.env ?? cleanEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const out: Buffer[] = [];
     let err = '';
     child.stdout.on('data', (c: Buffer) => {
@@ -79,7 +83,11 @@ export function shellLine(words: string[]): string {
  * Runs a CLI on a pseudo-terminal: `script -qec CMD /dev/null` (util-linux) gives it a pty as
  * stdin, stdout and stderr; returns everything the terminal showed (CRLF line ends, as a tty writes).
  */
-export function runOnPty(bin: Bin, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; output: string }> {
+export function runOnPty(
+  bin: Bin,
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn('script', ['-qec', shellLine([...BINS[bin], ...args]), '/dev/null'], {
       cwd: opts.cwd ?? REPO,
@@ -120,10 +128,18 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
   const ids: string[] = [];
   try {
     for (let i = 0; i < o.tokens; i++) {
-      await createToken(ctx, { zone: 'default', owner: long('owner', i, 100), name: long('name', i, 120), purpose: long('purpose', i, 250) }, meta);
+      await createToken(
+        ctx,
+        { zone: 'default', owner: long('owner', i, 100), name: long('name', i, 120), purpose: long('purpose', i, 250) },
+        meta,
+      );
     }
     for (let i = 0; i < o.devices; i++) {
-      const t = await createToken(ctx, { zone: 'default', owner: long('owner', i, 100), name: long('gw', i, 120), purpose: long('purpose', i, 250) }, meta);
+      const t = await createToken(
+        ctx,
+        { zone: 'default', owner: long('owner', i, 100), name: long('gw', i, 120), purpose: long('purpose', i, 250) },
+        meta,
+      );
       const now = Date.now();
       const ekHash = randomBytes(32).toString('hex');
       const sessionId = randomBytes(16).toString('hex');
@@ -131,7 +147,18 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
         tokenId: t.id,
         ekHash,
         now,
-        session: { id: sessionId, tokenId: t.id, ekHash, akPub: randomBytes(64), secretHash: randomBytes(32), nonce: randomBytes(32), ip: '127.0.0.1', createdAt: now, expiresAt: now + 60_000, usedAt: null },
+        session: {
+          id: sessionId,
+          tokenId: t.id,
+          ekHash,
+          akPub: randomBytes(64),
+          secretHash: randomBytes(32),
+          nonce: randomBytes(32),
+          ip: '127.0.0.1',
+          createdAt: now,
+          expiresAt: now + 60_000,
+          usedAt: null,
+        },
         audit: { time: now, actor: 'device', event: 'enroll.start', ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, ekHash } },
       });
       if (started !== 'ok') throw new Error(`seeding: startEnrollment said ${started}`);
@@ -149,7 +176,11 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
         akPub: randomBytes(64),
         akName: randomBytes(34).toString('hex'),
         baseline: Object.fromEntries([0, 1, 2, 3, 4, 5, 6, 7].map((p) => [String(p), randomBytes(32).toString('hex')])),
-        claims: { agentVersion: first?.agentVersion ?? '0.1.0', kernel: '6.1.0-seed', os: { PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)' } },
+        claims: {
+          agentVersion: first?.agentVersion ?? '0.1.0',
+          kernel: '6.1.0-seed',
+          os: { PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)' },
+        },
         baselineWindowUntil: null,
         enrolledBy: t.id,
         enrolledAt: now,
@@ -164,10 +195,27 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
         sessionId,
         now,
         device,
-        certificate: { serial, deviceId: id, notBefore: now, notAfter: now + 3_600_000, spkiHash: randomBytes(32).toString('hex'), issuedAt: now, revokedAt: null, reason: null },
+        certificate: {
+          serial,
+          deviceId: id,
+          notBefore: now,
+          notAfter: now + 3_600_000,
+          spkiHash: randomBytes(32).toString('hex'),
+          issuedAt: now,
+          revokedAt: null,
+          reason: null,
+        },
         nonce: { value: randomBytes(32).toString('base64'), deviceId: id, createdAt: now, expiresAt: now + 3_600_000, usedAt: null },
         keepNonces: NONCES_KEPT,
-        audit: { time: now, actor: 'device', event: 'enroll.finish', deviceId: id, ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, serial, zone: 'default' } },
+        audit: {
+          time: now,
+          actor: 'device',
+          event: 'enroll.finish',
+          deviceId: id,
+          ip: '127.0.0.1',
+          outcome: 'ok',
+          details: { tokenId: t.id, serial, zone: 'default' },
+        },
       });
       if (!ok) throw new Error('seeding: finishEnrollment refused');
       ids.push(id);

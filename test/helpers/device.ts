@@ -93,7 +93,13 @@ export function duplicableKeyTemplate(): Buffer {
   return marshalPublic({ ...t, objectAttributes: t.objectAttributes & ~(TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent) });
 }
 
-export const DEFAULT_CLAIMS: Claims = { agentVersion: '0.1.0', agentHash: 'test', configHash: 'test', os: { ID: 'debian', VERSION_ID: '12' }, kernel: '6.1.0' };
+export const DEFAULT_CLAIMS: Claims = {
+  agentVersion: '0.1.0',
+  agentHash: 'test',
+  configHash: 'test',
+  os: { ID: 'debian', VERSION_ID: '12' },
+  kernel: '6.1.0',
+};
 
 export class TestDevice {
   deviceId: string | null = null;
@@ -136,7 +142,12 @@ export class TestDevice {
   }
 
   async activate(start: EnrollStartResponse): Promise<Buffer> {
-    return this.tpm.activateCredential(this.ak, Buffer.from(start.credentialBlob, 'base64'), Buffer.from(start.encryptedSecret, 'base64'), this.ek);
+    return this.tpm.activateCredential(
+      this.ak,
+      Buffer.from(start.credentialBlob, 'base64'),
+      Buffer.from(start.encryptedSecret, 'base64'),
+      this.ek,
+    );
   }
 
   /** Builds the evidence for `nonce` (base64) in one TPM batch: session key, certify, quote, CSR. */
@@ -162,7 +173,11 @@ export class TestDevice {
         await s.flush(ak);
         quoteAk = await s.load(o.quoteAk);
       }
-      const quote = await s.quote(quoteAk, [{ hashAlg: TPM_ALG.SHA256, pcrs }], o.quoteQualifyingData ?? quoteQualifyingData(nonce, claims));
+      const quote = await s.quote(
+        quoteAk,
+        [{ hashAlg: TPM_ALG.SHA256, pcrs }],
+        o.quoteQualifyingData ?? quoteQualifyingData(nonce, claims),
+      );
       await s.flush(quoteAk);
       const values = await s.readPcrBank(pcrs);
       // re-load the session key if we flushed it
@@ -217,7 +232,11 @@ export class TestDevice {
     this.pcrs = start.body.pcrs;
     const secret = await this.activate(start.body);
     const { evidence, sessionKey } = await this.evidence(start.body.nonce);
-    const finish = await t.post<EnrollFinishResponse>('/v1/enroll/finish', { session: start.body.session, secret: b64(secret), ...evidence });
+    const finish = await t.post<EnrollFinishResponse>('/v1/enroll/finish', {
+      session: start.body.session,
+      secret: b64(secret),
+      ...evidence,
+    });
     if (finish.status !== 200) throw new DeviceHttpError('enroll/finish', finish);
     this.accept(finish.body, sessionKey);
     return finish.body;
@@ -234,7 +253,9 @@ export class TestDevice {
   }
 
   /** Builds a renewal request with the current (or a given) nonce. */
-  async renewRequest(o: EvidenceOptions & { nonce?: string; deviceId?: string } = {}): Promise<{ request: RenewRequest; sessionKey: KeyBlob }> {
+  async renewRequest(
+    o: EvidenceOptions & { nonce?: string; deviceId?: string } = {},
+  ): Promise<{ request: RenewRequest; sessionKey: KeyBlob }> {
     const nonce = o.nonce ?? this.nonce;
     if (!nonce || !this.deviceId) throw new Error('device is not enrolled');
     const { evidence, sessionKey } = await this.evidence(nonce, o);
@@ -258,4 +279,3 @@ export class DeviceHttpError extends Error {
     super(`${step}: HTTP ${result.status} ${JSON.stringify(result.body)}`);
   }
 }
-

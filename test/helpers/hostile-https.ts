@@ -26,10 +26,29 @@ export interface HostileServer {
   close(): Promise<void>;
 }
 
-export async function startHostileHttps(handler: (req: IncomingMessage, res: ServerResponse, srv: HostileServer) => void): Promise<HostileServer> {
+export async function startHostileHttps(
+  handler: (req: IncomingMessage, res: ServerResponse, srv: HostileServer) => void,
+): Promise<HostileServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-hostile-'));
-  await promisify(execFile)('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=127.0.0.1',
-    '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1', '-keyout', path.join(dir, 'k.pem'), '-out', path.join(dir, 'c.pem')]);
+  await promisify(execFile)('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-subj',
+    '/CN=127.0.0.1',
+    '-addext',
+    'subjectAltName=IP:127.0.0.1',
+    '-days',
+    '1',
+    '-keyout',
+    path.join(dir, 'k.pem'),
+    '-out',
+    path.join(dir, 'c.pem'),
+  ]);
   const cert = await readFile(path.join(dir, 'c.pem'), 'utf8');
   const key = await readFile(path.join(dir, 'k.pem'), 'utf8');
   await rm(dir, { recursive: true, force: true });

@@ -30,7 +30,14 @@ export async function startInProcessServer(configFile: Record<string, unknown> =
   // EK certificates are required by default; swtpm's chain to its local CA, which only tests trust
   const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: withSwtpmEkRoots(configFile) });
   const clock = { offset: 0 };
-  const server = await createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false, hooks, now: () => Date.now() + clock.offset });
+  const server = await createServer({
+    config,
+    tls: false,
+    logger: pino({ level: 'silent' }),
+    housekeeping: false,
+    hooks,
+    now: () => Date.now() + clock.offset,
+  });
   const adminToken = (await readFile(path.join(dataDir, 'admin-token'), 'utf8')).trim();
   return {
     server,

@@ -41,8 +41,14 @@ test('admin listings are paged by the server and followed by edgeid-admin', { ti
   } while (after);
   assert.equal(seen.length, 150 + 1_150);
   assert.equal(new Set(seen).size, seen.length);
-  await assert.rejects(client.request('GET', '/v1/admin/devices?limit=5000', undefined, DeviceList), (e: { code: string }) => e.code === 'bad_request');
-  await assert.rejects(client.request('GET', '/v1/admin/devices?after=nonsense', undefined, DeviceList), (e: { code: string }) => e.code === 'bad_request');
+  await assert.rejects(
+    client.request('GET', '/v1/admin/devices?limit=5000', undefined, DeviceList),
+    (e: { code: string }) => e.code === 'bad_request',
+  );
+  await assert.rejects(
+    client.request('GET', '/v1/admin/devices?after=nonsense', undefined, DeviceList),
+    (e: { code: string }) => e.code === 'bad_request',
+  );
 
   // the CLI: one JSON document with every item, whatever the page size
   const devices = await runCli('edgeid-admin', ['devices', 'list', '--json', '--data', dataDir], { cwd: work });

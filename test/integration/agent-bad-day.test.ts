@@ -71,7 +71,9 @@ for (const [name, offsetMs, firstReason] of [
     const enrolled = await agentCli(['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti]);
     assert.equal(enrolled.code, 0, enrolled.stderr);
 
-    const agent = spawnAgent(['run', '--state', stateDir, '--tcti', tpm.tcti, '--log-level', 'debug'], { EDGEID_TEST_CLOCK_OFFSET_MS: String(offsetMs) });
+    const agent = spawnAgent(['run', '--state', stateDir, '--tcti', tpm.tcti, '--log-level', 'debug'], {
+      EDGEID_TEST_CLOCK_OFFSET_MS: String(offsetMs),
+    });
     t.after(() => {
       agent.child.kill('SIGKILL');
     });
@@ -95,13 +97,17 @@ for (const [name, offsetMs, firstReason] of [
     // renewal notices (ahead: the certificate looks expired; behind: it arrived "in the future"),
     // and from then on every renewal runs on schedule, none after its certificate expired
     assert.equal(reasons[0], firstReason, `renewal reasons: ${reasons.join(', ')}`);
-    assert.deepEqual(reasons.slice(1).filter((r) => r !== 'schedule'), [], `renewal reasons: ${reasons.join(', ')}`);
+    assert.deepEqual(
+      reasons.slice(1).filter((r) => r !== 'schedule'),
+      [],
+      `renewal reasons: ${reasons.join(', ')}`,
+    );
     agent.child.kill('SIGTERM');
     assert.equal(await agent.exit, 0);
   });
 }
 
-test('a device revoked while offline wipes its identity on the server\'s answer, never on a network error', async (t) => {
+test("a device revoked while offline wipes its identity on the server's answer, never on a network error", async (t) => {
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
@@ -142,7 +148,12 @@ test('a device revoked while offline wipes its identity on the server\'s answer,
 });
 
 /** A fabricated enrolled state (AK in this swtpm) pointing at `serverUrl`, for tests of the agent alone. */
-async function fabricatedState(tcti: string, stateDir: string, server: { url: string; ca: string; caFingerprint: string }, extra: Partial<AgentState> = {}): Promise<void> {
+async function fabricatedState(
+  tcti: string,
+  stateDir: string,
+  server: { url: string; ca: string; caFingerprint: string },
+  extra: Partial<AgentState> = {},
+): Promise<void> {
   const tpm = await Tpm.open(tcti);
   const ak = await tpm.createAttestationKey();
   await tpm.close();
@@ -168,7 +179,13 @@ test('stop() during a renewal stuck on a dripping server returns without waiting
   const stateDir = path.join(await tmpDir('edgeid-agent-drip-', t), 'state');
   await fabricatedState(tpm.tcti, stateDir, hostile);
   // a total deadline far beyond the test's: only the abort can end the request
-  const config = applyConfigObject(defaultConfig(), { stateDir, tcti: tpm.tcti, eventLog: NO_EVENT_LOG, httpTimeoutMs: 600_000, mqtt: { heartbeatSeconds: 0 } });
+  const config = applyConfigObject(defaultConfig(), {
+    stateDir,
+    tcti: tpm.tcti,
+    eventLog: NO_EVENT_LOG,
+    httpTimeoutMs: 600_000,
+    mqtt: { heartbeatSeconds: 0 },
+  });
   const { log, lines } = memoryLogger();
   const agent = await EdgeAgent.start({ config, log });
   await hostile.gotRequest; // the startup renewal asked for a challenge and is now being dripped on
@@ -176,7 +193,10 @@ test('stop() during a renewal stuck on a dripping server returns without waiting
   void hostile.connectionClosed.then(() => (dripping = false));
   await agent.stop();
   assert.equal(await agent.exited, 0);
-  assert.ok(lines().some((l) => l.msg === 'renewal abandoned: the agent is stopping' && l.code === 'request_aborted'), 'the renewal ended by the abort');
+  assert.ok(
+    lines().some((l) => l.msg === 'renewal abandoned: the agent is stopping' && l.code === 'request_aborted'),
+    'the renewal ended by the abort',
+  );
   await hostile.connectionClosed;
   assert.equal(dripping, false);
   assert.ok(!(await readdir(stateDir)).includes('lock'), 'state dir released');
@@ -191,7 +211,10 @@ test('refuses a plaintext MQTT URL announced by the server (mqtt_url_insecure)',
   await fabricatedState(tpm.tcti, stateDir, hostile, { mqtt: { url: 'mqtt://127.0.0.1:1883' } });
   const config = applyConfigObject(defaultConfig(), { stateDir, tcti: tpm.tcti, eventLog: NO_EVENT_LOG });
   const { log } = memoryLogger();
-  await assert.rejects(EdgeAgent.start({ config, log }), (e: unknown) => isEdgeidError(e, 'mqtt_url_insecure') && e.message.includes('mqtt://127.0.0.1:1883'));
+  await assert.rejects(
+    EdgeAgent.start({ config, log }),
+    (e: unknown) => isEdgeidError(e, 'mqtt_url_insecure') && e.message.includes('mqtt://127.0.0.1:1883'),
+  );
   assert.ok(!(await readdir(stateDir)).includes('lock'), 'nothing left running');
 });
 
@@ -205,7 +228,11 @@ test('a broker that refuses the certificate gets one TLS attempt per renewal, wi
   const dir = await tmpDir('edgeid-agent-refused-', t);
   // the broker trusts another CA for client certificates: every edgeid certificate is refused
   const pki = await makeTestPki(dir, [], 'some-other-ca');
-  const broker = await startMosquitto({ caFile: pki.caFile, certFile: path.join(srv.dataDir, 'ca', 'server.pem'), keyFile: path.join(srv.dataDir, 'ca', 'server.key') });
+  const broker = await startMosquitto({
+    caFile: pki.caFile,
+    certFile: path.join(srv.dataDir, 'ca', 'server.pem'),
+    keyFile: path.join(srv.dataDir, 'ca', 'server.key'),
+  });
   t.after(() => broker.stop());
   // a TCP relay in front of the broker counts connection attempts (each one a TPM-signed handshake)
   const attempts: number[] = [];
@@ -222,7 +249,10 @@ test('a broker that refuses the certificate gets one TLS attempt per renewal, wi
 
   const stateDir = path.join(dir, 'state');
   const configFile = path.join(dir, 'agent.json');
-  await writeFile(configFile, JSON.stringify({ mqtt: { url: `mqtts://127.0.0.1:${relayPort}`, reconnectPeriodMs: 1000, heartbeatSeconds: 0 } }));
+  await writeFile(
+    configFile,
+    JSON.stringify({ mqtt: { url: `mqtts://127.0.0.1:${relayPort}`, reconnectPeriodMs: 1000, heartbeatSeconds: 0 } }),
+  );
   const { uri } = await createToken(srv);
   const enrolled = await agentCli(['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti, '--config', configFile]);
   assert.equal(enrolled.code, 0, enrolled.stderr);

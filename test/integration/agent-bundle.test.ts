@@ -56,7 +56,13 @@ test('the bundle runs with plain node from anywhere, loads the addon beside itse
   const device = await srv.admin<any>('GET', `/v1/admin/devices/${deviceId}`);
   assert.equal(device.status, 200);
   const claims = (device.body.device ?? device.body).claims;
-  assert.equal(claims.agentHash, createHash('sha256').update(await readFile(bundle)).digest('hex'), 'posture carries the bundle hash');
+  assert.equal(
+    claims.agentHash,
+    createHash('sha256')
+      .update(await readFile(bundle))
+      .digest('hex'),
+    'posture carries the bundle hash',
+  );
   assert.equal(claims.agentVersion, JSON.parse(await readFile(path.join(REPO, 'package.json'), 'utf8')).version);
   const status = await bundled(bundle, ['status', '--state', stateDir, '--json'], out);
   assert.equal(status.code, 0, status.stderr);

@@ -8,7 +8,13 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey, createHash } from 'node:crypto';
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
+import {
+  SWTPM_LOCALCA_ISSUER,
+  SWTPM_LOCALCA_ROOT,
+  extendBootPcrs,
+  startSwtpm,
+  transientHandleCountViaTools,
+} from '../../scripts/harness/swtpm.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 import { createToken, startServerProcess } from '../../scripts/harness/server.js';
 import { waitFor } from '../../scripts/harness/wait.js';
@@ -70,7 +76,8 @@ test('enrolls through a pinned server, renews with a new serial and key each tim
   const result = JSON.parse(enrolled.stdout) as { deviceId: string; serial: string };
   assert.match(result.deviceId, /^dev-/);
   assert.equal((await stat(stateDir)).mode & 0o777, 0o700);
-  for (const f of ['state.json', 'cert.pem', 'ca.pem', 'ak.pub', 'ak.priv']) assert.equal((await stat(path.join(stateDir, f))).mode & 0o777, 0o600, f);
+  for (const f of ['state.json', 'cert.pem', 'ca.pem', 'ak.pub', 'ak.priv'])
+    assert.equal((await stat(path.join(stateDir, f))).mode & 0o777, 0o600, f);
   const cert = new X509Certificate(await readFile(path.join(stateDir, 'cert.pem')));
   assert.match(cert.subject, new RegExp(`CN=${result.deviceId}`));
   const state0 = await readState(stateDir);
@@ -86,16 +93,28 @@ test('enrolls through a pinned server, renews with a new serial and key each tim
     agent.child.kill('SIGKILL');
   });
   const serials = new Set<string>([result.serial]);
-  const keys = new Set<string>([createHash('sha256').update(cert.publicKey.export({ type: 'spki', format: 'der' })).digest('hex')]);
-  await waitFor('3 renewals', async () => {
-    const s = await readState(stateDir).catch(() => null);
-    if (s?.certificate && !serials.has(s.certificate.serial)) {
-      serials.add(s.certificate.serial);
-      const c = new X509Certificate(s.certificate.pem);
-      keys.add(createHash('sha256').update(c.publicKey.export({ type: 'spki', format: 'der' })).digest('hex'));
-    }
-    return serials.size >= 4;
-  }, SLOW);
+  const keys = new Set<string>([
+    createHash('sha256')
+      .update(cert.publicKey.export({ type: 'spki', format: 'der' }))
+      .digest('hex'),
+  ]);
+  await waitFor(
+    '3 renewals',
+    async () => {
+      const s = await readState(stateDir).catch(() => null);
+      if (s?.certificate && !serials.has(s.certificate.serial)) {
+        serials.add(s.certificate.serial);
+        const c = new X509Certificate(s.certificate.pem);
+        keys.add(
+          createHash('sha256')
+            .update(c.publicKey.export({ type: 'spki', format: 'der' }))
+            .digest('hex'),
+        );
+      }
+      return serials.size >= 4;
+    },
+    SLOW,
+  );
   assert.equal(keys.size, serials.size, 'every renewal certifies a new TPM session key');
 
   const status = await agentCli(['status', '--state', stateDir, '--json']);
@@ -125,12 +144,28 @@ test('refuses an enrollment server whose CA does not match the pinned fingerprin
   const stateDir = await tmpDir('edgeid-agent-', t);
   const { token } = await createToken(srv);
   const wrong = `sha256:${'ab'.repeat(32)}`;
-  const r = await agentCli(['enroll', '--server', srv.url, '--token', token, '--ca-fingerprint', wrong, '--state', stateDir, '--tcti', tpm.tcti]);
+  const r = await agentCli([
+    'enroll',
+    '--server',
+    srv.url,
+    '--token',
+    token,
+    '--ca-fingerprint',
+    wrong,
+    '--state',
+    stateDir,
+    '--tcti',
+    tpm.tcti,
+  ]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /\[server_fingerprint_mismatch\]/);
   assert.ok(r.stderr.includes(wrong), 'names the expected fingerprint');
   assert.ok(r.stderr.includes(srv.caFingerprint), 'names the presented CA fingerprint');
-  assert.deepEqual((await readdir(stateDir)).filter((n) => n !== 'lock'), [], 'nothing was created before the server was trusted');
+  assert.deepEqual(
+    (await readdir(stateDir)).filter((n) => n !== 'lock'),
+    [],
+    'nothing was created before the server was trusted',
+  );
 });
 
 test('recovers by itself after the server was down longer than the certificate lifetime', async (t) => {
@@ -156,16 +191,24 @@ test('recovers by itself after the server was down longer than the certificate l
   await srv.stop();
   const expiredAt = Date.parse((await readState(stateDir)).certificate.notAfter);
   // wait until the certificate has expired and the agent has failed at least once against the dead server
-  await waitFor('expiry and failed renewals', async () => {
-    const s = await readState(stateDir);
-    return Date.now() > expiredAt + 2000 && s.lastRenewal?.ok === false && s.lastRenewal.code === 'server_unreachable';
-  }, SLOW);
+  await waitFor(
+    'expiry and failed renewals',
+    async () => {
+      const s = await readState(stateDir);
+      return Date.now() > expiredAt + 2000 && s.lastRenewal?.ok === false && s.lastRenewal.code === 'server_unreachable';
+    },
+    SLOW,
+  );
   const before = (await readState(stateDir)).renewals;
   await srv.start();
-  const after = await waitFor('a renewal after the outage', async () => {
-    const s = await readState(stateDir);
-    return s.renewals > before && s.lastRenewal?.ok ? s : null;
-  }, SLOW);
+  const after = await waitFor(
+    'a renewal after the outage',
+    async () => {
+      const s = await readState(stateDir);
+      return s.renewals > before && s.lastRenewal?.ok ? s : null;
+    },
+    SLOW,
+  );
   assert.equal(after.device.id, deviceId, 'same identity, no re-enrollment');
   assert.equal(after.lastRenewal.reason, 'expired', 'renewed by attestation alone although the certificate had expired');
   assert.ok(Date.parse(after.certificate.notAfter) > Date.now() - 1000);

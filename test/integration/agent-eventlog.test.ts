@@ -38,11 +38,16 @@ test('the agent sends its event log at enrollment and only the digest on renewal
   const stateDir = path.join(dir, 'state');
 
   // without a readable log the claims say so, and this zone refuses
-  const missing = await agentCli(['enroll', '--uri', (await createToken(srv)).uri, '--state', path.join(dir, 'other'), '--tcti', tpm.tcti], { EDGEID_EVENT_LOG: path.join(dir, 'nope') });
+  const missing = await agentCli(
+    ['enroll', '--uri', (await createToken(srv)).uri, '--state', path.join(dir, 'other'), '--tcti', tpm.tcti],
+    { EDGEID_EVENT_LOG: path.join(dir, 'nope') },
+  );
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /no TCG event log was sent \(absent: eventlog_unreadable\).*\[posture_eventlog_rejected\]/);
 
-  const enrolled = await agentCli(['enroll', '--uri', (await createToken(srv)).uri, '--state', stateDir, '--tcti', tpm.tcti, '--json'], { EDGEID_EVENT_LOG: logFile });
+  const enrolled = await agentCli(['enroll', '--uri', (await createToken(srv)).uri, '--state', stateDir, '--tcti', tpm.tcti, '--json'], {
+    EDGEID_EVENT_LOG: logFile,
+  });
   assert.equal(enrolled.code, 0, enrolled.stderr);
   const state = JSON.parse(await readFile(path.join(stateDir, 'state.json'), 'utf8'));
   assert.equal(state.renew.eventLogSha256, sha256, 'the server holds our log');
@@ -51,8 +56,15 @@ test('the agent sends its event log at enrollment and only the digest on renewal
   t.after(() => {
     agent.child.kill('SIGKILL');
   });
-  await waitFor('2 renewals', () => (agent.log().match(/"msg":"certificate renewed"/g) ?? []).length >= 2, { timeoutMs: 120_000, intervalMs: 200 });
-  const renewed = agent.log().split('\n').filter((l) => l.includes('"msg":"certificate renewed"')).map((l) => JSON.parse(l));
+  await waitFor('2 renewals', () => (agent.log().match(/"msg":"certificate renewed"/g) ?? []).length >= 2, {
+    timeoutMs: 120_000,
+    intervalMs: 200,
+  });
+  const renewed = agent
+    .log()
+    .split('\n')
+    .filter((l) => l.includes('"msg":"certificate renewed"'))
+    .map((l) => JSON.parse(l));
   for (const r of renewed) assert.equal(r.eventLogWireBytes, 64, 'only the digest is sent while the log is unchanged');
   agent.child.kill('SIGTERM');
   assert.equal(await agent.exit, 0);

@@ -110,7 +110,10 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
         if (st?.pendingEnrollment) {
           const a = spawnAgent(['run', ...args]);
           // the assertion below reports a timeout with the agent's log
-          await waitFor('run to continue the enrollment', async () => (await readState(dir))?.device || a.child.exitCode !== null, { timeoutMs: 60_000, intervalMs: 100 }).catch(() => {});
+          await waitFor('run to continue the enrollment', async () => (await readState(dir))?.device || a.child.exitCode !== null, {
+            timeoutMs: 60_000,
+            intervalMs: 100,
+          }).catch(() => {});
           a.child.kill('SIGTERM');
           const code = await a.exit;
           if (!(await readState(dir))?.device) assert.fail(`run did not continue the enrollment (exit ${code}): ${a.log().slice(-2500)}`);
@@ -164,7 +167,10 @@ test('kill -9 at 30 random points of the renewal loop: the agent always continue
   let renewalsDuringKills = 0;
   while (kills < 30) {
     // two thirds of the kills land inside a renewal (TPM batch, HTTP, state commit), the rest anywhere
-    const r = kills % 3 === 2 ? await killAfter(['run', ...base], 300 + rand() * 3500) : await killAfter(['run', ...base], rand() * 60, /renewal started/);
+    const r =
+      kills % 3 === 2
+        ? await killAfter(['run', ...base], 300 + rand() * 3500)
+        : await killAfter(['run', ...base], rand() * 60, /renewal started/);
     if (r.killed) kills++;
     else assert.fail(`run ended by itself (code ${r.code}): ${r.log.slice(-2000)}`);
     // Left by the killed process: at most its residents and a session key; the next start flushes them.
@@ -185,7 +191,9 @@ test('kill -9 at 30 random points of the renewal loop: the agent always continue
     return (s?.renewals ?? 0) > renewalsSeen && s.lastRenewal?.ok ? s : null;
   };
   // the assertion below reports a timeout with the agent's log
-  const final = await waitFor('a renewal after the kills', renewed, { timeoutMs: 120_000, intervalMs: 100 }).catch(() => readState(stateDir));
+  const final = await waitFor('a renewal after the kills', renewed, { timeoutMs: 120_000, intervalMs: 100 }).catch(() =>
+    readState(stateDir),
+  );
   a.child.kill('SIGTERM');
   assert.equal(await a.exit, 0, a.log().slice(-2000));
   assert.ok(final.renewals > renewalsSeen && final.lastRenewal.ok, `renews after the kills: ${a.log().slice(-2000)}`);
@@ -194,10 +202,16 @@ test('kill -9 at 30 random points of the renewal loop: the agent always continue
   // The blobs on disk must match the state on disk once the agent stopped (it may have dropped the
   // previous key — R3 — after `final` was read, when MQTT connected with the new certificate).
   const stopped = await readState(stateDir);
-  const keep = new Set([stopped.certificate.sessionKey, stopped.previousSessionKey].filter((x) => x !== undefined).map((g: number) => `session-${g}`));
+  const keep = new Set(
+    [stopped.certificate.sessionKey, stopped.previousSessionKey].filter((x) => x !== undefined).map((g: number) => `session-${g}`),
+  );
   const blobs = (await readdir(stateDir)).filter((n) => n.startsWith('session-')).map((n) => n.replace(/\.(pub|priv)$/, ''));
   assert.deepEqual([...new Set(blobs)].sort(), [...keep].sort(), 'no orphaned key blobs');
-  assert.deepEqual((await readdir(stateDir)).filter((n) => n.endsWith('.tmp')), [], 'no temp files');
+  assert.deepEqual(
+    (await readdir(stateDir)).filter((n) => n.endsWith('.tmp')),
+    [],
+    'no temp files',
+  );
   const devices = await srv.admin<any>('GET', '/v1/admin/devices');
   const list = Array.isArray(devices.body) ? devices.body : devices.body.devices;
   assert.equal(list.length, 1, 'exactly one device on the server: never re-enrolled');

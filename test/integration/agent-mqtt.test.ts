@@ -29,7 +29,10 @@ const SLOW = 180_000;
 
 /** How many SUBACKs the broker sent to this client (Mosquitto logs each one; the subscription is in place by then). */
 function subacksTo(broker: Mosquitto, clientId: string): number {
-  return broker.log().split('\n').filter((l) => l.endsWith(`Sending SUBACK to ${clientId}`)).length;
+  return broker
+    .log()
+    .split('\n')
+    .filter((l) => l.endsWith(`Sending SUBACK to ${clientId}`)).length;
 }
 
 function memoryLogger(): { log: pino.Logger; lines: () => Record<string, unknown>[] } {
@@ -63,7 +66,11 @@ async function rig(t: { after(fn: () => Promise<void>): void }, lifetime: number
   const dir = await tmpDir('edgeid-agent-mqtt-', t);
   const bundle = path.join(dir, 'edgeid-ca.pem');
   await writeFile(bundle, await edgeidCaBundle(srv));
-  const broker = await startMosquitto({ caFile: bundle, certFile: path.join(srv.dataDir, 'ca', 'server.pem'), keyFile: path.join(srv.dataDir, 'ca', 'server.key') });
+  const broker = await startMosquitto({
+    caFile: bundle,
+    certFile: path.join(srv.dataDir, 'ca', 'server.pem'),
+    keyFile: path.join(srv.dataDir, 'ca', 'server.key'),
+  });
   t.after(() => broker.stop());
   const stateDir = path.join(dir, 'state');
   const { uri } = await createToken(srv);
@@ -72,7 +79,10 @@ async function rig(t: { after(fn: () => Promise<void>): void }, lifetime: number
   return { tpm, srv, broker, bundle, stateDir, deviceId: (JSON.parse(r.stdout) as { deviceId: string }).deviceId };
 }
 
-async function observer(r: Rig, topics: string[]): Promise<{ client: MqttClient; messages: { topic: string; payload: string; packet: IPublishPacket }[] }> {
+async function observer(
+  r: Rig,
+  topics: string[],
+): Promise<{ client: MqttClient; messages: { topic: string; payload: string; packet: IPublishPacket }[] }> {
   const { cert, key } = await softwareClientCert(r.srv, 'edgeid-test-observer');
   const client = mqtt.connect(r.broker.url, { cert, key, ca: await readFile(r.bundle, 'utf8'), protocolVersion: 5, reconnectPeriod: 500 });
   const messages: { topic: string; payload: string; packet: IPublishPacket }[] = [];
@@ -112,7 +122,12 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
   const track = async () => {
     const s = JSON.parse(await readFile(path.join(r.stateDir, 'state.json'), 'utf8'));
     const c = new X509Certificate(s.certificate.pem);
-    serials.set(s.certificate.serial, createHash('sha256').update(c.publicKey.export({ type: 'spki', format: 'der' })).digest('hex'));
+    serials.set(
+      s.certificate.serial,
+      createHash('sha256')
+        .update(c.publicKey.export({ type: 'spki', format: 'der' }))
+        .digest('hex'),
+    );
   };
   await track();
   let sent = 0;
@@ -121,10 +136,18 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
     agent.publish(`devices/${r.deviceId}/seq`, String(sent++)).catch((e: unknown) => failures.push(e));
   }, 100);
   const startRenewals = agent.status().renewal.total;
-  await waitFor('3 renewals while publishing', async () => {
-    await track();
-    return agent.status().renewal.total >= startRenewals + 3 && agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial;
-  }, SLOW);
+  await waitFor(
+    '3 renewals while publishing',
+    async () => {
+      await track();
+      return (
+        agent.status().renewal.total >= startRenewals + 3 &&
+        agent.status().mqtt.state === 'connected' &&
+        agent.status().mqtt.serial === agent.status().certificate?.serial
+      );
+    },
+    SLOW,
+  );
   clearInterval(timer);
   assert.deepEqual(failures, []);
   const seq = () => new Set(obs.messages.filter((m) => m.topic.endsWith('/seq')).map((m) => Number(m.payload)));
@@ -140,7 +163,10 @@ test('publishes through the TPM-keyed session with no message lost across ≥ 3 
   }
   assert.ok(serials.size >= 4, `saw ${serials.size} certificates`);
   assert.equal(new Set(serials.values()).size, serials.size, 'each renewal has a new public key');
-  assert.ok(obs.messages.some((m) => m.topic === `devices/${r.deviceId}/state`), 'heartbeats arrive');
+  assert.ok(
+    obs.messages.some((m) => m.topic === `devices/${r.deviceId}/state`),
+    'heartbeats arrive',
+  );
   // the subscriber can see the last message before the broker's PUBACK reaches the agent
   await waitFor('outbox drained', () => agent.status().outbox.pending === 0, SLOW);
   const st = agent.status();
@@ -167,9 +193,16 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   assert.equal(agent.status().mqtt.state, 'connected');
 
   const topic = `edgeid/${r.deviceId}/control`;
-  const send = (msg: unknown) => new Promise<void>((res, rej) => obs.client.publish(topic, typeof msg === 'string' ? msg : JSON.stringify(msg), { qos: 1 }, (e) => (e ? rej(e) : res())));
-  const ignored = (code: string, n = 1) => waitFor(`${n}× ${code}`, () => lines().filter((l) => l.msg === 'control command ignored' && l.code === code).length >= n, 20_000);
-  const signer = { key: await readFile(path.join(r.srv.dataDir, 'ca', 'control.key'), 'utf8'), certPem: await readFile(path.join(r.srv.dataDir, 'ca', 'control.pem'), 'utf8') };
+  const send = (msg: unknown) =>
+    new Promise<void>((res, rej) =>
+      obs.client.publish(topic, typeof msg === 'string' ? msg : JSON.stringify(msg), { qos: 1 }, (e) => (e ? rej(e) : res())),
+    );
+  const ignored = (code: string, n = 1) =>
+    waitFor(`${n}× ${code}`, () => lines().filter((l) => l.msg === 'control command ignored' && l.code === code).length >= n, 20_000);
+  const signer = {
+    key: await readFile(path.join(r.srv.dataDir, 'ca', 'control.key'), 'utf8'),
+    certPem: await readFile(path.join(r.srv.dataDir, 'ca', 'control.pem'), 'utf8'),
+  };
 
   // forged: a renew-now turned into a wipe after signing
   const renew = (await r.srv.admin('POST', `/v1/admin/devices/${r.deviceId}/control`, { type: 'renew-now' })).body;
@@ -186,8 +219,12 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   const subacksBefore = subacksTo(r.broker, r.deviceId);
   await send(renew);
   await waitFor('renew-now obeyed', () => agent.status().renewal.total > before, 30_000);
-  await waitFor('reconnected with the new certificate', () => agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial, SLOW);
-  await waitFor('the new connection\'s control subscription acknowledged', () => subacksTo(r.broker, r.deviceId) > subacksBefore, SLOW);
+  await waitFor(
+    'reconnected with the new certificate',
+    () => agent.status().mqtt.state === 'connected' && agent.status().mqtt.serial === agent.status().certificate?.serial,
+    SLOW,
+  );
+  await waitFor("the new connection's control subscription acknowledged", () => subacksTo(r.broker, r.deviceId) > subacksBefore, SLOW);
   await send(renew);
   await ignored('control_replayed');
   assert.equal(agent.status().control.ignored, 4);
@@ -197,6 +234,10 @@ test('ignores forged, replayed, stale and foreign control commands and obeys a s
   await send(wipe);
   assert.equal(await agent.exited, 0, 'a signed wipe ends the agent with exit code 0');
   const left = await readdir(r.stateDir);
-  assert.deepEqual(left.filter((n) => /\.(pub|priv)$|^state\.json$|^cert\.pem$/.test(n)), [], `no key blob or state left: ${left.join(',')}`);
+  assert.deepEqual(
+    left.filter((n) => /\.(pub|priv)$|^state\.json$|^cert\.pem$/.test(n)),
+    [],
+    `no key blob or state left: ${left.join(',')}`,
+  );
   assert.equal(await transientHandleCountViaTools(r.tpm.tcti), 0, 'TPM objects flushed');
 });

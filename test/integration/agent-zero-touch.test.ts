@@ -14,45 +14,90 @@ import { tmpDir } from '../../scripts/harness/fs.js';
 import { adminCli, startServerProcess } from '../../scripts/harness/server.js';
 import { agentCli } from '../helpers/agent.js';
 
-test('a TPM on an imported supplier manifest enrolls without a token, once; an unlisted TPM is refused', { timeout: 300_000 }, async (t) => {
-  const [listed, unlisted] = await Promise.all([startSwtpm(), startSwtpm()]);
-  t.after(async () => {
-    await listed.stop();
-    await unlisted.stop();
-  });
-  for (const s of [listed, unlisted]) await extendBootPcrs(s.tcti);
-  const srv = await startServerProcess({ config: { zones: { default: {}, 'line-3': {} } } });
-  t.after(() => srv.close());
-  const dir = await tmpDir('edgeid-zt-', t);
+test(
+  'a TPM on an imported supplier manifest enrolls without a token, once; an unlisted TPM is refused',
+  { timeout: 300_000 },
+  async (t) => {
+    const [listed, unlisted] = await Promise.all([startSwtpm(), startSwtpm()]);
+    t.after(async () => {
+      await listed.stop();
+      await unlisted.stop();
+    });
+    for (const s of [listed, unlisted]) await extendBootPcrs(s.tcti);
+    const srv = await startServerProcess({ config: { zones: { default: {}, 'line-3': {} } } });
+    t.after(() => srv.close());
+    const dir = await tmpDir('edgeid-zt-', t);
 
-  // the supplier's manifest: the EK certificate the agent's TPM holds (PEM in a quoted CSV field)
-  const tpm = await Tpm.open(listed.tcti);
-  const ek = await tpm.endorsementKey();
-  await tpm.close();
-  const manifest = path.join(dir, 'pallet-17.csv');
-  await writeFile(manifest, `serial,ek_cert\nGW-0001,"${new X509Certificate(ek.certificate!).toString()}"\n`);
-  const imported = JSON.parse(await adminCli(srv.dataDir, ['ek-allow', 'import', manifest, '--zone', 'line-3', '--owner', 'plant-ops', '--json']));
-  assert.equal(imported.added.length, 1);
-  const listedEntries = JSON.parse(await adminCli(srv.dataDir, ['ek-allow', 'list', '--json']));
-  assert.deepEqual(listedEntries.map((e: { name: string; zone: string }) => [e.name, e.zone]), [['GW-0001', 'line-3']]);
+    // the supplier's manifest: the EK certificate the agent's TPM holds (PEM in a quoted CSV field)
+    const tpm = await Tpm.open(listed.tcti);
+    const ek = await tpm.endorsementKey();
+    await tpm.close();
+    const manifest = path.join(dir, 'pallet-17.csv');
+    await writeFile(manifest, `serial,ek_cert\nGW-0001,"${new X509Certificate(ek.certificate!).toString()}"\n`);
+    const imported = JSON.parse(
+      await adminCli(srv.dataDir, ['ek-allow', 'import', manifest, '--zone', 'line-3', '--owner', 'plant-ops', '--json']),
+    );
+    assert.equal(imported.added.length, 1);
+    const listedEntries = JSON.parse(await adminCli(srv.dataDir, ['ek-allow', 'list', '--json']));
+    assert.deepEqual(
+      listedEntries.map((e: { name: string; zone: string }) => [e.name, e.zone]),
+      [['GW-0001', 'line-3']],
+    );
 
-  const stateDir = path.join(dir, 'state');
-  const r = await agentCli(['enroll', '--server', srv.url, '--ca-fingerprint', srv.caFingerprint, '--state', stateDir, '--tcti', listed.tcti, '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  const result = JSON.parse(r.stdout) as { deviceId: string; zone: string };
-  assert.equal(result.zone, 'line-3');
-  const device = (await srv.admin('GET', `/v1/admin/devices/${result.deviceId}`)).body.device;
-  assert.deepEqual([device.owner, device.name, device.ekVerified], ['plant-ops', 'GW-0001', true]);
-  const audit = (await srv.admin('GET', '/v1/admin/audit?limit=10000')).body.rows as Array<{ event: string; outcome: string; deviceId: string | null; details: Record<string, unknown> | null }>;
-  const finish = audit.find((a) => a.event === 'enroll.finish' && a.outcome === 'ok');
-  assert.equal(finish?.details?.manifestEntry, imported.added[0].id);
+    const stateDir = path.join(dir, 'state');
+    const r = await agentCli([
+      'enroll',
+      '--server',
+      srv.url,
+      '--ca-fingerprint',
+      srv.caFingerprint,
+      '--state',
+      stateDir,
+      '--tcti',
+      listed.tcti,
+      '--json',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const result = JSON.parse(r.stdout) as { deviceId: string; zone: string };
+    assert.equal(result.zone, 'line-3');
+    const device = (await srv.admin('GET', `/v1/admin/devices/${result.deviceId}`)).body.device;
+    assert.deepEqual([device.owner, device.name, device.ekVerified], ['plant-ops', 'GW-0001', true]);
+    const audit = (await srv.admin('GET', '/v1/admin/audit?limit=10000')).body.rows as Array<{
+      event: string;
+      outcome: string;
+      deviceId: string | null;
+      details: Record<string, unknown> | null;
+    }>;
+    const finish = audit.find((a) => a.event === 'enroll.finish' && a.outcome === 'ok');
+    assert.equal(finish?.details?.manifestEntry, imported.added[0].id);
 
-  // exactly once: the same TPM (a fresh state dir) is refused
-  const again = await agentCli(['enroll', '--server', srv.url, '--ca-fingerprint', srv.caFingerprint, '--state', path.join(dir, 'state2'), '--tcti', listed.tcti]);
-  assert.notEqual(again.code, 0);
-  assert.match(again.stderr, /ek_not_allowed|ek_already_enrolled|already/);
+    // exactly once: the same TPM (a fresh state dir) is refused
+    const again = await agentCli([
+      'enroll',
+      '--server',
+      srv.url,
+      '--ca-fingerprint',
+      srv.caFingerprint,
+      '--state',
+      path.join(dir, 'state2'),
+      '--tcti',
+      listed.tcti,
+    ]);
+    assert.notEqual(again.code, 0);
+    assert.match(again.stderr, /ek_not_allowed|ek_already_enrolled|already/);
 
-  const other = await agentCli(['enroll', '--server', srv.url, '--ca-fingerprint', srv.caFingerprint, '--state', path.join(dir, 'state3'), '--tcti', unlisted.tcti]);
-  assert.notEqual(other.code, 0);
-  assert.match(other.stderr, /ek_not_allowed/);
-});
+    const other = await agentCli([
+      'enroll',
+      '--server',
+      srv.url,
+      '--ca-fingerprint',
+      srv.caFingerprint,
+      '--state',
+      path.join(dir, 'state3'),
+      '--tcti',
+      unlisted.tcti,
+    ]);
+    assert.notEqual(other.code, 0);
+    assert.match(other.stderr, /ek_not_allowed/);
+  },
+);

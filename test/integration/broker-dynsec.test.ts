@@ -14,15 +14,25 @@ async function setup(t: import('node:test').TestContext) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-dynsec-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const pki = await makeTestPki(dir, [
-    { name: 'server', cn: 'localhost' }, { name: 'admin', cn: BROKER_ADMIN_CN },
-    { name: 'a', cn: 'dev-a' }, { name: 'b', cn: 'dev-b' },
+    { name: 'server', cn: 'localhost' },
+    { name: 'admin', cn: BROKER_ADMIN_CN },
+    { name: 'a', cn: 'dev-a' },
+    { name: 'b', cn: 'dev-b' },
   ]);
   const dynsecFile = path.join(dir, 'dynsec.json');
   await writeFile(dynsecFile, JSON.stringify(initialDynsecConfig()), { mode: 0o600 });
-  const broker = await startMosquitto({ caFile: pki.caFile, certFile: pki.files('server').cert, keyFile: pki.files('server').key, dynsecFile });
+  const broker = await startMosquitto({
+    caFile: pki.caFile,
+    certFile: pki.files('server').cert,
+    keyFile: pki.files('server').key,
+    dynsecFile,
+  });
   t.after(() => broker.stop());
   const tlsOf = async (name: string) => ({
-    ca: await readFile(pki.caFile), cert: await readFile(pki.files(name).cert), key: await readFile(pki.files(name).key), servername: 'localhost',
+    ca: await readFile(pki.caFile),
+    cert: await readFile(pki.files(name).cert),
+    key: await readFile(pki.files(name).key),
+    servername: 'localhost',
   });
   const dynsec = await DynsecClient.connect({ url: broker.url, tls: await tlsOf('admin') });
   t.after(() => dynsec.close());

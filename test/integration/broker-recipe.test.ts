@@ -22,7 +22,11 @@ import { runCli } from '../helpers/cli.js';
 const run = promisify(execFile);
 
 test('edgeid-admin broker config installs into a stock Debian Mosquitto and the server administers it', { timeout: 300_000 }, async (t) => {
-  assert.equal(process.getuid?.(), 0, 'the recipe chowns files to user mosquitto and starts Mosquitto as root: run this test as root (scripts/test does)');
+  assert.equal(
+    process.getuid?.(),
+    0,
+    'the recipe chowns files to user mosquitto and starts Mosquitto as root: run this test as root (scripts/test does)',
+  );
   const uid = Number((await run('id', ['-u', 'mosquitto'])).stdout.trim());
   const root = await mkdtemp('/var/tmp/edgeid-broker-recipe-');
   t.after(() => rm(root, { recursive: true, force: true }));
@@ -46,7 +50,20 @@ test('edgeid-admin broker config installs into a stock Debian Mosquitto and the 
   const dir = path.join(etc, 'edgeid');
 
   // the recipe (docs/PACKAGING.md), paths under the root
-  const made = await runCli('edgeid-admin', ['broker', 'config', '--out', dir, '--hostname', '127.0.0.1', '--port', String(port), '--bind', '127.0.0.1', '--data', srv.dataDir]);
+  const made = await runCli('edgeid-admin', [
+    'broker',
+    'config',
+    '--out',
+    dir,
+    '--hostname',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--data',
+    srv.dataDir,
+  ]);
   assert.equal(made.code, 0, made.stderr);
   await run('chown', ['mosquitto:', dir, path.join(dir, 'server.key'), path.join(dir, 'dynsec.json')]);
   await symlink(path.join(dir, 'mosquitto.conf'), path.join(etc, 'conf.d/edgeid.conf'));
@@ -54,7 +71,9 @@ test('edgeid-admin broker config installs into a stock Debian Mosquitto and the 
   const broker = await startMosquitto({ configFile: path.join(etc, 'mosquitto.conf'), port, supervised: true });
   t.after(() => broker.stop());
 
-  const pid = Number((await waitFor('the pid file', () => readFile(path.join(root, 'run/mosquitto/mosquitto.pid'), 'utf8').catch(() => ''))).trim());
+  const pid = Number(
+    (await waitFor('the pid file', () => readFile(path.join(root, 'run/mosquitto/mosquitto.pid'), 'utf8').catch(() => ''))).trim(),
+  );
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   assert.equal(Number(/^Uid:\s+(\d+)/m.exec(status)![1]), uid, 'Mosquitto runs as user mosquitto');
   // (a "Client connection … failed" line is the harness's plain TCP probe of the port)
@@ -63,7 +82,10 @@ test('edgeid-admin broker config installs into a stock Debian Mosquitto and the 
   // the server with the broker section `broker config` printed: it connects with its client
   // certificate as the dynsec admin and reconciles
   await srv.stop();
-  await srv.start({ broker: { url: `mqtts://127.0.0.1:${port}`, crlFile: path.join(dir, 'crl.pem'), reloadCommand: broker.reloadCommand }, mqtt: { url: `mqtts://127.0.0.1:${port}` } });
+  await srv.start({
+    broker: { url: `mqtts://127.0.0.1:${port}`, crlFile: path.join(dir, 'crl.pem'), reloadCommand: broker.reloadCommand },
+    mqtt: { url: `mqtts://127.0.0.1:${port}` },
+  });
   const rec = await runCli('edgeid-admin', ['broker', 'reconcile', '--json', '--data', srv.dataDir]);
   assert.equal(rec.code, 0, `${rec.stderr}\n${broker.log()}`);
   // the plugin saved its state as user mosquitto into the directory it owns

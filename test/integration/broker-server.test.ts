@@ -44,10 +44,10 @@ async function enrolledDevice(t: import('node:test').TestContext, d: Deployment)
 
 async function auditEvents(d: Deployment, deviceId: string | null): Promise<{ event: string; outcome: string; reason: string | null }[]> {
   const lines = (await d.admin(['audit', 'export'])).split('\n').filter((l) => l.trim());
-  return lines.map((l) => JSON.parse(l) as { event: string; outcome: string; reason: string | null; deviceId: string | null })
+  return lines
+    .map((l) => JSON.parse(l) as { event: string; outcome: string; reason: string | null; deviceId: string | null })
     .filter((r) => deviceId === null || r.deviceId === deviceId);
 }
-
 
 test('enrollment gives the device its broker client; revocation sends a signed wipe, kicks it and puts its serial on the broker CRL', async (t) => {
   const d = await startDeployment();
@@ -62,13 +62,20 @@ test('enrollment gives the device its broker client; revocation sends a signed w
   // Watch the device's control topic as the server's identity (its role may read control topics).
   const control: Buffer[] = [];
   const m: MqttClient = observer.mqtt;
-  m.on('message', (topic, payload) => { if (topic === `edgeid/${id}/control`) control.push(payload); });
+  m.on('message', (topic, payload) => {
+    if (topic === `edgeid/${id}/control`) control.push(payload);
+  });
   await m.subscribeAsync(`edgeid/${id}/control`, { qos: 1 });
 
   const serial = new X509Certificate(dev.certificate!).serialNumber.toLowerCase();
   const startsBefore = d.broker.starts();
-  const out = JSON.parse(await d.admin(['revoke', id, '--reason', 'key-compromise', '--json'])) as { hooks: { hook: string; ok: boolean }[] };
-  assert.ok(out.hooks.every((h) => h.ok), `every broker step succeeded: ${JSON.stringify(out.hooks)}`);
+  const out = JSON.parse(await d.admin(['revoke', id, '--reason', 'key-compromise', '--json'])) as {
+    hooks: { hook: string; ok: boolean }[];
+  };
+  assert.ok(
+    out.hooks.every((h) => h.ok),
+    `every broker step succeeded: ${JSON.stringify(out.hooks)}`,
+  );
 
   // The signed wipe was published to the device's control topic.
   await waitFor('wipe command on the control topic', () => control.length > 0, 15_000);
@@ -78,7 +85,10 @@ test('enrollment gives the device its broker client; revocation sends a signed w
 
   // The broker's CRL file revokes the serial, and the broker was restarted to load it.
   const crl = new x509.X509Crl(await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8'));
-  assert.ok(crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial.replace(/^0+/, '')), 'serial on the broker CRL');
+  assert.ok(
+    crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial.replace(/^0+/, '')),
+    'serial on the broker CRL',
+  );
   assert.ok(crl.nextUpdate && crl.nextUpdate.getTime() - Date.now() > 20 * 86400 * 1000, 'the broker CRL is the long-lived copy');
   await waitFor('broker restarted for the CRL', () => d.broker.starts() > startsBefore, 15_000);
 
@@ -87,9 +97,15 @@ test('enrollment gives the device its broker client; revocation sends a signed w
 
   const events = await auditEvents(d, null);
   for (const ev of ['broker.wipe_sent', 'broker.session_kicked']) {
-    assert.ok(events.some((e) => e.event === ev && e.outcome === 'ok'), `audit has ${ev}`);
+    assert.ok(
+      events.some((e) => e.event === ev && e.outcome === 'ok'),
+      `audit has ${ev}`,
+    );
   }
-  assert.ok(events.some((e) => e.event === 'broker.crl_published' && e.outcome === 'ok'), 'audit has broker.crl_published');
+  assert.ok(
+    events.some((e) => e.event === 'broker.crl_published' && e.outcome === 'ok'),
+    'audit has broker.crl_published',
+  );
 });
 
 test('reconcile heals the broker both ways: missing device clients come back, unknown ones go', async (t) => {
@@ -109,14 +125,21 @@ test('reconcile heals the broker both ways: missing device clients come back, un
   // A second run has nothing to do.
   assert.deepEqual(JSON.parse(await d.admin(['broker', 'reconcile', '--json'])), { added: [], removed: [] });
   // Each reconcile is one action with one audit row (the start-up reconcile is one too).
-  const rows = JSON.parse(await d.admin(['audit', 'export', '--json'])) as { event: string; actor: string; details: { added?: string[] } | null }[];
+  const rows = JSON.parse(await d.admin(['audit', 'export', '--json'])) as {
+    event: string;
+    actor: string;
+    details: { added?: string[] } | null;
+  }[];
   const reconciles = rows.filter((r) => /reconcile/.test(r.event));
   assert.equal(reconciles.filter((r) => r.actor === 'server').length, 1, 'the start-up reconcile');
   assert.deepEqual(
     reconciles.filter((r) => r.actor === 'admin').map((r) => r.details?.added),
     [[dev.deviceId], []],
   );
-  assert.ok(reconciles.every((r) => r.event === 'admin.broker.reconcile'), JSON.stringify(reconciles.map((r) => r.event)));
+  assert.ok(
+    reconciles.every((r) => r.event === 'admin.broker.reconcile'),
+    JSON.stringify(reconciles.map((r) => r.event)),
+  );
 });
 
 test('a hung broker does not stop a revocation: the call returns, each failed step is audited, the CRL still goes out', async (t) => {
@@ -128,27 +151,47 @@ test('a hung broker does not stop a revocation: the call returns, each failed st
   const pid = Number((await readFile(d.broker.reloadCommand[2]!.match(/'([^']+)'/)![1]!, 'utf8')).trim());
   process.kill(pid, 'SIGSTOP');
   t.after(() => {
-    try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      /* gone */
+    }
   });
 
-  const out = JSON.parse(await d.admin(['revoke', id, '--reason', 'key-compromise', '--json'])) as { device: { status: string }; hooks: { ok: boolean }[] };
+  const out = JSON.parse(await d.admin(['revoke', id, '--reason', 'key-compromise', '--json'])) as {
+    device: { status: string };
+    hooks: { ok: boolean }[];
+  };
   assert.equal(out.device.status, 'revoked');
-  assert.ok(out.hooks.some((h) => !h.ok), 'the broker step is reported as failed');
+  assert.ok(
+    out.hooks.some((h) => !h.ok),
+    'the broker step is reported as failed',
+  );
   const events = await auditEvents(d, id);
   assert.ok(events.some((e) => e.event === 'broker.wipe_sent' && e.outcome === 'fail' && e.reason === 'broker_unavailable'));
-  assert.ok(events.some((e) => e.event === 'broker.session_kicked' && e.outcome === 'fail'), 'the kick was still attempted');
+  assert.ok(
+    events.some((e) => e.event === 'broker.session_kicked' && e.outcome === 'fail'),
+    'the kick was still attempted',
+  );
   const crl = new x509.X509Crl(await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8'));
-  assert.ok(crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial), 'the broker CRL file revokes the serial');
+  assert.ok(
+    crl.entries.some((e) => e.serialNumber.toLowerCase().replace(/^0+/, '') === serial),
+    'the broker CRL file revokes the serial',
+  );
 
   // The broker comes back: reconcile removes the revoked device's client.
   process.kill(pid, 'SIGCONT');
-  await waitFor('reconcile removes the device', async () => {
-    const r = JSON.parse(await d.admin(['broker', 'reconcile', '--json']).catch(() => '{"removed":[]}')) as { removed: string[] };
-    const observer = await adminDynsec(d);
-    try {
-      return !(await observer.listClients()).includes(id) || r.removed.includes(id);
-    } finally {
-      await observer.close();
-    }
-  }, 60_000);
+  await waitFor(
+    'reconcile removes the device',
+    async () => {
+      const r = JSON.parse(await d.admin(['broker', 'reconcile', '--json']).catch(() => '{"removed":[]}')) as { removed: string[] };
+      const observer = await adminDynsec(d);
+      try {
+        return !(await observer.listClients()).includes(id) || r.removed.includes(id);
+      } finally {
+        await observer.close();
+      }
+    },
+    60_000,
+  );
 });

@@ -95,32 +95,51 @@ test('edgeid-admin token create: the token (in its URI) stays off a stderr that 
   }
 });
 
-test('edgeid-admin --json and audit export: device-supplied C1 and bidi controls are \\u escapes, not raw bytes', { timeout: 600_000 }, async (t) => {
-  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
-  t.after(() => rm(work, { recursive: true, force: true }));
-  // CSI and OSC as 8-bit C1 controls (ECMA-48 §5.3), a right-to-left override, DEL: JSON.stringify
-  // escapes none of them (it escapes only U+0000–U+001F)
-  const version = '1.0\x9b2J\x9d52;c;ZWRnZWlk\x07\u202eevil\x7f';
-  const name = 'gw\x9b1A\u2066x';
-  const dataDir = path.join(work, 'data');
-  const [id] = await seedDataDir(dataDir, { tokens: 0, devices: 1, firstDevice: { agentVersion: version, name } });
-  const srv = await startServerProcess({ dataDir });
-  t.after(() => srv.stop());
-  const admin = (args: string[]) => runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work });
-  // a token name lands in the audit trail (token.create's details)
-  const created = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--name', name, '--json']);
-  assert.equal(created.code, 0, created.stderr);
-  for (const args of [['devices', 'list', '--json'], ['device', 'show', id!, '--json'], ['tokens', 'list', '--json'], ['audit', 'export'], ['audit', 'export', '--json']]) {
-    const r = await admin(args);
-    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-    const text = r.stdout.toString('utf8');
-    assert.doesNotMatch(text.replace(/\n/g, ''), CONTROL, `${args.join(' ')} prints no raw control character`);
-    // and the values are exactly the device's, to a JSON parser
-    const docs = args[1] === 'export' && !args.includes('--json') ? text.trimEnd().split('\n').map((l) => JSON.parse(l) as unknown) : (JSON.parse(text) as unknown);
-    const all = JSON.stringify(docs);
-    assert.ok(all.includes(JSON.stringify(args[0] === 'audit' || args[0] === 'tokens' ? name : version).slice(1, -1)), `${args.join(' ')} holds the value unchanged`);
-  }
-});
+test(
+  'edgeid-admin --json and audit export: device-supplied C1 and bidi controls are \\u escapes, not raw bytes',
+  { timeout: 600_000 },
+  async (t) => {
+    const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+    t.after(() => rm(work, { recursive: true, force: true }));
+    // CSI and OSC as 8-bit C1 controls (ECMA-48 §5.3), a right-to-left override, DEL: JSON.stringify
+    // escapes none of them (it escapes only U+0000–U+001F)
+    const version = '1.0\x9b2J\x9d52;c;ZWRnZWlk\x07\u202eevil\x7f';
+    const name = 'gw\x9b1A\u2066x';
+    const dataDir = path.join(work, 'data');
+    const [id] = await seedDataDir(dataDir, { tokens: 0, devices: 1, firstDevice: { agentVersion: version, name } });
+    const srv = await startServerProcess({ dataDir });
+    t.after(() => srv.stop());
+    const admin = (args: string[]) => runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work });
+    // a token name lands in the audit trail (token.create's details)
+    const created = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--name', name, '--json']);
+    assert.equal(created.code, 0, created.stderr);
+    for (const args of [
+      ['devices', 'list', '--json'],
+      ['device', 'show', id!, '--json'],
+      ['tokens', 'list', '--json'],
+      ['audit', 'export'],
+      ['audit', 'export', '--json'],
+    ]) {
+      const r = await admin(args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      const text = r.stdout.toString('utf8');
+      assert.doesNotMatch(text.replace(/\n/g, ''), CONTROL, `${args.join(' ')} prints no raw control character`);
+      // and the values are exactly the device's, to a JSON parser
+      const docs =
+        args[1] === 'export' && !args.includes('--json')
+          ? text
+              .trimEnd()
+              .split('\n')
+              .map((l) => JSON.parse(l) as unknown)
+          : (JSON.parse(text) as unknown);
+      const all = JSON.stringify(docs);
+      assert.ok(
+        all.includes(JSON.stringify(args[0] === 'audit' || args[0] === 'tokens' ? name : version).slice(1, -1)),
+        `${args.join(' ')} holds the value unchanged`,
+      );
+    }
+  },
+);
 
 test('edgeid-admin token create: a --png or --out path that cannot be written creates no token', { timeout: 600_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
@@ -143,16 +162,20 @@ test('edgeid-admin token create: a --png or --out path that cannot be written cr
   assert.equal(await count(), before, 'no token was created on the server');
 });
 
-test('edgeid-admin audit verify --file: a file of JSON values that are not audit rows is named as such, not a TypeError', { timeout: 600_000 }, async (t) => {
-  const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
-  t.after(() => rm(work, { recursive: true, force: true }));
-  for (const [i, text] of ['null\n', '[1,2]\n', '{"seq":1}\n"x"\n', '{"seq":"1"}\n'].entries()) {
-    const file = path.join(work, `rows-${i}.jsonl`);
-    await writeFile(file, text);
-    const r = await runCli('edgeid-admin', ['audit', 'verify', '--file', file, '--json'], { cwd: work });
-    assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, /line \d is not an audit row/, JSON.stringify(text));
-    assert.doesNotMatch(r.stderr, /Cannot read properties|TypeError/);
-    assert.equal(r.stdout.length, 0, 'no half document on stdout');
-  }
-});
+test(
+  'edgeid-admin audit verify --file: a file of JSON values that are not audit rows is named as such, not a TypeError',
+  { timeout: 600_000 },
+  async (t) => {
+    const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-hardening-'));
+    t.after(() => rm(work, { recursive: true, force: true }));
+    for (const [i, text] of ['null\n', '[1,2]\n', '{"seq":1}\n"x"\n', '{"seq":"1"}\n'].entries()) {
+      const file = path.join(work, `rows-${i}.jsonl`);
+      await writeFile(file, text);
+      const r = await runCli('edgeid-admin', ['audit', 'verify', '--file', file, '--json'], { cwd: work });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /line \d is not an audit row/, JSON.stringify(text));
+      assert.doesNotMatch(r.stderr, /Cannot read properties|TypeError/);
+      assert.equal(r.stdout.length, 0, 'no half document on stdout');
+    }
+  },
+);

@@ -30,14 +30,26 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
   t.after(() => rm(work, { recursive: true, force: true }));
   const dataDir = path.join(work, 'data');
   // 3,200 devices make `devices list` (the narrowest listing) pass 1 MiB as a table
-  const ids = await seedDataDir(dataDir, { tokens: 600, devices: 3200, firstDevice: { agentVersion: HOSTILE_VERSION, name: HOSTILE_NAME } });
+  const ids = await seedDataDir(dataDir, {
+    tokens: 600,
+    devices: 3200,
+    firstDevice: { agentVersion: HOSTILE_VERSION, name: HOSTILE_NAME },
+  });
   const hostileId = ids[0]!;
   const srv = await startServerProcess({ dataDir });
   t.after(() => srv.stop());
-  const admin = (args: string[], env?: NodeJS.ProcessEnv) => runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work, ...(env ? { env } : {}) });
+  const admin = (args: string[], env?: NodeJS.ProcessEnv) =>
+    runCli('edgeid-admin', [...args, '--data', dataDir], { cwd: work, ...(env ? { env } : {}) });
 
   await t.test('every large listing read slowly through a pipe equals the same written with --out (≥ 1 MiB each)', async () => {
-    const listings = [['tokens', 'list'], ['tokens', 'list', '--json'], ['devices', 'list'], ['devices', 'list', '--json'], ['audit', 'export'], ['audit', 'export', '--json']];
+    const listings = [
+      ['tokens', 'list'],
+      ['tokens', 'list', '--json'],
+      ['devices', 'list'],
+      ['devices', 'list', '--json'],
+      ['audit', 'export'],
+      ['audit', 'export', '--json'],
+    ];
     for (const args of listings) {
       const what = args.join(' ');
       const piped = await admin(args);
@@ -56,7 +68,13 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
         // the admin calls between the two runs are audit rows too: the pipe got every row the file
         // has up to then, byte for byte, and the file only newer rows after them
         const rows = (b: Buffer) =>
-          args.includes('--json') ? (JSON.parse(b.toString('utf8')) as { seq: number }[]) : b.toString('utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as { seq: number });
+          args.includes('--json')
+            ? (JSON.parse(b.toString('utf8')) as { seq: number }[])
+            : b
+                .toString('utf8')
+                .trimEnd()
+                .split('\n')
+                .map((l) => JSON.parse(l) as { seq: number });
         const pipedRows = rows(piped.stdout);
         const fileRows = rows(written);
         assert.deepEqual(fileRows.slice(0, pipedRows.length), pipedRows, `${what}: the pipe got every row`);
@@ -70,7 +88,10 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
   await t.test('--json prints exactly one strict JSON document on stdout; audit export is JSON lines', async () => {
     const tokens = await admin(['tokens', 'list', '--json']);
     assert.equal((JSON.parse(tokens.stdout.toString('utf8')) as unknown[]).length, 3800);
-    const devices = JSON.parse((await admin(['devices', 'list', '--json'])).stdout.toString('utf8')) as { id: string; claims: { agentVersion: string } }[];
+    const devices = JSON.parse((await admin(['devices', 'list', '--json'])).stdout.toString('utf8')) as {
+      id: string;
+      claims: { agentVersion: string };
+    }[];
     assert.equal(devices.length, 3200);
     // the hostile claim survives JSON exactly (escaped by the encoder, restored by the parser)
     assert.equal(devices.find((d) => d.id === hostileId)!.claims.agentVersion, HOSTILE_VERSION);
@@ -105,7 +126,11 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
   });
 
   await t.test('device-supplied control characters are escaped in every human listing, on a pipe and on a terminal', async () => {
-    for (const args of [['devices', 'list'], ['device', 'show', hostileId], ['tokens', 'list']]) {
+    for (const args of [
+      ['devices', 'list'],
+      ['device', 'show', hostileId],
+      ['tokens', 'list'],
+    ]) {
       const r = await admin(args);
       assert.equal(r.code, 0, r.stderr);
       const text = r.stdout.toString('utf8');
@@ -121,26 +146,29 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
     assert.ok(pty.output.includes('\\x1b]52;c;'));
   });
 
-  await t.test('token create: QR block and colours on a terminal; no colour with NO_COLOR; neither through a pipe unless --qr', async () => {
-    const args = ['token', 'create', '--zone', 'default', '--owner', 'ops', '--data', dataDir];
-    const coloured = await runOnPty('edgeid-admin', args, { cwd: work });
-    assert.equal(coloured.code, 0, coloured.output);
-    assert.match(coloured.output, ANSI, 'colours on a terminal');
-    assert.match(coloured.output, /[▀▄█]/, 'a QR block on a terminal');
-    const noColour = await runOnPty('edgeid-admin', args, { cwd: work, env: cleanEnv({ NO_COLOR: '1' }) });
-    assert.equal(noColour.code, 0, noColour.output);
-    assert.doesNotMatch(noColour.output, ANSI, 'NO_COLOR: no escape code at all');
-    assert.match(noColour.output, /[▀▄█]/, 'NO_COLOR: the QR code drawn with plain blocks');
-    const piped = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops']);
-    assert.equal(piped.code, 0, piped.stderr);
-    const text = piped.stdout.toString('utf8');
-    assert.doesNotMatch(text + piped.stderr, ANSI);
-    assert.doesNotMatch(text, /[▀▄█]/, 'no QR block in a pipe');
-    assert.match(text, /^uri +edgeid:\/\/enroll\?/m);
-    const forced = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--qr']);
-    assert.match(forced.stdout.toString('utf8'), /[▀▄█]/, '--qr draws it anyway');
-    assert.doesNotMatch(forced.stdout.toString('utf8'), ANSI, '--qr through a pipe: still no colour');
-  });
+  await t.test(
+    'token create: QR block and colours on a terminal; no colour with NO_COLOR; neither through a pipe unless --qr',
+    async () => {
+      const args = ['token', 'create', '--zone', 'default', '--owner', 'ops', '--data', dataDir];
+      const coloured = await runOnPty('edgeid-admin', args, { cwd: work });
+      assert.equal(coloured.code, 0, coloured.output);
+      assert.match(coloured.output, ANSI, 'colours on a terminal');
+      assert.match(coloured.output, /[▀▄█]/, 'a QR block on a terminal');
+      const noColour = await runOnPty('edgeid-admin', args, { cwd: work, env: cleanEnv({ NO_COLOR: '1' }) });
+      assert.equal(noColour.code, 0, noColour.output);
+      assert.doesNotMatch(noColour.output, ANSI, 'NO_COLOR: no escape code at all');
+      assert.match(noColour.output, /[▀▄█]/, 'NO_COLOR: the QR code drawn with plain blocks');
+      const piped = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops']);
+      assert.equal(piped.code, 0, piped.stderr);
+      const text = piped.stdout.toString('utf8');
+      assert.doesNotMatch(text + piped.stderr, ANSI);
+      assert.doesNotMatch(text, /[▀▄█]/, 'no QR block in a pipe');
+      assert.match(text, /^uri +edgeid:\/\/enroll\?/m);
+      const forced = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--qr']);
+      assert.match(forced.stdout.toString('utf8'), /[▀▄█]/, '--qr draws it anyway');
+      assert.doesNotMatch(forced.stdout.toString('utf8'), ANSI, '--qr through a pipe: still no colour');
+    },
+  );
 
   await t.test('token create --png writes the QR code 0600, also over an existing 0644 file', async () => {
     const png = path.join(work, 'token.png');
@@ -175,7 +203,16 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
     assert.equal(missing.code, 1);
     assert.equal(missing.stdout.length, 0);
     assert.match(missing.stderr, /device_not_found/);
-    const dead = await runCli('edgeid-admin', ['tokens', 'list', '--server', 'https://127.0.0.1:1', '--admin-token', 'x', '--ca', path.join(dataDir, 'ca', 'root.pem')]);
+    const dead = await runCli('edgeid-admin', [
+      'tokens',
+      'list',
+      '--server',
+      'https://127.0.0.1:1',
+      '--admin-token',
+      'x',
+      '--ca',
+      path.join(dataDir, 'ca', 'root.pem'),
+    ]);
     assert.equal(dead.code, 1);
     assert.match(dead.stderr, /admin_server_unreachable/);
     const verifyBadFile = path.join(work, 'not-audit.jsonl');
@@ -184,7 +221,14 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /line 2 is not JSON/);
 
-    const agentUsage: string[][] = [[], ['frobnicate'], ['status', '--bogus'], ['enroll', '--state', path.join(work, 'x')], ['tpm'], ['tpm', 'quote', '--out', work]];
+    const agentUsage: string[][] = [
+      [],
+      ['frobnicate'],
+      ['status', '--bogus'],
+      ['enroll', '--state', path.join(work, 'x')],
+      ['tpm'],
+      ['tpm', 'quote', '--out', work],
+    ];
     for (const args of agentUsage) {
       const r = await runCli('edgeid-agent', args);
       assert.equal(r.code, 2, `edgeid-agent ${args.join(' ')}: ${r.stderr}`);
@@ -206,7 +250,11 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
 
   await t.test('a reader that goes away makes the exit code 1 (the output was not delivered)', async () => {
     const [cmd, ...pre] = BINS['edgeid-admin'];
-    const child = spawn(cmd!, [...pre!, 'audit', 'export', '--data', dataDir], { cwd: work, env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd!, [...pre!, 'audit', 'export', '--data', dataDir], {
+      cwd: work,
+      env: cleanEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.stdout.once('data', () => child.stdout.destroy());
@@ -215,73 +263,89 @@ test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes an
     assert.match(stderr, /EPIPE/);
   });
 
-  await t.test('edgeid-agent: enroll on a terminal prints sentences and a next step with its --state and --tcti; status --json is strict JSON', async () => {
-    const tpm = await startSwtpm();
-    t.after(() => tpm.stop());
-    await extendBootPcrs(tpm.tcti);
-    const stateDir = path.join(work, 'agent state');
-    const status0 = await runCli('edgeid-agent', ['status', '--state', stateDir, '--json']);
-    assert.equal(status0.code, 1, 'not enrolled');
-    assert.equal((JSON.parse(status0.stdout.toString('utf8')) as { enrolled: boolean }).enrolled, false);
+  await t.test(
+    'edgeid-agent: enroll on a terminal prints sentences and a next step with its --state and --tcti; status --json is strict JSON',
+    async () => {
+      const tpm = await startSwtpm();
+      t.after(() => tpm.stop());
+      await extendBootPcrs(tpm.tcti);
+      const stateDir = path.join(work, 'agent state');
+      const status0 = await runCli('edgeid-agent', ['status', '--state', stateDir, '--json']);
+      assert.equal(status0.code, 1, 'not enrolled');
+      assert.equal((JSON.parse(status0.stdout.toString('utf8')) as { enrolled: boolean }).enrolled, false);
 
-    const { uri } = JSON.parse((await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--json'])).stdout.toString('utf8')) as { uri: string };
-    const enrolled = await runOnPty('edgeid-agent', ['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti]);
-    assert.equal(enrolled.code, 0, enrolled.output);
-    const shown = enrolled.output.replace(/\r\n/g, '\n');
-    assert.match(shown, /^enrolled as dev-[0-9a-f]{16} \(zone default\)$/m);
-    assert.doesNotMatch(shown, /^\{"level"/m, 'no JSON log line on a terminal');
-    assert.match(shown, /^\d\d:\d\d:\d\d /m, 'log events as sentences');
-    const step = /^start the agent: (.*)$/m.exec(shown)?.[1];
-    assert.equal(step, shellLine(['edgeid-agent', 'run', '--state', stateDir, '--tcti', tpm.tcti]), 'the next step is the command that works here');
+      const { uri } = JSON.parse(
+        (await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--json'])).stdout.toString('utf8'),
+      ) as { uri: string };
+      const enrolled = await runOnPty('edgeid-agent', ['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti]);
+      assert.equal(enrolled.code, 0, enrolled.output);
+      const shown = enrolled.output.replace(/\r\n/g, '\n');
+      assert.match(shown, /^enrolled as dev-[0-9a-f]{16} \(zone default\)$/m);
+      assert.doesNotMatch(shown, /^\{"level"/m, 'no JSON log line on a terminal');
+      assert.match(shown, /^\d\d:\d\d:\d\d /m, 'log events as sentences');
+      const step = /^start the agent: (.*)$/m.exec(shown)?.[1];
+      assert.equal(
+        step,
+        shellLine(['edgeid-agent', 'run', '--state', stateDir, '--tcti', tpm.tcti]),
+        'the next step is the command that works here',
+      );
 
-    const json = await runCli('edgeid-agent', ['status', '--state', stateDir, '--json']);
-    assert.equal(json.code, 0, json.stderr);
-    const st = JSON.parse(json.stdout.toString('utf8')) as { enrolled: boolean; device: { id: string } };
-    assert.equal(st.enrolled, true);
-    assert.ok(shown.includes(st.device.id));
-    const text = await runOnPty('edgeid-agent', ['status', '--state', stateDir]);
-    assert.equal(text.code, 0, text.output);
-    assert.match(text.output, new RegExp(`^device +${st.device.id}`, 'm'));
-    assert.doesNotMatch(text.output, /^\s*[{[]/m, 'sentences, not JSON');
+      const json = await runCli('edgeid-agent', ['status', '--state', stateDir, '--json']);
+      assert.equal(json.code, 0, json.stderr);
+      const st = JSON.parse(json.stdout.toString('utf8')) as { enrolled: boolean; device: { id: string } };
+      assert.equal(st.enrolled, true);
+      assert.ok(shown.includes(st.device.id));
+      const text = await runOnPty('edgeid-agent', ['status', '--state', stateDir]);
+      assert.equal(text.code, 0, text.output);
+      assert.match(text.output, new RegExp(`^device +${st.device.id}`, 'm'));
+      assert.doesNotMatch(text.output, /^\s*[{[]/m, 'sentences, not JSON');
 
-    // through a pipe the logs are JSON lines (for the journal); the refusal is a failure, exit 1
-    const again = await runCli('edgeid-agent', ['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti, '--json']);
-    assert.equal(again.code, 1);
-    assert.equal(again.stdout.length, 0, 'a failed --json command prints no document');
-    assert.match(again.stderr, /already_enrolled/);
+      // through a pipe the logs are JSON lines (for the journal); the refusal is a failure, exit 1
+      const again = await runCli('edgeid-agent', ['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti, '--json']);
+      assert.equal(again.code, 1);
+      assert.equal(again.stdout.length, 0, 'a failed --json command prints no document');
+      assert.match(again.stderr, /already_enrolled/);
 
-    const info = await runCli('edgeid-agent', ['tpm', 'info', '--tcti', tpm.tcti, '--json']);
-    assert.equal(info.code, 0, info.stderr);
-    assert.equal((JSON.parse(info.stdout.toString('utf8')) as { tcti: string }).tcti, tpm.tcti);
+      const info = await runCli('edgeid-agent', ['tpm', 'info', '--tcti', tpm.tcti, '--json']);
+      assert.equal(info.code, 0, info.stderr);
+      assert.equal((JSON.parse(info.stdout.toString('utf8')) as { tcti: string }).tcti, tpm.tcti);
 
-    const wiped = await runCli('edgeid-agent', ['wipe', '--state', stateDir, '--tcti', tpm.tcti, '--json']);
-    assert.equal(wiped.code, 0, wiped.stderr);
-    assert.ok((JSON.parse(wiped.stdout.toString('utf8')) as { removed: number }).removed > 0);
-    assert.equal((await runCli('edgeid-agent', ['status', '--state', stateDir])).code, 1, 'not enrolled any more');
-  });
+      const wiped = await runCli('edgeid-agent', ['wipe', '--state', stateDir, '--tcti', tpm.tcti, '--json']);
+      assert.equal(wiped.code, 0, wiped.stderr);
+      assert.ok((JSON.parse(wiped.stdout.toString('utf8')) as { removed: number }).removed > 0);
+      assert.equal((await runCli('edgeid-agent', ['status', '--state', stateDir])).code, 1, 'not enrolled any more');
+    },
+  );
 });
 
-test('edgeid-server first start: the new admin token stays out of a piped stderr (it is in the 0600 file), and is shown on a terminal', { timeout: 120_000 }, async (t) => {
-  const piped = await startServerProcess();
-  t.after(() => piped.close());
-  assert.equal(await mode(path.join(piped.dataDir, 'admin-token')), 0o600);
-  assert.ok(!piped.log().includes(piped.adminToken), 'not in the log stream');
-  assert.ok(piped.log().includes(path.join(piped.dataDir, 'admin-token')), 'the log points to the file');
+test(
+  'edgeid-server first start: the new admin token stays out of a piped stderr (it is in the 0600 file), and is shown on a terminal',
+  { timeout: 120_000 },
+  async (t) => {
+    const piped = await startServerProcess();
+    t.after(() => piped.close());
+    assert.equal(await mode(path.join(piped.dataDir, 'admin-token')), 0o600);
+    assert.ok(!piped.log().includes(piped.adminToken), 'not in the log stream');
+    assert.ok(piped.log().includes(path.join(piped.dataDir, 'admin-token')), 'the log points to the file');
 
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-server-pty-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const dataDir = path.join(dir, 'data');
-  const run = runOnPty('edgeid-server', ['--data', dataDir, '--listen', '127.0.0.1:0'], { env: cleanEnv({ EDGEID_LOG_LEVEL: 'warn' }) });
-  // once it listens (server.json written), stop it with SIGTERM; `script` then ends too
-  const deadline = Date.now() + 60_000;
-  let pid = 0;
-  while (!pid) {
-    assert.ok(Date.now() < deadline, 'edgeid-server did not start on the pty');
-    await new Promise((r) => setTimeout(r, 100));
-    pid = await readFile(path.join(dataDir, 'server.json'), 'utf8').then((s) => (JSON.parse(s) as { pid: number }).pid, () => 0);
-  }
-  process.kill(pid, 'SIGTERM');
-  const { output } = await run;
-  const token = (await readFile(path.join(dataDir, 'admin-token'), 'utf8')).trim();
-  assert.ok(output.includes(token), 'a person at the terminal sees it once');
-});
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-server-pty-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const dataDir = path.join(dir, 'data');
+    const run = runOnPty('edgeid-server', ['--data', dataDir, '--listen', '127.0.0.1:0'], { env: cleanEnv({ EDGEID_LOG_LEVEL: 'warn' }) });
+    // once it listens (server.json written), stop it with SIGTERM; `script` then ends too
+    const deadline = Date.now() + 60_000;
+    let pid = 0;
+    while (!pid) {
+      assert.ok(Date.now() < deadline, 'edgeid-server did not start on the pty');
+      await new Promise((r) => setTimeout(r, 100));
+      pid = await readFile(path.join(dataDir, 'server.json'), 'utf8').then(
+        (s) => (JSON.parse(s) as { pid: number }).pid,
+        () => 0,
+      );
+    }
+    process.kill(pid, 'SIGTERM');
+    const { output } = await run;
+    const token = (await readFile(path.join(dataDir, 'admin-token'), 'utf8')).trim();
+    assert.ok(output.includes(token), 'a person at the terminal sees it once');
+  },
+);

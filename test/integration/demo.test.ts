@@ -15,7 +15,10 @@ function leftovers(dir: string): string[] {
   return out.split('\n').filter((l) => l.includes(dir) && !l.includes('ps -eo'));
 }
 
-function runDemo(dir: string, onLine?: (line: string, kill: () => void) => void): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> {
+function runDemo(
+  dir: string,
+  onLine?: (line: string, kill: () => void) => void,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> {
   return new Promise((resolve) => {
     const child = spawn(path.join(REPO, 'scripts/demo'), ['--unattended', '--lifetime', '30s', '--dir', dir], {
       cwd: REPO,

@@ -38,7 +38,11 @@ test('scripts/install puts the three bundles on the PATH and the README runs as 
   }
 
   // the README test file, whose CLI runs go through BINS, with BINS = the installed commands
-  const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=tap', path.join(REPO, 'test/unit/readme.test.ts')], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=tap', path.join(REPO, 'test/unit/readme.test.ts')], {
+    cwd: REPO,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr.on('data', (c: Buffer) => (out += c.toString()));

@@ -61,7 +61,25 @@ async function bench(t: TestContext): Promise<Bench> {
 
 /** Creates an ECDSA P-256 AK under the RSA EK; returns its public area and the TPM-computed name. */
 async function createAk(b: Bench): Promise<{ akPublic: TpmPublic; tpmName: Buffer }> {
-  await b.tools(['tpm2_createak', '-C', RSA_EK, '-c', 'ak.ctx', '-G', 'ecc', '-g', 'sha256', '-s', 'ecdsa', '-u', 'ak.pub', '-n', 'ak.name', '-f', 'tss']);
+  await b.tools([
+    'tpm2_createak',
+    '-C',
+    RSA_EK,
+    '-c',
+    'ak.ctx',
+    '-G',
+    'ecc',
+    '-g',
+    'sha256',
+    '-s',
+    'ecdsa',
+    '-u',
+    'ak.pub',
+    '-n',
+    'ak.name',
+    '-f',
+    'tss',
+  ]);
   await b.tools(['tpm2_flushcontext', '-t']); // no resource manager: tools leave objects loaded
   return { akPublic: parsePublic(await readFile(b.file('ak.pub'))), tpmName: await readFile(b.file('ak.name')) };
 }
@@ -73,7 +91,12 @@ async function readEk(b: Bench, handleOrCtx: string, out: string): Promise<TpmPu
 }
 
 /** Runs tpm2_activatecredential on a credential file; returns the secret or the tool's error text. */
-async function activate(b: Bench, ek: string, credFile: string, auth: EkAuth): Promise<{ ok: true; secret: Buffer } | { ok: false; error: string }> {
+async function activate(
+  b: Bench,
+  ek: string,
+  credFile: string,
+  auth: EkAuth,
+): Promise<{ ok: true; secret: Buffer } | { ok: false; error: string }> {
   const out = `${credFile}.out`;
   const args = ['tpm2_activatecredential', '-c', 'ak.ctx', '-C', ek, '-i', credFile, '-o', out];
   let session = false;
@@ -203,9 +226,24 @@ test('our credential has the same layout as tpm2_makecredential --tcti none for 
   const { akPublic, tpmName } = await createAk(b);
   const secret = Buffer.from('layout-compare-secret');
   await writeFile(b.file('secret.bin'), secret);
-  for (const [handle, pubFile] of [[RSA_EK, 'ek-rsa.pub'], [ECC_P384_EK, 'ek-p384.pub']] as const) {
+  for (const [handle, pubFile] of [
+    [RSA_EK, 'ek-rsa.pub'],
+    [ECC_P384_EK, 'ek-p384.pub'],
+  ] as const) {
     const ek = await readEk(b, handle, pubFile);
-    await b.tools(['tpm2_makecredential', '-T', 'none', '-u', pubFile, '-s', 'secret.bin', '-n', tpmName.toString('hex'), '-o', 'tools.cred']);
+    await b.tools([
+      'tpm2_makecredential',
+      '-T',
+      'none',
+      '-u',
+      pubFile,
+      '-s',
+      'secret.bin',
+      '-n',
+      tpmName.toString('hex'),
+      '-o',
+      'tools.cred',
+    ]);
     const toolsFile = await readFile(b.file('tools.cred'));
     const theirs = parseTpm2ToolsCredentialFile(toolsFile);
     const ours = makeCredential(ek, objectName(akPublic), secret);

@@ -30,7 +30,9 @@ const deb = (dir: string, pkg: string, v: string) => path.join(dir, `${pkg}_${v}
 /** dpkg on ROOT: maintainer scripts on this host with DPKG_ROOT=ROOT (no chroot into an empty root). */
 async function dpkg(root: string, ...args: string[]): Promise<string> {
   try {
-    const r = await run('dpkg', [`--root=${root}`, '--force-script-chrootless', ...args], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    const r = await run('dpkg', [`--root=${root}`, '--force-script-chrootless', ...args], {
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    });
     return r.stdout + r.stderr;
   } catch (e) {
     const err = e as { stdout?: string; stderr?: string; message: string };
@@ -38,13 +40,32 @@ async function dpkg(root: string, ...args: string[]): Promise<string> {
   }
 }
 async function status(root: string, pkg: string): Promise<string> {
-  return (await run('dpkg-query', [`--admindir=${root}/var/lib/dpkg`, '-W', '-f=${db:Status-Abbrev}${Version}', pkg]).catch(() => ({ stdout: 'absent' }))).stdout.trim();
+  return (
+    await run('dpkg-query', [`--admindir=${root}/var/lib/dpkg`, '-W', '-f=${db:Status-Abbrev}${Version}', pkg]).catch(() => ({
+      stdout: 'absent',
+    }))
+  ).stdout.trim();
 }
-const passwd = async (root: string, name: string) => (await readFile(path.join(root, 'etc/passwd'), 'utf8')).split('\n').find((l) => l.startsWith(`${name}:`))?.split(':');
-const groupLine = async (root: string, name: string) => (await readFile(path.join(root, 'etc/group'), 'utf8')).split('\n').find((l) => l.startsWith(`${name}:`))?.split(':');
+const passwd = async (root: string, name: string) =>
+  (await readFile(path.join(root, 'etc/passwd'), 'utf8'))
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`))
+    ?.split(':');
+const groupLine = async (root: string, name: string) =>
+  (await readFile(path.join(root, 'etc/group'), 'utf8'))
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`))
+    ?.split(':');
 // a unit's enablement link points at /lib/systemd/system/… inside the root: the link itself counts
-const isLink = (f: string) => lstat(f).then((s) => s.isSymbolicLink(), () => false);
-const sha = async (f: string) => createHash('sha256').update(await readFile(f)).digest('hex');
+const isLink = (f: string) =>
+  lstat(f).then(
+    (s) => s.isSymbolicLink(),
+    () => false,
+  );
+const sha = async (f: string) =>
+  createHash('sha256')
+    .update(await readFile(f))
+    .digest('hex');
 
 /**
  * A root that holds only what the packages' Depends name, as this host's dpkg has them installed
@@ -58,7 +79,13 @@ async function makeRoot(dir: string, debs: string[]): Promise<void> {
   const names = new Set<string>();
   for (const d of debs) {
     const dep = (await run('dpkg-deb', ['-f', d, 'Depends'])).stdout;
-    for (const alt of dep.split(',')) names.add(alt.split('|')[0]!.replace(/\(.*\)/, '').trim());
+    for (const alt of dep.split(','))
+      names.add(
+        alt
+          .split('|')[0]!
+          .replace(/\(.*\)/, '')
+          .trim(),
+      );
   }
   let statusText = '';
   for (const n of names) {
@@ -75,20 +102,29 @@ async function makeRoot(dir: string, debs: string[]): Promise<void> {
 }
 
 /** The server unit's ExecStart in ROOT (scripts/unit-run); resolves once it serves, with its URL. */
-async function startServerUnit(root: string, t: { after(fn: () => Promise<void>): void }): Promise<{ url: string; fingerprint: string; stop: () => Promise<void>; log: () => string }> {
+async function startServerUnit(
+  root: string,
+  t: { after(fn: () => Promise<void>): void },
+): Promise<{ url: string; fingerprint: string; stop: () => Promise<void>; log: () => string }> {
   const port = await freePort();
   // the unit's EnvironmentFile: only the listen address differs from a real host
   await writeFile(path.join(root, 'etc/default/edgeid-server'), `EDGEID_LISTEN=127.0.0.1:${port}\n`);
-  const child = spawn(path.join(REPO, 'scripts/unit-run'), ['--root', root, '/lib/systemd/system/edgeid-server.service'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(path.join(REPO, 'scripts/unit-run'), ['--root', root, '/lib/systemd/system/edgeid-server.service'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let log = '';
   child.stdout.on('data', (c: Buffer) => (log += c.toString()));
   child.stderr.on('data', (c: Buffer) => (log += c.toString()));
   const stop = () => stopChild(child, 20_000);
   t.after(stop);
-  const line = await waitFor('the packaged server listening', () => {
-    assert.equal(child.exitCode, null, `the unit exited: ${log}`);
-    return log.split('\n').find((l) => l.includes('"edgeid-server listening"'));
-  }, 90_000);
+  const line = await waitFor(
+    'the packaged server listening',
+    () => {
+      assert.equal(child.exitCode, null, `the unit exited: ${log}`);
+      return log.split('\n').find((l) => l.includes('"edgeid-server listening"'));
+    },
+    90_000,
+  );
   const info = JSON.parse(line) as { url: string; caFingerprint: string; dataDir: string };
   assert.equal(info.dataDir, '/var/lib/edgeid-server', 'the data dir from the conffile');
   return { url: info.url, fingerprint: info.caFingerprint, stop, log: () => log };
@@ -96,12 +132,20 @@ async function startServerUnit(root: string, t: { after(fn: () => Promise<void>)
 
 /** The installed edgeid-admin bundle, on the installed server's data dir (as root on its host). */
 async function admin(root: string, args: string[]): Promise<string> {
-  const r = await run(process.execPath, [path.join(root, 'usr/lib/edgeid-server/edgeid-admin.js'), '--data', path.join(root, 'var/lib/edgeid-server'), ...args], { cwd: root });
+  const r = await run(
+    process.execPath,
+    [path.join(root, 'usr/lib/edgeid-server/edgeid-admin.js'), '--data', path.join(root, 'var/lib/edgeid-server'), ...args],
+    { cwd: root },
+  );
   return r.stdout;
 }
 
 test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)', { timeout: 900_000 }, async (t) => {
-  assert.equal(process.getuid?.(), 0, 'this test installs packages with dpkg --root, chowns to their users and runs the unit in a mount namespace: run it as root (scripts/test does, on the CI machine)');
+  assert.equal(
+    process.getuid?.(),
+    0,
+    'this test installs packages with dpkg --root, chowns to their users and runs the unit in a mount namespace: run it as root (scripts/test does, on the CI machine)',
+  );
   const work = await mkdtemp('/var/tmp/edgeid-pkg-'); // not under /tmp: the unit gets a private /tmp
   t.after(() => rm(work, { recursive: true, force: true }));
   const v1 = path.join(work, 'v1');
@@ -130,19 +174,32 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   assert.ok(Number(agentUser[2]) < 1000 && Number(serverUser[2]) < 1000, 'system uids');
   assert.equal(agentUser[6], '/usr/sbin/nologin');
   assert.ok((await groupLine(root, 'tss'))![3]!.split(',').includes('edgeid'), 'edgeid is in group tss');
-  for (const [dir, user] of [['var/lib/edgeid', agentUser], ['var/lib/edgeid-server', serverUser]] as const) {
+  for (const [dir, user] of [
+    ['var/lib/edgeid', agentUser],
+    ['var/lib/edgeid-server', serverUser],
+  ] as const) {
     const st = await stat(path.join(root, dir));
     assert.equal(st.mode & 0o777, 0o700, `${dir} 0700`);
     assert.equal(st.uid, Number(user[2]), `${dir} owned by ${user[0]}`);
   }
-  for (const f of ['usr/bin/edgeid-agent', 'usr/bin/edgeid-server', 'usr/bin/edgeid-admin', 'usr/lib/edgeid-agent/edgeid_tpm.node', 'usr/lib/edgeid-server/better_sqlite3.node']) {
+  for (const f of [
+    'usr/bin/edgeid-agent',
+    'usr/bin/edgeid-server',
+    'usr/bin/edgeid-admin',
+    'usr/lib/edgeid-agent/edgeid_tpm.node',
+    'usr/lib/edgeid-server/better_sqlite3.node',
+  ]) {
     assert.ok(existsSync(path.join(root, f)), f);
   }
   const conffiles = (await readFile(path.join(root, 'var/lib/dpkg/status'), 'utf8')).match(/^ \/etc\/edgeid\/\S+ [0-9a-f]{32}$/gm) ?? [];
   assert.deepEqual(conffiles.map((l) => l.trim().split(' ')[0]).sort(), ['/etc/edgeid/agent.json', '/etc/edgeid/server.json']);
   // the server is enabled on install; the agent is not (it needs an enrollment first)
   assert.ok(await isLink(path.join(root, 'etc/systemd/system/multi-user.target.wants/edgeid-server.service')), 'server enabled');
-  assert.equal(await isLink(path.join(root, 'etc/systemd/system/multi-user.target.wants/edgeid-agent.service')), false, 'agent not enabled');
+  assert.equal(
+    await isLink(path.join(root, 'etc/systemd/system/multi-user.target.wants/edgeid-agent.service')),
+    false,
+    'agent not enabled',
+  );
 
   // the installed programs run from /usr/lib with no node_modules anywhere above them
   const agentHelp = await run(process.execPath, [path.join(root, 'usr/lib/edgeid-agent/edgeid-agent.js'), '--help'], { cwd: root });
@@ -165,7 +222,9 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   const dbFile = path.join(root, 'var/lib/edgeid-server/edgeid.db');
   assert.equal((await stat(dbFile)).uid, Number(serverUser[2]), 'the database belongs to edgeid-server');
   assert.equal((await stat(dbFile)).mode & 0o077, 0, 'UMask=0077: nothing for group or others');
-  const created = JSON.parse(await admin(root, ['token', 'create', '--zone', 'default', '--owner', 'pkg-test', '--name', 'gw-1', '--json'])) as { uri: string };
+  const created = JSON.parse(
+    await admin(root, ['token', 'create', '--zone', 'default', '--owner', 'pkg-test', '--name', 'gw-1', '--json']),
+  ) as { uri: string };
   assert.match(created.uri, /^edgeid:\/\/enroll\?/);
 
   // the agent as its unit's user, in its sandbox: enroll (the unit's environment, another command),
@@ -177,9 +236,18 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   await writeFile(path.join(root, 'etc/default/edgeid-agent'), `EDGEID_TCTI=${tpm.tcti}\n`);
   const unitRun = path.join(REPO, 'scripts/unit-run');
   const agentUnit = '/lib/systemd/system/edgeid-agent.service';
-  const enrolled = await run(unitRun, ['--root', root, agentUnit, '--', '/usr/bin/node', '/usr/lib/edgeid-agent/edgeid-agent.js', 'enroll', '--uri', created.uri, '--json']).catch(
-    (e: { stdout: string; stderr: string }) => assert.fail(`enroll as user edgeid failed: ${e.stderr}${e.stdout}`),
-  );
+  const enrolled = await run(unitRun, [
+    '--root',
+    root,
+    agentUnit,
+    '--',
+    '/usr/bin/node',
+    '/usr/lib/edgeid-agent/edgeid-agent.js',
+    'enroll',
+    '--uri',
+    created.uri,
+    '--json',
+  ]).catch((e: { stdout: string; stderr: string }) => assert.fail(`enroll as user edgeid failed: ${e.stderr}${e.stdout}`));
   const device = JSON.parse(enrolled.stdout) as { deviceId: string; stateDir: string };
   assert.equal(device.stateDir, '/var/lib/edgeid', 'the state dir from the conffile');
   const certFile = path.join(root, 'var/lib/edgeid/cert.pem');
@@ -190,10 +258,14 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   agent.stdout.on('data', (c: Buffer) => (agentLog += c.toString()));
   agent.stderr.on('data', (c: Buffer) => (agentLog += c.toString()));
   t.after(() => stopChild(agent));
-  await waitFor('the packaged agent running', () => {
-    assert.equal(agent.exitCode, null, `the agent unit exited: ${agentLog}`);
-    return agentLog.includes('"msg":"agent running"') && agentLog.includes(device.deviceId);
-  }, 90_000);
+  await waitFor(
+    'the packaged agent running',
+    () => {
+      assert.equal(agent.exitCode, null, `the agent unit exited: ${agentLog}`);
+      return agentLog.includes('"msg":"agent running"') && agentLog.includes(device.deviceId);
+    },
+    90_000,
+  );
   await stopChild(agent, 20_000);
   assert.equal(agent.exitCode, 0, `SIGTERM: a clean stop\n${agentLog}`);
   await srv.stop();
@@ -219,7 +291,10 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   srv = await startServerUnit(root, t);
   const tokens = JSON.parse(await admin(root, ['tokens', 'list', '--json'])) as { tokens?: { owner: string }[] } | { owner: string }[];
   const list = Array.isArray(tokens) ? tokens : (tokens.tokens ?? []);
-  assert.ok(list.some((x) => x.owner === 'pkg-test'), `the token from version n is there: ${JSON.stringify(tokens)}`);
+  assert.ok(
+    list.some((x) => x.owner === 'pkg-test'),
+    `the token from version n is there: ${JSON.stringify(tokens)}`,
+  );
   await srv.stop();
 
   // remove: programs gone, conffiles and data stay

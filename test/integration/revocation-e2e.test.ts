@@ -53,12 +53,17 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   const work = await tmpDir('edgeid-revoke-e2e-', t);
   const stateDir = path.join(work, 'state');
 
-  const { uri } = JSON.parse(await d.admin(['token', 'create', '--zone', 'default', '--owner', 'controls-team', '--json'])) as { uri: string };
+  const { uri } = JSON.parse(await d.admin(['token', 'create', '--zone', 'default', '--owner', 'controls-team', '--json'])) as {
+    uri: string;
+  };
   const enrolled = await agentCli(['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti, '--json']);
   assert.equal(enrolled.code, 0, enrolled.stderr);
   const id = (JSON.parse(enrolled.stdout) as { deviceId: string }).deviceId;
   const stateFiles = await readdir(stateDir);
-  assert.ok(stateFiles.includes('ak.priv') && stateFiles.some((n) => /^session-\d+\.priv$/.test(n)), `key blobs after enrollment: ${stateFiles.join(',')}`);
+  assert.ok(
+    stateFiles.includes('ak.priv') && stateFiles.some((n) => /^session-\d+\.priv$/.test(n)),
+    `key blobs after enrollment: ${stateFiles.join(',')}`,
+  );
 
   // The attacker's copy of the disk, and the device's identity as read from it.
   const stolenDir = path.join(work, 'stolen');
@@ -78,7 +83,8 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   const seen: { topic: string; payload: string; at: number }[] = [];
   subscriber.on('message', (topic, payload) => seen.push({ topic, payload: payload.toString(), at: Date.now() }));
   await subscriber.subscribeAsync([`devices/${id}/state`, `edgeid/${id}/control`], { qos: 1 });
-  const fromDevice = () => seen.filter((m) => m.topic === `devices/${id}/state`).map((m) => JSON.parse(m.payload) as { at: string; held?: boolean; seq?: number });
+  const fromDevice = () =>
+    seen.filter((m) => m.topic === `devices/${id}/state`).map((m) => JSON.parse(m.payload) as { at: string; held?: boolean; seq?: number });
 
   // A second session with the device's TPM key that ignores the wipe: only the broker can end it.
   // It handshakes now, while the TPM is free (swtpm serves one connection at a time), and then
@@ -93,7 +99,10 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   held.on('close', () => (heldClosedAt ||= Date.now()));
   let seq = 0;
   const heldTimer = setInterval(() => {
-    if (held.connected) held.publish(`devices/${id}/state`, JSON.stringify({ deviceId: id, at: new Date().toISOString(), held: true, seq: seq++ }), { qos: 0 });
+    if (held.connected)
+      held.publish(`devices/${id}/state`, JSON.stringify({ deviceId: id, at: new Date().toISOString(), held: true, seq: seq++ }), {
+        qos: 0,
+      });
   }, 25);
   t.after(() => clearInterval(heldTimer));
 
@@ -103,10 +112,14 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
     if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
     await agent.exit;
   });
-  await waitFor('heartbeats of the agent and the second session at the subscriber', () => {
-    const msgs = fromDevice();
-    return msgs.filter((m) => !m.held).length >= 3 && msgs.filter((m) => m.held).length >= 3;
-  }, 60_000);
+  await waitFor(
+    'heartbeats of the agent and the second session at the subscriber',
+    () => {
+      const msgs = fromDevice();
+      return msgs.filter((m) => !m.held).length >= 3 && msgs.filter((m) => m.held).length >= 3;
+    },
+    60_000,
+  );
 
   // ---- revoke, with the broker restart (CRL reload) held ----
   await d.holdReload();
@@ -116,27 +129,52 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
 
   const code = await agent.exit;
   assert.equal(code, 0, `the agent exits 0 after the wipe:\n${agent.log().slice(-3000)}`);
-  const agentLog = agent.log()
+  const agentLog = agent
+    .log()
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as { msg: string; command?: string });
-  assert.ok(agentLog.some((l) => l.msg === 'control command accepted' && l.command === 'wipe'), 'the agent verified and accepted the signed wipe');
+  assert.ok(
+    agentLog.some((l) => l.msg === 'control command accepted' && l.command === 'wipe'),
+    'the agent verified and accepted the signed wipe',
+  );
   assert.ok(agentLog.some((l) => l.msg === 'identity wiped'));
   const left = await readdir(stateDir);
-  assert.deepEqual(left.filter((n) => /\.(pub|priv)$/.test(n) || n === 'state.json' || n === 'cert.pem'), [], `no key blob or state left: ${left.join(',')}`);
-  assert.deepEqual(left.filter((n) => n !== 'lock'), [], `the state dir is empty but for its lock: ${left.join(',')}`);
+  assert.deepEqual(
+    left.filter((n) => /\.(pub|priv)$/.test(n) || n === 'state.json' || n === 'cert.pem'),
+    [],
+    `no key blob or state left: ${left.join(',')}`,
+  );
+  assert.deepEqual(
+    left.filter((n) => n !== 'lock'),
+    [],
+    `the state dir is empty but for its lock: ${left.join(',')}`,
+  );
   assert.equal(await transientHandleCountViaTools(tpm.tcti), 0, 'no TPM object left loaded');
 
   await waitFor('the broker to end the second session', () => heldClosedAt > 0);
-  assert.equal((heldDisconnect as IDisconnectPacket | null)?.reasonCode, ADMINISTRATIVE_ACTION, 'the broker disconnected it "by administrative action"');
+  assert.equal(
+    (heldDisconnect as IDisconnectPacket | null)?.reasonCode,
+    ADMINISTRATIVE_ACTION,
+    'the broker disconnected it "by administrative action"',
+  );
 
   // The signed wipe went out on the device's control topic.
   await waitFor('the wipe at the subscriber', () => seen.some((m) => m.topic === `edgeid/${id}/control`), 10_000).catch((e: Error) => {
-    const brokerLog = d.broker.log().split('\n').filter((l) => l.includes(id) || l.includes('test-subscriber')).join('\n');
+    const brokerLog = d.broker
+      .log()
+      .split('\n')
+      .filter((l) => l.includes(id) || l.includes('test-subscriber'))
+      .join('\n');
     throw new Error(`${e.message}; subscriber connected: ${subscriber.connected}; broker log:\n${brokerLog}`);
   });
-  const wipes = seen.filter((m) => m.topic === `edgeid/${id}/control`).map((m) => JSON.parse((JSON.parse(m.payload) as { payload: string }).payload) as { type: string; deviceId: string });
-  assert.deepEqual(wipes.map((w) => [w.type, w.deviceId]), [['wipe', id]]);
+  const wipes = seen
+    .filter((m) => m.topic === `edgeid/${id}/control`)
+    .map((m) => JSON.parse((JSON.parse(m.payload) as { payload: string }).payload) as { type: string; deviceId: string });
+  assert.deepEqual(
+    wipes.map((w) => [w.type, w.deviceId]),
+    [['wipe', id]],
+  );
 
   // Renewals are refused: the attacker's copy of the state (AK blobs, nonce) on the same TPM.
   {
@@ -146,7 +184,11 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
     try {
       const state = (await store.load())!;
       await assert.rejects(
-        renewCertificate({ store, tpm: tpmDev, config, log: pino({ level: 'silent' }), posture: new PostureCollector({ config }) }, state, 'attacker'),
+        renewCertificate(
+          { store, tpm: tpmDev, config, log: pino({ level: 'silent' }), posture: new PostureCollector({ config }) },
+          state,
+          'attacker',
+        ),
         // the stolen state holds a nonce and the renewal is signed by the device's own AK: the caller is the device and learns its state
         (e: unknown) => isEdgeidError(e, 'device_revoked'),
       );
@@ -161,16 +203,30 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   assert.equal(d.broker.starts(), startsBefore, 'the broker was not restarted yet');
   const crl = new x509.X509Crl(await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8'));
   const norm = (s: string) => s.toLowerCase().replace(/^0+/, '');
-  assert.ok(crl.entries.some((e) => norm(e.serialNumber) === norm(identity.serial)), 'the serial is in the broker\'s CRL file');
+  assert.ok(
+    crl.entries.some((e) => norm(e.serialNumber) === norm(identity.serial)),
+    "the serial is in the broker's CRL file",
+  );
   const attackerMarker = `after-kick-${randomUUID()}`;
   {
     const tpmDev = await Tpm.open(tpm.tcti);
     try {
       const ctx = await tpmTlsContext(tpmDev, identity);
-      assert.deepEqual(await tlsHandshake(d.broker.port, ctx), { ok: true, connack: 0 }, 'the not yet reloaded broker still accepts the certificate');
+      assert.deepEqual(
+        await tlsHandshake(d.broker.port, ctx),
+        { ok: true, connack: 0 },
+        'the not yet reloaded broker still accepts the certificate',
+      );
       const again = await connectAsDevice(d.broker.url, ctx, id, { clean: false });
       try {
-        assert.equal(await publishReason(again, `devices/${id}/state`, JSON.stringify({ deviceId: id, at: new Date().toISOString(), marker: attackerMarker })), NOT_AUTHORIZED);
+        assert.equal(
+          await publishReason(
+            again,
+            `devices/${id}/state`,
+            JSON.stringify({ deviceId: id, at: new Date().toISOString(), marker: attackerMarker }),
+          ),
+          NOT_AUTHORIZED,
+        );
         assert.equal(await publishReason(again, `devices/${id}/telemetry`, attackerMarker), NOT_AUTHORIZED);
         const subs = await subscribeReasons(again, [`edgeid/${id}/control`, `devices/${id}/#`]);
         assert.deepEqual([...subs.values()], [NOT_AUTHORIZED, NOT_AUTHORIZED], 'no subscription granted');
@@ -214,7 +270,10 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   assert.equal(!refused.ok && refused.code, 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED', JSON.stringify(refused));
 
   // ---- the audit trail ----
-  const rows = (await d.admin(['audit', 'export'])).split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as AuditRow);
+  const rows = (await d.admin(['audit', 'export']))
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as AuditRow);
   const one = (event: string, pred: (r: AuditRow) => boolean = () => true) => {
     const r = rows.find((x) => x.event === event && pred(x));
     assert.ok(r, `audit has ${event}: ${JSON.stringify(rows.map((x) => [x.event, x.outcome, x.deviceId]))}`);
@@ -228,7 +287,10 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   const renewRefused = one('renew', (r) => r.deviceId === id && r.outcome === 'fail');
   assert.equal(renewRefused.reason, 'device_revoked');
   const time = (r: AuditRow) => Date.parse(r.time);
-  assert.ok(time(revoked) <= time(wipeSent) && time(wipeSent) <= time(kicked) && time(kicked) <= time(crlPublished), 'revoke → wipe → kick → CRL, in order');
+  assert.ok(
+    time(revoked) <= time(wipeSent) && time(wipeSent) <= time(kicked) && time(kicked) <= time(crlPublished),
+    'revoke → wipe → kick → CRL, in order',
+  );
   assert.ok(revoked.seq < wipeSent.seq && wipeSent.seq < kicked.seq && kicked.seq < crlPublished.seq);
   const reloadedAt = Date.parse(String(crlPublished.details?.reloadedAt));
   assert.ok(reloadedAt >= releasedAt, 'the broker reload happened when the test released it');

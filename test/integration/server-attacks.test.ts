@@ -13,7 +13,15 @@ import { ERRORS, type ErrorCode } from '../../protocol/errors/index.js';
 import type { EnrollStartResponse } from '../../protocol/api.js';
 import type { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER, type Swtpm } from '../../scripts/harness/swtpm.js';
-import { TestDevice, injectTransport, duplicableKeyTemplate, b64, type Transport, type HttpResult, type EvidenceOptions } from '../helpers/device.js';
+import {
+  TestDevice,
+  injectTransport,
+  duplicableKeyTemplate,
+  b64,
+  type Transport,
+  type HttpResult,
+  type EvidenceOptions,
+} from '../helpers/device.js';
 import { closeRefusalAggregator } from '../../enroll-server/services/audit.js';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
 
@@ -139,7 +147,12 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
         const r = await http.post('/v1/enroll/start', devC.startRequest(boundToken));
         assert.equal(r.status, 200);
       },
-      run: () => http.post('/v1/enroll/start', { ...devC.startRequest(boundToken), ekPub: devA.startRequest('x').ekPub, ekCert: devA.startRequest('x').ekCert }),
+      run: () =>
+        http.post('/v1/enroll/start', {
+          ...devC.startRequest(boundToken),
+          ekPub: devA.startRequest('x').ekPub,
+          ekCert: devA.startRequest('x').ekCert,
+        }),
     },
     {
       name: 'EK certificate not chaining to the manufacturer roots',
@@ -174,7 +187,8 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       prepare: async () => {
         freshToken = await srv.token();
       },
-      run: () => http.post('/v1/enroll/start', devC.startRequest(freshToken, { ekPub: b64(devC.ek.public.subarray(0, devC.ek.public.length - 7)) })),
+      run: () =>
+        http.post('/v1/enroll/start', devC.startRequest(freshToken, { ekPub: b64(devC.ek.public.subarray(0, devC.ek.public.length - 7)) })),
     },
     {
       name: 'an AK that is not restricted (the EK public area as AK)',
@@ -183,13 +197,38 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       prepare: async () => {
         freshToken = await srv.token();
       },
-      run: () => http.post('/v1/enroll/start', devC.startRequest(freshToken, { akPub: b64(devC.sessionKey?.public ?? devA.sessionKey!.public) })),
+      run: () =>
+        http.post('/v1/enroll/start', devC.startRequest(freshToken, { akPub: b64(devC.sessionKey?.public ?? devA.sessionKey!.public) })),
     },
     // --- enrollment finish -------------------------------------------------------------------------
-    { name: 'wrong activation secret', code: 'activation_secret_mismatch', allow: 'token_spent', prepare: startC, run: () => finishC({ secret: randomBytes(32) }) },
-    { name: 'quote by a different AK', code: 'quote_bad_signature', allow: 'token_spent', prepare: startC, run: () => finishC({ quoteAk: otherAk }) },
-    { name: 'wrong qualifyingData', code: 'quote_nonce_mismatch', allow: 'token_spent', prepare: startC, run: () => finishC({ quoteQualifyingData: randomBytes(32) }) },
-    { name: 'PCR values not matching pcrDigest', code: 'quote_pcr_digest_mismatch', allow: 'token_spent', prepare: startC, run: () => finishC({ tamperPcr: 3 }) },
+    {
+      name: 'wrong activation secret',
+      code: 'activation_secret_mismatch',
+      allow: 'token_spent',
+      prepare: startC,
+      run: () => finishC({ secret: randomBytes(32) }),
+    },
+    {
+      name: 'quote by a different AK',
+      code: 'quote_bad_signature',
+      allow: 'token_spent',
+      prepare: startC,
+      run: () => finishC({ quoteAk: otherAk }),
+    },
+    {
+      name: 'wrong qualifyingData',
+      code: 'quote_nonce_mismatch',
+      allow: 'token_spent',
+      prepare: startC,
+      run: () => finishC({ quoteQualifyingData: randomBytes(32) }),
+    },
+    {
+      name: 'PCR values not matching pcrDigest',
+      code: 'quote_pcr_digest_mismatch',
+      allow: 'token_spent',
+      prepare: startC,
+      run: () => finishC({ tamperPcr: 3 }),
+    },
     {
       name: 'certify of a key without fixedTPM',
       code: 'certify_not_fixed_tpm',
@@ -197,8 +236,20 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       prepare: startC,
       run: () => finishC({ sessionTemplate: duplicableKeyTemplate() }),
     },
-    { name: 'certify naming another key', code: 'certify_name_mismatch', allow: 'token_spent', prepare: startC, run: () => finishC({ certifyOtherKey: true }) },
-    { name: 'CSR key is not the certified key', code: 'csr_key_mismatch', allow: 'token_spent', prepare: startC, run: () => finishC({ softwareCsrKey: true }) },
+    {
+      name: 'certify naming another key',
+      code: 'certify_name_mismatch',
+      allow: 'token_spent',
+      prepare: startC,
+      run: () => finishC({ certifyOtherKey: true }),
+    },
+    {
+      name: 'CSR key is not the certified key',
+      code: 'csr_key_mismatch',
+      allow: 'token_spent',
+      prepare: startC,
+      run: () => finishC({ softwareCsrKey: true }),
+    },
     {
       name: 'truncated quote attest',
       code: 'tpm_malformed',
@@ -255,11 +306,20 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       },
     },
     { name: 'renewal quote by a different AK', code: 'quote_bad_signature', run: () => devA.renew(http, { quoteAk: otherAkOnA }) },
-    { name: 'renewal with wrong qualifyingData', code: 'quote_nonce_mismatch', run: () => devA.renew(http, { quoteQualifyingData: randomBytes(32) }) },
+    {
+      name: 'renewal with wrong qualifyingData',
+      code: 'quote_nonce_mismatch',
+      run: () => devA.renew(http, { quoteQualifyingData: randomBytes(32) }),
+    },
     { name: 'renewal with tampered PCR value', code: 'quote_pcr_digest_mismatch', run: () => devA.renew(http, { tamperPcr: 0 }) },
     { name: 'renewal CSR by a software key', code: 'csr_key_mismatch', run: () => devA.renew(http, { softwareCsrKey: true }) },
     { name: 'renewal from outside the zone CIDRs', code: 'source_ip_not_allowed', run: () => devA.renew(outside, {}) },
-    { name: 'renewal of an unknown device', code: 'renewal_refused', audited: 'device_not_found', run: () => devA.renew(http, { deviceId: 'dev-0000000000000000' } as EvidenceOptions) },
+    {
+      name: 'renewal of an unknown device',
+      code: 'renewal_refused',
+      audited: 'device_not_found',
+      run: () => devA.renew(http, { deviceId: 'dev-0000000000000000' } as EvidenceOptions),
+    },
     {
       name: 'renewal by a revoked device',
       code: 'device_revoked',
@@ -302,7 +362,12 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       name: 'admin API with a wrong token',
       code: 'admin_unauthorized',
       run: async () => {
-        const r = await srv.server.app.inject({ method: 'POST', url: `/v1/admin/devices/${devA.deviceId}/revoke`, headers: { authorization: `Bearer ${srv.adminToken}x` }, payload: { reason: 'unspecified' } });
+        const r = await srv.server.app.inject({
+          method: 'POST',
+          url: `/v1/admin/devices/${devA.deviceId}/revoke`,
+          headers: { authorization: `Bearer ${srv.adminToken}x` },
+          payload: { reason: 'unspecified' },
+        });
         return { status: r.statusCode, body: r.json() };
       },
     },
@@ -310,7 +375,12 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       name: 'body over the limit',
       code: 'body_too_large',
       run: async () => {
-        const r = await srv.server.app.inject({ method: 'POST', url: '/v1/enroll/start', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ token: 'x'.repeat(70 * 1024) }) });
+        const r = await srv.server.app.inject({
+          method: 'POST',
+          url: '/v1/enroll/start',
+          headers: { 'content-type': 'application/json' },
+          payload: JSON.stringify({ token: 'x'.repeat(70 * 1024) }),
+        });
         return { status: r.statusCode, body: r.json() };
       },
     },
@@ -318,7 +388,12 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
       name: 'malformed JSON',
       code: 'malformed_json',
       run: async () => {
-        const r = await srv.server.app.inject({ method: 'POST', url: '/v1/renew', headers: { 'content-type': 'application/json' }, payload: '{"deviceId": "dev-' });
+        const r = await srv.server.app.inject({
+          method: 'POST',
+          url: '/v1/renew',
+          headers: { 'content-type': 'application/json' },
+          payload: '{"deviceId": "dev-',
+        });
         return { status: r.statusCode, body: r.json() };
       },
     },
@@ -412,7 +487,10 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
           const seq = maxSeq(db);
           const r = await http.post(url, copy);
           n++;
-          assert.ok(r.status >= 400 && r.status < 500, `${url} ${p.join('.')}=${JSON.stringify(wrong)} → ${r.status} ${JSON.stringify(r.body)}`);
+          assert.ok(
+            r.status >= 400 && r.status < 500,
+            `${url} ${p.join('.')}=${JSON.stringify(wrong)} → ${r.status} ${JSON.stringify(r.body)}`,
+          );
           assert.equal(r.body.error.code, 'bad_request', `${url} ${p.join('.')}=${JSON.stringify(wrong)}: ${JSON.stringify(r.body)}`);
           // anonymous refusals are aggregated: at most one row now, every one counted below
           assert.ok(maxSeq(db) <= seq + 1, 'at most one audit row');
@@ -422,7 +500,9 @@ test('every attack is refused with its own 4xx code, an audit row and no other c
     assert.ok(n > 100, `${n} malformed requests`);
     // every refusal is in the audit log: a row of its own, or counted in its minute's summary row
     await closeRefusalAggregator(srv.server.ctx);
-    const rows = db.prepare("SELECT details FROM audit WHERE seq > ? AND outcome = 'fail' AND reason = 'bad_request'").all(firstSeq) as { details: string | null }[];
+    const rows = db.prepare("SELECT details FROM audit WHERE seq > ? AND outcome = 'fail' AND reason = 'bad_request'").all(firstSeq) as {
+      details: string | null;
+    }[];
     const counted = rows.reduce((sum, r) => sum + ((JSON.parse(r.details ?? '{}') as { repeated?: number }).repeated ?? 1), 0);
     assert.equal(counted, n, 'each refusal counted once in the audit log');
     assert.deepEqual(snapshot(db), before, 'no change in the database');

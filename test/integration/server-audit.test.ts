@@ -28,7 +28,12 @@ async function rowsOf(s: TestServer, fn: () => Promise<unknown>): Promise<AuditR
  * Asserts that `fn` wrote exactly one row: `event` with `outcome` (and `reason` for a failure;
  * `code` when the caller is answered with another, generic code).
  */
-async function oneRow(s: TestServer, what: string, fn: () => Promise<{ status: number; body: any }>, want: { event: string; status: number; reason?: string; code?: string }) {
+async function oneRow(
+  s: TestServer,
+  what: string,
+  fn: () => Promise<{ status: number; body: any }>,
+  want: { event: string; status: number; reason?: string; code?: string },
+) {
   let res: { status: number; body: any } | undefined;
   const rows = await rowsOf(s, async () => {
     res = await fn();
@@ -55,7 +60,10 @@ test('every admin and device action writes exactly one audit row, success or fai
   const unknown = 'dev-00000000000000ff';
 
   // --- admin actions without a device -----------------------------------------------------------
-  const created = await oneRow(s, 'token create', () => s.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'ops' }), { event: 'token.create', status: 200 });
+  const created = await oneRow(s, 'token create', () => s.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'ops' }), {
+    event: 'token.create',
+    status: 200,
+  });
   await oneRow(s, 'token create, unknown zone', () => s.admin('POST', '/v1/admin/tokens', { zone: 'nope', owner: 'ops' }), {
     event: 'token.create',
     status: 403,
@@ -68,13 +76,21 @@ test('every admin and device action writes exactly one audit row, success or fai
   });
   await oneRow(s, 'tokens list', () => s.admin('GET', '/v1/admin/tokens'), { event: 'admin.tokens.list', status: 200 });
   await oneRow(s, 'devices list', () => s.admin('GET', '/v1/admin/devices'), { event: 'admin.devices.list', status: 200 });
-  await oneRow(s, 'device show, unknown', () => s.admin('GET', `/v1/admin/devices/${unknown}`), { event: 'admin.device.show', status: 404, reason: 'device_not_found' });
+  await oneRow(s, 'device show, unknown', () => s.admin('GET', `/v1/admin/devices/${unknown}`), {
+    event: 'admin.device.show',
+    status: 404,
+    reason: 'device_not_found',
+  });
   await oneRow(s, 'revoke, unknown', () => s.admin('POST', `/v1/admin/devices/${unknown}/revoke`, { reason: 'superseded' }), {
     event: 'device.revoke',
     status: 404,
     reason: 'device_not_found',
   });
-  await oneRow(s, 'retire, unknown', () => s.admin('POST', `/v1/admin/devices/${unknown}/retire`, {}), { event: 'device.retire', status: 404, reason: 'device_not_found' });
+  await oneRow(s, 'retire, unknown', () => s.admin('POST', `/v1/admin/devices/${unknown}/retire`, {}), {
+    event: 'device.retire',
+    status: 404,
+    reason: 'device_not_found',
+  });
   await oneRow(s, 'approve, unknown', () => s.admin('POST', `/v1/admin/devices/${unknown}/approve-baseline`, {}), {
     event: 'device.approve_baseline',
     status: 404,
@@ -98,14 +114,23 @@ test('every admin and device action writes exactly one audit row, success or fai
     event: 'admin.broker.certificate',
     status: 200,
   });
-  await oneRow(s, 'broker certificate, not a key', () => s.admin('POST', '/v1/admin/broker/certificate', { spki: 'A'.repeat(64), hostnames: ['broker.test'] }), {
-    event: 'admin.broker.certificate',
+  await oneRow(
+    s,
+    'broker certificate, not a key',
+    () => s.admin('POST', '/v1/admin/broker/certificate', { spki: 'A'.repeat(64), hostnames: ['broker.test'] }),
+    {
+      event: 'admin.broker.certificate',
+      status: 400,
+      reason: 'bad_request',
+    },
+  );
+
+  // refusals before any service ran are audited once by the HTTP layer
+  await oneRow(s, 'devices list, bad filter', () => s.admin('GET', '/v1/admin/devices?status=lost'), {
+    event: 'admin.http.devices',
     status: 400,
     reason: 'bad_request',
   });
-
-  // refusals before any service ran are audited once by the HTTP layer
-  await oneRow(s, 'devices list, bad filter', () => s.admin('GET', '/v1/admin/devices?status=lost'), { event: 'admin.http.devices', status: 400, reason: 'bad_request' });
   await oneRow(
     s,
     'no admin token',
@@ -122,21 +147,36 @@ test('every admin and device action writes exactly one audit row, success or fai
     status: 401,
     reason: 'token_invalid',
   });
-  const start = await oneRow(s, 'enroll start', () => http.post<EnrollStartResponse>('/v1/enroll/start', dev.startRequest(created.body.token)), {
-    event: 'enroll.start',
-    status: 200,
-  });
+  const start = await oneRow(
+    s,
+    'enroll start',
+    () => http.post<EnrollStartResponse>('/v1/enroll/start', dev.startRequest(created.body.token)),
+    {
+      event: 'enroll.start',
+      status: 200,
+    },
+  );
   const secret = await dev.activate(start.body);
   const { evidence, sessionKey } = await dev.evidence(start.body.nonce);
-  await oneRow(s, 'enroll finish, unknown session', () => http.post('/v1/enroll/finish', { session: 'nope', secret: b64(secret), ...evidence }), {
-    event: 'enroll.finish',
-    status: 401,
-    reason: 'session_invalid',
-  });
-  const finish = await oneRow(s, 'enroll finish', () => http.post('/v1/enroll/finish', { session: start.body.session, secret: b64(secret), ...evidence }), {
-    event: 'enroll.finish',
-    status: 200,
-  });
+  await oneRow(
+    s,
+    'enroll finish, unknown session',
+    () => http.post('/v1/enroll/finish', { session: 'nope', secret: b64(secret), ...evidence }),
+    {
+      event: 'enroll.finish',
+      status: 401,
+      reason: 'session_invalid',
+    },
+  );
+  const finish = await oneRow(
+    s,
+    'enroll finish',
+    () => http.post('/v1/enroll/finish', { session: start.body.session, secret: b64(secret), ...evidence }),
+    {
+      event: 'enroll.finish',
+      status: 200,
+    },
+  );
   dev.accept(finish.body, sessionKey);
   assert.equal(finish.row.deviceId, dev.deviceId);
 
@@ -157,7 +197,10 @@ test('every admin and device action writes exactly one audit row, success or fai
 
   // --- admin actions on the device --------------------------------------------------------------
   const id = dev.deviceId!;
-  const shown = await oneRow(s, 'device show', () => s.admin('GET', `/v1/admin/devices/${id}`), { event: 'admin.device.show', status: 200 });
+  const shown = await oneRow(s, 'device show', () => s.admin('GET', `/v1/admin/devices/${id}`), {
+    event: 'admin.device.show',
+    status: 200,
+  });
   // responses are serialised from their protocol schemas: nothing the service returned is dropped
   const direct = JSON.parse(JSON.stringify(await showDevice(s.server.ctx, id, { actor: 'test', ip: null })));
   assert.deepEqual(shown.body, direct);
@@ -165,9 +208,18 @@ test('every admin and device action writes exactly one audit row, success or fai
   assert.equal(Object.keys(shown.body.device.baseline).length, 8);
   const exported = await s.admin('GET', '/v1/admin/audit?after=0&limit=10000');
   assert.deepEqual(exported.body.rows.slice(0, -1), await s.server.ctx.store.listAudit({ limit: exported.body.rows.length - 1 }));
-  await oneRow(s, 'control', () => s.admin('POST', `/v1/admin/devices/${id}/control`, { type: 'renew-now' }), { event: 'admin.control.sign', status: 200 });
-  await oneRow(s, 'approve baseline', () => s.admin('POST', `/v1/admin/devices/${id}/approve-baseline`, {}), { event: 'device.approve_baseline', status: 200 });
-  await oneRow(s, 'revoke', () => s.admin('POST', `/v1/admin/devices/${id}/revoke`, { reason: 'key-compromise' }), { event: 'device.revoke', status: 200 });
+  await oneRow(s, 'control', () => s.admin('POST', `/v1/admin/devices/${id}/control`, { type: 'renew-now' }), {
+    event: 'admin.control.sign',
+    status: 200,
+  });
+  await oneRow(s, 'approve baseline', () => s.admin('POST', `/v1/admin/devices/${id}/approve-baseline`, {}), {
+    event: 'device.approve_baseline',
+    status: 200,
+  });
+  await oneRow(s, 'revoke', () => s.admin('POST', `/v1/admin/devices/${id}/revoke`, { reason: 'key-compromise' }), {
+    event: 'device.revoke',
+    status: 200,
+  });
   await oneRow(s, 'revoke again', () => s.admin('POST', `/v1/admin/devices/${id}/revoke`, { reason: 'key-compromise' }), {
     event: 'device.revoke',
     status: 409,

@@ -30,7 +30,11 @@ async function device(t: import('node:test').TestContext, tpm: Swtpm, ekKind: 'r
 }
 
 /** enroll/start with this request, then ActivateCredential and enroll/finish when it succeeded. */
-async function enrollWith(http: Transport, dev: TestDevice, req: Partial<EnrollStartRequest>): Promise<{ start: HttpResult; finish?: HttpResult }> {
+async function enrollWith(
+  http: Transport,
+  dev: TestDevice,
+  req: Partial<EnrollStartRequest>,
+): Promise<{ start: HttpResult; finish?: HttpResult }> {
   const start = await http.post('/v1/enroll/start', req);
   if (start.status !== 200) return { start };
   return { start, finish: await finishWith(http, dev, start.body) };
@@ -57,40 +61,48 @@ function exponent65537(dev: TestDevice): string {
 
 function lastAudit(srv: TestServer, event: string): { outcome: string; reason: string | null; details: Record<string, unknown> | null } {
   const db = (srv.server.ctx.store as SqliteStore).db;
-  const r = db.prepare('SELECT outcome, reason, details FROM audit WHERE event = ? ORDER BY seq DESC LIMIT 1').get(event) as { outcome: string; reason: string | null; details: string | null };
+  const r = db.prepare('SELECT outcome, reason, details FROM audit WHERE event = ? ORDER BY seq DESC LIMIT 1').get(event) as {
+    outcome: string;
+    reason: string | null;
+    details: string | null;
+  };
   return { ...r, details: r.details ? JSON.parse(r.details) : null };
 }
 
-test('a re-encoded EK is the same TPM: refused while its device lives (named in the audit only), never clearing a quarantine; allowed after revoke', { timeout: 300_000 }, async (t) => {
-  const [tpm] = await tpms(t, 1);
-  const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
-  t.after(() => srv.close());
-  const http = injectTransport(srv.server.app);
-  const dev = await device(t, tpm!);
-  const first = await dev.enroll(http, await srv.token());
+test(
+  'a re-encoded EK is the same TPM: refused while its device lives (named in the audit only), never clearing a quarantine; allowed after revoke',
+  { timeout: 300_000 },
+  async (t) => {
+    const [tpm] = await tpms(t, 1);
+    const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
+    t.after(() => srv.close());
+    const http = injectTransport(srv.server.app);
+    const dev = await device(t, tpm!);
+    const first = await dev.enroll(http, await srv.token());
 
-  // exponent 0 → 65537: the same key, so the same identity
-  const again = await enrollWith(http, dev, dev.startRequest(await srv.token(), { ekPub: exponent65537(dev) }));
-  assert.equal(again.start.status, 409);
-  assert.equal(again.start.body.error.code, 'ek_already_enrolled');
-  assert.doesNotMatch(JSON.stringify(again.start.body), new RegExp(first.deviceId), 'the caller does not learn the existing device id');
-  const row = lastAudit(srv, 'enroll.start');
-  assert.equal(row.reason, 'ek_already_enrolled');
-  assert.equal(row.details?.existingDevice, first.deviceId, 'the operator finds the existing device in the audit row');
+    // exponent 0 → 65537: the same key, so the same identity
+    const again = await enrollWith(http, dev, dev.startRequest(await srv.token(), { ekPub: exponent65537(dev) }));
+    assert.equal(again.start.status, 409);
+    assert.equal(again.start.body.error.code, 'ek_already_enrolled');
+    assert.doesNotMatch(JSON.stringify(again.start.body), new RegExp(first.deviceId), 'the caller does not learn the existing device id');
+    const row = lastAudit(srv, 'enroll.start');
+    assert.equal(row.reason, 'ek_already_enrolled');
+    assert.equal(row.details?.existingDevice, first.deviceId, 'the operator finds the existing device in the audit row');
 
-  // quarantined counts as live: enrolling again does not clear it
-  await srv.server.ctx.store.updateDevice(first.deviceId, { status: 'quarantined', statusReason: 'test: posture changed' });
-  const q = await enrollWith(http, dev, dev.startRequest(await srv.token()));
-  assert.equal(q.start.body.error?.code, 'ek_already_enrolled');
-  assert.equal((await srv.server.ctx.store.getDevice(first.deviceId))!.status, 'quarantined');
+    // quarantined counts as live: enrolling again does not clear it
+    await srv.server.ctx.store.updateDevice(first.deviceId, { status: 'quarantined', statusReason: 'test: posture changed' });
+    const q = await enrollWith(http, dev, dev.startRequest(await srv.token()));
+    assert.equal(q.start.body.error?.code, 'ek_already_enrolled');
+    assert.equal((await srv.server.ctx.store.getDevice(first.deviceId))!.status, 'quarantined');
 
-  // once an operator revoked it, the TPM enrolls again (as a new device)
-  const rev = await srv.admin('POST', `/v1/admin/devices/${first.deviceId}/revoke`, { reason: 'key-compromise' });
-  assert.equal(rev.status, 200, JSON.stringify(rev.body));
-  const ok = await enrollWith(http, dev, dev.startRequest(await srv.token()));
-  assert.equal(ok.finish?.status, 200, JSON.stringify(ok.start.body));
-  assert.notEqual(ok.finish!.body.deviceId, first.deviceId);
-});
+    // once an operator revoked it, the TPM enrolls again (as a new device)
+    const rev = await srv.admin('POST', `/v1/admin/devices/${first.deviceId}/revoke`, { reason: 'key-compromise' });
+    assert.equal(rev.status, 200, JSON.stringify(rev.body));
+    const ok = await enrollWith(http, dev, dev.startRequest(await srv.token()));
+    assert.equal(ok.finish?.status, 200, JSON.stringify(ok.start.body));
+    assert.notEqual(ok.finish!.body.deviceId, first.deviceId);
+  },
+);
 
 test('an EK public area that fits no TCG EK template is refused with ek_template_mismatch', { timeout: 300_000 }, async (t) => {
   const [tpm] = await tpms(t, 1);
@@ -109,7 +121,10 @@ test('an EK public area that fits no TCG EK template is refused with ek_template
     const r = await http.post('/v1/enroll/start', withoutToken(dev, { ekPub: b64(marshalPublic(rest)), zone: 'open' }));
     // without a token (zero-touch) the EK's identity is computed first, so the template check comes first
     assert.equal(r.body.error?.code, 'ek_template_mismatch', what);
-    const withToken = await http.post('/v1/enroll/start', dev.startRequest(await srv.token({ zone: 'open' }), { ekPub: b64(marshalPublic(rest)) }));
+    const withToken = await http.post(
+      '/v1/enroll/start',
+      dev.startRequest(await srv.token({ zone: 'open' }), { ekPub: b64(marshalPublic(rest)) }),
+    );
     assert.equal(withToken.status, 400, what);
     assert.equal(withToken.body.error.code, 'ek_template_mismatch', what);
   }
@@ -126,7 +141,10 @@ test('two tokens with the same EK finishing at once create one device (checked i
   // every session is started (no device exists yet, so each passes the check in enroll/start)
   const starts: EnrollStartResponse[] = [];
   for (let i = 0; i < N; i++) {
-    const s = await http.post<EnrollStartResponse>('/v1/enroll/start', dev.startRequest(await srv.token(), i % 2 ? { ekPub: exponent65537(dev) } : {}));
+    const s = await http.post<EnrollStartResponse>(
+      '/v1/enroll/start',
+      dev.startRequest(await srv.token(), i % 2 ? { ekPub: exponent65537(dev) } : {}),
+    );
     assert.equal(s.status, 200, JSON.stringify(s.body));
     starts.push(s.body);
   }
@@ -148,91 +166,111 @@ test('two tokens with the same EK finishing at once create one device (checked i
   assert.equal(live[0]!.id, ok[0]!.body.deviceId);
 });
 
-test('EK certificates are required by default: an unknown CA or no certificate is refused; an opted-out zone enrolls with ekVerified false', { timeout: 300_000 }, async (t) => {
-  const [tpmA, tpmB] = await tpms(t, 2);
-  // `ek` set without swtpm's local CA: only the built-in TPM makers' store
-  const srv = await startInProcessServer({ ek: {}, zones: { default: {}, lab: { requireEkCertificate: false } } });
-  t.after(() => srv.close());
-  const http = injectTransport(srv.server.app);
-  const devA = await device(t, tpmA!);
-  const devB = await device(t, tpmB!, 'ecc');
-  assert.ok(devA.ek.certificate, 'swtpm has an EK certificate');
+test(
+  'EK certificates are required by default: an unknown CA or no certificate is refused; an opted-out zone enrolls with ekVerified false',
+  { timeout: 300_000 },
+  async (t) => {
+    const [tpmA, tpmB] = await tpms(t, 2);
+    // `ek` set without swtpm's local CA: only the built-in TPM makers' store
+    const srv = await startInProcessServer({ ek: {}, zones: { default: {}, lab: { requireEkCertificate: false } } });
+    t.after(() => srv.close());
+    const http = injectTransport(srv.server.app);
+    const devA = await device(t, tpmA!);
+    const devB = await device(t, tpmB!, 'ecc');
+    assert.ok(devA.ek.certificate, 'swtpm has an EK certificate');
 
-  const untrusted = await http.post('/v1/enroll/start', devA.startRequest(await srv.token()));
-  assert.equal(untrusted.body.error?.code, 'ek_cert_untrusted');
-  const { ekCert: _c, ...noCert } = devA.startRequest(await srv.token());
-  const missing = await http.post('/v1/enroll/start', noCert);
-  assert.equal(missing.status, 400);
-  assert.equal(missing.body.error.code, 'ek_cert_required');
+    const untrusted = await http.post('/v1/enroll/start', devA.startRequest(await srv.token()));
+    assert.equal(untrusted.body.error?.code, 'ek_cert_untrusted');
+    const { ekCert: _c, ...noCert } = devA.startRequest(await srv.token());
+    const missing = await http.post('/v1/enroll/start', noCert);
+    assert.equal(missing.status, 400);
+    assert.equal(missing.body.error.code, 'ek_cert_required');
 
-  const lab = await devB.enroll(http, await srv.token({ zone: 'lab' }));
-  const shown = await srv.admin('GET', `/v1/admin/devices/${lab.deviceId}`);
-  assert.equal(shown.body.device.ekVerified, false);
-  assert.equal(shown.body.device.ekIssuer, null);
-  const listed = await srv.admin('GET', '/v1/admin/devices');
-  assert.equal(listed.body.devices.find((d: { id: string }) => d.id === lab.deviceId).ekVerified, false);
+    const lab = await devB.enroll(http, await srv.token({ zone: 'lab' }));
+    const shown = await srv.admin('GET', `/v1/admin/devices/${lab.deviceId}`);
+    assert.equal(shown.body.device.ekVerified, false);
+    assert.equal(shown.body.device.ekIssuer, null);
+    const listed = await srv.admin('GET', '/v1/admin/devices');
+    assert.equal(listed.body.devices.find((d: { id: string }) => d.id === lab.deviceId).ekVerified, false);
 
-  // the same TPM in a zone with the check, once an operator added swtpm's CA (root, then issuer as an anchor too)
-  for (const f of ['/var/lib/swtpm-localca/swtpm-localca-rootca-cert.pem', '/var/lib/swtpm-localca/issuercert.pem']) {
-    const { readFileSync } = await import('node:fs');
-    const added = await srv.admin('POST', '/v1/admin/ek-roots', { certificate: readFileSync(f, 'utf8') });
-    assert.equal(added.status, 200, JSON.stringify(added.body));
-    assert.equal(added.body.source, 'operator');
-  }
-  const verified = await devA.enroll(http, await srv.token());
-  const d = (await srv.admin('GET', `/v1/admin/devices/${verified.deviceId}`)).body.device;
-  assert.equal(d.ekVerified, true);
-  assert.equal(d.ekIssuer, new X509Certificate(devA.ek.certificate!).issuer.replace(/\n/g, ', '));
+    // the same TPM in a zone with the check, once an operator added swtpm's CA (root, then issuer as an anchor too)
+    for (const f of ['/var/lib/swtpm-localca/swtpm-localca-rootca-cert.pem', '/var/lib/swtpm-localca/issuercert.pem']) {
+      const { readFileSync } = await import('node:fs');
+      const added = await srv.admin('POST', '/v1/admin/ek-roots', { certificate: readFileSync(f, 'utf8') });
+      assert.equal(added.status, 200, JSON.stringify(added.body));
+      assert.equal(added.body.source, 'operator');
+    }
+    const verified = await devA.enroll(http, await srv.token());
+    const d = (await srv.admin('GET', `/v1/admin/devices/${verified.deviceId}`)).body.device;
+    assert.equal(d.ekVerified, true);
+    assert.equal(d.ekIssuer, new X509Certificate(devA.ek.certificate!).issuer.replace(/\n/g, ', '));
 
-  const roots = (await srv.admin('GET', '/v1/admin/ek-roots')).body.roots as Array<{ fingerprint: string; source: string; role: string; origin: string; disabled: boolean }>;
-  assert.ok(roots.some((r) => r.source === 'builtin' && r.origin === 'GS_TPM_RT.pem' && r.role === 'anchor'));
-  assert.ok(roots.some((r) => r.source === 'builtin' && r.origin === 'INF_RSA_011.pem' && r.role === 'intermediate'));
-  // removing the operator's anchors brings back ek_cert_untrusted
-  for (const r of roots.filter((x) => x.source === 'operator')) assert.equal((await srv.admin('POST', `/v1/admin/ek-roots/${r.fingerprint}/remove`, {})).status, 200);
-  const again = await http.post('/v1/enroll/start', devB.startRequest(await srv.token()));
-  assert.equal(again.body.error?.code, 'ek_cert_untrusted');
-  const audit = (await srv.admin('GET', '/v1/admin/audit?limit=10000')).body.rows as Array<{ event: string; outcome: string }>;
-  assert.equal(audit.filter((r) => r.event === 'admin.ek-roots.add' && r.outcome === 'ok').length, 2);
-  assert.equal(audit.filter((r) => r.event === 'admin.ek-roots.remove' && r.outcome === 'ok').length, 2);
-});
+    const roots = (await srv.admin('GET', '/v1/admin/ek-roots')).body.roots as Array<{
+      fingerprint: string;
+      source: string;
+      role: string;
+      origin: string;
+      disabled: boolean;
+    }>;
+    assert.ok(roots.some((r) => r.source === 'builtin' && r.origin === 'GS_TPM_RT.pem' && r.role === 'anchor'));
+    assert.ok(roots.some((r) => r.source === 'builtin' && r.origin === 'INF_RSA_011.pem' && r.role === 'intermediate'));
+    // removing the operator's anchors brings back ek_cert_untrusted
+    for (const r of roots.filter((x) => x.source === 'operator'))
+      assert.equal((await srv.admin('POST', `/v1/admin/ek-roots/${r.fingerprint}/remove`, {})).status, 200);
+    const again = await http.post('/v1/enroll/start', devB.startRequest(await srv.token()));
+    assert.equal(again.body.error?.code, 'ek_cert_untrusted');
+    const audit = (await srv.admin('GET', '/v1/admin/audit?limit=10000')).body.rows as Array<{ event: string; outcome: string }>;
+    assert.equal(audit.filter((r) => r.event === 'admin.ek-roots.add' && r.outcome === 'ok').length, 2);
+    assert.equal(audit.filter((r) => r.event === 'admin.ek-roots.remove' && r.outcome === 'ok').length, 2);
+  },
+);
 
-test('zero-touch: a TPM on the supplier manifest enrolls once without a token; unlisted and removed ones are refused', { timeout: 300_000 }, async (t) => {
-  const [tpmA, tpmB, tpmC] = await tpms(t, 3);
-  const srv = await startInProcessServer({ zones: { default: {}, 'line-3': {} }, rateLimit: { enroll: { max: 100000 } } });
-  t.after(() => srv.close());
-  const http = injectTransport(srv.server.app);
-  const [devA, devB, devC] = [await device(t, tpmA!), await device(t, tpmB!), await device(t, tpmC!)];
-  const pem = (der: Buffer) => new X509Certificate(der).toString();
-  // CSV with a quoted PEM certificate, and an EK public key (TPM2B_PUBLIC, base64) for the other
-  const csv = `serial,ek_cert\nGW-0001,"${pem(devA.ek.certificate!)}"\nGW-0002,${b64(devB.ek.public)}\n`;
-  const imp = await srv.admin('POST', '/v1/admin/ek-allow', { zone: 'line-3', owner: 'plant-ops', content: csv, source: 'pallet-17.csv' });
-  assert.equal(imp.status, 200, JSON.stringify(imp.body));
-  assert.equal(imp.body.added.length, 2);
-  const entryA = imp.body.added.find((e: { name: string }) => e.name === 'GW-0001');
-  const entryB = imp.body.added.find((e: { name: string }) => e.name === 'GW-0002');
+test(
+  'zero-touch: a TPM on the supplier manifest enrolls once without a token; unlisted and removed ones are refused',
+  { timeout: 300_000 },
+  async (t) => {
+    const [tpmA, tpmB, tpmC] = await tpms(t, 3);
+    const srv = await startInProcessServer({ zones: { default: {}, 'line-3': {} }, rateLimit: { enroll: { max: 100000 } } });
+    t.after(() => srv.close());
+    const http = injectTransport(srv.server.app);
+    const [devA, devB, devC] = [await device(t, tpmA!), await device(t, tpmB!), await device(t, tpmC!)];
+    const pem = (der: Buffer) => new X509Certificate(der).toString();
+    // CSV with a quoted PEM certificate, and an EK public key (TPM2B_PUBLIC, base64) for the other
+    const csv = `serial,ek_cert\nGW-0001,"${pem(devA.ek.certificate!)}"\nGW-0002,${b64(devB.ek.public)}\n`;
+    const imp = await srv.admin('POST', '/v1/admin/ek-allow', {
+      zone: 'line-3',
+      owner: 'plant-ops',
+      content: csv,
+      source: 'pallet-17.csv',
+    });
+    assert.equal(imp.status, 200, JSON.stringify(imp.body));
+    assert.equal(imp.body.added.length, 2);
+    const entryA = imp.body.added.find((e: { name: string }) => e.name === 'GW-0001');
+    const entryB = imp.body.added.find((e: { name: string }) => e.name === 'GW-0002');
 
-  const a = await enrollWith(http, devA, withoutToken(devA));
-  assert.equal(a.finish?.status, 200, JSON.stringify(a.start.body));
-  const shown = (await srv.admin('GET', `/v1/admin/devices/${a.finish!.body.deviceId}`)).body.device;
-  assert.deepEqual([shown.zone, shown.owner, shown.name, shown.ekVerified], ['line-3', 'plant-ops', 'GW-0001', true]);
-  const finishRow = lastAudit(srv, 'enroll.finish');
-  assert.equal(finishRow.outcome, 'ok');
-  assert.equal(finishRow.details?.manifestEntry, entryA.id, 'the audit row names the manifest entry');
+    const a = await enrollWith(http, devA, withoutToken(devA));
+    assert.equal(a.finish?.status, 200, JSON.stringify(a.start.body));
+    const shown = (await srv.admin('GET', `/v1/admin/devices/${a.finish!.body.deviceId}`)).body.device;
+    assert.deepEqual([shown.zone, shown.owner, shown.name, shown.ekVerified], ['line-3', 'plant-ops', 'GW-0001', true]);
+    const finishRow = lastAudit(srv, 'enroll.finish');
+    assert.equal(finishRow.outcome, 'ok');
+    assert.equal(finishRow.details?.manifestEntry, entryA.id, 'the audit row names the manifest entry');
 
-  const second = await http.post('/v1/enroll/start', withoutToken(devA));
-  assert.equal(second.status, 401);
-  assert.equal(second.body.error.code, 'ek_not_allowed');
+    const second = await http.post('/v1/enroll/start', withoutToken(devA));
+    assert.equal(second.status, 401);
+    assert.equal(second.body.error.code, 'ek_not_allowed');
 
-  const unlisted = await http.post('/v1/enroll/start', withoutToken(devC));
-  assert.equal(unlisted.status, 401);
-  assert.equal(unlisted.body.error.code, 'ek_not_allowed');
+    const unlisted = await http.post('/v1/enroll/start', withoutToken(devC));
+    assert.equal(unlisted.status, 401);
+    assert.equal(unlisted.body.error.code, 'ek_not_allowed');
 
-  const removed = await srv.admin('POST', `/v1/admin/ek-allow/${entryB.id}/remove`, {});
-  assert.equal(removed.status, 200);
-  const afterRemoval = await http.post('/v1/enroll/start', withoutToken(devB));
-  assert.equal(afterRemoval.body.error?.code, 'ek_not_allowed');
-  assert.equal((await srv.server.ctx.store.listDevices()).length, 1);
-});
+    const removed = await srv.admin('POST', `/v1/admin/ek-allow/${entryB.id}/remove`, {});
+    assert.equal(removed.status, 200);
+    const afterRemoval = await http.post('/v1/enroll/start', withoutToken(devB));
+    assert.equal(afterRemoval.body.error?.code, 'ek_not_allowed');
+    assert.equal((await srv.server.ctx.store.listDevices()).length, 1);
+  },
+);
 
 test('removing a manifest entry while its enrollment is under way refuses the finish', { timeout: 300_000 }, async (t) => {
   const [tpm] = await tpms(t, 1);
@@ -240,7 +278,11 @@ test('removing a manifest entry while its enrollment is under way refuses the fi
   t.after(() => srv.close());
   const http = injectTransport(srv.server.app);
   const dev = await device(t, tpm!);
-  const imp = await srv.admin('POST', '/v1/admin/ek-allow', { zone: 'default', owner: 'o', content: JSON.stringify([{ ekPub: b64(dev.ek.public), name: 'gw' }]) });
+  const imp = await srv.admin('POST', '/v1/admin/ek-allow', {
+    zone: 'default',
+    owner: 'o',
+    content: JSON.stringify([{ ekPub: b64(dev.ek.public), name: 'gw' }]),
+  });
   assert.equal(imp.status, 200, JSON.stringify(imp.body));
   const start = await http.post('/v1/enroll/start', withoutToken(dev));
   assert.equal(start.status, 200, JSON.stringify(start.body));

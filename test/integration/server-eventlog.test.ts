@@ -85,7 +85,9 @@ test('a log that does not replay to the quote is refused with eventlog_replay_mi
   assert.match(r.body.error.message, /sha256 PCR 4 /);
   // a zip bomb stops at the bound
   const bomb = Buffer.alloc(8 * 1024 * 1024);
-  const z = await dev.renew(http, { eventLog: { sha256: createHash('sha256').update(bomb).digest('hex'), deflate: deflateSync(bomb, { level: 9 }).toString('base64') } });
+  const z = await dev.renew(http, {
+    eventLog: { sha256: createHash('sha256').update(bomb).digest('hex'), deflate: deflateSync(bomb, { level: 9 }).toString('base64') },
+  });
   assert.equal(z.body.error?.code, 'eventlog_too_large', JSON.stringify(z.body));
   // refused, not quarantined
   assert.equal((await srv.admin('GET', `/v1/admin/devices/${enrolled.deviceId}`)).body.device.status, 'active');

@@ -100,7 +100,11 @@ test('device lifecycle on swtpm', { timeout: 180_000 }, async (t) => {
       assert.deepEqual(r.retired, [devB.deviceId]);
       const d = (await srv.admin('GET', `/v1/admin/devices/${devB.deviceId}`)).body.device;
       assert.equal(d.status, 'retired');
-      assert.equal(d.certificates.filter((c: { revokedAt: string | null }) => c.revokedAt).length, 0, 'expired certificates need no CRL entry');
+      assert.equal(
+        d.certificates.filter((c: { revokedAt: string | null }) => c.revokedAt).length,
+        0,
+        'expired certificates need no CRL entry',
+      );
       assert.ok(events.includes(`retired ${devB.deviceId} automatic=true`));
     } finally {
       srv.clock.offset = 0;

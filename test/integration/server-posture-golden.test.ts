@@ -15,7 +15,8 @@ const run = promisify(execFile);
 
 test('a golden zone keeps no per-device baseline and quarantines a device whose PCRs leave the golden values', async (t) => {
   const golden: Record<string, string> = {};
-  for (const pcr of [0, 7]) golden[pcr] = createHash('sha256').update(Buffer.alloc(32)).update(bootMeasurement(pcr, 'golden-board')).digest('hex');
+  for (const pcr of [0, 7])
+    golden[pcr] = createHash('sha256').update(Buffer.alloc(32)).update(bootMeasurement(pcr, 'golden-board')).digest('hex');
   const srv = await startInProcessServer({ zones: { default: { pcrs: [0, 7], posture: { golden } } } });
   t.after(() => srv.close());
   const tpm = await startSwtpm();

@@ -37,7 +37,9 @@ function get(url: string, ca: string, headers: Record<string, string> = {}): Pro
       .get(url, { ca, headers }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), type: String(res.headers['content-type']) }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), type: String(res.headers['content-type']) }),
+        );
       })
       .on('error', reject);
   });
@@ -93,11 +95,25 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
   let leafs: string[] = [];
 
   await t.test('enrolls with a token from edgeid-admin and renews three times, each with a new serial and key', async () => {
-    const tok = admin(srv.dataDir, ['token', 'create', '--zone', 'default', '--owner', 'controls-team', '--name', 'plc-gw-17', '--ttl', '8h', '--json']);
+    const tok = admin(srv.dataDir, [
+      'token',
+      'create',
+      '--zone',
+      'default',
+      '--owner',
+      'controls-team',
+      '--name',
+      'plc-gw-17',
+      '--ttl',
+      '8h',
+      '--json',
+    ]);
     assert.equal(tok.status, 0, tok.stderr);
     const created = JSON.parse(tok.stdout) as { token: string; uri: string; expiresAt: string };
     assert.match(created.uri, /^edgeid:\/\/enroll\?server=https/);
-    assert.ok(created.uri.includes(encodeURIComponent(`sha256:${new X509Certificate(srv.caPem).fingerprint256.replace(/:/g, '').toLowerCase()}`)));
+    assert.ok(
+      created.uri.includes(encodeURIComponent(`sha256:${new X509Certificate(srv.caPem).fingerprint256.replace(/:/g, '').toLowerCase()}`)),
+    );
     const res = await dev.enroll(http, created.token);
     assert.match(res.deviceId, /^dev-[0-9a-f]{16}$/);
     assert.deepEqual(res.mqtt.topics, { publish: `devices/${res.deviceId}/#`, control: `edgeid/${res.deviceId}/control` });
@@ -110,7 +126,11 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
     }
     const certs = leafs.map((p) => new X509Certificate(p));
     assert.equal(new Set(certs.map((c) => c.serialNumber)).size, 4, 'new serial each time');
-    assert.equal(new Set(certs.map((c) => c.publicKey.export({ type: 'spki', format: 'der' }).toString('hex'))).size, 4, 'new key each time');
+    assert.equal(
+      new Set(certs.map((c) => c.publicKey.export({ type: 'spki', format: 'der' }).toString('hex'))).size,
+      4,
+      'new key each time',
+    );
   });
 
   await t.test('the certificate verifies with openssl against the served chain and carries the required fields', async () => {
@@ -212,7 +232,9 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
   await t.test('a device whose certificate expired renews by attestation alone within maxOffline', async () => {
     const dev2 = await TestDevice.create(tpm2.tcti, { ekKind: 'ecc' });
     try {
-      const tok = JSON.parse(admin(srv.dataDir, ['token', 'create', '--zone', 'short', '--owner', 'ops', '--json']).stdout) as { token: string };
+      const tok = JSON.parse(admin(srv.dataDir, ['token', 'create', '--zone', 'short', '--owner', 'ops', '--json']).stdout) as {
+        token: string;
+      };
       const res = await dev2.enroll(http, tok.token);
       const notAfter = Date.parse(res.renew.notAfter);
       await new Promise((r) => setTimeout(r, Math.max(0, notAfter - Date.now()) + 1500));
@@ -266,11 +288,25 @@ test('edgeid-server refuses to start with a bad config and names the field', { t
   t.after(() => rm(dir, { recursive: true, force: true }));
   const cfg = path.join(dir, 'config.json');
   await writeFile(cfg, JSON.stringify({ zones: { 'line-3': { lifetime: '30s' } } }));
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'enroll-server/main.ts'), '--data', path.join(dir, 'data'), '--listen', '127.0.0.1:0', '--config', cfg], {
-    cwd: REPO,
-    encoding: 'utf8',
-    timeout: 30_000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(REPO, 'enroll-server/main.ts'),
+      '--data',
+      path.join(dir, 'data'),
+      '--listen',
+      '127.0.0.1:0',
+      '--config',
+      cfg,
+    ],
+    {
+      cwd: REPO,
+      encoding: 'utf8',
+      timeout: 30_000,
+    },
+  );
   assert.equal(r.status, 2);
   assert.match(r.stderr, /zones\.line-3\.lifetime/);
 });

@@ -64,7 +64,10 @@ describe('TPM addon on swtpm', () => {
 
   test('readPcrs reads more than 8 PCRs (several PCR_Read calls)', async () => {
     const values = await tpm.readPcrs([{ hashAlg: TPM_ALG.SHA256, pcrs: Array.from({ length: 24 }, (_, i) => i) }]);
-    assert.deepEqual(values.map((v) => v.pcr), Array.from({ length: 24 }, (_, i) => i));
+    assert.deepEqual(
+      values.map((v) => v.pcr),
+      Array.from({ length: 24 }, (_, i) => i),
+    );
     assert.ok(values.every((v) => v.hashAlg === TPM_ALG.SHA256 && v.value.length === 32));
   });
 

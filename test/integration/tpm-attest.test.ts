@@ -33,7 +33,6 @@ function flip(buf: Buffer, at: number): Buffer {
   return copy;
 }
 
-
 describe('attestation with a real TPM', () => {
   let swtpm: Swtpm;
   let tpm: Tpm;
@@ -79,10 +78,19 @@ describe('attestation with a real TPM', () => {
   test('a quote over the boot PCRs verifies in TS against the PCR values the TPM reports', async () => {
     const q = await tpm.quote(ak, SELECTION, nonce);
     const pcrValues = await tpm.readPcrBank(BOOT_PCRS);
-    const { attest, pcrs } = verifyQuote({ akPublic: parsePublic(ak.public), attest: q.attest, signature: q.signature, qualifyingData: nonce, pcrValues });
+    const { attest, pcrs } = verifyQuote({
+      akPublic: parsePublic(ak.public),
+      attest: q.attest,
+      signature: q.signature,
+      qualifyingData: nonce,
+      pcrValues,
+    });
     assert.deepEqual(pcrs, BOOT_PCRS);
     assert.deepEqual(attest.extraData, nonce);
-    assert.ok(pcrValues.get(0)?.some((b) => b !== 0), 'PCR 0 carries the fake boot measurement');
+    assert.ok(
+      pcrValues.get(0)?.some((b) => b !== 0),
+      'PCR 0 carries the fake boot measurement',
+    );
   });
 
   test('tampered quote evidence fails with one code per cause', async () => {
@@ -119,7 +127,13 @@ describe('attestation with a real TPM', () => {
 
   test('tampered certify evidence fails with one code per cause', async () => {
     const c = await tpm.certify(sessionKey, ak, nonce);
-    const base = { akPublic: parsePublic(ak.public), attest: c.attest, signature: c.signature, certifiedPublic: parsePublic(sessionKey.public), qualifyingData: nonce };
+    const base = {
+      akPublic: parsePublic(ak.public),
+      attest: c.attest,
+      signature: c.signature,
+      certifiedPublic: parsePublic(sessionKey.public),
+      qualifyingData: nonce,
+    };
     verifyCertify(base);
     assertCode(() => verifyCertify({ ...base, attest: flip(c.attest, 0) }), 'certify_bad_magic');
     assertCode(() => verifyCertify({ ...base, attest: flip(c.attest, -1) }), 'certify_bad_signature');
@@ -129,12 +143,18 @@ describe('attestation with a real TPM', () => {
     assertCode(() => verifyCertify({ ...base, certifiedPublic: parsePublic(otherKey.public) }), 'certify_name_mismatch');
     // The AK certifying itself: genuine TPM evidence, but of a restricted key.
     const self = await tpm.certify(ak, ak, nonce);
-    assertCode(() => verifyCertify({ ...base, attest: self.attest, signature: self.signature, certifiedPublic: parsePublic(ak.public) }), 'certify_key_restricted');
+    assertCode(
+      () => verifyCertify({ ...base, attest: self.attest, signature: self.signature, certifiedPublic: parsePublic(ak.public) }),
+      'certify_key_restricted',
+    );
   });
 
   test('the session key signs SHA-256 and SHA-384 digests that verify with node:crypto', async () => {
     const key = publicKeyObject(parsePublic(sessionKey.public));
-    for (const [hash, alg] of [['sha256', TPM_ALG.SHA256], ['sha384', TPM_ALG.SHA384]] as const) {
+    for (const [hash, alg] of [
+      ['sha256', TPM_ALG.SHA256],
+      ['sha384', TPM_ALG.SHA384],
+    ] as const) {
       const message = Buffer.from(`renewal CSR (${hash})`);
       const sig = parseSignature(await tpm.sign(sessionKey, createHash(hash).update(message).digest()));
       assert.equal(sig.sigAlg, TPM_ALG.ECDSA);
@@ -149,9 +169,7 @@ describe('attestation with a real TPM', () => {
 
   test('a key created in one batch loads in a later one: the SRK is recreated identically', async () => {
     const blob = await tpm.batch((s) => s.createSigningKey());
-    const srkPublics = await Promise.all(
-      [0, 1].map(() => tpm.batch(async (s) => (await s.createPrimary('owner', srkTemplate())).public)),
-    );
+    const srkPublics = await Promise.all([0, 1].map(() => tpm.batch(async (s) => (await s.createPrimary('owner', srkTemplate())).public)));
     assert.deepEqual(srkPublics[0], srkPublics[1]);
     const sig = await tpm.sign(blob, Buffer.alloc(32, 3));
     assert.ok(sig.length > 0);

@@ -76,7 +76,9 @@ test('tpm quote writes files that tpm2_checkquote accepts, and rejects with anot
   const r = await agent(['tpm', 'quote', '--tcti', swtpm.tcti, '--nonce', nonce, '--pcrs', '0,1,2,3', '--out', out]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /verified in TS/);
-  const files = ['-u', 'ak.pub', '-m', 'quote.msg', '-s', 'quote.sig', '-f', 'quote.pcrs'].map((a) => (a.startsWith('-') ? a : path.join(out, a)));
+  const files = ['-u', 'ak.pub', '-m', 'quote.msg', '-s', 'quote.sig', '-f', 'quote.pcrs'].map((a) =>
+    a.startsWith('-') ? a : path.join(out, a),
+  );
   const ok = await run('tpm2_checkquote', [...files, '-g', 'sha256', '-q', nonce]);
   assert.match(ok.stdout, /sig: [0-9a-f]+/);
   await assert.rejects(run('tpm2_checkquote', [...files, '-g', 'sha256', '-q', 'c0ffee0123456780']));
@@ -90,12 +92,53 @@ test('quote.pcrs is byte for byte what tpm2_quote -o writes for the same PCRs (m
   assert.equal(r.code, 0, r.stderr);
 
   const tools = (args: string[]) => run(args[0]!, ['-T', swtpm.tcti, ...args.slice(1)], { cwd: dir });
-  await tools(['tpm2_createak', '-C', '0x81010001', '-c', 'tools-ak.ctx', '-G', 'ecc', '-g', 'sha256', '-s', 'ecdsa', '-u', 'tools-ak.pub']);
+  await tools([
+    'tpm2_createak',
+    '-C',
+    '0x81010001',
+    '-c',
+    'tools-ak.ctx',
+    '-G',
+    'ecc',
+    '-g',
+    'sha256',
+    '-s',
+    'ecdsa',
+    '-u',
+    'tools-ak.pub',
+  ]);
   await tools(['tpm2_flushcontext', '-t']);
-  await tools(['tpm2_quote', '-c', 'tools-ak.ctx', '-l', `sha256:${pcrs}`, '-q', 'aa55', '-m', 'tools.msg', '-s', 'tools.sig', '-o', 'tools.pcrs']);
+  await tools([
+    'tpm2_quote',
+    '-c',
+    'tools-ak.ctx',
+    '-l',
+    `sha256:${pcrs}`,
+    '-q',
+    'aa55',
+    '-m',
+    'tools.msg',
+    '-s',
+    'tools.sig',
+    '-o',
+    'tools.pcrs',
+  ]);
   await tools(['tpm2_flushcontext', '-t']);
   assert.deepEqual(await readFile(path.join(dir, 'quote.pcrs')), await readFile(path.join(dir, 'tools.pcrs')));
-  await run('tpm2_checkquote', ['-u', path.join(dir, 'ak.pub'), '-m', path.join(dir, 'quote.msg'), '-s', path.join(dir, 'quote.sig'), '-f', path.join(dir, 'quote.pcrs'), '-g', 'sha256', '-q', 'aa55']);
+  await run('tpm2_checkquote', [
+    '-u',
+    path.join(dir, 'ak.pub'),
+    '-m',
+    path.join(dir, 'quote.msg'),
+    '-s',
+    path.join(dir, 'quote.sig'),
+    '-f',
+    path.join(dir, 'quote.pcrs'),
+    '-g',
+    'sha256',
+    '-q',
+    'aa55',
+  ]);
 });
 
 test('tpm quote without --out is a usage error (exit code 2), a dead TPM a clear error (exit code 1)', async () => {
@@ -106,7 +149,9 @@ test('tpm quote without --out is a usage error (exit code 2), a dead TPM a clear
   assert.equal(dead.code, 1);
   assert.match(dead.stderr, /\[tpm_unavailable\]/);
   assert.match(dead.stderr, /fix: /);
-  const noAddon = await agent(['tpm', 'info', '--tcti', 'swtpm:host=127.0.0.1,port=1'], { EDGEID_TPM_ADDON: '/nonexistent/edgeid_tpm.node' });
+  const noAddon = await agent(['tpm', 'info', '--tcti', 'swtpm:host=127.0.0.1,port=1'], {
+    EDGEID_TPM_ADDON: '/nonexistent/edgeid_tpm.node',
+  });
   assert.equal(noAddon.code, 1);
   assert.match(noAddon.stderr, /\[tpm_addon_missing\]/);
 });

@@ -74,7 +74,16 @@ test('the output of tpm2_makecredential --tcti none activates through the addon,
     await writeFile(path.join(dir, `${kind}.pub`), ek.public);
     await writeFile(path.join(dir, `${kind}.secret`), secret);
     await run('tpm2_makecredential', [
-      '-T', 'none', '-u', path.join(dir, `${kind}.pub`), '-s', path.join(dir, `${kind}.secret`), '-n', akName, '-o', path.join(dir, `${kind}.cred`),
+      '-T',
+      'none',
+      '-u',
+      path.join(dir, `${kind}.pub`),
+      '-s',
+      path.join(dir, `${kind}.secret`),
+      '-n',
+      akName,
+      '-o',
+      path.join(dir, `${kind}.cred`),
     ]);
     const cred = parseTpm2ToolsCredentialFile(await readFile(path.join(dir, `${kind}.cred`)));
     assert.deepEqual(await tpm.activateCredential(ak, cred.credentialBlob, cred.encryptedSecret, kind), secret, kind);

@@ -37,8 +37,20 @@ test(`${CYCLES} quote + certify + sign cycles leave 0 transient objects after ea
     counts.push(await tpm.transientHandleCount());
     if (i % 50 === 0) {
       // Spot-check that the evidence is real, not just that nothing leaked.
-      verifyQuote({ akPublic, attest: q.attest, signature: q.signature, qualifyingData: nonce, pcrValues: await tpm.readPcrBank([0, 1, 2, 3]) });
-      verifyCertify({ akPublic, attest: c.attest, signature: c.signature, qualifyingData: nonce, certifiedPublic: parsePublic(sessionKey.public) });
+      verifyQuote({
+        akPublic,
+        attest: q.attest,
+        signature: q.signature,
+        qualifyingData: nonce,
+        pcrValues: await tpm.readPcrBank([0, 1, 2, 3]),
+      });
+      verifyCertify({
+        akPublic,
+        attest: c.attest,
+        signature: c.signature,
+        qualifyingData: nonce,
+        certifiedPublic: parsePublic(sessionKey.public),
+      });
     }
   }
   assert.deepEqual(counts, new Array(CYCLES).fill(0));
@@ -64,9 +76,17 @@ test(`${CYCLES} renewal batches keep exactly the SRK and the AK loaded between c
     const ev = await produceEvidence(tpm, { ak, nonce, claims, pcrs, commonName: 'dev-cycles' });
     commands.push(ev.tpmCommands);
     if (i === 0) {
-      assert.deepEqual(ev.tpmCommandStats, { CreatePrimary: 1, Load: 1, CreateLoaded: 1, Certify: 1, Quote: 1, PCR_Read: 1, Sign: 1, ContextSave: 1, FlushContext: 1 }, 'the first renewal loads the residents and reads the PCRs');
+      assert.deepEqual(
+        ev.tpmCommandStats,
+        { CreatePrimary: 1, Load: 1, CreateLoaded: 1, Certify: 1, Quote: 1, PCR_Read: 1, Sign: 1, ContextSave: 1, FlushContext: 1 },
+        'the first renewal loads the residents and reads the PCRs',
+      );
     } else {
-      assert.deepEqual(ev.tpmCommandStats, { CreateLoaded: 1, Certify: 1, Quote: 1, Sign: 1, ContextSave: 1, FlushContext: 1 }, `renewal ${i}`);
+      assert.deepEqual(
+        ev.tpmCommandStats,
+        { CreateLoaded: 1, Certify: 1, Quote: 1, Sign: 1, ContextSave: 1, FlushContext: 1 },
+        `renewal ${i}`,
+      );
     }
     assert.equal(await tpm.transientHandleCount(), 2, `renewal ${i}: exactly the SRK and the AK stay loaded`);
     if (i % 20 === 0) viaTools.push(await transientHandleCountViaTools(swtpm.tcti));
@@ -76,8 +96,20 @@ test(`${CYCLES} renewal batches keep exactly the SRK and the AK loaded between c
       const q = ev.evidence.quote;
       const c = ev.evidence.certify;
       const qd = quoteQualifyingData(nonce, claims);
-      verifyQuote({ akPublic, attest: Buffer.from(q.attest, 'base64'), signature: Buffer.from(q.signature, 'base64'), qualifyingData: qd, pcrValues: values });
-      verifyCertify({ akPublic, attest: Buffer.from(c.attest, 'base64'), signature: Buffer.from(c.signature, 'base64'), qualifyingData: nonce, certifiedPublic: parsePublic(ev.sessionKey.public) });
+      verifyQuote({
+        akPublic,
+        attest: Buffer.from(q.attest, 'base64'),
+        signature: Buffer.from(q.signature, 'base64'),
+        qualifyingData: qd,
+        pcrValues: values,
+      });
+      verifyCertify({
+        akPublic,
+        attest: Buffer.from(c.attest, 'base64'),
+        signature: Buffer.from(c.signature, 'base64'),
+        qualifyingData: nonce,
+        certifiedPublic: parsePublic(ev.sessionKey.public),
+      });
     }
   }
   assert.deepEqual(commands.slice(1), new Array(CYCLES - 1).fill(6), 'a warm renewal is 6 TPM commands, flushes included');

@@ -28,7 +28,7 @@ async function localCaTrust(): Promise<{ roots: Buffer[]; intermediates: Buffer[
   return { roots: [await pemToDer(SWTPM_LOCALCA_ROOT)], intermediates: [await pemToDer(SWTPM_LOCALCA_ISSUER)] };
 }
 
-test('both EKs equal their certificates\' keys and the certificates chain to the swtpm-localca root', async (t) => {
+test("both EKs equal their certificates' keys and the certificates chain to the swtpm-localca root", async (t) => {
   const swtpm = await startSwtpm();
   t.after(() => swtpm.stop());
   const tpm = await Tpm.open(swtpm.tcti);
@@ -68,7 +68,10 @@ test('the EK policies are worked out from the EK public areas: PolicyA for RSA, 
   const rsa = parsePublic((await tpm.endorsementKey('rsa')).public);
   assert.equal(rsa.objectAttributes & TPMA_OBJECT.userWithAuth, 0, 'the RSA EK needs its policy');
   assert.deepEqual(ekAuthorization(rsa), { policyHashAlg: TPM_ALG.SHA256, orDigests: [] });
-  assert.equal(policySecretEndorsementDigest(TPM_ALG.SHA256).toString('hex'), '837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa');
+  assert.equal(
+    policySecretEndorsementDigest(TPM_ALG.SHA256).toString('hex'),
+    '837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa',
+  );
 
   const ecc = parsePublic((await tpm.endorsementKey('ecc')).public);
   const auth = ekAuthorization(ecc);
@@ -87,7 +90,10 @@ test('EKs that are not persistent are recreated from the TCG templates and still
   const tpm = await Tpm.open(swtpm.tcti);
   t.after(() => tpm.close());
   const trust = await localCaTrust();
-  for (const [kind, index] of [['rsa', 0x01c00002], ['ecc', 0x01c00016]] as const) {
+  for (const [kind, index] of [
+    ['rsa', 0x01c00002],
+    ['ecc', 0x01c00016],
+  ] as const) {
     const ek = await tpm.endorsementKey(kind);
     assert.equal(ek.persistentHandle, undefined);
     assert.equal(ek.certificateIndex, index);
@@ -123,7 +129,17 @@ test('a certificate in an EK index that matches no EK in the TPM is refused with
   await tpm0.close();
   const file = path.join(dir, 'cert.der');
   await writeFile(file, rsaCert);
-  await run('tpm2_nvdefine', ['-T', swtpm.tcti, '0x01c0000a', '-C', 'o', '-s', String(rsaCert.length), '-a', 'ownerread|ownerwrite|authread|authwrite|no_da']);
+  await run('tpm2_nvdefine', [
+    '-T',
+    swtpm.tcti,
+    '0x01c0000a',
+    '-C',
+    'o',
+    '-s',
+    String(rsaCert.length),
+    '-a',
+    'ownerread|ownerwrite|authread|authwrite|no_da',
+  ]);
   await run('tpm2_nvwrite', ['-T', swtpm.tcti, '0x01c0000a', '-C', 'o', '-i', file]);
 
   const tpm = await Tpm.open(swtpm.tcti);

@@ -32,7 +32,10 @@ async function agent(args: string[]): Promise<{ code: number; stdout: string; st
 function tpm2ToolsPcrs(yaml: string): Record<string, Record<string, string>> {
   const out: Record<string, Record<string, string>> = {};
   let bank = '';
-  for (const line of yaml.slice(yaml.search(/^pcrs:/m)).split('\n').slice(1)) {
+  for (const line of yaml
+    .slice(yaml.search(/^pcrs:/m))
+    .split('\n')
+    .slice(1)) {
     const b = /^ {2}(\w+):$/.exec(line);
     if (b) out[(bank = b[1]!)] = {};
     const p = /^ {4}(\d+)\s*:\s*0x([0-9a-f]+)$/.exec(line);
@@ -62,8 +65,15 @@ test('tpm eventlog lists the typed events and the replayed PCRs; firmware string
   assert.match(text.stdout, /^ {2}sha384: 0 [0-9a-f]{96}$/m);
 
   // A boot variable whose description carries a terminal escape (OSC 52 would write the clipboard).
-  const evil = Buffer.concat([Buffer.from([1, 0, 0, 0, 4, 0]), Buffer.from('Evil\u001b]52;c;AAAA\u0007\0', 'utf16le'), Buffer.from([0x7f, 0xff, 4, 0])]);
-  const events = [...syntheticBootEvents(), { pcr: 1, type: EV.EV_EFI_VARIABLE_BOOT, data: variableData(EFI_GLOBAL_VARIABLE, 'Boot0001', evil) }];
+  const evil = Buffer.concat([
+    Buffer.from([1, 0, 0, 0, 4, 0]),
+    Buffer.from('Evil\u001b]52;c;AAAA\u0007\0', 'utf16le'),
+    Buffer.from([0x7f, 0xff, 4, 0]),
+  ]);
+  const events = [
+    ...syntheticBootEvents(),
+    { pcr: 1, type: EV.EV_EFI_VARIABLE_BOOT, data: variableData(EFI_GLOBAL_VARIABLE, 'Boot0001', evil) },
+  ];
   const file = path.join(dir, 'evil.bin');
   await writeFile(file, buildEventLog(events));
   const r = await agent(['tpm', 'eventlog', '--file', file]);

@@ -11,7 +11,15 @@ import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { quoteQualifyingData } from '../../protocol/api.js';
 import { makeCredential } from '../../protocol/tpm/makecredential.js';
-import { akTemplate, objectName, parsePublic, sessionKeyTemplate, srkTemplate, verifyCertify, verifyQuote } from '../../protocol/tpm/index.js';
+import {
+  akTemplate,
+  objectName,
+  parsePublic,
+  sessionKeyTemplate,
+  srkTemplate,
+  verifyCertify,
+  verifyQuote,
+} from '../../protocol/tpm/index.js';
 import { produceEvidence, type EvidenceResult } from '../../agent/evidence.js';
 import { flushLeftoverObjects } from '../../agent/tpm-support.js';
 import { Tpm, type KeyBlob } from '../../agent/tpm/index.js';
@@ -41,8 +49,20 @@ async function renew(tpm: Tpm, ak: KeyBlob): Promise<EvidenceResult> {
   const akPublic = parsePublic(ak.public);
   const b = (s: string) => Buffer.from(s, 'base64');
   const pcrValues = new Map(Object.entries(ev.evidence.pcrValues).map(([k, v]) => [Number(k), b(v)]));
-  verifyQuote({ akPublic, attest: b(ev.evidence.quote.attest), signature: b(ev.evidence.quote.signature), qualifyingData: quoteQualifyingData(nonce, CLAIMS), pcrValues });
-  verifyCertify({ akPublic, attest: b(ev.evidence.certify.attest), signature: b(ev.evidence.certify.signature), qualifyingData: nonce, certifiedPublic: parsePublic(ev.sessionKey.public) });
+  verifyQuote({
+    akPublic,
+    attest: b(ev.evidence.quote.attest),
+    signature: b(ev.evidence.quote.signature),
+    qualifyingData: quoteQualifyingData(nonce, CLAIMS),
+    pcrValues,
+  });
+  verifyCertify({
+    akPublic,
+    attest: b(ev.evidence.certify.attest),
+    signature: b(ev.evidence.certify.signature),
+    qualifyingData: nonce,
+    certifiedPublic: parsePublic(ev.sessionKey.public),
+  });
   return ev;
 }
 
@@ -73,7 +93,7 @@ test('residents flushed by another process are recreated by the next renewal', a
   assert.equal(await transientHandleCountViaTools(swtpm.tcti), 2);
 });
 
-test("flushLeftoverObjects (agent start, wipe) flushes the residents too, and the next renewal simply reloads them", async (t) => {
+test('flushLeftoverObjects (agent start, wipe) flushes the residents too, and the next renewal simply reloads them', async (t) => {
   const { swtpm, tpm, ak } = await rig(t);
   await renew(tpm, ak);
   assert.equal(tpm.residentObjectCount, 2);
@@ -109,7 +129,11 @@ test('activating an enrollment credential makes room for the EK while the SRK an
   const secret = randomBytes(32);
   const cred = makeCredential(parsePublic(ek.public), objectName(parsePublic(ak.public)), secret);
   const ev = await produceEvidence(tpm, {
-    ak, nonce: randomBytes(32), claims: CLAIMS, pcrs: PCRS, commonName: 'dev-residents',
+    ak,
+    nonce: randomBytes(32),
+    claims: CLAIMS,
+    pcrs: PCRS,
+    commonName: 'dev-residents',
     activate: { credentialBlob: cred.credentialBlob, encryptedSecret: cred.encryptedSecret, ek },
   });
   assert.deepEqual(ev.secret, secret);

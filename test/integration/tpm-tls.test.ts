@@ -53,14 +53,27 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function contextFor(t: Tpm, k: KeyBlob, cn: string, versions: Pick<tls.SecureContextOptions, 'minVersion' | 'maxVersion'> = {}): Promise<SecureContext> {
+async function contextFor(
+  t: Tpm,
+  k: KeyBlob,
+  cn: string,
+  versions: Pick<tls.SecureContextOptions, 'minVersion' | 'maxVersion'> = {},
+): Promise<SecureContext> {
   return t.tlsSecureContext({ key: k, certPem: await ca.issueForTpmKey(k, cn), caPem: ca.caPem, ...versions });
 }
 
 /** Connects once (no retries); the client is ended when the test ends. */
-async function connect(t: import('node:test').TestContext, secureContext: SecureContext, clientId = `c${++clientIds}`): Promise<MqttClient> {
+async function connect(
+  t: import('node:test').TestContext,
+  secureContext: SecureContext,
+  clientId = `c${++clientIds}`,
+): Promise<MqttClient> {
   const client = await mqtt.connectAsync(broker.url, {
-    secureContext, clientId, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 10_000,
+    secureContext,
+    clientId,
+    protocolVersion: 5,
+    reconnectPeriod: 0,
+    connectTimeout: 10_000,
   } as mqtt.IClientOptions);
   t.after(() => client.endAsync(true));
   return client;
@@ -69,7 +82,11 @@ async function connect(t: import('node:test').TestContext, secureContext: Secure
 /** The error of a connection attempt that must fail (the client never connected). */
 async function connectFails(secureContext: SecureContext): Promise<Error> {
   const client = mqtt.connect(broker.url, {
-    secureContext, clientId: `c${++clientIds}`, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 10_000,
+    secureContext,
+    clientId: `c${++clientIds}`,
+    protocolVersion: 5,
+    reconnectPeriod: 0,
+    connectTimeout: 10_000,
   } as mqtt.IClientOptions);
   try {
     return await new Promise<Error>((resolve, reject) => {
@@ -83,9 +100,15 @@ async function connectFails(secureContext: SecureContext): Promise<Error> {
 
 /** Waits until the broker has logged a line matching `re` (the log reaches us asynchronously). */
 async function brokerLogged(re: RegExp): Promise<string> {
-  return waitFor(`the broker to log ${re}`, () => broker.log().split('\n').find((l) => re.test(l)), { timeoutMs: 5000, intervalMs: 25 }).catch(() =>
-    assert.fail(`the broker never logged ${re}; log tail:\n${broker.log().slice(-1500)}`),
-  );
+  return waitFor(
+    `the broker to log ${re}`,
+    () =>
+      broker
+        .log()
+        .split('\n')
+        .find((l) => re.test(l)),
+    { timeoutMs: 5000, intervalMs: 25 },
+  ).catch(() => assert.fail(`the broker never logged ${re}; log tail:\n${broker.log().slice(-1500)}`));
 }
 
 async function publishAndReceive(client: MqttClient, topic: string): Promise<void> {
@@ -135,7 +158,12 @@ test('the SecureContext is created without any private key; the handshake signat
 test('five mqtt.js reconnects in a row each sign once in the TPM and leave no transient object behind', async (t) => {
   const sc = await contextFor(tpm, key, 'dev-reconnect');
   const before = tpm.tlsStats();
-  const client = mqtt.connect(broker.url, { secureContext: sc, clientId: 'cid-reconnect', protocolVersion: 5, reconnectPeriod: 20 } as mqtt.IClientOptions);
+  const client = mqtt.connect(broker.url, {
+    secureContext: sc,
+    clientId: 'cid-reconnect',
+    protocolVersion: 5,
+    reconnectPeriod: 20,
+  } as mqtt.IClientOptions);
   t.after(() => client.endAsync(true));
   let connects = 0;
   await new Promise<void>((resolve, reject) => {
@@ -163,7 +191,12 @@ test('a handshake while a batch holds three objects fails cleanly (or works) and
     await s.load(ak); // SRK + AK
     await s.createLoaded(sessionKeyTemplate()); // + a new session key: 3 objects, as in a renewal
     assert.equal(await s.transientHandleCount(), 3);
-    const client = mqtt.connect(broker.url, { secureContext: sc, clientId: 'cid-busy', protocolVersion: 5, reconnectPeriod: 0 } as mqtt.IClientOptions);
+    const client = mqtt.connect(broker.url, {
+      secureContext: sc,
+      clientId: 'cid-busy',
+      protocolVersion: 5,
+      reconnectPeriod: 0,
+    } as mqtt.IClientOptions);
     try {
       return await new Promise<'connected' | Error>((resolve) => {
         client.once('connect', () => resolve('connected'));
@@ -263,7 +296,10 @@ test('a context keeps working after its Tpm handle was garbage-collected, and is
   sc = undefined;
   assert.equal(await settle('context'), true, 'the SecureContext was collected');
   // Its SSL_CTX, the EVP_PKEY, the key and finally the ESYS context go with it.
-  await waitFor('the ESYS context released', () => (gc(), addon.liveObjects().contexts <= live.contexts), { timeoutMs: 2000, intervalMs: 10 }).catch(() => {});
+  await waitFor('the ESYS context released', () => (gc(), addon.liveObjects().contexts <= live.contexts), {
+    timeoutMs: 2000,
+    intervalMs: 10,
+  }).catch(() => {});
   assert.deepEqual(addon.liveObjects(), live);
   assert.equal(await transientHandleCountViaTools(own.tcti), 0);
 });
@@ -370,14 +406,12 @@ test('a context outlives tpm.close(): its handshakes then fail cleanly', async (
 });
 
 test('refuses a certificate that is not for the TPM key (tpm_tls_key_mismatch) and a restricted key (tpm_bad_argument)', async () => {
-  await assert.rejects(
-    tpm.tlsSecureContext({ key, certPem: await ca.issueSoftware('dev-other'), caPem: ca.caPem }),
-    (e: unknown) => isEdgeidError(e, 'tpm_tls_key_mismatch'),
+  await assert.rejects(tpm.tlsSecureContext({ key, certPem: await ca.issueSoftware('dev-other'), caPem: ca.caPem }), (e: unknown) =>
+    isEdgeidError(e, 'tpm_tls_key_mismatch'),
   );
   const ak = await tpm.createAttestationKey();
-  await assert.rejects(
-    tpm.tlsSecureContext({ key: ak, certPem: await ca.issueForTpmKey(ak, 'dev-ak'), caPem: ca.caPem }),
-    (e: unknown) => isEdgeidError(e, 'tpm_bad_argument'),
+  await assert.rejects(tpm.tlsSecureContext({ key: ak, certPem: await ca.issueForTpmKey(ak, 'dev-ak'), caPem: ca.caPem }), (e: unknown) =>
+    isEdgeidError(e, 'tpm_bad_argument'),
   );
   assert.equal(await tpm.transientHandleCount(), 0);
 });
@@ -391,7 +425,10 @@ test("Node's tls.SecureContext still exposes its SSL_CTX as context._external, a
 });
 
 test('anything but that External is refused with tpm_tls_node_internals_changed, never dereferenced', async () => {
-  assert.throws(() => sslContextHandle({} as SecureContext), (e: unknown) => isEdgeidError(e, 'tpm_tls_node_internals_changed'));
+  assert.throws(
+    () => sslContextHandle({} as SecureContext),
+    (e: unknown) => isEdgeidError(e, 'tpm_tls_node_internals_changed'),
+  );
   const addon = loadAddon();
   const ctx = (tpm as unknown as { conn: { ctx: Parameters<typeof addon.tlsStats>[0] } }).conn.ctx;
   for (const notExternal of [{}, 42, null, Buffer.alloc(8)]) {
@@ -400,7 +437,11 @@ test('anything but that External is refused with tpm_tls_node_internals_changed,
       (e: unknown) => (e as { code?: string }).code === 'tpm_tls_node_internals_changed',
     );
   }
-  assert.equal(addon.tlsOpenssl().compatible, true, `addon built for ${addon.tlsOpenssl().headers}, Node runs ${addon.tlsOpenssl().runtime}`);
+  assert.equal(
+    addon.tlsOpenssl().compatible,
+    true,
+    `addon built for ${addon.tlsOpenssl().headers}, Node runs ${addon.tlsOpenssl().runtime}`,
+  );
 });
 
 test('signs SHA-384 and SHA-512 handshake digests when the server asks for them (TLS 1.2)', async (t) => {

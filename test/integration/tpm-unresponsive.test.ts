@@ -57,8 +57,9 @@ async function openThroughProxy(t: import('node:test').TestContext, deadlines = 
 
 /** A TLS server that requires a client certificate; returns one handshake with `secureContext` against it. */
 async function tlsServer(t: import('node:test').TestContext, secureContext: tls.SecureContext): Promise<() => Promise<void>> {
-  const server = tls.createServer({ key: ca.server.keyPem, cert: ca.server.certPem, ca: ca.caPem, requestCert: true, rejectUnauthorized: true }, (s) =>
-    s.end(),
+  const server = tls.createServer(
+    { key: ca.server.keyPem, cert: ca.server.certPem, ca: ca.caPem, requestCert: true, rejectUnauthorized: true },
+    (s) => s.end(),
   );
   server.on('tlsClientError', () => {});
   server.listen(0, '127.0.0.1');
@@ -88,7 +89,10 @@ for (const mode of ['stall', 'truncate'] as const) {
     t.after(() => loop.stop());
     const ticksBefore = loop.ticks;
     const tcticlosed = once(proxy, 'clientClosed');
-    await assert.rejects(tpm.getRandom(8), (e) => isEdgeidError(e, 'tpm_unresponsive') && e.message.includes(`did not answer GetRandom within ${DEADLINES.commandMs} ms`));
+    await assert.rejects(
+      tpm.getRandom(8),
+      (e) => isEdgeidError(e, 'tpm_unresponsive') && e.message.includes(`did not answer GetRandom within ${DEADLINES.commandMs} ms`),
+    );
     assert.ok(loop.ticks > ticksBefore, 'timers fired while the TPM call was pending');
     await tcticlosed; // the addon ended the blocked read: the TCTI let go of its socket
     await assert.rejects(tpm.getRandom(8), (e) => isEdgeidError(e, 'tpm_unresponsive'), 'still silent: fails again');
@@ -112,7 +116,8 @@ test('calls queued behind a stuck command fail with tpm_unresponsive at once, no
   const queued = [tpm.getRandom(8), tpm.info(), tpm.getRandom(8)];
   await assert.rejects(first, (e) => isEdgeidError(e, 'tpm_unresponsive'));
   const sent = tpm.commandCount;
-  for (const q of queued) await assert.rejects(q, (e) => isEdgeidError(e, 'tpm_unresponsive') && /has not answered GetRandom/.test(e.message));
+  for (const q of queued)
+    await assert.rejects(q, (e) => isEdgeidError(e, 'tpm_unresponsive') && /has not answered GetRandom/.test(e.message));
   assert.equal(tpm.commandCount, sent, 'the queued calls sent nothing to the silent TPM');
   await proxy.setMode('pass');
   await tpm.unstuck();

@@ -18,7 +18,10 @@ const run = promisify(execFile);
 const UNITS = ['edgeid-agent.service', 'edgeid-server.service'];
 
 async function verify(file: string): Promise<string> {
-  const r = await run('systemd-analyze', ['verify', '--man=no', file]).catch((e: { stdout: string; stderr: string }) => ({ stdout: e.stdout, stderr: `${e.stderr}(exit non-zero)` }));
+  const r = await run('systemd-analyze', ['verify', '--man=no', file]).catch((e: { stdout: string; stderr: string }) => ({
+    stdout: e.stdout,
+    stderr: `${e.stderr}(exit non-zero)`,
+  }));
   return (r.stdout + r.stderr).trim();
 }
 

@@ -13,11 +13,32 @@ import { isEdgeidError } from '../../protocol/errors/index.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 
 const DEVICE = {
-  id: 'dev-0000000000000001', zone: 'default', owner: 'ops', name: null, purpose: null, status: 'revoked', statusReason: 'revoked: superseded',
-  posture: 'ok', enrolledBy: 'token:t1', enrolledAt: '2026-01-01T00:00:00.000Z', retireBy: null, lastSeen: null, lastIp: null, stale: false,
-  baselineWindowUntil: null, ekHash: 'ab', claims: null, baseline: null, certificateNotAfter: null,
+  id: 'dev-0000000000000001',
+  zone: 'default',
+  owner: 'ops',
+  name: null,
+  purpose: null,
+  status: 'revoked',
+  statusReason: 'revoked: superseded',
+  posture: 'ok',
+  enrolledBy: 'token:t1',
+  enrolledAt: '2026-01-01T00:00:00.000Z',
+  retireBy: null,
+  lastSeen: null,
+  lastIp: null,
+  stale: false,
+  baselineWindowUntil: null,
+  ekHash: 'ab',
+  claims: null,
+  baseline: null,
+  certificateNotAfter: null,
 };
-const GOOD: RevokeResponseT = { device: DEVICE as RevokeResponseT['device'], serials: ['01'], crlNumber: '2', hooks: [{ hook: 'broker.onDeviceRevoked', ok: true, ms: 3 }] };
+const GOOD: RevokeResponseT = {
+  device: DEVICE as RevokeResponseT['device'],
+  serials: ['01'],
+  crlNumber: '2',
+  hooks: [{ hook: 'broker.onDeviceRevoked', ok: true, ms: 3 }],
+};
 
 test('an admin API answer that does not match its schema is a server_error naming the field', async (t) => {
   const ca = await CertificateAuthority.open({ dir: await tmpDir('edgeid-admin-client-', t), hostnames: [] });
@@ -31,7 +52,12 @@ test('an admin API answer that does not match its schema is a server_error namin
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   t.after(() => new Promise<void>((r) => server.close(() => r())));
   const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const client = new AdminClient({ server: url, token: 'x', ca: ca.chainPem.join(''), from: { server: 'test', token: 'test', ca: 'test' } });
+  const client = new AdminClient({
+    server: url,
+    token: 'x',
+    ca: ca.chainPem.join(''),
+    from: { server: 'test', token: 'test', ca: 'test' },
+  });
   const revoke = () => client.request('POST', `/v1/admin/devices/${DEVICE.id}/revoke`, { reason: 'superseded' }, RevokeResponse);
 
   assert.deepEqual(await revoke(), GOOD);
@@ -48,7 +74,9 @@ test('an admin API answer that does not match its schema is a server_error namin
     answer = { status: 200, body };
     await assert.rejects(
       revoke(),
-      (e) => isEdgeidError(e, 'server_error') && (field === '' ? /not JSON/.test(e.message) : e.details?.field === field && e.message.includes('malformed response')),
+      (e) =>
+        isEdgeidError(e, 'server_error') &&
+        (field === '' ? /not JSON/.test(e.message) : e.details?.field === field && e.message.includes('malformed response')),
       what,
     );
   }

@@ -9,19 +9,39 @@ import { assertCode } from '../helpers/assert.js';
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 const ALG = { name: 'ECDSA', hash: 'SHA-256' } as const;
 
-interface Issued { pem: string; key: KeyObject; cert: x509.X509Certificate; signingKey: webcrypto.CryptoKey }
+interface Issued {
+  pem: string;
+  key: KeyObject;
+  cert: x509.X509Certificate;
+  signingKey: webcrypto.CryptoKey;
+}
 
 async function keyPair(): Promise<{ key: KeyObject; signingKey: webcrypto.CryptoKey; spki: Buffer }> {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const signingKey = await webcrypto.subtle.importKey('pkcs8', privateKey.export({ type: 'pkcs8', format: 'der' }), { name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']);
+  const signingKey = await webcrypto.subtle.importKey(
+    'pkcs8',
+    privateKey.export({ type: 'pkcs8', format: 'der' }),
+    { name: 'ECDSA', namedCurve: 'P-256' },
+    false,
+    ['sign'],
+  );
   return { key: privateKey, signingKey, spki: publicKey.export({ type: 'spki', format: 'der' }) };
 }
 
-async function issue(subject: string, issuer: Issued | null, opts: { ca?: boolean; eku?: string[]; notAfter?: Date } = {}): Promise<Issued> {
+async function issue(
+  subject: string,
+  issuer: Issued | null,
+  opts: { ca?: boolean; eku?: string[]; notAfter?: Date } = {},
+): Promise<Issued> {
   const kp = await keyPair();
   const now = Date.now();
   const exts: x509.Extension[] = [new x509.BasicConstraintsExtension(!!opts.ca, undefined, true)];
-  exts.push(new x509.KeyUsagesExtension(opts.ca ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign : x509.KeyUsageFlags.digitalSignature, true));
+  exts.push(
+    new x509.KeyUsagesExtension(
+      opts.ca ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign : x509.KeyUsageFlags.digitalSignature,
+      true,
+    ),
+  );
   if (opts.eku) exts.push(new x509.ExtendedKeyUsageExtension(opts.eku, false));
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: '01' + Math.floor(Math.random() * 1e9).toString(16),
@@ -46,7 +66,6 @@ async function pki() {
   const otherControl = await issue('CN=edgeid-control', otherRoot);
   return { root, inter, control, device, otherRoot, otherControl, trust: root.pem + '\n' + inter.pem };
 }
-
 
 test('control envelope: signed commands verify and tampering is refused with its own code', async (t) => {
   const p = await pki();
@@ -95,9 +114,15 @@ test('control envelope: signed commands verify and tampering is refused with its
   });
 
   await t.test('rejects a stale command and one dated in the future', () => {
-    const old = signControlCommand({ type: 'wipe', deviceId: 'dev-1', issuedAt: new Date(now.getTime() - 10 * 60_000).toISOString() }, signer);
+    const old = signControlCommand(
+      { type: 'wipe', deviceId: 'dev-1', issuedAt: new Date(now.getTime() - 10 * 60_000).toISOString() },
+      signer,
+    );
     assertCode(() => verifyControlCommand(JSON.stringify(old), { deviceId: 'dev-1', trust: p.trust, now }), 'control_stale');
-    const future = signControlCommand({ type: 'wipe', deviceId: 'dev-1', issuedAt: new Date(now.getTime() + 10 * 60_000).toISOString() }, signer);
+    const future = signControlCommand(
+      { type: 'wipe', deviceId: 'dev-1', issuedAt: new Date(now.getTime() + 10 * 60_000).toISOString() },
+      signer,
+    );
     assertCode(() => verifyControlCommand(JSON.stringify(future), { deviceId: 'dev-1', trust: p.trust, now }), 'control_stale');
   });
 
@@ -106,7 +131,10 @@ test('control envelope: signed commands verify and tampering is refused with its
     const seen = new Set<string>();
     const cmd = verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust, seen: (id) => seen.has(id) });
     seen.add(cmd.id);
-    assertCode(() => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust, seen: (id) => seen.has(id) }), 'control_replayed');
+    assertCode(
+      () => verifyControlCommand(JSON.stringify(env), { deviceId: 'dev-1', trust: p.trust, seen: (id) => seen.has(id) }),
+      'control_replayed',
+    );
   });
 
   await t.test('rejects garbage with control_malformed', () => {

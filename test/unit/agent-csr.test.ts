@@ -10,7 +10,7 @@ import { CertificationRequest } from '@peculiar/asn1-csr';
 import { buildCsr } from '../helpers/csr-reference.js';
 import { buildCsr as buildCsrDer } from '../../agent/tpm/csr.js';
 
-test('the agent\'s TPM-style CSR (digest signed as given) verifies with openssl: builds a CSR whose signature over the request info verifies with the given key (openssl req -verify)', async (t) => {
+test("the agent's TPM-style CSR (digest signed as given) verifies with openssl: builds a CSR whose signature over the request info verifies with the given key (openssl req -verify)", async (t) => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'edgeid-csr-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -24,7 +24,9 @@ test('the agent\'s TPM-style CSR (digest signed as given) verifies with openssl:
   const der = await buildCsr({ spki, commonName: 'dev-42', sign });
   writeFileSync(path.join(dir, 'req.der'), der);
   // openssl exits 0 even when the self-signature fails: judge by what it prints.
-  const r = spawnSync('openssl', ['req', '-inform', 'DER', '-in', path.join(dir, 'req.der'), '-verify', '-noout', '-subject'], { encoding: 'utf8' });
+  const r = spawnSync('openssl', ['req', '-inform', 'DER', '-in', path.join(dir, 'req.der'), '-verify', '-noout', '-subject'], {
+    encoding: 'utf8',
+  });
   assert.match(r.stdout + r.stderr, /verify OK/);
   assert.doesNotMatch(r.stdout + r.stderr, /failure/);
   assert.match(r.stdout, /CN ?= ?dev-42/);
@@ -34,7 +36,12 @@ test('the agent\'s TPM-style CSR (digest signed as given) verifies with openssl:
 });
 
 test("the agent's hand-encoded CSR (agent/tpm/csr.ts) is byte for byte the one @peculiar builds (test/helpers/csr-reference.ts), for short and long names", async () => {
-  for (const [curve, commonName] of [['P-256', 'dev-42'], ['P-256', 'd'.repeat(200)], ['P-384', 'edgeid-enrollment'], ['P-256', 'gerät-ü']] as const) {
+  for (const [curve, commonName] of [
+    ['P-256', 'dev-42'],
+    ['P-256', 'd'.repeat(200)],
+    ['P-384', 'edgeid-enrollment'],
+    ['P-256', 'gerät-ü'],
+  ] as const) {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: curve });
     const spki = publicKey.export({ type: 'spki', format: 'der' });
     // Any fixed DER ECDSA signature will do (the structure is compared, not verified, here).
@@ -58,7 +65,9 @@ test("the agent's hand-encoded CSR verifies with openssl (req -verify) and names
   // Signs the digest as given (TPM2_Sign semantics): ECDSA over SHA-256(tbs) = a normal sha256 signature over tbs.
   const der = await buildCsrDer({ spki, commonName: 'dev-43', sign: async (tbs) => nodeSign('sha256', tbs, privateKey) });
   writeFileSync(path.join(dir, 'req.der'), der);
-  const r = spawnSync('openssl', ['req', '-inform', 'DER', '-in', path.join(dir, 'req.der'), '-verify', '-noout', '-subject'], { encoding: 'utf8' });
+  const r = spawnSync('openssl', ['req', '-inform', 'DER', '-in', path.join(dir, 'req.der'), '-verify', '-noout', '-subject'], {
+    encoding: 'utf8',
+  });
   assert.match(r.stdout + r.stderr, /verify OK/);
   assert.doesNotMatch(r.stdout + r.stderr, /failure/);
   assert.match(r.stdout, /CN ?= ?dev-43/);

@@ -16,8 +16,14 @@ test('keeps unacknowledged messages across a restart, in order, with their ids',
 
   const reopened = await Outbox.open(dir);
   const pending = reopened.pending();
-  assert.deepEqual(pending.map((m) => m.id), [a.id, c.id]);
-  assert.deepEqual(pending.map((m) => m.payload.toString()), ['one', 'three']);
+  assert.deepEqual(
+    pending.map((m) => m.id),
+    [a.id, c.id],
+  );
+  assert.deepEqual(
+    pending.map((m) => m.payload.toString()),
+    ['one', 'three'],
+  );
   assert.equal(pending[0]!.topic, 'devices/d1/telemetry');
   const d = await reopened.add('devices/d1/telemetry', 'four');
   assert.ok(d.seq > c.seq, 'sequence continues after a restart');
@@ -29,7 +35,10 @@ test('when full drops the oldest messages and counts them durably', async (t) =>
   const box = await Outbox.open(dir, { maxMessages: 3 });
   const ids: string[] = [];
   for (let i = 0; i < 5; i++) ids.push((await box.add('t', `m${i}`)).id);
-  assert.deepEqual(box.pending().map((m) => m.payload.toString()), ['m2', 'm3', 'm4']);
+  assert.deepEqual(
+    box.pending().map((m) => m.payload.toString()),
+    ['m2', 'm3', 'm4'],
+  );
   assert.equal(box.stats().dropped, 2);
   const reopened = await Outbox.open(dir, { maxMessages: 3 });
   assert.equal(reopened.stats().dropped, 2);
@@ -49,7 +58,10 @@ test('concurrent adds keep their order and never over-count drops', async (t) =>
   const dir = await tmpDir('edgeid-outbox-', t);
   const box = await Outbox.open(dir, { maxMessages: 10 });
   await Promise.all(Array.from({ length: 30 }, (_, i) => box.add('t', String(i))));
-  assert.deepEqual(box.pending().map((m) => m.payload.toString()), Array.from({ length: 10 }, (_, i) => String(i + 20)));
+  assert.deepEqual(
+    box.pending().map((m) => m.payload.toString()),
+    Array.from({ length: 10 }, (_, i) => String(i + 20)),
+  );
   assert.equal(box.stats().dropped, 20);
   assert.equal((await readdir(dir)).filter((n) => n.endsWith('.json') && n !== 'stats.json').length, 10);
 });

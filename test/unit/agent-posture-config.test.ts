@@ -29,9 +29,15 @@ test('claims carry version, bundle hash, config hash, OS fields and kernel, and 
   const again = await new PostureCollector({ config: cfg, agentFile: bundle }).claims();
   assert.equal(canonicalJson(again), canonicalJson(claims));
   // the config hash moves with a behavioural change but not with the state dir or TCTI
-  const moved = await new PostureCollector({ config: { ...cfg, stateDir: '/elsewhere', tcti: 'swtpm:port=1' }, agentFile: bundle }).claims();
+  const moved = await new PostureCollector({
+    config: { ...cfg, stateDir: '/elsewhere', tcti: 'swtpm:port=1' },
+    agentFile: bundle,
+  }).claims();
   assert.equal(moved.configHash, claims.configHash);
-  const changed = await new PostureCollector({ config: applyConfigObject(cfg, { mqtt: { heartbeatSeconds: 5 } }), agentFile: bundle }).claims();
+  const changed = await new PostureCollector({
+    config: applyConfigObject(cfg, { mqtt: { heartbeatSeconds: 5 } }),
+    agentFile: bundle,
+  }).claims();
   assert.notEqual(changed.configHash, claims.configHash);
 });
 
@@ -45,7 +51,11 @@ test('config validation names the bad field', () => {
     [[], '(root)'],
   ];
   for (const [raw, field] of cases) {
-    assert.throws(() => applyConfigObject(defaultConfig(), raw), (e) => isEdgeidError(e, 'agent_config_invalid') && (e.details?.field === field), field);
+    assert.throws(
+      () => applyConfigObject(defaultConfig(), raw),
+      (e) => isEdgeidError(e, 'agent_config_invalid') && e.details?.field === field,
+      field,
+    );
   }
   const ok = applyConfigObject(defaultConfig(), { mqtt: { url: 'mqtts://broker:8883', heartbeatSeconds: 10 }, outbox: { maxMessages: 5 } });
   assert.equal(ok.mqtt.url, 'mqtts://broker:8883');

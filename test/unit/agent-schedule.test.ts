@@ -14,16 +14,34 @@ import {
 
 test('backoff grows exponentially, stays within [step/2, step] and never exceeds the cap', () => {
   const policy = { baseMs: 1000, capMs: 60_000, factor: 2 };
-  assert.equal(backoffDelay(1, policy, () => 0), 500);
-  assert.equal(backoffDelay(1, policy, () => 1), 1000);
-  assert.equal(backoffDelay(3, policy, () => 1), 4000);
-  assert.equal(backoffDelay(3, policy, () => 0), 2000);
+  assert.equal(
+    backoffDelay(1, policy, () => 0),
+    500,
+  );
+  assert.equal(
+    backoffDelay(1, policy, () => 1),
+    1000,
+  );
+  assert.equal(
+    backoffDelay(3, policy, () => 1),
+    4000,
+  );
+  assert.equal(
+    backoffDelay(3, policy, () => 0),
+    2000,
+  );
   for (let n = 1; n < 60; n++) assert.ok(backoffDelay(n, policy) <= 60_000);
-  assert.equal(backoffDelay(50, policy, () => 1), 60_000);
-  assert.equal(backoffDelay(50, policy, () => 0), 30_000);
+  assert.equal(
+    backoffDelay(50, policy, () => 1),
+    60_000,
+  );
+  assert.equal(
+    backoffDelay(50, policy, () => 0),
+    30_000,
+  );
 });
 
-test('renews at the server\'s renewAfter when it lies inside the validity period', () => {
+test("renews at the server's renewAfter when it lies inside the validity period", () => {
   const notBefore = new Date('2030-01-01T00:00:00Z');
   const notAfter = new Date('2030-01-01T01:00:00Z');
   const renewAfter = new Date('2030-01-01T00:40:00Z');
@@ -92,7 +110,7 @@ function simulation(skewMs: number, lifetimeMs: number, renewMs = 700) {
   const starts: number[] = [];
   let expiredAtStart = 0;
   let random = 0.37;
-  const rnd = () => (random = (random * 9301 + 49297) % 233280 / 233280);
+  const rnd = () => (random = ((random * 9301 + 49297) % 233280) / 233280);
   const run = async (): Promise<RenewalPlan> => {
     starts.push(clock.real);
     if (cert && cert.notAfter.getTime() <= clock.real) expiredAtStart++;
@@ -133,7 +151,8 @@ for (const [name, skew] of SKEWS) {
       assert.equal(sim.expiredAtStart(), 0, 'a renewal started after the certificate had expired');
       // never a tight loop: successive starts at least the floor apart (1 s for 20 s certificates)
       const floor = renewalFloorMs(sim.cert());
-      for (let i = 1; i < sim.starts.length; i++) assert.ok(sim.starts[i]! - sim.starts[i - 1]! >= floor, `renewals ${i - 1} and ${i} closer than the floor`);
+      for (let i = 1; i < sim.starts.length; i++)
+        assert.ok(sim.starts[i]! - sim.starts[i - 1]! >= floor, `renewals ${i - 1} and ${i} closer than the floor`);
       // and not renewing needlessly often: about every 2/3 of the lifetime
       const mean = (sim.starts.at(-1)! - sim.starts[0]!) / (sim.starts.length - 1);
       assert.ok(mean > lifetimeMs * 0.55 && mean < lifetimeMs * 0.8, `mean interval ${mean} ms for a ${lifetimeMs} ms lifetime`);

@@ -14,7 +14,13 @@ import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
 import { RenewChallengeResponse } from '../../protocol/api.js';
 import { isEdgeidError } from '../../protocol/errors/index.js';
 
-const GOOD = { nonce: 'A'.repeat(43) + '=', expiresAt: '2026-01-01T00:00:00.000Z', pcrs: [0, 1, 2], deviceId: 'dev-0000000000000001', zone: 'default' };
+const GOOD = {
+  nonce: 'A'.repeat(43) + '=',
+  expiresAt: '2026-01-01T00:00:00.000Z',
+  pcrs: [0, 1, 2],
+  deviceId: 'dev-0000000000000001',
+  zone: 'default',
+};
 
 test('a response that does not match its schema is a server_error naming the field', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-client-'));
@@ -42,7 +48,11 @@ test('a response that does not match its schema is a server_error naming the fie
   ];
   for (const [what, body, field] of cases) {
     answer = { status: 200, body };
-    await assert.rejects(ask(), (e) => isEdgeidError(e, 'server_error') && /malformed response/.test(e.message) && field.test(String(e.details?.field) + e.message), what);
+    await assert.rejects(
+      ask(),
+      (e) => isEdgeidError(e, 'server_error') && /malformed response/.test(e.message) && field.test(String(e.details?.field) + e.message),
+      what,
+    );
   }
 
   // the server's own error bodies keep their codes

@@ -10,7 +10,10 @@ import { isEdgeidError } from '../../protocol/errors/index.js';
 import { RenewChallengeResponse, RenewResponse } from '../../protocol/api.js';
 import { drip, startHostileHttps, type HostileServer } from '../helpers/hostile-https.js';
 
-async function hostile(t: { after(fn: () => Promise<void>): void }, handler: Parameters<typeof startHostileHttps>[0]): Promise<HostileServer> {
+async function hostile(
+  t: { after(fn: () => Promise<void>): void },
+  handler: Parameters<typeof startHostileHttps>[0],
+): Promise<HostileServer> {
   const h = await startHostileHttps(handler);
   t.after(() => h.close());
   return h;
@@ -41,7 +44,10 @@ test('an announced huge body is refused before it is read', async (t) => {
   });
   const client = new ServerClient(h.url, { caPem: h.ca, timeoutMs: 600_000 });
   t.after(() => client.close());
-  await assert.rejects(client.get('/v1/ca', RenewChallengeResponse), (e: unknown) => isEdgeidError(e, 'server_response_too_large') && /400|419430400/.test(e.message));
+  await assert.rejects(
+    client.get('/v1/ca', RenewChallengeResponse),
+    (e: unknown) => isEdgeidError(e, 'server_response_too_large') && /400|419430400/.test(e.message),
+  );
 });
 
 test('a server dripping a byte a second cannot hold a request past its total deadline (server_timeout)', async (t) => {

@@ -10,7 +10,12 @@ import { REPO, tmpDir } from '../../scripts/harness/fs.js';
 import { waitForEvent } from '../../scripts/harness/wait.js';
 
 function baseState(): AgentState {
-  return { version: 1, server: { url: 'https://127.0.0.1:8443', caFingerprint: 'sha256:' + 'ab'.repeat(32) }, renewals: 0, nextSessionKey: 1 };
+  return {
+    version: 1,
+    server: { url: 'https://127.0.0.1:8443', caFingerprint: 'sha256:' + 'ab'.repeat(32) },
+    renewals: 0,
+    nextSessionKey: 1,
+  };
 }
 
 test('creates the state dir 0700 and writes every file 0600 atomically', async (t) => {
@@ -25,7 +30,10 @@ test('creates the state dir 0700 and writes every file 0600 atomically', async (
   assert.deepEqual((await store.load())?.server, baseState().server);
   assert.deepEqual((await store.readKey('ak')).private, Buffer.from([0, 1, 9]));
   // no temp files left behind
-  assert.deepEqual((await readdir(dir)).filter((n) => n.endsWith('.tmp')), []);
+  assert.deepEqual(
+    (await readdir(dir)).filter((n) => n.endsWith('.tmp')),
+    [],
+  );
 });
 
 test('tightens a state dir that others can read', async (t) => {
@@ -45,7 +53,10 @@ test('a killed writer leaves the old content, and its temp file is removed at th
   const store = await StateStore.open(dir, { lock: true });
   t.after(() => store.close());
   assert.equal((await store.load())?.server.url, 'https://a');
-  assert.deepEqual((await readdir(dir)).filter((n) => n.endsWith('.tmp')), []);
+  assert.deepEqual(
+    (await readdir(dir)).filter((n) => n.endsWith('.tmp')),
+    [],
+  );
 });
 
 test('a kill -9 during writeFileAtomic never leaves a torn state.json', async (t) => {
@@ -57,13 +68,22 @@ test('a kill -9 during writeFileAtomic never leaves a torn state.json', async (t
   let last = 0;
   for (let round = 0; round < 5; round++) {
     // The writer reports each completed write on stdout (a pipe: written synchronously on Linux).
-    const child = spawn(process.execPath, ['--import', 'tsx', '-e', `
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '-e',
+        `
       import(${JSON.stringify(path.join(REPO, 'agent/state/fs.ts'))}).then(async ({ writeFileAtomic }) => {
         for (let n = ${last + 1}; ; n++) {
           await writeFileAtomic(${JSON.stringify(file)}, JSON.stringify({ n, pad: 'x'.repeat(200000) }));
           process.stdout.write(n + '\\n');
         }
-      });`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      });`,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -87,7 +107,10 @@ test('a kill -9 during writeFileAtomic never leaves a torn state.json', async (t
     assert.equal(completed, last + reported.length, 'the writer wrote every version in order');
     const parsed = JSON.parse(await readFile(file, 'utf8')) as { n: number; pad: string };
     // The last completed write, or the one in flight if its rename landed before the kill.
-    assert.ok(parsed.n === completed || parsed.n === completed + 1, `state.json holds version ${parsed.n}, the writer completed ${completed}`);
+    assert.ok(
+      parsed.n === completed || parsed.n === completed + 1,
+      `state.json holds version ${parsed.n}, the writer completed ${completed}`,
+    );
     assert.equal(await readFile(file, 'utf8'), version(parsed.n), 'exactly what that version wrote');
     last = parsed.n;
   }
@@ -113,7 +136,7 @@ test('removes key blobs the state does not reference and keeps current and previ
   assert.deepEqual((await store.cleanupOrphans(null)).length, 6);
 });
 
-test('refuses a second agent on the same state dir and takes over a dead holder\'s lock', async (t) => {
+test("refuses a second agent on the same state dir and takes over a dead holder's lock", async (t) => {
   const dir = await tmpDir('edgeid-agent-state-', t);
   const first = await lockDir(dir);
   await assert.rejects(lockDir(dir), (e) => isEdgeidError(e, 'state_locked'));
@@ -154,7 +177,10 @@ test('refuses a 0700 state dir owned by another user, and a state file another u
   await writeFile(path.join(foreign, 'state.json'), JSON.stringify(baseState()), { mode: 0o600 });
   await chown(path.join(foreign, 'state.json'), OTHER_UID, OTHER_UID);
   await chown(foreign, OTHER_UID, OTHER_UID);
-  await assert.rejects(StateStore.open(foreign, { lock: true }), (e: unknown) => isEdgeidError(e, 'state_owner_mismatch') && /owned by uid 4242/.test(e.message));
+  await assert.rejects(
+    StateStore.open(foreign, { lock: true }),
+    (e: unknown) => isEdgeidError(e, 'state_owner_mismatch') && /owned by uid 4242/.test(e.message),
+  );
   assert.deepEqual(await readdir(foreign), ['state.json'], 'no lock taken, nothing written');
 
   const mine = path.join(root, 'mine');
@@ -162,7 +188,10 @@ test('refuses a 0700 state dir owned by another user, and a state file another u
   await store.save(baseState());
   await store.close();
   await chown(path.join(mine, 'state.json'), OTHER_UID, OTHER_UID);
-  await assert.rejects(StateStore.open(mine, { lock: true }), (e: unknown) => isEdgeidError(e, 'state_owner_mismatch') && e.message.includes('state.json'));
+  await assert.rejects(
+    StateStore.open(mine, { lock: true }),
+    (e: unknown) => isEdgeidError(e, 'state_owner_mismatch') && e.message.includes('state.json'),
+  );
 });
 
 test('refuses a state dir whose parent others can write without the sticky bit, or another user owns', async (t) => {
@@ -171,15 +200,21 @@ test('refuses a state dir whose parent others can write without the sticky bit, 
   const shared = path.join(root, 'shared');
   await mkdir(shared);
   await chmod(shared, 0o777);
-  await assert.rejects(StateStore.open(path.join(shared, 'state'), { lock: true }), (e: unknown) => isEdgeidError(e, 'state_parent_unsafe'));
+  await assert.rejects(StateStore.open(path.join(shared, 'state'), { lock: true }), (e: unknown) =>
+    isEdgeidError(e, 'state_parent_unsafe'),
+  );
   const groupWritable = path.join(root, 'group');
   await mkdir(groupWritable);
   await chmod(groupWritable, 0o770);
-  await assert.rejects(StateStore.open(path.join(groupWritable, 'state'), { lock: true }), (e: unknown) => isEdgeidError(e, 'state_parent_unsafe'));
+  await assert.rejects(StateStore.open(path.join(groupWritable, 'state'), { lock: true }), (e: unknown) =>
+    isEdgeidError(e, 'state_parent_unsafe'),
+  );
   const othersHome = path.join(root, 'home');
   await mkdir(othersHome, { mode: 0o755 });
   await chown(othersHome, OTHER_UID, OTHER_UID);
-  await assert.rejects(StateStore.open(path.join(othersHome, 'state'), { lock: true }), (e: unknown) => isEdgeidError(e, 'state_parent_unsafe'));
+  await assert.rejects(StateStore.open(path.join(othersHome, 'state'), { lock: true }), (e: unknown) =>
+    isEdgeidError(e, 'state_parent_unsafe'),
+  );
 
   // sticky and world-writable (like /tmp, 1777): only an entry's owner may rename or delete it
   const sticky = path.join(root, 'sticky');

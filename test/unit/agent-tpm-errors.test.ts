@@ -47,7 +47,10 @@ test('a TPM error code, an ESYS refusal and our own argument unmarshalling leave
 test('deadlines come from the options, else EDGEID_TPM_DEADLINE_MS / EDGEID_TPM_TLS_DEADLINE_MS, else 30 s / 5 s', (t) => {
   const saved = { c: process.env.EDGEID_TPM_DEADLINE_MS, l: process.env.EDGEID_TPM_TLS_DEADLINE_MS };
   t.after(() => {
-    for (const [k, v] of [['EDGEID_TPM_DEADLINE_MS', saved.c], ['EDGEID_TPM_TLS_DEADLINE_MS', saved.l]] as const) {
+    for (const [k, v] of [
+      ['EDGEID_TPM_DEADLINE_MS', saved.c],
+      ['EDGEID_TPM_TLS_DEADLINE_MS', saved.l],
+    ] as const) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
@@ -61,6 +64,12 @@ test('deadlines come from the options, else EDGEID_TPM_DEADLINE_MS / EDGEID_TPM_
   assert.deepEqual(resolveDeadlines(), { commandMs: 1200, tlsMs: 300 });
   assert.deepEqual(resolveDeadlines({ commandMs: 50 }), { commandMs: 50, tlsMs: 300 });
   process.env.EDGEID_TPM_DEADLINE_MS = 'soon';
-  assert.throws(() => resolveDeadlines(), (e) => isEdgeidError(e, 'tpm_bad_argument') && /EDGEID_TPM_DEADLINE_MS/.test((e as Error).message));
-  assert.throws(() => resolveDeadlines({ commandMs: 10, tlsMs: 0 }), (e) => isEdgeidError(e, 'tpm_bad_argument'));
+  assert.throws(
+    () => resolveDeadlines(),
+    (e) => isEdgeidError(e, 'tpm_bad_argument') && /EDGEID_TPM_DEADLINE_MS/.test((e as Error).message),
+  );
+  assert.throws(
+    () => resolveDeadlines({ commandMs: 10, tlsMs: 0 }),
+    (e) => isEdgeidError(e, 'tpm_bad_argument'),
+  );
 });

@@ -11,7 +11,10 @@ import { ekAuthorization, policyOrDigest, policySecretEndorsementDigest, trimDer
 import { tpm2ToolsPcrsFile } from '../../agent/tpm/tpm2-tools.js';
 
 test('PolicyA and PolicyB digests equal the TCG EK profile constants', () => {
-  assert.equal(policySecretEndorsementDigest(TPM_ALG.SHA256).toString('hex'), '837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa');
+  assert.equal(
+    policySecretEndorsementDigest(TPM_ALG.SHA256).toString('hex'),
+    '837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa',
+  );
   assert.equal(
     policySecretEndorsementDigest(TPM_ALG.SHA384).toString('hex'),
     '8bbf2266537c171cb56e403c4dc1d4b64f432611dc386e6f532050c3278c930e143e8bb1133824ccb431053871c6db53',
@@ -26,7 +29,10 @@ test('PolicyA and PolicyB digests equal the TCG EK profile constants', () => {
 test('an EK with an unknown authPolicy and no userWithAuth is tpm_ek_policy_unsupported', () => {
   const ek = parsePublic(ekTemplateRsa2048());
   const odd = { ...ek, authPolicy: Buffer.alloc(32, 0x11) };
-  assert.throws(() => ekAuthorization(odd), (e) => isEdgeidError(e, 'tpm_ek_policy_unsupported'));
+  assert.throws(
+    () => ekAuthorization(odd),
+    (e) => isEdgeidError(e, 'tpm_ek_policy_unsupported'),
+  );
   const passwordEk = { ...ek, authPolicy: Buffer.alloc(0), objectAttributes: ek.objectAttributes | TPMA_OBJECT.userWithAuth };
   assert.deepEqual(ekAuthorization(passwordEk), { policyHashAlg: 0, orDigests: [] });
 });

@@ -60,7 +60,13 @@ test('agent status text escapes values from the state, the server and the broker
     device: { id: `dev-${evil}`, zone: evil, enrolledAt: evil } as unknown as StatusReport['device'],
     server: `https://${evil}`,
     certificate: { serial: evil, notBefore: '', notAfter: '', secondsLeft: 10, expired: false },
-    renewal: { next: null, consecutiveFailures: 0, last: { ok: false, code: evil, at: evil, reason: evil } as never, total: 1, tpmCommandsPerRenewal: 6 },
+    renewal: {
+      next: null,
+      consecutiveFailures: 0,
+      last: { ok: false, code: evil, at: evil, reason: evil } as never,
+      total: 1,
+      tpmCommandsPerRenewal: 6,
+    },
     mqtt: { state: 'closed', url: evil, serial: null, connectedAt: null, connects: 0, lastError: evil },
     outbox: { pending: 0, pendingBytes: 0, dropped: 0, delivered: 0, maxMessages: 0 },
     control: { accepted: 0, ignored: 1, lastIgnored: { code: evil } as never },
@@ -74,9 +80,22 @@ test('agent status text escapes values from the state, the server and the broker
 
 test("enroll's next step starts the agent on the same state dir and TPM, quoted for the shell", () => {
   const config = { ...defaultConfig(), stateDir: '/tmp/agent state', tcti: 'swtpm:host=127.0.0.1,port=2321' };
-  assert.equal(nextStep(config, undefined), "start the agent: edgeid-agent run --state '/tmp/agent state' --tcti swtpm:host=127.0.0.1,port=2321");
-  assert.equal(nextStep({ ...config, stateDir: '/srv/s' }, '/etc/edgeid/agent.json'), 'start the agent: edgeid-agent run --config /etc/edgeid/agent.json --state /srv/s --tcti swtpm:host=127.0.0.1,port=2321');
+  assert.equal(
+    nextStep(config, undefined),
+    "start the agent: edgeid-agent run --state '/tmp/agent state' --tcti swtpm:host=127.0.0.1,port=2321",
+  );
+  assert.equal(
+    nextStep({ ...config, stateDir: '/srv/s' }, '/etc/edgeid/agent.json'),
+    'start the agent: edgeid-agent run --config /etc/edgeid/agent.json --state /srv/s --tcti swtpm:host=127.0.0.1,port=2321',
+  );
   // on the defaults the systemd unit is the same command
-  assert.match(nextStep(defaultConfig(), undefined), /^start the agent: edgeid-agent run --state \/var\/lib\/edgeid {3}\(or: systemctl enable --now edgeid-agent\)$/);
-  assert.equal(nextStep({ ...defaultConfig(), tcti: 'device:/dev/tpmrm0' }, undefined).includes('--tcti'), false, 'the default TPM needs no --tcti');
+  assert.match(
+    nextStep(defaultConfig(), undefined),
+    /^start the agent: edgeid-agent run --state \/var\/lib\/edgeid {3}\(or: systemctl enable --now edgeid-agent\)$/,
+  );
+  assert.equal(
+    nextStep({ ...defaultConfig(), tcti: 'device:/dev/tpmrm0' }, undefined).includes('--tcti'),
+    false,
+    'the default TPM needs no --tcti',
+  );
 });

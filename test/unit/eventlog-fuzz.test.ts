@@ -16,7 +16,9 @@ const RUNS = Number(process.env.FUZZ_ITERATIONS ?? 10_000);
 const CODES = new Set(['eventlog_malformed', 'eventlog_too_large', 'eventlog_too_many_events']);
 const DIR = new URL('../fixtures/eventlog/', import.meta.url);
 const seeds = [
-  ...readdirSync(DIR).filter((f) => f.endsWith('.bin')).map((f) => readFileSync(new URL(f, DIR))),
+  ...readdirSync(DIR)
+    .filter((f) => f.endsWith('.bin'))
+    .map((f) => readFileSync(new URL(f, DIR))),
   buildEventLog(syntheticBootEvents(), ['sha1', 'sha256'], { startupLocality: 3 }),
 ];
 

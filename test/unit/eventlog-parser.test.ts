@@ -18,7 +18,10 @@ function code(e: unknown): string | undefined {
 test('typed events of a real log: firmware blob, Secure Boot variables, boot application with its device path', () => {
   const log = parseEventLog(fixture('event-arch-linux.bin'));
   assert.equal(log.format, 'crypto-agile');
-  assert.deepEqual(log.algorithms.map((a) => a.alg), [0x0004, 0x000b]);
+  assert.deepEqual(
+    log.algorithms.map((a) => a.alg),
+    [0x0004, 0x000b],
+  );
   const sb = log.events.find((e) => e.decoded.kind === 'variable' && e.decoded.name === 'SecureBoot');
   assert.ok(sb && sb.decoded.kind === 'variable');
   assert.equal(sb.typeName, 'EV_EFI_VARIABLE_DRIVER_CONFIG');
@@ -47,7 +50,10 @@ test('a synthetic boot decodes to the events it was built from', () => {
   const blob = log.events.find((e) => e.type === EV.EV_EFI_PLATFORM_FIRMWARE_BLOB2);
   assert.deepEqual(blob?.decoded, { kind: 'firmware-blob', description: 'BIOS', base: '0xff000000', length: '0x1000000' });
   const app = log.events.find((e) => e.type === EV.EV_EFI_BOOT_SERVICES_APPLICATION);
-  assert.equal(app?.decoded.kind === 'image' && app.decoded.devicePath, 'PciRoot(0x0)/Pci(0x1f,0x2)/Sata(0x0,0xffff,0x0)/HD(1,GPT,0fc63daf-8483-4772-8e79-3d69d8477de4,0x800,0x100000)/\\EFI\\BOOT\\BOOTX64.EFI');
+  assert.equal(
+    app?.decoded.kind === 'image' && app.decoded.devicePath,
+    'PciRoot(0x0)/Pci(0x1f,0x2)/Sata(0x0,0xffff,0x0)/HD(1,GPT,0fc63daf-8483-4772-8e79-3d69d8477de4,0x800,0x100000)/\\EFI\\BOOT\\BOOTX64.EFI',
+  );
 });
 
 test('StartupLocality sets PCR 0 initial value (PFP §10.4.5.3); tpm2_eventlog 5.4 extends the EV_NO_ACTION instead', () => {
@@ -60,7 +66,9 @@ test('StartupLocality sets PCR 0 initial value (PFP §10.4.5.3); tpm2_eventlog 5
     const ours = pcrsJson(replay(parseEventLog(bytes)));
     // Independently: PCR 0 starts as 31 zero bytes and the locality, then each PCR 0 digest is extended.
     const fold = (init: Buffer) =>
-      events.filter((e) => e.pcr === 0).reduce((pcr, e) => createHash('sha256').update(pcr).update(eventDigest(e, 'sha256')).digest(), init);
+      events
+        .filter((e) => e.pcr === 0)
+        .reduce((pcr, e) => createHash('sha256').update(pcr).update(eventDigest(e, 'sha256')).digest(), init);
     const spec = Buffer.alloc(32);
     spec[31] = 3;
     assert.equal(ours.sha256!['0'], fold(spec).toString('hex'));
@@ -85,24 +93,46 @@ test('checkReplay names the PCR and bank that differ', () => {
   quoted.set(4, Buffer.alloc(32, 1));
   assert.throws(
     () => checkReplay(replayed, 0x000b, quoted),
-    (e: unknown) => code(e) === 'eventlog_replay_mismatch' && /sha256 PCR 4/.test((e as Error).message) && (e as EdgeidError).details?.pcr === 4,
+    (e: unknown) =>
+      code(e) === 'eventlog_replay_mismatch' && /sha256 PCR 4/.test((e as Error).message) && (e as EdgeidError).details?.pcr === 4,
   );
 });
 
 test('bounds: size, event count, truncation, bad bank, bad PCR index are typed errors with the offset', () => {
   const good = buildEventLog(syntheticBootEvents());
-  assert.throws(() => parseEventLog(good, { maxBytes: 100 }), (e) => code(e) === 'eventlog_too_large');
-  assert.throws(() => parseEventLog(good, { maxEvents: 5 }), (e) => code(e) === 'eventlog_too_many_events');
-  assert.throws(() => parseEventLog(Buffer.alloc(0)), (e) => code(e) === 'eventlog_malformed');
+  assert.throws(
+    () => parseEventLog(good, { maxBytes: 100 }),
+    (e) => code(e) === 'eventlog_too_large',
+  );
+  assert.throws(
+    () => parseEventLog(good, { maxEvents: 5 }),
+    (e) => code(e) === 'eventlog_too_many_events',
+  );
+  assert.throws(
+    () => parseEventLog(Buffer.alloc(0)),
+    (e) => code(e) === 'eventlog_malformed',
+  );
   const cut = good.subarray(0, good.length - 3);
-  assert.throws(() => parseEventLog(cut), (e) => code(e) === 'eventlog_malformed' && typeof (e as EdgeidError).details?.offset === 'number' && /byte offset \d+/.test((e as Error).message));
+  assert.throws(
+    () => parseEventLog(cut),
+    (e) =>
+      code(e) === 'eventlog_malformed' &&
+      typeof (e as EdgeidError).details?.offset === 'number' &&
+      /byte offset \d+/.test((e as Error).message),
+  );
   // PCR index 24 in the second record (right after the Spec ID event: 32 + its size)
   const bad = Buffer.from(good);
   const second = 32 + good.readUInt32LE(28);
   bad.writeUInt32LE(24, second);
-  assert.throws(() => parseEventLog(bad), (e) => code(e) === 'eventlog_malformed' && (e as EdgeidError).details?.offset === second);
+  assert.throws(
+    () => parseEventLog(bad),
+    (e) => code(e) === 'eventlog_malformed' && (e as EdgeidError).details?.offset === second,
+  );
   // an algorithm the Spec ID event does not list
   const alg = Buffer.from(good);
   alg.writeUInt16LE(0x0099, second + 12);
-  assert.throws(() => parseEventLog(alg), (e) => code(e) === 'eventlog_malformed' && /hashAlg 0x99/.test((e as Error).message));
+  assert.throws(
+    () => parseEventLog(alg),
+    (e) => code(e) === 'eventlog_malformed' && /hashAlg 0x99/.test((e as Error).message),
+  );
 });

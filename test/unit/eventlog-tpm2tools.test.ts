@@ -10,7 +10,9 @@ import { parseEventLog, pcrsJson, replay } from '../../protocol/eventlog/index.j
  * (test/fixtures/eventlog, provenance in its README): same banks, same PCRs, same values.
  */
 const DIR = new URL('../fixtures/eventlog/', import.meta.url);
-const files = readdirSync(DIR).filter((f) => f.endsWith('.bin')).sort();
+const files = readdirSync(DIR)
+  .filter((f) => f.endsWith('.bin'))
+  .sort();
 /** Logs tpm2_eventlog mis-parses; ours must refuse them with a typed error (see the README). */
 const MISPARSED_BY_TPM2_TOOLS: Record<string, { code: string; offset: number }> = {
   'specid-vendordata.bin': { code: 'eventlog_malformed', offset: 69 },

@@ -19,7 +19,6 @@ import { assertCode } from '../helpers/assert.js';
 
 const hex = (s: string): Buffer => Buffer.from(s, 'hex');
 
-
 // --- KDFa ------------------------------------------------------------------------------------
 
 // The TPM reference implementation's own KDFa self-test (TCG reference code, KdfTestData.h, as
@@ -71,30 +70,86 @@ test('KDFa refuses a zero or fractional output size', () => {
 
 // github.com/chrisfenner/tpm-test-vectors vectors/kdfe.json (go-tpm, checked against a TPM simulator)
 const KDFE_VECTORS: { name: string; alg: number; z: string; use: string; u: string; v: string; bits: number; out: string }[] = [
-  { name: '04_SHA1_253', alg: TPM_ALG.SHA1, z: '', use: 'STORAGE', u: '', v: 'c0227aff', bits: 253,
-    out: '0f10d821af67e1ec776b390f3b4572bb433efd2b94fa7842d879d24d825ed2f9' },
-  { name: '06_SHA1_32', alg: TPM_ALG.SHA1, z: '9b050039c8e5ca60deeb978f2faf573c94af61', use: 'IDENTITY',
-    u: 'ff1a1852db7b60a5c963f17eb306f3a905d100ae', v: '0047ee45771a256d58b091b6d6', bits: 32, out: '94c3c160' },
-  { name: '31_SHA256_13', alg: TPM_ALG.SHA256, z: '739245447ead0deea5f834f06e043159c6ff', use: 'IDENTITY',
-    u: 'ad503e36c2314ec9afa2f4047bf19ce7fbc6fe2def32c58459c0fc828c00', v: 'ba6dd80b788034161743c95e8ef7a9486fbd69d3ff',
-    bits: 13, out: '0956' },
-  { name: '44_SHA256_659', alg: TPM_ALG.SHA256, z: 'ffe8361b9fdfe01398db23a1b2a1bc35ffe737', use: 'IDENTITY', u: '',
-    v: 'ff26e2f76cb6fbf1', bits: 659,
-    out: '007d2cb3d906980fbce09d1bfe42b8d3c827c2d9fed082e0344e40c80f08c0a9eb629068d66164fbf03b3e18124f8ae3400647cf06f6c43be3740a49ec96c25f9115cff6625822878a451c601fa6bf749d2321' },
-  { name: '57_SHA384_173', alg: TPM_ALG.SHA384, z: 'ab2fa08a718ee46ae9a0b037cde7a14a112e66af74443d86acc5dfaff9', use: 'STORAGE',
-    u: '7f2adb75117a8991c717440768d8c69f', v: '00d634b3e23244dc46795f55e3c19a32098dc3a0cb5579', bits: 173,
-    out: '0560dd96bfb3211078abc36f33953e2448a3b656889e' },
-  { name: '58_SHA384_232', alg: TPM_ALG.SHA384, z: 'ff1f419e5f1dbb2077d6a82e82a928a56bedf5c8c223a10c6646ca5f0db99f91f0', use: 'XOR',
+  {
+    name: '04_SHA1_253',
+    alg: TPM_ALG.SHA1,
+    z: '',
+    use: 'STORAGE',
+    u: '',
+    v: 'c0227aff',
+    bits: 253,
+    out: '0f10d821af67e1ec776b390f3b4572bb433efd2b94fa7842d879d24d825ed2f9',
+  },
+  {
+    name: '06_SHA1_32',
+    alg: TPM_ALG.SHA1,
+    z: '9b050039c8e5ca60deeb978f2faf573c94af61',
+    use: 'IDENTITY',
+    u: 'ff1a1852db7b60a5c963f17eb306f3a905d100ae',
+    v: '0047ee45771a256d58b091b6d6',
+    bits: 32,
+    out: '94c3c160',
+  },
+  {
+    name: '31_SHA256_13',
+    alg: TPM_ALG.SHA256,
+    z: '739245447ead0deea5f834f06e043159c6ff',
+    use: 'IDENTITY',
+    u: 'ad503e36c2314ec9afa2f4047bf19ce7fbc6fe2def32c58459c0fc828c00',
+    v: 'ba6dd80b788034161743c95e8ef7a9486fbd69d3ff',
+    bits: 13,
+    out: '0956',
+  },
+  {
+    name: '44_SHA256_659',
+    alg: TPM_ALG.SHA256,
+    z: 'ffe8361b9fdfe01398db23a1b2a1bc35ffe737',
+    use: 'IDENTITY',
+    u: '',
+    v: 'ff26e2f76cb6fbf1',
+    bits: 659,
+    out: '007d2cb3d906980fbce09d1bfe42b8d3c827c2d9fed082e0344e40c80f08c0a9eb629068d66164fbf03b3e18124f8ae3400647cf06f6c43be3740a49ec96c25f9115cff6625822878a451c601fa6bf749d2321',
+  },
+  {
+    name: '57_SHA384_173',
+    alg: TPM_ALG.SHA384,
+    z: 'ab2fa08a718ee46ae9a0b037cde7a14a112e66af74443d86acc5dfaff9',
+    use: 'STORAGE',
+    u: '7f2adb75117a8991c717440768d8c69f',
+    v: '00d634b3e23244dc46795f55e3c19a32098dc3a0cb5579',
+    bits: 173,
+    out: '0560dd96bfb3211078abc36f33953e2448a3b656889e',
+  },
+  {
+    name: '58_SHA384_232',
+    alg: TPM_ALG.SHA384,
+    z: 'ff1f419e5f1dbb2077d6a82e82a928a56bedf5c8c223a10c6646ca5f0db99f91f0',
+    use: 'XOR',
     u: '6dcf4b9a62a0438b83c7e27d18ecd75075341ae7bd1d3a2615ff09885363abcef324eb1396816c3bb196',
-    v: '004352c8abc6f41bc955e09f9eeab29e83b3451f', bits: 232,
-    out: 'af807b1ff3cf665c976579e765cb93d6c1f35159364fb8e5b6f1742015' },
-  { name: '82_SHA512_362', alg: TPM_ALG.SHA512, z: '1e96a2a831f31911fe66cc6bb1ee75ff', use: 'IDENTITY',
+    v: '004352c8abc6f41bc955e09f9eeab29e83b3451f',
+    bits: 232,
+    out: 'af807b1ff3cf665c976579e765cb93d6c1f35159364fb8e5b6f1742015',
+  },
+  {
+    name: '82_SHA512_362',
+    alg: TPM_ALG.SHA512,
+    z: '1e96a2a831f31911fe66cc6bb1ee75ff',
+    use: 'IDENTITY',
     u: 'd9c8bc5935890f3a1b87400b2fbe74e00f86f510f76c5cb81a882100d08aae8d633631ad39bc4cf8762c01ea15',
-    v: 'ffd57df8b2b81776a91500da46767c', bits: 362,
-    out: '0293d05682dfa66e5f6244c66336a5f52f707e897bfa5663ca0c0b306086d58df95613da2b1508da362e2a05ce73' },
-  { name: '86_SHA512_448', alg: TPM_ALG.SHA512, z: '0048', use: 'INTEGRITY', u: 'ffd90bea6538b482',
-    v: '16081c5d5baebb66c438df9589183bff', bits: 448,
-    out: 'd352ed321afa378d1c313eaa8ee136eb09e960d01a09bebcecfe448a43b83bbeaf1c0fe35a862f6ea8fc7376c1076d464be54dd89e6c2168' },
+    v: 'ffd57df8b2b81776a91500da46767c',
+    bits: 362,
+    out: '0293d05682dfa66e5f6244c66336a5f52f707e897bfa5663ca0c0b306086d58df95613da2b1508da362e2a05ce73',
+  },
+  {
+    name: '86_SHA512_448',
+    alg: TPM_ALG.SHA512,
+    z: '0048',
+    use: 'INTEGRITY',
+    u: 'ffd90bea6538b482',
+    v: '16081c5d5baebb66c438df9589183bff',
+    bits: 448,
+    out: 'd352ed321afa378d1c313eaa8ee136eb09e960d01a09bebcecfe448a43b83bbeaf1c0fe35a862f6ea8fc7376c1076d464be54dd89e6c2168',
+  },
 ];
 
 test('KDFe matches the published tpm-test-vectors for SHA-1/256/384/512, odd sizes and empty inputs', () => {
@@ -112,15 +167,19 @@ const ECC_VECTORS = [
     name: '12_P256_SHA256_256_restricted',
     d: '9efafbaf83563f8ac5a27815eae1017ca78c92f9cde976b1a2e0ad95b8a19bc1',
     seed: '2a03ff2b874e44d36a567e67a0bf08227b9e65a0e9ca5215d4a9e573c23159a1',
-    tpmtPublic: '0023000b0003046000000006010000430010000300100020fe4cf1f3e8f583c19e1af6190a7c20751658914a93cd77efb871cb1557377560002007b6b7c55bea1d17b1a9d96f367cf315b2942d517fd8642e9d9157036831c4d5',
-    ciphertext: '002017ca41bd94c7f12436cf135ff1852408ef6a1ee1989e4e6250ef73c348dd6fa90020346f6016d6f6a2ef8e07df6d7b53b362005fc21cda1e1ab25e61f38a87e017b8',
+    tpmtPublic:
+      '0023000b0003046000000006010000430010000300100020fe4cf1f3e8f583c19e1af6190a7c20751658914a93cd77efb871cb1557377560002007b6b7c55bea1d17b1a9d96f367cf315b2942d517fd8642e9d9157036831c4d5',
+    ciphertext:
+      '002017ca41bd94c7f12436cf135ff1852408ef6a1ee1989e4e6250ef73c348dd6fa90020346f6016d6f6a2ef8e07df6d7b53b362005fc21cda1e1ab25e61f38a87e017b8',
   },
   {
     name: '55_P384_SHA384_256_restricted',
     d: '831d5d1b087ca69230a5c9bf8b2778b5464462a40fd47dba43d445945840320526bd97639b73228e412a26c31a18d32c',
     seed: '18b9e98482ea6aa0ed73f5e91dea69e33700858d819cc08986fbb277411378caebd45e302161d8b097974b6b8f03bc5c',
-    tpmtPublic: '0023000c0003046000000006010000430010000400100030460ab9b0744c7c90b1243b1fd38f09a724edbab83336f36c56f8b241b83f4e24930b7dbc5a90f2a5d29bbb30aed4782f0030d791757c8585dbfd1832126a14bd9a807fae3f9c7f3239f20e632f70018f1eefab5f1cd8506a2675a48661f7696d35f2',
-    ciphertext: '003092512628468bf96172119916c801609ef4c529627634a1452ccd42446b0df37ab297ac97d8fd3cd377f272f1c562747a00308cd102d4ef0c85ccf5a975ee6f2f1d247f3c9bfab6628174fed18b320c9d9a7bbf1d54efe30a3de88a91f8c58000ed71',
+    tpmtPublic:
+      '0023000c0003046000000006010000430010000400100030460ab9b0744c7c90b1243b1fd38f09a724edbab83336f36c56f8b241b83f4e24930b7dbc5a90f2a5d29bbb30aed4782f0030d791757c8585dbfd1832126a14bd9a807fae3f9c7f3239f20e632f70018f1eefab5f1cd8506a2675a48661f7696d35f2',
+    ciphertext:
+      '003092512628468bf96172119916c801609ef4c529627634a1452ccd42446b0df37ab297ac97d8fd3cd377f272f1c562747a00308cd102d4ef0c85ccf5a975ee6f2f1d247f3c9bfab6628174fed18b320c9d9a7bbf1d54efe30a3de88a91f8c58000ed71',
   },
 ];
 
@@ -136,10 +195,19 @@ test('ECC seed derivation matches TPM-validated ActivateCredential vectors for P
 // --- makeCredential ----------------------------------------------------------------------------
 
 const EK_ATTRIBUTES =
-  TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.sensitiveDataOrigin |
-  TPMA_OBJECT.adminWithPolicy | TPMA_OBJECT.restricted | TPMA_OBJECT.decrypt;
+  TPMA_OBJECT.fixedTPM |
+  TPMA_OBJECT.fixedParent |
+  TPMA_OBJECT.sensitiveDataOrigin |
+  TPMA_OBJECT.adminWithPolicy |
+  TPMA_OBJECT.restricted |
+  TPMA_OBJECT.decrypt;
 
-interface EkOptions { nameAlg?: number; symBits?: number; attributes?: number; symmetric?: TpmPublic['symmetric'] }
+interface EkOptions {
+  nameAlg?: number;
+  symBits?: number;
+  attributes?: number;
+  symmetric?: TpmPublic['symmetric'];
+}
 
 /** A TpmPublic for a node key pair, shaped like a TCG EK (restricted decrypt, AES-CFB). */
 function ekFor(publicKey: KeyObject, o: EkOptions = {}): TpmPublic {
@@ -157,11 +225,13 @@ function ekFor(publicKey: KeyObject, o: EkOptions = {}): TpmPublic {
     return parsePublic(marshalPublic({ ...base, type: TPM_ALG.RSA, rsa: { keyBits: modulus.length * 8, exponent: 0, modulus } }));
   }
   const curve = jwk.crv === 'P-256' ? TPM_ECC_CURVE.NIST_P256 : jwk.crv === 'P-384' ? TPM_ECC_CURVE.NIST_P384 : TPM_ECC_CURVE.NIST_P521;
-  return parsePublic(marshalPublic({
-    ...base,
-    type: TPM_ALG.ECC,
-    ecc: { curve, kdf: { alg: TPM_ALG.NULL }, x: Buffer.from(jwk.x ?? '', 'base64url'), y: Buffer.from(jwk.y ?? '', 'base64url') },
-  }));
+  return parsePublic(
+    marshalPublic({
+      ...base,
+      type: TPM_ALG.ECC,
+      ecc: { curve, kdf: { alg: TPM_ALG.NULL }, x: Buffer.from(jwk.x ?? '', 'base64url'), y: Buffer.from(jwk.y ?? '', 'base64url') },
+    }),
+  );
 }
 
 const rsa2048 = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -209,10 +279,12 @@ test('RSA seed is OAEP-encrypted with the EK nameAlg and the label "IDENTITY\\0"
       ct,
     );
     assert.equal(seed.length, nameAlg === TPM_ALG.SHA256 ? 32 : 48);
-    assert.throws(() => privateDecrypt(
-      { key: rsa2048.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: hash, oaepLabel: Buffer.from('IDENTITY') },
-      ct,
-    ));
+    assert.throws(() =>
+      privateDecrypt(
+        { key: rsa2048.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: hash, oaepLabel: Buffer.from('IDENTITY') },
+        ct,
+      ),
+    );
   }
 });
 
@@ -254,7 +326,7 @@ test('makeCredential rejects an object name that is not algorithm id + digest wi
 });
 
 test('makeCredential rejects an EK that is not a restricted decryption key with credential_ek_not_storage_key', () => {
-  const signing = EK_ATTRIBUTES & ~TPMA_OBJECT.decrypt | TPMA_OBJECT.sign;
+  const signing = (EK_ATTRIBUTES & ~TPMA_OBJECT.decrypt) | TPMA_OBJECT.sign;
   const unrestricted = EK_ATTRIBUTES & ~TPMA_OBJECT.restricted;
   for (const attributes of [signing, unrestricted]) {
     assertCode(() => makeCredential(ekFor(p256.publicKey, { attributes }), AK_NAME, Buffer.from('s')), 'credential_ek_not_storage_key');

@@ -25,7 +25,6 @@ import { assertCode } from '../helpers/assert.js';
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
 const quotePcrs = JSON.parse(fixture('quote-pcrs.json').toString()) as { qualifyingData: string; pcrs: Record<string, string> };
 
-
 test('parses a real tpm2_quote TPMS_ATTEST and its PCR digest matches the quoted values', () => {
   const a = parseAttest(fixture('quote.msg'));
   assert.equal(a.magic, TPM_GENERATED_VALUE);
@@ -69,7 +68,11 @@ test('real quote and certify signatures verify with the AK and fail on one flipp
 });
 
 test('signatureToDer pads a high r with 0x00 and strips leading zeros of s', () => {
-  const der = signatureToDer({ sigAlg: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256, ecdsa: { r: Buffer.from([0x80, 1]), s: Buffer.from([0, 0, 5]) } });
+  const der = signatureToDer({
+    sigAlg: TPM_ALG.ECDSA,
+    hashAlg: TPM_ALG.SHA256,
+    ecdsa: { r: Buffer.from([0x80, 1]), s: Buffer.from([0, 0, 5]) },
+  });
   assert.equal(der.toString('hex'), '3008' + '0203008001' + '020105');
 });
 
@@ -88,7 +91,12 @@ test('PCR selections marshal and parse symmetrically with at least a 3-byte bitm
   assert.deepEqual(parsePcrSelection(bytes), sel);
   assert.equal(marshalPcrSelection([{ hashAlg: TPM_ALG.SHA256, pcrs: [] }]).toString('hex'), '00000001000b03000000');
   // the selection inside the real quote
-  assert.deepEqual(fixture('quote.msg').subarray(0x55, 0x55 + 10).toString('hex'), marshalPcrSelection([{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1, 2, 3, 7] }]).toString('hex'));
+  assert.deepEqual(
+    fixture('quote.msg')
+      .subarray(0x55, 0x55 + 10)
+      .toString('hex'),
+    marshalPcrSelection([{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1, 2, 3, 7] }]).toString('hex'),
+  );
 });
 
 test('malformed PCR selections, attests and signatures yield tpm_malformed or tpm_unsupported_algorithm', () => {

@@ -4,9 +4,24 @@ import { X509Certificate as NodeX509Certificate, webcrypto } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { AsnConvert } from '@peculiar/asn1-schema';
-import { AttributeTypeAndValue, AttributeValue, GeneralName, Name, RelativeDistinguishedName, SubjectAlternativeName } from '@peculiar/asn1-x509';
+import {
+  AttributeTypeAndValue,
+  AttributeValue,
+  GeneralName,
+  Name,
+  RelativeDistinguishedName,
+  SubjectAlternativeName,
+} from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
-import { TPM_ALG, TPM_ECC_CURVE, marshalPublic, parsePublic, verifyEkCertificate, type EkTrust, type TpmPublic } from '../../protocol/tpm/index.js';
+import {
+  TPM_ALG,
+  TPM_ECC_CURVE,
+  marshalPublic,
+  parsePublic,
+  verifyEkCertificate,
+  type EkTrust,
+  type TpmPublic,
+} from '../../protocol/tpm/index.js';
 import { assertCode } from '../helpers/assert.js';
 
 x509.cryptoProvider.set(webcrypto as never);
@@ -15,10 +30,12 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
 const pemToDer = (name: string): Buffer => Buffer.from(new NodeX509Certificate(fixture(name)).raw);
 
-const swtpmTrust: EkTrust = { roots: [pemToDer('swtpm-localca-rootca-cert.pem')], intermediates: [pemToDer('swtpm-localca-issuercert.pem')] };
+const swtpmTrust: EkTrust = {
+  roots: [pemToDer('swtpm-localca-rootca-cert.pem')],
+  intermediates: [pemToDer('swtpm-localca-issuercert.pem')],
+};
 const rsaEk = parsePublic(fixture('ek-rsa-persistent.pub'));
 const eccEk = parsePublic(fixture('ek-ecc384-persistent.pub'));
-
 
 test("accepts swtpm's RSA and P-384 EK certificates chained via swtpm-localca, and reads the TCG SAN", () => {
   for (const [cert, ek] of [
@@ -41,13 +58,19 @@ test('rejects an EK certificate for another key: ek_cert_key_mismatch', () => {
 test('rejects a check time outside the validity of the chain: ek_cert_expired', () => {
   const notAfter = new NodeX509Certificate(fixture('ekcert-rsa.der')).validTo; // Dec 31 23:59:59 9999 GMT
   assert.match(notAfter, /9999/);
-  assertCode(() => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, swtpmTrust, new Date('+010000-01-01T00:00:00Z')), 'ek_cert_expired');
+  assertCode(
+    () => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, swtpmTrust, new Date('+010000-01-01T00:00:00Z')),
+    'ek_cert_expired',
+  );
   assertCode(() => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, swtpmTrust, new Date('2001-01-01T00:00:00Z')), 'ek_cert_expired');
 });
 
 test('rejects a chain to a foreign root or without the intermediate: ek_cert_untrusted', async () => {
   const foreign = await makeCa('CN=Some Other TPM Vendor Root');
-  assertCode(() => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, { roots: [foreign.der], intermediates: swtpmTrust.intermediates! }), 'ek_cert_untrusted');
+  assertCode(
+    () => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, { roots: [foreign.der], intermediates: swtpmTrust.intermediates! }),
+    'ek_cert_untrusted',
+  );
   assertCode(() => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, { roots: swtpmTrust.roots }), 'ek_cert_untrusted');
   assertCode(() => verifyEkCertificate(fixture('ekcert-rsa.der'), rsaEk, { roots: [] }), 'ek_cert_untrusted');
 });
@@ -63,7 +86,10 @@ test('rejects bytes that are not a certificate: ek_cert_malformed', () => {
   assertCode(() => verifyEkCertificate(fixture('ekcert-rsa.der').subarray(0, 300), rsaEk, swtpmTrust), 'ek_cert_malformed');
   assertCode(() => verifyEkCertificate(Buffer.alloc(0), rsaEk, swtpmTrust), 'ek_cert_malformed');
   // bytes after the certificate are covered by no signature: OpenSSL would ignore them, we do not
-  assertCode(() => verifyEkCertificate(Buffer.concat([fixture('ekcert-rsa.der'), Buffer.from([0, 0])]), rsaEk, swtpmTrust), 'ek_cert_malformed');
+  assertCode(
+    () => verifyEkCertificate(Buffer.concat([fixture('ekcert-rsa.der'), Buffer.from([0, 0])]), rsaEk, swtpmTrust),
+    'ek_cert_malformed',
+  );
 });
 
 // ---- synthetic chains: empty subject, critical SAN, unknown critical extensions, CA constraints ----
@@ -106,7 +132,10 @@ function tcgSan(critical: boolean): x509.Extension {
 }
 
 /** An EK certificate like the TCG profile describes: empty subject, critical SAN with the TPM attributes. */
-async function makeEkCert(issuer: { name: string; keys: CryptoKeyPair }, extra: x509.Extension[] = []): Promise<{ der: Buffer; ek: TpmPublic }> {
+async function makeEkCert(
+  issuer: { name: string; keys: CryptoKeyPair },
+  extra: x509.Extension[] = [],
+): Promise<{ der: Buffer; ek: TpmPublic }> {
   const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
   const jwk = await webcrypto.subtle.exportKey('jwk', keys.publicKey);
   const ek = parsePublic(
@@ -117,7 +146,12 @@ async function makeEkCert(issuer: { name: string; keys: CryptoKeyPair }, extra: 
       authPolicy: Buffer.alloc(32),
       symmetric: { alg: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB },
       scheme: { alg: TPM_ALG.NULL },
-      ecc: { curve: TPM_ECC_CURVE.NIST_P256, kdf: { alg: TPM_ALG.NULL }, x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') },
+      ecc: {
+        curve: TPM_ECC_CURVE.NIST_P256,
+        kdf: { alg: TPM_ALG.NULL },
+        x: Buffer.from(jwk.x!, 'base64url'),
+        y: Buffer.from(jwk.y!, 'base64url'),
+      },
     }),
   );
   const cert = await x509.X509CertificateGenerator.create({
@@ -180,7 +214,10 @@ test('rejects an intermediate that is not a CA or carries constraints we do not 
   const nameConstraints = new x509.Extension('2.5.29.30', true, new Uint8Array([0x30, 0x00]));
   const constrained = await makeCa('CN=Constrained CA', root, [nameConstraints]);
   const leaf2 = await makeEkCert(constrained);
-  assertCode(() => verifyEkCertificate(leaf2.der, leaf2.ek, { roots: [root.der], intermediates: [constrained.der] }, at), 'ek_cert_untrusted');
+  assertCode(
+    () => verifyEkCertificate(leaf2.der, leaf2.ek, { roots: [root.der], intermediates: [constrained.der] }, at),
+    'ek_cert_untrusted',
+  );
 });
 
 test('rejects a chain whose intermediate has expired at the check time: ek_cert_expired', async () => {

@@ -77,7 +77,9 @@ function* inputs(seeds: Buffer[], seed: number, n: number): Generator<Buffer> {
       const at = int(base.length + 1);
       const insert = Buffer.alloc(int(4) + 1);
       for (let j = 0; j < insert.length; j++) insert[j] = int(256);
-      yield rnd() < 0.5 ? Buffer.concat([base.subarray(0, at), insert, base.subarray(at)]) : Buffer.concat([base.subarray(0, at), base.subarray(at + 1 + int(4))]);
+      yield rnd() < 0.5
+        ? Buffer.concat([base.subarray(0, at), insert, base.subarray(at)])
+        : Buffer.concat([base.subarray(0, at), base.subarray(at + 1 + int(4))]);
     } else {
       yield Buffer.concat([base, base.subarray(0, int(8))]);
     }
@@ -101,7 +103,9 @@ function fuzz(
     } catch (e) {
       if (e instanceof EdgeidError) outcomes.set(e.code, (outcomes.get(e.code) ?? 0) + 1);
       if (!(e instanceof EdgeidError) || !allowed(e.code)) {
-        assert.fail(`${name}: input #${i} (seed ${SEED}) ${input.toString('hex')} threw ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+        assert.fail(
+          `${name}: input #${i} (seed ${SEED}) ${input.toString('hex')} threw ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`,
+        );
       }
     }
     i++;
@@ -137,7 +141,11 @@ test(`parsePublic (+ objectName, publicKeyObject) throws only typed errors on ${
 });
 
 test(`parseTpmtPublic throws only typed errors on ${ITERATIONS} mutated inputs`, () => {
-  fuzz('parseTpmtPublic', publics.map((p) => p.subarray(2)), (input) => void parseTpmtPublic(input));
+  fuzz(
+    'parseTpmtPublic',
+    publics.map((p) => p.subarray(2)),
+    (input) => void parseTpmtPublic(input),
+  );
 });
 
 test(`parseAttest throws only typed errors on ${ITERATIONS} mutated inputs`, () => {
@@ -168,12 +176,31 @@ test(`verifyQuote and verifyCertify throw only EdgeidError on ${ITERATIONS} muta
   const certifiedPublic = parsePublic(fixture('certified-key.pub'));
   const any = () => true; // any EdgeidError code is a typed rejection here
   const third = Math.ceil(ITERATIONS / 3);
-  fuzz('verifyQuote.attest', [fixture('quote.msg')], (attest) => void verifyQuote({ akPublic, attest, signature: fixture('quote.sig'), qualifyingData, pcrValues }), any, third);
-  fuzz('verifyQuote.signature', [fixture('quote.sig')], (signature) => void verifyQuote({ akPublic, attest: fixture('quote.msg'), signature, qualifyingData, pcrValues }), any, third);
+  fuzz(
+    'verifyQuote.attest',
+    [fixture('quote.msg')],
+    (attest) => void verifyQuote({ akPublic, attest, signature: fixture('quote.sig'), qualifyingData, pcrValues }),
+    any,
+    third,
+  );
+  fuzz(
+    'verifyQuote.signature',
+    [fixture('quote.sig')],
+    (signature) => void verifyQuote({ akPublic, attest: fixture('quote.msg'), signature, qualifyingData, pcrValues }),
+    any,
+    third,
+  );
   fuzz(
     'verifyCertify.attest',
     [fixture('certify.attest')],
-    (attest) => void verifyCertify({ akPublic, attest, signature: fixture('certify.sig'), certifiedPublic, qualifyingData: Buffer.from('00ff55aa', 'hex') }),
+    (attest) =>
+      void verifyCertify({
+        akPublic,
+        attest,
+        signature: fixture('certify.sig'),
+        certifiedPublic,
+        qualifyingData: Buffer.from('00ff55aa', 'hex'),
+      }),
     any,
     third,
   );
@@ -185,7 +212,12 @@ const isEkCertCode = (code: string) => code.startsWith('ek_cert_');
 test(`verifyEkCertificate throws only EdgeidError on ${ITERATIONS} mutated certificates`, () => {
   const trust = { roots: [pemToDer('swtpm-localca-rootca-cert.pem')], intermediates: [pemToDer('swtpm-localca-issuercert.pem')] };
   const ek = parsePublic(fixture('ek-ecc384-persistent.pub'));
-  fuzz('verifyEkCertificate', [fixture('ekcert-ecc384.der'), fixture('ekcert-rsa.der')], (der) => void verifyEkCertificate(der, ek, trust), isEkCertCode);
+  fuzz(
+    'verifyEkCertificate',
+    [fixture('ekcert-ecc384.der'), fixture('ekcert-rsa.der')],
+    (der) => void verifyEkCertificate(der, ek, trust),
+    isEkCertCode,
+  );
 });
 
 /** DER SEQUENCE / BIT STRING wrappers, just enough to re-assemble a certificate from a mutated TBS. */
@@ -210,7 +242,8 @@ test(`verifyEkCertificate throws only EdgeidError on ${ITERATIONS / 5} mutated c
     return Buffer.from(AsnConvert.serialize(tbs));
   })();
   const ecdsaSha256 = Buffer.from(AsnConvert.serialize(new AlgorithmIdentifier({ algorithm: '1.2.840.10045.4.3.2' })));
-  const issue = (tbs: Buffer) => derWrap(0x30, Buffer.concat([tbs, ecdsaSha256, derWrap(0x03, Buffer.concat([Buffer.alloc(1), sign('sha256', tbs, privateKey)]))]));
+  const issue = (tbs: Buffer) =>
+    derWrap(0x30, Buffer.concat([tbs, ecdsaSha256, derWrap(0x03, Buffer.concat([Buffer.alloc(1), sign('sha256', tbs, privateKey)]))]));
   const root = issue(rootTbs);
   const leafTbs = (() => {
     const leaf = AsnConvert.parse(fixture('ekcert-ecc384.der'), Certificate).tbsCertificate;

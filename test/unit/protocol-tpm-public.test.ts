@@ -37,7 +37,6 @@ function withTemplateUnique(p: TpmPublic, eccBytes: number): Omit<TpmPublic, 'tp
   };
 }
 
-
 test('ekTemplateRsa2048 is byte for byte the TCG L-1 template of the RSA EK swtpm made', () => {
   const ek = parsePublic(fixture('ek-rsa-persistent.pub'));
   assert.deepEqual(marshalPublic(withTemplateUnique(ek, 0)), ekTemplateRsa2048());
@@ -69,7 +68,10 @@ test('akTemplate has the attributes and scheme tpm2_createak gives an ECDSA AK',
 test('srk and session key templates carry the contract attributes', () => {
   const srk = parsePublic(srkTemplate());
   const A = TPMA_OBJECT;
-  assert.equal(srk.objectAttributes, A.restricted | A.decrypt | A.fixedTPM | A.fixedParent | A.sensitiveDataOrigin | A.userWithAuth | A.noDA);
+  assert.equal(
+    srk.objectAttributes,
+    A.restricted | A.decrypt | A.fixedTPM | A.fixedParent | A.sensitiveDataOrigin | A.userWithAuth | A.noDA,
+  );
   assert.equal(srk.ecc?.curve, TPM_ECC_CURVE.NIST_P256);
   assert.deepEqual(srk.symmetric, { alg: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CFB });
   const session = parsePublic(sessionKeyTemplate());
@@ -173,6 +175,8 @@ test('publicKeyObject rejects a point that is not on the curve with tpm_malforme
   const ak = parsePublic(fixture('ak.pub'));
   const bad = parsePublic(marshalPublic({ ...ak, ecc: { ...ak.ecc!, y: Buffer.alloc(32, 7) } }));
   assertCode(() => publicKeyObject(bad), 'tpm_malformed');
-  const shortModulus = parsePublic(marshalPublic({ ...parsePublic(fixture('ek-rsa-persistent.pub')), rsa: { keyBits: 2048, exponent: 0, modulus: Buffer.alloc(10, 1) } }));
+  const shortModulus = parsePublic(
+    marshalPublic({ ...parsePublic(fixture('ek-rsa-persistent.pub')), rsa: { keyBits: 2048, exponent: 0, modulus: Buffer.alloc(10, 1) } }),
+  );
   assertCode(() => publicKeyObject(shortModulus), 'tpm_malformed');
 });

@@ -28,9 +28,11 @@ import { assertCode } from '../helpers/assert.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
 
-
 /** An ECC P-256 key in node:crypto and as the TPM public area a TPM would report for it. */
-function eccKey(attributes: number, scheme: TpmPublic['scheme'] = { alg: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 }): { privateKey: KeyObject; pub: TpmPublic } {
+function eccKey(
+  attributes: number,
+  scheme: TpmPublic['scheme'] = { alg: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 },
+): { privateKey: KeyObject; pub: TpmPublic } {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const jwk = publicKey.export({ format: 'jwk' });
   const pub = parsePublic(
@@ -41,7 +43,12 @@ function eccKey(attributes: number, scheme: TpmPublic['scheme'] = { alg: TPM_ALG
       authPolicy: Buffer.alloc(0),
       symmetric: { alg: TPM_ALG.NULL },
       scheme,
-      ecc: { curve: TPM_ECC_CURVE.NIST_P256, kdf: { alg: TPM_ALG.NULL }, x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') },
+      ecc: {
+        curve: TPM_ECC_CURVE.NIST_P256,
+        kdf: { alg: TPM_ALG.NULL },
+        x: Buffer.from(jwk.x!, 'base64url'),
+        y: Buffer.from(jwk.y!, 'base64url'),
+      },
     }),
   );
   return { privateKey, pub };
@@ -69,11 +76,20 @@ const ak = eccKey(AK_ATTRIBUTES);
 const nonce = createHash('sha256').update('nonce').digest();
 const pcrValues = new Map<number, Buffer>([0, 1, 2, 3, 7].map((i) => [i, createHash('sha256').update(`pcr${i}`).digest()]));
 
-function makeQuote(over: Partial<TpmsAttest> = {}, opts: { signer?: KeyObject; hashAlg?: number } = {}): { attest: Buffer; signature: Buffer } {
+function makeQuote(
+  over: Partial<TpmsAttest> = {},
+  opts: { signer?: KeyObject; hashAlg?: number } = {},
+): { attest: Buffer; signature: Buffer } {
   const pcrs = [...pcrValues.keys()];
   const attest = marshalAttest({
     ...attestBase(TPM_ST_ATTEST_QUOTE, nonce),
-    quote: { pcrSelect: [{ hashAlg: TPM_ALG.SHA256, pcrs }], pcrDigest: pcrDigest(TPM_ALG.SHA256, pcrs.map((i) => pcrValues.get(i)!)) },
+    quote: {
+      pcrSelect: [{ hashAlg: TPM_ALG.SHA256, pcrs }],
+      pcrDigest: pcrDigest(
+        TPM_ALG.SHA256,
+        pcrs.map((i) => pcrValues.get(i)!),
+      ),
+    },
     ...over,
   });
   return { attest, signature: tpmSign(opts.signer ?? ak.privateKey, attest, opts.hashAlg) };
@@ -100,7 +116,14 @@ test('verifyQuote accepts the real quote swtpm made with a tpm2_createak AK', ()
   // and a changed PCR value in that real evidence is caught
   values.set(2, Buffer.alloc(32));
   assertCode(
-    () => verifyQuote({ akPublic: parsePublic(fixture('ak.pub')), attest: fixture('quote.msg'), signature: fixture('quote.sig'), qualifyingData: Buffer.from(data.qualifyingData, 'hex'), pcrValues: values }),
+    () =>
+      verifyQuote({
+        akPublic: parsePublic(fixture('ak.pub')),
+        attest: fixture('quote.msg'),
+        signature: fixture('quote.sig'),
+        qualifyingData: Buffer.from(data.qualifyingData, 'hex'),
+        pcrValues: values,
+      }),
     'quote_pcr_digest_mismatch',
   );
 });
@@ -109,7 +132,10 @@ test('rejects a quote with one attest byte changed: quote_bad_signature', () => 
   const q = makeQuote();
   const attest = Buffer.from(q.attest);
   attest[20]! ^= 0x01; // inside qualifiedSigner: still parses, no longer signed
-  assertCode(() => verifyQuote({ akPublic: ak.pub, attest, signature: q.signature, qualifyingData: nonce, pcrValues }), 'quote_bad_signature');
+  assertCode(
+    () => verifyQuote({ akPublic: ak.pub, attest, signature: q.signature, qualifyingData: nonce, pcrValues }),
+    'quote_bad_signature',
+  );
 });
 
 test('rejects a quote with a changed signature: quote_bad_signature', () => {
@@ -145,7 +171,10 @@ test('rejects missing, extra or other-bank PCRs: quote_pcr_selection_mismatch', 
   assertCode(() => verifyQuote({ akPublic: ak.pub, ...q, qualifyingData: nonce, pcrValues: missing }), 'quote_pcr_selection_mismatch');
   const extra = new Map(pcrValues).set(9, Buffer.alloc(32));
   assertCode(() => verifyQuote({ akPublic: ak.pub, ...q, qualifyingData: nonce, pcrValues: extra }), 'quote_pcr_selection_mismatch');
-  assertCode(() => verifyQuote({ akPublic: ak.pub, ...q, qualifyingData: nonce, pcrValues, hashAlg: TPM_ALG.SHA1 }), 'quote_pcr_selection_mismatch');
+  assertCode(
+    () => verifyQuote({ akPublic: ak.pub, ...q, qualifyingData: nonce, pcrValues, hashAlg: TPM_ALG.SHA1 }),
+    'quote_pcr_selection_mismatch',
+  );
   const twoBanks = makeQuote({
     quote: {
       pcrSelect: [
@@ -170,8 +199,14 @@ test('rejects a signed structure without TPM_GENERATED_VALUE: quote_bad_magic', 
 });
 
 test('rejects a certify passed as a quote: quote_wrong_type', () => {
-  const attest = marshalAttest({ ...attestBase(TPM_ST_ATTEST_CERTIFY, nonce), certify: { name: objectName(ak.pub), qualifiedName: objectName(ak.pub) } });
-  assertCode(() => verifyQuote({ akPublic: ak.pub, attest, signature: tpmSign(ak.privateKey, attest), qualifyingData: nonce, pcrValues }), 'quote_wrong_type');
+  const attest = marshalAttest({
+    ...attestBase(TPM_ST_ATTEST_CERTIFY, nonce),
+    certify: { name: objectName(ak.pub), qualifiedName: objectName(ak.pub) },
+  });
+  assertCode(
+    () => verifyQuote({ akPublic: ak.pub, attest, signature: tpmSign(ak.privateKey, attest), qualifyingData: nonce, pcrValues }),
+    'quote_wrong_type',
+  );
 });
 
 test('rejects a quote signed with a hash other than the AK scheme: quote_unsupported_signature', () => {
@@ -181,8 +216,14 @@ test('rejects a quote signed with a hash other than the AK scheme: quote_unsuppo
 
 test('rejects truncated evidence: tpm_malformed', () => {
   const q = makeQuote();
-  assertCode(() => verifyQuote({ akPublic: ak.pub, attest: q.attest.subarray(0, 40), signature: q.signature, qualifyingData: nonce, pcrValues }), 'tpm_malformed');
-  assertCode(() => verifyQuote({ akPublic: ak.pub, attest: q.attest, signature: q.signature.subarray(0, 5), qualifyingData: nonce, pcrValues }), 'tpm_malformed');
+  assertCode(
+    () => verifyQuote({ akPublic: ak.pub, attest: q.attest.subarray(0, 40), signature: q.signature, qualifyingData: nonce, pcrValues }),
+    'tpm_malformed',
+  );
+  assertCode(
+    () => verifyQuote({ akPublic: ak.pub, attest: q.attest, signature: q.signature.subarray(0, 5), qualifyingData: nonce, pcrValues }),
+    'tpm_malformed',
+  );
 });
 
 test('checkAkPublic rejects an unrestricted, decrypting or non-fixed AK and other algorithms', () => {
@@ -199,9 +240,15 @@ test('checkAkPublic rejects an unrestricted, decrypting or non-fixed AK and othe
   const loose = eccKey(SESSION_KEY_ATTRIBUTES, { alg: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 });
   const attest = marshalAttest({
     ...attestBase(TPM_ST_ATTEST_QUOTE, nonce),
-    quote: { pcrSelect: [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1, 2, 3, 7] }], pcrDigest: pcrDigest(TPM_ALG.SHA256, [...pcrValues.values()]) },
+    quote: {
+      pcrSelect: [{ hashAlg: TPM_ALG.SHA256, pcrs: [0, 1, 2, 3, 7] }],
+      pcrDigest: pcrDigest(TPM_ALG.SHA256, [...pcrValues.values()]),
+    },
   });
-  assertCode(() => verifyQuote({ akPublic: loose.pub, attest, signature: tpmSign(loose.privateKey, attest), qualifyingData: nonce, pcrValues }), 'ak_attributes_invalid');
+  assertCode(
+    () => verifyQuote({ akPublic: loose.pub, attest, signature: tpmSign(loose.privateKey, attest), qualifyingData: nonce, pcrValues }),
+    'ak_attributes_invalid',
+  );
 });
 
 // ---- certify ----
@@ -238,21 +285,33 @@ test('rejects a certification with one attest byte changed: certify_bad_signatur
   const c = makeCertify(sessionKey.pub);
   const attest = Buffer.from(c.attest);
   attest[attest.length - 1]! ^= 0x80; // last byte of qualifiedName
-  assertCode(() => verifyCertify({ akPublic: ak.pub, attest, signature: c.signature, certifiedPublic: sessionKey.pub, qualifyingData: nonce }), 'certify_bad_signature');
+  assertCode(
+    () => verifyCertify({ akPublic: ak.pub, attest, signature: c.signature, certifiedPublic: sessionKey.pub, qualifyingData: nonce }),
+    'certify_bad_signature',
+  );
   const signature = Buffer.from(c.signature);
   signature[signature.length - 1]! ^= 0x01;
-  assertCode(() => verifyCertify({ akPublic: ak.pub, attest: c.attest, signature, certifiedPublic: sessionKey.pub, qualifyingData: nonce }), 'certify_bad_signature');
+  assertCode(
+    () => verifyCertify({ akPublic: ak.pub, attest: c.attest, signature, certifiedPublic: sessionKey.pub, qualifyingData: nonce }),
+    'certify_bad_signature',
+  );
 });
 
 test('rejects a certification over another nonce: certify_nonce_mismatch', () => {
   const c = makeCertify(sessionKey.pub);
-  assertCode(() => verifyCertify({ akPublic: ak.pub, ...c, certifiedPublic: sessionKey.pub, qualifyingData: Buffer.alloc(32) }), 'certify_nonce_mismatch');
+  assertCode(
+    () => verifyCertify({ akPublic: ak.pub, ...c, certifiedPublic: sessionKey.pub, qualifyingData: Buffer.alloc(32) }),
+    'certify_nonce_mismatch',
+  );
 });
 
 test('rejects a certification of another key than the one submitted: certify_name_mismatch', () => {
   const other = eccKey(SESSION_KEY_ATTRIBUTES, { alg: TPM_ALG.NULL });
   const c = makeCertify(other.pub);
-  assertCode(() => verifyCertify({ akPublic: ak.pub, ...c, certifiedPublic: sessionKey.pub, qualifyingData: nonce }), 'certify_name_mismatch');
+  assertCode(
+    () => verifyCertify({ akPublic: ak.pub, ...c, certifiedPublic: sessionKey.pub, qualifyingData: nonce }),
+    'certify_name_mismatch',
+  );
   // same key, attributes edited after the fact: the name changes too
   const edited = parsePublic(marshalPublic({ ...sessionKey.pub, objectAttributes: SESSION_KEY_ATTRIBUTES | TPMA_OBJECT.noDA }));
   const c2 = makeCertify(sessionKey.pub);
@@ -290,7 +349,14 @@ test('rejects bad magic and a quote passed as a certification', () => {
   assertCode(() => verifyCertify({ akPublic: ak.pub, ...q, certifiedPublic: sessionKey.pub, qualifyingData: nonce }), 'certify_wrong_type');
   const attest = makeCertify(sessionKey.pub).attest;
   assertCode(
-    () => verifyCertify({ akPublic: ak.pub, attest, signature: tpmSign(ak.privateKey, attest, TPM_ALG.SHA384), certifiedPublic: sessionKey.pub, qualifyingData: nonce }),
+    () =>
+      verifyCertify({
+        akPublic: ak.pub,
+        attest,
+        signature: tpmSign(ak.privateKey, attest, TPM_ALG.SHA384),
+        certifiedPublic: sessionKey.pub,
+        qualifyingData: nonce,
+      }),
     'certify_unsupported_signature',
   );
 });

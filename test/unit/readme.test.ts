@@ -17,12 +17,21 @@ import { REPO } from '../../scripts/harness/fs.js';
 import { BINS, cleanEnv, runCli, seedDataDir } from '../helpers/cli.js';
 
 const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');
-const shellBlocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!.split('\n').map((l) => l.replace(/#.*$/, '').trim()).filter(Boolean));
+const shellBlocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) =>
+  m[1]!
+    .split('\n')
+    .map((l) => l.replace(/#.*$/, '').trim())
+    .filter(Boolean),
+);
 const shellLines = shellBlocks.flat();
 
 function usage(entry: string, args: string[]): string {
   try {
-    return execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, entry), ...args], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, entry), ...args], {
+      cwd: REPO,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
   } catch (e) {
     const err = e as { stdout?: string; stderr?: string };
     return `${err.stdout ?? ''}${err.stderr ?? ''}`;
@@ -43,9 +52,13 @@ test('every edgeid-admin line in the README is a known command with known flags'
   assert.ok(lines.length >= 10);
   for (const line of lines) {
     const words = line.split(/\s+/).slice(1);
-    const sub = words.filter((w) => !w.startsWith('-') && /^[a-z-]+$/.test(w)).slice(0, 2).join(' ');
+    const sub = words
+      .filter((w) => !w.startsWith('-') && /^[a-z-]+$/.test(w))
+      .slice(0, 2)
+      .join(' ');
     assert.ok(text.includes(sub.split(' ')[0]!), `edgeid-admin usage mentions "${sub}" (${line})`);
-    for (const flag of words.filter((w) => w.startsWith('--'))) assert.ok(text.includes(flag), `edgeid-admin usage lists ${flag} (${line})`);
+    for (const flag of words.filter((w) => w.startsWith('--')))
+      assert.ok(text.includes(flag), `edgeid-admin usage lists ${flag} (${line})`);
   }
 });
 
@@ -59,7 +72,8 @@ test('every edgeid-agent and edgeid-server line in the README is a known command
   }
   const server = usage('enroll-server/main.ts', ['--help']);
   for (const line of shellLines.filter((l) => l.startsWith('edgeid-server'))) {
-    for (const flag of line.split(/\s+/).filter((w) => w.startsWith('--'))) assert.ok(server.includes(flag), `edgeid-server usage lists ${flag}`);
+    for (const flag of line.split(/\s+/).filter((w) => w.startsWith('--')))
+      assert.ok(server.includes(flag), `edgeid-server usage lists ${flag}`);
   }
 });
 
@@ -78,14 +92,21 @@ test("the README's layout table and the folders agree", () => {
   for (const f of named) assert.ok(existsSync(path.join(REPO, f)), `the README names ${f}/, which does not exist`);
   // every top-level folder of the source tree (not hidden, not installed or built) has its row
   const ignored = new Set(['node_modules', 'dist', 'data']);
-  const folders = readdirSync(REPO, { withFileTypes: true }).filter((d) => d.isDirectory() && !d.name.startsWith('.') && !ignored.has(d.name));
+  const folders = readdirSync(REPO, { withFileTypes: true }).filter(
+    (d) => d.isDirectory() && !d.name.startsWith('.') && !ignored.has(d.name),
+  );
   for (const d of folders) assert.ok(named.includes(d.name), `${d.name}/ has no row in the README's Layout table`);
 });
 
 test("the README's zones exist: the embedded default, or one its config example adds", () => {
-  const configs = [...readme.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => JSON.parse(m[1]!) as Record<string, unknown>).filter((c) => 'zones' in c);
+  const configs = [...readme.matchAll(/```json\n([\s\S]*?)```/g)]
+    .map((m) => JSON.parse(m[1]!) as Record<string, unknown>)
+    .filter((c) => 'zones' in c);
   assert.equal(configs.length, 1, 'one server config example with zones');
-  const zones = new Set([...Object.keys(loadConfig({ argv: [], env: {}, file: {} }).zones), ...Object.keys(loadConfig({ argv: [], env: {}, file: configs[0]! }).zones)]);
+  const zones = new Set([
+    ...Object.keys(loadConfig({ argv: [], env: {}, file: {} }).zones),
+    ...Object.keys(loadConfig({ argv: [], env: {}, file: configs[0]! }).zones),
+  ]);
   for (const line of shellLines) {
     const m = /--zone (\S+)/.exec(line);
     if (m) assert.ok(zones.has(m[1]!), `${line}: zone ${m[1]} exists`);
@@ -106,7 +127,11 @@ test("the operator's commands run as typed against edgeid-server on its embedded
   // `edgeid-server` as typed, in the directory the commands run in; only the port differs (a free
   // loopback port, not 0.0.0.0:8443), given through the environment so the line stays as typed
   const [cmd, ...pre] = BINS['edgeid-server'];
-  const server = spawn(cmd!, [...pre!, ...block[0]!.split(/\s+/).slice(1)], { cwd: work, env: cleanEnv({ EDGEID_LISTEN: '127.0.0.1:0', EDGEID_LOG_LEVEL: 'warn' }), stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = spawn(cmd!, [...pre!, ...block[0]!.split(/\s+/).slice(1)], {
+    cwd: work,
+    env: cleanEnv({ EDGEID_LISTEN: '127.0.0.1:0', EDGEID_LOG_LEVEL: 'warn' }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let log = '';
   server.stdout.on('data', (c: Buffer) => (log += c.toString()));
   server.stderr.on('data', (c: Buffer) => (log += c.toString()));
@@ -119,7 +144,10 @@ test("the operator's commands run as typed against edgeid-server on its embedded
   });
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const pid = await readFile(path.join(work, 'data', 'server.json'), 'utf8').then((s) => (JSON.parse(s) as { pid: number }).pid, () => 0);
+    const pid = await readFile(path.join(work, 'data', 'server.json'), 'utf8').then(
+      (s) => (JSON.parse(s) as { pid: number }).pid,
+      () => 0,
+    );
     if (pid === server.pid) break;
     assert.ok(Date.now() < deadline && server.exitCode === null, `edgeid-server did not start: ${log}`);
     await new Promise((r) => setTimeout(r, 100));
@@ -127,7 +155,10 @@ test("the operator's commands run as typed against edgeid-server on its embedded
 
   let next = 0;
   for (const line of lines) {
-    const args = line.split(/\s+/).slice(1).map((w) => (w === 'DEVICE_ID' ? ids[next++]! : w));
+    const args = line
+      .split(/\s+/)
+      .slice(1)
+      .map((w) => (w === 'DEVICE_ID' ? ids[next++]! : w));
     const r = await runCli('edgeid-admin', args, { cwd: work });
     assert.equal(r.code, 0, `${line}\n${r.stderr}`);
   }

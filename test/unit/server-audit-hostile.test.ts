@@ -27,7 +27,10 @@ const HOSTILE: string[] = [
   '\u001b]52;c;SGVsbG8=\u0007\u001b[2K\u001b[1A',
   '\u0085\u009b31m\u202e',
   '\r\n\t\u0008\u007f',
-  ...fc.sample(fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)), minLength: 1, maxLength: 24 }), { numRuns: 12, seed: 20261130 }),
+  ...fc.sample(fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)), minLength: 1, maxLength: 24 }), {
+    numRuns: 12,
+    seed: 20261130,
+  }),
 ];
 /** Non-string values for a string field, and objects with hostile keys. */
 const HOSTILE_VALUES: unknown[] = [...HOSTILE, 12, null, ['\ud800'], { '\ud800': '\u0000' }];
@@ -69,7 +72,12 @@ const BODY_ROUTES: { url: string; schema: unknown; base: Record<string, unknown>
   { url: `/v1/admin/devices/${dev}/control`, schema: W.ControlRequest, base: { type: 'renew-now' }, admin: true },
   { url: '/v1/admin/crl/regenerate', schema: W.EmptyBody, base: {}, admin: true },
   { url: '/v1/admin/broker/reconcile', schema: W.EmptyBody, base: {}, admin: true },
-  { url: '/v1/admin/broker/certificate', schema: W.BrokerCertificateRequest, base: { spki: b64, hostnames: ['broker.example'] }, admin: true },
+  {
+    url: '/v1/admin/broker/certificate',
+    schema: W.BrokerCertificateRequest,
+    base: { spki: b64, hostnames: ['broker.example'] },
+    admin: true,
+  },
 ];
 const GET_ROUTES: { url: string; params: string[]; admin?: boolean }[] = [
   { url: '/v1/crl', params: ['format'] },
@@ -84,111 +92,141 @@ const GET_ROUTES: { url: string; params: string[]; admin?: boolean }[] = [
 ];
 const PATH_ROUTES = ['/v1/admin/devices/:id', '/v1/admin/devices/:id/revoke', '/v1/admin/devices/:id/control'];
 
-async function send(s: TestServer, method: 'GET' | 'POST', url: string, payload: string | Buffer | undefined, auth: boolean, contentType = 'application/json') {
+async function send(
+  s: TestServer,
+  method: 'GET' | 'POST',
+  url: string,
+  payload: string | Buffer | undefined,
+  auth: boolean,
+  contentType = 'application/json',
+) {
   const res = await s.server.app.inject({
     method,
     url,
-    headers: { ...(auth ? { authorization: `Bearer ${s.adminToken}` } : {}), ...(payload !== undefined ? { 'content-type': contentType } : {}) },
+    headers: {
+      ...(auth ? { authorization: `Bearer ${s.adminToken}` } : {}),
+      ...(payload !== undefined ? { 'content-type': contentType } : {}),
+    },
     ...(payload !== undefined ? { payload } : {}),
   });
   assert.ok(res.statusCode < 500, `${method} ${url.slice(0, 120)} answered ${res.statusCode}: ${res.body.slice(0, 300)}`);
   return res;
 }
 
-test('hostile text in every field of every route leaves audit verify green; a later real edit is still reported', { timeout: 300_000 }, async (t) => {
-  const s = await startInProcessServer({
-    zones: { default: {} },
-    // this test is about what one request writes, not about how many one address may send
-    rateLimit: { perAddress: { max: 100_000, window: '1m' }, enroll: { max: 100_000, window: '1m' }, renew: { max: 100_000, window: '1m' }, admin: { max: 100_000, window: '1m' } },
-    audit: { aggregateRefusals: false },
-  });
-  t.after(() => s.close());
-  let requests = 0;
+test(
+  'hostile text in every field of every route leaves audit verify green; a later real edit is still reported',
+  { timeout: 300_000 },
+  async (t) => {
+    const s = await startInProcessServer({
+      zones: { default: {} },
+      // this test is about what one request writes, not about how many one address may send
+      rateLimit: {
+        perAddress: { max: 100_000, window: '1m' },
+        enroll: { max: 100_000, window: '1m' },
+        renew: { max: 100_000, window: '1m' },
+        admin: { max: 100_000, window: '1m' },
+      },
+      audit: { aggregateRefusals: false },
+    });
+    t.after(() => s.close());
+    let requests = 0;
 
-  for (const r of BODY_ROUTES) {
-    for (const auth of r.admin ? [true, false] : [false]) {
-      for (const f of [...fields(r.schema), 'extra']) {
-        for (const v of HOSTILE_VALUES) {
-          await send(s, 'POST', r.url, JSON.stringify(withField(r.base, f, v)), auth);
+    for (const r of BODY_ROUTES) {
+      for (const auth of r.admin ? [true, false] : [false]) {
+        for (const f of [...fields(r.schema), 'extra']) {
+          for (const v of HOSTILE_VALUES) {
+            await send(s, 'POST', r.url, JSON.stringify(withField(r.base, f, v)), auth);
+            requests++;
+          }
+        }
+        for (const k of HOSTILE) {
+          await send(s, 'POST', r.url, JSON.stringify({ ...r.base, [k]: 'x' }), auth);
           requests++;
         }
-      }
-      for (const k of HOSTILE) {
-        await send(s, 'POST', r.url, JSON.stringify({ ...r.base, [k]: 'x' }), auth);
-        requests++;
-      }
-      // raw bytes: invalid UTF-8, an escaped lone surrogate as the issue's request had it, a NUL escape
-      for (const raw of [Buffer.from([0x7b, 0x22, 0x64, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0xed, 0xa0, 0x80, 0x22, 0x7d]), '{"deviceId":"\\ud800"}', '{"deviceId":"dev-\\u0000"}', '{"a":"\\udc00"']) {
-        await send(s, 'POST', r.url, raw, auth);
-        await send(s, 'POST', r.url, raw, auth, 'text/x-\u00e9');
-        requests += 2;
+        // raw bytes: invalid UTF-8, an escaped lone surrogate as the issue's request had it, a NUL escape
+        for (const raw of [
+          Buffer.from([0x7b, 0x22, 0x64, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0xed, 0xa0, 0x80, 0x22, 0x7d]),
+          '{"deviceId":"\\ud800"}',
+          '{"deviceId":"dev-\\u0000"}',
+          '{"a":"\\udc00"',
+        ]) {
+          await send(s, 'POST', r.url, raw, auth);
+          await send(s, 'POST', r.url, raw, auth, 'text/x-\u00e9');
+          requests += 2;
+        }
       }
     }
-  }
-  for (const r of GET_ROUTES) {
-    for (const auth of r.admin ? [true, false] : [false]) {
-      for (const p of r.params) {
+    for (const r of GET_ROUTES) {
+      for (const auth of r.admin ? [true, false] : [false]) {
+        for (const p of r.params) {
+          for (const v of HOSTILE_URL) {
+            await send(s, 'GET', `${r.url}?${p}=${v}`, undefined, auth);
+            requests++;
+          }
+        }
+      }
+    }
+    for (const tpl of PATH_ROUTES) {
+      for (const auth of [true, false]) {
         for (const v of HOSTILE_URL) {
-          await send(s, 'GET', `${r.url}?${p}=${v}`, undefined, auth);
+          const method = tpl.endsWith(':id') ? 'GET' : 'POST';
+          await send(s, method, tpl.replace(':id', v), method === 'POST' ? '{}' : undefined, auth);
           requests++;
         }
       }
     }
-  }
-  for (const tpl of PATH_ROUTES) {
-    for (const auth of [true, false]) {
-      for (const v of HOSTILE_URL) {
-        const method = tpl.endsWith(':id') ? 'GET' : 'POST';
-        await send(s, method, tpl.replace(':id', v), method === 'POST' ? '{}' : undefined, auth);
-        requests++;
+
+    const store = s.server.ctx.store;
+    const rows = await store.listAudit({ limit: 1_000_000 });
+    assert.ok(rows.length > requests / 2, `${rows.length} audit rows for ${requests} requests`);
+    const v1 = await store.verifyAudit();
+    assert.equal(v1.ok, true, JSON.stringify(v1.problems?.slice(0, 5)));
+    assert.equal(v1.rows, rows.length);
+
+    for (const r of rows) {
+      for (const [k, x] of Object.entries(r)) {
+        const text = typeof x === 'string' ? x : x && typeof x === 'object' ? JSON.stringify(x) : '';
+        assert.ok(!LONE.test(text), `row ${r.seq} ${k} holds a lone surrogate`);
+        assert.ok(!text.includes('\u0000') && !text.includes('\\u0000'), `row ${r.seq} ${k} holds a NUL`);
+        assert.ok(text.length <= 40_000, `row ${r.seq} ${k} is ${text.length} long`);
       }
+      assert.ok(
+        r.deviceId === null || DEVICE_ID.test(r.deviceId),
+        `row ${r.seq}: device id ${JSON.stringify(r.deviceId)} was not validated`,
+      );
     }
-  }
+    // the issue's request: refused with its own code, and its row names no device
+    const res = await send(s, 'POST', '/v1/renew/challenge', '{"deviceId":"\\ud800"}', false);
+    assert.equal(res.statusCode, 400);
+    assert.equal(res.json().error.code, 'text_not_well_formed');
+    const [last] = await store.listAudit({ afterSeq: rows.at(-1)!.seq });
+    assert.equal(last!.reason, 'text_not_well_formed');
+    assert.equal(last!.deviceId, null);
+    assert.equal(last!.actor, 'anonymous');
 
-  const store = s.server.ctx.store;
-  const rows = await store.listAudit({ limit: 1_000_000 });
-  assert.ok(rows.length > requests / 2, `${rows.length} audit rows for ${requests} requests`);
-  const v1 = await store.verifyAudit();
-  assert.equal(v1.ok, true, JSON.stringify(v1.problems?.slice(0, 5)));
-  assert.equal(v1.rows, rows.length);
-
-  for (const r of rows) {
-    for (const [k, x] of Object.entries(r)) {
-      const text = typeof x === 'string' ? x : x && typeof x === 'object' ? JSON.stringify(x) : '';
-      assert.ok(!LONE.test(text), `row ${r.seq} ${k} holds a lone surrogate`);
-      assert.ok(!text.includes('\u0000') && !text.includes('\\u0000'), `row ${r.seq} ${k} holds a NUL`);
-      assert.ok(text.length <= 40_000, `row ${r.seq} ${k} is ${text.length} long`);
-    }
-    assert.ok(r.deviceId === null || DEVICE_ID.test(r.deviceId), `row ${r.seq}: device id ${JSON.stringify(r.deviceId)} was not validated`);
-  }
-  // the issue's request: refused with its own code, and its row names no device
-  const res = await send(s, 'POST', '/v1/renew/challenge', '{"deviceId":"\\ud800"}', false);
-  assert.equal(res.statusCode, 400);
-  assert.equal(res.json().error.code, 'text_not_well_formed');
-  const [last] = await store.listAudit({ afterSeq: rows.at(-1)!.seq });
-  assert.equal(last!.reason, 'text_not_well_formed');
-  assert.equal(last!.deviceId, null);
-  assert.equal(last!.actor, 'anonymous');
-
-  // an insider edits one hostile row and one later, ordinary row: both are reported
-  const created = await s.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'ops' });
-  assert.equal(created.status, 200);
-  const after = await store.listAudit({ afterSeq: rows.at(-1)!.seq, limit: 100 });
-  const target = after.find((r) => r.event === 'token.create' && r.outcome === 'ok')!;
-  const db = (store as unknown as { db: import('better-sqlite3').Database }).db;
-  db.prepare(`UPDATE audit SET actor = 'somebody-else' WHERE seq = ?`).run(target.seq);
-  db.prepare(`UPDATE audit SET ip = '10.9.9.9' WHERE seq = ?`).run(rows[10]!.seq);
-  const v2 = await store.verifyAudit();
-  assert.equal(v2.ok, false);
-  assert.equal(v2.problem!.seq, rows[10]!.seq);
-  assert.deepEqual(
-    v2.problems!.map((p) => [p.seq, p.kind]),
-    [
-      [rows[10]!.seq, 'hash_mismatch'],
-      [target.seq, 'hash_mismatch'],
-    ],
-  );
-  const api = await s.admin('GET', '/v1/admin/audit/verify');
-  assert.equal(api.status, 200);
-  assert.deepEqual(api.body.problems.map((p: { seq: number }) => p.seq), [rows[10]!.seq, target.seq]);
-});
+    // an insider edits one hostile row and one later, ordinary row: both are reported
+    const created = await s.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'ops' });
+    assert.equal(created.status, 200);
+    const after = await store.listAudit({ afterSeq: rows.at(-1)!.seq, limit: 100 });
+    const target = after.find((r) => r.event === 'token.create' && r.outcome === 'ok')!;
+    const db = (store as unknown as { db: import('better-sqlite3').Database }).db;
+    db.prepare(`UPDATE audit SET actor = 'somebody-else' WHERE seq = ?`).run(target.seq);
+    db.prepare(`UPDATE audit SET ip = '10.9.9.9' WHERE seq = ?`).run(rows[10]!.seq);
+    const v2 = await store.verifyAudit();
+    assert.equal(v2.ok, false);
+    assert.equal(v2.problem!.seq, rows[10]!.seq);
+    assert.deepEqual(
+      v2.problems!.map((p) => [p.seq, p.kind]),
+      [
+        [rows[10]!.seq, 'hash_mismatch'],
+        [target.seq, 'hash_mismatch'],
+      ],
+    );
+    const api = await s.admin('GET', '/v1/admin/audit/verify');
+    assert.equal(api.status, 200);
+    assert.deepEqual(
+      api.body.problems.map((p: { seq: number }) => p.seq),
+      [rows[10]!.seq, target.seq],
+    );
+  },
+);

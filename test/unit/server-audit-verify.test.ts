@@ -12,7 +12,18 @@ function chain(n: number): AuditRow[] {
   const rows: AuditRow[] = [];
   let prev = GENESIS_HASH;
   for (let i = 1; i <= n; i++) {
-    const r = { seq: i, time: new Date(1_700_000_000_000 + i).toISOString(), actor: 'a', event: 'e', deviceId: null, ip: null, outcome: 'ok' as const, reason: null, details: { i }, prevHash: prev };
+    const r = {
+      seq: i,
+      time: new Date(1_700_000_000_000 + i).toISOString(),
+      actor: 'a',
+      event: 'e',
+      deviceId: null,
+      ip: null,
+      outcome: 'ok' as const,
+      reason: null,
+      details: { i },
+      prevHash: prev,
+    };
     const hash = auditHash(r);
     rows.push({ ...r, hash });
     prev = hash;
@@ -23,7 +34,10 @@ function chain(n: number): AuditRow[] {
 test('a deleted row, an edited row and a truncated tail are all reported, in seq order', () => {
   const rows = chain(10);
   const head = { seq: 10, hash: rows[9]!.hash };
-  const tampered = rows.filter((r) => r.seq !== 3).map((r) => (r.seq === 7 ? { ...r, actor: 'mallory' } : r)).slice(0, 8);
+  const tampered = rows
+    .filter((r) => r.seq !== 3)
+    .map((r) => (r.seq === 7 ? { ...r, actor: 'mallory' } : r))
+    .slice(0, 8);
   const v = verifyChain(tampered, head);
   assert.equal(v.ok, false);
   assert.deepEqual(v.problem, v.problems![0]);
@@ -43,5 +57,8 @@ test('an intact chain, and one starting at an anchor, verify', () => {
   const v = verifyChain(rows.slice(3), { seq: 6, hash: rows[5]!.hash }, { seq: 3, hash: rows[2]!.hash });
   assert.deepEqual(v, { ok: true, rows: 3, from: 4 });
   const wrongAnchor = verifyChain(rows.slice(3), null, { seq: 3, hash: 'f'.repeat(64) });
-  assert.deepEqual(wrongAnchor.problems!.map((p) => [p.seq, p.kind]), [[4, 'chain_broken']]);
+  assert.deepEqual(
+    wrongAnchor.problems!.map((p) => [p.seq, p.kind]),
+    [[4, 'chain_broken']],
+  );
 });

@@ -18,7 +18,8 @@ test('creates a P-256 root and issuing intermediate once, keys 0600, and reuses 
   const dir = await tmp(t);
   const ca = await CertificateAuthority.open({ dir, hostnames: ['edgeid.plant.local'] });
   assert.equal(ca.created, true);
-  for (const f of ['root.key', 'intermediate.key', 'server.key', 'control.key']) assert.equal((await stat(path.join(dir, f))).mode & 0o777, 0o600, f);
+  for (const f of ['root.key', 'intermediate.key', 'server.key', 'control.key'])
+    assert.equal((await stat(path.join(dir, f))).mode & 0o777, 0o600, f);
   const root = new X509Certificate(ca.rootPem);
   const inter = new X509Certificate(ca.chainPem[0]!);
   assert.equal(root.ca, true);
@@ -44,16 +45,28 @@ test('issues a device certificate with every field of the device profile', async
   const ca = await CertificateAuthority.open({ dir: await tmp(t), hostnames: [] });
   const key = spki();
   const before = Date.now();
-  const c = await ca.issueDevice({ deviceId: 'dev-0123456789abcdef', zone: 'line-3', spki: key, lifetimeSeconds: 3600, crlUrl: 'https://edgeid:8443/v1/crl' });
+  const c = await ca.issueDevice({
+    deviceId: 'dev-0123456789abcdef',
+    zone: 'line-3',
+    spki: key,
+    lifetimeSeconds: 3600,
+    crlUrl: 'https://edgeid:8443/v1/crl',
+  });
   const cert = new x509.X509Certificate(c.der);
   assert.equal(cert.subject, 'CN=dev-0123456789abcdef');
-  assert.deepEqual(cert.getExtension(x509.SubjectAlternativeNameExtension)!.names.toJSON(), [{ type: 'url', value: 'urn:edgeid:line-3:dev-0123456789abcdef' }]);
+  assert.deepEqual(cert.getExtension(x509.SubjectAlternativeNameExtension)!.names.toJSON(), [
+    { type: 'url', value: 'urn:edgeid:line-3:dev-0123456789abcdef' },
+  ]);
   assert.deepEqual([...cert.getExtension(x509.ExtendedKeyUsageExtension)!.usages], ['1.3.6.1.5.5.7.3.2']);
   assert.equal(cert.getExtension(x509.KeyUsagesExtension)!.usages, x509.KeyUsageFlags.digitalSignature);
   assert.equal(cert.getExtension(x509.BasicConstraintsExtension)!.ca, false);
   assert.ok(cert.getExtension(x509.SubjectKeyIdentifierExtension));
   assert.ok(cert.getExtension(x509.AuthorityKeyIdentifierExtension));
-  assert.equal(cert.getExtension(x509.CRLDistributionPointsExtension)!.distributionPoints[0]!.distributionPoint!.fullName![0]!.uniformResourceIdentifier, 'https://edgeid:8443/v1/crl');
+  assert.equal(
+    cert.getExtension(x509.CRLDistributionPointsExtension)!.distributionPoints[0]!.distributionPoint!.fullName![0]!
+      .uniformResourceIdentifier,
+    'https://edgeid:8443/v1/crl',
+  );
   assert.ok(before - cert.notBefore.getTime() <= 60_000 && before - cert.notBefore.getTime() >= 58_000, 'backdated 60 s');
   assert.equal(Buffer.from(c.serial, 'hex').length, 16);
   assert.ok(Buffer.from(cert.publicKey.rawData).equals(key));
@@ -64,13 +77,21 @@ test('serials are random and never repeat', async (t) => {
   const ca = await CertificateAuthority.open({ dir: await tmp(t), hostnames: [] });
   const key = spki();
   const serials = new Set<string>();
-  for (let i = 0; i < 20; i++) serials.add((await ca.issueDevice({ deviceId: 'dev-0123456789abcdef', zone: 'z', spki: key, lifetimeSeconds: 300, crlUrl: 'https://x/v1/crl' })).serial);
+  for (let i = 0; i < 20; i++)
+    serials.add(
+      (await ca.issueDevice({ deviceId: 'dev-0123456789abcdef', zone: 'z', spki: key, lifetimeSeconds: 300, crlUrl: 'https://x/v1/crl' }))
+        .serial,
+    );
   assert.equal(serials.size, 20);
 });
 
 test('a CRL lists the revoked serials with reasons, carries its number and a short nextUpdate, in "X509 CRL" PEM', async (t) => {
   const ca = await CertificateAuthority.open({ dir: await tmp(t), hostnames: [] });
-  const crl = await ca.createCrl({ number: 7n, validitySeconds: 600, entries: [{ serial: 'ab'.repeat(16), revokedAt: new Date(), reason: 'key-compromise' }] });
+  const crl = await ca.createCrl({
+    number: 7n,
+    validitySeconds: 600,
+    entries: [{ serial: 'ab'.repeat(16), revokedAt: new Date(), reason: 'key-compromise' }],
+  });
   const parsed = new x509.X509Crl(crl.der);
   assert.equal(parsed.entries.length, 1);
   assert.equal(parsed.entries[0]!.serialNumber, 'ab'.repeat(16));

@@ -4,7 +4,13 @@ import { startInProcessServer } from '../helpers/server.js';
 
 const B = Buffer.alloc(32, 1).toString('base64');
 const NONCE = Buffer.alloc(32, 2).toString('base64');
-const GOOD = { agentVersion: '1.2.3+build_7-rc.1', agentHash: 'a'.repeat(64), configHash: 'b'.repeat(64), kernel: '6.1.0-18-amd64', os: { PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)', ID: 'debian' } };
+const GOOD = {
+  agentVersion: '1.2.3+build_7-rc.1',
+  agentHash: 'a'.repeat(64),
+  configHash: 'b'.repeat(64),
+  kernel: '6.1.0-18-amd64',
+  os: { PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)', ID: 'debian' },
+};
 
 function renewBody(claims: unknown) {
   return {

@@ -30,7 +30,12 @@ test('runs with no config: ./data, 0.0.0.0:8443, one zone "default" with baselin
 
 test('flags win over env, env over the config file', () => {
   const env = { EDGEID_DATA: '/env/data', EDGEID_LISTEN: '10.0.0.1:9000' };
-  const c = loadConfig({ argv: ['--data', 'd2', '--listen=127.0.0.1:0'], env, file: { dataDir: '/file', listen: '1.2.3.4:1' }, cwd: '/srv' });
+  const c = loadConfig({
+    argv: ['--data', 'd2', '--listen=127.0.0.1:0'],
+    env,
+    file: { dataDir: '/file', listen: '1.2.3.4:1' },
+    cwd: '/srv',
+  });
   assert.equal(c.dataDir, '/srv/d2');
   assert.deepEqual(c.listen, { host: '127.0.0.1', port: 0 });
   const e = loadConfig({ argv: [], env, file: { dataDir: '/file' }, cwd: '/srv' });
@@ -64,7 +69,11 @@ test('names the bad field for every kind of mistake', () => {
 
 test('golden posture needs a value for every PCR of the selection', () => {
   rejects({ zones: { a: { pcrs: [0, 1], posture: { golden: { 0: 'a'.repeat(64) } } } } }, /no value for PCR 1/);
-  const c = loadConfig({ argv: [], env: {}, file: { zones: { a: { pcrs: [1, 0], posture: { golden: { 0: 'A'.repeat(64), 1: 'b'.repeat(64) } } } } } });
+  const c = loadConfig({
+    argv: [],
+    env: {},
+    file: { zones: { a: { pcrs: [1, 0], posture: { golden: { 0: 'A'.repeat(64), 1: 'b'.repeat(64) } } } } },
+  });
   assert.deepEqual(c.zones.a!.pcrs, [0, 1]);
   assert.deepEqual(c.zones.a!.posture, { mode: 'golden', values: { 0: 'a'.repeat(64), 1: 'b'.repeat(64) } });
 });

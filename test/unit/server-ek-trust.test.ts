@@ -89,7 +89,7 @@ test('a public area outside the TCG EK templates is refused with ek_template_mis
   assertCode(() => ekIdentity(reencode(eccEk, { nameAlg: TPM_ALG.SHA256, authPolicy: Buffer.alloc(32) })), 'ek_template_mismatch');
 });
 
-test('the built-in store: self-signed roots and makers\' top CAs whose root is unpublished are anchors, the rest intermediates', () => {
+test("the built-in store: self-signed roots and makers' top CAs whose root is unpublished are anchors, the rest intermediates", () => {
   const all = builtinEkCas();
   assert.equal(all.length, 45);
   const role = (file: string) => all.find((c) => c.origin === file)?.role;
@@ -103,7 +103,7 @@ test('the built-in store: self-signed roots and makers\' top CAs whose root is u
   assert.equal(role('IFX_RSA_17I.pem'), 'intermediate');
   // its issuer's name is in the set, but not the key that signed it (another generation of that root)
   assert.equal(role('IFX_RSA_02I.pem'), 'anchor');
-  assert.equal(role('STM_RSA_RT.pem'), 'intermediate', 'issued by GlobalSign\'s TPM root');
+  assert.equal(role('STM_RSA_RT.pem'), 'intermediate', "issued by GlobalSign's TPM root");
   // expired maker CAs are shipped (devices with such EK certificates exist) and listed with their date
   const expired = all.filter((c) => c.notAfter.getTime() < Date.parse('2026-01-01T00:00:00Z')).map((c) => c.origin);
   assert.ok(expired.includes('IFX_RSA_01I.pem'), expired.join(','));
@@ -113,7 +113,12 @@ test('the built-in store: self-signed roots and makers\' top CAs whose root is u
 
 const RSA = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256', publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 2048 } as const;
 
-async function ca(name: string, issuer: { name: string; keys: CryptoKeyPair } | null, notAfter = new Date('2045-01-01T00:00:00Z'), pathLen?: number) {
+async function ca(
+  name: string,
+  issuer: { name: string; keys: CryptoKeyPair } | null,
+  notAfter = new Date('2045-01-01T00:00:00Z'),
+  pathLen?: number,
+) {
   const keys = (await webcrypto.subtle.generateKey(RSA, true, ['sign', 'verify'])) as CryptoKeyPair;
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: '0a',
@@ -180,8 +185,14 @@ test('EK certificates chain to roots with the built-in profile: root + intermedi
     [root, mfg, top, inter].map((c, i) => ({ origin: `t${i}.pem`, der: c.der })),
     'builtin',
   );
-  assert.deepEqual(set.map((c) => c.role), ['anchor', 'intermediate', 'anchor', 'intermediate']);
-  const trust = { roots: set.filter((c) => c.role === 'anchor').map((c) => c.der), intermediates: set.filter((c) => c.role === 'intermediate').map((c) => c.der) };
+  assert.deepEqual(
+    set.map((c) => c.role),
+    ['anchor', 'intermediate', 'anchor', 'intermediate'],
+  );
+  const trust = {
+    roots: set.filter((c) => c.role === 'anchor').map((c) => c.der),
+    intermediates: set.filter((c) => c.role === 'intermediate').map((c) => c.der),
+  };
 
   const a = await ekCert(mfg);
   assert.equal(verifyEkCertificate(a.der, a.ek, trust).chain.length, 3);
@@ -189,11 +200,18 @@ test('EK certificates chain to roots with the built-in profile: root + intermedi
   assert.equal(verifyEkCertificate(b.der, b.ek, trust).chain.length, 3);
   // the same chains together with the real built-in store
   const builtin = builtinEkCas();
-  const withBuiltin = { roots: [...builtin.filter((c) => c.role === 'anchor').map((c) => c.der), ...trust.roots], intermediates: [...builtin.filter((c) => c.role === 'intermediate').map((c) => c.der), ...trust.intermediates] };
+  const withBuiltin = {
+    roots: [...builtin.filter((c) => c.role === 'anchor').map((c) => c.der), ...trust.roots],
+    intermediates: [...builtin.filter((c) => c.role === 'intermediate').map((c) => c.der), ...trust.intermediates],
+  };
   verifyEkCertificate(a.der, a.ek, withBuiltin);
   // and nothing of ours chains to the built-in store alone
   assertCode(
-    () => verifyEkCertificate(a.der, a.ek, { roots: builtin.filter((c) => c.role === 'anchor').map((c) => c.der), intermediates: builtin.filter((c) => c.role === 'intermediate').map((c) => c.der) }),
+    () =>
+      verifyEkCertificate(a.der, a.ek, {
+        roots: builtin.filter((c) => c.role === 'anchor').map((c) => c.der),
+        intermediates: builtin.filter((c) => c.role === 'intermediate').map((c) => c.der),
+      }),
     'ek_cert_untrusted',
   );
 });
@@ -213,17 +231,28 @@ test('supplier manifests: JSON and CSV, certificates and keys; any unreadable en
   const spkiPem = new X509Certificate(fixture('ekcert-ecc384.der')).publicKey.export({ type: 'spki', format: 'pem' }).toString();
   const eccId = ekIdentity(eccEk).id;
   assert.deepEqual(
-    parseManifest(JSON.stringify({ devices: [{ serial: 'A1', ekCert: certPem }, { name: 'B2', ekPub: spkiPem }] }), undefined).map((e) => [e.ekId, e.name]),
+    parseManifest(
+      JSON.stringify({
+        devices: [
+          { serial: 'A1', ekCert: certPem },
+          { name: 'B2', ekPub: spkiPem },
+        ],
+      }),
+      undefined,
+    ).map((e) => [e.ekId, e.name]),
     [
       [id, 'A1'],
       [eccId, 'B2'],
     ],
   );
   const csv = `name,ek_cert\r\n"GW ""1""","${certPem}"\r\nGW2,${fixture('ek-ecc384-persistent.pub').toString('base64')}\r\n`;
-  assert.deepEqual(parseManifest(csv, undefined).map((e) => [e.ekId, e.name]), [
-    [id, 'GW "1"'],
-    [eccId, 'GW2'],
-  ]);
+  assert.deepEqual(
+    parseManifest(csv, undefined).map((e) => [e.ekId, e.name]),
+    [
+      [id, 'GW "1"'],
+      [eccId, 'GW2'],
+    ],
+  );
   assertCode(() => parseManifest('name,ek_cert\nGW1,not-base64!\n', 'csv'), 'ek_allow_invalid');
   assertCode(() => parseManifest('name,colour\nGW1,red\n', 'csv'), 'ek_allow_invalid');
   assertCode(() => parseManifest('[{"name":"x"}]', 'json'), 'ek_allow_invalid');

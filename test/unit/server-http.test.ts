@@ -75,7 +75,12 @@ test('malformed JSON, a wrong content type and an oversized body get their own 4
 test('admin API refuses a missing or wrong bearer token and audits it', async (t) => {
   const s = await server(t);
   const app = s.server.app;
-  for (const headers of [{}, { authorization: 'Bearer nope' }, { authorization: `Basic ${s.adminToken}` }, { authorization: `Bearer ${s.adminToken} ` }]) {
+  for (const headers of [
+    {},
+    { authorization: 'Bearer nope' },
+    { authorization: `Basic ${s.adminToken}` },
+    { authorization: `Bearer ${s.adminToken} ` },
+  ]) {
     let r: Awaited<ReturnType<typeof app.inject>> | undefined;
     const rows = await auditRowsOf(s, async () => {
       r = await app.inject({ method: 'GET', url: '/v1/admin/devices', headers });
@@ -124,7 +129,12 @@ test('enrollment requests are rate limited per source IP', async (t) => {
     if (r.statusCode === 429) assert.equal(r.json().error.code, 'rate_limited');
   }
   assert.deepEqual(codes, [401, 401, 429]);
-  const other = await app.inject({ method: 'POST', url: '/v1/enroll/start', remoteAddress: '10.9.9.9', payload: { token: 'x', ekPub: 'AA==', akPub: 'AA==' } });
+  const other = await app.inject({
+    method: 'POST',
+    url: '/v1/enroll/start',
+    remoteAddress: '10.9.9.9',
+    payload: { token: 'x', ekPub: 'AA==', akPub: 'AA==' },
+  });
   assert.equal(other.statusCode, 401, 'another IP has its own budget');
 });
 

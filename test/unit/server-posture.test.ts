@@ -29,21 +29,45 @@ test('baseline mode records the first quote and then accepts only the same PCRs'
 });
 
 test('an approval window turns a PCR change into the new baseline', () => {
-  const r = judgePosture({ zone: zones.base!, pcrs: { 0: h('1'), 7: h('3') }, claims, baseline: { 0: h('1'), 7: h('2') }, windowOpen: true });
+  const r = judgePosture({
+    zone: zones.base!,
+    pcrs: { 0: h('1'), 7: h('3') },
+    claims,
+    baseline: { 0: h('1'), 7: h('2') },
+    windowOpen: true,
+  });
   assert.deepEqual(r, { ok: true, newBaseline: { 0: h('1'), 7: h('3') } });
 });
 
 test('claim rules reject an agent older than the zone minimum, naming the claim', () => {
-  const r = judgePosture({ zone: zones.base!, pcrs: { 0: h('1'), 7: h('2') }, claims: { agentVersion: '1.1.9' }, baseline: null, windowOpen: true });
+  const r = judgePosture({
+    zone: zones.base!,
+    pcrs: { 0: h('1'), 7: h('2') },
+    claims: { agentVersion: '1.1.9' },
+    baseline: null,
+    windowOpen: true,
+  });
   assert.equal(r.ok, false);
   assert.equal(!r.ok && r.code, 'posture_claims_rejected');
   assert.match(!r.ok ? r.reason : '', /agentVersion 1\.1\.9 < 1\.2\.0/);
-  assert.equal(judgePosture({ zone: zones.base!, pcrs: { 0: h('1'), 7: h('2') }, claims: { agentVersion: '1.10.0' }, baseline: null, windowOpen: false }).ok, true);
+  assert.equal(
+    judgePosture({
+      zone: zones.base!,
+      pcrs: { 0: h('1'), 7: h('2') },
+      claims: { agentVersion: '1.10.0' },
+      baseline: null,
+      windowOpen: false,
+    }).ok,
+    true,
+  );
 });
 
 test('golden mode compares with the configured values', () => {
   const z = zones.gold!;
-  assert.deepEqual(judgePosture({ zone: z, pcrs: { 0: h('a'), 7: h('b') }, claims, baseline: null, windowOpen: false }), { ok: true, newBaseline: null });
+  assert.deepEqual(judgePosture({ zone: z, pcrs: { 0: h('a'), 7: h('b') }, claims, baseline: null, windowOpen: false }), {
+    ok: true,
+    newBaseline: null,
+  });
   const r = judgePosture({ zone: z, pcrs: { 0: h('a'), 7: h('c') }, claims, baseline: null, windowOpen: false });
   assert.equal(!r.ok && r.code, 'posture_pcr_mismatch');
   assert.match(!r.ok ? r.reason : '', /golden/);

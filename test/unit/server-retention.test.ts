@@ -13,7 +13,11 @@ import { verifyChain } from '../../enroll-server/store/audit-chain.js';
 import { startInProcessServer } from '../helpers/server.js';
 
 const DAY = 86_400_000;
-const readLines = (f: string) => readFileSync(f, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+const readLines = (f: string) =>
+  readFileSync(f, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 
 test('audit rows older than auditDays are archived (0600) and pruned; audit verify works across the cut', async (t) => {
   const s = await startInProcessServer({ zones: { default: {} }, retention: { auditDays: 1, certificateDays: 1 } });
@@ -57,7 +61,10 @@ test('audit rows older than auditDays are archived (0600) and pruned; audit veri
   db.prepare(`UPDATE audit SET actor = 'edited' WHERE seq = ?`).run(remaining[1]!.seq);
   const edited = await store.verifyAudit();
   assert.equal(edited.ok, false);
-  assert.deepEqual(edited.problems!.map((p) => [p.seq, p.kind]), [[remaining[1]!.seq, 'hash_mismatch']]);
+  assert.deepEqual(
+    edited.problems!.map((p) => [p.seq, p.kind]),
+    [[remaining[1]!.seq, 'hash_mismatch']],
+  );
   db.prepare('DELETE FROM audit_checkpoint').run();
   const noAnchor = await store.verifyAudit();
   assert.equal(noAnchor.problem!.seq, remaining[0]!.seq);
@@ -83,7 +90,13 @@ test('certificates expired longer than certificateDays ago are archived (0600) a
   assert.equal(res.audit.rows, 0);
   assert.equal(res.certificates.rows, 2);
   assert.equal(statSync(res.certificates.file!).mode & 0o777, 0o600);
-  assert.deepEqual(readLines(res.certificates.file!).map((c: { serial: string }) => c.serial), ['01', '02']);
-  assert.deepEqual((await s.server.ctx.store.listCertificates('dev-00000000000000a1')).map((c) => c.serial), ['03', '04']);
+  assert.deepEqual(
+    readLines(res.certificates.file!).map((c: { serial: string }) => c.serial),
+    ['01', '02'],
+  );
+  assert.deepEqual(
+    (await s.server.ctx.store.listCertificates('dev-00000000000000a1')).map((c) => c.serial),
+    ['03', '04'],
+  );
   assert.equal((await s.server.ctx.store.verifyAudit()).ok, true);
 });

@@ -27,7 +27,10 @@ function device(db: Database.Database, id: string, ekHash: string, status: strin
 test('devices from before the canonical EK identity are marked legacy, and the data dir keeps EK certificates optional', async (t) => {
   const file = path.join(await dir(t), 'edgeid.db');
   const old = new Database(file);
-  migrate(old, loadMigrations().filter((m) => m.version <= 3));
+  migrate(
+    old,
+    loadMigrations().filter((m) => m.version <= 3),
+  );
   device(old, 'dev-a', 'legacy-hash-a', 'active');
   // the race this version closes may already have left two live devices on one EK: the upgrade must not fail on them
   device(old, 'dev-b', 'legacy-hash-b', 'active');

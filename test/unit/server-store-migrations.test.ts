@@ -74,19 +74,28 @@ function legacyDb(file: string, additions: number): Buffer {
        baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip)
      VALUES ('dev-00000000000000a1', 'default', 'ops', 'gw', NULL, 'active', NULL, ?, 'ek', ?, NULL, NULL, NULL, 'admin', ?, NULL, ?, NULL)`,
   ).run(NOW, akPub, NOW, NOW);
-  db.prepare(`INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at) VALUES ('ab', 'dev-00000000000000a1', ?, ?, 'x', ?)`).run(
-    NOW,
-    NOW + 3600_000,
-    NOW,
-  );
-  db.prepare(`INSERT INTO nonces (value, device_id, created_at, expires_at, used_at) VALUES ('n1', 'dev-00000000000000a1', ?, ?, NULL)`).run(NOW, NOW + 600_000);
-  const row = { seq: 1, time: new Date(NOW).toISOString(), actor: 'admin', event: 'token.create', deviceId: null, ip: null, outcome: 'ok' as const, reason: null, details: null, prevHash: GENESIS_HASH };
+  db.prepare(
+    `INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at) VALUES ('ab', 'dev-00000000000000a1', ?, ?, 'x', ?)`,
+  ).run(NOW, NOW + 3600_000, NOW);
+  db.prepare(
+    `INSERT INTO nonces (value, device_id, created_at, expires_at, used_at) VALUES ('n1', 'dev-00000000000000a1', ?, ?, NULL)`,
+  ).run(NOW, NOW + 600_000);
+  const row = {
+    seq: 1,
+    time: new Date(NOW).toISOString(),
+    actor: 'admin',
+    event: 'token.create',
+    deviceId: null,
+    ip: null,
+    outcome: 'ok' as const,
+    reason: null,
+    details: null,
+    prevHash: GENESIS_HASH,
+  };
   const hash = auditHash(row);
-  db.prepare(`INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash) VALUES (1, ?, 'admin', 'token.create', NULL, NULL, 'ok', NULL, NULL, ?, ?)`).run(
-    NOW,
-    GENESIS_HASH,
-    hash,
-  );
+  db.prepare(
+    `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash) VALUES (1, ?, 'admin', 'token.create', NULL, NULL, 'ok', NULL, NULL, ?, ?)`,
+  ).run(NOW, GENESIS_HASH, hash);
   db.prepare(`INSERT INTO meta (key, value) VALUES ('audit_head', ?)`).run(JSON.stringify({ seq: 1, hash }));
   db.close();
   return akPub;
@@ -186,5 +195,8 @@ test('a database that is not an edgeid database is refused', async (t) => {
   const db = new Database(file);
   db.exec('CREATE TABLE something_else (a INTEGER)');
   db.close();
-  assert.throws(() => new SqliteStore(file), (e: any) => e.code === 'data_dir_unusable');
+  assert.throws(
+    () => new SqliteStore(file),
+    (e: any) => e.code === 'data_dir_unusable',
+  );
 });

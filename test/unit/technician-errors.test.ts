@@ -5,7 +5,11 @@ import { TpmError } from '../../agent/tpm/errors.js';
 import { ERRORS } from '../../protocol/errors/index.js';
 
 test('a TPM in dictionary-attack lockout surfaces as tpm_lockout, other TPM failures as tpm_command_failed', () => {
-  const lockout = new TpmError(0x921, 'Esys_ActivateCredential', 'tpm:warn(2.0): authorizations for objects subject to DA protection are not allowed at this time because the TPM is in DA lockout mode');
+  const lockout = new TpmError(
+    0x921,
+    'Esys_ActivateCredential',
+    'tpm:warn(2.0): authorizations for objects subject to DA protection are not allowed at this time because the TPM is in DA lockout mode',
+  );
   assert.equal(lockout.code, 'tpm_lockout');
   assert.match(ERRORS.tpm_lockout.fix, /dictionarylockout/);
   assert.equal(new TpmError(0x98e, 'Esys_Load', 'integrity').code, 'tpm_command_failed');
