@@ -12,8 +12,8 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Static, TSchema } from 'typebox';
-import { Compile } from 'typebox/compile';
 import { ERRORS, EdgeidError, type ErrorCode } from '../protocol/errors/index.js';
+import { responseMismatch } from '../protocol/wire-check.js';
 
 export function normaliseFingerprint(fp: string): string {
   const hex = fp
@@ -322,7 +322,7 @@ export class ServerClient {
       json = undefined;
     }
     if (status >= 200 && status < 300 && json !== undefined) {
-      const problem = responseProblem(response, json);
+      const problem = responseMismatch(response, json);
       if (problem) {
         throw new EdgeidError('server_error', `${url.pathname}: malformed response: ${problem.text}`, {
           path: url.pathname,
@@ -334,22 +334,6 @@ export class ServerClient {
     }
     throw serverError(url, status, json, text);
   }
-}
-
-/** Compiled validators of the response schemas, one per schema. */
-const validators = new WeakMap<TSchema, ReturnType<typeof Compile>>();
-
-/** Why `json` does not match `schema` (the first error, naming the field), or null when it does. */
-function responseProblem(schema: TSchema, json: unknown): { field: string; text: string } | null {
-  let v = validators.get(schema);
-  if (!v) {
-    v = Compile(schema);
-    validators.set(schema, v);
-  }
-  if (v.Check(json)) return null;
-  const [first] = v.Errors(json);
-  const field = `response${first?.instancePath ?? ''}`;
-  return { field, text: `${field} ${first?.message ?? 'does not match the protocol'}` };
 }
 
 function serverError(url: URL, status: number, json: unknown, text: string): EdgeidError {

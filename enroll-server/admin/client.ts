@@ -2,10 +2,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import https from 'node:https';
 import { join, resolve } from 'node:path';
 import type { Static, TSchema } from 'typebox';
-import { Compile } from 'typebox/compile';
 import { ErrorBody } from '../../protocol/api.js';
 import { EdgeidError, ERRORS, type ErrorCode } from '../../protocol/errors/index.js';
 import { DATA_FILES, type ServerInfo } from '../server.js';
+import { responseMismatch } from '../../protocol/wire-check.js';
 
 export interface AdminTarget {
   server: string;
@@ -61,22 +61,6 @@ export function resolveTarget(
   };
 }
 
-/** Compiled validators of the response schemas, one per schema. */
-const validators = new WeakMap<TSchema, ReturnType<typeof Compile>>();
-
-/** Where `json` first departs from `schema` (`response/…` and why), or null when it matches. */
-function mismatch(schema: TSchema, json: unknown): { field: string; text: string } | null {
-  let v = validators.get(schema);
-  if (!v) {
-    v = Compile(schema);
-    validators.set(schema, v);
-  }
-  if (v.Check(json)) return null;
-  const [first] = v.Errors(json);
-  const field = `response${first?.instancePath ?? ''}`;
-  return { field, text: `${field} ${first?.message ?? 'does not match the protocol'}` };
-}
-
 export class AdminClient {
   constructor(readonly target: AdminTarget) {}
 
@@ -92,7 +76,7 @@ export class AdminClient {
     } catch {
       throw new EdgeidError('server_error', `${method} ${path}: the answer is not JSON`, { path });
     }
-    const problem = mismatch(response, json);
+    const problem = responseMismatch(response, json);
     if (problem)
       throw new EdgeidError('server_error', `${method} ${path}: malformed response: ${problem.text}`, { path, field: problem.field });
     return json as Static<S>;
@@ -128,7 +112,7 @@ export class AdminClient {
             let err: ErrorBody['error'] | undefined;
             try {
               const json: unknown = JSON.parse(buf.toString('utf8'));
-              if (!mismatch(ErrorBody, json)) err = (json as ErrorBody).error;
+              if (!responseMismatch(ErrorBody, json)) err = (json as ErrorBody).error;
             } catch {
               /* not an edgeid error body */
             }
