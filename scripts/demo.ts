@@ -397,6 +397,16 @@ async function main(): Promise<void> {
 
   // -- summary
   step('6', 'Summary');
+  // a device back from quarantine resends what the broker refused meanwhile (its outbox keeps it);
+  // the count waits until every live device's outbox is empty
+  for (const dev of devs) {
+    if (!existsSync(path.join(dev.stateDir, 'state.json'))) continue;
+    await eventually(
+      `${dev.name}'s outbox to drain`,
+      async () => (JSON.parse(await agentCli(dev, ['status', '--json'])) as { outbox: { pending: number } }).outbox.pending === 0,
+      120_000,
+    ).catch(() => say(`${dev.name} still has messages in its outbox`));
+  }
   const final = await devices();
   const lostOf = (got: Set<string>) => {
     // per agent run: samples 1..max were sent, so max - received are missing

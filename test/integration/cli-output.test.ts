@@ -25,7 +25,7 @@ const MIB = 1 << 20;
 
 const mode = async (f: string) => (await stat(f)).mode & 0o777;
 
-test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes and exit codes', { timeout: 600_000 }, async (t) => {
+test('edgeid-admin and edgeid-agent: pipes, --out, --json, terminals, escapes and exit codes', { timeout: 1_500_000 }, async (t) => {
   const work = await mkdtemp(path.join(os.tmpdir(), 'edgeid-cli-output-'));
   t.after(() => rm(work, { recursive: true, force: true }));
   const dataDir = path.join(work, 'data');

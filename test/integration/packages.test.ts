@@ -18,7 +18,7 @@ import { promisify } from 'node:util';
 import { REPO } from '../../scripts/harness/fs.js';
 import { freePort } from '../../scripts/harness/ports.js';
 import { stopChild } from '../../scripts/harness/process.js';
-import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
+import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 
 const run = promisify(execFile);
@@ -226,6 +226,8 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
     await admin(root, ['token', 'create', '--zone', 'default', '--owner', 'pkg-test', '--name', 'gw-1', '--json']),
   ) as { uri: string };
   assert.match(created.uri, /^edgeid:\/\/enroll\?/);
+  // EK certificates are required by default: the operator trusts this test TPM's maker (swtpm's local CA)
+  for (const ca of [SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER]) await admin(root, ['ek-roots', 'add', ca]);
 
   // the agent as its unit's user, in its sandbox: enroll (the unit's environment, another command),
   // then the unit's exact ExecStart until it runs; the TPM is an swtpm named by the unit's

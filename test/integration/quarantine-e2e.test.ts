@@ -123,9 +123,10 @@ test('a quarantined agent loses its certificate (CRL) and its broker rights but 
     agent
       .log()
       .split('\n')
-      .filter((l) => l.includes('"mqtt error"') || l.includes('mqtt connection closed')).length;
+      .filter((l) => l.includes('"mqtt error"') || l.includes('mqtt connection closed') || l.includes('mqtt suspended')).length;
   const refusedBefore = refusals();
-  await waitFor('the agent to be refused by the broker twice', () => refusals() >= refusedBefore + 2, 30_000);
+  // the agent backs off (and suspends MQTT) once the broker refuses its certificate: one refusal is the signal
+  await waitFor('the agent to be refused by the broker', () => refusals() >= refusedBefore + 1, 60_000);
   assert.ok(beats() - beatsAtCut <= 1, `no heartbeat got through after the CRL reload (${beats() - beatsAtCut})`);
   // ---- approval: the role comes back, the agent's retry renews, and it publishes again ----
   const approved = await d.adminApi<{ device: { status: string } }>('POST', `/v1/admin/devices/${id}/approve-baseline`, {});
