@@ -2,8 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
 
+// These tests look at each refusal's own audit row: aggregation of repeated anonymous refusals
+// (one row, then a count per minute) is off here and tested in server-unauth-bounds.test.ts.
 async function server(t: { after: (fn: () => Promise<void>) => void }, cfg: Record<string, unknown> = {}): Promise<TestServer> {
-  const s = await startInProcessServer(cfg);
+  const s = await startInProcessServer({ audit: { aggregateRefusals: false }, ...cfg });
   t.after(() => s.close());
   return s;
 }
@@ -142,9 +144,10 @@ test('renewal requests are rate limited per device', async (t) => {
   const s = await server(t, { rateLimit: { renew: { max: 1, window: '1h' } } });
   const app = s.server.app;
   const ch = (deviceId: string) => app.inject({ method: 'POST', url: '/v1/renew/challenge', payload: { deviceId } });
-  assert.equal((await ch('dev-000000000000000a')).statusCode, 404);
+  // an unknown device gets the one generic refusal anonymous callers get (renewal_refused, 403)
+  assert.equal((await ch('dev-000000000000000a')).statusCode, 403);
   assert.equal((await ch('dev-000000000000000a')).statusCode, 429);
-  assert.equal((await ch('dev-000000000000000b')).statusCode, 404);
+  assert.equal((await ch('dev-000000000000000b')).statusCode, 403);
 });
 
 test('metrics are served in the Prometheus format', async (t) => {
