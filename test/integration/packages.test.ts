@@ -226,8 +226,6 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
     await admin(root, ['token', 'create', '--zone', 'default', '--owner', 'pkg-test', '--name', 'gw-1', '--json']),
   ) as { uri: string };
   assert.match(created.uri, /^edgeid:\/\/enroll\?/);
-  // EK certificates are required by default: the operator trusts this test TPM's maker (swtpm's local CA)
-  for (const ca of [SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER]) await admin(root, ['ek-roots', 'add', ca]);
 
   // the agent as its unit's user, in its sandbox: enroll (the unit's environment, another command),
   // then the unit's exact ExecStart until it runs; the TPM is an swtpm named by the unit's
@@ -235,6 +233,9 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
   const tpm = await startSwtpm();
   t.after(() => tpm.stop());
   await extendBootPcrs(tpm.tcti);
+  // EK certificates are required by default: the operator trusts this test TPM's maker (swtpm's local CA,
+  // which exists once a TPM was manufactured)
+  for (const ca of [SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER]) await admin(root, ['ek-roots', 'add', ca]);
   await writeFile(path.join(root, 'etc/default/edgeid-agent'), `EDGEID_TCTI=${tpm.tcti}\n`);
   const unitRun = path.join(REPO, 'scripts/unit-run');
   const agentUnit = '/lib/systemd/system/edgeid-agent.service';
