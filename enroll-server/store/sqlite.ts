@@ -702,6 +702,19 @@ export class SqliteStore implements Store {
     return r ? certFrom(r) : null;
   }
 
+  /** Revokes the device's unexpired, unrevoked certificates; returns their serials (inside a transaction). */
+  private revokeLiveCertificatesSync(deviceId: string, reason: RevokeReason, now: number): string[] {
+    const serials = (
+      this.db
+        .prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
+        .all(deviceId, now) as Row[]
+    ).map((r) => String(r.serial));
+    this.db
+      .prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
+      .run(now, reason, deviceId, now);
+    return serials;
+  }
+
   async endDevice(p: {
     deviceId: string;
     status: 'revoked' | 'retired';
@@ -712,14 +725,7 @@ export class SqliteStore implements Store {
   }): Promise<string[]> {
     return this.tx(() => {
       this.updateDeviceSync(p.deviceId, { status: p.status, statusReason: p.statusReason, statusChangedAt: p.now });
-      const serials = (
-        this.db
-          .prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
-          .all(p.deviceId, p.now) as Row[]
-      ).map((r) => String(r.serial));
-      this.db
-        .prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
-        .run(p.now, p.reason, p.deviceId, p.now);
+      const serials = this.revokeLiveCertificatesSync(p.deviceId, p.reason, p.now);
       this.db.prepare('UPDATE nonces SET used_at = ? WHERE device_id = ? AND used_at IS NULL').run(p.now, p.deviceId);
       this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
       return serials;
@@ -744,14 +750,7 @@ export class SqliteStore implements Store {
         this.appendAuditSync(p.audit);
         return null;
       }
-      const serials = (
-        this.db
-          .prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
-          .all(p.deviceId, p.now) as Row[]
-      ).map((r) => String(r.serial));
-      this.db
-        .prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
-        .run(p.now, p.reason, p.deviceId, p.now);
+      const serials = this.revokeLiveCertificatesSync(p.deviceId, p.reason, p.now);
       this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
       return serials;
     });
