@@ -56,6 +56,8 @@ function memoryLogger(): { log: pino.Logger; lines: () => Record<string, unknown
   return { log: pino({ level: 'debug' }, sink), lines: () => lines };
 }
 
+const LIFETIME_S = 15;
+
 for (const [name, offsetMs, firstReason] of [
   ['2 hours ahead', 2 * 3_600_000, 'expired'],
   ['1 hour behind', -3_600_000, 'clock-changed'],
@@ -64,30 +66,43 @@ for (const [name, offsetMs, firstReason] of [
     const tpm = await startSwtpm();
     t.after(() => tpm.stop());
     await extendBootPcrs(tpm.tcti);
-    const srv = await startServer({ config: { ...FAST, zones: { default: { lifetime: 8 } } } });
+    const srv = await startServer({ config: { ...FAST, zones: { default: { lifetime: LIFETIME_S } } } });
     t.after(() => srv.close());
-    const stateDir = path.join(await tmpDir('edgeid-agent-skew-', t), 'state');
+    const dir = await tmpDir('edgeid-agent-skew-', t);
+    const stateDir = path.join(dir, 'state');
+    // a renewal that fails on a loaded machine is retried within about a second, not after the
+    // default backoff, so a transient failure does not show as a late schedule
+    const configFile = path.join(dir, 'agent.json');
+    await writeFile(configFile, JSON.stringify({ renewal: { backoffBaseMs: 200, backoffCapMs: 1000 } }));
     const { uri } = await createToken(srv);
-    const enrolled = await agentCli(['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti]);
+    const enrolled = await agentCli(['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti, '--config', configFile]);
     assert.equal(enrolled.code, 0, enrolled.stderr);
 
-    const agent = spawnAgent(['run', '--state', stateDir, '--tcti', tpm.tcti, '--log-level', 'debug'], {
+    const agent = spawnAgent(['run', '--state', stateDir, '--tcti', tpm.tcti, '--config', configFile, '--log-level', 'debug'], {
       EDGEID_TEST_CLOCK_OFFSET_MS: String(offsetMs),
     });
     t.after(() => {
       agent.child.kill('SIGKILL');
     });
-    // Each certificate lives 8 s: a schedule that is lost, or that waits on the device's wrong clock,
-    // lets it expire; a renewal that starts after expiry is recorded with reason "expired".
+    // Each certificate lives LIFETIME_S seconds and the server asks for renewal at two thirds: a
+    // schedule that is lost, or that waits on the device's wrong clock, lets it expire; a renewal
+    // that starts after expiry is recorded with reason "expired". The last third (5 s) is the
+    // margin a loaded CI machine gets for a late timer or a retried renewal.
     const reasons: string[] = [];
     const serials = new Set<string>();
-    await waitFor('6 renewals', async () => {
+    const renewalLog = () =>
+      agent
+        .log()
+        .split('\n')
+        .filter((l) => /renewal (started|failed)/.test(l))
+        .join('\n');
+    await waitFor('5 renewals', async () => {
       const s = await readState(stateDir).catch(() => null);
       if (s?.lastRenewal?.ok && s.lastRenewal.serial && !serials.has(s.lastRenewal.serial)) {
         serials.add(s.lastRenewal.serial);
         reasons.push(s.lastRenewal.reason);
       }
-      return s && s.renewals >= 6;
+      return s && s.renewals >= 5;
     });
     const s = await readState(stateDir);
     assert.equal(typeof s.certificate.clockOffsetMs, 'number');
@@ -96,11 +111,12 @@ for (const [name, offsetMs, firstReason] of [
     // enrolled with a right clock, then the clock went wrong (a reboot without RTC): the first
     // renewal notices (ahead: the certificate looks expired; behind: it arrived "in the future"),
     // and from then on every renewal runs on schedule, none after its certificate expired
-    assert.equal(reasons[0], firstReason, `renewal reasons: ${reasons.join(', ')}`);
+    assert.equal(reasons[0], firstReason, `renewal reasons: ${reasons.join(', ')}\n${renewalLog()}`);
+    // (a retry of a renewal that failed on a loaded machine is fine, as long as it beat the expiry)
     assert.deepEqual(
-      reasons.slice(1).filter((r) => r !== 'schedule'),
+      reasons.slice(1).filter((r) => r !== 'schedule' && r !== 'retry'),
       [],
-      `renewal reasons: ${reasons.join(', ')}`,
+      `renewal reasons: ${reasons.join(', ')}\n${renewalLog()}`,
     );
     agent.child.kill('SIGTERM');
     assert.equal(await agent.exit, 0);
