@@ -9,21 +9,21 @@
  */
 import 'reflect-metadata';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { parseArgs, promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { prettyFactory } from 'pino-pretty';
 import type { DeviceView } from '../protocol/api.js';
-import { NO_EVENT_LOG } from './harness/eventlog.js';
+import { buildEventLog, extendEvents, syntheticBootEvents } from './harness/eventlog.js';
 import { REPO } from './harness/fs.js';
 import { httpsJson } from './harness/https.js';
 import { startMosquitto, type Mosquitto } from './harness/mosquitto.js';
 import { freePort } from './harness/ports.js';
 import { stopChild } from './harness/process.js';
 import { startServerProcess, type ServerProcess } from './harness/server.js';
-import { extendBootPcrs, manufactureTpm, startSwtpm, SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, type Swtpm } from './harness/swtpm.js';
+import { manufactureTpm, startSwtpm, SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, type Swtpm } from './harness/swtpm.js';
 import { waitFor } from './harness/wait.js';
 
 const run = promisify(execFile);
@@ -137,7 +137,7 @@ async function cli(script: string, argv: string[], env: NodeJS.ProcessEnv = {}):
 
 const admin = (argv: string[]) => cli('enroll-server/admin-cli.ts', [...argv, '--data', path.join(work, 'data')]);
 const agentCli = (dev: Device, argv: string[], env: NodeJS.ProcessEnv = {}) =>
-  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: NO_EVENT_LOG, ...env });
+  cli('agent/cli.ts', [...argv, '--state', dev.stateDir], { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: dev.eventLog, ...env });
 
 /** Asks the deployment every half second (through CLIs and files, which may fail while it moves). */
 const eventually = <T>(what: string, fn: () => Promise<T>, timeoutMs: number) =>
@@ -148,21 +148,30 @@ const eventually = <T>(what: string, fn: () => Promise<T>, timeoutMs: number) =>
 interface Device {
   name: string;
   stateDir: string;
+  /** The device's TCG event log (what securityfs would hold on a real gateway). */
+  eventLog: string;
   tpm: Swtpm;
   agent: ChildProcess | null;
   id: string | null;
   serials: Set<string>;
 }
 
-/** Emulated measured boot: firmware (PCR 0) and bootloader measurements (PCRs 1–7). */
+/**
+ * Emulated measured boot: a UEFI boot's events (firmware blob in PCR 0, Secure Boot variables in
+ * PCR 7, the boot application in PCR 4, …) are extended into the device's swtpm and written as its
+ * TCG event log, which the agent sends with each quote: the server replays it against the quote
+ * and names the event that changed.
+ */
 async function boot(dev: Device, firmware = 'firmware-1.0'): Promise<void> {
-  await extendBootPcrs(dev.tpm.tcti, `${dev.name}:${firmware}`, [0]);
-  await extendBootPcrs(dev.tpm.tcti, `${dev.name}:boot`, [1, 2, 3, 4, 5, 6, 7]);
+  const events = syntheticBootEvents({ firmware });
+  await extendEvents(dev.tpm.tcti, events);
+  mkdirSync(path.dirname(dev.eventLog), { recursive: true, mode: 0o700 });
+  writeFileSync(dev.eventLog, buildEventLog(events));
 }
 
 function startAgent(dev: Device): void {
   const [cmd, a] = node('agent/cli.ts', ['run', '--state', dev.stateDir, '--heartbeat', '5', '--telemetry', '1']);
-  dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: NO_EVENT_LOG });
+  dev.agent = startProcess(`agent-${dev.name}`, cmd, a, { EDGEID_TCTI: dev.tpm.tcti, EDGEID_EVENT_LOG: dev.eventLog });
 }
 
 async function devices(): Promise<DeviceView[]> {
@@ -226,7 +235,15 @@ async function main(): Promise<void> {
     await manufactureTpm(tpmDir);
     const tpm = await startSwtpm({ stateDir: tpmDir, logFile: path.join(logs, `swtpm-${name}.log`) });
     services.tpms.push(tpm);
-    const dev: Device = { name, tpm, stateDir: path.join(work, 'devices', name), agent: null, id: null, serials: new Set() };
+    const dev: Device = {
+      name,
+      tpm,
+      stateDir: path.join(work, 'devices', name),
+      eventLog: path.join(work, 'boot', name, 'binary_bios_measurements'),
+      agent: null,
+      id: null,
+      serials: new Set(),
+    };
     await boot(dev);
     devs.push(dev);
   }
@@ -332,7 +349,7 @@ async function main(): Promise<void> {
   // -- 4. posture drift
   const d3 = devs[2]!;
   let restored = false;
-  step('4', `Posture drift: ${d3.name} reboots with new firmware (PCR 0 changes)`);
+  step('4', `Posture drift: ${d3.name} reboots with new firmware (its event log and PCR 0 change)`);
   await stopChild(d3.agent);
   await d3.tpm.restart();
   await boot(d3, 'firmware-2.0-unapproved');
