@@ -20,6 +20,12 @@ export interface EventLogPolicy {
   firmwareBlobs: string[] | null;
   /** Allowed digests of EV_EFI_BOOT_SERVICES_APPLICATION events (null = any). */
   bootApplications: string[] | null;
+  /**
+   * Allowed signers of boot applications: SHA-256 of the DER certificates that EV_EFI_VARIABLE_AUTHORITY
+   * events name (null = any). A boot application passes by its digest or, with Secure Boot on, by
+   * every authority event naming an allowed signer.
+   */
+  bootSigners: string[] | null;
   /** dbx must keep every entry of the approved (baseline) log's dbx. */
   dbxNoRollback: boolean;
 }
@@ -238,17 +244,25 @@ function digestList(f: Field, v: unknown): string[] {
 }
 
 function eventLogPolicy(f: Field, v: unknown): EventLogPolicy {
-  const p: EventLogPolicy = { required: false, secureBoot: false, firmwareBlobs: null, bootApplications: null, dbxNoRollback: true };
+  const p: EventLogPolicy = {
+    required: false,
+    secureBoot: false,
+    firmwareBlobs: null,
+    bootApplications: null,
+    bootSigners: null,
+    dbxNoRollback: true,
+  };
   if (v === undefined) return p;
   const o = asObject(f, v);
-  onlyKeys(f, o, ['required', 'secureBoot', 'firmwareBlobs', 'bootApplications', 'dbxNoRollback']);
+  onlyKeys(f, o, ['required', 'secureBoot', 'firmwareBlobs', 'bootApplications', 'bootSigners', 'dbxNoRollback']);
   if (o.required !== undefined) p.required = bool(f.at('required'), o.required);
   if (o.secureBoot !== undefined) p.secureBoot = bool(f.at('secureBoot'), o.secureBoot);
   if (o.dbxNoRollback !== undefined) p.dbxNoRollback = bool(f.at('dbxNoRollback'), o.dbxNoRollback);
   if (o.firmwareBlobs !== undefined) p.firmwareBlobs = digestList(f.at('firmwareBlobs'), o.firmwareBlobs);
   if (o.bootApplications !== undefined) p.bootApplications = digestList(f.at('bootApplications'), o.bootApplications);
+  if (o.bootSigners !== undefined) p.bootSigners = digestList(f.at('bootSigners'), o.bootSigners);
   // a rule in the log's terms needs the log
-  if (p.secureBoot || p.firmwareBlobs || p.bootApplications) p.required = o.required === undefined ? true : p.required;
+  if (p.secureBoot || p.firmwareBlobs || p.bootApplications || p.bootSigners) p.required = o.required === undefined ? true : p.required;
   return p;
 }
 

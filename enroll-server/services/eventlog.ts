@@ -102,6 +102,44 @@ function driverConfig(log: EventLog, guid: string, name: string): LogEvent | und
 }
 
 /**
+ * Boot applications (EV_EFI_BOOT_SERVICES_APPLICATION) the policy does not allow. An application
+ * passes by its digest (`bootApplications`) or by its signer (`bootSigners`): UEFI Secure Boot
+ * verified it, and the firmware measured into PCR 7 the db entry that did, as an
+ * EV_EFI_VARIABLE_AUTHORITY event (TCG PC Client PFP §3.3.4.8; shim does the same for its vendor
+ * certificate). The log does not tie an authority event to its application (each db entry is
+ * measured once, at its first use), so signers vouch for the boot as a whole: Secure Boot must be
+ * on, every authority event naming a certificate must name an allowed one (its data hashing to its
+ * digest), and at least one must be there.
+ */
+function bootApplicationViolations(policy: EventLogPolicy, log: EventLog): string[] {
+  const apps = log.events.filter((e) => e.type === EV.EV_EFI_BOOT_SERVICES_APPLICATION);
+  const byDigest = (e: LogEvent) => policy.bootApplications?.includes(sha256Of(e)) === true;
+  const unlisted = apps.filter((e) => !byDigest(e));
+  if (unlisted.length === 0) return [];
+  const app = (e: LogEvent) => `PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))}`;
+  if (!policy.bootSigners) return unlisted.map((e) => `${app(e)} is not an allowed boot application`);
+  const why: string[] = [];
+  const sb = driverConfig(log, EFI_GLOBAL_VARIABLE, 'SecureBoot');
+  if (!sb || sb.decoded.kind !== 'variable' || sb.dataMatchesDigest !== true || sb.decoded.value !== 1)
+    why.push('Secure Boot is not on, so no signature was checked');
+  let signers = 0;
+  for (const e of log.events) {
+    if (e.type !== EV.EV_EFI_VARIABLE_AUTHORITY || e.decoded.kind !== 'variable' || !e.decoded.signerSha256) continue;
+    if (e.dataMatchesDigest !== true) {
+      why.push(`PCR ${e.pcr}: ${label(e)} (#${e.index}) data does not match its digest`);
+      continue;
+    }
+    signers++;
+    if (!policy.bootSigners.includes(e.decoded.signerSha256))
+      why.push(`PCR ${e.pcr}: ${label(e)} certificate ${e.decoded.signerSha256.slice(0, 8)}… is not an allowed boot signer`);
+  }
+  if (signers === 0 && why.length === 0) why.push('no EV_EFI_VARIABLE_AUTHORITY event names the signer');
+  if (why.length === 0) return [];
+  const more = unlisted.length > 1 ? ` (and ${unlisted.length - 1} more)` : '';
+  return [`${app(unlisted[0]!)}${more} is neither an allowed boot application nor vouched for by an allowed signer: ${why.join('; ')}`];
+}
+
+/**
  * Violations of the zone's event-log policy, each naming its event; `baseline` is the approved log
  * (for dbx rollback). Decoded variable data is believed only when it hashes to the event's digest.
  */
@@ -126,13 +164,7 @@ export function eventLogViolations(
         out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed firmware blob`);
     }
   }
-  if (policy.bootApplications) {
-    for (const e of log.events) {
-      if (e.type !== EV.EV_EFI_BOOT_SERVICES_APPLICATION) continue;
-      if (!policy.bootApplications.includes(sha256Of(e)))
-        out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed boot application`);
-    }
-  }
+  if (policy.bootApplications || policy.bootSigners) out.push(...bootApplicationViolations(policy, log));
   if (policy.dbxNoRollback && baseline) {
     const before = driverConfig(baseline, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
     const now = driverConfig(log, EFI_IMAGE_SECURITY_DATABASE, 'dbx');

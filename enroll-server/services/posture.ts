@@ -25,6 +25,7 @@ const NO_EVENT_LOG_POLICY: EventLogPolicy = {
   secureBoot: false,
   firmwareBlobs: null,
   bootApplications: null,
+  bootSigners: null,
   dbxNoRollback: true,
 };
 

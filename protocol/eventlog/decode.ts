@@ -45,6 +45,11 @@ export type EventData =
       devicePath?: string;
       /** BootOrder: the Boot#### numbers. */
       bootOrder?: number[];
+      /**
+       * EV_EFI_VARIABLE_AUTHORITY whose data is an X.509 certificate (the db entry that verified an
+       * image, or shim's vendor certificate): SHA-256 of the certificate's DER.
+       */
+      signerSha256?: string;
     }
   /** UEFI_IMAGE_LOAD_EVENT (PFP §10.2.4) of EV_EFI_BOOT_SERVICES_APPLICATION / _DRIVER, EV_EFI_RUNTIME_SERVICES_DRIVER. */
   | { kind: 'image'; location: string; length: string; linkTimeAddress: string; devicePath: string }
@@ -102,7 +107,10 @@ function variable(r: Reader, type: number): EventData {
     dataLength,
   };
   const global = guid === EFI_GLOBAL_VARIABLE;
-  if (global && SECURE_BOOT_BOOLEANS.has(name)) {
+  if (type === EV.EV_EFI_VARIABLE_AUTHORITY) {
+    const cert = authorityCertificate(data);
+    if (cert) v.signerSha256 = createHash('sha256').update(cert).digest('hex');
+  } else if (global && SECURE_BOOT_BOOLEANS.has(name)) {
     if (dataLength >= 1) v.value = data[0]!;
   } else if ((global && (name === 'PK' || name === 'KEK')) || (guid === EFI_IMAGE_SECURITY_DATABASE && SIGNATURE_DBS.has(name))) {
     if (type === EV.EV_EFI_VARIABLE_DRIVER_CONFIG) v.signatures = signatureLists(dr);
@@ -127,6 +135,30 @@ function variable(r: Reader, type: number): EventData {
     v.devicePath = devicePathText(dr.sub(pathLength, 'FilePathList'));
   }
   return v;
+}
+
+/** `b` is exactly one DER SEQUENCE (definite length, short or long form up to 4 bytes). */
+function isDerSequence(b: Buffer): boolean {
+  if (b.length < 2 || b[0] !== 0x30) return false;
+  const first = b[1]!;
+  if (first < 0x80) return 2 + first === b.length;
+  const n = first & 0x7f;
+  if (n === 0 || n > 4 || b.length < 2 + n) return false;
+  let len = 0;
+  for (let i = 0; i < n; i++) len = len * 256 + b[2 + i]!;
+  return 2 + n + len === b.length;
+}
+
+/**
+ * The certificate an EV_EFI_VARIABLE_AUTHORITY event names. The firmware (EDK2
+ * DxeImageVerificationLib) logs the whole EFI_SIGNATURE_DATA of the db entry that verified an
+ * image — SignatureOwner GUID, then the DER certificate (UEFI §32.4.1); shim logs its vendor
+ * certificate's DER alone. Other authority events (SbatLevel, MokListTrusted) name no signer.
+ */
+function authorityCertificate(data: Buffer): Buffer | null {
+  if (isDerSequence(data)) return data;
+  const afterOwner = data.subarray(16);
+  return data.length > 16 && isDerSequence(afterOwner) ? afterOwner : null;
 }
 
 function image(r: Reader): EventData {
@@ -268,5 +300,9 @@ export const DIGEST_IS_DATA_HASH: ReadonlySet<number> = new Set([
   EV.EV_SEPARATOR,
   EV.EV_EFI_ACTION,
   EV.EV_EFI_VARIABLE_DRIVER_CONFIG,
+  // the digest of EV_EFI_VARIABLE_AUTHORITY is that of its UEFI_VARIABLE_DATA too (TCG PC Client
+  // PFP, the EV_EFI_VARIABLE_AUTHORITY entry of the event types table);
+  // early shim releases measured something else, so their events show dataMatchesDigest false
+  EV.EV_EFI_VARIABLE_AUTHORITY,
   EV.EV_EFI_GPT_EVENT,
 ]);

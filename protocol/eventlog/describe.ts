@@ -35,6 +35,7 @@ export function eventSummary(e: LogEvent): string {
       if (d.bootOrder) parts.push(`= ${d.bootOrder.map((n) => n.toString(16).padStart(4, '0')).join(',')}`);
       if (d.description !== undefined) parts.push(`'${clip(d.description)}'`);
       if (d.devicePath) parts.push(clip(d.devicePath));
+      if (d.signerSha256) parts.push(`signer ${d.signerSha256.slice(0, 16)}…`);
       return parts.join(' ');
     }
     case 'image':

@@ -138,11 +138,22 @@ export interface SyntheticBoot {
   bootApp?: string;
   /** Number of dbx entries (revocations); dbx entry i is sha256("dbx:" + i). */
   dbxEntries?: number;
+  /**
+   * The db entry that verified the boot application, measured as EV_EFI_VARIABLE_AUTHORITY (an
+   * EFI_SIGNATURE_DATA whose data is signerCertificate(it)); none when absent.
+   */
+  signer?: string;
+}
+
+/** A DER SEQUENCE standing for the certificate `label` (shaped like one; its SHA-256 names the signer). */
+export function signerCertificate(label: string): Buffer {
+  const body = Buffer.concat([Buffer.from([0x0c, Buffer.byteLength(label)]), Buffer.from(label, 'utf8')]);
+  return Buffer.concat([Buffer.from([0x30, 0x82, body.length >> 8, body.length & 0xff]), body]);
 }
 
 /** The events of a plausible UEFI boot (PCRs 0–7) described by `boot`. */
 export function syntheticBootEvents(boot: SyntheticBoot = {}): SyntheticEvent[] {
-  const { firmware = 'v1.0', secureBoot = 1, bootApp = 'shimx64-15.8', dbxEntries = 3 } = boot;
+  const { firmware = 'v1.0', secureBoot = 1, bootApp = 'shimx64-15.8', dbxEntries = 3, signer } = boot;
   const h = (s: string) => createHash('sha256').update(s).digest();
   const blob = Buffer.concat([Buffer.from([4]), Buffer.from('BIOS', 'latin1'), u64(0xff000000), u64(0x1000000)]);
   const dbx = sha256SignatureList(Array.from({ length: dbxEntries }, (_, i) => h(`dbx:${i}`)));
@@ -174,6 +185,19 @@ export function syntheticBootEvents(boot: SyntheticBoot = {}): SyntheticEvent[] 
     ...[0, 1, 2, 3, 4, 5, 6, 7].map(separator),
     { pcr: 1, type: EV.EV_EFI_VARIABLE_BOOT, data: variableData(EFI_GLOBAL_VARIABLE, 'BootOrder', Buffer.concat([u16(1), u16(0)])) },
     { pcr: 4, type: EV.EV_EFI_ACTION, data: Buffer.from('Calling EFI Application from Boot Option', 'latin1') },
+    ...(signer === undefined
+      ? []
+      : [
+          {
+            pcr: 7,
+            type: EV.EV_EFI_VARIABLE_AUTHORITY,
+            data: variableData(
+              EFI_IMAGE_SECURITY_DATABASE,
+              'db',
+              Buffer.concat([guid('77fa9abd-0359-4d32-bd60-28f4e78f784b'), signerCertificate(signer)]),
+            ),
+          },
+        ]),
     {
       pcr: 4,
       type: EV.EV_EFI_BOOT_SERVICES_APPLICATION,

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
 import { deflateSync } from 'node:zlib';
 import type { EventLogEvidence } from '../../protocol/api.js';
-import { buildEventLog, extendEvents, syntheticBootEvents, type SyntheticBoot } from '../../scripts/harness/eventlog.js';
+import { buildEventLog, extendEvents, signerCertificate, syntheticBootEvents, type SyntheticBoot } from '../../scripts/harness/eventlog.js';
 import { startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
 import { TestDevice, injectTransport, type Transport } from '../helpers/device.js';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
@@ -164,4 +164,34 @@ test('Secure Boot off in a zone that requires it: quarantined with "SecureBoot v
     assert.match(e.result.body.error.message, /SecureBoot variable is 0/);
     return true;
   });
+});
+
+test('boot applications allowed by signer: a new application signed by the allowed CA renews; one vouched for by another CA quarantines naming it', async (t) => {
+  const allowed = createHash('sha256').update(signerCertificate('plant-vendor-ca')).digest('hex');
+  const { srv, tpm, http } = await setup(t, { eventLog: { bootSigners: [allowed] } });
+  const dev = await TestDevice.create(tpm.tcti);
+  t.after(() => dev.close());
+  dev.eventLog = wire(await boot(tpm, { bootApp: 'grub-2.06', signer: 'plant-vendor-ca' }));
+  const { deviceId } = await dev.enroll(http, await srv.token());
+
+  // an update of the boot application, signed by the same CA: no baseline approval needed for the
+  // policy (the PCR baseline is another rule: this zone's baseline follows the approved quote)
+  await srv.admin('POST', `/v1/admin/devices/${deviceId}/approve-baseline`, {});
+  const updated = await reconnect(t, tpm, dev);
+  updated.eventLog = wire(await boot(tpm, { bootApp: 'grub-2.12', signer: 'plant-vendor-ca' }));
+  const ok = await updated.renew(http);
+  assert.equal(ok.status, 200, JSON.stringify(ok.body));
+
+  await srv.admin('POST', `/v1/admin/devices/${deviceId}/approve-baseline`, {});
+  const evil = await reconnect(t, tpm, updated);
+  evil.eventLog = wire(await boot(tpm, { bootApp: 'grub-evil', signer: 'attacker-ca' }));
+  const r = await evil.renew(http);
+  assert.equal(r.status, 403, JSON.stringify(r.body));
+  assert.equal(r.body.error.code, 'posture_eventlog_rejected');
+  assert.match(r.body.error.message, /is neither an allowed boot application nor vouched for by an allowed signer/);
+  assert.match(
+    r.body.error.message,
+    /EV_EFI_VARIABLE_AUTHORITY db signer [0-9a-f]{16}… certificate [0-9a-f]{8}… is not an allowed boot signer/,
+  );
+  assert.equal((await srv.admin('GET', `/v1/admin/devices/${deviceId}`)).body.device.status, 'quarantined');
 });
