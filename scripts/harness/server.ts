@@ -11,6 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { certFingerprint } from '../../protocol/api.js';
 import type { ServerInfo } from '../../enroll-server/server.js';
+import { programCommand } from './bins.js';
 import { REPO, tmpDir } from './fs.js';
 import { SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT } from './swtpm.js';
 import { httpsJson } from './https.js';
@@ -65,7 +66,7 @@ export function withSwtpmEkRoots(config: Record<string, unknown>): Record<string
   return { ...config, ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER] } };
 }
 
-/** Starts `node --import tsx enroll-server/main.ts --data DIR --listen 127.0.0.1:PORT [--config FILE]`. */
+/** Starts `edgeid-server --data DIR --listen 127.0.0.1:PORT [--config FILE]` (sources or bundle: scripts/harness/bins.ts). */
 export async function startServerProcess(opts: ServerProcessOptions = {}): Promise<ServerProcess> {
   const ownData = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? (await tmpDir('edgeid-server-'));
@@ -78,7 +79,8 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
   const logStream = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : null;
 
   const launch = async (): Promise<void> => {
-    const args = ['--import', 'tsx', path.join(REPO, 'enroll-server/main.ts'), '--data', dataDir, '--listen', `127.0.0.1:${port}`];
+    const [program, ...pre] = programCommand('edgeid-server');
+    const args = [...pre, '--data', dataDir, '--listen', `127.0.0.1:${port}`];
     // EK certificates are required by default and swtpm's come from its local CA: the harness adds
     // that CA to every test server (never the product), unless the test configures `ek` itself
     const effective = config ?? (opts.configFile ? undefined : {});
@@ -87,7 +89,7 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
       args.push('--config', configFile);
     }
     await rm(path.join(dataDir, 'server.json'), { force: true });
-    const child = spawn(process.execPath, args, {
+    const child = spawn(program, args, {
       cwd: REPO,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, EDGEID_LOG_LEVEL: opts.logLevel ?? 'warn' },
@@ -188,14 +190,8 @@ export async function createToken(
 
 /** Runs edgeid-admin against the server of `dataDir` (connection read from the data dir); returns stdout. */
 export async function adminCli(dataDir: string, args: string[]): Promise<string> {
-  const { stdout } = await run(
-    process.execPath,
-    ['--import', 'tsx', path.join(REPO, 'enroll-server/admin-cli.ts'), ...args, '--data', dataDir],
-    {
-      cwd: REPO,
-      timeout: 60_000,
-    },
-  );
+  const [program, ...pre] = programCommand('edgeid-admin');
+  const { stdout } = await run(program, [...pre, ...args, '--data', dataDir], { cwd: REPO, timeout: 60_000 });
   recordSecretsIn(stdout);
   return stdout;
 }

@@ -7,8 +7,9 @@ import path from 'node:path';
 import { agentEventLogEnv } from '../../scripts/harness/eventlog.js';
 import { REPO } from '../../scripts/harness/fs.js';
 import { assertNoSecrets, recordSecretsIn } from '../../scripts/harness/secrets.js';
+import { programCommand } from '../../scripts/harness/bins.js';
 
-export const AGENT_CLI = path.join(REPO, 'agent/cli.ts');
+const [AGENT, ...AGENT_ARGS] = programCommand('edgeid-agent');
 
 export interface CliResult {
   code: number | null;
@@ -27,7 +28,7 @@ function recordArgs(args: string[], env: Record<string, string>): void {
 export function agentCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   recordArgs(args, env);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], {
+    const child = spawn(AGENT, [...AGENT_ARGS, ...args], {
       cwd: REPO,
       env: agentEventLogEnv({ ...process.env, ...env }),
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -54,7 +55,7 @@ export function spawnAgent(
   env: Record<string, string> = {},
 ): { child: ChildProcess; log(): string; exit: Promise<number | null> } {
   recordArgs(args, env);
-  const child = spawn(process.execPath, ['--import', 'tsx', AGENT_CLI, ...args], {
+  const child = spawn(AGENT, [...AGENT_ARGS, ...args], {
     cwd: REPO,
     env: agentEventLogEnv({ ...process.env, ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],

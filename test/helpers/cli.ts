@@ -5,8 +5,6 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
@@ -15,22 +13,14 @@ import { createToken } from '../../enroll-server/services/tokens.js';
 import type { DeviceRecord } from '../../enroll-server/store/store.js';
 import { NO_EVENT_LOG } from '../../scripts/harness/eventlog.js';
 import { REPO } from '../../scripts/harness/fs.js';
+import { programCommand, type Program } from '../../scripts/harness/bins.js';
 
-/**
- * How each CLI is started. Default: the TypeScript sources through tsx (what a developer edits).
- * EDGEID_TEST_BINS=installed: the commands as installed on the PATH (`edgeid-admin`, found by
- * the shell's PATH lookup: `scripts/install` links the bundles there), as an operator types them.
- */
-// tsx by absolute URL: the commands run in other working directories (where ./data is)
-const TSX = pathToFileURL(path.join(REPO, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
-export const BINS: Record<'edgeid-admin' | 'edgeid-agent' | 'edgeid-server', string[]> =
-  process.env.EDGEID_TEST_BINS === 'installed'
-    ? { 'edgeid-admin': ['edgeid-admin'], 'edgeid-agent': ['edgeid-agent'], 'edgeid-server': ['edgeid-server'] }
-    : {
-        'edgeid-admin': [process.execPath, '--import', TSX, path.join(REPO, 'enroll-server/admin-cli.ts')],
-        'edgeid-agent': [process.execPath, '--import', TSX, path.join(REPO, 'agent/cli.ts')],
-        'edgeid-server': [process.execPath, '--import', TSX, path.join(REPO, 'enroll-server/main.ts')],
-      };
+/** How each CLI is started: scripts/harness/bins.ts (EDGEID_TEST_BINS: source, dist or installed). */
+export const BINS: Record<Program, string[]> = {
+  'edgeid-admin': programCommand('edgeid-admin'),
+  'edgeid-agent': programCommand('edgeid-agent'),
+  'edgeid-server': programCommand('edgeid-server'),
+};
 export type Bin = keyof typeof BINS;
 
 /** An environment with none of the CLI's own variables (the test says everything explicitly). */

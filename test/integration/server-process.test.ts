@@ -19,11 +19,13 @@ import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER } 
 import { TestDevice, httpsTransport } from '../helpers/device.js';
 import { REPO } from '../../scripts/harness/fs.js';
 import { startServerProcess } from '../../scripts/harness/server.js';
+import { programCommand } from '../../scripts/harness/bins.js';
 
 const run = promisify(execFile);
 
 function admin(dataDir: string, args: string[]): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'enroll-server/admin-cli.ts'), ...args, '--data', dataDir], {
+  const [program, ...pre] = programCommand('edgeid-admin');
+  const r = spawnSync(program, [...pre, ...args, '--data', dataDir], {
     cwd: REPO,
     encoding: 'utf8',
     env: { ...process.env, EDGEID_SERVER: '', EDGEID_ADMIN_TOKEN: '', EDGEID_CA: '' },

@@ -12,14 +12,15 @@ import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { extendBootPcrs, startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
+import { programCommand } from '../../scripts/harness/bins.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = path.join(ROOT, 'agent/cli.ts');
+const [AGENT, ...AGENT_ARGS] = programCommand('edgeid-agent');
 
 async function agent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', CLI, ...args], {
+    const { stdout, stderr } = await run(AGENT, [...AGENT_ARGS, ...args], {
       cwd: ROOT,
       env: { ...process.env, ...env },
       timeout: 60_000,

@@ -13,15 +13,16 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { EV, EFI_GLOBAL_VARIABLE } from '../../protocol/eventlog/index.js';
 import { buildEventLog, syntheticBootEvents, variableData } from '../../scripts/harness/eventlog.js';
+import { programCommand } from '../../scripts/harness/bins.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = path.join(ROOT, 'agent/cli.ts');
+const [AGENT, ...AGENT_ARGS] = programCommand('edgeid-agent');
 const FIXTURE = path.join(ROOT, 'test/fixtures/eventlog/event-gce-ubuntu-2104-log.bin');
 
 async function agent(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, timeout: 60_000 });
+    const { stdout, stderr } = await run(AGENT, [...AGENT_ARGS, ...args], { cwd: ROOT, timeout: 60_000 });
     return { code: 0, stdout, stderr };
   } catch (e) {
     const err = e as { code?: number; stdout?: string; stderr?: string };
