@@ -135,3 +135,13 @@ test('control: the honest rolled-back dbx and Secure Boot off are caught', () =>
   const v = eventLogViolations(policy({ dbxNoRollback: true, secureBoot: true }), log, approved, undefined);
   assert.equal(v.length, 2, v.join('\n'));
 });
+
+test('real logs: firmware measured as EV_POST_CODE (event-arch-linux.bin, event-postcode.bin) is never checked by firmwareBlobs', async () => {
+  const { readFileSync } = await import('node:fs');
+  for (const f of ['event-arch-linux.bin', 'event-postcode.bin']) {
+    const log = parseEventLog(readFileSync(new URL(`../fixtures/eventlog/${f}`, import.meta.url)));
+    // an allow-list naming no real firmware: every firmware must be refused
+    const v = eventLogViolations(policy({ firmwareBlobs: ['00'.repeat(32)] }), log, null, undefined);
+    assert.notDeepEqual(v, [], `${f}: its PCR 0 firmware code measurement passed an allow-list that names nothing`);
+  }
+});
