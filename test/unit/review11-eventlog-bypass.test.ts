@@ -145,3 +145,19 @@ test('real logs: firmware measured as EV_POST_CODE (event-arch-linux.bin, event-
     assert.notDeepEqual(v, [], `${f}: its PCR 0 firmware code measurement passed an allow-list that names nothing`);
   }
 });
+
+test('bootSigners: an application verified by a db/MokList HASH entry (authority event without certificate) passes unexamined', () => {
+  const allowed = h('sha256', signerCertificate('vendor-ca')).toString('hex');
+  const boot = syntheticBootEvents({ signer: 'vendor-ca', bootApp: 'shim' });
+  // shim then verifies the next stage by a hash an owner enrolled in MokList and measures that entry
+  // (EFI_SIGNATURE_DATA: owner GUID + SHA-256) as EV_EFI_VARIABLE_AUTHORITY, like any verification
+  const mokHash = variableData('605dab50-e046-4300-abb6-3dd810dd8b23', 'MokList', Buffer.concat([Buffer.alloc(16, 1), h('sha256', 'grub-evil')]));
+  const app = boot.find((e) => e.type === EV.EV_EFI_BOOT_SERVICES_APPLICATION)!;
+  const events = [
+    ...boot,
+    { pcr: 7, type: EV.EV_EFI_VARIABLE_AUTHORITY, data: mokHash },
+    { ...app, digests: { sha256: h('sha256', 'app:grub-evil'), sha1: h('sha1', 'app:grub-evil') } },
+  ];
+  const log = replayAgainstQuote(buildEventLog(events, ['sha1', 'sha256']), quoteOf(events));
+  assert.notDeepEqual(eventLogViolations(policy({ bootSigners: [allowed] }), log, null, undefined), [], 'grub-evil was verified by no allowed signer');
+});
