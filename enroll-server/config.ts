@@ -231,7 +231,7 @@ function zone(f: Field, name: string, v: unknown, allowShort: boolean): ZonePoli
     o.retireAfter === undefined || o.retireAfter === null ? null : duration(f.at('retireAfter'), o.retireAfter, 60, 100 * 365 * 86400);
   const maxOffline = o.maxOffline === undefined ? 7 * 86400 : duration(f.at('maxOffline'), o.maxOffline, 0, 365 * 86400);
   const requireEkCertificate = o.requireEkCertificate === undefined ? null : bool(f.at('requireEkCertificate'), o.requireEkCertificate);
-  const eventLog = eventLogPolicy(f.at('eventLog'), o.eventLog);
+  const eventLog = eventLogPolicy(f.at('eventLog'), o.eventLog, pcrs);
   return { name, lifetime, pcrs, posture, claims, eventLog, cidrs, retireAfter, maxOffline, allow, requireEkCertificate };
 }
 
@@ -243,14 +243,28 @@ function digestList(f: Field, v: unknown): string[] {
   });
 }
 
-function eventLogPolicy(f: Field, v: unknown): EventLogPolicy {
+/**
+ * The PCRs each event-log rule reads (PFP §3.3.4: PCR 0 platform firmware, 2 option ROM code,
+ * 4 boot applications, 7 Secure Boot policy): the quote must cover them, else the log's events
+ * there are unvouched and the rule would judge what the device merely says.
+ */
+const RULE_PCRS: Record<'secureBoot' | 'firmwareBlobs' | 'bootApplications' | 'bootSigners' | 'dbxNoRollback', number[]> = {
+  secureBoot: [7],
+  firmwareBlobs: [0, 2],
+  bootApplications: [4],
+  bootSigners: [4, 7],
+  dbxNoRollback: [7],
+};
+
+function eventLogPolicy(f: Field, v: unknown, pcrs: number[]): EventLogPolicy {
   const p: EventLogPolicy = {
     required: false,
     secureBoot: false,
     firmwareBlobs: null,
     bootApplications: null,
     bootSigners: null,
-    dbxNoRollback: true,
+    // on by default where the zone quotes PCR 7
+    dbxNoRollback: pcrs.includes(7),
   };
   if (v === undefined) return p;
   const o = asObject(f, v);
@@ -261,6 +275,12 @@ function eventLogPolicy(f: Field, v: unknown): EventLogPolicy {
   if (o.firmwareBlobs !== undefined) p.firmwareBlobs = digestList(f.at('firmwareBlobs'), o.firmwareBlobs);
   if (o.bootApplications !== undefined) p.bootApplications = digestList(f.at('bootApplications'), o.bootApplications);
   if (o.bootSigners !== undefined) p.bootSigners = digestList(f.at('bootSigners'), o.bootSigners);
+  for (const [rule, needs] of Object.entries(RULE_PCRS) as [keyof typeof RULE_PCRS, number[]][]) {
+    const on = rule === 'secureBoot' || rule === 'dbxNoRollback' ? p[rule] : p[rule] !== null;
+    const missing = needs.filter((n) => !pcrs.includes(n));
+    if (on && missing.length > 0)
+      f.at(rule).fail(`reads PCR ${needs.join(' and ')}, but the zone's pcrs do not include ${missing.join(', ')}: add them to "pcrs"`);
+  }
   // a rule in the log's terms needs the log
   if (p.secureBoot || p.firmwareBlobs || p.bootApplications || p.bootSigners) p.required = o.required === undefined ? true : p.required;
   return p;

@@ -21,6 +21,7 @@ import {
   type EventLog,
   type LogEvent,
 } from '../../protocol/eventlog/index.js';
+import { printable } from '../../protocol/terminal.js';
 import type { EventLogPolicy } from '../config.js';
 
 const SHA256 = 0x000b;
@@ -86,52 +87,115 @@ function sha256Of(e: LogEvent): string {
   return e.digests.get(SHA256)?.toString('hex') ?? '';
 }
 
+/** The event as the log describes it, with control characters escaped: it goes into refusals, quarantine reasons and audit rows. */
 function label(e: LogEvent): string {
   const s = eventSummary(e);
-  return s ? `${e.typeName} ${s}` : e.typeName;
-}
-
-/** The UEFI variable event `name` of `guid` measured into PCR 7 (the last one, PFP §3.3.4.8). */
-function driverConfig(log: EventLog, guid: string, name: string): LogEvent | undefined {
-  return log.events
-    .filter(
-      (e) =>
-        e.type === EV.EV_EFI_VARIABLE_DRIVER_CONFIG && e.decoded.kind === 'variable' && e.decoded.guid === guid && e.decoded.name === name,
-    )
-    .at(-1);
+  return printable(s ? `${e.typeName} ${s}` : e.typeName);
 }
 
 /**
- * Boot applications (EV_EFI_BOOT_SERVICES_APPLICATION) the policy does not allow. An application
- * passes by its digest (`bootApplications`) or by its signer (`bootSigners`): UEFI Secure Boot
- * verified it, and the firmware measured into PCR 7 the db entry that did, as an
- * EV_EFI_VARIABLE_AUTHORITY event (TCG PC Client PFP §3.3.4.8; shim does the same for its vendor
- * certificate). The log does not tie an authority event to its application (each db entry is
- * measured once, at its first use), so signers vouch for the boot as a whole: Secure Boot must be
- * on, every authority event naming a certificate must name an allowed one (its data hashing to its
- * digest), and at least one must be there.
+ * What the quote vouches for in a log that replayed to it: an event's sha256 digest, when the event
+ * is in a quoted PCR and carries a sha256 digest (an event with only other banks' digests is not in
+ * the sha256 replay, so the quote says nothing about it). Its type and data are the log's word,
+ * believed only where the data hashes to the digest: the measured bytes are then the data itself.
  */
-function bootApplicationViolations(policy: EventLogPolicy, log: EventLog): string[] {
-  const apps = log.events.filter((e) => e.type === EV.EV_EFI_BOOT_SERVICES_APPLICATION);
+interface Vouched {
+  /** Events in quoted PCRs that carry a sha256 digest, in log order. */
+  events: LogEvent[];
+  /** The event's data is exactly what was measured (sha256(data) is its sha256 digest). */
+  dataMeasured(e: LogEvent): boolean;
+}
+
+function vouched(log: EventLog, quoted: readonly number[]): Vouched {
+  const pcrs = new Set(quoted);
+  const memo = new Map<LogEvent, boolean>();
+  return {
+    events: log.events.filter((e) => pcrs.has(e.pcr) && e.type !== EV.EV_NO_ACTION && e.digests.has(SHA256)),
+    dataMeasured(e) {
+      let v = memo.get(e);
+      if (v === undefined) {
+        v = createHash('sha256').update(e.data).digest().equals(e.digests.get(SHA256)!);
+        memo.set(e, v);
+      }
+      return v;
+    },
+  };
+}
+
+/**
+ * The Secure Boot configuration variables of PCR 7 (PFP §3.3.4.8): the firmware measures SecureBoot,
+ * PK, KEK, db and dbx once each, before PCR 7's separator. Only those are believed (data hashing to
+ * the digest); one measured twice, or after the separator (by software once the OS runs), is a
+ * violation, not a value.
+ */
+function secureBootVariables(v: Vouched): { vars: Map<string, LogEvent>; problems: string[] } {
+  const vars = new Map<string, LogEvent>();
+  const problems: string[] = [];
+  let separated = false;
+  for (const e of v.events) {
+    if (e.pcr !== 7) continue;
+    if (e.type === EV.EV_SEPARATOR) separated = true;
+    if (e.type !== EV.EV_EFI_VARIABLE_DRIVER_CONFIG || e.decoded.kind !== 'variable') continue;
+    const key = `${e.decoded.guid}/${e.decoded.name}`;
+    if (separated) problems.push(`PCR 7: ${label(e)} (#${e.index}) was measured after PCR 7's separator`);
+    else if (!v.dataMeasured(e)) problems.push(`PCR 7: ${label(e)} (#${e.index}) data does not match its digest`);
+    else if (vars.has(key)) problems.push(`PCR 7: ${label(e)} (#${e.index}) is measured twice`);
+    else vars.set(key, e);
+  }
+  return { vars, problems };
+}
+
+function variable(vars: Map<string, LogEvent>, guid: string, name: string): LogEvent | undefined {
+  return vars.get(`${guid}/${name}`);
+}
+
+/**
+ * Code measurements of `pcrs` whose data the digest does not vouch for: firmware volumes, drivers,
+ * applications — whatever type the log gives them (the type is not measured: a firmware blob
+ * relabelled EV_POST_CODE is still a firmware measurement). Events whose data is what was measured
+ * (separators, EV_EFI_ACTION strings, the S-CRTM version) carry no hidden code.
+ */
+function codeMeasurements(v: Vouched, pcrs: number[]): LogEvent[] {
+  return v.events.filter((e) => pcrs.includes(e.pcr) && !v.dataMeasured(e));
+}
+
+/** Shim's authority variables that record a setting, not the entry that verified an image. */
+const SHIM_LOCK_GUID = '605dab50-e046-4300-abb6-3dd810dd8b23';
+const SETTING_AUTHORITIES = new Set(['SbatLevel', 'MokListTrusted']);
+
+/**
+ * Boot applications (PCR 4 code measurements) the policy does not allow. An application passes by
+ * its digest (`bootApplications`) or by its signer (`bootSigners`): UEFI Secure Boot verified it,
+ * and the firmware measured into PCR 7 the db entry that did, as an EV_EFI_VARIABLE_AUTHORITY event
+ * (PFP §3.3.4.8; shim does the same for its vendor certificate and MokList). The log does not tie
+ * an authority event to its application (each entry is measured once, at its first use), so
+ * signers vouch for the boot as a whole: Secure Boot must be on, every authority event must name
+ * an allowed certificate (an entry that is a hash verified an image by its digest: not a signer),
+ * and at least one must be there.
+ */
+function bootApplicationViolations(policy: EventLogPolicy, v: Vouched, sb: LogEvent | undefined): string[] {
   const byDigest = (e: LogEvent) => policy.bootApplications?.includes(sha256Of(e)) === true;
-  const unlisted = apps.filter((e) => !byDigest(e));
+  const unlisted = codeMeasurements(v, [4]).filter((e) => !byDigest(e));
   if (unlisted.length === 0) return [];
   const app = (e: LogEvent) => `PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))}`;
   if (!policy.bootSigners) return unlisted.map((e) => `${app(e)} is not an allowed boot application`);
   const why: string[] = [];
-  const sb = driverConfig(log, EFI_GLOBAL_VARIABLE, 'SecureBoot');
-  if (!sb || sb.decoded.kind !== 'variable' || sb.dataMatchesDigest !== true || sb.decoded.value !== 1)
-    why.push('Secure Boot is not on, so no signature was checked');
+  if (!sb || sb.decoded.kind !== 'variable' || sb.decoded.value !== 1) why.push('Secure Boot is not on, so no signature was checked');
   let signers = 0;
-  for (const e of log.events) {
-    if (e.type !== EV.EV_EFI_VARIABLE_AUTHORITY || e.decoded.kind !== 'variable' || !e.decoded.signerSha256) continue;
-    if (e.dataMatchesDigest !== true) {
-      why.push(`PCR ${e.pcr}: ${label(e)} (#${e.index}) data does not match its digest`);
+  for (const e of v.events) {
+    if (e.pcr !== 7 || e.type !== EV.EV_EFI_VARIABLE_AUTHORITY || e.decoded.kind !== 'variable') continue;
+    if (e.decoded.guid === SHIM_LOCK_GUID && SETTING_AUTHORITIES.has(e.decoded.name)) continue;
+    if (!v.dataMeasured(e)) {
+      why.push(`PCR 7: ${label(e)} (#${e.index}) data does not match its digest`);
+      continue;
+    }
+    if (!e.decoded.signerSha256) {
+      why.push(`PCR 7: ${label(e)} (#${e.index}) names no certificate (an image was verified by its hash)`);
       continue;
     }
     signers++;
     if (!policy.bootSigners.includes(e.decoded.signerSha256))
-      why.push(`PCR ${e.pcr}: ${label(e)} certificate ${e.decoded.signerSha256.slice(0, 8)}… is not an allowed boot signer`);
+      why.push(`PCR 7: ${label(e)} certificate ${e.decoded.signerSha256.slice(0, 8)}… is not an allowed boot signer`);
   }
   if (signers === 0 && why.length === 0) why.push('no EV_EFI_VARIABLE_AUTHORITY event names the signer');
   if (why.length === 0) return [];
@@ -140,36 +204,42 @@ function bootApplicationViolations(policy: EventLogPolicy, log: EventLog): strin
 }
 
 /**
- * Violations of the zone's event-log policy, each naming its event; `baseline` is the approved log
- * (for dbx rollback). Decoded variable data is believed only when it hashes to the event's digest.
+ * Violations of the zone's event-log policy, each naming its event. Only what the quote vouches for
+ * counts (events of the `quoted` PCRs with a sha256 digest; data believed where it hashes to the
+ * digest); `baseline` is the approved log (for dbx rollback; null when an approval is open: the
+ * operator accepted the change). Event types and descriptions in the messages are as the log states
+ * them: only digests are measured.
  */
 export function eventLogViolations(
   policy: EventLogPolicy,
   log: EventLog | null,
   baseline: EventLog | null,
   claim: string | undefined,
+  quoted: readonly number[],
 ): string[] {
   if (!log) return policy.required ? [`no TCG event log was sent (${claim ?? 'claims name no reason'})`] : [];
   const out: string[] = [];
+  const v = vouched(log, quoted);
+  const needsPcr7 = policy.secureBoot || policy.bootSigners !== null || (policy.dbxNoRollback && baseline !== null);
+  const { vars, problems } = needsPcr7 ? secureBootVariables(v) : { vars: new Map<string, LogEvent>(), problems: [] };
+  out.push(...problems);
+  const sb = variable(vars, EFI_GLOBAL_VARIABLE, 'SecureBoot');
   if (policy.secureBoot) {
-    const sb = driverConfig(log, EFI_GLOBAL_VARIABLE, 'SecureBoot');
     if (!sb || sb.decoded.kind !== 'variable') out.push('SecureBoot variable is not in the event log');
-    else if (sb.dataMatchesDigest !== true) out.push(`PCR 7: SecureBoot event (#${sb.index}) data does not match its digest`);
     else if (sb.decoded.value !== 1) out.push(`SecureBoot variable is ${sb.decoded.value ?? 'empty'}`);
   }
   if (policy.firmwareBlobs) {
-    for (const e of log.events) {
-      if (e.type !== EV.EV_EFI_PLATFORM_FIRMWARE_BLOB && e.type !== EV.EV_EFI_PLATFORM_FIRMWARE_BLOB2) continue;
+    for (const e of codeMeasurements(v, [0, 2])) {
       if (!policy.firmwareBlobs.includes(sha256Of(e)))
-        out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed firmware blob`);
+        out.push(`PCR ${e.pcr}: ${label(e)} digest ${short(e.digests.get(SHA256))} is not an allowed firmware measurement`);
     }
   }
-  if (policy.bootApplications || policy.bootSigners) out.push(...bootApplicationViolations(policy, log));
+  if (policy.bootApplications || policy.bootSigners) out.push(...bootApplicationViolations(policy, v, sb));
   if (policy.dbxNoRollback && baseline) {
-    const before = driverConfig(baseline, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
-    const now = driverConfig(log, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
-    if (before?.decoded.kind === 'variable' && before.decoded.signatures && before.dataMatchesDigest) {
-      const current = new Set(now?.decoded.kind === 'variable' && now.dataMatchesDigest ? (now.decoded.signatures ?? []) : []);
+    const before = variable(secureBootVariables(vouched(baseline, quoted)).vars, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
+    const now = variable(vars, EFI_IMAGE_SECURITY_DATABASE, 'dbx');
+    if (before?.decoded.kind === 'variable' && before.decoded.signatures) {
+      const current = new Set(now?.decoded.kind === 'variable' ? (now.decoded.signatures ?? []) : []);
       const missing = before.decoded.signatures.filter((s) => !current.has(s)).length;
       if (missing > 0)
         out.push(

@@ -78,7 +78,10 @@ export function judgePosture(p: {
   const bad = claimViolations(p.zone, p.claims);
   if (bad.length > 0) return { ok: false, code: 'posture_claims_rejected', reason: `claims rejected: ${bad.join('; ')}`, claims: bad };
   if (p.eventLog) {
-    const off = eventLogViolations(p.zone.eventLog ?? NO_EVENT_LOG_POLICY, p.eventLog.current, p.eventLog.baseline, p.eventLog.claim);
+    // an open approval window accepts a change against the approved log (e.g. dbx reset to the
+    // firmware's defaults); the zone's absolute rules (Secure Boot, allowed code) still hold
+    const against = p.windowOpen ? null : p.eventLog.baseline;
+    const off = eventLogViolations(p.zone.eventLog ?? NO_EVENT_LOG_POLICY, p.eventLog.current, against, p.eventLog.claim, p.zone.pcrs);
     if (off.length > 0) return { ok: false, code: 'posture_eventlog_rejected', reason: off.join('; ') };
   }
 

@@ -39,6 +39,6 @@ export const eventlogErrors = defineErrors({
   posture_eventlog_rejected: {
     status: 403,
     message: "The TCG event log violates the zone's posture policy: the device is quarantined.",
-    fix: "The message names the event (Secure Boot off, a firmware blob or boot application not on the allowed list, dbx rolled back). Fix the device, or change the zone's eventLog policy; then edgeid-admin approve-baseline ID.",
+    fix: "The message names the event (Secure Boot off, firmware or a boot application not on the allowed list or not signed by an allowed signer, dbx rolled back). A dbx change the operator accepts: edgeid-admin approve-baseline ID. Otherwise fix the device or change the zone's eventLog policy, then approve-baseline.",
   },
 });

@@ -4,14 +4,24 @@
  * renewal sends only the log's digest; a changed firmware blob quarantines the device with the
  * event named, `device show` diffs the logs, approve-baseline makes it active with the new log
  * recorded; a log that does not replay to the quote is refused with eventlog_replay_mismatch; Secure
- * Boot off in a zone that requires it quarantines with that reason.
+ * Boot off in a zone that requires it quarantines with that reason, also behind a forged event the
+ * sha256 replay does not cover; boot applications allowed by signer; a dbx rollback quarantines
+ * and approve-baseline accepts it.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { test, type TestContext } from 'node:test';
 import { deflateSync } from 'node:zlib';
 import type { EventLogEvidence } from '../../protocol/api.js';
-import { buildEventLog, extendEvents, signerCertificate, syntheticBootEvents, type SyntheticBoot } from '../../scripts/harness/eventlog.js';
+import { EV, EFI_GLOBAL_VARIABLE } from '../../protocol/eventlog/index.js';
+import {
+  buildEventLog,
+  extendEvents,
+  signerCertificate,
+  syntheticBootEvents,
+  variableData,
+  type SyntheticBoot,
+} from '../../scripts/harness/eventlog.js';
 import { startSwtpm, type Swtpm } from '../../scripts/harness/swtpm.js';
 import { TestDevice, injectTransport, type Transport } from '../helpers/device.js';
 import { startInProcessServer, type TestServer } from '../helpers/server.js';
@@ -194,4 +204,53 @@ test('boot applications allowed by signer: a new application signed by the allow
     /EV_EFI_VARIABLE_AUTHORITY db signer [0-9a-f]{16}… certificate [0-9a-f]{8}… is not an allowed boot signer/,
   );
   assert.equal((await srv.admin('GET', `/v1/admin/devices/${deviceId}`)).body.device.status, 'quarantined');
+});
+
+test('Secure Boot off plus a forged SecureBoot=1 event with only a SHA-1 digest (outside the sha256 replay): enrollment refused', async (t) => {
+  const { srv, tpm, http } = await setup(t, { eventLog: { secureBoot: true } });
+  await tpm.restart();
+  const events = syntheticBootEvents({ secureBoot: 0 });
+  await extendEvents(tpm.tcti, events);
+  const data = variableData(EFI_GLOBAL_VARIABLE, 'SecureBoot', Buffer.from([1]));
+  const u32 = (n: number) => Buffer.from(Uint32Array.of(n).buffer);
+  const sha1Only = Buffer.concat([
+    u32(7),
+    u32(EV.EV_EFI_VARIABLE_DRIVER_CONFIG),
+    u32(1),
+    Buffer.from([0x04, 0x00]),
+    createHash('sha1').update(data).digest(),
+    u32(data.length),
+    data,
+  ]);
+  const dev = await TestDevice.create(tpm.tcti);
+  t.after(() => dev.close());
+  dev.eventLog = wire(Buffer.concat([buildEventLog(events, ['sha1', 'sha256']), sha1Only]));
+  await assert.rejects(dev.enroll(http, await srv.token()), (e: any) => {
+    assert.equal(e.result?.body?.error?.code, 'posture_eventlog_rejected', JSON.stringify(e.result?.body ?? e.message));
+    assert.match(e.result.body.error.message, /SecureBoot variable is 0/);
+    return true;
+  });
+});
+
+test('dbx rolled back (firmware reset to defaults): quarantined naming it; approve-baseline accepts the new dbx', async (t) => {
+  const { srv, tpm, http } = await setup(t);
+  const dev = await TestDevice.create(tpm.tcti);
+  t.after(() => dev.close());
+  dev.eventLog = wire(await boot(tpm, { dbxEntries: 3 }));
+  const { deviceId } = await dev.enroll(http, await srv.token());
+
+  const after = await reconnect(t, tpm, dev);
+  after.eventLog = wire(await boot(tpm, { dbxEntries: 1 }));
+  const r = await after.renew(http);
+  assert.equal(r.body.error?.code, 'posture_eventlog_rejected', JSON.stringify(r.body));
+  assert.match(r.body.error.message, /dbx rolled back: 2 of the approved log's 3 dbx entries are missing \(now 1\)/);
+  assert.equal((await srv.admin('GET', `/v1/admin/devices/${deviceId}`)).body.device.status, 'quarantined');
+
+  assert.equal((await srv.admin('POST', `/v1/admin/devices/${deviceId}/approve-baseline`, {})).status, 200);
+  const renewed = await after.renew(http);
+  assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+  assert.equal((await srv.admin('GET', `/v1/admin/devices/${deviceId}`)).body.device.status, 'active');
+  // the approved log is the new reference: the same boot renews again after the window closed
+  const again = await after.renew(http);
+  assert.equal(again.status, 200, JSON.stringify(again.body));
 });

@@ -28,8 +28,9 @@ const policy = (p: Partial<EventLogPolicy>): EventLogPolicy => ({
   ...p,
 });
 
+const QUOTED = [0, 1, 2, 3, 4, 5, 6, 7];
 const logOf = (boot: SyntheticBoot) => parseEventLog(buildEventLog(syntheticBootEvents(boot)));
-const check = (p: Partial<EventLogPolicy>, boot: SyntheticBoot) => eventLogViolations(policy(p), logOf(boot), null, undefined);
+const check = (p: Partial<EventLogPolicy>, boot: SyntheticBoot) => eventLogViolations(policy(p), logOf(boot), null, undefined, QUOTED);
 
 function authorityEvents(file: string): LogEvent[] {
   return parseEventLog(readFileSync(new URL(`../fixtures/eventlog/${file}`, import.meta.url))).events.filter(
@@ -108,7 +109,7 @@ test('bootSigners: an authority event whose data does not hash to its digest vou
   };
   const log = parseEventLog(buildEventLog(events));
   assert.notEqual(eventDigest(authority, 'sha256').toString('hex'), sha256(authority.data));
-  const v = eventLogViolations(policy({ bootSigners: [SIGNER('vendor-ca')] }), log, null, undefined);
+  const v = eventLogViolations(policy({ bootSigners: [SIGNER('vendor-ca')] }), log, null, undefined, QUOTED);
   assert.equal(v.length, 1);
   assert.match(v[0]!, /data does not match its digest/);
 });
@@ -123,4 +124,56 @@ test('config: bootSigners takes sha256 digests and implies a required log', () =
     () => zone({ bootSigners: ['not-a-digest'] }),
     (e: Error & { code?: string }) => e.code === 'config_invalid' && /bootSigners/.test(e.message),
   );
+});
+
+test('real logs pass a policy that lists their own code measurements and signers (no false violations)', () => {
+  const s256 = (e: LogEvent) => e.digests.get(0x000b);
+  for (const file of [
+    'event-moklisttrusted.bin',
+    'event-postcode.bin',
+    'event-uefivar.bin',
+    'event-bootorder.bin',
+    'event-arch-linux.bin',
+  ]) {
+    const log = parseEventLog(readFileSync(new URL(`../fixtures/eventlog/${file}`, import.meta.url)));
+    const code = (pcrs: number[]) =>
+      log.events
+        .filter(
+          (e) =>
+            pcrs.includes(e.pcr) && e.type !== EV.EV_NO_ACTION && s256(e) && !s256(e)!.equals(createHash('sha256').update(e.data).digest()),
+        )
+        .map((e) => s256(e)!.toString('hex'));
+    const p = policy({ firmwareBlobs: code([0, 2]), bootApplications: code([4]), dbxNoRollback: true });
+    assert.deepEqual(eventLogViolations(p, log, log, undefined, QUOTED), [], file);
+  }
+  // the real signers of a shim + grub boot with Secure Boot on: Microsoft's UEFI CA (db) and shim's vendor certificate
+  const log = parseEventLog(readFileSync(new URL('../fixtures/eventlog/event-moklisttrusted.bin', import.meta.url)));
+  const signers = authorityEvents('event-moklisttrusted.bin').flatMap((e) =>
+    e.decoded.kind === 'variable' && e.decoded.signerSha256 ? [e.decoded.signerSha256] : [],
+  );
+  assert.equal(signers.length, 2);
+  assert.deepEqual(eventLogViolations(policy({ secureBoot: true, bootSigners: signers }), log, null, undefined, QUOTED), []);
+  const onlyDb = eventLogViolations(policy({ bootSigners: [signers[0]!] }), log, null, undefined, QUOTED);
+  assert.equal(onlyDb.length, 1);
+  assert.match(onlyDb[0]!, /EV_EFI_VARIABLE_AUTHORITY Shim signer [0-9a-f]{16}… certificate [0-9a-f]{8}… is not an allowed boot signer$/);
+});
+
+test("config: an event-log rule needs the PCRs it reads in the zone's pcrs; dbxNoRollback is on by default only where PCR 7 is quoted", () => {
+  const zone = (z: Record<string, unknown>) => loadConfig({ argv: [], env: {}, cwd: '/srv', file: { zones: { z } } }).zones.z!;
+  for (const [rule, value, pcrs, missing] of [
+    ['secureBoot', true, [0, 4], '7'],
+    ['firmwareBlobs', [], [0, 4, 7], '2'],
+    ['bootApplications', [], [0, 7], '4'],
+    ['bootSigners', [], [4], '7'],
+    ['dbxNoRollback', true, [0], '7'],
+  ] as const) {
+    assert.throws(
+      () => zone({ pcrs, eventLog: { [rule]: value } }),
+      (e: Error & { code?: string }) =>
+        e.code === 'config_invalid' && e.message.includes(`eventLog.${rule}`) && e.message.includes(`do not include ${missing}`),
+      rule,
+    );
+  }
+  assert.equal(zone({ pcrs: [0, 4] }).eventLog.dbxNoRollback, false);
+  assert.equal(zone({ pcrs: [0, 4, 7] }).eventLog.dbxNoRollback, true);
 });
