@@ -164,7 +164,9 @@ function meta(req: FastifyRequest) {
 export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: opts.logger === undefined ? false : opts.logger,
-    ...(opts.https ? { https: { key: opts.https.key, cert: opts.https.cert } } : {}),
+    // TLS 1.2 or newer whatever the process's defaults (`--tls-min-v1.0`, NODE_OPTIONS): RFC 8996
+    // deprecates TLS 1.0 and 1.1
+    ...(opts.https ? { https: { key: opts.https.key, cert: opts.https.cert, minVersion: 'TLSv1.2' as const } } : {}),
     bodyLimit: BODY_LIMIT,
     genReqId: () => randomUUID(),
     requestIdHeader: false,

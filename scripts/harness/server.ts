@@ -33,6 +33,8 @@ export interface ServerProcessOptions {
   logLevel?: string;
   /** Append the server's output to this file too. */
   logFile?: string;
+  /** More environment for the server process. */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface ServerProcess {
@@ -92,7 +94,7 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
     const child = spawn(program, args, {
       cwd: REPO,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EDGEID_LOG_LEVEL: opts.logLevel ?? 'warn' },
+      env: { ...process.env, EDGEID_LOG_LEVEL: opts.logLevel ?? 'warn', ...opts.env },
     });
     const collect = (d: Buffer): void => {
       output += d.toString();
