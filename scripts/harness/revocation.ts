@@ -151,13 +151,21 @@ export function tpmTlsContext(tpm: Tpm, id: DeviceIdentity, certPem = id.certPem
 
 export type HandshakeResult = { ok: true; connack: number } | { ok: false; code: string; message: string };
 
-/** An MQTT 3.1.1 CONNECT (clean session, keepalive 10 s) with this client id. */
+/** CONNACK return code 1, "unacceptable protocol version": the probe's verdict for an accepted certificate. */
+export const PROBE_ACCEPTED_CONNACK = 1;
+
+/**
+ * A CONNECT (clean session, keepalive 10 s) with this client id and a protocol level no broker
+ * speaks (0x7f): the broker answers CONNACK 1 once it took the client certificate, before it
+ * authenticates the client or looks at sessions. A probe with a valid level would be named by the
+ * certificate's CN (`use_username_as_clientid`) and take over the device's live session.
+ */
 function mqttConnectPacket(clientId: string): Buffer {
   const id = Buffer.from(clientId, 'utf8');
   const body = Buffer.concat([
     Buffer.from([0, 4]),
     Buffer.from('MQTT'),
-    Buffer.from([4, 0x02, 0, 10]),
+    Buffer.from([0x7f, 0x02, 0, 10]),
     Buffer.from([id.length >> 8, id.length & 0xff]),
     id,
   ]);
@@ -169,7 +177,8 @@ function mqttConnectPacket(clientId: string): Buffer {
  * says whether the broker accepted the client certificate. The broker negotiates TLS 1.3
  * (Mosquitto 2.0's `tls_version` is a minimum), where the client's handshake completes before the
  * server has checked the client certificate; the broker's verdict is either an alert (refused) or,
- * once it took the certificate, its answer to CONNECT (CONNACK return code).
+ * once it took the certificate, its answer to CONNECT (CONNACK 1, PROBE_ACCEPTED_CONNACK: the
+ * probe never opens an MQTT session, so it never ends the device's).
  */
 export function tlsHandshake(port: number, secureContext: SecureContext, timeoutMs = 10_000): Promise<HandshakeResult> {
   return new Promise((resolve) => {

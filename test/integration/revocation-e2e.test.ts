@@ -34,6 +34,7 @@ import {
   startRevocationDeployment,
   subscribeReasons,
   wideObserver,
+  PROBE_ACCEPTED_CONNACK,
   tlsHandshake,
   tpmTlsContext,
 } from '../../scripts/harness/revocation.js';
@@ -206,7 +207,7 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
       const ctx = await tpmTlsContext(tpmDev, identity);
       assert.deepEqual(
         await tlsHandshake(d.broker.port, ctx),
-        { ok: true, connack: 0 },
+        { ok: true, connack: PROBE_ACCEPTED_CONNACK },
         'the not yet reloaded broker still accepts the certificate',
       );
       const again = await connectAsDevice(d.broker.url, ctx, id, { clean: false });
