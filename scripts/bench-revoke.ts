@@ -1,8 +1,11 @@
 /**
  * Revocation benchmark: over N runs (default 20), the time from the revoke API call
  * (`POST /v1/admin/devices/ID/revoke`) to
- *   (a) the device's TCP session being closed by the broker: a scripted MQTT client holding the
- *       device's TPM key and certificate, which ignores control commands, sees its connection end;
+ *   (a) the device's session being closed by the broker: the broker logs that it disconnected the
+ *       client "by administrative action" (dynsec deleteClient). The device's session is the
+ *       agent's own: the broker's client id is the certificate's CN (`use_username_as_clientid`),
+ *       so a second session with the device's key could not run beside it. The log is read every
+ *       5 ms, so (a) is late by up to that much;
  *   (b) the CRL being in force: a fresh TLS handshake with the revoked certificate (TPM key) is
  *       refused with "certificate revoked" (fresh handshakes are tried every 10 ms from the call on).
  * Also: when the API call returned, and when the agent (EdgeAgent in-process, same TPM) had
@@ -26,7 +29,7 @@ import { StateStore } from '../agent/state/store.js';
 import { Tpm } from '../agent/tpm/index.js';
 import { NO_EVENT_LOG } from './harness/eventlog.js';
 import { tmpDir } from './harness/fs.js';
-import { connectAsDevice, readDeviceIdentity, startRevocationDeployment, tlsHandshake, tpmTlsContext } from './harness/revocation.js';
+import { readDeviceIdentity, startRevocationDeployment, tlsHandshake, tpmTlsContext } from './harness/revocation.js';
 import { extendBootPcrs, startSwtpm } from './harness/swtpm.js';
 import { waitFor } from './harness/wait.js';
 
@@ -85,14 +88,23 @@ async function main(): Promise<void> {
         await waitFor('agent connected', () => agent.status().mqtt.state === 'connected', 30_000);
         const id = await readDeviceIdentity(stateDir);
         const ctx = await tpmTlsContext(tpm, id);
-        const held = await connectAsDevice(d.broker.url, ctx, `${id.deviceId}-held`);
+        const logFrom = d.broker.log().length;
+        const brokerSaid = (s: string) => d.broker.log().slice(logFrom).includes(s);
         const before = await tlsHandshake(d.broker.port, ctx);
         if (!before.ok) throw new Error(`the device's certificate is refused before the revoke: ${JSON.stringify(before)}`);
 
         const t0 = performance.now();
-        let disconnectReason: number | undefined;
-        held.once('disconnect', (p) => (disconnectReason = p.reasonCode));
-        const kicked = new Promise<number>((resolve) => held.once('close', () => resolve(performance.now() - t0)));
+        const kicked = waitFor(
+          'the broker to disconnect the device',
+          () => {
+            // Mosquitto 2.0.11 logs "Client <id> been disconnected by administrative action."
+            if (brokerSaid(`Client ${id.deviceId} been disconnected by administrative action`)) return performance.now() - t0;
+            // the agent ending the session itself (after the wipe) before the kick: no kick to time
+            if (brokerSaid(`Client ${id.deviceId} disconnected.`)) return 'agent first' as const;
+            return null;
+          },
+          { timeoutMs: 30_000, intervalMs: 5 },
+        );
         const agentWiped = agent.exited.then(() => performance.now() - t0);
         const api = d.adminApi('POST', `/v1/admin/devices/${id.deviceId}/revoke`, { reason: 'key-compromise' }).then((r) => {
           if (r.status !== 200) throw new Error(`revoke: ${r.status} ${JSON.stringify(r.body)}`);
@@ -110,13 +122,11 @@ async function main(): Promise<void> {
           { timeoutMs: 30_000, intervalMs: 10 },
         );
         const [k, c, a, w] = await Promise.all([kicked, crlInForce, api, agentWiped]);
-        // 152 = "administrative action": the broker's deleteClient, not a network error or the client itself
-        if (disconnectReason !== 152)
-          throw new Error(`the session ended without the broker's administrative disconnect (reason ${disconnectReason})`);
-        samples.push({ kicked: k, crlInForce: c, apiReturned: a, agentWiped: w });
-        await held.endAsync(true).catch(() => {});
+        samples.push({ kicked: typeof k === 'number' ? k : NaN, crlInForce: c, apiReturned: a, agentWiped: w });
         tpm.releaseTlsKey(ctx);
-        process.stderr.write(`run ${i + 1}/${RUNS}: session closed ${k.toFixed(0)} ms, CRL in force ${c.toFixed(0)} ms\n`);
+        process.stderr.write(
+          `run ${i + 1}/${RUNS}: session closed ${typeof k === 'number' ? `${k.toFixed(0)} ms` : 'by the agent first'}, CRL in force ${c.toFixed(0)} ms\n`,
+        );
       }
     } finally {
       await tpm.close();
@@ -130,7 +140,11 @@ async function main(): Promise<void> {
     .split('\n')[0]
     ?.trim();
   const row = (label: string, key: keyof Sample, goal: string) => {
-    const v = samples.map((s) => s[key]).sort((a, b) => a - b);
+    const v = samples
+      .map((s) => s[key])
+      .filter((x) => Number.isFinite(x))
+      .sort((a, b) => a - b);
+    if (v.length === 0) return `| ${label} | – | – | – | ${goal} |`;
     return `| ${label} | ${pct(v, 50).toFixed(0)} ms | ${pct(v, 95).toFixed(0)} ms | ${v[v.length - 1]!.toFixed(0)} ms | ${goal} |`;
   };
   console.log(
@@ -141,6 +155,8 @@ async function main(): Promise<void> {
   console.log(row('the CRL in force (a fresh handshake with the revoked certificate refused)', 'crlInForce', ''));
   console.log(row('the API call returned (wipe sent, session kicked, CRL written, broker restart started)', 'apiReturned', ''));
   console.log(row('the agent obeyed the signed wipe and stopped', 'agentWiped', ''));
+  const agentFirst = samples.filter((x) => !Number.isFinite(x.kicked)).length;
+  if (agentFirst) console.log(`\n(${agentFirst} of ${RUNS} runs: the agent closed its session after the wipe before the broker's kick; not in the first row)`);
 }
 
 main().catch((e: unknown) => {

@@ -16,10 +16,12 @@ import { parseArgs, promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { prettyFactory } from 'pino-pretty';
 import type { DeviceView } from '../protocol/api.js';
+import { MONITOR_ROLE } from '../enroll-server/broker/dynsec.js';
 import { buildEventLog, extendEvents, syntheticBootEvents } from './harness/eventlog.js';
 import { REPO } from './harness/fs.js';
 import { httpsJson } from './harness/https.js';
 import { startMosquitto, type Mosquitto } from './harness/mosquitto.js';
+import { softwareClientCert } from './harness/pki.js';
 import { freePort } from './harness/ports.js';
 import { stopChild } from './harness/process.js';
 import { startServerProcess, type ServerProcess } from './harness/server.js';
@@ -27,6 +29,7 @@ import { manufactureTpm, startSwtpm, SWTPM_LOCALCA_ISSUER, SWTPM_LOCALCA_ROOT, t
 import { waitFor } from './harness/wait.js';
 
 const run = promisify(execFile);
+const MONITOR_CN = 'edgeid-demo-monitor';
 
 const { values: args } = parseArgs({
   options: {
@@ -210,6 +213,14 @@ async function main(): Promise<void> {
 
   shell(`edgeid-admin broker config --out ${path.relative(REPO, brokerDir)} --port ${brokerPort}`);
   await admin(['broker', 'config', '--out', brokerDir, '--port', String(brokerPort), '--bind', '127.0.0.1', '--run-as-root']);
+  // The demo's monitor has a broker identity of its own (the broker's client id is the
+  // certificate's CN, so it must never be the server's): a dynsec client with the read-only
+  // monitor role in the initial dynsec file, and a certificate from the edgeid CA.
+  const dynsecFile = path.join(brokerDir, 'dynsec.json');
+  const dynsec = JSON.parse(readFileSync(dynsecFile, 'utf8')) as { clients: unknown[] };
+  dynsec.clients.push({ username: MONITOR_CN, textname: 'edgeid demo monitor', roles: [{ rolename: MONITOR_ROLE }] });
+  writeFileSync(dynsecFile, JSON.stringify(dynsec, null, 2) + '\n', { mode: 0o600 });
+  const monitor = await softwareClientCert({ dataDir }, MONITOR_CN);
   // Mosquitto reads its CRL only at start: the server's reload command restarts it, and the
   // harness brings it back like a service manager would.
   const broker = await startMosquitto({
@@ -249,14 +260,14 @@ async function main(): Promise<void> {
   }
   say(`three devices, each with its own simulated TPM 2.0 (EK certificate from the TPM maker, measured boot in PCRs 0–7)`);
 
-  // -- the subscriber: ops' view of telemetry, as the server's broker identity
+  // -- the subscriber: ops' view of telemetry, as the demo's own monitor identity (read only)
   const sub: MqttClient = await mqtt.connectAsync(`mqtts://127.0.0.1:${brokerPort}`, {
     ca: readFileSync(path.join(brokerDir, 'ca.pem')),
-    cert: readFileSync(path.join(dataDir, 'broker', 'admin.pem')),
-    key: readFileSync(path.join(dataDir, 'broker', 'admin.key')),
+    cert: monitor.cert,
+    key: monitor.key,
     servername: 'localhost',
     reconnectPeriod: 500,
-    clientId: 'edgeid-demo-monitor',
+    clientId: MONITOR_CN,
   });
   /** device id → "boot:seq" keys of telemetry samples received (seq restarts when an agent restarts). */
   const received = new Map<string, Set<string>>();

@@ -10,6 +10,8 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 export const DYNSEC_TOPIC = '$CONTROL/dynamic-security/v1';
 export const DYNSEC_RESPONSE_TOPIC = '$CONTROL/dynamic-security/v1/response';
 export const BROKER_ADMIN_CN = 'edgeid-broker-admin';
+/** Dynsec role of monitoring tools (each with its own certificate CN): read device and control topics. */
+export const MONITOR_ROLE = 'edgeid-monitor';
 
 export interface DynsecCommand {
   command: string;
@@ -71,6 +73,7 @@ export interface DynsecClientOptions {
   tls: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'servername' | 'rejectUnauthorized'>;
   /** How long one command may wait for its answer. */
   timeoutMs?: number;
+  /** Sent in CONNECT; a broker with `use_username_as_clientid` replaces it with the certificate's CN. */
   clientId?: string;
 }
 

@@ -6,7 +6,10 @@
  * - retired  → `deleteClient`;
  * - new CRL  → written atomically to the broker's crlfile, then the reload command runs.
  * Every step is audited with its outcome; dynsec failures are retried with backoff.
- * `reconcile()` makes the broker's dynsec clients match the active devices, both ways.
+ * `reconcile()` makes the broker's dynsec device clients match the active devices, both ways.
+ * All of it goes through one MQTT connection as the server's broker identity: the broker's client
+ * id is the certificate's CN (`use_username_as_clientid`), so a second connection with that CN
+ * would end the first.
  */
 import type { Logger } from 'pino';
 import type { SignedControl, ControlCommand } from '../../protocol/api.js';
@@ -16,7 +19,10 @@ import * as x509 from '@peculiar/x509';
 import type { CrlChange, EdgeidHooks } from '../hooks.js';
 import type { AuditInput, DeviceRecord } from '../store/store.js';
 import { CrlPublisher } from './crl-publisher.js';
+import { DEVICE_ID_PATTERN } from '../../protocol/api.js';
 import { BROKER_ADMIN_CN, DynsecClient, type DynsecClientOptions } from './dynsec.js';
+
+const DEVICE_ID_RE = new RegExp(DEVICE_ID_PATTERN);
 
 export interface BrokerIntegrationOptions {
   dynsec: DynsecClientOptions;
@@ -213,7 +219,9 @@ export class BrokerIntegration implements EdgeidHooks {
   async reconcile(): Promise<{ added: string[]; removed: string[] }> {
     const c = await this.client();
     const want = new Set(await this.opts.activeDeviceIds());
-    const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN));
+    // Only device clients are the server's to add and remove: the server's own identity and the
+    // operators' tools (monitors, each with its own certificate CN) are left alone.
+    const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN && DEVICE_ID_RE.test(u)));
     const added = [...want].filter((id) => !have.has(id));
     const removed = [...have].filter((id) => !want.has(id));
     for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);

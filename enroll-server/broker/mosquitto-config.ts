@@ -1,9 +1,9 @@
 /**
  * What `edgeid-admin broker config` writes for a stock Mosquitto 2.0: a TLS listener that only
- * accepts edgeid client certificates (CN = username), the edgeid CRL, and the dynamic-security
- * plugin whose initial file makes the server's own broker identity the dynsec admin.
+ * accepts edgeid client certificates (CN = username = client id), the edgeid CRL, and the
+ * dynamic-security plugin whose initial file makes the server's own broker identity the dynsec admin.
  */
-import { BROKER_ADMIN_CN } from './dynsec.js';
+import { BROKER_ADMIN_CN, MONITOR_ROLE } from './dynsec.js';
 
 export const DEFAULT_DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
 
@@ -40,6 +40,12 @@ export function renderMosquittoConfig(c: BrokerConfigInput): string {
     `crlfile ${c.crlFile}`,
     'require_certificate true',
     'use_identity_as_username true',
+    // mosquitto.conf(5), use_username_as_clientid: the client id a client sends is replaced by its
+    // username, here the certificate's CN (use_identity_as_username). A device that sends another
+    // device's client id gets its own (Mosquitto 2.0 says nothing in CONNACK), so it cannot end
+    // that device's session; two connections of one certificate CN share one client id and end
+    // each other's session, so every tool needs its own certificate. Not reloaded on SIGHUP.
+    'use_username_as_clientid true',
     // the minimum: Mosquitto 2.0 negotiates TLS 1.3 when the client offers it (and then refuses a
     // bad client certificate with an alert after the client's handshake has completed)
     'tls_version tlsv1.2',
@@ -52,8 +58,11 @@ export function renderMosquittoConfig(c: BrokerConfigInput): string {
 
 /**
  * The initial dynsec file: one admin client (the server, authenticated by its certificate, so no
- * password) allowed to drive dynsec and to publish control commands to devices. Devices get
- * nothing by default: subscribe and publish are denied unless a role allows them.
+ * password) allowed to drive dynsec and to publish control commands to devices, nothing else.
+ * Devices get nothing by default: subscribe and publish are denied unless a role allows them.
+ * The monitor role (read device topics and control topics, publish nothing) has no client here:
+ * a monitoring tool gets its own certificate CN and a dynsec client with that role, never the
+ * server's identity (one CN is one client id: a tool as the server would end the server's session).
  */
 export function initialDynsecConfig(adminUsername = BROKER_ADMIN_CN): Record<string, unknown> {
   const allow = (acltype: string, topic: string) => ({ acltype, topic, allow: true, priority: 0 });
@@ -67,12 +76,16 @@ export function initialDynsecConfig(adminUsername = BROKER_ADMIN_CN): Record<str
           allow('publishClientReceive', '$CONTROL/dynamic-security/#'),
           allow('subscribePattern', '$CONTROL/dynamic-security/#'),
           allow('publishClientSend', 'edgeid/+/control'),
-          // lets ops tools running as the server identity watch what is sent to devices
-          allow('subscribePattern', 'edgeid/+/control'),
-          allow('publishClientReceive', 'edgeid/+/control'),
-          // ops monitoring as the server identity: device state and telemetry (read only)
+        ],
+      },
+      {
+        rolename: MONITOR_ROLE,
+        acls: [
+          // device state and telemetry, and what is sent to devices: read only
           allow('subscribePattern', 'devices/#'),
           allow('publishClientReceive', 'devices/#'),
+          allow('subscribePattern', 'edgeid/+/control'),
+          allow('publishClientReceive', 'edgeid/+/control'),
         ],
       },
     ],

@@ -77,6 +77,8 @@ export async function createBrokerIntegration(deps: BrokerIntegrationDeps): Prom
         // SNI takes names only; for an IP address the certificate's IP SAN is checked
         ...(b.servername ? { servername: b.servername } : isIP(host) ? {} : { servername: host }),
       },
+      // what the broker makes of it anyway (use_username_as_clientid): the certificate's CN
+      clientId: BROKER_ADMIN_CN,
     },
     ...(b.crlFile ? { crl: { file: b.crlFile, ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}) } } : {}),
     signControl: (c) => deps.ca.signControl(c),

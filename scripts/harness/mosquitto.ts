@@ -1,6 +1,7 @@
 /**
  * A real Mosquitto 2.0 per test on a free loopback port: TLS listener with client certificates
- * (`require_certificate`, `use_identity_as_username`), optional CRL and dynamic-security plugin.
+ * (`require_certificate`, `use_identity_as_username`, `use_username_as_clientid` as in the config
+ * the server renders: the client id is the certificate's CN), optional CRL and dynamic-security plugin.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
@@ -83,6 +84,8 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       `keyfile ${opts.keyFile}`,
       'require_certificate true',
       'use_identity_as_username true',
+      // mosquitto.conf(5): the client id is replaced by the username (= the certificate's CN)
+      'use_username_as_clientid true',
       'tls_version tlsv1.2',
       ...(opts.crlFile ? [`crlfile ${opts.crlFile}`] : []),
       ...(opts.dynsecFile ? [`plugin ${DYNSEC_PLUGIN}`, `plugin_opt_config_file ${opts.dynsecFile}`] : ['allow_anonymous false']),

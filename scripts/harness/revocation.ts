@@ -6,10 +6,10 @@
  *   contexts whose key is that TPM key, for scripted clients that act as the device (or as an
  *   attacker who owns it and copied its disk);
  * - certificates for the device's TPM key from another CA or already expired;
- * - a wide-view observer on the broker (a dynsec client that may read every topic).
+ * - a wide-view observer on the broker (a client of its own that may read every topic).
  */
 import 'reflect-metadata';
-import { KeyObject, X509Certificate, webcrypto } from 'node:crypto';
+import { X509Certificate, webcrypto } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
@@ -42,8 +42,9 @@ export interface RevocationDeployment {
    */
   holdReload(): Promise<void>;
   releaseReload(): Promise<void>;
-  /** A dynsec admin connection as the server's broker identity (to list clients, add observers). */
+  /** A dynsec connection with the test's own identity (Deployment.dynsec): list clients, read topics. */
   dynsec(): Promise<DynsecClient>;
+  serviceIdentity: Deployment['serviceIdentity'];
   /** PEM of the edgeid root + issuing CA: what the broker trusts and devices check the broker against. */
   caBundle(): Promise<string>;
   /** Resolves once the broker restarted more often than `startsBefore` and accepts connections again. */
@@ -86,18 +87,8 @@ export async function startRevocationDeployment(serverConfig: Record<string, unk
     adminApi: (method, p, body) => srv.admin(method, p, body),
     holdReload: () => writeFile(holdFile, ''),
     releaseReload: () => rm(holdFile, { force: true }),
-    async dynsec() {
-      const dir = path.join(inner.dataDir, 'broker');
-      return DynsecClient.connect({
-        url: inner.broker.url,
-        tls: {
-          ca: await readFile(path.join(inner.brokerDir, 'ca.pem')),
-          cert: await readFile(path.join(dir, 'admin.pem')),
-          key: await readFile(path.join(dir, 'admin.key')),
-        },
-        clientId: `test-dynsec-${Math.random().toString(16).slice(2, 10)}`,
-      });
-    },
+    dynsec: () => inner.dynsec(),
+    serviceIdentity: (cn, rights) => inner.serviceIdentity(cn, rights),
     caBundle: () => readFile(path.join(inner.brokerDir, 'ca.pem'), 'utf8'),
     async brokerRestarted(startsBefore, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;
@@ -160,13 +151,21 @@ export function tpmTlsContext(tpm: Tpm, id: DeviceIdentity, certPem = id.certPem
 
 export type HandshakeResult = { ok: true; connack: number } | { ok: false; code: string; message: string };
 
-/** An MQTT 3.1.1 CONNECT (clean session, keepalive 10 s) with this client id. */
+/** CONNACK return code 1, "unacceptable protocol version": the probe's verdict for an accepted certificate. */
+export const PROBE_ACCEPTED_CONNACK = 1;
+
+/**
+ * A CONNECT (clean session, keepalive 10 s) with this client id and a protocol level no broker
+ * speaks (0x7f): the broker answers CONNACK 1 once it took the client certificate, before it
+ * authenticates the client or looks at sessions. A probe with a valid level would be named by the
+ * certificate's CN (`use_username_as_clientid`) and take over the device's live session.
+ */
 function mqttConnectPacket(clientId: string): Buffer {
   const id = Buffer.from(clientId, 'utf8');
   const body = Buffer.concat([
     Buffer.from([0, 4]),
     Buffer.from('MQTT'),
-    Buffer.from([4, 0x02, 0, 10]),
+    Buffer.from([0x7f, 0x02, 0, 10]),
     Buffer.from([id.length >> 8, id.length & 0xff]),
     id,
   ]);
@@ -178,7 +177,8 @@ function mqttConnectPacket(clientId: string): Buffer {
  * says whether the broker accepted the client certificate. The broker negotiates TLS 1.3
  * (Mosquitto 2.0's `tls_version` is a minimum), where the client's handshake completes before the
  * server has checked the client certificate; the broker's verdict is either an alert (refused) or,
- * once it took the certificate, its answer to CONNECT (CONNACK return code).
+ * once it took the certificate, its answer to CONNECT (CONNACK 1, PROBE_ACCEPTED_CONNACK: the
+ * probe never opens an MQTT session, so it never ends the device's).
  */
 export function tlsHandshake(port: number, secureContext: SecureContext, timeoutMs = 10_000): Promise<HandshakeResult> {
   return new Promise((resolve) => {
@@ -308,40 +308,23 @@ export interface Observer {
 }
 
 const OBSERVER_CN = 'edgeid-test-observer';
+let observers = 0;
 
 /**
  * Connects a client that may subscribe to and receive every topic (`#`; MQTT's `#` never matches
- * `$`-topics). Its dynsec client and role are added here, its certificate (a software key: it is the
- * test's eyes, not a device) comes from the edgeid CA.
+ * `$`-topics) and publish under `edgeid-test/` (marker round trips). It has an identity of its own
+ * (Deployment.serviceIdentity: CN edgeid-test-observer-N, a software key from the edgeid CA: it is
+ * the test's eyes, not a device), so it never shares a client id with the server or another tool.
  */
 export async function wideObserver(d: RevocationDeployment, topics: string[] = ['#']): Promise<Observer> {
-  const dyn = await d.dynsec();
-  try {
-    const acls = [
+  const { tls: creds } = await d.serviceIdentity(`${OBSERVER_CN}-${++observers}`, {
+    acls: [
       { acltype: 'subscribePattern', topic: '#', allow: true, priority: 0 },
       { acltype: 'publishClientReceive', topic: '#', allow: true, priority: 0 },
-    ];
-    await dyn.send([{ command: 'createRole', rolename: OBSERVER_CN, acls }], /already exists/i);
-    await dyn.send(
-      [{ command: 'createClient', username: OBSERVER_CN, roles: [{ rolename: OBSERVER_CN, priority: 0 }] }],
-      /already exists/i,
-    );
-  } finally {
-    await dyn.close();
-  }
-  const ca = await edgeidCa(d.dataDir);
-  const { privateKey, publicKey } = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', publicKey));
-  const issued = await ca.issueClient({ commonName: OBSERVER_CN, spki, lifetimeSeconds: 3600 });
-  const keyPem = KeyObject.from(privateKey).export({ type: 'pkcs8', format: 'pem' }) as string;
-  const client = await mqtt.connectAsync(d.broker.url, {
-    cert: issued.pem + ca.chainPem[0]!,
-    key: keyPem,
-    ca: await d.caBundle(),
-    clientId: `${OBSERVER_CN}-${Math.random().toString(16).slice(2, 8)}`,
-    protocolVersion: 5,
-    reconnectPeriod: 300,
+      { acltype: 'publishClientSend', topic: 'edgeid-test/#', allow: true, priority: 0 },
+    ],
   });
+  const client = await mqtt.connectAsync(d.broker.url, { ...creds, protocolVersion: 5, reconnectPeriod: 300 });
   const messages: Observer['messages'] = [];
   client.on('message', (topic, payload, packet) => messages.push({ topic, payload: payload.toString(), packet }));
   await client.subscribeAsync(topics, { qos: 1 });

@@ -7,7 +7,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { startMosquitto } from '../../scripts/harness/mosquitto.js';
 import { makeTestPki, type TestPki } from '../../scripts/harness/pki.js';
 import { publishReason } from '../../scripts/harness/revocation.js';
-import { DynsecClient, BROKER_ADMIN_CN } from '../../enroll-server/broker/dynsec.js';
+import { DynsecClient, BROKER_ADMIN_CN, MONITOR_ROLE } from '../../enroll-server/broker/dynsec.js';
 import { initialDynsecConfig } from '../../enroll-server/broker/mosquitto-config.js';
 
 async function setup(t: import('node:test').TestContext) {
@@ -18,6 +18,7 @@ async function setup(t: import('node:test').TestContext) {
     { name: 'admin', cn: BROKER_ADMIN_CN },
     { name: 'a', cn: 'dev-a' },
     { name: 'b', cn: 'dev-b' },
+    { name: 'monitor', cn: 'edgeid-test-monitor' },
   ]);
   const dynsecFile = path.join(dir, 'dynsec.json');
   await writeFile(dynsecFile, JSON.stringify(initialDynsecConfig()), { mode: 0o600 });
@@ -41,7 +42,18 @@ async function setup(t: import('node:test').TestContext) {
     t.after(() => c.endAsync(true));
     return c;
   };
-  return { pki, broker, dynsec, connect } as { pki: TestPki; broker: typeof broker; dynsec: DynsecClient; connect: typeof connect };
+  /** A monitoring tool with its own identity (the server's role reads no device topic). */
+  const monitor = async (): Promise<MqttClient> => {
+    await dynsec.send([{ command: 'createClient', username: 'edgeid-test-monitor', roles: [{ rolename: MONITOR_ROLE }] }]);
+    return connect('monitor');
+  };
+  return { pki, broker, dynsec, connect, monitor } as {
+    pki: TestPki;
+    broker: typeof broker;
+    dynsec: DynsecClient;
+    connect: typeof connect;
+    monitor: typeof monitor;
+  };
 }
 
 /** Whether the broker grants a subscription (MQTT 5 answers 0x87 "not authorized" otherwise). */
@@ -85,7 +97,7 @@ async function delivered(pub: MqttClient, watcher: MqttClient, topic: string): P
 }
 
 test('a provisioned device may publish only under devices/<own id>/ and subscribe only to its own control topic', async (t) => {
-  const { dynsec, connect } = await setup(t);
+  const { dynsec, connect, monitor } = await setup(t);
   await dynsec.provisionDevice('dev-a');
   await dynsec.provisionDevice('dev-b');
   await dynsec.provisionDevice('dev-a'); // idempotent
@@ -98,14 +110,16 @@ test('a provisioned device may publish only under devices/<own id>/ and subscrib
     assert.equal(await canSubscribe(a, topic), false, `dev-a must not subscribe to ${topic}`);
   }
 
-  // The server's identity watches device state topics.
-  await dynsec.mqtt.subscribeAsync('devices/+/state', { qos: 0 });
-  assert.equal(await delivered(a, dynsec.mqtt, 'devices/dev-a/state'), true);
-  assert.equal(await delivered(a, dynsec.mqtt, 'devices/dev-b/state'), false);
+  // A monitor with its own identity watches device state topics; the server's identity may not.
+  assert.equal(await canSubscribe(dynsec.mqtt, 'devices/+/state'), false, 'the server reads no device topic');
+  const watcher = await monitor();
+  await watcher.subscribeAsync('devices/+/state', { qos: 0 });
+  assert.equal(await delivered(a, watcher, 'devices/dev-a/state'), true);
+  assert.equal(await delivered(a, watcher, 'devices/dev-b/state'), false);
 });
 
 test('removeDevice kicks the live session at once and a reconnect gets no permission', async (t) => {
-  const { dynsec, connect } = await setup(t);
+  const { dynsec, connect, monitor } = await setup(t);
   await dynsec.provisionDevice('dev-a');
   const a = await connect('a');
   const closed = new Promise<void>((resolve) => a.once('close', () => resolve()));
@@ -114,6 +128,7 @@ test('removeDevice kicks the live session at once and a reconnect gets no permis
   await dynsec.removeDevice('dev-a'); // idempotent
   const again = await connect('a');
   assert.equal(await canSubscribe(again, 'edgeid/dev-a/control'), false);
-  await dynsec.mqtt.subscribeAsync('devices/+/state', { qos: 0 });
-  assert.equal(await delivered(again, dynsec.mqtt, 'devices/dev-a/state'), false);
+  const watcher = await monitor();
+  await watcher.subscribeAsync('devices/+/state', { qos: 0 });
+  assert.equal(await delivered(again, watcher, 'devices/dev-a/state'), false);
 });

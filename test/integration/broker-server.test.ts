@@ -11,24 +11,15 @@ import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import type { MqttClient } from 'mqtt';
-import { startDeployment, type Deployment } from '../../scripts/harness/deployment.js';
+import { startDeployment, TEST_DYNSEC_CN, type Deployment } from '../../scripts/harness/deployment.js';
 import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { TestDevice, httpsTransport } from '../helpers/device.js';
-import { DynsecClient } from '../../enroll-server/broker/dynsec.js';
+import { BROKER_ADMIN_CN, MONITOR_ROLE, type DynsecClient } from '../../enroll-server/broker/dynsec.js';
 
-async function adminDynsec(d: Deployment): Promise<DynsecClient> {
-  const dir = path.join(d.dataDir, 'broker');
-  return DynsecClient.connect({
-    url: d.broker.url,
-    tls: {
-      ca: await readFile(path.join(d.brokerDir, 'ca.pem')),
-      cert: await readFile(path.join(dir, 'admin.pem')),
-      key: await readFile(path.join(dir, 'admin.key')),
-      servername: 'localhost',
-    },
-    clientId: `test-observer-${Math.random().toString(16).slice(2, 8)}`,
-  });
+/** A dynsec connection with the test's own broker identity (never the server's: one CN is one client id). */
+function adminDynsec(d: Deployment): Promise<DynsecClient> {
+  return d.dynsec();
 }
 
 async function enrolledDevice(t: import('node:test').TestContext, d: Deployment): Promise<TestDevice> {
@@ -59,7 +50,7 @@ test('enrollment gives the device its broker client; revocation sends a signed w
   t.after(() => observer.close());
   assert.ok((await observer.listClients()).includes(id), 'the device has a dynsec client after enrollment');
 
-  // Watch the device's control topic as the server's identity (its role may read control topics).
+  // Watch the device's control topic with the test's identity (its role may read control topics).
   const control: Buffer[] = [];
   const m: MqttClient = observer.mqtt;
   m.on('message', (topic, payload) => {
@@ -108,20 +99,26 @@ test('enrollment gives the device its broker client; revocation sends a signed w
   );
 });
 
-test('reconcile heals the broker both ways: missing device clients come back, unknown ones go', async (t) => {
+test('reconcile heals the broker both ways: missing device clients come back, unknown ones go; other identities stay', async (t) => {
   const d = await startDeployment();
   t.after(() => d.stop());
   const dev = await enrolledDevice(t, d);
   const observer = await adminDynsec(d);
   t.after(() => observer.close());
+  const monitor = await d.serviceIdentity('edgeid-ops-monitor', { roles: [MONITOR_ROLE] });
 
+  const ghost = 'dev-0123456789abcdef';
   await observer.removeDevice(dev.deviceId!);
-  await observer.provisionDevice('ghost-device');
+  await observer.provisionDevice(ghost);
+  const others = (await observer.listClients()).filter((u) => u !== ghost).sort();
+  assert.deepEqual(others, [BROKER_ADMIN_CN, monitor.cn, TEST_DYNSEC_CN, `${TEST_DYNSEC_CN}-1`].sort());
   const res = JSON.parse(await d.admin(['broker', 'reconcile', '--json'])) as { added: string[]; removed: string[] };
-  assert.deepEqual(res, { added: [dev.deviceId], removed: ['ghost-device'] });
+  assert.deepEqual(res, { added: [dev.deviceId], removed: [ghost] });
   const clients = await observer.listClients();
   assert.ok(clients.includes(dev.deviceId!));
-  assert.ok(!clients.includes('ghost-device'));
+  assert.ok(!clients.includes(ghost));
+  // the server's own identity and the operators' tools (no device ids) are not the server's to remove
+  assert.deepEqual(clients.filter((u) => u !== dev.deviceId).sort(), others);
   // A second run has nothing to do.
   assert.deepEqual(JSON.parse(await d.admin(['broker', 'reconcile', '--json'])), { added: [], removed: [] });
   // Each reconcile is one action with one audit row (the start-up reconcile is one too).

@@ -127,7 +127,8 @@ for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
     const client = await connect(t, sc, clientId);
     assert.equal((client.stream as tls.TLSSocket).getProtocol(), version);
     await publishAndReceive(client, `devices/${cn}/state`);
-    await brokerLogged(new RegExp(`New client connected from 127\\.0\\.0\\.1:\\d+ as ${clientId} \\(.*u'${cn}'\\)`));
+    // use_username_as_clientid: the client id it sent is replaced by the certificate's CN
+    await brokerLogged(new RegExp(`New client connected from 127\\.0\\.0\\.1:\\d+ as ${cn} \\(.*u'${cn}'\\)`));
     const stats = tpm.tlsStats();
     assert.equal(stats.signatures - before.signatures, 1, 'one TPM signature per full handshake');
     assert.equal(stats.failures, before.failures);
