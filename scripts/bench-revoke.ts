@@ -156,7 +156,10 @@ async function main(): Promise<void> {
   console.log(row('the API call returned (wipe sent, session kicked, CRL written, broker restart started)', 'apiReturned', ''));
   console.log(row('the agent obeyed the signed wipe and stopped', 'agentWiped', ''));
   const agentFirst = samples.filter((x) => !Number.isFinite(x.kicked)).length;
-  if (agentFirst) console.log(`\n(${agentFirst} of ${RUNS} runs: the agent closed its session after the wipe before the broker's kick; not in the first row)`);
+  if (agentFirst)
+    console.log(
+      `\n(${agentFirst} of ${RUNS} runs: the agent closed its session after the wipe before the broker's kick; not in the first row)`,
+    );
 }
 
 main().catch((e: unknown) => {

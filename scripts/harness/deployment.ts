@@ -109,7 +109,10 @@ export async function startDeployment(serverConfig: Record<string, unknown> = {}
     let bootstrap: Promise<DynsecClient> | null = null;
     const connections = new Set<DynsecClient>();
     let dynsecCount = 0;
-    const identity = async (cn: string): Promise<ServiceIdentity> => ({ cn, tls: { ca: caPem, ...(await softwareClientCert({ dataDir }, cn)) } });
+    const identity = async (cn: string): Promise<ServiceIdentity> => ({
+      cn,
+      tls: { ca: caPem, ...(await softwareClientCert({ dataDir }, cn)) },
+    });
     const d: Deployment = {
       server,
       broker: b,

@@ -212,7 +212,11 @@ test('one owned device reaches only its own topics; foreign, expired and revoked
   await t.test(
     "the broker refuses at TLS A's key under another CA's certificate, an expired edgeid certificate, and A's own after revocation",
     async () => {
-      assert.deepEqual(await tlsHandshake(d.broker.port, ctxA), { ok: true, connack: PROBE_ACCEPTED_CONNACK }, "A's valid certificate passes (control)");
+      assert.deepEqual(
+        await tlsHandshake(d.broker.port, ctxA),
+        { ok: true, connack: PROBE_ACCEPTED_CONNACK },
+        "A's valid certificate passes (control)",
+      );
 
       const foreign = await tlsHandshake(d.broker.port, await tpmTlsContext(tpmA, idA, await foreignCaCertificate(A, idA.spki)));
       assert.equal(foreign.ok, false);

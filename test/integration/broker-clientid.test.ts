@@ -121,7 +121,7 @@ test("a device that sends another device's client id gets its own: the other's s
   assert.equal(await publishReason(b, `devices/${B}/state`, marker), 0);
   await waitFor("B's publish at the monitor", () => seen.some((m) => m.topic === `devices/${B}/state` && m.payload === marker));
   assert.deepEqual(bEvents, []);
-  assert.doesNotMatch(d.broker.log(), /already connected, closing old connection/, 'no session was taken over, the server\'s neither');
+  assert.doesNotMatch(d.broker.log(), /already connected, closing old connection/, "no session was taken over, the server's neither");
   assert.match(d.broker.log(), /New client connected from \S+ as edgeid-broker-admin \(p5, c1, k\d+, u'edgeid-broker-admin'\)/);
 });
 
@@ -166,12 +166,16 @@ test('a monitor identity reads device and control topics and can neither publish
   const command = JSON.stringify({ payload: JSON.stringify({ type: 'wipe', deviceId: B }), signature: 'forged' });
   assert.equal(await publishReason(monitor, `edgeid/${B}/control`, command), NOT_AUTHORIZED_V5);
   assert.equal(await publishReason(monitor, `devices/${B}/state`, 'x'), NOT_AUTHORIZED_V5);
-  const dynsecCommand = JSON.stringify({ commands: [{ command: 'createClient', username: 'evil', roles: [{ rolename: 'edgeid-admin' }] }] });
+  const dynsecCommand = JSON.stringify({
+    commands: [{ command: 'createClient', username: 'evil', roles: [{ rolename: 'edgeid-admin' }] }],
+  });
   assert.equal(await publishReason(monitor, '$CONTROL/dynamic-security/v1', dynsecCommand), NOT_AUTHORIZED_V5);
 
   // B's own round trip through the broker after the monitor's attempts: nothing of them reached it.
   const marker = `m-${randomBytes(4).toString('hex')}`;
-  const mine = new Promise<void>((resolve) => monitor.on('message', (topic, p) => topic === `devices/${B}/state` && p.toString() === marker && resolve()));
+  const mine = new Promise<void>((resolve) =>
+    monitor.on('message', (topic, p) => topic === `devices/${B}/state` && p.toString() === marker && resolve()),
+  );
   await b.publishAsync(`devices/${B}/state`, marker, { qos: 1 });
   await mine;
   assert.deepEqual(got, [], 'B received no control command');

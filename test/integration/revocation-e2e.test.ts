@@ -119,7 +119,11 @@ test('revoking a running agent refuses renewals, wipes it, kicks its sessions, l
   await waitFor('the broker to end the second session', () => heldClosedAt > 0);
   // Mosquitto 2.0.11 closes the older connection without an MQTT 5 DISCONNECT (no reason code)
   assert.equal(heldDisconnect, null);
-  assert.match(d.broker.log(), new RegExp(`Client ${id} already connected, closing old connection`), "the agent's session took the client id over");
+  assert.match(
+    d.broker.log(),
+    new RegExp(`Client ${id} already connected, closing old connection`),
+    "the agent's session took the client id over",
+  );
 
   // ---- revoke, with the broker restart (CRL reload) held ----
   await d.holdReload();
