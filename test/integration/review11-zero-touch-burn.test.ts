@@ -57,3 +57,26 @@ for (const how of ['start without EK certificate', 'finish with a wrong secret']
     assert.equal(start.status, 200, `genuine listed TPM refused: ${JSON.stringify(start.body)}`);
   });
 }
+
+test('zero-touch: "an operator imports it again" — re-importing a used entry is skipped, so the TPM stays refused', { timeout: 300_000 }, async (t) => {
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
+  t.after(() => srv.close());
+  const http = injectTransport(srv.server.app);
+  const dev = await TestDevice.create(tpm.tcti);
+  t.after(() => dev.close());
+  const manifest = { zone: 'default', owner: 'o', content: JSON.stringify([{ ekPub: b64(dev.ek.public), name: 'gw-1' }]) };
+  assert.equal((await srv.admin('POST', '/v1/admin/ek-allow', manifest)).status, 200);
+  // the entry is used up (here: no EK certificate sent, which spends it)
+  const r = await http.post('/v1/enroll/start', { ekPub: b64(dev.ek.public), akPub: b64(dev.ak.public) });
+  assert.equal(r.body.error?.code, 'ek_cert_required');
+  const refused = await http.post('/v1/enroll/start', withoutToken(dev));
+  assert.match(refused.body.error?.message ?? '', /imports it again/);
+  // follow the message
+  const again = await srv.admin('POST', '/v1/admin/ek-allow', manifest);
+  assert.equal(again.status, 200, JSON.stringify(again.body));
+  const start = await http.post('/v1/enroll/start', withoutToken(dev));
+  assert.equal(start.status, 200, `after re-import (${JSON.stringify(again.body)}): ${JSON.stringify(start.body)}`);
+});
