@@ -595,7 +595,11 @@ async function run(argv: string[], o: Output): Promise<number> {
       emit(
         res,
         () =>
-          `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}${res.skipped ? `; ${res.skipped} already listed or repeated, skipped` : ''}`,
+          `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}` +
+          (res.skipped
+            ? `; ${res.skipped} already listed or repeated, skipped\n` +
+              '  (a listed EK is not imported again, used or not: to allow a used entry another enrollment, ek-allow remove ID first; ek-allow list shows which are used)'
+            : ''),
       );
       o.notes.push('listed devices enroll with: edgeid-agent enroll --server URL --ca-fingerprint FP (no token)');
       return 0;
@@ -604,8 +608,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       const { entries } = await client.request('GET', '/v1/admin/ek-allow', undefined, W.EkAllowList);
       emit(entries, () =>
         table(
-          entries.map((e) => ({ ...e, ekId: e.ekId.slice(0, 16), used: e.tokenId ? 'attempted' : '' })),
-          ['id', 'zone', 'owner', 'name', 'ekId', 'used', 'source'],
+          entries.map((e) => ({ ...e, ekId: e.ekId.slice(0, 16), device: e.deviceId ?? '' })),
+          ['id', 'zone', 'owner', 'name', 'ekId', 'state', 'device', 'source'],
         ),
       );
       return 0;

@@ -361,6 +361,10 @@ export const EkAllowEntry = Type.Object({
   importedAt: Iso,
   /** The token minted for its enrollment (set at the first attempt). */
   tokenId: NullableStr,
+  /** open (never tried), attempted (an enrollment started) or used (enrolled: it allows no other). */
+  state: oneOf(['open', 'attempted', 'used'] as const),
+  /** The device its enrollment created. */
+  deviceId: NullableStr,
 });
 export type EkAllowEntry = Static<typeof EkAllowEntry>;
 export const EkAllowList = Type.Object({ entries: Type.Array(EkAllowEntry) });

@@ -378,6 +378,8 @@ function allowView(e: EkAllowRecord): EkAllowEntry {
     importedBy: e.importedBy,
     importedAt: new Date(e.importedAt).toISOString(),
     tokenId: e.tokenId,
+    state: e.tokenId === null ? 'open' : e.usedAt !== null && e.usedAt !== undefined ? 'used' : 'attempted',
+    deviceId: e.deviceId ?? null,
   };
 }
 

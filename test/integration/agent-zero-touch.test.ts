@@ -99,5 +99,13 @@ test(
     ]);
     assert.notEqual(other.code, 0);
     assert.match(other.stderr, /ek_not_allowed/);
+
+    // the operator sees the entry used (with its device); importing it again skips it and says how to re-arm it
+    const table = await adminCli(srv.dataDir, ['ek-allow', 'list']);
+    assert.match(table, new RegExp(`${imported.added[0].id}.*\\bused\\b.*${result.deviceId}`));
+    const reimport = await adminCli(srv.dataDir, ['ek-allow', 'import', manifest, '--zone', 'line-3', '--owner', 'plant-ops']);
+    assert.match(reimport, /imported 0 EK\(s\).*1 already listed/);
+    assert.match(reimport, /ek-allow remove ID first/);
   },
 );
+
