@@ -345,7 +345,8 @@ export const EkRootAddRequest = Type.Object(
 );
 export type EkRootAddRequest = Static<typeof EkRootAddRequest>;
 export const EkRootParams = Type.Object(
-  { fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{64,95}$' }) },
+  /** The SHA-256 fingerprint (hex, colons allowed), or a unique prefix of at least 8 hex digits. */
+  { fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{1,95}$' }) },
   { additionalProperties: false },
 );
 
