@@ -43,6 +43,7 @@ commands:
   ek-roots list [--json]               the EK trust store: built-in TPM makers' CAs, configured, added
   ek-roots add FILE [--json]           add a trust anchor for EK certificates (PEM or DER CA certificate)
   ek-roots remove FINGERPRINT [--json] remove an added anchor, or switch off a built-in/configured one
+                                       (FINGERPRINT as list shows it: a unique prefix will do)
   ek-allow import FILE --zone Z --owner O [--json]
                                        a supplier manifest (CSV or JSON of EK certificates or EK
                                        public keys): each listed TPM may enroll once without a token
@@ -578,7 +579,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'ek-roots remove': {
-      if (!arg) throw new UsageError('ek-roots remove FINGERPRINT (see ek-roots list --json)');
+      if (!arg) throw new UsageError('ek-roots remove FINGERPRINT (as ek-roots list shows it, or all 64 hex digits from ek-roots list --json)');
       const r = await client.request('POST', `/v1/admin/ek-roots/${encodeURIComponent(arg)}/remove`, {}, W.EkRootView);
       emit(r, () => `${r.disabled ? 'switched off' : 'removed'} ${r.fingerprint}\n  ${printable(r.subject)}`);
       return 0;
@@ -595,7 +596,11 @@ async function run(argv: string[], o: Output): Promise<number> {
       emit(
         res,
         () =>
-          `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}${res.skipped ? `; ${res.skipped} already listed or repeated, skipped` : ''}`,
+          `imported ${res.added.length} EK(s) into zone ${printable(need(flags, 'zone'))}` +
+          (res.skipped
+            ? `; ${res.skipped} already listed or repeated, skipped\n` +
+              '  (a listed EK is not imported again, used or not: to allow a used entry another enrollment, ek-allow remove ID first; ek-allow list shows which are used)'
+            : ''),
       );
       o.notes.push('listed devices enroll with: edgeid-agent enroll --server URL --ca-fingerprint FP (no token)');
       return 0;
@@ -604,8 +609,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       const { entries } = await client.request('GET', '/v1/admin/ek-allow', undefined, W.EkAllowList);
       emit(entries, () =>
         table(
-          entries.map((e) => ({ ...e, ekId: e.ekId.slice(0, 16), used: e.tokenId ? 'attempted' : '' })),
-          ['id', 'zone', 'owner', 'name', 'ekId', 'used', 'source'],
+          entries.map((e) => ({ ...e, ekId: e.ekId.slice(0, 16), device: e.deviceId ?? '' })),
+          ['id', 'zone', 'owner', 'name', 'ekId', 'state', 'device', 'source'],
         ),
       );
       return 0;

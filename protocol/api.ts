@@ -345,7 +345,8 @@ export const EkRootAddRequest = Type.Object(
 );
 export type EkRootAddRequest = Static<typeof EkRootAddRequest>;
 export const EkRootParams = Type.Object(
-  { fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{64,95}$' }) },
+  /** The SHA-256 fingerprint (hex, colons allowed), or a unique prefix of at least 8 hex digits. */
+  { fingerprint: Type.String({ pattern: '^[0-9A-Fa-f:]{1,95}$' }) },
   { additionalProperties: false },
 );
 
@@ -361,6 +362,10 @@ export const EkAllowEntry = Type.Object({
   importedAt: Iso,
   /** The token minted for its enrollment (set at the first attempt). */
   tokenId: NullableStr,
+  /** open (never tried), attempted (an enrollment started) or used (enrolled: it allows no other). */
+  state: oneOf(['open', 'attempted', 'used'] as const),
+  /** The device its enrollment created. */
+  deviceId: NullableStr,
 });
 export type EkAllowEntry = Static<typeof EkAllowEntry>;
 export const EkAllowList = Type.Object({ entries: Type.Array(EkAllowEntry) });

@@ -204,12 +204,38 @@ export async function addEkRoot(ctx: ServerContext, req: EkRootAddRequest, meta:
   });
 }
 
-/** Removes an operator's anchor, or switches off a built-in / configured certificate. */
+/** Shortest fingerprint prefix `ek-roots remove` accepts (`ek-roots list` shows 16 hex digits). */
+export const EK_ROOT_PREFIX_MIN = 8;
+
+/**
+ * The certificate in use (not switched off) whose fingerprint is `fp` or starts with it (hex,
+ * any case, colons ignored, at least EK_ROOT_PREFIX_MIN digits): ek_root_unknown when none,
+ * ek_root_ambiguous (naming the matches) when several.
+ */
+export function resolveEkRoot(entries: readonly EkCa[], fp: string): EkCa {
+  const wanted = fp.toLowerCase().replace(/:/g, '');
+  if (!/^[0-9a-f]+$/.test(wanted) || wanted.length < EK_ROOT_PREFIX_MIN || wanted.length > 64) {
+    throw new EdgeidError('ek_root_unknown', `not a fingerprint or a prefix of ${EK_ROOT_PREFIX_MIN} to 64 hex digits: ${fp.slice(0, 100)}`, {
+      fingerprint: fp.slice(0, 100),
+    });
+  }
+  const matches = entries.filter((e) => !e.disabled && e.fingerprint.startsWith(wanted));
+  if (matches.length === 0) throw new EdgeidError('ek_root_unknown', undefined, { fingerprint: wanted });
+  if (matches.length > 1) {
+    throw new EdgeidError(
+      'ek_root_ambiguous',
+      `${matches.length} certificates have fingerprints starting with ${wanted}: ${matches.map((e) => `${e.fingerprint} (${e.subject})`).join('; ')}`,
+      { fingerprint: wanted, matches: matches.map((e) => e.fingerprint) },
+    );
+  }
+  return matches[0]!;
+}
+
+/** Removes an operator's anchor, or switches off a built-in / configured certificate (by fingerprint or a unique prefix of it). */
 export async function removeEkRoot(ctx: ServerContext, fp: string, meta: RequestMeta & { actor: string }): Promise<EkRootView> {
   return audited(ctx, { event: 'admin.ek-roots.remove', actor: meta.actor, ip: meta.ip, details: { fingerprint: fp } }, async (a) => {
-    const wanted = fp.toLowerCase().replace(/:/g, '');
-    const entry = (await ekTrustEntries(ctx)).find((e) => e.fingerprint === wanted && !e.disabled);
-    if (!entry) throw new EdgeidError('ek_root_unknown', undefined, { fingerprint: fp });
+    const entry = resolveEkRoot(await ekTrustEntries(ctx), fp);
+    const wanted = entry.fingerprint;
     a.details = { fingerprint: wanted, subject: entry.subject, source: entry.source };
     if (entry.source === 'operator') await ctx.store.deleteEkRoot(wanted, a.okRow());
     else {
@@ -378,6 +404,8 @@ function allowView(e: EkAllowRecord): EkAllowEntry {
     importedBy: e.importedBy,
     importedAt: new Date(e.importedAt).toISOString(),
     tokenId: e.tokenId,
+    state: e.tokenId === null ? 'open' : e.usedAt !== null && e.usedAt !== undefined ? 'used' : 'attempted',
+    deviceId: e.deviceId ?? null,
   };
 }
 

@@ -14,7 +14,7 @@ import { checkAkPublic } from '../../protocol/tpm/verify.js';
 import { verifyEkCertificate } from '../../protocol/tpm/ekcert.js';
 import { TPM_ALG } from '../../protocol/tpm/constants.js';
 import type { DeviceRecord, TokenRecord } from '../store/store.js';
-import { audited } from './audit.js';
+import { audited, type AuditedAction } from './audit.js';
 import { checkSourceIp, runHooks, zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { b64, sha256Hex, verifyEvidence } from './evidence.js';
 import { certRecord, issueFor, issueResponse, newNonce, nextNonceTtl, NONCES_KEPT } from './issue.js';
@@ -52,7 +52,9 @@ export function newDeviceId(): string {
  *
  * The token is spent by a failed evidence check (zone mismatch, EK, EK certificate, AK) from the
  * EK it is bound to, or from any EK while unbound; never by another EK's failure (that would let
- * a thief burn a technician's token) nor by context checks (source network).
+ * a thief burn a technician's token) nor by context checks (source network). A manifest entry's
+ * token is never spent here: nothing in a start proves the caller holds the EK (its public key
+ * is no secret), so only a successful finish spends it (see manifestToken).
  */
 export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, meta: RequestMeta): Promise<EnrollStartResponse> {
   return audited(ctx, { event: 'enroll.start', actor: 'device', ip: meta.ip }, async (a) => {
@@ -63,15 +65,16 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     if (req.token !== undefined) {
       token = await lookupToken(ctx, req.token);
     } else {
-      const m = await manifestToken(ctx, req, now);
+      const m = await manifestToken(ctx, req, now, a);
       token = m.token;
       manifestEntry = m.entry;
     }
+    const manifest = manifestEntry !== null;
     a.actor = manifestEntry ? `ek-allow:${manifestEntry}` : `token:${token.id}`;
     a.details = { tokenId: token.id, ...(manifestEntry ? { manifestEntry } : {}) };
     // a failed evidence check spends the token (see above); `spendable` says whether it has been reached
     a.onFailure(async (row) => {
-      if (spendable && token.usedAt === null && token.expiresAt > now)
+      if (!manifest && spendable && token.usedAt === null && token.expiresAt > now)
         await ctx.store.failEnrollment({ tokenId: token.id, sessionId: null, now, audit: row });
       else await ctx.store.appendAudit(row);
     });
@@ -129,11 +132,15 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     const cred = makeCredential(ek, objectName(ak), secret);
     const nonce = randomBytes(32);
     const sessionId = randomBytes(18).toString('base64url');
-    const expiresAt = Math.min(now + ctx.config.enrollSessionTtl * 1000, token.expiresAt);
+    // a manifest token lives as long as its newest session, and its sessions do not supersede
+    // each other: a start by someone who knows only the public EK cannot end the TPM's own session
+    const ttl = ctx.config.enrollSessionTtl * 1000;
+    const expiresAt = manifest ? now + ttl : Math.min(now + ttl, token.expiresAt);
     const result = await ctx.store.startEnrollment({
       tokenId: token.id,
       ekHash,
       now,
+      ...(manifest ? { keepOtherSessions: true, extendTokenUntil: expiresAt } : {}),
       session: {
         id: sessionId,
         tokenId: token.id,
@@ -162,7 +169,12 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     });
     secret.fill(0);
     if (result === 'ok') a.recorded();
-    else {
+    else if (manifest) {
+      // used or removed meanwhile: the same answer as for an unlisted EK, the reason in the audit row
+      a.details = { ...a.details, manifestState: result === 'expired' ? 'removed' : result };
+      a.auditAs(new EdgeidError('ek_not_allowed', `manifest entry ${manifestEntry} was ${result === 'expired' ? 'removed' : result} meanwhile`));
+      throw new EdgeidError('ek_not_allowed');
+    } else {
       spendable = false;
       throw new EdgeidError(
         result === 'bound_other'
@@ -190,25 +202,41 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
  * Zero-touch enrollment: an EK on a supplier manifest (ek-allow) enrolls without a token. The
  * server mints an internal token for the entry, bound to the EK, zone and owner of the entry,
  * with an unguessable secret nobody learns; the rest of the enrollment is the token flow
- * unchanged. Each entry enrolls once: a used token (enrolled, or spent by a failed check) ends
- * it; an attempt that only timed out may start again. Unknown, used or removed: ek_not_allowed.
+ * unchanged, except what spends the token. An EK's public key is no secret (it is in its
+ * certificate and in the manifest), so until ActivateCredential has proven that the caller holds
+ * the EK nothing may spend the entry: failed starts and finishes end at most their own session,
+ * and only a successful finish (the device created, in the same transaction) spends it. Each
+ * entry enrolls once; to allow another enrollment an operator removes the entry and imports it
+ * again (an import skips an EK that is listed already, used or not).
+ * Unknown, used or removed: ek_not_allowed, one answer for all three (an anonymous caller must not
+ * learn which EKs are listed); the audit row says which (auditAs: its message, and for a listed
+ * EK the entry as actor with manifestEntry and manifestState in the details).
  */
-async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: number): Promise<{ token: TokenRecord; entry: string }> {
+async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: number, a: AuditedAction): Promise<{ token: TokenRecord; entry: string }> {
   const { id } = ekIdentity(parsePublic(b64('ekPub', req.ekPub)));
   const entry = await ctx.store.getEkAllowByEk(id);
-  if (!entry) throw new EdgeidError('ek_not_allowed');
+  if (!entry) {
+    // an anonymous refusal like any other (aggregated per source and minute)
+    a.auditAs(new EdgeidError('ek_not_allowed', `no supplier manifest lists this EK (${id})`));
+    throw new EdgeidError('ek_not_allowed');
+  }
+  // a listed EK's refusal is one row under the entry, so an operator finds why it was refused
+  a.actor = `ek-allow:${entry.id}`;
+  a.details = { ekHash: id, manifestEntry: entry.id };
   let previous: TokenRecord | null = null;
   if (entry.tokenId !== null) {
     previous = await ctx.store.getToken(entry.tokenId);
     if (previous && previous.usedAt === null && previous.expiresAt > now) return { token: previous, entry: entry.id };
     if (!previous || previous.usedAt !== null) {
-      throw new EdgeidError(
-        'ek_not_allowed',
-        'this manifest entry was used already; an operator imports it again to allow another enrollment',
-        {
-          manifestEntry: entry.id,
-        },
+      const device = previous?.deviceId ?? null;
+      a.details = { ...a.details, manifestState: 'used', tokenId: entry.tokenId, existingDevice: device };
+      a.auditAs(
+        new EdgeidError(
+          'ek_not_allowed',
+          `manifest entry ${entry.id} was used already${device ? ` (device ${device})` : ''}: ek-allow remove ${entry.id}, then import it, to allow another enrollment`,
+        ),
       );
+      throw new EdgeidError('ek_not_allowed');
     }
   }
   const token: TokenRecord = {
@@ -227,7 +255,9 @@ async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: n
     deviceId: null,
   };
   if (!(await ctx.store.claimEkAllow({ entryId: entry.id, previousTokenId: entry.tokenId, token }))) {
-    throw new EdgeidError('ek_not_allowed', 'the manifest entry was removed or used meanwhile', { manifestEntry: entry.id });
+    a.details = { ...a.details, manifestState: 'removed or claimed meanwhile' };
+    a.auditAs(new EdgeidError('ek_not_allowed', `manifest entry ${entry.id} was removed or claimed by a concurrent request`));
+    throw new EdgeidError('ek_not_allowed');
   }
   return { token, entry: entry.id };
 }
@@ -238,14 +268,16 @@ async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: n
  * activation secret (activation_secret_mismatch), the evidence (verifyEvidence: certify, quote,
  * CSR), posture (posture_pcr_mismatch / posture_claims_rejected) and the source network. On
  * success the device, its certificate row and its first renewal nonce are written in the
- * transaction that spends the token.
+ * transaction that spends the token. A manifest entry's token is spent only by that success: a
+ * failure ends just its session (see manifestToken).
  */
 export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest, meta: RequestMeta): Promise<EnrollFinishResponse> {
   const count = (outcome: 'ok' | 'fail') => ctx.metrics.enrollments.inc({ outcome });
   return audited(ctx, { event: 'enroll.finish', actor: 'device', ip: meta.ip, count }, async (a) => {
     const now = a.time;
-    let spend: { tokenId: string; sessionId: string } | null = null;
+    let spend: { tokenId: string; sessionId: string; keepToken: boolean } | null = null;
     // from the token check on, a failure spends the token and the session with its audit row
+    // (for a manifest token: the session only)
     a.onFailure(async (row) => {
       if (spend) await ctx.store.failEnrollment({ ...spend, now, audit: row });
       else await ctx.store.appendAudit(row);
@@ -259,8 +291,8 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
     const token = await ctx.store.getToken(session.tokenId);
     if (!token || token.usedAt !== null) throw new EdgeidError('token_used');
     if (token.expiresAt <= now) throw tokenExpired(token.expiresAt);
-    spend = { tokenId: token.id, sessionId: session.id };
     const manifestEntry = token.createdBy.startsWith('ek-allow:') ? token.createdBy.slice('ek-allow:'.length) : null;
+    spend = { tokenId: token.id, sessionId: session.id, keepToken: manifestEntry !== null };
     if (manifestEntry) a.details = { ...a.details, manifestEntry };
 
     const zone = zoneOf(ctx, token.zone);

@@ -291,14 +291,22 @@ export class SqliteStore implements Store {
     return (this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as Row[]).map(tokenFrom);
   }
 
-  async startEnrollment(p: { tokenId: string; ekHash: string; now: number; session: EnrollSessionRecord; audit: AuditInput }) {
+  async startEnrollment(p: {
+    tokenId: string;
+    ekHash: string;
+    now: number;
+    session: EnrollSessionRecord;
+    audit: AuditInput;
+    keepOtherSessions?: boolean;
+    extendTokenUntil?: number;
+  }) {
     return this.tx(() => {
       const bound = this.db
         .prepare(
-          `UPDATE tokens SET ek_hash = ?, bound_at = COALESCE(bound_at, ?)
+          `UPDATE tokens SET ek_hash = ?, bound_at = COALESCE(bound_at, ?), expires_at = MAX(expires_at, ?)
            WHERE id = ? AND used_at IS NULL AND expires_at > ? AND (ek_hash IS NULL OR ek_hash = ?)`,
         )
-        .run(p.ekHash, p.now, p.tokenId, p.now, p.ekHash);
+        .run(p.ekHash, p.now, p.extendTokenUntil ?? 0, p.tokenId, p.now, p.ekHash);
       if (bound.changes !== 1) {
         const t = this.db.prepare('SELECT * FROM tokens WHERE id = ?').get(p.tokenId) as Row | undefined;
         if (!t) return 'missing' as const;
@@ -307,7 +315,8 @@ export class SqliteStore implements Store {
         if (tok.expiresAt <= p.now) return 'expired' as const;
         return 'bound_other' as const;
       }
-      this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+      if (!p.keepOtherSessions)
+        this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
       const s = p.session;
       this.db
         .prepare(
@@ -383,6 +392,8 @@ export class SqliteStore implements Store {
     try {
       return this.tx(() => {
         if (!this.spendTokenAndSession(p.tokenId, p.sessionId, p.now, p.device.id)) throw new RaceLost();
+        // the token is spent: any other open session of it (a manifest token keeps several) ends too
+        this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
         const d = p.device;
         // one live device per EK: checked here, inside the write transaction, so two sessions of
         // the same EK finishing at once cannot both create one (devices_live_ek backs it up)
@@ -434,8 +445,15 @@ export class SqliteStore implements Store {
     }
   }
 
-  async failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void> {
+  async failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput; keepToken?: boolean }): Promise<void> {
     this.tx(() => {
+      if (p.keepToken) {
+        // only this session ends; the token and its other sessions stay usable
+        if (p.sessionId !== null)
+          this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.sessionId);
+        this.appendAuditSync(p.audit);
+        return;
+      }
       this.db.prepare('UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.tokenId);
       // a failed check also closes every open session of the token
       this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
@@ -562,11 +580,11 @@ export class SqliteStore implements Store {
   }
 
   async listEkAllow(): Promise<EkAllowRecord[]> {
-    return (this.db.prepare('SELECT * FROM ek_allow ORDER BY imported_at, id').all() as Row[]).map(ekAllowFrom);
+    return (this.db.prepare(`${EK_ALLOW_SELECT} ORDER BY a.imported_at, a.id`).all() as Row[]).map(ekAllowFrom);
   }
 
   async getEkAllowByEk(ekId: string): Promise<EkAllowRecord | null> {
-    const r = this.db.prepare('SELECT * FROM ek_allow WHERE ek_id = ?').get(ekId) as Row | undefined;
+    const r = this.db.prepare(`${EK_ALLOW_SELECT} WHERE a.ek_id = ?`).get(ekId) as Row | undefined;
     return r ? ekAllowFrom(r) : null;
   }
 
@@ -868,6 +886,10 @@ class EkLive extends Error {
   }
 }
 
+/** Manifest entries with the state of the token minted for them (if any). */
+const EK_ALLOW_SELECT = `SELECT a.*, t.used_at AS token_used_at, t.device_id AS token_device_id
+  FROM ek_allow a LEFT JOIN tokens t ON t.id = a.token_id`;
+
 function ekAllowFrom(r: Row): EkAllowRecord {
   return {
     id: String(r.id),
@@ -879,5 +901,7 @@ function ekAllowFrom(r: Row): EkAllowRecord {
     importedBy: String(r.imported_by),
     importedAt: Number(r.imported_at),
     tokenId: text(r.token_id),
+    usedAt: r.token_used_at === null || r.token_used_at === undefined ? null : Number(r.token_used_at),
+    deviceId: text(r.token_device_id),
   };
 }

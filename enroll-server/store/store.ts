@@ -176,6 +176,10 @@ export interface EkAllowRecord {
   importedAt: number;
   /** The token minted for its enrollment, once it tried. */
   tokenId: string | null;
+  /** When that token was spent (read from it; ignored on import). */
+  usedAt?: number | null;
+  /** The device its enrollment created (read from the token; ignored on import). */
+  deviceId?: string | null;
 }
 
 export interface Store {
@@ -191,7 +195,8 @@ export interface Store {
   /**
    * Binds the token to the EK atomically (only if unbound or bound to the same EK, unused and
    * unexpired) and records a new enrollment session; earlier open sessions of the token are
-   * superseded. Returns why it refused, or 'ok'.
+   * superseded unless `keepOtherSessions`; `extendTokenUntil` moves the token's expiry to at
+   * least that time. Returns why it refused, or 'ok'.
    */
   startEnrollment(p: {
     tokenId: string;
@@ -199,6 +204,8 @@ export interface Store {
     now: number;
     session: EnrollSessionRecord;
     audit: AuditInput;
+    keepOtherSessions?: boolean;
+    extendTokenUntil?: number;
   }): Promise<'ok' | 'bound_other' | 'used' | 'expired' | 'missing'>;
   getSession(id: string): Promise<EnrollSessionRecord | null>;
   /**
@@ -219,8 +226,11 @@ export interface Store {
     keepNonces: number;
     audit: AuditInput;
   }): Promise<boolean | { liveDevice: string }>;
-  /** A finish that failed a check: spend token and session and append the audit row. */
-  failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput }): Promise<void>;
+  /**
+   * A failed check: spend the token and close its sessions, and append the audit row; with
+   * `keepToken`, close only the given session (the token stays usable).
+   */
+  failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput; keepToken?: boolean }): Promise<void>;
 
   getDevice(id: string): Promise<DeviceRecord | null>;
   listDevices(filter?: DeviceFilter): Promise<DeviceRecord[]>;

@@ -44,8 +44,13 @@ export const adminErrors = defineErrors({
   },
   ek_root_unknown: {
     status: 404,
-    message: 'No EK trust store certificate has this fingerprint.',
-    fix: 'List them with edgeid-admin ek-roots list and pass the SHA-256 fingerprint shown there.',
+    message: 'No EK trust store certificate in use has this fingerprint (or fingerprint prefix).',
+    fix: 'List them with edgeid-admin ek-roots list and pass the fingerprint shown there (the SHA-256 fingerprint, or its first 8 or more hex digits).',
+  },
+  ek_root_ambiguous: {
+    status: 409,
+    message: 'More than one EK trust store certificate has a fingerprint starting with this prefix.',
+    fix: 'Pass more of the fingerprint (edgeid-admin ek-roots list --json shows all 64 hex digits); the message lists the matches.',
   },
   ek_allow_invalid: {
     status: 400,

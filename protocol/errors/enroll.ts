@@ -99,8 +99,8 @@ export const enrollErrors = defineErrors({
   ek_not_allowed: {
     status: 401,
     message:
-      "Enrollment without a token needs this TPM's EK on a supplier manifest (ek-allow), and it is not there (or was already used or removed).",
-    fix: 'Import the supplier manifest with edgeid-admin ek-allow import FILE --zone Z --owner O, or enroll with a token.',
+      "Enrollment without a token needs this TPM's EK on a supplier manifest (ek-allow) with its one enrollment unused; it is not listed, or its entry was removed or used already.",
+    fix: 'An operator imports the supplier manifest (edgeid-admin ek-allow import FILE --zone Z --owner O), or gives a token. The audit row of this refusal says which case it was; a used entry is allowed again with edgeid-admin ek-allow remove ID, then ek-allow import (an import skips EKs that are listed, used or not).',
   },
   session_invalid: {
     status: 401,

@@ -259,16 +259,164 @@ test(
     const second = await http.post('/v1/enroll/start', withoutToken(devA));
     assert.equal(second.status, 401);
     assert.equal(second.body.error.code, 'ek_not_allowed');
+    const usedRow = lastAudit(srv, 'enroll.start');
+    assert.equal(usedRow.reason, 'ek_not_allowed');
+    assert.deepEqual([usedRow.details?.manifestEntry, usedRow.details?.manifestState], [entryA.id, 'used']);
+    assert.equal(usedRow.details?.existingDevice, a.finish!.body.deviceId, 'the audit row names the device the entry enrolled');
+    assert.match(String(usedRow.details?.message), /was used already/);
 
     const unlisted = await http.post('/v1/enroll/start', withoutToken(devC));
     assert.equal(unlisted.status, 401);
     assert.equal(unlisted.body.error.code, 'ek_not_allowed');
+    assert.match(String(lastAudit(srv, 'enroll.start').details?.message), /no supplier manifest lists this EK/);
 
     const removed = await srv.admin('POST', `/v1/admin/ek-allow/${entryB.id}/remove`, {});
     assert.equal(removed.status, 200);
     const afterRemoval = await http.post('/v1/enroll/start', withoutToken(devB));
     assert.equal(afterRemoval.body.error?.code, 'ek_not_allowed');
     assert.equal((await srv.server.ctx.store.listDevices()).length, 1);
+
+    // an anonymous caller cannot tell a used entry or a removed one from an EK never listed:
+    // the same status and body; only the audit rows (above) and the admin API say which
+    assert.deepEqual({ status: second.status, body: second.body }, { status: unlisted.status, body: unlisted.body });
+    assert.deepEqual({ status: afterRemoval.status, body: afterRemoval.body }, { status: unlisted.status, body: unlisted.body });
+    assert.doesNotMatch(JSON.stringify(second.body), new RegExp(`${entryA.id}|${a.finish!.body.deviceId}`));
+    const entries = (await srv.admin('GET', '/v1/admin/ek-allow')).body.entries as Array<{ id: string; state: string; deviceId: string | null }>;
+    assert.deepEqual(
+      entries.map((e) => [e.id, e.state, e.deviceId]),
+      [[entryA.id, 'used', a.finish!.body.deviceId]],
+    );
+  },
+);
+
+test(
+  'zero-touch: an outsider who knows only the public EK neither spends the entry nor ends the TPM\'s session; only a successful finish spends it',
+  { timeout: 300_000 },
+  async (t) => {
+    const [victim, attacker] = await tpms(t, 2);
+    const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
+    t.after(() => srv.close());
+    const http = injectTransport(srv.server.app);
+    const [dev, other] = [await device(t, victim!), await device(t, attacker!)];
+    const imp = await srv.admin('POST', '/v1/admin/ek-allow', {
+      zone: 'default',
+      owner: 'o',
+      content: JSON.stringify([{ ekPub: b64(dev.ek.public), name: 'gw-1' }]),
+    });
+    assert.equal(imp.status, 200, JSON.stringify(imp.body));
+    const entry = imp.body.added[0] as { id: string };
+    const state = async () => ((await srv.admin('GET', '/v1/admin/ek-allow')).body.entries as Array<{ state: string }>)[0]!.state;
+
+    // the outsider has the TPM's public EK and EK certificate, its own TPM (AK), no token
+    const noCert = await http.post('/v1/enroll/start', { ekPub: b64(dev.ek.public), akPub: b64(other.ak.public) });
+    assert.equal(noCert.status, 400);
+    assert.equal(noCert.body.error?.code, 'ek_cert_required');
+    assert.equal(lastAudit(srv, 'enroll.start').details?.manifestEntry, entry.id, 'the refusal is audited with the entry');
+    const outsider = await http.post<EnrollStartResponse>('/v1/enroll/start', withoutToken(dev, { akPub: b64(other.ak.public) }));
+    assert.equal(outsider.status, 200, JSON.stringify(outsider.body));
+
+    // the genuine TPM starts while the outsider's session is open
+    const genuine = await http.post<EnrollStartResponse>('/v1/enroll/start', withoutToken(dev));
+    assert.equal(genuine.status, 200, `the listed TPM is refused: ${JSON.stringify(genuine.body)}`);
+
+    // the outsider cannot ActivateCredential with the EK: a wrong secret ends its own session only
+    const { evidence } = await other.evidence(outsider.body.nonce);
+    const wrong = await http.post('/v1/enroll/finish', { session: outsider.body.session, secret: b64(Buffer.alloc(32)), ...evidence });
+    assert.equal(wrong.status, 403);
+    assert.equal(wrong.body.error?.code, 'activation_secret_mismatch');
+    assert.equal(lastAudit(srv, 'enroll.finish').details?.manifestEntry, entry.id);
+    const reused = await http.post('/v1/enroll/finish', { session: outsider.body.session, secret: b64(Buffer.alloc(32)), ...evidence });
+    assert.equal(reused.body.error?.code, 'session_used');
+    // a start after the TPM's does not supersede the TPM's session
+    const later = await http.post<EnrollStartResponse>('/v1/enroll/start', withoutToken(dev, { akPub: b64(other.ak.public) }));
+    assert.equal(later.status, 200, JSON.stringify(later.body));
+    assert.equal(await state(), 'attempted', 'no failure spent the entry');
+
+    const fin = await finishWith(http, dev, genuine.body);
+    assert.equal(fin.status, 200, JSON.stringify(fin.body));
+    assert.equal(await state(), 'used');
+    // the success spent the entry and ended every other session of it
+    const { evidence: ev2 } = await other.evidence(later.body.nonce);
+    const late = await http.post('/v1/enroll/finish', { session: later.body.session, secret: b64(Buffer.alloc(32)), ...ev2 });
+    assert.equal(late.body.error?.code, 'session_used');
+    const again = await http.post('/v1/enroll/start', withoutToken(dev));
+    assert.equal(again.body.error?.code, 'ek_not_allowed');
+    assert.deepEqual(
+      (await srv.server.ctx.store.listDevices()).map((d) => d.id),
+      [fin.body.deviceId],
+    );
+  },
+);
+
+test('zero-touch: sessions of a listed TPM finishing at once create one device and spend the entry once', { timeout: 300_000 }, async (t) => {
+  const [tpm] = await tpms(t, 1);
+  const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
+  t.after(() => srv.close());
+  const http = injectTransport(srv.server.app);
+  const dev = await device(t, tpm!);
+  const imp = await srv.admin('POST', '/v1/admin/ek-allow', { zone: 'default', owner: 'o', content: JSON.stringify([b64(dev.ek.public)]) });
+  assert.equal(imp.status, 200, JSON.stringify(imp.body));
+  const N = 4;
+  const starts: EnrollStartResponse[] = [];
+  for (let i = 0; i < N; i++) {
+    const s = await http.post<EnrollStartResponse>('/v1/enroll/start', withoutToken(dev));
+    assert.equal(s.status, 200, JSON.stringify(s.body));
+    starts.push(s.body);
+  }
+  const finishes = [];
+  for (const s of starts) {
+    dev.pcrs = s.pcrs;
+    const secret = await dev.activate(s);
+    const { evidence } = await dev.evidence(s.nonce);
+    finishes.push({ session: s.session, secret: b64(secret), ...evidence });
+  }
+  const results = await Promise.all(finishes.map((f) => http.post('/v1/enroll/finish', f)));
+  const ok = results.filter((r) => r.status === 200);
+  assert.equal(ok.length, 1, JSON.stringify(results.map((r) => r.body.error?.code ?? 'ok')));
+  for (const r of results.filter((x) => x.status !== 200)) assert.match(r.body.error.code, /^(session_used|token_used)$/);
+  assert.deepEqual(
+    (await srv.server.ctx.store.listDevices()).map((d) => d.id),
+    [ok[0]!.body.deviceId],
+  );
+});
+
+test(
+  'zero-touch: a used entry is allowed again by ek-allow remove, then import; an import alone skips it',
+  { timeout: 300_000 },
+  async (t) => {
+    const [tpm] = await tpms(t, 1);
+    const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
+    t.after(() => srv.close());
+    const http = injectTransport(srv.server.app);
+    const dev = await device(t, tpm!);
+    const manifest = { zone: 'default', owner: 'o', content: JSON.stringify([{ ekPub: b64(dev.ek.public), name: 'gw-1' }]) };
+    const imp = await srv.admin('POST', '/v1/admin/ek-allow', manifest);
+    assert.equal(imp.status, 200, JSON.stringify(imp.body));
+    const first = await enrollWith(http, dev, withoutToken(dev));
+    assert.equal(first.finish?.status, 200, JSON.stringify(first.start.body));
+    // the device is retired (no live device holds the EK any more); the entry is still used
+    assert.equal((await srv.admin('POST', `/v1/admin/devices/${first.finish!.body.deviceId}/retire`, {})).status, 200);
+    const refused = await http.post('/v1/enroll/start', withoutToken(dev));
+    assert.equal(refused.status, 401);
+    assert.equal(refused.body.error?.code, 'ek_not_allowed');
+    assert.match(refused.body.error.message, /removed or used/);
+    assert.match(refused.body.error.message, /not listed/);
+
+    // importing the same manifest again skips the listed EK, so the TPM stays refused
+    const again = await srv.admin('POST', '/v1/admin/ek-allow', manifest);
+    assert.deepEqual([again.status, again.body.added.length, again.body.skipped], [200, 0, 1]);
+    assert.equal((await http.post('/v1/enroll/start', withoutToken(dev))).body.error?.code, 'ek_not_allowed');
+    const [entry] = (await srv.admin('GET', '/v1/admin/ek-allow')).body.entries as Array<{ id: string; state: string }>;
+    assert.deepEqual([entry!.id, entry!.state], [imp.body.added[0].id, 'used']);
+
+    // the documented way: remove the entry, then import it
+    assert.equal((await srv.admin('POST', `/v1/admin/ek-allow/${entry!.id}/remove`, {})).status, 200);
+    const reimported = await srv.admin('POST', '/v1/admin/ek-allow', manifest);
+    assert.deepEqual([reimported.body.added.length, reimported.body.skipped], [1, 0]);
+    const second = await enrollWith(http, dev, withoutToken(dev));
+    assert.equal(second.finish?.status, 200, JSON.stringify(second.start.body));
+    assert.notEqual(second.finish!.body.deviceId, first.finish!.body.deviceId);
+    assert.equal(lastAudit(srv, 'enroll.finish').details?.manifestEntry, reimported.body.added[0].id);
   },
 );
 

@@ -15,7 +15,7 @@ import { canonicalEkPublic, ekIdentity, keyIdentity } from '../../protocol/tpm/e
 import { verifyEkCertificate } from '../../protocol/tpm/ekcert.js';
 import { marshalPublic, parsePublic, type TpmPublic } from '../../protocol/tpm/public.js';
 import { EK_ATTRIBUTES, EK_POLICY_SHA256 } from '../../protocol/tpm/templates.js';
-import { builtinEkCas, classifyEkCas, manifestEkId, parseManifest } from '../../enroll-server/services/ek.js';
+import { builtinEkCas, classifyEkCas, manifestEkId, parseManifest, resolveEkRoot } from '../../enroll-server/services/ek.js';
 import { assertCode } from '../helpers/assert.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
@@ -172,6 +172,30 @@ async function ekCert(issuer: { name: string; keys: CryptoKeyPair }) {
   });
   return { ek, der: Buffer.from(cert.rawData) };
 }
+
+test('ek-roots remove takes the fingerprint as list shows it (a unique prefix); an unknown or ambiguous one is refused with its code', () => {
+  const all = builtinEkCas();
+  const gs = all.find((c) => c.origin === 'GS_TPM_RT.pem')!;
+  // the 16 hex digits `ek-roots list` prints, the full value, and the colon form (any case)
+  assert.equal(resolveEkRoot(all, gs.fingerprint.slice(0, 16)).origin, 'GS_TPM_RT.pem');
+  assert.equal(resolveEkRoot(all, gs.fingerprint).origin, 'GS_TPM_RT.pem');
+  assert.equal(resolveEkRoot(all, gs.fingerprint.toUpperCase().match(/../g)!.join(':')).origin, 'GS_TPM_RT.pem');
+  assertCode(() => resolveEkRoot(all, '0123456789abcdef'.repeat(4)), 'ek_root_unknown');
+  assertCode(() => resolveEkRoot(all, gs.fingerprint.slice(0, 7)), 'ek_root_unknown');
+  // a switched-off certificate is not removed again
+  assertCode(() => resolveEkRoot([{ ...gs, disabled: true }], gs.fingerprint.slice(0, 16)), 'ek_root_unknown');
+  // two certificates sharing the prefix: refused, naming both full fingerprints
+  const twin = { ...all[1]!, fingerprint: `${gs.fingerprint.slice(0, 16)}${'0'.repeat(48)}` };
+  assert.throws(
+    () => resolveEkRoot([...all, twin], gs.fingerprint.slice(0, 16)),
+    (e: unknown) => {
+      assert.equal((e as { code?: string }).code, 'ek_root_ambiguous');
+      assert.match((e as Error).message, new RegExp(`${gs.fingerprint}.*${twin.fingerprint}`));
+      return true;
+    },
+  );
+  assert.equal(resolveEkRoot([...all, twin], gs.fingerprint.slice(0, 17)).origin, 'GS_TPM_RT.pem', 'one more digit tells them apart');
+});
 
 test('EK certificates chain to roots with the built-in profile: root + intermediate, and a top CA whose root is unpublished', async () => {
   // like INF_RSA_010RT → INF_RSA_011 (root and manufacturing CA both shipped)
