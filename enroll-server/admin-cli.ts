@@ -579,7 +579,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       return 0;
     }
     case 'ek-roots remove': {
-      if (!arg) throw new UsageError('ek-roots remove FINGERPRINT (as ek-roots list shows it, or all 64 hex digits from ek-roots list --json)');
+      if (!arg)
+        throw new UsageError('ek-roots remove FINGERPRINT (as ek-roots list shows it, or all 64 hex digits from ek-roots list --json)');
       const r = await client.request('POST', `/v1/admin/ek-roots/${encodeURIComponent(arg)}/remove`, {}, W.EkRootView);
       emit(r, () => `${r.disabled ? 'switched off' : 'removed'} ${r.fingerprint}\n  ${printable(r.subject)}`);
       return 0;

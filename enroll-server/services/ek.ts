@@ -215,9 +215,13 @@ export const EK_ROOT_PREFIX_MIN = 8;
 export function resolveEkRoot(entries: readonly EkCa[], fp: string): EkCa {
   const wanted = fp.toLowerCase().replace(/:/g, '');
   if (!/^[0-9a-f]+$/.test(wanted) || wanted.length < EK_ROOT_PREFIX_MIN || wanted.length > 64) {
-    throw new EdgeidError('ek_root_unknown', `not a fingerprint or a prefix of ${EK_ROOT_PREFIX_MIN} to 64 hex digits: ${fp.slice(0, 100)}`, {
-      fingerprint: fp.slice(0, 100),
-    });
+    throw new EdgeidError(
+      'ek_root_unknown',
+      `not a fingerprint or a prefix of ${EK_ROOT_PREFIX_MIN} to 64 hex digits: ${fp.slice(0, 100)}`,
+      {
+        fingerprint: fp.slice(0, 100),
+      },
+    );
   }
   const matches = entries.filter((e) => !e.disabled && e.fingerprint.startsWith(wanted));
   if (matches.length === 0) throw new EdgeidError('ek_root_unknown', undefined, { fingerprint: wanted });

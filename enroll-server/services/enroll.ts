@@ -172,7 +172,9 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
     else if (manifest) {
       // used or removed meanwhile: the same answer as for an unlisted EK, the reason in the audit row
       a.details = { ...a.details, manifestState: result === 'expired' ? 'removed' : result };
-      a.auditAs(new EdgeidError('ek_not_allowed', `manifest entry ${manifestEntry} was ${result === 'expired' ? 'removed' : result} meanwhile`));
+      a.auditAs(
+        new EdgeidError('ek_not_allowed', `manifest entry ${manifestEntry} was ${result === 'expired' ? 'removed' : result} meanwhile`),
+      );
       throw new EdgeidError('ek_not_allowed');
     } else {
       spendable = false;
@@ -212,7 +214,12 @@ export async function enrollStart(ctx: ServerContext, req: EnrollStartRequest, m
  * learn which EKs are listed); the audit row says which (auditAs: its message, and for a listed
  * EK the entry as actor with manifestEntry and manifestState in the details).
  */
-async function manifestToken(ctx: ServerContext, req: EnrollStartRequest, now: number, a: AuditedAction): Promise<{ token: TokenRecord; entry: string }> {
+async function manifestToken(
+  ctx: ServerContext,
+  req: EnrollStartRequest,
+  now: number,
+  a: AuditedAction,
+): Promise<{ token: TokenRecord; entry: string }> {
   const { id } = ekIdentity(parsePublic(b64('ekPub', req.ekPub)));
   const entry = await ctx.store.getEkAllowByEk(id);
   if (!entry) {

@@ -445,7 +445,13 @@ export class SqliteStore implements Store {
     }
   }
 
-  async failEnrollment(p: { tokenId: string; sessionId: string | null; now: number; audit: AuditInput; keepToken?: boolean }): Promise<void> {
+  async failEnrollment(p: {
+    tokenId: string;
+    sessionId: string | null;
+    now: number;
+    audit: AuditInput;
+    keepToken?: boolean;
+  }): Promise<void> {
     this.tx(() => {
       if (p.keepToken) {
         // only this session ends; the token and its other sessions stay usable

@@ -109,24 +109,32 @@ test(
   },
 );
 
-test('ek-roots remove takes the fingerprint as ek-roots list prints it; an unknown one is refused with ek_root_unknown', { timeout: 300_000 }, async (t) => {
-  const srv = await startServerProcess({});
-  t.after(() => srv.close());
-  const roots = JSON.parse(await adminCli(srv.dataDir, ['ek-roots', 'list', '--json'])) as Array<{ fingerprint: string; origin: string; disabled: boolean }>;
-  const gs = roots.find((r) => r.origin === 'GS_TPM_RT.pem')!;
-  const shown = gs.fingerprint.slice(0, 16);
-  const table = await adminCli(srv.dataDir, ['ek-roots', 'list']);
-  assert.match(table, new RegExp(`^${shown}\\s`, 'm'), 'the table shows this prefix');
-  const out = await adminCli(srv.dataDir, ['ek-roots', 'remove', shown]);
-  assert.match(out, new RegExp(`switched off ${gs.fingerprint}`));
-  const after = JSON.parse(await adminCli(srv.dataDir, ['ek-roots', 'list', '--json'])) as typeof roots;
-  assert.equal(after.find((r) => r.origin === 'GS_TPM_RT.pem')!.disabled, true);
-  // switched off already, and a prefix nothing has: the code and the fix, exit status non-zero
-  for (const fp of [shown, 'deadbeefdeadbeef']) {
-    await assert.rejects(adminCli(srv.dataDir, ['ek-roots', 'remove', fp]), (e: { code?: number; stderr?: string }) => {
-      assert.notEqual(e.code, 0);
-      assert.match(String(e.stderr), /ek_root_unknown/);
-      return true;
-    });
-  }
-});
+test(
+  'ek-roots remove takes the fingerprint as ek-roots list prints it; an unknown one is refused with ek_root_unknown',
+  { timeout: 300_000 },
+  async (t) => {
+    const srv = await startServerProcess({});
+    t.after(() => srv.close());
+    const roots = JSON.parse(await adminCli(srv.dataDir, ['ek-roots', 'list', '--json'])) as Array<{
+      fingerprint: string;
+      origin: string;
+      disabled: boolean;
+    }>;
+    const gs = roots.find((r) => r.origin === 'GS_TPM_RT.pem')!;
+    const shown = gs.fingerprint.slice(0, 16);
+    const table = await adminCli(srv.dataDir, ['ek-roots', 'list']);
+    assert.match(table, new RegExp(`^${shown}\\s`, 'm'), 'the table shows this prefix');
+    const out = await adminCli(srv.dataDir, ['ek-roots', 'remove', shown]);
+    assert.match(out, new RegExp(`switched off ${gs.fingerprint}`));
+    const after = JSON.parse(await adminCli(srv.dataDir, ['ek-roots', 'list', '--json'])) as typeof roots;
+    assert.equal(after.find((r) => r.origin === 'GS_TPM_RT.pem')!.disabled, true);
+    // switched off already, and a prefix nothing has: the code and the fix, exit status non-zero
+    for (const fp of [shown, 'deadbeefdeadbeef']) {
+      await assert.rejects(adminCli(srv.dataDir, ['ek-roots', 'remove', fp]), (e: { code?: number; stderr?: string }) => {
+        assert.notEqual(e.code, 0);
+        assert.match(String(e.stderr), /ek_root_unknown/);
+        return true;
+      });
+    }
+  },
+);

@@ -281,7 +281,11 @@ test(
     assert.deepEqual({ status: second.status, body: second.body }, { status: unlisted.status, body: unlisted.body });
     assert.deepEqual({ status: afterRemoval.status, body: afterRemoval.body }, { status: unlisted.status, body: unlisted.body });
     assert.doesNotMatch(JSON.stringify(second.body), new RegExp(`${entryA.id}|${a.finish!.body.deviceId}`));
-    const entries = (await srv.admin('GET', '/v1/admin/ek-allow')).body.entries as Array<{ id: string; state: string; deviceId: string | null }>;
+    const entries = (await srv.admin('GET', '/v1/admin/ek-allow')).body.entries as Array<{
+      id: string;
+      state: string;
+      deviceId: string | null;
+    }>;
     assert.deepEqual(
       entries.map((e) => [e.id, e.state, e.deviceId]),
       [[entryA.id, 'used', a.finish!.body.deviceId]],
@@ -290,7 +294,7 @@ test(
 );
 
 test(
-  'zero-touch: an outsider who knows only the public EK neither spends the entry nor ends the TPM\'s session; only a successful finish spends it',
+  "zero-touch: an outsider who knows only the public EK neither spends the entry nor ends the TPM's session; only a successful finish spends it",
   { timeout: 300_000 },
   async (t) => {
     const [victim, attacker] = await tpms(t, 2);
@@ -348,37 +352,45 @@ test(
   },
 );
 
-test('zero-touch: sessions of a listed TPM finishing at once create one device and spend the entry once', { timeout: 300_000 }, async (t) => {
-  const [tpm] = await tpms(t, 1);
-  const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
-  t.after(() => srv.close());
-  const http = injectTransport(srv.server.app);
-  const dev = await device(t, tpm!);
-  const imp = await srv.admin('POST', '/v1/admin/ek-allow', { zone: 'default', owner: 'o', content: JSON.stringify([b64(dev.ek.public)]) });
-  assert.equal(imp.status, 200, JSON.stringify(imp.body));
-  const N = 4;
-  const starts: EnrollStartResponse[] = [];
-  for (let i = 0; i < N; i++) {
-    const s = await http.post<EnrollStartResponse>('/v1/enroll/start', withoutToken(dev));
-    assert.equal(s.status, 200, JSON.stringify(s.body));
-    starts.push(s.body);
-  }
-  const finishes = [];
-  for (const s of starts) {
-    dev.pcrs = s.pcrs;
-    const secret = await dev.activate(s);
-    const { evidence } = await dev.evidence(s.nonce);
-    finishes.push({ session: s.session, secret: b64(secret), ...evidence });
-  }
-  const results = await Promise.all(finishes.map((f) => http.post('/v1/enroll/finish', f)));
-  const ok = results.filter((r) => r.status === 200);
-  assert.equal(ok.length, 1, JSON.stringify(results.map((r) => r.body.error?.code ?? 'ok')));
-  for (const r of results.filter((x) => x.status !== 200)) assert.match(r.body.error.code, /^(session_used|token_used)$/);
-  assert.deepEqual(
-    (await srv.server.ctx.store.listDevices()).map((d) => d.id),
-    [ok[0]!.body.deviceId],
-  );
-});
+test(
+  'zero-touch: sessions of a listed TPM finishing at once create one device and spend the entry once',
+  { timeout: 300_000 },
+  async (t) => {
+    const [tpm] = await tpms(t, 1);
+    const srv = await startInProcessServer({ rateLimit: { enroll: { max: 100000 } } });
+    t.after(() => srv.close());
+    const http = injectTransport(srv.server.app);
+    const dev = await device(t, tpm!);
+    const imp = await srv.admin('POST', '/v1/admin/ek-allow', {
+      zone: 'default',
+      owner: 'o',
+      content: JSON.stringify([b64(dev.ek.public)]),
+    });
+    assert.equal(imp.status, 200, JSON.stringify(imp.body));
+    const N = 4;
+    const starts: EnrollStartResponse[] = [];
+    for (let i = 0; i < N; i++) {
+      const s = await http.post<EnrollStartResponse>('/v1/enroll/start', withoutToken(dev));
+      assert.equal(s.status, 200, JSON.stringify(s.body));
+      starts.push(s.body);
+    }
+    const finishes = [];
+    for (const s of starts) {
+      dev.pcrs = s.pcrs;
+      const secret = await dev.activate(s);
+      const { evidence } = await dev.evidence(s.nonce);
+      finishes.push({ session: s.session, secret: b64(secret), ...evidence });
+    }
+    const results = await Promise.all(finishes.map((f) => http.post('/v1/enroll/finish', f)));
+    const ok = results.filter((r) => r.status === 200);
+    assert.equal(ok.length, 1, JSON.stringify(results.map((r) => r.body.error?.code ?? 'ok')));
+    for (const r of results.filter((x) => x.status !== 200)) assert.match(r.body.error.code, /^(session_used|token_used)$/);
+    assert.deepEqual(
+      (await srv.server.ctx.store.listDevices()).map((d) => d.id),
+      [ok[0]!.body.deviceId],
+    );
+  },
+);
 
 test(
   'zero-touch: a used entry is allowed again by ek-allow remove, then import; an import alone skips it',
