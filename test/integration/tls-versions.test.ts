@@ -1,6 +1,7 @@
 /**
  * Every listener speaks TLS 1.2 or newer only (RFC 8996): a client that offers only TLS 1.1 is
- * refused by the enrollment server (even when Node's default would allow it), while the same client
+ * refused by the enrollment server (even when Node's default would allow it) and by Mosquitto as
+ * `edgeid-admin broker config` renders it (`tls_version tlsv1.2`), while the same client
  * completes a TLS 1.1 handshake with a control server that allows it (so the refusal is theirs).
  */
 import assert from 'node:assert/strict';
@@ -10,18 +11,20 @@ import path from 'node:path';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { tmpDir } from '../../scripts/harness/fs.js';
+import { startDeployment } from '../../scripts/harness/deployment.js';
 import { startServerProcess } from '../../scripts/harness/server.js';
 
 type Version = 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3';
 
 /** Handshakes with host:port offering exactly `version`; resolves with the negotiated protocol or the error code. */
-function handshake(port: number, version: Version): Promise<string> {
+function handshake(port: number, version: Version, client: { cert?: string; key?: string } = {}): Promise<string> {
   return new Promise((resolve) => {
     const c = tls.connect(
       {
         host: '127.0.0.1',
         port,
         rejectUnauthorized: false,
+        ...client,
         minVersion: version,
         maxVersion: version,
         // TLS 1.1 needs a security level Node's OpenSSL 3 only allows when asked
@@ -79,4 +82,15 @@ test('the enrollment server refuses TLS 1.1 and speaks TLS 1.2 and 1.3', async (
   assert.match(await handshake(port, 'TLSv1.1'), /^error:ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION$/);
   assert.equal(await handshake(port, 'TLSv1.2'), 'TLSv1.2');
   assert.equal(await handshake(port, 'TLSv1.3'), 'TLSv1.3');
+});
+
+test('the broker as edgeid configures it refuses TLS 1.1 and speaks TLS 1.2 and 1.3', async (t) => {
+  const d = await startDeployment();
+  t.after(() => d.stop());
+  const port = Number(new URL(d.broker.url).port);
+  const id = await d.serviceIdentity('edgeid-test-tls-probe', { acls: [] });
+  const client = { cert: String(id.tls.cert), key: String(id.tls.key) };
+  assert.match(await handshake(port, 'TLSv1.1', client), /^error:ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION$/);
+  assert.equal(await handshake(port, 'TLSv1.2', client), 'TLSv1.2');
+  assert.equal(await handshake(port, 'TLSv1.3', client), 'TLSv1.3');
 });
