@@ -15,7 +15,7 @@ import {
   startSwtpm,
   transientHandleCountViaTools,
 } from '../../scripts/harness/swtpm.js';
-import { tmpDir } from '../../scripts/harness/fs.js';
+import { notPrivate, tmpDir } from '../../scripts/harness/fs.js';
 import { createToken, startServerProcess } from '../../scripts/harness/server.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { agentCli, spawnAgent } from '../helpers/agent.js';
@@ -128,6 +128,8 @@ test('enrolls through a pinned server, renews with a new serial and key each tim
 
   agent.child.kill('SIGTERM');
   assert.equal(await agent.exit, 0);
+  // after enrollment, renewals and a stop, everything the agent wrote is private (0700 / 0600)
+  assert.deepEqual(await notPrivate(stateDir), []);
   assert.ok((await assertNoPrivateKey(stateDir)) >= 6);
   // only the current session key (and at most the previous one) remain
   const sessions = (await readdir(stateDir)).filter((n) => n.startsWith('session-'));

@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import * as x509 from '@peculiar/x509';
 import { startSwtpm, extendBootPcrs, SWTPM_LOCALCA_ROOT, SWTPM_LOCALCA_ISSUER } from '../../scripts/harness/swtpm.js';
 import { TestDevice, httpsTransport } from '../helpers/device.js';
-import { REPO } from '../../scripts/harness/fs.js';
+import { notPrivate, REPO } from '../../scripts/harness/fs.js';
 import { startServerProcess } from '../../scripts/harness/server.js';
 import { programCommand } from '../../scripts/harness/bins.js';
 
@@ -282,6 +282,12 @@ test('edgeid-server process: enroll, renew, openssl verify, revoke, CRL, admin C
     } finally {
       await again.stop();
     }
+  });
+
+  await t.test('after enrollments, renewals, a revocation and a restart, nothing in the data dir is readable by others', async () => {
+    // certificates and CRLs are public (0644 inside the 0700 dir); keys, the database, tokens are 0600
+    const PUBLIC = ['ca/root.pem', 'ca/intermediate.pem', 'ca/server.pem', 'ca/control.pem', 'crl.pem', 'crl.der'];
+    assert.deepEqual(await notPrivate(dataDir, PUBLIC), []);
   });
 });
 
