@@ -1,6 +1,6 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import * as W from '../../protocol/api.js';
@@ -162,6 +162,7 @@ function meta(req: FastifyRequest) {
  * handler mapping EdgeidError codes to statuses through the registry.
  */
 export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<FastifyInstance> {
+  const perAddress = new AddressLimiter(ctx.config.rateLimit.perAddress.max, ctx.config.rateLimit.perAddress.window * 1000, ctx.now);
   const app = Fastify({
     logger: opts.logger === undefined ? false : opts.logger,
     // TLS 1.2 or newer whatever the process's defaults (`--tls-min-v1.0`, NODE_OPTIONS): RFC 8996
@@ -175,6 +176,25 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     // Ajv validates requests against the protocol/api.ts schemas (plain JSON Schema) without
     // coercion or defaults; responses are serialised from the same schemas
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
+    // a path whose percent-escapes are not UTF-8 (FST_ERR_BAD_URL) fails before any route or hook:
+    // answered in the API's own error form, with a registered code
+    // (and counted against the per-address limit like every other request)
+    frameworkErrors: (err, req, reply) => {
+      const r = reply as unknown as FastifyReply;
+      const wait = perAddress.take(req.ip ?? '');
+      const e =
+        wait > 0
+          ? errorBody('rate_limited', `more than ${ctx.config.rateLimit.perAddress.max} requests from this address`, { retryAfter: wait })
+          : errorBody(
+              'bad_request',
+              err.code === 'FST_ERR_BAD_URL' ? 'the URL path is not valid (a percent-escape is not UTF-8)' : 'bad request',
+            );
+      if (wait > 0) r.header('retry-after', String(wait));
+      void r
+        .code(ERRORS[e.error.code as ErrorCode].status)
+        .type('application/json; charset=utf-8')
+        .send(e);
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   // JSON only: anything else is unsupported_media_type before it reaches a schema
@@ -183,7 +203,6 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   app.decorateRequest('adminAuthenticated', false);
 
   // every route, per source address, before anything is parsed or validated
-  const perAddress = new AddressLimiter(ctx.config.rateLimit.perAddress.max, ctx.config.rateLimit.perAddress.window * 1000, ctx.now);
   app.addHook('onRequest', async (req) => {
     const wait = perAddress.take(req.ip ?? '');
     if (wait > 0)
