@@ -78,7 +78,16 @@ export async function createBrokerIntegration(deps: BrokerIntegrationDeps): Prom
         ...(b.servername ? { servername: b.servername } : isIP(host) ? {} : { servername: host }),
       },
     },
-    ...(b.crlFile ? { crl: { file: b.crlFile, ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}) } } : {}),
+    ...(b.crlFile
+      ? {
+          crl: {
+            file: b.crlFile,
+            ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}),
+            stateFile: join(deps.dataDir, 'broker', 'crl-state.json'),
+            policy: { everyMs: b.crlReload.every * 1000, refreshBeforeMs: b.crlReload.refreshBefore * 1000 },
+          },
+        }
+      : {}),
     signControl: (c) => deps.ca.signControl(c),
     audit: deps.audit,
     activeDeviceIds: deps.activeDeviceIds,

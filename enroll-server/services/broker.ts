@@ -1,4 +1,5 @@
 import { createPublicKey } from 'node:crypto';
+import type { BrokerCrlStatus } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { audited } from './audit.js';
 import type { ServerContext } from './context.js';
@@ -18,6 +19,27 @@ export async function reconcileBroker(ctx: ServerContext, who: Actor): Promise<{
       return r;
     } catch (e) {
       throw new EdgeidError('broker_unavailable', `broker reconcile failed: ${(e as Error).message.slice(0, 200)}`);
+    }
+  });
+}
+
+/** GET /v1/admin/broker/crl: what the broker loaded, what is pending, when the next reload runs. */
+export function brokerCrlStatus(ctx: ServerContext): BrokerCrlStatus {
+  const s = ctx.broker?.crlStatus() ?? null;
+  if (!s) throw new EdgeidError('broker_not_configured', "this server does not manage the broker's CRL (broker.crlFile is not set)");
+  return s;
+}
+
+/** POST /v1/admin/broker/crl/reload: the broker loads the latest CRL now (audited). */
+export async function reloadBrokerCrl(ctx: ServerContext, who: Actor): Promise<BrokerCrlStatus> {
+  return audited(ctx, { event: 'admin.broker.crl_reload', actor: who.actor, ip: who.ip }, async (a) => {
+    if (!ctx.broker?.crlStatus()) throw new EdgeidError('broker_not_configured', "this server does not manage the broker's CRL (broker.crlFile is not set)");
+    try {
+      const s = await ctx.broker.reloadCrl('admin');
+      a.details = { crlNumber: s.loaded?.crlNumber ?? null, revoked: s.loaded?.revoked ?? 0, nextReloadAt: s.nextReloadAt };
+      return s;
+    } catch (e) {
+      throw new EdgeidError('broker_unavailable', `broker CRL reload failed: ${(e as Error).message.slice(0, 200)}`);
     }
   });
 }
