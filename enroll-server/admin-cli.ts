@@ -527,9 +527,9 @@ async function run(argv: string[], o: Output): Promise<number> {
           '',
           '  then tell the server, in its config file:',
           `    "broker": { "url": "mqtts://${host}:${port}", "crlFile": "${files.crlFile}",`,
-          '                "reloadCommand": ["systemctl", "restart", "mosquitto"] }',
+          '                "reloadCommand": ["systemctl", "reload", "mosquitto"] }',
           `    "mqtt":   { "url": "mqtts://${host}:${port}" }`,
-          '  Mosquitto reads its CRL only at start: the reload command must restart it.',
+          '  Mosquitto 2.0 re-reads its CRL on SIGHUP (systemctl reload) and keeps every session.',
         ].join('\n'),
       );
       return 0;

@@ -18,6 +18,7 @@
  * reload nor reloads for nothing.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { writeFileAtomic } from '../files.js';
 import type { BrokerCrlStatus } from '../../protocol/api.js';
@@ -95,8 +96,13 @@ export class CrlReloadSchedule {
       now?: () => number;
     },
   ) {
-    this.loaded = this.readState() ?? fromCrlFile(o.crlFile);
+    const inFile = fromCrlFile(o.crlFile);
+    this.loaded = this.readState() ?? inFile;
+    this.written = inFile?.serials ?? null;
   }
+
+  /** The serials in the crlfile now (null: no readable file). */
+  private written: string[] | null;
 
   private now(): number {
     return (this.o.now ?? Date.now)();
@@ -117,8 +123,10 @@ export class CrlReloadSchedule {
   /** A new CRL from the server: written at once when it revokes something new; the reload is scheduled. */
   async changed(e: CrlChange): Promise<ReloadOutcome | null> {
     this.latest = e;
-    const loadedSerials = this.loaded?.serials ?? null;
-    if (loadedSerials === null || !sameSerials(loadedSerials, e.serials)) this.o.write(e.longLived.pem);
+    if (this.written === null || !sameSerials(this.written, e.serials)) {
+      this.o.write(e.longLived.pem);
+      this.written = e.serials;
+    }
     return this.reschedule();
   }
 
@@ -163,6 +171,7 @@ export class CrlReloadSchedule {
     const crl = this.latest;
     if (!crl) throw new Error('no CRL generated yet');
     const r = await this.o.publish(crl.longLived.pem);
+    this.written = crl.serials;
     const outcome: ReloadOutcome = {
       crlNumber: crl.longLived.number.toString(),
       revoked: crl.serials.length,

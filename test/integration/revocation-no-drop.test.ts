@@ -178,6 +178,11 @@ test(`${N} devices connected, 10 revoked one after another: the other ${N - 10} 
     assert.equal(r.ok, false, `${v.id.deviceId} is refused at TLS`);
     assert.match((r as { message: string }).message, /certificate revoked/i);
   }
+  // the survivors keep their rights through the reload
+  assert.equal(await publishReason(others[1]!.client, `devices/${others[1]!.id.deviceId}/telemetry`, 'after reload'), 0);
+  await waitFor('the post-reload message at the observer', () => observer.messages.some((m) => m.payload === 'after reload'), {
+    timeoutMs: 10_000,
+  });
   const fine = await probe(d.broker.port, others[0]!.id, caPem);
   assert.deepEqual(fine, { ok: true, connack: 0 }, 'a live certificate is still accepted');
   assert.deepEqual(
