@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { CrlPublisher } from '../../enroll-server/broker/crl-publisher.js';
 import { CrlReloadSchedule, type CrlReloadPolicy } from '../../enroll-server/broker/crl-schedule.js';
+import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
 import type { CrlChange } from '../../enroll-server/hooks.js';
 import { loadConfig } from '../../enroll-server/config.js';
 import { waitFor } from '../../scripts/harness/wait.js';
@@ -171,4 +173,22 @@ test('config: broker.crlReload defaults to a day / a week; refreshBefore below a
     () => load({ broker: { ...base.broker, crlReload: { often: 1 } } }),
     (e: Error & { code?: string }) => e.code === 'config_invalid' && /broker\.crlReload\.often/.test(e.message),
   );
+});
+
+test('the reload command never runs on a crlfile that is not a CRL (Mosquitto would stop checking revocation)', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'edgeid-crl-pub-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const marker = path.join(dir, 'reloaded');
+  const pub = new CrlPublisher({ crlFile: path.join(dir, 'crl.pem'), reloadCommand: ['sh', '-c', `echo x >> '${marker}'`] });
+  const bad = await pub.publish('not a CRL\n');
+  assert.match(bad.reloadError ?? '', /^not reloading: .* is not a readable CRL/);
+  assert.equal(bad.reloadedAt, null);
+  assert.ok(!existsSync(marker), 'the reload command did not run');
+
+  const ca = await CertificateAuthority.open({ dir: path.join(dir, 'ca'), hostnames: ['localhost'] });
+  const real = await ca.createCrl({ number: 1n, validitySeconds: 3600, entries: [] });
+  const ok = await pub.publish(real.pem);
+  assert.equal(ok.reloadError, null);
+  assert.ok(ok.reloadedAt);
+  assert.equal(readFileSync(marker, 'utf8'), 'x\n');
 });
