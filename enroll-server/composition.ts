@@ -16,6 +16,7 @@ import { ensurePrivateDir } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
 import { createMetrics } from './metrics.js';
 import type { ServerContext } from './services/context.js';
+import { brokerHooks } from './services/broker.js';
 import { CrlService } from './services/crl.js';
 import { backfillAkNames } from './services/devices.js';
 import { reloadEkTrust } from './services/ek.js';
@@ -115,7 +116,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
       log: log.child({ part: 'broker' }),
     });
     ctx.broker = broker;
-    ctx.hooks.push(broker);
+    ctx.hooks.push(brokerHooks(ctx, broker));
     // the CRL reload schedule in /metrics (operators alert on a reload that keeps failing)
     const crlGauge = (name: string, help: string, value: (s: NonNullable<ReturnType<typeof broker.crlStatus>>) => number | null) =>
       new Gauge({

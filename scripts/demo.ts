@@ -201,8 +201,9 @@ async function main(): Promise<void> {
 
   shell(`edgeid-admin broker config --out ${path.relative(REPO, brokerDir)} --port ${brokerPort}`);
   await admin(['broker', 'config', '--out', brokerDir, '--port', String(brokerPort), '--bind', '127.0.0.1', '--run-as-root']);
-  // Mosquitto reads its CRL only at start: the server's reload command restarts it, and the
-  // harness brings it back like a service manager would.
+  // The server's CRL reload command restarts Mosquitto (the harness brings it back like a service
+  // manager would); it runs on the server's CRL reload schedule (broker.crlReload), not per
+  // revocation, so revoking one device leaves the others connected.
   const broker = await startMosquitto({
     configFile: path.join(brokerDir, 'mosquitto.conf'),
     port: brokerPort,

@@ -1,20 +1,20 @@
 /**
- * The broker side of edgeid, as server hooks:
- * - enrolled → the device gets its dynsec client and its one role;
- * - revoked  → a signed `wipe` goes to its control topic first (so it is delivered), then
- *              `deleteClient` kicks the live session and leaves any reconnect without rights;
- * - retired  → `deleteClient`;
- * - new CRL  → written atomically to the broker's crlfile; the reload command runs on the
- *              schedule of crl-schedule.ts (batched; always well before the loaded copy expires).
+ * BrokerPort (services/context.ts) for Mosquitto 2.0 with its dynamic-security plugin; the server's
+ * events reach it through services/broker.ts brokerHooks:
+ * - provision → the device gets its dynsec client and its one role;
+ * - revoke    → a signed `wipe` goes to its control topic first (so it is delivered), then
+ *               `deleteClient` kicks the live session and leaves any reconnect without rights;
+ * - remove    → `deleteClient`;
+ * - new CRL   → written atomically to the broker's crlfile; the reload command runs on the
+ *               schedule of crl-schedule.ts (batched; always well before the loaded copy expires).
  * Every step is audited with its outcome; dynsec failures are retried with backoff.
  * `reconcile()` makes the broker's dynsec clients match the active devices, both ways.
  */
 import type { Logger } from 'pino';
 import type { SignedControl, ControlCommand } from '../../protocol/api.js';
 import 'reflect-metadata';
-import type { CrlChange, EdgeidHooks } from '../hooks.js';
-import type { BrokerPort } from '../services/context.js';
-import type { AuditInput, DeviceRecord } from '../store/store.js';
+import type { CrlChange } from '../hooks.js';
+import type { AuditInput } from '../store/store.js';
 import { CrlPublisher } from './crl-publisher.js';
 import { CrlReloadSchedule, type CrlReloadPolicy, type CrlReloadStatus, type ReloadOutcome } from './crl-schedule.js';
 import { writeFileAtomic } from '../files.js';
@@ -29,8 +29,6 @@ export interface BrokerIntegrationOptions {
     stateFile: string;
     policy: CrlReloadPolicy;
   };
-  /** Signs control commands with the server's control key (CertificateAuthority.signControl). */
-  signControl: (c: Omit<ControlCommand, 'id' | 'issuedAt'>) => SignedControl;
   audit: (row: Omit<AuditInput, 'time' | 'actor'>) => Promise<void>;
   /** Devices that should have broker rights (status active or quarantined). */
   activeDeviceIds: () => Promise<string[]>;
@@ -67,8 +65,12 @@ async function withRetry<T>(what: string, retries: number, fn: () => Promise<T>,
   }
 }
 
-/** dynsec commands of a reconcile in flight at once. */
-const RECONCILE_PARALLEL = 16;
+/**
+ * Devices a reconcile works on at once. It saves round trips, not broker work: Mosquitto's dynsec
+ * plugin rewrites its whole JSON file after each change, so a fleet's first reconcile is bound by
+ * the broker, and more in flight only makes each command wait longer (ATTEMPT_TIMEOUT_MS).
+ */
+const RECONCILE_PARALLEL = 4;
 
 /** Runs fn over items with at most `n` running at once; the first failure is thrown after all settled. */
 async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<unknown>): Promise<void> {
@@ -88,8 +90,8 @@ async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<unk
   if (firstError) throw firstError;
 }
 
-export class BrokerIntegration implements EdgeidHooks, BrokerPort {
-  readonly name = 'broker';
+/** Structurally a BrokerPort (services/context.ts; checked where composition.ts assigns it). */
+export class BrokerIntegration {
   private dynsec: DynsecClient | null = null;
   private readonly crlSchedule: CrlReloadSchedule | null;
   private readonly retries: number;
@@ -137,10 +139,6 @@ export class BrokerIntegration implements EdgeidHooks, BrokerPort {
     }
   }
 
-  async onDeviceEnrolled(e: { device: DeviceRecord }): Promise<void> {
-    await this.provisionDevice(e.device.id);
-  }
-
   async provisionDevice(deviceId: string): Promise<void> {
     await this.step('broker.provision', deviceId, async () => {
       await (await this.client()).provisionDevice(deviceId);
@@ -154,21 +152,24 @@ export class BrokerIntegration implements EdgeidHooks, BrokerPort {
     });
   }
 
+  /**
+   * A new CRL: the long-lived copy goes to the broker's crlfile when it revokes something new, and
+   * the broker loads it on the reload schedule (crl-schedule.ts). The revoked device itself was
+   * already cut by revokeDevice (its dynsec client is gone), so no other session has to drop for it.
+   */
   async publishCrl(e: CrlChange): Promise<void> {
     await this.crlSchedule?.changed(e);
   }
 
-  async onDeviceRevoked(e: { device: DeviceRecord; reason: string }): Promise<void> {
-    const id = e.device.id;
+  async revokeDevice(id: string, wipe: SignedControl): Promise<void> {
     // The wipe first, while the device still has its subscription; PUBACK means the broker has it.
     // The kick happens whatever became of the wipe: a revoked device must lose its session.
     let wipeError: unknown = null;
     try {
       await this.step('broker.wipe_sent', id, async () => {
-        const cmd = this.opts.signControl({ type: 'wipe', deviceId: id, reason: e.reason });
         const c = await this.client();
-        await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(cmd), { qos: 1 });
-        return { commandId: (JSON.parse(cmd.payload) as ControlCommand).id };
+        await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(wipe), { qos: 1 });
+        return { commandId: (JSON.parse(wipe.payload) as ControlCommand).id };
       });
     } catch (err) {
       wipeError = err;
@@ -200,20 +201,6 @@ export class BrokerIntegration implements EdgeidHooks, BrokerPort {
     await this.step('broker.restore', deviceId, async () => {
       await (await this.client()).restoreDevice(deviceId);
     });
-  }
-
-  async onDeviceRetired(e: { device: DeviceRecord }): Promise<void> {
-    await this.removeDevice(e.device.id);
-  }
-
-  /**
-   * A new CRL: the long-lived copy goes to the broker's crlfile when it revokes something new, and
-   * the broker loads it on the reload schedule (crl-schedule.ts). The revoked device itself was
-   * already cut by onDeviceRevoked (its dynsec client is gone), so no other session has to drop
-   * for it.
-   */
-  async onCrlChanged(e: CrlChange): Promise<void> {
-    await this.publishCrl(e);
   }
 
   /** Makes the broker load the latest CRL now (operator's request); throws when the reload failed. */

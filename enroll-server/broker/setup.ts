@@ -88,7 +88,6 @@ export async function createBrokerIntegration(deps: BrokerIntegrationDeps): Prom
           },
         }
       : {}),
-    signControl: (c) => deps.ca.signControl(c),
     audit: deps.audit,
     activeDeviceIds: deps.activeDeviceIds,
     ...(deps.quarantinedDeviceIds ? { quarantinedDeviceIds: deps.quarantinedDeviceIds } : {}),

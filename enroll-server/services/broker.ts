@@ -2,9 +2,25 @@ import { createPublicKey } from 'node:crypto';
 import type { BrokerCrlStatus } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { audited } from './audit.js';
-import type { ServerContext } from './context.js';
+import type { EdgeidHooks } from '../hooks.js';
+import type { BrokerPort, ServerContext } from './context.js';
 
 type Actor = { actor: string; ip: string | null };
+
+/**
+ * The server's events as broker actions, through BrokerPort only (whichever broker implements
+ * it): an enrolled device gets its rights; a revoked one gets the signed wipe and loses its rights
+ * and session; a retired one loses them; a new CRL goes to the broker's reload schedule.
+ */
+export function brokerHooks(ctx: ServerContext, broker: BrokerPort): EdgeidHooks {
+  return {
+    name: 'broker',
+    onDeviceEnrolled: (e) => broker.provisionDevice(e.device.id),
+    onDeviceRevoked: (e) => broker.revokeDevice(e.device.id, ctx.ca.signControl({ type: 'wipe', deviceId: e.device.id, reason: e.reason })),
+    onDeviceRetired: (e) => broker.removeDevice(e.device.id),
+    onCrlChanged: (e) => broker.publishCrl(e),
+  };
+}
 
 /** Validity of the broker's TLS certificate issued by `broker config`. */
 const BROKER_CERT_SECONDS = 365 * 86400;

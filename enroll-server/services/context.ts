@@ -39,6 +39,11 @@ export interface BrokerPort {
   provisionDevice(deviceId: string): Promise<void>;
   /** Takes every right from the device and ends its live session now; a reconnect gets nothing. Idempotent. */
   removeDevice(deviceId: string): Promise<void>;
+  /**
+   * Revocation: delivers the signed wipe while the device still has its session, then removes its
+   * rights and ends its session whatever became of the wipe; throws if either step failed.
+   */
+  revokeDevice(deviceId: string, wipe: SignedControl): Promise<void>;
   /** A new CRL: handed to the broker, which loads it on its reload schedule (never later than it needs to stay valid). */
   publishCrl(e: CrlChange): Promise<void>;
   /** Makes the broker load the latest CRL now; resolves with the schedule after it. */
