@@ -233,8 +233,11 @@ test(`a broker restart with ${N - 10} connected devices: all back within the age
   assert.ok(allBackMs < SPREAD_MS + 20_000, `all back in ${allBackMs} ms`);
   // spread out: no second takes more than a third of the fleet (equal jitter put all in one)
   assert.ok(busiest < n / 3, `busiest second had ${busiest} of ${n} reconnects`);
+  // an attempt drawn near 0 ms can find the broker still starting: it backs off and tries again
+  const retried = members.filter((m) => m.closes.length > 1).length;
+  t.diagnostic(`${retried} of ${n} devices needed more than one attempt`);
   assert.ok(
-    members.every((m) => m.closes.length === 1),
-    'each device lost its session once (the restart) and came back at its first attempt',
+    members.every((m) => m.closes.length >= 1 && m.connects.length === 2),
+    'each device lost its session to the restart and is connected again, once',
   );
 });
