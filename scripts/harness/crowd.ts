@@ -130,6 +130,8 @@ export interface CrowdMember {
   connects: number[];
   /** Whether it reconnects after a lost session (when the crowd has a reconnect policy). */
   reconnect: boolean;
+  /** Times it started a reconnect attempt (a TLS handshake). */
+  attempts: number[];
 }
 
 export interface Crowd {
@@ -164,7 +166,7 @@ export async function connectCrowd(ids: CrowdIdentity[], o: CrowdOptions): Promi
       connectTimeout: 30_000,
       keepalive: 60,
     });
-    const m: CrowdMember = { id, client, closes: [], connects: [Date.now()], reconnect: true };
+    const m: CrowdMember = { id, client, closes: [], connects: [Date.now()], reconnect: true, attempts: [] };
     let failures = 0;
     let wasUp = true;
     client.on('connect', () => {
@@ -181,7 +183,9 @@ export async function connectCrowd(ids: CrowdIdentity[], o: CrowdOptions): Promi
       const delay = reconnectDelay(failures, wasUp, { baseMs: r.baseMs, capMs: r.capMs ?? 60_000, factor: 2, spreadMs: r.spreadMs });
       wasUp = false;
       setTimeout(() => {
-        if (!stopped) client.reconnect();
+        if (stopped) return;
+        m.attempts.push(Date.now());
+        client.reconnect();
       }, delay).unref();
     });
     return m;

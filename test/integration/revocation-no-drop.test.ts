@@ -194,12 +194,13 @@ test(`${N} devices connected, 10 revoked one after another: the other ${N - 10} 
     'none of the other 190 lost its session through the reload',
   );
   // audited: the operator's request and the broker's reload
-  const audit = (await d.admin(['audit', 'export']))
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as { event: string; outcome: string; details: { why?: string } });
+  type Row = { seq: number; event: string; outcome: string; details: { why?: string } | null };
+  // the newest rows (a crowd of 1,000 writes ~5,000 rows)
+  const page = await d.adminApi<{ rows: Row[] }>('GET', `/v1/admin/audit?after=0&limit=10000`);
+  assert.equal(page.status, 200, JSON.stringify(page.body).slice(0, 300));
+  const audit = page.body.rows;
   assert.ok(audit.some((r) => r.event === 'admin.broker.crl_reload' && r.outcome === 'ok'));
-  assert.ok(audit.some((r) => r.event === 'broker.crl_published' && r.outcome === 'ok' && r.details.why === 'admin'));
+  assert.ok(audit.some((r) => r.event === 'broker.crl_published' && r.outcome === 'ok' && r.details?.why === 'admin'));
 });
 
 test(`a broker restart with ${N - 10} connected devices: all back within the agents' reconnect spread plus 20 s, spread over it`, async (t) => {
@@ -217,22 +218,34 @@ test(`a broker restart with ${N - 10} connected devices: all back within the age
   };
   const t0 = Date.now();
   await d.broker.restart();
+  const upMs = Date.now() - t0;
   assert.equal(d.broker.starts(), startsBefore + 1);
   const cpuAfterStart = await cpu();
   await waitFor(`all ${n} devices back`, () => connected() === n, { timeoutMs: SPREAD_MS + 60_000, intervalMs: 50 });
   const allBackMs = Date.now() - t0;
   const brokerCpu = (await cpu()) - cpuAfterStart;
-  const back = members.map((m) => m.connects[m.connects.length - 1]! - t0);
-  const perSecond = new Map<number, number>();
-  for (const b of back) perSecond.set(Math.floor(b / 1000), (perSecond.get(Math.floor(b / 1000)) ?? 0) + 1);
-  const busiest = Math.max(...perSecond.values());
+  const busiestSecond = (times: number[]) => {
+    const perSecond = new Map<number, number>();
+    for (const x of times) perSecond.set(Math.floor((x - t0) / 1000), (perSecond.get(Math.floor((x - t0) / 1000)) ?? 0) + 1);
+    return Math.max(...perSecond.values());
+  };
+  // what the devices did: their first attempt after the drop (the agents' policy)
+  const firstAttempts = members.map((m) => m.attempts.find((x) => x >= t0)!);
+  const busiestAttempts = busiestSecond(firstAttempts);
+  // what the broker did: when each got its CONNACK (a broker still starting serves a queue at once)
+  const busiestConnacks = busiestSecond(members.map((m) => m.connects[m.connects.length - 1]!));
   t.diagnostic(
-    `${n} devices: all back ${allBackMs} ms after the restart; busiest second ${busiest} reconnects; broker CPU ${brokerCpu.toFixed(2)} s for the reconnects`,
+    `${n} devices: broker accepting again ${upMs} ms after the restart began; all back after ${allBackMs} ms; ` +
+      `busiest second: ${busiestAttempts} first attempts, ${busiestConnacks} CONNACKs; broker CPU ${brokerCpu.toFixed(2)} s for the reconnects`,
   );
-  // the stated bound: the reconnect spread plus 20 s (handshakes, a loaded 2-core machine)
-  assert.ok(allBackMs < SPREAD_MS + 20_000, `all back in ${allBackMs} ms`);
-  // spread out: no second takes more than a third of the fleet (equal jitter put all in one)
-  assert.ok(busiest < n / 3, `busiest second had ${busiest} of ${n} reconnects`);
+  // the stated bound: the reconnect spread plus 20 s (handshakes, backoff of attempts that found the broker starting, a loaded 2-core machine)
+  assert.ok(allBackMs - upMs < SPREAD_MS + 20_000, `all back ${allBackMs - upMs} ms after the broker was up`);
+  // spread out: no second sees more than a fifth of the fleet's first attempts (uniform over 10 s: a tenth)
+  assert.ok(
+    firstAttempts.every((x) => x !== undefined),
+    'every device made an attempt',
+  );
+  assert.ok(busiestAttempts < n / 5, `busiest second had ${busiestAttempts} of ${n} first attempts`);
   // an attempt drawn near 0 ms can find the broker still starting: it backs off and tries again
   const retried = members.filter((m) => m.closes.length > 1).length;
   t.diagnostic(`${retried} of ${n} devices needed more than one attempt`);
