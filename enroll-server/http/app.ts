@@ -398,8 +398,8 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       admin.post('/broker/reconcile', { schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } }, async (req) =>
         reconcileBroker(ctx, who(req)),
       );
-      admin.get('/broker/crl', { schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerCrlStatus } } }, async () =>
-        brokerCrlStatus(ctx),
+      admin.get('/broker/crl', { schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerCrlStatus } } }, async (req) =>
+        brokerCrlStatus(ctx, who(req)),
       );
       admin.post('/broker/crl/reload', { schema: { body: W.EmptyBody, response: { 200: W.BrokerCrlStatus } } }, async (req) =>
         reloadBrokerCrl(ctx, who(req)),

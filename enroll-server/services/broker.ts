@@ -40,10 +40,12 @@ export async function reconcileBroker(ctx: ServerContext, who: Actor): Promise<{
 }
 
 /** GET /v1/admin/broker/crl: what the broker loaded, what is pending, when the next reload runs. */
-export function brokerCrlStatus(ctx: ServerContext): BrokerCrlStatus {
-  const s = ctx.broker?.crlStatus() ?? null;
-  if (!s) throw new EdgeidError('broker_not_configured', "this server does not manage the broker's CRL (broker.crlFile is not set)");
-  return s;
+export async function brokerCrlStatus(ctx: ServerContext, who: Actor): Promise<BrokerCrlStatus> {
+  return audited(ctx, { event: 'admin.broker.crl_status', actor: who.actor, ip: who.ip }, async () => {
+    const s = ctx.broker?.crlStatus() ?? null;
+    if (!s) throw new EdgeidError('broker_not_configured', "this server does not manage the broker's CRL (broker.crlFile is not set)");
+    return s;
+  });
 }
 
 /** POST /v1/admin/broker/crl/reload: the broker loads the latest CRL now (audited). */
