@@ -141,6 +141,10 @@ test(`${N} devices connected, 10 revoked one after another: the other ${N - 10} 
   assert.equal(st.body.pending, 10);
   assert.equal(st.body.reloadEverySeconds, 86400);
   assert.ok(Date.parse(st.body.nextReloadAt) > Date.now() + 3600_000, `next reload ${st.body.nextReloadAt} is hours away`);
+  // the operator's view
+  const shown = await d.admin(['broker', 'crl']);
+  assert.match(shown, /^pending: +10 revoked certificate\(s\) not loaded yet/m);
+  assert.match(shown, new RegExp(`^next reload: ${st.body.nextReloadAt.replace(/[.]/g, '[.]')} \\(every 1d for revocations, 7d before expiry\\)`, 'm'));
 
   // a revoked device whose certificate the broker still accepts (CRL not loaded) connects, but
   // has no dynsec client: every publish and subscribe is refused, nothing reaches anyone
