@@ -118,7 +118,7 @@ test(`${N} devices connected, 10 revoked one after another: the other ${N - 10} 
   for (const v of victims) v.reconnect = false;
 
   for (const v of victims) {
-    const closed = new Promise<void>((r) => v.client.once('close', () => r()));
+    assert.ok(v.client.connected, `${v.id.deviceId} is connected before its revocation`);
     const res = await d.adminApi<{ hooks: { hook: string; ok: boolean }[] }>('POST', `/v1/admin/devices/${v.id.deviceId}/revoke`, {
       reason: 'key-compromise',
     });
@@ -127,8 +127,13 @@ test(`${N} devices connected, 10 revoked one after another: the other ${N - 10} 
       res.body.hooks.every((h) => h.ok),
       JSON.stringify(res.body.hooks),
     );
-    // dynsec deleteClient kicked this one session at once
-    await closed;
+    // dynsec deleteClient kicked this one session at once, and only this one
+    await waitFor(`${v.id.deviceId}'s session to close`, () => !v.client.connected, { timeoutMs: 10_000, intervalMs: 10 });
+    assert.deepEqual(
+      others.filter((m) => m.closes.length > 0).map((m) => m.id.deviceId),
+      [],
+      `no other device lost its session when ${v.id.deviceId} was revoked`,
+    );
   }
   assert.equal(d.broker.starts(), startsBefore, 'the broker was not restarted');
   const dropped = others.filter((m) => m.closes.length > 0).map((m) => m.id.deviceId);
