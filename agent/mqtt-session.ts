@@ -5,7 +5,7 @@
  *
  * - Reconnection is this module's, not mqtt.js's: mqtt.js retries at a fixed `reconnectPeriod`
  *   (a setInterval, no jitter), so it runs with reconnectPeriod 0 and every reconnect is scheduled
- *   here with exponential backoff, "equal jitter" and a cap (schedule.ts backoffDelay), calling
+ *   here with exponential backoff, jitter and a cap (schedule.ts reconnectDelay), calling
  *   `client.reconnect()` with mqtt.js' own stores so nothing in flight is forgotten. Each attempt
  *   is a TLS handshake signed by the TPM: a fleet must not hammer the broker or its TPMs in step.
  * - A refusal of the certificate (a TLS alert about it, or CONNACK "not authorized"/"bad
@@ -24,7 +24,7 @@ import type { SecureContext } from 'node:tls';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import type { Outbox, OutboxMessage } from './outbox.js';
-import { backoffDelay, systemClock, type Clock } from './schedule.js';
+import { reconnectDelay, systemClock, type Clock } from './schedule.js';
 
 export const MSG_ID_PROPERTY = 'edgeid-msg-id';
 
@@ -50,6 +50,12 @@ export interface MqttSessionOptions {
   reconnectPeriodMs?: number;
   /** Upper bound of a reconnect delay (default 5 min). */
   reconnectCapMs?: number;
+  /**
+   * The first reconnect after the broker closed a live connection waits a uniformly random time
+   * in [0, reconnectSpreadMs] (default 10 × reconnectPeriodMs), so a fleet does not come back in
+   * the same second after a broker restart (schedule.ts reconnectDelay).
+   */
+  reconnectSpreadMs?: number;
   connectTimeoutMs?: number;
   clock?: Clock;
   /** How long the broker keeps the session (subscriptions, queued QoS 1 messages) while offline. */
@@ -217,9 +223,10 @@ export class MqttSession extends EventEmitter {
     client.on('close', () => {
       if (this.gen !== g || this.stateValue === 'suspended') return;
       if (this.stateValue === 'connected') this.opts.log.warn({ url: this.opts.url }, 'mqtt connection closed');
+      const wasConnected = this.stateValue === 'connected';
       this.stateValue = 'reconnecting';
       this.emit('close');
-      this.scheduleReconnect(g);
+      this.scheduleReconnect(g, wasConnected);
     });
     client.on('error', (err) => {
       if (this.gen !== g) return;
@@ -239,13 +246,15 @@ export class MqttSession extends EventEmitter {
   }
 
   /** The next attempt after a failed one: backoff with jitter and a cap; never with an expired certificate. */
-  private scheduleReconnect(g: Generation): void {
+  private scheduleReconnect(g: Generation, afterConnected = false): void {
     this.cancelReconnect();
     this.failures++;
-    const delay = backoffDelay(this.failures, {
-      baseMs: this.opts.reconnectPeriodMs ?? 1000,
+    const baseMs = this.opts.reconnectPeriodMs ?? 1000;
+    const delay = reconnectDelay(this.failures, afterConnected, {
+      baseMs,
       capMs: this.opts.reconnectCapMs ?? 5 * 60_000,
       factor: 2,
+      spreadMs: this.opts.reconnectSpreadMs ?? 10 * baseMs,
     });
     this.reconnectTimer = this.clock.setTimeout(() => {
       this.reconnectTimer = null;

@@ -32,6 +32,24 @@ export function backoffDelay(failures: number, policy: BackoffPolicy = DEFAULT_B
 }
 
 /**
+ * Delay before reconnect attempt number `failures` to the MQTT broker. The first attempt after a
+ * connection that was up (the broker closed it: restart, kick, network) uses "full jitter" over
+ * `spreadMs`: when a broker restarts, all its devices lose their session in the same instant, and
+ * an equal-jitter first delay (base/2..base) would bring them back inside one half second, each
+ * with a TLS handshake. Spread uniformly over `spreadMs`, N devices arrive at about N/spread per
+ * second. Later attempts (the broker still down) back off as backoffDelay does.
+ */
+export function reconnectDelay(
+  failures: number,
+  afterConnected: boolean,
+  policy: BackoffPolicy & { spreadMs: number },
+  random: () => number = Math.random,
+): number {
+  if (afterConnected && failures <= 1) return Math.round(random() * Math.min(policy.spreadMs, policy.capMs));
+  return backoffDelay(failures, policy, random);
+}
+
+/**
  * The moment to start renewing a certificate valid from `notBefore` to `notAfter`: the server's
  * `renewAfter` when it gave one inside the validity period, else a random point between 60 % and
  * 75 % of the lifetime.

@@ -16,7 +16,7 @@ import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
 import { colourEnabled, flush, jsonText, printable } from '../protocol/terminal.js';
 import { AdminClient, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
-import { parseDuration } from './duration.js';
+import { formatDuration, parseDuration } from './duration.js';
 import { writeFileAtomic } from './files.js';
 import { verifyChain } from './store/audit-chain.js';
 
@@ -40,6 +40,8 @@ commands:
                                        a Mosquitto 2.0 config dir (TLS + client certs, CRL, dynsec)
   renew-now ID [--json]                ask a device (over the broker) to re-attest at once
   broker reconcile [--json]            make the broker's per-device clients match the inventory
+  broker crl [--json]                  the broker's CRL: loaded, pending revocations, next reload
+  broker crl-reload [--json]           make the broker load the latest CRL now (audited)
   ek-roots list [--json]               the EK trust store: built-in TPM makers' CAs, configured, added
   ek-roots add FILE [--json]           add a trust anchor for EK certificates (PEM or DER CA certificate)
   ek-roots remove FINGERPRINT [--json] remove an added anchor, or switch off a built-in/configured one
@@ -526,9 +528,9 @@ async function run(argv: string[], o: Output): Promise<number> {
           '',
           '  then tell the server, in its config file:',
           `    "broker": { "url": "mqtts://${host}:${port}", "crlFile": "${files.crlFile}",`,
-          '                "reloadCommand": ["systemctl", "restart", "mosquitto"] }',
+          '                "reloadCommand": ["systemctl", "reload", "mosquitto"] }',
           `    "mqtt":   { "url": "mqtts://${host}:${port}" }`,
-          '  Mosquitto reads its CRL only at start: the reload command must restart it.',
+          '  Mosquitto 2.0 re-reads its CRL on SIGHUP (systemctl reload) and keeps every session.',
         ].join('\n'),
       );
       return 0;
@@ -551,6 +553,25 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'broker reconcile': {
       const res = await client.request('POST', '/v1/admin/broker/reconcile', {}, W.BrokerReconcileResponse);
       emit(res, () => `broker reconciled: ${res.added.length} device(s) added, ${res.removed.length} removed`);
+      return 0;
+    }
+    case 'broker crl':
+    case 'broker crl-reload': {
+      const res =
+        key === 'broker crl'
+          ? await client.request('GET', '/v1/admin/broker/crl', undefined, W.BrokerCrlStatus)
+          : await client.request('POST', '/v1/admin/broker/crl/reload', {}, W.BrokerCrlStatus);
+      emit(res, () =>
+        [
+          key === 'broker crl-reload' ? 'broker reloaded its CRL' : null,
+          `loaded:      ${res.loaded ? `CRL ${res.loaded.crlNumber || '?'} (${res.loaded.revoked} revoked) at ${res.loaded.reloadedAt}, valid until ${res.loaded.nextUpdate}` : 'unknown'}`,
+          `pending:     ${res.pending} revoked certificate(s) not loaded yet (their devices are cut by dynsec already)`,
+          `next reload: ${res.nextReloadAt ?? 'none due'} (every ${formatDuration(res.reloadEverySeconds)} for revocations, ${formatDuration(res.refreshBeforeSeconds)} before expiry)`,
+          ...(res.lastError ? [`last error:  ${res.lastError}`] : []),
+        ]
+          .filter((l) => l !== null)
+          .join('\n'),
+      );
       return 0;
     }
     case 'ek-roots list': {

@@ -7,6 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
+import { Gauge } from 'prom-client';
 import { EdgeidError } from '../protocol/errors/index.js';
 import { createBrokerIntegration } from './broker/setup.js';
 import { CertificateAuthority } from './ca/ca.js';
@@ -15,6 +16,7 @@ import { ensurePrivateDir } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
 import { createMetrics } from './metrics.js';
 import type { ServerContext } from './services/context.js';
+import { brokerHooks } from './services/broker.js';
 import { CrlService } from './services/crl.js';
 import { backfillAkNames } from './services/devices.js';
 import { reloadEkTrust } from './services/ek.js';
@@ -114,7 +116,26 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
       log: log.child({ part: 'broker' }),
     });
     ctx.broker = broker;
-    ctx.hooks.push(broker);
+    ctx.hooks.push(brokerHooks(ctx, broker));
+    // the CRL reload schedule in /metrics (operators alert on a reload that keeps failing)
+    const crlGauge = (name: string, help: string, value: (s: NonNullable<ReturnType<typeof broker.crlStatus>>) => number | null) =>
+      new Gauge({
+        name,
+        help,
+        registers: [ctx.metrics.registry],
+        collect() {
+          const s = broker.crlStatus();
+          const v = s ? value(s) : null;
+          if (v !== null) this.set(v);
+        },
+      });
+    crlGauge('edgeid_broker_crl_pending_revocations', 'Revoked certificates in the broker crlfile it has not loaded yet', (s) => s.pending);
+    crlGauge('edgeid_broker_crl_next_reload_timestamp_seconds', 'When the broker loads its CRL next (unix time)', (s) =>
+      s.nextReloadAt ? Date.parse(s.nextReloadAt) / 1000 : null,
+    );
+    crlGauge('edgeid_broker_crl_loaded_next_update_timestamp_seconds', 'nextUpdate of the CRL the broker has loaded (unix time)', (s) =>
+      s.loaded ? Date.parse(s.loaded.nextUpdate) / 1000 : null,
+    );
   }
   return ctx;
 }

@@ -111,8 +111,18 @@ export interface BrokerConfig {
   servername: string | null;
   /** The broker's crlfile; null = the server does not manage the broker's CRL. */
   crlFile: string | null;
-  /** argv run after each CRL change (Mosquitto 2.0 reads its CRL only at start), e.g. ["systemctl","restart","mosquitto"]. */
+  /**
+   * argv that makes the broker load its crlfile, e.g. ["systemctl","reload","mosquitto"] (SIGHUP:
+   * Mosquitto 2.0.11 re-reads the CRL and keeps sessions) or ["systemctl","restart","mosquitto"]
+   * (every session drops). Runs on the crlReload schedule.
+   */
   reloadCommand: string[] | null;
+  /**
+   * When the broker loads a new CRL (broker/crl-schedule.ts), in seconds: at most once per `every`
+   * for new revocations (0 = after each one; the revoked device is cut at once by dynsec anyway),
+   * and always `refreshBefore` before the loaded copy's nextUpdate.
+   */
+  crlReload: { every: number; refreshBefore: number };
   /** Reconcile dynsec clients with the device table at start (default true). */
   reconcileOnStart: boolean;
 }
@@ -417,7 +427,10 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   if (o.broker !== undefined && o.broker !== null) {
     const bf = root.at('broker');
     const b = asObject(bf, o.broker);
-    onlyKeys(bf, b, ['url', 'servername', 'crlFile', 'reloadCommand', 'reconcileOnStart']);
+    onlyKeys(bf, b, ['url', 'servername', 'crlFile', 'reloadCommand', 'reconcileOnStart', 'crlReload']);
+    const rf = bf.at('crlReload');
+    const rr = b.crlReload === undefined ? {} : asObject(rf, b.crlReload);
+    onlyKeys(rf, rr, ['every', 'refreshBefore']);
     const url = str(bf.at('url'), b.url);
     if (!/^mqtts:\/\/[^/]+(:\d+)?\/?$/.test(url)) bf.at('url').fail("must be mqtts://HOST:PORT (the broker's TLS listener)");
     const reload = b.reloadCommand === undefined || b.reloadCommand === null ? null : strings(bf.at('reloadCommand'), b.reloadCommand);
@@ -428,6 +441,14 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
       crlFile: b.crlFile === undefined || b.crlFile === null ? null : resolve(cwd, str(bf.at('crlFile'), b.crlFile)),
       reloadCommand: reload,
       reconcileOnStart: b.reconcileOnStart === undefined ? true : bool(bf.at('reconcileOnStart'), b.reconcileOnStart),
+      crlReload: {
+        // at most one broker reload a day for revocations (a restart drops every session)
+        every: rr.every === undefined ? 86400 : duration(rf.at('every'), rr.every, 0, 7 * 86400),
+        // the broker's copy is valid 30 days (LONG_LIVED_CRL_SECONDS) and regenerated at least every
+        // 3.5 days: a week's margin leaves a failing reload command days of retries before
+        // OpenSSL refuses every client with an expired CRL; at least a day, at most 20 days
+        refreshBefore: rr.refreshBefore === undefined ? 7 * 86400 : duration(rf.at('refreshBefore'), rr.refreshBefore, 86400, 20 * 86400),
+      },
     };
   }
 

@@ -512,6 +512,19 @@ export type AuditVerifyResult = Static<typeof AuditVerifyResult>;
 export const CrlRegenerateResponse = Type.Object({ number: Str, nextUpdate: Iso });
 export const BrokerReconcileResponse = Type.Object({ added: Type.Array(Str), removed: Type.Array(Str) });
 
+/** GET /v1/admin/broker/crl and POST /v1/admin/broker/crl/reload: the broker's CRL reload schedule. */
+export const BrokerCrlStatus = Type.Object({
+  reloadEverySeconds: Type.Integer(),
+  refreshBeforeSeconds: Type.Integer(),
+  /** What the broker loaded at its last successful reload (null: not known yet). */
+  loaded: Nullable(Type.Object({ crlNumber: Str, revoked: Type.Integer(), nextUpdate: Iso, reloadedAt: Iso })),
+  /** Revoked certificates in the broker's crlfile that it has not loaded yet (their devices are cut by dynsec already). */
+  pending: Type.Integer(),
+  nextReloadAt: Nullable(Iso),
+  lastError: NullableStr,
+});
+export type BrokerCrlStatus = Static<typeof BrokerCrlStatus>;
+
 export const BrokerCertificateRequest = Type.Object(
   {
     /** base64 DER SubjectPublicKeyInfo of the broker's own TLS key (generated where the broker runs). */

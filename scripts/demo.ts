@@ -221,8 +221,9 @@ async function main(): Promise<void> {
   dynsec.clients.push({ username: MONITOR_CN, textname: 'edgeid demo monitor', roles: [{ rolename: MONITOR_ROLE }] });
   writeFileSync(dynsecFile, JSON.stringify(dynsec, null, 2) + '\n', { mode: 0o600 });
   const monitor = await softwareClientCert({ dataDir }, MONITOR_CN);
-  // Mosquitto reads its CRL only at start: the server's reload command restarts it, and the
-  // harness brings it back like a service manager would.
+  // The server's CRL reload command restarts Mosquitto (the harness brings it back like a service
+  // manager would); it runs on the server's CRL reload schedule (broker.crlReload), not per
+  // revocation, so revoking one device leaves the others connected.
   const broker = await startMosquitto({
     configFile: path.join(brokerDir, 'mosquitto.conf'),
     port: brokerPort,

@@ -1,10 +1,12 @@
 /**
- * Puts every new CRL where the broker reads it (atomically: temp file, fsync, rename, fsync dir)
- * and then runs the configured reload command. Mosquitto 2.0 reads `crlfile` only when its
- * listener starts, so in production the command restarts the broker (e.g.
- * `systemctl restart mosquitto`); tests and the demo restart their own broker.
+ * Puts a CRL where the broker reads it (atomically: temp file, fsync, rename, fsync dir) and then
+ * runs the configured reload command. Mosquitto 2.0 reads `crlfile` when its listener starts and
+ * on SIGHUP (`systemctl reload mosquitto`, sessions kept); when it runs is crl-schedule.ts's call.
  */
+import 'reflect-metadata';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { X509Crl } from '@peculiar/x509';
 import { promisify } from 'node:util';
 import { writeFileAtomic } from '../files.js';
 
@@ -46,6 +48,13 @@ export class CrlPublisher {
     const writtenAt = new Date();
     const cmd = this.opts.reloadCommand;
     if (!cmd || cmd.length === 0) return { writtenAt, reloadedAt: null, reloadError: null };
+    // Mosquitto 2.0.11 logs a crlfile it cannot parse at SIGHUP and then accepts revoked
+    // certificates: never ask for a reload unless the file in place is a CRL
+    try {
+      new X509Crl(readFileSync(this.opts.crlFile, 'utf8'));
+    } catch (e) {
+      return { writtenAt, reloadedAt: null, reloadError: `not reloading: ${this.opts.crlFile} is not a readable CRL (${(e as Error).message.slice(0, 200)})` };
+    }
     const [file, ...args] = cmd as [string, ...string[]];
     try {
       await run(file, args, { timeout: this.opts.reloadTimeoutMs ?? 30_000 });

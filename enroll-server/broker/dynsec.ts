@@ -155,16 +155,18 @@ export class DynsecClient {
   async provisionDevice(deviceId: string): Promise<void> {
     const role = deviceRoleName(deviceId);
     const acls = deviceAcls(deviceId);
-    await this.send([{ command: 'createRole', rolename: role, acls }], /already exists/i);
-    await this.send(
-      acls.map((a) => ({ command: 'addRoleACL', rolename: role, ...a })),
+    // one message, one round trip: the plugin runs its commands in order
+    const answers = await this.send(
+      [
+        { command: 'createRole', rolename: role, acls },
+        ...acls.map((a) => ({ command: 'addRoleACL', rolename: role, ...a })),
+        { command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: role, priority: 0 }] },
+      ],
       /already exists/i,
     );
-    const [created] = await this.send(
-      [{ command: 'createClient', username: deviceId, textname: `edgeid device ${deviceId}`, roles: [{ rolename: role, priority: 0 }] }],
-      /already exists/i,
-    );
-    if (!created?.error) return;
+    const created = answers[answers.length - 1];
+    if (created?.command !== 'createClient') throw new DynsecError('createClient', 'no answer to createClient');
+    if (!created.error) return;
     // The client existed: make sure it has its role (Mosquitto 2.0 answers a duplicate addClientRole with "Internal error").
     const [got] = await this.send([{ command: 'getClient', username: deviceId }]);
     const roles = ((got?.data as { client?: { roles?: { rolename?: string }[] } } | undefined)?.client?.roles ?? []).map((r) => r.rolename);

@@ -1,10 +1,12 @@
 /**
- * The broker side of edgeid, as server hooks:
- * - enrolled → the device gets its dynsec client and its one role;
- * - revoked  → a signed `wipe` goes to its control topic first (so it is delivered), then
- *              `deleteClient` kicks the live session and leaves any reconnect without rights;
- * - retired  → `deleteClient`;
- * - new CRL  → written atomically to the broker's crlfile, then the reload command runs.
+ * BrokerPort (services/context.ts) for Mosquitto 2.0 with its dynamic-security plugin; the server's
+ * events reach it through services/broker.ts brokerHooks:
+ * - provision → the device gets its dynsec client and its one role;
+ * - revoke    → a signed `wipe` goes to its control topic first (so it is delivered), then
+ *               `deleteClient` kicks the live session and leaves any reconnect without rights;
+ * - remove    → `deleteClient`;
+ * - new CRL   → written atomically to the broker's crlfile; the reload command runs on the
+ *               schedule of crl-schedule.ts (batched; always well before the loaded copy expires).
  * Every step is audited with its outcome; dynsec failures are retried with backoff.
  * `reconcile()` makes the broker's dynsec device clients match the active devices, both ways.
  * All of it goes through one MQTT connection as the server's broker identity: the broker's client
@@ -14,21 +16,25 @@
 import type { Logger } from 'pino';
 import type { SignedControl, ControlCommand } from '../../protocol/api.js';
 import 'reflect-metadata';
-import { readFileSync } from 'node:fs';
-import * as x509 from '@peculiar/x509';
-import type { CrlChange, EdgeidHooks } from '../hooks.js';
-import type { AuditInput, DeviceRecord } from '../store/store.js';
+import type { CrlChange } from '../hooks.js';
+import type { AuditInput } from '../store/store.js';
 import { CrlPublisher } from './crl-publisher.js';
 import { DEVICE_ID_PATTERN } from '../../protocol/api.js';
+import { CrlReloadSchedule, type CrlReloadPolicy, type CrlReloadStatus, type ReloadOutcome } from './crl-schedule.js';
+import { writeFileAtomic } from '../files.js';
 import { BROKER_ADMIN_CN, DynsecClient, type DynsecClientOptions } from './dynsec.js';
 
 const DEVICE_ID_RE = new RegExp(DEVICE_ID_PATTERN);
 
 export interface BrokerIntegrationOptions {
   dynsec: DynsecClientOptions;
-  crl?: { file: string; reloadCommand?: string[] };
-  /** Signs control commands with the server's control key (CertificateAuthority.signControl). */
-  signControl: (c: Omit<ControlCommand, 'id' | 'issuedAt'>) => SignedControl;
+  crl?: {
+    file: string;
+    reloadCommand?: string[];
+    /** Where what the broker loaded is remembered (crl-schedule.ts). */
+    stateFile: string;
+    policy: CrlReloadPolicy;
+  };
   audit: (row: Omit<AuditInput, 'time' | 'actor'>) => Promise<void>;
   /** Devices that should have broker rights (status active or quarantined). */
   activeDeviceIds: () => Promise<string[]>;
@@ -36,27 +42,6 @@ export interface BrokerIntegrationOptions {
   quarantinedDeviceIds?: () => Promise<string[]>;
   log: Logger;
   retries?: number;
-}
-
-/** Republish the broker's CRL when its copy has less than this left before nextUpdate. */
-const REPUBLISH_BEFORE_MS = 7 * 86400 * 1000;
-
-interface PublishedCrl {
-  serials: string[];
-  nextUpdate: Date;
-}
-
-/** What the broker's current CRL file revokes, or null when it is missing or unreadable. */
-function readCrlFile(file: string): PublishedCrl | null {
-  try {
-    const crl = new x509.X509Crl(readFileSync(file, 'utf8'));
-    return {
-      serials: crl.entries.map((en) => en.serialNumber.toLowerCase()).sort(),
-      nextUpdate: crl.nextUpdate ?? new Date(0),
-    };
-  } catch {
-    return null;
-  }
 }
 
 /** One attempt may take this long: mqtt.js waits for a reconnect forever, a revocation must not. */
@@ -86,17 +71,53 @@ async function withRetry<T>(what: string, retries: number, fn: () => Promise<T>,
   }
 }
 
-export class BrokerIntegration implements EdgeidHooks {
-  readonly name = 'broker';
+/**
+ * Devices a reconcile works on at once. It saves round trips, not broker work: Mosquitto's dynsec
+ * plugin rewrites its whole JSON file after each change, so a fleet's first reconcile is bound by
+ * the broker, and more in flight only makes each command wait longer (ATTEMPT_TIMEOUT_MS).
+ */
+const RECONCILE_PARALLEL = 4;
+
+/** Runs fn over items with at most `n` running at once; the first failure is thrown after all settled. */
+async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<unknown>): Promise<void> {
+  const queue = [...items];
+  let firstError: unknown = null;
+  await Promise.all(
+    Array.from({ length: Math.min(n, queue.length) }, async () => {
+      for (let item = queue.shift(); item !== undefined; item = queue.shift()) {
+        try {
+          await fn(item);
+        } catch (e) {
+          firstError ??= e;
+        }
+      }
+    }),
+  );
+  if (firstError) throw firstError;
+}
+
+/** Structurally a BrokerPort (services/context.ts; checked where composition.ts assigns it). */
+export class BrokerIntegration {
   private dynsec: DynsecClient | null = null;
-  private readonly crlPublisher: CrlPublisher | null;
+  private readonly crlSchedule: CrlReloadSchedule | null;
   private readonly retries: number;
-  private published: PublishedCrl | null = null;
 
   constructor(private readonly opts: BrokerIntegrationOptions) {
-    this.crlPublisher = opts.crl
-      ? new CrlPublisher({ crlFile: opts.crl.file, ...(opts.crl.reloadCommand ? { reloadCommand: opts.crl.reloadCommand } : {}) })
-      : null;
+    const crl = opts.crl;
+    if (crl) {
+      const publisher = new CrlPublisher({ crlFile: crl.file, ...(crl.reloadCommand ? { reloadCommand: crl.reloadCommand } : {}) });
+      this.crlSchedule = new CrlReloadSchedule({
+        crlFile: crl.file,
+        stateFile: crl.stateFile,
+        policy: crl.policy,
+        publish: (pem) => publisher.publish(pem),
+        // the CRL is public data; the broker (user mosquitto) must be able to read it
+        write: (pem) => writeFileAtomic(crl.file, pem, 0o644),
+        onReload: (r) => this.auditReload(r),
+      });
+    } else {
+      this.crlSchedule = null;
+    }
     this.retries = opts.retries ?? 2;
   }
 
@@ -124,23 +145,37 @@ export class BrokerIntegration implements EdgeidHooks {
     }
   }
 
-  async onDeviceEnrolled(e: { device: DeviceRecord }): Promise<void> {
-    await this.step('broker.provision', e.device.id, async () => {
-      await (await this.client()).provisionDevice(e.device.id);
+  async provisionDevice(deviceId: string): Promise<void> {
+    await this.step('broker.provision', deviceId, async () => {
+      await (await this.client()).provisionDevice(deviceId);
     });
   }
 
-  async onDeviceRevoked(e: { device: DeviceRecord; reason: string }): Promise<void> {
-    const id = e.device.id;
+  /** dynsec deleteClient: the live session is kicked at once and a reconnect has no rights. */
+  async removeDevice(deviceId: string): Promise<void> {
+    await this.step('broker.remove', deviceId, async () => {
+      await (await this.client()).removeDevice(deviceId);
+    });
+  }
+
+  /**
+   * A new CRL: the long-lived copy goes to the broker's crlfile when it revokes something new, and
+   * the broker loads it on the reload schedule (crl-schedule.ts). The revoked device itself was
+   * already cut by revokeDevice (its dynsec client is gone), so no other session has to drop for it.
+   */
+  async publishCrl(e: CrlChange): Promise<void> {
+    await this.crlSchedule?.changed(e);
+  }
+
+  async revokeDevice(id: string, wipe: SignedControl): Promise<void> {
     // The wipe first, while the device still has its subscription; PUBACK means the broker has it.
     // The kick happens whatever became of the wipe: a revoked device must lose its session.
     let wipeError: unknown = null;
     try {
       await this.step('broker.wipe_sent', id, async () => {
-        const cmd = this.opts.signControl({ type: 'wipe', deviceId: id, reason: e.reason });
         const c = await this.client();
-        await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(cmd), { qos: 1 });
-        return { commandId: (JSON.parse(cmd.payload) as ControlCommand).id };
+        await c.mqtt.publishAsync(`edgeid/${id}/control`, JSON.stringify(wipe), { qos: 1 });
+        return { commandId: (JSON.parse(wipe.payload) as ControlCommand).id };
       });
     } catch (err) {
       wipeError = err;
@@ -174,37 +209,29 @@ export class BrokerIntegration implements EdgeidHooks {
     });
   }
 
-  async onDeviceRetired(e: { device: DeviceRecord }): Promise<void> {
-    await this.step('broker.remove', e.device.id, async () => {
-      await (await this.client()).removeDevice(e.device.id);
-    });
+  /** Makes the broker load the latest CRL now (operator's request); throws when the reload failed. */
+  async reloadCrl(why = 'admin'): Promise<CrlReloadStatus> {
+    if (!this.crlSchedule) throw new Error("this server does not manage the broker's CRL (broker.crlFile is not set)");
+    const r = await this.crlSchedule.reload(why);
+    if (r.reloadError) throw new Error(r.reloadError);
+    return this.crlSchedule.status();
   }
 
-  /**
-   * Publishes the long-lived copy of the CRL to the broker when what it revokes changed, or when
-   * the broker's copy gets within a week of its nextUpdate. Each publish restarts Mosquitto (its
-   * only way to load a CRL), which drops every session for a moment; skipping unchanged CRLs keeps
-   * that to revocations.
-   */
-  async onCrlChanged(e: CrlChange): Promise<void> {
-    if (!this.crlPublisher || !this.opts.crl) return;
-    const current = this.published ?? readCrlFile(this.opts.crl.file);
-    const sameSerials = current !== null && current.serials.join(',') === e.serials.join(',');
-    const fresh = current !== null && current.nextUpdate.getTime() - Date.now() > REPUBLISH_BEFORE_MS;
-    if (sameSerials && fresh) {
-      this.published = current;
-      return;
-    }
-    const r = await this.crlPublisher.publish(e.longLived.pem);
-    this.published = { serials: e.serials, nextUpdate: e.longLived.nextUpdate };
+  /** What the broker has loaded, what is pending and when the next reload runs; null without broker.crlFile. */
+  crlStatus(): CrlReloadStatus | null {
+    return this.crlSchedule?.status() ?? null;
+  }
+
+  private async auditReload(r: ReloadOutcome): Promise<void> {
     await this.opts.audit({
       event: 'broker.crl_published',
       deviceId: null,
       outcome: r.reloadError ? 'fail' : 'ok',
       reason: r.reloadError ? 'broker_reload_failed' : null,
       details: {
-        crlNumber: e.longLived.number.toString(),
-        revoked: e.serials.length,
+        crlNumber: r.crlNumber,
+        revoked: r.revoked,
+        why: r.why,
         writtenAt: r.writtenAt.toISOString(),
         reloadedAt: r.reloadedAt?.toISOString() ?? null,
         ...(r.reloadError ? { message: r.reloadError } : {}),
@@ -224,15 +251,20 @@ export class BrokerIntegration implements EdgeidHooks {
     const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN && DEVICE_ID_RE.test(u)));
     const added = [...want].filter((id) => !have.has(id));
     const removed = [...have].filter((id) => !want.has(id));
-    for (const id of added) await withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log);
-    for (const id of removed) await withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log);
+    // several commands in flight (answers are matched by correlationData): a fleet of thousands
+    // must not wait for one round trip after another
+    await inParallel(added, RECONCILE_PARALLEL, (id) => withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log));
+    await inParallel(removed, RECONCILE_PARALLEL, (id) => withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log));
     // a quarantined device (re)provisioned above must not keep its full role
     const quarantined = (await this.opts.quarantinedDeviceIds?.()) ?? [];
-    for (const id of quarantined) await withRetry('quarantine', this.retries, () => c.restrictDevice(id), this.opts.log);
+    await inParallel(quarantined, RECONCILE_PARALLEL, (id) =>
+      withRetry('quarantine', this.retries, () => c.restrictDevice(id), this.opts.log),
+    );
     return { added, removed };
   }
 
   async close(): Promise<void> {
+    this.crlSchedule?.close();
     await this.dynsec?.close();
     this.dynsec = null;
   }

@@ -80,8 +80,16 @@ export async function createBrokerIntegration(deps: BrokerIntegrationDeps): Prom
       // what the broker makes of it anyway (use_username_as_clientid): the certificate's CN
       clientId: BROKER_ADMIN_CN,
     },
-    ...(b.crlFile ? { crl: { file: b.crlFile, ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}) } } : {}),
-    signControl: (c) => deps.ca.signControl(c),
+    ...(b.crlFile
+      ? {
+          crl: {
+            file: b.crlFile,
+            ...(b.reloadCommand ? { reloadCommand: b.reloadCommand } : {}),
+            stateFile: join(deps.dataDir, 'broker', 'crl-state.json'),
+            policy: { everyMs: b.crlReload.every * 1000, refreshBeforeMs: b.crlReload.refreshBefore * 1000 },
+          },
+        }
+      : {}),
     audit: deps.audit,
     activeDeviceIds: deps.activeDeviceIds,
     ...(deps.quarantinedDeviceIds ? { quarantinedDeviceIds: deps.quarantinedDeviceIds } : {}),

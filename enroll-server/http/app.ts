@@ -8,7 +8,7 @@ import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index
 import type { ServerContext } from '../services/context.js';
 import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
 import { toWellFormed } from '../store/audit-chain.js';
-import { issueBrokerCertificate, reconcileBroker } from '../services/broker.js';
+import { brokerCrlStatus, issueBrokerCertificate, reconcileBroker, reloadBrokerCrl } from '../services/broker.js';
 import { regenerateCrl } from '../services/ca.js';
 import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
 import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, removeEkRoot } from '../services/ek.js';
@@ -418,6 +418,12 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       );
       admin.post('/broker/reconcile', { schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } }, async (req) =>
         reconcileBroker(ctx, who(req)),
+      );
+      admin.get('/broker/crl', { schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerCrlStatus } } }, async (req) =>
+        brokerCrlStatus(ctx, who(req)),
+      );
+      admin.post('/broker/crl/reload', { schema: { body: W.EmptyBody, response: { 200: W.BrokerCrlStatus } } }, async (req) =>
+        reloadBrokerCrl(ctx, who(req)),
       );
       admin.post(
         '/broker/certificate',

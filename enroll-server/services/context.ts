@@ -1,9 +1,9 @@
-import type { SignedControl } from '../../protocol/api.js';
+import type { BrokerCrlStatus, SignedControl } from '../../protocol/api.js';
 import type { Logger } from 'pino';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import type { CertificateAuthority } from '../ca/ca.js';
 import type { ServerConfig, ZonePolicy } from '../config.js';
-import type { EdgeidHooks, HookName, HookResult } from '../hooks.js';
+import type { CrlChange, EdgeidHooks, HookName, HookResult } from '../hooks.js';
 import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 
@@ -28,8 +28,28 @@ export interface ServerContext {
   broker: BrokerPort | null;
 }
 
-/** The broker as services use it (broker/integration.ts implements it; the composition root wires it). */
+/**
+ * The broker as the rest of the server sees it: one device's rights, its session, the CRL the
+ * broker checks, and signed commands to a device. broker/integration.ts implements it for
+ * Mosquitto 2.0 (dynsec + crlfile); the composition root wires it; nothing else knows which
+ * broker it is.
+ */
 export interface BrokerPort {
+  /** Gives the device its rights (its telemetry topics, its control topic). Idempotent; never drops a live session. */
+  provisionDevice(deviceId: string): Promise<void>;
+  /** Takes every right from the device and ends its live session now; a reconnect gets nothing. Idempotent. */
+  removeDevice(deviceId: string): Promise<void>;
+  /**
+   * Revocation: delivers the signed wipe while the device still has its session, then removes its
+   * rights and ends its session whatever became of the wipe; throws if either step failed.
+   */
+  revokeDevice(deviceId: string, wipe: SignedControl): Promise<void>;
+  /** A new CRL: handed to the broker, which loads it on its reload schedule (never later than it needs to stay valid). */
+  publishCrl(e: CrlChange): Promise<void>;
+  /** Makes the broker load the latest CRL now; resolves with the schedule after it. */
+  reloadCrl(why?: string): Promise<BrokerCrlStatus>;
+  /** The CRL reload schedule; null when the server does not manage the broker's CRL. */
+  crlStatus(): BrokerCrlStatus | null;
   /** Publishes a signed command to the device's control topic; resolves once the broker has it. */
   sendControl(deviceId: string, signed: SignedControl): Promise<void>;
   /** Makes the broker's per-device clients match the inventory. */

@@ -44,8 +44,9 @@ export class CrlService {
     }));
     const crl = await ctx.ca.createCrl({ number, validitySeconds: ctx.config.crlValidity, entries });
     // The same entries with a long validity (and the next number), for readers that load a CRL
-    // file once and keep it: Mosquitto re-reads its crlfile only on restart, and OpenSSL refuses
-    // every client once a loaded CRL is past nextUpdate.
+    // file once and keep it (Mosquitto re-reads its crlfile only on SIGHUP or restart, which the
+    // broker integration batches), and OpenSSL refuses every client once a loaded CRL is past
+    // nextUpdate.
     const longLived = await ctx.ca.createCrl({ number: number + 1n, validitySeconds: LONG_LIVED_CRL_SECONDS, entries });
     writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
     writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), crl.pem, 0o644);

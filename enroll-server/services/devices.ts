@@ -187,7 +187,7 @@ export async function revokeDevice(
     });
     a.recorded();
     // Hooks first: the broker sends the signed wipe while the device is still connected, then cuts
-    // its session; only then does the new CRL (whose publication restarts Mosquitto) go out.
+    // its session; only then does the new CRL go out (the broker loads it on its reload schedule).
     const after = (await ctx.store.getDevice(id))!;
     // runHooks audits a failing hook and never throws, so the CRL goes out whatever the hooks did
     const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);

@@ -39,8 +39,8 @@ async function liveDevice(ctx: ServerContext, deviceId: string, meta: RequestMet
 
 /**
  * After a quarantine committed: the broker rights shrink to the control topic at once (the
- * session is cut; BrokerPort.restrictDevice), the hooks run, then the new CRL goes out (whose
- * publication restarts Mosquitto, which then refuses the revoked certificate at the handshake).
+ * session is cut; BrokerPort.restrictDevice), the hooks run, then the new CRL goes out (once the
+ * broker has loaded it, on its reload schedule, it refuses the revoked certificate at the handshake).
  * Failures are audited by the broker step and the hook runner; they never undo the quarantine.
  */
 async function cutAccess(ctx: ServerContext, device: DeviceRecord, reason: string, code: string, serials: string[]): Promise<void> {

@@ -73,7 +73,27 @@ export interface Deployment {
   stop(): Promise<void>;
 }
 
-export async function startDeployment(serverConfig: Record<string, unknown> = {}): Promise<Deployment> {
+export interface DeploymentOptions {
+  /**
+   * The server's broker.crlReload (default `{ every: 0 }`: the broker loads each new CRL at once,
+   * with a restart unless `reload` is 'hup').
+   */
+  crlReload?: Record<string, unknown>;
+  /** How the server makes the broker load its CRL: restart it (default) or SIGHUP (sessions stay). */
+  reload?: 'restart' | 'hup';
+}
+
+/** The server's broker config for a harness broker. */
+export function brokerServerConfig(broker: Mosquitto, brokerDir: string, o: DeploymentOptions = {}): Record<string, unknown> {
+  return {
+    url: broker.url,
+    crlFile: path.join(brokerDir, 'crl.pem'),
+    reloadCommand: o.reload === 'hup' ? broker.hupCommand : broker.reloadCommand,
+    crlReload: o.crlReload ?? { every: 0 },
+  };
+}
+
+export async function startDeployment(serverConfig: Record<string, unknown> = {}, o: DeploymentOptions = {}): Promise<Deployment> {
   const root = await tmpDir('edgeid-deploy-');
   const dataDir = path.join(root, 'data');
   const brokerDir = path.join(root, 'broker');
@@ -101,7 +121,7 @@ export async function startDeployment(serverConfig: Record<string, unknown> = {}
     const config = {
       ...serverConfig,
       mqtt: { url: `mqtts://127.0.0.1:${port}` },
-      broker: { url: `mqtts://127.0.0.1:${port}`, crlFile: path.join(brokerDir, 'crl.pem'), reloadCommand: broker.reloadCommand },
+      broker: brokerServerConfig(broker, brokerDir, o),
     };
     await server.start(config);
     const b = broker;

@@ -46,6 +46,8 @@ export interface Mosquitto {
   restart(): Promise<void>;
   /** argv that makes a supervised broker restart (for the server's CRL reload hook). */
   reloadCommand: string[];
+  /** argv that sends the broker SIGHUP (Mosquitto 2.0.11 re-reads its crlfile and keeps sessions). */
+  hupCommand: string[];
   /** How many times the broker (re)started. */
   starts(): number;
 }
@@ -163,6 +165,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       await launch();
     },
     reloadCommand: ['sh', '-c', `kill -TERM "$(cat '${pidFile}')"`],
+    hupCommand: ['sh', '-c', `kill -HUP "$(cat '${pidFile}')"`],
     starts: () => startCount,
   };
 }

@@ -19,7 +19,7 @@ import mqtt, { type IPublishPacket, type MqttClient } from 'mqtt';
 import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
 import { DynsecClient } from '../../enroll-server/broker/dynsec.js';
 import type { Tpm, KeyBlob } from '../../agent/tpm/index.js';
-import { startDeployment, type Deployment } from './deployment.js';
+import { brokerServerConfig, startDeployment, type Deployment, type DeploymentOptions } from './deployment.js';
 import { tmpDir } from './fs.js';
 import { waitForPort } from './ports.js';
 import type { ServerProcess } from './server.js';
@@ -56,20 +56,23 @@ export interface RevocationDeployment {
  * startDeployment, then the server restarted with a reload command that first waits while a
  * hold file exists (the rest of the deployment is unchanged: the supervised Mosquitto restarts).
  */
-export async function startRevocationDeployment(serverConfig: Record<string, unknown> = {}): Promise<RevocationDeployment> {
-  const inner = await startDeployment(serverConfig);
+export async function startRevocationDeployment(
+  serverConfig: Record<string, unknown> = {},
+  o: DeploymentOptions = {},
+): Promise<RevocationDeployment> {
+  const inner = await startDeployment(serverConfig, o);
   const holdDir = await tmpDir('edgeid-reload-hold-');
   const holdFile = path.join(holdDir, 'hold');
   try {
-    const [sh, flag, kill] = inner.broker.reloadCommand;
-    if (sh !== 'sh' || flag !== '-c' || !kill)
-      throw new Error(`unexpected broker reload command ${JSON.stringify(inner.broker.reloadCommand)}`);
+    const base = brokerServerConfig(inner.broker, inner.brokerDir, o);
+    const [sh, flag, kill] = base.reloadCommand as string[];
+    if (sh !== 'sh' || flag !== '-c' || !kill) throw new Error(`unexpected broker reload command ${JSON.stringify(base.reloadCommand)}`);
     const reloadCommand = ['sh', '-c', `while [ -e '${holdFile}' ]; do sleep 0.02; done; ${kill}`];
     const url = inner.broker.url;
     const config = {
       ...serverConfig,
       mqtt: { url },
-      broker: { url, crlFile: path.join(inner.brokerDir, 'crl.pem'), reloadCommand },
+      broker: { ...base, reloadCommand },
     };
     await inner.restartServer(config);
   } catch (e) {

@@ -109,6 +109,16 @@ test('every admin and device action writes exactly one audit row, success or fai
     status: 409,
     reason: 'broker_not_configured',
   });
+  await oneRow(s, 'broker CRL status without a broker', () => s.admin('GET', '/v1/admin/broker/crl'), {
+    event: 'admin.broker.crl_status',
+    status: 409,
+    reason: 'broker_not_configured',
+  });
+  await oneRow(s, 'broker CRL reload without a broker', () => s.admin('POST', '/v1/admin/broker/crl/reload', {}), {
+    event: 'admin.broker.crl_reload',
+    status: 409,
+    reason: 'broker_not_configured',
+  });
   const spki = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
   await oneRow(s, 'broker certificate', () => s.admin('POST', '/v1/admin/broker/certificate', { spki, hostnames: ['broker.test'] }), {
     event: 'admin.broker.certificate',
