@@ -114,3 +114,22 @@ test('a device can publish neither to a control topic (own or other) nor to $CON
   );
   assert.ok(!(await dyn.listClients()).includes(evil), 'no dynsec client was created by a will');
 });
+
+test('one device cannot make the broker hold an unbounded message (no max_packet_size / message_size_limit)', async (t) => {
+  const d = await startDeployment();
+  t.after(() => d.stop());
+  const A = newDeviceId();
+  await (await d.dynsec()).provisionDevice(A);
+  const { client: a } = await connect(t, d.broker.url, await deviceTls(d, A), A);
+  // 64 MiB, 4x the agent's own largest message (outbox.maxBytes 16 MiB); MQTT allows 256 MiB
+  const huge = Buffer.alloc(64 * 1024 * 1024, 0x61);
+  let outcome: string;
+  try {
+    const packet = await a.publishAsync(`devices/${A}/blob`, huge, { qos: 1 });
+    const rc = (packet as { reasonCode?: number } | undefined)?.reasonCode ?? 0;
+    outcome = rc >= 128 ? `refused ${rc}` : `accepted ${rc}`;
+  } catch (e) {
+    outcome = `refused ${String((e as Error).message)}`;
+  }
+  assert.match(outcome, /^refused/, `the broker bounds a device's message size: ${outcome}`);
+});
