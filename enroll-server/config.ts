@@ -80,7 +80,14 @@ export interface ServerConfig {
    * perAddress: every route, per source address, counted at onRequest (before any parsing or
    * validation); enroll / renew / admin: the per-route limits on top of it.
    */
-  rateLimit: { perAddress: RateLimit; enroll: RateLimit; renew: RateLimit; admin: RateLimit };
+  rateLimit: {
+    perAddress: RateLimit;
+    enroll: RateLimit;
+    renew: RateLimit;
+    admin: RateLimit;
+    /** Open connections one network (an IPv6 /64) may hold; more are closed at once. */
+    connectionsPerAddress: number;
+  };
   /** GET /metrics: allowed from these sources (CIDRs; default loopback) or with the admin bearer token. */
   metrics: { allow: string[]; allowList: BlockList | null };
   /** Audit rows of identical unauthenticated refusals (source, route, code) are aggregated per minute. */
@@ -406,7 +413,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   const allowShortLifetimes = o.allowShortLifetimes === undefined ? false : bool(root.at('allowShortLifetimes'), o.allowShortLifetimes);
 
   const rl = o.rateLimit === undefined ? {} : asObject(root.at('rateLimit'), o.rateLimit);
-  onlyKeys(root.at('rateLimit'), rl, ['perAddress', 'enroll', 'renew', 'admin']);
+  onlyKeys(root.at('rateLimit'), rl, ['perAddress', 'enroll', 'renew', 'admin', 'connectionsPerAddress']);
 
   const metricsRaw = o.metrics === undefined ? {} : asObject(root.at('metrics'), o.metrics);
   onlyKeys(root.at('metrics'), metricsRaw, ['allow']);
@@ -493,6 +500,10 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
       enroll: rate(root.at('rateLimit').at('enroll'), rl.enroll, { max: 30, window: 60 }),
       renew: rate(root.at('rateLimit').at('renew'), rl.renew, { max: 10, window: 60 }),
       admin: rate(root.at('rateLimit').at('admin'), rl.admin, { max: 600, window: 60 }),
+      connectionsPerAddress:
+        rl.connectionsPerAddress === undefined
+          ? 256
+          : int(root.at('rateLimit').at('connectionsPerAddress'), rl.connectionsPerAddress, 1, 100_000),
     },
     metrics: { allow: metricsAllow, allowList: buildAllowList(root.at('metrics').at('allow'), metricsAllow) },
     audit: {

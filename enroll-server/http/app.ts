@@ -5,6 +5,7 @@ import rateLimit from '@fastify/rate-limit';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import * as W from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
+import { addressGroup } from '../services/address.js';
 import type { ServerContext } from '../services/context.js';
 import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
 import { toWellFormed } from '../store/audit-chain.js';
@@ -17,6 +18,8 @@ import { renew, renewChallenge } from '../services/renew.js';
 import { createToken, listTokens } from '../services/tokens.js';
 
 export const BODY_LIMIT = 64 * 1024;
+/** The whole request, headers and body, within 30 s. */
+export const REQUEST_TIMEOUT_MS = 30_000;
 /** A supplier manifest (POST /v1/admin/ek-allow), JSON-wrapped. */
 export const EK_MANIFEST_BODY_LIMIT = 17 * 1024 * 1024;
 
@@ -86,21 +89,31 @@ export class AddressLimiter {
     private readonly cap = 100_000,
   ) {}
 
+  /** Counts one request of `addr` (grouped: an IPv6 address by its /64); > 0 is the seconds to wait. */
   take(addr: string): number {
+    const key = addressGroup(addr);
     const now = this.now();
-    let w = this.windows.get(addr);
+    let w = this.windows.get(key);
     if (!w || now - w.start >= this.windowMs) {
       if (!w && this.windows.size >= this.cap) this.sweep(now);
       w = { start: now, n: 0 };
-      this.windows.set(addr, w);
+      // re-inserted: the map's order is the order windows started (oldest first)
+      this.windows.delete(key);
+      this.windows.set(key, w);
     }
     w.n++;
     return w.n > this.max ? Math.max(1, Math.ceil((w.start + this.windowMs - now) / 1000)) : 0;
   }
 
+  /** Drops ended windows; when all are live, the oldest tenth — never everyone's counters at once. */
   private sweep(now: number): void {
     for (const [k, w] of this.windows) if (now - w.start >= this.windowMs) this.windows.delete(k);
-    if (this.windows.size >= this.cap) this.windows.clear();
+    if (this.windows.size < this.cap) return;
+    let drop = Math.ceil(this.cap / 10);
+    for (const k of this.windows.keys()) {
+      if (drop-- <= 0) break;
+      this.windows.delete(k);
+    }
   }
 }
 
@@ -169,6 +182,9 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     // deprecates TLS 1.0 and 1.1
     ...(opts.https ? { https: { key: opts.https.key, cert: opts.https.cert, minVersion: 'TLSv1.2' as const } } : {}),
     bodyLimit: BODY_LIMIT,
+    // a request (headers and body) must arrive within this; a caller dripping its body one byte at
+    // a time is answered 408 and closed (Node checks every connectionsCheckingInterval, 30 s)
+    requestTimeout: REQUEST_TIMEOUT_MS,
     genReqId: () => randomUUID(),
     requestIdHeader: false,
     trustProxy: false,
@@ -196,6 +212,25 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         .send(e);
     },
   }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // at most connectionsPerAddress open connections per network: the per-address limit counts
+  // requests, and a caller holding connections open would otherwise exhaust the process's files
+  const open = new Map<string, number>();
+  const maxOpen = ctx.config.rateLimit.connectionsPerAddress;
+  app.server?.on('connection', (socket: import('node:net').Socket) => {
+    const key = addressGroup(socket.remoteAddress);
+    const n = (open.get(key) ?? 0) + 1;
+    if (n > maxOpen) {
+      socket.destroy();
+      return;
+    }
+    open.set(key, n);
+    socket.once('close', () => {
+      const m = (open.get(key) ?? 1) - 1;
+      if (m <= 0) open.delete(key);
+      else open.set(key, m);
+    });
+  });
 
   // JSON only: anything else is unsupported_media_type before it reaches a schema
   app.removeContentTypeParser('text/plain');
@@ -267,7 +302,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   await app.register(rateLimit, { global: false });
   const rl = ctx.config.rateLimit;
   const perIp = {
-    rateLimit: { max: rl.enroll.max, timeWindow: rl.enroll.window * 1000, keyGenerator: (req: FastifyRequest) => req.ip },
+    rateLimit: { max: rl.enroll.max, timeWindow: rl.enroll.window * 1000, keyGenerator: (req: FastifyRequest) => addressGroup(req.ip) },
   };
   const perDevice = {
     rateLimit: {
@@ -276,7 +311,8 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       hook: 'preHandler' as const,
       // per source AND device: keyed on the (unauthenticated) device id alone, anyone could
       // exhaust a victim device's budget and keep it from renewing
-      keyGenerator: (req: FastifyRequest) => `device:${req.ip}|${(req.body as { deviceId?: string } | undefined)?.deviceId ?? ''}`,
+      keyGenerator: (req: FastifyRequest) =>
+        `device:${addressGroup(req.ip)}|${(req.body as { deviceId?: string } | undefined)?.deviceId ?? ''}`,
     },
   };
 

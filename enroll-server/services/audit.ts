@@ -1,4 +1,5 @@
 import type { AuditRow, AuditVerifyResult } from '../../protocol/api.js';
+import { addressGroup } from './address.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { AuditInput } from '../store/store.js';
 import type { ServerContext } from './context.js';
@@ -232,7 +233,8 @@ export class RefusalAggregator {
   async refuse(r: Refusal): Promise<void> {
     const now = this.ctx.now();
     const minute = Math.floor(now / MINUTE);
-    const key = `${r.ip ?? ''}\u0001${r.event}\u0001${r.actor}\u0001${r.error.code}`;
+    // one bucket per network (an IPv6 /64 is one requester, whatever address it uses)
+    const key = `${addressGroup(r.ip)}\u0001${r.event}\u0001${r.actor}\u0001${r.error.code}`;
     const b = this.buckets.get(key);
     if (b && b.minute === minute) {
       b.repeated++;

@@ -51,7 +51,8 @@ export async function brokerCrlStatus(ctx: ServerContext, who: Actor): Promise<B
 /** POST /v1/admin/broker/crl/reload: the broker loads the latest CRL now (audited). */
 export async function reloadBrokerCrl(ctx: ServerContext, who: Actor): Promise<BrokerCrlStatus> {
   return audited(ctx, { event: 'admin.broker.crl_reload', actor: who.actor, ip: who.ip }, async (a) => {
-    if (!ctx.broker?.crlStatus()) throw new EdgeidError('broker_not_configured', "this server does not manage the broker's CRL (broker.crlFile is not set)");
+    if (!ctx.broker?.crlStatus())
+      throw new EdgeidError('broker_not_configured', "this server does not manage the broker's CRL (broker.crlFile is not set)");
     try {
       const s = await ctx.broker.reloadCrl('admin');
       a.details = { crlNumber: s.loaded?.crlNumber ?? null, revoked: s.loaded?.revoked ?? 0, nextReloadAt: s.nextReloadAt };

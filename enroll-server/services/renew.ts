@@ -1,4 +1,5 @@
 import type { RenewChallengeRequest, RenewChallengeResponse, RenewRequest, RenewResponse } from '../../protocol/api.js';
+import { addressGroup } from './address.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { parsePublic } from '../../protocol/tpm/public.js';
 import type { ZonePolicy } from '../config.js';
@@ -111,7 +112,12 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
     try {
       const { zone, device } = await liveDevice(ctx, deviceId, meta);
       const nonce = newNonce(ctx, deviceId, ctx.config.challengeTtl);
-      await ctx.store.createNonce(nonce, NONCES_KEPT, a.okRow({ nonceExpiresAt: new Date(nonce.expiresAt).toISOString() }));
+      await ctx.store.createNonce(
+        nonce,
+        NONCES_KEPT,
+        a.okRow({ nonceExpiresAt: new Date(nonce.expiresAt).toISOString() }),
+        addressGroup(meta.ip),
+      );
       a.recorded();
       return {
         nonce: nonce.value,
@@ -133,8 +139,8 @@ export async function renewChallenge(ctx: ServerContext, req: RenewChallengeRequ
 /**
  * POST /v1/renew. Checks, each failure its own code and audit row: the device's lifecycle
  * (liveDevice; answered renewal_refused unless the request is signed by the device's AK), the nonce (nonce_unknown / nonce_wrong_device / nonce_used / nonce_expired), the
- * time offline (device_offline_too_long: last certificate expired longer than maxOffline ago),
- * the evidence against the device's enrolled AK (verifyEvidence), then posture: a mismatch
+ * evidence against the device's enrolled AK (verifyEvidence), the time offline
+ * (device_offline_too_long: last certificate expired longer than maxOffline ago), then posture: a mismatch
  * quarantines the device (posture_pcr_mismatch / posture_claims_rejected with the PCRs or claims).
  * The nonce is spent only by the transaction that records the new certificate; a failed attempt
  * changes nothing but the audit log (and the device's status on a posture mismatch).
@@ -160,6 +166,10 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
     if (nonce.usedAt !== null) throw new EdgeidError('nonce_used');
     if (nonce.expiresAt <= now) throw new EdgeidError('nonce_expired');
 
+    const ev = await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
+
+    // only after the evidence proved the device's AK: how long a device was offline is its state,
+    // which an anonymous caller must not learn
     const last = await ctx.store.lastCertificate(device.id);
     if (last && last.notAfter + zone.maxOffline * 1000 < now) {
       throw new EdgeidError(
@@ -167,8 +177,6 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
         `the last certificate expired ${new Date(last.notAfter).toISOString()}, longer ago than maxOffline`,
       );
     }
-
-    const ev = await verifyEvidence({ akPublic: parsePublic(device.akPub), nonce: Buffer.from(req.nonce, 'base64'), evidence: req, zone });
 
     // the event log must replay to the quote (else refused with eventlog_*, nothing changes)
     const eventLog = checkEventLog(req.eventLog, device, ev.pcrs, ev.claims.eventLog);

@@ -171,6 +171,12 @@ const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
 };
 
 /** SQLite store: WAL, file 0600, write transactions BEGIN IMMEDIATE (serialises the audit chain). */
+/**
+ * Live challenge nonces kept per device across all requesting networks: displacing the nonce a
+ * device asked for takes this many distinct networks asking within the device's quote time.
+ */
+export const CHALLENGES_PER_DEVICE = 256;
+
 export class SqliteStore implements Store {
   readonly db: Database.Database;
 
@@ -367,7 +373,7 @@ export class SqliteStore implements Store {
    * unauthenticated endpoint, so they may only ever evict other challenge nonces — never the
    * nonce the server handed the device with its last certificate.
    */
-  private insertNonce(n: NonceRecord, keep: number, kind: 'issued' | 'challenge' = 'issued'): void {
+  private insertNonce(n: NonceRecord, keep: number, kind: string = 'issued'): void {
     this.db
       .prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at, kind) VALUES (?, ?, ?, ?, NULL, ?)')
       .run(n.value, n.deviceId, n.createdAt, n.expiresAt, kind);
@@ -664,9 +670,17 @@ export class SqliteStore implements Store {
     });
   }
 
-  async createNonce(n: NonceRecord, keep: number, audit: AuditInput): Promise<void> {
+  async createNonce(n: NonceRecord, keep: number, audit: AuditInput, requester = ''): Promise<void> {
     this.tx(() => {
-      this.insertNonce(n, keep, 'challenge');
+      // kept per requesting network: a stranger's challenges displace only its own, never the
+      // device's (kind 'challenge:<network>'); all challenges of a device are bounded too
+      this.insertNonce(n, keep, `challenge:${requester}`);
+      this.db
+        .prepare(
+          `DELETE FROM nonces WHERE device_id = ? AND kind LIKE 'challenge%' AND used_at IS NULL AND value NOT IN
+             (SELECT value FROM nonces WHERE device_id = ? AND kind LIKE 'challenge%' AND used_at IS NULL ORDER BY created_at DESC, value LIMIT ?)`,
+        )
+        .run(n.deviceId, n.deviceId, CHALLENGES_PER_DEVICE);
       this.appendAuditSync(audit);
     });
   }

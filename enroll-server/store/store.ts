@@ -274,7 +274,8 @@ export interface Store {
    * Stores a challenge nonce and appends the audit row; only challenge nonces beyond the newest
    * `keep` of the device are evicted, never an issued one.
    */
-  createNonce(n: NonceRecord, keep: number, audit: AuditInput): Promise<void>;
+  /** A challenge nonce; the newest `keep` are kept per device and requesting network (`requester`). */
+  createNonce(n: NonceRecord, keep: number, audit: AuditInput, requester?: string): Promise<void>;
   getNonce(value: string): Promise<NonceRecord | null>;
   /** Marks the nonce used (false if it already was) and appends the audit row in one transaction. */
   spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean>;

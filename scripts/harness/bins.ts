@@ -6,7 +6,7 @@
  *           packages ship them. `scripts/test` uses them: it rebuilds them (scripts/setup) first.
  *   `installed`: the commands on the PATH (`scripts/install` links the bundles there).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { REPO } from './fs.js';
@@ -37,7 +37,29 @@ export function programCommand(name: Program, mode: BinsMode = binsMode()): [str
     const bundle = path.join(REPO, 'dist', `${name}.js`);
     if (!existsSync(bundle))
       throw new Error(`EDGEID_TEST_BINS=dist but ${bundle} is missing: run scripts/setup (or node scripts/bundle.mjs)`);
+    const stale = newerSource(statSync(bundle).mtimeMs);
+    if (stale) throw new Error(`EDGEID_TEST_BINS=dist but ${stale} is newer than ${bundle}: run node scripts/bundle.mjs`);
     return [process.execPath, bundle];
   }
   return [process.execPath, '--import', TSX, path.join(REPO, SOURCES[name])];
+}
+
+/** A source file of the programs newer than `mtimeMs` (a bundle built before it would be stale), or null. */
+function newerSource(mtimeMs: number): string | null {
+  const walk = (dir: string): string | null => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.name === 'node_modules' || e.name === 'build') continue;
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) {
+        const hit = walk(p);
+        if (hit) return hit;
+      } else if (/\.(ts|sql)$/.test(e.name) && statSync(p).mtimeMs > mtimeMs) return path.relative(REPO, p);
+    }
+    return null;
+  };
+  for (const d of ['agent', 'enroll-server', 'protocol']) {
+    const hit = walk(path.join(REPO, d));
+    if (hit) return hit;
+  }
+  return null;
 }

@@ -1,11 +1,8 @@
 /**
- * Outside review: /v1/renew/challenge is anonymous and the server keeps only the newest five
- * challenge nonces per device (insertNonce, kind 'challenge'), whoever asked for them. An agent
- * takes the challenge path whenever its issued nonce is stale (offline for a while, or after a
- * nonce error). A stranger with six source addresses (one request each, far under every rate
- * limit; an IPv6 /64 has 2^64) asking for challenges between the device's challenge and its
- * renewal evicts the device's nonce: the renewal fails with nonce_unknown, and again after the
- * agent's one retry. Safe outcome asserted: the device's renewal with its own challenge succeeds.
+ * /v1/renew/challenge is anonymous: challenge nonces are kept per device and requesting network
+ * (five each, an IPv6 /64 counting as one network), so strangers asking for challenges for a
+ * device between its own challenge and its renewal displace only their own nonces, never the
+ * device's (an agent takes the challenge path whenever its issued nonce is stale).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -1,10 +1,8 @@
 /**
- * Outside review: "anonymous callers learn nothing about a device's state". /v1/renew checks the
- * time offline (device_offline_too_long, whose message holds the date the device's last
- * certificate expired) before the evidence: anyone who knows a device id gets a challenge nonce
- * for it and sends evidence signed by any other TPM, and learns that the device has been offline
- * longer than maxOffline, and since when. Safe outcome asserted: a renewal not signed by the
- * device's AK gets the same answer whether or not the device was offline too long.
+ * "Anonymous callers learn nothing about a device's state": the time a device has been offline
+ * (device_offline_too_long, whose message dates the last certificate) is judged only after the
+ * evidence proved the device's AK; a renewal signed by another TPM gets the same answer whether or
+ * not the device was offline too long.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

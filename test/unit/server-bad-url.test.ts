@@ -1,8 +1,7 @@
 /**
- * Outside review: a request whose path holds an invalid percent-encoding (`%zz`, or UTF-8 bytes of
- * a lone surrogate `%ED%A0%80`) is answered by Fastify's router before any edgeid hook: no
- * per-address limit, no edgeid error code (`FST_ERR_BAD_URL` in Fastify's own body), no audit row.
- * Safe outcome asserted: the edgeid error format with a registered code, and the per-address limit.
+ * A request whose path holds an invalid percent-encoding (`%zz`, or the UTF-8 bytes of a lone
+ * surrogate `%ED%A0%80`) fails in Fastify's router before any route or hook; it still gets the API's
+ * error form with a registered code, and counts against the per-address limit.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
