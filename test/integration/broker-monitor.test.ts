@@ -93,15 +93,6 @@ async function auditRows(d: { admin(args: string[]): Promise<string> }): Promise
 
 const norm = (s: string) => s.toLowerCase().replace(/^0+/, '');
 
-async function clients(d: { dynsec(): Promise<DynsecClient> }): Promise<string[]> {
-  const dyn = await d.dynsec();
-  try {
-    return (await dyn.listClients()).sort();
-  } finally {
-    await dyn.close();
-  }
-}
-
 test('broker monitor add/list/remove: own identities that read and never write; mistakes change nothing; remove ends the tool', async (t) => {
   const d: RevocationDeployment = await startRevocationDeployment();
   t.after(() => d.stop());
@@ -193,7 +184,7 @@ test('broker monitor add/list/remove: own identities that read and never write; 
 
   // ---- mistakes: 4xx with a stable code, nothing changed ----
   const listBefore = await d.admin(['broker', 'monitor', 'list', '--json']);
-  const clientsBefore = await clients(d);
+  const clientsBefore = (await dyn.listClients()).sort();
   const spki = createPublicKey(createPrivateKey(tlsA.key as string))
     .export({ type: 'spki', format: 'der' })
     .toString('base64');
@@ -220,7 +211,7 @@ test('broker monitor add/list/remove: own identities that read and never write; 
   assert.match(dup.stderr, /broker_monitor_exists/);
   assert.deepEqual(await readdir(dupDir), [], 'a refused add writes no file');
   assert.equal(await d.admin(['broker', 'monitor', 'list', '--json']), listBefore);
-  assert.deepEqual(await clients(d), clientsBefore);
+  assert.deepEqual((await dyn.listClients()).sort(), clientsBefore);
   assert.deepEqual(aEvents, [], "a duplicate add does not touch the live monitor's session");
   const listed = JSON.parse(listBefore) as { name: string; serial: string }[];
   assert.deepEqual(
@@ -237,6 +228,9 @@ test('broker monitor add/list/remove: own identities that read and never write; 
     {},
   );
   await closed;
+  await waitFor('the broker to log the kick', () =>
+    d.broker.log().includes('Client edgeid-monitor-ops-a been disconnected by administrative action.'),
+  );
   const again = await connect(t, d.broker.url, tlsA, 'edgeid-monitor-ops-a');
   assert.equal(again.connected, true, 'Mosquitto still accepts the certificate until it loads the CRL (CONNACK 0)…');
   assert.deepEqual(Object.fromEntries(await subscribeReasons(again, ['devices/#', 'edgeid/+/control'])), {
@@ -274,7 +268,7 @@ test('broker monitor add/list/remove: own identities that read and never write; 
     listedAfter.map((m) => m.name),
     ['ops-b'],
   );
-  assert.ok(!(await clients(d)).includes('edgeid-monitor-ops-a'));
+  assert.ok(!((await dyn.listClients()).sort()).includes('edgeid-monitor-ops-a'));
   // a second remove: nothing left to remove
   const twice = await d.adminApi<{ error: { code: string } }>('POST', '/v1/admin/broker/monitors/ops-a/remove', {});
   assert.deepEqual([twice.status, twice.body.error.code], [404, 'broker_monitor_unknown']);
