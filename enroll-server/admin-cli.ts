@@ -66,7 +66,7 @@ connection (first match wins):
 output:
   stdout holds the command's result and nothing else: with --json exactly one JSON document,
   else text (audit export: JSON lines); --out FILE writes that result to FILE (0600) instead
-  (broker config: --out is its directory). Messages, hints and errors go to stderr. Colour and
+  (broker config, broker monitor add: --out is a directory). Messages, hints and errors go to stderr. Colour and
   QR blocks only on a terminal, never with NO_COLOR set. Device-supplied text is shown with its
   control characters escaped (\\x1b).
 exit codes: 0 ok, 1 failed (or the result could not be written), 2 usage error`;
@@ -261,9 +261,9 @@ async function run(argv: string[], o: Output): Promise<number> {
   }
   if (!cmd) throw new UsageError('no command given');
   const key = [cmd, sub].filter(Boolean).join(' ');
-  // --out FILE takes the result of every command (broker config's and broker monitor's --out is a directory); the
+  // --out FILE takes the result of every command (broker config's and broker monitor add's --out is a directory); the
   // document may hold a token, so 0600 — only the CA chain, which is public, is 0644
-  if (typeof flags.out === 'string' && key !== 'broker config' && key !== 'broker monitor') o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
+  if (typeof flags.out === 'string' && key !== 'broker config' && !(key === 'broker monitor' && arg === 'add')) o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
   // checks of the files a result goes to, run after the arguments are checked and before the
   // server is asked (a mistyped path must not leave a token created on the server and never shown)
   const beforeServer: (() => void)[] = [];
