@@ -16,6 +16,7 @@ import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
 import { colourEnabled, flush, jsonText, printable } from '../protocol/terminal.js';
 import { AdminClient, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
+import { newMonitorKey, prepareMonitorDir, writeMonitorFiles } from './broker/monitor-files.js';
 import { formatDuration, parseDuration } from './duration.js';
 import { writeFileAtomic } from './files.js';
 import { verifyChain } from './store/audit-chain.js';
@@ -42,6 +43,12 @@ commands:
   broker reconcile [--json]            make the broker's per-device clients match the inventory
   broker crl [--json]                  the broker's CRL: loaded, pending revocations, next reload
   broker crl-reload [--json]           make the broker load the latest CRL now (audited)
+  broker monitor add NAME --out DIR [--days 90] [--json]
+                                       a monitoring tool's own broker identity (CN edgeid-monitor-NAME,
+                                       reads devices/# and edgeid/+/control, publishes nothing): key
+                                       made here (0600), certificate and CA written to DIR; at most 365 days
+  broker monitor list [--json]
+  broker monitor remove NAME [--json]  deletes its broker client and puts its certificate on the CRL
   ek-roots list [--json]               the EK trust store: built-in TPM makers' CAs, configured, added
   ek-roots add FILE [--json]           add a trust anchor for EK certificates (PEM or DER CA certificate)
   ek-roots remove FINGERPRINT [--json] remove an added anchor, or switch off a built-in/configured one
@@ -61,7 +68,7 @@ connection (first match wins):
 output:
   stdout holds the command's result and nothing else: with --json exactly one JSON document,
   else text (audit export: JSON lines); --out FILE writes that result to FILE (0600) instead
-  (broker config: --out is its directory). Messages, hints and errors go to stderr. Colour and
+  (broker config, broker monitor add: --out is a directory). Messages, hints and errors go to stderr. Colour and
   QR blocks only on a terminal, never with NO_COLOR set. Device-supplied text is shown with its
   control characters escaped (\\x1b).
 exit codes: 0 ok, 1 failed (or the result could not be written), 2 usage error`;
@@ -244,6 +251,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       port: { type: 'string' },
       bind: { type: 'string' },
       'run-as-root': { type: 'boolean' },
+      days: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -255,9 +263,10 @@ async function run(argv: string[], o: Output): Promise<number> {
   }
   if (!cmd) throw new UsageError('no command given');
   const key = [cmd, sub].filter(Boolean).join(' ');
-  // --out FILE takes the result of every command (broker config's --out is its directory); the
+  // --out FILE takes the result of every command (broker config's and broker monitor add's --out is a directory); the
   // document may hold a token, so 0600 — only the CA chain, which is public, is 0644
-  if (typeof flags.out === 'string' && key !== 'broker config') o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
+  if (typeof flags.out === 'string' && key !== 'broker config' && !(key === 'broker monitor' && arg === 'add'))
+    o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
   // checks of the files a result goes to, run after the arguments are checked and before the
   // server is asked (a mistyped path must not leave a token created on the server and never shown)
   const beforeServer: (() => void)[] = [];
@@ -549,6 +558,70 @@ async function run(argv: string[], o: Output): Promise<number> {
           : `renew-now signed for ${printable(id)}, but this server has no broker integration to deliver it`,
       );
       return res.published ? 0 : 1;
+    }
+    case 'broker monitor': {
+      const name = positionals[3];
+      const nameRe = new RegExp(W.MONITOR_NAME_PATTERN);
+      const needName = () => {
+        if (!name || !nameRe.test(name))
+          throw new UsageError(`broker monitor ${arg ?? 'add'} NAME: NAME is 1-32 of a-z, 0-9 and -, starting with a letter or digit`);
+        return name;
+      };
+      if (arg === 'add') {
+        const n = needName();
+        const outDir = need(flags, 'out');
+        let days: number | undefined;
+        if (typeof flags.days === 'string') {
+          days = Number(flags.days);
+          if (!Number.isInteger(days) || days < 1 || days > W.MONITOR_DAYS_MAX)
+            throw new UsageError(`--days must be 1 to ${W.MONITOR_DAYS_MAX}`);
+        }
+        try {
+          prepareMonitorDir(outDir);
+        } catch (e) {
+          throw new Error(
+            `--out ${outDir}: cannot write there (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing was done`,
+          );
+        }
+        const key = newMonitorKey();
+        const body: W.BrokerMonitorAddRequest = { name: n, spki: key.spki.toString('base64'), ...(days ? { days } : {}) };
+        const res = await client.request('POST', '/v1/admin/broker/monitors', body, W.BrokerMonitorAddResponse);
+        const files = writeMonitorFiles(outDir, res.monitor.commonName, { privateKey: key.privateKey, ...res });
+        const url = res.brokerUrl ? new URL(res.brokerUrl) : null;
+        const hostPort = url ? `-h ${url.hostname} -p ${url.port || 8883}` : '-h BROKER -p 8883';
+        emit({ monitor: res.monitor, files, brokerUrl: res.brokerUrl }, () =>
+          [
+            `monitor ${res.monitor.name}: broker identity ${res.monitor.commonName} (certificate valid until ${res.monitor.notAfter})`,
+            `  key ${files.keyFile} (0600, made here, never sent)`,
+            `  certificate ${files.certFile}, CA ${files.caFile}`,
+            '  it may read devices/# and edgeid/+/control and publish nothing; one identity per tool',
+            '  (a second connection with the same certificate ends the first). Use it, e.g.:',
+            `    mosquitto_sub ${hostPort} --cafile ${files.caFile} --cert ${files.certFile} --key ${files.keyFile} -t 'devices/#' -t 'edgeid/+/control' -v`,
+          ].join('\n'),
+        );
+        return 0;
+      }
+      if (arg === 'list') {
+        const { monitors } = await client.request('GET', '/v1/admin/broker/monitors', undefined, W.BrokerMonitorList);
+        emit(monitors, () => table(monitors, ['name', 'commonName', 'notAfter', 'createdBy', 'serial']));
+        return 0;
+      }
+      if (arg === 'remove') {
+        const n = needName();
+        const res = await client.request(
+          'POST',
+          `/v1/admin/broker/monitors/${encodeURIComponent(n)}/remove`,
+          {},
+          W.BrokerMonitorRemoveResponse,
+        );
+        emit(res, () =>
+          res.revokedSerial
+            ? `removed ${res.removed}: its broker client is gone and its certificate (serial ${res.revokedSerial}) is on the CRL (number ${res.crlNumber})`
+            : `removed ${res.removed}: its broker client is gone (the server had no certificate recorded for it)`,
+        );
+        return 0;
+      }
+      throw new UsageError('broker monitor add|list|remove');
     }
     case 'broker reconcile': {
       const res = await client.request('POST', '/v1/admin/broker/reconcile', {}, W.BrokerReconcileResponse);

@@ -536,6 +536,51 @@ export const BrokerCertificateRequest = Type.Object(
 export type BrokerCertificateRequest = Static<typeof BrokerCertificateRequest>;
 export const BrokerCertificateResponse = Type.Object({ certificate: Str, caBundle: Str, crl: NullableStr, notAfter: Iso });
 
+/** A monitoring tool's name: its broker identity is the certificate CN `edgeid-monitor-<name>`. */
+export const MONITOR_NAME_PATTERN = '^[a-z0-9][a-z0-9-]{0,31}$';
+export const MONITOR_CN_PREFIX = 'edgeid-monitor-';
+export const MONITOR_DAYS_DEFAULT = 90;
+export const MONITOR_DAYS_MAX = 365;
+const MonitorName = Type.String({ pattern: MONITOR_NAME_PATTERN });
+export const BrokerMonitorAddRequest = Type.Object(
+  {
+    name: MonitorName,
+    /** base64 DER SubjectPublicKeyInfo of the tool's P-256 key (generated where the tool runs, never sent). */
+    spki: Type.String({ minLength: 40, maxLength: 2000, pattern: B64_PATTERN }),
+    /** Certificate lifetime in days (default 90). */
+    days: Type.Optional(Type.Integer({ minimum: 1, maximum: MONITOR_DAYS_MAX })),
+  },
+  { additionalProperties: false },
+);
+export type BrokerMonitorAddRequest = Static<typeof BrokerMonitorAddRequest>;
+export const BrokerMonitorView = Type.Object({
+  name: Str,
+  /** Certificate CN = broker username = MQTT client id. */
+  commonName: Str,
+  serial: Str,
+  notAfter: Iso,
+  createdAt: Iso,
+  createdBy: Str,
+});
+export type BrokerMonitorView = Static<typeof BrokerMonitorView>;
+export const BrokerMonitorAddResponse = Type.Object({
+  monitor: BrokerMonitorView,
+  /** PEM: the certificate, then the issuing CA. */
+  certificate: Str,
+  /** PEM: what the tool trusts for the broker. */
+  caBundle: Str,
+  /** The broker URL from the server's config, if any. */
+  brokerUrl: NullableStr,
+});
+export const BrokerMonitorList = Type.Object({ monitors: Type.Array(BrokerMonitorView) });
+export const BrokerMonitorParams = Type.Object({ name: MonitorName }, { additionalProperties: false });
+export const BrokerMonitorRemoveResponse = Type.Object({
+  removed: Str,
+  /** The certificate's serial, now on the CRL (null: the server had no certificate recorded for it). */
+  revokedSerial: NullableStr,
+  crlNumber: Str,
+});
+
 // --- canonical claims and the quote's qualifyingData -------------------------------------------
 
 /**

@@ -53,7 +53,11 @@ export class CrlPublisher {
     try {
       new X509Crl(readFileSync(this.opts.crlFile, 'utf8'));
     } catch (e) {
-      return { writtenAt, reloadedAt: null, reloadError: `not reloading: ${this.opts.crlFile} is not a readable CRL (${(e as Error).message.slice(0, 200)})` };
+      return {
+        writtenAt,
+        reloadedAt: null,
+        reloadError: `not reloading: ${this.opts.crlFile} is not a readable CRL (${(e as Error).message.slice(0, 200)})`,
+      };
     }
     const [file, ...args] = cmd as [string, ...string[]];
     try {

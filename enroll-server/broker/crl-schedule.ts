@@ -152,10 +152,13 @@ export class CrlReloadSchedule {
     const wait = this.dueAt - this.now();
     if (wait <= 0) return this.reload('schedule');
     // setTimeout holds at most 2^31-1 ms (~24.8 days); a longer wait re-arms on expiry
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      void this.reschedule().catch(() => undefined);
-    }, Math.min(wait, 2 ** 31 - 1));
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        void this.reschedule().catch(() => undefined);
+      },
+      Math.min(wait, 2 ** 31 - 1),
+    );
     this.timer.unref();
     return null;
   }

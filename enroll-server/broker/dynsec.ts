@@ -13,6 +13,15 @@ export const BROKER_ADMIN_CN = 'edgeid-broker-admin';
 /** Dynsec role of monitoring tools (each with its own certificate CN): read device and control topics. */
 export const MONITOR_ROLE = 'edgeid-monitor';
 
+export interface DynsecAcl {
+  acltype: string;
+  topic: string;
+  allow: boolean;
+  priority: number;
+}
+
+const aclKey = (a: DynsecAcl) => `${a.acltype} ${a.topic}${a.allow ? '' : ' (deny)'}`;
+
 export interface DynsecCommand {
   command: string;
   [field: string]: unknown;
@@ -225,6 +234,107 @@ export class DynsecClient {
       ],
       /not found/i,
     );
+  }
+
+  /**
+   * A monitoring tool's client (username = its certificate CN) with the monitor role. Never
+   * touches an existing client: 'exists' when the name is taken (the caller refuses).
+   */
+  async createMonitorClient(username: string): Promise<'created' | 'exists'> {
+    const [r] = await this.send(
+      [{ command: 'createClient', username, textname: 'edgeid monitoring tool', roles: [{ rolename: MONITOR_ROLE, priority: 0 }] }],
+      /already exists/i,
+    );
+    return r?.error ? 'exists' : 'created';
+  }
+
+  /** Deletes a client (kicks its live session); false when there was none. */
+  async deleteClient(username: string): Promise<boolean> {
+    const [r] = await this.send([{ command: 'deleteClient', username }], /not found/i);
+    return !r?.error;
+  }
+
+  /**
+   * Brings the server's service roles to `want` (the roles of the current initial dynsec file),
+   * for brokers whose dynsec file an older edgeid wrote: a missing role is created; with `exact`,
+   * ACLs the role has and `want` does not are removed and missing ones added. Idempotent; returns
+   * what it changed (empty: nothing to do).
+   *
+   * Mosquitto 2.0's dynsec plugin disconnects every client of a role whose ACLs change, this
+   * connection too when the role is its own: such changes go out in one message without waiting
+   * for answers that would never come, and are checked with getRole once mqtt.js has reconnected.
+   */
+  async updateServiceRoles(want: { rolename: string; acls: DynsecAcl[]; exact: boolean }[]): Promise<string[]> {
+    const changes: string[] = [];
+    for (const role of want) {
+      const have = await this.roleAcls(role.rolename);
+      if (have === null) {
+        await this.send([{ command: 'createRole', rolename: role.rolename, acls: role.acls }], /already exists/i);
+        changes.push(`created role ${role.rolename}`);
+        continue;
+      }
+      if (!role.exact) continue;
+      const wanted = new Set(role.acls.map(aclKey));
+      const present = new Set(have.map(aclKey));
+      const extra = have.filter((x) => !wanted.has(aclKey(x)));
+      const missing = role.acls.filter((x) => !present.has(aclKey(x)));
+      if (extra.length === 0 && missing.length === 0) continue;
+      const commands: DynsecCommand[] = [
+        ...extra.map((a) => ({ command: 'removeRoleACL', rolename: role.rolename, acltype: a.acltype, topic: a.topic })),
+        ...missing.map((a) => ({ command: 'addRoleACL', rolename: role.rolename, ...a })),
+      ];
+      await this.sendExpectingKick(commands);
+      const after = await this.roleAclsEventually(role.rolename);
+      const afterKeys = new Set((after ?? []).map(aclKey));
+      if (after === null || afterKeys.size !== wanted.size || [...wanted].some((k) => !afterKeys.has(k)))
+        throw new Error(`role ${role.rolename} was not updated: it has ${JSON.stringify([...afterKeys])}`);
+      changes.push(...extra.map((a) => `removed ${aclKey(a)} from ${role.rolename}`));
+      changes.push(...missing.map((a) => `added ${aclKey(a)} to ${role.rolename}`));
+    }
+    return changes;
+  }
+
+  /** A role's ACLs, or null when the role does not exist. */
+  private async roleAcls(rolename: string): Promise<DynsecAcl[] | null> {
+    const [got] = await this.send([{ command: 'getRole', rolename }], /not found/i);
+    if (got?.error) return null;
+    return ((got?.data as { role?: { acls?: Partial<DynsecAcl>[] } } | undefined)?.role?.acls ?? []).map((a) => ({
+      acltype: String(a.acltype),
+      topic: String(a.topic),
+      allow: a.allow !== false,
+      priority: Number(a.priority ?? 0),
+    }));
+  }
+
+  /** roleAcls, retried while this connection is being re-established. */
+  private async roleAclsEventually(rolename: string, attempts = 5): Promise<DynsecAcl[] | null> {
+    for (let i = 1; ; i++) {
+      try {
+        return await this.roleAcls(rolename);
+      } catch (e) {
+        if (i >= attempts) throw e;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    }
+  }
+
+  /** Publishes commands that may end this session (QoS 0: nothing is resent on reconnect) and waits briefly for that end. */
+  private async sendExpectingKick(commands: DynsecCommand[]): Promise<void> {
+    let onClose: (() => void) | undefined;
+    const closed = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      onClose = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.client.once('close', onClose);
+    });
+    try {
+      await this.client.publishAsync(DYNSEC_TOPIC, JSON.stringify({ commands }), { qos: 0 });
+      await closed;
+    } finally {
+      if (onClose) this.client.removeListener('close', onClose);
+    }
   }
 
   /** Usernames of every dynsec client. */

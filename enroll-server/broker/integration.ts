@@ -23,6 +23,7 @@ import { DEVICE_ID_PATTERN } from '../../protocol/api.js';
 import { CrlReloadSchedule, type CrlReloadPolicy, type CrlReloadStatus, type ReloadOutcome } from './crl-schedule.js';
 import { writeFileAtomic } from '../files.js';
 import { BROKER_ADMIN_CN, DynsecClient, type DynsecClientOptions } from './dynsec.js';
+import { serviceRoles } from './mosquitto-config.js';
 
 const DEVICE_ID_RE = new RegExp(DEVICE_ID_PATTERN);
 
@@ -124,13 +125,55 @@ export class BrokerIntegration {
   private connecting: Promise<DynsecClient> | null = null;
 
   private async client(): Promise<DynsecClient> {
-    if (this.dynsec) return this.dynsec;
+    if (this.dynsec) {
+      await this.rolesUpdated;
+      return this.dynsec;
+    }
     // one connection for concurrent callers; a failed attempt is forgotten so the next call retries
     this.connecting ??= DynsecClient.connect(this.opts.dynsec).finally(() => {
       this.connecting = null;
     });
-    this.dynsec = await bounded('connect to the broker', this.connecting, 10_000);
-    return this.dynsec;
+    const c = await bounded('connect to the broker', this.connecting, 10_000);
+    this.dynsec = c;
+    // once per connection, before it is used: concurrent callers wait for the same update
+    this.rolesUpdated ??= this.updateServiceRoles(c);
+    await this.rolesUpdated;
+    return c;
+  }
+
+  private rolesUpdated: Promise<void> | null = null;
+
+  /**
+   * Service roles written by an older edgeid are brought up to date (serviceRoles) on every new
+   * connection and every reconcile; one audit row when something changed. A failure is logged and
+   * audited, never fatal: the next connection or reconcile tries again.
+   */
+  private async updateServiceRoles(c: DynsecClient): Promise<void> {
+    try {
+      const changes = await bounded('update service roles', c.updateServiceRoles(serviceRoles()), 30_000);
+      if (changes.length > 0)
+        await this.opts.audit({ event: 'broker.service_roles_updated', deviceId: null, outcome: 'ok', details: { changes } });
+    } catch (e) {
+      const message = (e as Error).message.slice(0, 300);
+      this.opts.log.warn({ err: message }, 'updating the broker service roles failed');
+      await this.opts.audit({
+        event: 'broker.service_roles_updated',
+        deviceId: null,
+        outcome: 'fail',
+        reason: 'broker_unavailable',
+        details: { message },
+      });
+    }
+  }
+
+  /** A monitoring tool's dynsec client with the monitor role; 'exists' when the name is taken (not retried: a retry would see its own client). */
+  async addMonitor(username: string): Promise<'created' | 'exists'> {
+    return bounded('add a monitor client', (await this.client()).createMonitorClient(username));
+  }
+
+  /** Deletes a monitoring tool's dynsec client (kicks its session); false when there was none. */
+  async removeMonitor(username: string): Promise<boolean> {
+    return withRetry('remove a monitor client', this.retries, async () => (await this.client()).deleteClient(username), this.opts.log);
   }
 
   private async step(event: string, deviceId: string | null, fn: () => Promise<Record<string, unknown> | void>): Promise<void> {
@@ -245,6 +288,7 @@ export class BrokerIntegration {
    */
   async reconcile(): Promise<{ added: string[]; removed: string[] }> {
     const c = await this.client();
+    await this.updateServiceRoles(c);
     const want = new Set(await this.opts.activeDeviceIds());
     // Only device clients are the server's to add and remove: the server's own identity and the
     // operators' tools (monitors, each with its own certificate CN) are left alone.
@@ -267,5 +311,6 @@ export class BrokerIntegration {
     this.crlSchedule?.close();
     await this.dynsec?.close();
     this.dynsec = null;
+    this.rolesUpdated = null;
   }
 }

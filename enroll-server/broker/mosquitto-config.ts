@@ -3,7 +3,7 @@
  * accepts edgeid client certificates (CN = username = client id), the edgeid CRL, and the
  * dynamic-security plugin whose initial file makes the server's own broker identity the dynsec admin.
  */
-import { BROKER_ADMIN_CN, MONITOR_ROLE } from './dynsec.js';
+import { BROKER_ADMIN_CN, MONITOR_ROLE, type DynsecAcl } from './dynsec.js';
 
 export const DEFAULT_DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
 
@@ -91,4 +91,14 @@ export function initialDynsecConfig(adminUsername = BROKER_ADMIN_CN): Record<str
     ],
     defaultACLAccess: { publishClientSend: false, publishClientReceive: false, subscribe: false, unsubscribe: true },
   };
+}
+
+/**
+ * The server's service roles as the current initial dynsec file has them, for brokers set up by
+ * an older edgeid: the admin role exactly so (older ones also read device and control topics),
+ * the monitor role created when missing (an operator's own changes to it are kept).
+ */
+export function serviceRoles(): { rolename: string; acls: DynsecAcl[]; exact: boolean }[] {
+  const roles = initialDynsecConfig().roles as { rolename: string; acls: DynsecAcl[] }[];
+  return roles.map((r) => ({ ...r, exact: r.rolename !== MONITOR_ROLE }));
 }

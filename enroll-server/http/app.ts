@@ -9,7 +9,15 @@ import { addressGroup } from '../services/address.js';
 import type { ServerContext } from '../services/context.js';
 import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
 import { toWellFormed } from '../store/audit-chain.js';
-import { brokerCrlStatus, issueBrokerCertificate, reconcileBroker, reloadBrokerCrl } from '../services/broker.js';
+import {
+  addBrokerMonitor,
+  brokerCrlStatus,
+  issueBrokerCertificate,
+  listBrokerMonitors,
+  reconcileBroker,
+  reloadBrokerCrl,
+  removeBrokerMonitor,
+} from '../services/broker.js';
 import { regenerateCrl } from '../services/ca.js';
 import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
 import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, removeEkRoot } from '../services/ek.js';
@@ -465,6 +473,19 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         '/broker/certificate',
         { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } },
         async (req) => issueBrokerCertificate(ctx, req.body, who(req)),
+      );
+      admin.post(
+        '/broker/monitors',
+        { schema: { body: W.BrokerMonitorAddRequest, response: { 200: W.BrokerMonitorAddResponse } } },
+        async (req) => addBrokerMonitor(ctx, req.body, who(req)),
+      );
+      admin.get('/broker/monitors', { schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerMonitorList } } }, async (req) =>
+        listBrokerMonitors(ctx, who(req)),
+      );
+      admin.post(
+        '/broker/monitors/:name/remove',
+        { schema: { params: W.BrokerMonitorParams, body: W.EmptyBody, response: { 200: W.BrokerMonitorRemoveResponse } } },
+        async (req) => removeBrokerMonitor(ctx, req.params.name, who(req)),
       );
       admin.get('/ek-roots', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkRootList } } }, async (req) =>
         listEkRoots(ctx, who(req)),

@@ -61,6 +61,10 @@ export interface BrokerPort {
   restrictDevice(deviceId: string): Promise<void>;
   /** Approval: the device's full role again, the quarantine role gone. */
   restoreDevice(deviceId: string): Promise<void>;
+  /** A monitoring tool's broker client (username = its certificate CN) with the read-only monitor role; 'exists' if taken. */
+  addMonitor(username: string): Promise<'created' | 'exists'>;
+  /** Deletes a monitoring tool's broker client, ending its session; false when there was none. */
+  removeMonitor(username: string): Promise<boolean>;
   close(): Promise<void>;
 }
 

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { RevokeReason } from '../../protocol/api.js';
 import type { CrlData } from '../ca/ca.js';
 import { writeFileAtomic } from '../files.js';
 import { runHooks, type ServerContext } from './context.js';
@@ -37,11 +38,16 @@ export class CrlService {
   private async build(why: string): Promise<CrlData> {
     const { ctx } = this;
     const number = BigInt((await ctx.store.getMeta('crl_number')) ?? '0') + 1n;
-    const entries = (await ctx.store.listRevokedUnexpired(ctx.now())).map((c) => ({
-      serial: c.serial,
-      revokedAt: new Date(c.revokedAt!),
-      reason: c.reason ?? 'unspecified',
-    }));
+    const entries: { serial: string; revokedAt: Date; reason: RevokeReason }[] = (await ctx.store.listRevokedUnexpired(ctx.now())).map(
+      (c) => ({
+        serial: c.serial,
+        revokedAt: new Date(c.revokedAt!),
+        reason: c.reason ?? 'unspecified',
+      }),
+    );
+    // removed monitoring tools' certificates (services/broker.ts): revoked until they expire
+    for (const m of await ctx.store.listRemovedMonitorsUnexpired(ctx.now()))
+      entries.push({ serial: m.serial, revokedAt: new Date(m.removedAt!), reason: 'cessation-of-operation' });
     const crl = await ctx.ca.createCrl({ number, validitySeconds: ctx.config.crlValidity, entries });
     // The same entries with a long validity (and the next number), for readers that load a CRL
     // file once and keep it (Mosquitto re-reads its crlfile only on SIGHUP or restart, which the

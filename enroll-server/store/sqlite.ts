@@ -5,6 +5,7 @@ import { auditHash, GENESIS_HASH, storableDetails, storableText, verifyChain, ty
 import { loadMigrations, migrate } from './migrate.js';
 import type {
   AuditInput,
+  BrokerMonitorRecord,
   CertificateRecord,
   DeviceFilter,
   DeviceListing,
@@ -100,6 +101,20 @@ function certFrom(r: Row): CertificateRecord {
     issuedAt: Number(r.issued_at),
     revokedAt: num(r.revoked_at),
     reason: text(r.reason) as RevokeReason | null,
+  };
+}
+
+function monitorFrom(r: Row): BrokerMonitorRecord {
+  return {
+    serial: String(r.serial),
+    name: String(r.name),
+    commonName: String(r.common_name),
+    spkiHash: String(r.spki_hash),
+    notBefore: Number(r.not_before),
+    notAfter: Number(r.not_after),
+    createdBy: String(r.created_by),
+    createdAt: Number(r.created_at),
+    removedAt: num(r.removed_at),
   };
 }
 
@@ -800,6 +815,46 @@ export class SqliteStore implements Store {
         .prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial')
         .all(now) as Row[]
     ).map(certFrom);
+  }
+
+  async getBrokerMonitor(name: string): Promise<BrokerMonitorRecord | null> {
+    const r = this.db.prepare('SELECT * FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(name) as Row | undefined;
+    return r ? monitorFrom(r) : null;
+  }
+
+  async listBrokerMonitors(): Promise<BrokerMonitorRecord[]> {
+    return (this.db.prepare('SELECT * FROM broker_monitors WHERE removed_at IS NULL ORDER BY name').all() as Row[]).map(monitorFrom);
+  }
+
+  async addBrokerMonitor(m: BrokerMonitorRecord, audit: AuditInput): Promise<boolean> {
+    return this.tx(() => {
+      if (this.db.prepare('SELECT 1 FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(m.name)) return false;
+      this.db
+        .prepare(
+          `INSERT INTO broker_monitors (serial, name, common_name, spki_hash, not_before, not_after, created_by, created_at, removed_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)`,
+        )
+        .run(m.serial, m.name, m.commonName, m.spkiHash, m.notBefore, m.notAfter, m.createdBy, m.createdAt);
+      this.appendAuditSync(audit);
+      return true;
+    });
+  }
+
+  async removeBrokerMonitor(name: string, now: number, audit: AuditInput): Promise<BrokerMonitorRecord | null> {
+    return this.tx(() => {
+      const r = this.db.prepare('SELECT * FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(name) as Row | undefined;
+      if (r) this.db.prepare('UPDATE broker_monitors SET removed_at = ? WHERE serial = ?').run(now, r.serial);
+      this.appendAuditSync(audit);
+      return r ? { ...monitorFrom(r), removedAt: now } : null;
+    });
+  }
+
+  async listRemovedMonitorsUnexpired(now: number): Promise<BrokerMonitorRecord[]> {
+    return (
+      this.db
+        .prepare('SELECT * FROM broker_monitors WHERE removed_at IS NOT NULL AND not_after > ? ORDER BY removed_at, serial')
+        .all(now) as Row[]
+    ).map(monitorFrom);
   }
 
   async listDeviceIds(filter: DeviceFilter = {}): Promise<string[]> {

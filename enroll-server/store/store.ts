@@ -94,6 +94,21 @@ export interface CertificateRecord {
   reason: RevokeReason | null;
 }
 
+/** A client certificate issued to a monitoring tool (its broker identity, CN edgeid-monitor-<name>). */
+export interface BrokerMonitorRecord {
+  serial: string;
+  name: string;
+  commonName: string;
+  /** SHA-256 (hex) of the certificate's SPKI. */
+  spkiHash: string;
+  notBefore: number;
+  notAfter: number;
+  createdBy: string;
+  createdAt: number;
+  /** When it was removed (its serial is then on the CRL until notAfter), null while live. */
+  removedAt: number | null;
+}
+
 export interface NonceRecord {
   /** base64 of 32 random bytes, as the API carries it. */
   value: string;
@@ -325,6 +340,17 @@ export interface Store {
   }): Promise<string[] | null>;
   /** Revoked certificates that have not expired yet at `now` (the CRL's entries). */
   listRevokedUnexpired(now: number): Promise<CertificateRecord[]>;
+
+  /** The live (not removed) monitor of this name, or null. */
+  getBrokerMonitor(name: string): Promise<BrokerMonitorRecord | null>;
+  /** Live monitors, by name. */
+  listBrokerMonitors(): Promise<BrokerMonitorRecord[]>;
+  /** Records a monitor's certificate with the audit row; false (nothing written) if a live monitor has that name. */
+  addBrokerMonitor(m: BrokerMonitorRecord, audit: AuditInput): Promise<boolean>;
+  /** Marks the live monitor of this name removed, with the audit row; returns it, or null if there was none (the row is still written). */
+  removeBrokerMonitor(name: string, now: number, audit: AuditInput): Promise<BrokerMonitorRecord | null>;
+  /** Certificates of removed monitors that have not expired yet at `now` (CRL entries, reason cessation-of-operation). */
+  listRemovedMonitorsUnexpired(now: number): Promise<BrokerMonitorRecord[]>;
 
   /** Only the ids of the devices the filter selects (no row decoding), in id order. */
   listDeviceIds(filter?: DeviceFilter): Promise<string[]>;

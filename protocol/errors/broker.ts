@@ -17,4 +17,14 @@ export const brokerErrors = defineErrors({
     message: 'The new CRL was written for the broker, but the reload command failed.',
     fix: "Restart Mosquitto by hand (it reads its CRL only at start) and check the server config's broker.reloadCommand.",
   },
+  broker_monitor_exists: {
+    status: 409,
+    message: 'A monitoring identity with this name already exists on the broker.',
+    fix: 'Pick another name, or remove the old one first (edgeid-admin broker monitor list / remove NAME).',
+  },
+  broker_monitor_unknown: {
+    status: 404,
+    message: 'There is no monitoring identity with this name.',
+    fix: 'edgeid-admin broker monitor list shows the names.',
+  },
 });
