@@ -13,8 +13,9 @@
  *    pipe; Node's stdout is asynchronous for pipes on POSIX).
  */
 
-// C0 (U+0000–U+001F), DEL, C1 (U+0080–U+009F), bidi embeddings/overrides/isolates, line/paragraph separators.
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+// C0 (U+0000–U+001F), DEL, C1 (U+0080–U+009F), bidi marks (U+061C, U+200E, U+200F), embeddings,
+// overrides and isolates, line/paragraph separators (Unicode TR #9, "Explicit Directional Formatting").
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
 function escapeChar(c: string): string {
   const n = c.charCodeAt(0);
@@ -28,7 +29,7 @@ export function printable(value: unknown): string {
 
 // JSON.stringify escapes only C0 controls (RFC 8259 §7): DEL, C1 and the bidi/separator controls
 // above would reach a terminal raw from `--json` output or `audit export`.
-const UNSAFE_IN_JSON = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE_IN_JSON = /[\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
 /**
  * JSON.stringify(value, null, space) with every control character that `printable` escapes written

@@ -58,7 +58,13 @@ export async function seedCrowd(dataDir: string, n: number, prefix = 'crowd'): P
       const id = `dev-${randomBytes(8).toString('hex')}`;
       const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const spki = publicKey.export({ type: 'spki', format: 'der' });
-      const cert = await ctx.ca.issueDevice({ deviceId: id, zone: 'default', spki, lifetimeSeconds: 86400, crlUrl: 'https://127.0.0.1/v1/crl' });
+      const cert = await ctx.ca.issueDevice({
+        deviceId: id,
+        zone: 'default',
+        spki,
+        lifetimeSeconds: 86400,
+        crlUrl: 'https://127.0.0.1/v1/crl',
+      });
       const device: DeviceRecord = {
         id,
         zone: 'default',

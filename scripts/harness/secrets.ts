@@ -44,6 +44,9 @@ export function recordSecretsIn(text: string): void {
 export function secretsIn(text: string): string[] {
   const found: string[] = [];
   for (const [value, what] of secrets) if (text.includes(value)) found.push(what);
+  // any private key in PEM (RFC 7468 §10, §11: PKCS #8 and its encrypted form, and the legacy
+  // RSA/EC labels), whoever made it: no log holds one
+  if (/-----BEGIN (?:ENCRYPTED |RSA |EC )?PRIVATE KEY-----/.test(text)) found.push('a PEM private key');
   return [...new Set(found)];
 }
 

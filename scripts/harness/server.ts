@@ -29,7 +29,7 @@ export interface ServerProcessOptions {
   dataDir?: string;
   /** Listen on this port; default: a free one, picked by the first start and kept. */
   port?: number;
-  /** Default log level (EDGEID_LOG_LEVEL; the config's logLevel wins); default 'warn'. */
+  /** Default log level (EDGEID_LOG_LEVEL; the config's logLevel wins); default 'info', as in production. */
   logLevel?: string;
   /** Append the server's output to this file too. */
   logFile?: string;
@@ -94,7 +94,8 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
     const child = spawn(program, args, {
       cwd: REPO,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EDGEID_LOG_LEVEL: opts.logLevel ?? 'warn', ...opts.env },
+      // the production default (info): the secrets check reads what a real server would log
+      env: { ...process.env, EDGEID_LOG_LEVEL: opts.logLevel ?? 'info', ...opts.env },
     });
     const collect = (d: Buffer): void => {
       output += d.toString();

@@ -25,8 +25,12 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startInProcessServer(configFile: Record<string, unknown> = {}, hooks: EdgeidHooks[] = []): Promise<TestServer> {
-  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-server-'));
+export async function startInProcessServer(
+  configFile: Record<string, unknown> = {},
+  hooks: EdgeidHooks[] = [],
+  opts: { tmpRoot?: string } = {},
+): Promise<TestServer> {
+  const dataDir = await mkdtemp(path.join(opts.tmpRoot ?? os.tmpdir(), 'edgeid-server-'));
   // EK certificates are required by default; swtpm's chain to its local CA, which only tests trust
   const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: withSwtpmEkRoots(configFile) });
   const clock = { offset: 0 };

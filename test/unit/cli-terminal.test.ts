@@ -11,11 +11,13 @@ import { renderStatus, type StatusReport } from '../../agent/commands/status.js'
 import { nextStep } from '../../agent/commands/enroll.js';
 import { defaultConfig } from '../../agent/config.js';
 
-const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
 test('printable turns OSC 52, CSI erase, C1 controls and bidi overrides into visible escapes', () => {
   assert.equal(printable('\x1b]52;c;ZWRnZWlk\x07\x1b[2K1.0'), '\\x1b]52;c;ZWRnZWlk\\x07\\x1b[2K1.0');
   assert.equal(printable('a\x9b2Kb\u202ec\r\n\t\x00\x7f'), 'a\\x9b2Kb\\u202ec\\x0d\\x0a\\x09\\x00\\x7f');
+  // the bidi marks reorder text as the overrides do (Unicode TR #9)
+  assert.equal(printable('dev\u200fab\u200ecd\u061c'), 'dev\\u200fab\\u200ecd\\u061c');
   assert.equal(printable('plc-gw-17 Linie 3 – Ölpumpe ✓'), 'plc-gw-17 Linie 3 – Ölpumpe ✓', 'ordinary text is unchanged');
   assert.equal(printable(null), 'null');
   fc.assert(
