@@ -15,6 +15,8 @@ export const DEFAULT_DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynami
  * is disconnected (Mosquitto 2.0.11 sends an MQTT 5 client DISCONNECT 0x95 "packet too large" and
  * advertises the limit in CONNACK as Maximum Packet Size, MQTT 5 §3.2.2.3.6). The agent reads it
  * from CONNACK and drops (logs and counts) a message larger than it instead of resending it forever.
+ * It bounds what clients send, not what the broker sends them: a dynsec listClients answer larger
+ * than the limit still reaches the server (measured on Mosquitto 2.0.11), so a big fleet is fine.
  */
 export const BROKER_MAX_PACKET_BYTES = 1024 * 1024;
 /**
