@@ -16,6 +16,9 @@
  *   (QoS 1) only while connected; the outbox entry is removed on PUBACK. On every (re)connect,
  *   whatever is still pending is sent again: at least once, with the id in the MQTT 5 user
  *   property `edgeid-msg-id` for de-duplication.
+ * - A message larger than the broker's Maximum Packet Size (CONNACK, MQTT 5 §3.2.2.3.6) is never
+ *   sent: the broker would end the connection (DISCONNECT 0x95) and every reconnect would resend
+ *   it. It is dropped from the outbox with a warning and counted (outbox `tooLarge`).
  * - `switchCredentials` (after a renewal) closes the current client and opens a new one with the
  *   new certificate; messages published in between wait in the outbox.
  */
@@ -87,6 +90,21 @@ export function isCredentialRefusal(err: Error & { code?: unknown }): boolean {
     return CONNACK_REFUSED.has(err.code) || /^Connection refused: (Bad username|Not authorized)/i.test(err.message);
   return CERT_REFUSED_ALERT.test(String(err.code ?? '')) || CERT_REFUSED_ALERT.test(err.message.replace(/ /g, '_'));
 }
+/** Bytes of a Variable Byte Integer (MQTT 5 §1.5.5). */
+function varIntBytes(n: number): number {
+  return n < 128 ? 1 : n < 16_384 ? 2 : n < 2_097_152 ? 3 : 4;
+}
+
+/**
+ * Size of the QoS 1 PUBLISH that `send` writes, the whole packet as Maximum Packet Size counts it
+ * (MQTT 5 §3.3): fixed header, topic, packet id, properties (one user property with the id), payload.
+ */
+export function publishPacketBytes(topic: string, payloadBytes: number, msgId: string): number {
+  const props = 1 + 2 + Buffer.byteLength(MSG_ID_PROPERTY) + 2 + Buffer.byteLength(msgId);
+  const remaining = 2 + Buffer.byteLength(topic) + 2 + varIntBytes(props) + props + payloadBytes;
+  return 1 + varIntBytes(remaining) + remaining;
+}
+
 export class MqttSession extends EventEmitter {
   private gen: Generation | null = null;
   private stateValue: MqttState = 'idle';
@@ -287,6 +305,18 @@ export class MqttSession extends EventEmitter {
   }
 
   private send(g: Generation, m: OutboxMessage): void {
+    const limit = g.client.serverProperties?.maximumPacketSize;
+    if (limit !== undefined) {
+      const size = publishPacketBytes(m.topic, m.payload.length, m.id);
+      if (size > limit) {
+        this.opts.log.warn(
+          { id: m.id, topic: m.topic, packetBytes: size, maximumPacketSize: limit },
+          'mqtt message larger than the broker accepts: dropped',
+        );
+        this.opts.outbox.dropTooLarge(m.id).catch((e: Error) => this.opts.log.warn({ err: e.message }, 'outbox drop failed'));
+        return;
+      }
+    }
     g.inflight.add(m.id);
     g.client.publish(m.topic, m.payload, { qos: 1, properties: { userProperties: { [MSG_ID_PROPERTY]: m.id } } }, (err) => {
       g.inflight.delete(m.id);

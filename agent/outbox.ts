@@ -33,6 +33,11 @@ export interface OutboxStats {
   pendingBytes: number;
   /** Dropped because the outbox was full (oldest first), since the outbox was created. */
   dropped: number;
+  /**
+   * Dropped because the broker refuses a packet that large (the Maximum Packet Size of its CONNACK,
+   * MQTT 5 §3.2.2.3.6): such a message could never be delivered. Since the outbox was created.
+   */
+  tooLarge: number;
   /** Acknowledged by the broker since this process started. */
   delivered: number;
   maxMessages: number;
@@ -54,6 +59,7 @@ export class Outbox {
   private readonly messages = new Map<string, OutboxMessage>(); // insertion order = seq order
   private bytes = 0;
   private dropped = 0;
+  private tooLarge = 0;
   private delivered = 0;
   private nextSeq = 1;
   private tail: Promise<void> = Promise.resolve();
@@ -76,8 +82,9 @@ export class Outbox {
       const found: OutboxMessage[] = [];
       for (const name of await readdir(dir)) {
         if (name === STATS_FILE) {
-          const s = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as { dropped?: number };
+          const s = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as { dropped?: number; tooLarge?: number };
           box.dropped = Number.isSafeInteger(s.dropped) ? (s.dropped as number) : 0;
+          box.tooLarge = Number.isSafeInteger(s.tooLarge) ? (s.tooLarge as number) : 0;
           continue;
         }
         const m = MSG_RE.exec(name);
@@ -149,7 +156,7 @@ export class Outbox {
       if (evict.length > 0) {
         for (const old of evict) this.forget(old);
         this.dropped += evict.length;
-        await writeFileAtomic(path.join(this.dir, STATS_FILE), JSON.stringify({ dropped: this.dropped }));
+        await this.saveStats();
         await Promise.all(evict.map((old) => rm(path.join(this.dir, fileName(old)), { force: true })));
       }
     } catch (e) {
@@ -170,6 +177,19 @@ export class Outbox {
     await rm(path.join(this.dir, fileName(m)), { force: true });
   }
 
+  /**
+   * The broker will never accept this message (larger than its maximum packet size): forget it and
+   * count it (`tooLarge`), so it is not sent again on every reconnect. Unknown ids are ignored.
+   */
+  async dropTooLarge(id: string): Promise<void> {
+    const m = this.messages.get(id);
+    if (!m) return;
+    this.forget(m);
+    this.tooLarge++;
+    await this.saveStats();
+    await rm(path.join(this.dir, fileName(m)), { force: true });
+  }
+
   has(id: string): boolean {
     return this.messages.has(id);
   }
@@ -184,9 +204,14 @@ export class Outbox {
       pending: this.messages.size,
       pendingBytes: this.bytes,
       dropped: this.dropped,
+      tooLarge: this.tooLarge,
       delivered: this.delivered,
       maxMessages: this.maxMessages,
     };
+  }
+
+  private saveStats(): Promise<void> {
+    return writeFileAtomic(path.join(this.dir, STATS_FILE), JSON.stringify({ dropped: this.dropped, tooLarge: this.tooLarge }));
   }
 
   private forget(m: OutboxMessage): void {

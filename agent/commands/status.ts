@@ -53,7 +53,8 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
   const live = running ? await readJson<AgentStatus>(path.join(stateDir, 'status.json')) : null;
   const outboxDir = path.join(stateDir, 'outbox');
   const files = await readdir(outboxDir).catch(() => [] as string[]);
-  const dropped = (await readJson<{ dropped?: number }>(path.join(outboxDir, 'stats.json')))?.dropped ?? 0;
+  const outboxStats = await readJson<{ dropped?: number; tooLarge?: number }>(path.join(outboxDir, 'stats.json'));
+  const dropped = outboxStats?.dropped ?? 0;
   const cert = state?.certificate;
   const left = cert ? (Date.parse(cert.notAfter) - Date.now()) / 1000 : 0;
   return {
@@ -92,6 +93,7 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
       pending: files.filter((f) => /^\d{16}-.*\.json$/.test(f)).length,
       pendingBytes: live?.outbox.pendingBytes ?? 0,
       dropped,
+      tooLarge: outboxStats?.tooLarge ?? 0,
       delivered: live?.outbox.delivered ?? 0,
       maxMessages: live?.outbox.maxMessages ?? 0,
     },
@@ -130,7 +132,7 @@ export function renderStatus(s: StatusReport): string {
           }`
         : ''),
     `mqtt        ${p(s.mqtt.state)}${s.mqtt.url ? ` ${p(s.mqtt.url)}` : ''}${s.mqtt.lastError ? ` (last error: ${p(s.mqtt.lastError)})` : ''}`,
-    `outbox      ${s.outbox.pending} pending, ${s.outbox.dropped} dropped (full)`,
+    `outbox      ${s.outbox.pending} pending, ${s.outbox.dropped} dropped (full), ${s.outbox.tooLarge} dropped (larger than the broker accepts)`,
     `control     ${s.control.accepted} accepted, ${s.control.ignored} ignored${s.control.lastIgnored ? ` (last: ${p(s.control.lastIgnored.code)})` : ''}`,
   );
   if (s.posture) {

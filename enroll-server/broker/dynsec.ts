@@ -193,14 +193,19 @@ export class DynsecClient {
   /**
    * Quarantine: the device keeps its client but only the quarantine role (its control topic).
    * Idempotent. Mosquitto's dynsec plugin disconnects a client whose roles change, so the live
-   * session ends and a reconnect has only the reduced rights.
+   * session ends and a reconnect has only the reduced rights. The device never holds more than
+   * before, at no moment: a missing client is created with the quarantine role only (never the
+   * full one first), and an existing one loses its full role and gains the quarantine role in one
+   * message, removal first. The plugin runs the commands of one message in order, within one pass
+   * of the broker's single-threaded loop, so no connection sees a state in between.
    */
   async restrictDevice(deviceId: string): Promise<void> {
     const q = quarantineRoleName(deviceId);
+    const full = deviceRoleName(deviceId);
     const acls = quarantineAcls(deviceId);
-    await this.send([{ command: 'createRole', rolename: q, acls }], /already exists/i);
+    // a role nobody holds grants nothing: create (or complete) it first
     await this.send(
-      acls.map((a) => ({ command: 'addRoleACL', rolename: q, ...a })),
+      [{ command: 'createRole', rolename: q, acls }, ...acls.map((a) => ({ command: 'addRoleACL', rolename: q, ...a }))],
       /already exists/i,
     );
     const roles = await this.clientRoles(deviceId);
@@ -211,10 +216,11 @@ export class DynsecClient {
       );
       return;
     }
-    // the quarantine role first, then the full role removed: the control topic is never lost in between
-    if (!roles.includes(q)) await this.send([{ command: 'addClientRole', username: deviceId, rolename: q, priority: 0 }]);
-    if (roles.includes(deviceRoleName(deviceId)))
-      await this.send([{ command: 'removeClientRole', username: deviceId, rolename: deviceRoleName(deviceId) }], /not found/i);
+    const commands: DynsecCommand[] = [];
+    if (roles.includes(full)) commands.push({ command: 'removeClientRole', username: deviceId, rolename: full });
+    // Mosquitto 2.0 answers a duplicate addClientRole with "Internal error": only when missing
+    if (!roles.includes(q)) commands.push({ command: 'addClientRole', username: deviceId, rolename: q, priority: 0 });
+    if (commands.length > 0) await this.send(commands, /not found/i);
   }
 
   /** Approval: the device's own role back (provisionDevice), the quarantine role removed. Idempotent. */

@@ -295,14 +295,21 @@ export class BrokerIntegration {
     const have = new Set((await c.listClients()).filter((u) => u !== BROKER_ADMIN_CN && DEVICE_ID_RE.test(u)));
     const added = [...want].filter((id) => !have.has(id));
     const removed = [...have].filter((id) => !want.has(id));
+    // A quarantined device gets (or keeps) the quarantine role only: one that is missing is created
+    // with it directly, never with its full role first (restrictDevice).
+    const quarantined = new Set((await this.opts.quarantinedDeviceIds?.()) ?? []);
     // several commands in flight (answers are matched by correlationData): a fleet of thousands
     // must not wait for one round trip after another
-    await inParallel(added, RECONCILE_PARALLEL, (id) => withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log));
+    await inParallel(
+      added.filter((id) => !quarantined.has(id)),
+      RECONCILE_PARALLEL,
+      (id) => withRetry('provision', this.retries, () => c.provisionDevice(id), this.opts.log),
+    );
     await inParallel(removed, RECONCILE_PARALLEL, (id) => withRetry('remove', this.retries, () => c.removeDevice(id), this.opts.log));
-    // a quarantined device (re)provisioned above must not keep its full role
-    const quarantined = (await this.opts.quarantinedDeviceIds?.()) ?? [];
-    await inParallel(quarantined, RECONCILE_PARALLEL, (id) =>
-      withRetry('quarantine', this.retries, () => c.restrictDevice(id), this.opts.log),
+    await inParallel(
+      [...quarantined].filter((id) => want.has(id)),
+      RECONCILE_PARALLEL,
+      (id) => withRetry('quarantine', this.retries, () => c.restrictDevice(id), this.opts.log),
     );
     return { added, removed };
   }

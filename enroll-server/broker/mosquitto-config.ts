@@ -7,6 +7,31 @@ import { BROKER_ADMIN_CN, MONITOR_ROLE, type DynsecAcl } from './dynsec.js';
 
 export const DEFAULT_DYNSEC_PLUGIN = '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
 
+/**
+ * Largest MQTT packet the broker accepts from any client, header included: 1 MiB. edgeid's own
+ * messages are far below it (the agent's state heartbeat and a signed control command are under
+ * 2 KiB, a dynsec command a few hundred bytes); application telemetry gets ~500x that. MQTT allows
+ * 256 MiB. mosquitto.conf(5), max_packet_size (Mosquitto 2.0): a client that sends a larger packet
+ * is disconnected (Mosquitto 2.0.11 sends an MQTT 5 client DISCONNECT 0x95 "packet too large" and
+ * advertises the limit in CONNACK as Maximum Packet Size, MQTT 5 §3.2.2.3.6). The agent reads it
+ * from CONNACK and drops (logs and counts) a message larger than it instead of resending it forever.
+ * It bounds what clients send, not what the broker sends them: a dynsec listClients answer larger
+ * than the limit still reaches the server (measured on Mosquitto 2.0.11), so a big fleet is fine.
+ */
+export const BROKER_MAX_PACKET_BYTES = 1024 * 1024;
+/**
+ * Bytes of QoS 1/2 messages the broker queues per client (on top of those in flight), e.g. for a
+ * slow monitor or an offline device's persistent session: 16 MiB, thousands of control commands.
+ * Without it a slow subscriber holds up to max_queued_messages (1000) messages of any size.
+ * mosquitto.conf(5), max_queued_bytes: messages beyond it are dropped for that client (QoS 1/2).
+ */
+export const BROKER_MAX_QUEUED_BYTES = 16 * 1024 * 1024;
+
+/** The resource limits, as config lines (also used by the test harness's own config). */
+export function brokerLimitLines(): string[] {
+  return [`max_packet_size ${BROKER_MAX_PACKET_BYTES}`, `max_queued_bytes ${BROKER_MAX_QUEUED_BYTES}`];
+}
+
 export interface BrokerConfigInput {
   /** Address the TLS listener binds to, e.g. 0.0.0.0 or 127.0.0.1. */
   bindAddress: string;
@@ -49,6 +74,10 @@ export function renderMosquittoConfig(c: BrokerConfigInput): string {
     // the minimum: Mosquitto 2.0 negotiates TLS 1.3 when the client offers it (and then refuses a
     // bad client certificate with an alert after the client's handshake has completed)
     'tls_version tlsv1.2',
+    // what one client can make the broker hold: see BROKER_MAX_PACKET_BYTES, BROKER_MAX_QUEUED_BYTES
+    '# max_packet_size: mosquitto.conf(5); a larger packet ends the connection (MQTT 5: DISCONNECT 0x95).',
+    '# max_queued_bytes: mosquitto.conf(5); per client, QoS 1/2 messages beyond it are dropped.',
+    ...brokerLimitLines(),
     `plugin ${c.pluginPath ?? DEFAULT_DYNSEC_PLUGIN}`,
     `plugin_opt_config_file ${c.dynsecFile}`,
     ...(c.extra ?? []),

@@ -8,6 +8,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { brokerLimitLines } from '../../enroll-server/broker/mosquitto-config.js';
 import { stopChild } from './process.js';
 import { freePort, waitForPort } from './ports.js';
 
@@ -89,6 +90,8 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       // mosquitto.conf(5): the client id is replaced by the username (= the certificate's CN)
       'use_username_as_clientid true',
       'tls_version tlsv1.2',
+      // the same resource limits as the rendered config (max_packet_size, max_queued_bytes)
+      ...brokerLimitLines(),
       ...(opts.crlFile ? [`crlfile ${opts.crlFile}`] : []),
       ...(opts.dynsecFile ? [`plugin ${DYNSEC_PLUGIN}`, `plugin_opt_config_file ${opts.dynsecFile}`] : ['allow_anonymous false']),
       ...(opts.extra ?? []),

@@ -70,7 +70,7 @@ test('agent status text escapes values from the state, the server and the broker
       tpmCommandsPerRenewal: 6,
     },
     mqtt: { state: 'closed', url: evil, serial: null, connectedAt: null, connects: 0, lastError: evil },
-    outbox: { pending: 0, pendingBytes: 0, dropped: 0, delivered: 0, maxMessages: 0 },
+    outbox: { pending: 0, pendingBytes: 0, dropped: 0, tooLarge: 0, delivered: 0, maxMessages: 0 },
     control: { accepted: 0, ignored: 1, lastIgnored: { code: evil } as never },
     posture: { os: { PRETTY_NAME: evil }, kernel: evil, agentHash: evil, configHash: evil },
     updatedAt: '',

@@ -1,7 +1,8 @@
 /**
- * Outside review: broker edges a device (or a certificate without a dynsec client) could try.
- * Real server, real Mosquitto with the config `edgeid-admin broker config` renders, real TLS.
- * Each assertion is the safe outcome.
+ * What one device (or a certificate without a dynsec client) can and cannot make the broker do:
+ * rights, control topics, wills, and the memory it can make the broker hold (max_packet_size,
+ * max_queued_bytes). Real server, real Mosquitto with the config `edgeid-admin broker config`
+ * renders, real TLS. Each assertion is the safe outcome.
  */
 import 'reflect-metadata';
 import { test } from 'node:test';
@@ -9,6 +10,7 @@ import assert from 'node:assert/strict';
 import { randomBytes, webcrypto, KeyObject } from 'node:crypto';
 import mqtt, { type IClientOptions, type IConnackPacket, type MqttClient } from 'mqtt';
 import { MONITOR_ROLE } from '../../enroll-server/broker/dynsec.js';
+import { BROKER_MAX_PACKET_BYTES, BROKER_MAX_QUEUED_BYTES } from '../../enroll-server/broker/mosquitto-config.js';
 import { startDeployment, type Deployment } from '../../scripts/harness/deployment.js';
 import { edgeidCa, publishReason, subscribeReasons } from '../../scripts/harness/revocation.js';
 import { waitFor } from '../../scripts/harness/wait.js';
@@ -27,6 +29,9 @@ async function deviceTls(d: Deployment, deviceId: string): Promise<Tls> {
     key: KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }) as string,
   };
 }
+
+/** PUBACK reason code (MQTT 5 §3.4.2.1; absent = 0 success). */
+const pubackReason = (p: unknown): number => (p as { reasonCode?: number } | undefined)?.reasonCode ?? 0;
 
 const newDeviceId = () => `dev-${randomBytes(8).toString('hex')}`;
 
@@ -115,21 +120,66 @@ test('a device can publish neither to a control topic (own or other) nor to $CON
   assert.ok(!(await dyn.listClients()).includes(evil), 'no dynsec client was created by a will');
 });
 
-test('one device cannot make the broker hold an unbounded message (no max_packet_size / message_size_limit)', async (t) => {
+test('a device packet larger than max_packet_size ends its connection with DISCONNECT 0x95 and reaches no subscriber', async (t) => {
   const d = await startDeployment();
   t.after(() => d.stop());
   const A = newDeviceId();
   await (await d.dynsec()).provisionDevice(A);
+  const monitorId = await d.serviceIdentity('edgeid-limits-monitor', { roles: [MONITOR_ROLE] });
+  const { client: monitor } = await connect(t, d.broker.url, monitorId.tls, 'm');
+  const seen: { topic: string; bytes: number }[] = [];
+  monitor.on('message', (topic, p) => seen.push({ topic, bytes: p.length }));
+  await monitor.subscribeAsync(`devices/${A}/#`, { qos: 1 });
+
+  const tlsA = await deviceTls(d, A);
+  const { client: a, connack } = await connect(t, d.broker.url, tlsA, A);
+  // the broker announces its limit (MQTT 5 §3.2.2.3.6), which the agent reads
+  assert.equal(connack?.properties?.maximumPacketSize, BROKER_MAX_PACKET_BYTES, 'CONNACK Maximum Packet Size');
+  const disconnected = new Promise<number | undefined>((resolve) => a.once('disconnect', (p) => resolve(p.reasonCode)));
+  const closed = new Promise<void>((resolve) => a.once('close', () => resolve()));
+  // the payload alone is the limit: with its header the packet is larger
+  a.publish(`devices/${A}/blob`, Buffer.alloc(BROKER_MAX_PACKET_BYTES, 0x61), { qos: 1 }, () => undefined);
+  assert.equal(await disconnected, 0x95, 'DISCONNECT reason: packet too large (MQTT 5 §3.14.2.1)');
+  await closed;
+
+  // a message just under the limit still goes through, and the large one was never delivered
+  const { client: a2 } = await connect(t, d.broker.url, tlsA, A);
+  const fits = BROKER_MAX_PACKET_BYTES - 1024;
+  assert.equal(pubackReason(await a2.publishAsync(`devices/${A}/fits`, Buffer.alloc(fits, 0x62), { qos: 1 })), 0);
+  await waitFor('the fitting message at the monitor', () => seen.some((m) => m.topic === `devices/${A}/fits`));
+  assert.deepEqual(seen, [{ topic: `devices/${A}/fits`, bytes: fits }]);
+});
+
+test('the broker queues at most max_queued_bytes of one device messages for an offline subscriber', async (t) => {
+  const d = await startDeployment();
+  t.after(() => d.stop());
+  const A = newDeviceId();
+  await (await d.dynsec()).provisionDevice(A);
+  const monitorId = await d.serviceIdentity('edgeid-limits-slow', { roles: [MONITOR_ROLE] });
+  const persistent = { clean: false, properties: { sessionExpiryInterval: 600 } };
+  const { client: m1 } = await connect(t, d.broker.url, monitorId.tls, 'slow', persistent);
+  await m1.subscribeAsync(`devices/${A}/#`, { qos: 1 });
+  await m1.endAsync(); // offline: the broker queues for its session
+
   const { client: a } = await connect(t, d.broker.url, await deviceTls(d, A), A);
-  // 64 MiB, 4x the agent's own largest message (outbox.maxBytes 16 MiB); MQTT allows 256 MiB
-  const huge = Buffer.alloc(64 * 1024 * 1024, 0x61);
-  let outcome: string;
-  try {
-    const packet = await a.publishAsync(`devices/${A}/blob`, huge, { qos: 1 });
-    const rc = (packet as { reasonCode?: number } | undefined)?.reasonCode ?? 0;
-    outcome = rc >= 128 ? `refused ${rc}` : `accepted ${rc}`;
-  } catch (e) {
-    outcome = `refused ${String((e as Error).message)}`;
+  const each = BROKER_MAX_PACKET_BYTES - 1024;
+  const sent = Math.ceil((2 * BROKER_MAX_QUEUED_BYTES) / each); // twice what may be queued
+  for (let i = 0; i < sent; i++) {
+    const ack = await a.publishAsync(`devices/${A}/bulk`, Buffer.alloc(each, 0x63), { qos: 1 });
+    assert.equal(pubackReason(ack), 0, `publish ${i} accepted by the broker`);
   }
-  assert.match(outcome, /^refused/, `the broker bounds a device's message size: ${outcome}`);
+
+  const received: { topic: string; bytes: number }[] = [];
+  const { client: m2 } = await connect(t, d.broker.url, monitorId.tls, 'slow', persistent);
+  m2.on('message', (topic, p) => received.push({ topic, bytes: p.length }));
+  // QoS 1 to one subscriber keeps its order: once the marker is here, the queue has been delivered
+  await a.publishAsync(`devices/${A}/marker`, 'end', { qos: 1 });
+  await waitFor('the marker', () => received.some((m) => m.topic === `devices/${A}/marker`), 60_000);
+  const bulk = received.filter((m) => m.topic === `devices/${A}/bulk`);
+  assert.ok(bulk.length > 0, 'the queue delivered something');
+  assert.ok(bulk.length < sent, `${bulk.length} of ${sent} queued: the rest was dropped`);
+  // max_queued_bytes counts queued messages beyond those in flight: bounded by the limit plus one window
+  const bytes = bulk.reduce((n, m) => n + m.bytes, 0);
+  assert.ok(bytes <= BROKER_MAX_QUEUED_BYTES + 21 * each, `${bytes} bytes were held for the offline subscriber`);
+  assert.match(d.broker.log(), /Outgoing messages are being dropped for client/);
 });
