@@ -5,6 +5,7 @@
  * which the dynsec file makes the admin.
  */
 import { randomUUID } from 'node:crypto';
+import { once, type EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 
 export const DYNSEC_TOPIC = '$CONTROL/dynamic-security/v1';
@@ -92,10 +93,22 @@ export class DynsecClient {
     { resolve: (r: DynsecResponse[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
   >();
 
+  /** The response subscription of the current connection (renewed on every reconnect). */
+  private subscribed: Promise<unknown>;
+
   private constructor(
     private readonly client: MqttClient,
     private readonly timeoutMs: number,
   ) {
+    // a clean session loses its subscription with the connection (a broker restart): subscribe
+    // again on every connect, and send nothing before the broker confirmed it, or the answer to a
+    // command sent right after a reconnect is published before anyone listens for it
+    this.subscribed = client.subscribeAsync(DYNSEC_RESPONSE_TOPIC, { qos: 1 });
+    this.subscribed.catch(() => undefined);
+    client.on('connect', () => {
+      this.subscribed = client.subscribeAsync(DYNSEC_RESPONSE_TOPIC, { qos: 1 });
+      this.subscribed.catch(() => undefined);
+    });
     client.on('message', (topic, payload) => {
       if (topic !== DYNSEC_RESPONSE_TOPIC) return;
       let body: { responses?: DynsecResponse[] };
@@ -122,9 +135,10 @@ export class DynsecClient {
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
       clean: true,
+      resubscribe: false, // the constructor subscribes on every connect, and sends wait for it
     });
     const dc = new DynsecClient(client, opts.timeoutMs ?? 5000);
-    await client.subscribeAsync(DYNSEC_RESPONSE_TOPIC, { qos: 1 });
+    await dc.subscribed;
     return dc;
   }
 
@@ -149,6 +163,8 @@ export class DynsecClient {
     });
     // the answer may time out while the publish is still pending: never an unhandled rejection
     answer.catch(() => undefined);
+    if (!this.client.connected) await Promise.race([once(this.client as unknown as EventEmitter, 'connect'), answer]);
+    await Promise.race([this.subscribed, answer]);
     await this.client.publishAsync(DYNSEC_TOPIC, JSON.stringify(body), { qos: 1 });
     const responses = await answer;
     for (const r of responses) {

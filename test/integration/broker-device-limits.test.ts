@@ -42,7 +42,15 @@ async function connect(
   clientId: string,
   extra: Partial<IClientOptions> = {},
 ): Promise<{ client: MqttClient; connack: IConnackPacket | null; error: unknown }> {
-  const client = mqtt.connect(url, { ...tls, clientId, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 10_000, clean: true, ...extra });
+  const client = mqtt.connect(url, {
+    ...tls,
+    clientId,
+    protocolVersion: 5,
+    reconnectPeriod: 0,
+    connectTimeout: 10_000,
+    clean: true,
+    ...extra,
+  });
   t.after(() => client.endAsync(true));
   return new Promise((resolve) => {
     client.once('connect', (connack) => resolve({ client, connack, error: null }));
@@ -92,7 +100,9 @@ test('a device can publish neither to a control topic (own or other) nor to $CON
     { topic: `edgeid/${B}/control`, payload: Buffer.from('will-forged'), qos: 1 as const, retain: false },
     {
       topic: '$CONTROL/dynamic-security/v1',
-      payload: Buffer.from(JSON.stringify({ commands: [{ command: 'createClient', username: evil, roles: [{ rolename: 'edgeid-admin' }] }] })),
+      payload: Buffer.from(
+        JSON.stringify({ commands: [{ command: 'createClient', username: evil, roles: [{ rolename: 'edgeid-admin' }] }] }),
+      ),
       qos: 1 as const,
       retain: false,
     },
@@ -102,10 +112,12 @@ test('a device can publish neither to a control topic (own or other) nor to $CON
     if (connack === null) continue; // refused at CONNECT: safe
     const before = d.broker.log().length;
     w.stream.destroy(); // no DISCONNECT: the broker sends the will
-    await waitFor('the broker to drop A', () => /disconnect|closing|closed|Socket error/i.test(d.broker.log().slice(before)), 10_000).catch((e) => {
-      console.log('BROKER LOG TAIL', d.broker.log().slice(-3000));
-      throw e;
-    });
+    await waitFor('the broker to drop A', () => /disconnect|closing|closed|Socket error/i.test(d.broker.log().slice(before)), 10_000).catch(
+      (e) => {
+        console.log('BROKER LOG TAIL', d.broker.log().slice(-3000));
+        throw e;
+      },
+    );
   }
   // a round trip after the wills
   const { client: b } = await connect(t, d.broker.url, await deviceTls(d, B), B);

@@ -117,7 +117,10 @@ test('broker monitor add/list/remove: own identities that read and never write; 
   assert.ok(Buffer.from(cert.publicKey.export({ type: 'spki', format: 'der' })).equals(keySpki), 'the certificate is for the key in DIR');
   assert.ok(!d.server.log().includes((await readFile(a.files.keyFile, 'utf8')).split('\n')[1]!), 'no key material in the server log');
   const human = await d.admin(['broker', 'monitor', 'add', 'ops-b', '--out', outDir]);
-  assert.match(human, /mosquitto_sub -h 127\.0\.0\.1 -p \d+ --cafile \S+ca\.pem --cert \S+edgeid-monitor-ops-b\.pem --key \S+edgeid-monitor-ops-b\.key/);
+  assert.match(
+    human,
+    /mosquitto_sub -h 127\.0\.0\.1 -p \d+ --cafile \S+ca\.pem --cert \S+edgeid-monitor-ops-b\.pem --key \S+edgeid-monitor-ops-b\.key/,
+  );
   const b: AddOutput = {
     monitor: { name: 'ops-b', commonName: 'edgeid-monitor-ops-b', serial: '', notAfter: '' },
     files: {
@@ -268,14 +271,16 @@ test('broker monitor add/list/remove: own identities that read and never write; 
     listedAfter.map((m) => m.name),
     ['ops-b'],
   );
-  assert.ok(!((await dyn.listClients()).sort()).includes('edgeid-monitor-ops-a'));
+  assert.ok(!(await dyn.listClients()).sort().includes('edgeid-monitor-ops-a'));
   // a second remove: nothing left to remove
   const twice = await d.adminApi<{ error: { code: string } }>('POST', '/v1/admin/broker/monitors/ops-a/remove', {});
   assert.deepEqual([twice.status, twice.body.error.code], [404, 'broker_monitor_unknown']);
 
   // ---- one audit row per action ----
   const rows = (await auditRows(d)).filter((r) => r.event.startsWith('admin.broker.monitor.'));
-  const summary = rows.map((r) => `${r.event} ${r.outcome} ${r.reason ?? ''} ${(r.details as { name?: string } | null)?.name ?? ''}`.trim());
+  const summary = rows.map((r) =>
+    `${r.event} ${r.outcome} ${r.reason ?? ''} ${(r.details as { name?: string } | null)?.name ?? ''}`.trim(),
+  );
   assert.deepEqual(summary.slice(0, 3), [
     'admin.broker.monitor.add ok  ops-a',
     'admin.broker.monitor.add ok  ops-b',
@@ -283,7 +288,11 @@ test('broker monitor add/list/remove: own identities that read and never write; 
   ]);
   assert.equal(summary.filter((s) => s === 'admin.broker.monitor.add fail broker_monitor_exists ops-a').length, 2, summary.join('\n'));
   assert.equal(summary.filter((s) => s === 'admin.broker.monitor.remove ok  ops-a').length, 1, summary.join('\n'));
-  assert.equal(summary.filter((s) => s.startsWith('admin.broker.monitor.remove fail broker_monitor_unknown')).length, 2, summary.join('\n'));
+  assert.equal(
+    summary.filter((s) => s.startsWith('admin.broker.monitor.remove fail broker_monitor_unknown')).length,
+    2,
+    summary.join('\n'),
+  );
   const removeRow = rows.find((r) => r.event === 'admin.broker.monitor.remove' && r.outcome === 'ok')!;
   assert.equal(norm(String((removeRow.details as { serial?: string }).serial)), norm(a.monitor.serial));
 });

@@ -40,7 +40,12 @@ async function setup(t: import('node:test').TestContext) {
   // a second admin identity reads the state back (one CN is one client id: not the server's)
   initial.clients.push({ username: 'edgeid-test-observer', roles: [{ rolename: 'edgeid-admin' }] });
   await writeFile(dynsecFile, JSON.stringify(initial), { mode: 0o600 });
-  const broker = await startMosquitto({ caFile: pki.caFile, certFile: pki.files('server').cert, keyFile: pki.files('server').key, dynsecFile });
+  const broker = await startMosquitto({
+    caFile: pki.caFile,
+    certFile: pki.files('server').cert,
+    keyFile: pki.files('server').key,
+    dynsecFile,
+  });
   t.after(() => broker.stop());
   const tlsOf = async (name: string) => ({
     ca: await readFile(pki.caFile),

@@ -40,7 +40,13 @@ test('the spread never exceeds the cap; later attempts and failed first connects
     2_000,
   );
   for (const r of [0, 0.3, 0.999]) {
-    assert.equal(reconnectDelay(1, false, policy, () => r), backoffDelay(1, policy, () => r));
-    assert.equal(reconnectDelay(3, true, policy, () => r), backoffDelay(3, policy, () => r));
+    assert.equal(
+      reconnectDelay(1, false, policy, () => r),
+      backoffDelay(1, policy, () => r),
+    );
+    assert.equal(
+      reconnectDelay(3, true, policy, () => r),
+      backoffDelay(3, policy, () => r),
+    );
   }
 });

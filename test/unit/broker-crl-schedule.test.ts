@@ -19,7 +19,13 @@ import { waitFor } from '../../scripts/harness/wait.js';
 const H = 3600_000;
 
 function crl(number: number, serials: string[], nextUpdate: number): CrlChange {
-  const data = { der: Buffer.alloc(0), pem: `CRL ${number}\n`, number: BigInt(number), thisUpdate: new Date(0), nextUpdate: new Date(nextUpdate) };
+  const data = {
+    der: Buffer.alloc(0),
+    pem: `CRL ${number}\n`,
+    number: BigInt(number),
+    thisUpdate: new Date(0),
+    nextUpdate: new Date(nextUpdate),
+  };
   return { ...data, longLived: { ...data, number: BigInt(number + 1), pem: `LONG CRL ${number + 1}\n` }, serials };
 }
 
@@ -139,7 +145,10 @@ test('a failed reload is reported, retried after retryMs, and the broker is not 
   await waitFor('the reload', () => h.calls.reloads.length === 2, { timeoutMs: 5000, intervalMs: 10 });
   assert.deepEqual(h.calls.reloads[1], { why: 'schedule', error: null });
   assert.equal(s.status().lastError, null);
-  assert.equal((JSON.parse(readFileSync(path.join(h.dir, 'crl-state.json'), 'utf8')) as { loaded: { serials: string[] } }).loaded.serials[0], 'aa');
+  assert.equal(
+    (JSON.parse(readFileSync(path.join(h.dir, 'crl-state.json'), 'utf8')) as { loaded: { serials: string[] } }).loaded.serials[0],
+    'aa',
+  );
 });
 
 test('every: 0 loads each new CRL at once; an operator may force a reload at any time', async (t) => {
@@ -159,7 +168,8 @@ test('every: 0 loads each new CRL at once; an operator may force a reload at any
 
 test('config: broker.crlReload defaults to a day / a week; refreshBefore below a day or an unknown key is refused', () => {
   const base = { broker: { url: 'mqtts://127.0.0.1:8883', crlFile: '/tmp/crl.pem' } };
-  const load = (file: Record<string, unknown>) => loadConfig({ argv: ['--data', '/tmp/edgeid-x', '--listen', '127.0.0.1:0'], env: {}, file });
+  const load = (file: Record<string, unknown>) =>
+    loadConfig({ argv: ['--data', '/tmp/edgeid-x', '--listen', '127.0.0.1:0'], env: {}, file });
   assert.deepEqual(load(base).broker?.crlReload, { every: 86400, refreshBefore: 7 * 86400 });
   assert.deepEqual(load({ broker: { ...base.broker, crlReload: { every: 0, refreshBefore: '2d' } } }).broker?.crlReload, {
     every: 0,
