@@ -20,9 +20,11 @@ import { waitFor } from '../../scripts/harness/wait.js';
 test('after a broker restart, the first reconnect of each session is drawn from [0, spread], not from [base/2, base]', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-reconnect-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
+  // one certificate per session: the broker names a client by its certificate's CN
+  // (use_username_as_clientid), so sessions sharing one would end each other's
   const pki = await makeTestPki(dir, [
     { name: 'server', cn: 'localhost' },
-    { name: 'client', cn: 'device-1' },
+    ...Array.from({ length: 20 }, (_, i) => ({ name: `client-${i}`, cn: `device-${i}` })),
   ]);
   const broker = await startMosquitto({
     caFile: pki.caFile,
@@ -31,11 +33,12 @@ test('after a broker restart, the first reconnect of each session is drawn from 
     extra: ['allow_anonymous true'],
   });
   t.after(() => broker.stop());
-  const secureContext = tls.createSecureContext({
-    ca: await readFile(pki.caFile),
-    cert: await readFile(pki.files('client').cert),
-    key: await readFile(pki.files('client').key),
-  });
+  const secureContextOf = async (i: number) =>
+    tls.createSecureContext({
+      ca: await readFile(pki.caFile),
+      cert: await readFile(pki.files(`client-${i}`).cert),
+      key: await readFile(pki.files(`client-${i}`).key),
+    });
 
   // the sessions' debug log: 'mqtt reconnect scheduled' carries each delay
   const scheduled: { inMs: number; failures: number }[] = [];
@@ -64,7 +67,7 @@ test('after a broker restart, the first reconnect of each session is drawn from 
     });
     sessions.push(s);
     t.after(() => s.close());
-    await s.switchCredentials({ secureContext, serial: '01' });
+    await s.switchCredentials({ secureContext: await secureContextOf(i), serial: '01' });
   }
   await waitFor('20 sessions connected', () => sessions.every((s) => s.state === 'connected'), { timeoutMs: 20_000 });
 
