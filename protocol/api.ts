@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { EdgeidError } from './errors/index.js';
 import Type, { type Static, type TSchema } from 'typebox';
 
 /**
@@ -626,15 +627,21 @@ export function enrollUri(p: { server: string; token: string; caFingerprint: str
   return `edgeid://enroll?${q.toString()}`;
 }
 
+/** Reads an enrollment link (a QR code's text: untrusted); anything else is `enroll_uri_invalid`. */
 export function parseEnrollUri(uri: string): { server: string; token: string; caFingerprint: string; zone?: string } {
-  const u = new URL(uri);
+  let u: URL;
+  try {
+    u = new URL(uri);
+  } catch {
+    throw new EdgeidError('enroll_uri_invalid', 'not a URI');
+  }
   if (u.protocol !== 'edgeid:' || (u.hostname !== 'enroll' && u.pathname.replace(/^\/+/, '') !== 'enroll')) {
-    throw new TypeError('not an edgeid://enroll URI');
+    throw new EdgeidError('enroll_uri_invalid', 'not an edgeid://enroll URI');
   }
   const server = u.searchParams.get('server');
   const token = u.searchParams.get('token');
   const ca = u.searchParams.get('ca');
-  if (!server || !token || !ca) throw new TypeError('edgeid://enroll URI needs server, token and ca');
+  if (!server || !token || !ca) throw new EdgeidError('enroll_uri_invalid', 'edgeid://enroll URI needs server, token and ca');
   const zone = u.searchParams.get('zone');
   return { server, token, caFingerprint: ca, ...(zone ? { zone } : {}) };
 }
