@@ -13,6 +13,7 @@ import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
 import { createToken } from '../../enroll-server/services/tokens.js';
 import type { DeviceRecord } from '../../enroll-server/store/store.js';
+import { openEnrollmentSession } from './seed.js';
 
 export interface CrowdIdentity {
   deviceId: string;
@@ -33,28 +34,7 @@ export async function seedCrowd(dataDir: string, n: number, prefix = 'crowd'): P
   try {
     for (let i = 0; i < n; i++) {
       const t = await createToken(ctx, { zone: 'default', owner: 'crowd', name: `${prefix}-${i}` }, { ip: '127.0.0.1', actor: 'admin' });
-      const now = Date.now();
-      const ekHash = randomBytes(32).toString('hex');
-      const sessionId = randomBytes(16).toString('hex');
-      const started = await ctx.store.startEnrollment({
-        tokenId: t.id,
-        ekHash,
-        now,
-        session: {
-          id: sessionId,
-          tokenId: t.id,
-          ekHash,
-          akPub: randomBytes(64),
-          secretHash: randomBytes(32),
-          nonce: randomBytes(32),
-          ip: '127.0.0.1',
-          createdAt: now,
-          expiresAt: now + 60_000,
-          usedAt: null,
-        },
-        audit: { time: now, actor: 'device', event: 'enroll.start', ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, ekHash } },
-      });
-      if (started !== 'ok') throw new Error(`crowd: startEnrollment said ${started}`);
+      const { sessionId, ekHash, now } = await openEnrollmentSession(ctx, t.id);
       const id = `dev-${randomBytes(8).toString('hex')}`;
       const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const spki = publicKey.export({ type: 'spki', format: 'der' });

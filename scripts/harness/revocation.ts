@@ -9,7 +9,7 @@
  * - a wide-view observer on the broker (a client of its own that may read every topic).
  */
 import 'reflect-metadata';
-import { X509Certificate, webcrypto } from 'node:crypto';
+import { KeyObject, X509Certificate, webcrypto } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import tls, { type SecureContext } from 'node:tls';
@@ -292,6 +292,23 @@ export async function foreignCaCertificate(cn: string, spki: Buffer): Promise<st
 /** The edgeid CA of a server data dir, opened in-process (its real keys in data/ca). */
 export function edgeidCa(dataDir: string): Promise<CertificateAuthority> {
   return CertificateAuthority.open({ dir: path.join(dataDir, 'ca'), hostnames: [] });
+}
+
+/**
+ * TLS options of a device whose certificate comes from the server's CA (what enrollment issues, 1 h)
+ * for a fresh software key: for broker tests where the broker, not the TPM, is under test.
+ */
+export async function softwareDeviceTls(dataDir: string, deviceId: string): Promise<{ ca: string; cert: string; key: string }> {
+  const ca = await edgeidCa(dataDir);
+  const alg = { name: 'ECDSA', namedCurve: 'P-256' } as const;
+  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
+  const issued = await ca.issueDevice({ deviceId, zone: 'default', spki, lifetimeSeconds: 3600, crlUrl: 'https://127.0.0.1/v1/crl' });
+  return {
+    ca: ca.chainPem.join(''),
+    cert: issued.pem + ca.chainPem[0]!,
+    key: KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }) as string,
+  };
 }
 
 /** A device certificate from the real edgeid CA whose notAfter passed `agoSeconds` ago (PEM leaf + issuing CA). */

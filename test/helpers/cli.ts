@@ -14,6 +14,7 @@ import type { DeviceRecord } from '../../enroll-server/store/store.js';
 import { NO_EVENT_LOG } from '../../scripts/harness/eventlog.js';
 import { REPO } from '../../scripts/harness/fs.js';
 import { programCommand, type Program } from '../../scripts/harness/bins.js';
+import { openEnrollmentSession } from '../../scripts/harness/seed.js';
 
 /** How each CLI is started: scripts/harness/bins.ts (EDGEID_TEST_BINS: source, dist or installed). */
 export const BINS: Record<Program, string[]> = {
@@ -130,28 +131,7 @@ export async function seedDataDir(dataDir: string, o: SeedOptions): Promise<stri
         { zone: 'default', owner: long('owner', i, 100), name: long('gw', i, 120), purpose: long('purpose', i, 250) },
         meta,
       );
-      const now = Date.now();
-      const ekHash = randomBytes(32).toString('hex');
-      const sessionId = randomBytes(16).toString('hex');
-      const started = await ctx.store.startEnrollment({
-        tokenId: t.id,
-        ekHash,
-        now,
-        session: {
-          id: sessionId,
-          tokenId: t.id,
-          ekHash,
-          akPub: randomBytes(64),
-          secretHash: randomBytes(32),
-          nonce: randomBytes(32),
-          ip: '127.0.0.1',
-          createdAt: now,
-          expiresAt: now + 60_000,
-          usedAt: null,
-        },
-        audit: { time: now, actor: 'device', event: 'enroll.start', ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, ekHash } },
-      });
-      if (started !== 'ok') throw new Error(`seeding: startEnrollment said ${started}`);
+      const { sessionId, ekHash, now } = await openEnrollmentSession(ctx, t.id);
       const id = `dev-${randomBytes(8).toString('hex')}`;
       const first = i === 0 ? o.firstDevice : undefined;
       const device: DeviceRecord = {

@@ -9,12 +9,11 @@
 import 'reflect-metadata';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes, webcrypto } from 'node:crypto';
-import { KeyObject } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import mqtt, { type IClientOptions, type IConnackPacket, type MqttClient } from 'mqtt';
 import { MONITOR_ROLE } from '../../enroll-server/broker/dynsec.js';
 import { startDeployment, type Deployment } from '../../scripts/harness/deployment.js';
-import { edgeidCa, publishReason, subscribeReasons } from '../../scripts/harness/revocation.js';
+import { softwareDeviceTls, publishReason, subscribeReasons } from '../../scripts/harness/revocation.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 
 const NOT_AUTHORIZED_V5 = 135;
@@ -22,19 +21,8 @@ const FAILURE_V311 = 128;
 
 type Tls = Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
 
-/** A device certificate from the server's CA (what enrollment issues) for a fresh software key. */
-async function deviceTls(d: Deployment, deviceId: string): Promise<Tls> {
-  const ca = await edgeidCa(d.dataDir);
-  const alg = { name: 'ECDSA', namedCurve: 'P-256' } as const;
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
-  const issued = await ca.issueDevice({ deviceId, zone: 'default', spki, lifetimeSeconds: 3600, crlUrl: 'https://127.0.0.1/v1/crl' });
-  return {
-    ca: ca.chainPem.join(''),
-    cert: issued.pem + ca.chainPem[0]!,
-    key: KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }) as string,
-  };
-}
+/** A device certificate from the server's CA for a fresh software key. */
+const deviceTls = (d: Deployment, deviceId: string): Promise<Tls> => softwareDeviceTls(d.dataDir, deviceId);
 
 const newDeviceId = () => `dev-${randomBytes(8).toString('hex')}`;
 

@@ -7,28 +7,18 @@
 import 'reflect-metadata';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes, webcrypto, KeyObject } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import mqtt, { type IClientOptions, type IConnackPacket, type MqttClient } from 'mqtt';
 import { MONITOR_ROLE } from '../../enroll-server/broker/dynsec.js';
 import { BROKER_MAX_PACKET_BYTES, BROKER_MAX_QUEUED_BYTES } from '../../enroll-server/broker/mosquitto-config.js';
 import { startDeployment, type Deployment } from '../../scripts/harness/deployment.js';
-import { edgeidCa, publishReason, subscribeReasons } from '../../scripts/harness/revocation.js';
+import { softwareDeviceTls, publishReason, subscribeReasons } from '../../scripts/harness/revocation.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 
 type Tls = Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
 
-async function deviceTls(d: Deployment, deviceId: string): Promise<Tls> {
-  const ca = await edgeidCa(d.dataDir);
-  const alg = { name: 'ECDSA', namedCurve: 'P-256' } as const;
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
-  const issued = await ca.issueDevice({ deviceId, zone: 'default', spki, lifetimeSeconds: 3600, crlUrl: 'https://127.0.0.1/v1/crl' });
-  return {
-    ca: ca.chainPem.join(''),
-    cert: issued.pem + ca.chainPem[0]!,
-    key: KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }) as string,
-  };
-}
+/** A device certificate from the server's CA for a fresh software key. */
+const deviceTls = (d: Deployment, deviceId: string): Promise<Tls> => softwareDeviceTls(d.dataDir, deviceId);
 
 /** PUBACK reason code (MQTT 5 §3.4.2.1; absent = 0 success). */
 const pubackReason = (p: unknown): number => (p as { reasonCode?: number } | undefined)?.reasonCode ?? 0;

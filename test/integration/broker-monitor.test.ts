@@ -10,7 +10,7 @@ import 'reflect-metadata';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createPrivateKey, createPublicKey, randomBytes, webcrypto, KeyObject, X509Certificate } from 'node:crypto';
+import { createPrivateKey, createPublicKey, randomBytes, X509Certificate } from 'node:crypto';
 import { readFile, stat, writeFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -25,8 +25,8 @@ import { programCommand } from '../../scripts/harness/bins.js';
 import { addTestDynsecClient, startDeployment } from '../../scripts/harness/deployment.js';
 import { REPO, tmpDir } from '../../scripts/harness/fs.js';
 import {
-  edgeidCa,
   publishReason,
+  softwareDeviceTls,
   startRevocationDeployment,
   subscribeReasons,
   tlsHandshake,
@@ -67,19 +67,7 @@ async function monitorTls(out: AddOutput): Promise<Tls> {
   };
 }
 
-/** A device certificate from the server's CA (what enrollment issues) for a fresh software key. */
-async function deviceTls(dataDir: string, deviceId: string): Promise<Tls> {
-  const ca = await edgeidCa(dataDir);
-  const alg = { name: 'ECDSA', namedCurve: 'P-256' } as const;
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
-  const issued = await ca.issueDevice({ deviceId, zone: 'default', spki, lifetimeSeconds: 3600, crlUrl: 'https://127.0.0.1/v1/crl' });
-  return {
-    ca: ca.chainPem.join(''),
-    cert: issued.pem + ca.chainPem[0]!,
-    key: KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }) as string,
-  };
-}
+const deviceTls = softwareDeviceTls;
 
 function connect(t: import('node:test').TestContext, url: string, creds: Tls, clientId: string): Promise<MqttClient> {
   const p = mqtt.connectAsync(url, { ...creds, clientId, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 10_000, clean: true });
