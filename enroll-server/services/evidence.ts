@@ -1,11 +1,11 @@
 import 'reflect-metadata';
-import { createHash, createPublicKey } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
+import { createHash } from 'node:crypto';
 import { canonicalJson, quoteQualifyingData, type Claims, type Evidence } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG, TPM_ECC_CURVE } from '../../protocol/tpm/constants.js';
 import { parsePublic, publicKeySpkiDer, type TpmPublic } from '../../protocol/tpm/public.js';
 import { verifyCertify, verifyQuote } from '../../protocol/tpm/verify.js';
+import { checkCsr } from './csr.js';
 import type { ZonePolicy } from '../config.js';
 
 const MAX_CLAIMS_JSON = 8 * 1024;
@@ -65,34 +65,6 @@ export function checkPcrValues(zone: ZonePolicy, values: Record<string, string>)
   return map;
 }
 
-async function checkCsr(csrDer: Buffer, spki: Buffer): Promise<void> {
-  let csr: x509.Pkcs10CertificateRequest;
-  try {
-    csr = new x509.Pkcs10CertificateRequest(csrDer);
-  } catch {
-    throw new EdgeidError('csr_malformed');
-  }
-  let ok = false;
-  try {
-    ok = await csr.verify();
-  } catch {
-    ok = false;
-  }
-  if (!ok) throw new EdgeidError('csr_bad_signature');
-  // compared as keys, not as the CSR's bytes: an SPKI has more than one encoding of one key (e.g.
-  // a compressed EC point, SEC 1 §2.3.3), so both sides go through node:crypto's DER export
-  let csrSpki: Buffer;
-  try {
-    csrSpki = createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' }).export({
-      type: 'spki',
-      format: 'der',
-    });
-  } catch {
-    throw new EdgeidError('csr_key_mismatch');
-  }
-  if (!csrSpki.equals(spki)) throw new EdgeidError('csr_key_mismatch');
-}
-
 /**
  * Verifies the evidence of one certificate request against the device's AK and the nonce the
  * server issued. In this order, each failure with its own code:
@@ -145,7 +117,7 @@ export async function verifyEvidence(p: {
     pcrValues,
   });
 
-  await checkCsr(b64('csr', evidence.csr), spki);
+  checkCsr(b64('csr', evidence.csr), spki);
 
   const pcrs: Record<string, string> = {};
   for (const [k, v] of pcrValues) pcrs[String(k)] = v.toString('hex');

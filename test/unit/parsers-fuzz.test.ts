@@ -1,23 +1,28 @@
 /**
  * Parsers of what reaches a device or a server from outside, fuzzed with 10,000 seeded inputs each
  * (FUZZ_RUNS for more): enrollment links (`edgeid://` URIs from a QR code), signed control
- * commands (from the broker), and the agent's and the server's config files. Structure-aware: valid
+ * commands (from the broker), the agent's and the server's config files, device CSRs (the server's
+ * check) and the agent's hand-written CSR encoder (against the library's). Structure-aware: valid
  * inputs with one part mutated, plus random text. Every input either parses or fails with a typed
  * EdgeidError carrying a registered code; nothing else is ever thrown.
  */
 import 'reflect-metadata';
 import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign as nodeSign } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { applyConfigObject, defaultConfig } from '../../agent/config.js';
+import { buildCsr as buildCsrDer } from '../../agent/tpm/csr.js';
 import { loadConfig } from '../../enroll-server/config.js';
 import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
+import { checkCsr } from '../../enroll-server/services/csr.js';
 import { parseEnrollUri } from '../../protocol/api.js';
 import { verifyControlCommand } from '../../protocol/control.js';
 import { ERRORS, isEdgeidError } from '../../protocol/errors/index.js';
+import { buildCsr as buildCsrReference } from '../helpers/csr-reference.js';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 10_000);
 const SEED = Number(process.env.FUZZ_SEED ?? 20261201);
@@ -157,6 +162,55 @@ test(`signed control commands: ${RUNS} mutated messages verify or fail with a co
   });
   fc.assert(
     fc.property(fc.oneof(mutateText(message), b64Mutations), (m) => typedOnly(() => verifyControlCommand(m, opts))),
+    { numRuns: RUNS, seed: SEED },
+  );
+});
+
+test(`device CSRs: ${RUNS} mutated requests pass the server's check only unchanged, or fail with a csr_ code`, async () => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  const csr = await buildCsrDer({ spki, commonName: 'dev-0123456789abcdef', sign: async (tbs) => nodeSign('sha256', tbs, privateKey) });
+  await checkCsr(csr, spki);
+  const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+  const mutated = fc.oneof(
+    // one byte changed anywhere (DER lengths, tags, OIDs, key, signature)
+    fc.tuple(fc.nat(csr.length - 1), fc.integer({ min: 1, max: 255 })).map(([i, x]) => {
+      const b = Buffer.from(csr);
+      b[i]! ^= x;
+      return b;
+    }),
+    fc.nat(csr.length - 1).map((n) => csr.subarray(0, n)),
+    fc.uint8Array({ maxLength: 64 }).map((tail) => Buffer.concat([csr, tail])),
+    fc
+      .tuple(fc.nat(csr.length), fc.uint8Array({ minLength: 1, maxLength: 8 }))
+      .map(([n, x]) => Buffer.concat([csr.subarray(0, n), x, csr.subarray(n)])),
+    fc.uint8Array({ maxLength: 600 }).map((b) => Buffer.from(b)),
+  );
+  await fc.assert(
+    fc.asyncProperty(mutated, fc.boolean(), async (bytes, swapKey) => {
+      const key = swapKey ? other : spki;
+      try {
+        await checkCsr(bytes, key);
+      } catch (e) {
+        assert.ok(isEdgeidError(e) && e.code.startsWith('csr_') && e.code in ERRORS, `unexpected ${String(e)}`);
+        return;
+      }
+      assert.ok(!swapKey && bytes.equals(csr), `a changed CSR was accepted: ${bytes.toString('hex')}`);
+    }),
+    { numRuns: RUNS, seed: SEED },
+  );
+});
+
+test(`the agent's CSR encoder: ${RUNS} generated names and keys give the library's bytes`, async () => {
+  const keys = (['P-256', 'P-256', 'P-384'] as const).map((curve) => generateKeyPairSync('ec', { namedCurve: curve }));
+  const signature = nodeSign('sha256', Buffer.from('any'), keys[0]!.privateKey);
+  await fc.assert(
+    fc.asyncProperty(fc.nat(keys.length - 1), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 300 }), async (k, commonName) => {
+      const spki = keys[k]!.publicKey.export({ type: 'spki', format: 'der' });
+      const sign = async (): Promise<Buffer> => signature;
+      const ours = await buildCsrDer({ spki, commonName, sign });
+      assert.deepEqual(ours, await buildCsrReference({ spki, commonName, sign }));
+    }),
     { numRuns: RUNS, seed: SEED },
   );
 });
