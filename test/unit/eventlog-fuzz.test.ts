@@ -12,7 +12,7 @@ import { buildEventLog, syntheticBootEvents } from '../../scripts/harness/eventl
  * (FUZZ_SEED), ≥ 10,000 inputs: mutations of the real logs and of a synthetic boot, plus random bytes.
  */
 const SEED = Number(process.env.FUZZ_SEED ?? 0x11e7106);
-const RUNS = Number(process.env.FUZZ_ITERATIONS ?? 10_000);
+const RUNS = Number(process.env.FUZZ_RUNS ?? process.env.FUZZ_ITERATIONS ?? 10_000);
 const CODES = new Set(['eventlog_malformed', 'eventlog_too_large', 'eventlog_too_many_events']);
 const DIR = new URL('../fixtures/eventlog/', import.meta.url);
 const seeds = [

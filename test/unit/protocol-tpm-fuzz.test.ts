@@ -31,7 +31,7 @@ import {
  * parse code, never RangeError/TypeError. Seeded, so a failure reproduces with the printed seed.
  */
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed2026);
-const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? 10_000);
+const ITERATIONS = Number(process.env.FUZZ_RUNS ?? process.env.FUZZ_ITERATIONS ?? 10_000);
 const PARSE_CODES = new Set(['tpm_malformed', 'tpm_unsupported_algorithm']);
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/tpm/${name}`, import.meta.url));
