@@ -178,6 +178,9 @@ function meta(req: FastifyRequest) {
   return { ip: req.ip ?? null, requestId: req.id };
 }
 
+/** One response in this many is logged at info (the access log); all of them at debug. */
+export const ACCESS_LOG_SAMPLE = 100;
+
 /**
  * The HTTPS API: thin routes (decode, call the service, encode) over services/, one error
  * handler mapping EdgeidError codes to statuses through the registry.
@@ -197,6 +200,9 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     requestIdHeader: false,
     trustProxy: false,
     return503OnClosing: true,
+    // Fastify's two lines per request (received, completed) are replaced by one line at debug and
+    // a sampled access log at info (onResponse below)
+    disableRequestLogging: true,
     // Ajv validates requests against the protocol/api.ts schemas (plain JSON Schema) without
     // coercion or defaults; responses are serialised from the same schemas
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
@@ -267,11 +273,14 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
+  let responses = 0;
   app.addHook('onResponse', async (req, reply) => {
-    ctx.metrics.latency.observe(
-      { route: req.routeOptions.url ?? 'unknown', method: req.method, status: String(reply.statusCode) },
-      reply.elapsedTime / 1000,
-    );
+    const route = req.routeOptions.url ?? 'unknown';
+    ctx.metrics.latency.observe({ route, method: req.method, status: String(reply.statusCode) }, reply.elapsedTime / 1000);
+    const line = { method: req.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime) };
+    // every ACCESS_LOG_SAMPLE-th response and every server error at info, all of them at debug
+    if (reply.statusCode >= 500 || ++responses % ACCESS_LOG_SAMPLE === 0) req.log.info(line, 'request completed');
+    else req.log.debug(line, 'request completed');
   });
 
   app.setErrorHandler(async (err: FastifyError, req, reply) => {

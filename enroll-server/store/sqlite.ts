@@ -216,6 +216,22 @@ export class SqliteStore implements Store {
   /** The schema version the database was at when opened, and the one it is at now. */
   readonly schema: { from: number; to: number };
 
+  /**
+   * Prepared statements, each prepared once (preparing costs more than running most of them).
+   * Statements whose mode changes (pluck) or that are iterated while other calls run are prepared
+   * where they are used. Bounded: SQL built from filters has a few shapes, never one per request.
+   */
+  private readonly statements = new Map<string, Database.Statement>();
+  private q(sql: string): Database.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      if (this.statements.size >= 512) this.statements.clear();
+      s = this.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
   private tx<T>(fn: () => T): T {
     return this.db.transaction(fn).immediate();
   }
@@ -227,7 +243,7 @@ export class SqliteStore implements Store {
    * fails this append instead of breaking the chain for good.
    */
   private appendAuditSync(a: AuditInput): AuditRow {
-    const last = this.db.prepare('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    const last = this.q('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
     const anchor = last ? null : this.auditAnchorSync();
     const opt = (v: string | null | undefined) => (v === null || v === undefined ? null : storableText(v));
     const time = Math.trunc(a.time);
@@ -244,25 +260,23 @@ export class SqliteStore implements Store {
       prevHash: last ? String(last.hash) : (anchor?.hash ?? GENESIS_HASH),
     };
     const hash = auditHash(row);
-    this.db
-      .prepare(
-        `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash)
+    this.q(
+      `INSERT INTO audit (seq, time, actor, event, device_id, ip, outcome, reason, details, prev_hash, hash)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        row.seq,
-        time,
-        row.actor,
-        row.event,
-        row.deviceId,
-        row.ip,
-        row.outcome,
-        row.reason,
-        row.details ? JSON.stringify(row.details) : null,
-        row.prevHash,
-        hash,
-      );
-    const stored = auditFrom(this.db.prepare('SELECT * FROM audit WHERE seq = ?').get(row.seq) as Row);
+    ).run(
+      row.seq,
+      time,
+      row.actor,
+      row.event,
+      row.deviceId,
+      row.ip,
+      row.outcome,
+      row.reason,
+      row.details ? JSON.stringify(row.details) : null,
+      row.prevHash,
+      hash,
+    );
+    const stored = auditFrom(this.q('SELECT * FROM audit WHERE seq = ?').get(row.seq) as Row);
     if (auditHash(stored) !== hash) throw new Error(`audit row ${row.seq} would not read back as hashed`);
     this.setMetaSync('audit_head', JSON.stringify({ seq: row.seq, hash }));
     return { ...row, hash };
@@ -270,12 +284,12 @@ export class SqliteStore implements Store {
 
   /** The newest retention checkpoint: the last pruned row, where the remaining chain starts. */
   private auditAnchorSync(): ChainAnchor | null {
-    const r = this.db.prepare('SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
+    const r = this.q('SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1').get() as Row | undefined;
     return r ? { seq: Number(r.seq), hash: String(r.hash) } : null;
   }
 
   private setMetaSync(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.q('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   async close(): Promise<void> {
@@ -283,7 +297,7 @@ export class SqliteStore implements Store {
   }
 
   async getMeta(key: string): Promise<string | null> {
-    const r = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as Row | undefined;
+    const r = this.q('SELECT value FROM meta WHERE key = ?').get(key) as Row | undefined;
     return r ? String(r.value) : null;
   }
 
@@ -293,23 +307,21 @@ export class SqliteStore implements Store {
 
   async createToken(t: TokenRecord, audit: AuditInput): Promise<void> {
     this.tx(() => {
-      this.db
-        .prepare(
-          `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, ek_hash, bound_at, used_at, device_id)
+      this.q(
+        `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, ek_hash, bound_at, used_at, device_id)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)`,
-        )
-        .run(t.id, t.secretHash, t.zone, t.owner, t.name, t.purpose, t.createdBy, t.createdAt, t.expiresAt);
+      ).run(t.id, t.secretHash, t.zone, t.owner, t.name, t.purpose, t.createdBy, t.createdAt, t.expiresAt);
       this.appendAuditSync(audit);
     });
   }
 
   async getToken(id: string): Promise<TokenRecord | null> {
-    const r = this.db.prepare('SELECT * FROM tokens WHERE id = ?').get(id) as Row | undefined;
+    const r = this.q('SELECT * FROM tokens WHERE id = ?').get(id) as Row | undefined;
     return r ? tokenFrom(r) : null;
   }
 
   async listTokens(): Promise<TokenRecord[]> {
-    return (this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as Row[]).map(tokenFrom);
+    return (this.q('SELECT * FROM tokens ORDER BY created_at').all() as Row[]).map(tokenFrom);
   }
 
   async startEnrollment(p: {
@@ -322,14 +334,12 @@ export class SqliteStore implements Store {
     extendTokenUntil?: number;
   }) {
     return this.tx(() => {
-      const bound = this.db
-        .prepare(
-          `UPDATE tokens SET ek_hash = ?, bound_at = COALESCE(bound_at, ?), expires_at = MAX(expires_at, ?)
+      const bound = this.q(
+        `UPDATE tokens SET ek_hash = ?, bound_at = COALESCE(bound_at, ?), expires_at = MAX(expires_at, ?)
            WHERE id = ? AND used_at IS NULL AND expires_at > ? AND (ek_hash IS NULL OR ek_hash = ?)`,
-        )
-        .run(p.ekHash, p.now, p.extendTokenUntil ?? 0, p.tokenId, p.now, p.ekHash);
+      ).run(p.ekHash, p.now, p.extendTokenUntil ?? 0, p.tokenId, p.now, p.ekHash);
       if (bound.changes !== 1) {
-        const t = this.db.prepare('SELECT * FROM tokens WHERE id = ?').get(p.tokenId) as Row | undefined;
+        const t = this.q('SELECT * FROM tokens WHERE id = ?').get(p.tokenId) as Row | undefined;
         if (!t) return 'missing' as const;
         const tok = tokenFrom(t);
         if (tok.usedAt !== null) return 'used' as const;
@@ -337,50 +347,46 @@ export class SqliteStore implements Store {
         return 'bound_other' as const;
       }
       if (!p.keepOtherSessions)
-        this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+        this.q('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
       const s = p.session;
-      this.db
-        .prepare(
-          `INSERT INTO enroll_sessions (id, token_id, ek_hash, ak_pub, secret_hash, nonce, ip, created_at, expires_at, used_at, ek_pub, ek_verified, ek_issuer)
+      this.q(
+        `INSERT INTO enroll_sessions (id, token_id, ek_hash, ak_pub, secret_hash, nonce, ip, created_at, expires_at, used_at, ek_pub, ek_verified, ek_issuer)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)`,
-        )
-        .run(
-          s.id,
-          s.tokenId,
-          s.ekHash,
-          s.akPub,
-          s.secretHash,
-          s.nonce,
-          s.ip,
-          s.createdAt,
-          s.expiresAt,
-          s.ekPub ?? null,
-          s.ekVerified === undefined || s.ekVerified === null ? null : s.ekVerified ? 1 : 0,
-          s.ekIssuer ?? null,
-        );
+      ).run(
+        s.id,
+        s.tokenId,
+        s.ekHash,
+        s.akPub,
+        s.secretHash,
+        s.nonce,
+        s.ip,
+        s.createdAt,
+        s.expiresAt,
+        s.ekPub ?? null,
+        s.ekVerified === undefined || s.ekVerified === null ? null : s.ekVerified ? 1 : 0,
+        s.ekIssuer ?? null,
+      );
       this.appendAuditSync(p.audit);
       return 'ok' as const;
     });
   }
 
   async getSession(id: string): Promise<EnrollSessionRecord | null> {
-    const r = this.db.prepare('SELECT * FROM enroll_sessions WHERE id = ?').get(id) as Row | undefined;
+    const r = this.q('SELECT * FROM enroll_sessions WHERE id = ?').get(id) as Row | undefined;
     return r ? sessionFrom(r) : null;
   }
 
   private spendTokenAndSession(tokenId: string, sessionId: string, now: number, deviceId: string | null): boolean {
-    const t = this.db.prepare('UPDATE tokens SET used_at = ?, device_id = ? WHERE id = ? AND used_at IS NULL').run(now, deviceId, tokenId);
-    const s = this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(now, sessionId);
+    const t = this.q('UPDATE tokens SET used_at = ?, device_id = ? WHERE id = ? AND used_at IS NULL').run(now, deviceId, tokenId);
+    const s = this.q('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(now, sessionId);
     return t.changes === 1 && s.changes === 1;
   }
 
   private insertCertificate(c: CertificateRecord): void {
-    this.db
-      .prepare(
-        `INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at, revoked_at, reason)
+    this.q(
+      `INSERT INTO certificates (serial, device_id, not_before, not_after, spki_hash, issued_at, revoked_at, reason)
          VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)`,
-      )
-      .run(c.serial, c.deviceId, c.notBefore, c.notAfter, c.spkiHash, c.issuedAt);
+    ).run(c.serial, c.deviceId, c.notBefore, c.notAfter, c.spkiHash, c.issuedAt);
   }
 
   /**
@@ -389,15 +395,17 @@ export class SqliteStore implements Store {
    * nonce the server handed the device with its last certificate.
    */
   private insertNonce(n: NonceRecord, keep: number, kind: string = 'issued'): void {
-    this.db
-      .prepare('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at, kind) VALUES (?, ?, ?, ?, NULL, ?)')
-      .run(n.value, n.deviceId, n.createdAt, n.expiresAt, kind);
-    this.db
-      .prepare(
-        `DELETE FROM nonces WHERE device_id = ? AND kind = ? AND used_at IS NULL AND value NOT IN
+    this.q('INSERT INTO nonces (value, device_id, created_at, expires_at, used_at, kind) VALUES (?, ?, ?, ?, NULL, ?)').run(
+      n.value,
+      n.deviceId,
+      n.createdAt,
+      n.expiresAt,
+      kind,
+    );
+    this.q(
+      `DELETE FROM nonces WHERE device_id = ? AND kind = ? AND used_at IS NULL AND value NOT IN
            (SELECT value FROM nonces WHERE device_id = ? AND kind = ? AND used_at IS NULL ORDER BY created_at DESC, value LIMIT ?)`,
-      )
-      .run(n.deviceId, kind, n.deviceId, kind, keep);
+    ).run(n.deviceId, kind, n.deviceId, kind, keep);
   }
 
   async finishEnrollment(p: {
@@ -414,46 +422,43 @@ export class SqliteStore implements Store {
       return this.tx(() => {
         if (!this.spendTokenAndSession(p.tokenId, p.sessionId, p.now, p.device.id)) throw new RaceLost();
         // the token is spent: any other open session of it (a manifest token keeps several) ends too
-        this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+        this.q('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
         const d = p.device;
         // one live device per EK: checked here, inside the write transaction, so two sessions of
         // the same EK finishing at once cannot both create one (devices_live_ek backs it up)
-        const live = this.db
-          .prepare(`SELECT id FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`)
-          .get(d.ekHash) as Row | undefined;
+        const live = this.q(`SELECT id FROM devices WHERE ek_hash = ? AND status IN ('active', 'quarantined') LIMIT 1`).get(d.ekHash) as
+          Row | undefined;
         if (live) throw new EkLive(String(live.id));
-        this.db
-          .prepare(
-            `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
+        this.q(
+          `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
                baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer, event_log, baseline_event_log)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`,
-          )
-          .run(
-            d.id,
-            d.zone,
-            d.owner,
-            d.name,
-            d.purpose,
-            d.status,
-            d.statusReason,
-            d.statusChangedAt,
-            d.ekHash,
-            d.akPub,
-            d.akName,
-            d.baseline ? JSON.stringify(d.baseline) : null,
-            d.claims ? JSON.stringify(d.claims) : null,
-            d.baselineWindowUntil,
-            d.enrolledBy,
-            d.enrolledAt,
-            d.retireBy,
-            d.lastSeen,
-            d.lastIp,
-            d.ekPub ?? null,
-            d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0,
-            d.ekIssuer ?? null,
-            d.eventLog ?? null,
-            d.baselineEventLog ?? null,
-          );
+        ).run(
+          d.id,
+          d.zone,
+          d.owner,
+          d.name,
+          d.purpose,
+          d.status,
+          d.statusReason,
+          d.statusChangedAt,
+          d.ekHash,
+          d.akPub,
+          d.akName,
+          d.baseline ? JSON.stringify(d.baseline) : null,
+          d.claims ? JSON.stringify(d.claims) : null,
+          d.baselineWindowUntil,
+          d.enrolledBy,
+          d.enrolledAt,
+          d.retireBy,
+          d.lastSeen,
+          d.lastIp,
+          d.ekPub ?? null,
+          d.ekVerified === undefined || d.ekVerified === null ? null : d.ekVerified ? 1 : 0,
+          d.ekIssuer ?? null,
+          d.eventLog ?? null,
+          d.baselineEventLog ?? null,
+        );
         this.insertCertificate(p.certificate);
         this.insertNonce(p.nonce, p.keepNonces);
         this.appendAuditSync(p.audit);
@@ -476,31 +481,30 @@ export class SqliteStore implements Store {
     this.tx(() => {
       if (p.keepToken) {
         // only this session ends; the token and its other sessions stay usable
-        if (p.sessionId !== null)
-          this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.sessionId);
+        if (p.sessionId !== null) this.q('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.sessionId);
         this.appendAuditSync(p.audit);
         return;
       }
-      this.db.prepare('UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+      this.q('UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.tokenId);
       // a failed check also closes every open session of the token
-      this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
+      this.q('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
       this.appendAuditSync(p.audit);
     });
   }
 
   async getDevice(id: string): Promise<DeviceRecord | null> {
-    const r = this.db.prepare('SELECT * FROM devices WHERE id = ?').get(id) as Row | undefined;
+    const r = this.q('SELECT * FROM devices WHERE id = ?').get(id) as Row | undefined;
     return r ? deviceFrom(r) : null;
   }
 
   async listDevices(filter: DeviceFilter = {}): Promise<DeviceRecord[]> {
     const { where, args } = deviceWhere(filter, 'devices');
-    return (this.db.prepare(`SELECT * FROM devices${where} ORDER BY enrolled_at, id`).all(...args) as Row[]).map(deviceFrom);
+    return (this.q(`SELECT * FROM devices${where} ORDER BY enrolled_at, id`).all(...args) as Row[]).map(deviceFrom);
   }
 
   async countDevicesByStatus(): Promise<Partial<Record<DeviceStatus, number>>> {
     const out: Partial<Record<DeviceStatus, number>> = {};
-    for (const r of this.db.prepare('SELECT status, COUNT(*) AS n FROM devices GROUP BY status').all() as Row[])
+    for (const r of this.q('SELECT status, COUNT(*) AS n FROM devices GROUP BY status').all() as Row[])
       out[String(r.status) as DeviceStatus] = Number(r.n);
     return out;
   }
@@ -519,15 +523,13 @@ export class SqliteStore implements Store {
     const limit = page ? ' LIMIT ?' : '';
     if (page) args.push(page.limit);
     // one query: the newest certificate per device is a correlated subquery on certificates_device
-    const rows = this.db
-      .prepare(
-        `SELECT d.*, c.serial AS c_serial, c.device_id AS c_device_id, c.not_before AS c_not_before, c.not_after AS c_not_after,
+    const rows = this.q(
+      `SELECT d.*, c.serial AS c_serial, c.device_id AS c_device_id, c.not_before AS c_not_before, c.not_after AS c_not_after,
                 c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
          FROM devices d
          LEFT JOIN certificates c ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1)
          ${where} ORDER BY d.enrolled_at, d.id${limit}`,
-      )
-      .all(...args) as Row[];
+    ).all(...args) as Row[];
     return rows.map((r) => ({
       device: deviceFrom(r),
       lastCertificate:
@@ -547,34 +549,32 @@ export class SqliteStore implements Store {
   }
 
   async findDeviceByAkName(akName: string): Promise<DeviceRecord | null> {
-    const r = this.db.prepare('SELECT * FROM devices WHERE ak_name = ? ORDER BY enrolled_at DESC LIMIT 1').get(akName.toLowerCase()) as
+    const r = this.q('SELECT * FROM devices WHERE ak_name = ? ORDER BY enrolled_at DESC LIMIT 1').get(akName.toLowerCase()) as
       Row | undefined;
     return r ? deviceFrom(r) : null;
   }
 
   async devicesWithoutAkName(): Promise<{ id: string; akPub: Buffer }[]> {
-    return (this.db.prepare('SELECT id, ak_pub FROM devices WHERE ak_name IS NULL ORDER BY id').all() as Row[]).map((r) => ({
+    return (this.q('SELECT id, ak_pub FROM devices WHERE ak_name IS NULL ORDER BY id').all() as Row[]).map((r) => ({
       id: String(r.id),
       akPub: r.ak_pub as Buffer,
     }));
   }
 
   async setAkName(id: string, akName: string): Promise<void> {
-    this.db.prepare('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id);
+    this.q('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id);
   }
 
   async findLiveDeviceByEk(ekHash: string, legacyHashes: string[] = []): Promise<DeviceRecord | null> {
     const legacy = legacyHashes.length ? ` OR (ek_legacy = 1 AND ek_hash IN (${legacyHashes.map(() => '?').join(', ')}))` : '';
-    const r = this.db
-      .prepare(
-        `SELECT * FROM devices WHERE ((ek_hash = ? AND ek_legacy = 0)${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`,
-      )
-      .get(ekHash, ...legacyHashes) as Row | undefined;
+    const r = this.q(
+      `SELECT * FROM devices WHERE ((ek_hash = ? AND ek_legacy = 0)${legacy}) AND status IN ('active', 'quarantined') ORDER BY enrolled_at LIMIT 1`,
+    ).get(ekHash, ...legacyHashes) as Row | undefined;
     return r ? deviceFrom(r) : null;
   }
 
   async listEkRoots(): Promise<EkRootRecord[]> {
-    return (this.db.prepare('SELECT * FROM ek_roots ORDER BY added_at, fingerprint').all() as Row[]).map((r) => ({
+    return (this.q('SELECT * FROM ek_roots ORDER BY added_at, fingerprint').all() as Row[]).map((r) => ({
       fingerprint: String(r.fingerprint),
       kind: String(r.kind) as EkRootRecord['kind'],
       der: (r.der as Buffer | null) ?? null,
@@ -587,37 +587,35 @@ export class SqliteStore implements Store {
 
   async putEkRoot(r: EkRootRecord, audit: AuditInput): Promise<void> {
     this.tx(() => {
-      this.db
-        .prepare(
-          `INSERT INTO ek_roots (fingerprint, kind, der, subject, not_after, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+      this.q(
+        `INSERT INTO ek_roots (fingerprint, kind, der, subject, not_after, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (fingerprint) DO UPDATE SET kind = excluded.kind, der = excluded.der, subject = excluded.subject,
              not_after = excluded.not_after, added_by = excluded.added_by, added_at = excluded.added_at`,
-        )
-        .run(r.fingerprint, r.kind, r.der, r.subject, r.notAfter, r.addedBy, r.addedAt);
+      ).run(r.fingerprint, r.kind, r.der, r.subject, r.notAfter, r.addedBy, r.addedAt);
       this.appendAuditSync(audit);
     });
   }
 
   async deleteEkRoot(fingerprint: string, audit: AuditInput): Promise<boolean> {
     return this.tx(() => {
-      const n = this.db.prepare('DELETE FROM ek_roots WHERE fingerprint = ?').run(fingerprint).changes;
+      const n = this.q('DELETE FROM ek_roots WHERE fingerprint = ?').run(fingerprint).changes;
       this.appendAuditSync(audit);
       return n === 1;
     });
   }
 
   async listEkAllow(): Promise<EkAllowRecord[]> {
-    return (this.db.prepare(`${EK_ALLOW_SELECT} ORDER BY a.imported_at, a.id`).all() as Row[]).map(ekAllowFrom);
+    return (this.q(`${EK_ALLOW_SELECT} ORDER BY a.imported_at, a.id`).all() as Row[]).map(ekAllowFrom);
   }
 
   async getEkAllowByEk(ekId: string): Promise<EkAllowRecord | null> {
-    const r = this.db.prepare(`${EK_ALLOW_SELECT} WHERE a.ek_id = ?`).get(ekId) as Row | undefined;
+    const r = this.q(`${EK_ALLOW_SELECT} WHERE a.ek_id = ?`).get(ekId) as Row | undefined;
     return r ? ekAllowFrom(r) : null;
   }
 
   async importEkAllow(entries: EkAllowRecord[], audit: (added: EkAllowRecord[]) => AuditInput): Promise<EkAllowRecord[]> {
     return this.tx(() => {
-      const insert = this.db.prepare(
+      const insert = this.q(
         `INSERT INTO ek_allow (id, ek_id, zone, owner, name, source, imported_by, imported_at, token_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
          ON CONFLICT (ek_id) DO NOTHING`,
       );
@@ -631,15 +629,13 @@ export class SqliteStore implements Store {
 
   async removeEkAllow(id: string, now: number, audit: AuditInput): Promise<boolean> {
     return this.tx(() => {
-      const r = this.db.prepare('SELECT token_id FROM ek_allow WHERE id = ?').get(id) as Row | undefined;
+      const r = this.q('SELECT token_id FROM ek_allow WHERE id = ?').get(id) as Row | undefined;
       if (r && r.token_id !== null) {
         // an attempt under way loses its token with the entry
-        this.db
-          .prepare('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?')
-          .run(now, String(r.token_id), now);
-        this.db.prepare('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(now, String(r.token_id));
+        this.q('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?').run(now, String(r.token_id), now);
+        this.q('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(now, String(r.token_id));
       }
-      const n = this.db.prepare('DELETE FROM ek_allow WHERE id = ?').run(id).changes;
+      const n = this.q('DELETE FROM ek_allow WHERE id = ?').run(id).changes;
       this.appendAuditSync(audit);
       return n === 1;
     });
@@ -647,17 +643,17 @@ export class SqliteStore implements Store {
 
   async claimEkAllow(p: { entryId: string; previousTokenId: string | null; token: TokenRecord }): Promise<boolean> {
     return this.tx(() => {
-      const claimed = this.db
-        .prepare('UPDATE ek_allow SET token_id = ? WHERE id = ? AND token_id IS ?')
-        .run(p.token.id, p.entryId, p.previousTokenId);
+      const claimed = this.q('UPDATE ek_allow SET token_id = ? WHERE id = ? AND token_id IS ?').run(
+        p.token.id,
+        p.entryId,
+        p.previousTokenId,
+      );
       if (claimed.changes !== 1) return false;
       const t = p.token;
-      this.db
-        .prepare(
-          `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, ek_hash, bound_at, used_at, device_id)
+      this.q(
+        `INSERT INTO tokens (id, secret_hash, zone, owner, name, purpose, created_by, created_at, expires_at, ek_hash, bound_at, used_at, device_id)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)`,
-        )
-        .run(t.id, t.secretHash, t.zone, t.owner, t.name, t.purpose, t.createdBy, t.createdAt, t.expiresAt, t.ekHash, t.boundAt);
+      ).run(t.id, t.secretHash, t.zone, t.owner, t.name, t.purpose, t.createdBy, t.createdAt, t.expiresAt, t.ekHash, t.boundAt);
       return true;
     });
   }
@@ -672,9 +668,7 @@ export class SqliteStore implements Store {
     }
     if (sets.length === 0) return false;
     const guard = onlyIfStatus?.length ? ` AND status IN (${onlyIfStatus.map(() => '?').join(', ')})` : '';
-    return (
-      this.db.prepare(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?${guard}`).run(...values, id, ...(onlyIfStatus ?? [])).changes > 0
-    );
+    return this.q(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?${guard}`).run(...values, id, ...(onlyIfStatus ?? [])).changes > 0;
   }
 
   async updateDevice(id: string, patch: DevicePatch, audit?: AuditInput, onlyIfStatus?: DeviceStatus[]): Promise<boolean> {
@@ -690,24 +684,22 @@ export class SqliteStore implements Store {
       // kept per requesting network: a stranger's challenges displace only its own, never the
       // device's (kind 'challenge:<network>'); all challenges of a device are bounded too
       this.insertNonce(n, keep, `challenge:${requester}`);
-      this.db
-        .prepare(
-          `DELETE FROM nonces WHERE device_id = ? AND kind LIKE 'challenge%' AND used_at IS NULL AND value NOT IN
+      this.q(
+        `DELETE FROM nonces WHERE device_id = ? AND kind LIKE 'challenge%' AND used_at IS NULL AND value NOT IN
              (SELECT value FROM nonces WHERE device_id = ? AND kind LIKE 'challenge%' AND used_at IS NULL ORDER BY created_at DESC, value LIMIT ?)`,
-        )
-        .run(n.deviceId, n.deviceId, CHALLENGES_PER_DEVICE);
+      ).run(n.deviceId, n.deviceId, CHALLENGES_PER_DEVICE);
       this.appendAuditSync(audit);
     });
   }
 
   async getNonce(value: string): Promise<NonceRecord | null> {
-    const r = this.db.prepare('SELECT * FROM nonces WHERE value = ?').get(value) as Row | undefined;
+    const r = this.q('SELECT * FROM nonces WHERE value = ?').get(value) as Row | undefined;
     return r ? nonceFrom(r) : null;
   }
 
   async spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean> {
     return this.tx(() => {
-      const ok = this.db.prepare('UPDATE nonces SET used_at = ? WHERE value = ? AND used_at IS NULL').run(now, value).changes === 1;
+      const ok = this.q('UPDATE nonces SET used_at = ? WHERE value = ? AND used_at IS NULL').run(now, value).changes === 1;
       if (audit) this.appendAuditSync(audit);
       return ok;
     });
@@ -725,11 +717,13 @@ export class SqliteStore implements Store {
   }): Promise<boolean> {
     try {
       return this.tx(() => {
-        const spent = this.db
-          .prepare(`UPDATE nonces SET used_at = ? WHERE value = ? AND device_id = ? AND used_at IS NULL`)
-          .run(p.now, p.nonce, p.deviceId);
+        const spent = this.q(`UPDATE nonces SET used_at = ? WHERE value = ? AND device_id = ? AND used_at IS NULL`).run(
+          p.now,
+          p.nonce,
+          p.deviceId,
+        );
         // the device must still be active at commit time: a revoke that raced us wins
-        const live = this.db.prepare(`SELECT status FROM devices WHERE id = ? AND status = 'active'`).get(p.deviceId);
+        const live = this.q(`SELECT status FROM devices WHERE id = ? AND status = 'active'`).get(p.deviceId);
         if (spent.changes !== 1 || !live) throw new RaceLost();
         this.updateDeviceSync(p.deviceId, p.patch);
         this.insertCertificate(p.certificate);
@@ -744,27 +738,25 @@ export class SqliteStore implements Store {
   }
 
   async listCertificates(deviceId: string): Promise<CertificateRecord[]> {
-    return (this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY issued_at, serial').all(deviceId) as Row[]).map(
-      certFrom,
-    );
+    return (this.q('SELECT * FROM certificates WHERE device_id = ? ORDER BY issued_at, serial').all(deviceId) as Row[]).map(certFrom);
   }
 
   async lastCertificate(deviceId: string): Promise<CertificateRecord | null> {
-    const r = this.db.prepare('SELECT * FROM certificates WHERE device_id = ? ORDER BY not_after DESC LIMIT 1').get(deviceId) as
-      Row | undefined;
+    const r = this.q('SELECT * FROM certificates WHERE device_id = ? ORDER BY not_after DESC LIMIT 1').get(deviceId) as Row | undefined;
     return r ? certFrom(r) : null;
   }
 
   /** Revokes the device's unexpired, unrevoked certificates; returns their serials (inside a transaction). */
   private revokeLiveCertificatesSync(deviceId: string, reason: RevokeReason, now: number): string[] {
     const serials = (
-      this.db
-        .prepare('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
-        .all(deviceId, now) as Row[]
+      this.q('SELECT serial FROM certificates WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').all(deviceId, now) as Row[]
     ).map((r) => String(r.serial));
-    this.db
-      .prepare('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?')
-      .run(now, reason, deviceId, now);
+    this.q('UPDATE certificates SET revoked_at = ?, reason = ? WHERE device_id = ? AND revoked_at IS NULL AND not_after > ?').run(
+      now,
+      reason,
+      deviceId,
+      now,
+    );
     return serials;
   }
 
@@ -779,7 +771,7 @@ export class SqliteStore implements Store {
     return this.tx(() => {
       this.updateDeviceSync(p.deviceId, { status: p.status, statusReason: p.statusReason, statusChangedAt: p.now });
       const serials = this.revokeLiveCertificatesSync(p.deviceId, p.reason, p.now);
-      this.db.prepare('UPDATE nonces SET used_at = ? WHERE device_id = ? AND used_at IS NULL').run(p.now, p.deviceId);
+      this.q('UPDATE nonces SET used_at = ? WHERE device_id = ? AND used_at IS NULL').run(p.now, p.deviceId);
       this.appendAuditSync({ ...p.audit, details: { ...(p.audit.details ?? {}), serials } });
       return serials;
     });
@@ -811,30 +803,26 @@ export class SqliteStore implements Store {
 
   async listRevokedUnexpired(now: number): Promise<CertificateRecord[]> {
     return (
-      this.db
-        .prepare('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial')
-        .all(now) as Row[]
+      this.q('SELECT * FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, serial').all(now) as Row[]
     ).map(certFrom);
   }
 
   async getBrokerMonitor(name: string): Promise<BrokerMonitorRecord | null> {
-    const r = this.db.prepare('SELECT * FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(name) as Row | undefined;
+    const r = this.q('SELECT * FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(name) as Row | undefined;
     return r ? monitorFrom(r) : null;
   }
 
   async listBrokerMonitors(): Promise<BrokerMonitorRecord[]> {
-    return (this.db.prepare('SELECT * FROM broker_monitors WHERE removed_at IS NULL ORDER BY name').all() as Row[]).map(monitorFrom);
+    return (this.q('SELECT * FROM broker_monitors WHERE removed_at IS NULL ORDER BY name').all() as Row[]).map(monitorFrom);
   }
 
   async addBrokerMonitor(m: BrokerMonitorRecord, audit: AuditInput): Promise<boolean> {
     return this.tx(() => {
-      if (this.db.prepare('SELECT 1 FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(m.name)) return false;
-      this.db
-        .prepare(
-          `INSERT INTO broker_monitors (serial, name, common_name, spki_hash, not_before, not_after, created_by, created_at, removed_at)
+      if (this.q('SELECT 1 FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(m.name)) return false;
+      this.q(
+        `INSERT INTO broker_monitors (serial, name, common_name, spki_hash, not_before, not_after, created_by, created_at, removed_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)`,
-        )
-        .run(m.serial, m.name, m.commonName, m.spkiHash, m.notBefore, m.notAfter, m.createdBy, m.createdAt);
+      ).run(m.serial, m.name, m.commonName, m.spkiHash, m.notBefore, m.notAfter, m.createdBy, m.createdAt);
       this.appendAuditSync(audit);
       return true;
     });
@@ -842,8 +830,8 @@ export class SqliteStore implements Store {
 
   async removeBrokerMonitor(name: string, now: number, audit: AuditInput): Promise<BrokerMonitorRecord | null> {
     return this.tx(() => {
-      const r = this.db.prepare('SELECT * FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(name) as Row | undefined;
-      if (r) this.db.prepare('UPDATE broker_monitors SET removed_at = ? WHERE serial = ?').run(now, r.serial);
+      const r = this.q('SELECT * FROM broker_monitors WHERE name = ? AND removed_at IS NULL').get(name) as Row | undefined;
+      if (r) this.q('UPDATE broker_monitors SET removed_at = ? WHERE serial = ?').run(now, r.serial);
       this.appendAuditSync(audit);
       return r ? { ...monitorFrom(r), removedAt: now } : null;
     });
@@ -851,9 +839,7 @@ export class SqliteStore implements Store {
 
   async listRemovedMonitorsUnexpired(now: number): Promise<BrokerMonitorRecord[]> {
     return (
-      this.db
-        .prepare('SELECT * FROM broker_monitors WHERE removed_at IS NOT NULL AND not_after > ? ORDER BY removed_at, serial')
-        .all(now) as Row[]
+      this.q('SELECT * FROM broker_monitors WHERE removed_at IS NOT NULL AND not_after > ? ORDER BY removed_at, serial').all(now) as Row[]
     ).map(monitorFrom);
   }
 
@@ -876,15 +862,17 @@ export class SqliteStore implements Store {
 
   async pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]> {
     const rows = page.after
-      ? this.db
-          .prepare('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?')
-          .all(page.after.time, page.after.id, page.limit)
-      : this.db.prepare('SELECT * FROM tokens ORDER BY created_at, id LIMIT ?').all(page.limit);
+      ? this.q('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?').all(
+          page.after.time,
+          page.after.id,
+          page.limit,
+        )
+      : this.q('SELECT * FROM tokens ORDER BY created_at, id LIMIT ?').all(page.limit);
     return (rows as Row[]).map(tokenFrom);
   }
 
   async auditPruneLimit(before: number): Promise<number | null> {
-    const r = this.db.prepare('SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)').get(before) as Row;
+    const r = this.q('SELECT MAX(seq) AS s FROM audit WHERE time < ? AND seq < (SELECT MAX(seq) FROM audit)').get(before) as Row;
     return r.s === null ? null : Number(r.s);
   }
 
@@ -895,13 +883,18 @@ export class SqliteStore implements Store {
     audit: AuditInput;
   }): Promise<{ rows: number; anchor: { seq: number; hash: string } }> {
     return this.tx(() => {
-      const last = this.db.prepare('SELECT seq, hash, time FROM audit WHERE seq = ?').get(p.throughSeq) as Row | undefined;
+      const last = this.q('SELECT seq, hash, time FROM audit WHERE seq = ?').get(p.throughSeq) as Row | undefined;
       if (!last) throw new Error(`audit row ${p.throughSeq} does not exist`);
       const anchorSeq = this.auditAnchorSync()?.seq ?? 0;
-      const rows = this.db.prepare('DELETE FROM audit WHERE seq > ? AND seq <= ?').run(anchorSeq, p.throughSeq).changes;
-      this.db
-        .prepare('INSERT INTO audit_checkpoint (seq, hash, time, pruned_at, rows, file) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(p.throughSeq, String(last.hash), Number(last.time), p.now, rows, p.file);
+      const rows = this.q('DELETE FROM audit WHERE seq > ? AND seq <= ?').run(anchorSeq, p.throughSeq).changes;
+      this.q('INSERT INTO audit_checkpoint (seq, hash, time, pruned_at, rows, file) VALUES (?, ?, ?, ?, ?, ?)').run(
+        p.throughSeq,
+        String(last.hash),
+        Number(last.time),
+        p.now,
+        rows,
+        p.file,
+      );
       this.appendAuditSync(p.audit);
       return { rows, anchor: { seq: p.throughSeq, hash: String(last.hash) } };
     });
@@ -912,14 +905,14 @@ export class SqliteStore implements Store {
   }
 
   async listExpiredCertificates(before: number, limit: number): Promise<CertificateRecord[]> {
-    return (
-      this.db.prepare('SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT ?').all(before, limit) as Row[]
-    ).map(certFrom);
+    return (this.q('SELECT * FROM certificates WHERE not_after < ? ORDER BY not_after, serial LIMIT ?').all(before, limit) as Row[]).map(
+      certFrom,
+    );
   }
 
   async deleteCertificates(serials: string[], before: number): Promise<number> {
     return this.tx(() => {
-      const del = this.db.prepare('DELETE FROM certificates WHERE serial = ? AND not_after < ?');
+      const del = this.q('DELETE FROM certificates WHERE serial = ? AND not_after < ?');
       let n = 0;
       for (const s of serials) n += del.run(s, before).changes;
       return n;
@@ -938,14 +931,14 @@ export class SqliteStore implements Store {
       args.push(p.deviceId);
     }
     args.push(p.limit ?? 1000);
-    return (this.db.prepare(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args) as Row[]).map(auditFrom);
+    return (this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args) as Row[]).map(auditFrom);
   }
 
   async verifyAudit(): Promise<AuditVerifyResult> {
     const headText = await this.getMeta('audit_head');
     const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
     const anchor = this.auditAnchorSync();
-    const stmt = this.db.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq');
+    const stmt = this.q('SELECT * FROM audit WHERE seq > ? ORDER BY seq'); // its own: iterated while other calls run
     const rows = (function* () {
       for (const r of stmt.iterate(anchor?.seq ?? 0) as IterableIterator<Row>) yield auditFrom(r);
     })();
