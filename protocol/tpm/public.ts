@@ -198,6 +198,10 @@ function leftPad(b: Buffer, size: number, what: string): Buffer {
 
 /** The public key of an ECC (P-256, P-384, P-521) or RSA TPM object as a node KeyObject. */
 export function publicKeyObject(p: TpmPublic): KeyObject {
+  return importPublic(p, true);
+}
+
+function importPublic(p: TpmPublic, cache: boolean): KeyObject {
   let jwk: { kty: string; crv?: string; x?: string; y?: string; n?: string; e?: string };
   if (p.type === TPM_ALG.ECC && p.ecc) {
     const crv = JWK_CURVES.get(p.ecc.curve);
@@ -222,8 +226,13 @@ export function publicKeyObject(p: TpmPublic): KeyObject {
   }
   // Keyed by the key material itself, so a cached entry can only ever be the same key.
   const cacheKey = JSON.stringify(jwk);
-  const cached = keyCache.get(cacheKey);
-  if (cached) return cached;
+  const cached = cache ? keyCache.get(cacheKey) : undefined;
+  if (cached) {
+    // least recently used first: a hit moves to the end
+    keyCache.delete(cacheKey);
+    keyCache.set(cacheKey, cached);
+    return cached;
+  }
   let key: KeyObject;
   try {
     key = createPublicKey({ key: jwk, format: 'jwk' });
@@ -231,16 +240,31 @@ export function publicKeyObject(p: TpmPublic): KeyObject {
     // e.g. a point that is not on the curve, or an even RSA exponent
     throw new EdgeidError('tpm_malformed', `not a valid public key: ${(err as Error).message}`);
   }
-  if (keyCache.size >= KEY_CACHE_SIZE) keyCache.delete(keyCache.keys().next().value!);
-  keyCache.set(cacheKey, key);
+  if (cache) {
+    if (keyCache.size >= keyCacheSize) keyCache.delete(keyCache.keys().next().value!);
+    keyCache.set(cacheKey, key);
+  }
   return key;
 }
 
-/** Verifying a quote and a certify per renewal needs the AK's KeyObject several times; importing it costs ~70 µs. */
-const KEY_CACHE_SIZE = 512;
+/**
+ * Keys that are used again (a device's AK, on every renewal; an EK) are kept as KeyObjects:
+ * importing one costs ~70 µs, and a quote and a certify each need the AK. Least recently used
+ * goes first. One entry holds ~3 KB of native memory (measured on Node 20 / OpenSSL 3), so the
+ * default of 16,384 (~48 MB at most) covers a fleet of that size renewing in turn; a fleet larger
+ * than the cache costs one import per renewal (setKeyCacheSize to change it).
+ */
+let keyCacheSize = 16_384;
 const keyCache = new Map<string, KeyObject>();
+
+/** Sets how many imported public keys are kept (at least 16); drops the oldest beyond it. */
+export function setKeyCacheSize(n: number): void {
+  keyCacheSize = Math.max(16, Math.floor(n));
+  while (keyCache.size > keyCacheSize) keyCache.delete(keyCache.keys().next().value!);
+}
 
 /** The public key as DER SubjectPublicKeyInfo. */
 export function publicKeySpkiDer(p: TpmPublic): Buffer {
-  return publicKeyObject(p).export({ type: 'spki', format: 'der' });
+  // not cached: this is mostly a fresh session key, used once, that would push an AK out
+  return importPublic(p, false).export({ type: 'spki', format: 'der' });
 }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import {
@@ -21,6 +21,7 @@ import {
   publicKeyObject,
   publicKeySpkiDer,
   sessionKeyTemplate,
+  setKeyCacheSize,
   srkTemplate,
   type TpmPublic,
 } from '../../protocol/tpm/index.js';
@@ -179,4 +180,27 @@ test('publicKeyObject rejects a point that is not on the curve with tpm_malforme
     marshalPublic({ ...parsePublic(fixture('ek-rsa-persistent.pub')), rsa: { keyBits: 2048, exponent: 0, modulus: Buffer.alloc(10, 1) } }),
   );
   assertCode(() => publicKeyObject(shortModulus), 'tpm_malformed');
+});
+
+test('imported keys: an AK used on every renewal stays cached (least recently used goes first); session keys are not cached', () => {
+  const ecc = (): TpmPublic => {
+    const jwk = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
+    const t = parsePublic(akTemplate());
+    return { ...t, ecc: { ...t.ecc!, x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') } };
+  };
+  setKeyCacheSize(16);
+  try {
+    const ak = ecc();
+    const first = publicKeyObject(ak);
+    for (let i = 0; i < 100; i++) {
+      publicKeySpkiDer(ecc()); // a renewal's fresh session key
+      if (i % 8 === 0) publicKeyObject(ecc()); // another device's AK
+      assert.equal(publicKeyObject(ak), first, `the AK was imported again at step ${i}`);
+    }
+    // 16 other AKs in a row push it out
+    for (let i = 0; i < 16; i++) publicKeyObject(ecc());
+    assert.notEqual(publicKeyObject(ak), first);
+  } finally {
+    setKeyCacheSize(16_384);
+  }
 });
