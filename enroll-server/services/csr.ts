@@ -1,5 +1,6 @@
 import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { EdgeidError } from '../../protocol/errors/index.js';
+import { TAG, children as derChildren, readTlv as readDer, type Tlv } from '../ca/der.js';
 
 /**
  * The server's check of a device's PKCS#10 request (RFC 2986 §4), read strictly as DER (X.690 §10)
@@ -12,54 +13,14 @@ import { EdgeidError } from '../../protocol/errors/index.js';
 
 /** AlgorithmIdentifier { 1.2.840.10045.4.3.2 ecdsa-with-SHA256 }, parameters absent (RFC 5758 §3.2). */
 const ECDSA_WITH_SHA256 = Buffer.from('300a06082a8648ce3d040302', 'hex');
-const SEQUENCE = 0x30;
-const SET = 0x31;
-const INTEGER = 0x02;
-const BIT_STRING = 0x03;
 const ATTRIBUTES = 0xa0;
 
-interface Tlv {
-  tag: number;
-  /** The whole value: tag, length and contents. */
-  raw: Buffer;
-  contents: Buffer;
-}
+const WHAT = 'the CSR';
+const readTlv = (buf: Buffer, off: number) => readDer(buf, off, 'csr_malformed', WHAT);
+const children = (contents: Buffer) => derChildren(contents, 'csr_malformed', WHAT);
 
 function malformed(why: string): EdgeidError {
-  return new EdgeidError('csr_malformed', `the CSR is not valid DER: ${why}`);
-}
-
-/** One DER value at `off` of `buf`: single-byte tags only (all PKCS#10 needs), definite minimal lengths. */
-function readTlv(buf: Buffer, off: number): Tlv {
-  if (off + 2 > buf.length) throw malformed('truncated');
-  const tag = buf[off]!;
-  if ((tag & 0x1f) === 0x1f) throw malformed('multi-byte tag');
-  let len = buf[off + 1]!;
-  let head = 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    if (n === 0) throw malformed('indefinite length');
-    if (n > 3 || off + 2 + n > buf.length) throw malformed('length too large');
-    if (buf[off + 2] === 0) throw malformed('length not minimal');
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + buf[off + 2 + i]!;
-    if (len < 0x80) throw malformed('length not minimal');
-    head = 2 + n;
-  }
-  const end = off + head + len;
-  if (end > buf.length) throw malformed('truncated');
-  return { tag, raw: buf.subarray(off, end), contents: buf.subarray(off + head, end) };
-}
-
-/** The values inside `contents`, which they fill exactly. */
-function children(contents: Buffer): Tlv[] {
-  const out: Tlv[] = [];
-  for (let off = 0; off < contents.length;) {
-    const t = readTlv(contents, off);
-    out.push(t);
-    off += t.raw.length;
-  }
-  return out;
+  return new EdgeidError('csr_malformed', `the CSR is not valid: ${why}`);
 }
 
 function expectTag(t: Tlv | undefined, tag: number, what: string): Tlv {
@@ -70,10 +31,10 @@ function expectTag(t: Tlv | undefined, tag: number, what: string): Tlv {
 /** Name (RFC 5280 §4.1.2.4): a SEQUENCE of SETs of SEQUENCEs, each well-formed DER. */
 function checkName(name: Tlv): void {
   for (const rdn of children(name.contents)) {
-    expectTag(rdn, SET, 'RelativeDistinguishedName');
+    expectTag(rdn, TAG.SET, 'RelativeDistinguishedName');
     for (const atv of children(rdn.contents)) {
-      const parts = children(expectTag(atv, SEQUENCE, 'AttributeTypeAndValue').contents);
-      if (parts.length !== 2 || parts[0]!.tag !== 0x06) throw malformed('AttributeTypeAndValue');
+      const parts = children(expectTag(atv, TAG.SEQUENCE, 'AttributeTypeAndValue').contents);
+      if (parts.length !== 2 || parts[0]!.tag !== TAG.OID) throw malformed('AttributeTypeAndValue');
     }
   }
 }
@@ -87,21 +48,21 @@ export interface ParsedCsr {
 
 /** Parses a PKCS#10 request strictly (see above); throws csr_malformed. */
 export function parseCsr(der: Buffer): ParsedCsr {
-  const outer = expectTag(readTlv(der, 0), SEQUENCE, 'CertificationRequest');
+  const outer = expectTag(readTlv(der, 0), TAG.SEQUENCE, 'CertificationRequest');
   if (outer.raw.length !== der.length) throw malformed('bytes after the request');
   const [info, alg, sig, ...rest] = children(outer.contents);
   if (rest.length) throw malformed('extra fields in CertificationRequest');
-  expectTag(info, SEQUENCE, 'CertificationRequestInfo');
+  expectTag(info, TAG.SEQUENCE, 'CertificationRequestInfo');
   if (!alg || !alg.raw.equals(ECDSA_WITH_SHA256)) throw malformed('signature algorithm is not ecdsa-with-SHA256');
-  expectTag(sig, BIT_STRING, 'signature');
+  expectTag(sig, TAG.BIT_STRING, 'signature');
   if (sig!.contents.length < 2 || sig!.contents[0] !== 0) throw malformed('signature BIT STRING');
   const [version, subject, spki, attributes, ...more] = children(info!.contents);
   if (more.length) throw malformed('extra fields in CertificationRequestInfo');
-  if (!version || !version.raw.equals(Buffer.from([INTEGER, 1, 0]))) throw malformed('version is not v1(0)');
-  checkName(expectTag(subject, SEQUENCE, 'subject'));
-  const key = children(expectTag(spki, SEQUENCE, 'subjectPKInfo').contents);
-  if (key.length !== 2 || key[0]!.tag !== SEQUENCE || key[1]!.tag !== BIT_STRING) throw malformed('subjectPKInfo');
-  for (const a of children(expectTag(attributes, ATTRIBUTES, 'attributes').contents)) expectTag(a, SEQUENCE, 'Attribute');
+  if (!version || !version.raw.equals(Buffer.from([TAG.INTEGER, 1, 0]))) throw malformed('version is not v1(0)');
+  checkName(expectTag(subject, TAG.SEQUENCE, 'subject'));
+  const key = children(expectTag(spki, TAG.SEQUENCE, 'subjectPKInfo').contents);
+  if (key.length !== 2 || key[0]!.tag !== TAG.SEQUENCE || key[1]!.tag !== TAG.BIT_STRING) throw malformed('subjectPKInfo');
+  for (const a of children(expectTag(attributes, ATTRIBUTES, 'attributes').contents)) expectTag(a, TAG.SEQUENCE, 'Attribute');
   return { info: info!.raw, spki: spki!.raw, signature: sig!.contents.subarray(1) };
 }
 
