@@ -11,6 +11,7 @@ import { Gauge } from 'prom-client';
 import { EdgeidError } from '../protocol/errors/index.js';
 import { createBrokerIntegration } from './broker/setup.js';
 import { CertificateAuthority } from './ca/ca.js';
+import { openIssuerSigner } from './ca/keys.js';
 import { serverUrl, type ServerConfig } from './config.js';
 import { ensurePrivateDir } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
@@ -55,7 +56,9 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   if (store.schema.from !== store.schema.to) log.info({ from: store.schema.from, to: store.schema.to }, 'database schema migrated');
   let ca: CertificateAuthority;
   try {
-    ca = await CertificateAuthority.open({ dir: join(config.dataDir, DATA_FILES.caDir), hostnames: config.hostnames });
+    // a token key is opened here (PIN, token, key label checked at start: hsm_* codes); a file key by the CA itself
+    const issuer = config.ca.key === 'pkcs11' ? await openIssuerSigner({ kind: 'pkcs11', config: config.ca.pkcs11 }) : undefined;
+    ca = await CertificateAuthority.open({ dir: join(config.dataDir, DATA_FILES.caDir), hostnames: config.hostnames, issuer });
   } catch (e) {
     await store.close();
     throw e;
