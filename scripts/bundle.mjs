@@ -114,7 +114,8 @@ const PROGRAMS = {
     banner: common,
     define: {},
     external: ['bufferutil', 'utf-8-validate'],
-    plugins: [bindingsBesideBundle],
+    // the admin CLI reaches the server's modules (DATA_FILES) but never opens a token: no pkcs11.node
+    plugins: [bindingsBesideBundle, pkcs11BesideBundle],
     natives: [],
   },
 };
