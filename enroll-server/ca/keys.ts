@@ -246,12 +246,16 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
   const signerFromObjects = async (label: string): Promise<CaSigner> => {
     const priv = onePrivate(label);
     const a = attributes(label);
-    if (!a.sensitive || a.extractable)
-      throw new EdgeidError(
-        'hsm_key_exportable',
-        `the key "${label}" in token "${cfg.token}" is ${a.sensitive ? '' : 'not CKA_SENSITIVE'}${!a.sensitive && a.extractable ? ' and ' : ''}${a.extractable ? 'CKA_EXTRACTABLE' : ''}`,
-        { token: cfg.token, keyLabel: label },
-      );
+    // PKCS#11 v2.40 §4.9: CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE say the value was never
+    // outside the token in plaintext (a key imported from a file has both false)
+    const weak = [
+      !a.sensitive && 'not CKA_SENSITIVE',
+      a.extractable && 'CKA_EXTRACTABLE',
+      !a.alwaysSensitive && 'not CKA_ALWAYS_SENSITIVE',
+      !a.neverExtractable && 'not CKA_NEVER_EXTRACTABLE',
+    ].filter(Boolean);
+    if (weak.length > 0)
+      throw new EdgeidError('hsm_key_exportable', `the key "${label}" in token "${cfg.token}" is ${weak.join(', ')}`, { token: cfg.token, keyLabel: label });
     const id = priv.id;
     const pubs = publicObjects(label);
     let pubObj = null;
@@ -314,7 +318,7 @@ type EcKeyGenParams = webcrypto.EcKeyGenParams;
 
 /**
  * `ca init --pkcs11`: the issuing key pair, generated inside the token under `keyLabel` unless a
- * key with that label exists (then that key is used if it is sensitive and non-extractable).
+ * key with that label exists (then that key is used if it is sensitive and never was extractable).
  */
 export async function createTokenKey(
   cfg: Pkcs11KeyConfig,

@@ -42,7 +42,8 @@ export const caErrors = defineErrors({
   },
   hsm_key_exportable: {
     status: 500,
-    message: 'The issuing key in the token can be exported (not CKA_SENSITIVE, or CKA_EXTRACTABLE); edgeid uses only keys that never leave the token.',
+    message:
+      'The issuing key in the token is or was exportable (not CKA_SENSITIVE, CKA_EXTRACTABLE, or imported: not CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE); edgeid uses only keys that never left the token.',
     fix: 'Create a new key with `edgeid-server ca init --pkcs11` (generated inside the token, sensitive and non-extractable) under a new label.',
   },
   ca_issuing_missing: {

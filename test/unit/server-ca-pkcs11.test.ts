@@ -130,7 +130,7 @@ test('the token key is CKA_SENSITIVE, never extractable, generated in the token;
   assert.match(again.join(''), /found the issuing key/);
 });
 
-test('start errors: wrong PIN, unknown token, missing key label, open PIN file, unset PIN variable, bad module', async (t) => {
+test('start errors: wrong PIN, unknown token, missing key label, open PIN file, unset PIN variable, imported key, bad module', async (t) => {
   const s = await setup(t);
   assert.equal(await runCaCommand(['init', '--pkcs11', ...s.argv], quiet), 0);
   const variant = async (name: string, p: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env) => {
@@ -171,6 +171,16 @@ test('start errors: wrong PIN, unknown token, missing key label, open PIN file, 
     { ...process.env, EDGEID_TEST_HSM_PIN: s.tok.pin },
   );
   await closeIssuerSigner(ok);
+
+  // a key that was once outside the token (softhsm2-util --import of a PEM file): refused
+  const pem = path.join(s.tok.dir, 'outside.pem');
+  await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', pem]);
+  await run('softhsm2-util', ['--import', pem, '--token', s.tok.label, '--label', 'imported', '--id', '0a0b', '--pin', s.tok.pin], { env: { ...process.env, ...s.tok.env } });
+  const r7 = await variant('imported', s.tok.pkcs11('imported'));
+  assert.equal(r7.code, 'hsm_key_exportable');
+  assert.match(r7.message, /not CKA_ALWAYS_SENSITIVE, not CKA_NEVER_EXTRACTABLE/);
+  const cfgImported = path.join(s.tok.dir, 'imported.json');
+  assert.equal((await refusal(runCaCommand(['init', '--pkcs11', '--config', cfgImported, '--data', s.dataDir], quiet))).code, 'hsm_key_exportable');
 
   const r6 = await variant('module', { ...s.tok.pkcs11(KEY), module: path.join(s.tok.dir, 'nope.so') });
   assert.equal(r6.code, 'hsm_module_unusable');
