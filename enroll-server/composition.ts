@@ -11,6 +11,7 @@ import { Gauge } from 'prom-client';
 import { EdgeidError } from '../protocol/errors/index.js';
 import { createBrokerIntegration } from './broker/setup.js';
 import { CertificateAuthority } from './ca/ca.js';
+import { closeIssuerSigner, openIssuerSigner, type CaSigner } from './ca/keys.js';
 import { serverUrl, type ServerConfig } from './config.js';
 import { ensurePrivateDir } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
@@ -54,9 +55,13 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   const store = new SqliteStore(join(config.dataDir, DATA_FILES.db));
   if (store.schema.from !== store.schema.to) log.info({ from: store.schema.from, to: store.schema.to }, 'database schema migrated');
   let ca: CertificateAuthority;
+  let issuer: CaSigner | undefined;
   try {
-    ca = await CertificateAuthority.open({ dir: join(config.dataDir, DATA_FILES.caDir), hostnames: config.hostnames });
+    // a token key is opened here (PIN, token, key label checked at start: hsm_* codes); a file key by the CA itself
+    if (config.ca.key === 'pkcs11') issuer = await openIssuerSigner({ kind: 'pkcs11', config: config.ca.pkcs11 });
+    ca = await CertificateAuthority.open({ dir: join(config.dataDir, DATA_FILES.caDir), hostnames: config.hostnames, issuer });
   } catch (e) {
+    if (issuer) await closeIssuerSigner(issuer);
     await store.close();
     throw e;
   }

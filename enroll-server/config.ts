@@ -109,6 +109,22 @@ export interface ServerConfig {
    */
   ek: { roots: string[]; intermediates: string[]; builtinRoots: boolean; requireEkCertificate: boolean | null };
   zones: Record<string, ZonePolicy>;
+  /** Where the issuing CA's signing key lives (enroll-server/ca/keys.ts): a 0600 file in data/ca (default) or a PKCS#11 token. */
+  ca: { key: 'file' } | { key: 'pkcs11'; pkcs11: Pkcs11KeyConfig };
+}
+
+/**
+ * An issuing key inside a PKCS#11 token (PKCS#11 v2.40 §4.9: CKA_SENSITIVE, non-CKA_EXTRACTABLE
+ * private key; found by CKA_LABEL). The PIN comes from a 0600 file or an environment variable.
+ */
+export interface Pkcs11KeyConfig {
+  /** The vendor's PKCS#11 module (.so). */
+  module: string;
+  /** Token label (CK_TOKEN_INFO.label). */
+  token: string;
+  /** CKA_LABEL of the key pair. */
+  keyLabel: string;
+  pin: { file: string } | { env: string };
 }
 
 export interface BrokerConfig {
@@ -394,6 +410,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'metrics',
     'audit',
     'retention',
+    'ca',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -476,6 +493,26 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   for (const [name, z] of Object.entries(zonesRaw)) zones[name] = zone(root.at('zones').at(name), name, z, allowShortLifetimes);
   if (Object.keys(zones).length === 0) root.at('zones').fail('must define at least one zone');
 
+  const caRaw = o.ca === undefined ? {} : asObject(root.at('ca'), o.ca);
+  onlyKeys(root.at('ca'), caRaw, ['key', 'pkcs11']);
+  let ca: ServerConfig['ca'] = { key: 'file' };
+  if (caRaw.key === 'pkcs11') {
+    const pf = root.at('ca').at('pkcs11');
+    const p = asObject(pf, caRaw.pkcs11);
+    onlyKeys(pf, p, ['module', 'token', 'keyLabel', 'pinFile', 'pinEnv']);
+    if ((p.pinFile === undefined) === (p.pinEnv === undefined)) pf.fail('needs exactly one of pinFile (a 0600 file) and pinEnv (a variable name)');
+    ca = {
+      key: 'pkcs11',
+      pkcs11: {
+        module: resolve(cwd, str(pf.at('module'), p.module)),
+        token: str(pf.at('token'), p.token),
+        keyLabel: str(pf.at('keyLabel'), p.keyLabel),
+        pin: p.pinFile !== undefined ? { file: resolve(cwd, str(pf.at('pinFile'), p.pinFile)) } : { env: str(pf.at('pinEnv'), p.pinEnv) },
+      },
+    };
+  } else if (caRaw.key !== undefined && caRaw.key !== 'file') root.at('ca').at('key').fail('must be "file" or "pkcs11"');
+  else if (caRaw.pkcs11 !== undefined) root.at('ca').at('pkcs11').fail('is read only with "key": "pkcs11"');
+
   const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
   return {
     dataDir,
@@ -515,6 +552,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     broker,
     ek,
     zones,
+    ca,
   };
 }
 

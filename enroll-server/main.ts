@@ -3,20 +3,24 @@
  * edgeid-server: the enrollment server. Runs with no configuration at all (data dir ./data,
  * SQLite, CA created on first start, HTTPS on 0.0.0.0:8443, zone `default`).
  *   edgeid-server [--data DIR] [--listen HOST:PORT] [--config FILE]
+ *   edgeid-server ca init --pkcs11 … | ca import-issuing CERT …   (ca/cli.ts: the issuing key in an HSM)
  * Env: EDGEID_DATA, EDGEID_LISTEN, EDGEID_LOG_LEVEL.
  */
 import { join } from 'node:path';
 import { isEdgeidError } from '../protocol/errors/index.js';
+import { CA_USAGE, runCaCommand } from './ca/cli.js';
 import { loadConfig } from './config.js';
 import { createServer, DATA_FILES } from './server.js';
 
 const USAGE = `usage: edgeid-server [--data DIR] [--listen HOST:PORT] [--config FILE]
   --data DIR          data directory (default ./data, env EDGEID_DATA)
   --listen HOST:PORT  listen address (default 0.0.0.0:8443, env EDGEID_LISTEN; port 0 = any free port)
-  --config FILE       JSON configuration (zones, hostnames, EK roots, rate limits ...)`;
+  --config FILE       JSON configuration (zones, hostnames, EK roots, rate limits ...)
+${CA_USAGE}`;
 
 async function main(): Promise<number> {
   const argv = process.argv.slice(2);
+  if (argv[0] === 'ca' && !argv.includes('--help') && !argv.includes('-h')) return runCaCommand(argv.slice(1));
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE + '\n');
     return 0;

@@ -6,6 +6,8 @@
 //   dist/edgeid-server.js     esbuild bundle of enroll-server/main.ts
 //   dist/edgeid-admin.js      esbuild bundle of enroll-server/admin-cli.ts
 //   dist/better_sqlite3.node  better-sqlite3's native addon, copied beside the server bundle
+//   dist/pkcs11.node          pkcs11js's native addon (issuing CA key in a PKCS#11 token), beside
+//                             the server bundle; loaded only when ca.key is "pkcs11"
 //   dist/migrations/*.sql     the store's schema migrations, read at start from ./migrations/
 //                             beside the server bundle (enroll-server/store/migrate.ts)
 // Usage: node scripts/bundle.mjs [--outdir DIR] [--metafile] [--only agent|server|admin]
@@ -62,6 +64,21 @@ const bindingsBesideBundle = {
   },
 };
 
+// pkcs11js loads its addon as require('./build/Release/pkcs11.node'): in the server bundle it is
+// the file beside the bundle (or the one EDGEID_PKCS11_ADDON names). enroll-server/ca/keys.ts
+// imports the PKCS#11 packages with import(), so the addon is loaded only when a token is configured.
+const pkcs11Addon = path.join(root, 'node_modules/pkcs11js/build/Release/pkcs11.node');
+const pkcs11BesideBundle = {
+  name: 'edgeid-pkcs11-beside-bundle',
+  setup(b) {
+    b.onResolve({ filter: /pkcs11\.node$/ }, (a) => ({ path: a.path, namespace: 'edgeid-pkcs11' }));
+    b.onLoad({ filter: /.*/, namespace: 'edgeid-pkcs11' }, () => ({
+      contents: "module.exports = require(process.env.EDGEID_PKCS11_ADDON || './pkcs11.node');",
+      loader: 'js',
+    }));
+  },
+};
+
 const PROGRAMS = {
   agent: {
     entry: 'agent/cli.ts',
@@ -83,8 +100,11 @@ const PROGRAMS = {
     define: {},
     // mqtt.js's optional native WebSocket speed-ups (ws tries them and falls back to JS)
     external: ['bufferutil', 'utf-8-validate'],
-    plugins: [bindingsBesideBundle],
-    natives: [[sqliteAddon, 'better_sqlite3.node', 'npm ci (better-sqlite3 builds it)']],
+    plugins: [bindingsBesideBundle, pkcs11BesideBundle],
+    natives: [
+      [sqliteAddon, 'better_sqlite3.node', 'npm ci (better-sqlite3 builds it)'],
+      [pkcs11Addon, 'pkcs11.node', 'npm ci (pkcs11js builds it)'],
+    ],
     // migrate.ts reads new URL('./migrations/', import.meta.url): beside the bundle once bundled
     dataDirs: [[path.join(root, 'enroll-server/store/migrations'), 'migrations']],
   },
@@ -94,7 +114,8 @@ const PROGRAMS = {
     banner: common,
     define: {},
     external: ['bufferutil', 'utf-8-validate'],
-    plugins: [bindingsBesideBundle],
+    // the admin CLI reaches the server's modules (DATA_FILES) but never opens a token: no pkcs11.node
+    plugins: [bindingsBesideBundle, pkcs11BesideBundle],
     natives: [],
   },
 };

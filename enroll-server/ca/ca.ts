@@ -8,10 +8,13 @@ import { AsnConvert } from '@peculiar/asn1-schema';
 import { CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
 import { certFingerprint, type ControlCommand, type RevokeReason, type SignedControl } from '../../protocol/api.js';
 import { CONTROL_SIGNER_CN, CONTROL_SIGNER_EKU, signControlCommand } from '../../protocol/control.js';
+import { EdgeidError } from '../../protocol/errors/index.js';
 import { ensurePrivateDir, writeFileAtomic } from '../files.js';
+import { openIssuerSigner, type CaSigner } from './keys.js';
 
 type CryptoKey = webcrypto.CryptoKey;
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+type X509Crypto = Parameters<typeof x509.cryptoProvider.set>[0];
+x509.cryptoProvider.set(webcrypto as unknown as X509Crypto);
 
 const ALG = { name: 'ECDSA', hash: 'SHA-256' } as const;
 const EC_IMPORT = { name: 'ECDSA', namedCurve: 'P-256' } as const;
@@ -93,6 +96,12 @@ export interface CaOptions {
   dir: string;
   /** DNS names / IPs for the server's TLS certificate (localhost and 127.0.0.1 are always added). */
   hostnames: string[];
+  /**
+   * The issuing CA's signing key (ca/keys.ts, e.g. in a PKCS#11 token); default: the file key
+   * data/ca/intermediate.key. With a signer, intermediate.pem must hold its public key, and a
+   * root.pem without root.key is an offline root (the intermediate is then imported, never made here).
+   */
+  issuer?: CaSigner;
 }
 
 /**
@@ -104,7 +113,7 @@ export class CertificateAuthority {
   private constructor(
     readonly root: x509.X509Certificate,
     readonly intermediate: x509.X509Certificate,
-    private readonly issuerKey: KeyPair,
+    private readonly issuerKey: CaSigner,
     readonly tls: { key: string; cert: string },
     private readonly control: { key: KeyObject; certPem: string },
     readonly created: boolean,
@@ -113,9 +122,10 @@ export class CertificateAuthority {
   static async open(opts: CaOptions): Promise<CertificateAuthority> {
     ensurePrivateDir(opts.dir);
     const p = (f: string) => join(opts.dir, f);
-    const rootKey = await loadOrCreateKey(p('root.key'));
+    const offlineRoot = opts.issuer !== undefined && existsSync(p('root.pem')) && !existsSync(p('root.key'));
+    const rootKey = offlineRoot ? null : await loadOrCreateKey(p('root.key'));
     let root: x509.X509Certificate;
-    if (!rootKey.created && existsSync(p('root.pem'))) {
+    if (!rootKey || (!rootKey.created && existsSync(p('root.pem')))) {
       root = new x509.X509Certificate(readFileSync(p('root.pem'), 'utf8'));
     } else {
       const now = Date.now();
@@ -138,11 +148,16 @@ export class CertificateAuthority {
       writeFileAtomic(p('root.pem'), root.toString('pem') + '\n', 0o644);
     }
 
-    const interKey = await loadOrCreateKey(p('intermediate.key'));
+    const interCreated = !opts.issuer && !existsSync(p('intermediate.key'));
+    const interKey = opts.issuer ?? (await openIssuerSigner({ kind: 'file', path: p('intermediate.key') }));
     let intermediate: x509.X509Certificate;
-    if (!interKey.created && !rootKey.created && existsSync(p('intermediate.pem'))) {
+    const interIssued = interCreated || !!rootKey?.created || !existsSync(p('intermediate.pem'));
+    if (!interIssued) {
       intermediate = new x509.X509Certificate(readFileSync(p('intermediate.pem'), 'utf8'));
+      if (opts.issuer && !Buffer.from(intermediate.publicKey.rawData).equals(interKey.spki))
+        throw new EdgeidError('ca_issuing_mismatch', `${p('intermediate.pem')} was issued for another key than the configured signing key`);
     } else {
+      if (!rootKey) throw new EdgeidError('ca_issuing_missing', `${p('intermediate.pem')} is missing and the root key is offline`);
       const now = Date.now();
       intermediate = await x509.X509CertificateGenerator.create({
         serialNumber: randomSerial(),
@@ -150,7 +165,7 @@ export class CertificateAuthority {
         issuer: root.subject,
         notBefore: new Date(now - BACKDATE_MS),
         notAfter: new Date(now + 10 * YEAR),
-        publicKey: spkiOf(interKey.pair.key),
+        publicKey: interKey.spki,
         signingKey: rootKey.pair.signingKey,
         signingAlgorithm: ALG,
         extensions: [
@@ -159,7 +174,7 @@ export class CertificateAuthority {
             x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
             true,
           ),
-          await x509.SubjectKeyIdentifierExtension.create(spkiOf(interKey.pair.key)),
+          await x509.SubjectKeyIdentifierExtension.create(interKey.spki),
           await x509.AuthorityKeyIdentifierExtension.create(spkiOf(rootKey.pair.key)),
         ],
       });
@@ -178,7 +193,7 @@ export class CertificateAuthority {
       if (fresh && issuedByUs && names.every((n) => have.has(n.toLowerCase()))) serverCert = c;
     }
     if (!serverCert) {
-      serverCert = await CertificateAuthority.issueWith(interKey.pair, intermediate, {
+      serverCert = await CertificateAuthority.issueWith(interKey, intermediate, {
         subject: 'CN=edgeid server, O=edgeid',
         spki: spkiOf(serverKey.pair.key),
         lifetimeMs: 90 * 86400 * 1000,
@@ -196,10 +211,10 @@ export class CertificateAuthority {
 
     const controlKey = await loadOrCreateKey(p('control.key'));
     let controlPem: string;
-    if (!controlKey.created && !interKey.created && existsSync(p('control.pem'))) {
+    if (!controlKey.created && !interIssued && existsSync(p('control.pem'))) {
       controlPem = readFileSync(p('control.pem'), 'utf8');
     } else {
-      const c = await CertificateAuthority.issueWith(interKey.pair, intermediate, {
+      const c = await CertificateAuthority.issueWith(interKey, intermediate, {
         subject: `CN=${CONTROL_SIGNER_CN}, O=edgeid`,
         spki: spkiOf(controlKey.pair.key),
         lifetimeMs: 5 * YEAR,
@@ -215,20 +230,21 @@ export class CertificateAuthority {
     return new CertificateAuthority(
       root,
       intermediate,
-      interKey.pair,
+      interKey,
       { key: readFileSync(p('server.key'), 'utf8'), cert: readFileSync(p('server.pem'), 'utf8') },
       { key: controlKey.pair.key, certPem: controlPem },
-      rootKey.created,
+      !!rootKey?.created,
     );
   }
 
   private static async issueWith(
-    issuerKey: KeyPair,
+    issuerKey: CaSigner,
     issuer: x509.X509Certificate,
     p: { subject: string; spki: Buffer; lifetimeMs: number; extensions: x509.Extension[]; serial?: string; now?: number },
   ): Promise<x509.X509Certificate> {
     const now = p.now ?? Date.now();
-    return x509.X509CertificateGenerator.create({
+    return x509.X509CertificateGenerator.create(
+      {
       serialNumber: p.serial ?? randomSerial(),
       subject: p.subject,
       issuer: issuer.subject,
@@ -236,7 +252,7 @@ export class CertificateAuthority {
       notBefore: new Date(Math.ceil((now - BACKDATE_MS) / 1000) * 1000),
       notAfter: new Date(now + p.lifetimeMs),
       publicKey: p.spki,
-      signingKey: issuerKey.signingKey,
+      signingKey: issuerKey.key,
       signingAlgorithm: ALG,
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
@@ -244,7 +260,9 @@ export class CertificateAuthority {
         await x509.SubjectKeyIdentifierExtension.create(p.spki),
         await x509.AuthorityKeyIdentifierExtension.create(issuer.publicKey),
       ],
-    });
+      },
+      issuerKey.crypto as unknown as X509Crypto,
+    );
   }
 
   get rootPem(): string {
@@ -328,18 +346,21 @@ export class CertificateAuthority {
   }): Promise<CrlData> {
     const thisUpdate = new Date(Date.now() - BACKDATE_MS);
     const nextUpdate = new Date(Date.now() + p.validitySeconds * 1000);
-    const crl = await x509.X509CrlGenerator.create({
+    const crl = await x509.X509CrlGenerator.create(
+      {
       issuer: this.intermediate.subject,
       thisUpdate,
       nextUpdate,
-      signingKey: this.issuerKey.signingKey,
+      signingKey: this.issuerKey.key,
       signingAlgorithm: ALG,
       entries: p.entries.map((e) => ({ serialNumber: e.serial, revocationDate: e.revokedAt, reason: CRL_REASON[e.reason] })),
       extensions: [
         await x509.AuthorityKeyIdentifierExtension.create(this.intermediate.publicKey),
         new x509.Extension(id_ce_cRLNumber, false, AsnConvert.serialize(new CRLNumber(Number(p.number)))),
       ],
-    });
+      },
+      this.issuerKey.crypto as unknown as X509Crypto,
+    );
     const der = Buffer.from(crl.rawData);
     // OpenSSL and Mosquitto read the RFC 7468 label "X509 CRL" (@peculiar writes "CRL")
     const pem = `-----BEGIN X509 CRL-----\n${der

@@ -188,6 +188,7 @@ test('the Debian packages install, run, upgrade, remove and purge (dpkg --root)'
     'usr/bin/edgeid-admin',
     'usr/lib/edgeid-agent/edgeid_tpm.node',
     'usr/lib/edgeid-server/better_sqlite3.node',
+    'usr/lib/edgeid-server/pkcs11.node',
   ]) {
     assert.ok(existsSync(path.join(root, f)), f);
   }
