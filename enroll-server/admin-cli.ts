@@ -38,6 +38,11 @@ commands:
   audit export [--out FILE] [--json]   JSON lines, oldest first (--json: one array)
   audit verify [--file FILE] [--json]  checks the hash chain (on the server, or an exported FILE)
   ca export [--out FILE] [--json]      the CA chain (PEM) devices and tools trust
+  ca status [--json]                   every CA certificate (root, issuing CAs, server TLS, control
+                                       signer) and its expiry; WARN lines (stderr) for those expiring
+                                       within the warning window; exit 1 if any has expired
+  ca rotate-issuing [--json]           a new issuing CA under the same root issues from now on; the
+                                       old one's certificates stay valid, its CRL stays published
   backup --out FILE [--passphrase-file F] [--json]
                                        a consistent snapshot taken by the running server (database,
                                        CA certificates and keys, admin token), encrypted with the
@@ -515,6 +520,28 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'ca export': {
       const pem = (await client.raw('GET', '/v1/ca', { auth: false })).toString('utf8');
       o.result = flags.json ? jsonText({ chain: pem }, 2) + '\n' : pem;
+      return 0;
+    }
+    case 'ca status': {
+      const st = await client.request('GET', '/v1/admin/ca/status', undefined, W.CaStatus);
+      emit(st, () =>
+        table(
+          st.cas.map((c) => ({ ...c, days: Math.floor(c.secondsLeft / 86400), active: c.active === undefined ? '' : c.active ? 'yes' : 'no' })),
+          ['ca', 'notAfter', 'days', 'active', 'subject'],
+        ),
+      );
+      for (const c of st.cas.filter((x) => x.warn)) {
+        o.notes.push(
+          c.secondsLeft <= 0
+            ? `EXPIRED: ${c.ca} expired ${c.notAfter}`
+            : `WARN: ${c.ca} expires ${c.notAfter} (in ${Math.floor(c.secondsLeft / 86400)} days, within ${c.warnDays}): ${c.ca === 'server-tls' ? 'restart the server to re-issue it' : 'rotate it'}`,
+        );
+      }
+      return st.cas.some((c) => c.secondsLeft <= 0) ? 1 : 0;
+    }
+    case 'ca rotate-issuing': {
+      const res = await client.request('POST', '/v1/admin/ca/rotate-issuing', {}, W.CaRotateResponse);
+      emit(res, () => `issuing CA ${res.issuer} (${res.subject}, until ${res.notAfter}) issues from now on; ${res.previous} stays trusted and keeps its CRL`);
       return 0;
     }
     case 'backup': {

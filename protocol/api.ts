@@ -522,7 +522,9 @@ export const CaExpiryView = Type.Object({
   active: Type.Optional(Type.Boolean()),
   /** Seconds until notAfter (negative: expired). */
   secondsLeft: Type.Integer(),
-  /** True when it expires within the warning window. */
+  /** Its warning window in days (180 for CA certificates; 30 for the server's 90-day TLS certificate). */
+  warnDays: Type.Integer(),
+  /** True when it expires within its warning window. */
   warn: Type.Boolean(),
 });
 export const CaStatus = Type.Object({ warnDays: Type.Integer(), cas: Type.Array(CaExpiryView) });

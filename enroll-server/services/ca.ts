@@ -21,6 +21,11 @@ export async function regenerateCrl(
  * log): half a year leaves time to rotate an issuing CA and to roll a new root out to agents.
  */
 export const CA_EXPIRY_WARN_DAYS = 180;
+/**
+ * The server's TLS certificate lives 90 days and is re-issued when the server starts with less
+ * than 30 days left (ca.ts): a warning at 30 days means the server has not restarted since.
+ */
+export const TLS_EXPIRY_WARN_DAYS = 30;
 
 /** Every CA certificate the server uses and how long it has left. */
 export function caStatusOf(ctx: ServerContext): CaStatus {
@@ -29,7 +34,8 @@ export function caStatusOf(ctx: ServerContext): CaStatus {
     warnDays: CA_EXPIRY_WARN_DAYS,
     cas: ctx.ca.expiries().map((e) => {
       const secondsLeft = Math.floor((Date.parse(e.notAfter) - now) / 1000);
-      return { ...e, secondsLeft, warn: secondsLeft < CA_EXPIRY_WARN_DAYS * 86400 };
+      const warnDays = e.ca === 'server-tls' ? TLS_EXPIRY_WARN_DAYS : CA_EXPIRY_WARN_DAYS;
+      return { ...e, secondsLeft, warnDays, warn: secondsLeft < warnDays * 86400 };
     }),
   };
 }
@@ -57,6 +63,19 @@ export async function rotateIssuingCa(
       applyTls(ctx.ca.tls);
       await ctx.crl.regenerate('issuing CA rotated');
       a.details = { issuer: next.name, previous: previous.name, notAfter: next.cert.notAfter.toISOString(), serial: next.cert.serialNumber };
+      // The broker's crlfile must hold the new CA's CRL before any device shows a certificate of
+      // the new CA: with CRL checking on, OpenSSL refuses a client whose issuer has no CRL loaded
+      // ("unable to get certificate CRL"). The revoked set did not change, so the CRL schedule
+      // would not reload on its own: the broker loads it now.
+      if (ctx.broker?.crlStatus()) {
+        try {
+          await ctx.broker.reloadCrl('issuing CA rotated');
+          a.details.brokerCrlReloaded = true;
+        } catch (e) {
+          a.details.brokerCrlReloaded = false;
+          ctx.log.error({ err: (e as Error).message }, 'issuing CA rotated, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload');
+        }
+      }
       return {
         issuer: next.name,
         subject: next.cert.subject,
@@ -83,7 +102,7 @@ export function registerCaMetrics(ctx: ServerContext): void {
   for (const c of caStatusOf(ctx).cas.filter((x) => x.warn)) {
     ctx.log.warn(
       { ca: c.ca, notAfter: c.notAfter, daysLeft: Math.floor(c.secondsLeft / 86400) },
-      `CA certificate ${c.ca} expires within ${CA_EXPIRY_WARN_DAYS} days: rotate it (docs: CA rotation)`,
+      `CA certificate ${c.ca} expires within ${c.warnDays} days: ${c.ca === 'server-tls' ? 'restart the server to re-issue it' : 'rotate it'}`,
     );
   }
 }
