@@ -1,4 +1,6 @@
 import { Gauge } from 'prom-client';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { FIRST_ISSUING } from '../ca/ca.js';
 import type { CaStatus } from '../../protocol/api.js';
 import { caExclusive } from '../backup/backup.js';
 import type { ServerContext } from './context.js';
@@ -26,6 +28,8 @@ export const CA_EXPIRY_WARN_DAYS = 180;
  * than 30 days left (ca.ts): a warning at 30 days means the server has not restarted since.
  */
 export const TLS_EXPIRY_WARN_DAYS = 30;
+/** A rotated issuing CA is not rotated again within a day. */
+export const MIN_ISSUING_AGE_MS = 86400_000;
 
 /** Every CA certificate the server uses and how long it has left. */
 export function caStatusOf(ctx: ServerContext): CaStatus {
@@ -59,6 +63,15 @@ export async function rotateIssuingCa(
   return audited(ctx, { event: 'admin.ca.rotate_issuing', actor: who.actor, ip: who.ip }, (a) =>
     caExclusive(ctx, async () => {
       const previous = ctx.ca.active;
+      // a second rotation right after one is a mistake (a script run twice), never a plan: each
+      // issuing CA stays trusted, and its CRL published, for as long as its certificate is valid
+      const age = ctx.now() - previous.cert.notBefore.getTime();
+      if (previous.name !== FIRST_ISSUING && age < MIN_ISSUING_AGE_MS) {
+        throw new EdgeidError(
+          'ca_rotation_invalid',
+          `the active issuing CA ${previous.name} was created ${Math.round(age / 60000)} minutes ago by a rotation: rotate again after ${new Date(previous.cert.notBefore.getTime() + MIN_ISSUING_AGE_MS).toISOString()}`,
+        );
+      }
       const next = await ctx.ca.rotateIssuing(ctx.now());
       applyTls(ctx.ca.tls);
       await ctx.crl.regenerate('issuing CA rotated');

@@ -11,8 +11,8 @@
 import 'reflect-metadata';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSecureContext, connect as tlsConnect } from 'node:tls';
-import { X509Certificate } from 'node:crypto';
+import { createSecureContext, connect as tlsConnect, type SecureContext } from 'node:tls';
+import { X509Certificate, generateKeyPairSync } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as x509 from '@peculiar/x509';
@@ -23,16 +23,30 @@ import { startInProcessServer } from '../helpers/server.js';
 import { startDeployment } from '../../scripts/harness/deployment.js';
 import { PROBE_ACCEPTED_CONNACK, tlsHandshake } from '../../scripts/harness/revocation.js';
 import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
-import { tmpDir } from '../../scripts/harness/fs.js';
+import type { ServerProcess } from '../../scripts/harness/server.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 
 const cn = (subject: string) => /CN=([^,\n]+)/.exec(subject)?.[1];
 
-/** The TLS identity `broker monitor add NAME` wrote, as a secure context for a handshake probe. */
-async function monitorContext(dir: string, name: string) {
-  const base = path.join(dir, `edgeid-monitor-${name}`);
-  const cert = await readFile(`${base}.pem`, 'utf8');
-  return { ctx: createSecureContext({ cert, key: await readFile(`${base}.key`, 'utf8'), ca: await readFile(path.join(dir, 'ca.pem'), 'utf8') }), cert };
+/**
+ * A monitoring tool's broker identity through the admin API (what `edgeid-admin broker monitor
+ * add` does, without a CLI start per call): a software key, the certificate the active issuing CA
+ * issues (with its CA), as a secure context for a handshake probe.
+ */
+async function addMonitor(srv: ServerProcess, name: string): Promise<{ ctx: SecureContext; cert: string }> {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const spki = publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
+  const r = await srv.admin<{ certificate: string; caBundle: string }>('POST', '/v1/admin/broker/monitors', { name, spki });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return {
+    ctx: createSecureContext({ cert: r.body.certificate, key: privateKey.export({ type: 'pkcs8', format: 'pem' }), ca: r.body.caBundle }),
+    cert: r.body.certificate,
+  };
+}
+
+async function removeMonitor(srv: ServerProcess, name: string): Promise<void> {
+  const r = await srv.admin('POST', `/v1/admin/broker/monitors/${name}/remove`, {});
+  assert.equal(r.status, 200, JSON.stringify(r.body));
 }
 
 /** The issuer CN of the certificate the server presents on a new TLS connection. */
@@ -61,9 +75,7 @@ test('issuing-CA rotation: devices renew onto the new CA, the broker trusts and 
   await dev.enroll(http, tk.body.token);
   const oldCert = new x509.X509Certificate(dev.certificate!);
   assert.equal(cn(oldCert.issuer), 'edgeid Issuing CA');
-  const mon = await tmpDir('edgeid-mon-', t);
-  await d.admin(['broker', 'monitor', 'add', 'before', '--out', mon]);
-  const before = await monitorContext(mon, 'before');
+  const before = await addMonitor(srv, 'before');
   assert.deepEqual(await tlsHandshake(d.broker.port, before.ctx), { ok: true, connack: PROBE_ACCEPTED_CONNACK });
 
   // the rotation
@@ -77,8 +89,7 @@ test('issuing-CA rotation: devices renew onto the new CA, the broker trusts and 
   const crlFile = await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8');
   assert.equal(crlFile.match(/-----BEGIN X509 CRL-----/g)?.length, 2, crlFile);
 
-  await d.admin(['broker', 'monitor', 'add', 'after', '--out', mon]);
-  const after = await monitorContext(mon, 'after');
+  const after = await addMonitor(srv, 'after');
   assert.equal(cn(new X509Certificate(after.cert).issuer), 'edgeid Issuing CA 2');
   // both issuing CAs' client certificates are accepted during the overlap
   assert.deepEqual(await tlsHandshake(d.broker.port, before.ctx), { ok: true, connack: PROBE_ACCEPTED_CONNACK });
@@ -125,8 +136,8 @@ test('issuing-CA rotation: devices renew onto the new CA, the broker trusts and 
   assert.equal((unknown.body as { error: { code: string } }).error.code, 'crl_issuer_unknown');
 
   // revoked certificates of both issuing CAs are refused by the broker
-  await d.admin(['broker', 'monitor', 'remove', 'before']);
-  await d.admin(['broker', 'monitor', 'remove', 'after']);
+  await removeMonitor(srv, 'before');
+  await removeMonitor(srv, 'after');
   for (const c of [before, after]) {
     await waitFor(
       'the broker to refuse a removed monitor',
@@ -146,8 +157,7 @@ test('issuing-CA rotation: devices renew onto the new CA, the broker trusts and 
 
   // the measurement behind one CRL per issuing CA: with only the old CA's CRL in its crlfile,
   // Mosquitto (OpenSSL CRL checking) refuses a valid certificate of the new CA; with both, accepts it
-  await d.admin(['broker', 'monitor', 'add', 'third', '--out', mon]);
-  const third = await monitorContext(mon, 'third');
+  const third = await addMonitor(srv, 'third');
   const full = await readFile(path.join(d.brokerDir, 'crl.pem'), 'utf8');
   const blocks = full.match(/-----BEGIN X509 CRL-----[^-]+-----END X509 CRL-----\n/g)!;
   assert.equal(blocks.length, 2);
