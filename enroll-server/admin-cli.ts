@@ -19,6 +19,7 @@ import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { newMonitorKey, prepareMonitorDir, writeMonitorFiles } from './broker/monitor-files.js';
 import { formatDuration, parseDuration } from './duration.js';
 import { writeFileAtomic } from './files.js';
+import { readHeader, readPassphrase } from './backup/format.js';
 import { verifyChain } from './store/audit-chain.js';
 
 const USAGE = `usage: edgeid-admin COMMAND [options]
@@ -37,6 +38,16 @@ commands:
   audit export [--out FILE] [--json]   JSON lines, oldest first (--json: one array)
   audit verify [--file FILE] [--json]  checks the hash chain (on the server, or an exported FILE)
   ca export [--out FILE] [--json]      the CA chain (PEM) devices and tools trust
+  ca status [--json]                   every CA certificate (root, issuing CAs, server TLS, control
+                                       signer) and its expiry; WARN lines (stderr) for those expiring
+                                       within the warning window; exit 1 if any has expired
+  ca rotate-issuing [--json]           a new issuing CA under the same root issues from now on; the
+                                       old one's certificates stay valid, its CRL stays published
+  backup --out FILE [--passphrase-file F] [--json]
+                                       a consistent snapshot taken by the running server (database,
+                                       CA certificates and keys, admin token), encrypted with the
+                                       passphrase (F: mode 0600, first line; else EDGEID_BACKUP_PASSPHRASE);
+                                       FILE is written 0600. Restore: edgeid-server restore FILE --data DIR
   broker config --out DIR [--hostname H]... [--port 8883] [--bind 0.0.0.0] [--run-as-root]
                                        a Mosquitto 2.0 config dir (TLS + client certs, CRL, dynsec)
   renew-now ID [--json]                ask a device (over the broker) to re-attest at once
@@ -252,6 +263,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       bind: { type: 'string' },
       'run-as-root': { type: 'boolean' },
       days: { type: 'string' },
+      'passphrase-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -265,7 +277,7 @@ async function run(argv: string[], o: Output): Promise<number> {
   const key = [cmd, sub].filter(Boolean).join(' ');
   // --out FILE takes the result of every command (broker config's and broker monitor add's --out is a directory); the
   // document may hold a token, so 0600 — only the CA chain, which is public, is 0644
-  if (typeof flags.out === 'string' && key !== 'broker config' && !(key === 'broker monitor' && arg === 'add'))
+  if (typeof flags.out === 'string' && key !== 'broker config' && key !== 'backup' && !(key === 'broker monitor' && arg === 'add'))
     o.outFile = { path: flags.out, mode: key === 'ca export' ? 0o644 : 0o600 };
   // checks of the files a result goes to, run after the arguments are checked and before the
   // server is asked (a mistyped path must not leave a token created on the server and never shown)
@@ -508,6 +520,41 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'ca export': {
       const pem = (await client.raw('GET', '/v1/ca', { auth: false })).toString('utf8');
       o.result = flags.json ? jsonText({ chain: pem }, 2) + '\n' : pem;
+      return 0;
+    }
+    case 'ca status': {
+      const st = await client.request('GET', '/v1/admin/ca/status', undefined, W.CaStatus);
+      emit(st, () =>
+        table(
+          st.cas.map((c) => ({ ...c, days: Math.floor(c.secondsLeft / 86400), active: c.active === undefined ? '' : c.active ? 'yes' : 'no' })),
+          ['ca', 'notAfter', 'days', 'active', 'subject'],
+        ),
+      );
+      for (const c of st.cas.filter((x) => x.warn)) {
+        o.notes.push(
+          c.secondsLeft <= 0
+            ? `EXPIRED: ${c.ca} expired ${c.notAfter}`
+            : `WARN: ${c.ca} expires ${c.notAfter} (in ${Math.floor(c.secondsLeft / 86400)} days, within ${c.warnDays}): ${c.ca === 'server-tls' ? 'restart the server to re-issue it' : 'rotate it'}`,
+        );
+      }
+      return st.cas.some((c) => c.secondsLeft <= 0) ? 1 : 0;
+    }
+    case 'ca rotate-issuing': {
+      const res = await client.request('POST', '/v1/admin/ca/rotate-issuing', {}, W.CaRotateResponse);
+      emit(res, () => `issuing CA ${res.issuer} (${res.subject}, until ${res.notAfter}) issues from now on; ${res.previous} stays trusted and keeps its CRL`);
+      return 0;
+    }
+    case 'backup': {
+      const out = need(flags, 'out');
+      const passphrase = readPassphrase(typeof flags['passphrase-file'] === 'string' ? flags['passphrase-file'] : undefined);
+      checkWritable('out', out);
+      const started = Date.now();
+      // a large database takes a while to copy: the socket may stay idle that long
+      const file = await new AdminClient(connect().target, 600_000).binary('POST', '/v1/admin/backup', { passphrase });
+      const { header } = readHeader(file);
+      writeFileAtomic(out, file, 0o600);
+      const res = { file: out, bytes: file.length, createdAt: header.createdAt, auditHead: header.auditHead, ms: Date.now() - started };
+      emit(res, () => `wrote ${out} (${file.length} bytes; backup of ${header.createdAt}, audit head ${header.auditHead?.seq ?? 0})`);
       return 0;
     }
     case 'broker config': {

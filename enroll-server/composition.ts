@@ -19,6 +19,7 @@ import { createMetrics } from './metrics.js';
 import type { ServerContext } from './services/context.js';
 import { brokerHooks } from './services/broker.js';
 import { CrlService } from './services/crl.js';
+import { registerCaMetrics } from './services/ca.js';
 import { backfillAkNames } from './services/devices.js';
 import { reloadEkTrust } from './services/ek.js';
 import { SqliteStore } from './store/sqlite.js';
@@ -105,6 +106,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   }
   ctx.metrics = createMetrics(() => store.countDevicesByStatus());
   ctx.crl = new CrlService(ctx);
+  registerCaMetrics(ctx);
   const named = await backfillAkNames(ctx);
   if (named > 0) log.info({ devices: named }, 'stored the AK names of devices enrolled before they were stored');
   if (config.broker) {

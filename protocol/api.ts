@@ -511,6 +511,29 @@ export const AuditVerifyResult = Type.Object({
 export type AuditVerifyResult = Static<typeof AuditVerifyResult>;
 
 export const CrlRegenerateResponse = Type.Object({ number: Str, nextUpdate: Iso });
+/** GET /v1/crl/:issuer — the CRL of a later issuing CA (after a rotation). */
+export const CrlIssuerParams = Type.Object({ issuer: Type.String({ pattern: '^issuing-[0-9]{1,6}$' }) }, { additionalProperties: false });
+export const CaExpiryView = Type.Object({
+  /** root, issuing:<name>, server-tls, control */
+  ca: Str,
+  subject: Str,
+  notBefore: Iso,
+  notAfter: Iso,
+  active: Type.Optional(Type.Boolean()),
+  /** Seconds until notAfter (negative: expired). */
+  secondsLeft: Type.Integer(),
+  /** Its warning window in days (180 for CA certificates; 30 for the server's 90-day TLS certificate). */
+  warnDays: Type.Integer(),
+  /** True when it expires within its warning window. */
+  warn: Type.Boolean(),
+});
+export const CaStatus = Type.Object({ warnDays: Type.Integer(), cas: Type.Array(CaExpiryView) });
+export type CaStatus = Static<typeof CaStatus>;
+export const CaRotateResponse = Type.Object({ issuer: Str, subject: Str, notAfter: Iso, previous: Str, status: CaStatus });
+export type CaRotateResponse = Static<typeof CaRotateResponse>;
+/** POST /v1/admin/backup: the passphrase the backup is sealed with (the answer is the backup file, application/octet-stream). */
+export const BackupRequest = Type.Object({ passphrase: Type.String({ minLength: 1, maxLength: 1024 }) }, { additionalProperties: false });
+export type BackupRequest = Static<typeof BackupRequest>;
 export const BrokerReconcileResponse = Type.Object({ added: Type.Array(Str), removed: Type.Array(Str) });
 
 /** GET /v1/admin/broker/crl and POST /v1/admin/broker/crl/reload: the broker's CRL reload schedule. */

@@ -62,7 +62,11 @@ export function resolveTarget(
 }
 
 export class AdminClient {
-  constructor(readonly target: AdminTarget) {}
+  constructor(
+    readonly target: AdminTarget,
+    /** Socket idle timeout of a request. */
+    readonly timeoutMs = 30_000,
+  ) {}
 
   /**
    * A JSON request whose answer is checked against its protocol/api.ts schema: an answer that does
@@ -87,6 +91,11 @@ export class AdminClient {
     return this.send(method, path, undefined, opts.auth !== false);
   }
 
+  /** A JSON request whose answer is bytes (e.g. a backup file). */
+  binary(method: 'GET' | 'POST', path: string, body: unknown): Promise<Buffer> {
+    return this.send(method, path, body, true);
+  }
+
   private send(method: 'GET' | 'POST', path: string, body: unknown, auth: boolean): Promise<Buffer> {
     const url = new URL(path, this.target.server);
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -100,7 +109,7 @@ export class AdminClient {
             ...(auth ? { authorization: `Bearer ${this.target.token}` } : {}),
             ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}),
           },
-          timeout: 30_000,
+          timeout: this.timeoutMs,
         },
         (res) => {
           const chunks: Buffer[] = [];

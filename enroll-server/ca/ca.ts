@@ -1,6 +1,14 @@
 import 'reflect-metadata';
-import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, webcrypto, type KeyObject } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  randomBytes,
+  webcrypto,
+  X509Certificate,
+  type KeyObject,
+} from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
@@ -11,6 +19,8 @@ import { CONTROL_SIGNER_CN, CONTROL_SIGNER_EKU, signControlCommand } from '../..
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { ensurePrivateDir, writeFileAtomic } from '../files.js';
 import { openIssuerSigner, type CaSigner } from './keys.js';
+
+export type { CaSigner } from './keys.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 type X509Crypto = Parameters<typeof x509.cryptoProvider.set>[0];
@@ -34,6 +44,47 @@ const CRL_REASON: Record<RevokeReason, x509.X509CrlReason> = {
 interface KeyPair {
   key: KeyObject;
   signingKey: CryptoKey;
+}
+
+/** One issuing CA: `name` is its file stem in data/ca (`<name>.pem`, `<name>.key`). */
+export interface IssuingCa {
+  name: string;
+  cert: x509.X509Certificate;
+  signer: CaSigner;
+}
+
+/** data/ca/issuing.json: the issuing CAs in the order they were created, and the one that issues now. */
+interface IssuingList {
+  active: string;
+  names: string[];
+}
+const ISSUING_LIST = 'issuing.json';
+/** The first issuing CA (its files predate rotation). */
+export const FIRST_ISSUING = 'intermediate';
+const ISSUING_LIFETIME_MS = 10 * YEAR;
+
+/**
+ * The CRL distribution point path of an issuing CA's certificates: /v1/crl for the first one (as
+ * before rotation existed), /v1/crl/<name> for later ones (RFC 5280 §4.2.1.13: the CRL there is
+ * signed by the certificate's own issuer).
+ */
+export function crlPath(issuer: string): string {
+  return issuer === FIRST_ISSUING ? '/v1/crl' : `/v1/crl/${issuer}`;
+}
+
+function fileSigner(pair: KeyPair): CaSigner {
+  return { crypto: webcrypto as webcrypto.Crypto, key: pair.signingKey, spki: spkiOf(pair.key) };
+}
+
+/** One CA certificate and when it expires, for `ca status`. */
+export interface CaExpiry {
+  /** root, issuing:<name>, server-tls, control */
+  ca: string;
+  subject: string;
+  notBefore: string;
+  notAfter: string;
+  /** For issuing CAs: whether it issues new certificates now. */
+  active?: boolean;
 }
 
 async function loadOrCreateKey(path: string): Promise<{ pair: KeyPair; created: boolean }> {
@@ -97,7 +148,7 @@ export interface CaOptions {
   /** DNS names / IPs for the server's TLS certificate (localhost and 127.0.0.1 are always added). */
   hostnames: string[];
   /**
-   * The issuing CA's signing key (ca/keys.ts, e.g. in a PKCS#11 token); default: the file key
+   * The first issuing CA's signing key (ca/keys.ts, e.g. in a PKCS#11 token); default: the file key
    * data/ca/intermediate.key. With a signer, intermediate.pem must hold its public key, and a
    * root.pem without root.key is an offline root (the intermediate is then imported, never made here).
    */
@@ -112,12 +163,35 @@ export interface CaOptions {
 export class CertificateAuthority {
   private constructor(
     readonly root: x509.X509Certificate,
-    readonly intermediate: x509.X509Certificate,
-    private readonly issuerKey: CaSigner,
-    readonly tls: { key: string; cert: string },
-    private readonly control: { key: KeyObject; certPem: string },
+    /** null: the root is offline (only root.pem here). */
+    private readonly rootKey: KeyPair | null,
+    private issuers: IssuingCa[],
+    private activeName: string,
+    public tls: { key: string; cert: string },
+    private control: { key: KeyObject; certPem: string },
     readonly created: boolean,
+    private readonly opts: CaOptions,
   ) {}
+
+  /** The issuing CA that issues new certificates. */
+  get active(): IssuingCa {
+    return this.issuers.find((i) => i.name === this.activeName)!;
+  }
+  /** The active issuing CA's certificate. */
+  get intermediate(): x509.X509Certificate {
+    return this.active.cert;
+  }
+  /** Every issuing CA, oldest first (older ones still sign their CRLs while their certificates live). */
+  get issuing(): readonly IssuingCa[] {
+    return this.issuers;
+  }
+  /** The issuing CA of a certificate (by issuer name and signature), if it is one of ours. */
+  async issuerOf(cert: x509.X509Certificate): Promise<IssuingCa | null> {
+    for (const i of this.issuers) {
+      if (cert.issuer === i.cert.subject && (await cert.verify({ publicKey: i.cert.publicKey, signatureOnly: true }))) return i;
+    }
+    return null;
+  }
 
   static async open(opts: CaOptions): Promise<CertificateAuthority> {
     ensurePrivateDir(opts.dir);
@@ -148,8 +222,8 @@ export class CertificateAuthority {
       writeFileAtomic(p('root.pem'), root.toString('pem') + '\n', 0o644);
     }
 
-    const interCreated = !opts.issuer && !existsSync(p('intermediate.key'));
-    const interKey = opts.issuer ?? (await openIssuerSigner({ kind: 'file', path: p('intermediate.key') }));
+    const interCreated = !opts.issuer && !existsSync(p(`${FIRST_ISSUING}.key`));
+    const interKey = opts.issuer ?? (await openIssuerSigner({ kind: 'file', path: p(`${FIRST_ISSUING}.key`) }));
     let intermediate: x509.X509Certificate;
     const interIssued = interCreated || !!rootKey?.created || !existsSync(p('intermediate.pem'));
     if (!interIssued) {
@@ -180,6 +254,23 @@ export class CertificateAuthority {
       });
       writeFileAtomic(p('intermediate.pem'), intermediate.toString('pem') + '\n', 0o644);
     }
+    const issuers: IssuingCa[] = [{ name: FIRST_ISSUING, cert: intermediate, signer: interKey }];
+    let activeName = FIRST_ISSUING;
+    if (!interCreated && existsSync(p(ISSUING_LIST))) {
+      const list = JSON.parse(readFileSync(p(ISSUING_LIST), 'utf8')) as IssuingList;
+      for (const name of list.names) {
+        if (name === FIRST_ISSUING) continue;
+        if (!/^issuing-[0-9]+$/.test(name) || !existsSync(p(`${name}.key`)) || !existsSync(p(`${name}.pem`))) {
+          throw new Error(`${p(ISSUING_LIST)} names issuing CA ${name}, but ${name}.key / ${name}.pem are missing`);
+        }
+        const k = await loadOrCreateKey(p(`${name}.key`));
+        issuers.push({ name, cert: new x509.X509Certificate(readFileSync(p(`${name}.pem`), 'utf8')), signer: fileSigner(k.pair) });
+      }
+      if (!issuers.some((i) => i.name === list.active))
+        throw new Error(`${p(ISSUING_LIST)}: the active issuing CA ${list.active} is not listed`);
+      activeName = list.active;
+    }
+    const active = issuers.find((i) => i.name === activeName)!;
 
     const names = [...new Set([...opts.hostnames, 'localhost', '127.0.0.1', '::1'])];
     const serverKey = await loadOrCreateKey(p('server.key'));
@@ -189,79 +280,186 @@ export class CertificateAuthority {
       const san = c.getExtension(x509.SubjectAlternativeNameExtension);
       const have = new Set(san?.names.items.map((n) => n.value.toLowerCase()) ?? []);
       const fresh = c.notAfter.getTime() - Date.now() > 30 * 86400 * 1000;
-      const issuedByUs = c.issuer === intermediate.subject && (await c.verify({ publicKey: intermediate.publicKey, signatureOnly: true }));
+      const issuedByUs = c.issuer === active.cert.subject && (await c.verify({ publicKey: active.cert.publicKey, signatureOnly: true }));
       if (fresh && issuedByUs && names.every((n) => have.has(n.toLowerCase()))) serverCert = c;
     }
-    if (!serverCert) {
-      serverCert = await CertificateAuthority.issueWith(interKey, intermediate, {
-        subject: 'CN=edgeid server, O=edgeid',
-        spki: spkiOf(serverKey.pair.key),
-        lifetimeMs: 90 * 86400 * 1000,
-        extensions: [
-          new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-          new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
-          new x509.SubjectAlternativeNameExtension(
-            names.map((n) => ({ type: isIP(n) ? ('ip' as const) : ('dns' as const), value: n })),
-            false,
-          ),
-        ],
-      });
-      writeFileAtomic(p('server.pem'), serverCert.toString('pem') + '\n' + intermediate.toString('pem') + '\n', 0o644);
-    }
+    if (!serverCert) await CertificateAuthority.issueServerTls(opts.dir, active, names, spkiOf(serverKey.pair.key));
 
     const controlKey = await loadOrCreateKey(p('control.key'));
     let controlPem: string;
-    if (!controlKey.created && !interIssued && existsSync(p('control.pem'))) {
+    const controlFile = existsSync(p('control.pem')) ? new x509.X509Certificate(readFileSync(p('control.pem'), 'utf8')) : null;
+    if (!controlKey.created && !interIssued && controlFile && controlFile.issuer === active.cert.subject) {
       controlPem = readFileSync(p('control.pem'), 'utf8');
     } else {
-      const c = await CertificateAuthority.issueWith(interKey, intermediate, {
-        subject: `CN=${CONTROL_SIGNER_CN}, O=edgeid`,
-        spki: spkiOf(controlKey.pair.key),
-        lifetimeMs: 5 * YEAR,
-        extensions: [
-          new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-          new x509.ExtendedKeyUsageExtension([CONTROL_SIGNER_EKU], false),
-        ],
-      });
-      controlPem = c.toString('pem') + '\n';
-      writeFileAtomic(p('control.pem'), controlPem, 0o644);
+      controlPem = await CertificateAuthority.issueControl(opts.dir, active, spkiOf(controlKey.pair.key));
     }
 
     return new CertificateAuthority(
       root,
-      intermediate,
-      interKey,
+      rootKey?.pair ?? null,
+      issuers,
+      activeName,
       { key: readFileSync(p('server.key'), 'utf8'), cert: readFileSync(p('server.pem'), 'utf8') },
       { key: controlKey.pair.key, certPem: controlPem },
       !!rootKey?.created,
+      opts,
     );
   }
 
+  /** The server's TLS certificate from `issuer` (data/ca/server.pem: certificate, then the issuing CA). */
+  private static async issueServerTls(dir: string, issuer: IssuingCa, names: string[], spki: Buffer): Promise<void> {
+    const cert = await CertificateAuthority.issueWith(issuer, {
+      subject: 'CN=edgeid server, O=edgeid',
+      spki,
+      lifetimeMs: 90 * 86400 * 1000,
+      extensions: [
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
+        new x509.SubjectAlternativeNameExtension(
+          names.map((n) => ({ type: isIP(n) ? ('ip' as const) : ('dns' as const), value: n })),
+          false,
+        ),
+      ],
+    });
+    writeFileAtomic(join(dir, 'server.pem'), cert.toString('pem') + '\n' + issuer.cert.toString('pem') + '\n', 0o644);
+  }
+
+  /** The control-command signer's certificate from `issuer` (data/ca/control.pem). */
+  private static async issueControl(dir: string, issuer: IssuingCa, spki: Buffer): Promise<string> {
+    const c = await CertificateAuthority.issueWith(issuer, {
+      subject: `CN=${CONTROL_SIGNER_CN}, O=edgeid`,
+      spki,
+      lifetimeMs: 5 * YEAR,
+      extensions: [
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([CONTROL_SIGNER_EKU], false),
+      ],
+    });
+    const pem = c.toString('pem') + '\n';
+    writeFileAtomic(join(dir, 'control.pem'), pem, 0o644);
+    return pem;
+  }
+
+  /**
+   * Issuing-CA rotation: a new issuing CA (new key, `CN=edgeid Issuing CA N`) signed by the root,
+   * made the active one; the older ones stay listed (their CRLs are still signed and published,
+   * relying parties keep trusting them until their certificates expire). The server's TLS
+   * certificate and the control signer are re-issued by the new CA (the TLS certificate takes
+   * effect for new connections at once: see `tls`). Files: `issuing-N.key` (0600), `issuing-N.pem`,
+   * then issuing.json written atomically last, so a crash in between leaves the old state.
+   */
+  async rotateIssuing(now = Date.now()): Promise<IssuingCa> {
+    const dir = this.opts.dir;
+    const rootKey = this.rootKey;
+    if (!rootKey)
+      throw new EdgeidError(
+        'ca_rotation_invalid',
+        'the root key is offline: a new issuing CA is signed at the root (edgeid-server ca init --pkcs11 --csr-out, then ca import-issuing)',
+      );
+    const n = Math.max(1, ...this.issuers.map((i) => (i.name === FIRST_ISSUING ? 1 : Number(i.name.slice('issuing-'.length))))) + 1;
+    const name = `issuing-${n}`;
+    const key = await loadOrCreateKey(join(dir, `${name}.key`));
+    const spki = spkiOf(key.pair.key);
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: `CN=edgeid Issuing CA ${n}, O=edgeid`,
+      issuer: this.root.subject,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(Math.min(now + ISSUING_LIFETIME_MS, this.root.notAfter.getTime())),
+      publicKey: spki,
+      signingKey: rootKey.signingKey,
+      signingAlgorithm: ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, 0, true),
+        new x509.KeyUsagesExtension(
+          x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
+          true,
+        ),
+        await x509.SubjectKeyIdentifierExtension.create(spki),
+        await x509.AuthorityKeyIdentifierExtension.create(spkiOf(rootKey.key)),
+      ],
+    });
+    writeFileAtomic(join(dir, `${name}.pem`), cert.toString('pem') + '\n', 0o644);
+    const next: IssuingCa = { name, cert, signer: fileSigner(key.pair) };
+    const serverKey = createPrivateKey(readFileSync(join(dir, 'server.key'), 'utf8'));
+    const names = [...new Set([...this.opts.hostnames, 'localhost', '127.0.0.1', '::1'])];
+    await CertificateAuthority.issueServerTls(dir, next, names, spkiOf(serverKey));
+    const controlPem = await CertificateAuthority.issueControl(dir, next, spkiOf(this.control.key));
+    const list: IssuingList = { active: name, names: [...this.issuers.map((i) => i.name), name] };
+    writeFileAtomic(join(dir, ISSUING_LIST), JSON.stringify(list, null, 2) + '\n', 0o644);
+    this.issuers = [...this.issuers, next];
+    this.activeName = name;
+    this.tls = { key: readFileSync(join(dir, 'server.key'), 'utf8'), cert: readFileSync(join(dir, 'server.pem'), 'utf8') };
+    this.control = { key: this.control.key, certPem: controlPem };
+    return next;
+  }
+
+  /** Every CA certificate the server uses, with its expiry: root, each issuing CA, the TLS certificate, the control signer. */
+  expiries(): CaExpiry[] {
+    const e = (ca: string, c: x509.X509Certificate, extra: Partial<CaExpiry> = {}): CaExpiry => ({
+      ca,
+      subject: c.subject,
+      notBefore: c.notBefore.toISOString(),
+      notAfter: c.notAfter.toISOString(),
+      ...extra,
+    });
+    const first = (pem: string) => new x509.X509Certificate(pem.split(/(?<=-----END CERTIFICATE-----)/)[0]!);
+    return [
+      e('root', this.root),
+      ...this.issuers.map((i) => e(`issuing:${i.name}`, i.cert, { active: i.name === this.activeName })),
+      e('server-tls', first(this.tls.cert)),
+      e('control', first(this.control.certPem)),
+    ];
+  }
+
+  /**
+   * Each `<name>.key` in `dir` against the first certificate of `<name>.pem` (when both exist):
+   * the problems found (empty when every key belongs to its certificate).
+   */
+  static checkKeyFiles(dir: string): string[] {
+    const problems: string[] = [];
+    if (!existsSync(dir)) return ['no CA directory'];
+    for (const f of readdirSync(dir)) {
+      if (!f.endsWith('.key')) continue;
+      const pemFile = join(dir, f.replace(/\.key$/, '.pem'));
+      if (!existsSync(pemFile)) continue;
+      try {
+        const cert = new X509Certificate(readFileSync(pemFile, 'utf8').split(/(?<=-----END CERTIFICATE-----)/)[0]!);
+        const pub = createPublicKey(createPrivateKey(readFileSync(join(dir, f), 'utf8'))).export({ type: 'spki', format: 'der' });
+        if (!pub.equals(cert.publicKey.export({ type: 'spki', format: 'der' })))
+          problems.push(`${f} is not the key of ${f.replace(/\.key$/, '.pem')}`);
+      } catch (e) {
+        problems.push(`${f}: ${(e as Error).message}`);
+      }
+    }
+    return problems;
+  }
+
   private static async issueWith(
-    issuerKey: CaSigner,
-    issuer: x509.X509Certificate,
+    ca: IssuingCa,
     p: { subject: string; spki: Buffer; lifetimeMs: number; extensions: x509.Extension[]; serial?: string; now?: number },
   ): Promise<x509.X509Certificate> {
     const now = p.now ?? Date.now();
+    const issuer = ca.cert;
     return x509.X509CertificateGenerator.create(
       {
-      serialNumber: p.serial ?? randomSerial(),
-      subject: p.subject,
-      issuer: issuer.subject,
-      // X.509 times have whole seconds: round up so the backdate never exceeds 60 s
-      notBefore: new Date(Math.ceil((now - BACKDATE_MS) / 1000) * 1000),
-      notAfter: new Date(now + p.lifetimeMs),
-      publicKey: p.spki,
-      signingKey: issuerKey.key,
-      signingAlgorithm: ALG,
-      extensions: [
-        new x509.BasicConstraintsExtension(false, undefined, true),
-        ...p.extensions,
-        await x509.SubjectKeyIdentifierExtension.create(p.spki),
-        await x509.AuthorityKeyIdentifierExtension.create(issuer.publicKey),
-      ],
+        serialNumber: p.serial ?? randomSerial(),
+        subject: p.subject,
+        issuer: issuer.subject,
+        // X.509 times have whole seconds: round up so the backdate never exceeds 60 s
+        notBefore: new Date(Math.ceil((now - BACKDATE_MS) / 1000) * 1000),
+        notAfter: new Date(now + p.lifetimeMs),
+        publicKey: p.spki,
+        signingKey: ca.signer.key,
+        signingAlgorithm: ALG,
+        extensions: [
+          new x509.BasicConstraintsExtension(false, undefined, true),
+          ...p.extensions,
+          await x509.SubjectKeyIdentifierExtension.create(p.spki),
+          await x509.AuthorityKeyIdentifierExtension.create(issuer.publicKey),
+        ],
       },
-      issuerKey.crypto as unknown as X509Crypto,
+      ca.signer.crypto as unknown as X509Crypto,
     );
   }
 
@@ -282,6 +480,19 @@ export class CertificateAuthority {
   get controlCertPem(): string {
     return this.control.certPem;
   }
+  /**
+   * What a relying party that checks client certificates trusts (the broker's cafile): every
+   * issuing CA still listed, newest first, then the root, so certificates of the old and the new
+   * issuing CA both verify during the overlap.
+   */
+  get trustBundlePem(): string {
+    return (
+      [...this.issuers]
+        .reverse()
+        .map((i) => i.cert.toString('pem') + '\n')
+        .join('') + this.rootPem
+    );
+  }
 
   /** A device certificate for a TPM session key (SPKI DER; RFC 5280 §4.1, §4.2; test/unit/server-ca.test.ts checks every field). */
   async issueDevice(p: {
@@ -292,7 +503,7 @@ export class CertificateAuthority {
     crlUrl: string;
   }): Promise<IssuedCertificate> {
     const serial = randomSerial();
-    const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
+    const cert = await CertificateAuthority.issueWith(this.active, {
       serial,
       subject: `CN=${p.deviceId}`,
       spki: p.spki,
@@ -309,7 +520,7 @@ export class CertificateAuthority {
 
   /** A client certificate for a service identity (e.g. the broker's dynsec admin). */
   async issueClient(p: { commonName: string; spki: Buffer; lifetimeSeconds: number }): Promise<IssuedCertificate> {
-    const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
+    const cert = await CertificateAuthority.issueWith(this.active, {
       subject: `CN=${p.commonName}`,
       spki: p.spki,
       lifetimeMs: p.lifetimeSeconds * 1000,
@@ -323,7 +534,7 @@ export class CertificateAuthority {
 
   /** A TLS server certificate for another service of the deployment (the MQTT broker). */
   async issueServer(p: { commonName: string; hostnames: string[]; spki: Buffer; lifetimeSeconds: number }): Promise<IssuedCertificate> {
-    const cert = await CertificateAuthority.issueWith(this.issuerKey, this.intermediate, {
+    const cert = await CertificateAuthority.issueWith(this.active, {
       subject: `CN=${p.commonName}`,
       spki: p.spki,
       lifetimeMs: p.lifetimeSeconds * 1000,
@@ -339,27 +550,30 @@ export class CertificateAuthority {
     return issued(cert);
   }
 
+  /** A CRL signed by issuing CA `issuer` (default: the active one). */
   async createCrl(p: {
     number: bigint;
     validitySeconds: number;
     entries: { serial: string; revokedAt: Date; reason: RevokeReason }[];
+    issuer?: IssuingCa;
   }): Promise<CrlData> {
+    const ca = p.issuer ?? this.active;
     const thisUpdate = new Date(Date.now() - BACKDATE_MS);
     const nextUpdate = new Date(Date.now() + p.validitySeconds * 1000);
     const crl = await x509.X509CrlGenerator.create(
       {
-      issuer: this.intermediate.subject,
-      thisUpdate,
-      nextUpdate,
-      signingKey: this.issuerKey.key,
-      signingAlgorithm: ALG,
-      entries: p.entries.map((e) => ({ serialNumber: e.serial, revocationDate: e.revokedAt, reason: CRL_REASON[e.reason] })),
-      extensions: [
-        await x509.AuthorityKeyIdentifierExtension.create(this.intermediate.publicKey),
-        new x509.Extension(id_ce_cRLNumber, false, AsnConvert.serialize(new CRLNumber(Number(p.number)))),
-      ],
+        issuer: ca.cert.subject,
+        thisUpdate,
+        nextUpdate,
+        signingKey: ca.signer.key,
+        signingAlgorithm: ALG,
+        entries: p.entries.map((e) => ({ serialNumber: e.serial, revocationDate: e.revokedAt, reason: CRL_REASON[e.reason] })),
+        extensions: [
+          await x509.AuthorityKeyIdentifierExtension.create(ca.cert.publicKey),
+          new x509.Extension(id_ce_cRLNumber, false, AsnConvert.serialize(new CRLNumber(Number(p.number)))),
+        ],
       },
-      this.issuerKey.crypto as unknown as X509Crypto,
+      ca.signer.crypto as unknown as X509Crypto,
     );
     const der = Buffer.from(crl.rawData);
     // OpenSSL and Mosquitto read the RFC 7468 label "X509 CRL" (@peculiar writes "CRL")

@@ -7,6 +7,8 @@ import * as W from '../../protocol/api.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import { addressGroup } from '../services/address.js';
 import type { ServerContext } from '../services/context.js';
+import { createBackup } from '../backup/backup.js';
+import { checkPassphrase } from '../backup/format.js';
 import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
 import { toWellFormed } from '../store/audit-chain.js';
 import {
@@ -18,7 +20,7 @@ import {
   reloadBrokerCrl,
   removeBrokerMonitor,
 } from '../services/broker.js';
-import { regenerateCrl } from '../services/ca.js';
+import { caStatus, regenerateCrl, rotateIssuingCa } from '../services/ca.js';
 import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
 import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, removeEkRoot } from '../services/ek.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
@@ -362,6 +364,17 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     return reply.type('application/pkix-crl').send(crl.der);
   });
 
+  // the CRL of a later issuing CA: the distribution point of the certificates it issued (ca.ts crlPath)
+  app.get('/v1/crl/:issuer', { schema: { params: W.CrlIssuerParams, querystring: W.FormatQuery } }, async (req, reply) => {
+    const crl = await ctx.crl.getFor(req.params.issuer);
+    if (!crl) throw new EdgeidError('crl_issuer_unknown');
+    const q = req.query;
+    const wantsPem = q.format === 'pem' || (q.format === undefined && /application\/x-pem-file|text\/plain/.test(req.headers.accept ?? ''));
+    reply.header('cache-control', `max-age=${Math.max(0, Math.floor((crl.nextUpdate.getTime() - ctx.now()) / 2000))}`);
+    if (wantsPem) return reply.type('application/x-pem-file').send(crl.pem);
+    return reply.type('application/pkix-crl').send(crl.der);
+  });
+
   app.get('/v1/ca', { schema: { querystring: W.FormatQuery } }, async (req, reply) => {
     const q = req.query;
     if (q.format === 'der') return reply.type('application/pkix-cert').send(ctx.ca.rootDer);
@@ -465,6 +478,18 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       });
       admin.get('/audit/verify', { schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } }, async (req) =>
         verifyAudit(ctx, who(req)),
+      );
+      // the backup file itself (binary); the passphrase is in the body, never in a URL or a log
+      admin.post('/backup', { schema: { body: W.BackupRequest } }, async (req, reply) => {
+        const file = await createBackup(ctx, checkPassphrase(req.body.passphrase), who(req));
+        return reply.type('application/octet-stream').header('cache-control', 'no-store').send(file);
+      });
+      admin.get('/ca/status', { schema: { querystring: W.EmptyQuery, response: { 200: W.CaStatus } } }, async (req) => caStatus(ctx, who(req)));
+      admin.post('/ca/rotate-issuing', { schema: { body: W.EmptyBody, response: { 200: W.CaRotateResponse } } }, async (req) =>
+        // new TLS connections get the certificate from the new issuing CA (Node: tls.Server#setSecureContext)
+        rotateIssuingCa(ctx, who(req), (tls) => {
+          if ('setSecureContext' in app.server) (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
+        }),
       );
       admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) =>
         regenerateCrl(ctx, who(req)),

@@ -103,7 +103,7 @@ export async function issueBrokerCertificate(
       a.details = { serial: cert.serial, hostnames: req.hostnames };
       return {
         certificate: cert.pem + ctx.ca.chainPem[0],
-        caBundle: ctx.ca.chainPem.join(''),
+        caBundle: ctx.ca.trustBundlePem,
         crl: ctx.crl.longLived?.pem ?? null,
         notAfter: cert.notAfter.toISOString(),
       };
@@ -182,7 +182,7 @@ export async function addBrokerMonitor(
       return {
         monitor: monitorView(rec),
         certificate: cert.pem + ctx.ca.chainPem[0],
-        caBundle: ctx.ca.chainPem.join(''),
+        caBundle: ctx.ca.trustBundlePem,
         brokerUrl: ctx.config.mqtt.url ?? ctx.config.broker?.url ?? null,
       };
     } catch (e) {

@@ -1,3 +1,8 @@
+import { Gauge } from 'prom-client';
+import { EdgeidError } from '../../protocol/errors/index.js';
+import { FIRST_ISSUING } from '../ca/ca.js';
+import type { CaStatus } from '../../protocol/api.js';
+import { caExclusive } from '../backup/backup.js';
 import type { ServerContext } from './context.js';
 import { audited } from './audit.js';
 
@@ -11,4 +16,106 @@ export async function regenerateCrl(
     a.details = { number: crl.number.toString() };
     return { number: crl.number.toString(), nextUpdate: crl.nextUpdate.toISOString() };
   });
+}
+
+/**
+ * A CA certificate expiring within this many days is flagged (ca status, the server's start-up
+ * log): half a year leaves time to rotate an issuing CA and to roll a new root out to agents.
+ */
+export const CA_EXPIRY_WARN_DAYS = 180;
+/**
+ * The server's TLS certificate lives 90 days and is re-issued when the server starts with less
+ * than 30 days left (ca.ts): a warning at 30 days means the server has not restarted since.
+ */
+export const TLS_EXPIRY_WARN_DAYS = 30;
+/** A rotated issuing CA is not rotated again within a day. */
+export const MIN_ISSUING_AGE_MS = 86400_000;
+
+/** Every CA certificate the server uses and how long it has left. */
+export function caStatusOf(ctx: ServerContext): CaStatus {
+  const now = ctx.now();
+  return {
+    warnDays: CA_EXPIRY_WARN_DAYS,
+    cas: ctx.ca.expiries().map((e) => {
+      const secondsLeft = Math.floor((Date.parse(e.notAfter) - now) / 1000);
+      const warnDays = e.ca === 'server-tls' ? TLS_EXPIRY_WARN_DAYS : CA_EXPIRY_WARN_DAYS;
+      return { ...e, secondsLeft, warnDays, warn: secondsLeft < warnDays * 86400 };
+    }),
+  };
+}
+
+/** GET /v1/admin/ca/status */
+export async function caStatus(ctx: ServerContext, who: { actor: string; ip: string | null }): Promise<CaStatus> {
+  return audited(ctx, { event: 'admin.ca.status', actor: who.actor, ip: who.ip }, async () => caStatusOf(ctx));
+}
+
+/**
+ * POST /v1/admin/ca/rotate-issuing: a new issuing CA under the same root becomes the one that
+ * issues (ca.ts rotateIssuing); devices move onto it at their next renewal, without enrolling
+ * again (the root they pin is unchanged). A new CRL is published at once for every issuing CA.
+ * `applyTls` hands the re-issued server certificate to the HTTPS listener.
+ */
+export async function rotateIssuingCa(
+  ctx: ServerContext,
+  who: { actor: string; ip: string | null },
+  applyTls: (tls: { key: string; cert: string }) => void,
+): Promise<{ issuer: string; subject: string; notAfter: string; previous: string; status: CaStatus }> {
+  return audited(ctx, { event: 'admin.ca.rotate_issuing', actor: who.actor, ip: who.ip }, (a) =>
+    caExclusive(ctx, async () => {
+      const previous = ctx.ca.active;
+      // a second rotation right after one is a mistake (a script run twice), never a plan: each
+      // issuing CA stays trusted, and its CRL published, for as long as its certificate is valid
+      const age = ctx.now() - previous.cert.notBefore.getTime();
+      if (previous.name !== FIRST_ISSUING && age < MIN_ISSUING_AGE_MS) {
+        throw new EdgeidError(
+          'ca_rotation_invalid',
+          `the active issuing CA ${previous.name} was created ${Math.round(age / 60000)} minutes ago by a rotation: rotate again after ${new Date(previous.cert.notBefore.getTime() + MIN_ISSUING_AGE_MS).toISOString()}`,
+        );
+      }
+      const next = await ctx.ca.rotateIssuing(ctx.now());
+      applyTls(ctx.ca.tls);
+      await ctx.crl.regenerate('issuing CA rotated');
+      a.details = { issuer: next.name, previous: previous.name, notAfter: next.cert.notAfter.toISOString(), serial: next.cert.serialNumber };
+      // The broker's crlfile must hold the new CA's CRL before any device shows a certificate of
+      // the new CA: with CRL checking on, OpenSSL refuses a client whose issuer has no CRL loaded
+      // ("unable to get certificate CRL"). The revoked set did not change, so the CRL schedule
+      // would not reload on its own: the broker loads it now.
+      if (ctx.broker?.crlStatus()) {
+        try {
+          await ctx.broker.reloadCrl('issuing CA rotated');
+          a.details.brokerCrlReloaded = true;
+        } catch (e) {
+          a.details.brokerCrlReloaded = false;
+          ctx.log.error({ err: (e as Error).message }, 'issuing CA rotated, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload');
+        }
+      }
+      return {
+        issuer: next.name,
+        subject: next.cert.subject,
+        notAfter: next.cert.notAfter.toISOString(),
+        previous: previous.name,
+        status: caStatusOf(ctx),
+      };
+    }),
+  );
+}
+
+/** edgeid_ca_expiry_seconds{ca}: seconds until each CA certificate expires; a warning line at start for those within the window. */
+export function registerCaMetrics(ctx: ServerContext): void {
+  new Gauge({
+    name: 'edgeid_ca_expiry_seconds',
+    help: 'Seconds until each CA certificate the server uses expires (root, issuing:<name>, server-tls, control)',
+    labelNames: ['ca'],
+    registers: [ctx.metrics.registry],
+    collect() {
+      this.reset();
+      for (const c of caStatusOf(ctx).cas) this.set({ ca: c.ca }, c.secondsLeft);
+    },
+  });
+  for (const c of caStatusOf(ctx).cas.filter((x) => x.warn)) {
+    ctx.log.warn(
+      { ca: c.ca, notAfter: c.notAfter, daysLeft: Math.floor(c.secondsLeft / 86400) },
+      `CA certificate ${c.ca} expires within ${c.warnDays} days: ${c.ca === 'server-tls' ? 'restart the server to re-issue it' : 'rotate it'}`,
+    );
+  }
 }

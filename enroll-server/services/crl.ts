@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RevokeReason } from '../../protocol/api.js';
-import type { CrlData } from '../ca/ca.js';
+import { FIRST_ISSUING, type CrlData, type IssuingCa } from '../ca/ca.js';
 import { writeFileAtomic } from '../files.js';
 import { runHooks, type ServerContext } from './context.js';
 
@@ -15,6 +15,8 @@ export const LONG_LIVED_CRL_SECONDS = 30 * 86400;
  */
 export class CrlService {
   private current: CrlData | null = null;
+  /** The current CRL of each issuing CA still valid, by its name (GET /v1/crl/NAME). */
+  private byIssuer = new Map<string, CrlData>();
   /** The long-lived copy of the current CRL (see build). */
   longLived: CrlData | null = null;
   private chain: Promise<unknown> = Promise.resolve();
@@ -27,6 +29,12 @@ export class CrlService {
     const half = this.ctx.config.crlValidity * 500;
     if (c && c.nextUpdate.getTime() - half > this.ctx.now()) return c;
     return this.regenerate('refresh');
+  }
+
+  /** The current CRL of issuing CA `name` (null: no such CA, or it expired). */
+  async getFor(name: string): Promise<CrlData | null> {
+    await this.get();
+    return this.byIssuer.get(name) ?? null;
   }
 
   regenerate(why: string): Promise<CrlData> {
@@ -48,18 +56,39 @@ export class CrlService {
     // removed monitoring tools' certificates (services/broker.ts): revoked until they expire
     for (const m of await ctx.store.listRemovedMonitorsUnexpired(ctx.now()))
       entries.push({ serial: m.serial, revokedAt: new Date(m.removedAt!), reason: 'cessation-of-operation' });
-    const crl = await ctx.ca.createCrl({ number, validitySeconds: ctx.config.crlValidity, entries });
-    // The same entries with a long validity (and the next number), for readers that load a CRL
-    // file once and keep it (Mosquitto re-reads its crlfile only on SIGHUP or restart, which the
-    // broker integration batches), and OpenSSL refuses every client once a loaded CRL is past
-    // nextUpdate.
-    const longLived = await ctx.ca.createCrl({ number: number + 1n, validitySeconds: LONG_LIVED_CRL_SECONDS, entries });
+    // One CRL per issuing CA whose certificate is still valid (after a rotation the old CA's
+    // certificates live on: RFC 5280 §6.3 wants a CRL from each certificate's own issuer, and
+    // OpenSSL with CRL checking refuses a certificate whose issuer has no CRL). Each lists every
+    // revoked serial: serials are 128 random bits, so one issuer's serial never names another's
+    // certificate, and any one of them is the complete revoked set for readers that parse the first.
+    const now = ctx.now();
+    const issuers: IssuingCa[] = ctx.ca.issuing.filter((i) => i.cert.notAfter.getTime() > now);
+    if (issuers.length === 0) issuers.push(ctx.ca.active);
+    const short: CrlData[] = [];
+    const long: CrlData[] = [];
+    for (const issuer of issuers) {
+      short.push(await ctx.ca.createCrl({ number, validitySeconds: ctx.config.crlValidity, entries, issuer }));
+      // The same entries with a long validity (and the next number), for readers that load a CRL
+      // file once and keep it (Mosquitto re-reads its crlfile only on SIGHUP or restart, which the
+      // broker integration batches), and OpenSSL refuses every client once a loaded CRL is past
+      // nextUpdate.
+      long.push(await ctx.ca.createCrl({ number: number + 1n, validitySeconds: LONG_LIVED_CRL_SECONDS, entries, issuer }));
+    }
+    // /v1/crl (the distribution point of the first issuing CA's certificates) serves the first CA's CRL
+    const at = Math.max(
+      0,
+      issuers.findIndex((i) => i.name === FIRST_ISSUING),
+    );
+    // several CRLs in one PEM file: Mosquitto's crlfile loads them all (X509_load_crl_file, PEM)
+    const crl: CrlData = short[at]!;
+    const longLived: CrlData = { ...long[at]!, pem: long.map((c) => c.pem).join('') };
+    this.byIssuer = new Map(issuers.map((i, k) => [i.name, short[k]!]));
     writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
-    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), crl.pem, 0o644);
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), short.map((c) => c.pem).join(''), 0o644);
     await ctx.store.setMeta('crl_number', (number + 1n).toString());
     this.current = crl;
     this.longLived = longLived;
-    ctx.log.info({ crlNumber: number.toString(), entries: entries.length, why }, 'CRL generated');
+    ctx.log.info({ crlNumber: number.toString(), entries: entries.length, issuers: issuers.length, why }, 'CRL generated');
     const serials = entries.map((e) => e.serial.toLowerCase()).sort();
     await runHooks(ctx, 'onCrlChanged', { ...crl, longLived, serials }, null);
     return crl;

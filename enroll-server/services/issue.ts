@@ -1,7 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { IssueResponse, RenewInfo } from '../../protocol/api.js';
 import type { ZonePolicy } from '../config.js';
-import type { IssuedCertificate } from '../ca/ca.js';
+import { crlPath, type IssuedCertificate } from '../ca/ca.js';
 import type { CertificateRecord, NonceRecord } from '../store/store.js';
 import type { ServerContext } from './context.js';
 
@@ -25,7 +25,7 @@ export async function issueFor(ctx: ServerContext, p: { deviceId: string; zone: 
     zone: p.zone.name,
     spki: p.spki,
     lifetimeSeconds: p.zone.lifetime,
-    crlUrl: `${ctx.publicUrl()}/v1/crl`,
+    crlUrl: `${ctx.publicUrl()}${crlPath(ctx.ca.active.name)}`,
   });
 }
 

@@ -8,12 +8,24 @@ import { agentErrors } from './agent.js';
 import { agentTpmErrors } from './agent-tpm.js';
 import { eventlogErrors } from './eventlog.js';
 import { caErrors } from './ca.js';
+import { backupErrors } from './backup.js';
 
 /**
  * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
  * this module joins them and refuses duplicates at load time.
  */
-const tables = [tpmErrors, enrollErrors, adminErrors, credentialErrors, agentErrors, agentTpmErrors, brokerErrors, eventlogErrors, caErrors] as const;
+const tables = [
+  tpmErrors,
+  enrollErrors,
+  adminErrors,
+  credentialErrors,
+  agentErrors,
+  agentTpmErrors,
+  brokerErrors,
+  eventlogErrors,
+  caErrors,
+  backupErrors,
+] as const;
 
 type Union<T> = T extends readonly (infer U)[] ? U : never;
 type KeysOfUnion<T> = T extends unknown ? keyof T : never;
