@@ -36,7 +36,7 @@ export function caExclusive<T>(ctx: ServerContext, fn: () => Promise<T>): Promis
  * `<name>.pkcs11.json` is a reference to a key inside an HSM (kind pkcs11: only the reference is
  * kept); `*.pin` files (an HSM PIN) are never copied. Everything else (certificates) is copied.
  */
-function caMaterial(dataDir: string): { files: BackupFile[]; keys: BackupKey[] } {
+function caMaterial(dataDir: string, ca: ServerContext['config']['ca']): { files: BackupFile[]; keys: BackupKey[] } {
   const dir = join(dataDir, DATA_FILES.caDir);
   const files: BackupFile[] = [];
   const keys: BackupKey[] = [];
@@ -51,7 +51,11 @@ function caMaterial(dataDir: string): { files: BackupFile[]; keys: BackupKey[] }
       const data = readFileSync(join(dir, r));
       const name = `${DATA_FILES.caDir}/${r}`;
       if (e.name.endsWith('.pkcs11.json')) {
-        keys.push({ name: r.replace(/\.pkcs11\.json$/, ''), kind: 'pkcs11', ref: JSON.parse(data.toString('utf8')) as Record<string, string> });
+        keys.push({
+          name: r.replace(/\.pkcs11\.json$/, ''),
+          kind: 'pkcs11',
+          ref: JSON.parse(data.toString('utf8')) as Record<string, string>,
+        });
       } else if (e.name.endsWith('.key')) {
         keys.push({ name: r.replace(/\.key$/, ''), kind: 'file', file: name });
       }
@@ -59,6 +63,14 @@ function caMaterial(dataDir: string): { files: BackupFile[]; keys: BackupKey[] }
     }
   };
   walk('');
+  // the first issuing CA's key in a PKCS#11 token (config ca.key pkcs11): its reference, never the PIN
+  if (ca.key === 'pkcs11' && !keys.some((k) => k.name === 'intermediate')) {
+    keys.push({
+      name: 'intermediate',
+      kind: 'pkcs11',
+      ref: { module: ca.pkcs11.module, token: ca.pkcs11.token, keyLabel: ca.pkcs11.keyLabel },
+    });
+  }
   return { files, keys };
 }
 
@@ -98,7 +110,7 @@ export async function createBackup(ctx: ServerContext, passphrase: string, who: 
       } finally {
         for (const f of [tmp, `${tmp}-wal`, `${tmp}-shm`, `${tmp}-journal`]) rmSync(f, { force: true });
       }
-      const ca = caMaterial(dataDir);
+      const ca = caMaterial(dataDir, ctx.config.ca);
       const files: BackupFile[] = [{ name: DATA_FILES.db, mode: 0o600, data: db }, ...ca.files];
       const tokenFile = join(dataDir, DATA_FILES.adminToken);
       if (existsSync(tokenFile)) files.push({ name: DATA_FILES.adminToken, mode: 0o600, data: readFileSync(tokenFile) });
@@ -146,7 +158,8 @@ function emptyOrMissing(dir: string): boolean {
  * and audit head, so the gap between the two is visible in the chain.
  */
 export async function restoreBackup(p: { file: Buffer; passphrase: string; dataDir: string; now?: number }): Promise<RestoreResult> {
-  if (!emptyOrMissing(p.dataDir)) throw new EdgeidError('restore_target_not_empty', `${p.dataDir} is not empty: a restore never overwrites a data dir`);
+  if (!emptyOrMissing(p.dataDir))
+    throw new EdgeidError('restore_target_not_empty', `${p.dataDir} is not empty: a restore never overwrites a data dir`);
   const { header, files } = await openBackup(p.file, p.passphrase);
   const now = p.now ?? Date.now();
   const created = !existsSync(p.dataDir);
@@ -166,7 +179,8 @@ export async function restoreBackup(p: { file: Buffer; passphrase: string; dataD
     const probe = new Database(dbFile);
     try {
       const ok = probe.pragma('integrity_check', { simple: true });
-      if (ok !== 'ok') throw new EdgeidError('backup_corrupt', `the backed-up database fails SQLite's integrity_check: ${String(ok).slice(0, 200)}`);
+      if (ok !== 'ok')
+        throw new EdgeidError('backup_corrupt', `the backed-up database fails SQLite's integrity_check: ${String(ok).slice(0, 200)}`);
     } finally {
       probe.close();
     }
@@ -174,7 +188,8 @@ export async function restoreBackup(p: { file: Buffer; passphrase: string; dataD
     const store = new SqliteStore(dbFile);
     try {
       const chain = await store.verifyAudit();
-      if (!chain.ok) throw new EdgeidError('backup_corrupt', `the backed-up audit chain does not verify: ${chain.problem?.detail ?? 'broken'}`);
+      if (!chain.ok)
+        throw new EdgeidError('backup_corrupt', `the backed-up audit chain does not verify: ${chain.problem?.detail ?? 'broken'}`);
       await checkCaFiles(p.dataDir);
       const voided = store.db.transaction(() => ({
         tokens: store.db.prepare('UPDATE tokens SET expires_at = ? WHERE used_at IS NULL AND expires_at > ?').run(now, now).changes,
