@@ -9,6 +9,7 @@ import { addressGroup } from '../services/address.js';
 import type { ServerContext } from '../services/context.js';
 import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
 import { toWellFormed } from '../store/audit-chain.js';
+import { storageFailure } from '../files.js';
 import {
   addBrokerMonitor,
   brokerCrlStatus,
@@ -47,6 +48,8 @@ function errorBody(code: ErrorCode, message: string, details?: Record<string, un
 /** Maps anything thrown in a request to an EdgeidError; only our own faults become 5xx. */
 function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
   if (err instanceof EdgeidError) return err;
+  const storage = storageFailure(err);
+  if (storage) return storage;
   const fe = err as FastifyError & { validationContext?: string };
   if (fe.validation) {
     const v = fe.validation[0];

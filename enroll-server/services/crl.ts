@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RevokeReason } from '../../protocol/api.js';
 import type { CrlData } from '../ca/ca.js';
-import { writeFileAtomic } from '../files.js';
+import { storageFailure, writeFileAtomic } from '../files.js';
 import { runHooks, type ServerContext } from './context.js';
 
 /** Validity of the long-lived copy handed to onCrlChanged hooks (see build). */
@@ -18,6 +18,8 @@ export class CrlService {
   /** The long-lived copy of the current CRL (see build). */
   longLived: CrlData | null = null;
   private chain: Promise<unknown> = Promise.resolve();
+  /** The last build failed or could not write its files (data dir full or read-only): build again on the next get(). */
+  private filesStale = false;
 
   constructor(private readonly ctx: ServerContext) {}
 
@@ -25,7 +27,10 @@ export class CrlService {
   async get(): Promise<CrlData> {
     const c = this.current;
     const half = this.ctx.config.crlValidity * 500;
-    if (c && c.nextUpdate.getTime() - half > this.ctx.now()) return c;
+    const fresh = c !== null && c.nextUpdate.getTime() - half > this.ctx.now();
+    if (fresh && !this.filesStale) return c;
+    // still unwritten (storage full or read-only): the current CRL is served from memory meanwhile
+    if (fresh) return this.regenerate('write again').catch((e: unknown) => (storageFailure(e) ? c : Promise.reject(e)));
     return this.regenerate('refresh');
   }
 
@@ -37,6 +42,9 @@ export class CrlService {
 
   private async build(why: string): Promise<CrlData> {
     const { ctx } = this;
+    // until this build has written its files, the next get() builds again (a failure below,
+    // e.g. a full data dir after a revocation committed, must not leave an old CRL served as current)
+    this.filesStale = true;
     const number = BigInt((await ctx.store.getMeta('crl_number')) ?? '0') + 1n;
     const entries: { serial: string; revokedAt: Date; reason: RevokeReason }[] = (await ctx.store.listRevokedUnexpired(ctx.now())).map(
       (c) => ({
@@ -54,11 +62,15 @@ export class CrlService {
     // broker integration batches), and OpenSSL refuses every client once a loaded CRL is past
     // nextUpdate.
     const longLived = await ctx.ca.createCrl({ number: number + 1n, validitySeconds: LONG_LIVED_CRL_SECONDS, entries });
-    writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
-    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), crl.pem, 0o644);
+    // the number is spent first (a CRL number never repeats, RFC 5280 §5.2.3), then the CRL is
+    // served from memory; if the files cannot be written (data dir full or read-only) they stay
+    // as they were, the error goes to the caller, and the next get() builds and writes again
     await ctx.store.setMeta('crl_number', (number + 1n).toString());
     this.current = crl;
     this.longLived = longLived;
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), crl.pem, 0o644);
+    this.filesStale = false;
     ctx.log.info({ crlNumber: number.toString(), entries: entries.length, why }, 'CRL generated');
     const serials = entries.map((e) => e.serial.toLowerCase()).sort();
     await runHooks(ctx, 'onCrlChanged', { ...crl, longLived, serials }, null);

@@ -32,6 +32,16 @@ export const adminErrors = defineErrors({
     message: 'The data directory cannot be used.',
     fix: 'Check that the directory exists or can be created, and its owner and permissions (0700).',
   },
+  storage_full: {
+    status: 503,
+    message: 'The server could not write: its data directory (database, CA, CRL files) is out of space. Nothing of the request was kept.',
+    fix: 'Free space on the filesystem of the data directory (or grow it); requests succeed again as soon as there is room, without a restart. Retry later.',
+  },
+  storage_read_only: {
+    status: 503,
+    message: 'The server could not write: its data directory (database, CA, CRL files) is on a read-only filesystem. Nothing of the request was kept.',
+    fix: 'Make the filesystem of the data directory writable again (check `mount` and the kernel log: a filesystem remounted read-only after I/O errors needs fsck); requests succeed again without a restart.',
+  },
   admin_server_unreachable: {
     status: 503,
     message: 'The edgeid server cannot be reached.',

