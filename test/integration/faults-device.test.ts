@@ -27,6 +27,10 @@ import { startSwtpm, extendBootPcrs } from '../../scripts/harness/swtpm.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { startInProcessServer } from '../helpers/server.js';
+import { agentCli, spawnAgent } from '../helpers/agent.js';
+import { startMosquitto } from '../../scripts/harness/mosquitto.js';
+import { edgeidCaBundle } from '../../scripts/harness/pki.js';
+import { createToken, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
 import { TestDevice, injectTransport } from '../helpers/device.js';
 
 const run = promisify(execFile);
@@ -205,3 +209,136 @@ test('server data dir full: writes answer 503 storage_full, reads go on, nothing
   }
   t.diagnostic(`answers while full: ${JSON.stringify([...codes])}; renewed while full: ${renewedWhileFull}; revoked while full: ${revokedWhileFull}`);
 });
+
+// ---- the agent: a real server process, swtpm, Mosquitto, and `edgeid-agent run` ----
+
+const FAST_SERVER = {
+  allowShortLifetimes: true,
+  rateLimit: { enroll: { max: 1000, window: 60 }, renew: { max: 1000, window: 60 } },
+};
+
+async function readState(stateDir: string): Promise<any> {
+  return JSON.parse(await readFile(path.join(stateDir, 'state.json'), 'utf8'));
+}
+
+/** Log lines of the agent (JSON) that match `msg` and, if given, `code`. */
+function logLines(log: string, msg: string, code?: string): Record<string, any>[] {
+  return log
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, any>;
+      } catch {
+        return {};
+      }
+    })
+    .filter((l) => l.msg === msg && (code === undefined || l.code === code));
+}
+
+interface AgentRig {
+  tpm: Awaited<ReturnType<typeof startSwtpm>>;
+  srv: ServerProcess;
+  stateDir: string;
+  configFile: string;
+  deviceId: string;
+}
+
+/** swtpm (boot PCRs extended), an edgeid-server process, an agent enrolled into `stateDir`. */
+async function enrolledAgent(
+  defer: (fn: () => unknown) => void,
+  o: { stateDir: string; lifetime: number; agentConfig?: Record<string, unknown>; server?: Record<string, unknown> },
+): Promise<AgentRig> {
+  const tpm = await startSwtpm();
+  defer(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  const srv = await startServerProcess({ config: { ...FAST_SERVER, zones: { default: { lifetime: o.lifetime } }, ...o.server } });
+  defer(() => srv.close());
+  const configFile = path.join(path.dirname(o.stateDir), `${path.basename(o.stateDir)}.agent.json`);
+  // failed renewals are retried within about a second (the default backoff starts at 2 s, up to 5 min)
+  await writeFile(configFile, JSON.stringify({ renewal: { backoffBaseMs: 200, backoffCapMs: 1000 }, ...o.agentConfig }));
+  const { uri } = await createToken(srv);
+  const r = await agentCli(['enroll', '--uri', uri, '--state', o.stateDir, '--tcti', tpm.tcti, '--config', configFile, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return { tpm, srv, stateDir: o.stateDir, configFile, deviceId: (JSON.parse(r.stdout) as { deviceId: string }).deviceId };
+}
+
+function runAgent(defer: (fn: () => unknown) => void, rig: AgentRig, extra: string[] = [], env: Record<string, string> = {}) {
+  const agent = spawnAgent(['run', '--state', rig.stateDir, '--tcti', rig.tpm.tcti, '--config', rig.configFile, '--log-level', 'debug', ...extra], env);
+  defer(async () => {
+    if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGKILL');
+    await agent.exit.catch(() => {});
+  });
+  return agent;
+}
+
+for (const mode of ['full', 'read-only'] as const) {
+  const code = mode === 'full' ? 'state_dir_full' : 'state_dir_read_only';
+  test(`agent state dir ${mode}: renewal fails with ${code}, the certificate and MQTT session stay in use, state intact, back by itself`, async (t) => {
+    const defer = cleanupStack(t);
+    const disk = await smallDisk(defer, 'edgeid-faults-agentdisk-', '4m');
+    const stateDir = path.join(disk, 'state');
+    // 24 s certificates: renewal at two thirds (16 s), 8 s of margin for the fault and a loaded machine
+    const rig = await enrolledAgent(defer, { stateDir, lifetime: 24 });
+    const dir = await tmpDir('edgeid-faults-agentdisk-', t);
+    const bundle = path.join(dir, 'edgeid-ca.pem');
+    await writeFile(bundle, await edgeidCaBundle(rig.srv));
+    const broker = await startMosquitto({
+      caFile: bundle,
+      certFile: path.join(rig.srv.dataDir, 'ca', 'server.pem'),
+      keyFile: path.join(rig.srv.dataDir, 'ca', 'server.key'),
+    });
+    defer(() => broker.stop());
+    const connects = () => broker.log().split('\n').filter((l) => l.includes('New client connected') && l.includes(` as ${rig.deviceId} `)).length;
+    const publishes = () => broker.log().split('\n').filter((l) => l.includes(`Received PUBLISH from ${rig.deviceId} `)).length;
+    const agent = runAgent(defer, rig, ['--mqtt-url', broker.url, '--heartbeat', '0.5']);
+    await waitFor('the agent on the broker', () => publishes() >= 2, 60_000);
+    const before = await readState(stateDir);
+    const serial0 = before.certificate.serial as string;
+
+    // ---- the fault ----
+    let filler: string | null = null;
+    if (mode === 'full') {
+      filler = await fillUp(disk);
+      defer(() => rm(filler!, { force: true }));
+    } else {
+      await run('mount', ['-o', 'remount,ro', disk]);
+    }
+    // the scheduled renewal fails and is retried, each time with the code and what to do
+    await waitFor(`two renewals failed with ${code}`, () => logLines(agent.log(), 'renewal failed', code).length >= 2, 60_000);
+    const failed = logLines(agent.log(), 'renewal failed', code)[0]!;
+    assert.match(failed.err, mode === 'full' ? /no space left.*free space/ : /read-only.*make it writable/);
+    assert.ok(agent.child.exitCode === null, 'the agent still runs');
+    // state.json was never torn and still names the current certificate; no temp file is left
+    const during = await readState(stateDir);
+    assert.equal(during.certificate.serial, serial0);
+    assert.deepEqual((await readdir(stateDir)).filter((n) => n.endsWith('.tmp')), []);
+    // the MQTT session goes on with the current certificate: more heartbeats, no reconnect
+    const connectsAtFault = connects();
+    const beats = publishes();
+    await waitFor('heartbeats while the state dir cannot be written', () => publishes() >= beats + 3, 30_000);
+    assert.equal(connects(), connectsAtFault, 'no new MQTT connection');
+
+    // ---- the space is back / the filesystem writable: the next retry renews ----
+    if (filler) await rm(filler);
+    else await run('mount', ['-o', 'remount,rw', disk]);
+    const renewed = await waitFor(
+      'a renewal after the fault',
+      async () => {
+        const s = await readState(stateDir).catch(() => null);
+        return s?.lastRenewal?.ok && s.certificate.serial !== serial0 ? s : null;
+      },
+      60_000,
+    );
+    assert.equal(renewed.device.id, rig.deviceId);
+    assert.equal(renewed.renewals, before.renewals + 1);
+    // the MQTT session moved to the new certificate
+    await waitFor('the session on the new certificate', () => connects() > connectsAtFault, 30_000);
+    const status = await agentCli(['status', '--state', stateDir, '--json']);
+    const report = JSON.parse(status.stdout);
+    assert.equal(report.renewal.last.ok, true);
+    assert.equal(report.attention, null);
+    agent.child.kill('SIGTERM');
+    assert.equal(await agent.exit, 0);
+  });
+}
