@@ -30,7 +30,7 @@ import { startInProcessServer } from '../helpers/server.js';
 import { agentCli, spawnAgent } from '../helpers/agent.js';
 import { startMosquitto } from '../../scripts/harness/mosquitto.js';
 import { edgeidCaBundle } from '../../scripts/harness/pki.js';
-import { createToken, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
+import { adminCli, createToken, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
 import { TestDevice, injectTransport } from '../helpers/device.js';
 
 const run = promisify(execFile);
@@ -342,3 +342,75 @@ for (const mode of ['full', 'read-only'] as const) {
     assert.equal(await agent.exit, 0);
   });
 }
+
+const QUARANTINE_CODES = ['posture_pcr_mismatch', 'device_quarantined'];
+
+test('TPM reset: TPM errors retried while swtpm is down, then quarantine per the baseline policy; the agent keeps its identity, backs off, explains it in status; approve-baseline brings it back', async (t) => {
+  const defer = cleanupStack(t);
+  const stateDir = path.join(await tmpDir('edgeid-faults-tpmreset-', t), 'state');
+  // 15 s certificates: the first renewal 10 s after enrollment
+  const rig = await enrolledAgent(defer, { stateDir, lifetime: 15 });
+  // a TPM command that gets no answer is given up after 5 s (default 30 s: connection.ts)
+  const agent = runAgent(defer, rig, [], { EDGEID_TPM_DEADLINE_MS: '5000' });
+  await waitFor('the agent running', () => logLines(agent.log(), 'renewal scheduled').length >= 1, 60_000);
+  const before = await readState(stateDir);
+
+  // ---- power cycle: swtpm killed; the renewal meets a TPM that does not answer ----
+  await rig.tpm.restart(async () => {
+    await waitFor('two renewals failed on the unreachable TPM', () => logLines(agent.log(), 'renewal failed').filter((l) => /^tpm_/.test(l.code)).length >= 2, 60_000);
+  });
+  const tpmFailures = logLines(agent.log(), 'renewal failed').filter((l) => /^tpm_/.test(l.code));
+  assert.ok(agent.child.exitCode === null, 'the agent did not exit while the TPM was down');
+  // ---- the TPM is back with its PCRs at zero: the quote no longer matches the recorded baseline ----
+  const quarantined = await waitFor(
+    'the renewal refused for the posture',
+    async () => {
+      const s = await readState(stateDir).catch(() => null);
+      return s?.lastRenewal?.ok === false && QUARANTINE_CODES.includes(s.lastRenewal.code) ? s : null;
+    },
+    60_000,
+  );
+  const dev = await rig.srv.admin('GET', `/v1/admin/devices/${rig.deviceId}`);
+  assert.equal(dev.body.device.status, 'quarantined');
+  assert.match(dev.body.device.statusReason, /PCRs [0-7,]+ differ from the recorded baseline/);
+  assert.ok(
+    logLines(agent.log(), 'renewal failed', 'posture_pcr_mismatch').length >= 1,
+    'the first refusal names the PCR mismatch',
+  );
+  // the agent keeps its identity (same device, AK and certificate) and keeps running
+  assert.equal(quarantined.device.id, rig.deviceId);
+  assert.equal(quarantined.ak.name, before.ak.name);
+  assert.equal(quarantined.certificate.serial, before.certificate.serial);
+  // it backs off: with the cap at 1 s, equal jitter waits at least half of it once the cap is reached
+  await waitFor('4 refusals', () => logLines(agent.log(), 'renewal failed').filter((l) => QUARANTINE_CODES.includes(l.code)).length >= 4, 60_000);
+  const refusals = logLines(agent.log(), 'renewal failed').filter((l) => QUARANTINE_CODES.includes(l.code));
+  const attempts = (refusals.at(-1)!.attempt as number) - tpmFailures.length;
+  assert.ok(refusals.at(-1)!.retryInMs >= 500, `retry in ${refusals.at(-1)!.retryInMs} ms after ${attempts} refusals`);
+  assert.ok(agent.child.exitCode === null, 'no crash loop: the same process runs');
+
+  // `edgeid-agent status` says quarantined, why, and what an operator does
+  const json = JSON.parse((await agentCli(['status', '--state', stateDir, '--json'])).stdout);
+  assert.equal(json.attention.quarantined, true);
+  assert.ok(QUARANTINE_CODES.includes(json.attention.code), json.attention.code);
+  assert.match(json.attention.fix, new RegExp(`edgeid-admin approve-baseline ${rig.deviceId}`));
+  const text = (await agentCli(['status', '--state', stateDir])).stdout;
+  assert.match(text, /QUARANTINED by the server/);
+  assert.match(text, /what to do: .*approve-baseline/);
+
+  // ---- the operator approves the new baseline: the agent's next retry renews ----
+  await adminCli(rig.srv.dataDir, ['approve-baseline', rig.deviceId]);
+  const back = await waitFor(
+    'a renewal after approve-baseline',
+    async () => {
+      const s = await readState(stateDir).catch(() => null);
+      return s?.lastRenewal?.ok && s.certificate.serial !== before.certificate.serial ? s : null;
+    },
+    60_000,
+  );
+  assert.equal(back.device.id, rig.deviceId);
+  assert.equal((await rig.srv.admin('GET', `/v1/admin/devices/${rig.deviceId}`)).body.device.status, 'active');
+  assert.equal(JSON.parse((await agentCli(['status', '--state', stateDir, '--json'])).stdout).attention, null);
+  agent.child.kill('SIGTERM');
+  assert.equal(await agent.exit, 0);
+  t.diagnostic(`TPM down: ${tpmFailures.length} failed renewals (${[...new Set(tpmFailures.map((l) => l.code))].join(', ')}); quarantine refusals before approval: ${refusals.length}`);
+});
