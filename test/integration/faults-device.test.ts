@@ -278,8 +278,8 @@ for (const mode of ['full', 'read-only'] as const) {
     const defer = cleanupStack(t);
     const disk = await smallDisk(defer, 'edgeid-faults-agentdisk-', '4m');
     const stateDir = path.join(disk, 'state');
-    // 24 s certificates: renewal at two thirds (16 s), 8 s of margin for the fault and a loaded machine
-    const rig = await enrolledAgent(defer, { stateDir, lifetime: 24 });
+    // 18 s certificates: renewal at two thirds (12 s), 6 s of margin for the fault and a loaded machine
+    const rig = await enrolledAgent(defer, { stateDir, lifetime: 18 });
     const dir = await tmpDir('edgeid-faults-agentdisk-', t);
     const bundle = path.join(dir, 'edgeid-ca.pem');
     await writeFile(bundle, await edgeidCaBundle(rig.srv));
@@ -414,3 +414,68 @@ test('TPM reset: TPM errors retried while swtpm is down, then quarantine per the
   assert.equal(await agent.exit, 0);
   t.diagnostic(`TPM down: ${tpmFailures.length} failed renewals (${[...new Set(tpmFailures.map((l) => l.code))].join(', ')}); quarantine refusals before approval: ${refusals.length}`);
 });
+
+// The device clock ±5 minutes off the server's, from enrollment on (EDGEID_TEST_CLOCK_OFFSET_MS
+// moves the agent's clock: schedule.ts clockFromEnv). Everything the server checks is on its own
+// clock (nonce expiry, certificate validity, backdated 60 s: ca.ts); the agent measures the
+// server's offset from each answer's Date header (RFC 9110 §6.6.1) and schedules on it. So ±5 min
+// must not fail anything: enrollment and every renewal succeed on schedule, none as "expired",
+// and no clock_skew (which the agent reports only when TLS finds the server's certificate not
+// valid at the device's time: server-client.ts).
+for (const [name, offsetMs] of [
+  ['5 minutes ahead of', 5 * 60_000],
+  ['5 minutes behind', -5 * 60_000],
+] as const) {
+  test(`device clock ${name} the server's: enrollment and renewals succeed on schedule, no clock_skew`, async (t) => {
+    const defer = cleanupStack(t);
+    const stateDir = path.join(await tmpDir('edgeid-faults-skew-', t), 'state');
+    const env = { EDGEID_TEST_CLOCK_OFFSET_MS: String(offsetMs) };
+    const tpm = await startSwtpm();
+    defer(() => tpm.stop());
+    await extendBootPcrs(tpm.tcti);
+    const srv = await startServerProcess({ config: { ...FAST_SERVER, zones: { default: { lifetime: 15 } } } });
+    defer(() => srv.close());
+    const configFile = path.join(path.dirname(stateDir), 'agent.json');
+    await writeFile(configFile, JSON.stringify({ renewal: { backoffBaseMs: 200, backoffCapMs: 1000 } }));
+    const { uri } = await createToken(srv);
+    const enrolled = await agentCli(['enroll', '--uri', uri, '--state', stateDir, '--tcti', tpm.tcti, '--config', configFile], env);
+    assert.equal(enrolled.code, 0, enrolled.stderr);
+    const first = await readState(stateDir);
+    // the offset measured at enrollment is the skew (server minus agent), to the Date header's second
+    assert.ok(Math.abs(first.certificate.clockOffsetMs + offsetMs) < 3_000, `offset ${first.certificate.clockOffsetMs}`);
+
+    const agent = spawnAgent(['run', '--state', stateDir, '--tcti', tpm.tcti, '--config', configFile, '--log-level', 'debug'], env);
+    defer(async () => {
+      if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
+      await agent.exit.catch(() => {});
+    });
+    // two renewals, each before its 15 s certificate expired (renewal at two thirds; a late or lost
+    // schedule shows as reason "expired", a schedule on the wrong clock as one 5 minutes off)
+    const reasons: string[] = [];
+    const seen = new Set<string>();
+    await waitFor(
+      '2 renewals',
+      async () => {
+        const s = await readState(stateDir).catch(() => null);
+        if (s?.lastRenewal?.ok && s.lastRenewal.serial && !seen.has(s.lastRenewal.serial)) {
+          seen.add(s.lastRenewal.serial);
+          reasons.push(s.lastRenewal.reason);
+        }
+        return s && s.renewals >= 2;
+      },
+      90_000,
+    );
+    assert.deepEqual(
+      reasons.filter((r) => r !== 'schedule' && r !== 'retry'),
+      [],
+      `renewal reasons: ${reasons.join(', ')}`,
+    );
+    assert.equal(logLines(agent.log(), 'renewal failed', 'clock_skew').length, 0);
+    const s = await readState(stateDir);
+    assert.ok(Math.abs(s.certificate.clockOffsetMs + offsetMs) < 3_000, `offset ${s.certificate.clockOffsetMs}`);
+    // the certificate in use is valid on the server's clock
+    assert.ok(Date.parse(s.certificate.notAfter) > Date.now());
+    agent.child.kill('SIGTERM');
+    assert.equal(await agent.exit, 0);
+  });
+}
