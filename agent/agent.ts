@@ -371,7 +371,10 @@ export class EdgeAgent {
       await this.writeStatus(false).catch(() => {});
     }
     if (this.ownsTpm) await this.tpm.close().catch(() => {});
-    await this.store.close();
+    // a read-only state dir keeps its lock file (a stale lock is taken over at the next start)
+    await this.store
+      .close()
+      .catch((e: unknown) => this.log.warn({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot release the state dir lock'));
     this.resolveExit(o.code);
   }
 
