@@ -12,9 +12,12 @@
  *
  * The disk cases mount tmpfs (mount(8)): they need root, as CI runs; run as another user they fail
  * with a message saying so rather than being skipped.
+ *
+ * Environment: EDGEID_FAULTS_CONCURRENCY (default 2) cases at a time; 1 runs them one by one
+ * (about 170 s with EDGEID_TEST_BINS=dist on a loaded 2-core machine).
  */
 import 'reflect-metadata';
-import { test, type TestContext } from 'node:test';
+import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
@@ -34,6 +37,15 @@ import { adminCli, createToken, startServerProcess, type ServerProcess } from '.
 import { TestDevice, injectTransport } from '../helpers/device.js';
 
 const run = promisify(execFile);
+
+/**
+ * The cases run two at a time (EDGEID_FAULTS_CONCURRENCY, default 2): each has its own swtpm,
+ * server, broker and tmpfs, and most of their time is spent waiting on a certificate's schedule.
+ */
+const cases: [string, (t: TestContext) => Promise<void>][] = [];
+function fault(name: string, fn: (t: TestContext) => Promise<void>): void {
+  cases.push([name, fn]);
+}
 
 /** The disk cases mount tmpfs: root only. Failing (not skipping) keeps CI honest: it runs as root. */
 function requireRoot(): void {
@@ -107,7 +119,7 @@ function serialOf(pem: string): string {
   return new x509.X509Certificate(pem).serialNumber.toLowerCase();
 }
 
-test('server data dir full: writes answer 503 storage_full, reads go on, nothing half-written, recovery without restart', async (t) => {
+fault('server data dir full: writes answer 503 storage_full, reads go on, nothing half-written, recovery without restart', async (t) => {
   const defer = cleanupStack(t);
   const disk = await smallDisk(defer, 'edgeid-faults-srvdisk-', '24m');
   const tpm = await startSwtpm();
@@ -274,7 +286,7 @@ function runAgent(defer: (fn: () => unknown) => void, rig: AgentRig, extra: stri
 
 for (const mode of ['full', 'read-only'] as const) {
   const code = mode === 'full' ? 'state_dir_full' : 'state_dir_read_only';
-  test(`agent state dir ${mode}: renewal fails with ${code}, the certificate and MQTT session stay in use, state intact, back by itself`, async (t) => {
+  fault(`agent state dir ${mode}: renewal fails with ${code}, the certificate and MQTT session stay in use, state intact, back by itself`, async (t) => {
     const defer = cleanupStack(t);
     const disk = await smallDisk(defer, 'edgeid-faults-agentdisk-', '4m');
     const stateDir = path.join(disk, 'state');
@@ -347,7 +359,7 @@ for (const mode of ['full', 'read-only'] as const) {
 
 const QUARANTINE_CODES = ['posture_pcr_mismatch', 'device_quarantined'];
 
-test('TPM reset: TPM errors retried while swtpm is down, then quarantine per the baseline policy; the agent keeps its identity, backs off, explains it in status; approve-baseline brings it back', async (t) => {
+fault('TPM reset: TPM errors retried while swtpm is down, then quarantine per the baseline policy; the agent keeps its identity, backs off, explains it in status; approve-baseline brings it back', async (t) => {
   const defer = cleanupStack(t);
   const stateDir = path.join(await tmpDir('edgeid-faults-tpmreset-', t), 'state');
   // 15 s certificates: the first renewal 10 s after enrollment
@@ -428,7 +440,7 @@ for (const [name, offsetMs] of [
   ['5 minutes ahead of', 5 * 60_000],
   ['5 minutes behind', -5 * 60_000],
 ] as const) {
-  test(`device clock ${name} the server's: enrollment and renewals succeed on schedule, no clock_skew`, async (t) => {
+  fault(`device clock ${name} the server's: enrollment and renewals succeed on schedule, no clock_skew`, async (t) => {
     const defer = cleanupStack(t);
     const stateDir = path.join(await tmpDir('edgeid-faults-skew-', t), 'state');
     const env = { EDGEID_TEST_CLOCK_OFFSET_MS: String(offsetMs) };
@@ -481,3 +493,7 @@ for (const [name, offsetMs] of [
     assert.equal(await agent.exit, 0);
   });
 }
+
+describe('device- and disk-side faults', { concurrency: Number(process.env.EDGEID_FAULTS_CONCURRENCY ?? 2) }, () => {
+  for (const [name, fn] of cases) test(name, fn);
+});
