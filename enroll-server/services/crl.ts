@@ -35,16 +35,20 @@ export class CrlService {
   }
 
   regenerate(why: string): Promise<CrlData> {
-    const run = this.chain.then(() => this.build(why));
+    const run = this.chain.then(() =>
+      this.build(why).catch((e: unknown) => {
+        // the next get() builds again: a failed build (e.g. a full data dir after a revocation
+        // committed) must not leave an older CRL served as the current one
+        this.filesStale = true;
+        throw e;
+      }),
+    );
     this.chain = run.catch(() => undefined);
     return run;
   }
 
   private async build(why: string): Promise<CrlData> {
     const { ctx } = this;
-    // until this build has written its files, the next get() builds again (a failure below,
-    // e.g. a full data dir after a revocation committed, must not leave an old CRL served as current)
-    this.filesStale = true;
     const number = BigInt((await ctx.store.getMeta('crl_number')) ?? '0') + 1n;
     const entries: { serial: string; revokedAt: Date; reason: RevokeReason }[] = (await ctx.store.listRevokedUnexpired(ctx.now())).map(
       (c) => ({

@@ -179,6 +179,12 @@ fault('server data dir full: writes answer 503 storage_full, reads go on, nothin
 
   // ---- a revocation on a full disk: refused with nothing changed, or committed with the CRL
   // published once there is room again (never a revoked device missing from the CRL) ----
+  // A checkpoint that restarts the WAL (https://sqlite.org/pragma.html#pragma_wal_checkpoint)
+  // lets the next transactions reuse the WAL file's pages: the revocation then commits on the full
+  // disk and only the CRL files cannot be written — the case where an old CRL must not be served.
+  const side = new Database(path.join(srv.dataDir, 'edgeid.db'));
+  side.pragma('wal_checkpoint(RESTART)');
+  side.close();
   const crlBefore = await readFile(path.join(srv.dataDir, 'crl.pem'), 'utf8').catch(() => null);
   const filler2 = await fillUp(disk);
   defer(() => rm(filler2, { force: true }));
@@ -186,12 +192,19 @@ fault('server data dir full: writes answer 503 storage_full, reads go on, nothin
   note(revoke.status, revoke.body);
   assert.equal((await readdir(srv.dataDir)).filter((n) => n.endsWith('.tmp')).length, 0);
   if (revoke.status !== 200) assert.equal(await readFile(path.join(srv.dataDir, 'crl.pem'), 'utf8').catch(() => null), crlBefore);
+  // the CRL served while the disk is still full
+  const crlWhileFull = await srv.server.app.inject({ method: 'GET', url: '/v1/crl?format=pem' });
+  assert.equal(crlWhileFull.statusCode, 200, `GET /v1/crl on a full disk: ${crlWhileFull.body.slice(0, 300)}`);
+  const servedWhileFull = new x509.X509Crl(crlWhileFull.body).entries.map((e) => e.serialNumber.toLowerCase());
   await rm(filler2);
   const dv = await srv.admin('GET', `/v1/admin/devices/${dev.deviceId}`);
   assert.equal(dv.status, 200);
   const revokedWhileFull = dv.body.device.status === 'revoked';
   if (revoke.status === 200) assert.equal(revokedWhileFull, true);
-  if (!revokedWhileFull) {
+  if (revokedWhileFull) {
+    // committed: the CRL served from then on names the device's certificates, even before the files could be written
+    for (const c of dv.body.device.certificates) assert.ok(servedWhileFull.includes(String(c.serial).toLowerCase()), `CRL served while full lacks ${c.serial}`);
+  } else {
     const rv = await srv.admin('POST', `/v1/admin/devices/${dev.deviceId}/revoke`, { reason: 'superseded' });
     assert.equal(rv.status, 200, JSON.stringify(rv.body));
   }
