@@ -371,7 +371,10 @@ export class EdgeAgent {
       await this.writeStatus(false).catch(() => {});
     }
     if (this.ownsTpm) await this.tpm.close().catch(() => {});
-    await this.store.close();
+    // a read-only state dir keeps its lock file (a stale lock is taken over at the next start)
+    await this.store
+      .close()
+      .catch((e: unknown) => this.log.warn({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot release the state dir lock'));
     this.resolveExit(o.code);
   }
 
@@ -412,7 +415,9 @@ export class EdgeAgent {
       const delay = backoffDelay(this.failures, this.opts.config.renewal.backoff);
       this.log.warn({ reason: why, code, attempt, retryInMs: delay, err: message }, 'renewal failed');
       this.state = { ...this.state, lastRenewal: { at: new Date(this.clock.now()).toISOString(), ok: false, reason: why, code, message } };
-      await this.store.save(this.state).catch((err: Error) => this.log.error({ err: err.message }, 'cannot save state'));
+      await this.store
+        .save(this.state)
+        .catch((err: Error) => this.log.error({ code: isEdgeidError(err) ? err.code : undefined, err: err.message }, 'cannot save state'));
       return { at: this.clock.now() + delay, reason: 'retry' };
     }
   }
@@ -471,7 +476,12 @@ export class EdgeAgent {
 
   private async onMqttConnect(serial: string): Promise<void> {
     // R3: the new certificate is in use; the previous key can go.
-    if (serial === this.state.certificate?.serial) await this.dropPreviousKey();
+    if (serial === this.state.certificate?.serial) {
+      // a full or read-only state dir: the key is dropped after the next renewal instead
+      await this.dropPreviousKey().catch((e: unknown) =>
+        this.log.warn({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot delete the previous session key yet'),
+      );
+    }
     this.heartbeat();
     await this.writeStatus();
   }

@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { parseEnrollUri } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { enroll, type EnrollParams } from '../identity.js';
+import { clockFromEnv } from '../schedule.js';
 import { PostureCollector } from '../posture.js';
 import { StateStore } from '../state/store.js';
 import { DEFAULT_TCTI, Tpm } from '../tpm/index.js';
@@ -98,7 +99,10 @@ export const enrollCommand: AgentCommand = {
       // One-shot: no SRK/AK kept loaded after the batch (a kill leaves nothing in a TPM without RM).
       tpm = await Tpm.open(config.tcti, { keepResidents: false });
       await flushLeftoverObjects(tpm);
-      const state = await enroll({ store, tpm, log, config, posture: new PostureCollector({ config }) }, params);
+      // the device clock as `run` sees it (EDGEID_TEST_CLOCK_OFFSET_MS in tests): the server's
+      // offset is measured against it from the first certificate on
+      const clock = clockFromEnv();
+      const state = await enroll({ store, tpm, log, config, posture: new PostureCollector({ config }), now: () => clock.now() }, params);
       const c = state.certificate!;
       const result = {
         deviceId: state.device!.id,

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { AgentStatus } from '../agent.js';
 import { StateStore } from '../state/store.js';
+import { ERRORS, type ErrorCode } from '../../protocol/errors/index.js';
 import { jsonText, printable } from '../../protocol/terminal.js';
 import { AGENT_VERSION } from '../version.js';
 import { COMMON_OPTIONS, COMMON_USAGE, resolveConfig } from './common.js';
@@ -43,6 +44,31 @@ export interface StatusReport extends Omit<AgentStatus, 'pid'> {
   enrolled: boolean;
   stateDir: string;
   pid: number | null;
+  /** Why the last renewal failed and what to do (null while renewals succeed). */
+  attention?: Attention | null;
+}
+
+/** The last renewal's failure explained: the code, the server's or agent's message, the registry's fix. */
+export interface Attention {
+  code: string;
+  /** The server quarantined the device (posture changed): only an operator's approve-baseline ends it. */
+  quarantined: boolean;
+  message: string;
+  fix: string;
+}
+
+/** Refusals of a device whose posture no longer matches its zone's policy (the server quarantined it). */
+const QUARANTINE_CODES = new Set(['posture_pcr_mismatch', 'posture_claims_rejected', 'posture_eventlog_rejected', 'device_quarantined']);
+
+function attentionFor(last: AgentStatus['renewal']['last'], deviceId: string | undefined): Attention | null {
+  if (!last || last.ok || !last.code) return null;
+  const info = last.code in ERRORS ? ERRORS[last.code as ErrorCode] : null;
+  const quarantined = QUARANTINE_CODES.has(last.code);
+  const message = last.message ?? info?.message ?? '';
+  const fix = quarantined
+    ? `the agent keeps its identity and retries with backoff; an operator checks the device (firmware, boot chain, a TPM reset) and, if the change is expected, runs: edgeid-admin approve-baseline ${deviceId ?? 'ID'}`
+    : (info?.fix ?? 'see the agent log for this code');
+  return { code: last.code, quarantined, message, fix };
 }
 
 export async function collectStatus(stateDir: string): Promise<StatusReport> {
@@ -100,6 +126,7 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
     control: live?.control ?? { accepted: 0, ignored: 0, lastIgnored: null },
     posture: live?.posture ?? null,
     updatedAt: live?.updatedAt ?? new Date().toISOString(),
+    attention: attentionFor(state?.lastRenewal ?? null, state?.device?.id),
   };
 }
 
@@ -121,6 +148,14 @@ export function renderStatus(s: StatusReport): string {
   lines.push(
     `renewal     next ${s.renewal.next ?? '—'}; ${s.renewal.total} done; last ${last ? `${last.ok ? 'ok' : `FAILED [${p(last.code)}]`} at ${p(last.at)} (${p(last.reason)})` : '—'}` +
       (s.renewal.consecutiveFailures ? `; ${s.renewal.consecutiveFailures} failures in a row` : ''),
+  );
+  if (s.attention) {
+    lines.push(
+      s.attention.quarantined ? `QUARANTINED by the server [${p(s.attention.code)}]: ${p(s.attention.message)}` : `            why: ${p(s.attention.message)}`,
+      `            what to do: ${p(s.attention.fix)}`,
+    );
+  }
+  lines.push(
     `tpm         ${s.renewal.tpmCommandsPerRenewal ?? '—'} commands per renewal (steady state, flushes included)` +
       (last?.tpmCommands !== undefined
         ? `; last renewal ${last.tpmCommands}${

@@ -22,8 +22,38 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Atomically replaces `file` with `data` (mode 0600 unless given). */
+/**
+ * A failed write of the state directory as the error that says what to do: the filesystem is full
+ * (ENOSPC, EDQUOT: state_dir_full) or read-only (EROFS: state_dir_read_only); anything else as is.
+ */
+export function stateWriteError(e: unknown, file: string): unknown {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new EdgeidError('state_dir_full', `cannot write ${file}: no space left on its filesystem; free space there (the agent retries by itself)`, {
+      path: file,
+      cause: code,
+    });
+  }
+  if (code === 'EROFS') {
+    return new EdgeidError(
+      'state_dir_read_only',
+      `cannot write ${file}: its filesystem is read-only; make it writable again (mount -o remount,rw; fsck first after I/O errors) and the agent retries by itself`,
+      { path: file, cause: code },
+    );
+  }
+  return e;
+}
+
+/** Atomically replaces `file` with `data` (mode 0600 unless given); the old content stays if it fails. */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = FILE_MODE): Promise<void> {
+  try {
+    await replaceFile(file, data, mode);
+  } catch (e) {
+    throw stateWriteError(e, file);
+  }
+}
+
+async function replaceFile(file: string, data: string | Uint8Array, mode: number): Promise<void> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}${TMP_SUFFIX}`);
   const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, mode);
@@ -49,8 +79,12 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
 /** Deletes files (missing ones are fine) and makes the deletion durable. */
 export async function removeFilesDurably(dir: string, names: string[]): Promise<void> {
   if (names.length === 0) return;
-  for (const n of names) await rm(path.join(dir, n), { force: true });
-  await fsyncDir(dir);
+  try {
+    for (const n of names) await rm(path.join(dir, n), { force: true });
+    await fsyncDir(dir);
+  } catch (e) {
+    throw stateWriteError(e, dir);
+  }
 }
 
 /** Removes leftovers of writes interrupted by a crash (files named `.<name>.<pid>.<rand>.tmp`). */

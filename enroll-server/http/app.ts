@@ -11,6 +11,7 @@ import { createBackup } from '../backup/backup.js';
 import { checkPassphrase } from '../backup/format.js';
 import { auditRefusal, closeRefusalAggregator, exportAudit, verifyAudit } from '../services/audit.js';
 import { toWellFormed } from '../store/audit-chain.js';
+import { storageFailure } from '../files.js';
 import {
   addBrokerMonitor,
   brokerCrlStatus,
@@ -49,6 +50,8 @@ function errorBody(code: ErrorCode, message: string, details?: Record<string, un
 /** Maps anything thrown in a request to an EdgeidError; only our own faults become 5xx. */
 function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
   if (err instanceof EdgeidError) return err;
+  const storage = storageFailure(err);
+  if (storage) return storage;
   const fe = err as FastifyError & { validationContext?: string };
   if (fe.validation) {
     const v = fe.validation[0];

@@ -3,6 +3,7 @@ import { addressGroup } from './address.js';
 import { ERRORS, EdgeidError, type ErrorCode } from '../../protocol/errors/index.js';
 import type { AuditInput } from '../store/store.js';
 import type { ServerContext } from './context.js';
+import { storageFailure } from '../files.js';
 
 /** Who asked, from where, and what: the start of an action's audit row. */
 export interface ActionStart {
@@ -17,6 +18,8 @@ export interface ActionStart {
 
 export function toEdgeidError(e: unknown, fallback: ErrorCode): EdgeidError {
   if (e instanceof EdgeidError) return e;
+  const storage = storageFailure(e);
+  if (storage) return storage;
   return new EdgeidError(fallback, undefined, { cause: e instanceof Error ? e.message.slice(0, 200) : String(e) });
 }
 

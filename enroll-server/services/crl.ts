@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RevokeReason } from '../../protocol/api.js';
 import { FIRST_ISSUING, type CrlData, type IssuingCa } from '../ca/ca.js';
-import { writeFileAtomic } from '../files.js';
+import { storageFailure, writeFileAtomic } from '../files.js';
 import { runHooks, type ServerContext } from './context.js';
 
 /** Validity of the long-lived copy handed to onCrlChanged hooks (see build). */
@@ -20,6 +20,8 @@ export class CrlService {
   /** The long-lived copy of the current CRL (see build). */
   longLived: CrlData | null = null;
   private chain: Promise<unknown> = Promise.resolve();
+  /** The last build failed or could not write its files (data dir full or read-only): build again on the next get(). */
+  private filesStale = false;
 
   constructor(private readonly ctx: ServerContext) {}
 
@@ -27,7 +29,10 @@ export class CrlService {
   async get(): Promise<CrlData> {
     const c = this.current;
     const half = this.ctx.config.crlValidity * 500;
-    if (c && c.nextUpdate.getTime() - half > this.ctx.now()) return c;
+    const fresh = c !== null && c.nextUpdate.getTime() - half > this.ctx.now();
+    if (fresh && !this.filesStale) return c;
+    // still unwritten (storage full or read-only): the current CRL is served from memory meanwhile
+    if (fresh) return this.regenerate('write again').catch((e: unknown) => (storageFailure(e) ? c : Promise.reject(e)));
     return this.regenerate('refresh');
   }
 
@@ -38,7 +43,14 @@ export class CrlService {
   }
 
   regenerate(why: string): Promise<CrlData> {
-    const run = this.chain.then(() => this.build(why));
+    const run = this.chain.then(() =>
+      this.build(why).catch((e: unknown) => {
+        // the next get() builds again: a failed build (e.g. a full data dir after a revocation
+        // committed) must not leave an older CRL served as the current one
+        this.filesStale = true;
+        throw e;
+      }),
+    );
     this.chain = run.catch(() => undefined);
     return run;
   }
@@ -82,12 +94,16 @@ export class CrlService {
     // several CRLs in one PEM file: Mosquitto's crlfile loads them all (X509_load_crl_file, PEM)
     const crl: CrlData = short[at]!;
     const longLived: CrlData = { ...long[at]!, pem: long.map((c) => c.pem).join('') };
-    this.byIssuer = new Map(issuers.map((i, k) => [i.name, short[k]!]));
-    writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
-    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), short.map((c) => c.pem).join(''), 0o644);
+    // the number is spent first (a CRL number never repeats, RFC 5280 §5.2.3), then the CRLs are
+    // served from memory; if the files cannot be written (data dir full or read-only) they stay
+    // as they were, the error goes to the caller, and the next get() builds and writes again
     await ctx.store.setMeta('crl_number', (number + 1n).toString());
+    this.byIssuer = new Map(issuers.map((i, k) => [i.name, short[k]!]));
     this.current = crl;
     this.longLived = longLived;
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.der'), crl.der, 0o644);
+    writeFileAtomic(join(ctx.config.dataDir, 'crl.pem'), short.map((c) => c.pem).join(''), 0o644);
+    this.filesStale = false;
     ctx.log.info({ crlNumber: number.toString(), entries: entries.length, issuers: issuers.length, why }, 'CRL generated');
     const serials = entries.map((e) => e.serial.toLowerCase()).sort();
     await runHooks(ctx, 'onCrlChanged', { ...crl, longLived, serials }, null);

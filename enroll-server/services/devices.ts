@@ -12,6 +12,7 @@ import { EdgeidError } from '../../protocol/errors/index.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
 import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
+import { storageFailure } from '../files.js';
 import { audited } from './audit.js';
 import { eventLogDiff, sha256Hex, storedLog } from './eventlog.js';
 import { runHooks, type ServerContext } from './context.js';
@@ -161,6 +162,21 @@ export async function sendControl(
 }
 
 /**
+ * A CRL that could not be written after the device's end was committed (data dir full or
+ * read-only): the answer says what did happen. The CRL service serves the new list from memory
+ * once it could be built, and builds and writes it again on the next request for it.
+ */
+function committedButNoCrl(e: unknown, id: string, done: 'revoked' | 'retired'): unknown {
+  const storage = storageFailure(e);
+  if (!storage) return e;
+  return new EdgeidError(
+    storage.code,
+    `device ${id} is ${done} (committed), but the CRL files could not be written: ${storage.message} The CRL is built and written again on the next request for it.`,
+    { ...storage.details, deviceId: id, committed: true },
+  );
+}
+
+/**
  * Revokes a device: status `revoked` (renewals refused from the commit on), its unexpired
  * certificates revoked and its open nonces spent in the same transaction, a new CRL at once, then
  * the onDeviceRevoked hooks (broker kick, wipe command).
@@ -191,7 +207,7 @@ export async function revokeDevice(
     const after = (await ctx.store.getDevice(id))!;
     // runHooks audits a failing hook and never throws, so the CRL goes out whatever the hooks did
     const hooks = await runHooks(ctx, 'onDeviceRevoked', { device: after, reason, serials, at: new Date(now) }, id);
-    const crl = await ctx.crl.regenerate(`revoke ${id}`);
+    const crl = await ctx.crl.regenerate(`revoke ${id}`).catch((e: unknown) => Promise.reject(committedButNoCrl(e, id, 'revoked')));
     return { device: deviceView(ctx, after), serials, crlNumber: crl.number.toString(), hooks };
   });
 }
@@ -227,7 +243,7 @@ export async function retireDevice(
         { device: after, serials, at: new Date(now), automatic: who.automatic === true },
         id,
       );
-      if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`);
+      if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`).catch((e: unknown) => Promise.reject(committedButNoCrl(e, id, 'retired')));
       return { device: deviceView(ctx, after), serials, hooks };
     },
   );

@@ -32,6 +32,16 @@ export const adminErrors = defineErrors({
     message: 'The data directory cannot be used.',
     fix: 'Check that the directory exists or can be created, and its owner and permissions (0700).',
   },
+  storage_full: {
+    status: 503,
+    message: 'The server could not write: its data directory (database, CA, CRL files) is out of space.',
+    fix: 'Free space on the filesystem of the data directory (or grow it), then retry: a refused write changed nothing (the message says so when part of an action, e.g. a revocation, was already committed). Requests succeed again as soon as there is room, without a restart.',
+  },
+  storage_read_only: {
+    status: 503,
+    message: 'The server could not write: its data directory (database, CA, CRL files) is on a read-only filesystem.',
+    fix: 'Make the filesystem of the data directory writable again (check `mount` and the kernel log: a filesystem remounted read-only after I/O errors needs fsck), then retry: a refused write changed nothing (the message says so when part of an action was already committed).',
+  },
   admin_server_unreachable: {
     status: 503,
     message: 'The edgeid server cannot be reached.',

@@ -38,6 +38,16 @@ export const agentErrors = defineErrors({
     message: 'The state directory cannot be created, locked or written.',
     fix: 'Check that the directory (default /var/lib/edgeid) is on a writable filesystem and owned by the agent user; with systemd, check ReadWritePaths.',
   },
+  state_dir_full: {
+    status: 500,
+    message: 'The agent could not write its state directory: the filesystem is full. The current certificate and MQTT session stay in use; nothing of the state was half-written.',
+    fix: 'Free space on the filesystem of the state directory (default /var/lib/edgeid; `df -h /var/lib/edgeid`); the agent retries the renewal by itself and recovers without a restart.',
+  },
+  state_dir_read_only: {
+    status: 500,
+    message: 'The agent could not write its state directory: the filesystem is read-only. The current certificate and MQTT session stay in use; nothing of the state was half-written.',
+    fix: 'Make the filesystem writable again (`mount -o remount,rw`; a filesystem the kernel remounted read-only after I/O errors needs fsck first; with systemd check ReadWritePaths); the agent retries by itself.',
+  },
   state_owner_mismatch: {
     status: 409,
     message: 'The state directory, or a file in it, is not owned by the user the agent runs as; the agent does not trust it.',

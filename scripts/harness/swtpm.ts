@@ -25,8 +25,11 @@ export interface Swtpm {
   stateDir: string;
   /** Stops the simulator (and, unless it was started with keepState, removes its state). Idempotent. */
   stop(): Promise<void>;
-  /** Stops and starts the simulator on the same state and ports (a "reboot": PCRs reset). */
-  restart(): Promise<void>;
+  /**
+   * Stops and starts the simulator on the same state and ports (a "reboot": PCRs reset);
+   * `whileDown` runs between the two (the TPM unreachable meanwhile).
+   */
+  restart(whileDown?: () => Promise<void>): Promise<void>;
 }
 
 export interface SwtpmOptions {
@@ -124,8 +127,9 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       logStream?.end();
       if (own) await rm(stateDir, { recursive: true, force: true });
     },
-    async restart() {
+    async restart(whileDown?: () => Promise<void>) {
       await halt();
+      if (whileDown) await whileDown();
       await launch();
     },
   };
