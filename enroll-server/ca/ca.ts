@@ -3,10 +3,11 @@ import {
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
+  KeyObject,
   randomBytes,
+  sign,
   webcrypto,
   X509Certificate,
-  type KeyObject,
 } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
@@ -18,6 +19,8 @@ import { certFingerprint, type ControlCommand, type RevokeReason, type SignedCon
 import { CONTROL_SIGNER_CN, CONTROL_SIGNER_EKU, signControlCommand } from '../../protocol/control.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { ensurePrivateDir, writeFileAtomic } from '../files.js';
+import { p1363ToDer } from './der.js';
+import { certificateDer, deviceTbs, deviceTemplate, type DeviceTemplate } from './device-template.js';
 import { openIssuerSigner, type CaSigner } from './keys.js';
 
 export type { CaSigner } from './keys.js';
@@ -129,6 +132,30 @@ export interface CrlData {
   number: bigint;
   thisUpdate: Date;
   nextUpdate: Date;
+}
+
+/** Device-certificate templates per issuing CA, made on first use. */
+const DEVICE_TEMPLATES = new WeakMap<IssuingCa, DeviceTemplate>();
+/** node:crypto KeyObjects of file-key signers (a sign call on a KeyObject costs less than a WebCrypto job). */
+const NODE_KEYS = new WeakMap<CaSigner, KeyObject>();
+
+/**
+ * A DER ECDSA-with-SHA-256 signature over `data` by an issuing CA: a key of Node's own WebCrypto is
+ * used through node:crypto directly; any other provider (a PKCS#11 token) through its WebCrypto
+ * sign, whose IEEE P1363 r‖s is turned into DER.
+ */
+async function signDer(signer: CaSigner, data: Buffer): Promise<Buffer> {
+  if ((signer.crypto as unknown) === webcrypto) {
+    let key = NODE_KEYS.get(signer);
+    if (!key) NODE_KEYS.set(signer, (key = KeyObject.from(signer.key)));
+    return sign('sha256', data, { key, dsaEncoding: 'der' });
+  }
+  return p1363ToDer(Buffer.from(await signer.crypto.subtle.sign(ALG, signer.key, data)));
+}
+
+/** RFC 7468 textual encoding, as the library writes it, plus a final newline. */
+function pemOf(label: string, der: Buffer): string {
+  return `-----BEGIN ${label}-----\n${der.toString('base64').replace(/(.{64})(?!$)/g, '$1\n')}\n-----END ${label}-----\n`;
 }
 
 /** The issued certificate in the forms callers store and send. */
@@ -503,8 +530,21 @@ export class CertificateAuthority {
     crlUrl: string;
   }): Promise<IssuedCertificate> {
     const serial = randomSerial();
-    const cert = await CertificateAuthority.issueWith(this.active, {
+    const ca = this.active;
+    const now = Date.now();
+    // the pre-encoded template (device-template.ts): byte for byte what the library below builds
+    const notBefore = new Date(Math.ceil((now - BACKDATE_MS) / 1000) * 1000);
+    const notAfter = new Date(Math.floor((now + p.lifetimeSeconds * 1000) / 1000) * 1000);
+    let template = DEVICE_TEMPLATES.get(ca);
+    if (!template) DEVICE_TEMPLATES.set(ca, (template = deviceTemplate(Buffer.from(ca.cert.rawData))));
+    const tbs = deviceTbs(template, { serial, notBefore, notAfter, deviceId: p.deviceId, zone: p.zone, spki: p.spki, crlUrl: p.crlUrl });
+    if (tbs) {
+      const der = certificateDer(tbs, await signDer(ca.signer, tbs));
+      return { serial, der, pem: pemOf('CERTIFICATE', der), notBefore, notAfter };
+    }
+    const cert = await CertificateAuthority.issueWith(ca, {
       serial,
+      now,
       subject: `CN=${p.deviceId}`,
       spki: p.spki,
       lifetimeMs: p.lifetimeSeconds * 1000,

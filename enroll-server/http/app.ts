@@ -1,6 +1,6 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import * as W from '../../protocol/api.js';
@@ -207,7 +207,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     return503OnClosing: true,
     // Fastify's two lines per request (received, completed) are replaced by one line at debug and
     // a sampled access log at info (onResponse below)
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     // Ajv validates requests against the protocol/api.ts schemas (plain JSON Schema) without
     // coercion or defaults; responses are serialised from the same schemas
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
@@ -487,11 +487,14 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         const file = await createBackup(ctx, checkPassphrase(req.body.passphrase), who(req));
         return reply.type('application/octet-stream').header('cache-control', 'no-store').send(file);
       });
-      admin.get('/ca/status', { schema: { querystring: W.EmptyQuery, response: { 200: W.CaStatus } } }, async (req) => caStatus(ctx, who(req)));
+      admin.get('/ca/status', { schema: { querystring: W.EmptyQuery, response: { 200: W.CaStatus } } }, async (req) =>
+        caStatus(ctx, who(req)),
+      );
       admin.post('/ca/rotate-issuing', { schema: { body: W.EmptyBody, response: { 200: W.CaRotateResponse } } }, async (req) =>
         // new TLS connections get the certificate from the new issuing CA (Node: tls.Server#setSecureContext)
         rotateIssuingCa(ctx, who(req), (tls) => {
-          if ('setSecureContext' in app.server) (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
+          if ('setSecureContext' in app.server)
+            (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
         }),
       );
       admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) =>

@@ -121,3 +121,34 @@ test('inputs the template does not encode (a CN outside PrintableString, a non-A
   assert.equal(deviceTbs(template, { ...base, deviceId: 'a_b' }), null);
   assert.equal(deviceTbs(template, { ...base, deviceId: 'd', crlUrl: 'https://ü/crl' }), null);
 });
+
+test("CertificateAuthority.issueDevice issues from the template: the library's TBSCertificate for the same serial and times, the library's PEM, openssl-verified", async (t) => {
+  const { dir, ca, signingKey, issuer } = await openCa(t);
+  const spki = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+  const p = { deviceId: 'dev-00112233aabbccdd', zone: 'default', spki, lifetimeSeconds: 3600, crlUrl: 'https://127.0.0.1:8443/v1/crl' };
+  const got = await ca.issueDevice(p);
+  const reference = await referenceDeviceCertificate({
+    issuer,
+    signingKey,
+    serial: got.serial,
+    notBefore: got.notBefore,
+    notAfter: got.notAfter,
+    ...p,
+  });
+  assert.equal(tbsOf(got.der).toString('hex'), tbsOf(reference).toString('hex'));
+  assert.equal(got.pem, new x509.X509Certificate(got.der).toString('pem') + '\n');
+  assert.equal(got.notBefore.getTime() % 1000, 0);
+  assert.ok(got.notAfter.getTime() - Date.now() <= 3_600_000 && got.notAfter.getTime() - Date.now() > 3_590_000);
+  await writeFile(path.join(dir, 'leaf.pem'), got.pem);
+  await writeFile(path.join(dir, 'root.pem'), ca.rootPem);
+  await writeFile(path.join(dir, 'inter.pem'), ca.chainPem[0]!);
+  const out = execFileSync(
+    'openssl',
+    ['verify', '-CAfile', path.join(dir, 'root.pem'), '-untrusted', path.join(dir, 'inter.pem'), path.join(dir, 'leaf.pem')],
+    { encoding: 'utf8' },
+  );
+  assert.match(out, /leaf\.pem: OK/);
+  // an id outside PrintableString still gets a certificate (the library's encoding)
+  const odd = await ca.issueDevice({ ...p, deviceId: 'dev_odd' });
+  assert.equal(new x509.X509Certificate(odd.der).subject, 'CN=dev_odd');
+});
