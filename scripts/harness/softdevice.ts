@@ -29,6 +29,7 @@ import { buildCsr } from '../../agent/tpm/csr.js';
 import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
 import { createToken } from '../../enroll-server/services/tokens.js';
+import { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import type { DeviceRecord } from '../../enroll-server/store/store.js';
 import { quoteQualifyingData, type Claims, type RenewRequest } from '../../protocol/api.js';
 import { marshalAttest } from '../../protocol/tpm/attest.js';
@@ -222,6 +223,8 @@ export async function seedSoftDevices(
   const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: {} });
   const server = await createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false });
   const ctx = server.ctx;
+  // test data written in bulk: no sync per commit (the close at the end checkpoints it to disk)
+  if (ctx.store instanceof SqliteStore) ctx.store.db.pragma('synchronous = OFF');
   try {
     for (const [i, dev] of devices.entries()) {
       const t = await createToken(ctx, { zone, owner, name: `soft-${i}` }, { ip: '127.0.0.1', actor: 'admin' });
