@@ -9,7 +9,8 @@
  *  2. closed loop at several concurrencies (renewals in flight) → renewals/s, the maximum;
  *  3. open loop at a fixed rate of 25/50/100 % of that maximum → p50/p99 latency, measured from
  *     the moment each request was due (no coordinated omission);
- *  4. server CPU (utime+stime, /proc/PID/stat) per renewal, RSS (/proc/PID/status) sampled every
+ *  4. enrollments/s: fresh devices, closed loop at the best renewal concurrency;
+ *  5. server CPU (utime+stime, /proc/PID/stat) per renewal, RSS (/proc/PID/status) sampled every
  *     second, SQLite database size (db + WAL) before and after.
  * A renewal is POST /v1/renew with the nonce of the previous one (the first after a challenge);
  * the client builds its evidence (a new session key, TPM2_Certify, TPM2_Quote, CSR) before each
@@ -27,6 +28,9 @@
  *                        functions and modules
  *     --tamper-every M   every M-th renewal of each client carries a tampered quote (refused by the
  *                        server): proves that the bench fails on errors (its test)
+ *     --enrollments E    fresh devices enrolled at the end (default 256; 0: none): enroll/start with a
+ *                        software EK without certificate (ek.requireEkCertificate false),
+ *                        TPM2_ActivateCredential in software (scripts/harness/softenroll.ts), finish
  *     --quick            < 2 minutes: 32 devices, 2 clients, levels 1,8, 4 s phases, one open-loop
  *                        rate; exits non-zero only on errors (a non-2xx renewal, a crash)
  * Exit code 1 when any renewal failed or the server died.
@@ -41,8 +45,9 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { objectName, parsePublic } from '../protocol/tpm/public.js';
 import { binsMode } from './harness/bins.js';
-import { startServerProcess, type ServerProcess } from './harness/server.js';
+import { createToken, startServerProcess, type ServerProcess } from './harness/server.js';
 import { challenge, createSoftDevice, renew, seedSoftDevices, softClient, type SoftDevice } from './harness/softdevice.js';
+import { softEk, softEnroll } from './harness/softenroll.js';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -62,6 +67,7 @@ type Command =
   | { cmd: 'init'; url: string; caPem: string; devices: WireDevice[]; tamperEvery: number }
   | { cmd: 'closed'; concurrency: number; ms: number }
   | { cmd: 'open'; rate: number; ms: number }
+  | { cmd: 'enroll'; tokens: string[]; concurrency: number }
   | { cmd: 'exit' };
 
 interface PhaseResult {
@@ -182,6 +188,37 @@ async function loadClient(): Promise<void> {
       await Promise.all(pending);
       r.clientCpuMs = cpu() - c0;
       send(r);
+    } else if (m.cmd === 'enroll') {
+      // fresh devices (new EK and AK), each enrolled with one token; the evidence is built before each request
+      const r = result();
+      const c0 = cpu();
+      const tokens = [...m.tokens];
+      await Promise.all(
+        Array.from({ length: m.concurrency }, async () => {
+          for (let token = tokens.shift(); token; token = tokens.shift()) {
+            const dev = createSoftDevice();
+            const ek = softEk();
+            const t = performance.now();
+            try {
+              const out = await softEnroll(dev, ek, client!, token);
+              if (out.status === 200) {
+                r.ok++;
+                r.lat.push(performance.now() - t);
+              } else {
+                r.errors++;
+                r.failures[`${out.step} ${out.status}`] = (r.failures[`${out.step} ${out.status}`] ?? 0) + 1;
+                r.firstFailure ??= `${out.step} ${out.status} ${JSON.stringify(out.body).slice(0, 300)}`;
+              }
+            } catch (e) {
+              r.errors++;
+              r.failures['0'] = (r.failures['0'] ?? 0) + 1;
+              r.firstFailure ??= String(e);
+            }
+          }
+        }),
+      );
+      r.clientCpuMs = cpu() - c0;
+      send(r);
     } else if (m.cmd === 'exit') {
       client?.close();
       process.exit(0);
@@ -270,7 +307,10 @@ interface CpuProfile {
 /** The module a script URL belongs to: a package under node_modules, a project directory, or node's own. */
 function moduleOf(url: string): string {
   if (!url) return '(native / V8)';
-  if (url.startsWith('node:')) return url.replace(/^node:internal\/.*/, 'node: internals');
+  if (url.startsWith('node:')) {
+    const m = /^node:internal\/(?:deps\/)?([^/]+)/.exec(url);
+    return m ? `node:internal/${m[1]!.replace(/\.js$/, '')}` : url;
+  }
   const m = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url);
   if (m) return m[1]!;
   const p = url.replace(/^file:\/\//, '');
@@ -278,10 +318,22 @@ function moduleOf(url: string): string {
   return rel.startsWith('..') ? p : rel;
 }
 
-export function summariseProfile(prof: CpuProfile, top = 25): string {
+/**
+ * Self time per module and per function, from the samples taken within [fromUs, toUs] (CLOCK_MONOTONIC
+ * µs, the clock of V8's profile timestamps and of process.hrtime): the load, not the start-up.
+ */
+export function summariseProfile(prof: CpuProfile, window: { fromUs: number; toUs: number } | null, top = 25): string {
   const byId = new Map(prof.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
-  for (let i = 0; i < prof.samples.length; i++) self.set(prof.samples[i]!, (self.get(prof.samples[i]!) ?? 0) + (prof.timeDeltas[i] ?? 0));
+  let ts = prof.startTime;
+  let inWindow = 0;
+  for (let i = 0; i < prof.samples.length; i++) {
+    ts += prof.timeDeltas[i] ?? 0;
+    if (window && (ts < window.fromUs || ts > window.toUs)) continue;
+    inWindow++;
+    self.set(prof.samples[i]!, (self.get(prof.samples[i]!) ?? 0) + (prof.timeDeltas[i] ?? 0));
+  }
+  if (window && inWindow === 0) return summariseProfile(prof, null, top).replace('Profile:', 'Profile (whole run: no sample fell in the load window):');
   let total = 0;
   const fn = new Map<string, number>();
   const mod = new Map<string, number>();
@@ -294,7 +346,8 @@ export function summariseProfile(prof: CpuProfile, top = 25): string {
       continue;
     }
     total += us;
-    const where = n.callFrame.url ? `${moduleOf(n.callFrame.url)}:${n.callFrame.lineNumber + 1}` : '';
+    const url = n.callFrame.url;
+    const where = url ? `${url.startsWith('node:internal/') ? url.slice('node:internal/'.length) : moduleOf(url)}:${n.callFrame.lineNumber + 1}` : '';
     const key = `${name}${where ? ` (${where})` : ''}`;
     fn.set(key, (fn.get(key) ?? 0) + us);
     const m = ['(garbage collector)', '(program)'].includes(name) ? name : moduleOf(n.callFrame.url);
@@ -308,7 +361,7 @@ export function summariseProfile(prof: CpuProfile, top = 25): string {
       .map(([name, us]) => `| ${name.replace(/\|/g, '\\|')} | ${(us / 1000).toFixed(0)} | ${pct(us)} |`)
       .join('\n');
   return [
-    `Profile: ${(total / 1e6).toFixed(1)} s of busy samples (idle ${(idle / 1e6).toFixed(1)} s left out); self time.`,
+    `Profile${window ? ' of the load phases' : ''}: ${(total / 1e6).toFixed(1)} s of busy samples (idle ${(idle / 1e6).toFixed(1)} s left out); self time.`,
     '',
     '| module | self ms | % of busy |',
     '|---|---:|---:|',
@@ -389,8 +442,11 @@ async function main(): Promise<number> {
         perAddress: { max: 1_000_000, window: 1 },
         renew: { max: 1_000_000, window: 1 },
         enroll: { max: 1_000_000, window: 1 },
+        admin: { max: 1_000_000, window: 1 },
         connectionsPerAddress: 100_000,
       },
+      // the software devices enroll with a software EK that has no EK certificate
+      ek: { requireEkCertificate: false },
     };
     const t0 = performance.now();
     srv = await startServerProcess({ dataDir, config });
@@ -442,6 +498,7 @@ async function main(): Promise<number> {
       }
     };
 
+    const loadFromUs = Number(process.hrtime.bigint() / 1000n);
     // RSS every second over the whole load
     const rss: { t: number; mb: number }[] = [];
     const tLoad = performance.now();
@@ -547,7 +604,31 @@ async function main(): Promise<number> {
       });
       log(`open loop ${rate.toFixed(1)}/s: p50 ${pctl(m.lat, 50).toFixed(1)} ms, p99 ${pctl(m.lat, 99).toFixed(1)} ms, ${m.errors} errors`);
     }
+    // enrollments: fresh software devices (EK without certificate, software ActivateCredential), one token each
+    const nEnroll = Number(arg('--enrollments', quick ? '8' : '256'));
+    let enroll: { n: number; level: number; rate: number; p50: number; p99: number; cpuPer: number; errors: number } | null = null;
+    if (nEnroll > 0) {
+      const tokens: string[] = [];
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (tokens.length < nEnroll) {
+            tokens.push('');
+            tokens[tokens.length - 1] = (await createToken(srv!, { owner: 'bench' })).token;
+          }
+        }),
+      );
+      const level = Math.min(best.level, nEnroll);
+      const { m, serverCpuMs, wallMs } = await phase((k) => ({
+        cmd: 'enroll',
+        tokens: tokens.filter((_, i) => i % nClients === k),
+        concurrency: Math.max(1, split(level, k)),
+      }));
+      account(m);
+      enroll = { n: m.ok, level, rate: (m.ok * 1000) / wallMs, p50: pctl(m.lat, 50), p99: pctl(m.lat, 99), cpuPer: serverCpuMs / Math.max(1, m.ok), errors: m.errors };
+      log(`enrollments: ${enroll.rate.toFixed(1)}/s, ${m.errors} errors`);
+    }
     clearInterval(sampler);
+    const loadToUs = Number(process.hrtime.bigint() / 1000n);
     const serverCpuTotal = procCpuMs(serverPid);
     for (const c of children) c.send({ cmd: 'exit' } satisfies Command);
 
@@ -587,6 +668,14 @@ async function main(): Promise<number> {
     out.push('');
     const half = open.find((r) => r.share === 0.5);
     if (half) out.push(`p99 at half the maximum: **${f1(half.p99)} ms** (goal ≤ 25 ms).`);
+    if (enroll) {
+      out.push('');
+      out.push('| enrollments (start + ActivateCredential + finish) | in flight | enrollments/s | p50 ms | p99 ms | server CPU ms / enrollment | errors |');
+      out.push('|---:|---:|---:|---:|---:|---:|---:|');
+      out.push(`| ${enroll.n} | ${enroll.level} | ${f1(enroll.rate)} | ${f1(enroll.p50)} | ${f1(enroll.p99)} | ${f1(enroll.cpuPer)} | ${enroll.errors} |`);
+      out.push('');
+      out.push(`Enrollment goal ≥ 500/s: measured **${f1(enroll.rate)}/s**.`);
+    }
     const rssMax = Math.max(...rss.map((r) => r.mb));
     const pick = rss.filter((_, i) => i % Math.max(1, Math.ceil(rss.length / 12)) === 0 || i === rss.length - 1);
     out.push(
@@ -595,12 +684,12 @@ async function main(): Promise<number> {
     out.push(
       `SQLite (db + WAL): ${(dbBefore / 2 ** 20).toFixed(2)} MiB after seeding → ${(dbAfter / 2 ** 20).toFixed(2)} MiB after ${totalOk} renewals (${f0((dbAfter - dbBefore) / Math.max(1, totalOk))} bytes per renewal, WAL not checkpointed away).`,
     );
-    out.push(`Renewals: ${totalOk} OK, ${totalErr} failed${totalErr ? ` ${JSON.stringify(failures)}; first: ${firstFailure}` : ''}.`);
+    out.push(`Renewals and enrollments: ${totalOk} OK, ${totalErr} failed${totalErr ? ` ${JSON.stringify(failures)}; first: ${firstFailure}` : ''}.`);
     if (profServer) {
       const f = readdirSync(profDir).find((x) => x.endsWith('.cpuprofile'));
       if (!f) throw new Error('no .cpuprofile written');
       out.push('');
-      out.push(summariseProfile(JSON.parse(readFileSync(path.join(profDir, f), 'utf8')) as CpuProfile));
+      out.push(summariseProfile(JSON.parse(readFileSync(path.join(profDir, f), 'utf8')) as CpuProfile, { fromUs: loadFromUs, toUs: loadToUs }));
     }
     console.log(out.join('\n'));
     if (totalErr > 0) failed = true;

@@ -31,14 +31,14 @@ test('scripts/bench server --quick: every renewal succeeds, the tables are print
   assert.match(r.out, /Crypto bound .*\*\*\d+ renewals\/s\*\*/);
   assert.match(r.out, /\| closed loop: renewals in flight \|/);
   assert.match(r.out, /\| 50 % \|/);
-  const m = /Renewals: (\d+) OK, 0 failed\./.exec(r.out);
+  const m = /Renewals and enrollments: (\d+) OK, 0 failed\./.exec(r.out);
   assert.ok(m && Number(m[1]) > 0, r.out);
 });
 
 test('scripts/bench server fails on a refused renewal (tampered quotes): exit 1, the code reported', async () => {
   const r = await bench(['--quick', '--devices', '4', '--clients', '1', '--concurrency', '1', '--seconds', '1', '--tamper-every', '3']);
   assert.equal(r.code, 1, `${r.out}\n${r.err.slice(-3000)}`);
-  const m = /Renewals: (\d+) OK, (\d+) failed (\{.*\}); first: (.*)/.exec(r.out);
+  const m = /Renewals and enrollments: (\d+) OK, (\d+) failed (\{.*\}); first: (.*)/.exec(r.out);
   assert.ok(m, r.out);
   assert.ok(Number(m[2]) > 0);
   assert.match(m[4]!, /quote_bad_signature/);
