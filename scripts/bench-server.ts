@@ -17,11 +17,11 @@
  * request, on the same machine: the client processes' CPU is reported beside the server's.
  *
  *   node --import tsx scripts/bench-server.ts [options]            (scripts/bench server)
- *     --devices N        seeded devices (default 512)
+ *     --devices N        seeded devices (default 256)
  *     --clients K        load processes (default: one per core)
  *     --concurrency L    closed-loop levels, comma-separated (default 1,4,16,64)
  *     --seconds S        duration of each phase (default 15)
- *     --sync-off         the data dir on /dev/shm (tmpfs: every fsync is free) instead of /tmp:
+ *     --tmpfs            the data dir on /dev/shm (tmpfs: every fsync is free) instead of /tmp:
  *                        what synchronous = FULL's fsync per commit costs, by difference
  *     --cpu-prof         the server runs under `node --cpu-prof` (from the sources, so that
  *                        functions and modules have their names); prints the top self-time
@@ -415,8 +415,8 @@ function merge(rs: PhaseResult[]): Merged {
 async function main(): Promise<number> {
   const quick = flag('--quick');
   const cpuProf = flag('--cpu-prof');
-  const syncOff = flag('--sync-off');
-  const nDevices = Number(arg('--devices', quick ? '32' : '512'));
+  const syncOff = flag('--tmpfs');
+  const nDevices = Number(arg('--devices', quick ? '32' : '256'));
   const nClients = Number(arg('--clients', quick ? '2' : String(cpus().length)));
   const levels = arg('--concurrency', quick ? '1,8' : '1,4,16,64').split(',').map(Number);
   const phaseMs = Number(arg('--seconds', quick ? '4' : '15')) * 1000;
