@@ -333,7 +333,8 @@ export function summariseProfile(prof: CpuProfile, window: { fromUs: number; toU
     inWindow++;
     self.set(prof.samples[i]!, (self.get(prof.samples[i]!) ?? 0) + (prof.timeDeltas[i] ?? 0));
   }
-  if (window && inWindow === 0) return summariseProfile(prof, null, top).replace('Profile:', 'Profile (whole run: no sample fell in the load window):');
+  if (window && inWindow === 0)
+    return summariseProfile(prof, null, top).replace('Profile:', 'Profile (whole run: no sample fell in the load window):');
   let total = 0;
   const fn = new Map<string, number>();
   const mod = new Map<string, number>();
@@ -347,7 +348,9 @@ export function summariseProfile(prof: CpuProfile, window: { fromUs: number; toU
     }
     total += us;
     const url = n.callFrame.url;
-    const where = url ? `${url.startsWith('node:internal/') ? url.slice('node:internal/'.length) : moduleOf(url)}:${n.callFrame.lineNumber + 1}` : '';
+    const where = url
+      ? `${url.startsWith('node:internal/') ? url.slice('node:internal/'.length) : moduleOf(url)}:${n.callFrame.lineNumber + 1}`
+      : '';
     const key = `${name}${where ? ` (${where})` : ''}`;
     fn.set(key, (fn.get(key) ?? 0) + us);
     const m = ['(garbage collector)', '(program)'].includes(name) ? name : moduleOf(n.callFrame.url);
@@ -384,7 +387,8 @@ function arg(name: string, def: string): string {
 }
 const flag = (name: string) => process.argv.slice(2).includes(name);
 
-const pctl = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN);
+const pctl = (sorted: number[], p: number) =>
+  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
 const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : '–');
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
 
@@ -418,7 +422,9 @@ async function main(): Promise<number> {
   const syncOff = flag('--tmpfs');
   const nDevices = Number(arg('--devices', quick ? '32' : '256'));
   const nClients = Number(arg('--clients', quick ? '2' : String(cpus().length)));
-  const levels = arg('--concurrency', quick ? '1,8' : '1,4,16,64').split(',').map(Number);
+  const levels = arg('--concurrency', quick ? '1,8' : '1,4,16,64')
+    .split(',')
+    .map(Number);
   const phaseMs = Number(arg('--seconds', quick ? '4' : '15')) * 1000;
   const tamperEvery = Number(arg('--tamper-every', '0'));
   const openShares = quick ? [0.5] : [0.25, 0.5, 1];
@@ -471,10 +477,14 @@ async function main(): Promise<number> {
       const { programCommand } = await import('./harness/bins.js');
       const [program, ...pre] = programCommand('edgeid-server');
       const configFile = path.join(base, 'data.config.json');
-      profServer = spawn(program, ['--cpu-prof', `--cpu-prof-dir=${profDir}`, ...pre, '--data', dataDir, '--listen', `127.0.0.1:${srv.port}`, '--config', configFile], {
-        stdio: ['ignore', 'ignore', 'inherit'],
-        env: { ...process.env, EDGEID_LOG_LEVEL: 'info' },
-      });
+      profServer = spawn(
+        program,
+        ['--cpu-prof', `--cpu-prof-dir=${profDir}`, ...pre, '--data', dataDir, '--listen', `127.0.0.1:${srv.port}`, '--config', configFile],
+        {
+          stdio: ['ignore', 'ignore', 'inherit'],
+          env: { ...process.env, EDGEID_LOG_LEVEL: 'info' },
+        },
+      );
       const t = performance.now();
       for (;;) {
         try {
@@ -508,15 +518,13 @@ async function main(): Promise<number> {
     rss.push({ t: 0, mb: procRssMb(serverPid) });
 
     // the load processes, each with its share of the devices
-    const wire = devices.map(
-      (d): WireDevice => ({
-        deviceId: d.deviceId!,
-        akPublic: d.ak.public.toString('base64'),
-        akPrivate: (d.ak.privateKey.export({ format: 'der', type: 'pkcs8' }) as Buffer).toString('base64'),
-        pcrValues: [...d.pcrValues].map(([i, v]) => [i, v.toString('base64')]),
-        pcrs: d.pcrs,
-      }),
-    );
+    const wire = devices.map((d): WireDevice => ({
+      deviceId: d.deviceId!,
+      akPublic: d.ak.public.toString('base64'),
+      akPrivate: (d.ak.privateKey.export({ format: 'der', type: 'pkcs8' }) as Buffer).toString('base64'),
+      pcrValues: [...d.pcrValues].map(([i, v]) => [i, v.toString('base64')]),
+      pcrs: d.pcrs,
+    }));
     const waitMsg = (c: ChildProcess) =>
       new Promise<any>((resolve, reject) => {
         const onExit = (code: number | null) => reject(new Error(`load client exited (${code})`));
@@ -588,7 +596,17 @@ async function main(): Promise<number> {
       log(`closed loop ${level} in flight: ${rate.toFixed(1)} renewals/s, ${m.errors} errors`);
     }
     const best = closed.reduce((a, b) => (b.rate > a.rate ? b : a));
-    const open: { share: number; rate: number; sent: number; p50: number; p99: number; max: number; cpuPer: number; errors: number; starved: number }[] = [];
+    const open: {
+      share: number;
+      rate: number;
+      sent: number;
+      p50: number;
+      p99: number;
+      max: number;
+      cpuPer: number;
+      errors: number;
+      starved: number;
+    }[] = [];
     for (const share of openShares) {
       const rate = Math.max(1, best.rate * share);
       const { m, serverCpuMs } = await phase((k) => ({ cmd: 'open', rate: rate / nClients, ms: phaseMs }));
@@ -627,7 +645,15 @@ async function main(): Promise<number> {
         concurrency: Math.max(1, split(level, k)),
       }));
       account(m);
-      enroll = { n: m.ok, level, rate: (m.ok * 1000) / wallMs, p50: pctl(m.lat, 50), p99: pctl(m.lat, 99), cpuPer: serverCpuMs / Math.max(1, m.ok), errors: m.errors };
+      enroll = {
+        n: m.ok,
+        level,
+        rate: (m.ok * 1000) / wallMs,
+        p50: pctl(m.lat, 50),
+        p99: pctl(m.lat, 99),
+        cpuPer: serverCpuMs / Math.max(1, m.ok),
+        errors: m.errors,
+      };
       log(`enrollments: ${enroll.rate.toFixed(1)}/s, ${m.errors} errors`);
     }
     clearInterval(sampler);
@@ -654,9 +680,12 @@ async function main(): Promise<number> {
       `Crypto bound (same run, ${bound.threads} worker threads, node:crypto; 1 ECDSA P-256 sign + 3 verifications per renewal): **${f0(bound.perSecond)} renewals/s** (${bound.msPerRenewal.toFixed(3)} ms of one core per renewal).`,
     );
     out.push('');
-    out.push('| closed loop: renewals in flight | renewals/s | p50 ms | p99 ms | server CPU ms / renewal | client CPU ms / renewal | errors |');
+    out.push(
+      '| closed loop: renewals in flight | renewals/s | p50 ms | p99 ms | server CPU ms / renewal | client CPU ms / renewal | errors |',
+    );
     out.push('|---:|---:|---:|---:|---:|---:|---:|');
-    for (const r of closed) out.push(`| ${r.level} | ${f1(r.rate)} | ${f1(r.p50)} | ${f1(r.p99)} | ${f1(r.cpuPer)} | ${f1(r.clientCpuPer)} | ${r.errors} |`);
+    for (const r of closed)
+      out.push(`| ${r.level} | ${f1(r.rate)} | ${f1(r.p50)} | ${f1(r.p99)} | ${f1(r.cpuPer)} | ${f1(r.clientCpuPer)} | ${r.errors} |`);
     out.push('');
     out.push(
       `Maximum: **${f1(best.rate)} renewals/s** (at ${best.level} in flight) = **${((100 * best.rate) / bound.perSecond).toFixed(2)} %** of the crypto bound (goal ≥ 50 %).`,
@@ -673,9 +702,13 @@ async function main(): Promise<number> {
     if (half) out.push(`p99 at half the maximum: **${f1(half.p99)} ms** (goal ≤ 25 ms).`);
     if (enroll) {
       out.push('');
-      out.push('| enrollments (start + ActivateCredential + finish) | in flight | enrollments/s | p50 ms | p99 ms | server CPU ms / enrollment | errors |');
+      out.push(
+        '| enrollments (start + ActivateCredential + finish) | in flight | enrollments/s | p50 ms | p99 ms | server CPU ms / enrollment | errors |',
+      );
       out.push('|---:|---:|---:|---:|---:|---:|---:|');
-      out.push(`| ${enroll.n} | ${enroll.level} | ${f1(enroll.rate)} | ${f1(enroll.p50)} | ${f1(enroll.p99)} | ${f1(enroll.cpuPer)} | ${enroll.errors} |`);
+      out.push(
+        `| ${enroll.n} | ${enroll.level} | ${f1(enroll.rate)} | ${f1(enroll.p50)} | ${f1(enroll.p99)} | ${f1(enroll.cpuPer)} | ${enroll.errors} |`,
+      );
       out.push('');
       out.push(`Enrollment goal ≥ 500/s: measured **${f1(enroll.rate)}/s**.`);
     }
@@ -687,12 +720,16 @@ async function main(): Promise<number> {
     out.push(
       `SQLite (db + WAL): ${(dbBefore / 2 ** 20).toFixed(2)} MiB after seeding → ${(dbAfter / 2 ** 20).toFixed(2)} MiB after ${renewalsOk} renewals and ${totalOk - renewalsOk} enrollments (${f0((dbAfter - dbBefore) / Math.max(1, totalOk))} bytes per request; the WAL as the server left it).`,
     );
-    out.push(`Renewals and enrollments: ${totalOk} OK, ${totalErr} failed${totalErr ? ` ${JSON.stringify(failures)}; first: ${firstFailure}` : ''}.`);
+    out.push(
+      `Renewals and enrollments: ${totalOk} OK, ${totalErr} failed${totalErr ? ` ${JSON.stringify(failures)}; first: ${firstFailure}` : ''}.`,
+    );
     if (profServer) {
       const f = readdirSync(profDir).find((x) => x.endsWith('.cpuprofile'));
       if (!f) throw new Error('no .cpuprofile written');
       out.push('');
-      out.push(summariseProfile(JSON.parse(readFileSync(path.join(profDir, f), 'utf8')) as CpuProfile, { fromUs: loadFromUs, toUs: loadToUs }));
+      out.push(
+        summariseProfile(JSON.parse(readFileSync(path.join(profDir, f), 'utf8')) as CpuProfile, { fromUs: loadFromUs, toUs: loadToUs }),
+      );
     }
     console.log(out.join('\n'));
     if (totalErr > 0) failed = true;

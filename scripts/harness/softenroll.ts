@@ -48,7 +48,8 @@ export function activateCredential(ek: SoftKey, akName: Buffer, credentialBlob: 
   const encIdentity = id.bytes(id.remaining);
   const hmacKey = kdfa(nameAlg, seed, 'INTEGRITY', null, null, 256);
   const expected = createHmac('sha256', hmacKey).update(encIdentity).update(akName).digest();
-  if (expected.length !== outerHmac.length || !timingSafeEqual(expected, outerHmac)) throw new Error('softenroll: credential integrity check failed (TPM_RC_INTEGRITY)');
+  if (expected.length !== outerHmac.length || !timingSafeEqual(expected, outerHmac))
+    throw new Error('softenroll: credential integrity check failed (TPM_RC_INTEGRITY)');
   const keyBits = ek.parsed.symmetric.keyBits ?? 128;
   const symKey = kdfa(nameAlg, seed, 'STORAGE', akName, null, keyBits);
   const d = createDecipheriv(`aes-${keyBits}-cfb`, symKey, Buffer.alloc(16));
@@ -68,7 +69,13 @@ export interface SoftEnrollResult {
  * ActivateCredential → enroll/finish with the evidence for the start's nonce. On 200 the device
  * has its deviceId, certificate and next renewal nonce, as after an agent's enrollment.
  */
-export async function softEnroll(dev: SoftDevice, ek: SoftKey, client: SoftClient, token: string, zone?: string): Promise<SoftEnrollResult> {
+export async function softEnroll(
+  dev: SoftDevice,
+  ek: SoftKey,
+  client: SoftClient,
+  token: string,
+  zone?: string,
+): Promise<SoftEnrollResult> {
   const b64 = (b: Buffer) => b.toString('base64');
   const start: SoftResult<EnrollStartResponse> = await client.post('/v1/enroll/start', {
     token,
@@ -77,14 +84,23 @@ export async function softEnroll(dev: SoftDevice, ek: SoftKey, client: SoftClien
     ...(zone ? { zone } : {}),
   });
   if (start.status !== 200) return { status: start.status, body: start.body, step: 'start' };
-  const secret = activateCredential(ek, dev.ak.name, Buffer.from(start.body.credentialBlob, 'base64'), Buffer.from(start.body.encryptedSecret, 'base64'));
+  const secret = activateCredential(
+    ek,
+    dev.ak.name,
+    Buffer.from(start.body.credentialBlob, 'base64'),
+    Buffer.from(start.body.encryptedSecret, 'base64'),
+  );
   dev.pcrs = start.body.pcrs;
   // the evidence is a renewal's without deviceId and nonce (protocol/api.ts Evidence)
   dev.deviceId = 'enrolling';
   const { request, sessionKey } = await renewRequest(dev, start.body.nonce);
   dev.deviceId = null;
   const { deviceId: _d, nonce: _n, ...evidence } = request;
-  const finish: SoftResult<IssueResponse> = await client.post('/v1/enroll/finish', { session: start.body.session, secret: b64(secret), ...evidence });
+  const finish: SoftResult<IssueResponse> = await client.post('/v1/enroll/finish', {
+    session: start.body.session,
+    secret: b64(secret),
+    ...evidence,
+  });
   if (finish.status !== 200) return { status: finish.status, body: finish.body, step: 'finish' };
   dev.deviceId = finish.body.deviceId;
   dev.certificate = finish.body.certificate;

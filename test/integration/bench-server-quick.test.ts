@@ -3,6 +3,7 @@
  * under load from software devices in separate processes; it must finish with every renewal
  * answered 200 and its tables printed, and it must fail (exit 1, the refusal's code in its report)
  * as soon as one renewal is refused — here quotes tampered on purpose.
+ * Measured: 57 s + 31 s (bundles) and 65 s + 36 s (sources) on the 2-core machine shared with other sessions.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
