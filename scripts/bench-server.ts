@@ -1,96 +1,752 @@
 /**
- * Server bundle benchmark: start-up time and RSS of `node dist/edgeid-server.js` (what the
- * edgeid-server package runs), first start (creates the CA and database) and a restart on that
- * data dir; time from spawn to the "edgeid-server listening" log line, RSS (VmRSS, /proc) at that
- * moment and after 200 admin API calls. Prints a markdown table (for BENCHMARKS.md).
- *   node --import tsx scripts/bench-server.ts [--runs N]      (scripts/bench server)
+ * Server load benchmark (bench/test only; never loaded by the server): a real `edgeid-server`
+ * process (the bundle, scripts/harness/bins.ts; EDGEID_TEST_BINS=source runs the sources) on a
+ * data dir seeded with N software devices (scripts/harness/softdevice.ts: byte-exact TPM
+ * structures, every server check performed), rate limits raised for the bench, and load from K
+ * separate client processes over HTTPS keep-alive:
+ *  1. the crypto bound, on all cores (worker_threads, node:crypto), before the load: per renewal
+ *     1 ECDSA P-256 signature + 3 verifications (quote, certify, CSR), over 1 KiB messages;
+ *  2. closed loop at several concurrencies (renewals in flight) → renewals/s, the maximum;
+ *  3. open loop at a fixed rate of 25/50/100 % of that maximum → p50/p99 latency, measured from
+ *     the moment each request was due (no coordinated omission);
+ *  4. enrollments/s: fresh devices, closed loop at the best renewal concurrency;
+ *  5. server CPU (utime+stime, /proc/PID/stat) per renewal, RSS (/proc/PID/status) sampled every
+ *     second, SQLite database size (db + WAL) before and after.
+ * A renewal is POST /v1/renew with the nonce of the previous one (the first after a challenge);
+ * the client builds its evidence (a new session key, TPM2_Certify, TPM2_Quote, CSR) before each
+ * request, on the same machine: the client processes' CPU is reported beside the server's.
+ *
+ *   node --import tsx scripts/bench-server.ts [options]            (scripts/bench server)
+ *     --devices N        seeded devices (default 256)
+ *     --clients K        load processes (default: one per core)
+ *     --concurrency L    closed-loop levels, comma-separated (default 1,4,16,64)
+ *     --seconds S        duration of each phase (default 15)
+ *     --tmpfs            the data dir on /dev/shm (tmpfs: every fsync is free) instead of /tmp:
+ *                        what synchronous = FULL's fsync per commit costs, by difference
+ *     --cpu-prof         the server runs under `node --cpu-prof` (from the sources, so that
+ *                        functions and modules have their names); prints the top self-time
+ *                        functions and modules
+ *     --tamper-every M   every M-th renewal of each client carries a tampered quote (refused by the
+ *                        server): proves that the bench fails on errors (its test)
+ *     --enrollments E    fresh devices enrolled at the end (default 256; 0: none): enroll/start with a
+ *                        software EK without certificate (ek.requireEkCertificate false),
+ *                        TPM2_ActivateCredential in software (scripts/harness/softenroll.ts), finish
+ *     --quick            < 2 minutes: 32 devices, 2 clients, levels 1,8, 4 s phases, one open-loop
+ *                        rate; exits non-zero only on errors (a non-2xx renewal, a crash)
+ * Exit code 1 when any renewal failed or the server died.
  */
-import { spawn } from 'node:child_process';
-import { readFile, rm, stat } from 'node:fs/promises';
+import { fork, type ChildProcess } from 'node:child_process';
+import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
-import { REPO, tmpDir } from './harness/fs.js';
-import { httpsJson } from './harness/https.js';
+import { performance } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { objectName, parsePublic } from '../protocol/tpm/public.js';
+import { binsMode } from './harness/bins.js';
+import { createToken, startServerProcess, type ServerProcess } from './harness/server.js';
+import { challenge, createSoftDevice, renew, seedSoftDevices, softClient, type SoftDevice } from './harness/softdevice.js';
+import { softEk, softEnroll } from './harness/softenroll.js';
 
-const argv = process.argv.slice(2);
-const runs = Number(argv.includes('--runs') ? argv[argv.indexOf('--runs') + 1] : 10);
-const bundle = path.join(REPO, 'dist/edgeid-server.js');
+const SELF = fileURLToPath(import.meta.url);
 
-const rssKiB = async (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${pid}/status`, 'utf8'))![1]);
-/** user + system CPU time of a process so far (ms), from /proc/PID/stat (clock ticks of 10 ms) */
-const cpuMs = async (pid: number) => {
-  const f = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-};
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
-const max = (a: number[]) => Math.max(...a);
+// ---------------------------------------------------------------------------------------------
+// load client (a child process): `--load-client`, devices and commands over IPC
+// ---------------------------------------------------------------------------------------------
 
-async function startOnce(dataDir: string, calls: number): Promise<{ ms: number; cpu: number; rss: number; rssAfter: number }> {
-  const t0 = process.hrtime.bigint();
-  const child = spawn(process.execPath, [bundle, '--data', dataDir, '--listen', '127.0.0.1:0'], {
-    env: { ...process.env, EDGEID_LOG_LEVEL: 'info', NODE_ENV: 'production' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
-  const listening = new Promise<{ url: string }>((resolve, reject) => {
-    child.stdout.on('data', (c: Buffer) => {
-      log += c.toString();
-      const line = log.split('\n').find((l) => l.includes('"edgeid-server listening"'));
-      if (line) resolve(JSON.parse(line) as { url: string });
-    });
-    child.once('exit', (code) => reject(new Error(`server exited ${code}: ${log}`)));
-  });
-  child.stderr.on('data', () => {});
-  const info = await listening;
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const rss = await rssKiB(child.pid!);
-  const cpu = await cpuMs(child.pid!);
-  if (calls > 0) {
-    const token = (await readFile(path.join(dataDir, 'admin-token'), 'utf8')).trim();
-    const ca = await readFile(path.join(dataDir, 'ca/root.pem'), 'utf8');
-    for (let i = 0; i < calls; i++) {
-      const r = await httpsJson('GET', `${info.url}/v1/admin/devices`, { ca, bearer: token });
-      if (r.status !== 200) throw new Error(`admin call: ${r.status}`);
+interface WireDevice {
+  deviceId: string;
+  akPublic: string;
+  akPrivate: string;
+  pcrValues: [number, string][];
+  pcrs: number[];
+}
+
+type Command =
+  | { cmd: 'init'; url: string; caPem: string; devices: WireDevice[]; tamperEvery: number }
+  | { cmd: 'closed'; concurrency: number; ms: number }
+  | { cmd: 'open'; rate: number; ms: number }
+  | { cmd: 'enroll'; tokens: string[]; concurrency: number }
+  | { cmd: 'exit' };
+
+interface PhaseResult {
+  ok: number;
+  errors: number;
+  /** status → count, for the non-2xx answers and thrown errors (status 0). */
+  failures: Record<string, number>;
+  firstFailure: string | null;
+  /** latencies of the successful renewals (ms). */
+  lat: number[];
+  /** due but no free device (open loop only: the pool was too small for the rate × latency). */
+  starved: number;
+  clientCpuMs: number;
+}
+
+function fromWire(w: WireDevice): SoftDevice {
+  const dev = createSoftDevice({ pcrs: w.pcrs });
+  const pub = Buffer.from(w.akPublic, 'base64');
+  const parsed = parsePublic(pub);
+  const privateKey: KeyObject = createPrivateKey({ key: Buffer.from(w.akPrivate, 'base64'), format: 'der', type: 'pkcs8' });
+  dev.ak = { public: pub, parsed, name: objectName(parsed), privateKey };
+  dev.pcrValues = new Map(w.pcrValues.map(([i, v]) => [i, Buffer.from(v, 'base64')]));
+  dev.deviceId = w.deviceId;
+  return dev;
+}
+
+async function loadClient(): Promise<void> {
+  let devices: SoftDevice[] = [];
+  let client: ReturnType<typeof softClient> | null = null;
+  const free: SoftDevice[] = [];
+  let tamperEvery = 0;
+  let sent = 0;
+  const send = (m: unknown) => process.send!(m);
+
+  /** one renewal of a free device; re-challenges a device whose renewal failed. */
+  const once = async (r: PhaseResult, due: number): Promise<void> => {
+    const dev = free.shift();
+    if (!dev) {
+      r.starved++;
+      return;
     }
-  }
-  const rssAfter = calls > 0 ? await rssKiB(child.pid!) : rss;
-  child.kill('SIGTERM');
-  await new Promise((r) => child.once('exit', r));
-  return { ms, cpu, rss, rssAfter };
+    try {
+      sent++;
+      const out = await renew(dev, client!, { tamperQuote: tamperEvery > 0 && sent % tamperEvery === 0 });
+      if (out.status === 200) {
+        r.ok++;
+        r.lat.push(performance.now() - due);
+      } else {
+        r.errors++;
+        r.failures[out.status] = (r.failures[out.status] ?? 0) + 1;
+        r.firstFailure ??= `${out.status} ${JSON.stringify(out.body).slice(0, 300)}`;
+        await challenge(dev, client!);
+      }
+    } catch (e) {
+      r.errors++;
+      r.failures['0'] = (r.failures['0'] ?? 0) + 1;
+      r.firstFailure ??= String(e);
+      await challenge(dev, client!).catch(() => {});
+    } finally {
+      free.push(dev);
+    }
+  };
+  const result = (): PhaseResult => ({ ok: 0, errors: 0, failures: {}, firstFailure: null, lat: [], starved: 0, clientCpuMs: 0 });
+  const cpu = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+
+  process.on('message', async (m: Command) => {
+    if (m.cmd === 'init') {
+      client = softClient(m.url, m.caPem, { maxSockets: 1024 });
+      tamperEvery = m.tamperEvery;
+      devices = m.devices.map(fromWire);
+      // the first renewal of a seeded device starts with a challenge (seedSoftDevices)
+      for (let i = 0; i < devices.length; i += 32)
+        await Promise.all(
+          devices.slice(i, i + 32).map(async (d) => {
+            const r = await challenge(d, client!);
+            if (r.status !== 200) throw new Error(`challenge: ${r.status} ${JSON.stringify(r.body)}`);
+          }),
+        );
+      free.push(...devices);
+      send({ ready: true });
+    } else if (m.cmd === 'closed') {
+      const r = result();
+      const c0 = cpu();
+      const end = performance.now() + m.ms;
+      await Promise.all(
+        Array.from({ length: m.concurrency }, async () => {
+          while (performance.now() < end) await once(r, performance.now());
+        }),
+      );
+      r.clientCpuMs = cpu() - c0;
+      send(r);
+    } else if (m.cmd === 'open') {
+      const r = result();
+      const c0 = cpu();
+      const start = performance.now();
+      const interval = 1000 / m.rate;
+      const pending = new Set<Promise<void>>();
+      // request i is due at start + i·interval; a late timer sends every request already due,
+      // each timed from its due moment
+      let i = 0;
+      await new Promise<void>((resolve) => {
+        const tick = () => {
+          const now = performance.now();
+          while (start + i * interval <= now && i * interval < m.ms) {
+            const p = once(r, start + i * interval);
+            pending.add(p);
+            void p.then(() => pending.delete(p));
+            i++;
+          }
+          if (i * interval >= m.ms) return resolve();
+          setTimeout(tick, Math.max(0, start + i * interval - performance.now()));
+        };
+        tick();
+      });
+      await Promise.all(pending);
+      r.clientCpuMs = cpu() - c0;
+      send(r);
+    } else if (m.cmd === 'enroll') {
+      // fresh devices (new EK and AK), each enrolled with one token; the evidence is built before each request
+      const r = result();
+      const c0 = cpu();
+      const tokens = [...m.tokens];
+      await Promise.all(
+        Array.from({ length: m.concurrency }, async () => {
+          for (let token = tokens.shift(); token; token = tokens.shift()) {
+            const dev = createSoftDevice();
+            const ek = softEk();
+            const t = performance.now();
+            try {
+              const out = await softEnroll(dev, ek, client!, token);
+              if (out.status === 200) {
+                r.ok++;
+                r.lat.push(performance.now() - t);
+              } else {
+                r.errors++;
+                r.failures[`${out.step} ${out.status}`] = (r.failures[`${out.step} ${out.status}`] ?? 0) + 1;
+                r.firstFailure ??= `${out.step} ${out.status} ${JSON.stringify(out.body).slice(0, 300)}`;
+              }
+            } catch (e) {
+              r.errors++;
+              r.failures['0'] = (r.failures['0'] ?? 0) + 1;
+              r.firstFailure ??= String(e);
+            }
+          }
+        }),
+      );
+      r.clientCpuMs = cpu() - c0;
+      send(r);
+    } else if (m.cmd === 'exit') {
+      client?.close();
+      process.exit(0);
+    }
+  });
+  send({ started: true });
 }
 
-const first: number[] = [];
-const firstCpu: number[] = [];
-const againCpu: number[] = [];
-const firstRss: number[] = [];
-const again: number[] = [];
-const againRss: number[] = [];
-const after: number[] = [];
-for (let i = 0; i < runs; i++) {
-  const dir = await tmpDir('edgeid-bench-server-');
-  const a = await startOnce(path.join(dir, 'data'), 0);
-  first.push(a.ms);
-  firstCpu.push(a.cpu);
-  firstRss.push(a.rss);
-  const b = await startOnce(path.join(dir, 'data'), 200);
-  again.push(b.ms);
-  againCpu.push(b.cpu);
-  againRss.push(b.rss);
-  after.push(b.rssAfter);
-  await rm(dir, { recursive: true, force: true });
+// ---------------------------------------------------------------------------------------------
+// crypto bound: worker_threads on every core, plain JavaScript (no tsx in the workers)
+// ---------------------------------------------------------------------------------------------
+
+const CRYPTO_WORKER = `
+const { workerData, parentPort } = require('node:worker_threads');
+const { generateKeyPairSync, sign, verify, randomBytes } = require('node:crypto');
+const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const msg = randomBytes(1024);
+const sig = sign('sha256', msg, privateKey);
+const { performance } = require('node:perf_hooks');
+const end = performance.now() + workerData.ms;
+let n = 0;
+while (performance.now() < end) {
+  sign('sha256', msg, privateKey);
+  for (let k = 0; k < 3; k++) if (!verify('sha256', msg, publicKey, sig)) throw new Error('verify');
+  n++;
 }
-const mb = (k: number) => (k / 1024).toFixed(1);
-console.log(
-  `Server bundle \`node dist/edgeid-server.js\` (${((await stat(bundle)).size / 1024).toFixed(0)} KiB, better_sqlite3.node beside it), ${runs} runs, --listen 127.0.0.1:0, NODE_ENV=production.`,
-);
-console.log(
-  'Start-up = spawn to the "edgeid-server listening" log line (TLS listener up, CRL generated); its CPU time does not depend on how busy the machine is.\n',
-);
-console.log('| measure | median | max |');
-console.log('|---|---:|---:|');
-console.log(`| start-up, first start (creates CA keys, database) (ms) | ${median(first).toFixed(0)} | ${max(first).toFixed(0)} |`);
-console.log(`| start-up, restart on existing data (ms) | ${median(again).toFixed(0)} | ${max(again).toFixed(0)} |`);
-console.log(`| CPU time (user+sys) to listening, first start (ms) | ${median(firstCpu)} | ${max(firstCpu)} |`);
-console.log(`| CPU time (user+sys) to listening, restart (ms) | ${median(againCpu)} | ${max(againCpu)} |`);
-console.log(`| RSS when listening, first start (MB) | ${mb(median(firstRss))} | ${mb(max(firstRss))} |`);
-console.log(`| RSS when listening, restart (MB) | ${mb(median(againRss))} | ${mb(max(againRss))} |`);
-console.log(`| RSS after 200 admin API calls (MB) | ${mb(median(after))} | ${mb(max(after))} |`);
+parentPort.postMessage(n);
+`;
+
+async function cryptoBound(ms: number): Promise<{ perSecond: number; threads: number; msPerRenewal: number }> {
+  const threads = cpus().length;
+  const counts = await Promise.all(
+    Array.from(
+      { length: threads },
+      () =>
+        new Promise<number>((resolve, reject) => {
+          const w = new Worker(CRYPTO_WORKER, { eval: true, workerData: { ms } });
+          w.once('message', resolve);
+          w.once('error', reject);
+        }),
+    ),
+  );
+  const total = counts.reduce((a, b) => a + b, 0);
+  const perSecond = (total * 1000) / ms;
+  return { perSecond, threads, msPerRenewal: (threads * 1000) / perSecond };
+}
+
+// ---------------------------------------------------------------------------------------------
+// the server side: /proc, the data dir
+// ---------------------------------------------------------------------------------------------
+
+const TICK_MS = 10; // USER_HZ = 100 on Linux
+function procCpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * TICK_MS;
+}
+function procRssMb(pid: number): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+}
+function dbBytes(dataDir: string): number {
+  let n = 0;
+  for (const f of ['edgeid.db', 'edgeid.db-wal', 'edgeid.db-shm']) {
+    const p = path.join(dataDir, f);
+    if (existsSync(p)) n += statSync(p).size;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the profile: self time per function and per module from a .cpuprofile (Chrome DevTools format)
+// ---------------------------------------------------------------------------------------------
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+  startTime: number;
+  endTime: number;
+}
+
+/** The module a script URL belongs to: a package under node_modules, a project directory, or node's own. */
+function moduleOf(url: string): string {
+  if (!url) return '(native / V8)';
+  if (url.startsWith('node:')) {
+    const m = /^node:internal\/(?:deps\/)?([^/]+)/.exec(url);
+    return m ? `node:internal/${m[1]!.replace(/\.js$/, '')}` : url;
+  }
+  const m = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url);
+  if (m) return m[1]!;
+  const p = url.replace(/^file:\/\//, '');
+  const rel = path.relative(path.resolve(path.dirname(SELF), '..'), p);
+  return rel.startsWith('..') ? p : rel;
+}
+
+/**
+ * Self time per module and per function, from the samples taken within [fromUs, toUs] (CLOCK_MONOTONIC
+ * µs, the clock of V8's profile timestamps and of process.hrtime): the load, not the start-up.
+ */
+export function summariseProfile(prof: CpuProfile, window: { fromUs: number; toUs: number } | null, top = 25): string {
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const self = new Map<number, number>();
+  let ts = prof.startTime;
+  let inWindow = 0;
+  for (let i = 0; i < prof.samples.length; i++) {
+    ts += prof.timeDeltas[i] ?? 0;
+    if (window && (ts < window.fromUs || ts > window.toUs)) continue;
+    inWindow++;
+    self.set(prof.samples[i]!, (self.get(prof.samples[i]!) ?? 0) + (prof.timeDeltas[i] ?? 0));
+  }
+  if (window && inWindow === 0)
+    return summariseProfile(prof, null, top).replace('Profile:', 'Profile (whole run: no sample fell in the load window):');
+  let total = 0;
+  const fn = new Map<string, number>();
+  const mod = new Map<string, number>();
+  let idle = 0;
+  for (const [id, us] of self) {
+    const n = byId.get(id)!;
+    const name = n.callFrame.functionName || '(anonymous)';
+    if (name === '(idle)') {
+      idle += us;
+      continue;
+    }
+    total += us;
+    const url = n.callFrame.url;
+    const where = url
+      ? `${url.startsWith('node:internal/') ? url.slice('node:internal/'.length) : moduleOf(url)}:${n.callFrame.lineNumber + 1}`
+      : '';
+    const key = `${name}${where ? ` (${where})` : ''}`;
+    fn.set(key, (fn.get(key) ?? 0) + us);
+    const m = ['(garbage collector)', '(program)'].includes(name) ? name : moduleOf(n.callFrame.url);
+    mod.set(m, (mod.get(m) ?? 0) + us);
+  }
+  const pct = (us: number) => ((100 * us) / total).toFixed(1);
+  const rows = (m: Map<string, number>, k: number) =>
+    [...m]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, k)
+      .map(([name, us]) => `| ${name.replace(/\|/g, '\\|')} | ${(us / 1000).toFixed(0)} | ${pct(us)} |`)
+      .join('\n');
+  return [
+    `Profile${window ? ' of the load phases' : ''}: ${(total / 1e6).toFixed(1)} s of busy samples (idle ${(idle / 1e6).toFixed(1)} s left out); self time.`,
+    '',
+    '| module | self ms | % of busy |',
+    '|---|---:|---:|',
+    rows(mod, 15),
+    '',
+    '| function (module:line) | self ms | % of busy |',
+    '|---|---:|---:|',
+    rows(fn, top),
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// the bench
+// ---------------------------------------------------------------------------------------------
+
+function arg(name: string, def: string): string {
+  const a = process.argv.slice(2);
+  const i = a.indexOf(name);
+  return i >= 0 ? a[i + 1]! : def;
+}
+const flag = (name: string) => process.argv.slice(2).includes(name);
+
+const pctl = (sorted: number[], p: number) =>
+  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
+const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : '–');
+const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
+
+interface Merged {
+  ok: number;
+  errors: number;
+  failures: Record<string, number>;
+  firstFailure: string | null;
+  lat: number[];
+  starved: number;
+  clientCpuMs: number;
+}
+function merge(rs: PhaseResult[]): Merged {
+  const m: Merged = { ok: 0, errors: 0, failures: {}, firstFailure: null, lat: [], starved: 0, clientCpuMs: 0 };
+  for (const r of rs) {
+    m.ok += r.ok;
+    m.errors += r.errors;
+    m.starved += r.starved;
+    m.clientCpuMs += r.clientCpuMs;
+    m.firstFailure ??= r.firstFailure;
+    for (const [k, v] of Object.entries(r.failures)) m.failures[k] = (m.failures[k] ?? 0) + v;
+    for (const x of r.lat) m.lat.push(x);
+  }
+  m.lat.sort((a, b) => a - b);
+  return m;
+}
+
+async function main(): Promise<number> {
+  const quick = flag('--quick');
+  const cpuProf = flag('--cpu-prof');
+  const syncOff = flag('--tmpfs');
+  const nDevices = Number(arg('--devices', quick ? '32' : '256'));
+  const nClients = Number(arg('--clients', quick ? '2' : String(cpus().length)));
+  const levels = arg('--concurrency', quick ? '1,8' : '1,4,16,64')
+    .split(',')
+    .map(Number);
+  const phaseMs = Number(arg('--seconds', quick ? '4' : '15')) * 1000;
+  const tamperEvery = Number(arg('--tamper-every', '0'));
+  const openShares = quick ? [0.5] : [0.25, 0.5, 1];
+  if (levels.some((l) => l > nDevices)) throw new Error('--devices must be at least the highest --concurrency');
+  // the bundle by default (what the package runs); the profile from the sources (names kept)
+  if (cpuProf) process.env.EDGEID_TEST_BINS = 'source';
+  else process.env.EDGEID_TEST_BINS ??= 'dist';
+  const mode = binsMode();
+
+  const base = mkdtempSync(path.join(syncOff ? '/dev/shm' : '/tmp', 'edgeid-bench-load-'));
+  const dataDir = path.join(base, 'data');
+  const profDir = path.join(base, 'prof');
+  const log = (s: string) => process.stderr.write(`[bench server] ${s}\n`);
+  let srv: ServerProcess | null = null;
+  const children: ChildProcess[] = [];
+  let failed = false;
+  try {
+    // the server creates its CA and database at the first start; the devices are seeded while it is stopped
+    const config = {
+      rateLimit: {
+        perAddress: { max: 1_000_000, window: 1 },
+        renew: { max: 1_000_000, window: 1 },
+        enroll: { max: 1_000_000, window: 1 },
+        admin: { max: 1_000_000, window: 1 },
+        connectionsPerAddress: 100_000,
+      },
+      // the software devices enroll with a software EK that has no EK certificate
+      ek: { requireEkCertificate: false },
+    };
+    const t0 = performance.now();
+    srv = await startServerProcess({ dataDir, config });
+    await srv.stop();
+    const devices = Array.from({ length: nDevices }, () => createSoftDevice());
+    await seedSoftDevices(dataDir, devices);
+    log(`seeded ${nDevices} devices in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    const dbBefore = dbBytes(dataDir);
+
+    // crypto bound on all cores, while nothing else of the bench runs
+    const bound = await cryptoBound(quick ? 1000 : 5000);
+    log(`crypto bound ${bound.perSecond.toFixed(0)} renewals/s on ${bound.threads} threads`);
+
+    let serverPid = 0;
+    let profServer: ChildProcess | null = null;
+    if (!cpuProf) {
+      await srv.start(config);
+      serverPid = srv.proc!.pid!;
+    } else {
+      // node --cpu-prof is not allowed in NODE_OPTIONS: the same command as the harness's, with the profile flags first
+      const { spawn } = await import('node:child_process');
+      const { programCommand } = await import('./harness/bins.js');
+      const [program, ...pre] = programCommand('edgeid-server');
+      const configFile = path.join(base, 'data.config.json');
+      profServer = spawn(
+        program,
+        ['--cpu-prof', `--cpu-prof-dir=${profDir}`, ...pre, '--data', dataDir, '--listen', `127.0.0.1:${srv.port}`, '--config', configFile],
+        {
+          stdio: ['ignore', 'ignore', 'inherit'],
+          env: { ...process.env, EDGEID_LOG_LEVEL: 'info' },
+        },
+      );
+      const t = performance.now();
+      for (;;) {
+        try {
+          const info = JSON.parse(readFileSync(path.join(dataDir, 'server.json'), 'utf8'));
+          if (info.pid === profServer.pid) break;
+        } catch {
+          /* not yet written */
+        }
+        if (profServer.exitCode !== null) throw new Error('the profiled server exited');
+        if (performance.now() - t > 60_000) throw new Error('the profiled server did not start');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      serverPid = profServer.pid!;
+    }
+    const serverAlive = () => {
+      try {
+        readFileSync(`/proc/${serverPid}/stat`);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+
+    const loadFromUs = Number(process.hrtime.bigint() / 1000n);
+    // RSS every second over the whole load
+    const rss: { t: number; mb: number }[] = [];
+    const tLoad = performance.now();
+    const sampler = setInterval(() => {
+      if (serverAlive()) rss.push({ t: (performance.now() - tLoad) / 1000, mb: procRssMb(serverPid) });
+    }, 1000);
+    rss.push({ t: 0, mb: procRssMb(serverPid) });
+
+    // the load processes, each with its share of the devices
+    const wire = devices.map((d): WireDevice => ({
+      deviceId: d.deviceId!,
+      akPublic: d.ak.public.toString('base64'),
+      akPrivate: (d.ak.privateKey.export({ format: 'der', type: 'pkcs8' }) as Buffer).toString('base64'),
+      pcrValues: [...d.pcrValues].map(([i, v]) => [i, v.toString('base64')]),
+      pcrs: d.pcrs,
+    }));
+    const waitMsg = (c: ChildProcess) =>
+      new Promise<any>((resolve, reject) => {
+        const onExit = (code: number | null) => reject(new Error(`load client exited (${code})`));
+        c.once('exit', onExit);
+        c.once('message', (m) => {
+          c.off('exit', onExit);
+          resolve(m);
+        });
+      });
+    for (let k = 0; k < nClients; k++) {
+      const c = fork(SELF, ['--load-client'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      children.push(c);
+      await waitMsg(c);
+    }
+    const url = `https://127.0.0.1:${srv.port}`;
+    await Promise.all(
+      children.map((c, k) => {
+        const p = waitMsg(c);
+        c.send({ cmd: 'init', url, caPem: srv!.caPem, devices: wire.filter((_, i) => i % nClients === k), tamperEvery } satisfies Command);
+        return p;
+      }),
+    );
+    log(`${nClients} load processes ready`);
+
+    /** one phase on every client; `share(k)` splits the load; returns merged results and the server CPU spent */
+    const phase = async (make: (k: number) => Command) => {
+      const c0 = procCpuMs(serverPid);
+      const t = performance.now();
+      const rs = (await Promise.all(
+        children.map((c, k) => {
+          const p = waitMsg(c);
+          c.send(make(k));
+          return p;
+        }),
+      )) as PhaseResult[];
+      const wallMs = performance.now() - t;
+      if (!serverAlive()) throw new Error('the server died during the load');
+      const m = merge(rs);
+      return { m, wallMs, serverCpuMs: procCpuMs(serverPid) - c0 };
+    };
+    const split = (total: number, k: number) => Math.floor(total / nClients) + (k < total % nClients ? 1 : 0);
+
+    const closed: { level: number; rate: number; p50: number; p99: number; cpuPer: number; clientCpuPer: number; errors: number }[] = [];
+    let totalOk = 0;
+    let renewalsOk = 0;
+    let totalErr = 0;
+    let firstFailure: string | null = null;
+    const failures: Record<string, number> = {};
+    const account = (m: Merged) => {
+      totalOk += m.ok;
+      totalErr += m.errors;
+      firstFailure ??= m.firstFailure;
+      for (const [k, v] of Object.entries(m.failures)) failures[k] = (failures[k] ?? 0) + v;
+    };
+    for (const level of levels) {
+      const { m, serverCpuMs } = await phase((k) => ({ cmd: 'closed', concurrency: split(level, k), ms: phaseMs }));
+      account(m);
+      renewalsOk += m.ok;
+      const rate = (m.ok * 1000) / phaseMs;
+      closed.push({
+        level,
+        rate,
+        p50: pctl(m.lat, 50),
+        p99: pctl(m.lat, 99),
+        cpuPer: serverCpuMs / Math.max(1, m.ok),
+        clientCpuPer: m.clientCpuMs / Math.max(1, m.ok),
+        errors: m.errors,
+      });
+      log(`closed loop ${level} in flight: ${rate.toFixed(1)} renewals/s, ${m.errors} errors`);
+    }
+    const best = closed.reduce((a, b) => (b.rate > a.rate ? b : a));
+    const open: {
+      share: number;
+      rate: number;
+      sent: number;
+      p50: number;
+      p99: number;
+      max: number;
+      cpuPer: number;
+      errors: number;
+      starved: number;
+    }[] = [];
+    for (const share of openShares) {
+      const rate = Math.max(1, best.rate * share);
+      const { m, serverCpuMs } = await phase((k) => ({ cmd: 'open', rate: rate / nClients, ms: phaseMs }));
+      account(m);
+      renewalsOk += m.ok;
+      open.push({
+        share,
+        rate,
+        sent: m.ok + m.errors,
+        p50: pctl(m.lat, 50),
+        p99: pctl(m.lat, 99),
+        max: m.lat.at(-1) ?? NaN,
+        cpuPer: serverCpuMs / Math.max(1, m.ok),
+        errors: m.errors,
+        starved: m.starved,
+      });
+      log(`open loop ${rate.toFixed(1)}/s: p50 ${pctl(m.lat, 50).toFixed(1)} ms, p99 ${pctl(m.lat, 99).toFixed(1)} ms, ${m.errors} errors`);
+    }
+    // enrollments: fresh software devices (EK without certificate, software ActivateCredential), one token each
+    const nEnroll = Number(arg('--enrollments', quick ? '8' : '256'));
+    let enroll: { n: number; level: number; rate: number; p50: number; p99: number; cpuPer: number; errors: number } | null = null;
+    if (nEnroll > 0) {
+      const tokens: string[] = [];
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (tokens.length < nEnroll) {
+            tokens.push('');
+            tokens[tokens.length - 1] = (await createToken(srv!, { owner: 'bench' })).token;
+          }
+        }),
+      );
+      const level = Math.min(best.level, nEnroll);
+      const { m, serverCpuMs, wallMs } = await phase((k) => ({
+        cmd: 'enroll',
+        tokens: tokens.filter((_, i) => i % nClients === k),
+        concurrency: Math.max(1, split(level, k)),
+      }));
+      account(m);
+      enroll = {
+        n: m.ok,
+        level,
+        rate: (m.ok * 1000) / wallMs,
+        p50: pctl(m.lat, 50),
+        p99: pctl(m.lat, 99),
+        cpuPer: serverCpuMs / Math.max(1, m.ok),
+        errors: m.errors,
+      };
+      log(`enrollments: ${enroll.rate.toFixed(1)}/s, ${m.errors} errors`);
+    }
+    clearInterval(sampler);
+    const loadToUs = Number(process.hrtime.bigint() / 1000n);
+    const serverCpuTotal = procCpuMs(serverPid);
+    for (const c of children) c.send({ cmd: 'exit' } satisfies Command);
+
+    // stop the server: the profile is written at a clean exit
+    if (profServer) {
+      const exited = new Promise((r) => profServer!.once('exit', r));
+      profServer.kill('SIGTERM');
+      await exited;
+    } else await srv.stop();
+    const dbAfter = dbBytes(dataDir);
+
+    // ---- the report ----
+    const out: string[] = [];
+    const cores = cpus();
+    out.push(
+      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle (dist/edgeid-server.js)' : 'the sources (tsx)'}${cpuProf ? ' under --cpu-prof' : ''}; data dir on ${syncOff ? '/dev/shm (tmpfs: fsync free)' : '/tmp'} (synchronous = FULL); ${nDevices} seeded devices, ${nClients} load processes, ${phaseMs / 1000} s per phase, rate limits raised.`,
+    );
+    out.push('');
+    out.push(
+      `Crypto bound (same run, ${bound.threads} worker threads, node:crypto; 1 ECDSA P-256 sign + 3 verifications per renewal): **${f0(bound.perSecond)} renewals/s** (${bound.msPerRenewal.toFixed(3)} ms of one core per renewal).`,
+    );
+    out.push('');
+    out.push(
+      '| closed loop: renewals in flight | renewals/s | p50 ms | p99 ms | server CPU ms / renewal | client CPU ms / renewal | errors |',
+    );
+    out.push('|---:|---:|---:|---:|---:|---:|---:|');
+    for (const r of closed)
+      out.push(`| ${r.level} | ${f1(r.rate)} | ${f1(r.p50)} | ${f1(r.p99)} | ${f1(r.cpuPer)} | ${f1(r.clientCpuPer)} | ${r.errors} |`);
+    out.push('');
+    out.push(
+      `Maximum: **${f1(best.rate)} renewals/s** (at ${best.level} in flight) = **${((100 * best.rate) / bound.perSecond).toFixed(2)} %** of the crypto bound (goal ≥ 50 %).`,
+    );
+    out.push('');
+    out.push('| open loop: share of max | offered /s | renewals sent | p50 ms | p99 ms | max ms | server CPU ms / renewal | errors |');
+    out.push('|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const r of open)
+      out.push(
+        `| ${(r.share * 100).toFixed(0)} % | ${f1(r.rate)} | ${r.sent} | ${f1(r.p50)} | ${f1(r.p99)} | ${f1(r.max)} | ${f1(r.cpuPer)} | ${r.errors}${r.starved ? ` (+${r.starved} not sent: no free device)` : ''} |`,
+      );
+    out.push('');
+    const half = open.find((r) => r.share === 0.5);
+    if (half) out.push(`p99 at half the maximum: **${f1(half.p99)} ms** (goal ≤ 25 ms).`);
+    if (enroll) {
+      out.push('');
+      out.push(
+        '| enrollments (start + ActivateCredential + finish) | in flight | enrollments/s | p50 ms | p99 ms | server CPU ms / enrollment | errors |',
+      );
+      out.push('|---:|---:|---:|---:|---:|---:|---:|');
+      out.push(
+        `| ${enroll.n} | ${enroll.level} | ${f1(enroll.rate)} | ${f1(enroll.p50)} | ${f1(enroll.p99)} | ${f1(enroll.cpuPer)} | ${enroll.errors} |`,
+      );
+      out.push('');
+      out.push(`Enrollment goal ≥ 500/s: measured **${f1(enroll.rate)}/s**.`);
+    }
+    const rssMax = Math.max(...rss.map((r) => r.mb));
+    const pick = rss.filter((_, i) => i % Math.max(1, Math.ceil(rss.length / 12)) === 0 || i === rss.length - 1);
+    out.push(
+      `Server RSS (MB) over the load, every ~${f0(pick.length > 1 ? pick[1]!.t - pick[0]!.t : 1)} s: ${pick.map((r) => f0(r.mb)).join(' → ')} (max ${f0(rssMax)}). Server CPU over the run: ${(serverCpuTotal / 1000).toFixed(1)} s for ${renewalsOk} renewals and ${totalOk - renewalsOk} enrollments (start-up included).`,
+    );
+    out.push(
+      `SQLite (db + WAL): ${(dbBefore / 2 ** 20).toFixed(2)} MiB after seeding → ${(dbAfter / 2 ** 20).toFixed(2)} MiB after ${renewalsOk} renewals and ${totalOk - renewalsOk} enrollments (${f0((dbAfter - dbBefore) / Math.max(1, totalOk))} bytes per request; the WAL as the server left it).`,
+    );
+    out.push(
+      `Renewals and enrollments: ${totalOk} OK, ${totalErr} failed${totalErr ? ` ${JSON.stringify(failures)}; first: ${firstFailure}` : ''}.`,
+    );
+    if (profServer) {
+      const f = readdirSync(profDir).find((x) => x.endsWith('.cpuprofile'));
+      if (!f) throw new Error('no .cpuprofile written');
+      out.push('');
+      out.push(
+        summariseProfile(JSON.parse(readFileSync(path.join(profDir, f), 'utf8')) as CpuProfile, { fromUs: loadFromUs, toUs: loadToUs }),
+      );
+    }
+    console.log(out.join('\n'));
+    if (totalErr > 0) failed = true;
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill();
+    await srv?.close().catch(() => {});
+    rmSync(base, { recursive: true, force: true });
+  }
+  return failed ? 1 : 0;
+}
+
+if (process.argv.includes('--load-client')) await loadClient();
+else {
+  try {
+    process.exitCode = await main();
+  } catch (e) {
+    console.error(`[bench server] FAILED: ${(e as Error).stack ?? e}`);
+    process.exitCode = 1;
+  }
+}

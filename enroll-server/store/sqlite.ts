@@ -204,7 +204,12 @@ export class SqliteStore implements Store {
     }
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
-    this.db.pragma('synchronous = NORMAL');
+    // FULL: the WAL is synced at every commit, before the answer that reports it is sent. With
+    // NORMAL "a transaction committed in WAL mode … might roll back following a power loss or
+    // system crash" (https://www.sqlite.org/pragma.html#pragma_synchronous): a certificate a
+    // device received would lose its row (so it could not be revoked by serial) and its nonce
+    // would be live again
+    this.db.pragma('synchronous = FULL');
     try {
       this.schema = migrate(this.db, loadMigrations());
     } catch (e) {

@@ -1,5 +1,6 @@
 /**
- * kill -9 of the agent at random points of enroll and renew, ≥ 30 times;
+ * kill -9 of the agent at random points of enroll and renew, 50 times (20 in enrollments, 30 in the
+ * renewal loop; EDGEID_KILL_ENROLLS and EDGEID_KILL_RENEWALS for more, EDGEID_KILL_SEED to replay);
  * it always continues without re-enrollment (same device, same token, never a new one) and leaves
  * no TPM transient objects behind.
  *
@@ -13,6 +14,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, readdir } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
 import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
@@ -88,26 +90,36 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
   // POST /v1/renew/challenge {akName} (the server finds the device by its AK).
   let kills = 0;
 
-  // Phase 1: enrollments, each on a fresh TPM, killed once at a random point, then continued with
-  // the SAME token (`run` continues a pending enrollment; `enroll` is re-run only if the kill came
-  // before anything was recorded). A continuation, never a re-enrollment with a new token.
-  const ENROLL_SCENARIOS = Number(process.env.EDGEID_KILL_ENROLLS ?? 10);
+  // Phase 1: enrollments, each on a fresh TPM, killed at random points up to KILLS_PER_ENROLL times
+  // (the first `enroll`, then the continuation: `run` continuing a pending enrollment, or `enroll`
+  // again with the SAME token if the kill came before anything was recorded), then continued to the
+  // end. A continuation, never a re-enrollment with a new token. Scenarios run until ENROLL_KILLS
+  // kills landed inside the work (a kill that comes after the process ended does not count).
+  const ENROLL_KILLS = Number(process.env.EDGEID_KILL_ENROLLS ?? 20);
+  const KILLS_PER_ENROLL = 2;
   let enrollKills = 0;
-  for (let i = 0; i < ENROLL_SCENARIOS; i++) {
+  let scenarios = 0;
+  for (let i = 0; enrollKills < ENROLL_KILLS; i++) {
+    assert.ok(i < ENROLL_KILLS * 2, `${enrollKills} kills landed in ${i} scenarios`);
+    scenarios++;
     const etpm = await startSwtpm();
     try {
       const dir = path.join(await tmpDir('edgeid-agent-kill-', t), 'state');
       const { uri } = await createToken(srv, { ttlSeconds: 3600 });
       const args = ['--state', dir, '--tcti', etpm.tcti, '--log-level', 'info'];
+      let scenarioKills = 0;
       // the kill lands anywhere from the TLS pinning to the last state write (~100 ms of work)
       const first = await killAfter(['enroll', '--uri', uri, ...args], rand() * 110, /server certificate pinned/);
-      if (first.killed) {
-        kills++;
-        enrollKills++;
-      } else assert.equal(first.code, 0, first.log.slice(-2000));
-      for (let attempt = 0; attempt < 3 && !(await readState(dir))?.device; attempt++) {
+      if (first.killed) scenarioKills++;
+      else assert.equal(first.code, 0, first.log.slice(-2000));
+      for (let attempt = 0; attempt < 3 + KILLS_PER_ENROLL && !(await readState(dir))?.device; attempt++) {
         const st = await readState(dir);
-        if (st?.pendingEnrollment) {
+        const killAgain = scenarioKills < KILLS_PER_ENROLL;
+        if (st?.pendingEnrollment && killAgain) {
+          // the continuation (TPM activation, finish, state writes) killed at a random point of its work
+          const r = await killAfter(['run', ...args], rand() * 150, /continuing an interrupted enrollment/);
+          if (r.killed) scenarioKills++;
+        } else if (st?.pendingEnrollment) {
           const a = spawnAgent(['run', ...args]);
           // the assertion below reports a timeout with the agent's log
           await waitFor('run to continue the enrollment', async () => (await readState(dir))?.device || a.child.exitCode !== null, {
@@ -117,27 +129,39 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
           a.child.kill('SIGTERM');
           const code = await a.exit;
           if (!(await readState(dir))?.device) assert.fail(`run did not continue the enrollment (exit ${code}): ${a.log().slice(-2500)}`);
+        } else if (killAgain) {
+          const r = await killAfter(['enroll', '--uri', uri, ...args], rand() * 110, /server certificate pinned/);
+          if (r.killed) scenarioKills++;
+          else assert.equal(r.code, 0, `enroll with the same token after a kill: ${r.log.slice(-2500)}`);
         } else {
           const again = await killAfter(['enroll', '--uri', uri, ...args], 600_000);
           assert.equal(again.code, 0, `enroll with the same token after a kill: ${again.log.slice(-2500)}`);
         }
       }
       const st = await readState(dir);
-      assert.ok(st?.device?.id, `scenario ${i}: enrolled after the kill`);
+      assert.ok(st?.device?.id, `scenario ${i}: enrolled after the kills`);
       assert.equal(st.pendingEnrollment, undefined);
+      // a valid certificate: for this device, issued by the server's issuing CA (which chains to the pinned root)
+      const leaf = new X509Certificate(st.certificate.pem);
+      const issuer = new X509Certificate(st.certificate.chain[0]);
+      assert.ok(leaf.checkIssued(issuer) && leaf.verify(issuer.publicKey), `scenario ${i}: certificate signed by the issuing CA`);
+      assert.ok(new X509Certificate(st.certificate.chain.at(-1)).fingerprint256 === new X509Certificate(srv.caPem).fingerprint256, 'chain ends at the server root');
+      assert.match(leaf.subject, new RegExp(`CN=${st.device.id}`), `scenario ${i}: certificate of this device`);
       assert.equal(await transientHandleCountViaTools(etpm.tcti), 0, `scenario ${i}: no TPM transient objects left`);
+      enrollKills += scenarioKills;
+      kills += scenarioKills;
     } finally {
       await etpm.stop();
     }
   }
-  t.diagnostic(`enrollment: ${ENROLL_SCENARIOS} scenarios, ${enrollKills} killed mid-way and continued`);
+  t.diagnostic(`enrollment: ${scenarios} scenarios, ${enrollKills} kills mid-way, each continued with its token`);
 
   const devices = await srv.admin<any>('GET', '/v1/admin/devices');
   const list = Array.isArray(devices.body) ? devices.body : devices.body.devices;
-  assert.equal(list.length, ENROLL_SCENARIOS, 'one device per TPM on the server: no second enrollment');
+  assert.equal(list.length, scenarios, 'one device per TPM on the server: no second enrollment');
 });
 
-test('kill -9 at 30 random points of the renewal loop: the agent always continues without re-enrollment and leaves no TPM objects', async (t) => {
+test('kill -9 at random points of the renewal loop (30 by default): the agent always continues without re-enrollment and leaves no TPM objects', async (t) => {
   const seed = Number(process.env.EDGEID_KILL_SEED ?? Date.now() % 100000);
   t.diagnostic(`seed ${seed} (EDGEID_KILL_SEED to replay)`);
   const rand = prng(seed);
@@ -165,7 +189,8 @@ test('kill -9 at 30 random points of the renewal loop: the agent always continue
   // Phase 2: the daemon, renewing every few seconds, killed at random points.
   let renewalsSeen = state.renewals ?? 0;
   let renewalsDuringKills = 0;
-  while (kills < 30) {
+  const RENEWAL_KILLS = Number(process.env.EDGEID_KILL_RENEWALS ?? 30);
+  while (kills < RENEWAL_KILLS) {
     // two thirds of the kills land inside a renewal (TPM batch, HTTP, state commit), the rest anywhere
     const r =
       kills % 3 === 2
