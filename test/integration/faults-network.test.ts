@@ -188,8 +188,13 @@ test('broker stopped and started again: 3 agents reconnect on their own with jit
     );
     brokerDown = false;
   });
-  for (const a of agents) assert.ok(a.status().outbox.pending >= 20, `outbox holds the queued messages: ${JSON.stringify(a.status().outbox)}`);
-  await waitFor('every agent back, by itself', () => agents.every((a) => a.status().mqtt.state === 'connected' && a.status().mqtt.connects === 2), SLOW);
+  for (const a of agents)
+    assert.ok(a.status().outbox.pending >= 20, `outbox holds the queued messages: ${JSON.stringify(a.status().outbox)}`);
+  await waitFor(
+    'every agent back, by itself',
+    () => agents.every((a) => a.status().mqtt.state === 'connected' && a.status().mqtt.connects === 2),
+    SLOW,
+  );
   const after = published.size;
   await waitFor('50 more messages after the restart', () => published.size >= after + 50, SLOW);
   clearInterval(tick);
@@ -213,7 +218,8 @@ test('broker stopped and started again: 3 agents reconnect on their own with jit
   const firstDelays = logs.map(
     (l) => l.lines().find((x) => x.msg === 'mqtt reconnect scheduled' && x.failures === 1)?.inMs as number | undefined,
   );
-  for (const ms of firstDelays) assert.ok(ms !== undefined && ms >= 0 && ms <= 3000, `first reconnect delays ${JSON.stringify(firstDelays)}`);
+  for (const ms of firstDelays)
+    assert.ok(ms !== undefined && ms >= 0 && ms <= 3000, `first reconnect delays ${JSON.stringify(firstDelays)}`);
   assert.ok(new Set(firstDelays).size > 1, `the agents did not draw the same first delay: ${JSON.stringify(firstDelays)}`);
   assert.equal(r.broker.starts(), 2);
 });
@@ -313,8 +319,14 @@ test('server killed (SIGKILL) while a renewal answer is on its way, then down pa
   const refused = lines().find((l) => l.msg === 'renewal nonce not accepted; asking for a fresh challenge');
   assert.equal(refused?.code, 'nonce_used', 'the spent nonce was refused as used');
   assert.ok((back.renewal.last?.tpmCommandStats?.Quote ?? 0) >= 1, `a new quote: ${JSON.stringify(back.renewal.last)}`);
-  const afterRestart = r.srv.log().split('\n').filter((l) => l.includes('"url":"/v1/renew'));
-  assert.ok(afterRestart.some((l) => l.includes('/v1/renew/challenge')), 'a fresh challenge was asked for');
+  const afterRestart = r.srv
+    .log()
+    .split('\n')
+    .filter((l) => l.includes('"url":"/v1/renew'));
+  assert.ok(
+    afterRestart.some((l) => l.includes('/v1/renew/challenge')),
+    'a fresh challenge was asked for',
+  );
   const listed = await r.srv.admin<{ devices: { id: string }[] }>('GET', '/v1/admin/devices');
   assert.deepEqual(
     listed.body.devices.map((x) => x.id),
@@ -387,7 +399,9 @@ test('network to server and broker cut longer than the certificate lifetime, by 
     // does not wait for a DISCONNECT that cannot be sent
     const switchMs = Date.parse(back.mqtt.connectedAt!) - Date.parse(back.renewal.last!.at);
     assert.ok(switchMs < 2000, `${mode}: MQTT back ${switchMs} ms after the renewal`);
-    t.diagnostic(`${mode}: MQTT down noticed after ${noticedMs} ms; outage ${outageMs} ms; renewed and MQTT back ${recoveredMs} ms after the path returned (MQTT ${switchMs} ms after the renewal)`);
+    t.diagnostic(
+      `${mode}: MQTT down noticed after ${noticedMs} ms; outage ${outageMs} ms; renewed and MQTT back ${recoveredMs} ms after the path returned (MQTT ${switchMs} ms after the renewal)`,
+    );
   };
 
   await cut('reset', 'server_unreachable', /cannot reach .*ECONNRESET/, /ECONNRESET|socket hang up|expired|closed/i);
