@@ -360,6 +360,8 @@ export class EdgeAgent {
     // the renewal's requests were just aborted; what is left of it is local (disk, TPM)
     if (!o.insideRenewal) await this.scheduler.idle();
     await this.mqtt?.close();
+    // publishes accepted before the stop finish writing before the state dir is released
+    await this.outbox.idle();
     this.deps.client?.close();
     if (o.wipe) {
       if (this.tlsContext) this.releaseTls(this.tlsContext);

@@ -167,6 +167,11 @@ export class Outbox {
     return msg;
   }
 
+  /** Resolves once every add() called so far has finished (written or failed). */
+  idle(): Promise<void> {
+    return this.tail;
+  }
+
   /** The broker acknowledged the message: forget it. Unknown ids (already acked, dropped) are ignored. */
   async ack(id: string): Promise<void> {
     const m = this.messages.get(id);

@@ -43,8 +43,11 @@ export interface Mosquitto {
   /** Everything the broker logged so far (stdout + stderr). */
   log(): string;
   stop(): Promise<void>;
-  /** Stops and starts on the same port and config (Mosquitto re-reads CRLs only at start). */
-  restart(): Promise<void>;
+  /**
+   * Stops and starts on the same port and config (Mosquitto re-reads CRLs only at start); with
+   * `whileDown`, starts again only once it resolved (a broker down for a while).
+   */
+  restart(whileDown?: () => Promise<void>): Promise<void>;
   /** argv that makes a supervised broker restart (for the server's CRL reload hook). */
   reloadCommand: string[];
   /** argv that sends the broker SIGHUP (Mosquitto 2.0.11 re-reads its crlfile and keeps sessions). */
@@ -162,9 +165,10 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<Mosquitto>
       logStream?.end();
       await rm(dir, { recursive: true, force: true });
     },
-    async restart() {
+    async restart(whileDown) {
       if (restarting) await restarting;
       await halt();
+      if (whileDown) await whileDown();
       await launch();
     },
     reloadCommand: ['sh', '-c', `kill -TERM "$(cat '${pidFile}')"`],
