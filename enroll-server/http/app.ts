@@ -176,6 +176,18 @@ function meta(req: FastifyRequest) {
   return { ip: req.ip ?? null, requestId: req.id };
 }
 
+/**
+ * Deny by default: every admin route declares the least role it needs (route config `role`); a
+ * route without one (or with an unknown role) throws while the routes are registered, so the
+ * server does not start.
+ */
+export function assertRoleDeclared(r: { method: string | string[]; url: string; config?: unknown }): void {
+  const role = (r.config as { role?: unknown } | undefined)?.role;
+  if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) {
+    throw new Error(`admin route ${String(r.method)} ${r.url} declares no role (config.role: ${ROLES.join(' | ')})`);
+  }
+}
+
 /** One response in this many is logged at info (the access log); all of them at debug. */
 export const ACCESS_LOG_SAMPLE = 100;
 
@@ -395,12 +407,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     async (plugin) => {
       const admin = plugin.withTypeProvider<TypeBoxTypeProvider>();
       // deny by default: an admin route that does not declare the role it needs fails the start
-      admin.addHook('onRoute', (r) => {
-        const role = (r.config as { role?: unknown } | undefined)?.role;
-        if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) {
-          throw new Error(`admin route ${String(r.method)} ${r.url} declares no role (config.role: ${ROLES.join(' | ')})`);
-        }
-      });
+      admin.addHook('onRoute', assertRoleDeclared);
       admin.addHook('onRequest', async (req) => {
         const user = await authenticate(ctx, req.headers.authorization);
         req.adminUser = user;

@@ -142,7 +142,7 @@ export async function disableUser(ctx: ServerContext, name: string, who: Caller)
 export async function rotateUserToken(ctx: ServerContext, name: string, who: Caller): Promise<UserTokenResponse> {
   return audited(ctx, { event: 'user.rotate_token', actor: who.actor, ip: who.ip, details: { user: name } }, async (a) => {
     const u = await mustGetUser(ctx, name);
-    if (u.disabledAt !== null) throw new EdgeidError('user_disabled', `user ${name} is disabled`, { user: name });
+    if (u.disabledAt !== null) throw new EdgeidError('user_is_disabled', `user ${name} is disabled`, { user: name });
     const token = u.bootstrap ? `adm_${randomBytes(32).toString('base64url')}` : newToken();
     if (u.bootstrap) writeFileAtomic(join(ctx.config.dataDir, DATA_FILES.adminToken), token + '\n', 0o600);
     await ctx.store.updateUser(name, { tokenHash: sha256(token), tokenRotatedAt: a.time }, a.okRow({ user: name, userRole: u.role }));

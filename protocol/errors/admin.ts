@@ -27,6 +27,11 @@ export const adminErrors = defineErrors({
     message: 'This personal token belongs to a user whose account has expired.',
     fix: 'Ask an admin for a new account (edgeid-admin users add NAME --role R --expires 90d).',
   },
+  user_is_disabled: {
+    status: 409,
+    message: 'The user is disabled: it gets no new token.',
+    fix: 'A disabled account stays disabled; add a new user (edgeid-admin users add) instead.',
+  },
   user_exists: {
     status: 409,
     message: 'A user with this name exists already.',
