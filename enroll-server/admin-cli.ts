@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * edgeid-admin: operators' and technicians' CLI over the server's admin API.
- * Server URL, admin token and CA come from --server/--admin-token/--ca, from EDGEID_SERVER /
- * EDGEID_ADMIN_TOKEN / EDGEID_CA, or — on the server's host — from its data dir (--data, default ./data).
+ * Server URL, token and CA come from --server/--token/--admin-token/--ca, from EDGEID_SERVER /
+ * EDGEID_TOKEN / EDGEID_ADMIN_TOKEN / EDGEID_CA, a 0600 credentials file, or — on the server's
+ * host — from its data dir (--data, default ./data).
  */
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -14,7 +15,7 @@ import * as W from '../protocol/api.js';
 import { REVOKE_REASONS } from '../protocol/api.js';
 import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
 import { colourEnabled, flush, jsonText, printable } from '../protocol/terminal.js';
-import { AdminClient, resolveTarget } from './admin/client.js';
+import { AdminClient, defaultCredentialsFile, resolveTarget } from './admin/client.js';
 import { brokerKeySpki, writeBrokerConfig } from './broker/config-files.js';
 import { newMonitorKey, prepareMonitorDir, writeMonitorFiles } from './broker/monitor-files.js';
 import { formatDuration, parseDuration } from './duration.js';
@@ -35,7 +36,8 @@ commands:
   revoke ID --reason R [--json]        reasons: ${REVOKE_REASONS.join(', ')}
   approve-baseline ID [--json]
   retire ID [--json]
-  audit export [--out FILE] [--json]   JSON lines, oldest first (--json: one array)
+  audit export [--user NAME] [--out FILE] [--json]
+                                       JSON lines, oldest first (--json: one array); --user: one person's rows
   audit verify [--file FILE] [--json]  checks the hash chain (on the server, or an exported FILE)
   ca export [--out FILE] [--json]      the CA chain (PEM) devices and tools trust
   ca status [--json]                   every CA certificate (root, issuing CAs, server TLS, control
@@ -69,10 +71,20 @@ commands:
                                        public keys): each listed TPM may enroll once without a token
   ek-allow list [--json]
   ek-allow remove ID [--json]
+  users add NAME --role R [--zones Z1,Z2] [--expires 90d] [--json]
+                                       a person's account; prints its token once (roles: ${W.USER_ROLES.join(' < ')};
+                                       no --zones = every zone; an admin always has every zone)
+  users list [--json]
+  users disable NAME [--json]          its token is refused from now on
+  users rotate-token NAME [--json]     a new token, printed once; the old one is refused from now on
 
 connection (first match wins):
   --server URL       / EDGEID_SERVER       / <data>/server.json
-  --admin-token T    / EDGEID_ADMIN_TOKEN  / <data>/admin-token
+  --token T          / EDGEID_TOKEN        your personal token (users add prints it)
+  --admin-token T    / EDGEID_ADMIN_TOKEN
+  --credentials FILE / EDGEID_CREDENTIALS  / ~/.config/edgeid/credentials  (the token; mode 0600
+                                             or it is refused: credentials_file_insecure)
+                                         / <data>/admin-token  (the bootstrap admin, on the server host)
   --ca FILE          / EDGEID_CA           / <data>/ca/root.pem   (pins the server's TLS chain)
   --data DIR         the server's data dir (default ./data, env EDGEID_DATA)
 
@@ -243,6 +255,12 @@ async function run(argv: string[], o: Output): Promise<number> {
     options: {
       server: { type: 'string' },
       'admin-token': { type: 'string' },
+      token: { type: 'string' },
+      credentials: { type: 'string' },
+      role: { type: 'string' },
+      zones: { type: 'string' },
+      expires: { type: 'string' },
+      user: { type: 'string' },
       ca: { type: 'string' },
       data: { type: 'string' },
       json: { type: 'boolean' },
@@ -324,6 +342,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       resolveTarget({
         ...(typeof flags.server === 'string' ? { server: flags.server } : {}),
         ...(typeof flags['admin-token'] === 'string' ? { adminToken: flags['admin-token'] } : {}),
+        ...(typeof flags.token === 'string' ? { token: flags.token } : {}),
+        ...(typeof flags.credentials === 'string' ? { credentials: flags.credentials } : {}),
         ...(typeof flags.ca === 'string' ? { ca: flags.ca } : {}),
         ...(typeof flags.data === 'string' ? { data: flags.data } : {}),
       }),
@@ -334,6 +354,28 @@ async function run(argv: string[], o: Output): Promise<number> {
     request: <S extends TSchema>(method: 'GET' | 'POST', p: string, body: unknown, response: S): Promise<Static<S>> =>
       connect().request(method, p, body, response),
     raw: (method: 'GET' | 'POST', p: string, opts: { auth?: boolean } = {}): Promise<Buffer> => connect().raw(method, p, opts),
+  };
+  const userArg = (x: string | undefined) => {
+    if (!x) throw new UsageError('a user name is required');
+    if (!new RegExp((W.UserName as { pattern?: string }).pattern!).test(x)) {
+      throw new UsageError(`"${x}" is not a user name: lower-case letters, digits, . _ - (at most 64)`);
+    }
+    return x;
+  };
+  /** A personal token, shown once: the result (stdout or --out, 0600), never a note on stderr. */
+  const emitUserToken = (res: W.UserTokenResponse) => {
+    o.notes.push(
+      `the token is shown once (only its hash is stored): keep it in a 0600 credentials file (${defaultCredentialsFile()}) or pass it as --token / EDGEID_TOKEN`,
+    );
+    emit({ name: res.name, role: res.role, zones: res.zones, token: res.token, expiresAt: res.expiresAt }, () =>
+      [
+        `user        ${printable(res.name)}`,
+        `role        ${res.role}`,
+        `zones       ${res.zones ? res.zones.map(printable).join(', ') : '(all)'}`,
+        `expires     ${res.expiresAt ?? 'never'}`,
+        `token       ${res.token}`,
+      ].join('\n'),
+    );
   };
   const deviceArg = (x: string | undefined) => {
     if (!x) throw new UsageError('a device id is required');
@@ -501,8 +543,9 @@ async function run(argv: string[], o: Output): Promise<number> {
     case 'audit export': {
       const lines: string[] = [];
       let after = 0;
+      const user = typeof flags.user === 'string' ? `&user=${encodeURIComponent(flags.user)}` : '';
       for (;;) {
-        const { rows } = await client.request('GET', `/v1/admin/audit?after=${after}&limit=5000`, undefined, W.AuditExport);
+        const { rows } = await client.request('GET', `/v1/admin/audit?after=${after}&limit=5000${user}`, undefined, W.AuditExport);
         for (const r of rows) lines.push(jsonText(r));
         if (rows.length < 5000) break;
         after = rows[rows.length - 1]!.seq;
@@ -516,6 +559,56 @@ async function run(argv: string[], o: Output): Promise<number> {
       const res = await client.request('GET', '/v1/admin/audit/verify', undefined, W.AuditVerifyResult);
       emit(res, () => verifyText(res, true));
       return res.ok ? 0 : 1;
+    }
+    case 'users add': {
+      const name = userArg(arg);
+      const role = need(flags, 'role');
+      if (!(W.USER_ROLES as readonly string[]).includes(role)) throw new UsageError(`--role must be one of ${W.USER_ROLES.join(', ')}`);
+      let expiresInSeconds: number | undefined;
+      if (typeof flags.expires === 'string') {
+        const sec = parseDuration(flags.expires);
+        if (sec === null || sec < 60) throw new UsageError(`--expires ${flags.expires} is not a duration like 8h, 90d (at least 1m)`);
+        expiresInSeconds = Math.round(sec);
+      }
+      const zones =
+        typeof flags.zones === 'string'
+          ? flags.zones
+              .split(',')
+              .map((z) => z.trim())
+              .filter(Boolean)
+          : undefined;
+      if (zones && zones.length === 0) throw new UsageError('--zones needs at least one zone name');
+      const body: W.UserCreateRequest = {
+        name,
+        role: role as W.UserRole,
+        ...(zones ? { zones } : {}),
+        ...(expiresInSeconds !== undefined ? { expiresInSeconds } : {}),
+      };
+      const res = await client.request('POST', '/v1/admin/users', body, W.UserTokenResponse);
+      emitUserToken(res);
+      return 0;
+    }
+    case 'users list': {
+      const { users } = await client.request('GET', '/v1/admin/users', undefined, W.UserList);
+      emit(users, () =>
+        table(
+          users.map((u) => ({ ...u, zones: u.zones ? u.zones.join(',') : '(all)', state: u.disabledAt ? 'disabled' : 'enabled' })),
+          ['name', 'role', 'zones', 'state', 'expiresAt', 'createdBy', 'tokenRotatedAt'],
+        ),
+      );
+      return 0;
+    }
+    case 'users disable': {
+      const name = userArg(arg);
+      const { user } = await client.request('POST', `/v1/admin/users/${name}/disable`, {}, W.UserDisableResponse);
+      emit(user, () => `user ${printable(user.name)} disabled at ${user.disabledAt}`);
+      return 0;
+    }
+    case 'users rotate-token': {
+      const name = userArg(arg);
+      const res = await client.request('POST', `/v1/admin/users/${name}/rotate-token`, {}, W.UserTokenResponse);
+      emitUserToken(res);
+      return 0;
     }
     case 'ca export': {
       const pem = (await client.raw('GET', '/v1/ca', { auth: false })).toString('utf8');

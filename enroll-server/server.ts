@@ -13,6 +13,7 @@ import type { EdgeidHooks } from './hooks.js';
 import { buildApp } from './http/app.js';
 import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
+import { adoptBootstrapAdmin } from './services/users.js';
 import { applyRetention } from './services/retention.js';
 
 export { DATA_FILES };
@@ -77,6 +78,8 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
   let admin: { hash: Buffer; created: string | null };
   try {
     admin = loadOrCreateAdminToken(config.dataDir);
+    // the admin token is the bootstrap admin user (a data dir from before personal accounts too)
+    await adoptBootstrapAdmin(ctx, admin.hash);
   } catch (e) {
     await ctx.broker?.close();
     await store.close();
@@ -85,7 +88,6 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
 
   const tls = opts.tls ?? true;
   const app = await buildApp(ctx, {
-    adminTokenHash: admin.hash,
     ...(tls ? { https: ca.tls } : {}),
     logger: opts.logger ? false : { level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization'] },
   });

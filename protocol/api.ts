@@ -481,11 +481,55 @@ export const AuditRow = Type.Object({
   hash: Str,
 });
 export type AuditRow = Static<typeof AuditRow>;
+/** Roles of the admin API, each allowed what the ones before it are (services/users.ts). */
+export const USER_ROLES = ['viewer', 'technician', 'operator', 'admin'] as const;
+export type UserRole = (typeof USER_ROLES)[number];
+export const UserName = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' });
+export const UserCreateRequest = Type.Object(
+  {
+    name: UserName,
+    role: oneOf(USER_ROLES),
+    zones: Type.Optional(Type.Array(ZoneName, { minItems: 1, maxItems: 64 })),
+    expiresInSeconds: Type.Optional(Type.Integer({ minimum: 60, maximum: 10 * 366 * 86400 })),
+  },
+  { additionalProperties: false },
+);
+export type UserCreateRequest = Static<typeof UserCreateRequest>;
+export const UserView = Type.Object({
+  name: Str,
+  role: oneOf(USER_ROLES),
+  /** null: every zone. */
+  zones: Nullable(Type.Array(Str)),
+  createdBy: Str,
+  createdAt: Iso,
+  expiresAt: Nullable(Iso),
+  disabledAt: Nullable(Iso),
+  disabledBy: NullableStr,
+  tokenRotatedAt: Nullable(Iso),
+  /** The user whose token is data/admin-token on the server host. */
+  bootstrap: Type.Boolean(),
+});
+export type UserView = Static<typeof UserView>;
+export const UserList = Type.Object({ users: Type.Array(UserView) });
+export const UserDisableResponse = Type.Object({ user: UserView });
+/** The user's personal token: shown once, only its SHA-256 is stored. */
+export const UserTokenResponse = Type.Object({
+  name: Str,
+  role: oneOf(USER_ROLES),
+  zones: Nullable(Type.Array(Str)),
+  token: Str,
+  expiresAt: Nullable(Iso),
+});
+export type UserTokenResponse = Static<typeof UserTokenResponse>;
+export const UserParams = Type.Object({ name: UserName }, { additionalProperties: false });
+
 export const AuditQuery = Type.Object(
   {
     after: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })),
     limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })),
     deviceId: Type.Optional(DeviceId),
+    /** Only the rows of this user (actor user:NAME). */
+    user: Type.Optional(UserName),
   },
   { additionalProperties: false },
 );

@@ -1,4 +1,5 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
 import https from 'node:https';
 import { join, resolve } from 'node:path';
 import type { Static, TSchema } from 'typebox';
@@ -17,11 +18,12 @@ export interface AdminTarget {
 }
 
 /**
- * Server URL, admin token and CA: flags, then env (EDGEID_SERVER, EDGEID_ADMIN_TOKEN, EDGEID_CA),
- * then the server's data dir (--data, default ./data): server.json, admin-token, ca/root.pem.
+ * Server URL, token and CA: flags, then env (EDGEID_SERVER, EDGEID_TOKEN / EDGEID_ADMIN_TOKEN,
+ * EDGEID_CA), then a credentials file for the token (see resolveToken), then the server's data
+ * dir (--data, default ./data): server.json, admin-token, ca/root.pem.
  */
 export function resolveTarget(
-  opts: { server?: string; adminToken?: string; ca?: string; data?: string },
+  opts: { server?: string; token?: string; adminToken?: string; credentials?: string; ca?: string; data?: string },
   env: NodeJS.ProcessEnv = process.env,
 ): AdminTarget {
   // empty env values count as unset
@@ -40,18 +42,14 @@ export function resolveTarget(
       `no server URL: pass --server URL, set EDGEID_SERVER, or run on the server host with --data DIR (looked in ${dataDir})`,
     );
   }
-  let token = opts.adminToken ?? e('EDGEID_ADMIN_TOKEN');
-  let tokenFrom = opts.adminToken ? '--admin-token' : 'EDGEID_ADMIN_TOKEN';
-  if (!token && existsSync(fromData(DATA_FILES.adminToken))) {
-    token = readFileSync(fromData(DATA_FILES.adminToken), 'utf8').trim();
-    tokenFrom = fromData(DATA_FILES.adminToken);
-  }
-  if (!token) {
+  const tk = resolveToken(opts, e, fromData(DATA_FILES.adminToken));
+  if (!tk) {
     throw new EdgeidError(
       'admin_unauthorized',
-      `no admin token: pass --admin-token, set EDGEID_ADMIN_TOKEN, or run on the server host with --data DIR (looked in ${dataDir})`,
+      `no token: pass --token (your personal token) or --admin-token, set EDGEID_TOKEN or EDGEID_ADMIN_TOKEN, keep it in a 0600 credentials file (--credentials FILE, EDGEID_CREDENTIALS, ${defaultCredentialsFile(env)}), or run on the server host with --data DIR (looked in ${dataDir})`,
     );
   }
+  const { token, from: tokenFrom } = tk;
   const caPath = opts.ca ?? e('EDGEID_CA') ?? (existsSync(fromData(DATA_FILES.rootPem)) ? fromData(DATA_FILES.rootPem) : undefined);
   return {
     server: server.replace(/\/+$/, ''),
@@ -59,6 +57,55 @@ export function resolveTarget(
     ca: caPath ? readFileSync(caPath, 'utf8') : null,
     from: { server: serverFrom, token: tokenFrom, ca: caPath ?? 'system trust store' },
   };
+}
+
+/** ~/.config/edgeid/credentials (or under $XDG_CONFIG_HOME): a person's token, mode 0600. */
+export function defaultCredentialsFile(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config'), 'edgeid', 'credentials');
+}
+
+/**
+ * A credentials file: the token on its first non-empty line. Refused (credentials_file_insecure)
+ * when its group or others may read or write it, as ssh does with a private key.
+ */
+export function readCredentialsFile(file: string): string {
+  const st = statSync(file);
+  if ((st.mode & 0o077) !== 0) {
+    throw new EdgeidError(
+      'credentials_file_insecure',
+      `${file} is mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}: a token file must be readable by its owner only (chmod 600 ${file})`,
+      { file },
+    );
+  }
+  const token = readFileSync(file, 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .find((l) => l !== '');
+  if (!token) throw new EdgeidError('admin_unauthorized', `${file} holds no token`);
+  return token;
+}
+
+/**
+ * The bearer token, first match wins: --token, --admin-token, EDGEID_TOKEN, EDGEID_ADMIN_TOKEN,
+ * the credentials file (--credentials, EDGEID_CREDENTIALS, else the default one if it exists),
+ * then the server's data/admin-token (the bootstrap admin, on the server host).
+ */
+function resolveToken(
+  opts: { token?: string; adminToken?: string; credentials?: string },
+  e: (name: string) => string | undefined,
+  adminTokenFile: string,
+): { token: string; from: string } | null {
+  if (opts.token) return { token: opts.token, from: '--token' };
+  if (opts.adminToken) return { token: opts.adminToken, from: '--admin-token' };
+  for (const name of ['EDGEID_TOKEN', 'EDGEID_ADMIN_TOKEN']) {
+    const v = e(name);
+    if (v) return { token: v, from: name };
+  }
+  const named = opts.credentials ?? e('EDGEID_CREDENTIALS');
+  const creds = named ?? defaultCredentialsFile({ HOME: e('HOME'), XDG_CONFIG_HOME: e('XDG_CONFIG_HOME') });
+  if (named || existsSync(creds)) return { token: readCredentialsFile(creds), from: creds };
+  if (existsSync(adminTokenFile)) return { token: readFileSync(adminTokenFile, 'utf8').trim(), from: adminTokenFile };
+  return null;
 }
 
 export class AdminClient {

@@ -1,4 +1,4 @@
-import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { isIP } from 'node:net';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
@@ -27,6 +27,9 @@ import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, remo
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
 import { createToken, listTokens } from '../services/tokens.js';
+import { ROLES, roleAllows, userActor, type Role } from '../services/access.js';
+import { authenticate, createUser, disableUser, listUsers, rotateUserToken } from '../services/users.js';
+import type { UserRecord } from '../store/store.js';
 
 export const BODY_LIMIT = 64 * 1024;
 /** The whole request, headers and body, within 30 s. */
@@ -35,8 +38,6 @@ export const REQUEST_TIMEOUT_MS = 30_000;
 export const EK_MANIFEST_BODY_LIMIT = 17 * 1024 * 1024;
 
 export interface AppOptions {
-  /** SHA-256 of the admin bearer token. */
-  adminTokenHash: Buffer;
   /** fastify `https` options; omitted for in-process tests with inject(). */
   https?: { key: string; cert: string };
   /** pino options, or false for no logging. */
@@ -77,15 +78,6 @@ function classify(err: FastifyError | EdgeidError | Error): EdgeidError {
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500)
     return new EdgeidError('bad_request', err.message.slice(0, 200));
   return new EdgeidError('internal_error');
-}
-
-/** True when the Authorization header carries the admin bearer token (compared by its SHA-256, in constant time). */
-function bearerMatches(header: string | undefined, tokenHash: Buffer): boolean {
-  const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
-  const presented = createHash('sha256')
-    .update(m?.[1] ?? '')
-    .digest();
-  return m !== null && timingSafeEqual(presented, tokenHash);
 }
 
 /**
@@ -174,6 +166,12 @@ declare module 'fastify' {
     reachedService: boolean;
     /** Set once the admin bearer token was checked. */
     adminAuthenticated: boolean;
+    /** The person whose bearer token the admin request carries (set once it was checked). */
+    adminUser: UserRecord | null;
+  }
+  interface FastifyContextConfig {
+    /** The least role an admin route needs (services/users.ts); every admin route declares one. */
+    role?: Role;
   }
 }
 
@@ -181,6 +179,18 @@ declare module 'fastify' {
 function meta(req: FastifyRequest) {
   req.reachedService = true;
   return { ip: req.ip ?? null, requestId: req.id };
+}
+
+/**
+ * Deny by default: every admin route declares the least role it needs (route config `role`); a
+ * route without one (or with an unknown role) throws while the routes are registered, so the
+ * server does not start.
+ */
+export function assertRoleDeclared(r: { method: string | string[]; url: string; config?: unknown }): void {
+  const role = (r.config as { role?: unknown } | undefined)?.role;
+  if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) {
+    throw new Error(`admin route ${String(r.method)} ${r.url} declares no role (config.role: ${ROLES.join(' | ')})`);
+  }
 }
 
 /** One response in this many is logged at info (the access log); all of them at debug. */
@@ -255,6 +265,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   app.removeContentTypeParser('text/plain');
   app.decorateRequest('reachedService', false);
   app.decorateRequest('adminAuthenticated', false);
+  app.decorateRequest('adminUser', null);
 
   // every route, per source address, before anything is parsed or validated
   app.addHook('onRequest', async (req) => {
@@ -302,7 +313,8 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         const deviceId = req.adminAuthenticated ? null : validDeviceId(req.body);
         await auditRefusal(ctx, {
           event: routeEvent(req),
-          actor: req.adminAuthenticated ? 'admin' : req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
+          actor: req.adminUser ? userActor(req.adminUser.name) : req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
+          role: req.adminUser?.role ?? null,
           ip: req.ip ?? null,
           deviceId,
           error: e,
@@ -395,7 +407,10 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
     const ip = req.ip ?? '';
     const family = isIP(ip) === 6 ? 'ipv6' : 'ipv4';
     if (metricsAllow && isIP(ip) && metricsAllow.check(ip, family)) return;
-    if (bearerMatches(req.headers.authorization, opts.adminTokenHash)) return;
+    if (req.headers.authorization) {
+      const user = await authenticate(ctx, req.headers.authorization).catch(() => null);
+      if (user?.role === 'admin') return;
+    }
     throw new EdgeidError('metrics_unauthorized', `GET /metrics from ${isIP(ip) ? ip : 'this address'} needs the admin bearer token`);
   };
   app.get('/metrics', { schema: { querystring: W.EmptyQuery }, onRequest: metricsAuth }, async (_req, reply) => {
@@ -407,149 +422,222 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   await app.register(
     async (plugin) => {
       const admin = plugin.withTypeProvider<TypeBoxTypeProvider>();
+      // deny by default: an admin route that does not declare the role it needs fails the start
+      admin.addHook('onRoute', assertRoleDeclared);
       admin.addHook('onRequest', async (req) => {
-        const h = req.headers.authorization ?? '';
-        if (!bearerMatches(h, opts.adminTokenHash)) {
-          throw new EdgeidError('admin_unauthorized', h ? 'the admin token is wrong' : 'no admin bearer token');
-        }
+        const user = await authenticate(ctx, req.headers.authorization);
+        req.adminUser = user;
         req.adminAuthenticated = true;
+        const need = req.routeOptions.config.role!;
+        if (!roleAllows(user.role, need)) {
+          throw new EdgeidError('forbidden_role', `this needs the role ${need} or above; user ${user.name} is ${user.role}`, {
+            role: user.role,
+            needs: need,
+          });
+        }
       });
-      const who = (req: FastifyRequest) => ({ ...meta(req), actor: 'admin' });
+      const who = (req: FastifyRequest) => ({
+        ...meta(req),
+        actor: userActor(req.adminUser!.name),
+        role: req.adminUser!.role,
+        zones: req.adminUser!.zones,
+      });
       const adminLimit = { rateLimit: { max: rl.admin.max, timeWindow: rl.admin.window * 1000 } };
 
       admin.post(
         '/tokens',
-        { schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } }, config: adminLimit },
+        { config: { ...adminLimit, role: 'technician' }, schema: { body: W.TokenCreateRequest, response: { 200: W.TokenCreateResponse } } },
         async (req) => createToken(ctx, req.body, who(req)),
       );
       const page = (q: { limit?: string; after?: string }) => ({
         ...(q.limit ? { limit: Number(q.limit) } : {}),
         ...(q.after ? { after: q.after } : {}),
       });
-      admin.get('/tokens', { schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } }, async (req) =>
-        listTokens(ctx, who(req), page(req.query)),
+      admin.get(
+        '/tokens',
+        { config: { role: 'technician' }, schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } },
+        async (req) => listTokens(ctx, who(req), page(req.query)),
       );
-      admin.get('/devices', { schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } }, async (req) => {
-        const q = req.query;
-        return listDevices(
-          ctx,
-          {
-            ...(q.status ? { status: q.status } : {}),
-            ...(q.zone ? { zone: q.zone } : {}),
-            ...(q.stale ? { stale: q.stale === 'true' } : {}),
-            ...page(q),
-          },
-          who(req),
-        );
-      });
+      admin.get(
+        '/devices',
+        { config: { role: 'viewer' }, schema: { querystring: W.DevicesQuery, response: { 200: W.DeviceList } } },
+        async (req) => {
+          const q = req.query;
+          return listDevices(
+            ctx,
+            {
+              ...(q.status ? { status: q.status } : {}),
+              ...(q.zone ? { zone: q.zone } : {}),
+              ...(q.stale ? { stale: q.stale === 'true' } : {}),
+              ...page(q),
+            },
+            who(req),
+          );
+        },
+      );
       admin.get(
         '/devices/:id',
-        { schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } },
+        { config: { role: 'viewer' }, schema: { params: W.DeviceParams, querystring: W.EmptyQuery, response: { 200: W.DeviceShow } } },
         async (req) => showDevice(ctx, req.params.id, who(req)),
       );
       admin.post(
         '/devices/:id/revoke',
-        { schema: { params: W.DeviceParams, body: W.RevokeRequest, response: { 200: W.RevokeResponse } } },
+        { config: { role: 'operator' }, schema: { params: W.DeviceParams, body: W.RevokeRequest, response: { 200: W.RevokeResponse } } },
         async (req) => revokeDevice(ctx, req.params.id, req.body.reason, who(req)),
       );
       admin.post(
         '/devices/:id/retire',
-        { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.RetireResponse } } },
+        { config: { role: 'operator' }, schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.RetireResponse } } },
         async (req) => retireDevice(ctx, req.params.id, who(req)),
       );
       admin.post(
         '/devices/:id/approve-baseline',
-        { schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.DeviceShow } } },
+        { config: { role: 'operator' }, schema: { params: W.DeviceParams, body: W.EmptyBody, response: { 200: W.DeviceShow } } },
         async (req) => approveBaseline(ctx, req.params.id, who(req)),
       );
       admin.post(
         '/devices/:id/control',
-        { schema: { params: W.DeviceParams, body: W.ControlRequest, response: { 200: W.ControlResponse } } },
+        { config: { role: 'operator' }, schema: { params: W.DeviceParams, body: W.ControlRequest, response: { 200: W.ControlResponse } } },
         async (req) => sendControl(ctx, req.params.id, req.body, who(req)),
       );
-      admin.get('/audit', { schema: { querystring: W.AuditQuery, response: { 200: W.AuditExport } } }, async (req) => {
-        const q = req.query;
-        return exportAudit(
-          ctx,
-          {
-            ...(q.after ? { after: Number(q.after) } : {}),
-            ...(q.limit ? { limit: Number(q.limit) } : {}),
-            ...(q.deviceId ? { deviceId: q.deviceId } : {}),
-          },
-          who(req),
-        );
-      });
-      admin.get('/audit/verify', { schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } }, async (req) =>
-        verifyAudit(ctx, who(req)),
+      admin.get(
+        '/audit',
+        { config: { role: 'viewer' }, schema: { querystring: W.AuditQuery, response: { 200: W.AuditExport } } },
+        async (req) => {
+          const q = req.query;
+          return exportAudit(
+            ctx,
+            {
+              ...(q.after ? { after: Number(q.after) } : {}),
+              ...(q.limit ? { limit: Number(q.limit) } : {}),
+              ...(q.deviceId ? { deviceId: q.deviceId } : {}),
+              ...(q.user ? { user: q.user } : {}),
+            },
+            who(req),
+          );
+        },
       );
       // the backup file itself (binary); the passphrase is in the body, never in a URL or a log
-      admin.post('/backup', { schema: { body: W.BackupRequest } }, async (req, reply) => {
+      admin.post('/backup', { config: { role: 'admin' }, schema: { body: W.BackupRequest } }, async (req, reply) => {
         const file = await createBackup(ctx, checkPassphrase(req.body.passphrase), who(req));
         return reply.type('application/octet-stream').header('cache-control', 'no-store').send(file);
       });
-      admin.get('/ca/status', { schema: { querystring: W.EmptyQuery, response: { 200: W.CaStatus } } }, async (req) =>
-        caStatus(ctx, who(req)),
+      admin.get(
+        '/ca/status',
+        { config: { role: 'viewer' }, schema: { querystring: W.EmptyQuery, response: { 200: W.CaStatus } } },
+        async (req) => caStatus(ctx, who(req)),
       );
-      admin.post('/ca/rotate-issuing', { schema: { body: W.EmptyBody, response: { 200: W.CaRotateResponse } } }, async (req) =>
-        // new TLS connections get the certificate from the new issuing CA (Node: tls.Server#setSecureContext)
-        rotateIssuingCa(ctx, who(req), (tls) => {
-          if ('setSecureContext' in app.server)
-            (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
-        }),
+      admin.post(
+        '/ca/rotate-issuing',
+        { config: { role: 'admin' }, schema: { body: W.EmptyBody, response: { 200: W.CaRotateResponse } } },
+        async (req) =>
+          // new TLS connections get the certificate from the new issuing CA (Node: tls.Server#setSecureContext)
+          rotateIssuingCa(ctx, who(req), (tls) => {
+            if ('setSecureContext' in app.server)
+              (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
+          }),
       );
-      admin.post('/crl/regenerate', { schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } }, async (req) =>
-        regenerateCrl(ctx, who(req)),
+      admin.get(
+        '/audit/verify',
+        { config: { role: 'viewer' }, schema: { querystring: W.EmptyQuery, response: { 200: W.AuditVerifyResult } } },
+        async (req) => verifyAudit(ctx, who(req)),
       );
-      admin.post('/broker/reconcile', { schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } }, async (req) =>
-        reconcileBroker(ctx, who(req)),
+      admin.post(
+        '/crl/regenerate',
+        { config: { role: 'admin' }, schema: { body: W.EmptyBody, response: { 200: W.CrlRegenerateResponse } } },
+        async (req) => regenerateCrl(ctx, who(req)),
       );
-      admin.get('/broker/crl', { schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerCrlStatus } } }, async (req) =>
-        brokerCrlStatus(ctx, who(req)),
+      admin.post(
+        '/broker/reconcile',
+        { config: { role: 'admin' }, schema: { body: W.EmptyBody, response: { 200: W.BrokerReconcileResponse } } },
+        async (req) => reconcileBroker(ctx, who(req)),
       );
-      admin.post('/broker/crl/reload', { schema: { body: W.EmptyBody, response: { 200: W.BrokerCrlStatus } } }, async (req) =>
-        reloadBrokerCrl(ctx, who(req)),
+      admin.get(
+        '/broker/crl',
+        { config: { role: 'admin' }, schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerCrlStatus } } },
+        async (req) => brokerCrlStatus(ctx, who(req)),
+      );
+      admin.post(
+        '/broker/crl/reload',
+        { config: { role: 'admin' }, schema: { body: W.EmptyBody, response: { 200: W.BrokerCrlStatus } } },
+        async (req) => reloadBrokerCrl(ctx, who(req)),
       );
       admin.post(
         '/broker/certificate',
-        { schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } },
+        { config: { role: 'admin' }, schema: { body: W.BrokerCertificateRequest, response: { 200: W.BrokerCertificateResponse } } },
         async (req) => issueBrokerCertificate(ctx, req.body, who(req)),
       );
       admin.post(
         '/broker/monitors',
-        { schema: { body: W.BrokerMonitorAddRequest, response: { 200: W.BrokerMonitorAddResponse } } },
+        { config: { role: 'admin' }, schema: { body: W.BrokerMonitorAddRequest, response: { 200: W.BrokerMonitorAddResponse } } },
         async (req) => addBrokerMonitor(ctx, req.body, who(req)),
       );
-      admin.get('/broker/monitors', { schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerMonitorList } } }, async (req) =>
-        listBrokerMonitors(ctx, who(req)),
+      admin.get(
+        '/broker/monitors',
+        { config: { role: 'admin' }, schema: { querystring: W.EmptyQuery, response: { 200: W.BrokerMonitorList } } },
+        async (req) => listBrokerMonitors(ctx, who(req)),
       );
       admin.post(
         '/broker/monitors/:name/remove',
-        { schema: { params: W.BrokerMonitorParams, body: W.EmptyBody, response: { 200: W.BrokerMonitorRemoveResponse } } },
+        {
+          config: { role: 'admin' },
+          schema: { params: W.BrokerMonitorParams, body: W.EmptyBody, response: { 200: W.BrokerMonitorRemoveResponse } },
+        },
         async (req) => removeBrokerMonitor(ctx, req.params.name, who(req)),
       );
-      admin.get('/ek-roots', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkRootList } } }, async (req) =>
-        listEkRoots(ctx, who(req)),
+      admin.post(
+        '/users',
+        { config: { role: 'admin' }, schema: { body: W.UserCreateRequest, response: { 200: W.UserTokenResponse } } },
+        async (req) => createUser(ctx, req.body, who(req)),
       );
-      admin.post('/ek-roots', { schema: { body: W.EkRootAddRequest, response: { 200: W.EkRootView } } }, async (req) =>
-        addEkRoot(ctx, req.body, who(req)),
+      admin.get(
+        '/users',
+        { config: { role: 'admin' }, schema: { querystring: W.EmptyQuery, response: { 200: W.UserList } } },
+        async (req) => listUsers(ctx, who(req)),
+      );
+      admin.post(
+        '/users/:name/disable',
+        { config: { role: 'admin' }, schema: { params: W.UserParams, body: W.EmptyBody, response: { 200: W.UserDisableResponse } } },
+        async (req) => disableUser(ctx, req.params.name, who(req)),
+      );
+      admin.post(
+        '/users/:name/rotate-token',
+        { config: { role: 'admin' }, schema: { params: W.UserParams, body: W.EmptyBody, response: { 200: W.UserTokenResponse } } },
+        async (req) => rotateUserToken(ctx, req.params.name, who(req)),
+      );
+      admin.get(
+        '/ek-roots',
+        { config: { role: 'admin' }, schema: { querystring: W.EmptyQuery, response: { 200: W.EkRootList } } },
+        async (req) => listEkRoots(ctx, who(req)),
+      );
+      admin.post(
+        '/ek-roots',
+        { config: { role: 'admin' }, schema: { body: W.EkRootAddRequest, response: { 200: W.EkRootView } } },
+        async (req) => addEkRoot(ctx, req.body, who(req)),
       );
       admin.post(
         '/ek-roots/:fingerprint/remove',
-        { schema: { params: W.EkRootParams, body: W.EmptyBody, response: { 200: W.EkRootView } } },
+        { config: { role: 'admin' }, schema: { params: W.EkRootParams, body: W.EmptyBody, response: { 200: W.EkRootView } } },
         async (req) => removeEkRoot(ctx, req.params.fingerprint, who(req)),
       );
-      admin.get('/ek-allow', { schema: { querystring: W.EmptyQuery, response: { 200: W.EkAllowList } } }, async (req) =>
-        listEkAllow(ctx, who(req)),
+      admin.get(
+        '/ek-allow',
+        { config: { role: 'admin' }, schema: { querystring: W.EmptyQuery, response: { 200: W.EkAllowList } } },
+        async (req) => listEkAllow(ctx, who(req)),
       );
       // a supplier manifest may list thousands of certificates: this route alone takes up to 16 MiB
       admin.post(
         '/ek-allow',
-        { bodyLimit: EK_MANIFEST_BODY_LIMIT, schema: { body: W.EkAllowImportRequest, response: { 200: W.EkAllowImportResponse } } },
+        {
+          config: { role: 'admin' },
+          bodyLimit: EK_MANIFEST_BODY_LIMIT,
+          schema: { body: W.EkAllowImportRequest, response: { 200: W.EkAllowImportResponse } },
+        },
         async (req) => importEkAllow(ctx, req.body, who(req)),
       );
       admin.post(
         '/ek-allow/:id/remove',
-        { schema: { params: W.EkAllowParams, body: W.EmptyBody, response: { 200: W.EkAllowRemoveResponse } } },
+        { config: { role: 'admin' }, schema: { params: W.EkAllowParams, body: W.EmptyBody, response: { 200: W.EkAllowRemoveResponse } } },
         async (req) => removeEkAllow(ctx, req.params.id, who(req)),
       );
     },

@@ -12,6 +12,8 @@ export interface ActionStart {
   ip: string | null;
   deviceId?: string | null;
   details?: Record<string, unknown> | null;
+  /** The person's role (details.role of the row); for a `user:NAME` actor read from its account when not given. */
+  role?: string | null;
   /** Counts the action's outcome (e.g. the enrollments / renewals counters). */
   count?: (outcome: 'ok' | 'fail') => void;
 }
@@ -53,13 +55,27 @@ export class AuditedAction {
     this.details = start.details ?? null;
   }
 
+  /** The acting person's role, recorded as details.role on every row of the action (under the chain hash). */
+  role: string | null = null;
+
+  private withRole(details: Record<string, unknown> | null): Record<string, unknown> | null {
+    return this.role ? { ...(details ?? {}), role: this.role } : details;
+  }
+
   private base(): Omit<AuditInput, 'outcome'> {
-    return { time: this.time, actor: this.actor, event: this.event, deviceId: this.deviceId, ip: this.start.ip, details: this.details };
+    return {
+      time: this.time,
+      actor: this.actor,
+      event: this.event,
+      deviceId: this.deviceId,
+      ip: this.start.ip,
+      details: this.withRole(this.details),
+    };
   }
 
   /** The success row; `details` replace the ones set so far. */
   okRow(details?: Record<string, unknown> | null): AuditInput {
-    return { ...this.base(), outcome: 'ok', ...(details !== undefined ? { details } : {}) };
+    return { ...this.base(), outcome: 'ok', ...(details !== undefined ? { details: this.withRole(details) } : {}) };
   }
 
   /** The failure row: the error's code as the reason, its message and details added to the details. */
@@ -68,7 +84,7 @@ export class AuditedAction {
       ...this.base(),
       outcome: 'fail',
       reason: e.code,
-      details: { ...(this.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) },
+      details: this.withRole({ ...(this.details ?? {}), message: e.message.slice(0, 300), ...(e.details ?? {}) }),
     };
   }
 
@@ -130,6 +146,7 @@ export async function audited<T>(ctx: ServerContext, start: ActionStart, fn: (a:
   const a = new AuditedAction(start.event, start, ctx.now());
   let result: T;
   try {
+    a.role = start.role ?? (start.actor.startsWith('user:') ? ((await ctx.store.getUser(start.actor.slice(5)))?.role ?? null) : null);
     result = await fn(a);
   } catch (e) {
     const err = toEdgeidError(e, 'internal_error');
@@ -158,17 +175,25 @@ export async function audited<T>(ctx: ServerContext, start: ActionStart, fn: (a:
 /** GET /v1/admin/audit: rows after `after` (seq), at most `limit` (≤ 10 000), optionally of one device. */
 export async function exportAudit(
   ctx: ServerContext,
-  q: { after?: number; limit?: number; deviceId?: string },
-  who: { actor: string; ip: string | null },
+  q: { after?: number; limit?: number; deviceId?: string; user?: string },
+  who: { actor: string; ip: string | null; zones?: readonly string[] | null },
 ): Promise<{ rows: AuditRow[] }> {
   return audited(
     ctx,
-    { event: 'admin.audit.export', actor: who.actor, ip: who.ip, details: { after: String(q.after ?? 0) } },
+    {
+      event: 'admin.audit.export',
+      actor: who.actor,
+      ip: who.ip,
+      details: { after: String(q.after ?? 0), ...(q.user ? { user: q.user } : {}) },
+    },
     async (a) => {
       const rows = await ctx.store.listAudit({
         afterSeq: q.after ?? 0,
         limit: Math.min(10_000, q.limit ?? 1000),
         ...(q.deviceId ? { deviceId: q.deviceId } : {}),
+        ...(q.user ? { actor: `user:${q.user}` } : {}),
+        // a zone-scoped user sees the rows about devices in its zones, and its own
+        ...(who.zones ? { zones: [...who.zones], ownActor: who.actor } : {}),
       });
       a.details = { ...a.details, rows: rows.length };
       return { rows };
@@ -193,6 +218,8 @@ export interface Refusal {
   deviceId: string | null;
   error: EdgeidError;
   requestId: string;
+  /** The authenticated person's role, when known. */
+  role?: string | null;
 }
 
 const MINUTE = 60_000;
@@ -332,7 +359,7 @@ function writeRefusal(ctx: ServerContext, r: Refusal, extra: Record<string, unkn
     ip: r.ip,
     outcome: 'fail',
     reason: r.error.code,
-    details: { message: r.error.message.slice(0, 300), requestId: r.requestId, ...extra },
+    details: { message: r.error.message.slice(0, 300), requestId: r.requestId, ...(r.role ? { role: r.role } : {}), ...extra },
   });
 }
 

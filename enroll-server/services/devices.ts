@@ -13,6 +13,7 @@ import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
 import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
 import { storageFailure } from '../files.js';
+import { checkZone } from './access.js';
 import { audited } from './audit.js';
 import { eventLogDiff, sha256Hex, storedLog } from './eventlog.js';
 import { runHooks, type ServerContext } from './context.js';
@@ -73,11 +74,15 @@ function eventLogView(d: DeviceRecord): NonNullable<DeviceView['eventLog']> {
 export interface Actor {
   actor: string;
   ip: string | null;
+  /** A zone-scoped person's zones (services/users.ts); absent or null = every zone. */
+  zones?: readonly string[] | null;
 }
 
-async function mustGet(ctx: ServerContext, id: string): Promise<DeviceRecord> {
+/** The device, when it exists and is in the caller's zones (403 forbidden_zone otherwise). */
+async function mustGet(ctx: ServerContext, id: string, who: Actor): Promise<DeviceRecord> {
   const d = await ctx.store.getDevice(id);
   if (!d) throw new EdgeidError('device_not_found', `no device ${id}`);
+  checkZone(who, d.zone);
   return d;
 }
 
@@ -103,9 +108,12 @@ export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor
   const details: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(q)) if (v !== undefined) details[k] = String(v);
   return audited(ctx, { event: 'admin.devices.list', actor: who.actor, ip: who.ip, details }, async (a) => {
+    if (q.zone) checkZone(who, q.zone);
     const filter: DeviceFilter = {
       ...(q.status ? { status: [q.status] } : {}),
       ...(q.zone ? { zone: q.zone } : {}),
+      // a zone-scoped user's listing holds only its zones (a zone outside them: forbidden_zone)
+      ...(who.zones ? { zones: [...who.zones] } : {}),
       ...(q.stale !== undefined ? { stale: { is: q.stale, before: a.time - ctx.config.staleAfter * 1000 } } : {}),
     };
     // one page (keyset on enrolledAt, id): a listing never loads the whole table
@@ -125,7 +133,7 @@ export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor
 /** GET /v1/admin/devices/:id: one device with all its certificates. */
 export async function showDevice(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
   return audited(ctx, { event: 'admin.device.show', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id } }, async () => {
-    const d = await mustGet(ctx, id);
+    const d = await mustGet(ctx, id, who);
     return { device: deviceView(ctx, d, await ctx.store.listCertificates(id)) };
   });
 }
@@ -145,7 +153,7 @@ export async function sendControl(
     ctx,
     { event: 'admin.control.sign', actor: who.actor, ip: who.ip, deviceId: id, details: { deviceId: id, type: cmd.type } },
     async () => {
-      await mustGet(ctx, id);
+      await mustGet(ctx, id, who);
       const signed = ctx.ca.signControl({ type: cmd.type, deviceId: id, ...(cmd.reason ? { reason: cmd.reason } : {}) });
       let published = false;
       if (ctx.broker) {
@@ -188,7 +196,7 @@ export async function revokeDevice(
   who: Actor,
 ): Promise<{ device: DeviceView; serials: string[]; crlNumber: string; hooks: HookResult[] }> {
   return audited(ctx, { event: 'device.revoke', actor: who.actor, ip: who.ip, deviceId: id, details: { reason } }, async (a) => {
-    const d = await mustGet(ctx, id);
+    const d = await mustGet(ctx, id, who);
     if (d.status === 'revoked' || d.status === 'retired') {
       throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
     }
@@ -222,7 +230,7 @@ export async function retireDevice(
     ctx,
     { event: 'device.retire', actor: who.actor, ip: who.ip, deviceId: id, details: { automatic: who.automatic === true } },
     async (a) => {
-      const d = await mustGet(ctx, id);
+      const d = await mustGet(ctx, id, who);
       if (d.status === 'revoked' || d.status === 'retired') {
         throw new EdgeidError('device_state_conflict', `device ${id} is already ${d.status}`, { status: d.status });
       }
@@ -243,7 +251,8 @@ export async function retireDevice(
         { device: after, serials, at: new Date(now), automatic: who.automatic === true },
         id,
       );
-      if (serials.length > 0) await ctx.crl.regenerate(`retire ${id}`).catch((e: unknown) => Promise.reject(committedButNoCrl(e, id, 'retired')));
+      if (serials.length > 0)
+        await ctx.crl.regenerate(`retire ${id}`).catch((e: unknown) => Promise.reject(committedButNoCrl(e, id, 'retired')));
       return { device: deviceView(ctx, after), serials, hooks };
     },
   );
@@ -272,7 +281,7 @@ async function restoreAccess(ctx: ServerContext, id: string): Promise<void> {
  */
 export async function approveBaseline(ctx: ServerContext, id: string, who: Actor): Promise<{ device: DeviceView }> {
   return audited(ctx, { event: 'device.approve_baseline', actor: who.actor, ip: who.ip, deviceId: id }, async (a) => {
-    const d = await mustGet(ctx, id);
+    const d = await mustGet(ctx, id, who);
     if (d.status !== 'active' && d.status !== 'quarantined') {
       throw new EdgeidError('device_state_conflict', `device ${id} is ${d.status}`, { status: d.status });
     }

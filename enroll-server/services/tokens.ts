@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { enrollUri, LIST_PAGE_MAX, type TokenCreateRequest, type TokenCreateResponse, type TokenView } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import type { TokenRecord } from '../store/store.js';
+import { checkZone, roleAllows, type Role } from './access.js';
 import { audited } from './audit.js';
 import { zoneOf, type RequestMeta, type ServerContext } from './context.js';
 import { parseCursor } from './devices.js';
@@ -29,13 +30,14 @@ export async function lookupToken(ctx: ServerContext, token: string): Promise<To
 export async function createToken(
   ctx: ServerContext,
   req: TokenCreateRequest,
-  meta: RequestMeta & { actor: string },
+  meta: RequestMeta & { actor: string; zones?: readonly string[] | null },
 ): Promise<TokenCreateResponse> {
   return audited(
     ctx,
     { event: 'token.create', actor: meta.actor, ip: meta.ip, details: { zone: req.zone, owner: req.owner } },
     async (a) => {
       zoneOf(ctx, req.zone);
+      checkZone(meta, req.zone);
       const ttl = req.ttlSeconds ?? ctx.config.tokenDefaultTtl;
       if (!Number.isInteger(ttl) || ttl < 60 || ttl > 30 * 86400) throw new EdgeidError('token_ttl_invalid');
       const id = randomBytes(8).toString('hex');
@@ -86,17 +88,24 @@ export async function createToken(
 
 /**
  * GET /v1/admin/tokens: one page of tokens (keyset on createdAt, id; `limit` 1 … 1000, default
- * 1000; `next` when there are more), without their secrets (only a hash of each is stored).
+ * 1000; `next` when there are more), without their secrets (only a hash of each is stored). A
+ * technician sees the tokens it created; a zone-scoped user only those of its zones.
  */
 export async function listTokens(
   ctx: ServerContext,
-  meta: RequestMeta & { actor: string },
+  meta: RequestMeta & { actor: string; role?: Role; zones?: readonly string[] | null },
   q: { limit?: number; after?: string } = {},
 ): Promise<{ tokens: TokenView[]; next?: string }> {
   return audited(ctx, { event: 'admin.tokens.list', actor: meta.actor, ip: meta.ip }, async (a) => {
     const limit = Math.min(LIST_PAGE_MAX, Math.max(1, q.limit ?? LIST_PAGE_MAX));
     const after = parseCursor(q.after);
-    const rows = await ctx.store.pageTokens({ limit: limit + 1, ...(after ? { after } : {}) });
+    const rows = await ctx.store.pageTokens(
+      { limit: limit + 1, ...(after ? { after } : {}) },
+      {
+        ...(meta.zones ? { zones: [...meta.zones] } : {}),
+        ...(meta.role && !roleAllows(meta.role, 'operator') ? { createdBy: meta.actor } : {}),
+      },
+    );
     const page = rows.slice(0, limit);
     const last = page.at(-1);
     a.details = { rows: page.length };

@@ -6,6 +6,7 @@ import { loadMigrations, migrate } from './migrate.js';
 import type {
   AuditInput,
   BrokerMonitorRecord,
+  UserRecord,
   CertificateRecord,
   DeviceFilter,
   DeviceListing,
@@ -118,6 +119,22 @@ function monitorFrom(r: Row): BrokerMonitorRecord {
   };
 }
 
+function userFrom(r: Row): UserRecord {
+  return {
+    name: String(r.name),
+    role: String(r.role) as UserRecord['role'],
+    zones: r.zones === null || r.zones === undefined ? null : (JSON.parse(String(r.zones)) as string[]),
+    tokenHash: r.token_hash as Buffer,
+    createdBy: String(r.created_by),
+    createdAt: Number(r.created_at),
+    expiresAt: num(r.expires_at),
+    disabledAt: num(r.disabled_at),
+    disabledBy: text(r.disabled_by),
+    tokenRotatedAt: num(r.token_rotated_at),
+    bootstrap: Number(r.bootstrap) === 1,
+  };
+}
+
 function nonceFrom(r: Row): NonceRecord {
   return {
     value: String(r.value),
@@ -158,6 +175,10 @@ function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown
   if (f.zone !== undefined) {
     where.push(`${t}.zone = ?`);
     args.push(f.zone);
+  }
+  if (f.zones !== undefined) {
+    where.push(f.zones.length === 0 ? '1 = 0' : `${t}.zone IN (${f.zones.map(() => '?').join(', ')})`);
+    args.push(...f.zones);
   }
   if (f.stale) {
     const stale = `(${t}.status IN ('active', 'quarantined') AND COALESCE(${t}.last_seen, ${t}.enrolled_at) < ?)`;
@@ -865,15 +886,81 @@ export class SqliteStore implements Store {
     return this.listDevicesWithLastCertificate(filter, page);
   }
 
-  async pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]> {
-    const rows = page.after
-      ? this.q('SELECT * FROM tokens WHERE (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?').all(
-          page.after.time,
-          page.after.id,
-          page.limit,
-        )
-      : this.q('SELECT * FROM tokens ORDER BY created_at, id LIMIT ?').all(page.limit);
-    return (rows as Row[]).map(tokenFrom);
+  async pageTokens(
+    page: { after?: { time: number; id: string }; limit: number },
+    filter: { zones?: string[]; createdBy?: string } = {},
+  ): Promise<TokenRecord[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (page.after) {
+      where.push('(created_at, id) > (?, ?)');
+      args.push(page.after.time, page.after.id);
+    }
+    if (filter.zones) {
+      where.push(filter.zones.length === 0 ? '1 = 0' : `zone IN (${filter.zones.map(() => '?').join(', ')})`);
+      args.push(...filter.zones);
+    }
+    if (filter.createdBy !== undefined) {
+      where.push('created_by = ?');
+      args.push(filter.createdBy);
+    }
+    const sql = `SELECT * FROM tokens${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ?`;
+    return (this.q(sql).all(...args, page.limit) as Row[]).map(tokenFrom);
+  }
+
+  async getUser(name: string): Promise<UserRecord | null> {
+    const r = this.q('SELECT * FROM users WHERE name = ?').get(name) as Row | undefined;
+    return r ? userFrom(r) : null;
+  }
+
+  async getUserByTokenHash(tokenHash: Buffer): Promise<UserRecord | null> {
+    const r = this.q('SELECT * FROM users WHERE token_hash = ?').get(tokenHash) as Row | undefined;
+    return r ? userFrom(r) : null;
+  }
+
+  async listUsers(): Promise<UserRecord[]> {
+    return (this.q('SELECT * FROM users ORDER BY name').all() as Row[]).map(userFrom);
+  }
+
+  async createUser(u: UserRecord, audit: AuditInput | null): Promise<boolean> {
+    return this.tx(() => {
+      if (this.q('SELECT 1 FROM users WHERE name = ?').get(u.name)) return false;
+      this.q(
+        `INSERT INTO users (name, role, zones, token_hash, created_by, created_at, expires_at, disabled_at, disabled_by, token_rotated_at, bootstrap)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        u.name,
+        u.role,
+        u.zones === null ? null : JSON.stringify(u.zones),
+        u.tokenHash,
+        u.createdBy,
+        u.createdAt,
+        u.expiresAt,
+        u.disabledAt,
+        u.disabledBy,
+        u.tokenRotatedAt,
+        u.bootstrap ? 1 : 0,
+      );
+      if (audit) this.appendAuditSync(audit);
+      return true;
+    });
+  }
+
+  async updateUser(
+    name: string,
+    patch: Partial<Pick<UserRecord, 'tokenHash' | 'tokenRotatedAt' | 'disabledAt' | 'disabledBy'>>,
+    audit: AuditInput | null,
+  ): Promise<boolean> {
+    const cols = { tokenHash: 'token_hash', tokenRotatedAt: 'token_rotated_at', disabledAt: 'disabled_at', disabledBy: 'disabled_by' };
+    const keys = (Object.keys(patch) as (keyof typeof cols)[]).filter((k) => patch[k] !== undefined);
+    return this.tx(() => {
+      const changed =
+        keys.length > 0 &&
+        this.q(`UPDATE users SET ${keys.map((k) => `${cols[k]} = ?`).join(', ')} WHERE name = ?`).run(...keys.map((k) => patch[k]), name)
+          .changes > 0;
+      if (changed && audit) this.appendAuditSync(audit);
+      return changed;
+    });
   }
 
   async auditPruneLimit(before: number): Promise<number | null> {
@@ -928,12 +1015,24 @@ export class SqliteStore implements Store {
     return this.tx(() => this.appendAuditSync(a));
   }
 
-  async listAudit(p: { afterSeq?: number; limit?: number; deviceId?: string } = {}): Promise<AuditRow[]> {
+  async listAudit(
+    p: { afterSeq?: number; limit?: number; deviceId?: string; actor?: string; zones?: string[]; ownActor?: string } = {},
+  ): Promise<AuditRow[]> {
     const where = ['seq > ?'];
     const args: unknown[] = [p.afterSeq ?? 0];
     if (p.deviceId) {
       where.push('device_id = ?');
       args.push(p.deviceId);
+    }
+    if (p.actor !== undefined) {
+      where.push('actor = ?');
+      args.push(p.actor);
+    }
+    if (p.zones !== undefined) {
+      // rows about a device in one of the zones, and the caller's own rows
+      const inZones = p.zones.length === 0 ? '0' : `zone IN (${p.zones.map(() => '?').join(', ')})`;
+      where.push(`(device_id IN (SELECT id FROM devices WHERE ${inZones}) OR actor = ?)`);
+      args.push(...p.zones, p.ownActor ?? '');
     }
     args.push(p.limit ?? 1000);
     return (this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args) as Row[]).map(auditFrom);

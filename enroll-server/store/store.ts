@@ -118,6 +118,24 @@ export interface NonceRecord {
   usedAt: number | null;
 }
 
+/** A person's account of the admin API (services/users.ts). */
+export interface UserRecord {
+  name: string;
+  role: 'viewer' | 'technician' | 'operator' | 'admin';
+  /** The zones the user acts in; null = every zone. */
+  zones: string[] | null;
+  /** SHA-256 of the user's bearer token; the token itself is never stored. */
+  tokenHash: Buffer;
+  createdBy: string;
+  createdAt: number;
+  expiresAt: number | null;
+  disabledAt: number | null;
+  disabledBy: string | null;
+  tokenRotatedAt: number | null;
+  /** The user adopted from data/admin-token (its token follows that file). */
+  bootstrap: boolean;
+}
+
 export interface AuditInput {
   time: number;
   actor: string;
@@ -138,6 +156,8 @@ export interface DeviceFilter {
    * enrollment, before any) is older than `before`.
    */
   stale?: { is: boolean; before: number };
+  /** Only devices in one of these zones (a zone-scoped user's listing). */
+  zones?: string[];
   /** Only devices whose retireBy is set and at or before this time. */
   retireByAtOrBefore?: number;
 }
@@ -362,7 +382,10 @@ export interface Store {
     filter: DeviceFilter,
     page: { after?: { time: number; id: string }; limit: number },
   ): Promise<DeviceListing[]>;
-  pageTokens(page: { after?: { time: number; id: string }; limit: number }): Promise<TokenRecord[]>;
+  pageTokens(
+    page: { after?: { time: number; id: string }; limit: number },
+    filter?: { zones?: string[]; createdBy?: string },
+  ): Promise<TokenRecord[]>;
 
   /** Retention: the highest seq of a row older than `before` (never the newest row), or null. */
   auditPruneLimit(before: number): Promise<number | null>;
@@ -384,7 +407,30 @@ export interface Store {
   /** Deletes these certificates (only those still expired before `before`); returns how many. */
   deleteCertificates(serials: string[], before: number): Promise<number>;
 
+  getUser(name: string): Promise<UserRecord | null>;
+  getUserByTokenHash(tokenHash: Buffer): Promise<UserRecord | null>;
+  listUsers(): Promise<UserRecord[]>;
+  /** Inserts the user with the audit row; false (nothing written) if the name is taken. */
+  createUser(u: UserRecord, audit: AuditInput | null): Promise<boolean>;
+  /** Changes the user's token hash and/or disables it, with the audit row; false if there is no such user. */
+  updateUser(
+    name: string,
+    patch: Partial<Pick<UserRecord, 'tokenHash' | 'tokenRotatedAt' | 'disabledAt' | 'disabledBy'>>,
+    audit: AuditInput | null,
+  ): Promise<boolean>;
+
   appendAudit(a: AuditInput): Promise<AuditRow>;
-  listAudit(p?: { afterSeq?: number; limit?: number; deviceId?: string }): Promise<AuditRow[]>;
+  /**
+   * Audit rows after `afterSeq`; `actor` keeps one actor's rows; `zones` keeps the rows about
+   * devices in those zones plus the rows of `ownActor` (a zone-scoped user's view).
+   */
+  listAudit(p?: {
+    afterSeq?: number;
+    limit?: number;
+    deviceId?: string;
+    actor?: string;
+    zones?: string[];
+    ownActor?: string;
+  }): Promise<AuditRow[]>;
   verifyAudit(): Promise<AuditVerifyResult>;
 }

@@ -7,6 +7,56 @@ export const adminErrors = defineErrors({
     message: 'The admin API needs a valid admin bearer token.',
     fix: 'Pass --admin-token or EDGEID_ADMIN_TOKEN, or run edgeid-admin on the server host with --data pointing at its data dir.',
   },
+  forbidden_role: {
+    status: 403,
+    message: "The caller's role does not allow this admin operation (roles: viewer < technician < operator < admin).",
+    fix: 'Ask an admin to do it, or for an account with the role the message names (edgeid-admin users add).',
+  },
+  forbidden_zone: {
+    status: 403,
+    message: 'The device, token or zone is outside the zones of the calling user.',
+    fix: 'Act only in the zones your account has (edgeid-admin users list shows them); an admin can add a user for the other zone.',
+  },
+  user_disabled: {
+    status: 401,
+    message: 'This personal token belongs to a disabled user.',
+    fix: 'Ask an admin for a new account; a disabled account stays disabled.',
+  },
+  user_expired: {
+    status: 401,
+    message: 'This personal token belongs to a user whose account has expired.',
+    fix: 'Ask an admin for a new account (edgeid-admin users add NAME --role R --expires 90d).',
+  },
+  user_is_disabled: {
+    status: 409,
+    message: 'The user is disabled: it gets no new token.',
+    fix: 'A disabled account stays disabled; add a new user (edgeid-admin users add) instead.',
+  },
+  user_exists: {
+    status: 409,
+    message: 'A user with this name exists already.',
+    fix: 'Pick another name, or give the existing user a new token with edgeid-admin users rotate-token NAME.',
+  },
+  user_not_found: {
+    status: 404,
+    message: 'No user has this name.',
+    fix: 'List the users with edgeid-admin users list.',
+  },
+  user_invalid: {
+    status: 400,
+    message: 'The user cannot be created as asked (an admin acts in every zone, so it takes no --zones; --expires must be in the future).',
+    fix: 'Fix the option the message names.',
+  },
+  user_last_admin: {
+    status: 409,
+    message: 'This would leave no enabled admin user.',
+    fix: 'Add another admin first (edgeid-admin users add NAME --role admin), then disable this one.',
+  },
+  credentials_file_insecure: {
+    status: 400,
+    message: 'The credentials file holding the personal token can be read by other users (group or world).',
+    fix: 'chmod 600 the file (edgeid-admin refuses to use a token others can read).',
+  },
   metrics_unauthorized: {
     status: 401,
     message: 'GET /metrics needs the admin bearer token or a source address on the metrics allow-list.',

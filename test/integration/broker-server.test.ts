@@ -130,7 +130,7 @@ test('reconcile heals the broker both ways: missing device clients come back, un
   const reconciles = rows.filter((r) => /reconcile/.test(r.event));
   assert.equal(reconciles.filter((r) => r.actor === 'server').length, 1, 'the start-up reconcile');
   assert.deepEqual(
-    reconciles.filter((r) => r.actor === 'admin').map((r) => r.details?.added),
+    reconciles.filter((r) => r.actor === 'user:admin').map((r) => r.details?.added),
     [[dev.deviceId], []],
   );
   assert.ok(

@@ -419,6 +419,10 @@ test(
         admin: true,
       },
       { method: 'POST', url: '/v1/admin/ek-allow/:id/remove', params: { id: 'ekm-000000000000' }, body: {}, admin: true },
+      { method: 'GET', url: '/v1/admin/users', admin: true },
+      { method: 'POST', url: '/v1/admin/users', body: { name: 'fuzz-viewer', role: 'viewer', zones: ['default'] }, admin: true },
+      { method: 'POST', url: '/v1/admin/users/:name/disable', params: { name: 'nobody' }, body: {}, admin: true },
+      { method: 'POST', url: '/v1/admin/users/:name/rotate-token', params: { name: 'nobody' }, body: {}, admin: true },
       { method: 'GET', url: '/metrics', admin: true },
       { method: 'GET', url: '/v1/admin/ca/status', admin: true },
       // a valid request rotates (at most once: a rotated CA is not rotated again within a day)

@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -137,6 +138,9 @@ for (const [additions, version] of [
   test(`a data dir from before schema_version (${additions} in-place additions) is adopted at version ${version} and upgraded`, async (t) => {
     const dataDir = await tempDir(t);
     const akPub = legacyDb(path.join(dataDir, 'edgeid.db'), additions);
+    // the data dir's admin token from before personal accounts
+    const legacyToken = `adm_${'L'.repeat(43)}`;
+    writeFileSync(path.join(dataDir, 'admin-token'), legacyToken + '\n', { mode: 0o600 });
     const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: {} });
     const server = await createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false });
     t.after(() => server.close());
@@ -148,7 +152,19 @@ for (const [additions, version] of [
       all.map((m, i) => (i < version ? `${m.name} (adopted)` : m.name)),
     );
     // the data survived, the audit chain still verifies, and every column the code uses is there
-    assert.deepEqual(await store.verifyAudit(), { ok: true, rows: 1 });
+    // (and one row more: the admin token adopted as the bootstrap admin user)
+    assert.deepEqual(await store.verifyAudit(), { ok: true, rows: 2 });
+    const adopted = (await store.listAudit({ limit: 10 })).at(-1)!;
+    assert.deepEqual([adopted.event, adopted.actor, adopted.details?.user], ['user.bootstrap', 'server', 'admin']);
+    // the token of before is now the user admin (role admin, every zone)
+    const users = await server.app.inject({ method: 'GET', url: '/v1/admin/users', headers: { authorization: `Bearer ${legacyToken}` } });
+    assert.equal(users.statusCode, 200, users.body);
+    assert.deepEqual(
+      users
+        .json()
+        .users.map((u: { name: string; role: string; zones: unknown; bootstrap: boolean }) => [u.name, u.role, u.zones, u.bootstrap]),
+      [['admin', 'admin', null, true]],
+    );
     assert.equal((await store.listCertificates('dev-00000000000000a1')).length, 1);
     const akName = objectName(parsePublic(akPub)).toString('hex');
     const d = await store.findDeviceByAkName(akName);

@@ -63,7 +63,7 @@ test(
     const anon = rows.filter((r) => r.ip === '10.1.2.3');
     const admin = rows.filter((r) => r.ip === '10.9.9.9');
     assert.equal(admin.length, 5);
-    assert.ok(admin.every((r) => r.actor === 'admin' && r.reason === 'bad_request'));
+    assert.ok(admin.every((r) => r.actor === 'user:admin' && r.details?.role === 'admin' && r.reason === 'bad_request'));
     // at most a first row and a summary per (route, code), twice if a minute boundary fell inside the run
     assert.ok(
       anon.length >= 8 && anon.length <= 20,
