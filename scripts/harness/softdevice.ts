@@ -232,7 +232,13 @@ export async function seedSoftDevices(
       const id = `dev-${randomBytes(8).toString('hex')}`;
       const key = softKey(sessionKeyTemplate());
       const spki = publicKeySpkiDer(key.parsed);
-      const cert = await ctx.ca.issueDevice({ deviceId: id, zone, spki, lifetimeSeconds: o.lifetimeSeconds ?? 86400, crlUrl: 'https://127.0.0.1/v1/crl' });
+      const cert = await ctx.ca.issueDevice({
+        deviceId: id,
+        zone,
+        spki,
+        lifetimeSeconds: o.lifetimeSeconds ?? 86400,
+        crlUrl: 'https://127.0.0.1/v1/crl',
+      });
       const device: DeviceRecord = {
         id,
         zone,
@@ -272,7 +278,15 @@ export async function seedSoftDevices(
         // the enrollment's next nonce is not handed to the device: its first renewal starts with a challenge
         nonce: { value: randomBytes(32).toString('base64'), deviceId: id, createdAt: now, expiresAt: now + 3_600_000, usedAt: null },
         keepNonces: 3,
-        audit: { time: now, actor: 'device', event: 'enroll.finish', deviceId: id, ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, serial: cert.serial, zone } },
+        audit: {
+          time: now,
+          actor: 'device',
+          event: 'enroll.finish',
+          deviceId: id,
+          ip: '127.0.0.1',
+          outcome: 'ok',
+          details: { tokenId: t.id, serial: cert.serial, zone },
+        },
       });
       if (ok !== true) throw new Error(`softdevice seed: finishEnrollment said ${JSON.stringify(ok)}`);
       dev.deviceId = id;
@@ -308,7 +322,12 @@ export function softClient(baseUrl: string, caPem: string, o: { maxSockets?: num
         const data = Buffer.from(JSON.stringify(body));
         const req = https.request(
           new URL(path, baseUrl),
-          { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': data.length }, timeout: o.timeoutMs ?? 60_000 },
+          {
+            method: 'POST',
+            agent,
+            headers: { 'content-type': 'application/json', 'content-length': data.length },
+            timeout: o.timeoutMs ?? 60_000,
+          },
           (res) => {
             const chunks: Buffer[] = [];
             res.on('data', (c: Buffer) => chunks.push(c));

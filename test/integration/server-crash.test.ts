@@ -206,7 +206,11 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
   // every revocation that was answered holds; every device is either revoked or active
   for (const id of revokeAnswered) assert.equal(statusOf(id), 'revoked');
   const revokedIds = new Set(devices.map((d) => d.deviceId!).filter((id) => statusOf(id) === 'revoked'));
-  for (const id of revokedIds) assert.ok(revokeAsked.some((d) => d.deviceId === id), `only asked-for revocations: ${id}`);
+  for (const id of revokedIds)
+    assert.ok(
+      revokeAsked.some((d) => d.deviceId === id),
+      `only asked-for revocations: ${id}`,
+    );
 
   // Accounting: a certificate row is only written with the nonce it spends, in one transaction, so
   // per active device rows = 1 (seeded enrollment) + spent nonces; the rows no client received are
@@ -223,7 +227,10 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
     const got = received.filter((r) => r.deviceId === d.deviceId).length;
     const lostHere = lost.filter((l) => l.deviceId === d.deviceId);
     if (revokedIds.has(d.deviceId!)) {
-      assert.ok(rows - 1 >= got && rows - 1 <= got + lostHere.length, `${d.deviceId} (revoked): ${rows} rows, ${got} received, ${lostHere.length} lost`);
+      assert.ok(
+        rows - 1 >= got && rows - 1 <= got + lostHere.length,
+        `${d.deviceId} (revoked): ${rows} rows, ${got} received, ${lostHere.length} lost`,
+      );
       orphans += rows - 1 - got;
       continue;
     }
@@ -245,7 +252,8 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
       return { r, code: x.status === 200 ? 'ACCEPTED' : x.body?.error?.code };
     }),
   );
-  for (const { r, code } of replays) assert.equal(code, revokedIds.has(r.deviceId) ? 'device_revoked' : 'nonce_used', `replay of ${r.nonce}`);
+  for (const { r, code } of replays)
+    assert.equal(code, revokedIds.has(r.deviceId) ? 'device_revoked' : 'nonce_used', `replay of ${r.nonce}`);
   // lost renewals that committed: their nonce is spent too
   for (const l of lost.filter((x) => isSpent(x.nonce))) {
     const d = devices.find((x) => x.deviceId === l.deviceId)!;
@@ -294,7 +302,9 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
 
   const verify = await adminCli(srv.dataDir, ['audit', 'verify']);
   assert.match(verify, /^audit chain OK/, verify);
-  t.diagnostic(`${received.length} certificates received in all; ${revokedIds.size} devices revoked; audit: ${verify.trim().split('\n')[0]}`);
+  t.diagnostic(
+    `${received.length} certificates received in all; ${revokedIds.size} devices revoked; audit: ${verify.trim().split('\n')[0]}`,
+  );
 });
 
 /** An admin POST with a deadline (srv.admin has none). */
@@ -330,7 +340,9 @@ async function fetchCrl(srv: ServerProcess): Promise<x509.X509Crl> {
       .get(new URL('/v1/crl', srv.url), { ca: srv.caPem }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks)) : reject(new Error(`GET /v1/crl: ${res.statusCode}`))));
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve(Buffer.concat(chunks)) : reject(new Error(`GET /v1/crl: ${res.statusCode}`)),
+        );
       })
       .on('error', reject);
   });
@@ -416,10 +428,14 @@ test('power cut between the commit and the answer: the orphan certificate is in 
     (x) => ({ answer: x }),
     (e: unknown) => ({ error: e }),
   );
-  await waitFor('the renewal to commit (its nonce spent in the store)', () => (used.get(before.nonce) as { used_at: number | null }).used_at !== null, {
-    timeoutMs: 30_000,
-    intervalMs: 2,
-  });
+  await waitFor(
+    'the renewal to commit (its nonce spent in the store)',
+    () => (used.get(before.nonce) as { used_at: number | null }).used_at !== null,
+    {
+      timeoutMs: 30_000,
+      intervalMs: 2,
+    },
+  );
   await kill9(srv);
   t.diagnostic(`killed after the commit; ${r.held()} bytes of the server's answer were held back`);
   r.drop();
