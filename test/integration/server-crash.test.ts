@@ -19,6 +19,7 @@ import 'reflect-metadata';
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
@@ -285,9 +286,15 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
   devices.forEach((d, i) => assert.equal(after[i], revokedIds.has(d.deviceId!) ? 'renewal_refused' : 'ok', d.deviceId!));
   assert.deepEqual(fiveXx, [], 'no 5xx');
 
-  // the CRL lists exactly the revoked devices' live certificates
-  const crlRes = await fetchCrl(srv);
-  const crlSerials = new Set(crlRes.entries.map((e) => e.serialNumber.toLowerCase().replace(/^(00)+(?=.{32}$)/, '')));
+  // the CRL lists exactly the revoked devices' live certificates: the one served and the one in the
+  // data dir (what the broker integration reads), both regenerated at start from the store
+  const crlSerialsOf = (crl: x509.X509Crl) => new Set(crl.entries.map((e) => e.serialNumber.toLowerCase().replace(/^(00)+(?=.{32}$)/, '')));
+  const crlSerials = crlSerialsOf(await fetchCrl(srv));
+  assert.deepEqual(
+    [...crlSerialsOf(new x509.X509Crl(await readFile(path.join(srv.dataDir, 'crl.der'))))].sort(),
+    [...crlSerials].sort(),
+    'data/crl.der = the served CRL',
+  );
   const now = Date.now();
   const shouldBe = new Set(
     (db.prepare('SELECT serial, device_id, not_after, revoked_at FROM certificates').all() as any[])
