@@ -232,7 +232,13 @@ export async function seedSoftDevices(
       const id = `dev-${randomBytes(8).toString('hex')}`;
       const key = softKey(sessionKeyTemplate());
       const spki = publicKeySpkiDer(key.parsed);
-      const cert = await ctx.ca.issueDevice({ deviceId: id, zone, spki, lifetimeSeconds: o.lifetimeSeconds ?? 86400, crlUrl: 'https://127.0.0.1/v1/crl' });
+      const cert = await ctx.ca.issueDevice({
+        deviceId: id,
+        zone,
+        spki,
+        lifetimeSeconds: o.lifetimeSeconds ?? 86400,
+        crlUrl: 'https://127.0.0.1/v1/crl',
+      });
       const device: DeviceRecord = {
         id,
         zone,
@@ -272,7 +278,15 @@ export async function seedSoftDevices(
         // the enrollment's next nonce is not handed to the device: its first renewal starts with a challenge
         nonce: { value: randomBytes(32).toString('base64'), deviceId: id, createdAt: now, expiresAt: now + 3_600_000, usedAt: null },
         keepNonces: 3,
-        audit: { time: now, actor: 'device', event: 'enroll.finish', deviceId: id, ip: '127.0.0.1', outcome: 'ok', details: { tokenId: t.id, serial: cert.serial, zone } },
+        audit: {
+          time: now,
+          actor: 'device',
+          event: 'enroll.finish',
+          deviceId: id,
+          ip: '127.0.0.1',
+          outcome: 'ok',
+          details: { tokenId: t.id, serial: cert.serial, zone },
+        },
       });
       if (ok !== true) throw new Error(`softdevice seed: finishEnrollment said ${JSON.stringify(ok)}`);
       dev.deviceId = id;
@@ -302,32 +316,48 @@ export interface SoftClient {
 
 export function softClient(baseUrl: string, caPem: string, o: { maxSockets?: number; timeoutMs?: number } = {}): SoftClient {
   const agent = new https.Agent({ keepAlive: true, maxSockets: o.maxSockets ?? 256, ca: caPem });
+  const once = (path: string, data: Buffer): Promise<SoftResult & { reused?: boolean; error?: NodeJS.ErrnoException }> =>
+    new Promise((resolve, reject) => {
+      const req = https.request(
+        new URL(path, baseUrl),
+        {
+          method: 'POST',
+          agent,
+          headers: { 'content-type': 'application/json', 'content-length': data.length },
+          timeout: o.timeoutMs ?? 60_000,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', reject);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let parsed: unknown = text;
+            try {
+              parsed = JSON.parse(text);
+            } catch {
+              /* not JSON */
+            }
+            resolve({ status: res.statusCode ?? 0, body: parsed as any });
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`softdevice: ${path} timed out`)));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        // a pooled connection the server closed as idle just as it was reused: sent again once on a
+        // new one (the pattern the Node docs give for request.reusedSocket)
+        req.reusedSocket && e.code === 'ECONNRESET' ? resolve({ status: 0, body: null, reused: true, error: e }) : reject(e),
+      );
+      req.end(data);
+    });
   return {
-    post(path, body) {
-      return new Promise((resolve, reject) => {
-        const data = Buffer.from(JSON.stringify(body));
-        const req = https.request(
-          new URL(path, baseUrl),
-          { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': data.length }, timeout: o.timeoutMs ?? 60_000 },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('error', reject);
-            res.on('end', () => {
-              const text = Buffer.concat(chunks).toString('utf8');
-              let parsed: unknown = text;
-              try {
-                parsed = JSON.parse(text);
-              } catch {
-                /* not JSON */
-              }
-              resolve({ status: res.statusCode ?? 0, body: parsed as any });
-            });
-          },
-        );
-        req.on('timeout', () => req.destroy(new Error(`softdevice: ${path} timed out`)));
-        req.on('error', reject);
-        req.end(data);
+    async post(path, body) {
+      const data = Buffer.from(JSON.stringify(body));
+      const r = await once(path, data);
+      if (!r.reused) return r;
+      return once(path, data).then((again) => {
+        if (again.reused) throw again.error;
+        return again;
       });
     },
     close: () => agent.destroy(),

@@ -145,7 +145,10 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
       const leaf = new X509Certificate(st.certificate.pem);
       const issuer = new X509Certificate(st.certificate.chain[0]);
       assert.ok(leaf.checkIssued(issuer) && leaf.verify(issuer.publicKey), `scenario ${i}: certificate signed by the issuing CA`);
-      assert.ok(new X509Certificate(st.certificate.chain.at(-1)).fingerprint256 === new X509Certificate(srv.caPem).fingerprint256, 'chain ends at the server root');
+      assert.ok(
+        new X509Certificate(st.certificate.chain.at(-1)).fingerprint256 === new X509Certificate(srv.caPem).fingerprint256,
+        'chain ends at the server root',
+      );
       assert.match(leaf.subject, new RegExp(`CN=${st.device.id}`), `scenario ${i}: certificate of this device`);
       assert.equal(await transientHandleCountViaTools(etpm.tcti), 0, `scenario ${i}: no TPM transient objects left`);
       enrollKills += scenarioKills;
