@@ -5,8 +5,8 @@
  * EDGEID_TOKEN / EDGEID_ADMIN_TOKEN / EDGEID_CA, a 0600 credentials file, or — on the server's
  * host — from its data dir (--data, default ./data).
  */
-import { accessSync, constants, readFileSync, statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 import QRCode from 'qrcode';
 import type { Static, TSchema } from 'typebox';
@@ -45,7 +45,7 @@ commands:
                                        within the warning window; exit 1 if any has expired
   ca rotate-issuing [--json]           a new issuing CA under the same root issues from now on; the
                                        old one's certificates stay valid, its CRL stays published
-  backup --out FILE [--passphrase-file F] [--json]
+  backup --out FILE [--passphrase-file F] [--force] [--json]
                                        a consistent snapshot taken by the running server (database,
                                        CA certificates and keys, admin token), encrypted with the
                                        passphrase (F: mode 0600, first line; else EDGEID_BACKUP_PASSPHRASE);
@@ -282,6 +282,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       'run-as-root': { type: 'boolean' },
       days: { type: 'string' },
       'passphrase-file': { type: 'string' },
+      force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -619,7 +620,11 @@ async function run(argv: string[], o: Output): Promise<number> {
       const st = await client.request('GET', '/v1/admin/ca/status', undefined, W.CaStatus);
       emit(st, () =>
         table(
-          st.cas.map((c) => ({ ...c, days: Math.floor(c.secondsLeft / 86400), active: c.active === undefined ? '' : c.active ? 'yes' : 'no' })),
+          st.cas.map((c) => ({
+            ...c,
+            days: Math.floor(c.secondsLeft / 86400),
+            active: c.active === undefined ? '' : c.active ? 'yes' : 'no',
+          })),
           ['ca', 'notAfter', 'days', 'active', 'subject'],
         ),
       );
@@ -634,13 +639,22 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'ca rotate-issuing': {
       const res = await client.request('POST', '/v1/admin/ca/rotate-issuing', {}, W.CaRotateResponse);
-      emit(res, () => `issuing CA ${res.issuer} (${res.subject}, until ${res.notAfter}) issues from now on; ${res.previous} stays trusted and keeps its CRL`);
+      emit(
+        res,
+        () =>
+          `issuing CA ${res.issuer} (${res.subject}, until ${res.notAfter}) issues from now on; ${res.previous} stays trusted and keeps its CRL`,
+      );
       return 0;
     }
     case 'backup': {
       const out = need(flags, 'out');
       const passphrase = readPassphrase(typeof flags['passphrase-file'] === 'string' ? flags['passphrase-file'] : undefined);
       checkWritable('out', out);
+      // a backup never lands in a server's data dir, and replaces a file only when asked to
+      const dataDir = resolve(typeof flags.data === 'string' ? flags.data : (process.env.EDGEID_DATA ?? 'data'));
+      if ((resolve(out) + sep).startsWith(dataDir + sep))
+        throw new Error(`--out ${out} is inside the server's data dir ${dataDir}: write the backup elsewhere; nothing was done`);
+      if (existsSync(out) && !flags.force) throw new Error(`--out ${out} exists: pass --force to replace it; nothing was done`);
       const started = Date.now();
       // a large database takes a while to copy: the socket may stay idle that long
       const file = await new AdminClient(connect().target, 600_000).binary('POST', '/v1/admin/backup', { passphrase });

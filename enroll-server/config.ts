@@ -500,7 +500,8 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     const pf = root.at('ca').at('pkcs11');
     const p = asObject(pf, caRaw.pkcs11);
     onlyKeys(pf, p, ['module', 'token', 'keyLabel', 'pinFile', 'pinEnv']);
-    if ((p.pinFile === undefined) === (p.pinEnv === undefined)) pf.fail('needs exactly one of pinFile (a 0600 file) and pinEnv (a variable name)');
+    if ((p.pinFile === undefined) === (p.pinEnv === undefined))
+      pf.fail('needs exactly one of pinFile (a 0600 file) and pinEnv (a variable name)');
     ca = {
       key: 'pkcs11',
       pkcs11: {

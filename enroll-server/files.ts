@@ -33,7 +33,7 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
     try {
       const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
       // write(2) may write less than asked (e.g. the filesystem filled up meanwhile): loop until all is written
-      for (let off = 0; off < buf.byteLength; ) off += writeSync(fd, buf, off, buf.byteLength - off);
+      for (let off = 0; off < buf.byteLength;) off += writeSync(fd, buf, off, buf.byteLength - off);
       fsyncSync(fd);
     } finally {
       closeSync(fd);

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { restoreBackup } from './backup/backup.js';
 import { readPassphrase } from './backup/format.js';
 import { CA_USAGE, runCaCommand } from './ca/cli.js';
-import { ERRORS, isEdgeidError } from '../protocol/errors/index.js';
+import { EdgeidError, ERRORS, isEdgeidError } from '../protocol/errors/index.js';
 import { loadConfig } from './config.js';
 import { createServer, DATA_FILES } from './server.js';
 
@@ -41,7 +41,13 @@ async function restore(argv: string[]): Promise<number> {
     return 2;
   }
   const passphrase = readPassphrase(values['passphrase-file']);
-  const res = await restoreBackup({ file: readFileSync(file), passphrase, dataDir: resolve(values.data) });
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
+  } catch (e) {
+    throw new EdgeidError('backup_corrupt', `cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const res = await restoreBackup({ file: bytes, passphrase, dataDir: resolve(values.data) });
   const summary = {
     dataDir: resolve(values.data),
     backupCreatedAt: res.header.createdAt,

@@ -190,6 +190,11 @@ export async function restoreBackup(p: { file: Buffer; passphrase: string; dataD
       const chain = await store.verifyAudit();
       if (!chain.ok)
         throw new EdgeidError('backup_corrupt', `the backed-up audit chain does not verify: ${chain.problem?.detail ?? 'broken'}`);
+      // the database must be the one the header describes: its audit head is the header's
+      const headText = await store.getMeta('audit_head');
+      const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
+      if (JSON.stringify(head) !== JSON.stringify(header.auditHead))
+        throw new EdgeidError('backup_corrupt', `the backed-up database's audit head is not the one the backup's header names`);
       await checkCaFiles(p.dataDir);
       const voided = store.db.transaction(() => ({
         tokens: store.db.prepare('UPDATE tokens SET expires_at = ? WHERE used_at IS NULL AND expires_at > ?').run(now, now).changes,
@@ -197,6 +202,12 @@ export async function restoreBackup(p: { file: Buffer; passphrase: string; dataD
         sessions: store.db.prepare('UPDATE enroll_sessions SET expires_at = ? WHERE used_at IS NULL AND expires_at > ?').run(now, now)
           .changes,
       }))();
+      // CRL numbers never repeat (RFC 5280 §5.2.3), but the old server may have published CRLs
+      // after this backup: numbering continues above the restore time in milliseconds, beyond
+      // any number a server counting from 1 reaches
+      const crlNumberBackup = BigInt((await store.getMeta('crl_number')) ?? '1');
+      const crlNumber = crlNumberBackup > BigInt(now) ? crlNumberBackup : BigInt(now);
+      await store.setMeta('crl_number', crlNumber.toString());
       const row = await store.appendAudit({
         time: now,
         actor: 'server',
@@ -209,6 +220,7 @@ export async function restoreBackup(p: { file: Buffer; passphrase: string; dataD
           tokensVoided: voided.tokens,
           noncesVoided: voided.nonces,
           sessionsVoided: voided.sessions,
+          crlNumberFrom: crlNumber.toString(),
         },
       });
       return {

@@ -38,9 +38,7 @@ export interface BackupHeader {
 }
 
 /** A CA key as the backup lists it: a file inside the backup, or a reference to an HSM key (no bytes). */
-export type BackupKey =
-  | { name: string; kind: 'file'; file: string }
-  | { name: string; kind: 'pkcs11'; ref: Record<string, string> };
+export type BackupKey = { name: string; kind: 'file'; file: string } | { name: string; kind: 'pkcs11'; ref: Record<string, string> };
 
 export interface BackupFile {
   /** Path relative to the data dir, '/'-separated (e.g. `edgeid.db`, `ca/root.key`). */
@@ -83,7 +81,10 @@ export function readPassphrase(file: string | undefined, env: NodeJS.ProcessEnv 
     try {
       st = statSync(file);
     } catch (e) {
-      throw new EdgeidError('backup_passphrase_missing', `cannot read the passphrase file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      throw new EdgeidError(
+        'backup_passphrase_missing',
+        `cannot read the passphrase file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+      );
     }
     if ((st.mode & 0o077) !== 0) {
       throw new EdgeidError(
@@ -119,7 +120,12 @@ export async function sealBackup(p: {
   };
   const headerBytes = Buffer.from(MAGIC + JSON.stringify(header) + '\n', 'utf8');
   const manifest: BackupManifest = {
-    files: p.files.map((f) => ({ name: f.name, mode: f.mode, size: f.data.length, sha256: createHash('sha256').update(f.data).digest('hex') })),
+    files: p.files.map((f) => ({
+      name: f.name,
+      mode: f.mode,
+      size: f.data.length,
+      sha256: createHash('sha256').update(f.data).digest('hex'),
+    })),
     keys: p.keys,
   };
   const m = Buffer.from(JSON.stringify(manifest), 'utf8');
@@ -165,11 +171,22 @@ export function readHeader(file: Buffer): { header: BackupHeader; headerBytes: B
  * Opens a backup: backup_passphrase_wrong when the passphrase does not derive the key the file was
  * made with, backup_corrupt when anything was changed or cut off (GCM tag, per-file SHA-256).
  */
-export async function openBackup(file: Buffer, passphrase: string): Promise<{ header: BackupHeader; manifest: BackupManifest; files: BackupFile[] }> {
+export async function openBackup(
+  file: Buffer,
+  passphrase: string,
+): Promise<{ header: BackupHeader; manifest: BackupManifest; files: BackupFile[] }> {
   const { header, headerBytes } = readHeader(file);
   const salt = Buffer.from(header.kdf.salt, 'base64');
   const iv = Buffer.from(header.iv, 'base64');
-  const { enc, mac } = await derive(passphrase, salt, header.kdf);
+  let keys: { enc: Buffer; mac: Buffer };
+  try {
+    keys = await derive(passphrase, salt, header.kdf);
+  } catch (e) {
+    // scrypt refuses parameters it cannot use (e.g. N not a power of two): a damaged header
+    if (e instanceof EdgeidError) throw e;
+    throw new EdgeidError('backup_corrupt', `the backup's key derivation parameters are unusable: ${(e as Error).message}`);
+  }
+  const { enc, mac } = keys;
   const check = Buffer.from(header.keyCheck, 'base64');
   const want = keyCheck(mac, salt, iv);
   if (check.length !== want.length || !timingSafeEqual(check, want)) throw new EdgeidError('backup_passphrase_wrong');

@@ -376,7 +376,24 @@ export class CertificateAuthority {
    * then issuing.json written atomically last, so a crash in between leaves the old state.
    */
   async rotateIssuing(now = Date.now()): Promise<IssuingCa> {
+    const next = await this.prepareIssuing(now);
+    await this.activateIssuing(next);
+    return next;
+  }
+
+  /**
+   * First half of a rotation: the new issuing CA's key and certificate, listed (so that CRLs are
+   * made for it and relying parties can load them) but not yet issuing; activateIssuing switches,
+   * discardIssuing forgets it. Nothing is switched on disk (issuing.json) before activateIssuing.
+   * A key in a PKCS#11 token is not rotated here: the new key would be a file.
+   */
+  async prepareIssuing(now = Date.now()): Promise<IssuingCa> {
     const dir = this.opts.dir;
+    if (this.opts.issuer)
+      throw new EdgeidError(
+        'ca_rotation_invalid',
+        'the issuing key is in a PKCS#11 token: a rotation here would put the new issuing key in a file. Create the new key in the token and import its certificate (docs/BACKUP-AND-CA-ROTATION.md)',
+      );
     const rootKey = this.rootKey;
     if (!rootKey)
       throw new EdgeidError(
@@ -408,17 +425,33 @@ export class CertificateAuthority {
     });
     writeFileAtomic(join(dir, `${name}.pem`), cert.toString('pem') + '\n', 0o644);
     const next: IssuingCa = { name, cert, signer: fileSigner(key.pair) };
+    this.issuers = [...this.issuers, next];
+    return next;
+  }
+
+  /** A prepared issuing CA that will not be activated (a later step of the rotation failed). */
+  discardIssuing(next: IssuingCa): void {
+    if (next.name !== this.activeName) this.issuers = this.issuers.filter((i) => i !== next);
+  }
+
+  /**
+   * Second half of a rotation: the server's TLS certificate and the control signer re-issued by
+   * `next`, then issuing.json written atomically (the switch), then memory. A crash before the
+   * switch leaves the old CA issuing (a TLS or control certificate of the new CA found at start is
+   * re-issued by the active one).
+   */
+  async activateIssuing(next: IssuingCa): Promise<void> {
+    const dir = this.opts.dir;
+    const name = next.name;
     const serverKey = createPrivateKey(readFileSync(join(dir, 'server.key'), 'utf8'));
     const names = [...new Set([...this.opts.hostnames, 'localhost', '127.0.0.1', '::1'])];
     await CertificateAuthority.issueServerTls(dir, next, names, spkiOf(serverKey));
     const controlPem = await CertificateAuthority.issueControl(dir, next, spkiOf(this.control.key));
-    const list: IssuingList = { active: name, names: [...this.issuers.map((i) => i.name), name] };
+    const list: IssuingList = { active: name, names: this.issuers.map((i) => i.name) };
     writeFileAtomic(join(dir, ISSUING_LIST), JSON.stringify(list, null, 2) + '\n', 0o644);
-    this.issuers = [...this.issuers, next];
     this.activeName = name;
     this.tls = { key: readFileSync(join(dir, 'server.key'), 'utf8'), cert: readFileSync(join(dir, 'server.pem'), 'utf8') };
     this.control = { key: this.control.key, certPem: controlPem };
-    return next;
   }
 
   /** Every CA certificate the server uses, with its expiry: root, each issuing CA, the TLS certificate, the control signer. */

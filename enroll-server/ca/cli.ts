@@ -50,9 +50,13 @@ function take(argv: string[], name: string): string | undefined {
 
 function pkcs11Of(config: ServerConfig): Pkcs11KeyConfig {
   if (config.ca.key !== 'pkcs11')
-    throw new EdgeidError('config_invalid', 'config: ca: `ca init --pkcs11` needs "ca": {"key": "pkcs11", "pkcs11": {…}} in the --config file', {
-      field: 'ca',
-    });
+    throw new EdgeidError(
+      'config_invalid',
+      'config: ca: `ca init --pkcs11` needs "ca": {"key": "pkcs11", "pkcs11": {…}} in the --config file',
+      {
+        field: 'ca',
+      },
+    );
   return config.ca.pkcs11;
 }
 
@@ -62,7 +66,8 @@ export async function runCaCommand(argv: string[], out: (s: string) => void = (s
   const cmd = args.shift();
   if (cmd === 'init') {
     const i = args.indexOf('--pkcs11');
-    if (i < 0) throw new EdgeidError('config_invalid', 'ca init: only --pkcs11 is supported (a file key is created by the server on first start)');
+    if (i < 0)
+      throw new EdgeidError('config_invalid', 'ca init: only --pkcs11 is supported (a file key is created by the server on first start)');
     args.splice(i, 1);
     const csrOut = take(args, '--csr-out');
     const config = loadConfig({ argv: args });
@@ -77,7 +82,9 @@ export async function runCaCommand(argv: string[], out: (s: string) => void = (s
       if (csrOut) {
         const csr = await issuingCsr(signer);
         writeFileAtomic(csrOut, csr.toString('pem') + '\n', 0o644);
-        out(`wrote the issuing CA's certificate request to ${csrOut}: have the root sign it, then run\n  edgeid-server ca import-issuing CERT --root ROOT.pem\n`);
+        out(
+          `wrote the issuing CA's certificate request to ${csrOut}: have the root sign it, then run\n  edgeid-server ca import-issuing CERT --root ROOT.pem\n`,
+        );
         return 0;
       }
       const ca = await CertificateAuthority.open({ dir: caDir, hostnames: config.hostnames, issuer: signer });
@@ -90,7 +97,8 @@ export async function runCaCommand(argv: string[], out: (s: string) => void = (s
   if (cmd === 'import-issuing') {
     const rootFile = take(args, '--root');
     const certFile = args[0] && !args[0].startsWith('--') ? args.shift()! : undefined;
-    if (!certFile) throw new EdgeidError('config_invalid', 'ca import-issuing needs the certificate file: ca import-issuing CERT [--root ROOT.pem]');
+    if (!certFile)
+      throw new EdgeidError('config_invalid', 'ca import-issuing needs the certificate file: ca import-issuing CERT [--root ROOT.pem]');
     const config = loadConfig({ argv: args });
     const cfg = pkcs11Of(config);
     const caDir = join(config.dataDir, 'ca');
@@ -101,7 +109,9 @@ export async function runCaCommand(argv: string[], out: (s: string) => void = (s
       if (!existsSync(join(caDir, 'root.pem'))) writeFileAtomic(join(caDir, 'root.pem'), root.toString('pem') + '\n', 0o644);
       writeFileAtomic(join(caDir, 'intermediate.pem'), cert.toString('pem') + '\n', 0o644);
       const ca = await CertificateAuthority.open({ dir: caDir, hostnames: config.hostnames, issuer: signer });
-      out(`installed the issuing CA certificate (${cert.subject}, until ${cert.notAfter.toISOString()}) under the root ${ca.fingerprint}\n`);
+      out(
+        `installed the issuing CA certificate (${cert.subject}, until ${cert.notAfter.toISOString()}) under the root ${ca.fingerprint}\n`,
+      );
       return 0;
     } finally {
       await closeIssuerSigner(signer);
@@ -147,7 +157,10 @@ export async function issuingCsr(signer: CaSigner): Promise<x509.Pkcs10Certifica
       signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
       extensions: [
         new x509.BasicConstraintsExtension(true, 0, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+        new x509.KeyUsagesExtension(
+          x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
+          true,
+        ),
       ],
     },
     both as unknown as X509Crypto,
@@ -163,9 +176,13 @@ export async function checkIssuing(
 ): Promise<{ root: x509.X509Certificate; cert: x509.X509Certificate }> {
   const rootPem = join(caDir, 'root.pem');
   const local = existsSync(rootPem) ? new x509.X509Certificate(readFileSync(rootPem, 'utf8')) : null;
-  if (!rootArg && !local) throw new EdgeidError('ca_issuing_invalid', `${rootPem} does not exist: pass the root certificate with --root ROOT.pem`);
+  if (!rootArg && !local)
+    throw new EdgeidError('ca_issuing_invalid', `${rootPem} does not exist: pass the root certificate with --root ROOT.pem`);
   if (rootArg && local && !Buffer.from(rootArg.rawData).equals(Buffer.from(local.rawData)))
-    throw new EdgeidError('ca_issuing_invalid', `--root is not the root this data dir already trusts (${rootPem}, ${certFingerprint(Buffer.from(local.rawData))})`);
+    throw new EdgeidError(
+      'ca_issuing_invalid',
+      `--root is not the root this data dir already trusts (${rootPem}, ${certFingerprint(Buffer.from(local.rawData))})`,
+    );
   const root = (rootArg ?? local)!;
   const bad = (why: string): never => {
     throw new EdgeidError('ca_issuing_invalid', `the issuing CA certificate ${why}`);
@@ -173,15 +190,18 @@ export async function checkIssuing(
   if (!Buffer.from(cert.publicKey.rawData).equals(signer.spki))
     throw new EdgeidError('ca_issuing_mismatch', "the issuing CA certificate's public key is not the key in the token");
   const rootBc = root.getExtension(x509.BasicConstraintsExtension);
-  if (!rootBc?.ca || !(await root.verify({ publicKey: root.publicKey, signatureOnly: true }))) bad('names a root that is not a self-signed CA certificate');
-  if (cert.issuer !== root.subject || !(await cert.verify({ publicKey: root.publicKey, signatureOnly: true }))) bad('is not signed by the root');
+  if (!rootBc?.ca || !(await root.verify({ publicKey: root.publicKey, signatureOnly: true })))
+    bad('names a root that is not a self-signed CA certificate');
+  if (cert.issuer !== root.subject || !(await cert.verify({ publicKey: root.publicKey, signatureOnly: true })))
+    bad('is not signed by the root');
   const bc = cert.getExtension(x509.BasicConstraintsExtension);
   if (!bc?.ca) bad('is not a CA certificate (basicConstraints CA:TRUE)');
   const ku = cert.getExtension(x509.KeyUsagesExtension);
   const need = x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign;
   if (!ku || (ku.usages & need) !== need) bad('lacks keyUsage keyCertSign and cRLSign');
   const now = Date.now();
-  if (cert.notBefore.getTime() > now + 60_000 || cert.notAfter.getTime() <= now) bad(`is not valid now (${cert.notBefore.toISOString()} to ${cert.notAfter.toISOString()})`);
+  if (cert.notBefore.getTime() > now + 60_000 || cert.notAfter.getTime() <= now)
+    bad(`is not valid now (${cert.notBefore.toISOString()} to ${cert.notAfter.toISOString()})`);
   const current = join(caDir, 'intermediate.pem');
   if (existsSync(current)) {
     const old = new x509.X509Certificate(readFileSync(current, 'utf8'));

@@ -140,7 +140,9 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
   try {
     mod = graphene.Module.load(cfg.module, 'edgeid');
   } catch (e) {
-    throw new EdgeidError('hsm_module_unusable', `cannot load the PKCS#11 module ${cfg.module}: ${(e as Error).message}`, { module: cfg.module });
+    throw new EdgeidError('hsm_module_unusable', `cannot load the PKCS#11 module ${cfg.module}: ${(e as Error).message}`, {
+      module: cfg.module,
+    });
   }
   try {
     mod.initialize();
@@ -180,9 +182,13 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
       if (label === cfg.token) slot = s;
     }
     if (!slot)
-      throw new EdgeidError('hsm_token_not_found', `no token labelled "${cfg.token}" in ${cfg.module} (tokens: ${labels.map((l) => `"${l}"`).join(', ') || 'none'})`, {
-        token: cfg.token,
-      });
+      throw new EdgeidError(
+        'hsm_token_not_found',
+        `no token labelled "${cfg.token}" in ${cfg.module} (tokens: ${labels.map((l) => `"${l}"`).join(', ') || 'none'})`,
+        {
+          token: cfg.token,
+        },
+      );
     session = slot.open(graphene.SessionFlag.SERIAL_SESSION | graphene.SessionFlag.RW_SESSION);
     try {
       session.login(pin, graphene.UserType.USER);
@@ -218,14 +224,20 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
     },
   });
   // randomness for serial numbers and the like stays with the OS generator (outside the queue)
-  const queued = { subtle, getRandomValues: <T extends ArrayBufferView | null>(a: T) => webcrypto.getRandomValues(a as never) as T } as unknown as WebCrypto;
+  const queued = {
+    subtle,
+    getRandomValues: <T extends ArrayBufferView | null>(a: T) => webcrypto.getRandomValues(a as never) as T,
+  } as unknown as WebCrypto;
 
   const privateObjects = (label: string) => session.find({ class: graphene.ObjectClass.PRIVATE_KEY, label, token: true });
   const publicObjects = (label: string) => session.find({ class: graphene.ObjectClass.PUBLIC_KEY, label, token: true });
   const onePrivate = (label: string) => {
     const found = privateObjects(label);
     if (found.length === 0)
-      throw new EdgeidError('hsm_key_not_found', `the token "${cfg.token}" has no private key labelled "${label}"`, { token: cfg.token, keyLabel: label });
+      throw new EdgeidError('hsm_key_not_found', `the token "${cfg.token}" has no private key labelled "${label}"`, {
+        token: cfg.token,
+        keyLabel: label,
+      });
     if (found.length > 1)
       throw new EdgeidError('hsm_key_ambiguous', `the token "${cfg.token}" has ${found.length} private keys labelled "${label}"`, {
         token: cfg.token,
@@ -234,7 +246,13 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
     return found.items(0).toType<InstanceType<typeof graphene.PrivateKey>>();
   };
   const attributes = (label: string): KeyAttributes => {
-    const a = onePrivate(label).getAttribute({ sensitive: null, extractable: null, alwaysSensitive: null, neverExtractable: null, local: null });
+    const a = onePrivate(label).getAttribute({
+      sensitive: null,
+      extractable: null,
+      alwaysSensitive: null,
+      neverExtractable: null,
+      local: null,
+    });
     return {
       sensitive: !!a.sensitive,
       extractable: !!a.extractable,
@@ -255,21 +273,31 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
       !a.neverExtractable && 'not CKA_NEVER_EXTRACTABLE',
     ].filter(Boolean);
     if (weak.length > 0)
-      throw new EdgeidError('hsm_key_exportable', `the key "${label}" in token "${cfg.token}" is ${weak.join(', ')}`, { token: cfg.token, keyLabel: label });
+      throw new EdgeidError('hsm_key_exportable', `the key "${label}" in token "${cfg.token}" is ${weak.join(', ')}`, {
+        token: cfg.token,
+        keyLabel: label,
+      });
     const id = priv.id;
     const pubs = publicObjects(label);
     let pubObj = null;
     for (let i = 0; i < pubs.length; i++) if (pubs.items(i).getAttribute({ id: null }).id?.equals(id)) pubObj = pubs.items(i);
     if (!pubObj)
-      throw new EdgeidError('hsm_key_not_found', `the token "${cfg.token}" has no public key labelled "${label}" with the private key's CKA_ID`, {
-        token: cfg.token,
-        keyLabel: label,
-      });
+      throw new EdgeidError(
+        'hsm_key_not_found',
+        `the token "${cfg.token}" has no public key labelled "${label}" with the private key's CKA_ID`,
+        {
+          token: cfg.token,
+          keyLabel: label,
+        },
+      );
     const key = (await crypto.keyStorage.getItem(p11.CryptoKey.getID(priv), EC_IMPORT, ['sign'])) as unknown as CryptoKey;
     const pub = await crypto.keyStorage.getItem(p11.CryptoKey.getID(pubObj.toType()), EC_IMPORT, ['verify']);
     const spki = Buffer.from(await crypto.subtle.exportKey('spki', pub));
     if (key.algorithm.name !== 'ECDSA' || (key.algorithm as { namedCurve?: string }).namedCurve !== 'P-256')
-      throw new EdgeidError('hsm_key_not_found', `the key "${label}" in token "${cfg.token}" is not an EC P-256 key`, { token: cfg.token, keyLabel: label });
+      throw new EdgeidError('hsm_key_not_found', `the key "${label}" in token "${cfg.token}" is not an EC P-256 key`, {
+        token: cfg.token,
+        keyLabel: label,
+      });
     return { crypto: queued, key, spki };
   };
 
@@ -279,7 +307,9 @@ async function openToken(cfg: Pkcs11KeyConfig, env: NodeJS.ProcessEnv): Promise<
         return await signerFromObjects(label);
       } catch (e) {
         if (e instanceof EdgeidError) throw e;
-        throw new EdgeidError('hsm_module_unusable', `PKCS#11 error reading the key "${label}": ${ckr(e) ?? (e as Error).message}`, { keyLabel: label });
+        throw new EdgeidError('hsm_module_unusable', `PKCS#11 error reading the key "${label}": ${ckr(e) ?? (e as Error).message}`, {
+          keyLabel: label,
+        });
       }
     },
     async generate(label) {

@@ -72,23 +72,43 @@ export async function rotateIssuingCa(
           `the active issuing CA ${previous.name} was created ${Math.round(age / 60000)} minutes ago by a rotation: rotate again after ${new Date(previous.cert.notBefore.getTime() + MIN_ISSUING_AGE_MS).toISOString()}`,
         );
       }
-      const next = await ctx.ca.rotateIssuing(ctx.now());
-      applyTls(ctx.ca.tls);
-      await ctx.crl.regenerate('issuing CA rotated');
-      a.details = { issuer: next.name, previous: previous.name, notAfter: next.cert.notAfter.toISOString(), serial: next.cert.serialNumber };
-      // The broker's crlfile must hold the new CA's CRL before any device shows a certificate of
-      // the new CA: with CRL checking on, OpenSSL refuses a client whose issuer has no CRL loaded
-      // ("unable to get certificate CRL"). The revoked set did not change, so the CRL schedule
-      // would not reload on its own: the broker loads it now.
+      // Prepared first, switched last: the new CA's CRL is published and the broker loads it
+      // before any device can show a certificate of the new CA (with CRL checking on, OpenSSL
+      // refuses a client whose issuer has no CRL loaded: "unable to get certificate CRL"); a
+      // failure before the switch (e.g. storage_full) leaves the old CA issuing, nothing switched.
+      const next = await ctx.ca.prepareIssuing(ctx.now());
+      try {
+        await ctx.crl.regenerate('issuing CA rotated');
+      } catch (e) {
+        ctx.ca.discardIssuing(next);
+        throw e;
+      }
+      a.details = {
+        issuer: next.name,
+        previous: previous.name,
+        notAfter: next.cert.notAfter.toISOString(),
+        serial: next.cert.serialNumber,
+      };
+      // the revoked set did not change, so the CRL schedule would not reload on its own
       if (ctx.broker?.crlStatus()) {
         try {
           await ctx.broker.reloadCrl('issuing CA rotated');
           a.details.brokerCrlReloaded = true;
         } catch (e) {
           a.details.brokerCrlReloaded = false;
-          ctx.log.error({ err: (e as Error).message }, 'issuing CA rotated, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload');
+          ctx.log.error(
+            { err: (e as Error).message },
+            'issuing CA rotated, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload',
+          );
         }
       }
+      try {
+        await ctx.ca.activateIssuing(next);
+      } catch (e) {
+        ctx.ca.discardIssuing(next);
+        throw e;
+      }
+      applyTls(ctx.ca.tls);
       return {
         issuer: next.name,
         subject: next.cert.subject,
