@@ -376,7 +376,9 @@ export class EdgeAgent {
     // a read-only state dir keeps its lock file (a stale lock is taken over at the next start)
     await this.store
       .close()
-      .catch((e: unknown) => this.log.warn({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot release the state dir lock'));
+      .catch((e: unknown) =>
+        this.log.warn({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot release the state dir lock'),
+      );
     this.resolveExit(o.code);
   }
 
@@ -481,7 +483,10 @@ export class EdgeAgent {
     if (serial === this.state.certificate?.serial) {
       // a full or read-only state dir: the key is dropped after the next renewal instead
       await this.dropPreviousKey().catch((e: unknown) =>
-        this.log.warn({ code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message }, 'cannot delete the previous session key yet'),
+        this.log.warn(
+          { code: isEdgeidError(e) ? e.code : undefined, err: (e as Error).message },
+          'cannot delete the previous session key yet',
+        ),
       );
     }
     this.heartbeat();

@@ -30,7 +30,11 @@ type Result = { p50: number; p95: number; seqRate: number; parRate: number; crl:
  * Both CAs measured in alternation (certificate by certificate, then block by block) so that the
  * load of a shared machine falls on both alike.
  */
-async function measure(cas: [CertificateAuthority, CertificateAuthority], signers: [CaSigner, CaSigner], spkis: Buffer[]): Promise<[Result, Result]> {
+async function measure(
+  cas: [CertificateAuthority, CertificateAuthority],
+  signers: [CaSigner, CaSigner],
+  spkis: Buffer[],
+): Promise<[Result, Result]> {
   const issue = (ca: CertificateAuthority, spki: Buffer, i: number) =>
     ca.issueDevice({ deviceId: `dev-${i}`, zone: 'default', spki, lifetimeSeconds: 3600, crlUrl: 'https://edgeid.local/v1/crl' });
   const out: Result[] = [];
@@ -62,7 +66,11 @@ async function measure(cas: [CertificateAuthority, CertificateAuthority], signer
       );
       par[k] += performance.now() - t;
     }
-  const entries = Array.from({ length: 1000 }, () => ({ serial: randomSerial(), revokedAt: new Date(), reason: 'key-compromise' as const }));
+  const entries = Array.from({ length: 1000 }, () => ({
+    serial: randomSerial(),
+    revokedAt: new Date(),
+    reason: 'key-compromise' as const,
+  }));
   const crl: [number[], number[]] = [[], []];
   for (let i = 0; i < 10; i++)
     for (const k of [0, 1] as const) {
@@ -112,8 +120,12 @@ async function main(): Promise<void> {
     const [file, hsm] = await measure([fileCa, hsmCa], [fileSigner, signer], spkis);
     const row = (name: string, r: Result) =>
       `| ${name} | ${r.sign50.toFixed(2)} ms | ${r.p50.toFixed(2)} ms | ${r.p95.toFixed(2)} ms | ${r.seqRate.toFixed(0)} /s | ${r.parRate.toFixed(0)} /s | ${r.crl.toFixed(0)} ms |`;
-    console.log(`\n### Issuing CA key: file vs PKCS#11 token (SoftHSM2 ${await softhsmVersion()}; ${N} device certificates each way, measured in alternation; P-256, ECDSA-SHA256)\n`);
-    console.log('| issuing key | signature alone, median | issue one certificate, median | p95 | one after another | 16 in flight | CRL of 1,000 entries (median of 10) |');
+    console.log(
+      `\n### Issuing CA key: file vs PKCS#11 token (SoftHSM2 ${await softhsmVersion()}; ${N} device certificates each way, measured in alternation; P-256, ECDSA-SHA256)\n`,
+    );
+    console.log(
+      '| issuing key | signature alone, median | issue one certificate, median | p95 | one after another | 16 in flight | CRL of 1,000 entries (median of 10) |',
+    );
     console.log('|---|---|---|---|---|---|---|');
     console.log(row('file (PKCS#8 in data/ca, Node WebCrypto)', file));
     console.log(row('PKCS#11 token (SoftHSM2, node-webcrypto-p11, one session)', hsm));

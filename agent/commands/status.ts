@@ -151,7 +151,9 @@ export function renderStatus(s: StatusReport): string {
   );
   if (s.attention) {
     lines.push(
-      s.attention.quarantined ? `QUARANTINED by the server [${p(s.attention.code)}]: ${p(s.attention.message)}` : `            why: ${p(s.attention.message)}`,
+      s.attention.quarantined
+        ? `QUARANTINED by the server [${p(s.attention.code)}]: ${p(s.attention.message)}`
+        : `            why: ${p(s.attention.message)}`,
       `            what to do: ${p(s.attention.fix)}`,
     );
   }

@@ -29,10 +29,14 @@ export async function fsyncDir(dir: string): Promise<void> {
 export function stateWriteError(e: unknown, file: string): unknown {
   const code = (e as NodeJS.ErrnoException | null)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new EdgeidError('state_dir_full', `cannot write ${file}: no space left on its filesystem; free space there (the agent retries by itself)`, {
-      path: file,
-      cause: code,
-    });
+    return new EdgeidError(
+      'state_dir_full',
+      `cannot write ${file}: no space left on its filesystem; free space there (the agent retries by itself)`,
+      {
+        path: file,
+        cause: code,
+      },
+    );
   }
   if (code === 'EROFS') {
     return new EdgeidError(

@@ -40,12 +40,14 @@ export const agentErrors = defineErrors({
   },
   state_dir_full: {
     status: 500,
-    message: 'The agent could not write its state directory: the filesystem is full. The current certificate and MQTT session stay in use; nothing of the state was half-written.',
+    message:
+      'The agent could not write its state directory: the filesystem is full. The current certificate and MQTT session stay in use; nothing of the state was half-written.',
     fix: 'Free space on the filesystem of the state directory (default /var/lib/edgeid; `df -h /var/lib/edgeid`); the agent retries the renewal by itself and recovers without a restart.',
   },
   state_dir_read_only: {
     status: 500,
-    message: 'The agent could not write its state directory: the filesystem is read-only. The current certificate and MQTT session stay in use; nothing of the state was half-written.',
+    message:
+      'The agent could not write its state directory: the filesystem is read-only. The current certificate and MQTT session stay in use; nothing of the state was half-written.',
     fix: 'Make the filesystem writable again (`mount -o remount,rw`; a filesystem the kernel remounted read-only after I/O errors needs fsck first; with systemd check ReadWritePaths); the agent retries by itself.',
   },
   state_owner_mismatch: {

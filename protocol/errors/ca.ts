@@ -48,7 +48,8 @@ export const caErrors = defineErrors({
   },
   ca_issuing_missing: {
     status: 500,
-    message: "The issuing CA certificate (data/ca/intermediate.pem) is missing and cannot be made here: the root's key is not on this host.",
+    message:
+      "The issuing CA certificate (data/ca/intermediate.pem) is missing and cannot be made here: the root's key is not on this host.",
     fix: 'Finish the offline-root ceremony: `edgeid-server ca init --pkcs11 --csr-out FILE`, have the root sign it, then `edgeid-server ca import-issuing CERT --root ROOT`.',
   },
   ca_issuing_mismatch: {
@@ -58,7 +59,8 @@ export const caErrors = defineErrors({
   },
   ca_issuing_invalid: {
     status: 500,
-    message: 'The issuing CA certificate is not acceptable: not a CA certificate for certificate and CRL signing, not valid now, or not signed by the root.',
+    message:
+      'The issuing CA certificate is not acceptable: not a CA certificate for certificate and CRL signing, not valid now, or not signed by the root.',
     fix: 'Have the root sign the CSR from `ca init --csr-out` as a CA certificate (basicConstraints CA:TRUE, keyUsage keyCertSign and cRLSign) and pass the matching root with --root.',
   },
 });

@@ -13,7 +13,9 @@ import { tmpDir } from './fs.js';
 const run = promisify(execFile);
 
 /** The module Debian's softhsm2 package installs (libsofthsm2). */
-export const SOFTHSM_MODULE = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'].find((p) => existsSync(p)) ?? '/usr/lib/softhsm/libsofthsm2.so';
+export const SOFTHSM_MODULE =
+  ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'].find((p) => existsSync(p)) ??
+  '/usr/lib/softhsm/libsofthsm2.so';
 
 export interface SoftHsmToken {
   dir: string;
@@ -28,7 +30,9 @@ export interface SoftHsmToken {
   pkcs11(keyLabel: string, pin?: { pinFile: string } | { pinEnv: string }): Record<string, unknown>;
 }
 
-export async function createSoftHsmToken(opts: { label?: string; pin?: string; t?: { after(fn: () => Promise<void>): void } } = {}): Promise<SoftHsmToken> {
+export async function createSoftHsmToken(
+  opts: { label?: string; pin?: string; t?: { after(fn: () => Promise<void>): void } } = {},
+): Promise<SoftHsmToken> {
   const dir = await tmpDir('edgeid-softhsm-', opts.t);
   const tokens = path.join(dir, 'tokens');
   const conf = path.join(dir, 'softhsm2.conf');

@@ -141,7 +141,10 @@ fault('server data dir full: writes answer 503 storage_full, reads go on, nothin
   const note = (status: number, body: any) => {
     const k = `${status} ${body?.error?.code ?? ''}`.trim();
     codes.set(k, (codes.get(k) ?? 0) + 1);
-    assert.ok(status === 200 || (status === 503 && body.error.code === 'storage_full'), `unexpected answer ${status} ${JSON.stringify(body)}`);
+    assert.ok(
+      status === 200 || (status === 503 && body.error.code === 'storage_full'),
+      `unexpected answer ${status} ${JSON.stringify(body)}`,
+    );
   };
   let refused: any = null;
   for (let i = 0; i < 2000 && !refused; i++) {
@@ -207,7 +210,8 @@ fault('server data dir full: writes answer 503 storage_full, reads go on, nothin
   }
   if (revokedWhileFull) {
     // committed: the CRL served from then on names the device's certificates, even before the files could be written
-    for (const c of dv.body.device.certificates) assert.ok(servedWhileFull.includes(String(c.serial).toLowerCase()), `CRL served while full lacks ${c.serial}`);
+    for (const c of dv.body.device.certificates)
+      assert.ok(servedWhileFull.includes(String(c.serial).toLowerCase()), `CRL served while full lacks ${c.serial}`);
   } else {
     const rv = await srv.admin('POST', `/v1/admin/devices/${dev.deviceId}/revoke`, { reason: 'superseded' });
     assert.equal(rv.status, 200, JSON.stringify(rv.body));
@@ -236,7 +240,9 @@ fault('server data dir full: writes answer 503 storage_full, reads go on, nothin
   } finally {
     db.close();
   }
-  t.diagnostic(`answers while full: ${JSON.stringify([...codes])}; renewed while full: ${renewedWhileFull}; revoked while full: ${revokedWhileFull}`);
+  t.diagnostic(
+    `answers while full: ${JSON.stringify([...codes])}; renewed while full: ${renewedWhileFull}; revoked while full: ${revokedWhileFull}`,
+  );
 });
 
 // ---- the agent: a real server process, swtpm, Mosquitto, and `edgeid-agent run` ----
@@ -293,7 +299,10 @@ async function enrolledAgent(
 }
 
 function runAgent(defer: (fn: () => unknown) => void, rig: AgentRig, extra: string[] = [], env: Record<string, string> = {}) {
-  const agent = spawnAgent(['run', '--state', rig.stateDir, '--tcti', rig.tpm.tcti, '--config', rig.configFile, '--log-level', 'debug', ...extra], env);
+  const agent = spawnAgent(
+    ['run', '--state', rig.stateDir, '--tcti', rig.tpm.tcti, '--config', rig.configFile, '--log-level', 'debug', ...extra],
+    env,
+  );
   defer(async () => {
     if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGKILL');
     await agent.exit.catch(() => {});
@@ -303,148 +312,172 @@ function runAgent(defer: (fn: () => unknown) => void, rig: AgentRig, extra: stri
 
 for (const mode of ['full', 'read-only'] as const) {
   const code = mode === 'full' ? 'state_dir_full' : 'state_dir_read_only';
-  fault(`agent state dir ${mode}: renewal fails with ${code}, the certificate and MQTT session stay in use, state intact, back by itself`, async (t) => {
-    const defer = cleanupStack(t);
-    const disk = await smallDisk(defer, 'edgeid-faults-agentdisk-', '4m');
-    const stateDir = path.join(disk, 'state');
-    // 18 s certificates: renewal at two thirds (12 s), 6 s of margin for the fault and a loaded machine
-    const rig = await enrolledAgent(defer, { stateDir, lifetime: 18 });
-    const dir = await tmpDir('edgeid-faults-agentdisk-', t);
-    const bundle = path.join(dir, 'edgeid-ca.pem');
-    await writeFile(bundle, await edgeidCaBundle(rig.srv));
-    const broker = await startMosquitto({
-      caFile: bundle,
-      certFile: path.join(rig.srv.dataDir, 'ca', 'server.pem'),
-      keyFile: path.join(rig.srv.dataDir, 'ca', 'server.key'),
-    });
-    defer(() => broker.stop());
-    const connects = () => broker.log().split('\n').filter((l) => l.includes('New client connected') && l.includes(` as ${rig.deviceId} `)).length;
-    const publishes = () => broker.log().split('\n').filter((l) => l.includes(`Received PUBLISH from ${rig.deviceId} `)).length;
-    const agent = runAgent(defer, rig, ['--mqtt-url', broker.url, '--heartbeat', '0.5']);
-    await waitFor('the agent on the broker', () => publishes() >= 2, 60_000);
-    const before = await readState(stateDir);
-    const serial0 = before.certificate.serial as string;
+  fault(
+    `agent state dir ${mode}: renewal fails with ${code}, the certificate and MQTT session stay in use, state intact, back by itself`,
+    async (t) => {
+      const defer = cleanupStack(t);
+      const disk = await smallDisk(defer, 'edgeid-faults-agentdisk-', '4m');
+      const stateDir = path.join(disk, 'state');
+      // 18 s certificates: renewal at two thirds (12 s), 6 s of margin for the fault and a loaded machine
+      const rig = await enrolledAgent(defer, { stateDir, lifetime: 18 });
+      const dir = await tmpDir('edgeid-faults-agentdisk-', t);
+      const bundle = path.join(dir, 'edgeid-ca.pem');
+      await writeFile(bundle, await edgeidCaBundle(rig.srv));
+      const broker = await startMosquitto({
+        caFile: bundle,
+        certFile: path.join(rig.srv.dataDir, 'ca', 'server.pem'),
+        keyFile: path.join(rig.srv.dataDir, 'ca', 'server.key'),
+      });
+      defer(() => broker.stop());
+      const connects = () =>
+        broker
+          .log()
+          .split('\n')
+          .filter((l) => l.includes('New client connected') && l.includes(` as ${rig.deviceId} `)).length;
+      const publishes = () =>
+        broker
+          .log()
+          .split('\n')
+          .filter((l) => l.includes(`Received PUBLISH from ${rig.deviceId} `)).length;
+      const agent = runAgent(defer, rig, ['--mqtt-url', broker.url, '--heartbeat', '0.5']);
+      await waitFor('the agent on the broker', () => publishes() >= 2, 60_000);
+      const before = await readState(stateDir);
+      const serial0 = before.certificate.serial as string;
 
-    // ---- the fault ----
-    let filler: string | null = null;
-    if (mode === 'full') {
-      filler = await fillUp(disk);
-      defer(() => rm(filler!, { force: true }));
-    } else {
-      await run('mount', ['-o', 'remount,ro', disk]);
-    }
-    // the scheduled renewal fails and is retried, each time with the code and what to do
-    await waitFor(`two renewals failed with ${code}`, () => logLines(agent.log(), 'renewal failed', code).length >= 2, 60_000);
-    const failed = logLines(agent.log(), 'renewal failed', code)[0]!;
-    assert.match(failed.err, mode === 'full' ? /no space left.*free space/ : /read-only.*make it writable/);
-    assert.ok(agent.child.exitCode === null, 'the agent still runs');
-    // state.json was never torn and still names the current certificate; no temp file is left
-    const during = await readState(stateDir);
-    assert.equal(during.certificate.serial, serial0);
-    assert.deepEqual((await readdir(stateDir)).filter((n) => n.endsWith('.tmp')), []);
-    // the MQTT session goes on with the current certificate: more heartbeats, no reconnect
-    const connectsAtFault = connects();
-    const beats = publishes();
-    await waitFor('heartbeats while the state dir cannot be written', () => publishes() >= beats + 3, 30_000);
-    assert.equal(connects(), connectsAtFault, 'no new MQTT connection');
+      // ---- the fault ----
+      let filler: string | null = null;
+      if (mode === 'full') {
+        filler = await fillUp(disk);
+        defer(() => rm(filler!, { force: true }));
+      } else {
+        await run('mount', ['-o', 'remount,ro', disk]);
+      }
+      // the scheduled renewal fails and is retried, each time with the code and what to do
+      await waitFor(`two renewals failed with ${code}`, () => logLines(agent.log(), 'renewal failed', code).length >= 2, 60_000);
+      const failed = logLines(agent.log(), 'renewal failed', code)[0]!;
+      assert.match(failed.err, mode === 'full' ? /no space left.*free space/ : /read-only.*make it writable/);
+      assert.ok(agent.child.exitCode === null, 'the agent still runs');
+      // state.json was never torn and still names the current certificate; no temp file is left
+      const during = await readState(stateDir);
+      assert.equal(during.certificate.serial, serial0);
+      assert.deepEqual(
+        (await readdir(stateDir)).filter((n) => n.endsWith('.tmp')),
+        [],
+      );
+      // the MQTT session goes on with the current certificate: more heartbeats, no reconnect
+      const connectsAtFault = connects();
+      const beats = publishes();
+      await waitFor('heartbeats while the state dir cannot be written', () => publishes() >= beats + 3, 30_000);
+      assert.equal(connects(), connectsAtFault, 'no new MQTT connection');
 
-    // ---- the space is back / the filesystem writable: the next retry renews ----
-    if (filler) await rm(filler);
-    else await run('mount', ['-o', 'remount,rw', disk]);
-    const renewed = await waitFor(
-      'a renewal after the fault',
-      async () => {
-        const s = await readState(stateDir).catch(() => null);
-        return s?.lastRenewal?.ok && s.certificate.serial !== serial0 ? s : null;
-      },
-      60_000,
-    );
-    assert.equal(renewed.device.id, rig.deviceId);
-    assert.equal(renewed.renewals, before.renewals + 1);
-    // the MQTT session moved to the new certificate
-    await waitFor('the session on the new certificate', () => connects() > connectsAtFault, 30_000);
-    const status = await agentCli(['status', '--state', stateDir, '--json']);
-    const report = JSON.parse(status.stdout);
-    assert.equal(report.renewal.last.ok, true);
-    assert.equal(report.attention, null);
-    // the agent also stops cleanly on a read-only state dir (its lock file stays, taken over as stale next time)
-    if (mode === 'read-only') await run('mount', ['-o', 'remount,ro', disk]);
-    agent.child.kill('SIGTERM');
-    assert.equal(await agent.exit, 0);
-  });
+      // ---- the space is back / the filesystem writable: the next retry renews ----
+      if (filler) await rm(filler);
+      else await run('mount', ['-o', 'remount,rw', disk]);
+      const renewed = await waitFor(
+        'a renewal after the fault',
+        async () => {
+          const s = await readState(stateDir).catch(() => null);
+          return s?.lastRenewal?.ok && s.certificate.serial !== serial0 ? s : null;
+        },
+        60_000,
+      );
+      assert.equal(renewed.device.id, rig.deviceId);
+      assert.equal(renewed.renewals, before.renewals + 1);
+      // the MQTT session moved to the new certificate
+      await waitFor('the session on the new certificate', () => connects() > connectsAtFault, 30_000);
+      const status = await agentCli(['status', '--state', stateDir, '--json']);
+      const report = JSON.parse(status.stdout);
+      assert.equal(report.renewal.last.ok, true);
+      assert.equal(report.attention, null);
+      // the agent also stops cleanly on a read-only state dir (its lock file stays, taken over as stale next time)
+      if (mode === 'read-only') await run('mount', ['-o', 'remount,ro', disk]);
+      agent.child.kill('SIGTERM');
+      assert.equal(await agent.exit, 0);
+    },
+  );
 }
 
 const QUARANTINE_CODES = ['posture_pcr_mismatch', 'device_quarantined'];
 
-fault('TPM reset: TPM errors retried while swtpm is down, then quarantine per the baseline policy; the agent keeps its identity, backs off, explains it in status; approve-baseline brings it back', async (t) => {
-  const defer = cleanupStack(t);
-  const stateDir = path.join(await tmpDir('edgeid-faults-tpmreset-', t), 'state');
-  // 15 s certificates: the first renewal 10 s after enrollment
-  const rig = await enrolledAgent(defer, { stateDir, lifetime: 15 });
-  // a TPM command that gets no answer is given up after 5 s (default 30 s: connection.ts)
-  const agent = runAgent(defer, rig, [], { EDGEID_TPM_DEADLINE_MS: '5000' });
-  await waitFor('the agent running', () => logLines(agent.log(), 'renewal scheduled').length >= 1, 60_000);
-  const before = await readState(stateDir);
+fault(
+  'TPM reset: TPM errors retried while swtpm is down, then quarantine per the baseline policy; the agent keeps its identity, backs off, explains it in status; approve-baseline brings it back',
+  async (t) => {
+    const defer = cleanupStack(t);
+    const stateDir = path.join(await tmpDir('edgeid-faults-tpmreset-', t), 'state');
+    // 15 s certificates: the first renewal 10 s after enrollment
+    const rig = await enrolledAgent(defer, { stateDir, lifetime: 15 });
+    // a TPM command that gets no answer is given up after 5 s (default 30 s: connection.ts)
+    const agent = runAgent(defer, rig, [], { EDGEID_TPM_DEADLINE_MS: '5000' });
+    await waitFor('the agent running', () => logLines(agent.log(), 'renewal scheduled').length >= 1, 60_000);
+    const before = await readState(stateDir);
 
-  // ---- power cycle: swtpm killed; the renewal meets a TPM that does not answer ----
-  await rig.tpm.restart(async () => {
-    await waitFor('two renewals failed on the unreachable TPM', () => logLines(agent.log(), 'renewal failed').filter((l) => /^tpm_/.test(l.code)).length >= 2, 60_000);
-  });
-  const tpmFailures = logLines(agent.log(), 'renewal failed').filter((l) => /^tpm_/.test(l.code));
-  assert.ok(agent.child.exitCode === null, 'the agent did not exit while the TPM was down');
-  // ---- the TPM is back with its PCRs at zero: the quote no longer matches the recorded baseline ----
-  const quarantined = await waitFor(
-    'the renewal refused for the posture',
-    async () => {
-      const s = await readState(stateDir).catch(() => null);
-      return s?.lastRenewal?.ok === false && QUARANTINE_CODES.includes(s.lastRenewal.code) ? s : null;
-    },
-    60_000,
-  );
-  const dev = await rig.srv.admin('GET', `/v1/admin/devices/${rig.deviceId}`);
-  assert.equal(dev.body.device.status, 'quarantined');
-  assert.match(dev.body.device.statusReason, /PCRs [0-7,]+ differ from the recorded baseline/);
-  assert.ok(
-    logLines(agent.log(), 'renewal failed', 'posture_pcr_mismatch').length >= 1,
-    'the first refusal names the PCR mismatch',
-  );
-  // the agent keeps its identity (same device, AK and certificate) and keeps running
-  assert.equal(quarantined.device.id, rig.deviceId);
-  assert.equal(quarantined.ak.name, before.ak.name);
-  assert.equal(quarantined.certificate.serial, before.certificate.serial);
-  // it backs off: with the cap at 1 s, equal jitter waits at least half of it once the cap is reached
-  await waitFor('4 refusals', () => logLines(agent.log(), 'renewal failed').filter((l) => QUARANTINE_CODES.includes(l.code)).length >= 4, 60_000);
-  const refusals = logLines(agent.log(), 'renewal failed').filter((l) => QUARANTINE_CODES.includes(l.code));
-  const attempts = (refusals.at(-1)!.attempt as number) - tpmFailures.length;
-  assert.ok(refusals.at(-1)!.retryInMs >= 500, `retry in ${refusals.at(-1)!.retryInMs} ms after ${attempts} refusals`);
-  assert.ok(agent.child.exitCode === null, 'no crash loop: the same process runs');
+    // ---- power cycle: swtpm killed; the renewal meets a TPM that does not answer ----
+    await rig.tpm.restart(async () => {
+      await waitFor(
+        'two renewals failed on the unreachable TPM',
+        () => logLines(agent.log(), 'renewal failed').filter((l) => /^tpm_/.test(l.code)).length >= 2,
+        60_000,
+      );
+    });
+    const tpmFailures = logLines(agent.log(), 'renewal failed').filter((l) => /^tpm_/.test(l.code));
+    assert.ok(agent.child.exitCode === null, 'the agent did not exit while the TPM was down');
+    // ---- the TPM is back with its PCRs at zero: the quote no longer matches the recorded baseline ----
+    const quarantined = await waitFor(
+      'the renewal refused for the posture',
+      async () => {
+        const s = await readState(stateDir).catch(() => null);
+        return s?.lastRenewal?.ok === false && QUARANTINE_CODES.includes(s.lastRenewal.code) ? s : null;
+      },
+      60_000,
+    );
+    const dev = await rig.srv.admin('GET', `/v1/admin/devices/${rig.deviceId}`);
+    assert.equal(dev.body.device.status, 'quarantined');
+    assert.match(dev.body.device.statusReason, /PCRs [0-7,]+ differ from the recorded baseline/);
+    assert.ok(logLines(agent.log(), 'renewal failed', 'posture_pcr_mismatch').length >= 1, 'the first refusal names the PCR mismatch');
+    // the agent keeps its identity (same device, AK and certificate) and keeps running
+    assert.equal(quarantined.device.id, rig.deviceId);
+    assert.equal(quarantined.ak.name, before.ak.name);
+    assert.equal(quarantined.certificate.serial, before.certificate.serial);
+    // it backs off: with the cap at 1 s, equal jitter waits at least half of it once the cap is reached
+    await waitFor(
+      '4 refusals',
+      () => logLines(agent.log(), 'renewal failed').filter((l) => QUARANTINE_CODES.includes(l.code)).length >= 4,
+      60_000,
+    );
+    const refusals = logLines(agent.log(), 'renewal failed').filter((l) => QUARANTINE_CODES.includes(l.code));
+    const attempts = (refusals.at(-1)!.attempt as number) - tpmFailures.length;
+    assert.ok(refusals.at(-1)!.retryInMs >= 500, `retry in ${refusals.at(-1)!.retryInMs} ms after ${attempts} refusals`);
+    assert.ok(agent.child.exitCode === null, 'no crash loop: the same process runs');
 
-  // `edgeid-agent status` says quarantined, why, and what an operator does
-  const json = JSON.parse((await agentCli(['status', '--state', stateDir, '--json'])).stdout);
-  assert.equal(json.attention.quarantined, true);
-  assert.ok(QUARANTINE_CODES.includes(json.attention.code), json.attention.code);
-  assert.match(json.attention.fix, new RegExp(`edgeid-admin approve-baseline ${rig.deviceId}`));
-  const text = (await agentCli(['status', '--state', stateDir])).stdout;
-  assert.match(text, /QUARANTINED by the server/);
-  assert.match(text, /what to do: .*approve-baseline/);
+    // `edgeid-agent status` says quarantined, why, and what an operator does
+    const json = JSON.parse((await agentCli(['status', '--state', stateDir, '--json'])).stdout);
+    assert.equal(json.attention.quarantined, true);
+    assert.ok(QUARANTINE_CODES.includes(json.attention.code), json.attention.code);
+    assert.match(json.attention.fix, new RegExp(`edgeid-admin approve-baseline ${rig.deviceId}`));
+    const text = (await agentCli(['status', '--state', stateDir])).stdout;
+    assert.match(text, /QUARANTINED by the server/);
+    assert.match(text, /what to do: .*approve-baseline/);
 
-  // ---- the operator approves the new baseline: the agent's next retry renews ----
-  await adminCli(rig.srv.dataDir, ['approve-baseline', rig.deviceId]);
-  const back = await waitFor(
-    'a renewal after approve-baseline',
-    async () => {
-      const s = await readState(stateDir).catch(() => null);
-      return s?.lastRenewal?.ok && s.certificate.serial !== before.certificate.serial ? s : null;
-    },
-    60_000,
-  );
-  assert.equal(back.device.id, rig.deviceId);
-  assert.equal((await rig.srv.admin('GET', `/v1/admin/devices/${rig.deviceId}`)).body.device.status, 'active');
-  assert.equal(JSON.parse((await agentCli(['status', '--state', stateDir, '--json'])).stdout).attention, null);
-  agent.child.kill('SIGTERM');
-  assert.equal(await agent.exit, 0);
-  t.diagnostic(`TPM down: ${tpmFailures.length} failed renewals (${[...new Set(tpmFailures.map((l) => l.code))].join(', ')}); quarantine refusals before approval: ${refusals.length}`);
-});
+    // ---- the operator approves the new baseline: the agent's next retry renews ----
+    await adminCli(rig.srv.dataDir, ['approve-baseline', rig.deviceId]);
+    const back = await waitFor(
+      'a renewal after approve-baseline',
+      async () => {
+        const s = await readState(stateDir).catch(() => null);
+        return s?.lastRenewal?.ok && s.certificate.serial !== before.certificate.serial ? s : null;
+      },
+      60_000,
+    );
+    assert.equal(back.device.id, rig.deviceId);
+    assert.equal((await rig.srv.admin('GET', `/v1/admin/devices/${rig.deviceId}`)).body.device.status, 'active');
+    assert.equal(JSON.parse((await agentCli(['status', '--state', stateDir, '--json'])).stdout).attention, null);
+    agent.child.kill('SIGTERM');
+    assert.equal(await agent.exit, 0);
+    t.diagnostic(
+      `TPM down: ${tpmFailures.length} failed renewals (${[...new Set(tpmFailures.map((l) => l.code))].join(', ')}); quarantine refusals before approval: ${refusals.length}`,
+    );
+  },
+);
 
 // The device clock ±5 minutes off the server's, from enrollment on (EDGEID_TEST_CLOCK_OFFSET_MS
 // moves the agent's clock: schedule.ts clockFromEnv). Everything the server checks is on its own

@@ -427,7 +427,13 @@ test(
       { method: 'GET', url: '/v1/admin/ca/status', admin: true },
       // a valid request rotates (at most once: a rotated CA is not rotated again within a day)
       { method: 'POST', url: '/v1/admin/ca/rotate-issuing', body: {}, admin: true, runs: Math.min(ADMIN_RUNS, 200) },
-      { method: 'POST', url: '/v1/admin/backup', body: { passphrase: 'fuzzing passphrase 0' }, admin: true, runs: Math.min(ADMIN_RUNS, 100) },
+      {
+        method: 'POST',
+        url: '/v1/admin/backup',
+        body: { passphrase: 'fuzzing passphrase 0' },
+        admin: true,
+        runs: Math.min(ADMIN_RUNS, 100),
+      },
     ];
     const adminBodies = adminRoutes.flatMap((r) => (r.body ? [r.body] : []));
     for (const r of adminRoutes) {

@@ -35,7 +35,12 @@ const CONFIG = {
 const PASSPHRASE = 'correct horse battery staple 42';
 
 async function token(srv: ServerProcess, name: string): Promise<{ id: string; token: string }> {
-  const r = await srv.admin<{ id: string; token: string }>('POST', '/v1/admin/tokens', { zone: 'default', owner: 'plant', name, ttlSeconds: 3600 });
+  const r = await srv.admin<{ id: string; token: string }>('POST', '/v1/admin/tokens', {
+    zone: 'default',
+    owner: 'plant',
+    name,
+    ttlSeconds: 3600,
+  });
   assert.equal(r.status, 200, JSON.stringify(r.body));
   recordSecret(r.body.token, 'enrollment token');
   return r.body;
@@ -168,7 +173,11 @@ test('backup during renewals, restore on a fresh data dir, restored server on th
     env: cleanEnv({ EDGEID_BACKUP_PASSPHRASE: PASSPHRASE }),
   });
   assert.equal(r.code, 0, r.stderr);
-  const restored = JSON.parse(r.stdout.toString()) as { backupAuditHead: { seq: number; hash: string }; tokensVoided: number; auditSeq: number };
+  const restored = JSON.parse(r.stdout.toString()) as {
+    backupAuditHead: { seq: number; hash: string };
+    tokensVoided: number;
+    auditSeq: number;
+  };
   assert.deepEqual(restored.backupAuditHead, summary.auditHead);
   assert.ok(restored.tokensVoided >= 1, 'the unused token was voided');
   assert.deepEqual(await notPrivate(target, ['ca/root.pem', 'ca/intermediate.pem', 'ca/server.pem', 'ca/control.pem']), []);
@@ -181,11 +190,15 @@ test('backup during renewals, restore on a fresh data dir, restored server on th
   const http2 = httpsTransport(srv2.url, srv2.caPem);
 
   for (const dev of live) {
-    const known = await srv2.admin<{ device: { status: string; certificates?: { serial: string }[] } }>('GET', `/v1/admin/devices/${dev.deviceId}`);
+    const known = await srv2.admin<{ device: { status: string; certificates?: { serial: string }[] } }>(
+      'GET',
+      `/v1/admin/devices/${dev.deviceId}`,
+    );
     assert.equal(known.status, 200);
     const heldSerial = new X509Certificate(dev.certificate!).serialNumber.toLowerCase();
     const serials = new Set((known.body.device.certificates ?? []).map((c) => c.serial.toLowerCase()));
-    if (postBackup.has(dev.deviceId!)) assert.ok(!serials.has(heldSerial), 'a certificate issued after the backup is unknown to the restored server');
+    if (postBackup.has(dev.deviceId!))
+      assert.ok(!serials.has(heldSerial), 'a certificate issued after the backup is unknown to the restored server');
     // the nonce the device holds is void or unknown: it asks for a fresh challenge and renews
     const stale = await dev.renew(http2);
     assert.equal(stale.status, 401, JSON.stringify(stale.body));

@@ -169,7 +169,9 @@ test('issuing-CA rotation: devices renew onto the new CA, the broker trusts and 
   await writeFile(path.join(d.brokerDir, 'crl.pem'), full);
   await d.broker.restart();
   assert.deepEqual(await tlsHandshake(d.broker.port, third.ctx), { ok: true, connack: PROBE_ACCEPTED_CONNACK });
-  t.diagnostic(`Mosquitto with the old CA's CRL only: new-CA certificate refused (${refused.ok ? '' : refused.code}); with both CRLs in one crlfile: accepted`);
+  t.diagnostic(
+    `Mosquitto with the old CA's CRL only: new-CA certificate refused (${refused.ok ? '' : refused.code}); with both CRLs in one crlfile: accepted`,
+  );
 
   // ca status: every CA with its expiry; nothing within the warning window
   const st = await runCli('edgeid-admin', ['ca', 'status', '--json', '--data', d.dataDir]);
@@ -186,7 +188,10 @@ test('issuing-CA rotation: devices renew onto the new CA, the broker trusts and 
       ['issuing:issuing-2', true],
     ],
   );
-  assert.ok(status.cas.every((c) => !c.warn && c.secondsLeft > 80 * 86400), JSON.stringify(status.cas));
+  assert.ok(
+    status.cas.every((c) => !c.warn && c.secondsLeft > 80 * 86400),
+    JSON.stringify(status.cas),
+  );
   assert.doesNotMatch(st.stderr, /WARN/);
   const metrics = await srv.admin<string>('GET', '/metrics');
   for (const c of status.cas) assert.match(String(metrics.body), new RegExp(`edgeid_ca_expiry_seconds\\{ca="${c.ca}"\\} \\d+`));

@@ -25,7 +25,10 @@ async function sealed(): Promise<Buffer> {
     auditHead: { seq: 7, hash: 'ab'.repeat(32) },
     schemaVersion: 9,
     files,
-    keys: [{ name: 'root', kind: 'file', file: 'ca/root.key' }, { name: 'intermediate', kind: 'pkcs11', ref: { token: 't', label: 'k' } }],
+    keys: [
+      { name: 'root', kind: 'file', file: 'ca/root.key' },
+      { name: 'intermediate', kind: 'pkcs11', ref: { token: 't', label: 'k' } },
+    ],
   });
 }
 
@@ -55,15 +58,28 @@ test('wrong passphrase, changed header, changed or cut body: each refused with i
   await assert.rejects(openBackup(flipped, PASS), { code: 'backup_corrupt' });
   await assert.rejects(openBackup(b.subarray(0, b.length - 1), PASS), { code: 'backup_corrupt' });
   await assert.rejects(openBackup(Buffer.from('not a backup'), PASS), { code: 'backup_corrupt' });
-  assert.throws(() => readHeader(Buffer.from('EDGEID-BACKUP-1\n{"format":1,"kdf":{"name":"scrypt","salt":"","N":1e9,"r":8,"p":1},"iv":"","keyCheck":""}\n')), {
-    code: 'backup_corrupt',
-  });
+  assert.throws(
+    () =>
+      readHeader(
+        Buffer.from('EDGEID-BACKUP-1\n{"format":1,"kdf":{"name":"scrypt","salt":"","N":1e9,"r":8,"p":1},"iv":"","keyCheck":""}\n'),
+      ),
+    {
+      code: 'backup_corrupt',
+    },
+  );
 });
 
 test('a backup naming a file outside the data dir is refused', async () => {
   // sealed with the right key, so only the name check can catch it
   for (const name of ['../evil', '/etc/passwd', 'ca/../../x', 'a//b']) {
-    const b = await sealBackup({ passphrase: PASS, createdAt: new Date(), auditHead: null, schemaVersion: 1, files: [{ name, mode: 0o600, data: Buffer.from('x') }], keys: [] });
+    const b = await sealBackup({
+      passphrase: PASS,
+      createdAt: new Date(),
+      auditHead: null,
+      schemaVersion: 1,
+      files: [{ name, mode: 0o600, data: Buffer.from('x') }],
+      keys: [],
+    });
     await assert.rejects(openBackup(b, PASS), { code: 'backup_corrupt' }, name);
   }
 });

@@ -84,7 +84,11 @@ test('device certificate and CRL signed in the token pass openssl verify and ope
   );
   assert.equal(sigs.length, 32);
   const dev = certs[0]!;
-  const crl = await ca.createCrl({ number: 7n, validitySeconds: 3600, entries: [{ serial: dev.serial, revokedAt: new Date(), reason: 'key-compromise' }] });
+  const crl = await ca.createCrl({
+    number: 7n,
+    validitySeconds: 3600,
+    entries: [{ serial: dev.serial, revokedAt: new Date(), reason: 'key-compromise' }],
+  });
   const w = s.tok.dir;
   await writeFile(path.join(w, 'root.pem'), ca.rootPem);
   await writeFile(path.join(w, 'inter.pem'), ca.chainPem[0]!);
@@ -97,9 +101,29 @@ test('device certificate and CRL signed in the token pass openssl verify and ope
   }
   const c = await openssl(w, ['crl', '-in', 'crl.pem', '-CAfile', 'chain.pem', '-noout']);
   assert.ok(c.ok && /verify OK/.test(c.out), c.out);
-  const revoked = await openssl(w, ['verify', '-crl_check', '-CRLfile', 'crl.pem', '-CAfile', 'root.pem', '-untrusted', 'inter.pem', 'dev0.pem']);
+  const revoked = await openssl(w, [
+    'verify',
+    '-crl_check',
+    '-CRLfile',
+    'crl.pem',
+    '-CAfile',
+    'root.pem',
+    '-untrusted',
+    'inter.pem',
+    'dev0.pem',
+  ]);
   assert.ok(!revoked.ok && /certificate revoked/.test(revoked.out), revoked.out);
-  const fine = await openssl(w, ['verify', '-crl_check', '-CRLfile', 'crl.pem', '-CAfile', 'root.pem', '-untrusted', 'inter.pem', 'dev1.pem']);
+  const fine = await openssl(w, [
+    'verify',
+    '-crl_check',
+    '-CRLfile',
+    'crl.pem',
+    '-CAfile',
+    'root.pem',
+    '-untrusted',
+    'inter.pem',
+    'dev1.pem',
+  ]);
   assert.ok(fine.ok, fine.out);
 
   // the issuing key exists only in the token: the data dir's key files are the root, TLS and control keys
@@ -163,11 +187,16 @@ test('start errors: wrong PIN, unknown token, missing key label, open PIN file, 
   assert.equal(r5.code, 'hsm_pin_unavailable');
   // the PIN from the environment works
   const ok = await open(
-    ['--config', await (async () => {
-      const f = path.join(s.tok.dir, 'env-ok.json');
-      await writeFile(f, JSON.stringify({ ca: { key: 'pkcs11', pkcs11: s.tok.pkcs11(KEY, { pinEnv: 'EDGEID_TEST_HSM_PIN' }) } }));
-      return f;
-    })(), '--data', s.dataDir],
+    [
+      '--config',
+      await (async () => {
+        const f = path.join(s.tok.dir, 'env-ok.json');
+        await writeFile(f, JSON.stringify({ ca: { key: 'pkcs11', pkcs11: s.tok.pkcs11(KEY, { pinEnv: 'EDGEID_TEST_HSM_PIN' }) } }));
+        return f;
+      })(),
+      '--data',
+      s.dataDir,
+    ],
     { ...process.env, EDGEID_TEST_HSM_PIN: s.tok.pin },
   );
   await closeIssuerSigner(ok);
@@ -175,19 +204,25 @@ test('start errors: wrong PIN, unknown token, missing key label, open PIN file, 
   // a key that was once outside the token (softhsm2-util --import of a PEM file): refused
   const pem = path.join(s.tok.dir, 'outside.pem');
   await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', pem]);
-  await run('softhsm2-util', ['--import', pem, '--token', s.tok.label, '--label', 'imported', '--id', '0a0b', '--pin', s.tok.pin], { env: { ...process.env, ...s.tok.env } });
+  await run('softhsm2-util', ['--import', pem, '--token', s.tok.label, '--label', 'imported', '--id', '0a0b', '--pin', s.tok.pin], {
+    env: { ...process.env, ...s.tok.env },
+  });
   const r7 = await variant('imported', s.tok.pkcs11('imported'));
   assert.equal(r7.code, 'hsm_key_exportable');
   assert.match(r7.message, /not CKA_ALWAYS_SENSITIVE, not CKA_NEVER_EXTRACTABLE/);
   const cfgImported = path.join(s.tok.dir, 'imported.json');
-  assert.equal((await refusal(runCaCommand(['init', '--pkcs11', '--config', cfgImported, '--data', s.dataDir], quiet))).code, 'hsm_key_exportable');
+  assert.equal(
+    (await refusal(runCaCommand(['init', '--pkcs11', '--config', cfgImported, '--data', s.dataDir], quiet))).code,
+    'hsm_key_exportable',
+  );
 
   const r6 = await variant('module', { ...s.tok.pkcs11(KEY), module: path.join(s.tok.dir, 'nope.so') });
   assert.equal(r6.code, 'hsm_module_unusable');
 
   // config: exactly one PIN source
   assert.throws(
-    () => loadConfig({ argv: ['--data', s.dataDir], env: {}, file: { ca: { key: 'pkcs11', pkcs11: { ...s.tok.pkcs11(KEY), pinEnv: 'X' } } } }),
+    () =>
+      loadConfig({ argv: ['--data', s.dataDir], env: {}, file: { ca: { key: 'pkcs11', pkcs11: { ...s.tok.pkcs11(KEY), pinEnv: 'X' } } } }),
     (e: unknown) => isEdgeidError(e, 'config_invalid') && /ca\.pkcs11: needs exactly one of pinFile/.test(e.message),
   );
   assert.throws(
@@ -211,19 +246,104 @@ test('offline-root ceremony: CSR from the token, root signs it with openssl, imp
     assert.ok(r.ok, `openssl ${args.join(' ')}: ${r.out}`);
   };
   await sh(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'root.key']);
-  await sh(['req', '-x509', '-new', '-key', 'root.key', '-subj', '/CN=Plant Offline Root/O=edgeid', '-days', '7300', '-sha256',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-out', 'root.pem']);
-  await writeFile(path.join(rootDir, 'issuing.ext'), 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n');
-  await sh(['x509', '-req', '-in', csr, '-CA', 'root.pem', '-CAkey', 'root.key', '-CAcreateserial', '-days', '1825', '-sha256', '-extfile', 'issuing.ext', '-out', 'issuing.pem']);
+  await sh([
+    'req',
+    '-x509',
+    '-new',
+    '-key',
+    'root.key',
+    '-subj',
+    '/CN=Plant Offline Root/O=edgeid',
+    '-days',
+    '7300',
+    '-sha256',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+    '-out',
+    'root.pem',
+  ]);
+  await writeFile(
+    path.join(rootDir, 'issuing.ext'),
+    'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n',
+  );
+  await sh([
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    'root.pem',
+    '-CAkey',
+    'root.key',
+    '-CAcreateserial',
+    '-days',
+    '1825',
+    '-sha256',
+    '-extfile',
+    'issuing.ext',
+    '-out',
+    'issuing.pem',
+  ]);
   // refusals first: a leaf (not a CA), a certificate for another key, a root that did not sign it
   await writeFile(path.join(rootDir, 'leaf.ext'), 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n');
-  await sh(['x509', '-req', '-in', csr, '-CA', 'root.pem', '-CAkey', 'root.key', '-CAcreateserial', '-days', '30', '-sha256', '-extfile', 'leaf.ext', '-out', 'leaf.pem']);
+  await sh([
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    'root.pem',
+    '-CAkey',
+    'root.key',
+    '-CAcreateserial',
+    '-days',
+    '30',
+    '-sha256',
+    '-extfile',
+    'leaf.ext',
+    '-out',
+    'leaf.pem',
+  ]);
   await sh(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'other.key']);
   await sh(['req', '-new', '-key', 'other.key', '-subj', '/CN=other', '-out', 'other.csr']);
-  await sh(['x509', '-req', '-in', 'other.csr', '-CA', 'root.pem', '-CAkey', 'root.key', '-CAcreateserial', '-days', '30', '-extfile', 'issuing.ext', '-out', 'other.pem']);
-  await sh(['req', '-x509', '-new', '-key', 'other.key', '-subj', '/CN=Plant Offline Root/O=edgeid', '-days', '30',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-out', 'wrong-root.pem']);
-  const imp = (cert: string, root: string) => runCaCommand(['import-issuing', path.join(rootDir, cert), '--root', path.join(rootDir, root), ...s.argv], quiet);
+  await sh([
+    'x509',
+    '-req',
+    '-in',
+    'other.csr',
+    '-CA',
+    'root.pem',
+    '-CAkey',
+    'root.key',
+    '-CAcreateserial',
+    '-days',
+    '30',
+    '-extfile',
+    'issuing.ext',
+    '-out',
+    'other.pem',
+  ]);
+  await sh([
+    'req',
+    '-x509',
+    '-new',
+    '-key',
+    'other.key',
+    '-subj',
+    '/CN=Plant Offline Root/O=edgeid',
+    '-days',
+    '30',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+    '-out',
+    'wrong-root.pem',
+  ]);
+  const imp = (cert: string, root: string) =>
+    runCaCommand(['import-issuing', path.join(rootDir, cert), '--root', path.join(rootDir, root), ...s.argv], quiet);
   assert.equal((await refusal(imp('leaf.pem', 'root.pem'))).code, 'ca_issuing_invalid');
   assert.equal((await refusal(imp('other.pem', 'root.pem'))).code, 'ca_issuing_mismatch');
   const wrongRoot = await refusal(imp('issuing.pem', 'wrong-root.pem'));
@@ -236,12 +356,28 @@ test('offline-root ceremony: CSR from the token, root signs it with openssl, imp
   assert.equal(ca.root.subject, 'CN=Plant Offline Root, O=edgeid');
   // no private key of the root or of the issuing CA on this host
   assert.deepEqual((await readdir(s.caDir)).filter((f) => f.endsWith('.key')).sort(), ['control.key', 'server.key']);
-  const dev = await ca.issueDevice({ deviceId: 'dev-offline', zone: 'default', spki: deviceSpki(), lifetimeSeconds: 3600, crlUrl: 'https://127.0.0.1/crl' });
+  const dev = await ca.issueDevice({
+    deviceId: 'dev-offline',
+    zone: 'default',
+    spki: deviceSpki(),
+    lifetimeSeconds: 3600,
+    crlUrl: 'https://127.0.0.1/crl',
+  });
   const crl = await ca.createCrl({ number: 1n, validitySeconds: 600, entries: [] });
   await writeFile(path.join(w, 'dev.pem'), dev.pem);
   await writeFile(path.join(w, 'crl.pem'), crl.pem);
   await writeFile(path.join(w, 'inter.pem'), ca.chainPem[0]!);
-  const v = await openssl(w, ['verify', '-crl_check', '-CRLfile', 'crl.pem', '-CAfile', path.join(rootDir, 'root.pem'), '-untrusted', 'inter.pem', 'dev.pem']);
+  const v = await openssl(w, [
+    'verify',
+    '-crl_check',
+    '-CRLfile',
+    'crl.pem',
+    '-CAfile',
+    path.join(rootDir, 'root.pem'),
+    '-untrusted',
+    'inter.pem',
+    'dev.pem',
+  ]);
   assert.ok(v.ok && /dev\.pem: OK/.test(v.out), v.out);
   const tls = await openssl(s.caDir, ['verify', '-CAfile', path.join(rootDir, 'root.pem'), '-untrusted', 'intermediate.pem', 'server.pem']);
   assert.ok(tls.ok, tls.out);
