@@ -125,7 +125,7 @@ export function verifyNextRoot(chainPem: string[], nextRootPem: string, pinnedRo
  * verifyNextRoot accepts it; a refused one changes nothing and is logged (the certificate itself
  * is still good: its chain ends in the pinned root).
  */
-function serverPins(state: AgentState, resp: IssueResponse, log: Logger, now: number): AgentState['server'] {
+export function serverPins(state: AgentState, resp: IssueResponse, log: Logger, now: number): AgentState['server'] {
   if (!resp.nextRoot || !state.server.rootPem) return state.server;
   try {
     const r2 = verifyNextRoot(resp.chain, resp.nextRoot, state.server.rootPem, now);
