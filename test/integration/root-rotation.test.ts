@@ -222,7 +222,9 @@ test('a forged next root is not pinned (next_root_invalid); a rotation is refuse
   const evilRoot = await newKeys();
   const r2Keys = await newKeys();
   const forgedR2 = await caCert('CN=edgeid Root CA 2, O=edgeid', r2Keys);
-  const forgedX = await caCert('CN=edgeid Root CA 2, O=edgeid', r2Keys, { subject: new X509Certificate(ca.rootPem).subject, key: evilRoot.privateKey });
+  const forgedX = await caCert('CN=edgeid Root CA 2, O=edgeid', r2Keys, { subject: new x509.X509Certificate(ca.rootPem).subject, key: evilRoot.privateKey });
+  // (it names R1 as its issuer: only the signature tells it apart)
+  assert.ok(new X509Certificate(forgedX).checkIssued(new X509Certificate(ca.rootPem)));
   assert.match(refusal(forgedR2, [chain[0]!, forgedX, chain[2]!]), /does not verify under the pinned root/);
   // a "next root" that is not self-signed (the cross certificate itself)
   assert.match(refusal(chain[1]!), /not a self-signed CA/);
