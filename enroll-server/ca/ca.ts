@@ -805,6 +805,8 @@ export class CertificateAuthority {
    * defines the envelope and how the agent verifies it. `id` and `issuedAt` default to fresh values.
    */
   signControl(command: Omit<ControlCommand, 'id' | 'issuedAt'> & { id?: string; issuedAt?: string }): SignedControl {
-    return signControlCommand(command, { key: this.control.key, certPem: this.control.certPem + this.intermediate.toString('pem') + '\n' });
+    // the signer's chain up to (without) R1: through X(R2) for an issuing CA under the second root,
+    // so that an agent whose own chain predates the root rotation still reaches its pinned root
+    return signControlCommand(command, { key: this.control.key, certPem: this.control.certPem + this.chainPem.slice(0, -1).join('') });
   }
 }

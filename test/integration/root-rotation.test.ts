@@ -22,6 +22,7 @@ import * as x509 from '@peculiar/x509';
 import { certFingerprint, type IssueResponse } from '../../protocol/api.js';
 import { isEdgeidError } from '../../protocol/errors/index.js';
 import { CertificateAuthority } from '../../enroll-server/ca/ca.js';
+import { verifyControlCommand } from '../../protocol/control.js';
 import { openIssuerSigner } from '../../enroll-server/ca/keys.js';
 import { serverPins, verifyNextRoot } from '../../agent/identity.js';
 import type { AgentState } from '../../agent/state/store.js';
@@ -183,6 +184,7 @@ const newKeys = () => webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])
 test('a forged next root is not pinned (next_root_invalid); a rotation is refused with the issuing key in a token', async (t) => {
   const dir = await tmpDir('edgeid-rootrot-ca-', t);
   const ca = await CertificateAuthority.open({ dir, hostnames: [] });
+  const chainBefore = ca.chainPem;
   await ca.prepareRoot();
   await ca.activateIssuing(await ca.prepareIssuing(Date.now(), 'root-2'));
   const chain = ca.chainPem;
@@ -212,6 +214,11 @@ test('a forged next root is not pinned (next_root_invalid); a rotation is refuse
   // the real one is pinned
   const pinned = serverPins(state, resp(r2Pem), log, Date.now());
   assert.equal(pinned.nextRootFingerprint, certFingerprint(new X509Certificate(r2Pem).raw));
+
+  // a control command signed under R2 reaches R1 for an agent that has not renewed since (its trust: R1 and the old chain)
+  const deviceId = 'dev-0123456789abcdef';
+  const cmd = verifyControlCommand(JSON.stringify(ca.signControl({ type: 'renew-now', deviceId })), { deviceId, trust: [ca.rootPem, ...chainBefore] });
+  assert.equal(cmd.type, 'renew-now');
 
   // same subject as R2, another key: the chain's X(R2) does not name its key
   const other = await caCert('CN=edgeid Root CA 2, O=edgeid', await newKeys());
