@@ -12,7 +12,7 @@ import 'reflect-metadata';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { X509Certificate, webcrypto } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync, webcrypto } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { connect as tlsConnect } from 'node:tls';
 import path from 'node:path';
@@ -156,6 +156,20 @@ test('root rotation: an agent pinned to R1 renews onto an issuing CA under R2 th
   // without X(R2), R1 alone does not reach the new certificate
   await assert.rejects(exec('openssl', ['verify', '-CAfile', f('r1.pem'), '-untrusted', f('issuing.pem'), f('leaf.pem')]));
   assert.match(agent.log(), /"msg":"pinned the next root of the server/);
+
+  // a broker TLS certificate issued now comes with its chain through X(R2): R1 alone verifies it
+  const brokerKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+  const bc = await srv.admin<{ certificate: string; caBundle: string }>('POST', '/v1/admin/broker/certificate', {
+    spki: brokerKey.toString('base64'),
+    hostnames: ['localhost'],
+  });
+  assert.equal(bc.status, 200, JSON.stringify(bc.body));
+  await writeFile(f('broker.pem'), bc.body.certificate);
+  const broker = await exec('openssl', ['verify', '-CAfile', f('r1.pem'), '-untrusted', f('broker.pem'), f('broker.pem')]);
+  assert.match(broker.stdout, /broker\.pem: OK/);
+  // the broker's cafile holds X(R2) and R2 besides R1 and the issuing CAs
+  const bundle = bc.body.caBundle.split(/(?<=-----END CERTIFICATE-----)\s*/).filter((p) => p.trim()).map((p) => cn(new X509Certificate(p).subject));
+  assert.deepEqual(bundle, ['edgeid Issuing CA 2', 'edgeid Issuing CA', 'edgeid Root CA 2', 'edgeid Root CA 2', 'edgeid Root CA']);
 });
 
 /** A self-signed CA certificate with `subject` for `keys` (or signed by `by`). */
