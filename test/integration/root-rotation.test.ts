@@ -4,7 +4,8 @@
  * server restarts (R2 and X(R2) are reloaded from data/ca) → the agent renews without enrolling
  * again; its new certificate is issued by the issuing CA under R2 and chains to R1 through X(R2)
  * (`openssl verify -CAfile R1 -untrusted issuing+X(R2)`); the server's TLS chain verifies with R1
- * alone; the agent pins R2 as a second root and `status` shows it. A second test feeds the agent's
+ * alone, and so does a broker certificate issued now; the agent pins R2 as a second root and
+ * `status` shows it; a device enrolled after the rotation pins R2 at enrollment. A second test feeds the agent's
  * check forged next roots (no cross certificate for the key, a cross certificate by another root,
  * a non-self-signed R2): none is pinned, each with next_root_invalid.
  */
@@ -170,6 +171,18 @@ test('root rotation: an agent pinned to R1 renews onto an issuing CA under R2 th
   // the broker's cafile holds X(R2) and R2 besides R1 and the issuing CAs
   const bundle = bc.body.caBundle.split(/(?<=-----END CERTIFICATE-----)\s*/).filter((p) => p.trim()).map((p) => cn(new X509Certificate(p).subject));
   assert.deepEqual(bundle, ['edgeid Issuing CA 2', 'edgeid Issuing CA', 'edgeid Root CA 2', 'edgeid Root CA 2', 'edgeid Root CA']);
+
+  // a device enrolled after the rotation (the link still pins R1) pins R2 at enrollment
+  const tpm2 = await startSwtpm();
+  t.after(() => tpm2.stop());
+  await extendBootPcrs(tpm2.tcti);
+  const stateDir2 = path.join(dir, 'state2');
+  const second = await agentCli(['enroll', '--uri', (await createToken(srv)).uri, '--state', stateDir2, '--tcti', tpm2.tcti, '--json']);
+  assert.equal(second.code, 0, second.stderr);
+  const s2 = await readState(stateDir2);
+  assert.equal(s2.server.caFingerprint, srv.caFingerprint);
+  assert.equal(s2.server.nextRootFingerprint, rotated.root.fingerprint);
+  assert.equal(cn(new X509Certificate(s2.certificate!.pem).issuer), 'edgeid Issuing CA 2');
 });
 
 /** A self-signed CA certificate with `subject` for `keys` (or signed by `by`). */
