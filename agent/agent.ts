@@ -21,7 +21,7 @@ import { controlTopic, verifyControlCommand } from '../protocol/control.js';
 import { EdgeidError, isEdgeidError } from '../protocol/errors/index.js';
 import type { AgentConfig } from './config.js';
 import { ControlMemory } from './control-memory.js';
-import { clientFor, continueEnrollment, renewCertificate, type IdentityDeps } from './identity.js';
+import { clientFor, continueEnrollment, pinnedRootsPem, renewCertificate, type IdentityDeps } from './identity.js';
 import { MqttSession, type MqttState } from './mqtt-session.js';
 import { Outbox, type OutboxMessage, type OutboxStats } from './outbox.js';
 import { PostureCollector } from './posture.js';
@@ -473,9 +473,8 @@ export class EdgeAgent {
   }
 
   private trustPem(): string {
-    const root = this.state.server.rootPem ?? '';
     const chain = this.state.certificate?.chain ?? [];
-    return [root, ...chain].map((p) => p.trimEnd() + '\n').join('');
+    return pinnedRootsPem(this.state) + chain.map((p) => p.trimEnd() + '\n').join('');
   }
 
   private async onMqttConnect(serial: string): Promise<void> {

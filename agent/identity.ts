@@ -78,10 +78,71 @@ function b64(b: Buffer): string {
   return b.toString('base64');
 }
 
+/** The pinned roots as PEM: the enrollment root, and the next root once pinned (both trust anchors for TLS). */
+export function pinnedRootsPem(state: AgentState): string {
+  return [state.server.rootPem, state.server.nextRootPem]
+    .filter((p): p is string => !!p)
+    .map((p) => p.trimEnd() + '\n')
+    .join('');
+}
+
+function fingerprintOf(cert: X509Certificate): string {
+  return `sha256:${createHash('sha256').update(cert.raw).digest('hex')}`;
+}
+
+/**
+ * Checks a `nextRoot` an issuing response carries before the agent pins it as a second root
+ * (docs/BACKUP-AND-CA-ROTATION.md, root rotation): R2 must be a self-signed CA certificate, and the
+ * chain must hold its cross certificate X(R2) — a CA certificate with exactly R2's subject and
+ * public key, issued by the pinned root and verifying under its key, valid now (RFC 4158 §2.3;
+ * RFC 5280 §6.1: a path through X(R2) ends in the pinned root). Returns R2's PEM and fingerprint;
+ * throws next_root_invalid with the reason otherwise.
+ */
+export function verifyNextRoot(chainPem: string[], nextRootPem: string, pinnedRootPem: string, now = Date.now()): { pem: string; fingerprint: string } {
+  const bad = (why: string) => new EdgeidError('next_root_invalid', `the next root the server sent is not pinned: ${why}`);
+  let r2: X509Certificate;
+  let r1: X509Certificate;
+  let chain: X509Certificate[];
+  try {
+    r2 = new X509Certificate(nextRootPem);
+    r1 = new X509Certificate(pinnedRootPem);
+    chain = chainPem.map((p) => new X509Certificate(p));
+  } catch {
+    throw bad('a certificate cannot be parsed');
+  }
+  if (!r2.ca || !r2.checkIssued(r2) || !r2.verify(r2.publicKey)) throw bad('it is not a self-signed CA certificate');
+  if (fingerprintOf(r2) === fingerprintOf(r1)) throw bad('it is the pinned root itself');
+  const r2Key = r2.publicKey.export({ type: 'spki', format: 'der' });
+  const cross = chain.find((x) => x.subject === r2.subject && x.publicKey.export({ type: 'spki', format: 'der' }).equals(r2Key) && x.issuer !== x.subject);
+  if (!cross) throw bad('the chain holds no cross certificate with its subject and key');
+  if (!cross.ca || !cross.checkIssued(r1) || !cross.verify(r1.publicKey)) throw bad('its cross certificate does not verify under the pinned root');
+  if (Date.parse(cross.validFrom) > now || Date.parse(cross.validTo) < now) throw bad('its cross certificate is not valid now');
+  return { pem: r2.toString(), fingerprint: fingerprintOf(r2) };
+}
+
+/**
+ * The state's server pins after an issuing response: a `nextRoot` not pinned yet is pinned when
+ * verifyNextRoot accepts it; a refused one changes nothing and is logged (the certificate itself
+ * is still good: its chain ends in the pinned root).
+ */
+export function serverPins(state: AgentState, resp: IssueResponse, log: Logger, now: number): AgentState['server'] {
+  if (!resp.nextRoot || !state.server.rootPem) return state.server;
+  try {
+    const r2 = verifyNextRoot(resp.chain, resp.nextRoot, state.server.rootPem, now);
+    if (r2.fingerprint === state.server.nextRootFingerprint) return state.server;
+    log.info({ nextRoot: r2.fingerprint, root: state.server.caFingerprint }, 'pinned the next root of the server (cross-signed by the pinned root)');
+    return { ...state.server, nextRootPem: r2.pem, nextRootFingerprint: r2.fingerprint };
+  } catch (e) {
+    if (!isEdgeidError(e)) throw e;
+    log.warn({ code: e.code, err: e.message }, 'next root refused');
+    return state.server;
+  }
+}
+
 export function clientFor(state: AgentState, config: AgentConfig, signal?: AbortSignal, now?: () => number): ServerClient {
   if (!state.server.rootPem) throw new EdgeidError('state_corrupt', 'the state has no pinned server CA certificate');
   return new ServerClient(state.server.url, {
-    caPem: state.server.rootPem,
+    caPem: pinnedRootsPem(state),
     timeoutMs: config.httpTimeoutMs,
     ...(signal ? { signal } : {}),
     ...(now ? { now } : {}),
@@ -110,8 +171,9 @@ function certificateRecord(
   const chain = resp.chain.map((p) => new X509Certificate(p));
   const root = chain.at(-1);
   const pinned = state.server.caFingerprint;
-  if (!root || `sha256:${createHash('sha256').update(root.raw).digest('hex')}` !== pinned) {
-    throw new EdgeidError('server_fingerprint_mismatch', `the issued chain does not end in the pinned root ${pinned}`);
+  const pins = [pinned, ...(state.server.nextRootFingerprint ? [state.server.nextRootFingerprint] : [])];
+  if (!root || !pins.includes(fingerprintOf(root))) {
+    throw new EdgeidError('server_fingerprint_mismatch', `the issued chain does not end in a pinned root (${pins.join(', ')})`);
   }
   let child = leaf;
   for (const issuer of chain) {
@@ -133,9 +195,10 @@ function certificateRecord(
   };
 }
 
-function applyIssue(state: AgentState, resp: IssueResponse, cert: CertificateRecord): AgentState {
+function applyIssue(state: AgentState, resp: IssueResponse, cert: CertificateRecord, log: Logger, now: number): AgentState {
   return {
     ...state,
+    server: serverPins(state, resp, log, now),
     device: { id: resp.deviceId, zone: resp.zone, enrolledAt: state.device?.enrolledAt ?? new Date().toISOString() },
     certificate: cert,
     renew: {
@@ -244,7 +307,7 @@ export async function continueEnrollment(deps: IdentityDeps, state: AgentState):
     };
     const resp = await client.post('/v1/enroll/finish', finishReq, EnrollFinishResponse);
     const cert = certificateRecord(resp, state, ev.sessionKey.public, gen, client, deps.now ?? Date.now);
-    const next: AgentState = { ...applyIssue(state, resp, cert), mqtt: resp.mqtt };
+    const next: AgentState = { ...applyIssue(state, resp, cert, log, (deps.now ?? Date.now)()), mqtt: resp.mqtt };
     delete next.pendingEnrollment;
     await store.save(next); // E3
     await store.writeOperatorFiles(next);
@@ -363,7 +426,7 @@ async function renewWith(deps: IdentityDeps, state: AgentState, client: ServerCl
   const cert = certificateRecord(resp, state, ev.sessionKey.public, gen, client, deps.now ?? Date.now);
   const replaced = state.certificate?.sessionKey;
   const older = state.previousSessionKey;
-  const next: AgentState = applyIssue(state, resp, cert);
+  const next: AgentState = applyIssue(state, resp, cert, log, (deps.now ?? Date.now)());
   if (replaced !== undefined && replaced !== gen) next.previousSessionKey = replaced;
   else delete next.previousSessionKey;
   const durationMs = Math.round(performance.now() - started);

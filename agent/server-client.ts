@@ -6,6 +6,8 @@
  * server's /v1/ca bundle, fetched without sending anything secret: a certificate is
  * self-authenticating by its hash — and from then on every request uses it as the ONLY trust
  * anchor with Node's normal verification (chain, validity, host name). No trust on first use.
+ * After a root rotation the agent adds the server's next root as a second anchor, once its cross
+ * certificate verified under the first (identity.ts verifyNextRoot, pinnedRootsPem).
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import https from 'node:https';

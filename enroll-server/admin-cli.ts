@@ -45,6 +45,9 @@ commands:
                                        within the warning window; exit 1 if any has expired
   ca rotate-issuing [--json]           a new issuing CA under the same root issues from now on; the
                                        old one's certificates stay valid, its CRL stays published
+  ca rotate-root [--json]              a new root R2, its cross certificate by the current root, and
+                                       a new issuing CA under R2 that issues from now on; devices
+                                       keep their pin and learn R2 at their next renewal
   backup --out FILE [--passphrase-file F] [--force] [--json]
                                        a consistent snapshot taken by the running server (database,
                                        CA certificates and keys, admin token), encrypted with the
@@ -643,6 +646,15 @@ async function run(argv: string[], o: Output): Promise<number> {
         res,
         () =>
           `issuing CA ${res.issuer} (${res.subject}, until ${res.notAfter}) issues from now on; ${res.previous} stays trusted and keeps its CRL`,
+      );
+      return 0;
+    }
+    case 'ca rotate-root': {
+      const res = await client.request('POST', '/v1/admin/ca/rotate-root', {}, W.CaRotateRootResponse);
+      emit(
+        res,
+        () =>
+          `new root ${res.root.subject} (${res.root.fingerprint}, until ${res.root.notAfter}), cross-signed by the current root; issuing CA ${res.issuer} (${res.subject}) under it issues from now on; ${res.previous} stays trusted and keeps its CRL`,
       );
       return 0;
     }

@@ -193,6 +193,12 @@ const issueProperties = {
   /** PEM chain from the issuing intermediate up to the root. */
   chain: Type.Array(Str),
   renew: RenewInfo,
+  /**
+   * During a root rotation: PEM of the new root R2 (self-signed). The chain then holds X(R2), R2's
+   * cross certificate by the pinned root; an agent pins R2 as well only when X(R2) verifies under
+   * its pinned root and names R2's subject and key. Older agents ignore it.
+   */
+  nextRoot: Type.Optional(Str),
 };
 export const IssueResponse = Type.Object(issueProperties);
 export type IssueResponse = Static<typeof IssueResponse>;
@@ -575,6 +581,16 @@ export const CaStatus = Type.Object({ warnDays: Type.Integer(), cas: Type.Array(
 export type CaStatus = Static<typeof CaStatus>;
 export const CaRotateResponse = Type.Object({ issuer: Str, subject: Str, notAfter: Iso, previous: Str, status: CaStatus });
 export type CaRotateResponse = Static<typeof CaRotateResponse>;
+/** POST /v1/admin/ca/rotate-root: the new issuing CA (as rotate-issuing) and the new root R2 with its cross certificate X(R2). */
+export const CaRotateRootResponse = Type.Object({
+  issuer: Str,
+  subject: Str,
+  notAfter: Iso,
+  previous: Str,
+  root: Type.Object({ subject: Str, fingerprint: Str, notAfter: Iso, pem: Str, crossPem: Str }),
+  status: CaStatus,
+});
+export type CaRotateRootResponse = Static<typeof CaRotateRootResponse>;
 /** POST /v1/admin/backup: the passphrase the backup is sealed with (the answer is the backup file, application/octet-stream). */
 export const BackupRequest = Type.Object({ passphrase: Type.String({ minLength: 1, maxLength: 1024 }) }, { additionalProperties: false });
 export type BackupRequest = Static<typeof BackupRequest>;

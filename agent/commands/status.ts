@@ -46,6 +46,8 @@ export interface StatusReport extends Omit<AgentStatus, 'pid'> {
   pid: number | null;
   /** Why the last renewal failed and what to do (null while renewals succeed). */
   attention?: Attention | null;
+  /** The pinned roots: the one from the enrollment link and, after a root rotation, the next one. */
+  pins?: { root: string | null; nextRoot: string | null };
 }
 
 /** The last renewal's failure explained: the code, the server's or agent's message, the registry's fix. */
@@ -91,6 +93,7 @@ export async function collectStatus(stateDir: string): Promise<StatusReport> {
     agentVersion: live?.agentVersion ?? AGENT_VERSION,
     device: state?.device ?? null,
     server: state?.server.url ?? '',
+    pins: { root: state?.server.caFingerprint ?? null, nextRoot: state?.server.nextRootFingerprint ?? null },
     certificate: cert
       ? {
           serial: cert.serial,
@@ -137,6 +140,7 @@ export function renderStatus(s: StatusReport): string {
   const lines = [
     `device      ${p(s.device!.id)}  zone ${p(s.device!.zone)}  (enrolled ${p(s.device!.enrolledAt)})`,
     `server      ${p(s.server)}`,
+    ...(s.pins ? [`pinned      ${p(s.pins.root ?? '—')}${s.pins.nextRoot ? `  next root ${p(s.pins.nextRoot)}` : ''}`] : []),
     `agent       ${s.running ? `running, pid ${s.pid}` : 'not running'}  version ${p(s.agentVersion)}`,
   ];
   if (s.certificate) {

@@ -69,8 +69,12 @@ export interface RenewalRecord {
 
 export interface AgentState {
   version: 1;
-  /** The enrollment server and its pinned root CA (PEM of the certificate whose SHA-256 is caFingerprint). */
-  server: { url: string; caFingerprint: string; rootPem?: string };
+  /**
+   * The enrollment server and its pinned root CA (PEM of the certificate whose SHA-256 is
+   * caFingerprint); during a root rotation also the new root R2 the agent pinned as a second
+   * trust anchor once its cross certificate verified under the first (identity.ts verifyNextRoot).
+   */
+  server: { url: string; caFingerprint: string; rootPem?: string; nextRootPem?: string; nextRootFingerprint?: string };
   /** Set once the AK blobs are on disk; hex of the AK's TPM name. */
   ak?: { name: string; createdAt: string };
   /** An enrollment that was started but not finished; holds the one-time token until then. */

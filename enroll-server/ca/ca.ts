@@ -65,6 +65,21 @@ const ISSUING_LIST = 'issuing.json';
 /** The first issuing CA (its files predate rotation). */
 export const FIRST_ISSUING = 'intermediate';
 const ISSUING_LIFETIME_MS = 10 * YEAR;
+/** The new root of a root rotation (data/ca/root-2.key, root-2.pem) and its cross certificate by the first root (root-2-cross.pem). */
+const ROOT2 = 'root-2';
+const ROOT2_CROSS = 'root-2-cross.pem';
+const ROOT2_SUBJECT = 'CN=edgeid Root CA 2, O=edgeid';
+
+/**
+ * The second root of a root rotation: R2 self-signed, and X(R2), the cross certificate with R2's
+ * subject and key issued by the first root R1, through which chains of issuing CAs under R2 still
+ * end in R1 (RFC 4158 §2.3 cross-certification).
+ */
+export interface NextRoot {
+  cert: x509.X509Certificate;
+  cross: x509.X509Certificate;
+  key: KeyPair;
+}
 
 /**
  * The CRL distribution point path of an issuing CA's certificates: /v1/crl for the first one (as
@@ -198,7 +213,26 @@ export class CertificateAuthority {
     private control: { key: KeyObject; certPem: string },
     readonly created: boolean,
     private readonly opts: CaOptions,
+    private root2: NextRoot | null,
   ) {}
+
+  /** The second root of a root rotation, when one was made (ca rotate-root). */
+  get nextRoot(): NextRoot | null {
+    return this.root2;
+  }
+
+  /** Whether issuing CA `ca` was signed by the second root (its chain then goes through X(R2) to R1). */
+  private underRoot2(ca: IssuingCa): boolean {
+    return !!this.root2 && ca.cert.issuer === this.root2.cert.subject;
+  }
+
+  /**
+   * The CA certificates above issuing CA `ca` up to the first root R1, which every agent pins:
+   * [R1], or [X(R2), R1] for an issuing CA under R2.
+   */
+  private chainAbove(ca: IssuingCa): string[] {
+    return this.underRoot2(ca) ? [this.root2!.cross.toString('pem') + '\n', this.rootPem] : [this.rootPem];
+  }
 
   /** The issuing CA that issues new certificates. */
   get active(): IssuingCa {
@@ -248,6 +282,8 @@ export class CertificateAuthority {
       });
       writeFileAtomic(p('root.pem'), root.toString('pem') + '\n', 0o644);
     }
+
+    const root2 = await CertificateAuthority.loadRoot2(opts.dir, root);
 
     const interCreated = !opts.issuer && !existsSync(p(`${FIRST_ISSUING}.key`));
     const interKey = opts.issuer ?? (await openIssuerSigner({ kind: 'file', path: p(`${FIRST_ISSUING}.key`) }));
@@ -310,7 +346,10 @@ export class CertificateAuthority {
       const issuedByUs = c.issuer === active.cert.subject && (await c.verify({ publicKey: active.cert.publicKey, signatureOnly: true }));
       if (fresh && issuedByUs && names.every((n) => have.has(n.toLowerCase()))) serverCert = c;
     }
-    if (!serverCert) await CertificateAuthority.issueServerTls(opts.dir, active, names, spkiOf(serverKey.pair.key));
+    if (!serverCert) {
+      const cross = root2 && active.cert.issuer === root2.cert.subject ? root2.cross.toString('pem') + '\n' : '';
+      await CertificateAuthority.issueServerTls(opts.dir, active, names, spkiOf(serverKey.pair.key), cross);
+    }
 
     const controlKey = await loadOrCreateKey(p('control.key'));
     let controlPem: string;
@@ -330,11 +369,97 @@ export class CertificateAuthority {
       { key: controlKey.pair.key, certPem: controlPem },
       !!rootKey?.created,
       opts,
+      root2,
     );
   }
 
+  /**
+   * R2 and X(R2) from data/ca when all three files are there and belong together (X names R2's
+   * subject and key and verifies under R1); a rotation interrupted before it wrote all three has
+   * made nothing that issues, and `prepareRoot` completes it.
+   */
+  private static async loadRoot2(dir: string, r1: x509.X509Certificate): Promise<NextRoot | null> {
+    const p = (f: string) => join(dir, f);
+    if (!existsSync(p(`${ROOT2}.key`)) || !existsSync(p(`${ROOT2}.pem`)) || !existsSync(p(ROOT2_CROSS))) return null;
+    const { pair } = await loadOrCreateKey(p(`${ROOT2}.key`));
+    const cert = new x509.X509Certificate(readFileSync(p(`${ROOT2}.pem`), 'utf8'));
+    const cross = new x509.X509Certificate(readFileSync(p(ROOT2_CROSS), 'utf8'));
+    const spki = spkiOf(pair.key);
+    if (
+      !Buffer.from(cert.publicKey.rawData).equals(spki) ||
+      !Buffer.from(cross.publicKey.rawData).equals(spki) ||
+      cross.subject !== cert.subject ||
+      cross.issuer !== r1.subject ||
+      !(await cross.verify({ publicKey: r1.publicKey, signatureOnly: true }))
+    )
+      throw new EdgeidError('ca_issuing_mismatch', `${p(`${ROOT2}.pem`)}, ${p(`${ROOT2}.key`)} and ${p(ROOT2_CROSS)} do not belong together or to ${p('root.pem')}`);
+    return { cert, cross, key: pair };
+  }
+
+  /**
+   * First step of a root rotation: the new root R2 (file key root-2.key 0600, self-signed
+   * root-2.pem, 20 years) and X(R2) (root-2-cross.pem): R2's subject and key, issued by R1, a CA
+   * for certificates and CRLs (RFC 5280 §4.2.1.3, §4.2.1.9), valid no longer than R1. Files that
+   * an interrupted run left are reused when they match. Nothing issues under R2 before
+   * `prepareIssuing(now, 'root-2')` and `activateIssuing`.
+   */
+  async prepareRoot(now = Date.now()): Promise<NextRoot> {
+    if (this.opts.issuer)
+      throw new EdgeidError(
+        'ca_rotation_invalid',
+        'the issuing key is in a PKCS#11 token: a root rotation here would put the new issuing key in a file',
+      );
+    const r1Key = this.rootKey;
+    if (!r1Key)
+      throw new EdgeidError('ca_rotation_invalid', 'the root key is offline: the cross certificate X(R2) is signed by the current root');
+    if (this.root2 && this.underRoot2(this.active))
+      throw new EdgeidError(
+        'ca_rotation_invalid',
+        'the root was rotated already (root-2): the next steps (chains ending in R2, dropping R1) are a procedure in docs/BACKUP-AND-CA-ROTATION.md',
+      );
+    if (this.root2) return this.root2;
+    const dir = this.opts.dir;
+    const { pair } = await loadOrCreateKey(join(dir, `${ROOT2}.key`));
+    const spki = spkiOf(pair.key);
+    const exts = async () => [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(spki),
+    ];
+    const r2File = join(dir, `${ROOT2}.pem`);
+    let cert = existsSync(r2File) ? new x509.X509Certificate(readFileSync(r2File, 'utf8')) : null;
+    if (!cert || !Buffer.from(cert.publicKey.rawData).equals(spki)) {
+      cert = await x509.X509CertificateGenerator.create({
+        serialNumber: randomSerial(),
+        subject: ROOT2_SUBJECT,
+        issuer: ROOT2_SUBJECT,
+        notBefore: new Date(now - BACKDATE_MS),
+        notAfter: new Date(now + 20 * YEAR),
+        publicKey: spki,
+        signingKey: pair.signingKey,
+        signingAlgorithm: ALG,
+        extensions: await exts(),
+      });
+      writeFileAtomic(r2File, cert.toString('pem') + '\n', 0o644);
+    }
+    const cross = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: cert.subject,
+      issuer: this.root.subject,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(Math.min(cert.notAfter.getTime(), this.root.notAfter.getTime())),
+      publicKey: spki,
+      signingKey: r1Key.signingKey,
+      signingAlgorithm: ALG,
+      extensions: [...(await exts()), await x509.AuthorityKeyIdentifierExtension.create(spkiOf(r1Key.key))],
+    });
+    writeFileAtomic(join(dir, ROOT2_CROSS), cross.toString('pem') + '\n', 0o644);
+    this.root2 = { cert, cross, key: pair };
+    return this.root2;
+  }
+
   /** The server's TLS certificate from `issuer` (data/ca/server.pem: certificate, then the issuing CA). */
-  private static async issueServerTls(dir: string, issuer: IssuingCa, names: string[], spki: Buffer): Promise<void> {
+  private static async issueServerTls(dir: string, issuer: IssuingCa, names: string[], spki: Buffer, above = ''): Promise<void> {
     const cert = await CertificateAuthority.issueWith(issuer, {
       subject: 'CN=edgeid server, O=edgeid',
       spki,
@@ -348,7 +473,8 @@ export class CertificateAuthority {
         ),
       ],
     });
-    writeFileAtomic(join(dir, 'server.pem'), cert.toString('pem') + '\n' + issuer.cert.toString('pem') + '\n', 0o644);
+    // `above`: X(R2) for an issuing CA under R2, so a client that trusts only R1 builds the path
+    writeFileAtomic(join(dir, 'server.pem'), cert.toString('pem') + '\n' + issuer.cert.toString('pem') + '\n' + above, 0o644);
   }
 
   /** The control-command signer's certificate from `issuer` (data/ca/control.pem). */
@@ -385,16 +511,20 @@ export class CertificateAuthority {
    * First half of a rotation: the new issuing CA's key and certificate, listed (so that CRLs are
    * made for it and relying parties can load them) but not yet issuing; activateIssuing switches,
    * discardIssuing forgets it. Nothing is switched on disk (issuing.json) before activateIssuing.
-   * A key in a PKCS#11 token is not rotated here: the new key would be a file.
+   * A key in a PKCS#11 token is not rotated here: the new key would be a file. `under`: the root
+   * that signs it (by default the one above the active issuing CA).
    */
-  async prepareIssuing(now = Date.now()): Promise<IssuingCa> {
+  async prepareIssuing(now = Date.now(), under: 'root' | 'root-2' = this.underRoot2(this.active) ? 'root-2' : 'root'): Promise<IssuingCa> {
     const dir = this.opts.dir;
     if (this.opts.issuer)
       throw new EdgeidError(
         'ca_rotation_invalid',
         'the issuing key is in a PKCS#11 token: a rotation here would put the new issuing key in a file. Create the new key in the token and import its certificate (docs/BACKUP-AND-CA-ROTATION.md)',
       );
-    const rootKey = this.rootKey;
+    const signer = under === 'root-2' ? this.root2 : null;
+    if (under === 'root-2' && !signer) throw new EdgeidError('ca_rotation_invalid', 'there is no second root (ca rotate-root makes it)');
+    const rootKey = signer ? signer.key : this.rootKey;
+    const rootCert = signer ? signer.cert : this.root;
     if (!rootKey)
       throw new EdgeidError(
         'ca_rotation_invalid',
@@ -407,9 +537,9 @@ export class CertificateAuthority {
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: randomSerial(),
       subject: `CN=edgeid Issuing CA ${n}, O=edgeid`,
-      issuer: this.root.subject,
+      issuer: rootCert.subject,
       notBefore: new Date(now - BACKDATE_MS),
-      notAfter: new Date(Math.min(now + ISSUING_LIFETIME_MS, this.root.notAfter.getTime())),
+      notAfter: new Date(Math.min(now + ISSUING_LIFETIME_MS, rootCert.notAfter.getTime())),
       publicKey: spki,
       signingKey: rootKey.signingKey,
       signingAlgorithm: ALG,
@@ -445,7 +575,7 @@ export class CertificateAuthority {
     const name = next.name;
     const serverKey = createPrivateKey(readFileSync(join(dir, 'server.key'), 'utf8'));
     const names = [...new Set([...this.opts.hostnames, 'localhost', '127.0.0.1', '::1'])];
-    await CertificateAuthority.issueServerTls(dir, next, names, spkiOf(serverKey));
+    await CertificateAuthority.issueServerTls(dir, next, names, spkiOf(serverKey), this.chainAbove(next).slice(0, -1).join(''));
     const controlPem = await CertificateAuthority.issueControl(dir, next, spkiOf(this.control.key));
     const list: IssuingList = { active: name, names: this.issuers.map((i) => i.name) };
     writeFileAtomic(join(dir, ISSUING_LIST), JSON.stringify(list, null, 2) + '\n', 0o644);
@@ -466,6 +596,7 @@ export class CertificateAuthority {
     const first = (pem: string) => new x509.X509Certificate(pem.split(/(?<=-----END CERTIFICATE-----)/)[0]!);
     return [
       e('root', this.root),
+      ...(this.root2 ? [e('root-2', this.root2.cert), e('root-2-cross', this.root2.cross)] : []),
       ...this.issuers.map((i) => e(`issuing:${i.name}`, i.cert, { active: i.name === this.activeName })),
       e('server-tls', first(this.tls.cert)),
       e('control', first(this.control.certPem)),
@@ -529,9 +660,19 @@ export class CertificateAuthority {
   get rootDer(): Buffer {
     return Buffer.from(this.root.rawData);
   }
-  /** PEM chain a device gets with its certificate: issuing intermediate, then root. */
+  /**
+   * PEM chain a device gets with its certificate: the issuing CA, then up to the root R1 that
+   * agents pin (through X(R2) for an issuing CA under the second root).
+   */
   get chainPem(): string[] {
-    return [this.intermediate.toString('pem') + '\n', this.rootPem];
+    return [this.intermediate.toString('pem') + '\n', ...this.chainAbove(this.active)];
+  }
+  /**
+   * R2 self-signed, sent with issuing responses while the active issuing CA is under R2 (its
+   * chain carries X(R2), against which an agent checks R2 before it pins it as well).
+   */
+  get nextRootPem(): string | undefined {
+    return this.root2 && this.underRoot2(this.active) ? this.root2.cert.toString('pem') + '\n' : undefined;
   }
   /** `sha256:<hex>` of the root certificate: what enrollment URIs pin. */
   get fingerprint(): string {
@@ -550,7 +691,9 @@ export class CertificateAuthority {
       [...this.issuers]
         .reverse()
         .map((i) => i.cert.toString('pem') + '\n')
-        .join('') + this.rootPem
+        .join('') +
+      (this.root2 ? this.root2.cross.toString('pem') + '\n' + this.root2.cert.toString('pem') + '\n' : '') +
+      this.rootPem
     );
   }
 
@@ -662,6 +805,8 @@ export class CertificateAuthority {
    * defines the envelope and how the agent verifies it. `id` and `issuedAt` default to fresh values.
    */
   signControl(command: Omit<ControlCommand, 'id' | 'issuedAt'> & { id?: string; issuedAt?: string }): SignedControl {
-    return signControlCommand(command, { key: this.control.key, certPem: this.control.certPem + this.intermediate.toString('pem') + '\n' });
+    // the signer's chain up to (without) R1: through X(R2) for an issuing CA under the second root,
+    // so that an agent whose own chain predates the root rotation still reaches its pinned root
+    return signControlCommand(command, { key: this.control.key, certPem: this.control.certPem + this.chainPem.slice(0, -1).join('') });
   }
 }

@@ -21,7 +21,7 @@ import {
   reloadBrokerCrl,
   removeBrokerMonitor,
 } from '../services/broker.js';
-import { caStatus, regenerateCrl, rotateIssuingCa } from '../services/ca.js';
+import { caStatus, regenerateCrl, rotateIssuingCa, rotateRoot } from '../services/ca.js';
 import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, showDevice } from '../services/devices.js';
 import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, removeEkRoot } from '../services/ek.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
@@ -533,6 +533,15 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         async (req) =>
           // new TLS connections get the certificate from the new issuing CA (Node: tls.Server#setSecureContext)
           rotateIssuingCa(ctx, who(req), (tls) => {
+            if ('setSecureContext' in app.server)
+              (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
+          }),
+      );
+      admin.post(
+        '/ca/rotate-root',
+        { config: { role: 'admin' }, schema: { body: W.EmptyBody, response: { 200: W.CaRotateRootResponse } } },
+        async (req) =>
+          rotateRoot(ctx, who(req), (tls) => {
             if ('setSecureContext' in app.server)
               (app.server as unknown as import('node:tls').Server).setSecureContext({ key: tls.key, cert: tls.cert });
           }),

@@ -102,7 +102,9 @@ export async function issueBrokerCertificate(
       await ctx.crl.regenerate('broker config');
       a.details = { serial: cert.serial, hostnames: req.hostnames };
       return {
-        certificate: cert.pem + ctx.ca.chainPem[0],
+        // the chain up to (without) the root: through X(R2) after a root rotation, so that agents
+        // pinned to the first root verify the broker
+        certificate: cert.pem + ctx.ca.chainPem.slice(0, -1).join(''),
         caBundle: ctx.ca.trustBundlePem,
         crl: ctx.crl.longLived?.pem ?? null,
         notAfter: cert.notAfter.toISOString(),

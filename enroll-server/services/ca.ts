@@ -1,10 +1,10 @@
 import { Gauge } from 'prom-client';
 import { EdgeidError } from '../../protocol/errors/index.js';
-import { FIRST_ISSUING } from '../ca/ca.js';
-import type { CaStatus } from '../../protocol/api.js';
+import { FIRST_ISSUING, type IssuingCa } from '../ca/ca.js';
+import { certFingerprint, type CaRotateRootResponse, type CaStatus } from '../../protocol/api.js';
 import { caExclusive } from '../backup/backup.js';
 import type { ServerContext } from './context.js';
-import { audited } from './audit.js';
+import { audited, type AuditedAction } from './audit.js';
 
 /** POST /v1/admin/crl/regenerate: a new CRL now (number and nextUpdate of the short-lived one). */
 export async function regenerateCrl(
@@ -72,48 +72,103 @@ export async function rotateIssuingCa(
           `the active issuing CA ${previous.name} was created ${Math.round(age / 60000)} minutes ago by a rotation: rotate again after ${new Date(previous.cert.notBefore.getTime() + MIN_ISSUING_AGE_MS).toISOString()}`,
         );
       }
-      // Prepared first, switched last: the new CA's CRL is published and the broker loads it
-      // before any device can show a certificate of the new CA (with CRL checking on, OpenSSL
-      // refuses a client whose issuer has no CRL loaded: "unable to get certificate CRL"); a
-      // failure before the switch (e.g. storage_full) leaves the old CA issuing, nothing switched.
-      const next = await ctx.ca.prepareIssuing(ctx.now());
-      try {
-        await ctx.crl.regenerate('issuing CA rotated');
-      } catch (e) {
-        ctx.ca.discardIssuing(next);
-        throw e;
-      }
-      a.details = {
-        issuer: next.name,
-        previous: previous.name,
-        notAfter: next.cert.notAfter.toISOString(),
-        serial: next.cert.serialNumber,
-      };
-      // the revoked set did not change, so the CRL schedule would not reload on its own
-      if (ctx.broker?.crlStatus()) {
-        try {
-          await ctx.broker.reloadCrl('issuing CA rotated');
-          a.details.brokerCrlReloaded = true;
-        } catch (e) {
-          a.details.brokerCrlReloaded = false;
-          ctx.log.error(
-            { err: (e as Error).message },
-            'issuing CA rotated, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload',
-          );
-        }
-      }
-      try {
-        await ctx.ca.activateIssuing(next);
-      } catch (e) {
-        ctx.ca.discardIssuing(next);
-        throw e;
-      }
-      applyTls(ctx.ca.tls);
+      const next = await switchIssuing(ctx, a, applyTls, () => ctx.ca.prepareIssuing(ctx.now()), 'issuing CA rotated');
+      a.details = { ...a.details, previous: previous.name };
       return {
         issuer: next.name,
         subject: next.cert.subject,
         notAfter: next.cert.notAfter.toISOString(),
         previous: previous.name,
+        status: caStatusOf(ctx),
+      };
+    }),
+  );
+}
+
+/**
+ * Makes a prepared issuing CA the one that issues. Prepared first, switched last: the new CA's CRL
+ * is published and the broker loads it before any device can show a certificate of the new CA
+ * (with CRL checking on, OpenSSL refuses a client whose issuer has no CRL loaded: "unable to get
+ * certificate CRL"); a failure before the switch (e.g. storage_full) leaves the old CA issuing.
+ */
+async function switchIssuing(
+  ctx: ServerContext,
+  a: AuditedAction,
+  applyTls: (tls: { key: string; cert: string }) => void,
+  prepare: () => Promise<IssuingCa>,
+  why: string,
+): Promise<IssuingCa> {
+  const next = await prepare();
+  try {
+    await ctx.crl.regenerate(why);
+  } catch (e) {
+    ctx.ca.discardIssuing(next);
+    throw e;
+  }
+  a.details = {
+    issuer: next.name,
+    notAfter: next.cert.notAfter.toISOString(),
+    serial: next.cert.serialNumber,
+  };
+  // the revoked set did not change, so the CRL schedule would not reload on its own
+  if (ctx.broker?.crlStatus()) {
+    try {
+      await ctx.broker.reloadCrl(why);
+      a.details.brokerCrlReloaded = true;
+    } catch (e) {
+      a.details.brokerCrlReloaded = false;
+      ctx.log.error(
+        { err: (e as Error).message },
+        `${why}, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload`,
+      );
+    }
+  }
+  try {
+    await ctx.ca.activateIssuing(next);
+  } catch (e) {
+    ctx.ca.discardIssuing(next);
+    throw e;
+  }
+  applyTls(ctx.ca.tls);
+  return next;
+}
+
+/**
+ * POST /v1/admin/ca/rotate-root: the first steps of a root rotation (docs/BACKUP-AND-CA-ROTATION.md).
+ * A new root R2 and its cross certificate X(R2) by the current root R1 (ca.ts prepareRoot), then a
+ * new issuing CA under R2 made active the way rotate-issuing does it. Devices renew onto it without
+ * enrolling again: their chain [issuing (R2), X(R2), R1] still ends in the root they pin, and each
+ * issuing response carries R2 (nextRoot) for agents to pin as well.
+ */
+export async function rotateRoot(
+  ctx: ServerContext,
+  who: { actor: string; ip: string | null },
+  applyTls: (tls: { key: string; cert: string }) => void,
+): Promise<CaRotateRootResponse> {
+  return audited(ctx, { event: 'admin.ca.rotate_root', actor: who.actor, ip: who.ip }, (a) =>
+    caExclusive(ctx, async () => {
+      const previous = ctx.ca.active;
+      const r2 = await ctx.ca.prepareRoot(ctx.now());
+      const next = await switchIssuing(ctx, a, applyTls, () => ctx.ca.prepareIssuing(ctx.now(), 'root-2'), 'root rotated');
+      a.details = {
+        ...a.details,
+        previous: previous.name,
+        root: r2.cert.subject,
+        rootFingerprint: certFingerprint(Buffer.from(r2.cert.rawData)),
+        crossSerial: r2.cross.serialNumber,
+      };
+      return {
+        issuer: next.name,
+        subject: next.cert.subject,
+        notAfter: next.cert.notAfter.toISOString(),
+        previous: previous.name,
+        root: {
+          subject: r2.cert.subject,
+          fingerprint: certFingerprint(Buffer.from(r2.cert.rawData)),
+          notAfter: r2.cert.notAfter.toISOString(),
+          pem: r2.cert.toString('pem') + '\n',
+          crossPem: r2.cross.toString('pem') + '\n',
+        },
         status: caStatusOf(ctx),
       };
     }),

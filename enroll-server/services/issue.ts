@@ -64,5 +64,13 @@ export function issueResponse(
   nonce: NonceRecord,
   now: number,
 ): IssueResponse {
-  return { deviceId, zone: zone.name, certificate: cert.pem, chain: ctx.ca.chainPem, renew: renewInfo(zone, cert, nonce, now) };
+  const nextRoot = ctx.ca.nextRootPem;
+  return {
+    deviceId,
+    zone: zone.name,
+    certificate: cert.pem,
+    chain: ctx.ca.chainPem,
+    renew: renewInfo(zone, cert, nonce, now),
+    ...(nextRoot ? { nextRoot } : {}),
+  };
 }

@@ -96,6 +96,12 @@ export const agentErrors = defineErrors({
     message: 'The server did not present the edgeid CA certificate whose fingerprint was pinned at enrollment.',
     fix: 'Check that the URI points at the right edgeid server and that the token was created there; a mismatch may mean an interception attempt.',
   },
+  next_root_invalid: {
+    status: 400,
+    message:
+      'The server sent a next root (root rotation) that the agent did not pin: it is not a self-signed CA, or the chain holds no cross certificate with its exact subject and key that verifies under the pinned root.',
+    fix: 'Nothing breaks: the agent keeps its pinned root and the certificate it received. Check the server CA (edgeid-admin ca status: root-2, root-2-cross); a next root without a valid cross certificate may be an interception attempt.',
+  },
   server_untrusted: {
     status: 400,
     message: 'The server TLS certificate does not validate against the pinned edgeid CA (chain or host name).',

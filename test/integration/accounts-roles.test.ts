@@ -34,6 +34,7 @@ const NEEDS: Record<string, Role> = {
   'POST /v1/admin/backup': 'admin',
   'GET /v1/admin/ca/status': 'viewer',
   'POST /v1/admin/ca/rotate-issuing': 'admin',
+  'POST /v1/admin/ca/rotate-root': 'admin',
   'POST /v1/admin/broker/reconcile': 'admin',
   'POST /v1/admin/broker/certificate': 'admin',
   'GET /v1/admin/broker/crl': 'admin',

@@ -427,6 +427,8 @@ test(
       { method: 'GET', url: '/v1/admin/ca/status', admin: true },
       // a valid request rotates (at most once: a rotated CA is not rotated again within a day)
       { method: 'POST', url: '/v1/admin/ca/rotate-issuing', body: {}, admin: true, runs: Math.min(ADMIN_RUNS, 200) },
+      // at most once too: a second root rotation is refused (ca_rotation_invalid)
+      { method: 'POST', url: '/v1/admin/ca/rotate-root', body: {}, admin: true, runs: Math.min(ADMIN_RUNS, 50) },
       {
         method: 'POST',
         url: '/v1/admin/backup',
