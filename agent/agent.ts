@@ -350,8 +350,19 @@ export class EdgeAgent {
     return this.shutdown({ code, wipe: false, origin: 'stop' });
   }
 
-  private async shutdown(o: { code: number; wipe: boolean; origin: string; insideRenewal?: boolean }): Promise<void> {
-    if (this.stopping) return;
+  /**
+   * One shutdown per agent: a second caller (stop() during a wipe) gets the first one's promise and
+   * resolves when the agent really stopped; a call from inside the renewal that the shutdown waits
+   * for returns at once (waiting there would wait on itself).
+   */
+  private shutdown(o: { code: number; wipe: boolean; origin: string; insideRenewal?: boolean }): Promise<void> {
+    if (this.shutdownDone) return o.insideRenewal ? Promise.resolve() : this.shutdownDone;
+    this.shutdownDone = this.shutdownNow(o);
+    return this.shutdownDone;
+  }
+  private shutdownDone: Promise<void> | null = null;
+
+  private async shutdownNow(o: { code: number; wipe: boolean; origin: string; insideRenewal?: boolean }): Promise<void> {
     this.stopping = true;
     if (o.wipe) this.log.warn({ origin: o.origin }, 'wiping the device identity');
     this.scheduler.stop();

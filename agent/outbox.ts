@@ -153,11 +153,16 @@ export class Outbox {
         path.join(this.dir, fileName(msg)),
         JSON.stringify({ topic, payload: body.toString('base64'), createdAt: msg.createdAt }),
       );
-      if (evict.length > 0) {
-        for (const old of evict) this.forget(old);
-        this.dropped += evict.length;
+      // the broker may have acknowledged some of them while the message was being written: those
+      // were delivered, not dropped
+      const gone = evict.filter((old) => this.messages.get(old.id) === old);
+      if (gone.length > 0) {
+        for (const old of gone) this.forget(old);
+        this.dropped += gone.length;
+        // the count first: a crash before the files go sends them once more (counted as dropped,
+        // not lost), never the other way round (lost, not counted)
         await this.saveStats();
-        await Promise.all(evict.map((old) => rm(path.join(this.dir, fileName(old)), { force: true })));
+        await Promise.all(gone.map((old) => rm(path.join(this.dir, fileName(old)), { force: true })));
       }
     } catch (e) {
       throw new EdgeidError('outbox_unusable', `outbox ${this.dir}: ${(e as Error).message}`);
