@@ -269,6 +269,8 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
 
   // every route, per source address, before anything is parsed or validated
   app.addHook('onRequest', async (req) => {
+    // at debug: a request's start, by route pattern (never the URL: it may hold a token)
+    req.log.debug({ method: req.method, route: req.routeOptions.url ?? 'unknown' }, 'request received');
     const wait = perAddress.take(req.ip ?? '');
     if (wait > 0)
       throw new EdgeidError(

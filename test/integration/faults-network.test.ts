@@ -81,6 +81,8 @@ interface Rig {
 
 async function rig(t: After, opts: { lifetime: number; brokerExtra?: (dir: string) => string[] }): Promise<Rig> {
   const srv = await startServerProcess({
+    // debug: the server logs each request's start and end, which the server-kill case times its kill on
+    logLevel: 'debug',
     config: {
       allowShortLifetimes: true,
       rateLimit: { renew: { max: 1000, window: 60 } },
@@ -318,11 +320,12 @@ describe('network faults', { concurrency: true }, () => {
         const lines = buf.split('\n');
         buf = lines.pop()!;
         for (const l of lines) {
-          const rec = JSON.parse(l.startsWith('{') ? l : '{}') as { reqId?: string; req?: { url?: string }; res?: { statusCode?: number } };
-          if (reqId === null && rec.req?.url === '/v1/renew') {
+          // the server logs each request's start and end at debug (route pattern, status)
+          const rec = JSON.parse(l.startsWith('{') ? l : '{}') as { reqId?: string; msg?: string; route?: string; status?: number };
+          if (reqId === null && rec.msg === 'request received' && rec.route === '/v1/renew') {
             reqId = rec.reqId!;
             sp.setMode('hold');
-          } else if (reqId !== null && rec.reqId === reqId && rec.res?.statusCode === 200) {
+          } else if (reqId !== null && rec.reqId === reqId && rec.msg === 'request completed' && rec.status === 200) {
             proc.stdout!.off('data', on);
             resolve();
           }
@@ -331,7 +334,12 @@ describe('network faults', { concurrency: true }, () => {
       proc.stdout!.on('data', on);
     });
     const renewing = agent.renewNow('fault-test');
-    await answered;
+    await Promise.race([
+      answered,
+      new Promise((_, reject) =>
+        setTimeout(() => reject(new Error('the server never logged the renewal (debug request lines)')), SLOW).unref(),
+      ),
+    ]);
     // the answer (certificate and chain, some KiB) is in the proxy, not at the agent
     await waitFor('the answer held by the proxy', () => sp.stats().heldBytes > 2000, SLOW);
     const exited = once(proc, 'exit');
@@ -378,7 +386,7 @@ describe('network faults', { concurrency: true }, () => {
     const afterRestart = r.srv
       .log()
       .split('\n')
-      .filter((l) => l.includes('"url":"/v1/renew'));
+      .filter((l) => l.includes('"route":"/v1/renew'));
     assert.ok(
       afterRestart.some((l) => l.includes('/v1/renew/challenge')),
       'a fresh challenge was asked for',
