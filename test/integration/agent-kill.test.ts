@@ -2,7 +2,11 @@
  * kill -9 of the agent at random points of enroll and renew, 50 times (20 in enrollments, 30 in the
  * renewal loop; EDGEID_KILL_ENROLLS and EDGEID_KILL_RENEWALS for more, EDGEID_KILL_SEED to replay);
  * it always continues without re-enrollment (same device, same token, never a new one) and leaves
- * no TPM transient objects behind.
+ * no TPM transient objects behind. In the renewal loop every kill's phase is recorded (from the
+ * agent's log lines and the state it left) and the kills must cover start-up/idle before the first
+ * renewal, a renewal before its commit, and after the commit; after each kill a check run renews
+ * and is then stopped with kill -9 at its idle point, where the TPM must hold exactly the SRK and
+ * the AK.
  *
  * What "behind" means on swtpm (no resource manager): `enroll` keeps nothing loaded between
  * batches, so after it nothing is left. The `run` daemon keeps the SRK and the AK resident between
