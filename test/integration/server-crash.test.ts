@@ -165,32 +165,49 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
 
   t.diagnostic(`warm-up done in ${Date.now() - t0} ms`);
   await Promise.all(firstHalf.map((x) => x.done));
-  // Real enrollments (software EK, TPM2_ActivateCredential: scripts/harness/softenroll.ts) sent with
-  // the round, each with its own token: answered, refused, or cut by the kill at start or finish.
+  // Real enrollments (software EK, TPM2_ActivateCredential: scripts/harness/softenroll.ts), each with
+  // its own token, streamed by 16 workers from just before the round until the kill: a quarter are
+  // answered before the renewals are sent, the rest queue with them: answered, cut by the kill at
+  // start or at finish, or never sent (the tokens left when the kill came).
   const enrollments = await Promise.all(
     Array.from({ length: ENROLLS }, async () => ({
       token: (await createToken(srv, { ttlSeconds: 3600 })).token,
       ek: softEk(),
       dev: createSoftDevice(),
-      outcome: null as SoftEnrollResult | 'lost' | null,
+      outcome: null as SoftEnrollResult | 'lost' | 'unsent' | null,
+      /** The last request sent for it. */
+      step: null as string | null,
     })),
   );
+  let killed: Promise<void> | null = null;
+  const queue = [...enrollments];
+  let enrollsAnswered = 0;
+  let quarterAnswered: () => void = () => {};
+  const enrollWarm = new Promise<void>((r) => (quarterAnswered = r));
+  const enrollRound = Array.from({ length: 16 }, async () => {
+    for (let e = queue.shift(); e; e = queue.shift()) {
+      if (killed) {
+        e.outcome = 'unsent';
+        continue;
+      }
+      const tracked: SoftClient = { post: (p, b) => ((e!.step = p), client.post(p, b)), close: () => {} };
+      try {
+        e.outcome = await softEnroll(e.dev, e.ek, tracked, e.token);
+        note('enroll', e.outcome);
+        if (++enrollsAnswered >= ENROLLS / 4) quarterAnswered();
+      } catch (err) {
+        if (!isNetworkError(err)) throw err;
+        e.outcome = 'lost';
+      }
+    }
+  });
+  await Promise.race([enrollWarm, Promise.all(enrollRound)]);
   // The round the kill hits: all N renewals sent at once; kill -9 once a quarter of them were
   // answered (the rest are in flight).
   let answered = 0;
   const killAt = Math.floor(N / 4);
   const tKill0 = Date.now();
   const second = revokeAsked.slice(REVOKED / 2).map(revokeOne);
-  let killed: Promise<void> | null = null;
-  const enrollRound = enrollments.map(async (e) => {
-    try {
-      e.outcome = await softEnroll(e.dev, e.ek, client, e.token);
-      note('enroll', e.outcome);
-    } catch (err) {
-      if (!isNetworkError(err)) throw err;
-      e.outcome = 'lost';
-    }
-  });
   const round = devices.map(async (d) => {
     try {
       if (!d.nonce) return; // a device whose revocation refused its challenge
@@ -307,10 +324,12 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
     return row.used_at !== null;
   };
   const enrollLost = enrollments.filter((e) => e.outcome === 'lost');
+  const enrollAnswered = enrollments.filter((e) => typeof e.outcome === 'object' && e.outcome !== null);
   let enrollCommittedLost = 0;
   for (const e of enrollments) {
     assert.ok(e.outcome, 'every enrollment ended');
-    if (e.outcome !== 'lost') {
+    if (e.outcome === 'unsent') assert.equal(accountToken(e.token), false, 'a token never presented is unused');
+    else if (e.outcome !== 'lost') {
       assert.equal(e.outcome.status, 200, `enrollment refused: ${e.outcome.step} ${JSON.stringify(e.outcome.body)}`);
       const row = tokenRow.get(tokenId(e.token)) as { device_id: string | null };
       assert.equal(row.device_id, e.dev.deviceId, 'an answered enrollment is its token’s device');
@@ -318,9 +337,11 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
     if (accountToken(e.token) && e.outcome === 'lost') enrollCommittedLost++;
   }
   t.diagnostic(
-    `enrollments: ${ENROLLS - enrollLost.length} of ${ENROLLS} answered before the kill, ${enrollLost.length} lost their answer ` +
-      `(${enrollCommittedLost} of them had committed)`,
+    `enrollments: ${enrollAnswered.length} of ${ENROLLS} answered before the kill; lost their answer: ` +
+      `${enrollLost.filter((e) => e.step === '/v1/enroll/start').length} at start, ${enrollLost.filter((e) => e.step === '/v1/enroll/finish').length} at finish ` +
+      `(${enrollCommittedLost} of these had committed); ${enrollments.filter((e) => e.outcome === 'unsent').length} not sent`,
   );
+  assert.ok(enrollAnswered.length > 0, 'enrollments were answered during the round');
   assert.ok(enrollLost.length > 0, 'enrollments were in flight at the kill');
   // Replays: a used token is refused (token_used, checked before the EK binding), whoever presents
   // it; a token whose enrollment did not commit enrolls once more — exactly once — with its EK.
