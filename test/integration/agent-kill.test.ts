@@ -2,7 +2,11 @@
  * kill -9 of the agent at random points of enroll and renew, 50 times (20 in enrollments, 30 in the
  * renewal loop; EDGEID_KILL_ENROLLS and EDGEID_KILL_RENEWALS for more, EDGEID_KILL_SEED to replay);
  * it always continues without re-enrollment (same device, same token, never a new one) and leaves
- * no TPM transient objects behind.
+ * no TPM transient objects behind. In the renewal loop every kill's phase is recorded (from the
+ * agent's log lines and the state it left) and the kills must cover start-up/idle before the first
+ * renewal, a renewal before its commit, and after the commit; after each kill a check run renews
+ * and is then stopped with kill -9 at its idle point, where the TPM must hold exactly the SRK and
+ * the AK.
  *
  * What "behind" means on swtpm (no resource manager): `enroll` keeps nothing loaded between
  * batches, so after it nothing is left. The `run` daemon keeps the SRK and the AK resident between
@@ -13,7 +17,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
+import { performance } from 'node:perf_hooks';
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
 import { extendBootPcrs, startSwtpm, transientHandleCountViaTools } from '../../scripts/harness/swtpm.js';
@@ -41,6 +47,36 @@ async function readState(dir: string): Promise<any | null> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e; // a torn state.json is a failure
   }
+}
+
+/** The last phase a killed `run` reached, from its complete log (written before the kill) and the state it left. */
+type Phase = 'start-up' | 'idle before the first renewal' | 'renewal, before R1' | 'renewal, R1 saved' | 'committed (R2)' | 'key switched' | 'idle after a renewal';
+const BEFORE_FIRST: Phase[] = ['start-up', 'idle before the first renewal'];
+const BEFORE_COMMIT: Phase[] = ['renewal, before R1', 'renewal, R1 saved'];
+const AFTER_COMMIT: Phase[] = ['committed (R2)', 'key switched', 'idle after a renewal'];
+
+const PHASE_LINES: [RegExp, string][] = [
+  [/"msg":"renewal started"/, 'started'],
+  [/"msg":"certificate renewed"/, 'renewed'],
+  [/"msg":"previous session key deleted"/, 'switched'],
+  [/"msg":"renewal scheduled"/, 'scheduled'],
+];
+
+function phaseOf(log: string, before: any, after: any, stateDir: string): Phase {
+  const seen: string[] = [];
+  for (const line of log.split('\n')) for (const [re, p] of PHASE_LINES) if (re.test(line)) seen.push(p);
+  const last = seen.at(-1);
+  const renewedLogged = seen.filter((p) => p === 'renewed').length;
+  if (!seen.includes('started')) return last === 'scheduled' ? 'idle before the first renewal' : 'start-up';
+  if (last === 'started') {
+    // killed between "renewal started" and "certificate renewed": committed if state.json says so
+    if ((after.renewals ?? 0) > (before.renewals ?? 0) + renewedLogged) return 'committed (R2)';
+    // R1: the new session key's blob is written before the request (cleaned up at the next start)
+    return existsSync(path.join(stateDir, `session-${after.nextSessionKey}.priv`)) ? 'renewal, R1 saved' : 'renewal, before R1';
+  }
+  if (last === 'renewed') return 'committed (R2)';
+  if (last === 'switched') return 'key switched';
+  return 'idle after a renewal';
 }
 
 /**
@@ -189,28 +225,75 @@ test('kill -9 at random points of the renewal loop (30 by default): the agent al
   const state = await readState(stateDir);
   const deviceId: string = state.device.id;
 
-  // Phase 2: the daemon, renewing every few seconds, killed at random points.
+  // Phase 2: the daemon, renewing every few seconds, killed at random points. Each kill is followed
+  // by a check run: it must start, flush what the killed process left, complete a renewal, and
+  // then hold exactly the residents the daemon keeps between renewals (agent/tpm/residents.ts:
+  // the SRK and the AK) — counted after a kill -9 at that idle point, since swtpm serves one
+  // connection at a time. A leftover the start did not flush, or a key the renewal or the TLS
+  // path left loaded, changes that count.
   let renewalsSeen = state.renewals ?? 0;
   let renewalsDuringKills = 0;
   const RENEWAL_KILLS = Number(process.env.EDGEID_KILL_RENEWALS ?? 30);
+  const phases = new Map<Phase, number>();
+  // the renewal duration as seen from the log ("renewal started" → "certificate renewed"), measured by the check runs
+  let renewalMs = 150;
+  let checkRuns = 0;
+  const debug = ['run', ...base.slice(0, -1), 'debug']; // "renewal scheduled" is a debug line
   while (kills < RENEWAL_KILLS) {
-    // two thirds of the kills land inside a renewal (TPM batch, HTTP, state commit), the rest anywhere
+    const before = await readState(stateDir);
+    // where the kill lands: before the first renewal (start-up or idle), anywhere over the
+    // renewal's measured duration (before and after its commit), or right after the commit
+    const mode = rand();
     const r =
-      kills % 3 === 2
-        ? await killAfter(['run', ...base], 300 + rand() * 3500)
-        : await killAfter(['run', ...base], rand() * 60, /renewal started/);
+      mode < 0.25
+        ? await killAfter(debug, rand() * 1500)
+        : mode < 0.8
+          ? await killAfter(debug, rand() * renewalMs * 1.2, /"msg":"renewal started"/)
+          : await killAfter(debug, rand() * 40, /"msg":"certificate renewed"/);
     if (r.killed) kills++;
     else assert.fail(`run ended by itself (code ${r.code}): ${r.log.slice(-2000)}`);
-    // Left by the killed process: at most its residents and a session key; the next start flushes them.
-    assert.ok((await transientHandleCountViaTools(tpm.tcti)) <= 3, 'at most the SRK, the AK and one session key left by the kill');
     const s = await readState(stateDir);
     assert.ok(s, 'state.json still exists');
     assert.equal(s.device?.id, deviceId, 'same device: never re-enrolled');
     assert.equal(s.pendingEnrollment, undefined);
-    if ((s.renewals ?? 0) > renewalsSeen) renewalsDuringKills += s.renewals - renewalsSeen;
-    renewalsSeen = s.renewals ?? 0;
+    const phase = phaseOf(r.log, before, s, stateDir);
+    phases.set(phase, (phases.get(phase) ?? 0) + 1);
+
+    // The check run: a successful renewal after the kill, then exactly the SRK and the AK.
+    const renewalsBefore = s.renewals ?? 0;
+    const c = spawnAgent(debug);
+    checkRuns++;
+    let startedAt = 0;
+    let renewedAt = 0;
+    const idle = await waitFor(
+      'a renewal after the kill, then the next one planned',
+      async () => {
+        const log = c.log();
+        if (!startedAt && /"msg":"renewal started"/.test(log)) startedAt = performance.now();
+        const i = log.indexOf('"msg":"certificate renewed"');
+        if (i >= 0 && !renewedAt) renewedAt = performance.now();
+        return (i >= 0 && /"msg":"renewal scheduled"/.test(log.slice(i))) || c.child.exitCode !== null;
+      },
+      { timeoutMs: 60_000, intervalMs: 5 },
+    ).catch(() => false);
+    c.child.kill('SIGKILL');
+    await c.exit;
+    assert.ok(idle && c.child.signalCode === 'SIGKILL', `check run after kill ${kills} (${phase}): no renewal: ${c.log().slice(-2500)}`);
+    const checked = await readState(stateDir);
+    assert.ok(checked.renewals > renewalsBefore && checked.lastRenewal?.ok, `check run after kill ${kills}: a successful renewal in state.json`);
+    assert.equal(checked.device.id, deviceId);
+    assert.equal(await transientHandleCountViaTools(tpm.tcti), 2, `after kill ${kills} (${phase}) and a renewal: exactly the SRK and the AK loaded`);
+    if (startedAt && renewedAt > startedAt) renewalMs = Math.max(20, renewalMs * 0.5 + (renewedAt - startedAt) * 0.5);
+    renewalsDuringKills += checked.renewals - renewalsSeen;
+    renewalsSeen = checked.renewals;
   }
-  t.diagnostic(`${kills} kills in total, ${renewalsDuringKills} renewals completed between kills`);
+  const summary = [...phases].map(([p, n]) => `${p}: ${n}`).join(', ');
+  t.diagnostic(`${kills} random kills (${summary}), each followed by a renewal and an exact TPM count; renewal ≈ ${Math.round(renewalMs)} ms`);
+  const count = (ps: Phase[]) => ps.reduce((n, p) => n + (phases.get(p) ?? 0), 0);
+  assert.ok(count(BEFORE_FIRST) > 0, `kills before the first renewal of a run: ${summary}`);
+  assert.ok(count(BEFORE_COMMIT) > 0, `kills inside a renewal before its commit: ${summary}`);
+  assert.ok(count(AFTER_COMMIT) > 0, `kills after a renewal's commit: ${summary}`);
+  assert.ok(phases.size >= 4, `kills spread over at least 4 distinct phases: ${summary}`);
 
   // Finally: a clean run renews, stops on SIGTERM, and nothing is left in the TPM.
   const a = spawnAgent(['run', ...base]);

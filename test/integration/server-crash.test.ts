@@ -9,7 +9,9 @@ import 'reflect-metadata';
  *     with revocations running beside them; then a restart: every certificate a client received has
  *     its row (serial, device); every certificate row is accounted for (one spent nonce each); no
  *     nonce or enrollment token is accepted twice (each replayed after the restart, refused with its
- *     code); every device renews again; `edgeid-admin audit verify` is green; the CRL lists exactly
+ *     code; EDGEID_CRASH_ENROLLS, default 40, real enrollments are in flight at the kill: a token is
+ *     used if and only if its device exists, one device per token, and a token whose enrollment did
+ *     not commit enrolls exactly once more); every device renews again; `edgeid-admin audit verify` is green; the CRL lists exactly
  *     the revoked devices' live certificates.
  *  3. Power cut between the DB commit and the answer: see the test's comment for how it is timed;
  *     and the store syncs each commit (a power cut cannot roll back an answered renewal).
@@ -27,7 +29,7 @@ import Database from 'better-sqlite3';
 import * as x509 from '@peculiar/x509';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
-import { adminCli, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
+import { adminCli, createToken, startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
 import {
   challenge,
   createSoftDevice,
@@ -38,6 +40,7 @@ import {
   type SoftClient,
   type SoftDevice,
 } from '../../scripts/harness/softdevice.js';
+import { softEk, softEnroll, type SoftEnrollResult } from '../../scripts/harness/softenroll.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 
 const CONFIG = {
@@ -48,6 +51,8 @@ const CONFIG = {
     connectionsPerAddress: 20_000,
   },
   zones: { default: { lifetime: 3600 } },
+  // the software EKs of scripts/harness/softenroll.ts have no EK certificate
+  ek: { requireEkCertificate: false },
 };
 
 async function seededServer(t: { after(fn: () => Promise<void>): void }, devices: SoftDevice[]): Promise<ServerProcess> {
@@ -106,6 +111,7 @@ test('softdevice: the server verifies its quote, certify and CSR (a tampered quo
 
 test('kill -9 of the server during 1000 concurrent renewals, then restart: nothing lost, nothing accepted twice', async (t) => {
   const N = Number(process.env.EDGEID_CRASH_DEVICES ?? 1000);
+  const ENROLLS = Number(process.env.EDGEID_CRASH_ENROLLS ?? 40);
   const ROUNDS = Number(process.env.EDGEID_CRASH_ROUNDS ?? 1);
   const t0 = Date.now();
   const devices = Array.from({ length: N }, () => createSoftDevice());
@@ -159,13 +165,49 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
 
   t.diagnostic(`warm-up done in ${Date.now() - t0} ms`);
   await Promise.all(firstHalf.map((x) => x.done));
+  // Real enrollments (software EK, TPM2_ActivateCredential: scripts/harness/softenroll.ts), each with
+  // its own token, streamed by 16 workers from just before the round until the kill: a quarter are
+  // answered before the renewals are sent, the rest queue with them: answered, cut by the kill at
+  // start or at finish, or never sent (the tokens left when the kill came).
+  const enrollments = await Promise.all(
+    Array.from({ length: ENROLLS }, async () => ({
+      token: (await createToken(srv, { ttlSeconds: 3600 })).token,
+      ek: softEk(),
+      dev: createSoftDevice(),
+      outcome: null as SoftEnrollResult | 'lost' | 'unsent' | null,
+      /** The last request sent for it. */
+      step: null as string | null,
+    })),
+  );
+  let killed: Promise<void> | null = null;
+  const queue = [...enrollments];
+  let enrollsAnswered = 0;
+  let quarterAnswered: () => void = () => {};
+  const enrollWarm = new Promise<void>((r) => (quarterAnswered = r));
+  const enrollRound = Array.from({ length: 16 }, async () => {
+    for (let e = queue.shift(); e; e = queue.shift()) {
+      if (killed) {
+        e.outcome = 'unsent';
+        continue;
+      }
+      const tracked: SoftClient = { post: (p, b) => ((e!.step = p), client.post(p, b)), close: () => {} };
+      try {
+        e.outcome = await softEnroll(e.dev, e.ek, tracked, e.token);
+        note('enroll', e.outcome);
+        if (++enrollsAnswered >= ENROLLS / 4) quarterAnswered();
+      } catch (err) {
+        if (!isNetworkError(err)) throw err;
+        e.outcome = 'lost';
+      }
+    }
+  });
+  await Promise.race([enrollWarm, Promise.all(enrollRound)]);
   // The round the kill hits: all N renewals sent at once; kill -9 once a quarter of them were
   // answered (the rest are in flight).
   let answered = 0;
   const killAt = Math.floor(N / 4);
   const tKill0 = Date.now();
   const second = revokeAsked.slice(REVOKED / 2).map(revokeOne);
-  let killed: Promise<void> | null = null;
   const round = devices.map(async (d) => {
     try {
       if (!d.nonce) return; // a device whose revocation refused its challenge
@@ -182,7 +224,7 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
       if (++answered === killAt) killed = kill9(srv);
     }
   });
-  await Promise.all(round);
+  await Promise.all([...round, ...enrollRound]);
   assert.ok(killed, 'the server was killed during the round');
   await killed;
   await Promise.all([...firstHalf, ...second].map((x) => x.done));
@@ -259,6 +301,58 @@ test('kill -9 of the server during 1000 concurrent renewals, then restart: nothi
     const x = await renew(d, client, { nonce: l.nonce });
     assert.equal(x.body?.error?.code, revokedIds.has(l.deviceId) ? 'device_revoked' : 'nonce_used', `replay of a committed lost renewal`);
   }
+  // The enrollments of the kill's round. Every answered one is a device in the store; none was
+  // refused (a refusal spends the token without a device, and nothing here should be refused).
+  const tokenRow = db.prepare('SELECT used_at, device_id FROM tokens WHERE id = ?');
+  const devicesOfToken = db.prepare("SELECT id FROM devices WHERE enrolled_by LIKE '%(token ' || ? || ')'");
+  const tokenId = (token: string) => token.split('.')[0]!;
+  /** Token used ⇔ its device exists; never two devices for one token. Returns whether it is used. */
+  const accountToken = (token: string): boolean => {
+    const row = tokenRow.get(tokenId(token)) as { used_at: number | null; device_id: string | null };
+    const devs = (devicesOfToken.all(tokenId(token)) as { id: string }[]).map((d) => d.id);
+    assert.ok(devs.length <= 1, `token ${tokenId(token)}: ${devs.length} devices`);
+    assert.equal(row.used_at !== null, devs.length === 1, `token ${tokenId(token)}: used ⇔ its device exists`);
+    if (devs.length) assert.equal(row.device_id, devs[0], `token ${tokenId(token)} names its device`);
+    return row.used_at !== null;
+  };
+  const enrollLost = enrollments.filter((e) => e.outcome === 'lost');
+  const enrollAnswered = enrollments.filter((e) => typeof e.outcome === 'object' && e.outcome !== null);
+  let enrollCommittedLost = 0;
+  for (const e of enrollments) {
+    assert.ok(e.outcome, 'every enrollment ended');
+    if (e.outcome === 'unsent') assert.equal(accountToken(e.token), false, 'a token never presented is unused');
+    else if (e.outcome !== 'lost') {
+      assert.equal(e.outcome.status, 200, `enrollment refused: ${e.outcome.step} ${JSON.stringify(e.outcome.body)}`);
+      const row = tokenRow.get(tokenId(e.token)) as { device_id: string | null };
+      assert.equal(row.device_id, e.dev.deviceId, 'an answered enrollment is its token’s device');
+    }
+    if (accountToken(e.token) && e.outcome === 'lost') enrollCommittedLost++;
+  }
+  t.diagnostic(
+    `enrollments: ${enrollAnswered.length} of ${ENROLLS} answered before the kill; lost their answer: ` +
+      `${enrollLost.filter((e) => e.step === '/v1/enroll/start').length} at start, ${enrollLost.filter((e) => e.step === '/v1/enroll/finish').length} at finish ` +
+      `(${enrollCommittedLost} of these had committed); ${enrollments.filter((e) => e.outcome === 'unsent').length} not sent`,
+  );
+  assert.ok(enrollAnswered.length > 0, 'enrollments were answered during the round');
+  assert.ok(enrollLost.length > 0, 'enrollments were in flight at the kill');
+  // Replays: a used token is refused (token_used, checked before the EK binding), whoever presents
+  // it; a token whose enrollment did not commit enrolls once more — exactly once — with its EK.
+  const enrollReplays = await pool(enrollments, async (e) => {
+    const used = (tokenRow.get(tokenId(e.token)) as { used_at: number | null }).used_at !== null;
+    const again = used ? null : await softEnroll(createSoftDevice(), e.ek, client, e.token);
+    if (again) note('enroll again', again);
+    const replay = await client.post('/v1/enroll/start', enrollStartBody(createSoftDevice(), e.token));
+    note('enroll replay', replay);
+    const replayOwnEk = await softEnroll(createSoftDevice(), e.ek, client, e.token);
+    note('enroll replay with its EK', replayOwnEk);
+    return { e, again: again?.status ?? null, codes: [replay.body?.error?.code, (replayOwnEk.body as any)?.error?.code] };
+  });
+  for (const { e, again, codes } of enrollReplays) {
+    if (again !== null) assert.equal(again, 200, `token ${tokenId(e.token)} not spent by the kill: enrolls once more`);
+    assert.deepEqual(codes, ['token_used', 'token_used'], `replay of token ${tokenId(e.token)}`);
+    assert.ok(accountToken(e.token), `token ${tokenId(e.token)} used once, by one device`);
+  }
+
   // no enrollment token is accepted twice
   const tokenReplays = await pool(devices, async (d) => {
     const x = await client.post('/v1/enroll/start', enrollStartBody(d, d.enrollmentToken!));
