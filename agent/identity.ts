@@ -98,7 +98,12 @@ function fingerprintOf(cert: X509Certificate): string {
  * RFC 5280 §6.1: a path through X(R2) ends in the pinned root). Returns R2's PEM and fingerprint;
  * throws next_root_invalid with the reason otherwise.
  */
-export function verifyNextRoot(chainPem: string[], nextRootPem: string, pinnedRootPem: string, now = Date.now()): { pem: string; fingerprint: string } {
+export function verifyNextRoot(
+  chainPem: string[],
+  nextRootPem: string,
+  pinnedRootPem: string,
+  now = Date.now(),
+): { pem: string; fingerprint: string } {
   const bad = (why: string) => new EdgeidError('next_root_invalid', `the next root the server sent is not pinned: ${why}`);
   let r2: X509Certificate;
   let r1: X509Certificate;
@@ -113,9 +118,12 @@ export function verifyNextRoot(chainPem: string[], nextRootPem: string, pinnedRo
   if (!r2.ca || !r2.checkIssued(r2) || !r2.verify(r2.publicKey)) throw bad('it is not a self-signed CA certificate');
   if (fingerprintOf(r2) === fingerprintOf(r1)) throw bad('it is the pinned root itself');
   const r2Key = r2.publicKey.export({ type: 'spki', format: 'der' });
-  const cross = chain.find((x) => x.subject === r2.subject && x.publicKey.export({ type: 'spki', format: 'der' }).equals(r2Key) && x.issuer !== x.subject);
+  const cross = chain.find(
+    (x) => x.subject === r2.subject && x.publicKey.export({ type: 'spki', format: 'der' }).equals(r2Key) && x.issuer !== x.subject,
+  );
   if (!cross) throw bad('the chain holds no cross certificate with its subject and key');
-  if (!cross.ca || !cross.checkIssued(r1) || !cross.verify(r1.publicKey)) throw bad('its cross certificate does not verify under the pinned root');
+  if (!cross.ca || !cross.checkIssued(r1) || !cross.verify(r1.publicKey))
+    throw bad('its cross certificate does not verify under the pinned root');
   if (Date.parse(cross.validFrom) > now || Date.parse(cross.validTo) < now) throw bad('its cross certificate is not valid now');
   return { pem: r2.toString(), fingerprint: fingerprintOf(r2) };
 }
@@ -130,7 +138,10 @@ export function serverPins(state: AgentState, resp: IssueResponse, log: Logger, 
   try {
     const r2 = verifyNextRoot(resp.chain, resp.nextRoot, state.server.rootPem, now);
     if (r2.fingerprint === state.server.nextRootFingerprint) return state.server;
-    log.info({ nextRoot: r2.fingerprint, root: state.server.caFingerprint }, 'pinned the next root of the server (cross-signed by the pinned root)');
+    log.info(
+      { nextRoot: r2.fingerprint, root: state.server.caFingerprint },
+      'pinned the next root of the server (cross-signed by the pinned root)',
+    );
     return { ...state.server, nextRootPem: r2.pem, nextRootFingerprint: r2.fingerprint };
   } catch (e) {
     if (!isEdgeidError(e)) throw e;

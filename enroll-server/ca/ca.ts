@@ -392,7 +392,10 @@ export class CertificateAuthority {
       cross.issuer !== r1.subject ||
       !(await cross.verify({ publicKey: r1.publicKey, signatureOnly: true }))
     )
-      throw new EdgeidError('ca_issuing_mismatch', `${p(`${ROOT2}.pem`)}, ${p(`${ROOT2}.key`)} and ${p(ROOT2_CROSS)} do not belong together or to ${p('root.pem')}`);
+      throw new EdgeidError(
+        'ca_issuing_mismatch',
+        `${p(`${ROOT2}.pem`)}, ${p(`${ROOT2}.key`)} and ${p(ROOT2_CROSS)} do not belong together or to ${p('root.pem')}`,
+      );
     return { cert, cross, key: pair };
   }
 

@@ -117,10 +117,7 @@ async function switchIssuing(
       a.details.brokerCrlReloaded = true;
     } catch (e) {
       a.details.brokerCrlReloaded = false;
-      ctx.log.error(
-        { err: (e as Error).message },
-        `${why}, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload`,
-      );
+      ctx.log.error({ err: (e as Error).message }, `${why}, but the broker did not load the new CRLs: run edgeid-admin broker crl-reload`);
     }
   }
   try {

@@ -50,7 +50,14 @@ async function readState(dir: string): Promise<any | null> {
 }
 
 /** The last phase a killed `run` reached, from its complete log (written before the kill) and the state it left. */
-type Phase = 'start-up' | 'idle before the first renewal' | 'renewal, before R1' | 'renewal, R1 saved' | 'committed (R2)' | 'key switched' | 'idle after a renewal';
+type Phase =
+  | 'start-up'
+  | 'idle before the first renewal'
+  | 'renewal, before R1'
+  | 'renewal, R1 saved'
+  | 'committed (R2)'
+  | 'key switched'
+  | 'idle after a renewal';
 const BEFORE_FIRST: Phase[] = ['start-up', 'idle before the first renewal'];
 const BEFORE_COMMIT: Phase[] = ['renewal, before R1', 'renewal, R1 saved'];
 const AFTER_COMMIT: Phase[] = ['committed (R2)', 'key switched', 'idle after a renewal'];
@@ -280,15 +287,24 @@ test('kill -9 at random points of the renewal loop (30 by default): the agent al
     await c.exit;
     assert.ok(idle && c.child.signalCode === 'SIGKILL', `check run after kill ${kills} (${phase}): no renewal: ${c.log().slice(-2500)}`);
     const checked = await readState(stateDir);
-    assert.ok(checked.renewals > renewalsBefore && checked.lastRenewal?.ok, `check run after kill ${kills}: a successful renewal in state.json`);
+    assert.ok(
+      checked.renewals > renewalsBefore && checked.lastRenewal?.ok,
+      `check run after kill ${kills}: a successful renewal in state.json`,
+    );
     assert.equal(checked.device.id, deviceId);
-    assert.equal(await transientHandleCountViaTools(tpm.tcti), 2, `after kill ${kills} (${phase}) and a renewal: exactly the SRK and the AK loaded`);
+    assert.equal(
+      await transientHandleCountViaTools(tpm.tcti),
+      2,
+      `after kill ${kills} (${phase}) and a renewal: exactly the SRK and the AK loaded`,
+    );
     if (startedAt && renewedAt > startedAt) renewalMs = Math.max(20, renewalMs * 0.5 + (renewedAt - startedAt) * 0.5);
     renewalsDuringKills += checked.renewals - renewalsSeen;
     renewalsSeen = checked.renewals;
   }
   const summary = [...phases].map(([p, n]) => `${p}: ${n}`).join(', ');
-  t.diagnostic(`${kills} random kills (${summary}), each followed by a renewal and an exact TPM count; renewal ≈ ${Math.round(renewalMs)} ms`);
+  t.diagnostic(
+    `${kills} random kills (${summary}), each followed by a renewal and an exact TPM count; renewal ≈ ${Math.round(renewalMs)} ms`,
+  );
   const count = (ps: Phase[]) => ps.reduce((n, p) => n + (phases.get(p) ?? 0), 0);
   assert.ok(count(BEFORE_FIRST) > 0, `kills before the first renewal of a run: ${summary}`);
   assert.ok(count(BEFORE_COMMIT) > 0, `kills inside a renewal before its commit: ${summary}`);

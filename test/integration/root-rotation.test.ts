@@ -117,7 +117,9 @@ test('root rotation: an agent pinned to R1 renews onto an issuing CA under R2 th
     'a renewal under R2 with R2 pinned',
     async () => {
       const s = await readState(stateDir).catch(() => null);
-      return !!s?.certificate && cn(new X509Certificate(s.certificate.pem).issuer) === 'edgeid Issuing CA 2' && !!s.server.nextRootFingerprint;
+      return (
+        !!s?.certificate && cn(new X509Certificate(s.certificate.pem).issuer) === 'edgeid Issuing CA 2' && !!s.server.nextRootFingerprint
+      );
     },
     { timeoutMs: 60_000, intervalMs: 200 },
   );
@@ -169,7 +171,10 @@ test('root rotation: an agent pinned to R1 renews onto an issuing CA under R2 th
   const broker = await exec('openssl', ['verify', '-CAfile', f('r1.pem'), '-untrusted', f('broker.pem'), f('broker.pem')]);
   assert.match(broker.stdout, /broker\.pem: OK/);
   // the broker's cafile holds X(R2) and R2 besides R1 and the issuing CAs
-  const bundle = bc.body.caBundle.split(/(?<=-----END CERTIFICATE-----)\s*/).filter((p) => p.trim()).map((p) => cn(new X509Certificate(p).subject));
+  const bundle = bc.body.caBundle
+    .split(/(?<=-----END CERTIFICATE-----)\s*/)
+    .filter((p) => p.trim())
+    .map((p) => cn(new X509Certificate(p).subject));
   assert.deepEqual(bundle, ['edgeid Issuing CA 2', 'edgeid Issuing CA', 'edgeid Root CA 2', 'edgeid Root CA 2', 'edgeid Root CA']);
 
   // a device enrolled after the rotation (the link still pins R1) pins R2 at enrollment
@@ -186,11 +191,7 @@ test('root rotation: an agent pinned to R1 renews onto an issuing CA under R2 th
 });
 
 /** A self-signed CA certificate with `subject` for `keys` (or signed by `by`). */
-async function caCert(
-  subject: string,
-  keys: webcrypto.CryptoKeyPair,
-  by?: { subject: string; key: webcrypto.CryptoKey },
-): Promise<string> {
+async function caCert(subject: string, keys: webcrypto.CryptoKeyPair, by?: { subject: string; key: webcrypto.CryptoKey }): Promise<string> {
   const c = await x509.X509CertificateGenerator.create({
     serialNumber: '01',
     subject,
@@ -244,7 +245,10 @@ test('a forged next root is not pinned (next_root_invalid); a rotation is refuse
 
   // a control command signed under R2 reaches R1 for an agent that has not renewed since (its trust: R1 and the old chain)
   const deviceId = 'dev-0123456789abcdef';
-  const cmd = verifyControlCommand(JSON.stringify(ca.signControl({ type: 'renew-now', deviceId })), { deviceId, trust: [ca.rootPem, ...chainBefore] });
+  const cmd = verifyControlCommand(JSON.stringify(ca.signControl({ type: 'renew-now', deviceId })), {
+    deviceId,
+    trust: [ca.rootPem, ...chainBefore],
+  });
   assert.equal(cmd.type, 'renew-now');
 
   // same subject as R2, another key: the chain's X(R2) does not name its key
@@ -256,7 +260,10 @@ test('a forged next root is not pinned (next_root_invalid); a rotation is refuse
   const evilRoot = await newKeys();
   const r2Keys = await newKeys();
   const forgedR2 = await caCert('CN=edgeid Root CA 2, O=edgeid', r2Keys);
-  const forgedX = await caCert('CN=edgeid Root CA 2, O=edgeid', r2Keys, { subject: new x509.X509Certificate(ca.rootPem).subject, key: evilRoot.privateKey });
+  const forgedX = await caCert('CN=edgeid Root CA 2, O=edgeid', r2Keys, {
+    subject: new x509.X509Certificate(ca.rootPem).subject,
+    key: evilRoot.privateKey,
+  });
   // (it names R1 as its issuer: only the signature tells it apart)
   assert.ok(new X509Certificate(forgedX).checkIssued(new X509Certificate(ca.rootPem)));
   assert.match(refusal(forgedR2, [chain[0]!, forgedX, chain[2]!]), /does not verify under the pinned root/);
