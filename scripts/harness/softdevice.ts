@@ -86,11 +86,14 @@ export interface SoftDevice {
 /** A software P-256 key in the TPMT_PUBLIC of `template` (a TPM2B_PUBLIC with an empty point). */
 export function softKey(template: Buffer): SoftKey {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const jwk = publicKey.export({ format: 'jwk' });
+  // the point from the SPKI's uncompressed 04‖x‖y, not from a JWK export: Node 20's JWK export of an
+  // EC key can deadlock when a garbage collection during it finalizes a key-generation job (seen
+  // as a hang of thousands of software devices; gdb: ExportJWKEcKey → GC → ~KeyGenJob → mutex)
+  const point = publicKey.export({ type: 'spki', format: 'der' }).subarray(-64);
   const t = parsePublic(template);
   const pub = marshalPublic({
     ...t,
-    ecc: { ...t.ecc!, x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') },
+    ecc: { ...t.ecc!, x: Buffer.from(point.subarray(0, 32)), y: Buffer.from(point.subarray(32)) },
   });
   const parsed = parsePublic(pub);
   return { public: pub, parsed, name: objectName(parsed), privateKey };

@@ -39,7 +39,10 @@ export function activateCredential(ek: SoftKey, akName: Buffer, credentialBlob: 
   const ex = point.tpm2b(32, 'ephemeral x');
   const ey = point.tpm2b(32, 'ephemeral y');
   const ecdh = createECDH('prime256v1');
-  ecdh.setPrivateKey(Buffer.from(ek.privateKey.export({ format: 'jwk' }).d!, 'base64url'));
+  // d from the SEC 1 ECPrivateKey (RFC 5915: 30 77 02 01 01 04 20 d…), not from a JWK export (see softdevice.ts softKey)
+  const sec1 = ek.privateKey.export({ type: 'sec1', format: 'der' });
+  if (sec1[5] !== 0x04 || sec1[6] !== 0x20) throw new Error('unexpected SEC 1 encoding of the software EK');
+  ecdh.setPrivateKey(sec1.subarray(7, 39));
   const z = ecdh.computeSecret(Buffer.concat([Buffer.from([0x04]), ex, ey]));
   const seed = kdfe(nameAlg, z, 'IDENTITY', ex, ecc.x, 256);
   // TPM2B_ID_OBJECT → TPM2B_DIGEST outerHMAC ‖ encIdentity
