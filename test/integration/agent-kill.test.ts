@@ -193,6 +193,16 @@ test('kill -9 at random points of enrollment: the agent continues with the same 
         'chain ends at the server root',
       );
       assert.match(leaf.subject, new RegExp(`CN=${st.device.id}`), `scenario ${i}: certificate of this device`);
+      // a kill can land after the enrollment committed, while the continuing run held the SRK and the
+      // AK: the next start flushes what a killed process left, and a clean stop leaves nothing
+      const next = spawnAgent(['run', ...args.slice(0, -1), 'debug']); // "renewal scheduled" is a debug line
+      await waitFor('the next run idle', () => /"msg":"renewal scheduled"/.test(next.log()) || next.child.exitCode !== null, {
+        timeoutMs: 60_000,
+        intervalMs: 100,
+      }).catch(() => {});
+      next.child.kill('SIGTERM');
+      await next.exit;
+      assert.match(next.log(), /"msg":"renewal scheduled"/, `scenario ${i}: the next run starts as the device: ${next.log().slice(-1500)}`);
       assert.equal(await transientHandleCountViaTools(etpm.tcti), 0, `scenario ${i}: no TPM transient objects left`);
       enrollKills += scenarioKills;
       kills += scenarioKills;
