@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +14,11 @@ import { openBackup, readHeader, readPassphrase, sealBackup, type BackupFile } f
 const PASS = 'a long enough passphrase';
 const files: BackupFile[] = [
   { name: 'edgeid.db', mode: 0o600, data: randomBytes(5000) },
-  { name: 'ca/root.key', mode: 0o600, data: Buffer.from('-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n') },
+  {
+    name: 'ca/root.key',
+    mode: 0o600,
+    data: Buffer.from(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string),
+  },
   { name: 'ca/root.pem', mode: 0o644, data: Buffer.from('cert') },
 ];
 
