@@ -11,6 +11,7 @@ import { Gauge } from 'prom-client';
 import { EdgeidError } from '../protocol/errors/index.js';
 import { createBrokerIntegration } from './broker/setup.js';
 import { CertificateAuthority } from './ca/ca.js';
+import { AuditFeed } from './services/audit-feed.js';
 import { closeIssuerSigner, openIssuerSigner, type CaSigner } from './ca/keys.js';
 import { serverUrl, type ServerConfig } from './config.js';
 import { ensurePrivateDir } from './files.js';
@@ -106,6 +107,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   }
   ctx.metrics = createMetrics(() => store.countDevicesByStatus());
   ctx.crl = new CrlService(ctx);
+  ctx.auditFeed = new AuditFeed(store, { log: log.child({ part: 'audit-feed' }) });
   registerCaMetrics(ctx);
   const named = await backfillAkNames(ctx);
   if (named > 0) log.info({ devices: named }, 'stored the AK names of devices enrolled before they were stored');

@@ -130,6 +130,7 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     },
     async close() {
       if (timer) clearInterval(timer);
+      ctx.auditFeed.close();
       await app.close();
       await ctx.broker?.close();
       await store.close();

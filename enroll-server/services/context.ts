@@ -26,6 +26,8 @@ export interface ServerContext {
   publicUrl: () => string;
   /** The broker integration, when config.broker is set. */
   broker: BrokerPort | null;
+  /** Every committed audit row, in order, to subscribers (alert rules, the console's live views). */
+  auditFeed: import('./audit-feed.js').AuditFeed;
 }
 
 /**
