@@ -71,11 +71,14 @@ export function parseCsr(der: Buffer): ParsedCsr {
  * (csr_malformed), the signature with the request's own key (csr_bad_signature), the request's
  * key is the certified session key, compared as keys (csr_key_mismatch).
  */
-export function checkCsr(der: Buffer, spki: Buffer): void {
+export function checkCsr(der: Buffer, spki: Buffer, spkiKey?: KeyObject): void {
   const csr = parseCsr(der);
+  // the usual case: the request carries the session key's SPKI byte for byte, already imported
+  // by the caller (`spkiKey`, the KeyObject of `spki`), so it is neither imported nor exported again
+  const same = spkiKey !== undefined && csr.spki.equals(spki);
   let key: KeyObject;
   try {
-    key = createPublicKey({ key: csr.spki, format: 'der', type: 'spki' });
+    key = same ? spkiKey : createPublicKey({ key: csr.spki, format: 'der', type: 'spki' });
   } catch {
     throw new EdgeidError('csr_bad_signature', 'the CSR key cannot be read, so its signature cannot be verified');
   }
@@ -90,5 +93,5 @@ export function checkCsr(der: Buffer, spki: Buffer): void {
   if (!ok) throw new EdgeidError('csr_bad_signature');
   // compared as keys, not as the CSR's bytes: an SPKI has more than one encoding of one key (e.g.
   // a compressed EC point, SEC 1 §2.3.3), so both sides go through node:crypto's DER export
-  if (!key.export({ type: 'spki', format: 'der' }).equals(spki)) throw new EdgeidError('csr_key_mismatch');
+  if (!same && !key.export({ type: 'spki', format: 'der' }).equals(spki)) throw new EdgeidError('csr_key_mismatch');
 }

@@ -1,9 +1,9 @@
 import 'reflect-metadata';
-import { createHash } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import { canonicalJson, quoteQualifyingData, type Claims, type Evidence } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { TPM_ALG, TPM_ECC_CURVE } from '../../protocol/tpm/constants.js';
-import { parsePublic, publicKeySpkiDer, type TpmPublic } from '../../protocol/tpm/public.js';
+import { parsePublic, publicKeySpki, type TpmPublic } from '../../protocol/tpm/public.js';
 import { verifyCertify, verifyQuote } from '../../protocol/tpm/verify.js';
 import { checkCsr } from './csr.js';
 import type { ZonePolicy } from '../config.js';
@@ -94,8 +94,9 @@ export async function verifyEvidence(p: {
     throw new EdgeidError('session_key_malformed');
   }
   let spki: Buffer;
+  let spkiKey: KeyObject;
   try {
-    spki = publicKeySpkiDer(sessionKey);
+    ({ der: spki, key: spkiKey } = publicKeySpki(sessionKey));
   } catch (e) {
     if (e instanceof EdgeidError) throw e;
     throw new EdgeidError('session_key_malformed');
@@ -117,7 +118,7 @@ export async function verifyEvidence(p: {
     pcrValues,
   });
 
-  checkCsr(b64('csr', evidence.csr), spki);
+  checkCsr(b64('csr', evidence.csr), spki, spkiKey);
 
   const pcrs: Record<string, string> = {};
   for (const [k, v] of pcrValues) pcrs[String(k)] = v.toString('hex');

@@ -265,6 +265,39 @@ export function setKeyCacheSize(n: number): void {
 
 /** The public key as DER SubjectPublicKeyInfo. */
 export function publicKeySpkiDer(p: TpmPublic): Buffer {
-  // not cached: this is mostly a fresh session key, used once, that would push an AK out
-  return importPublic(p, false).export({ type: 'spki', format: 'der' });
+  return publicKeySpki(p).der;
+}
+
+/**
+ * SubjectPublicKeyInfo prefixes of the named curves (RFC 5480 §2: id-ecPublicKey with the curve's
+ * OID as parameters, then the BIT STRING of the uncompressed point, SEC 1 §2.3.3), up to the
+ * point's 0x04 byte. OpenSSL exports exactly these bytes; test/unit/spki-template.test.ts checks.
+ */
+const EC_SPKI_PREFIX: ReadonlyMap<number, Buffer> = new Map([
+  [TPM_ECC_CURVE.NIST_P256, Buffer.from('3059301306072a8648ce3d020106082a8648ce3d03010703420004', 'hex')],
+  [TPM_ECC_CURVE.NIST_P384, Buffer.from('3076301006072a8648ce3d020106052b81040022036200' + '04', 'hex')],
+]);
+
+/**
+ * The public key as DER SubjectPublicKeyInfo and as a KeyObject, imported once (the import
+ * checks that the point is on the curve). P-256 and P-384 points are spliced into a fixed
+ * prefix instead of going through a JWK import and a DER export; other keys take that path.
+ * Not cached: this is mostly a fresh session key, used once, that would push an AK out.
+ */
+export function publicKeySpki(p: TpmPublic): { der: Buffer; key: KeyObject } {
+  const prefix = p.type === TPM_ALG.ECC && p.ecc ? EC_SPKI_PREFIX.get(p.ecc.curve) : undefined;
+  if (!prefix || !p.ecc) {
+    const key = importPublic(p, false);
+    return { der: key.export({ type: 'spki', format: 'der' }), key };
+  }
+  const size = curveSize(p.ecc.curve);
+  const der = Buffer.concat([prefix, leftPad(p.ecc.x, size, 'ECC x'), leftPad(p.ecc.y, size, 'ECC y')]);
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: der, format: 'der', type: 'spki' });
+  } catch (err) {
+    // a point that is not on the curve
+    throw new EdgeidError('tpm_malformed', `not a valid public key: ${(err as Error).message}`);
+  }
+  return { der, key };
 }
