@@ -263,6 +263,70 @@ export class SqliteStore implements Store {
   }
 
   /**
+   * Group commit for the request hot path (renewals, enrollments, challenges): the writes asked
+   * for in one turn of the event loop run in one transaction, each in its own savepoint (so one
+   * that throws is rolled back alone), and one commit, one fsync, makes them all durable. Every
+   * caller's promise settles only after that commit: nothing is answered before it is on disk,
+   * as with one transaction per write. better-sqlite3 is synchronous, so while a commit syncs the
+   * thread waits and the next requests queue up: the busier the server, the bigger the groups.
+   * The order of the writes (and of their audit rows) is the order they were asked for.
+   */
+  private group: { fn: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }[] = [];
+  private groupScheduled = false;
+  private readonly savepoint = (fn: () => unknown) => this.db.transaction(fn)();
+
+  private groupTx<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.group.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.groupScheduled) {
+        this.groupScheduled = true;
+        setImmediate(() => this.commitGroup());
+      }
+    });
+  }
+
+  private commitGroup(): void {
+    this.groupScheduled = false;
+    const jobs = this.group;
+    this.group = [];
+    if (jobs.length === 0) return;
+    if (!this.db.open) {
+      for (const j of jobs) j.reject(new Error('the database connection is not open'));
+      return;
+    }
+    if (jobs.length === 1) {
+      const j = jobs[0]!;
+      try {
+        j.resolve(this.tx(j.fn));
+      } catch (e) {
+        j.reject(e);
+      }
+      return;
+    }
+    const results: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
+    try {
+      this.tx(() => {
+        for (const j of jobs) {
+          try {
+            results.push({ ok: true, value: this.savepoint(j.fn) });
+          } catch (error) {
+            results.push({ ok: false, error });
+          }
+        }
+      });
+    } catch (e) {
+      // the commit itself failed (e.g. disk full): none of the group was written
+      for (const j of jobs) j.reject(e);
+      return;
+    }
+    jobs.forEach((j, i) => {
+      const r = results[i]!;
+      if (r.ok) j.resolve(r.value);
+      else j.reject(r.error);
+    });
+  }
+
+  /**
    * Appends inside the caller's transaction. Every text goes through storableText first (well
    * formed, no NUL, bounded), the hash is taken over exactly those values, and the row read back
    * from SQLite must hash the same: a value SQLite would store differently from the one hashed
@@ -319,6 +383,8 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    // writes already asked for are committed (or refused) before the database closes
+    if (this.group.length > 0) this.commitGroup();
     if (this.db.open) this.db.close();
   }
 
@@ -359,7 +425,7 @@ export class SqliteStore implements Store {
     keepOtherSessions?: boolean;
     extendTokenUntil?: number;
   }) {
-    return this.tx(() => {
+    return this.groupTx(() => {
       const bound = this.q(
         `UPDATE tokens SET ek_hash = ?, bound_at = COALESCE(bound_at, ?), expires_at = MAX(expires_at, ?)
            WHERE id = ? AND used_at IS NULL AND expires_at > ? AND (ek_hash IS NULL OR ek_hash = ?)`,
@@ -445,7 +511,7 @@ export class SqliteStore implements Store {
     audit: AuditInput;
   }): Promise<boolean | { liveDevice: string }> {
     try {
-      return this.tx(() => {
+      return await this.groupTx(() => {
         if (!this.spendTokenAndSession(p.tokenId, p.sessionId, p.now, p.device.id)) throw new RaceLost();
         // the token is spent: any other open session of it (a manifest token keeps several) ends too
         this.q('UPDATE enroll_sessions SET used_at = ? WHERE token_id = ? AND used_at IS NULL').run(p.now, p.tokenId);
@@ -504,7 +570,7 @@ export class SqliteStore implements Store {
     audit: AuditInput;
     keepToken?: boolean;
   }): Promise<void> {
-    this.tx(() => {
+    await this.groupTx(() => {
       if (p.keepToken) {
         // only this session ends; the token and its other sessions stay usable
         if (p.sessionId !== null) this.q('UPDATE enroll_sessions SET used_at = ? WHERE id = ? AND used_at IS NULL').run(p.now, p.sessionId);
@@ -706,7 +772,7 @@ export class SqliteStore implements Store {
   }
 
   async createNonce(n: NonceRecord, keep: number, audit: AuditInput, requester = ''): Promise<void> {
-    this.tx(() => {
+    await this.groupTx(() => {
       // kept per requesting network: a stranger's challenges displace only its own, never the
       // device's (kind 'challenge:<network>'); all challenges of a device are bounded too
       this.insertNonce(n, keep, `challenge:${requester}`);
@@ -724,7 +790,7 @@ export class SqliteStore implements Store {
   }
 
   async spendNonce(value: string, now: number, audit?: AuditInput): Promise<boolean> {
-    return this.tx(() => {
+    return this.groupTx(() => {
       const ok = this.q('UPDATE nonces SET used_at = ? WHERE value = ? AND used_at IS NULL').run(now, value).changes === 1;
       if (audit) this.appendAuditSync(audit);
       return ok;
@@ -742,7 +808,7 @@ export class SqliteStore implements Store {
     audit: AuditInput;
   }): Promise<boolean> {
     try {
-      return this.tx(() => {
+      return await this.groupTx(() => {
         const spent = this.q(`UPDATE nonces SET used_at = ? WHERE value = ? AND device_id = ? AND used_at IS NULL`).run(
           p.now,
           p.nonce,

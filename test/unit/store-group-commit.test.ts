@@ -1,0 +1,148 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { SqliteStore } from '../../enroll-server/store/sqlite.js';
+
+const audit = (event: string) => ({ time: Date.now(), actor: 'test', event, outcome: 'ok' as const });
+
+async function enrolled(t: { after: (fn: () => Promise<void>) => void }) {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-group-'));
+  const s = new SqliteStore(path.join(dir, 'edgeid.db'));
+  t.after(async () => {
+    await s.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const now = Date.now();
+  await s.createToken(
+    {
+      id: 't1',
+      secretHash: Buffer.alloc(32),
+      zone: 'default',
+      owner: 'o',
+      name: null,
+      purpose: null,
+      createdBy: 'admin',
+      createdAt: now,
+      expiresAt: now + 3600_000,
+      ekHash: null,
+      boundAt: null,
+      usedAt: null,
+      deviceId: null,
+    },
+    audit('token.create'),
+  );
+  const session = {
+    id: 's1',
+    tokenId: 't1',
+    ekHash: 'ek',
+    akPub: Buffer.from('ak'),
+    secretHash: Buffer.alloc(32),
+    nonce: Buffer.alloc(32),
+    ip: null,
+    createdAt: now,
+    expiresAt: now + 600_000,
+    usedAt: null,
+  };
+  assert.equal(await s.startEnrollment({ tokenId: 't1', ekHash: 'ek', now, session, audit: audit('start') }), 'ok');
+  const device = {
+    id: 'dev-0000000000000001',
+    zone: 'default',
+    owner: 'o',
+    name: null,
+    purpose: null,
+    status: 'active' as const,
+    statusReason: null,
+    statusChangedAt: now,
+    ekHash: 'ek',
+    akPub: Buffer.from('ak'),
+    akName: null,
+    baseline: null,
+    claims: null,
+    baselineWindowUntil: null,
+    enrolledBy: 'admin',
+    enrolledAt: now,
+    retireBy: null,
+    lastSeen: now,
+    lastIp: null,
+  };
+  const cert = (serial: string) => ({
+    serial,
+    deviceId: device.id,
+    notBefore: now,
+    notAfter: now + 3600_000,
+    spkiHash: 'x',
+    issuedAt: now,
+    revokedAt: null,
+    reason: null,
+  });
+  const nonce = (value: string) => ({ value, deviceId: device.id, createdAt: now, expiresAt: now + 600_000, usedAt: null });
+  assert.equal(
+    await s.finishEnrollment({
+      tokenId: 't1',
+      sessionId: 's1',
+      now,
+      device,
+      certificate: cert('00'.repeat(16)),
+      nonce: nonce('first'),
+      keepNonces: 5,
+      audit: audit('finish'),
+    }),
+    true,
+  );
+  return { s, now, device, cert, nonce };
+}
+
+test('group commit: writes asked for together commit together, each with its own outcome, in the order asked', async (t) => {
+  const { s, now, device, cert, nonce } = await enrolled(t);
+  const n = 40;
+  await Promise.all(Array.from({ length: n }, (_, i) => s.createNonce(nonce(`c${i}`), 100, audit(`challenge ${i}`), 'net')));
+  const before = (await s.listAudit()).at(-1)!.seq;
+  const renew = (i: number, spend: string, serial: string) =>
+    s.renew({
+      nonce: spend,
+      now,
+      deviceId: device.id,
+      patch: { lastSeen: now + i },
+      certificate: cert(serial),
+      nextNonce: nonce(`next${i}`),
+      keepNonces: 200,
+      audit: audit(`renew ${i}`),
+    });
+  const serial = (i: number) => i.toString(16).padStart(32, '0');
+  const results = await Promise.allSettled([
+    ...Array.from({ length: n }, (_, i) => renew(i, `c${i}`, serial(i + 1))),
+    // the same nonce again, in the same group: loses, and writes nothing
+    renew(n, 'c0', serial(n + 1)),
+    // a certificate serial that is taken: this write fails alone (UNIQUE), the others stand
+    renew(n + 1, 'first', serial(1)),
+  ]);
+  assert.deepEqual(
+    results.slice(0, n).map((r) => r.status === 'fulfilled' && r.value),
+    Array(n).fill(true),
+  );
+  assert.deepEqual(results[n], { status: 'fulfilled', value: false });
+  assert.equal(results[n + 1]!.status, 'rejected');
+  assert.match(String((results[n + 1] as PromiseRejectedResult).reason), /UNIQUE/);
+  assert.equal((await s.getNonce('first'))!.usedAt, null, 'the failed write was rolled back: its nonce is still live');
+  assert.equal(await s.getNonce(`next${n}`), null);
+  assert.equal((await s.listCertificates(device.id)).length, n + 1);
+  const rows = (await s.listAudit({ afterSeq: before })).map((r) => r.event);
+  assert.deepEqual(
+    rows,
+    Array.from({ length: n }, (_, i) => `renew ${i}`),
+  );
+  assert.equal((await s.verifyAudit()).ok, true);
+});
+
+test('group commit: a store closed with writes pending commits them first', async (t) => {
+  const { s, nonce } = await enrolled(t);
+  const pending = s.createNonce(nonce('late'), 10, audit('challenge late'), 'net');
+  await s.close();
+  await pending;
+  const again = new SqliteStore(s.file);
+  t.after(() => again.close());
+  assert.equal((await again.getNonce('late'))!.value, 'late');
+  assert.equal((await again.verifyAudit()).ok, true);
+});
