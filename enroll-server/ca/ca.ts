@@ -163,7 +163,10 @@ async function signDer(signer: CaSigner, data: Buffer): Promise<Buffer> {
   if ((signer.crypto as unknown) === webcrypto) {
     let key = NODE_KEYS.get(signer);
     if (!key) NODE_KEYS.set(signer, (key = KeyObject.from(signer.key)));
-    return sign('sha256', data, { key, dsaEncoding: 'der' });
+    // with a callback, node:crypto signs in libuv's thread pool, off the event loop
+    return new Promise((resolve, reject) =>
+      sign('sha256', data, { key: key!, dsaEncoding: 'der' }, (err, sig) => (err ? reject(err) : resolve(sig))),
+    );
   }
   return p1363ToDer(Buffer.from(await signer.crypto.subtle.sign(ALG, signer.key, data)));
 }

@@ -72,6 +72,31 @@ export function parseCsr(der: Buffer): ParsedCsr {
  * key is the certified session key, compared as keys (csr_key_mismatch).
  */
 export function checkCsr(der: Buffer, spki: Buffer, spkiKey?: KeyObject): void {
+  const c = csrKey(der, spki, spkiKey);
+  let ok = false;
+  try {
+    ok = verify('sha256', c.csr.info, { key: c.key, dsaEncoding: 'der' }, c.csr.signature);
+  } catch {
+    ok = false;
+  }
+  keyMatches(c, ok, spki);
+}
+
+/** checkCsr with the signature checked in libuv's thread pool (node:crypto `verify` with a callback); same checks and codes. */
+export async function checkCsrAsync(der: Buffer, spki: Buffer, spkiKey?: KeyObject): Promise<void> {
+  const c = csrKey(der, spki, spkiKey);
+  const ok = await new Promise<boolean>((resolve) => {
+    try {
+      verify('sha256', c.csr.info, { key: c.key, dsaEncoding: 'der' }, c.csr.signature, (err, v) => resolve(!err && v));
+    } catch {
+      resolve(false);
+    }
+  });
+  keyMatches(c, ok, spki);
+}
+
+/** The parsed request and its key (an EC key, or csr_bad_signature). */
+function csrKey(der: Buffer, spki: Buffer, spkiKey?: KeyObject): { csr: ParsedCsr; key: KeyObject; same: boolean } {
   const csr = parseCsr(der);
   // the usual case: the request carries the session key's SPKI byte for byte, already imported
   // by the caller (`spkiKey`, the KeyObject of `spki`), so it is neither imported nor exported again
@@ -82,16 +107,15 @@ export function checkCsr(der: Buffer, spki: Buffer, spkiKey?: KeyObject): void {
   } catch {
     throw new EdgeidError('csr_bad_signature', 'the CSR key cannot be read, so its signature cannot be verified');
   }
-  let ok = false;
-  try {
-    // OpenSSL decodes the DER ECDSA-Sig-Value and re-encodes it before it verifies, so a
-    // signature that is not exactly DER fails here too
-    ok = key.asymmetricKeyType === 'ec' && verify('sha256', csr.info, { key, dsaEncoding: 'der' }, csr.signature);
-  } catch {
-    ok = false;
-  }
-  if (!ok) throw new EdgeidError('csr_bad_signature');
+  if (key.asymmetricKeyType !== 'ec') throw new EdgeidError('csr_bad_signature');
+  return { csr, key, same };
+}
+
+function keyMatches(c: { key: KeyObject; same: boolean }, signatureOk: boolean, spki: Buffer): void {
+  // OpenSSL decodes the DER ECDSA-Sig-Value and re-encodes it before it verifies, so a signature
+  // that is not exactly DER fails too
+  if (!signatureOk) throw new EdgeidError('csr_bad_signature');
   // compared as keys, not as the CSR's bytes: an SPKI has more than one encoding of one key (e.g.
   // a compressed EC point, SEC 1 §2.3.3), so both sides go through node:crypto's DER export
-  if (!same && !key.export({ type: 'spki', format: 'der' }).equals(spki)) throw new EdgeidError('csr_key_mismatch');
+  if (!c.same && !c.key.export({ type: 'spki', format: 'der' }).equals(spki)) throw new EdgeidError('csr_key_mismatch');
 }

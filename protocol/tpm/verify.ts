@@ -4,7 +4,7 @@ import { parseAttest, type TpmsAttest } from './attest.js';
 import { TPMA_OBJECT, TPM_ALG, TPM_ECC_CURVE, TPM_GENERATED_VALUE, TPM_ST_ATTEST_CERTIFY, TPM_ST_ATTEST_QUOTE } from './constants.js';
 import { pcrDigest } from './pcr.js';
 import { digestSize, objectName, publicKeyObject, type TpmPublic } from './public.js';
-import { parseSignature, verifyTpmSignature } from './signature.js';
+import { parseSignature, verifyTpmSignature, verifyTpmSignatureAsync } from './signature.js';
 
 function fail(code: ErrorCode, message?: string, details?: Record<string, unknown>): never {
   throw new EdgeidError(code, message, details);
@@ -81,6 +81,34 @@ export interface VerifyQuoteParams {
  * (baseline, golden values) is the caller's.
  */
 export function verifyQuote(params: VerifyQuoteParams): { attest: TpmsAttest; pcrs: number[] } {
+  return quoteChecks(params);
+}
+
+/** verifyQuote with the signature checked in the thread pool (verifyTpmSignatureAsync); same checks, same order, same codes. */
+export async function verifyQuoteAsync(params: VerifyQuoteParams): Promise<{ attest: TpmsAttest; pcrs: number[] }> {
+  return quoteChecks(params, await signatureOutcome(params.akPublic, params.attest, params.signature));
+}
+
+/**
+ * The signature's outcome, computed ahead of the checks that come before it (which still run
+ * first: `undefined` when the signature does not parse, so the checks report that in their order).
+ */
+async function signatureOutcome(akPublic: TpmPublic, attest: Buffer, signature: Buffer): Promise<boolean | undefined> {
+  let sig;
+  try {
+    sig = parseSignature(signature);
+  } catch {
+    return undefined;
+  }
+  try {
+    return await verifyTpmSignatureAsync(akPublic, attest, sig);
+  } catch {
+    // e.g. a key the checks refuse first: they run, and throw, in their order
+    return undefined;
+  }
+}
+
+function quoteChecks(params: VerifyQuoteParams, signatureOk?: boolean): { attest: TpmsAttest; pcrs: number[] } {
   const { akPublic, qualifyingData, pcrValues } = params;
   const bank = params.hashAlg ?? TPM_ALG.SHA256;
 
@@ -97,7 +125,7 @@ export function verifyQuote(params: VerifyQuoteParams): { attest: TpmsAttest; pc
     fail('quote_unsupported_signature', undefined, { sigAlg: signature.sigAlg, hashAlg: signature.hashAlg });
   }
 
-  if (!verifyTpmSignature(akPublic, params.attest, signature)) fail('quote_bad_signature');
+  if (!(signatureOk ?? verifyTpmSignature(akPublic, params.attest, signature))) fail('quote_bad_signature');
 
   if (!sameBytes(attest.extraData, qualifyingData)) fail('quote_nonce_mismatch');
 
@@ -169,6 +197,15 @@ const DEFAULT_CERTIFY_REQUIREMENTS: Required<CertifyRequirements> = {
  *     sign [required]                           → certify_not_signing_key
  */
 export function verifyCertify(params: VerifyCertifyParams): { attest: TpmsAttest; certifiedName: Buffer } {
+  return certifyChecks(params);
+}
+
+/** verifyCertify with the signature checked in the thread pool (verifyTpmSignatureAsync); same checks, same order, same codes. */
+export async function verifyCertifyAsync(params: VerifyCertifyParams): Promise<{ attest: TpmsAttest; certifiedName: Buffer }> {
+  return certifyChecks(params, await signatureOutcome(params.akPublic, params.attest, params.signature));
+}
+
+function certifyChecks(params: VerifyCertifyParams, signatureOk?: boolean): { attest: TpmsAttest; certifiedName: Buffer } {
   const { akPublic, certifiedPublic, qualifyingData } = params;
   const require = { ...DEFAULT_CERTIFY_REQUIREMENTS, ...params.require };
 
@@ -185,7 +222,7 @@ export function verifyCertify(params: VerifyCertifyParams): { attest: TpmsAttest
     fail('certify_unsupported_signature', undefined, { sigAlg: signature.sigAlg, hashAlg: signature.hashAlg });
   }
 
-  if (!verifyTpmSignature(akPublic, params.attest, signature)) fail('certify_bad_signature');
+  if (!(signatureOk ?? verifyTpmSignature(akPublic, params.attest, signature))) fail('certify_bad_signature');
 
   if (!sameBytes(attest.extraData, qualifyingData)) fail('certify_nonce_mismatch');
 

@@ -20,7 +20,9 @@ import {
   parsePublic,
   pcrDigest,
   verifyCertify,
+  verifyCertifyAsync,
   verifyQuote,
+  verifyQuoteAsync,
   type TpmPublic,
   type TpmsAttest,
 } from '../../protocol/tpm/index.js';
@@ -359,4 +361,72 @@ test('rejects bad magic and a quote passed as a certification', () => {
       }),
     'certify_unsupported_signature',
   );
+});
+
+// ---- the thread-pool variants ----
+
+/** The outcome of a check as a string: 'ok' or the error code. */
+async function outcome(fn: () => unknown): Promise<string> {
+  try {
+    await fn();
+    return 'ok';
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  }
+}
+
+test('verifyQuoteAsync and verifyCertifyAsync reach the same outcome and code as the synchronous checks, in the same order', async () => {
+  const flip = (b: Buffer, at: number) => {
+    const c = Buffer.from(b);
+    c[at < 0 ? c.length + at : at]! ^= 0x01;
+    return c;
+  };
+  const q = makeQuote();
+  const other = eccKey(AK_ATTRIBUTES);
+  const loose = eccKey(SESSION_KEY_ATTRIBUTES, { alg: TPM_ALG.ECDSA, hashAlg: TPM_ALG.SHA256 });
+  const quotes: Parameters<typeof verifyQuote>[0][] = [
+    { akPublic: ak.pub, ...q, qualifyingData: nonce, pcrValues },
+    { akPublic: ak.pub, attest: flip(q.attest, -1), signature: q.signature, qualifyingData: nonce, pcrValues },
+    { akPublic: ak.pub, attest: q.attest, signature: flip(q.signature, -1), qualifyingData: nonce, pcrValues },
+    { akPublic: ak.pub, ...makeQuote({}, { signer: other.privateKey }), qualifyingData: nonce, pcrValues },
+    { akPublic: ak.pub, ...q, qualifyingData: randomBytes(32), pcrValues },
+    { akPublic: ak.pub, ...makeQuote({}, { hashAlg: TPM_ALG.SHA384 }), qualifyingData: nonce, pcrValues },
+    { akPublic: ak.pub, attest: q.attest, signature: q.signature.subarray(0, 10), qualifyingData: nonce, pcrValues },
+    { akPublic: ak.pub, attest: q.attest.subarray(0, 20), signature: q.signature, qualifyingData: nonce, pcrValues },
+    // a bad signature and a bad nonce: the signature is reported, as before
+    { akPublic: ak.pub, attest: q.attest, signature: flip(q.signature, -1), qualifyingData: randomBytes(32), pcrValues },
+    // an AK the checks refuse before they parse anything
+    { akPublic: loose.pub, ...q, qualifyingData: nonce, pcrValues },
+  ];
+  const seen = new Set<string>();
+  for (const p of quotes) {
+    const sync = await outcome(() => verifyQuote(p));
+    assert.equal(await outcome(() => verifyQuoteAsync(p)), sync);
+    seen.add(sync);
+  }
+  assert.deepEqual([...seen].sort(), [
+    'ak_attributes_invalid',
+    'ok',
+    'quote_bad_signature',
+    'quote_nonce_mismatch',
+    'quote_unsupported_signature',
+    'tpm_malformed',
+  ]);
+
+  const c = makeCertify(sessionKey.pub);
+  const certifies: Parameters<typeof verifyCertify>[0][] = [
+    { akPublic: ak.pub, ...c, certifiedPublic: sessionKey.pub, qualifyingData: nonce },
+    { akPublic: ak.pub, attest: flip(c.attest, -1), signature: c.signature, certifiedPublic: sessionKey.pub, qualifyingData: nonce },
+    { akPublic: ak.pub, attest: c.attest, signature: flip(c.signature, -1), certifiedPublic: sessionKey.pub, qualifyingData: nonce },
+    { akPublic: ak.pub, ...c, certifiedPublic: sessionKey.pub, qualifyingData: randomBytes(32) },
+    { akPublic: ak.pub, ...c, certifiedPublic: eccKey(SESSION_KEY_ATTRIBUTES, { alg: TPM_ALG.NULL }).pub, qualifyingData: nonce },
+    { akPublic: ak.pub, attest: c.attest, signature: c.signature.subarray(0, 5), certifiedPublic: sessionKey.pub, qualifyingData: nonce },
+  ];
+  seen.clear();
+  for (const p of certifies) {
+    const sync = await outcome(() => verifyCertify(p));
+    assert.equal(await outcome(() => verifyCertifyAsync(p)), sync);
+    seen.add(sync);
+  }
+  assert.deepEqual([...seen].sort(), ['certify_bad_signature', 'certify_name_mismatch', 'certify_nonce_mismatch', 'ok', 'tpm_malformed']);
 });
