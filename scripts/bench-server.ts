@@ -33,6 +33,15 @@
  *                        TPM2_ActivateCredential in software (scripts/harness/softenroll.ts), finish
  *     --quick            < 2 minutes: 32 devices, 2 clients, levels 1,8, 4 s phases, one open-loop
  *                        rate; exits non-zero only on errors (a non-2xx renewal, a crash)
+ *
+ *   node --import tsx scripts/bench-server.ts --fleet [options]    (scripts/bench fleet)
+ *     A fleet renewing on schedule: N devices whose certificates live L seconds (the zone's
+ *     lifetime), each renewing every 2/3·L (agent/README: renewal at two thirds of the lifetime),
+ *     their first renewals spread evenly over one interval, for M minutes: renewals/s offered and
+ *     done, p50/p99 from the moment each was due, failed renewals, renewals that came after the
+ *     device's certificate expired, server RSS every 5 s, CPU, DB size and its growth per day.
+ *     --devices N (default 10000; the goal is 100000), --lifetime L (seconds, default 300),
+ *     --minutes M (default 15), --clients K.
  * Exit code 1 when any renewal failed or the server died.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -68,6 +77,7 @@ type Command =
   | { cmd: 'closed'; concurrency: number; ms: number }
   | { cmd: 'open'; rate: number; ms: number }
   | { cmd: 'enroll'; tokens: string[]; concurrency: number }
+  | { cmd: 'fleet'; intervalMs: number; lifetimeMs: number; ms: number }
   | { cmd: 'exit' };
 
 interface PhaseResult {
@@ -81,6 +91,8 @@ interface PhaseResult {
   /** due but no free device (open loop only: the pool was too small for the rate × latency). */
   starved: number;
   clientCpuMs: number;
+  /** fleet: renewals that succeeded after the device's previous certificate had expired. */
+  late?: number;
 }
 
 function fromWire(w: WireDevice): SoftDevice {
@@ -214,6 +226,50 @@ async function loadClient(): Promise<void> {
               r.failures['0'] = (r.failures['0'] ?? 0) + 1;
               r.firstFailure ??= String(e);
             }
+          }
+        }),
+      );
+      r.clientCpuMs = cpu() - c0;
+      send(r);
+    } else if (m.cmd === 'fleet') {
+      // each device renews every intervalMs, the first renewals spread evenly over one interval;
+      // a failed renewal is retried after a second; late = its certificate had expired meanwhile
+      const r = { ...result(), late: 0 };
+      const c0 = cpu();
+      const start = performance.now();
+      const end = start + m.ms;
+      const n = devices.length;
+      await Promise.all(
+        devices.map(async (dev, j) => {
+          let due = start + (j / n) * m.intervalMs;
+          // the seeded certificate is long-lived: the first "expiry" is one lifetime after the first due time
+          let expires = due + m.lifetimeMs - m.intervalMs;
+          while (due < end) {
+            const wait = due - performance.now();
+            if (wait > 0) await new Promise((res) => setTimeout(res, wait));
+            try {
+              const out = await renew(dev, client!, {});
+              const done = performance.now();
+              if (out.status === 200) {
+                r.ok++;
+                r.lat.push(done - due);
+                if (done > expires) r.late++;
+                // the agent renews at two thirds of its new certificate's lifetime
+                expires = done + m.lifetimeMs;
+                due = done + m.intervalMs;
+                continue;
+              }
+              r.errors++;
+              r.failures[out.status] = (r.failures[out.status] ?? 0) + 1;
+              r.firstFailure ??= `${out.status} ${JSON.stringify(out.body).slice(0, 300)}`;
+              await challenge(dev, client!).catch(() => {});
+            } catch (e) {
+              r.errors++;
+              r.failures['0'] = (r.failures['0'] ?? 0) + 1;
+              r.firstFailure ??= String(e);
+              await challenge(dev, client!).catch(() => {});
+            }
+            due = performance.now() + 1000;
           }
         }),
       );
@@ -416,6 +472,83 @@ function merge(rs: PhaseResult[]): Merged {
   return m;
 }
 
+/** The bench server's config: rate limits out of the way. */
+const BENCH_CONFIG = {
+  rateLimit: {
+    perAddress: { max: 1_000_000, window: 1 },
+    renew: { max: 1_000_000, window: 1 },
+    enroll: { max: 1_000_000, window: 1 },
+    admin: { max: 1_000_000, window: 1 },
+    connectionsPerAddress: 100_000,
+  },
+  // the software devices enroll with a software EK that has no EK certificate
+  ek: { requireEkCertificate: false },
+};
+
+/** Forks the load processes, hands each its share of the devices, and waits until they have challenged them. */
+async function startClients(o: {
+  children: ChildProcess[];
+  n: number;
+  url: string;
+  caPem: string;
+  devices: SoftDevice[];
+  tamperEvery: number;
+  serverPid: number;
+  serverAlive: () => boolean;
+}) {
+  const wire = o.devices.map((d): WireDevice => ({
+    deviceId: d.deviceId!,
+    akPublic: d.ak.public.toString('base64'),
+    akPrivate: (d.ak.privateKey.export({ format: 'der', type: 'pkcs8' }) as Buffer).toString('base64'),
+    pcrValues: [...d.pcrValues].map(([i, v]) => [i, v.toString('base64')]),
+    pcrs: d.pcrs,
+  }));
+  const waitMsg = (c: ChildProcess) =>
+    new Promise<any>((resolve, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`load client exited (${code})`));
+      c.once('exit', onExit);
+      c.once('message', (m) => {
+        c.off('exit', onExit);
+        resolve(m);
+      });
+    });
+  for (let k = 0; k < o.n; k++) {
+    const c = fork(SELF, ['--load-client'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    o.children.push(c);
+    await waitMsg(c);
+  }
+  await Promise.all(
+    o.children.map((c, k) => {
+      const p = waitMsg(c);
+      c.send({
+        cmd: 'init',
+        url: o.url,
+        caPem: o.caPem,
+        devices: wire.filter((_, i) => i % o.n === k),
+        tamperEvery: o.tamperEvery,
+      } satisfies Command);
+      return p;
+    }),
+  );
+  /** one phase on every client; `make(k)` splits the load; returns merged results and the server CPU spent */
+  const phase = async (make: (k: number) => Command) => {
+    const c0 = procCpuMs(o.serverPid);
+    const t = performance.now();
+    const rs = (await Promise.all(
+      o.children.map((c, k) => {
+        const p = waitMsg(c);
+        c.send(make(k));
+        return p;
+      }),
+    )) as PhaseResult[];
+    const wallMs = performance.now() - t;
+    if (!o.serverAlive()) throw new Error('the server died during the load');
+    const m = merge(rs);
+    return { m, wallMs, serverCpuMs: procCpuMs(o.serverPid) - c0, results: rs };
+  };
+  return { phase };
+}
+
 async function main(): Promise<number> {
   const quick = flag('--quick');
   const cpuProf = flag('--cpu-prof');
@@ -443,17 +576,7 @@ async function main(): Promise<number> {
   let failed = false;
   try {
     // the server creates its CA and database at the first start; the devices are seeded while it is stopped
-    const config = {
-      rateLimit: {
-        perAddress: { max: 1_000_000, window: 1 },
-        renew: { max: 1_000_000, window: 1 },
-        enroll: { max: 1_000_000, window: 1 },
-        admin: { max: 1_000_000, window: 1 },
-        connectionsPerAddress: 100_000,
-      },
-      // the software devices enroll with a software EK that has no EK certificate
-      ek: { requireEkCertificate: false },
-    };
+    const config = BENCH_CONFIG;
     const t0 = performance.now();
     srv = await startServerProcess({ dataDir, config });
     await srv.stop();
@@ -517,54 +640,10 @@ async function main(): Promise<number> {
     }, 1000);
     rss.push({ t: 0, mb: procRssMb(serverPid) });
 
-    // the load processes, each with its share of the devices
-    const wire = devices.map((d): WireDevice => ({
-      deviceId: d.deviceId!,
-      akPublic: d.ak.public.toString('base64'),
-      akPrivate: (d.ak.privateKey.export({ format: 'der', type: 'pkcs8' }) as Buffer).toString('base64'),
-      pcrValues: [...d.pcrValues].map(([i, v]) => [i, v.toString('base64')]),
-      pcrs: d.pcrs,
-    }));
-    const waitMsg = (c: ChildProcess) =>
-      new Promise<any>((resolve, reject) => {
-        const onExit = (code: number | null) => reject(new Error(`load client exited (${code})`));
-        c.once('exit', onExit);
-        c.once('message', (m) => {
-          c.off('exit', onExit);
-          resolve(m);
-        });
-      });
-    for (let k = 0; k < nClients; k++) {
-      const c = fork(SELF, ['--load-client'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-      children.push(c);
-      await waitMsg(c);
-    }
     const url = `https://127.0.0.1:${srv.port}`;
-    await Promise.all(
-      children.map((c, k) => {
-        const p = waitMsg(c);
-        c.send({ cmd: 'init', url, caPem: srv!.caPem, devices: wire.filter((_, i) => i % nClients === k), tamperEvery } satisfies Command);
-        return p;
-      }),
-    );
+    const { phase } = await startClients({ children, n: nClients, url, caPem: srv.caPem, devices, tamperEvery, serverPid, serverAlive });
     log(`${nClients} load processes ready`);
 
-    /** one phase on every client; `share(k)` splits the load; returns merged results and the server CPU spent */
-    const phase = async (make: (k: number) => Command) => {
-      const c0 = procCpuMs(serverPid);
-      const t = performance.now();
-      const rs = (await Promise.all(
-        children.map((c, k) => {
-          const p = waitMsg(c);
-          c.send(make(k));
-          return p;
-        }),
-      )) as PhaseResult[];
-      const wallMs = performance.now() - t;
-      if (!serverAlive()) throw new Error('the server died during the load');
-      const m = merge(rs);
-      return { m, wallMs, serverCpuMs: procCpuMs(serverPid) - c0 };
-    };
     const split = (total: number, k: number) => Math.floor(total / nClients) + (k < total % nClients ? 1 : 0);
 
     const closed: { level: number; rate: number; p50: number; p99: number; cpuPer: number; clientCpuPer: number; errors: number }[] = [];
@@ -741,10 +820,96 @@ async function main(): Promise<number> {
   return failed ? 1 : 0;
 }
 
+/** `--fleet`: N devices renewing on schedule (see the header). */
+async function fleetMain(): Promise<number> {
+  const nDevices = Number(arg('--devices', '10000'));
+  const lifetimeS = Number(arg('--lifetime', '300'));
+  const minutes = Number(arg('--minutes', '15'));
+  const nClients = Number(arg('--clients', String(cpus().length)));
+  const intervalMs = (lifetimeS * 1000 * 2) / 3;
+  process.env.EDGEID_TEST_BINS ??= 'dist';
+  const mode = binsMode();
+  const base = mkdtempSync(path.join('/tmp', 'edgeid-bench-fleet-'));
+  const dataDir = path.join(base, 'data');
+  const log = (s: string) => process.stderr.write(`[bench fleet] ${s}\n`);
+  let srv: ServerProcess | null = null;
+  const children: ChildProcess[] = [];
+  try {
+    const config = { ...BENCH_CONFIG, allowShortLifetimes: lifetimeS < 300, zones: { default: { lifetime: lifetimeS } } };
+    const t0 = performance.now();
+    srv = await startServerProcess({ dataDir, config });
+    await srv.stop();
+    const devices = Array.from({ length: nDevices }, () => createSoftDevice());
+    await seedSoftDevices(dataDir, devices);
+    const seedS = (performance.now() - t0) / 1000;
+    log(`seeded ${nDevices} devices in ${seedS.toFixed(1)} s`);
+    const dbBefore = dbBytes(dataDir);
+    await srv.start(config);
+    const serverPid = srv.proc!.pid!;
+    const serverAlive = () => existsSync(`/proc/${serverPid}/stat`);
+    const url = `https://127.0.0.1:${srv.port}`;
+    const { phase } = await startClients({ children, n: nClients, url, caPem: srv.caPem, devices, tamperEvery: 0, serverPid, serverAlive });
+    log(`${nClients} load processes ready (every device challenged once); renewing for ${minutes} min`);
+    const rss: { t: number; mb: number }[] = [];
+    const tLoad = performance.now();
+    rss.push({ t: 0, mb: procRssMb(serverPid) });
+    const sampler = setInterval(() => {
+      if (serverAlive()) rss.push({ t: (performance.now() - tLoad) / 1000, mb: procRssMb(serverPid) });
+      const last = rss.at(-1)!;
+      if (Math.round(last.t) % 60 < 5) log(`${(last.t / 60).toFixed(1)} min: server RSS ${last.mb.toFixed(0)} MB`);
+    }, 5000);
+    const { m, wallMs, serverCpuMs, results } = await phase(() => ({
+      cmd: 'fleet',
+      intervalMs,
+      lifetimeMs: lifetimeS * 1000,
+      ms: minutes * 60_000,
+    }));
+    clearInterval(sampler);
+    const late = results.reduce((a, r) => a + (r.late ?? 0), 0);
+    await srv.stop();
+    const dbAfter = dbBytes(dataDir);
+
+    const cores = cpus();
+    const offered = nDevices / (intervalMs / 1000);
+    const warm = rss.filter((r) => r.t <= intervalMs / 1000).at(-1) ?? rss[0]!;
+    const after = rss.filter((r) => r.t > intervalMs / 1000);
+    const afterMax = after.length ? Math.max(...after.map((r) => r.mb)) : NaN;
+    const pick = rss.filter((_, i) => i % Math.max(1, Math.ceil(rss.length / 15)) === 0 || i === rss.length - 1);
+    const out: string[] = [];
+    out.push(
+      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle' : 'the sources (tsx)'}; data dir on /tmp (synchronous = FULL); ${nClients} load processes on the same machine.`,
+    );
+    out.push('');
+    out.push(
+      '| devices | certificate lifetime | renewal every | minutes | offered renewals/s | done renewals/s | p50 ms | p99 ms | max ms | failed | late (after expiry) | server CPU ms / renewal | client CPU ms / renewal |',
+    );
+    out.push('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    out.push(
+      `| ${nDevices} | ${lifetimeS} s | ${f0(intervalMs / 1000)} s | ${minutes} | ${f1(offered)} | ${f1((m.ok * 1000) / wallMs)} | ${f1(pctl(m.lat, 50))} | ${f1(pctl(m.lat, 99))} | ${f1(m.lat.at(-1) ?? NaN)} | ${m.errors} | ${late} | ${f1(serverCpuMs / Math.max(1, m.ok))} | ${f1(m.clientCpuMs / Math.max(1, m.ok))} |`,
+    );
+    out.push('');
+    out.push(`Seeding ${nDevices} devices: ${f0(seedS)} s.`);
+    out.push(
+      `Server RSS (MB), every ~${f0(pick.length > 1 ? pick[1]!.t - pick[0]!.t : 5)} s: ${pick.map((r) => f0(r.mb)).join(' → ')}; after the first renewal interval (warm-up, ${f0(warm.mb)} MB at ${f0(warm.t)} s) the maximum was ${f0(afterMax)} MB (${f1(afterMax - warm.mb)} MB above).`,
+    );
+    out.push(
+      `SQLite (db + WAL): ${(dbBefore / 2 ** 20).toFixed(1)} MiB after seeding → ${(dbAfter / 2 ** 20).toFixed(1)} MiB after ${m.ok} renewals: ${f0((dbAfter - dbBefore) / Math.max(1, m.ok))} bytes per renewal, ${((((dbAfter - dbBefore) / minutes) * 1440) / 2 ** 30).toFixed(2)} GiB per day at this rate before retention (retention deletes expired certificates and exports old audit rows: enroll-server/README).`,
+    );
+    if (m.errors) out.push(`Failures: ${JSON.stringify(m.failures)}; first: ${m.firstFailure}`);
+    console.log(out.join('\n'));
+    for (const c of children) c.send({ cmd: 'exit' } satisfies Command);
+    return m.errors > 0 ? 1 : 0;
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill();
+    await srv?.close().catch(() => {});
+    rmSync(base, { recursive: true, force: true });
+  }
+}
+
 if (process.argv.includes('--load-client')) await loadClient();
 else {
   try {
-    process.exitCode = await main();
+    process.exitCode = await (flag('--fleet') ? fleetMain() : main());
   } catch (e) {
     console.error(`[bench server] FAILED: ${(e as Error).stack ?? e}`);
     process.exitCode = 1;
