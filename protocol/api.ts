@@ -528,6 +528,15 @@ export const UserTokenResponse = Type.Object({
 });
 export type UserTokenResponse = Static<typeof UserTokenResponse>;
 export const UserParams = Type.Object({ name: UserName }, { additionalProperties: false });
+/** POST /v1/admin/users/:name/set-role: `zones` absent keeps the account's zones, null = every zone. */
+export const UserSetRoleRequest = Type.Object(
+  {
+    role: oneOf(USER_ROLES),
+    zones: Type.Optional(Nullable(Type.Array(ZoneName, { minItems: 1, maxItems: 64 }))),
+  },
+  { additionalProperties: false },
+);
+export type UserSetRoleRequest = Static<typeof UserSetRoleRequest>;
 
 export const AuditQuery = Type.Object(
   {
