@@ -435,8 +435,9 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       const authorize = async (req: FastifyRequest) => {
         const { user, error } = await identify(ctx, req.headers.authorization);
         if (error) {
-          // a token that matched a disabled or expired account: its refusal row names that person
-          req.refusedUser = user;
+          // a token that matched a disabled or expired account (or, at the second check, the
+          // account it belonged to when the request arrived): its refusal row names that person
+          req.refusedUser = user ?? req.adminUser;
           req.adminUser = null;
           req.adminAuthenticated = false;
           throw error;

@@ -150,6 +150,43 @@ test('users set-role: a new role and zones at once, audited; bad input changes n
   assert.equal((await srv.admin('GET', '/v1/admin/audit/verify')).body.ok, true);
 });
 
+test('users add: bad names, zones, roles and lifetimes are refused with a stable code and make no account', async (t) => {
+  const { srv, rows } = await setup(t);
+  const bad: [Record<string, unknown>, number, string][] = [
+    [{ name: 'admin?', role: 'viewer' }, 400, 'bad_request'],
+    [{ name: 'user:alice', role: 'viewer' }, 400, 'bad_request'],
+    [{ name: 'al\u0007ice', role: 'viewer' }, 400, 'bad_request'],
+    [{ name: 'al\u0000ice', role: 'viewer' }, 400, 'text_not_well_formed'],
+    [{ name: 'zoë', role: 'viewer' }, 400, 'bad_request'],
+    [{ name: 'Alice', role: 'viewer' }, 400, 'bad_request'],
+    [{ name: 'a'.repeat(65), role: 'viewer' }, 400, 'bad_request'],
+    [{ name: '', role: 'viewer' }, 400, 'bad_request'],
+    [{ name: 'alice', role: 'Admin' }, 400, 'bad_request'],
+    [{ name: 'alice', role: 'viewer', zones: [] }, 400, 'bad_request'],
+    [{ name: 'alice', role: 'viewer', zones: ['a', 'nowhere'] }, 403, 'zone_unknown'],
+    [{ name: 'alice', role: 'admin', zones: ['a'] }, 400, 'user_invalid'],
+    [{ name: 'alice', role: 'viewer', expiresInSeconds: 0 }, 400, 'bad_request'],
+    [{ name: 'alice', role: 'viewer', expiresInSeconds: -60 }, 400, 'bad_request'],
+    [{ name: 'alice', role: 'viewer', expiresInSeconds: 1e12 }, 400, 'bad_request'],
+    [{ name: 'alice', role: 'viewer', expiresInSeconds: 90.5 }, 400, 'bad_request'],
+  ];
+  for (const [body, status, code] of bad) {
+    const r = await srv.admin('POST', '/v1/admin/users', body);
+    assert.deepEqual([r.status, r.body.error.code], [status, code], JSON.stringify(body));
+  }
+  const users = (await srv.admin('GET', '/v1/admin/users')).body.users as { name: string }[];
+  assert.deepEqual(
+    users.map((u) => u.name),
+    ['admin'],
+  );
+  const dup = await srv.admin('POST', '/v1/admin/users', { name: 'alice', role: 'viewer', zones: ['a', 'a', 'b'] });
+  assert.deepEqual(dup.body.zones, ['a', 'b'], 'repeated zones once');
+  assert.ok(
+    (await rows('')).every((r) => r.outcome === 'ok' || r.actor === 'user:admin'),
+    'every refusal is a row of user:admin',
+  );
+});
+
 test('two admins removing each other at the same time: one admin stays', async (t) => {
   const { srv, add } = await setup(t);
   // the real store, answering its reads a turn of the event loop later (as a store on a network
@@ -205,6 +242,28 @@ test('an account disabled while its request’s body is arriving does not act th
   const res = await pending;
   assert.deepEqual([res.statusCode, res.json().error.code], [401, 'user_disabled']);
   assert.equal(await user('mallory'), undefined, 'no account made');
+
+  // the same with a token rotated away meanwhile: refused, and the row still names the person
+  const fay = await add('fay', 'admin');
+  const body2 = new PassThrough();
+  const pending2 = srv.server.app.inject({
+    method: 'POST',
+    url: '/v1/admin/users',
+    headers: { authorization: `Bearer ${fay}`, 'content-type': 'application/json' },
+    payload: body2,
+  });
+  body2.write('{"name":"mallory",');
+  await waitFor('the first part of the second body read', () => body2.readableLength === 0 && body2.readableFlowing !== null);
+  assert.equal((await srv.admin('POST', '/v1/admin/users/fay/rotate-token', {})).status, 200);
+  body2.end('"role":"admin"}');
+  const res2 = await pending2;
+  assert.deepEqual([res2.statusCode, res2.json().error.code], [401, 'admin_unauthorized']);
+  assert.equal(await user('mallory'), undefined, 'no account made');
+  const rows = (await srv.admin('GET', '/v1/admin/audit?limit=10000&user=fay')).body.rows as any[];
+  assert.deepEqual(
+    rows.filter((r) => r.outcome === 'fail').map((r) => [r.event, r.reason, r.details.role]),
+    [['admin.http.users', 'admin_unauthorized', 'admin']],
+  );
 });
 
 test('a new data/admin-token makes the bootstrap user an admin of every zone again, also after a demotion', async (t) => {
