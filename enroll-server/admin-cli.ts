@@ -632,7 +632,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       const { users } = await client.request('GET', '/v1/admin/users', undefined, W.UserList);
       emit(users, () =>
         table(
-          users.map((u) => ({ ...u, zones: u.zones ? u.zones.join(',') : '(all)', state: u.disabledAt ? 'disabled' : 'enabled' })),
+          users.map((u) => ({ ...u, zones: u.zones ? u.zones.join(',') : '(all)' })),
           ['name', 'role', 'zones', 'state', 'expiresAt', 'createdBy', 'tokenRotatedAt'],
         ),
       );

@@ -514,6 +514,8 @@ export const UserView = Type.Object({
   tokenRotatedAt: Nullable(Iso),
   /** The user whose token is data/admin-token on the server host. */
   bootstrap: Type.Boolean(),
+  /** At the time of the answer: disabled, else expired (expiresAt passed), else enabled. */
+  state: oneOf(['enabled', 'disabled', 'expired'] as const),
 });
 export type UserView = Static<typeof UserView>;
 export const UserList = Type.Object({ users: Type.Array(UserView) });

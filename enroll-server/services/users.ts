@@ -63,7 +63,7 @@ export async function identify(
   return { user: u, error: null };
 }
 
-export function userView(u: UserRecord): UserView {
+export function userView(u: UserRecord, now: number): UserView {
   const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
   return {
     name: u.name,
@@ -76,6 +76,7 @@ export function userView(u: UserRecord): UserView {
     disabledBy: u.disabledBy,
     tokenRotatedAt: iso(u.tokenRotatedAt),
     bootstrap: u.bootstrap,
+    state: u.disabledAt !== null ? 'disabled' : u.expiresAt !== null && u.expiresAt <= now ? 'expired' : 'enabled',
   };
 }
 
@@ -123,7 +124,7 @@ export async function listUsers(ctx: ServerContext, who: Caller): Promise<{ user
   return audited(ctx, { event: 'admin.users.list', actor: who.actor, ip: who.ip }, async (a) => {
     const users = await ctx.store.listUsers();
     a.details = { rows: users.length };
-    return { users: users.map(userView) };
+    return { users: users.map((u) => userView(u, a.time)) };
   });
 }
 
@@ -137,7 +138,7 @@ async function mustGetUser(ctx: ServerContext, name: string): Promise<UserRecord
 export async function disableUser(ctx: ServerContext, name: string, who: Caller): Promise<{ user: UserView }> {
   return audited(ctx, { event: 'user.disable', actor: who.actor, ip: who.ip, details: { user: name } }, async (a) => {
     const u = await mustGetUser(ctx, name);
-    if (u.disabledAt !== null) return { user: userView(u) };
+    if (u.disabledAt !== null) return { user: userView(u, a.time) };
     const done = await ctx.store.updateUser(
       name,
       { disabledAt: a.time, disabledBy: who.actor },
@@ -148,7 +149,7 @@ export async function disableUser(ctx: ServerContext, name: string, who: Caller)
     );
     if (done === 'last_admin') throw new EdgeidError('user_last_admin', `${name} is the last enabled admin`, { user: name });
     a.recorded();
-    return { user: userView((await ctx.store.getUser(name))!) };
+    return { user: userView((await ctx.store.getUser(name))!, a.time) };
   });
 }
 
@@ -175,7 +176,7 @@ export async function setUserRole(ctx: ServerContext, name: string, req: UserSet
         throw new EdgeidError('user_last_admin', `${name} is the last enabled admin: it keeps the role admin`, { user: name });
       }
       a.recorded();
-      return { user: userView((await ctx.store.getUser(name))!) };
+      return { user: userView((await ctx.store.getUser(name))!, a.time) };
     },
   );
 }

@@ -61,6 +61,16 @@ test('a disabled or expired account’s refused token: the audit row names the p
   srv.clock.offset = 3600_000 + 1000;
   const expired = await call(srv, carol, 'GET', '/v1/admin/devices');
   assert.deepEqual([expired.status, expired.body.error.code], [401, 'user_expired']);
+  // users list says which accounts no longer act, and why
+  const states = ((await srv.admin('GET', '/v1/admin/users')).body.users as { name: string; state: string }[]).map((u) => [
+    u.name,
+    u.state,
+  ]);
+  assert.deepEqual(states, [
+    ['admin', 'enabled'],
+    ['bob', 'disabled'],
+    ['carol', 'expired'],
+  ]);
   srv.clock.offset = 0;
 
   const bobRows = (await rows('&user=bob')).filter((r) => r.reason === 'user_disabled');
