@@ -48,7 +48,8 @@ export async function identify(
   ctx: ServerContext,
   header: string | undefined,
 ): Promise<{ user: UserRecord; error: null } | { user: UserRecord | null; error: EdgeidError }> {
-  const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
+  // the scheme name is case-insensitive (RFC 7235 §2.1); the token is RFC 6750 §2.1's b64token
+  const m = /^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
   const presented = sha256(m?.[1] ?? '');
   const u = m ? await ctx.store.getUserByTokenHash(presented) : null;
   if (!m || !u || !timingSafeEqual(u.tokenHash, presented)) {

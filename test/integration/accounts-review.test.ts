@@ -81,6 +81,17 @@ test('a disabled or expired account’s refused token: the audit row names the p
     carolRows.map((r) => [r.actor, r.details.role]),
     [['user:carol', 'viewer']],
   );
+  // the scheme is case-insensitive (RFC 7235 §2.1): any spelling of Bearer carries the same token
+  for (const scheme of ['bearer', 'BEARER', 'BeArEr']) {
+    const r = await srv.server.app.inject({
+      method: 'GET',
+      url: '/v1/admin/users',
+      headers: { authorization: `${scheme} ${srv.adminToken}` },
+    });
+    assert.equal(r.statusCode, 200, `${scheme}: ${r.body}`);
+  }
+  const noScheme = await srv.server.app.inject({ method: 'GET', url: '/v1/admin/users', headers: { authorization: srv.adminToken } });
+  assert.deepEqual([noScheme.statusCode, noScheme.json().error.code], [401, 'admin_unauthorized']);
   // an unknown token is still nobody in particular
   const nobody = await call(srv, 'eid_not-a-real-token', 'GET', '/v1/admin/devices');
   assert.deepEqual([nobody.status, nobody.body.error.code], [401, 'admin_unauthorized']);
