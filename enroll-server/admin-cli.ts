@@ -80,6 +80,9 @@ commands:
   users list [--json]
   users disable NAME [--json]          its token is refused from now on
   users rotate-token NAME [--json]     a new token, printed once; the old one is refused from now on
+  users set-role NAME --role R [--zones Z1,Z2 | --all-zones] [--json]
+                                       a new role (and zones) at once, audited; without --zones the
+                                       account keeps its zones; the last enabled admin stays an admin
 
 connection (first match wins):
   --server URL       / EDGEID_SERVER       / <data>/server.json
@@ -98,6 +101,9 @@ output:
   QR blocks only on a terminal, never with NO_COLOR set. Device-supplied text is shown with its
   control characters escaped (\\x1b).
 exit codes: 0 ok, 1 failed (or the result could not be written), 2 usage error`;
+
+/** The longest account lifetime the server takes (protocol/api.ts UserCreateRequest.expiresInSeconds). */
+const USER_MAX_EXPIRES = (W.UserCreateRequest.properties.expiresInSeconds as { maximum?: number }).maximum ?? 10 * 366 * 86400;
 
 type Flags = Record<string, string | boolean | string[] | undefined>;
 
@@ -262,6 +268,7 @@ async function run(argv: string[], o: Output): Promise<number> {
       credentials: { type: 'string' },
       role: { type: 'string' },
       zones: { type: 'string' },
+      'all-zones': { type: 'boolean' },
       expires: { type: 'string' },
       user: { type: 'string' },
       ca: { type: 'string' },
@@ -365,6 +372,25 @@ async function run(argv: string[], o: Output): Promise<number> {
       throw new UsageError(`"${x}" is not a user name: lower-case letters, digits, . _ - (at most 64)`);
     }
     return x;
+  };
+  const roleFlag = (): W.UserRole => {
+    const role = need(flags, 'role');
+    if (!(W.USER_ROLES as readonly string[]).includes(role)) throw new UsageError(`--role must be one of ${W.USER_ROLES.join(', ')}`);
+    return role as W.UserRole;
+  };
+  /** --zones a,b: the names, without blanks and repeats (absent: undefined). */
+  const zonesFlag = (): string[] | undefined => {
+    if (typeof flags.zones !== 'string') return undefined;
+    const zones = [
+      ...new Set(
+        flags.zones
+          .split(',')
+          .map((z) => z.trim())
+          .filter(Boolean),
+      ),
+    ];
+    if (zones.length === 0) throw new UsageError('--zones needs at least one zone name');
+    return zones;
   };
   /** A personal token, shown once: the result (stdout or --out, 0600), never a note on stderr. */
   const emitUserToken = (res: W.UserTokenResponse) => {
@@ -566,25 +592,22 @@ async function run(argv: string[], o: Output): Promise<number> {
     }
     case 'users add': {
       const name = userArg(arg);
-      const role = need(flags, 'role');
-      if (!(W.USER_ROLES as readonly string[]).includes(role)) throw new UsageError(`--role must be one of ${W.USER_ROLES.join(', ')}`);
+      const role = roleFlag();
       let expiresInSeconds: number | undefined;
       if (typeof flags.expires === 'string') {
         const sec = parseDuration(flags.expires);
-        if (sec === null || sec < 60) throw new UsageError(`--expires ${flags.expires} is not a duration like 8h, 90d (at least 1m)`);
+        if (sec === null || sec < 60 || sec > USER_MAX_EXPIRES) {
+          throw new UsageError(
+            `--expires ${flags.expires} is not a duration like 8h, 90d (at least 1m, at most ${USER_MAX_EXPIRES / 86400}d)`,
+          );
+        }
         expiresInSeconds = Math.round(sec);
       }
-      const zones =
-        typeof flags.zones === 'string'
-          ? flags.zones
-              .split(',')
-              .map((z) => z.trim())
-              .filter(Boolean)
-          : undefined;
-      if (zones && zones.length === 0) throw new UsageError('--zones needs at least one zone name');
+      if (flags['all-zones']) throw new UsageError('users add: without --zones the account has every zone (--all-zones is for set-role)');
+      const zones = zonesFlag();
       const body: W.UserCreateRequest = {
         name,
-        role: role as W.UserRole,
+        role,
         ...(zones ? { zones } : {}),
         ...(expiresInSeconds !== undefined ? { expiresInSeconds } : {}),
       };
@@ -592,11 +615,24 @@ async function run(argv: string[], o: Output): Promise<number> {
       emitUserToken(res);
       return 0;
     }
+    case 'users set-role': {
+      const name = userArg(arg);
+      const role = roleFlag();
+      const zones = zonesFlag();
+      if (zones && flags['all-zones']) throw new UsageError('--zones and --all-zones exclude each other');
+      const body: W.UserSetRoleRequest = { role, ...(zones ? { zones } : flags['all-zones'] ? { zones: null } : {}) };
+      const { user } = await client.request('POST', `/v1/admin/users/${name}/set-role`, body, W.UserDisableResponse);
+      emit(
+        user,
+        () => `user ${printable(user.name)} is ${user.role} in ${user.zones ? user.zones.map(printable).join(', ') : 'every zone'}`,
+      );
+      return 0;
+    }
     case 'users list': {
       const { users } = await client.request('GET', '/v1/admin/users', undefined, W.UserList);
       emit(users, () =>
         table(
-          users.map((u) => ({ ...u, zones: u.zones ? u.zones.join(',') : '(all)', state: u.disabledAt ? 'disabled' : 'enabled' })),
+          users.map((u) => ({ ...u, zones: u.zones ? u.zones.join(',') : '(all)' })),
           ['name', 'role', 'zones', 'state', 'expiresAt', 'createdBy', 'tokenRotatedAt'],
         ),
       );

@@ -514,6 +514,8 @@ export const UserView = Type.Object({
   tokenRotatedAt: Nullable(Iso),
   /** The user whose token is data/admin-token on the server host. */
   bootstrap: Type.Boolean(),
+  /** At the time of the answer: disabled, else expired (expiresAt passed), else enabled. */
+  state: oneOf(['enabled', 'disabled', 'expired'] as const),
 });
 export type UserView = Static<typeof UserView>;
 export const UserList = Type.Object({ users: Type.Array(UserView) });
@@ -528,6 +530,15 @@ export const UserTokenResponse = Type.Object({
 });
 export type UserTokenResponse = Static<typeof UserTokenResponse>;
 export const UserParams = Type.Object({ name: UserName }, { additionalProperties: false });
+/** POST /v1/admin/users/:name/set-role: `zones` absent keeps the account's zones, null = every zone. */
+export const UserSetRoleRequest = Type.Object(
+  {
+    role: oneOf(USER_ROLES),
+    zones: Type.Optional(Nullable(Type.Array(ZoneName, { minItems: 1, maxItems: 64 }))),
+  },
+  { additionalProperties: false },
+);
+export type UserSetRoleRequest = Static<typeof UserSetRoleRequest>;
 
 export const AuditQuery = Type.Object(
   {

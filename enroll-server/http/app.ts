@@ -28,7 +28,7 @@ import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
 import { createToken, listTokens } from '../services/tokens.js';
 import { ROLES, roleAllows, userActor, type Role } from '../services/access.js';
-import { authenticate, createUser, disableUser, listUsers, rotateUserToken } from '../services/users.js';
+import { authenticate, createUser, disableUser, identify, listUsers, rotateUserToken, setUserRole } from '../services/users.js';
 import type { UserRecord } from '../store/store.js';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -168,6 +168,8 @@ declare module 'fastify' {
     adminAuthenticated: boolean;
     /** The person whose bearer token the admin request carries (set once it was checked). */
     adminUser: UserRecord | null;
+    /** The disabled or expired account whose token a refused admin request carried. */
+    refusedUser: UserRecord | null;
   }
   interface FastifyContextConfig {
     /** The least role an admin route needs (services/users.ts); every admin route declares one. */
@@ -266,6 +268,7 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
   app.decorateRequest('reachedService', false);
   app.decorateRequest('adminAuthenticated', false);
   app.decorateRequest('adminUser', null);
+  app.decorateRequest('refusedUser', null);
 
   // every route, per source address, before anything is parsed or validated
   app.addHook('onRequest', async (req) => {
@@ -315,8 +318,11 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         const deviceId = req.adminAuthenticated ? null : validDeviceId(req.body);
         await auditRefusal(ctx, {
           event: routeEvent(req),
-          actor: req.adminUser ? userActor(req.adminUser.name) : req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous',
-          role: req.adminUser?.role ?? null,
+          actor: (() => {
+            const person = req.adminUser ?? req.refusedUser;
+            return person ? userActor(person.name) : req.url.startsWith('/v1/admin') ? 'admin?' : 'anonymous';
+          })(),
+          role: (req.adminUser ?? req.refusedUser)?.role ?? null,
           ip: req.ip ?? null,
           deviceId,
           error: e,
@@ -426,8 +432,16 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
       const admin = plugin.withTypeProvider<TypeBoxTypeProvider>();
       // deny by default: an admin route that does not declare the role it needs fails the start
       admin.addHook('onRoute', assertRoleDeclared);
-      admin.addHook('onRequest', async (req) => {
-        const user = await authenticate(ctx, req.headers.authorization);
+      const authorize = async (req: FastifyRequest) => {
+        const { user, error } = await identify(ctx, req.headers.authorization);
+        if (error) {
+          // a token that matched a disabled or expired account (or, at the second check, the
+          // account it belonged to when the request arrived): its refusal row names that person
+          req.refusedUser = user ?? req.adminUser;
+          req.adminUser = null;
+          req.adminAuthenticated = false;
+          throw error;
+        }
         req.adminUser = user;
         req.adminAuthenticated = true;
         const need = req.routeOptions.config.role!;
@@ -437,7 +451,12 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
             needs: need,
           });
         }
-      });
+      };
+      // checked before the body is read (a refused caller sends no 16 MiB manifest), and again
+      // once it has arrived: an account disabled, demoted or re-keyed while a request's body was
+      // still coming in (up to REQUEST_TIMEOUT_MS) does not act through that request
+      admin.addHook('onRequest', authorize);
+      admin.addHook('preHandler', authorize);
       const who = (req: FastifyRequest) => ({
         ...meta(req),
         actor: userActor(req.adminUser!.name),
@@ -610,6 +629,14 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         '/users/:name/disable',
         { config: { role: 'admin' }, schema: { params: W.UserParams, body: W.EmptyBody, response: { 200: W.UserDisableResponse } } },
         async (req) => disableUser(ctx, req.params.name, who(req)),
+      );
+      admin.post(
+        '/users/:name/set-role',
+        {
+          config: { role: 'admin' },
+          schema: { params: W.UserParams, body: W.UserSetRoleRequest, response: { 200: W.UserDisableResponse } },
+        },
+        async (req) => setUserRole(ctx, req.params.name, req.body, who(req)),
       );
       admin.post(
         '/users/:name/rotate-token',

@@ -15,7 +15,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
-import type { UserCreateRequest, UserTokenResponse, UserView } from '../../protocol/api.js';
+import type { UserCreateRequest, UserSetRoleRequest, UserTokenResponse, UserView } from '../../protocol/api.js';
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { DATA_FILES } from '../composition.js';
 import { writeFileAtomic } from '../files.js';
@@ -34,20 +34,37 @@ const newToken = () => `eid_${randomBytes(32).toString('base64url')}`;
  * old value of a rotated token), user_disabled / user_expired for an account that is no longer valid.
  */
 export async function authenticate(ctx: ServerContext, header: string | undefined): Promise<UserRecord> {
-  const m = /^Bearer ([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
+  const r = await identify(ctx, header);
+  if (r.error) throw r.error;
+  return r.user;
+}
+
+/**
+ * As authenticate, without throwing: the refusal, and for a token that matched a disabled or
+ * expired account also that account (so that the refusal's audit row names the person; the
+ * caller holds that person's token, so naming it tells the caller nothing new).
+ */
+export async function identify(
+  ctx: ServerContext,
+  header: string | undefined,
+): Promise<{ user: UserRecord; error: null } | { user: UserRecord | null; error: EdgeidError }> {
+  // the scheme name is case-insensitive (RFC 7235 §2.1); the token is RFC 6750 §2.1's b64token
+  const m = /^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_.~+/-]+=*)$/.exec(header ?? '');
   const presented = sha256(m?.[1] ?? '');
   const u = m ? await ctx.store.getUserByTokenHash(presented) : null;
   if (!m || !u || !timingSafeEqual(u.tokenHash, presented)) {
-    throw new EdgeidError('admin_unauthorized', header ? 'the bearer token is not a valid personal or admin token' : 'no bearer token');
+    const msg = header ? 'the bearer token is not a valid personal or admin token' : 'no bearer token';
+    return { user: null, error: new EdgeidError('admin_unauthorized', msg) };
   }
-  if (u.disabledAt !== null) throw new EdgeidError('user_disabled', `user ${u.name} is disabled`, { user: u.name });
+  if (u.disabledAt !== null) return { user: u, error: new EdgeidError('user_disabled', `user ${u.name} is disabled`, { user: u.name }) };
   if (u.expiresAt !== null && u.expiresAt <= ctx.now()) {
-    throw new EdgeidError('user_expired', `user ${u.name} expired at ${new Date(u.expiresAt).toISOString()}`, { user: u.name });
+    const at = new Date(u.expiresAt).toISOString();
+    return { user: u, error: new EdgeidError('user_expired', `user ${u.name} expired at ${at}`, { user: u.name }) };
   }
-  return u;
+  return { user: u, error: null };
 }
 
-export function userView(u: UserRecord): UserView {
+export function userView(u: UserRecord, now: number): UserView {
   const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
   return {
     name: u.name,
@@ -60,6 +77,7 @@ export function userView(u: UserRecord): UserView {
     disabledBy: u.disabledBy,
     tokenRotatedAt: iso(u.tokenRotatedAt),
     bootstrap: u.bootstrap,
+    state: u.disabledAt !== null ? 'disabled' : u.expiresAt !== null && u.expiresAt <= now ? 'expired' : 'enabled',
   };
 }
 
@@ -107,7 +125,7 @@ export async function listUsers(ctx: ServerContext, who: Caller): Promise<{ user
   return audited(ctx, { event: 'admin.users.list', actor: who.actor, ip: who.ip }, async (a) => {
     const users = await ctx.store.listUsers();
     a.details = { rows: users.length };
-    return { users: users.map(userView) };
+    return { users: users.map((u) => userView(u, a.time)) };
   });
 }
 
@@ -117,21 +135,51 @@ async function mustGetUser(ctx: ServerContext, name: string): Promise<UserRecord
   return u;
 }
 
-const enabledAdmin = (u: UserRecord, now: number) =>
-  u.role === 'admin' && u.disabledAt === null && (u.expiresAt === null || u.expiresAt > now);
-
 /** POST /v1/admin/users/:name/disable: the user's token is refused from now on (user_disabled). */
 export async function disableUser(ctx: ServerContext, name: string, who: Caller): Promise<{ user: UserView }> {
   return audited(ctx, { event: 'user.disable', actor: who.actor, ip: who.ip, details: { user: name } }, async (a) => {
     const u = await mustGetUser(ctx, name);
-    if (u.disabledAt !== null) return { user: userView(u) };
-    if (enabledAdmin(u, a.time) && (await ctx.store.listUsers()).filter((x) => enabledAdmin(x, a.time)).length <= 1) {
-      throw new EdgeidError('user_last_admin', `${name} is the last enabled admin`, { user: name });
-    }
-    await ctx.store.updateUser(name, { disabledAt: a.time, disabledBy: who.actor }, a.okRow({ user: name, userRole: u.role }));
+    if (u.disabledAt !== null) return { user: userView(u, a.time) };
+    const done = await ctx.store.updateUser(
+      name,
+      { disabledAt: a.time, disabledBy: who.actor },
+      a.okRow({ user: name, userRole: u.role }),
+      // the last enabled admin stays: checked in the store's transaction, so two admins disabling
+      // each other at once cannot both succeed
+      { keepAdminAt: a.time },
+    );
+    if (done === 'last_admin') throw new EdgeidError('user_last_admin', `${name} is the last enabled admin`, { user: name });
     a.recorded();
-    return { user: userView((await ctx.store.getUser(name))!) };
+    return { user: userView((await ctx.store.getUser(name))!, a.time) };
   });
+}
+
+/**
+ * POST /v1/admin/users/:name/set-role: a new role and/or zones for an account. `zones` absent
+ * keeps the account's zones (an admin's: every zone), null = every zone; an admin always has every
+ * zone. Demoting the last enabled admin is refused (user_last_admin); a disabled account is not
+ * changed (user_is_disabled).
+ */
+export async function setUserRole(ctx: ServerContext, name: string, req: UserSetRoleRequest, who: Caller): Promise<{ user: UserView }> {
+  return audited(
+    ctx,
+    { event: 'user.set_role', actor: who.actor, ip: who.ip, details: { user: name, userRole: req.role, zones: req.zones ?? null } },
+    async (a) => {
+      const u = await mustGetUser(ctx, name);
+      if (u.disabledAt !== null) throw new EdgeidError('user_is_disabled', `user ${name} is disabled`, { user: name });
+      if (req.role === 'admin' && req.zones)
+        throw new EdgeidError('user_invalid', 'an admin acts in every zone: --zones is not for admins');
+      const zones = req.role === 'admin' ? null : req.zones === undefined ? u.zones : req.zones === null ? null : [...new Set(req.zones)];
+      for (const z of req.zones ?? []) zoneOf(ctx, z);
+      const details = { user: name, from: { role: u.role, zones: u.zones }, to: { role: req.role, zones } };
+      const done = await ctx.store.updateUser(name, { role: req.role, zones }, a.okRow(details), { keepAdminAt: a.time });
+      if (done === 'last_admin') {
+        throw new EdgeidError('user_last_admin', `${name} is the last enabled admin: it keeps the role admin`, { user: name });
+      }
+      a.recorded();
+      return { user: userView((await ctx.store.getUser(name))!, a.time) };
+    },
+  );
 }
 
 /**
@@ -155,7 +203,8 @@ export async function rotateUserToken(ctx: ServerContext, name: string, who: Cal
  * At start: the admin token of data/admin-token is the bootstrap user (`admin`, role admin, every
  * zone), created the first time (a data dir from before personal accounts keeps its token, now
  * as that user). A changed file (deleted, then recreated at start; or written by rotate-token)
- * re-keys that user and enables it again: whoever can write the data dir controls the server
+ * re-keys that user and enables it again, as an admin of every zone (also after a set-role demoted
+ * it): whoever can write the data dir controls the server
  * anyway, and this is the way back in when every admin is locked out.
  */
 export async function adoptBootstrapAdmin(ctx: ServerContext, tokenHash: Buffer): Promise<void> {
@@ -166,8 +215,14 @@ export async function adoptBootstrapAdmin(ctx: ServerContext, tokenHash: Buffer)
     if (timingSafeEqual(boot.tokenHash, tokenHash)) return;
     await ctx.store.updateUser(
       boot.name,
-      { tokenHash, tokenRotatedAt: now, disabledAt: null, disabledBy: null },
-      { time: now, actor: 'server', event: 'user.bootstrap_rekey', outcome: 'ok', details: { user: boot.name, userRole: boot.role } },
+      { tokenHash, tokenRotatedAt: now, disabledAt: null, disabledBy: null, role: 'admin', zones: null },
+      {
+        time: now,
+        actor: 'server',
+        event: 'user.bootstrap_rekey',
+        outcome: 'ok',
+        details: { user: boot.name, userRole: 'admin', ...(boot.role !== 'admin' ? { previousRole: boot.role } : {}) },
+      },
     );
     return;
   }

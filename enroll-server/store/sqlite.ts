@@ -1014,19 +1014,39 @@ export class SqliteStore implements Store {
 
   async updateUser(
     name: string,
-    patch: Partial<Pick<UserRecord, 'tokenHash' | 'tokenRotatedAt' | 'disabledAt' | 'disabledBy'>>,
+    patch: Partial<Pick<UserRecord, 'tokenHash' | 'tokenRotatedAt' | 'disabledAt' | 'disabledBy' | 'role' | 'zones'>>,
     audit: AuditInput | null,
-  ): Promise<boolean> {
-    const cols = { tokenHash: 'token_hash', tokenRotatedAt: 'token_rotated_at', disabledAt: 'disabled_at', disabledBy: 'disabled_by' };
+    opts: { keepAdminAt?: number } = {},
+  ): Promise<boolean | 'last_admin'> {
+    const cols = {
+      tokenHash: 'token_hash',
+      tokenRotatedAt: 'token_rotated_at',
+      disabledAt: 'disabled_at',
+      disabledBy: 'disabled_by',
+      role: 'role',
+      zones: 'zones',
+    };
     const keys = (Object.keys(patch) as (keyof typeof cols)[]).filter((k) => patch[k] !== undefined);
-    return this.tx(() => {
-      const changed =
-        keys.length > 0 &&
-        this.q(`UPDATE users SET ${keys.map((k) => `${cols[k]} = ?`).join(', ')} WHERE name = ?`).run(...keys.map((k) => patch[k]), name)
-          .changes > 0;
-      if (changed && audit) this.appendAuditSync(audit);
-      return changed;
-    });
+    const value = (k: keyof typeof cols) => (k === 'zones' ? (patch.zones === null ? null : JSON.stringify(patch.zones)) : patch[k]);
+    try {
+      return this.tx(() => {
+        const changed =
+          keys.length > 0 &&
+          this.q(`UPDATE users SET ${keys.map((k) => `${cols[k]} = ?`).join(', ')} WHERE name = ?`).run(...keys.map(value), name).changes >
+            0;
+        if (changed && opts.keepAdminAt !== undefined) {
+          const admins = this.q(
+            `SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND disabled_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
+          ).get(opts.keepAdminAt) as Row;
+          if (Number(admins.n) === 0) throw new LastAdmin();
+        }
+        if (changed && audit) this.appendAuditSync(audit);
+        return changed;
+      });
+    } catch (e) {
+      if (e instanceof LastAdmin) return 'last_admin';
+      throw e;
+    }
   }
 
   async auditPruneLimit(before: number): Promise<number | null> {
@@ -1117,6 +1137,9 @@ export class SqliteStore implements Store {
 }
 
 class RaceLost extends Error {}
+
+/** Rolls back a users change that would leave no enabled admin. */
+class LastAdmin extends Error {}
 
 class EkLive extends Error {
   constructor(readonly deviceId: string) {

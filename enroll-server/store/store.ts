@@ -412,12 +412,18 @@ export interface Store {
   listUsers(): Promise<UserRecord[]>;
   /** Inserts the user with the audit row; false (nothing written) if the name is taken. */
   createUser(u: UserRecord, audit: AuditInput | null): Promise<boolean>;
-  /** Changes the user's token hash and/or disables it, with the audit row; false if there is no such user. */
+  /**
+   * Changes the user's token hash, role and zones, and/or disables it, with the audit row; false if
+   * there is no such user. With `keepAdminAt`, the change is made only if afterwards some admin is
+   * still enabled and unexpired at that time (checked in the same transaction, so two concurrent
+   * changes cannot both remove the last admin): else nothing is written and the answer is 'last_admin'.
+   */
   updateUser(
     name: string,
-    patch: Partial<Pick<UserRecord, 'tokenHash' | 'tokenRotatedAt' | 'disabledAt' | 'disabledBy'>>,
+    patch: Partial<Pick<UserRecord, 'tokenHash' | 'tokenRotatedAt' | 'disabledAt' | 'disabledBy' | 'role' | 'zones'>>,
     audit: AuditInput | null,
-  ): Promise<boolean>;
+    opts?: { keepAdminAt?: number },
+  ): Promise<boolean | 'last_admin'>;
 
   appendAudit(a: AuditInput): Promise<AuditRow>;
   /**

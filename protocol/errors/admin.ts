@@ -29,7 +29,7 @@ export const adminErrors = defineErrors({
   },
   user_is_disabled: {
     status: 409,
-    message: 'The user is disabled: it gets no new token.',
+    message: 'The user is disabled: it gets no new token and no new role.',
     fix: 'A disabled account stays disabled; add a new user (edgeid-admin users add) instead.',
   },
   user_exists: {
@@ -50,7 +50,7 @@ export const adminErrors = defineErrors({
   user_last_admin: {
     status: 409,
     message: 'This would leave no enabled admin user.',
-    fix: 'Add another admin first (edgeid-admin users add NAME --role admin), then disable this one.',
+    fix: 'Add another admin first (edgeid-admin users add NAME --role admin), then disable or demote this one.',
   },
   credentials_file_insecure: {
     status: 400,

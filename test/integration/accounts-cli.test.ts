@@ -3,7 +3,8 @@
  * token once (--json: name, role, zones, token, expiresAt); the token is taken from --token,
  * EDGEID_TOKEN or a credentials file, which is refused when group or others can read it; the
  * data dir's admin-token still works (the bootstrap admin); rotate-token and disable take effect at
- * once; `audit export --user` keeps one person's rows.
+ * once; `audit export --user` keeps one person's rows; `users set-role` changes role and zones and
+ * keeps the last admin; bad options are usage errors (exit 2) that never reach the server.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -104,5 +105,35 @@ test('edgeid-admin users and personal tokens', { timeout: 600_000 }, async (t) =
     const badRole = await admin(['users', 'add', 'bob', '--role', 'root']);
     assert.equal(badRole.code, 2);
     assert.match(badRole.stderr, /--role must be one of viewer, technician, operator, admin/);
+  });
+
+  await t.test('users set-role: role and zones at once; the last admin stays; bad options are usage errors', async () => {
+    const as = ['--token', srv.adminToken];
+    const bob = await admin(['users', 'add', 'bob', '--role', 'technician', '--zones', 'default', '--json', ...as]);
+    assert.equal(bob.code, 0, bob.stderr);
+    recordSecret((JSON.parse(bob.out) as { token: string }).token, 'bob token');
+    const up = await admin(['users', 'set-role', 'bob', '--role', 'operator', ...as]);
+    assert.equal(up.code, 0, up.stderr);
+    assert.equal(up.out, 'user bob is operator in default\n');
+    const every = await admin(['users', 'set-role', 'bob', '--role', 'viewer', '--all-zones', '--json', ...as]);
+    assert.equal(every.code, 0, every.stderr);
+    const view = JSON.parse(every.out) as { name: string; role: string; zones: string[] | null };
+    assert.deepEqual([view.name, view.role, view.zones], ['bob', 'viewer', null]);
+    const last = await admin(['users', 'set-role', 'admin', '--role', 'operator', ...as]);
+    assert.equal(last.code, 1);
+    assert.match(last.stderr, /user_last_admin: admin is the last enabled admin/);
+    for (const [args, message] of [
+      [['users', 'set-role', 'bob', '--role', 'viewer', '--zones', 'default', '--all-zones'], /--zones and --all-zones exclude each other/],
+      [['users', 'set-role', 'bob'], /--role/],
+      [['users', 'set-role', 'Bob', '--role', 'viewer'], /"Bob" is not a user name/],
+      [['users', 'add', 'carl', '--role', 'viewer', '--expires', '99999d'], /--expires 99999d .*at most 3660d/],
+      [['users', 'add', 'carl', '--role', 'viewer', '--zones', ' , '], /--zones needs at least one zone name/],
+    ] as const) {
+      const r = await admin([...args, ...as]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+    }
+    const users = JSON.parse((await admin(['users', 'list', '--json', ...as])).out) as { name: string }[];
+    assert.ok(!users.some((u) => u.name === 'carl'), 'a usage error makes no account');
   });
 });

@@ -52,6 +52,7 @@ const NEEDS: Record<string, Role> = {
   'GET /v1/admin/users': 'admin',
   'POST /v1/admin/users/:name/disable': 'admin',
   'POST /v1/admin/users/:name/rotate-token': 'admin',
+  'POST /v1/admin/users/:name/set-role': 'admin',
 };
 
 /** A request each route accepts past authorization and changes nothing that matters here (unknown ids). */
@@ -71,6 +72,7 @@ function sample(route: string, i: number): { url: string; body?: unknown } {
     'POST /v1/admin/ek-roots': { certificate: 'not a certificate' },
     'POST /v1/admin/ek-allow': { zone: 'a', owner: 'ops', content: 'ekPub\nAAAA\n', format: 'csv' },
     'POST /v1/admin/users': { name: `matrix-${i}`, role: 'viewer', zones: ['a'] },
+    'POST /v1/admin/users/:name/set-role': { role: 'viewer' },
   };
   return { url, body: bodies[route] ?? {} };
 }
