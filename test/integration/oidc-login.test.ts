@@ -10,6 +10,7 @@ import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
@@ -21,7 +22,7 @@ import { readCookie, serializeCookie } from '../../enroll-server/console/oidc-co
 import type { ServerContext } from '../../enroll-server/services/context.js';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import { isEdgeidError } from '../../protocol/errors/index.js';
-import { tmpDir } from '../../scripts/harness/fs.js';
+import { REPO, tmpDir } from '../../scripts/harness/fs.js';
 import { freePort } from '../../scripts/harness/ports.js';
 
 const CLIENT_ID = 'edgeid-console';
@@ -443,6 +444,16 @@ test('config: missing clientId, http issuer without allowInsecureIssuer, a bad r
   assert.equal(ok.usernameClaim, 'preferred_username');
   assert.equal(ok.zonesClaim, null);
   assert.equal(loadConfig({ file: {}, env: {} }).oidc, null);
+
+  // the example in enroll-server/README.md parses (with its zone configured)
+  const readme = readFileSync(path.join(REPO, 'enroll-server', 'README.md'), 'utf8');
+  const example = [...readme.matchAll(/```json\n([\s\S]*?)```/g)]
+    .map((m) => JSON.parse(m[1]!) as Record<string, unknown>)
+    .find((c) => 'oidc' in c);
+  assert.ok(example, 'the README has an oidc example');
+  const documented = loadConfig({ file: { ...example, zones: { 'line-3': {} } }, env: {} }).oidc!;
+  assert.equal(documented.roleMap['line-3-operators'], 'operator');
+  assert.deepEqual(documented.clientSecret, { file: '/etc/edgeid/oidc-client-secret' });
 });
 
 test('config: the client secret file must be 0600', async (t) => {
