@@ -51,7 +51,8 @@ export interface OidcPrincipal {
 export const LOGIN_TTL_MS = 10 * 60_000;
 export const LOGIN_COOKIE = 'edgeid_oidc';
 export const LOGIN_COOKIE_PATH = '/console/oidc';
-const SEAL_PURPOSE = 'edgeid console oidc login v1';
+/** The AAD of the login cookie's seal: a value sealed for anything else does not open as a login. */
+export const SEAL_PURPOSE = 'edgeid console oidc login v1';
 /** Same pattern as the admin API's user names (protocol/api.ts UserName). */
 const USER_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 

@@ -17,8 +17,15 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { Provider, type Account } from 'oidc-provider';
 import { pino } from 'pino';
 import { loadConfig, type OidcConfig } from '../../enroll-server/config.js';
-import { LOGIN_COOKIE, OidcLogin, auditOidcLogin, registerOidcRoutes, type OidcPrincipal } from '../../enroll-server/console/oidc.js';
-import { readCookie, serializeCookie } from '../../enroll-server/console/oidc-cookie.js';
+import {
+  LOGIN_COOKIE,
+  OidcLogin,
+  SEAL_PURPOSE,
+  auditOidcLogin,
+  registerOidcRoutes,
+  type OidcPrincipal,
+} from '../../enroll-server/console/oidc.js';
+import { readCookie, seal, serializeCookie, unseal } from '../../enroll-server/console/oidc-cookie.js';
 import type { ServerContext } from '../../enroll-server/services/context.js';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import { isEdgeidError } from '../../protocol/errors/index.js';
@@ -364,6 +371,64 @@ async function continueAt(b: Browser, url: string, account: string): Promise<str
   }
   throw new Error('no callback after 12 steps');
 }
+
+test('the provider refusing the login (error=access_denied) → oidc_callback_invalid (400), audited, no session', async () => {
+  const b = new Browser();
+  const before = app.sessions.length;
+  let res = await b.request(`${app.url}/console/oidc/login`);
+  let url = res.headers.get('location')!;
+  while (!/\/interaction\/[^/]+$/.test(new URL(url).pathname)) {
+    res = await b.request(url);
+    url = new URL(res.headers.get('location')!, url).href;
+  }
+  // the person cancels at the provider's login page
+  res = await b.request(`${url}/abort`);
+  url = new URL(res.headers.get('location')!, url).href;
+  while (!url.startsWith(`${app.url}/console/oidc/callback`)) {
+    res = await b.request(url);
+    url = new URL(res.headers.get('location')!, url).href;
+  }
+  assert.equal(new URL(url).searchParams.get('error'), 'access_denied');
+  const e = await errorOf(await b.request(url));
+  assert.deepEqual([e.status, e.code], [400, 'oidc_callback_invalid']);
+  assert.match(e.message, /error=access_denied/);
+  assert.equal(app.sessions.length, before);
+  const last = (await app.store.listAudit()).filter((r) => r.event === 'console.login').at(-1)!;
+  assert.equal(last.reason, 'oidc_callback_invalid');
+});
+
+test('the nonce and the PKCE code_verifier are checked: a login cookie carrying others is refused (oidc_callback_invalid)', async () => {
+  const key = Buffer.alloc(32, 9);
+  const l = new OidcLogin(config, { zones: ['hall-a'], sealKey: key });
+  for (const field of ['nonce', 'verifier'] as const) {
+    const { redirectTo, cookie } = await l.begin();
+    const cb = await continueAt(new Browser(), redirectTo, 'olga');
+    const inside = unseal(key, SEAL_PURPOSE, cookie) as Record<string, unknown>;
+    const other = (await l.begin()).cookie;
+    const otherInside = unseal(key, SEAL_PURPOSE, other) as Record<string, unknown>;
+    const mixed = seal(key, SEAL_PURPOSE, { ...inside, [field]: otherInside[field] });
+    await assert.rejects(l.complete(new URL(cb), mixed), (err: unknown) => {
+      assert.ok(isEdgeidError(err, 'oidc_callback_invalid'), `${field}: ${String(err)}`);
+      assert.match(err.message, field === 'nonce' ? /nonce|claim/i : /invalid_grant/);
+      return true;
+    });
+  }
+  // a value sealed under the key for another purpose does not open as a login
+  const { redirectTo, cookie } = await l.begin();
+  const cb = await continueAt(new Browser(), redirectTo, 'olga');
+  const resealed = seal(key, 'another purpose', unseal(key, SEAL_PURPOSE, cookie));
+  await assert.rejects(l.complete(new URL(cb), resealed), (err: unknown) => isEdgeidError(err, 'oidc_state_mismatch'));
+});
+
+test("an issuer that is not the provider's own identifier → oidc_provider_invalid (502)", async () => {
+  const port = new URL(provided.issuer).port;
+  const l = new OidcLogin(parse(oidcSection(`http://localhost:${port}`)), { zones: ['hall-a'] });
+  await assert.rejects(l.begin(), (err: unknown) => {
+    assert.ok(isEdgeidError(err, 'oidc_provider_invalid'), String(err));
+    assert.equal(err.status, 502);
+    return true;
+  });
+});
 
 test('a login older than 10 minutes is refused (oidc_login_expired)', async () => {
   let clock = Date.now();
