@@ -386,30 +386,29 @@ function oidc(f: Field, v: unknown, cwd: string, zoneNames: string[]): OidcConfi
   const scopes = o.scopes === undefined ? 'openid profile email' : str(f.at('scopes'), o.scopes).trim();
   if (!scopes.split(/\s+/).includes('openid')) f.at('scopes').fail('must include openid');
   const claimName = (k: string, def: string | null) => (o[k] === undefined ? def : str(f.at(k), o[k]));
-  const roleMapRaw = asObject(f.at('roleMap'), o.roleMap);
-  const roleMap: Record<string, UserRole> = {};
-  for (const [value, role] of Object.entries(roleMapRaw)) {
-    if (typeof role !== 'string' || !(USER_ROLES as readonly string[]).includes(role))
-      f.at('roleMap')
-        .at(value)
-        .fail(`must be a role: ${USER_ROLES.join(', ')}`);
-    roleMap[value] = role as UserRole;
-  }
+  // Object.fromEntries defines own properties: a claim value "__proto__" stays a key, not a prototype
+  const roleMap: Record<string, UserRole> = Object.fromEntries(
+    Object.entries(asObject(f.at('roleMap'), o.roleMap)).map(([value, role]) => {
+      if (typeof role !== 'string' || !(USER_ROLES as readonly string[]).includes(role))
+        f.at('roleMap')
+          .at(value)
+          .fail(`must be a role: ${USER_ROLES.join(', ')}`);
+      return [value, role as UserRole];
+    }),
+  );
   if (Object.keys(roleMap).length === 0) f.at('roleMap').fail('must map at least one claim value to a role');
-  const zoneMap: Record<string, string[] | '*'> = {};
-  const zmRaw = o.zoneMap === undefined ? {} : asObject(f.at('zoneMap'), o.zoneMap);
-  for (const [value, zones] of Object.entries(zmRaw)) {
-    const zf = f.at('zoneMap').at(value);
-    if (zones === '*') zoneMap[value] = '*';
-    else {
+  const zoneMap: Record<string, string[] | '*'> = Object.fromEntries(
+    Object.entries(o.zoneMap === undefined ? {} : asObject(f.at('zoneMap'), o.zoneMap)).map(([value, zones]) => {
+      const zf = f.at('zoneMap').at(value);
+      if (zones === '*') return [value, '*' as const];
       const list = strings(zf, zones);
       if (list.length === 0) zf.fail('must name at least one zone, or be "*" (every zone)');
       list.forEach((z, i) => {
         if (!zoneNames.includes(z)) zf.at(i).fail(`zone "${z}" is not configured (zones: ${zoneNames.join(', ')})`);
       });
-      zoneMap[value] = list;
-    }
-  }
+      return [value, list];
+    }),
+  );
   return {
     issuer,
     clientId: str(f.at('clientId'), o.clientId),

@@ -128,9 +128,10 @@ export class OidcLogin {
     this.zones = [...opts.zones];
   }
 
-  /** The issuer this login trusts, as configured. */
+  /** The issuer this login trusts, as configured (an issuer without a path written without the URL's "/"). */
   get issuer(): string {
-    return this.config.issuer.href;
+    const u = this.config.issuer;
+    return u.pathname === '/' ? u.origin : u.href;
   }
 
   /** The provider's metadata (discovered once; a failed discovery is tried again on the next login). */

@@ -293,6 +293,7 @@ test('a person whose groups map to no role is refused (oidc_login_refused, 403) 
   assert.equal(rows[0]!.outcome, 'fail');
   assert.equal(rows[0]!.reason, 'oidc_login_refused');
   assert.equal((rows[0]!.details as Record<string, unknown>).subject, 'vic');
+  assert.equal((rows[0]!.details as Record<string, unknown>).issuer, provided.issuer);
 });
 
 test('a callback without the login cookie, or with a forged one, is refused (oidc_state_mismatch) and spends nothing', async () => {
@@ -508,6 +509,9 @@ test('config: missing clientId, http issuer without allowInsecureIssuer, a bad r
   assert.equal(ok.scopes, 'openid profile edgeid');
   assert.equal(ok.usernameClaim, 'preferred_username');
   assert.equal(ok.zonesClaim, null);
+  const proto = parse(oidcSection('http://127.0.0.1:9', { roleMap: JSON.parse('{"__proto__": "admin"}') as unknown }));
+  assert.equal(Object.getPrototypeOf(proto.roleMap), Object.prototype, 'a claim value "__proto__" is a key, not a prototype');
+  assert.equal(Object.hasOwn(proto.roleMap, '__proto__'), true);
   assert.equal(loadConfig({ file: {}, env: {} }).oidc, null);
 
   // the example in enroll-server/README.md parses (with its zone configured)
