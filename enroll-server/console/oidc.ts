@@ -396,16 +396,18 @@ export function registerOidcRoutes(app: FastifyInstance, deps: OidcRouteDeps): v
     err: EdgeidError,
     authenticated: boolean,
     details: Record<string, unknown>,
+    knownActor?: string,
   ) => {
     const status = ERRORS[err.code].status;
     if (status >= 500) req.log.error({ code: err.code, msg: err.message }, 'oidc login failed');
     else req.log.info({ code: err.code }, 'oidc login refused');
     const name = typeof err.details?.name === 'string' ? err.details.name : null;
+    const actor = knownActor ?? (name ? `user:${name}` : 'anonymous');
     try {
       await deps.audit({
         row: {
           time: now(),
-          actor: name ? `user:${name}` : 'anonymous',
+          actor,
           event: 'console.login',
           ip: req.ip ?? null,
           outcome: 'fail',
@@ -422,6 +424,7 @@ export function registerOidcRoutes(app: FastifyInstance, deps: OidcRouteDeps): v
     return reply
       .status(status)
       .header('cache-control', 'no-store')
+      .header('referrer-policy', 'no-referrer')
       .header('set-cookie', loginCookie('', 0))
       .send({
         error: { code: err.code, message: status >= 500 && err.code === 'internal_error' ? ERRORS.internal_error.message : err.message },
@@ -452,18 +455,31 @@ export function registerOidcRoutes(app: FastifyInstance, deps: OidcRouteDeps): v
       return fail(req, reply, err, subject !== null, subject ? { subject } : {});
     }
     const details = { via: 'oidc', issuer: principal.issuer, subject: principal.subject, role: principal.role, zones: principal.zones };
+    const actor = `user:${principal.name}`;
+    // the row first: no session starts that the audit log does not show (IEC 62443-3-3 SR 2.8)
+    try {
+      await deps.audit({
+        row: { time: now(), actor, event: 'console.login', ip: req.ip ?? null, outcome: 'ok', details },
+        authenticated: true,
+        error: null,
+        requestId: req.id,
+      });
+    } catch (e) {
+      req.log.error({ err: e }, 'audit append failed');
+      return fail(req, reply, new EdgeidError('internal_error'), true, details, actor);
+    }
     try {
       await deps.startSession(reply, principal, req);
     } catch (e) {
-      return fail(req, reply, e instanceof EdgeidError ? e : new EdgeidError('internal_error'), true, details);
+      if (!(e instanceof EdgeidError)) req.log.error({ err: e }, 'console session did not start');
+      return fail(req, reply, e instanceof EdgeidError ? e : new EdgeidError('internal_error'), true, details, actor);
     }
-    await deps.audit({
-      row: { time: now(), actor: `user:${principal.name}`, event: 'console.login', ip: req.ip ?? null, outcome: 'ok', details },
-      authenticated: true,
-      error: null,
-      requestId: req.id,
-    });
-    // appended to the session cookie startSession set (fastify keeps every set-cookie header)
-    return reply.header('cache-control', 'no-store').header('set-cookie', loginCookie('', 0)).redirect(landing, 302);
+    // appended to the session cookie startSession set (fastify keeps every set-cookie header);
+    // no Referer from the landing page can carry this URL's code (RFC 9700 §4.2.4)
+    return reply
+      .header('cache-control', 'no-store')
+      .header('referrer-policy', 'no-referrer')
+      .header('set-cookie', loginCookie('', 0))
+      .redirect(landing, 302);
   });
 }

@@ -23,12 +23,13 @@ import {
   SEAL_PURPOSE,
   auditOidcLogin,
   registerOidcRoutes,
+  type OidcLoginAudit,
   type OidcPrincipal,
 } from '../../enroll-server/console/oidc.js';
 import { readCookie, seal, serializeCookie, unseal } from '../../enroll-server/console/oidc-cookie.js';
 import type { ServerContext } from '../../enroll-server/services/context.js';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
-import { isEdgeidError } from '../../protocol/errors/index.js';
+import { EdgeidError, isEdgeidError } from '../../protocol/errors/index.js';
 import { REPO, tmpDir } from '../../scripts/harness/fs.js';
 import { freePort } from '../../scripts/harness/ports.js';
 
@@ -238,6 +239,8 @@ test('an operator signs on: role and zones from its groups, the session starts, 
   const res = await b.request(callback);
   assert.equal(res.status, 302, await res.clone().text());
   assert.equal(res.headers.get('location'), '/console/');
+  assert.equal(res.headers.get('referrer-policy'), 'no-referrer');
+  assert.equal(res.headers.get('cache-control'), 'no-store');
   assert.deepEqual(app.sessions.at(-1), {
     name: 'olga',
     role: 'operator',
@@ -429,6 +432,51 @@ test("an issuer that is not the provider's own identifier → oidc_provider_inva
     assert.equal(err.status, 502);
     return true;
   });
+});
+
+test('no session starts without its audit row; a session the console refuses leaves a refusal row', async (t) => {
+  const dir = await tmpDir('edgeid-oidc-closed-', t);
+  const closed = new SqliteStore(path.join(dir, 'edgeid.db'));
+  await closed.close();
+  const ctx = {
+    store: closed,
+    now: Date.now,
+    log: pino({ level: 'silent' }),
+    config: loadConfig({ file: {}, env: {} }),
+  } as unknown as ServerContext;
+  const started: OidcPrincipal[] = [];
+  const noAudit = Fastify();
+  registerOidcRoutes(noAudit, { login, startSession: async (_r, p) => void started.push(p), audit: (e) => auditOidcLogin(ctx, e) });
+  t.after(() => noAudit.close());
+  let { redirectTo, cookie } = await login.begin();
+  let cb = new URL(await continueAt(new Browser(), redirectTo, 'olga'));
+  let res = await noAudit.inject({ method: 'GET', url: `${cb.pathname}${cb.search}`, headers: { cookie: `${LOGIN_COOKIE}=${cookie}` } });
+  assert.equal(res.statusCode, 500);
+  assert.equal(res.json().error.code, 'internal_error');
+  assert.equal(started.length, 0, 'no session without the audit row');
+
+  const rows: OidcLoginAudit[] = [];
+  const refusing = Fastify();
+  registerOidcRoutes(refusing, {
+    login,
+    startSession: async () => {
+      throw new EdgeidError('user_disabled', 'user olga is disabled');
+    },
+    audit: async (e) => void rows.push(e),
+  });
+  t.after(() => refusing.close());
+  ({ redirectTo, cookie } = await login.begin());
+  cb = new URL(await continueAt(new Browser(), redirectTo, 'olga'));
+  res = await refusing.inject({ method: 'GET', url: `${cb.pathname}${cb.search}`, headers: { cookie: `${LOGIN_COOKIE}=${cookie}` } });
+  assert.equal(res.statusCode, 401);
+  assert.equal(res.json().error.code, 'user_disabled');
+  assert.deepEqual(
+    rows.map((r) => [r.row.actor, r.row.outcome, r.row.reason ?? null]),
+    [
+      ['user:olga', 'ok', null],
+      ['user:olga', 'fail', 'user_disabled'],
+    ],
+  );
 });
 
 test('a login older than 10 minutes is refused (oidc_login_expired)', async () => {
