@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import { resolve } from 'node:path';
+import { USER_ROLES, type UserRole } from '../protocol/api.js';
 import { EdgeidError } from '../protocol/errors/index.js';
 import { parseDuration } from './duration.js';
 
@@ -111,6 +112,36 @@ export interface ServerConfig {
   zones: Record<string, ZonePolicy>;
   /** Where the issuing CA's signing key lives (enroll-server/ca/keys.ts): a 0600 file in data/ca (default) or a PKCS#11 token. */
   ca: { key: 'file' } | { key: 'pkcs11'; pkcs11: Pkcs11KeyConfig };
+  /** Single sign-on to the console with OpenID Connect (enroll-server/console/oidc.ts); null = off. */
+  oidc: OidcConfig | null;
+}
+
+/**
+ * The console's OpenID Connect relying party (OpenID Connect Core 1.0 §3.1, authorization code
+ * flow with PKCE, RFC 7636) and how a provider's claims become an edgeid role and zones.
+ */
+export interface OidcConfig {
+  /** The provider's issuer identifier; discovery reads `<issuer>/.well-known/openid-configuration`. */
+  issuer: URL;
+  clientId: string;
+  /** The client secret: a 0600 file (read when the console starts) or, less preferred, inline. */
+  clientSecret: { file: string } | { value: string };
+  /** The console's callback, registered at the provider: https://HOST[:PORT]/console/oidc/callback. */
+  redirectUri: URL;
+  /** Space-separated scopes asked for; always includes openid. */
+  scopes: string;
+  /** Claim whose value is the person's edgeid user name (audit actor user:NAME); sub when absent. */
+  usernameClaim: string;
+  /** Claim (string or array of strings, e.g. groups) whose values roleMap maps to roles. */
+  roleClaim: string;
+  /** Claim value → role; of all values that map, the highest role wins; none → login refused. */
+  roleMap: Record<string, UserRole>;
+  /** Claim (string or array) naming zones, directly or through zoneMap; null = zoneMap over roleClaim's values. */
+  zonesClaim: string | null;
+  /** Claim value → zones ("*" = every zone). */
+  zoneMap: Record<string, string[] | '*'>;
+  /** Allows http:// issuer and redirect URI on a loopback host (tests only). */
+  allowInsecureIssuer: boolean;
 }
 
 /**
@@ -319,6 +350,80 @@ function eventLogPolicy(f: Field, v: unknown, pcrs: number[]): EventLogPolicy {
   return p;
 }
 
+const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]'];
+
+function httpUrl(f: Field, v: unknown, allowInsecure: boolean): URL {
+  let u: URL;
+  try {
+    u = new URL(str(f, v));
+  } catch {
+    f.fail('must be an absolute https:// URL');
+  }
+  if (u.search || u.hash) f.fail('must have no query or fragment');
+  if (u.protocol === 'https:') return u;
+  if (u.protocol === 'http:' && allowInsecure && LOOPBACK_HOSTS.includes(u.hostname)) return u;
+  if (u.protocol === 'http:' && LOOPBACK_HOSTS.includes(u.hostname))
+    f.fail('is http://: allowed only with "allowInsecureIssuer": true (tests)');
+  return f.fail('must be an https:// URL');
+}
+
+/** The `oidc` section (see OidcConfig); zone names must be configured zones. */
+function oidc(f: Field, v: unknown, cwd: string, zoneNames: string[]): OidcConfig {
+  const o = asObject(f, v);
+  const keys = ['issuer', 'clientId', 'clientSecret', 'clientSecretFile', 'redirectUri', 'scopes', 'usernameClaim', 'roleClaim'];
+  onlyKeys(f, o, [...keys, 'roleMap', 'zonesClaim', 'zoneMap', 'allowInsecureIssuer']);
+  const allowInsecureIssuer = o.allowInsecureIssuer === undefined ? false : bool(f.at('allowInsecureIssuer'), o.allowInsecureIssuer);
+  const issuer = httpUrl(f.at('issuer'), o.issuer, allowInsecureIssuer);
+  const redirectUri = httpUrl(f.at('redirectUri'), o.redirectUri, allowInsecureIssuer);
+  if (redirectUri.pathname !== '/console/oidc/callback')
+    f.at('redirectUri').fail("must be the console's https://HOST[:PORT]/console/oidc/callback");
+  if ((o.clientSecret === undefined) === (o.clientSecretFile === undefined))
+    f.fail('needs exactly one of clientSecretFile (a 0600 file, preferred) and clientSecret');
+  const clientSecret =
+    o.clientSecretFile !== undefined
+      ? { file: resolve(cwd, str(f.at('clientSecretFile'), o.clientSecretFile)) }
+      : { value: str(f.at('clientSecret'), o.clientSecret) };
+  const scopes = o.scopes === undefined ? 'openid profile email' : str(f.at('scopes'), o.scopes).trim();
+  if (!scopes.split(/\s+/).includes('openid')) f.at('scopes').fail('must include openid');
+  const claimName = (k: string, def: string | null) => (o[k] === undefined ? def : str(f.at(k), o[k]));
+  // Object.fromEntries defines own properties: a claim value "__proto__" stays a key, not a prototype
+  const roleMap: Record<string, UserRole> = Object.fromEntries(
+    Object.entries(asObject(f.at('roleMap'), o.roleMap)).map(([value, role]) => {
+      if (typeof role !== 'string' || !(USER_ROLES as readonly string[]).includes(role))
+        f.at('roleMap')
+          .at(value)
+          .fail(`must be a role: ${USER_ROLES.join(', ')}`);
+      return [value, role as UserRole];
+    }),
+  );
+  if (Object.keys(roleMap).length === 0) f.at('roleMap').fail('must map at least one claim value to a role');
+  const zoneMap: Record<string, string[] | '*'> = Object.fromEntries(
+    Object.entries(o.zoneMap === undefined ? {} : asObject(f.at('zoneMap'), o.zoneMap)).map(([value, zones]) => {
+      const zf = f.at('zoneMap').at(value);
+      if (zones === '*') return [value, '*' as const];
+      const list = strings(zf, zones);
+      if (list.length === 0) zf.fail('must name at least one zone, or be "*" (every zone)');
+      list.forEach((z, i) => {
+        if (!zoneNames.includes(z)) zf.at(i).fail(`zone "${z}" is not configured (zones: ${zoneNames.join(', ')})`);
+      });
+      return [value, list];
+    }),
+  );
+  return {
+    issuer,
+    clientId: str(f.at('clientId'), o.clientId),
+    clientSecret,
+    redirectUri,
+    scopes,
+    usernameClaim: claimName('usernameClaim', 'preferred_username')!,
+    roleClaim: str(f.at('roleClaim'), o.roleClaim),
+    roleMap,
+    zonesClaim: claimName('zonesClaim', null),
+    zoneMap,
+    allowInsecureIssuer,
+  };
+}
+
 function listen(f: Field, v: unknown): { host: string; port: number } {
   const s = str(f, v);
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
@@ -411,6 +516,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'audit',
     'retention',
     'ca',
+    'oidc',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -514,6 +620,8 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   } else if (caRaw.key !== undefined && caRaw.key !== 'file') root.at('ca').at('key').fail('must be "file" or "pkcs11"');
   else if (caRaw.pkcs11 !== undefined) root.at('ca').at('pkcs11').fail('is read only with "key": "pkcs11"');
 
+  const oidcConfig = o.oidc === undefined || o.oidc === null ? null : oidc(root.at('oidc'), o.oidc, cwd, Object.keys(zones));
+
   const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
   return {
     dataDir,
@@ -554,6 +662,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     ek,
     zones,
     ca,
+    oidc: oidcConfig,
   };
 }
 
