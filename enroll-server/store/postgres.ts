@@ -286,13 +286,34 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** One statement on the pool (outside a transaction), named so each connection prepares it once. */
-  private async q(sql: string, values: unknown[] = [], on: Exec = this.pool): Promise<Row[]> {
+  /** One statement on the pool (outside a transaction) or in the caller's transaction, named so each connection prepares it once. */
+  private async q(sql: string, values: unknown[] = [], on?: Exec): Promise<Row[]> {
     const s = statement(sql);
+    const c = on ?? (await this.connect());
+    let broken = false;
     try {
-      return (await on.query({ name: s.name, text: s.text, values })).rows as Row[];
+      return (await c.query({ name: s.name, text: s.text, values })).rows as Row[];
     } catch (e) {
-      throw pgFailure(e);
+      const mapped = pgFailure(e);
+      broken = mapped instanceof EdgeidError && mapped.code === 'store_unavailable';
+      throw mapped;
+    } finally {
+      // a connection that failed is closed, not handed out again
+      if (!on) (c as Client).release(broken);
+    }
+  }
+
+  /** A connection of the pool; any failure to get one (down, refused, auth, timeout, database closed) is store_unavailable. */
+  private async connect(): Promise<Client> {
+    try {
+      return await this.pool.connect();
+    } catch (e) {
+      const mapped = pgFailure(e);
+      if (mapped instanceof EdgeidError) throw mapped;
+      const code = (e as { code?: unknown }).code;
+      throw new EdgeidError('store_unavailable', undefined, {
+        cause: typeof code === 'string' ? `PostgreSQL ${code}` : 'cannot connect',
+      });
     }
   }
 
@@ -311,12 +332,7 @@ export class PostgresStore implements Store {
    */
   private async tx<T>(fn: (c: Client) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      let c: Client;
-      try {
-        c = await this.pool.connect();
-      } catch (e) {
-        throw pgFailure(e);
-      }
+      const c = await this.connect();
       let broken = false;
       try {
         await c.query('BEGIN ISOLATION LEVEL READ COMMITTED');
@@ -387,12 +403,12 @@ export class PostgresStore implements Store {
     return { ...row, hash };
   }
 
-  private async auditAnchorIn(on: Exec): Promise<ChainAnchor | null> {
+  private async auditAnchorIn(on?: Exec): Promise<ChainAnchor | null> {
     const r = (await this.q('SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1', [], on))[0];
     return r ? { seq: Number(r.seq), hash: String(r.hash) } : null;
   }
 
-  private async setMetaIn(key: string, value: string, on: Exec): Promise<void> {
+  private async setMetaIn(key: string, value: string, on?: Exec): Promise<void> {
     await this.q('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value], on);
   }
 
@@ -406,7 +422,7 @@ export class PostgresStore implements Store {
   }
 
   async setMeta(key: string, value: string): Promise<void> {
-    await this.setMetaIn(key, value, this.pool);
+    await this.setMetaIn(key, value);
   }
 
   async createToken(t: TokenRecord, audit: AuditInput): Promise<void> {
@@ -1120,7 +1136,7 @@ export class PostgresStore implements Store {
   }
 
   async auditAnchor(): Promise<{ seq: number; hash: string } | null> {
-    return this.auditAnchorIn(this.pool);
+    return this.auditAnchorIn();
   }
 
   async listExpiredCertificates(before: number, limit: number): Promise<CertificateRecord[]> {
@@ -1165,7 +1181,7 @@ export class PostgresStore implements Store {
   async verifyAudit(): Promise<AuditVerifyResult> {
     const headText = await this.getMeta('audit_head');
     const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
-    const anchor = await this.auditAnchorIn(this.pool);
+    const anchor = await this.auditAnchorIn();
     let from: ChainAnchor | null = anchor;
     let rows = 0;
     const problems: AuditProblem[] = [];
