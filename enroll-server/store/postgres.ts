@@ -1179,32 +1179,50 @@ export class PostgresStore implements Store {
    * verified from the last row of the one before as stored, exactly as one walk over all rows.
    */
   async verifyAudit(): Promise<AuditVerifyResult> {
-    const headText = await this.getMeta('audit_head');
-    const head = headText ? (JSON.parse(headText) as { seq: number; hash: string }) : null;
-    const anchor = await this.auditAnchorIn();
-    let from: ChainAnchor | null = anchor;
-    let rows = 0;
-    const problems: AuditProblem[] = [];
-    let omitted = 0;
-    for (;;) {
-      const page = (await this.q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?', [from?.seq ?? 0, VERIFY_PAGE])).map(auditFrom);
-      const lastPage = page.length < VERIFY_PAGE;
-      const r = verifyChain(page, lastPage ? head : null, from);
-      rows += r.rows;
-      if (!r.ok) {
-        for (const x of r.problems ?? (r.problem ? [r.problem] : [])) {
-          if (problems.length < VERIFY_PROBLEMS_MAX) problems.push(x);
-          else omitted++;
+    // one snapshot for the head, the anchor and every page: rows other instances append
+    // meanwhile are not seen, so they cannot look like rows beyond the recorded head
+    // (https://www.postgresql.org/docs/15/transaction-iso.html#XACT-REPEATABLE-READ)
+    const c = await this.connect();
+    let broken = false;
+    try {
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const headText = (await this.q('SELECT value FROM meta WHERE key = ?', ['audit_head'], c))[0]?.value;
+      const head = headText ? (JSON.parse(String(headText)) as { seq: number; hash: string }) : null;
+      const anchor = await this.auditAnchorIn(c);
+      let from: ChainAnchor | null = anchor;
+      let rows = 0;
+      const problems: AuditProblem[] = [];
+      let omitted = 0;
+      for (;;) {
+        const page = (await this.q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?', [from?.seq ?? 0, VERIFY_PAGE], c)).map(
+          auditFrom,
+        );
+        const lastPage = page.length < VERIFY_PAGE;
+        const r = verifyChain(page, lastPage ? head : null, from);
+        rows += r.rows;
+        if (!r.ok) {
+          for (const x of r.problems ?? (r.problem ? [r.problem] : [])) {
+            if (problems.length < VERIFY_PROBLEMS_MAX) problems.push(x);
+            else omitted++;
+          }
+          omitted += r.problemsOmitted ?? 0;
         }
-        omitted += r.problemsOmitted ?? 0;
+        if (lastPage) break;
+        const last = page.at(-1)!;
+        from = { seq: last.seq, hash: last.hash };
       }
-      if (lastPage) break;
-      const last = page.at(-1)!;
-      from = { seq: last.seq, hash: last.hash };
+      await c.query('COMMIT');
+      const fromSeq = anchor && anchor.seq > 0 ? { from: anchor.seq + 1 } : {};
+      if (problems.length === 0) return { ok: true, rows, ...fromSeq };
+      return { ok: false, rows, ...fromSeq, problem: problems[0]!, problems, ...(omitted > 0 ? { problemsOmitted: omitted } : {}) };
+    } catch (e) {
+      await c.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
+      throw pgFailure(e);
+    } finally {
+      c.release(broken);
     }
-    const fromSeq = anchor && anchor.seq > 0 ? { from: anchor.seq + 1 } : {};
-    if (problems.length === 0) return { ok: true, rows, ...fromSeq };
-    return { ok: false, rows, ...fromSeq, problem: problems[0]!, problems, ...(omitted > 0 ? { problemsOmitted: omitted } : {}) };
   }
 }
 

@@ -179,6 +179,30 @@ test('unrelated writes on two instances at once all commit, and the audit chain 
   );
 });
 
+test('verifying the audit chain on one instance while the other appends: every verification sees one consistent chain', async (t) => {
+  const [a, b] = await twoInstances(t);
+  for (let i = 0; i < 20; i++) await a.appendAudit(audit('seed', { i }));
+  let writing = true;
+  const writer = (async () => {
+    let n = 0;
+    while (writing) await b.appendAudit(audit('busy', { n: n++ }));
+    return n;
+  })();
+  let checks = 0;
+  try {
+    for (; checks < ROUNDS / 4; checks++) {
+      const v = await a.verifyAudit();
+      assert.equal(v.ok, true, `verification ${checks} during appends: ${JSON.stringify(v)}`);
+    }
+  } finally {
+    writing = false;
+  }
+  const appended = await writer;
+  const v = await a.verifyAudit();
+  assert.deepEqual([v.ok, v.rows], [true, 20 + appended]);
+  t.diagnostic(`${checks} verifications during ${appended} appends`);
+});
+
 test('two instances finish enrollments on the same token: exactly one device every round', async (t) => {
   const [a, b] = await twoInstances(t);
   const wins = await rounds('finishEnrollment', async (i) => {
