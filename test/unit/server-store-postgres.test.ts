@@ -12,7 +12,7 @@ import pino from 'pino';
 import { readStorePassword } from '../../enroll-server/composition.js';
 import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
-import { PostgresStore } from '../../enroll-server/store/postgres.js';
+import { pgFailure, PostgresStore } from '../../enroll-server/store/postgres.js';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import { tmpDir } from '../../scripts/harness/fs.js';
 import { freshPostgresDatabase, pgClient, postgresServer, usePostgres } from '../helpers/stores.js';
@@ -136,4 +136,41 @@ test('a server whose database cannot be reached does not start: store_unavailabl
     createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false }),
     (e: any) => e.code === 'store_unavailable' && !e.message.includes(url),
   );
+});
+
+test('a read-only database is answered storage_read_only and the write changed nothing; a full disk (SQLSTATE 53100) maps to storage_full', async (t) => {
+  const url = await freshPostgresDatabase();
+  await (await PostgresStore.open({ url })).close();
+  const root = await pgClient(t, (await postgresServer()).url);
+  const name = new URL(url).pathname.slice(1);
+  // as on a hot standby or with default_transaction_read_only (new sessions only)
+  await root.query(`ALTER DATABASE ${name} SET default_transaction_read_only = on`);
+  const s = await PostgresStore.open({ url, poolSize: 2 });
+  t.after(() => s.close());
+  const tok = {
+    id: 'tok-ro',
+    secretHash: Buffer.alloc(32),
+    zone: 'default',
+    owner: 'o',
+    name: null,
+    purpose: null,
+    createdBy: 'admin',
+    createdAt: 1,
+    expiresAt: 2,
+    ekHash: null,
+    boundAt: null,
+    usedAt: null,
+    deviceId: null,
+  };
+  await assert.rejects(
+    s.createToken(tok, { time: 1, actor: 'admin', event: 'token.create', outcome: 'ok' }),
+    (e: any) => e.code === 'storage_read_only' && e.status === 503,
+  );
+  assert.equal(await s.getToken('tok-ro'), null);
+  assert.deepEqual(await s.verifyAudit(), { ok: true, rows: 0 });
+  // the mapping of the disk-full SQLSTATE (no disk can be filled here without root on the host)
+  assert.equal((pgFailure(Object.assign(new Error('could not extend file'), { code: '53100' })) as any).code, 'storage_full');
+  assert.equal((pgFailure(Object.assign(new Error('x'), { code: '57P01' })) as any).code, 'store_unavailable');
+  const bug = Object.assign(new Error('syntax error'), { code: '42601' });
+  assert.equal(pgFailure(bug), bug, 'a bug stays itself (internal_error)');
 });
