@@ -443,7 +443,7 @@ export class PostgresStore implements Store {
   }
 
   async listTokens(): Promise<TokenRecord[]> {
-    return (await this.q('SELECT * FROM tokens ORDER BY created_at')).map(tokenFrom);
+    return (await this.q('SELECT * FROM tokens ORDER BY created_at, id')).map(tokenFrom);
   }
 
   async startEnrollment(p: {
