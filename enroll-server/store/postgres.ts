@@ -164,6 +164,20 @@ export function pgFailure(e: unknown): unknown {
   return e;
 }
 
+/**
+ * The URL with the password put in, when one is given and the URL has none. (node-postgres lets
+ * the connection string's fields override the separate `password` option, even an empty one:
+ * the password has to travel inside the string.) Kept in the pool only, never logged.
+ */
+function withPassword(url: string, password: string | undefined): string {
+  if (password === undefined) return url;
+  const u = new URL(url);
+  if (u.password) return url;
+  // percent-encoded whole (the URL setter leaves a stray % as it is); pg-connection-string decodes it
+  u.password = encodeURIComponent(password);
+  return u.toString();
+}
+
 class RaceLost extends Error {}
 
 class EkLive extends Error {
@@ -208,8 +222,7 @@ export class PostgresStore implements Store {
 
   private constructor(opts: PostgresStoreOptions) {
     this.pool = new pg.Pool({
-      connectionString: opts.url,
-      ...(opts.password !== undefined && !new URL(opts.url).password ? { password: opts.password } : {}),
+      connectionString: withPassword(opts.url, opts.password),
       max: opts.poolSize ?? 10,
       connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       idleTimeoutMillis: 30_000,

@@ -174,3 +174,57 @@ test('a read-only database is answered storage_read_only and the write changed n
   const bug = Object.assign(new Error('syntax error'), { code: '42601' });
   assert.equal(pgFailure(bug), bug, 'a bug stays itself (internal_error)');
 });
+
+test('a role with a password: the password from a 0600 file or PGPASSWORD opens the store; a wrong one is store_unavailable without the password in it', async (t) => {
+  const srv = await postgresServer();
+  const url = await freshPostgresDatabase();
+  const name = new URL(url).pathname.slice(1);
+  const root = await pgClient(t, srv.url);
+  const secret = `pw ${name} %x@:/é`;
+  await root.query(`CREATE ROLE edgeid_${name} LOGIN PASSWORD '${secret.replace(/'/g, "''")}'`);
+  await root.query(`ALTER DATABASE ${name} OWNER TO edgeid_${name}`);
+  // this role must authenticate with its password on loopback (scram-sha-256), ahead of the harness's trust rule
+  const hba = (await root.query('SHOW hba_file')).rows[0].hba_file as string;
+  const { readFile, writeFile } = await import('node:fs/promises');
+  await writeFile(hba, `host all edgeid_${name} 127.0.0.1/32 scram-sha-256\n${await readFile(hba, 'utf8')}`);
+  await root.query('SELECT pg_reload_conf()');
+  const roleUrl = `postgres://edgeid_${name}@127.0.0.1:${srv.port}/${name}`;
+  const { waitFor } = await import('../../scripts/harness/wait.js');
+  await waitFor('the password rule to be in force', async () => {
+    const tried = await PostgresStore.open({ url: roleUrl, password: 'wrong' }).then(
+      (s) => s.close().then(() => null),
+      (e: any) => e,
+    );
+    return tried?.code === 'store_unavailable' ? tried : null;
+  });
+  const wrong = await PostgresStore.open({ url: roleUrl, password: 'wrong' }).catch((e: unknown) => e as any);
+  assert.equal(wrong.code, 'store_unavailable');
+  assert.match(String(wrong.details?.cause), /28P01/);
+  assert.ok(!JSON.stringify({ m: wrong.message, d: wrong.details }).includes('wrong'));
+
+  // the server with store.passwordFile
+  const dataDir = await tmpDir('edgeid-server-pg-');
+  t.after(() => import('node:fs/promises').then((f) => f.rm(dataDir, { recursive: true, force: true })));
+  const pwFile = path.join(dataDir, '..', `${path.basename(dataDir)}.pgpw`);
+  writeFileSync(pwFile, secret + '\n', { mode: 0o600 });
+  t.after(() => import('node:fs/promises').then((f) => f.rm(pwFile, { force: true })));
+  const config = loadConfig({
+    argv: ['--data', dataDir, '--listen', '127.0.0.1:0'],
+    env: {},
+    file: { store: { url: roleUrl, passwordFile: pwFile } },
+  });
+  const server = await createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false });
+  t.after(() => server.close());
+  assert.equal((await server.ctx.store.verifyAudit()).ok, true);
+
+  // libpq's PGPASSWORD, which node-postgres reads when no password is configured
+  const saved = process.env.PGPASSWORD;
+  process.env.PGPASSWORD = secret;
+  try {
+    const s = await PostgresStore.open({ url: roleUrl });
+    await s.close();
+  } finally {
+    if (saved === undefined) delete process.env.PGPASSWORD;
+    else process.env.PGPASSWORD = saved;
+  }
+});
