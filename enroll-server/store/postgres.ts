@@ -252,7 +252,7 @@ export class PostgresStore implements Store {
    * that holds other tables and no schema_version, is refused untouched.
    */
   private async migrate(migrations: Migration[], now: () => number = Date.now): Promise<{ from: number; to: number }> {
-    const c = await this.pool.connect();
+    const c = await this.connect();
     try {
       await c.query('SELECT pg_advisory_lock($1)', [MIGRATE_LOCK]);
       try {

@@ -202,6 +202,15 @@ test('a role with a password: the password from a 0600 file or PGPASSWORD opens 
   assert.match(String(wrong.details?.cause), /28P01/);
   assert.ok(!JSON.stringify({ m: wrong.message, d: wrong.details }).includes('wrong'));
 
+  // no password at all (none configured, no PGPASSWORD): refused the same way, not a crash
+  const saved0 = process.env.PGPASSWORD;
+  delete process.env.PGPASSWORD;
+  try {
+    await assert.rejects(PostgresStore.open({ url: roleUrl }), (e: any) => e.code === 'store_unavailable');
+  } finally {
+    if (saved0 !== undefined) process.env.PGPASSWORD = saved0;
+  }
+
   // the server with store.passwordFile
   const dataDir = await tmpDir('edgeid-server-pg-');
   t.after(() => import('node:fs/promises').then((f) => f.rm(dataDir, { recursive: true, force: true })));
