@@ -231,6 +231,10 @@ export class PostgresStore implements Store {
     // an idle connection that breaks (the server restarted) is dropped by the pool; without a
     // listener the 'error' event would end the process
     this.pool.on('error', (e) => opts.onError?.(e));
+    // a connection that breaks while checked out between two statements (the database stopped,
+    // pg_terminate_backend) emits 'error' on the client: without a listener that would end the
+    // process (https://node-postgres.com/apis/pool#error); the statement in flight fails on its own
+    this.pool.on('connect', (client) => client.on('error', (e) => opts.onError?.(e)));
   }
 
   /** Connects, brings the schema to the newest migration (once, whichever instance comes first) and returns the store. */

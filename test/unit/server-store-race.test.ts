@@ -357,3 +357,34 @@ test('an instance whose database is unreachable answers store_unavailable, and d
   const v = await s.verifyAudit();
   assert.deepEqual([v.ok, v.rows], [true, 2]);
 });
+
+test('three instances starting together on an empty database: the schema is migrated once, every instance opens', async (t) => {
+  const url = await freshPostgresDatabase();
+  const stores = await Promise.all([0, 1, 2].map(() => PostgresStore.open({ url, poolSize: 2 })));
+  t.after(() => Promise.all(stores.map((s) => s.close())));
+  const froms = stores.map((s) => s.schema.from).sort();
+  const newest = stores[0]!.schema.to;
+  assert.deepEqual(froms, [0, newest, newest], 'one migrated from 0, the others found it done');
+  const versions = (await stores[1]!.pool.query('SELECT version FROM schema_version ORDER BY version')).rows.map((r) => r.version);
+  assert.deepEqual(
+    versions,
+    Array.from({ length: newest }, (_, i) => i + 1),
+  );
+});
+
+test('a connection cut while checked out (the database restarted mid-transaction) is reported, not a crash, and the pool goes on', async (t) => {
+  const url = await freshPostgresDatabase();
+  const errors: Error[] = [];
+  const s = await PostgresStore.open({ url, poolSize: 2, onError: (e) => errors.push(e) });
+  t.after(() => s.close());
+  const root = await pgClient(t, (await postgresServer()).url);
+  const c = await s.pool.connect();
+  const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  await c.query('BEGIN');
+  await root.query('SELECT pg_terminate_backend($1)', [pid]);
+  const { waitFor } = await import('../../scripts/harness/wait.js');
+  await waitFor('the cut connection to be reported', () => errors.length > 0);
+  c.release(true);
+  await s.appendAudit(audit('after the cut'));
+  assert.equal((await s.verifyAudit()).ok, true);
+});
