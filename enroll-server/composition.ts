@@ -4,7 +4,7 @@
  * integration do not know each other; they meet here.
  */
 import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Gauge } from 'prom-client';
@@ -13,7 +13,7 @@ import { createBrokerIntegration } from './broker/setup.js';
 import { CertificateAuthority } from './ca/ca.js';
 import { AuditFeed } from './services/audit-feed.js';
 import { closeIssuerSigner, openIssuerSigner, type CaSigner } from './ca/keys.js';
-import { serverUrl, type ServerConfig } from './config.js';
+import { serverUrl, type ServerConfig, type StoreConfig } from './config.js';
 import { ensurePrivateDir } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
 import { createMetrics } from './metrics.js';
@@ -23,6 +23,7 @@ import { CrlService } from './services/crl.js';
 import { registerCaMetrics } from './services/ca.js';
 import { backfillAkNames } from './services/devices.js';
 import { reloadEkTrust } from './services/ek.js';
+import { PostgresStore } from './store/postgres.js';
 import { SqliteStore } from './store/sqlite.js';
 
 /** Files in the data dir other tools (edgeid-admin, the broker integration) rely on. */
@@ -47,6 +48,60 @@ export interface ComposeOptions {
   boundPort: () => number | undefined;
 }
 
+/**
+ * The PostgreSQL password: from a file only its owner may read or write (st_mode & 077 == 0), or
+ * from the named variable; null leaves it to libpq's conventions (PGPASSWORD, ~/.pgpass), which
+ * node-postgres follows. Never logged.
+ */
+export function readStorePassword(p: Extract<StoreConfig, { kind: 'postgres' }>['password'], env: NodeJS.ProcessEnv): string | undefined {
+  if (p === null) return undefined;
+  if ('env' in p) {
+    const v = env[p.env];
+    if (!v)
+      throw new EdgeidError('config_invalid', `config: store.passwordEnv: the variable ${p.env} is not set`, {
+        field: 'store.passwordEnv',
+      });
+    return v;
+  }
+  let mode: number;
+  try {
+    mode = statSync(p.file).mode;
+  } catch (e) {
+    throw new EdgeidError(
+      'config_invalid',
+      `config: store.passwordFile: cannot read ${p.file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+      {
+        field: 'store.passwordFile',
+      },
+    );
+  }
+  if ((mode & 0o077) !== 0)
+    throw new EdgeidError(
+      'config_invalid',
+      `config: store.passwordFile: ${p.file} has mode ${(mode & 0o777).toString(8).padStart(4, '0')}: group and others must have no access (chmod 0600)`,
+      { field: 'store.passwordFile' },
+    );
+  const text = readFileSync(p.file, 'utf8').replace(/\r?\n$/, '');
+  if (!text) throw new EdgeidError('config_invalid', `config: store.passwordFile: ${p.file} is empty`, { field: 'store.passwordFile' });
+  return text;
+}
+
+/** The configured store, migrated: SQLite in the data dir, or PostgreSQL. */
+async function openStore(config: ServerConfig, log: Logger): Promise<SqliteStore | PostgresStore> {
+  const sc = config.store;
+  if (sc.kind === 'sqlite') return new SqliteStore(join(config.dataDir, DATA_FILES.db));
+  const store = await PostgresStore.open({
+    url: sc.url,
+    password: readStorePassword(sc.password, process.env),
+    poolSize: sc.poolSize,
+    // an idle connection lost (the database restarted): the pool opens a new one when needed
+    onError: (e) => log.warn({ err: { message: e.message, code: (e as { code?: string }).code } }, 'PostgreSQL connection lost'),
+  });
+  const where = new URL(sc.url);
+  log.info({ store: 'postgres', host: where.host, database: where.pathname.slice(1), poolSize: sc.poolSize }, 'store opened');
+  return store;
+}
+
 /** Opens the store (migrating it), the CA and the broker integration, and wires the hooks. */
 export async function composeContext(opts: ComposeOptions): Promise<ServerContext> {
   const { config } = opts;
@@ -54,7 +109,7 @@ export async function composeContext(opts: ComposeOptions): Promise<ServerContex
   const log =
     opts.logger ??
     pino({ level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization', '*.token', '*.secret'] });
-  const store = new SqliteStore(join(config.dataDir, DATA_FILES.db));
+  const store = await openStore(config, log);
   if (store.schema.from !== store.schema.to) log.info({ from: store.schema.from, to: store.schema.to }, 'database schema migrated');
   let ca: CertificateAuthority;
   let issuer: CaSigner | undefined;

@@ -61,8 +61,25 @@ export interface RateLimit {
   window: number;
 }
 
+/**
+ * Where the server keeps its state: SQLite in the data dir (default), or a PostgreSQL database
+ * shared by several server instances (store/postgres.ts). The password never sits in the config:
+ * it comes from a 0600 file, a named environment variable, or libpq's PGPASSWORD / ~/.pgpass.
+ */
+export type StoreConfig =
+  | { kind: 'sqlite' }
+  | {
+      kind: 'postgres';
+      /** postgres://USER@HOST:PORT/DB (no password in it). */
+      url: string;
+      /** Connections per server instance. */
+      poolSize: number;
+      password: { file: string } | { env: string } | null;
+    };
+
 export interface ServerConfig {
   dataDir: string;
+  store: StoreConfig;
   listen: { host: string; port: number };
   /** Names and addresses put into the server's TLS certificate (plus localhost/127.0.0.1). */
   hostnames: string[];
@@ -517,6 +534,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'retention',
     'ca',
     'oidc',
+    'store',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -621,10 +639,12 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   else if (caRaw.pkcs11 !== undefined) root.at('ca').at('pkcs11').fail('is read only with "key": "pkcs11"');
 
   const oidcConfig = o.oidc === undefined || o.oidc === null ? null : oidc(root.at('oidc'), o.oidc, cwd, Object.keys(zones));
+  const store = storeConfig(env.EDGEID_STORE ? new Field('EDGEID_STORE') : root.at('store'), env.EDGEID_STORE ?? o.store, cwd);
 
   const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
   return {
     dataDir,
+    store,
     listen: listenAt,
     hostnames,
     publicUrl,
@@ -663,6 +683,42 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     zones,
     ca,
     oidc: oidcConfig,
+  };
+}
+
+/**
+ * `store`: absent or "sqlite" (the data dir's edgeid.db), a postgres:// URL, or
+ * { url, poolSize, passwordFile | passwordEnv }. A password inside the URL is refused: config
+ * files are read by people and tools, and URLs end up in messages.
+ */
+function storeConfig(f: Field, v: unknown, cwd: string): StoreConfig {
+  if (v === undefined || v === null || v === 'sqlite') return { kind: 'sqlite' };
+  const o: Record<string, unknown> = typeof v === 'string' ? { url: v } : asObject(f, v);
+  if (typeof v !== 'string') onlyKeys(f, o, ['url', 'poolSize', 'passwordFile', 'passwordEnv']);
+  const uf = typeof v === 'string' ? f : f.at('url');
+  const url = str(uf, o.url);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return uf.fail('must be "sqlite" or a URL postgres://USER@HOST:PORT/DATABASE');
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:')
+    uf.fail('must be "sqlite" or a URL postgres://USER@HOST:PORT/DATABASE');
+  if (parsed.password)
+    uf.fail('must not contain a password: put it in a 0600 file (store.passwordFile) or the environment (store.passwordEnv, PGPASSWORD)');
+  if (!parsed.hostname || parsed.pathname.length < 2) uf.fail('must name a host and a database (postgres://USER@HOST:PORT/DATABASE)');
+  if (o.passwordFile !== undefined && o.passwordEnv !== undefined) f.fail('takes one of passwordFile and passwordEnv, not both');
+  return {
+    kind: 'postgres',
+    url,
+    poolSize: o.poolSize === undefined ? 10 : int(f.at('poolSize'), o.poolSize, 1, 1000),
+    password:
+      o.passwordFile !== undefined
+        ? { file: resolve(cwd, str(f.at('passwordFile'), o.passwordFile)) }
+        : o.passwordEnv !== undefined
+          ? { env: str(f.at('passwordEnv'), o.passwordEnv) }
+          : null,
   };
 }
 

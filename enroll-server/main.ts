@@ -5,7 +5,7 @@
  *   edgeid-server [--data DIR] [--listen HOST:PORT] [--config FILE]
  *   edgeid-server ca init --pkcs11 … | ca import-issuing CERT …   (ca/cli.ts: the issuing key in an HSM)
  *   edgeid-server restore FILE --data DIR [--passphrase-file F]
- * Env: EDGEID_DATA, EDGEID_LISTEN, EDGEID_LOG_LEVEL.
+ * Env: EDGEID_DATA, EDGEID_LISTEN, EDGEID_LOG_LEVEL, EDGEID_STORE.
  */
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -21,6 +21,8 @@ const USAGE = `usage: edgeid-server [--data DIR] [--listen HOST:PORT] [--config 
   --data DIR          data directory (default ./data, env EDGEID_DATA)
   --listen HOST:PORT  listen address (default 0.0.0.0:8443, env EDGEID_LISTEN; port 0 = any free port)
   --config FILE       JSON configuration (zones, hostnames, EK roots, rate limits ...)
+  env EDGEID_STORE    the store: "sqlite" (default, data/edgeid.db) or postgres://USER@HOST:PORT/DB
+                      (the config's "store"; password from store.passwordFile or PGPASSWORD)
 ${CA_USAGE}
 
        edgeid-server restore FILE --data DIR [--passphrase-file F] [--json]

@@ -820,6 +820,27 @@ async function main(): Promise<number> {
   return failed ? 1 : 0;
 }
 
+/** The server's /metrics as name → value (unlabelled samples only). */
+async function serverMetrics(url: string, caPem: string): Promise<Record<string, number>> {
+  const https = await import('node:https');
+  const text = await new Promise<string>((resolve, reject) => {
+    https
+      .get(`${url}/metrics`, { ca: caPem, timeout: 5000 }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`/metrics ${res.statusCode}`))));
+      })
+      .on('error', reject);
+  });
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+) ([0-9.e+-]+)$/.exec(line);
+    if (m) out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}
+
 /** `--fleet`: N devices renewing on schedule (see the header). */
 async function fleetMain(): Promise<number> {
   const nDevices = Number(arg('--devices', '10000'));
@@ -850,14 +871,26 @@ async function fleetMain(): Promise<number> {
     const url = `https://127.0.0.1:${srv.port}`;
     const { phase } = await startClients({ children, n: nClients, url, caPem: srv.caPem, devices, tamperEvery: 0, serverPid, serverAlive });
     log(`${nClients} load processes ready (every device challenged once); renewing for ${minutes} min`);
-    const rss: { t: number; mb: number }[] = [];
+    // RSS from /proc; the V8 heap and the memory V8 tracks outside it from the server's /metrics
+    // (prom-client's default metrics), to tell JavaScript objects from native memory
+    const rss: { t: number; mb: number; heapMb: number; externalMb: number }[] = [];
     const tLoad = performance.now();
-    rss.push({ t: 0, mb: procRssMb(serverPid) });
-    const sampler = setInterval(() => {
-      if (serverAlive()) rss.push({ t: (performance.now() - tLoad) / 1000, mb: procRssMb(serverPid) });
-      const last = rss.at(-1)!;
-      if (Math.round(last.t) % 60 < 5) log(`${(last.t / 60).toFixed(1)} min: server RSS ${last.mb.toFixed(0)} MB`);
-    }, 5000);
+    const sample = async () => {
+      if (!serverAlive()) return;
+      const t = (performance.now() - tLoad) / 1000;
+      const mb = procRssMb(serverPid);
+      const mx = await serverMetrics(url, srv!.caPem).catch(() => null);
+      rss.push({
+        t,
+        mb,
+        heapMb: (mx?.nodejs_heap_size_used_bytes ?? NaN) / 2 ** 20,
+        externalMb: (mx?.nodejs_external_memory_bytes ?? NaN) / 2 ** 20,
+      });
+      if (Math.round(t) % 60 < 5)
+        log(`${(t / 60).toFixed(1)} min: server RSS ${mb.toFixed(0)} MB, V8 heap used ${rss.at(-1)!.heapMb.toFixed(0)} MB`);
+    };
+    await sample();
+    const sampler = setInterval(() => void sample(), 5000);
     const { m, wallMs, serverCpuMs, results } = await phase(() => ({
       cmd: 'fleet',
       intervalMs,
@@ -891,6 +924,9 @@ async function fleetMain(): Promise<number> {
     out.push(`Seeding ${nDevices} devices: ${f0(seedS)} s.`);
     out.push(
       `Server RSS (MB), every ~${f0(pick.length > 1 ? pick[1]!.t - pick[0]!.t : 5)} s: ${pick.map((r) => f0(r.mb)).join(' → ')}; after the first renewal interval (warm-up, ${f0(warm.mb)} MB at ${f0(warm.t)} s) the maximum was ${f0(afterMax)} MB (${f1(afterMax - warm.mb)} MB above).`,
+    );
+    out.push(
+      `V8 heap used (MB) at the same moments: ${pick.map((r) => f0(r.heapMb)).join(' → ')}; external (ArrayBuffers, Buffers): ${pick.map((r) => f0(r.externalMb)).join(' → ')}.`,
     );
     out.push(
       `SQLite (db + WAL): ${(dbBefore / 2 ** 20).toFixed(1)} MiB after seeding → ${(dbAfter / 2 ** 20).toFixed(1)} MiB after ${m.ok} renewals: ${f0((dbAfter - dbBefore) / Math.max(1, m.ok))} bytes per renewal, ${((((dbAfter - dbBefore) / minutes) * 1440) / 2 ** 30).toFixed(2)} GiB per day at this rate before retention (retention deletes expired certificates and exports old audit rows: enroll-server/README).`,

@@ -10,6 +10,7 @@
 //                             the server bundle; loaded only when ca.key is "pkcs11"
 //   dist/migrations/*.sql     the store's schema migrations, read at start from ./migrations/
 //                             beside the server bundle (enroll-server/store/migrate.ts)
+//   dist/migrations-pg/*.sql  the PostgreSQL store's migrations (enroll-server/store/postgres.ts)
 // Usage: node scripts/bundle.mjs [--outdir DIR] [--metafile] [--only agent|server|admin]
 import { build } from 'esbuild';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
@@ -106,7 +107,10 @@ const PROGRAMS = {
       [pkcs11Addon, 'pkcs11.node', 'npm ci (pkcs11js builds it)'],
     ],
     // migrate.ts reads new URL('./migrations/', import.meta.url): beside the bundle once bundled
-    dataDirs: [[path.join(root, 'enroll-server/store/migrations'), 'migrations']],
+    dataDirs: [
+      [path.join(root, 'enroll-server/store/migrations'), 'migrations'],
+      [path.join(root, 'enroll-server/store/migrations-pg'), 'migrations-pg'],
+    ],
   },
   admin: {
     entry: 'enroll-server/admin-cli.ts',

@@ -20,12 +20,12 @@ import type {
   TokenRecord,
 } from './store.js';
 
-type Row = Record<string, unknown>;
+export type Row = Record<string, unknown>;
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 const text = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
-function tokenFrom(r: Row): TokenRecord {
+export function tokenFrom(r: Row): TokenRecord {
   return {
     id: String(r.id),
     secretHash: r.secret_hash as Buffer,
@@ -43,7 +43,7 @@ function tokenFrom(r: Row): TokenRecord {
   };
 }
 
-function sessionFrom(r: Row): EnrollSessionRecord {
+export function sessionFrom(r: Row): EnrollSessionRecord {
   return {
     id: String(r.id),
     tokenId: String(r.token_id),
@@ -61,7 +61,7 @@ function sessionFrom(r: Row): EnrollSessionRecord {
   };
 }
 
-function deviceFrom(r: Row): DeviceRecord {
+export function deviceFrom(r: Row): DeviceRecord {
   return {
     id: String(r.id),
     zone: String(r.zone),
@@ -92,7 +92,7 @@ function deviceFrom(r: Row): DeviceRecord {
   };
 }
 
-function certFrom(r: Row): CertificateRecord {
+export function certFrom(r: Row): CertificateRecord {
   return {
     serial: String(r.serial),
     deviceId: String(r.device_id),
@@ -105,7 +105,7 @@ function certFrom(r: Row): CertificateRecord {
   };
 }
 
-function monitorFrom(r: Row): BrokerMonitorRecord {
+export function monitorFrom(r: Row): BrokerMonitorRecord {
   return {
     serial: String(r.serial),
     name: String(r.name),
@@ -119,7 +119,7 @@ function monitorFrom(r: Row): BrokerMonitorRecord {
   };
 }
 
-function userFrom(r: Row): UserRecord {
+export function userFrom(r: Row): UserRecord {
   return {
     name: String(r.name),
     role: String(r.role) as UserRecord['role'],
@@ -135,7 +135,7 @@ function userFrom(r: Row): UserRecord {
   };
 }
 
-function nonceFrom(r: Row): NonceRecord {
+export function nonceFrom(r: Row): NonceRecord {
   return {
     value: String(r.value),
     deviceId: String(r.device_id),
@@ -145,7 +145,7 @@ function nonceFrom(r: Row): NonceRecord {
   };
 }
 
-function auditFrom(r: Row): AuditRow {
+export function auditFrom(r: Row): AuditRow {
   return {
     seq: Number(r.seq),
     time: new Date(Number(r.time)).toISOString(),
@@ -192,7 +192,7 @@ function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown
   return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
 }
 
-const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
+export const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
   status: 'status',
   statusReason: 'status_reason',
   statusChangedAt: 'status_changed_at',
@@ -1148,10 +1148,10 @@ class EkLive extends Error {
 }
 
 /** Manifest entries with the state of the token minted for them (if any). */
-const EK_ALLOW_SELECT = `SELECT a.*, t.used_at AS token_used_at, t.device_id AS token_device_id
+export const EK_ALLOW_SELECT = `SELECT a.*, t.used_at AS token_used_at, t.device_id AS token_device_id
   FROM ek_allow a LEFT JOIN tokens t ON t.id = a.token_id`;
 
-function ekAllowFrom(r: Row): EkAllowRecord {
+export function ekAllowFrom(r: Row): EkAllowRecord {
   return {
     id: String(r.id),
     ekId: String(r.ek_id),

@@ -92,6 +92,12 @@ export const adminErrors = defineErrors({
     message: 'The server could not write: its data directory (database, CA, CRL files) is on a read-only filesystem.',
     fix: 'Make the filesystem of the data directory writable again (check `mount` and the kernel log: a filesystem remounted read-only after I/O errors needs fsck), then retry: a refused write changed nothing (the message says so when part of an action was already committed).',
   },
+  store_unavailable: {
+    status: 503,
+    message:
+      'The server could not reach its database (PostgreSQL): it is down, unreachable, refusing the connection or out of connections.',
+    fix: 'Check that the PostgreSQL server in the `store` setting runs and accepts this server (address, database, user, password, max_connections), then retry: a refused request changed nothing. Requests succeed again as soon as the database answers, without a restart.',
+  },
   admin_server_unreachable: {
     status: 503,
     message: 'The edgeid server cannot be reached.',

@@ -1,7 +1,9 @@
 /**
  * Schema migrations: numbered files applied in order, each in a transaction with its
  * schema_version row; databases written before the version table existed are recognised by
- * their shape and upgraded; a database from a newer server is refused untouched.
+ * their shape and upgraded; a database from a newer server is refused untouched. On every store
+ * (SQLite and PostgreSQL, test/helpers/stores.ts) except the adoption of databases from before
+ * schema_version, which only SQLite databases can be (PostgreSQL support came after it).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +17,8 @@ import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
 import { loadMigrations, migrate } from '../../enroll-server/store/migrate.js';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
+import { loadPgMigrations, PostgresStore } from '../../enroll-server/store/postgres.js';
+import { forEachStore, type StoreKind } from '../helpers/stores.js';
 import { auditHash, GENESIS_HASH } from '../../enroll-server/store/audit-chain.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import { akTemplate } from '../../protocol/tpm/templates.js';
@@ -111,31 +115,109 @@ function versions(file: string): { version: number; name: string }[] {
   }
 }
 
-test('the migration files are numbered 1, 2, 3 … and a new database gets all of them', async (t) => {
-  const migrations = loadMigrations();
+/** The store's migrations (SQLite or PostgreSQL files). */
+const migrationsOf = (kind: StoreKind) => (kind.name === 'sqlite' ? loadMigrations() : loadPgMigrations());
+
+test('the PostgreSQL migrations have the numbers and names of the SQLite ones', () => {
   assert.deepEqual(
-    migrations.map((m) => m.version),
-    migrations.map((_, i) => i + 1),
+    loadPgMigrations().map((m) => [m.version, m.name]),
+    loadMigrations().map((m) => [m.version, m.name]),
   );
-  const file = path.join(await tempDir(t), 'edgeid.db');
-  const s = new SqliteStore(file);
-  await s.close();
-  assert.deepEqual(s.schema, { from: 0, to: migrations.length });
-  assert.deepEqual(
-    versions(file),
-    migrations.map((m) => ({ version: m.version, name: m.name })),
-  );
-  const again = new SqliteStore(file);
-  await again.close();
-  assert.deepEqual(again.schema, { from: migrations.length, to: migrations.length }, 'a second open applies nothing');
 });
 
+forEachStore((kind) => {
+  test(`${kind.name}: the migration files are numbered 1, 2, 3 … and a new database gets all of them`, async (t) => {
+    const migrations = migrationsOf(kind);
+    assert.deepEqual(
+      migrations.map((m) => m.version),
+      migrations.map((_, i) => i + 1),
+    );
+    const where = await kind.fresh(t);
+    const s = await kind.at(t, where);
+    assert.deepEqual((s.store as SqliteStore | PostgresStore).schema, { from: 0, to: migrations.length });
+    assert.deepEqual(
+      (await s.exec('SELECT version, name FROM schema_version ORDER BY version')).map((r) => ({
+        version: Number(r.version),
+        name: r.name,
+      })),
+      migrations.map((m) => ({ version: m.version, name: m.name })),
+    );
+    const again = await s.reopen();
+    assert.deepEqual(
+      (again.store as SqliteStore | PostgresStore).schema,
+      { from: migrations.length, to: migrations.length },
+      'a second open applies nothing',
+    );
+  });
+
+  test(`${kind.name}: a database from a newer server is refused and left as it was`, async (t) => {
+    const where = await kind.fresh(t);
+    const s = await kind.at(t, where);
+    await s.exec(`INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'from_the_future', 0)`);
+    await s.store.close();
+    await assert.rejects(kind.at(t, where), (e: any) => e.code === 'data_dir_unusable' && /version 99/.test(e.message));
+    if (kind.name === 'sqlite') assert.equal(versions(where).at(-1)!.version, 99);
+    else {
+      const check = await PostgresStore.open({ url: where }, []).catch((e: unknown) => e);
+      assert.equal((check as { code?: string }).code, 'data_dir_unusable', 'still at 99');
+    }
+  });
+
+  test(`${kind.name}: a migration that fails is rolled back whole and its version not recorded`, async (t) => {
+    const where = await kind.fresh(t);
+    const [first] = migrationsOf(kind);
+    const broken = { version: 2, name: 'broken', sql: 'CREATE TABLE half_done (a INTEGER); INSERT INTO no_such_table VALUES (1);' };
+    const fixed = { ...broken, sql: 'CREATE TABLE half_done (a INTEGER);' };
+    if (kind.name === 'sqlite') {
+      const db = new Database(where);
+      t.after(() => db.close());
+      assert.throws(() => migrate(db, [first!, broken]), /no_such_table/);
+      assert.deepEqual(
+        (db.prepare('SELECT version FROM schema_version').all() as { version: number }[]).map((r) => r.version),
+        [1],
+      );
+      assert.equal(db.prepare(`SELECT name FROM sqlite_master WHERE name = 'half_done'`).get(), undefined);
+      // fixed, it applies on the next start
+      assert.deepEqual(migrate(db, [first!, fixed]), { from: 1, to: 2 });
+      return;
+    }
+    await assert.rejects(PostgresStore.open({ url: where }, [first!, broken]), /no_such_table/);
+    const s = await PostgresStore.open({ url: where }, [first!]);
+    t.after(() => s.close());
+    assert.deepEqual(
+      (await s.pool.query('SELECT version FROM schema_version')).rows.map((r) => r.version),
+      [1],
+    );
+    assert.equal((await s.pool.query(`SELECT to_regclass('half_done') AS t`)).rows[0].t, null);
+    await s.close();
+    const again = await PostgresStore.open({ url: where }, [first!, fixed]);
+    t.after(() => again.close());
+    assert.deepEqual(again.schema, { from: 1, to: 2 });
+  });
+
+  test(`${kind.name}: a database that is not an edgeid database is refused`, async (t) => {
+    const where = await kind.fresh(t);
+    if (kind.name === 'sqlite') {
+      const db = new Database(where);
+      db.exec('CREATE TABLE something_else (a INTEGER)');
+      db.close();
+    } else {
+      const s = await PostgresStore.open({ url: where }, []);
+      await s.pool.query('DROP TABLE schema_version');
+      await s.pool.query('CREATE TABLE something_else (a INTEGER)');
+      await s.close();
+    }
+    await assert.rejects(kind.at(t, where), (e: any) => e.code === 'data_dir_unusable');
+  });
+});
+
+// SQLite only: databases written before schema_version existed (PostgreSQL support came after it)
 for (const [additions, version] of [
   [0, 1],
   [1, 2],
   [3, 3],
 ] as const) {
-  test(`a data dir from before schema_version (${additions} in-place additions) is adopted at version ${version} and upgraded`, async (t) => {
+  test(`sqlite: a data dir from before schema_version (${additions} in-place additions) is adopted at version ${version} and upgraded`, async (t) => {
     const dataDir = await tempDir(t);
     const akPub = legacyDb(path.join(dataDir, 'edgeid.db'), additions);
     // the data dir's admin token from before personal accounts
@@ -176,43 +258,3 @@ for (const [additions, version] of [
     assert.equal(r.statusCode, 200, r.body);
   });
 }
-
-test('a database from a newer server is refused and left as it was', async (t) => {
-  const file = path.join(await tempDir(t), 'edgeid.db');
-  await new SqliteStore(file).close();
-  const db = new Database(file);
-  db.prepare(`INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'from_the_future', 0)`).run();
-  db.close();
-  assert.throws(
-    () => new SqliteStore(file),
-    (e: any) => e.code === 'data_dir_unusable' && /version 99/.test(e.message),
-  );
-  assert.equal(versions(file).at(-1)!.version, 99);
-});
-
-test('a migration that fails is rolled back whole and its version not recorded', async (t) => {
-  const file = path.join(await tempDir(t), 'edgeid.db');
-  const [first] = loadMigrations();
-  const db = new Database(file);
-  t.after(() => db.close());
-  const broken = { version: 2, name: 'broken', sql: 'CREATE TABLE half_done (a INTEGER); INSERT INTO no_such_table VALUES (1);' };
-  assert.throws(() => migrate(db, [first!, broken]), /no_such_table/);
-  assert.deepEqual(
-    (db.prepare('SELECT version FROM schema_version').all() as { version: number }[]).map((r) => r.version),
-    [1],
-  );
-  assert.equal(db.prepare(`SELECT name FROM sqlite_master WHERE name = 'half_done'`).get(), undefined);
-  // fixed, it applies on the next start
-  assert.deepEqual(migrate(db, [first!, { ...broken, sql: 'CREATE TABLE half_done (a INTEGER);' }]), { from: 1, to: 2 });
-});
-
-test('a database that is not an edgeid database is refused', async (t) => {
-  const file = path.join(await tempDir(t), 'edgeid.db');
-  const db = new Database(file);
-  db.exec('CREATE TABLE something_else (a INTEGER)');
-  db.close();
-  assert.throws(
-    () => new SqliteStore(file),
-    (e: any) => e.code === 'data_dir_unusable',
-  );
-});
