@@ -57,6 +57,8 @@ const NOT_COUNTED = new Set(['device_quarantined']);
 const NETWORKS_KEPT = 32;
 /** Rows evaluated before their results are committed at the latest. */
 const FLUSH_ROWS = 200;
+/** Entries kept per sliding window. */
+const WINDOW_ENTRIES = 10_000;
 const FLUSH_DELAY_MS = 50;
 const MINUTE = 60_000;
 
@@ -286,9 +288,9 @@ export class AlertEngine {
   }
 
   /**
-   * A sliding window of `w.window` seconds: adds `n` events at `t`; fires when it holds
-   * `w.count` or more (and starts over, so a new alert after an acknowledgement needs N again);
-   * while the alert is open every event counts into it.
+   * A sliding window of `w.window` seconds: adds `n` events at `t`; the rule fires while the
+   * window holds `w.count` or more. An open alert counts every further event; once acknowledged,
+   * the next event that finds the window still at or above the threshold opens a new one.
    */
   private windowed(
     rule: AlertRule,
@@ -301,12 +303,12 @@ export class AlertEngine {
     const wk = `w:${rule}:${key}`;
     const list = (this.windows.get(wk) ?? []).filter(([at]) => at > t - w.window * 1000);
     list.push([t, n]);
-    const total = list.reduce((s, [, c]) => s + c, 0);
-    const fire = total >= w.count;
-    if (fire) this.windows.delete(wk);
-    else this.windows.set(wk, list);
+    // bounded: a flood keeps its newest entries (their sum stays far above any threshold)
+    if (list.length > WINDOW_ENTRIES) list.splice(0, list.length - WINDOW_ENTRIES);
+    this.windows.set(wk, list);
     this.dirty.add(wk);
-    this.occur({ rule, key, ...o, summary: o.summary(total), at: t, fire, openCount: total, bumpBy: n });
+    const total = list.reduce((s, [, c]) => s + c, 0);
+    this.occur({ rule, key, ...o, summary: o.summary(total), at: t, fire: total >= w.count, openCount: total, bumpBy: n });
   }
 
   private async evaluate(row: AuditRow): Promise<void> {
