@@ -7,7 +7,7 @@
  * by role and zone; listing scoped to zones and paged; the edgeid_alerts_open gauge; a signed
  * webhook whose receiver fails twice and sees the retries; RFC 5424 syslog over UDP; a restart
  * that keeps the queue and the rules' cursor (nothing counted twice, rows written while the
- * server was down evaluated once).
+ * server was down evaluated once); edgeid-admin alerts list and ack.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,6 +23,7 @@ import { loadConfig } from '../../enroll-server/config.js';
 import { createServer, type EdgeidServer } from '../../enroll-server/server.js';
 import { refusalAggregator } from '../../enroll-server/services/audit.js';
 import { SqliteStore } from '../../enroll-server/store/sqlite.js';
+import { cleanEnv, runCli } from '../helpers/cli.js';
 import {
   challenge,
   createSoftDevice,
@@ -149,13 +150,9 @@ test(
     let srv!: EdgeidServer;
     const start = async () => {
       const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: configFile });
-      srv = await createServer({
-        config,
-        tls: false,
-        logger: pino({ level: 'silent' }),
-        housekeeping: false,
-        now: () => Date.now() + clock.offset,
-      });
+      srv = await createServer({ config, logger: pino({ level: 'silent' }), housekeeping: false, now: () => Date.now() + clock.offset });
+      // listening (HTTPS) for edgeid-admin; the rest of the test uses inject
+      await srv.listen();
     };
     await start();
     t.after(() => srv.close());
@@ -568,6 +565,51 @@ test(
       assert.equal(ds.length, 1);
       assert.equal(ds[0].state, 'delivered');
       assert.ok(ds[0].attempts >= 2);
+    });
+
+    await t.test('edgeid-admin alerts list / ack; stored text is escaped on the terminal', async () => {
+      const home = await mkdtemp(path.join(os.tmpdir(), 'edgeid-alerts-home-'));
+      t.after(() => rm(home, { recursive: true, force: true }));
+      const admin = async (args: string[]) => {
+        const r = await runCli('edgeid-admin', [...args, '--data', dataDir], { env: cleanEnv({ XDG_CONFIG_HOME: home }) });
+        return { ...r, out: r.stdout.toString('utf8') };
+      };
+      const listed = await admin(['alerts', 'list', '--state', 'open', '--json']);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.deepEqual(JSON.parse(listed.out), await alerts('?state=open'));
+      // a row holding a terminal escape (written to the store directly: the rules never build one)
+      await srv.ctx.store.commitAlerts({
+        occurrences: [
+          {
+            id: 'alr-00000000000000aa',
+            rule: 'device_stale',
+            key: 'hostile',
+            severity: 'info',
+            deviceId: null,
+            zone: 'a',
+            address: null,
+            summary: 'evil \x1b[2J summary',
+            at: Date.now(),
+            fire: true,
+            openCount: 1,
+            bumpBy: 1,
+          },
+        ],
+        state: {},
+      });
+      const text = await admin(['alerts', 'list']);
+      assert.equal(text.code, 0, text.stderr);
+      assert.ok(!text.out.includes('\x1b'), 'no raw escape reaches the terminal');
+      assert.match(text.out, /evil \\x1b\[2J summary/);
+      assert.match(text.out, /^ID +SEVERITY +RULE +STATE/);
+      const ack = await runCli('edgeid-admin', ['alerts', 'ack', 'alr-00000000000000aa', '--data', dataDir, '--token', opA], {
+        env: cleanEnv({ XDG_CONFIG_HOME: home }),
+      });
+      assert.equal(ack.code, 0, ack.stderr);
+      assert.match(ack.stdout.toString('utf8'), /^alert alr-00000000000000aa \(device_stale\) acknowledged by user:op-a at \d{4}-/);
+      const usage = await admin(['alerts', 'list', '--state', 'closed']);
+      assert.equal(usage.code, 2);
+      assert.match(usage.stderr, /--state must be one of open, acknowledged/);
     });
   },
 );
