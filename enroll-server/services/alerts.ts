@@ -101,7 +101,8 @@ export class AlertEngine {
   private checkTimer: NodeJS.Timeout | null = null;
   private unsubscribe: (() => void) | null = null;
   private readonly zoneCache = new Map<string, string | null>();
-  private readonly gauge: Gauge<'rule' | 'severity'>;
+  /** edgeid_alerts_open{rule,severity} in the server's registry. */
+  readonly gauge: Gauge<'rule' | 'severity'>;
   readonly delivery: DeliveryWorker;
 
   private constructor(private readonly ctx: ServerContext) {
@@ -176,7 +177,8 @@ export class AlertEngine {
     else if (!this.flushTimer) {
       this.flushTimer = setTimeout(() => {
         this.flushTimer = null;
-        void this.flush();
+        // a failed commit is logged and kept for the next one
+        this.flush().catch(() => undefined);
       }, FLUSH_DELAY_MS);
       this.flushTimer.unref();
     }
@@ -516,7 +518,6 @@ export class AlertEngine {
     this.unsubscribe?.();
     await this.flush().catch(() => undefined);
     await this.delivery.close();
-    void this.gauge;
   }
 }
 
