@@ -59,6 +59,8 @@ const NETWORKS_KEPT = 32;
 const FLUSH_ROWS = 200;
 /** Entries kept per sliding window. */
 const WINDOW_ENTRIES = 10_000;
+/** Sliding windows kept at most (one per device or source network with recent failures). */
+const MAX_WINDOWS = 100_000;
 const FLUSH_DELAY_MS = 50;
 const MINUTE = 60_000;
 
@@ -307,6 +309,15 @@ export class AlertEngine {
     list.push([t, n]);
     // bounded: a flood keeps its newest entries (their sum stays far above any threshold)
     if (list.length > WINDOW_ENTRIES) list.splice(0, list.length - WINDOW_ENTRIES);
+    if (!this.windows.has(wk) && this.windows.size >= MAX_WINDOWS) {
+      // a flood from ever new sources: the oldest tenth of the windows is dropped, never the rules' other state
+      let drop = MAX_WINDOWS / 10;
+      for (const k of this.windows.keys()) {
+        if (drop-- <= 0) break;
+        this.windows.delete(k);
+        this.dirty.add(k);
+      }
+    }
     this.windows.set(wk, list);
     this.dirty.add(wk);
     const total = list.reduce((s, [, c]) => s + c, 0);
@@ -487,6 +498,17 @@ export class AlertEngine {
       if (stale.has(id)) continue;
       this.staleMarks.delete(id);
       this.dirty.add(`stale:${id}`);
+    }
+    // windows whose newest event is older than the longest window configured can never fire again
+    const a = this.ctx.config.alerts;
+    const longest =
+      Math.max(
+        ...[a.defaults, ...Object.values(a.zones)].flatMap((z) => [z.failures.window, z.addressFailures.window, z.badTokens.window]),
+      ) * 1000;
+    for (const [k, list] of this.windows) {
+      if ((list.at(-1)?.[0] ?? 0) > now - longest) continue;
+      this.windows.delete(k);
+      this.dirty.add(k);
     }
     const days = this.ctx.config.alerts.caExpiryDays;
     for (const e of this.ctx.ca.expiries()) {

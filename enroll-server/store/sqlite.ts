@@ -1105,7 +1105,12 @@ export class SqliteStore implements Store {
           Row | undefined;
         if (open) {
           if (o.bumpBy > 0)
-            this.q('UPDATE alerts SET count = count + ?, last_seen = MAX(last_seen, ?) WHERE id = ?').run(o.bumpBy, o.at, open.id);
+            this.q('UPDATE alerts SET count = count + ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?').run(
+              o.bumpBy,
+              o.at,
+              o.at,
+              open.id,
+            );
           continue;
         }
         if (!o.fire) continue;

@@ -388,6 +388,11 @@ test(
       assert.equal((await find('device_stale')).length, 2);
       assert.equal((await find('ca_expiry')).length, 2);
       assert.ok((await find('device_stale')).every((x) => x.count === 1));
+      // the failure windows are hours old: longer than any configured window, so dropped from the stored state
+      assert.deepEqual(
+        Object.keys(await srv.ctx.store.getAlertState()).filter((k) => k.startsWith('w:')),
+        [],
+      );
     });
 
     await t.test('issuance far above the trailing hour (audit rows appended with their times)', async () => {
