@@ -161,7 +161,7 @@ export class AlertEngine {
     }
   }
 
-  /** The seq of the last audit row whose results are committed. */
+  /** The seq of the last audit row evaluated (its results are committed with the next flush, within 50 ms). */
   get position(): number {
     return this.cursor;
   }
