@@ -83,6 +83,9 @@ commands:
   users set-role NAME --role R [--zones Z1,Z2 | --all-zones] [--json]
                                        a new role (and zones) at once, audited; without --zones the
                                        account keeps its zones; the last enabled admin stays an admin
+  alerts list [--state open|acknowledged] [--rule R] [--json]
+                                       alerts of your zones, newest first
+  alerts ack ID [--json]               acknowledge an alert (operator); a new occurrence opens a new alert
 
 connection (first match wins):
   --server URL       / EDGEID_SERVER       / <data>/server.json
@@ -283,6 +286,8 @@ async function run(argv: string[], o: Output): Promise<number> {
       qr: { type: 'boolean' },
       stale: { type: 'boolean' },
       status: { type: 'string' },
+      state: { type: 'string' },
+      rule: { type: 'string' },
       reason: { type: 'string' },
       out: { type: 'string' },
       file: { type: 'string' },
@@ -635,6 +640,41 @@ async function run(argv: string[], o: Output): Promise<number> {
           users.map((u) => ({ ...u, zones: u.zones ? u.zones.join(',') : '(all)' })),
           ['name', 'role', 'zones', 'state', 'expiresAt', 'createdBy', 'tokenRotatedAt'],
         ),
+      );
+      return 0;
+    }
+    case 'alerts list': {
+      const q = new URLSearchParams();
+      if (typeof flags.state === 'string') {
+        const states: readonly string[] = W.ALERT_STATES;
+        if (!states.includes(flags.state)) throw new UsageError(`--state must be one of ${states.join(', ')}`);
+        q.set('state', flags.state);
+      }
+      if (typeof flags.rule === 'string') {
+        const rules: readonly string[] = W.ALERT_RULES;
+        if (!rules.includes(flags.rule)) throw new UsageError(`--rule must be one of ${rules.join(', ')}`);
+        q.set('rule', flags.rule);
+      }
+      const alerts = await allPages(
+        (p) => client.request('GET', p, undefined, W.AlertList).then((r) => ({ items: r.alerts, next: r.next })),
+        '/v1/admin/alerts',
+        q,
+      );
+      emit(alerts, () =>
+        table(
+          alerts.map((a) => ({ ...a, device: a.deviceId, ackBy: a.acknowledgedBy })),
+          ['id', 'severity', 'rule', 'state', 'zone', 'device', 'address', 'count', 'firstSeen', 'lastSeen', 'ackBy', 'summary'],
+        ),
+      );
+      return 0;
+    }
+    case 'alerts ack': {
+      if (!arg || !/^alr-[0-9a-f]{16}$/.test(arg)) throw new UsageError('alerts ack ID (an id as alerts list shows it: alr-…)');
+      const alert = await client.request('POST', `/v1/admin/alerts/${arg}/ack`, {}, W.Alert);
+      emit(
+        alert,
+        () =>
+          `alert ${printable(alert.id)} (${printable(alert.rule)}) acknowledged by ${printable(alert.acknowledgedBy)} at ${printable(alert.acknowledgedAt)}`,
       );
       return 0;
     }

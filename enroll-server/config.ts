@@ -127,6 +127,8 @@ export interface ServerConfig {
    */
   ek: { roots: string[]; intermediates: string[]; builtinRoots: boolean; requireEkCertificate: boolean | null };
   zones: Record<string, ZonePolicy>;
+  /** Alert rules on the audit stream, their thresholds (per zone) and where alerts go (services/alerts.ts). */
+  alerts: AlertsConfig;
   /** Where the issuing CA's signing key lives (enroll-server/ca/keys.ts): a 0600 file in data/ca (default) or a PKCS#11 token. */
   ca: { key: 'file' } | { key: 'pkcs11'; pkcs11: Pkcs11KeyConfig };
   /** Single sign-on to the console with OpenID Connect (enroll-server/console/oidc.ts); null = off. */
@@ -159,6 +161,64 @@ export interface OidcConfig {
   zoneMap: Record<string, string[] | '*'>;
   /** Allows http:// issuer and redirect URI on a loopback host (tests only). */
   allowInsecureIssuer: boolean;
+}
+
+/** N events in a sliding window of `window` seconds. */
+export interface AlertWindow {
+  count: number;
+  window: number;
+}
+
+/** Thresholds of the alert rules one zone's devices are judged by. */
+export interface AlertThresholds {
+  /** Failed attestations or renewals of one device. */
+  failures: AlertWindow;
+  /** Failed attestations, enrollments or renewals from one source network. */
+  addressFailures: AlertWindow;
+  /** Enrollment attempts with unknown, used or expired tokens from one source network. */
+  badTokens: AlertWindow;
+  /** Alert when a device renews from a network (IPv4 /24, IPv6 /64) it never used. */
+  newNetwork: boolean;
+  /** A device is stale when its last contact is older than this (seconds). */
+  staleAfter: number;
+}
+
+export interface AlertsConfig {
+  defaults: AlertThresholds;
+  /** Zones with their own thresholds (each key missing there is the default's). */
+  zones: Record<string, AlertThresholds>;
+  /** Fleet-wide: certificates issued in the last 5 minutes above factor × the trailing hour's 5-minute average and at least floor. */
+  issuance: { factor: number; floor: number };
+  /** Fleet-wide: the root or an issuing CA certificate expires within this many days. */
+  caExpiryDays: number;
+  /** Seconds between the time-based checks (stale devices, CA expiry). */
+  checkInterval: number;
+  webhook: AlertWebhookConfig | null;
+  syslog: AlertSyslogConfig | null;
+}
+
+export interface AlertWebhookConfig {
+  /** https://, or http:// to a loopback address only. */
+  url: string;
+  /** File (mode 0600) holding the HMAC-SHA256 key. */
+  secretFile: string;
+  /** PEM CA certificates the receiver's certificate must chain to (default: Node's built-in roots). */
+  caFile: string | null;
+  maxAttempts: number;
+  /** First retry delay and the cap of the exponential backoff (seconds). */
+  backoff: number;
+  maxBackoff: number;
+  /** Per attempt (seconds). */
+  timeout: number;
+}
+
+export interface AlertSyslogConfig {
+  host: string;
+  port: number;
+  protocol: 'udp' | 'tcp';
+  /** RFC 5424 §6.2.1 facility code (default 16, local0). */
+  facility: number;
+  appName: string;
 }
 
 /**
@@ -460,6 +520,113 @@ function rate(f: Field, v: unknown, def: RateLimit): RateLimit {
   };
 }
 
+function alertWindow(f: Field, v: unknown, def: AlertWindow): AlertWindow {
+  if (v === undefined) return def;
+  const o = asObject(f, v);
+  onlyKeys(f, o, ['count', 'window']);
+  return {
+    count: o.count === undefined ? def.count : int(f.at('count'), o.count, 1, 1_000_000),
+    window: o.window === undefined ? def.window : duration(f.at('window'), o.window, 1, 7 * 86400),
+  };
+}
+
+const ZONE_ALERT_KEYS = ['failures', 'addressFailures', 'badTokens', 'newNetwork', 'staleAfter'];
+
+function alertThresholds(f: Field, o: Record<string, unknown>, def: AlertThresholds): AlertThresholds {
+  return {
+    failures: alertWindow(f.at('failures'), o.failures, def.failures),
+    addressFailures: alertWindow(f.at('addressFailures'), o.addressFailures, def.addressFailures),
+    badTokens: alertWindow(f.at('badTokens'), o.badTokens, def.badTokens),
+    newNetwork: o.newNetwork === undefined ? def.newNetwork : bool(f.at('newNetwork'), o.newNetwork),
+    staleAfter: o.staleAfter === undefined ? def.staleAfter : duration(f.at('staleAfter'), o.staleAfter, 10, 365 * 86400),
+  };
+}
+
+const isLoopbackHost = (h: string) => h === 'localhost' || h === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+
+/** The `alerts` section; its defaults are documented in enroll-server/README.md ("Alerts"). */
+function alertsConfig(f: Field, v: unknown, zones: Record<string, ZonePolicy>, staleAfter: number, cwd: string): AlertsConfig {
+  const o = v === undefined ? {} : asObject(f, v);
+  onlyKeys(f, o, ['defaults', 'zones', 'checkInterval', 'webhook', 'syslog']);
+  const df = f.at('defaults');
+  const d = o.defaults === undefined ? {} : asObject(df, o.defaults);
+  onlyKeys(df, d, [...ZONE_ALERT_KEYS, 'issuance', 'caExpiryDays']);
+  const defaults = alertThresholds(df, d, {
+    failures: { count: 5, window: 600 },
+    addressFailures: { count: 20, window: 600 },
+    badTokens: { count: 5, window: 600 },
+    newNetwork: true,
+    staleAfter,
+  });
+  const isf = df.at('issuance');
+  const is = d.issuance === undefined ? {} : asObject(isf, d.issuance);
+  onlyKeys(isf, is, ['factor', 'floor']);
+  const issuance = {
+    factor: is.factor === undefined ? 10 : int(isf.at('factor'), is.factor, 2, 1000),
+    floor: is.floor === undefined ? 50 : int(isf.at('floor'), is.floor, 1, 1_000_000),
+  };
+  const caExpiryDays = d.caExpiryDays === undefined ? 30 : int(df.at('caExpiryDays'), d.caExpiryDays, 1, 36500);
+  const zf = f.at('zones');
+  const zr = o.zones === undefined ? {} : asObject(zf, o.zones);
+  const perZone: Record<string, AlertThresholds> = {};
+  for (const [name, z] of Object.entries(zr)) {
+    if (!zones[name]) zf.at(name).fail(`is not a configured zone (zones: ${Object.keys(zones).join(', ')})`);
+    const zo = asObject(zf.at(name), z);
+    onlyKeys(zf.at(name), zo, ZONE_ALERT_KEYS);
+    perZone[name] = alertThresholds(zf.at(name), zo, defaults);
+  }
+  let webhook: AlertWebhookConfig | null = null;
+  if (o.webhook !== undefined && o.webhook !== null) {
+    const wf = f.at('webhook');
+    const w = asObject(wf, o.webhook);
+    onlyKeys(wf, w, ['url', 'secretFile', 'caFile', 'maxAttempts', 'backoff', 'maxBackoff', 'timeout']);
+    const url = str(wf.at('url'), w.url);
+    const parsed = URL.canParse(url) ? new URL(url) : wf.at('url').fail('is not a URL');
+    if (parsed.username || parsed.password) wf.at('url').fail('must not carry credentials (the HMAC secret comes from secretFile)');
+    if (parsed.protocol !== 'https:' && !(parsed.protocol === 'http:' && isLoopbackHost(parsed.hostname)))
+      wf.at('url').fail('must be https://…, or http:// to a loopback address (127.0.0.0/8, [::1], localhost)');
+    const backoff = w.backoff === undefined ? 5 : duration(wf.at('backoff'), w.backoff, 0.01, 3600);
+    const maxBackoff = w.maxBackoff === undefined ? 3600 : duration(wf.at('maxBackoff'), w.maxBackoff, 0.01, 86400);
+    if (maxBackoff < backoff) wf.at('maxBackoff').fail('must not be below backoff');
+    webhook = {
+      url,
+      secretFile: resolve(cwd, str(wf.at('secretFile'), w.secretFile)),
+      caFile: w.caFile === undefined || w.caFile === null ? null : resolve(cwd, str(wf.at('caFile'), w.caFile)),
+      maxAttempts: w.maxAttempts === undefined ? 10 : int(wf.at('maxAttempts'), w.maxAttempts, 1, 100),
+      backoff,
+      maxBackoff,
+      timeout: w.timeout === undefined ? 10 : duration(wf.at('timeout'), w.timeout, 0.1, 120),
+    };
+  }
+  let syslog: AlertSyslogConfig | null = null;
+  if (o.syslog !== undefined && o.syslog !== null) {
+    const sf = f.at('syslog');
+    const sl = asObject(sf, o.syslog);
+    onlyKeys(sf, sl, ['host', 'port', 'protocol', 'facility', 'appName']);
+    const protocol = sl.protocol === undefined ? 'udp' : sl.protocol;
+    if (protocol !== 'udp' && protocol !== 'tcp') return sf.at('protocol').fail('must be "udp" or "tcp"');
+    const appName = sl.appName === undefined ? 'edgeid' : str(sf.at('appName'), sl.appName);
+    // RFC 5424 §6.2.5: APP-NAME is 1*48PRINTUSASCII
+    if (!/^[!-~]{1,48}$/.test(appName)) sf.at('appName').fail('must be 1 to 48 printable ASCII characters without spaces');
+    syslog = {
+      host: str(sf.at('host'), sl.host),
+      port: sl.port === undefined ? 514 : int(sf.at('port'), sl.port, 1, 65535),
+      protocol,
+      facility: sl.facility === undefined ? 16 : int(sf.at('facility'), sl.facility, 0, 23),
+      appName,
+    };
+  }
+  return {
+    defaults,
+    zones: perZone,
+    issuance,
+    caExpiryDays,
+    checkInterval: o.checkInterval === undefined ? 60 : duration(f.at('checkInterval'), o.checkInterval, 1, 86400),
+    webhook,
+    syslog,
+  };
+}
+
 export interface ConfigSources {
   argv?: string[];
   env?: NodeJS.ProcessEnv;
@@ -535,6 +702,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'ca',
     'oidc',
     'store',
+    'alerts',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -642,6 +810,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   const store = storeConfig(env.EDGEID_STORE ? new Field('EDGEID_STORE') : root.at('store'), env.EDGEID_STORE ?? o.store, cwd);
 
   const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
+  const staleAfter = o.staleAfter === undefined ? 86400 : duration(root.at('staleAfter'), o.staleAfter, 10, 365 * 86400);
   return {
     dataDir,
     store,
@@ -657,7 +826,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
       o.crlValidity === undefined
         ? Math.max(60, Math.min(3600, minLifetime))
         : duration(root.at('crlValidity'), o.crlValidity, 10, 7 * 86400),
-    staleAfter: o.staleAfter === undefined ? 86400 : duration(root.at('staleAfter'), o.staleAfter, 10, 365 * 86400),
+    staleAfter,
     baselineWindow: o.baselineWindow === undefined ? 86400 : duration(root.at('baselineWindow'), o.baselineWindow, 10, 30 * 86400),
     housekeepingInterval:
       o.housekeepingInterval === undefined ? 60 : duration(root.at('housekeepingInterval'), o.housekeepingInterval, 1, 86400),
@@ -683,6 +852,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     zones,
     ca,
     oidc: oidcConfig,
+    alerts: alertsConfig(root.at('alerts'), o.alerts, zones, staleAfter, cwd),
   };
 }
 

@@ -53,3 +53,21 @@ export function createMetrics(deviceCounts: () => Promise<Record<string, number>
     devices,
   };
 }
+
+/** `edgeid_alerts_open{rule,severity}`: open alerts, read from the store at each scrape (services/alerts.ts). */
+export function registerAlertGauge(
+  registry: Registry,
+  counts: () => Promise<{ rule: string; severity: string; count: number }[]>,
+): Gauge<'rule' | 'severity'> {
+  return new Gauge({
+    name: 'edgeid_alerts_open',
+    help: 'Open (unacknowledged) alerts by rule and severity',
+    labelNames: ['rule', 'severity'] as const,
+    registers: [registry],
+    async collect() {
+      const rows = await counts();
+      this.reset();
+      for (const r of rows) this.set({ rule: r.rule, severity: r.severity }, r.count);
+    },
+  });
+}

@@ -14,6 +14,7 @@ import { buildApp } from './http/app.js';
 import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
 import { adoptBootstrapAdmin } from './services/users.js';
+import { AlertEngine } from './services/alerts.js';
 import { applyRetention } from './services/retention.js';
 
 export { DATA_FILES };
@@ -80,7 +81,10 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     admin = loadOrCreateAdminToken(config.dataDir);
     // the admin token is the bootstrap admin user (a data dir from before personal accounts too)
     await adoptBootstrapAdmin(ctx, admin.hash);
+    // the alert rules follow the audit feed from their committed cursor (a bad webhook secret file fails the start)
+    ctx.alerts = await AlertEngine.start(ctx, { periodic: opts.housekeeping ?? true });
   } catch (e) {
+    ctx.auditFeed.close();
     await ctx.broker?.close();
     await store.close();
     throw e;
@@ -130,8 +134,9 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     },
     async close() {
       if (timer) clearInterval(timer);
-      ctx.auditFeed.close();
       await app.close();
+      await ctx.alerts?.close();
+      ctx.auditFeed.close();
       await ctx.broker?.close();
       await store.close();
     },

@@ -744,3 +744,69 @@ export function parseEnrollUri(uri: string): { server: string; token: string; ca
 export function deviceTopics(deviceId: string): { publish: string; control: string } {
   return { publish: `devices/${deviceId}/#`, control: `edgeid/${deviceId}/control` };
 }
+
+/** Alert rules (services/alerts.ts) and severities. */
+export const ALERT_RULES = [
+  'attestation_failures_device',
+  'attestation_failures_address',
+  'renewal_new_network',
+  'enrollment_bad_tokens',
+  'device_quarantined',
+  'device_revoked',
+  'device_stale',
+  'issuance_rate',
+  'ca_expiry',
+] as const;
+export type AlertRule = (typeof ALERT_RULES)[number];
+export const ALERT_SEVERITIES = ['info', 'warning', 'critical'] as const;
+export const ALERT_STATES = ['open', 'acknowledged'] as const;
+const AlertId = Type.String({ pattern: '^alr-[0-9a-f]{16}$' });
+/** An alert as the admin API, the webhook and `edgeid-admin alerts list --json` carry it. */
+export const Alert = Type.Object({
+  id: Str,
+  rule: oneOf(ALERT_RULES),
+  severity: oneOf(ALERT_SEVERITIES),
+  deviceId: NullableStr,
+  zone: NullableStr,
+  /** The source network (an IPv4 address, an IPv4 /24 or an IPv6 /64), for rules about an address. */
+  address: NullableStr,
+  summary: Str,
+  firstSeen: Iso,
+  lastSeen: Iso,
+  count: Type.Integer(),
+  state: oneOf(ALERT_STATES),
+  acknowledgedBy: NullableStr,
+  acknowledgedAt: Nullable(Iso),
+});
+export type Alert = Static<typeof Alert>;
+export const AlertList = Type.Object({ alerts: Type.Array(Alert), next: Type.Optional(Str) });
+export type AlertList = Static<typeof AlertList>;
+export const AlertsQuery = Type.Object(
+  {
+    state: Type.Optional(oneOf(ALERT_STATES)),
+    deviceId: Type.Optional(DeviceId),
+    rule: Type.Optional(oneOf(ALERT_RULES)),
+    limit: Type.Optional(PageLimit),
+    after: Type.Optional(PageCursor),
+  },
+  { additionalProperties: false },
+);
+export const AlertParams = Type.Object({ id: AlertId }, { additionalProperties: false });
+/** A webhook delivery of an alert: the persisted queue's state. */
+export const AlertDelivery = Type.Object({
+  id: Str,
+  alertId: Str,
+  state: oneOf(['pending', 'delivered', 'failed'] as const),
+  attempts: Type.Integer(),
+  nextAttemptAt: Nullable(Iso),
+  lastStatus: Nullable(Type.Integer()),
+  lastError: NullableStr,
+  createdAt: Iso,
+  deliveredAt: Nullable(Iso),
+});
+export type AlertDelivery = Static<typeof AlertDelivery>;
+export const AlertDeliveryList = Type.Object({ deliveries: Type.Array(AlertDelivery) });
+export const AlertDeliveriesQuery = Type.Object(
+  { alertId: Type.Optional(AlertId), limit: Type.Optional(PageLimit) },
+  { additionalProperties: false },
+);

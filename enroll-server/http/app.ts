@@ -28,6 +28,7 @@ import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
 import { createToken, listTokens } from '../services/tokens.js';
 import { ROLES, roleAllows, userActor, type Role } from '../services/access.js';
+import { acknowledgeAlert, listAlertDeliveries, listAlerts } from '../services/alerts.js';
 import { authenticate, createUser, disableUser, identify, listUsers, rotateUserToken, setUserRole } from '../services/users.js';
 import type { UserRecord } from '../store/store.js';
 
@@ -642,6 +643,41 @@ export async function buildApp(ctx: ServerContext, opts: AppOptions): Promise<Fa
         '/users/:name/rotate-token',
         { config: { role: 'admin' }, schema: { params: W.UserParams, body: W.EmptyBody, response: { 200: W.UserTokenResponse } } },
         async (req) => rotateUserToken(ctx, req.params.name, who(req)),
+      );
+      admin.get(
+        '/alerts',
+        { config: { role: 'viewer' }, schema: { querystring: W.AlertsQuery, response: { 200: W.AlertList } } },
+        async (req) => {
+          const q = req.query;
+          return listAlerts(
+            ctx,
+            {
+              ...(q.state ? { state: q.state } : {}),
+              ...(q.deviceId ? { deviceId: q.deviceId } : {}),
+              ...(q.rule ? { rule: q.rule } : {}),
+              ...page(q),
+            },
+            who(req),
+          );
+        },
+      );
+      admin.post(
+        '/alerts/:id/ack',
+        { config: { role: 'operator' }, schema: { params: W.AlertParams, body: W.EmptyBody, response: { 200: W.Alert } } },
+        async (req) => acknowledgeAlert(ctx, req.params.id, who(req)),
+      );
+      admin.get(
+        '/alerts/deliveries',
+        { config: { role: 'admin' }, schema: { querystring: W.AlertDeliveriesQuery, response: { 200: W.AlertDeliveryList } } },
+        async (req) =>
+          listAlertDeliveries(
+            ctx,
+            {
+              ...(req.query.alertId ? { alertId: req.query.alertId } : {}),
+              ...(req.query.limit ? { limit: Number(req.query.limit) } : {}),
+            },
+            who(req),
+          ),
       );
       admin.get(
         '/ek-roots',

@@ -28,6 +28,8 @@ export interface ServerContext {
   broker: BrokerPort | null;
   /** Every committed audit row, in order, to subscribers (alert rules, the console's live views). */
   auditFeed: import('./audit-feed.js').AuditFeed;
+  /** The alert rules on the audit feed (started by createServer). */
+  alerts?: import('./alerts.js').AlertEngine;
 }
 
 /**

@@ -30,8 +30,10 @@ import {
 } from './audit-chain.js';
 import type { Migration } from './migrate.js';
 import {
+  alertFrom,
   auditFrom,
   certFrom,
+  deliveryFrom,
   CHALLENGES_PER_DEVICE,
   DEVICE_COLUMNS,
   deviceFrom,
@@ -45,6 +47,11 @@ import {
   type Row,
 } from './sqlite.js';
 import type {
+  AlertDeliveryRecord,
+  AlertFilter,
+  AlertOccurrence,
+  AlertRecord,
+  AlertSeverity,
   AuditInput,
   BrokerMonitorRecord,
   CertificateRecord,
@@ -1266,6 +1273,165 @@ export class PostgresStore implements Store {
     } finally {
       c.release(broken);
     }
+  }
+
+  async getAlertState(): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const r of await this.q('SELECT state_key, value FROM alert_state')) out[String(r.state_key)] = String(r.value);
+    return out;
+  }
+
+  async commitAlerts(p: {
+    occurrences: AlertOccurrence[];
+    state: Record<string, string | null>;
+    delivery?: (opened: AlertRecord) => AlertDeliveryRecord | null;
+  }): Promise<AlertRecord[]> {
+    return this.tx(async (c) => {
+      const opened: AlertRecord[] = [];
+      for (const o of p.occurrences) {
+        // the open alert of this rule and key, locked: a second instance bumps it after this commit
+        const open = (
+          await this.q(`SELECT id FROM alerts WHERE rule = ? AND alert_key = ? AND state = 'open' FOR UPDATE`, [o.rule, o.key], c)
+        )[0];
+        if (open) {
+          if (o.bumpBy > 0)
+            await this.run(
+              'UPDATE alerts SET count = count + ?, last_seen = GREATEST(last_seen, ?) WHERE id = ?',
+              [o.bumpBy, o.at, open.id],
+              c,
+            );
+          continue;
+        }
+        if (!o.fire) continue;
+        const inserted = await this.run(
+          `INSERT INTO alerts (id, rule, severity, alert_key, device_id, zone, address, summary, first_seen, last_seen, count, state)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open') ON CONFLICT (rule, alert_key) WHERE state = 'open' DO NOTHING`,
+          [o.id, o.rule, o.severity, o.key, o.deviceId, o.zone, o.address, o.summary, o.at, o.at, o.openCount],
+          c,
+        );
+        // another instance opened it meanwhile: this occurrence counts on that one
+        if (inserted === 0) {
+          await this.run(
+            `UPDATE alerts SET count = count + ?, last_seen = GREATEST(last_seen, ?) WHERE rule = ? AND alert_key = ? AND state = 'open'`,
+            [o.openCount, o.at, o.rule, o.key],
+            c,
+          );
+          continue;
+        }
+        const a = alertFrom((await this.q('SELECT * FROM alerts WHERE id = ?', [o.id], c))[0]!);
+        opened.push(a);
+        const d = p.delivery?.(a);
+        if (d)
+          await this.run(
+            `INSERT INTO alert_deliveries (id, alert_id, body, state, attempts, next_at, last_status, last_error, created_at, delivered_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+            [d.id, d.alertId, d.body, d.state, d.attempts, d.nextAt, d.lastStatus, d.lastError, d.createdAt, d.deliveredAt],
+            c,
+          );
+      }
+      for (const [k, v] of Object.entries(p.state)) {
+        if (v === null) await this.run('DELETE FROM alert_state WHERE state_key = ?', [k], c);
+        else
+          await this.run(
+            'INSERT INTO alert_state (state_key, value) VALUES (?, ?) ON CONFLICT (state_key) DO UPDATE SET value = excluded.value',
+            [k, v],
+            c,
+          );
+      }
+      return opened;
+    });
+  }
+
+  async getAlert(id: string): Promise<AlertRecord | null> {
+    const r = (await this.q('SELECT * FROM alerts WHERE id = ?', [id]))[0];
+    return r ? alertFrom(r) : null;
+  }
+
+  async listAlerts(f: AlertFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<AlertRecord[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (f.state) {
+      where.push('state = ?');
+      args.push(f.state);
+    }
+    if (f.deviceId) {
+      where.push('device_id = ?');
+      args.push(f.deviceId);
+    }
+    if (f.rule) {
+      where.push('rule = ?');
+      args.push(f.rule);
+    }
+    if (f.zones) {
+      where.push('zone = ANY(?)');
+      args.push(f.zones);
+    }
+    if (page.after) {
+      where.push('(first_seen < ? OR (first_seen = ? AND id < ?))');
+      args.push(page.after.time, page.after.time, page.after.id);
+    }
+    const sql = `SELECT * FROM alerts${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY first_seen DESC, id DESC LIMIT ?`;
+    return (await this.q(sql, [...args, page.limit])).map(alertFrom);
+  }
+
+  async countOpenAlerts(): Promise<{ rule: string; severity: AlertSeverity; count: number }[]> {
+    return (await this.q(`SELECT rule, severity, COUNT(*) AS n FROM alerts WHERE state = 'open' GROUP BY rule, severity`)).map((r) => ({
+      rule: String(r.rule),
+      severity: String(r.severity) as AlertSeverity,
+      count: Number(r.n),
+    }));
+  }
+
+  async acknowledgeAlert(id: string, by: string, at: number, audit: AuditInput): Promise<AlertRecord | null> {
+    return this.tx(async (c) => {
+      const changed = await this.run(
+        `UPDATE alerts SET state = 'acknowledged', acknowledged_by = ?, acknowledged_at = ? WHERE id = ? AND state = 'open'`,
+        [by, at, id],
+        c,
+      );
+      if (changed === 0) return null;
+      await this.appendAuditIn(c, audit);
+      return alertFrom((await this.q('SELECT * FROM alerts WHERE id = ?', [id], c))[0]!);
+    });
+  }
+
+  async dueAlertDeliveries(now: number, limit: number): Promise<AlertDeliveryRecord[]> {
+    return (
+      await this.q(`SELECT * FROM alert_deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?`, [now, limit])
+    ).map(deliveryFrom);
+  }
+
+  async nextAlertDelivery(): Promise<number | null> {
+    const r = (await this.q(`SELECT MIN(next_at) AS t FROM alert_deliveries WHERE state = 'pending'`))[0]!;
+    return r.t === null || r.t === undefined ? null : Number(r.t);
+  }
+
+  async updateAlertDelivery(
+    id: string,
+    patch: Partial<Pick<AlertDeliveryRecord, 'state' | 'attempts' | 'nextAt' | 'lastStatus' | 'lastError' | 'deliveredAt'>>,
+  ): Promise<void> {
+    const cols = {
+      state: 'state',
+      attempts: 'attempts',
+      nextAt: 'next_at',
+      lastStatus: 'last_status',
+      lastError: 'last_error',
+      deliveredAt: 'delivered_at',
+    } as const;
+    const keys = (Object.keys(patch) as (keyof typeof cols)[]).filter((k) => patch[k] !== undefined);
+    if (keys.length === 0) return;
+    await this.q(`UPDATE alert_deliveries SET ${keys.map((k) => `${cols[k]} = ?`).join(', ')} WHERE id = ?`, [
+      ...keys.map((k) => patch[k]),
+      id,
+    ]);
+  }
+
+  async listAlertDeliveries(p: { alertId?: string; limit: number }): Promise<AlertDeliveryRecord[]> {
+    const where = p.alertId ? ' WHERE alert_id = ?' : '';
+    const args: unknown[] = p.alertId ? [p.alertId] : [];
+    return (await this.q(`SELECT * FROM alert_deliveries${where} ORDER BY created_at DESC, id DESC LIMIT ?`, [...args, p.limit])).map(
+      deliveryFrom,
+    );
   }
 }
 

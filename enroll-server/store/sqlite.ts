@@ -4,6 +4,11 @@ import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '..
 import { auditHash, GENESIS_HASH, storableDetails, storableText, verifyChain, type ChainAnchor } from './audit-chain.js';
 import { loadMigrations, migrate } from './migrate.js';
 import type {
+  AlertDeliveryRecord,
+  AlertFilter,
+  AlertOccurrence,
+  AlertRecord,
+  AlertSeverity,
   AuditInput,
   BrokerMonitorRecord,
   UserRecord,
@@ -132,6 +137,40 @@ export function userFrom(r: Row): UserRecord {
     disabledBy: text(r.disabled_by),
     tokenRotatedAt: num(r.token_rotated_at),
     bootstrap: Number(r.bootstrap) === 1,
+  };
+}
+
+export function alertFrom(r: Row): AlertRecord {
+  return {
+    id: String(r.id),
+    rule: String(r.rule),
+    severity: String(r.severity) as AlertSeverity,
+    key: String(r.alert_key),
+    deviceId: text(r.device_id),
+    zone: text(r.zone),
+    address: text(r.address),
+    summary: String(r.summary),
+    firstSeen: Number(r.first_seen),
+    lastSeen: Number(r.last_seen),
+    count: Number(r.count),
+    state: String(r.state) as AlertRecord['state'],
+    acknowledgedBy: text(r.acknowledged_by),
+    acknowledgedAt: num(r.acknowledged_at),
+  };
+}
+
+export function deliveryFrom(r: Row): AlertDeliveryRecord {
+  return {
+    id: String(r.id),
+    alertId: String(r.alert_id),
+    body: String(r.body),
+    state: String(r.state) as AlertDeliveryRecord['state'],
+    attempts: Number(r.attempts),
+    nextAt: Number(r.next_at),
+    lastStatus: num(r.last_status),
+    lastError: text(r.last_error),
+    createdAt: Number(r.created_at),
+    deliveredAt: num(r.delivered_at),
   };
 }
 
@@ -1133,6 +1172,154 @@ export class SqliteStore implements Store {
       for (const r of stmt.iterate(anchor?.seq ?? 0) as IterableIterator<Row>) yield auditFrom(r);
     })();
     return verifyChain(rows, head, anchor);
+  }
+  async getAlertState(): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const r of this.q('SELECT state_key, value FROM alert_state').all() as Row[]) out[String(r.state_key)] = String(r.value);
+    return out;
+  }
+
+  async commitAlerts(p: {
+    occurrences: AlertOccurrence[];
+    state: Record<string, string | null>;
+    delivery?: (opened: AlertRecord) => AlertDeliveryRecord | null;
+  }): Promise<AlertRecord[]> {
+    return this.tx(() => {
+      const opened: AlertRecord[] = [];
+      for (const o of p.occurrences) {
+        const open = this.q(`SELECT id FROM alerts WHERE rule = ? AND alert_key = ? AND state = 'open'`).get(o.rule, o.key) as
+          Row | undefined;
+        if (open) {
+          if (o.bumpBy > 0)
+            this.q('UPDATE alerts SET count = count + ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?').run(
+              o.bumpBy,
+              o.at,
+              o.at,
+              open.id,
+            );
+          continue;
+        }
+        if (!o.fire) continue;
+        this.q(
+          `INSERT INTO alerts (id, rule, severity, alert_key, device_id, zone, address, summary, first_seen, last_seen, count, state)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')`,
+        ).run(o.id, o.rule, o.severity, o.key, o.deviceId, o.zone, o.address, o.summary, o.at, o.at, o.openCount);
+        const a = alertFrom(this.q('SELECT * FROM alerts WHERE id = ?').get(o.id) as Row);
+        opened.push(a);
+        const d = p.delivery?.(a);
+        if (d) {
+          this.q(
+            `INSERT INTO alert_deliveries (id, alert_id, body, state, attempts, next_at, last_status, last_error, created_at, delivered_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          ).run(d.id, d.alertId, d.body, d.state, d.attempts, d.nextAt, d.lastStatus, d.lastError, d.createdAt, d.deliveredAt);
+        }
+      }
+      for (const [k, v] of Object.entries(p.state)) {
+        if (v === null) this.q('DELETE FROM alert_state WHERE state_key = ?').run(k);
+        else
+          this.q(
+            'INSERT INTO alert_state (state_key, value) VALUES (?, ?) ON CONFLICT (state_key) DO UPDATE SET value = excluded.value',
+          ).run(k, v);
+      }
+      return opened;
+    });
+  }
+
+  async getAlert(id: string): Promise<AlertRecord | null> {
+    const r = this.q('SELECT * FROM alerts WHERE id = ?').get(id) as Row | undefined;
+    return r ? alertFrom(r) : null;
+  }
+
+  async listAlerts(f: AlertFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<AlertRecord[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (f.state) {
+      where.push('state = ?');
+      args.push(f.state);
+    }
+    if (f.deviceId) {
+      where.push('device_id = ?');
+      args.push(f.deviceId);
+    }
+    if (f.rule) {
+      where.push('rule = ?');
+      args.push(f.rule);
+    }
+    if (f.zones) {
+      where.push(f.zones.length === 0 ? '1 = 0' : `zone IN (${f.zones.map(() => '?').join(', ')})`);
+      args.push(...f.zones);
+    }
+    if (page.after) {
+      where.push('(first_seen < ? OR (first_seen = ? AND id < ?))');
+      args.push(page.after.time, page.after.time, page.after.id);
+    }
+    const sql = `SELECT * FROM alerts${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY first_seen DESC, id DESC LIMIT ?`;
+    return (this.q(sql).all(...args, page.limit) as Row[]).map(alertFrom);
+  }
+
+  async countOpenAlerts(): Promise<{ rule: string; severity: AlertSeverity; count: number }[]> {
+    return (this.q(`SELECT rule, severity, COUNT(*) AS n FROM alerts WHERE state = 'open' GROUP BY rule, severity`).all() as Row[]).map(
+      (r) => ({
+        rule: String(r.rule),
+        severity: String(r.severity) as AlertSeverity,
+        count: Number(r.n),
+      }),
+    );
+  }
+
+  async acknowledgeAlert(id: string, by: string, at: number, audit: AuditInput): Promise<AlertRecord | null> {
+    return this.tx(() => {
+      const changed = this.q(
+        `UPDATE alerts SET state = 'acknowledged', acknowledged_by = ?, acknowledged_at = ? WHERE id = ? AND state = 'open'`,
+      ).run(by, at, id).changes;
+      if (changed === 0) return null;
+      this.appendAuditSync(audit);
+      return alertFrom(this.q('SELECT * FROM alerts WHERE id = ?').get(id) as Row);
+    });
+  }
+
+  async dueAlertDeliveries(now: number, limit: number): Promise<AlertDeliveryRecord[]> {
+    return (
+      this.q(`SELECT * FROM alert_deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?`).all(
+        now,
+        limit,
+      ) as Row[]
+    ).map(deliveryFrom);
+  }
+
+  async nextAlertDelivery(): Promise<number | null> {
+    const r = this.q(`SELECT MIN(next_at) AS t FROM alert_deliveries WHERE state = 'pending'`).get() as Row;
+    return num(r.t);
+  }
+
+  async updateAlertDelivery(
+    id: string,
+    patch: Partial<Pick<AlertDeliveryRecord, 'state' | 'attempts' | 'nextAt' | 'lastStatus' | 'lastError' | 'deliveredAt'>>,
+  ): Promise<void> {
+    const cols = {
+      state: 'state',
+      attempts: 'attempts',
+      nextAt: 'next_at',
+      lastStatus: 'last_status',
+      lastError: 'last_error',
+      deliveredAt: 'delivered_at',
+    } as const;
+    const keys = (Object.keys(patch) as (keyof typeof cols)[]).filter((k) => patch[k] !== undefined);
+    if (keys.length === 0) return;
+    this.tx(() => {
+      this.q(`UPDATE alert_deliveries SET ${keys.map((k) => `${cols[k]} = ?`).join(', ')} WHERE id = ?`).run(
+        ...keys.map((k) => patch[k]),
+        id,
+      );
+    });
+  }
+
+  async listAlertDeliveries(p: { alertId?: string; limit: number }): Promise<AlertDeliveryRecord[]> {
+    const where = p.alertId ? ' WHERE alert_id = ?' : '';
+    const args: unknown[] = p.alertId ? [p.alertId] : [];
+    return (this.q(`SELECT * FROM alert_deliveries${where} ORDER BY created_at DESC, id DESC LIMIT ?`).all(...args, p.limit) as Row[]).map(
+      deliveryFrom,
+    );
   }
 }
 

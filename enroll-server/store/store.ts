@@ -217,6 +217,70 @@ export interface EkAllowRecord {
   deviceId?: string | null;
 }
 
+export type AlertSeverity = 'info' | 'warning' | 'critical';
+
+/** An alert raised by a rule (services/alerts.ts). Times are milliseconds since the epoch. */
+export interface AlertRecord {
+  id: string;
+  rule: string;
+  severity: AlertSeverity;
+  /** What the alert is about within its rule (device id, source network, fleet); one open alert per (rule, key). */
+  key: string;
+  deviceId: string | null;
+  zone: string | null;
+  address: string | null;
+  summary: string;
+  firstSeen: number;
+  lastSeen: number;
+  count: number;
+  state: 'open' | 'acknowledged';
+  acknowledgedBy: string | null;
+  acknowledgedAt: number | null;
+}
+
+/**
+ * One evaluation of a rule for a key: while an alert of (rule, key) is open it is bumped by
+ * `bumpBy` (0: left as it is); otherwise, when `fire`, a new alert opens with `openCount`.
+ */
+export interface AlertOccurrence {
+  /** Id the alert gets if this occurrence opens one. */
+  id: string;
+  rule: string;
+  key: string;
+  severity: AlertSeverity;
+  deviceId: string | null;
+  zone: string | null;
+  address: string | null;
+  summary: string;
+  at: number;
+  fire: boolean;
+  openCount: number;
+  bumpBy: number;
+}
+
+/** A webhook delivery of an alert (the persisted queue). */
+export interface AlertDeliveryRecord {
+  id: string;
+  alertId: string;
+  /** The exact JSON body sent on every attempt. */
+  body: string;
+  state: 'pending' | 'delivered' | 'failed';
+  attempts: number;
+  nextAt: number;
+  lastStatus: number | null;
+  lastError: string | null;
+  createdAt: number;
+  deliveredAt: number | null;
+}
+
+export interface AlertFilter {
+  state?: 'open' | 'acknowledged';
+  deviceId?: string;
+  rule?: string;
+  /** Only alerts whose zone is one of these (alerts without a zone are left out). */
+  zones?: string[];
+}
+
 export interface Store {
   close(): Promise<void>;
 
@@ -439,4 +503,34 @@ export interface Store {
     ownActor?: string;
   }): Promise<AuditRow[]>;
   verifyAudit(): Promise<AuditVerifyResult>;
+
+  /** Every row of the alert rules' state (key → value). */
+  getAlertState(): Promise<Record<string, string>>;
+  /**
+   * The rules' results of a run of audit rows, in one transaction: the occurrences in order (each
+   * bumps the open alert of its rule and key, or opens one), the state keys (null deletes), and a
+   * webhook delivery for each alert opened when `delivery` gives one. Returns the alerts opened.
+   */
+  commitAlerts(p: {
+    occurrences: AlertOccurrence[];
+    state: Record<string, string | null>;
+    delivery?: (opened: AlertRecord) => AlertDeliveryRecord | null;
+  }): Promise<AlertRecord[]>;
+  getAlert(id: string): Promise<AlertRecord | null>;
+  /** Newest first (firstSeen, id descending), after the cursor (the last item of the previous page). */
+  listAlerts(filter: AlertFilter, page: { after?: { time: number; id: string }; limit: number }): Promise<AlertRecord[]>;
+  /** Open alerts by rule and severity. */
+  countOpenAlerts(): Promise<{ rule: string; severity: AlertSeverity; count: number }[]>;
+  /** Acknowledges the alert (only while open) with the audit row; null (nothing written) if it is not open. */
+  acknowledgeAlert(id: string, by: string, at: number, audit: AuditInput): Promise<AlertRecord | null>;
+  /** Pending deliveries due at `now`, oldest first. */
+  dueAlertDeliveries(now: number, limit: number): Promise<AlertDeliveryRecord[]>;
+  /** The earliest nextAt of a pending delivery, or null. */
+  nextAlertDelivery(): Promise<number | null>;
+  updateAlertDelivery(
+    id: string,
+    patch: Partial<Pick<AlertDeliveryRecord, 'state' | 'attempts' | 'nextAt' | 'lastStatus' | 'lastError' | 'deliveredAt'>>,
+  ): Promise<void>;
+  /** Newest first. */
+  listAlertDeliveries(p: { alertId?: string; limit: number }): Promise<AlertDeliveryRecord[]>;
 }

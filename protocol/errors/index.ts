@@ -10,6 +10,7 @@ import { eventlogErrors } from './eventlog.js';
 import { caErrors } from './ca.js';
 import { backupErrors } from './backup.js';
 import { oidcErrors } from './oidc.js';
+import { alertErrors } from './alerts.js';
 
 /**
  * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
@@ -27,6 +28,7 @@ const tables = [
   caErrors,
   backupErrors,
   oidcErrors,
+  alertErrors,
 ] as const;
 
 type Union<T> = T extends readonly (infer U)[] ? U : never;

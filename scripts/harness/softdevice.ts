@@ -219,11 +219,12 @@ export async function renewRequest(
 export async function seedSoftDevices(
   dataDir: string,
   devices: SoftDevice[],
-  o: { zone?: string; owner?: string; lifetimeSeconds?: number } = {},
+  o: { zone?: string; owner?: string; lifetimeSeconds?: number; configFile?: Record<string, unknown> } = {},
 ): Promise<void> {
   const zone = o.zone ?? 'default';
   const owner = o.owner ?? 'softdevice';
-  const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: {} });
+  // configFile: the server's own config, when the zone is not the default one
+  const config = loadConfig({ argv: ['--data', dataDir, '--listen', '127.0.0.1:0'], env: {}, file: o.configFile ?? {} });
   const server = await createServer({ config, tls: false, logger: pino({ level: 'silent' }), housekeeping: false });
   const ctx = server.ctx;
   // test data written in bulk: no sync per commit (the close at the end checkpoints it to disk)

@@ -53,13 +53,19 @@ const NEEDS: Record<string, Role> = {
   'POST /v1/admin/users/:name/disable': 'admin',
   'POST /v1/admin/users/:name/rotate-token': 'admin',
   'POST /v1/admin/users/:name/set-role': 'admin',
+  'GET /v1/admin/alerts': 'viewer',
+  'POST /v1/admin/alerts/:id/ack': 'operator',
+  'GET /v1/admin/alerts/deliveries': 'admin',
 };
 
 /** A request each route accepts past authorization and changes nothing that matters here (unknown ids). */
 function sample(route: string, i: number): { url: string; body?: unknown } {
   const [method, template] = route.split(' ') as [string, string];
   const url = template
-    .replace(':id', template.includes('ek-allow') ? 'ekm-000000000000' : 'dev-00000000000000ff')
+    .replace(
+      ':id',
+      template.includes('ek-allow') ? 'ekm-000000000000' : template.includes('alerts') ? 'alr-00000000000000ff' : 'dev-00000000000000ff',
+    )
     .replace(':name', 'nobody')
     .replace(':fingerprint', 'ab'.repeat(32));
   if (method === 'GET') return { url };

@@ -240,7 +240,8 @@ function snapshot(dbFile: string): Record<string, unknown[]> {
       db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").all() as { name: string }[]
     )
       .map((r) => r.name)
-      .filter((n) => !['audit', 'audit_checkpoint', 'nonces'].includes(n));
+      // alerts are derived from the audit log (refused requests can rightly raise them): not state either
+      .filter((n) => !['audit', 'audit_checkpoint', 'nonces', 'alerts', 'alert_state', 'alert_deliveries'].includes(n));
     // the audit chain's head moves with every audit row: that is the audit log, not state
     const rows = (t: string) => db.prepare(`SELECT * FROM "${t}"${t === 'meta' ? " WHERE key <> 'audit_head'" : ''} ORDER BY rowid`).all();
     return Object.fromEntries(tables.map((t) => [t, rows(t)]));
@@ -423,6 +424,9 @@ test(
       { method: 'POST', url: '/v1/admin/users', body: { name: 'fuzz-viewer', role: 'viewer', zones: ['default'] }, admin: true },
       { method: 'POST', url: '/v1/admin/users/:name/disable', params: { name: 'nobody' }, body: {}, admin: true },
       { method: 'POST', url: '/v1/admin/users/:name/rotate-token', params: { name: 'nobody' }, body: {}, admin: true },
+      { method: 'GET', url: '/v1/admin/alerts', admin: true },
+      { method: 'POST', url: '/v1/admin/alerts/:id/ack', params: { id: 'alr-0000000000000000' }, body: {}, admin: true },
+      { method: 'GET', url: '/v1/admin/alerts/deliveries', admin: true },
       { method: 'GET', url: '/metrics', admin: true },
       { method: 'GET', url: '/v1/admin/ca/status', admin: true },
       // a valid request rotates (at most once: a rotated CA is not rotated again within a day)

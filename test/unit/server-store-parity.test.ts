@@ -8,7 +8,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import type { AuditInput, CertificateRecord, DeviceRecord, Store, TokenRecord } from '../../enroll-server/store/store.js';
+import type {
+  AlertOccurrence,
+  AlertRecord,
+  AuditInput,
+  CertificateRecord,
+  DeviceRecord,
+  Store,
+  TokenRecord,
+} from '../../enroll-server/store/store.js';
 import { STORE_KINDS, usePostgres } from '../helpers/stores.js';
 
 usePostgres();
@@ -448,6 +456,77 @@ async function scenario(s: Store): Promise<unknown[]> {
     (await s.listExpiredCertificates(NOW + 2 * HOUR + 1, 10)).map((c) => c.serial),
   );
   rec('deleted', await s.deleteCertificates(['c-dev-0000000000000001-1', 'c-dev-0000000000000001-2', 'nope'], NOW + 2 * HOUR + 1));
+
+  // alerts: open, bump, a second occurrence while open, acknowledge, the next one opens anew
+  const occ = (id: string, key: string, at: number, more: Partial<AlertOccurrence> = {}): AlertOccurrence => ({
+    id,
+    rule: 'renewal_failures',
+    key,
+    severity: 'warning',
+    deviceId: key,
+    zone: key.endsWith('1') ? 'default' : 'b',
+    address: '10.0.0.7',
+    summary: `failures of ${key}`,
+    at,
+    fire: true,
+    openCount: 5,
+    bumpBy: 1,
+    ...more,
+  });
+  const delivery = (a: AlertRecord) => ({
+    id: `dl-${a.id}`,
+    alertId: a.id,
+    body: JSON.stringify({ type: 'alert.opened', id: a.id }),
+    state: 'pending' as const,
+    attempts: 0,
+    nextAt: a.firstSeen,
+    lastStatus: null,
+    lastError: null,
+    createdAt: a.firstSeen,
+    deliveredAt: null,
+  });
+  rec(
+    'alerts.commit',
+    await s.commitAlerts({
+      occurrences: [
+        occ('alr-1', 'dev-1', NOW),
+        occ('alr-2', 'dev-2', NOW + 1),
+        occ('alr-x', 'dev-1', NOW + 5),
+        occ('alr-q', 'dev-3', NOW, { fire: false }),
+      ],
+      state: { cursor: '42', 'window:dev-1': '[1,2]' },
+      delivery,
+    }),
+  );
+  rec('alerts.state', await s.getAlertState());
+  rec('alerts.list', await s.listAlerts({ state: 'open' }, { limit: 10 }));
+  rec(
+    'alerts.zone',
+    (await s.listAlerts({ zones: ['b'] }, { limit: 10 })).map((a) => a.id),
+  );
+  rec(
+    'alerts.page',
+    (await s.listAlerts({}, { after: { time: NOW + 1, id: 'alr-2' }, limit: 10 })).map((a) => a.id),
+  );
+  rec(
+    'alerts.count',
+    (await s.countOpenAlerts()).sort((a, b) => a.rule.localeCompare(b.rule)),
+  );
+  rec('alerts.ack', await s.acknowledgeAlert('alr-1', 'user:ann', NOW + 10, audit('alert.ack')));
+  rec('alerts.ack.again', await s.acknowledgeAlert('alr-1', 'user:ann', NOW + 11, audit('alert.ack')));
+  rec(
+    'alerts.reopen',
+    (await s.commitAlerts({ occurrences: [occ('alr-3', 'dev-1', NOW + 20)], state: { cursor: null } })).map((a) => a.id),
+  );
+  rec('alerts.get', await s.getAlert('alr-3'));
+  rec(
+    'alerts.due',
+    (await s.dueAlertDeliveries(NOW + 1, 10)).map((d) => d.id),
+  );
+  await s.updateAlertDelivery('dl-alr-1', { state: 'delivered', attempts: 1, lastStatus: 204, deliveredAt: NOW + 2 });
+  rec('alerts.next', await s.nextAlertDelivery());
+  rec('alerts.deliveries', await s.listAlertDeliveries({ limit: 10 }));
+  rec('alerts.deliveries.one', await s.listAlertDeliveries({ alertId: 'alr-2', limit: 10 }));
   return log;
 }
 
@@ -474,4 +553,16 @@ test('every Store operation answers the same on SQLite and on PostgreSQL', async
   assert.deepEqual(get('user.create'), [true, false, true]);
   assert.equal((get('audit.verify') as { ok: boolean }).ok, true);
   assert.equal((get('audit.verify.2') as { ok: boolean }).ok, true);
+  const listed = get('alerts.list') as AlertRecord[];
+  assert.deepEqual(
+    listed.map((a) => [a.id, a.count]),
+    [
+      ['alr-2', 5],
+      ['alr-1', 6],
+    ],
+  );
+  assert.equal(get('alerts.ack.again'), null);
+  assert.deepEqual(get('alerts.reopen'), ['alr-3']);
+  assert.deepEqual(get('alerts.state'), { cursor: '42', 'window:dev-1': '[1,2]' });
+  assert.deepEqual(get('alerts.due'), ['dl-alr-1', 'dl-alr-2']);
 });
