@@ -111,6 +111,25 @@ export interface ServerConfig {
   zones: Record<string, ZonePolicy>;
   /** Where the issuing CA's signing key lives (enroll-server/ca/keys.ts): a 0600 file in data/ca (default) or a PKCS#11 token. */
   ca: { key: 'file' } | { key: 'pkcs11'; pkcs11: Pkcs11KeyConfig };
+  /** The web console's own HTTPS listener (enroll-server/console/); null = no console. */
+  console: ConsoleConfig | null;
+}
+
+export interface ConsoleConfig {
+  listen: { host: string; port: number };
+  /**
+   * Whether `listen` was derived (the main listener's host, its port + 1; port 0 when the main port
+   * is 0) rather than configured: a derived address that is taken only logs a warning.
+   */
+  derived: boolean;
+  /** A session ends after this many seconds without a request (default 15 min) … */
+  idleTimeout: number;
+  /** … and this long after login whatever happens (default 8 h). */
+  absoluteTimeout: number;
+  /** Login attempts per source address (RFC 6585 429 beyond). */
+  loginLimit: RateLimit;
+  /** Seconds between the live view's checks for devices that went stale. */
+  staleCheckInterval: number;
 }
 
 /**
@@ -411,6 +430,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'audit',
     'retention',
     'ca',
+    'console',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -514,6 +534,28 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
   } else if (caRaw.key !== undefined && caRaw.key !== 'file') root.at('ca').at('key').fail('must be "file" or "pkcs11"');
   else if (caRaw.pkcs11 !== undefined) root.at('ca').at('pkcs11').fail('is read only with "key": "pkcs11"');
 
+  let consoleCfg: ConsoleConfig | null = null;
+  if (o.console !== null && o.console !== false) {
+    const cf = root.at('console');
+    const c = o.console === undefined ? {} : asObject(cf, o.console);
+    onlyKeys(cf, c, ['listen', 'idleTimeout', 'absoluteTimeout', 'loginLimit', 'staleCheckInterval']);
+    const derived = c.listen === undefined;
+    const idleTimeout = c.idleTimeout === undefined ? 15 * 60 : duration(cf.at('idleTimeout'), c.idleTimeout, 10, 86400);
+    const absoluteTimeout =
+      c.absoluteTimeout === undefined ? 8 * 3600 : duration(cf.at('absoluteTimeout'), c.absoluteTimeout, 10, 30 * 86400);
+    if (idleTimeout > absoluteTimeout) cf.at('idleTimeout').fail('must not be longer than absoluteTimeout');
+    consoleCfg = {
+      listen: derived
+        ? { host: listenAt.host, port: listenAt.port === 0 ? 0 : listenAt.port === 65535 ? 0 : listenAt.port + 1 }
+        : listen(cf.at('listen'), c.listen),
+      derived,
+      idleTimeout,
+      absoluteTimeout,
+      loginLimit: rate(cf.at('loginLimit'), c.loginLimit, { max: 10, window: 60 }),
+      staleCheckInterval: c.staleCheckInterval === undefined ? 30 : duration(cf.at('staleCheckInterval'), c.staleCheckInterval, 1, 3600),
+    };
+  }
+
   const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
   return {
     dataDir,
@@ -554,6 +596,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     ek,
     zones,
     ca,
+    console: consoleCfg,
   };
 }
 

@@ -9,6 +9,7 @@ import { agentTpmErrors } from './agent-tpm.js';
 import { eventlogErrors } from './eventlog.js';
 import { caErrors } from './ca.js';
 import { backupErrors } from './backup.js';
+import { consoleErrors } from './console.js';
 
 /**
  * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
@@ -25,6 +26,7 @@ const tables = [
   eventlogErrors,
   caErrors,
   backupErrors,
+  consoleErrors,
 ] as const;
 
 type Union<T> = T extends readonly (infer U)[] ? U : never;
