@@ -95,7 +95,9 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
     const origin = req.headers.origin;
     const site = req.headers['sec-fetch-site'];
     const own = `https://${req.headers.host ?? ''}`;
-    const ok = origin !== undefined ? origin === own : site === 'same-origin';
+    // under Referrer-Policy no-referrer a browser's form POST says `Origin: null`
+    // (Fetch §3.1 "serializing a request origin"); its Sec-Fetch-Site, which pages cannot set, decides then
+    const ok = origin !== undefined && origin !== 'null' ? origin === own : site === 'same-origin';
     if (!ok) throw new EdgeidError('csrf_failed', 'the request does not come from the console page (Origin / Sec-Fetch-Site)');
   };
 
