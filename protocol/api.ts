@@ -332,6 +332,8 @@ export const TokensQuery = Type.Object(
   { additionalProperties: false },
 );
 export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
+export const TokenParams = Type.Object({ id: Type.String({ pattern: '^[0-9a-f]{16}$' }) }, { additionalProperties: false });
+export const TokenExpireResponse = Type.Object({ token: TokenView });
 
 export const EkRootView = Type.Object({
   /** SHA-256 of the certificate's DER (hex). */

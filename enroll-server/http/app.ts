@@ -34,7 +34,7 @@ import { approveBaseline, listDevices, retireDevice, revokeDevice, sendControl, 
 import { addEkRoot, importEkAllow, listEkAllow, listEkRoots, removeEkAllow, removeEkRoot } from '../services/ek.js';
 import { enrollFinish, enrollStart } from '../services/enroll.js';
 import { renew, renewChallenge } from '../services/renew.js';
-import { createToken, listTokens } from '../services/tokens.js';
+import { createToken, expireToken, listTokens } from '../services/tokens.js';
 import { ROLES, roleAllows, userActor, type Role } from '../services/access.js';
 import { authenticate, createUser, disableUser, listUsers, rotateUserToken } from '../services/users.js';
 
@@ -521,6 +521,14 @@ export function adminRoutes(ctx: ServerContext, auth: AdminRoutesOptions) {
       '/tokens',
       { config: { role: 'technician' }, schema: { querystring: W.TokensQuery, response: { 200: W.TokenList } } },
       async (req) => listTokens(ctx, who(req), page(req.query)),
+    );
+    admin.post(
+      '/tokens/:id/expire',
+      {
+        config: { role: 'technician' },
+        schema: { params: W.TokenParams, body: W.EmptyBody, response: { 200: W.TokenExpireResponse } },
+      },
+      async (req) => expireToken(ctx, req.params.id, who(req)),
     );
     admin.get(
       '/devices',

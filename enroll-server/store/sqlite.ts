@@ -346,6 +346,15 @@ export class SqliteStore implements Store {
     return r ? tokenFrom(r) : null;
   }
 
+  async expireToken(id: string, at: number, audit: AuditInput): Promise<boolean> {
+    return this.tx(() => {
+      const changed =
+        this.q('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?').run(at, id, at).changes > 0;
+      if (changed) this.appendAuditSync(audit);
+      return changed;
+    });
+  }
+
   async listTokens(): Promise<TokenRecord[]> {
     return (this.q('SELECT * FROM tokens ORDER BY created_at').all() as Row[]).map(tokenFrom);
   }

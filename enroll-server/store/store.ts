@@ -226,6 +226,8 @@ export interface Store {
   createToken(token: TokenRecord, audit: AuditInput): Promise<void>;
   getToken(id: string): Promise<TokenRecord | null>;
   listTokens(): Promise<TokenRecord[]>;
+  /** Ends an unused token now (expiresAt = at) with its audit row; false (nothing written) if it was used or expired already. */
+  expireToken(id: string, at: number, audit: AuditInput): Promise<boolean>;
 
   /**
    * Binds the token to the EK atomically (only if unbound or bound to the same EK, unused and

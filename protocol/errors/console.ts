@@ -22,4 +22,14 @@ export const consoleErrors = defineErrors({
     message: 'The console login was refused: the token is not a valid personal token, or its user is disabled or expired.',
     fix: 'Paste the personal token edgeid-admin users add / rotate-token printed.',
   },
+  token_not_found: {
+    status: 404,
+    message: "No enrollment token with this id (in the caller's zones).",
+    fix: "List the tokens (edgeid-admin token list, or the console's tokens page) and use an id from there.",
+  },
+  token_not_expirable: {
+    status: 409,
+    message: 'The enrollment token was used or has expired already; there is nothing to expire.',
+    fix: 'None needed: a used or expired token enrolls nothing. Revoke the device it enrolled if that is the concern.',
+  },
 });

@@ -704,6 +704,7 @@ function Tokens({ me }: { me: SessionInfo }) {
             <th>Created by</th>
             <th>Expires</th>
             <th>Used</th>
+            <th />
           </tr>
         </thead>
         <tbody>
@@ -716,6 +717,24 @@ function Tokens({ me }: { me: SessionInfo }) {
               <td>{t.createdBy}</td>
               <td>{fmt(t.expiresAt)}</td>
               <td>{t.usedAt ? `${fmt(t.usedAt)} → ${t.deviceId ?? ''}` : '—'}</td>
+              <td>
+                {!t.usedAt &&
+                  Date.parse(t.expiresAt) > Date.now() &&
+                  (may(me.user.role, 'operator') || t.createdBy === `user:${me.user.name}`) && (
+                    <button
+                      onClick={() =>
+                        confirm(`Expire token ${t.id} now?`) &&
+                        admin
+                          .post(`/tokens/${t.id}/expire`)
+                          .then(load)
+                          .catch((e) => setError(errText(e)))
+                      }
+                      data-testid="token-expire"
+                    >
+                      Expire
+                    </button>
+                  )}
+              </td>
             </tr>
           ))}
         </tbody>
