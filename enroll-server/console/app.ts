@@ -237,6 +237,11 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
   });
 
   // --- live events (server-sent events, WHATWG HTML §9.2) --------------------------------------
+  // open streams end before the listener closes (a close waits for its connections)
+  const streams = new Set<() => void>();
+  app.addHook('preClose', async () => {
+    for (const end of [...streams]) end();
+  });
   app.get('/console/api/events', async (req, reply) => {
     const { session, key } = await sessionOf(req, false);
     req.reachedService = true;
@@ -255,6 +260,8 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
       if (zones && !zones.includes(ev.device.zone)) return;
       res.write(`event: device\ndata: ${JSON.stringify(ev)}\n\n`);
     });
+    // the stream is live from here on (what happens after this line reaches the page)
+    res.write('event: ready\ndata: {}\n\n');
     const beat = setInterval(() => {
       if (!sessions.alive(key)) end();
       else res.write(': keep-alive\n\n');
@@ -266,10 +273,11 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
       ended = true;
       clearInterval(beat);
       stop();
+      streams.delete(end);
       res.end();
     }
     req.raw.on('close', end);
-    app.server.once('close', end);
+    streams.add(end);
   });
 
   // --- the admin API, session-authenticated ----------------------------------------------------

@@ -50,6 +50,7 @@ export class LiveEvents {
   /** Ids of the devices stale at the last check (null before the first check). */
   private stale: Set<string> | null = null;
   private closed = false;
+  private firstCheck: Promise<void> | null = null;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -57,7 +58,13 @@ export class LiveEvents {
   ) {}
 
   /** Starts delivering to `fn`; returns the function that stops. */
-  async subscribe(fn: Listener): Promise<() => void> {
+  async subscribe(subscriber: Listener): Promise<() => void> {
+    // only what is committed after this call: the shared feed may still deliver older rows
+    const head = await this.ctx.store.getMeta('audit_head');
+    const after = head ? (JSON.parse(head) as { seq: number }).seq : 0;
+    const fn: Listener = (e) => {
+      if (e.seq === null || e.seq > after) subscriber(e);
+    };
     this.listeners.add(fn);
     if (!this.unsubscribe && !this.starting) {
       this.starting = this.ctx.auditFeed
@@ -69,9 +76,11 @@ export class LiveEvents {
         });
       this.staleTimer = setInterval(() => void this.checkStale().catch(() => undefined), this.staleCheckMs);
       this.staleTimer.unref();
-      void this.checkStale().catch(() => undefined);
+      this.firstCheck = this.checkStale().catch(() => undefined);
     }
     await this.starting;
+    // the stale set is known before the subscriber hears anything (a later transition is news)
+    await this.firstCheck;
     return () => {
       this.listeners.delete(fn);
       if (this.listeners.size === 0) this.stop();

@@ -55,6 +55,7 @@ function request(base: string, ca: string, method: string, p: string, o: { heade
 /** An open event stream: the device events it received so far, and a wait for one. */
 function events(base: string, ca: string, cookie: string) {
   const got: any[] = [];
+  let ready = false;
   const waiters: (() => void)[] = [];
   let status = 0;
   let buf = '';
@@ -69,6 +70,7 @@ function events(base: string, ca: string, cookie: string) {
         buf = buf.slice(i + 2);
         const data = /^data: (.*)$/m.exec(block)?.[1];
         if (/^event: device$/m.test(block) && data) got.push(JSON.parse(data));
+        if (/^event: ready$/m.test(block)) ready = true;
         for (const w of waiters.splice(0)) w();
       }
     });
@@ -80,6 +82,9 @@ function events(base: string, ca: string, cookie: string) {
     got,
     get status() {
       return status;
+    },
+    get ready() {
+      return ready;
     },
     async until(pred: () => boolean, what: string) {
       const end = Date.now() + 20_000;
@@ -107,7 +112,8 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     file: withSwtpmEkRoots({
       zones: { a: { requireEkCertificate: false }, b: { requireEkCertificate: false } },
       rateLimit: { perAddress: big, enroll: big, renew: big, admin: big },
-      console: { listen: '127.0.0.1:0', loginLimit: { max: 40, window: '1m' } },
+      staleAfter: '10m',
+      console: { listen: '127.0.0.1:0', loginLimit: { max: 40, window: '1m' }, staleCheckInterval: '1s' },
     }),
   });
   assert.equal(config.console?.idleTimeout, 900, 'idle timeout default 15 min');
@@ -282,10 +288,8 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     const all = await session(opAll);
     const streamA = events(base, ca, a.cookie);
     const streamAll = events(base, ca, all.cookie);
-    t.after(() => streamA.close());
-    t.after(() => streamAll.close());
-    await streamA.until(() => streamA.status === 200, 'stream A open');
-    await streamAll.until(() => streamAll.status === 200, 'stream all open');
+    await streamA.until(() => streamA.ready, 'stream A ready');
+    await streamAll.until(() => streamAll.ready, 'stream all ready');
     // zone b first, then zone a: in-order delivery means A's first event would be b's if unfiltered
     const rb = await call('POST', `/console/api/v1/admin/devices/${enrolled.b}/revoke`, {
       cookie: all.cookie,
@@ -314,6 +318,8 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
       streamA.got.map((e) => [e.kind, e.device.id, e.device.zone]),
       [['revoked', enrolled.a, 'a']],
     );
+    streamA.close();
+    streamAll.close();
     const unauth = await call('GET', '/console/api/events');
     assert.deepEqual([unauth.status, unauth.body.error.code], [401, 'console_unauthenticated']);
   });
@@ -363,6 +369,24 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     assert.deepEqual([after.status, after.body.error.code], [401, 'console_unauthenticated']);
     const audit = await api('GET', '/v1/admin/audit?limit=1000');
     assert.ok(audit.body.rows.some((r: any) => r.event === 'console.logout' && r.actor === 'user:op-all' && r.outcome === 'ok'));
+  });
+
+  await t.test('a device going stale is a live event', async () => {
+    const tok = await api('POST', '/v1/admin/tokens', { zone: 'a', owner: 'line', name: 'gw-quiet' });
+    const dev = createSoftDevice();
+    assert.equal((await softEnroll(dev, softEk(), client, tok.body.token)).status, 200);
+    const s = await session(opA);
+    const stream = events(base, ca, s.cookie);
+    // once ready, the stream knows which devices are stale now; then 11 minutes pass without a renewal
+    await stream.until(() => stream.ready, 'stream ready');
+    assert.equal(stream.got.length, 0);
+    clock.offset += 11 * 60_000;
+    await stream.until(() => stream.got.length > 0, 'the stale transition');
+    assert.deepEqual(
+      stream.got.map((e) => [e.kind, e.device.id, e.device.stale]),
+      [['stale', dev.deviceId, true]],
+    );
+    stream.close();
   });
 
   await t.test('login attempts are rate-limited per address', async () => {
