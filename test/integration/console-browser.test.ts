@@ -6,8 +6,10 @@
  * another tab (no reload); a call without the CSRF token is refused; logout ends the session on
  * the server; a viewer sees no action buttons and the API refuses them (forbidden_role).
  *
- * The devices are software devices (scripts/harness/softenroll.ts), not agents on swtpm: the
- * revocation's wipe over MQTT is covered by revocation-e2e.test.ts, not here.
+ * The device revoked is a real agent (`edgeid-agent run` on swtpm) connected to the Mosquitto the
+ * server manages (scripts/harness/revocation.ts deployment): while its row turns "revoked" in the
+ * browser the agent receives the signed wipe, empties its state dir and exits 0. The rest of the
+ * fleet are software devices (scripts/harness/softenroll.ts).
  *
  * Screenshots for docs/CONSOLE.md go to docs/console/*.png (fixed names; set
  * EDGEID_CONSOLE_SCREENSHOTS=0 to skip writing them).
@@ -16,10 +18,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
 import { existsSync, mkdirSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium, type Page } from 'playwright-core';
-import { startServerProcess } from '../../scripts/harness/server.js';
-import { REPO } from '../../scripts/harness/fs.js';
+import { REPO, tmpDir } from '../../scripts/harness/fs.js';
+import { startRevocationDeployment } from '../../scripts/harness/revocation.js';
+import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { agentCli, spawnAgent } from '../helpers/agent.js';
 import { createSoftDevice, softClient } from '../../scripts/harness/softdevice.js';
 import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
 
@@ -47,14 +53,13 @@ function getStatus(url: string, ca: string, cookie: string): Promise<{ status: n
 
 test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is not installed`, timeout: 180_000 }, async (t) => {
   const big = { max: 1_000_000, window: '1m' };
-  const srv = await startServerProcess({
-    config: {
-      zones: { line: { requireEkCertificate: false } },
-      rateLimit: { perAddress: big, enroll: big, renew: big, admin: big },
-      console: { listen: '127.0.0.1:0' },
-    },
+  const d = await startRevocationDeployment({
+    zones: { default: {}, line: { requireEkCertificate: false } },
+    rateLimit: { perAddress: big, enroll: big, renew: big, admin: big },
+    console: { listen: '127.0.0.1:0' },
   });
-  t.after(() => srv.close());
+  t.after(() => d.stop());
+  const srv = d.server;
   const consoleUrl = srv.info.consoleUrl;
   assert.ok(consoleUrl, 'server.json names the console URL');
 
@@ -66,16 +71,30 @@ test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHR
   const operatorToken = await user('olga', 'operator');
   const viewerToken = await user('victor', 'viewer');
 
-  // the fleet: three software devices in zone "line"
-  const client = softClient(srv.url, srv.caPem);
+  // the fleet: an agent on swtpm (press-02) and two software devices in zone "line"
   const ids: Record<string, string> = {};
-  for (const name of ['press-01', 'press-02', 'robot-07']) {
+  const tpm = await startSwtpm();
+  t.after(() => tpm.stop());
+  await extendBootPcrs(tpm.tcti);
+  const stateDir = path.join(await tmpDir('edgeid-console-browser-', t), 'state');
+  const agentToken = await srv.admin('POST', '/v1/admin/tokens', { zone: 'default', owner: 'plant-3', name: 'press-02' });
+  const enrolled = await agentCli(['enroll', '--uri', agentToken.body.uri, '--state', stateDir, '--tcti', tpm.tcti, '--json']);
+  assert.equal(enrolled.code, 0, enrolled.stderr);
+  ids['press-02'] = (JSON.parse(enrolled.stdout) as { deviceId: string }).deviceId;
+  const agent = spawnAgent(['run', '--state', stateDir, '--tcti', tpm.tcti, '--heartbeat', '1', '--log-level', 'info']);
+  t.after(async () => {
+    if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
+    await agent.exit.catch(() => null);
+  });
+  const client = softClient(srv.url, srv.caPem);
+  for (const name of ['press-01', 'robot-07']) {
     const tok = await srv.admin('POST', '/v1/admin/tokens', { zone: 'line', owner: 'plant-3', name });
     const dev = createSoftDevice();
     const r = await softEnroll(dev, softEk(), client, tok.body.token);
     assert.equal(r.status, 200, JSON.stringify(r.body));
     ids[name] = dev.deviceId!;
   }
+  await waitFor('the agent on the broker', () => new RegExp(`as ${ids['press-02']} `).test(d.broker.log()), 60_000);
 
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   t.after(() => browser.close());
@@ -120,6 +139,11 @@ test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHR
     await screenshot(detail, 'revoke-dialog');
     await detail.getByTestId('revoke-submit').click();
     await detail.getByTestId('detail-state').filter({ hasText: 'revoked' }).waitFor();
+    // the agent got the signed wipe: its keys and state are gone and it exits 0
+    assert.equal(await agent.exit, 0, `the agent exits 0 after the wipe:\n${agent.log().slice(-2000)}`);
+    assert.match(agent.log(), /identity wiped/);
+    const left = (await readdir(stateDir)).filter((n) => n !== 'lock');
+    assert.deepEqual(left, [], `the state dir is empty but for its lock: ${left.join(',')}`);
 
     // the other tab: the row changed state without a reload
     await row.getByTestId('state').filter({ hasText: 'revoked' }).waitFor({ timeout: 15_000 });
