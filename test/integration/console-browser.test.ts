@@ -217,4 +217,20 @@ test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHR
     assert.equal((await srv.admin('GET', `/v1/admin/devices/${ids['robot-07']}`)).body.device.status, 'active');
     await context.close();
   });
+
+  await t.test('an admin manages users and checks the audit chain', async () => {
+    const { context, page } = await login(srv.adminToken);
+    await page.getByTestId('nav-users').click();
+    const users = page.getByTestId('users');
+    await users.locator('td', { hasText: 'victor' }).waitFor();
+    assert.match((await users.textContent()) ?? '', /olga.*operator/s);
+    await page.getByTestId('nav-audit').click();
+    await page.getByTestId('audit').locator('tbody tr').first().waitFor();
+    await page.getByTestId('verify').click();
+    await page
+      .getByTestId('chain')
+      .filter({ hasText: /chain intact \(\d+ rows\)/ })
+      .waitFor();
+    await context.close();
+  });
 });
