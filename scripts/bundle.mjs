@@ -169,7 +169,7 @@ for (const name of only) {
     // the console's browser bundle, with the options of enroll-server/console/assets.ts uiBuildOptions
     const dst = path.join(outdir, 'console');
     rmSync(dst, { recursive: true, force: true });
-    await build({
+    const ui = await build({
       entryPoints: { app: path.join(root, 'enroll-server/console/ui/main.tsx') },
       outdir: dst,
       bundle: true,
@@ -181,7 +181,10 @@ for (const name of only) {
       minify: true,
       legalComments: 'none',
       logLevel: 'warning',
+      metafile: true,
     });
+    // the server package ships the console's dependencies (Preact, qrcode) too: in its metafile's inputs
+    Object.assign(result.metafile.inputs, ui.metafile.inputs);
     notes.push(`console/ ${kb(path.join(dst, 'app.js'))} KiB`);
   }
   if (args.includes('--metafile')) writeFileSync(path.join(outdir, p.out.replace(/\.js$/, '.meta.json')), JSON.stringify(result.metafile));
