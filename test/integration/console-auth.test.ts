@@ -265,6 +265,29 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     enrolled[zone] = dev.deviceId!;
   }
 
+  await t.test('the console mounts exactly the admin API’s routes', async () => {
+    // "METHOD /path" of each route in printRoutes' tree (children print only their suffix)
+    const admin = (tree: string, prefix: string) => {
+      const out: string[] = [];
+      const stack: string[] = [];
+      for (const line of tree.split('\n')) {
+        const m = /^([│ ]*)[├└]── (\S+)(?: \(([^)]*)\))?/.exec(line.replace(/\u00a0/g, ' '));
+        if (!m) continue;
+        const depth = m[1]!.length / 4;
+        stack.length = depth;
+        const full = (stack[depth - 1] ?? '') + m[2]!;
+        stack[depth] = full;
+        for (const verb of (m[3] ?? '').split(', ').filter((x) => x && x !== 'HEAD'))
+          if (full.startsWith(prefix)) out.push(`${verb} ${full.slice(prefix.length)}`);
+      }
+      return out.sort();
+    };
+    const main = admin(server.app.printRoutes({ commonPrefix: false }), '/v1/admin');
+    const viaConsole = admin(server.consoleApp!.printRoutes({ commonPrefix: false }), '/console/api/v1/admin');
+    assert.ok(main.length > 30, `${main.length} admin routes`);
+    assert.deepEqual(viaConsole, main);
+  });
+
   await t.test('a viewer reads but is refused state-changing calls with forbidden_role', async () => {
     const s = await session(viewer);
     const list = await call('GET', '/console/api/v1/admin/devices', { cookie: s.cookie });
