@@ -449,6 +449,9 @@ export const DevicesQuery = Type.Object(
     status: Type.Optional(oneOf(DEVICE_STATUSES)),
     zone: Type.Optional(Type.String({ maxLength: 63 })),
     stale: Type.Optional(oneOf(['true', 'false'] as const)),
+    /** Text the device's id, name, owner or last address contains. */
+    q: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    posture: Type.Optional(oneOf(['ok', 'quarantined', 'baseline-window'] as const)),
     limit: Type.Optional(PageLimit),
     after: Type.Optional(PageCursor),
   },

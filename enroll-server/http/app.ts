@@ -541,6 +541,8 @@ export function adminRoutes(ctx: ServerContext, auth: AdminRoutesOptions) {
             ...(q.status ? { status: q.status } : {}),
             ...(q.zone ? { zone: q.zone } : {}),
             ...(q.stale ? { stale: q.stale === 'true' } : {}),
+            ...(q.q ? { search: q.q } : {}),
+            ...(q.posture ? { posture: q.posture } : {}),
             ...page(q),
           },
           who(req),

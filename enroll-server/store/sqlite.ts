@@ -189,6 +189,19 @@ function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown
     where.push(`${t}.retire_by IS NOT NULL AND ${t}.retire_by <= ?`);
     args.push(f.retireByAtOrBefore);
   }
+  if (f.search !== undefined) {
+    // LIKE with the caller's text as a literal (SQLite: LIKE is case-insensitive for ASCII)
+    const like = `%${f.search.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    where.push(
+      `(${t}.id LIKE ? ESCAPE '\\' OR ${t}.name LIKE ? ESCAPE '\\' OR ${t}.owner LIKE ? ESCAPE '\\' OR ${t}.last_ip LIKE ? ESCAPE '\\')`,
+    );
+    args.push(like, like, like, like);
+  }
+  if (f.baselineWindow) {
+    const open = `(${t}.baseline_window_until IS NOT NULL AND ${t}.baseline_window_until > ?)`;
+    where.push(f.baselineWindow.open ? open : `NOT ${open}`);
+    args.push(f.baselineWindow.now);
+  }
   return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
 }
 

@@ -160,6 +160,10 @@ export interface DeviceFilter {
   zones?: string[];
   /** Only devices whose retireBy is set and at or before this time. */
   retireByAtOrBefore?: number;
+  /** Only devices whose id, name, owner or last address contains this text (ASCII case-insensitive). */
+  search?: string;
+  /** Only devices whose baseline approval window is open (`open`) or not at `now`. */
+  baselineWindow?: { open: boolean; now: number };
 }
 
 /** A device with its newest certificate (by notAfter), as the inventory lists it. */

@@ -233,7 +233,11 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     const body = { zone: 'a', owner: 'csrf' };
     const none = await call('POST', '/console/api/v1/admin/tokens', { cookie: s.cookie, body });
     assert.deepEqual([none.status, none.body.error.code], [403, 'csrf_failed']);
-    const wrong = await call('POST', '/console/api/v1/admin/tokens', { cookie: s.cookie, csrf: `${s.csrf.slice(0, -1)}A`, body });
+    const wrong = await call('POST', '/console/api/v1/admin/tokens', {
+      cookie: s.cookie,
+      csrf: `${s.csrf.slice(0, -1)}${s.csrf.endsWith('A') ? 'B' : 'A'}`,
+      body,
+    });
     assert.deepEqual([wrong.status, wrong.body.error.code], [403, 'csrf_failed']);
     const foreign = await call('POST', '/console/api/v1/admin/tokens', {
       cookie: s.cookie,
@@ -293,6 +297,17 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     const list = await call('GET', '/console/api/v1/admin/devices', { cookie: s.cookie });
     assert.equal(list.status, 200);
     assert.equal(list.body.devices.length, 2);
+    // search and posture filter on the server
+    const ids = async (query: string) =>
+      (await call('GET', `/console/api/v1/admin/devices?${query}`, { cookie: s.cookie })).body.devices.map((d: { id: string }) => d.id);
+    assert.deepEqual(await ids('q=GW-B'), [enrolled.b], 'by name, ASCII case-insensitive');
+    assert.deepEqual(await ids(`q=${enrolled.a!.slice(4, 12)}`), [enrolled.a]);
+    assert.deepEqual(await ids('q=%25'), [], '% is a literal, not a wildcard');
+    assert.deepEqual(await ids('q=gw_'), [], '_ is a literal, not a wildcard');
+    assert.equal((await ids('posture=ok')).length, 2);
+    assert.deepEqual(await ids('posture=quarantined'), []);
+    assert.deepEqual(await ids('posture=baseline-window'), []);
+    assert.deepEqual(await ids('posture=ok&status=revoked'), []);
     for (const [p, body] of [
       [`/devices/${enrolled.a}/revoke`, { reason: 'key-compromise' }],
       [`/devices/${enrolled.a}/retire`, {}],

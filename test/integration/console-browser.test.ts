@@ -121,6 +121,14 @@ test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHR
     const row = list.locator(`tr[data-device-id="${ids['press-02']}"]`);
     assert.equal(await row.getByTestId('state').textContent(), 'active');
     await screenshot(list, 'devices');
+    // the search runs on the server: one row, then the fleet again
+    await list.getByTestId('search').fill('ROBOT');
+    await list.getByTestId('search').press('Enter');
+    await waitFor('the search result', async () => (await list.locator('tr[data-device-id]').count()) === 1);
+    assert.equal(await list.locator('tr[data-device-id]').getAttribute('data-device-id'), ids['robot-07']);
+    await list.getByTestId('search').fill('');
+    await list.getByTestId('search').press('Enter');
+    await waitFor('the fleet again', async () => (await list.locator('tr[data-device-id]').count()) === 3);
     // a marker that a reload would lose
     await list.evaluate(() => ((globalThis as unknown as { marker: number }).marker = 42));
 

@@ -214,29 +214,27 @@ function Devices({ me }: { me: SessionInfo }) {
   const load = useCallback(() => {
     setError('');
     admin
-      .get<{ devices: Device[]; next?: string }>(`/devices${qs({ zone, status, stale, limit: PAGE, after })}`)
+      .get<{ devices: Device[]; next?: string }>(
+        `/devices${qs({ zone, status, stale, posture, q: search.trim().slice(0, 64), limit: PAGE, after })}`,
+      )
       .then((r) => {
         setRows(r.devices);
         setNext(r.next);
       })
       .catch((e) => setError(errText(e)));
-  }, [zone, status, stale, after]);
+  }, [zone, status, stale, posture, search, after]);
   useEffect(load, [load]);
   useLive((e) => {
     setRows((rs) => rs.map((d) => (d.id === e.device.id ? e.device : d)));
     setFlash((f) => ({ ...f, [e.device.id]: e.kind }));
   });
 
+  // filters and search run on the server (one page at a time); sorting orders the page on screen
   const shown = useMemo(() => {
-    const q = search.trim().toLowerCase();
-    const list = rows.filter(
-      (d) =>
-        (!posture || d.posture === posture) &&
-        (!q || [d.id, d.name ?? '', d.owner, d.lastIp ?? '', d.purpose ?? ''].some((s) => s.toLowerCase().includes(q))),
-    );
+    const list = rows;
     const key = (d: Device) => (sort === 'name' ? (d.name ?? d.id) : sort === 'lastSeen' ? (d.lastSeen ?? '') : String(d[sort]));
     return [...list].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0) * (sort === 'lastSeen' ? -1 : 1));
-  }, [rows, posture, search, sort]);
+  }, [rows, sort]);
 
   const resetPaging = () => setCursors([]);
   return (
@@ -295,7 +293,13 @@ function Devices({ me }: { me: SessionInfo }) {
         </label>
         <label>
           Posture
-          <select value={posture} onChange={(e) => setPosture((e.target as HTMLSelectElement).value)}>
+          <select
+            value={posture}
+            onChange={(e) => {
+              setPosture((e.target as HTMLSelectElement).value);
+              resetPaging();
+            }}
+          >
             <option value="">any</option>
             <option value="ok">ok</option>
             <option value="quarantined">quarantined</option>
@@ -307,7 +311,10 @@ function Devices({ me }: { me: SessionInfo }) {
           <input
             value={search}
             placeholder="id, name, owner, address"
-            onInput={(e) => setSearch((e.target as HTMLInputElement).value)}
+            onChange={(e) => {
+              setSearch((e.target as HTMLInputElement).value);
+              resetPaging();
+            }}
             data-testid="search"
           />
         </label>
