@@ -172,7 +172,8 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     },
     async close() {
       if (timer) clearInterval(timer);
-      if (consoleApp) await consoleApp.close();
+      // a console app that never listened never booted: nothing to close (closing would boot it first)
+      if (consoleApp && consoleUp) await consoleApp.close();
       ctx.auditFeed.close();
       await app.close();
       await ctx.broker?.close();
