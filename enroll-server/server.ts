@@ -42,6 +42,11 @@ export interface CreateServerOptions {
   now?: () => number;
   /** Run housekeeping (auto-retire, CRL refresh) on a timer (default true once listening). */
   housekeeping?: boolean;
+  /**
+   * More routes on the console's listener (e.g. a single sign-on login, which ends in
+   * console/sessions.ts startSession(reply, principal)); registered after the console's own.
+   */
+  consoleExtend?: (app: FastifyInstance, ctx: ServerContext) => Promise<void>;
 }
 
 export interface EdgeidServer {
@@ -109,7 +114,13 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
         if (a && 'setSecureContext' in a.server)
           (a.server as unknown as import('node:tls').Server).setSecureContext({ key: t.key, cert: t.cert });
     };
-    consoleApp = await buildConsoleApp(ctx, config.console, { ...(tls ? { https: ca.tls } : {}), logger, setTls });
+    const extend = opts.consoleExtend;
+    consoleApp = await buildConsoleApp(ctx, config.console, {
+      ...(tls ? { https: ca.tls } : {}),
+      logger,
+      setTls,
+      ...(extend ? { extend: (a: FastifyInstance) => extend(a, ctx) } : {}),
+    });
   }
 
   let timer: NodeJS.Timeout | null = null;

@@ -16,7 +16,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
-import { CSP } from '../../enroll-server/console/app.js';
+import { CSP, startSession } from '../../enroll-server/console/app.js';
 import { withSwtpmEkRoots } from '../../scripts/harness/server.js';
 import { REPO } from '../../scripts/harness/fs.js';
 import { createSoftDevice, softClient } from '../../scripts/harness/softdevice.js';
@@ -123,6 +123,13 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     logger: pino({ level: 'silent' }),
     housekeeping: false,
     now: () => Date.now() + clock.offset,
+    // another login method (as single sign-on would be) starts its sessions with startSession
+    consoleExtend: async (app) => {
+      app.get('/console/test-login', async (_req, reply) => {
+        await startSession(reply, { name: 'sso-sam', role: 'viewer', zones: ['a'], via: 'oidc' });
+        return reply.redirect('/console/', 303);
+      });
+    },
   });
   const info = await server.listen();
   t.after(() => server.close());
@@ -226,6 +233,19 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     assert.ok(logins.some((r: any) => r.actor === 'user:op-all' && r.outcome === 'ok' && r.details.via === 'token'));
     assert.ok(logins.some((r: any) => r.outcome === 'fail' && r.reason === 'console_login_failed'));
     assert.ok(!JSON.stringify(logins).includes(opAll), 'no token in the audit log');
+  });
+
+  await t.test('another login method starts a session with startSession', async () => {
+    const r = await call('GET', '/console/test-login');
+    assert.equal(r.status, 303);
+    const cookie = String(r.headers['set-cookie']).split(';')[0]!;
+    assert.match(String(r.headers['set-cookie']), /; Path=\/; Secure; HttpOnly; SameSite=Strict; /);
+    const s = await call('GET', '/console/api/session', { cookie });
+    assert.deepEqual(s.body.user, { name: 'sso-sam', role: 'viewer', zones: ['a'], via: 'oidc' });
+    const denied = await call('POST', '/console/api/v1/admin/tokens', { cookie, csrf: s.body.csrf, body: { zone: 'a', owner: 'x' } });
+    assert.deepEqual([denied.status, denied.body.error.code], [403, 'forbidden_role']);
+    const audit = await api('GET', '/v1/admin/audit?user=sso-sam');
+    assert.ok(audit.body.rows.some((x: any) => x.event === 'console.login' && x.details.via === 'oidc'));
   });
 
   await t.test('CSRF: missing, wrong token or foreign origin → 403 csrf_failed; with both it passes', async () => {
