@@ -537,6 +537,10 @@ export const UserParams = Type.Object({ name: UserName }, { additionalProperties
 export const AuditQuery = Type.Object(
   {
     after: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })),
+    /** Only rows before this seq. */
+    before: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })),
+    /** `desc`: newest first (page back with `before`); default oldest first. */
+    order: Type.Optional(oneOf(['asc', 'desc'] as const)),
     limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })),
     deviceId: Type.Optional(DeviceId),
     /** Only the rows of this user (actor user:NAME). */

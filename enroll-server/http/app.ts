@@ -583,6 +583,8 @@ export function adminRoutes(ctx: ServerContext, auth: AdminRoutesOptions) {
           ctx,
           {
             ...(q.after ? { after: Number(q.after) } : {}),
+            ...(q.before ? { before: Number(q.before) } : {}),
+            ...(q.order === 'desc' ? { newestFirst: true } : {}),
             ...(q.limit ? { limit: Number(q.limit) } : {}),
             ...(q.deviceId ? { deviceId: q.deviceId } : {}),
             ...(q.user ? { user: q.user } : {}),

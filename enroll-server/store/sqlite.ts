@@ -1038,10 +1038,23 @@ export class SqliteStore implements Store {
   }
 
   async listAudit(
-    p: { afterSeq?: number; limit?: number; deviceId?: string; actor?: string; zones?: string[]; ownActor?: string } = {},
+    p: {
+      afterSeq?: number;
+      beforeSeq?: number;
+      newestFirst?: boolean;
+      limit?: number;
+      deviceId?: string;
+      actor?: string;
+      zones?: string[];
+      ownActor?: string;
+    } = {},
   ): Promise<AuditRow[]> {
     const where = ['seq > ?'];
     const args: unknown[] = [p.afterSeq ?? 0];
+    if (p.beforeSeq !== undefined) {
+      where.push('seq < ?');
+      args.push(p.beforeSeq);
+    }
     if (p.deviceId) {
       where.push('device_id = ?');
       args.push(p.deviceId);
@@ -1057,7 +1070,8 @@ export class SqliteStore implements Store {
       args.push(...p.zones, p.ownActor ?? '');
     }
     args.push(p.limit ?? 1000);
-    return (this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args) as Row[]).map(auditFrom);
+    const order = p.newestFirst ? 'DESC' : '';
+    return (this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq ${order} LIMIT ?`).all(...args) as Row[]).map(auditFrom);
   }
 
   async verifyAudit(): Promise<AuditVerifyResult> {

@@ -427,11 +427,15 @@ export interface Store {
 
   appendAudit(a: AuditInput): Promise<AuditRow>;
   /**
-   * Audit rows after `afterSeq`; `actor` keeps one actor's rows; `zones` keeps the rows about
+   * Audit rows after `afterSeq` (and before `beforeSeq`), oldest first unless `newestFirst`; `actor` keeps one actor's rows; `zones` keeps the rows about
    * devices in those zones plus the rows of `ownActor` (a zone-scoped user's view).
    */
   listAudit(p?: {
     afterSeq?: number;
+    /** Only rows before this seq. */
+    beforeSeq?: number;
+    /** Newest first (a listing that pages backwards with beforeSeq). */
+    newestFirst?: boolean;
     limit?: number;
     deviceId?: string;
     actor?: string;

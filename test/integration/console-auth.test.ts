@@ -427,6 +427,18 @@ test('console: sessions, CSRF, headers, timeouts, roles, live events by zone', {
     assert.deepEqual([after.status, after.body.error.code], [401, 'console_unauthenticated']);
     const audit = await api('GET', '/v1/admin/audit?limit=1000');
     assert.ok(audit.body.rows.some((r: any) => r.event === 'console.logout' && r.actor === 'user:op-all' && r.outcome === 'ok'));
+    // newest first, paging back with `before` (the console's audit views)
+    const newest = await api('GET', '/v1/admin/audit?order=desc&limit=5');
+    const seqs = newest.body.rows.map((r: any) => r.seq as number);
+    assert.deepEqual(
+      seqs,
+      [...seqs].sort((x, y) => y - x),
+      'descending',
+    );
+    assert.equal(seqs[0], Math.max(...audit.body.rows.map((r: any) => r.seq as number), seqs[0]), 'starts at the newest row');
+    const older = await api('GET', `/v1/admin/audit?order=desc&limit=5&before=${seqs.at(-1)}`);
+    assert.equal(older.body.rows.length, 5);
+    assert.equal(older.body.rows[0].seq, seqs.at(-1) - 1, 'the next page starts right before');
   });
 
   await t.test('a device going stale is a live event', async () => {

@@ -397,8 +397,8 @@ function DeviceDetail({ id, me }: { id: string; me: SessionInfo }) {
       .then((r) => setD(r.device))
       .catch((e) => setError(errText(e)));
     admin
-      .get<{ rows: AuditRow[] }>(`/audit${qs({ deviceId: id, limit: 1000 })}`)
-      .then((r) => setAudit(r.rows.slice(-50).reverse()))
+      .get<{ rows: AuditRow[] }>(`/audit${qs({ deviceId: id, order: 'desc', limit: 50 })}`)
+      .then((r) => setAudit(r.rows))
       .catch(() => setAudit([]));
     admin
       .get<{ alerts: Alert[] }>(`/alerts${qs({ deviceId: id, limit: 50 })}`)
@@ -886,13 +886,14 @@ function Audit() {
   useEffect(() => {
     setError('');
     admin
-      .get<{ rows: AuditRow[] }>(`/audit${qs({ user, deviceId, after: from, limit: PAGE })}`)
+      .get<{ rows: AuditRow[] }>(`/audit${qs({ user, deviceId, before: from, order: 'desc', limit: PAGE })}`)
       .then((r) => setRows(r.rows))
       .catch((e) => setError(errText(e)));
   }, [user, deviceId, from]);
   return (
     <section>
       <h2>Audit log</h2>
+      <p class="muted">Newest first.</p>
       <div class="filters">
         <label>
           User
@@ -922,10 +923,10 @@ function Audit() {
       <AuditTable rows={rows} />
       <div class="pager">
         <button disabled={after.length === 0} onClick={() => setAfter((a) => a.slice(0, -1))}>
-          Previous
+          Newer
         </button>
         <button disabled={rows.length < PAGE} onClick={() => setAfter((a) => [...a, rows.at(-1)!.seq])}>
-          Next
+          Older
         </button>
       </div>
     </section>
