@@ -30,6 +30,7 @@ commands:
                                        --png writes the QR code (mode 0600); the QR block is shown
                                        on a terminal only, or wherever --qr asks for it
   tokens list [--json]
+  tokens expire ID [--json]            an unused token stops working now (technician: its own)
   devices list [--stale] [--status S] [--zone Z] [--json]
                                        states: ${W.DEVICE_STATUSES.join(', ')}
   device show ID [--json]
@@ -505,6 +506,12 @@ async function run(argv: string[], o: Output): Promise<number> {
           ['id', 'zone', 'owner', 'name', 'expiresAt', 'usedAt', 'deviceId'],
         ),
       );
+      return 0;
+    }
+    case 'tokens expire': {
+      if (!arg || !/^[0-9a-f]{16}$/.test(arg)) throw new UsageError('tokens expire ID (the 16 hex digits tokens list shows)');
+      const { token } = await client.request('POST', `/v1/admin/tokens/${arg}/expire`, {}, W.TokenExpireResponse);
+      emit(token, () => `token ${printable(token.id)} expired at ${token.expiresAt}`);
       return 0;
     }
     case 'devices list': {

@@ -133,6 +133,8 @@ export interface ServerConfig {
   ca: { key: 'file' } | { key: 'pkcs11'; pkcs11: Pkcs11KeyConfig };
   /** Single sign-on to the console with OpenID Connect (enroll-server/console/oidc.ts); null = off. */
   oidc: OidcConfig | null;
+  /** The web console's own HTTPS listener (enroll-server/console/); null = no console. */
+  console: ConsoleConfig | null;
 }
 
 /**
@@ -219,6 +221,23 @@ export interface AlertSyslogConfig {
   /** RFC 5424 §6.2.1 facility code (default 16, local0). */
   facility: number;
   appName: string;
+}
+
+export interface ConsoleConfig {
+  listen: { host: string; port: number };
+  /**
+   * Whether `listen` was derived (the main listener's host, its port + 1; port 0 when the main port
+   * is 0) rather than configured: a derived address that is taken only logs a warning.
+   */
+  derived: boolean;
+  /** A session ends after this many seconds without a request (default 15 min) … */
+  idleTimeout: number;
+  /** … and this long after login whatever happens (default 8 h). */
+  absoluteTimeout: number;
+  /** Login attempts per source address (RFC 6585 429 beyond). */
+  loginLimit: RateLimit;
+  /** Seconds between the live view's checks for devices that went stale. */
+  staleCheckInterval: number;
 }
 
 /**
@@ -703,6 +722,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'oidc',
     'store',
     'alerts',
+    'console',
   ]);
 
   const dataDir = resolve(cwd, args.data ?? env.EDGEID_DATA ?? (o.dataDir === undefined ? './data' : str(root.at('dataDir'), o.dataDir)));
@@ -808,6 +828,27 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
 
   const oidcConfig = o.oidc === undefined || o.oidc === null ? null : oidc(root.at('oidc'), o.oidc, cwd, Object.keys(zones));
   const store = storeConfig(env.EDGEID_STORE ? new Field('EDGEID_STORE') : root.at('store'), env.EDGEID_STORE ?? o.store, cwd);
+  let consoleCfg: ConsoleConfig | null = null;
+  if (o.console !== null && o.console !== false) {
+    const cf = root.at('console');
+    const c = o.console === undefined ? {} : asObject(cf, o.console);
+    onlyKeys(cf, c, ['listen', 'idleTimeout', 'absoluteTimeout', 'loginLimit', 'staleCheckInterval']);
+    const derived = c.listen === undefined;
+    const idleTimeout = c.idleTimeout === undefined ? 15 * 60 : duration(cf.at('idleTimeout'), c.idleTimeout, 10, 86400);
+    const absoluteTimeout =
+      c.absoluteTimeout === undefined ? 8 * 3600 : duration(cf.at('absoluteTimeout'), c.absoluteTimeout, 10, 30 * 86400);
+    if (idleTimeout > absoluteTimeout) cf.at('idleTimeout').fail('must not be longer than absoluteTimeout');
+    consoleCfg = {
+      listen: derived
+        ? { host: listenAt.host, port: listenAt.port === 0 ? 0 : listenAt.port === 65535 ? 0 : listenAt.port + 1 }
+        : listen(cf.at('listen'), c.listen),
+      derived,
+      idleTimeout,
+      absoluteTimeout,
+      loginLimit: rate(cf.at('loginLimit'), c.loginLimit, { max: 10, window: 60 }),
+      staleCheckInterval: c.staleCheckInterval === undefined ? 30 : duration(cf.at('staleCheckInterval'), c.staleCheckInterval, 1, 3600),
+    };
+  }
 
   const minLifetime = Math.min(...Object.values(zones).map((z) => z.lifetime));
   const staleAfter = o.staleAfter === undefined ? 86400 : duration(root.at('staleAfter'), o.staleAfter, 10, 365 * 86400);
@@ -853,6 +894,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     ca,
     oidc: oidcConfig,
     alerts: alertsConfig(root.at('alerts'), o.alerts, zones, staleAfter, cwd),
+    console: consoleCfg,
   };
 }
 

@@ -11,6 +11,7 @@ import type { ServerContext } from './services/context.js';
 import { writeFileAtomic } from './files.js';
 import type { EdgeidHooks } from './hooks.js';
 import { buildApp } from './http/app.js';
+import { buildConsoleApp } from './console/app.js';
 import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
 import { adoptBootstrapAdmin } from './services/users.js';
@@ -27,6 +28,8 @@ export interface ServerInfo {
   pid: number;
   caFingerprint: string;
   startedAt: string;
+  /** The web console, when its listener is up: https://HOST:PORT/console/ */
+  consoleUrl?: string;
 }
 
 export interface CreateServerOptions {
@@ -40,10 +43,17 @@ export interface CreateServerOptions {
   now?: () => number;
   /** Run housekeeping (auto-retire, CRL refresh) on a timer (default true once listening). */
   housekeeping?: boolean;
+  /**
+   * More routes on the console's listener (e.g. a single sign-on login, which ends in
+   * console/sessions.ts startSession(reply, principal)); registered after the console's own.
+   */
+  consoleExtend?: (app: FastifyInstance, ctx: ServerContext) => Promise<void>;
 }
 
 export interface EdgeidServer {
   app: FastifyInstance;
+  /** The web console's app on its own listener (null when config.console is null). */
+  consoleApp: FastifyInstance | null;
   ctx: ServerContext;
   /** The admin token, only when this start created it (show it once). */
   createdAdminToken: string | null;
@@ -91,14 +101,37 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
   }
 
   const tls = opts.tls ?? true;
+  const logger = opts.logger ? false : { level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization'] };
+  let consoleApp: FastifyInstance | null = null;
   const app = await buildApp(ctx, {
     ...(tls ? { https: ca.tls } : {}),
-    logger: opts.logger ? false : { level: config.logLevel, base: { svc: 'edgeid-server' }, redact: ['req.headers.authorization'] },
+    logger,
+    onTls: (t) => {
+      if (consoleApp && 'setSecureContext' in consoleApp.server)
+        (consoleApp.server as unknown as import('node:tls').Server).setSecureContext({ key: t.key, cert: t.cert });
+    },
   });
+  // the console: its own listener with the server's TLS certificate (enroll-server/console/)
+  if (config.console) {
+    const setTls = (t: { key: string; cert: string }) => {
+      for (const a of [app, consoleApp])
+        if (a && 'setSecureContext' in a.server)
+          (a.server as unknown as import('node:tls').Server).setSecureContext({ key: t.key, cert: t.cert });
+    };
+    const extend = opts.consoleExtend;
+    consoleApp = await buildConsoleApp(ctx, config.console, {
+      ...(tls ? { https: ca.tls } : {}),
+      logger,
+      setTls,
+      ...(extend ? { extend: (a: FastifyInstance) => extend(a, ctx) } : {}),
+    });
+  }
 
   let timer: NodeJS.Timeout | null = null;
+  let consoleUp = false;
   return {
     app,
+    consoleApp,
     ctx,
     createdAdminToken: admin.created,
     async listen() {
@@ -121,6 +154,25 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
         }, config.housekeepingInterval * 1000);
         timer.unref();
       }
+      let consoleUrl: string | undefined;
+      if (consoleApp && config.console) {
+        const c = config.console;
+        try {
+          await consoleApp.listen({ host: c.listen.host, port: c.listen.port });
+          consoleUp = true;
+          const port = (consoleApp.server.address() as AddressInfo).port;
+          const host = c.listen.host === '0.0.0.0' || c.listen.host === '::' ? 'localhost' : c.listen.host;
+          consoleUrl = `https://${host.includes(':') ? `[${host}]` : host}:${port}/console/`;
+          log.info({ url: consoleUrl }, 'console listening');
+        } catch (e) {
+          // a configured address must work; the derived default (port + 1) may be taken
+          if (!c.derived) throw e;
+          log.warn(
+            { err: (e as Error).message, port: c.listen.port },
+            'console not started: its default address is taken (set console.listen)',
+          );
+        }
+      }
       const info: ServerInfo = {
         url: ctx.publicUrl(),
         host: config.listen.host,
@@ -128,12 +180,15 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
         pid: process.pid,
         caFingerprint: ca.fingerprint,
         startedAt: new Date().toISOString(),
+        ...(consoleUrl ? { consoleUrl } : {}),
       };
       writeFileAtomic(join(config.dataDir, DATA_FILES.serverInfo), JSON.stringify(info, null, 2) + '\n', 0o600);
       return info;
     },
     async close() {
       if (timer) clearInterval(timer);
+      // a console app that never listened never booted: nothing to close (closing would boot it first)
+      if (consoleApp && consoleUp) await consoleApp.close();
       await app.close();
       await ctx.alerts?.close();
       ctx.auditFeed.close();

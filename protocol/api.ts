@@ -332,6 +332,8 @@ export const TokensQuery = Type.Object(
   { additionalProperties: false },
 );
 export const TokenList = Type.Object({ tokens: Type.Array(TokenView), next: Type.Optional(Str) });
+export const TokenParams = Type.Object({ id: Type.String({ pattern: '^[0-9a-f]{16}$' }) }, { additionalProperties: false });
+export const TokenExpireResponse = Type.Object({ token: TokenView });
 
 export const EkRootView = Type.Object({
   /** SHA-256 of the certificate's DER (hex). */
@@ -447,6 +449,9 @@ export const DevicesQuery = Type.Object(
     status: Type.Optional(oneOf(DEVICE_STATUSES)),
     zone: Type.Optional(Type.String({ maxLength: 63 })),
     stale: Type.Optional(oneOf(['true', 'false'] as const)),
+    /** Text the device's id, name, owner or last address contains. */
+    q: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    posture: Type.Optional(oneOf(['ok', 'quarantined', 'baseline-window'] as const)),
     limit: Type.Optional(PageLimit),
     after: Type.Optional(PageCursor),
   },
@@ -543,6 +548,10 @@ export type UserSetRoleRequest = Static<typeof UserSetRoleRequest>;
 export const AuditQuery = Type.Object(
   {
     after: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })),
+    /** Only rows before this seq. */
+    before: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })),
+    /** `desc`: newest first (page back with `before`); default oldest first. */
+    order: Type.Optional(oneOf(['asc', 'desc'] as const)),
     limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })),
     deviceId: Type.Optional(DeviceId),
     /** Only the rows of this user (actor user:NAME). */

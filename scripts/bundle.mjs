@@ -11,6 +11,8 @@
 //   dist/migrations/*.sql     the store's schema migrations, read at start from ./migrations/
 //                             beside the server bundle (enroll-server/store/migrate.ts)
 //   dist/migrations-pg/*.sql  the PostgreSQL store's migrations (enroll-server/store/postgres.ts)
+//   dist/console/app.js, .css the web console's browser code (enroll-server/console/ui, Preact),
+//                             served by the server bundle from ./console/ (console/assets.ts)
 // Usage: node scripts/bundle.mjs [--outdir DIR] [--metafile] [--only agent|server|admin]
 import { build } from 'esbuild';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
@@ -166,6 +168,28 @@ for (const name of only) {
     const files = readdirSync(src).filter((f) => f.endsWith('.sql'));
     for (const f of files) copyFileSync(path.join(src, f), path.join(dst, f));
     notes.push(`${base}/ ${files.length} files`);
+  }
+  if (name === 'server') {
+    // the console's browser bundle, with the options of enroll-server/console/assets.ts uiBuildOptions
+    const dst = path.join(outdir, 'console');
+    rmSync(dst, { recursive: true, force: true });
+    const ui = await build({
+      entryPoints: { app: path.join(root, 'enroll-server/console/ui/main.tsx') },
+      outdir: dst,
+      bundle: true,
+      platform: 'browser',
+      format: 'esm',
+      target: 'es2020',
+      jsx: 'automatic',
+      jsxImportSource: 'preact',
+      minify: true,
+      legalComments: 'none',
+      logLevel: 'warning',
+      metafile: true,
+    });
+    // the server package ships the console's dependencies (Preact, qrcode) too: in its metafile's inputs
+    Object.assign(result.metafile.inputs, ui.metafile.inputs);
+    notes.push(`console/ ${kb(path.join(dst, 'app.js'))} KiB`);
   }
   if (args.includes('--metafile')) writeFileSync(path.join(outdir, p.out.replace(/\.js$/, '.meta.json')), JSON.stringify(result.metafile));
   console.log(`[bundle] ${path.relative(root, outfile)} ${kb(outfile)} KiB` + (notes.length ? `, ${notes.join(', ')}` : ''));

@@ -175,7 +175,7 @@ export async function audited<T>(ctx: ServerContext, start: ActionStart, fn: (a:
 /** GET /v1/admin/audit: rows after `after` (seq), at most `limit` (≤ 10 000), optionally of one device. */
 export async function exportAudit(
   ctx: ServerContext,
-  q: { after?: number; limit?: number; deviceId?: string; user?: string },
+  q: { after?: number; before?: number; newestFirst?: boolean; limit?: number; deviceId?: string; user?: string },
   who: { actor: string; ip: string | null; zones?: readonly string[] | null },
 ): Promise<{ rows: AuditRow[] }> {
   return audited(
@@ -189,6 +189,8 @@ export async function exportAudit(
     async (a) => {
       const rows = await ctx.store.listAudit({
         afterSeq: q.after ?? 0,
+        ...(q.before !== undefined ? { beforeSeq: q.before } : {}),
+        ...(q.newestFirst ? { newestFirst: true } : {}),
         limit: Math.min(10_000, q.limit ?? 1000),
         ...(q.deviceId ? { deviceId: q.deviceId } : {}),
         ...(q.user ? { actor: `user:${q.user}` } : {}),

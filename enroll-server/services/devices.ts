@@ -91,6 +91,10 @@ export interface DeviceQuery {
   status?: DeviceStatus;
   zone?: string;
   stale?: boolean;
+  /** Text the id, name, owner or last address contains. */
+  search?: string;
+  /** As DeviceView.posture reports it. */
+  posture?: DeviceView['posture'];
   /** Page size (1 … 1000, default 1000) and the cursor `<enrolledAt>:<id>` of the previous page's last device. */
   limit?: number;
   after?: string;
@@ -115,7 +119,14 @@ export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor
       // a zone-scoped user's listing holds only its zones (a zone outside them: forbidden_zone)
       ...(who.zones ? { zones: [...who.zones] } : {}),
       ...(q.stale !== undefined ? { stale: { is: q.stale, before: a.time - ctx.config.staleAfter * 1000 } } : {}),
+      ...(q.search !== undefined ? { search: q.search } : {}),
     };
+    // posture as deviceView derives it: quarantined is a status; the window is open or not (not quarantined)
+    if (q.posture) {
+      const statuses = q.posture === 'quarantined' ? ['quarantined' as const] : (['active', 'revoked', 'retired'] as const);
+      filter.status = statuses.filter((st) => !q.status || st === q.status);
+      if (q.posture !== 'quarantined') filter.baselineWindow = { open: q.posture === 'baseline-window', now: a.time };
+    }
     // one page (keyset on enrolledAt, id): a listing never loads the whole table
     const limit = Math.min(LIST_PAGE_MAX, Math.max(1, q.limit ?? LIST_PAGE_MAX));
     const after = parseCursor(q.after);

@@ -113,6 +113,36 @@ export async function listTokens(
   });
 }
 
+/**
+ * POST /v1/admin/tokens/:id/expire: an unused token stops working now. A technician expires the
+ * tokens it created; an operator any token in its zones (forbidden_role / forbidden_zone else).
+ */
+export async function expireToken(
+  ctx: ServerContext,
+  id: string,
+  meta: RequestMeta & { actor: string; role?: Role; zones?: readonly string[] | null },
+): Promise<{ token: TokenView }> {
+  return audited(ctx, { event: 'token.expire', actor: meta.actor, ip: meta.ip, details: { tokenId: id } }, async (a) => {
+    const t = await ctx.store.getToken(id);
+    if (!t || (meta.zones && !meta.zones.includes(t.zone))) {
+      // a token outside the caller's zones is not shown to exist (like a listing leaves it out)
+      if (t && meta.zones) checkZone(meta, t.zone);
+      throw new EdgeidError('token_not_found', `no token ${id}`, { tokenId: id });
+    }
+    if (meta.role && !roleAllows(meta.role, 'operator') && t.createdBy !== meta.actor) {
+      throw new EdgeidError('forbidden_role', `a ${meta.role} expires only the tokens it created; this one was made by ${t.createdBy}`, {
+        role: meta.role,
+        needs: 'operator',
+      });
+    }
+    if (!(await ctx.store.expireToken(id, a.time, a.okRow({ tokenId: id, zone: t.zone, owner: t.owner })))) {
+      throw new EdgeidError('token_not_expirable', `token ${id} was used or has expired already`, { tokenId: id });
+    }
+    a.recorded();
+    return { token: tokenView((await ctx.store.getToken(id))!) };
+  });
+}
+
 export function tokenView(t: TokenRecord): TokenView {
   const iso = (v: number | null) => (v === null ? null : new Date(v).toISOString());
   return {

@@ -219,6 +219,20 @@ function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown
     where.push(`${t}.retire_by IS NOT NULL AND ${t}.retire_by <= ?`);
     args.push(f.retireByAtOrBefore);
   }
+  if (f.search !== undefined) {
+    // the caller's text as a literal; ILIKE is case-insensitive like SQLite's LIKE (which folds
+    // ASCII only: a search with non-ASCII letters may match more here)
+    const like = `%${f.search.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    where.push(
+      `(${t}.id ILIKE ? ESCAPE '\\' OR ${t}.name ILIKE ? ESCAPE '\\' OR ${t}.owner ILIKE ? ESCAPE '\\' OR ${t}.last_ip ILIKE ? ESCAPE '\\')`,
+    );
+    args.push(like, like, like, like);
+  }
+  if (f.baselineWindow) {
+    const open = `(${t}.baseline_window_until IS NOT NULL AND ${t}.baseline_window_until > ?)`;
+    where.push(f.baselineWindow.open ? open : `NOT ${open}`);
+    args.push(f.baselineWindow.now);
+  }
   return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
 }
 
@@ -465,6 +479,15 @@ export class PostgresStore implements Store {
   async getToken(id: string): Promise<TokenRecord | null> {
     const r = (await this.q('SELECT * FROM tokens WHERE id = ?', [id]))[0];
     return r ? tokenFrom(r) : null;
+  }
+
+  async expireToken(id: string, at: number, audit: AuditInput): Promise<boolean> {
+    return this.tx(async (c) => {
+      const changed =
+        (await this.run('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?', [at, id, at], c)) > 0;
+      if (changed) await this.appendAuditIn(c, audit);
+      return changed;
+    });
   }
 
   async listTokens(): Promise<TokenRecord[]> {
@@ -1204,10 +1227,23 @@ export class PostgresStore implements Store {
   }
 
   async listAudit(
-    p: { afterSeq?: number; limit?: number; deviceId?: string; actor?: string; zones?: string[]; ownActor?: string } = {},
+    p: {
+      afterSeq?: number;
+      beforeSeq?: number;
+      newestFirst?: boolean;
+      limit?: number;
+      deviceId?: string;
+      actor?: string;
+      zones?: string[];
+      ownActor?: string;
+    } = {},
   ): Promise<AuditRow[]> {
     const where = ['seq > ?'];
     const args: unknown[] = [p.afterSeq ?? 0];
+    if (p.beforeSeq !== undefined) {
+      where.push('seq < ?');
+      args.push(p.beforeSeq);
+    }
     if (p.deviceId) {
       where.push('device_id = ?');
       args.push(p.deviceId);
@@ -1221,7 +1257,8 @@ export class PostgresStore implements Store {
       args.push(p.zones, p.ownActor ?? '');
     }
     args.push(p.limit ?? 1000);
-    return (await this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`, args)).map(auditFrom);
+    const order = p.newestFirst ? 'DESC' : '';
+    return (await this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq ${order} LIMIT ?`, args)).map(auditFrom);
   }
 
   /**

@@ -228,6 +228,19 @@ function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown
     where.push(`${t}.retire_by IS NOT NULL AND ${t}.retire_by <= ?`);
     args.push(f.retireByAtOrBefore);
   }
+  if (f.search !== undefined) {
+    // LIKE with the caller's text as a literal (SQLite: LIKE is case-insensitive for ASCII)
+    const like = `%${f.search.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    where.push(
+      `(${t}.id LIKE ? ESCAPE '\\' OR ${t}.name LIKE ? ESCAPE '\\' OR ${t}.owner LIKE ? ESCAPE '\\' OR ${t}.last_ip LIKE ? ESCAPE '\\')`,
+    );
+    args.push(like, like, like, like);
+  }
+  if (f.baselineWindow) {
+    const open = `(${t}.baseline_window_until IS NOT NULL AND ${t}.baseline_window_until > ?)`;
+    where.push(f.baselineWindow.open ? open : `NOT ${open}`);
+    args.push(f.baselineWindow.now);
+  }
   return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
 }
 
@@ -449,6 +462,15 @@ export class SqliteStore implements Store {
   async getToken(id: string): Promise<TokenRecord | null> {
     const r = this.q('SELECT * FROM tokens WHERE id = ?').get(id) as Row | undefined;
     return r ? tokenFrom(r) : null;
+  }
+
+  async expireToken(id: string, at: number, audit: AuditInput): Promise<boolean> {
+    return this.tx(() => {
+      const changed =
+        this.q('UPDATE tokens SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?').run(at, id, at).changes > 0;
+      if (changed) this.appendAuditSync(audit);
+      return changed;
+    });
   }
 
   async listTokens(): Promise<TokenRecord[]> {
@@ -1141,10 +1163,23 @@ export class SqliteStore implements Store {
   }
 
   async listAudit(
-    p: { afterSeq?: number; limit?: number; deviceId?: string; actor?: string; zones?: string[]; ownActor?: string } = {},
+    p: {
+      afterSeq?: number;
+      beforeSeq?: number;
+      newestFirst?: boolean;
+      limit?: number;
+      deviceId?: string;
+      actor?: string;
+      zones?: string[];
+      ownActor?: string;
+    } = {},
   ): Promise<AuditRow[]> {
     const where = ['seq > ?'];
     const args: unknown[] = [p.afterSeq ?? 0];
+    if (p.beforeSeq !== undefined) {
+      where.push('seq < ?');
+      args.push(p.beforeSeq);
+    }
     if (p.deviceId) {
       where.push('device_id = ?');
       args.push(p.deviceId);
@@ -1160,7 +1195,8 @@ export class SqliteStore implements Store {
       args.push(...p.zones, p.ownActor ?? '');
     }
     args.push(p.limit ?? 1000);
-    return (this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args) as Row[]).map(auditFrom);
+    const order = p.newestFirst ? 'DESC' : '';
+    return (this.q(`SELECT * FROM audit WHERE ${where.join(' AND ')} ORDER BY seq ${order} LIMIT ?`).all(...args) as Row[]).map(auditFrom);
   }
 
   async verifyAudit(): Promise<AuditVerifyResult> {

@@ -160,6 +160,10 @@ export interface DeviceFilter {
   zones?: string[];
   /** Only devices whose retireBy is set and at or before this time. */
   retireByAtOrBefore?: number;
+  /** Only devices whose id, name, owner or last address contains this text (ASCII case-insensitive). */
+  search?: string;
+  /** Only devices whose baseline approval window is open (`open`) or not at `now`. */
+  baselineWindow?: { open: boolean; now: number };
 }
 
 /** A device with its newest certificate (by notAfter), as the inventory lists it. */
@@ -290,6 +294,8 @@ export interface Store {
   createToken(token: TokenRecord, audit: AuditInput): Promise<void>;
   getToken(id: string): Promise<TokenRecord | null>;
   listTokens(): Promise<TokenRecord[]>;
+  /** Ends an unused token now (expiresAt = at) with its audit row; false (nothing written) if it was used or expired already. */
+  expireToken(id: string, at: number, audit: AuditInput): Promise<boolean>;
 
   /**
    * Binds the token to the EK atomically (only if unbound or bound to the same EK, unused and
@@ -491,11 +497,15 @@ export interface Store {
 
   appendAudit(a: AuditInput): Promise<AuditRow>;
   /**
-   * Audit rows after `afterSeq`; `actor` keeps one actor's rows; `zones` keeps the rows about
+   * Audit rows after `afterSeq` (and before `beforeSeq`), oldest first unless `newestFirst`; `actor` keeps one actor's rows; `zones` keeps the rows about
    * devices in those zones plus the rows of `ownActor` (a zone-scoped user's view).
    */
   listAudit(p?: {
     afterSeq?: number;
+    /** Only rows before this seq. */
+    beforeSeq?: number;
+    /** Newest first (a listing that pages backwards with beforeSeq). */
+    newestFirst?: boolean;
     limit?: number;
     deviceId?: string;
     actor?: string;

@@ -11,6 +11,7 @@ import { caErrors } from './ca.js';
 import { backupErrors } from './backup.js';
 import { oidcErrors } from './oidc.js';
 import { alertErrors } from './alerts.js';
+import { consoleErrors } from './console.js';
 
 /**
  * The one registry of error codes. Each domain keeps its own table (errors/<domain>.ts);
@@ -29,6 +30,7 @@ const tables = [
   backupErrors,
   oidcErrors,
   alertErrors,
+  consoleErrors,
 ] as const;
 
 type Union<T> = T extends readonly (infer U)[] ? U : never;

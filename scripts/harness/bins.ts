@@ -53,7 +53,7 @@ function newerSource(mtimeMs: number): string | null {
       if (e.isDirectory()) {
         const hit = walk(p);
         if (hit) return hit;
-      } else if (/\.(ts|sql)$/.test(e.name) && statSync(p).mtimeMs > mtimeMs) return path.relative(REPO, p);
+      } else if (/\.(tsx?|sql|css)$/.test(e.name) && statSync(p).mtimeMs > mtimeMs) return path.relative(REPO, p);
     }
     return null;
   };

@@ -87,7 +87,10 @@ export async function startServerProcess(opts: ServerProcessOptions = {}): Promi
     // that CA to every test server (never the product), unless the test configures `ek` itself
     const effective = config ?? (opts.configFile ? undefined : {});
     if (effective) {
-      await writeFile(configFile, JSON.stringify(withSwtpmEkRoots(effective), null, 2));
+      // the web console's listener only where a test asks for it (`console` in its config): its
+      // default address (the port + 1) is not a port the harness picked
+      const withConsole = 'console' in effective ? effective : { ...effective, console: null };
+      await writeFile(configFile, JSON.stringify(withSwtpmEkRoots(withConsole), null, 2));
       args.push('--config', configFile);
     }
     await rm(path.join(dataDir, 'server.json'), { force: true });

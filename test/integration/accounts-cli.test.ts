@@ -136,4 +136,18 @@ test('edgeid-admin users and personal tokens', { timeout: 600_000 }, async (t) =
     const users = JSON.parse((await admin(['users', 'list', '--json', ...as])).out) as { name: string }[];
     assert.ok(!users.some((u) => u.name === 'carl'), 'a usage error makes no account');
   });
+
+  await t.test('tokens expire ID', async () => {
+    const made = await admin(['token', 'create', '--zone', 'default', '--owner', 'ops', '--json', '--admin-token', srv.adminToken]);
+    assert.equal(made.code, 0, made.stderr);
+    const { id } = JSON.parse(made.out) as { id: string };
+    const expired = await admin(['tokens', 'expire', id, '--json', '--admin-token', srv.adminToken]);
+    assert.equal(expired.code, 0, expired.stderr);
+    assert.ok(Date.parse((JSON.parse(expired.out) as { expiresAt: string }).expiresAt) <= Date.now());
+    const again = await admin(['tokens', 'expire', id, '--admin-token', srv.adminToken]);
+    assert.notEqual(again.code, 0);
+    assert.match(again.stderr, /token_not_expirable/);
+    const bad = await admin(['tokens', 'expire', 'nope', '--admin-token', srv.adminToken]);
+    assert.equal(bad.code, 2);
+  });
 });

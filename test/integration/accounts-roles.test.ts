@@ -22,6 +22,7 @@ import { startInProcessServer, type TestServer } from '../helpers/server.js';
 const NEEDS: Record<string, Role> = {
   'POST /v1/admin/tokens': 'technician',
   'GET /v1/admin/tokens': 'technician',
+  'POST /v1/admin/tokens/:id/expire': 'technician',
   'GET /v1/admin/devices': 'viewer',
   'GET /v1/admin/devices/:id': 'viewer',
   'POST /v1/admin/devices/:id/revoke': 'operator',
@@ -64,7 +65,13 @@ function sample(route: string, i: number): { url: string; body?: unknown } {
   const url = template
     .replace(
       ':id',
-      template.includes('ek-allow') ? 'ekm-000000000000' : template.includes('alerts') ? 'alr-00000000000000ff' : 'dev-00000000000000ff',
+      template.includes('ek-allow')
+        ? 'ekm-000000000000'
+        : template.includes('alerts')
+          ? 'alr-00000000000000ff'
+          : template.includes('tokens')
+            ? '00000000000000ff'
+            : 'dev-00000000000000ff',
     )
     .replace(':name', 'nobody')
     .replace(':fingerprint', 'ab'.repeat(32));
@@ -340,6 +347,38 @@ test('accounts and roles on the admin API', { timeout: 300_000 }, async (t) => {
     assert.deepEqual([zonedAdmin.status, zonedAdmin.body.error.code], [400, 'user_invalid']);
     const unknownZone = await call(srv, admin, 'POST', '/v1/admin/users', { name: 'zz', role: 'viewer', zones: ['nowhere'] });
     assert.deepEqual([unknownZone.status, unknownZone.body.error.code], [403, 'zone_unknown']);
+  });
+
+  await t.test('expiring a token: a technician its own, an operator any in its zones', async () => {
+    const mk = async (token: string, zone: string, owner: string) => {
+      const r = await call(srv, token, 'POST', '/v1/admin/tokens', { zone, owner });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      return r.body.id as string;
+    };
+    const opA2 = await addUser('op-a2', 'operator', ['a']);
+    const byTechA = await mk(techA, 'a', 'exp-1');
+    const byTechA2 = await mk(techA, 'a', 'exp-2');
+    const byAdminA = await mk(admin, 'a', 'exp-3');
+    const byAdminB = await mk(admin, 'b', 'exp-4');
+    const notOwn = await call(srv, techA, 'POST', `/v1/admin/tokens/${byAdminA}/expire`, {});
+    assert.deepEqual([notOwn.status, notOwn.body.error.code], [403, 'forbidden_role']);
+    const own = await call(srv, techA, 'POST', `/v1/admin/tokens/${byTechA}/expire`, {});
+    assert.equal(own.status, 200, JSON.stringify(own.body));
+    assert.ok(Date.parse(own.body.token.expiresAt) <= Date.now(), 'expires now');
+    const again = await call(srv, techA, 'POST', `/v1/admin/tokens/${byTechA}/expire`, {});
+    assert.deepEqual([again.status, again.body.error.code], [409, 'token_not_expirable']);
+    const outside = await call(srv, opA2, 'POST', `/v1/admin/tokens/${byAdminB}/expire`, {});
+    assert.deepEqual([outside.status, outside.body.error.code], [403, 'forbidden_zone']);
+    const inZone = await call(srv, opA2, 'POST', `/v1/admin/tokens/${byTechA2}/expire`, {});
+    assert.equal(inZone.status, 200, JSON.stringify(inZone.body));
+    // an expired token enrolls nothing
+    const tok = await call(srv, admin, 'GET', '/v1/admin/tokens');
+    assert.ok(
+      tok.body.tokens.find((x: { id: string }) => x.id === byAdminB).expiresAt > new Date().toISOString(),
+      'the refused one still lives',
+    );
+    const audit = await call(srv, admin, 'GET', '/v1/admin/audit?user=op-a2&limit=1000');
+    assert.ok(audit.body.rows.some((r: any) => r.event === 'token.expire' && r.outcome === 'ok' && r.details.tokenId === byTechA2));
   });
 
   await t.test('the bootstrap admin: last admin cannot be disabled; its rotated token replaces data/admin-token', async () => {

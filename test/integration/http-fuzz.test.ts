@@ -371,6 +371,7 @@ test(
         admin: true,
       },
       { method: 'GET', url: '/v1/admin/tokens', query: { limit: '10' }, admin: true },
+      { method: 'POST', url: '/v1/admin/tokens/:id/expire', params: { id: '00000000000000ff' }, body: {}, admin: true },
       { method: 'GET', url: '/v1/admin/devices', query: { status: 'active', limit: '10' }, admin: true },
       { method: 'GET', url: '/v1/admin/devices/:id', params: { id: deviceId }, admin: true },
       {

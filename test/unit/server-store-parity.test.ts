@@ -217,6 +217,11 @@ async function scenario(s: Store): Promise<unknown[]> {
   );
   rec('ids', await s.listDeviceIds({ zones: ['a', 'b'] }));
   rec('ids.stale', await s.listDeviceIds({ stale: { is: true, before: NOW - 150 * 60_000 } }));
+  rec('ids.search', await s.listDeviceIds({ search: '0000003' }));
+  rec('ids.search.none', await s.listDeviceIds({ search: '100%_' }));
+  rec('ids.search.owner', await s.listDeviceIds({ search: 'OPS' }));
+  rec('ids.window.closed', await s.listDeviceIds({ baselineWindow: { open: false, now: NOW } }));
+  rec('ids.window.open', await s.listDeviceIds({ baselineWindow: { open: true, now: NOW } }));
   rec('count', await s.countDevicesByStatus());
   rec('noAkName', await s.devicesWithoutAkName());
   await s.setAkName('dev-0000000000000001', '000BAA');
@@ -442,6 +447,16 @@ async function scenario(s: Store): Promise<unknown[]> {
     (await s.listAudit({ actor: 'admin', afterSeq: 5, limit: 3 })).map((r) => r.seq),
   );
   rec('audit.rows', await s.listAudit({ limit: 3 }));
+  rec(
+    'audit.newest',
+    (await s.listAudit({ newestFirst: true, beforeSeq: 9, limit: 3 })).map((r) => r.seq),
+  );
+  await s.createToken(token('tok-expire'), audit('token.create'));
+  rec('token.expire', [
+    await s.expireToken('tok-expire', NOW + 1, audit('token.expire')),
+    await s.expireToken('tok-expire', NOW + 2, audit('token.expire')),
+  ]);
+  rec('token.expired', (await s.getToken('tok-expire'))?.expiresAt);
   const limit = await s.auditPruneLimit(NOW + 1);
   rec('audit.pruneLimit', limit);
   rec('audit.prune', await s.pruneAudit({ throughSeq: 10, now: NOW + 9, file: 'archive/a.jsonl', audit: audit('audit.prune') }));
@@ -565,4 +580,8 @@ test('every Store operation answers the same on SQLite and on PostgreSQL', async
   assert.deepEqual(get('alerts.reopen'), ['alr-3']);
   assert.deepEqual(get('alerts.state'), { cursor: '42', 'window:dev-1': '[1,2]' });
   assert.deepEqual(get('alerts.due'), ['dl-alr-1', 'dl-alr-2']);
+  assert.deepEqual(get('audit.newest'), [8, 7, 6]);
+  assert.deepEqual(get('token.expire'), [true, false]);
+  assert.deepEqual(get('ids.search'), ['dev-0000000000000003']);
+  assert.deepEqual(get('ids.search.none'), []);
 });
