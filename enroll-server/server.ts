@@ -16,6 +16,9 @@ import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
 import { adoptBootstrapAdmin } from './services/users.js';
 import { AlertEngine } from './services/alerts.js';
+import { auditOidcLogin, OidcLogin, registerOidcRoutes } from './console/oidc.js';
+import { startSession } from './console/sessions.js';
+import type { OidcConfig } from './config.js';
 import { applyRetention } from './services/retention.js';
 
 export { DATA_FILES };
@@ -118,7 +121,8 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
         if (a && 'setSecureContext' in a.server)
           (a.server as unknown as import('node:tls').Server).setSecureContext({ key: t.key, cert: t.cert });
     };
-    const extend = opts.consoleExtend;
+    // single sign-on when the config has `oidc` (a test may extend the console its own way)
+    const extend = opts.consoleExtend ?? (config.oidc ? oidcConsole(config.oidc, Object.keys(config.zones)) : undefined);
     consoleApp = await buildConsoleApp(ctx, config.console, {
       ...(tls ? { https: ca.tls } : {}),
       logger,
@@ -195,5 +199,21 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
       await ctx.broker?.close();
       await store.close();
     },
+  };
+}
+
+/**
+ * The console's OpenID Connect sign-on (console/oidc.ts): /console/oidc/login and /callback, the
+ * session started for the person the provider vouched for, one audit row per sign-on (its own,
+ * with issuer and subject). The client secret file is read here: a bad one stops the start.
+ */
+function oidcConsole(cfg: OidcConfig, zones: string[]) {
+  const login = new OidcLogin(cfg, { zones });
+  return async (app: FastifyInstance, ctx: ServerContext) => {
+    registerOidcRoutes(app, {
+      login,
+      startSession: (reply, principal) => startSession(reply, principal, null, { audited: true }),
+      audit: (e) => auditOidcLogin(ctx, e),
+    });
   };
 }

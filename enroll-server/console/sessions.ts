@@ -138,19 +138,26 @@ declare module 'fastify' {
  * (`console.login`, actor user:NAME). The login routes call it: the personal-token form here, and
  * a single sign-on module with `via: 'oidc'`. The caller sends the reply (e.g. a redirect to /console/).
  */
-export async function startSession(reply: FastifyReply, principal: ConsolePrincipal, tokenHash: Buffer | null = null): Promise<void> {
+export async function startSession(
+  reply: FastifyReply,
+  principal: ConsolePrincipal,
+  tokenHash: Buffer | null = null,
+  opts: { audited?: boolean } = {},
+): Promise<void> {
   const store = (reply.server as FastifyInstance).consoleSessions;
   const { id } = store.create(principal, tokenHash);
-  await store.ctx.store.appendAudit({
-    time: store.ctx.now(),
-    actor: userActor(principal.name),
-    event: 'console.login',
-    deviceId: null,
-    ip: reply.request.ip ?? null,
-    outcome: 'ok',
-    reason: null,
-    details: { via: principal.via, role: principal.role, zones: principal.zones },
-  });
+  // a sign-on that wrote its own row (OpenID Connect: with the issuer and subject) is not audited twice
+  if (!opts.audited)
+    await store.ctx.store.appendAudit({
+      time: store.ctx.now(),
+      actor: userActor(principal.name),
+      event: 'console.login',
+      deviceId: null,
+      ip: reply.request.ip ?? null,
+      outcome: 'ok',
+      reason: null,
+      details: { via: principal.via, role: principal.role, zones: principal.zones },
+    });
   store.ctx.auditFeed.poke();
   reply.header('set-cookie', sessionCookie(id, Math.floor(store.absoluteMs / 1000)));
 }

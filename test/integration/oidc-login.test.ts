@@ -32,6 +32,8 @@ import { SqliteStore } from '../../enroll-server/store/sqlite.js';
 import { EdgeidError, isEdgeidError } from '../../protocol/errors/index.js';
 import { REPO, tmpDir } from '../../scripts/harness/fs.js';
 import { freePort } from '../../scripts/harness/ports.js';
+import { SESSION_COOKIE } from '../../enroll-server/console/sessions.js';
+import { startInProcessServer } from '../helpers/server.js';
 
 const CLIENT_ID = 'edgeid-console';
 const CLIENT_SECRET = 'oidc-test-client-secret-3f9a1c7e5b2d';
@@ -565,6 +567,7 @@ test('config: missing clientId, http issuer without allowInsecureIssuer, a bad r
   // the example in enroll-server/README.md parses (with its zone configured)
   const readme = readFileSync(path.join(REPO, 'enroll-server', 'README.md'), 'utf8');
   const example = [...readme.matchAll(/```json\n([\s\S]*?)```/g)]
+    .filter((m) => m[1]!.trimStart().startsWith('{') && m[1]!.includes('"oidc"'))
     .map((m) => JSON.parse(m[1]!) as Record<string, unknown>)
     .find((c) => 'oidc' in c);
   assert.ok(example, 'the README has an oidc example');
@@ -604,4 +607,75 @@ test('cookie helpers: reading one cookie of a header, refusing values outside co
     'n=v; Path=/console/oidc; Max-Age=600; HttpOnly; Secure; SameSite=Lax',
   );
   assert.throws(() => serializeCookie('n', 'a;b', { path: '/', maxAge: 0, sameSite: 'Lax' }), TypeError);
+});
+
+test('through edgeid-server itself: a server whose config has oidc signs an operator on to its console, one audit row, and the session works', async (t) => {
+  const consolePort = await freePort();
+  const redirect = `http://127.0.0.1:${consolePort}/console/oidc/callback`;
+  const idp = await startProvider(redirect);
+  t.after(async () => {
+    await new Promise<void>((resolve) => idp.server.close(() => resolve()));
+    idp.server.closeAllConnections();
+  });
+  const srv = await startInProcessServer({
+    zones: { 'hall-a': {}, 'hall-b': {} },
+    console: { listen: `127.0.0.1:${consolePort}` },
+    oidc: oidcSection(idp.issuer, { redirectUri: redirect }),
+  });
+  t.after(() => srv.close());
+  const consoleApp = srv.server.consoleApp!;
+  const cookieOf = (res: { headers: Record<string, unknown> }, name: string) => {
+    const all = ([] as string[]).concat((res.headers['set-cookie'] as string | string[] | undefined) ?? []);
+    const line = all.find((l) => l.startsWith(`${name}=`));
+    return line ? line.slice(name.length + 1).split(';')[0]! : null;
+  };
+
+  const start = await consoleApp.inject({ method: 'GET', url: '/console/oidc/login' });
+  assert.equal(start.statusCode, 302, start.body);
+  const loginCookie = cookieOf(start, LOGIN_COOKIE);
+  assert.ok(loginCookie);
+  // the person at the provider: its login and consent pages, up to the redirect back to the console
+  const b = new Browser();
+  let url = start.headers.location as string;
+  for (let step = 0; step < 12 && !url.startsWith(redirect); step++) {
+    let res = await b.request(url);
+    if (res.status === 200) {
+      const prompt = /name="prompt" value="(login|consent)"/.exec(await res.text())?.[1];
+      assert.ok(prompt);
+      res = await b.request(url, { method: 'POST', form: prompt === 'login' ? { prompt, login: 'olga', password: 'x' } : { prompt } });
+    }
+    url = new URL(res.headers.get('location')!, url).href;
+  }
+  assert.ok(url.startsWith(redirect), url);
+  const back = new URL(url);
+  const done = await consoleApp.inject({
+    method: 'GET',
+    url: `${back.pathname}${back.search}`,
+    headers: { cookie: `${LOGIN_COOKIE}=${loginCookie}` },
+  });
+  assert.equal(done.statusCode, 302, done.body);
+  assert.equal(done.headers.location, '/console/');
+  const session = cookieOf(done, SESSION_COOKIE);
+  assert.ok(session, 'the console session cookie is set');
+  const cookie = `${SESSION_COOKIE}=${session}`;
+  const me = await consoleApp.inject({ method: 'GET', url: '/console/api/session', headers: { cookie } });
+  assert.equal(me.statusCode, 200, me.body);
+  assert.deepEqual(me.json().user, { name: 'olga', role: 'operator', zones: ['hall-a', 'hall-b'], via: 'oidc' });
+  const devices = await consoleApp.inject({ method: 'GET', url: '/console/api/v1/admin/devices', headers: { cookie } });
+  assert.equal(devices.statusCode, 200, devices.body);
+  // an operator, not an admin: the users list is refused with its code
+  const users = await consoleApp.inject({ method: 'GET', url: '/console/api/v1/admin/users', headers: { cookie } });
+  assert.equal(users.statusCode, 403);
+  assert.equal(users.json().error.code, 'forbidden_role');
+  const rows = (await srv.server.ctx.store.listAudit()).filter((r) => r.event === 'console.login');
+  assert.deepEqual(
+    rows.map((r) => [
+      r.actor,
+      r.outcome,
+      (r.details as { via?: string; subject?: string }).via,
+      (r.details as { subject?: string }).subject,
+    ]),
+    [['user:olga', 'ok', 'oidc', 'olga']],
+    'one row per sign-on, with the issuer and subject',
+  );
 });

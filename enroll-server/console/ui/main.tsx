@@ -100,7 +100,7 @@ function Login(props: { reason?: string }) {
       </form>
       {sso && (
         <p>
-          <a class="disabled" aria-disabled="true" data-testid="sso">
+          <a href="/console/oidc/login" data-testid="sso">
             Sign in with SSO
           </a>
         </p>
