@@ -190,6 +190,7 @@ async function main(): Promise<void> {
   // -- infrastructure
   step('0', 'Starting the enrollment server, the MQTT broker and three devices');
   const brokerPort = await freePort();
+  const consolePort = await freePort();
   const dataDir = path.join(work, 'data');
   const brokerDir = path.join(work, 'broker');
   const baseConfig = {
@@ -197,6 +198,9 @@ async function main(): Promise<void> {
     zones: { default: { lifetime, pcrs: [0, 1, 2, 3, 4, 5, 6, 7] } },
     ek: { roots: [SWTPM_LOCALCA_ROOT], intermediates: [SWTPM_LOCALCA_ISSUER], requireEkCertificate: true },
     housekeepingInterval: '10s',
+    // the web console on its own listener; alerts checked every 10 s (stale devices, CA expiry)
+    console: { listen: `127.0.0.1:${consolePort}` },
+    alerts: { checkInterval: '10s' },
   };
   const server = await startServerProcess({
     config: baseConfig,
@@ -239,6 +243,16 @@ async function main(): Promise<void> {
     mqtt: { url: `mqtts://127.0.0.1:${brokerPort}` },
     broker: { url: `mqtts://127.0.0.1:${brokerPort}`, crlFile: path.join(brokerDir, 'crl.pem'), reloadCommand: broker.reloadCommand },
   });
+
+  // a personal account for the operator who follows the story in the console
+  const operator = JSON.parse(await admin(['users', 'add', 'ops-demo', '--role', 'operator', '--zones', 'default', '--json'])) as {
+    token: string;
+  };
+  say(
+    `web console: ${bold(`https://localhost:${consolePort}/console`)} (the demo's own CA: your browser warns once; ssh -L ${consolePort}:localhost:${consolePort} from another machine)`,
+  );
+  say(`sign in as the operator ${bold('ops-demo')} with this personal token (shown once): ${operator.token}`);
+  say(dim('  follow the devices enroll, renew, go into quarantine and get revoked there, live; the Alerts page fills up as it happens'));
 
   const devs: Device[] = [];
   for (const name of ['plc-gw-1', 'plc-gw-2', 'plc-gw-3']) {
@@ -467,12 +481,24 @@ async function main(): Promise<void> {
   const width = (k: (typeof header)[number]) => Math.max(k.length, ...rows.map((r) => String(r[k]).length));
   process.stdout.write(`  ${header.map((h) => h.toUpperCase().padEnd(width(h))).join('  ')}\n`);
   for (const r of rows) process.stdout.write(`  ${header.map((h) => String(r[h]).padEnd(width(h))).join('  ')}\n`);
+  // the alerts the story raised (the rules read the audit log: quarantine, revocation, …)
+  const alerts = await eventually(
+    'the quarantine and revocation alerts',
+    async () => {
+      // --json prints every page's alerts as one array
+      const list = JSON.parse(await admin(['alerts', 'list', '--json'])) as { rule: string; deviceId: string | null; summary: string }[];
+      return list.some((a) => a.rule === 'device_quarantined') && list.some((a) => a.rule === 'device_revoked') ? list : null;
+    },
+    30_000,
+  ).catch(() => [] as { rule: string; deviceId: string | null; summary: string }[]);
+  say(`alerts open: ${alerts.map((a) => `${a.rule} (${a.summary})`).join('; ') || red('none')}`);
   const summary = {
     enrolled: devs.filter((d) => d.id).length,
     renewedEach: devs.every((d) => d.serials.size >= 2),
     quarantinedAndRestored: restored ? 1 : 0,
     revokedAndWiped: wiped && tExit ? 1 : 0,
     lostFromActive: rows.filter((r) => r.state === 'active').reduce((n, r) => n + Number(r.lost), 0),
+    alerts: [...new Set(alerts.map((a) => a.rule))].filter((r) => r === 'device_quarantined' || r === 'device_revoked').sort(),
   };
   process.stdout.write(`\nEDGEID_DEMO_SUMMARY ${JSON.stringify(summary)}\n`);
   await sub.endAsync(true);

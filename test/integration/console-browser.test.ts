@@ -11,13 +11,15 @@
  * browser the agent receives the signed wipe, empties its state dir and exits 0. The rest of the
  * fleet are software devices (scripts/harness/softenroll.ts).
  *
- * Screenshots for docs/CONSOLE.md go to docs/console/*.png (fixed names; set
- * EDGEID_CONSOLE_SCREENSHOTS=0 to skip writing them).
+ * The screenshots for docs/CONSOLE.md (fixed names) are taken on every run, into a temporary
+ * directory; `EDGEID_CONSOLE_SCREENSHOTS=docs` writes them over docs/console/*.png (so that a test
+ * run leaves the tree as it was unless asked).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium, type Page } from 'playwright-core';
@@ -30,13 +32,14 @@ import { createSoftDevice, softClient } from '../../scripts/harness/softdevice.j
 import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
 
 const CHROMIUM = '/usr/bin/chromium';
-const SHOTS = path.join(REPO, 'docs/console');
-const shoot = process.env.EDGEID_CONSOLE_SCREENSHOTS !== '0';
+const SHOTS =
+  process.env.EDGEID_CONSOLE_SCREENSHOTS === 'docs' ? path.join(REPO, 'docs/console') : mkdtempSync(path.join(tmpdir(), 'edgeid-shots-'));
 
 async function screenshot(page: Page, name: string) {
-  if (!shoot) return;
   mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), animations: 'disabled' });
+  const file = path.join(SHOTS, `${name}.png`);
+  await page.screenshot({ path: file, animations: 'disabled' });
+  assert.ok(statSync(file).size > 1000, `screenshot ${name} was written`);
 }
 
 function getStatus(url: string, ca: string, cookie: string): Promise<{ status: number; body: any }> {

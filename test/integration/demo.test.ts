@@ -56,7 +56,17 @@ test('scripts/demo stops everything on Ctrl-C, then runs to its summary in the s
   assert.equal(full.code, 0, full.out.slice(-4000));
   const m = /EDGEID_DEMO_SUMMARY (\{.*\})/.exec(full.out);
   assert.ok(m, 'the demo printed its summary');
-  assert.deepEqual(JSON.parse(m[1]!), { enrolled: 3, renewedEach: true, quarantinedAndRestored: 1, revokedAndWiped: 1, lostFromActive: 0 });
+  assert.deepEqual(JSON.parse(m[1]!), {
+    enrolled: 3,
+    renewedEach: true,
+    quarantinedAndRestored: 1,
+    revokedAndWiped: 1,
+    lostFromActive: 0,
+    alerts: ['device_quarantined', 'device_revoked'],
+  });
+  // the operator can follow it in the console: its address and a one-time personal token
+  assert.match(full.out, /web console: .*https:\/\/localhost:\d+\/console/);
+  assert.match(full.out, /sign in as the operator .*ops-demo.* with this personal token \(shown once\): \S{20,}/);
   assert.match(full.out, /quarantined: PCRs 0 differ/);
   assert.match(full.out, /renewal_refused/);
   assert.deepEqual(leftovers(dir), [], 'no process of the demo is left');
