@@ -36,6 +36,7 @@ import {
   deliveryFrom,
   CHALLENGES_PER_DEVICE,
   DEVICE_COLUMNS,
+  deviceSortSql,
   deviceFrom,
   EK_ALLOW_SELECT,
   ekAllowFrom,
@@ -57,6 +58,7 @@ import type {
   CertificateRecord,
   DeviceFilter,
   DeviceListing,
+  DevicePageRequest,
   DevicePatch,
   DeviceRecord,
   EkAllowRecord,
@@ -693,16 +695,14 @@ export class PostgresStore implements Store {
     return out;
   }
 
-  async listDevicesWithLastCertificate(
-    filter: DeviceFilter = {},
-    page?: { after?: { time: number; id: string }; limit: number },
-  ): Promise<DeviceListing[]> {
+  async listDevicesWithLastCertificate(filter: DeviceFilter = {}, page?: DevicePageRequest): Promise<DeviceListing[]> {
     const w = deviceWhere(filter, 'd');
     let where = w.where;
     const args = [...w.args];
-    if (page?.after) {
-      where += `${where ? ' AND' : ' WHERE'} (d.enrolled_at, d.id) > (?, ?)`;
-      args.push(page.after.time, page.after.id);
+    const sorted = deviceSortSql(page ?? { limit: 0 }, 'd', true);
+    if (sorted.after) {
+      where += `${where ? ' AND' : ' WHERE'} ${sorted.after.where}`;
+      args.push(...sorted.after.args);
     }
     const limit = page ? ' LIMIT ?' : '';
     if (page) args.push(page.limit);
@@ -710,9 +710,9 @@ export class PostgresStore implements Store {
     const rows = await this.q(
       `SELECT d.*, c.serial AS c_serial, c.device_id AS c_device_id, c.not_before AS c_not_before, c.not_after AS c_not_after,
                 c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
-         FROM devices d
+         FROM (SELECT * FROM devices d${where}${sorted.orderBy}${limit}) d
          LEFT JOIN LATERAL (SELECT * FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1) c ON true
-         ${where} ORDER BY d.enrolled_at, d.id${limit}`,
+         ${sorted.orderBy}`,
       args,
     );
     return rows.map((r) => ({
@@ -1066,10 +1066,7 @@ export class PostgresStore implements Store {
     return (await this.q(`SELECT id FROM devices${where} ORDER BY id`, args)).map((r) => String(r.id));
   }
 
-  async pageDevicesWithLastCertificate(
-    filter: DeviceFilter,
-    page: { after?: { time: number; id: string }; limit: number },
-  ): Promise<DeviceListing[]> {
+  async pageDevicesWithLastCertificate(filter: DeviceFilter, page: DevicePageRequest): Promise<DeviceListing[]> {
     return this.listDevicesWithLastCertificate(filter, page);
   }
 

@@ -15,6 +15,7 @@ import type {
   CertificateRecord,
   DeviceFilter,
   DeviceListing,
+  DevicePageRequest,
   DevicePatch,
   DeviceRecord,
   EkAllowRecord,
@@ -242,6 +243,35 @@ function deviceWhere(f: DeviceFilter, t: string): { where: string; args: unknown
     args.push(f.baselineWindow.now);
   }
   return { where: where.length ? ` WHERE ${where.join(' AND ')}` : '', args };
+}
+
+/**
+ * ORDER BY and keyset condition of a device page (`t`: the devices alias). The key expressions
+ * are those of the indexes in migration 012 (an expression index is used only for the same
+ * expression: https://www.sqlite.org/expridx.html); `collateC` makes PostgreSQL compare the name
+ * in byte order like SQLite.
+ */
+export function deviceSortSql(
+  page: DevicePageRequest,
+  t: string,
+  collateC = false,
+): { orderBy: string; after: { where: string; args: unknown[] } | null } {
+  const sort = page.sort ?? 'enrolled';
+  const desc = page.order === 'desc';
+  const key = {
+    enrolled: `${t}.enrolled_at`,
+    name: `COALESCE(${t}.name, '')${collateC ? ' COLLATE "C"' : ''}`,
+    lastSeen: `COALESCE(${t}.last_seen, 0)`,
+    expiry: `${t}.cert_not_after`,
+  }[sort];
+  const dir = desc ? ' DESC' : '';
+  const orderBy = ` ORDER BY ${key}${dir}, ${t}.id${dir}`;
+  if (!page.after) return { orderBy, after: null };
+  const value = 'key' in page.after ? page.after.key : page.after.time;
+  // the row value alone is not a range on an expression index for SQLite (the plan SCANs it);
+  // the redundant bound on the key makes it a SEARCH
+  const cmp = desc ? '<' : '>';
+  return { orderBy, after: { where: `${key} ${cmp}= ? AND (${key}, ${t}.id) ${cmp} (?, ?)`, args: [value, value, page.after.id] } };
 }
 
 export const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
@@ -662,26 +692,26 @@ export class SqliteStore implements Store {
     return out;
   }
 
-  async listDevicesWithLastCertificate(
-    filter: DeviceFilter = {},
-    page?: { after?: { time: number; id: string }; limit: number },
-  ): Promise<DeviceListing[]> {
+  async listDevicesWithLastCertificate(filter: DeviceFilter = {}, page?: DevicePageRequest): Promise<DeviceListing[]> {
     const w = deviceWhere(filter, 'd');
     let where = w.where;
     const args = [...w.args];
-    if (page?.after) {
-      where += `${where ? ' AND' : ' WHERE'} (d.enrolled_at, d.id) > (?, ?)`;
-      args.push(page.after.time, page.after.id);
+    const sorted = deviceSortSql(page ?? { limit: 0 }, 'd');
+    if (sorted.after) {
+      where += `${where ? ' AND' : ' WHERE'} ${sorted.after.where}`;
+      args.push(...sorted.after.args);
     }
     const limit = page ? ' LIMIT ?' : '';
     if (page) args.push(page.limit);
-    // one query: the newest certificate per device is a correlated subquery on certificates_device
+    // one query: the page of devices in index order first (joined, SQLite sorts every row after
+    // the cursor in a temp b-tree), then the newest certificate of each by a correlated subquery
+    // on certificates_device
     const rows = this.q(
       `SELECT d.*, c.serial AS c_serial, c.device_id AS c_device_id, c.not_before AS c_not_before, c.not_after AS c_not_after,
                 c.spki_hash AS c_spki_hash, c.issued_at AS c_issued_at, c.revoked_at AS c_revoked_at, c.reason AS c_reason
-         FROM devices d
+         FROM (SELECT * FROM devices d${where}${sorted.orderBy}${limit}) d
          LEFT JOIN certificates c ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1)
-         ${where} ORDER BY d.enrolled_at, d.id${limit}`,
+         ${sorted.orderBy}`,
     ).all(...args) as Row[];
     return rows.map((r) => ({
       device: deviceFrom(r),
@@ -1006,10 +1036,7 @@ export class SqliteStore implements Store {
     ).map(String);
   }
 
-  async pageDevicesWithLastCertificate(
-    filter: DeviceFilter,
-    page: { after?: { time: number; id: string }; limit: number },
-  ): Promise<DeviceListing[]> {
+  async pageDevicesWithLastCertificate(filter: DeviceFilter, page: DevicePageRequest): Promise<DeviceListing[]> {
     return this.listDevicesWithLastCertificate(filter, page);
   }
 

@@ -166,6 +166,37 @@ export interface DeviceFilter {
   baselineWindow?: { open: boolean; now: number };
 }
 
+/** Sort keys of the device inventory: enrolledAt, name, lastSeen, the newest certificate's notAfter. */
+export const DEVICE_SORTS = ['enrolled', 'name', 'lastSeen', 'expiry'] as const;
+export type DeviceSort = (typeof DEVICE_SORTS)[number];
+
+/**
+ * One page of the device inventory, keyset-paged on (sort key, id) in `order` (ties by id in the
+ * same direction). A missing name sorts as '', a missing lastSeen or certificate as 0 (first
+ * ascending). `after` is the last row of the previous page: its sort key (deviceSortKey) and id;
+ * `{ time, id }` is the enrolledAt form.
+ */
+export interface DevicePageRequest {
+  limit: number;
+  sort?: DeviceSort;
+  order?: 'asc' | 'desc';
+  after?: { key: number | string; id: string } | { time: number; id: string };
+}
+
+/** The value a listing row is sorted on (what a cursor after it carries). */
+export function deviceSortKey(l: DeviceListing, sort: DeviceSort): number | string {
+  switch (sort) {
+    case 'enrolled':
+      return l.device.enrolledAt;
+    case 'name':
+      return l.device.name ?? '';
+    case 'lastSeen':
+      return l.device.lastSeen ?? 0;
+    case 'expiry':
+      return l.lastCertificate?.notAfter ?? 0;
+  }
+}
+
 /** A device with its newest certificate (by notAfter), as the inventory lists it. */
 export interface DeviceListing {
   device: DeviceRecord;
@@ -445,13 +476,10 @@ export interface Store {
   /** Only the ids of the devices the filter selects (no row decoding), in id order. */
   listDeviceIds(filter?: DeviceFilter): Promise<string[]>;
   /**
-   * One page of a listing in its sort order (devices: enrolledAt, id; tokens: createdAt, id),
-   * after the cursor `after` (the last item of the previous page, as `<time>:<id>`).
+   * One page of a listing in its sort order (devices: DevicePageRequest, default enrolledAt, id;
+   * tokens: createdAt, id), after the cursor `after` (the last item of the previous page).
    */
-  pageDevicesWithLastCertificate(
-    filter: DeviceFilter,
-    page: { after?: { time: number; id: string }; limit: number },
-  ): Promise<DeviceListing[]>;
+  pageDevicesWithLastCertificate(filter: DeviceFilter, page: DevicePageRequest): Promise<DeviceListing[]>;
   pageTokens(
     page: { after?: { time: number; id: string }; limit: number },
     filter?: { zones?: string[]; createdBy?: string },
