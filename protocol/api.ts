@@ -452,8 +452,12 @@ export const DevicesQuery = Type.Object(
     /** Text the device's id, name, owner or last address contains. */
     q: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
     posture: Type.Optional(oneOf(['ok', 'quarantined', 'baseline-window'] as const)),
+    /** Sort key (enrolledAt, name, lastSeen, the newest certificate's notAfter; default enrolled) and direction (default asc); ties by id. */
+    sort: Type.Optional(oneOf(['enrolled', 'name', 'lastSeen', 'expiry'] as const)),
+    order: Type.Optional(oneOf(['asc', 'desc'] as const)),
     limit: Type.Optional(PageLimit),
-    after: Type.Optional(PageCursor),
+    /** The `next` of the previous page with the same sort and order (checked by the service: invalid_cursor). */
+    after: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
   },
   { additionalProperties: false },
 );

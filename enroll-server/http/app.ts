@@ -579,6 +579,8 @@ export function adminRoutes(ctx: ServerContext, auth: AdminRoutesOptions) {
             ...(q.stale ? { stale: q.stale === 'true' } : {}),
             ...(q.q ? { search: q.q } : {}),
             ...(q.posture ? { posture: q.posture } : {}),
+            ...(q.sort ? { sort: q.sort } : {}),
+            ...(q.order ? { order: q.order } : {}),
             ...page(q),
           },
           who(req),

@@ -11,7 +11,7 @@ import {
 import { EdgeidError } from '../../protocol/errors/index.js';
 import { objectName, parsePublic } from '../../protocol/tpm/public.js';
 import type { HookResult } from '../hooks.js';
-import type { CertificateRecord, DeviceFilter, DeviceRecord } from '../store/store.js';
+import { deviceSortKey, type CertificateRecord, type DeviceFilter, type DeviceRecord, type DeviceSort } from '../store/store.js';
 import { storageFailure } from '../files.js';
 import { checkZone } from './access.js';
 import { audited } from './audit.js';
@@ -95,9 +95,50 @@ export interface DeviceQuery {
   search?: string;
   /** As DeviceView.posture reports it. */
   posture?: DeviceView['posture'];
-  /** Page size (1 … 1000, default 1000) and the cursor `<enrolledAt>:<id>` of the previous page's last device. */
+  /** Sort key and direction (default enrolled, asc). */
+  sort?: DeviceSort;
+  order?: 'asc' | 'desc';
+  /** Page size (1 … 1000, default 1000) and the `next` of the previous page (deviceCursor). */
   limit?: number;
   after?: string;
+}
+
+const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const NUM_RE = /^(0|[1-9][0-9]{0,15})$/;
+
+/**
+ * The cursor after a listing row: `<enrolledAt>:<id>` for the default sort (enrolled, asc; as
+ * before sorting existed), else `<sort>~<order>~<key as base64url>~<id>`, so that a cursor is only
+ * taken by the listing it came from.
+ */
+export function deviceCursor(sort: DeviceSort, order: 'asc' | 'desc', key: number | string, id: string): string {
+  if (sort === 'enrolled' && order === 'asc') return `${key}:${id}`;
+  return `${sort}~${order}~${Buffer.from(String(key), 'utf8').toString('base64url')}~${id}`;
+}
+
+/** Reads a device cursor for this sort and order; invalid_cursor when malformed or from another sort or order. */
+export function parseDeviceCursor(c: string, sort: DeviceSort, order: 'asc' | 'desc'): { key: number | string; id: string } {
+  const bad = (why: string) => new EdgeidError('invalid_cursor', `the cursor ${why}`, { sort, order });
+  let keyText: string;
+  let id: string;
+  if (sort === 'enrolled' && order === 'asc' && !c.includes('~')) {
+    const i = c.indexOf(':');
+    if (i < 0) throw bad('is malformed');
+    keyText = c.slice(0, i);
+    id = c.slice(i + 1);
+  } else {
+    const parts = c.split('~');
+    if (parts.length !== 4 || !/^[A-Za-z0-9_-]*$/.test(parts[2]!)) throw bad('is malformed');
+    if (parts[0] !== sort || parts[1] !== order)
+      throw bad(`belongs to sort=${String(parts[0]).slice(0, 16)} order=${String(parts[1]).slice(0, 8)}, not this listing's`);
+    keyText = Buffer.from(parts[2]!, 'base64url').toString('utf8');
+    if (Buffer.from(keyText, 'utf8').toString('base64url') !== parts[2]) throw bad('is malformed');
+    id = parts[3]!;
+  }
+  if (!ID_RE.test(id)) throw bad('is malformed');
+  if (sort === 'name') return { key: keyText, id };
+  if (!NUM_RE.test(keyText)) throw bad('is malformed');
+  return { key: Number(keyText), id };
 }
 
 /** A listing cursor `<time>:<id>` (validated by the API schema). */
@@ -129,14 +170,16 @@ export async function listDevices(ctx: ServerContext, q: DeviceQuery, who: Actor
     }
     // one page (keyset on enrolledAt, id): a listing never loads the whole table
     const limit = Math.min(LIST_PAGE_MAX, Math.max(1, q.limit ?? LIST_PAGE_MAX));
-    const after = parseCursor(q.after);
-    const rows = await ctx.store.pageDevicesWithLastCertificate(filter, { limit: limit + 1, ...(after ? { after } : {}) });
+    const sort = q.sort ?? 'enrolled';
+    const order = q.order ?? 'asc';
+    const after = q.after === undefined ? undefined : parseDeviceCursor(q.after, sort, order);
+    const rows = await ctx.store.pageDevicesWithLastCertificate(filter, { limit: limit + 1, sort, order, ...(after ? { after } : {}) });
     const page = rows.slice(0, limit);
-    const last = page.at(-1)?.device;
+    const last = page.at(-1);
     a.details = { ...a.details, rows: page.length };
     return {
       devices: page.map((r) => deviceView(ctx, r.device, undefined, r.lastCertificate)),
-      ...(rows.length > limit && last ? { next: `${last.enrolledAt}:${last.id}` } : {}),
+      ...(rows.length > limit && last ? { next: deviceCursor(sort, order, deviceSortKey(last, sort), last.device.id) } : {}),
     };
   });
 }

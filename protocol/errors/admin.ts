@@ -12,6 +12,11 @@ export const adminErrors = defineErrors({
     message: "The caller's role does not allow this admin operation (roles: viewer < technician < operator < admin).",
     fix: 'Ask an admin to do it, or for an account with the role the message names (edgeid-admin users add).',
   },
+  invalid_cursor: {
+    status: 400,
+    message: "The page cursor `after` is malformed, or belongs to another listing's sort or order.",
+    fix: 'Pass back the `next` of the previous page unchanged, with the same sort and order; start again without `after` after changing them.',
+  },
   forbidden_zone: {
     status: 403,
     message: 'The device, token or zone is outside the zones of the calling user.',
