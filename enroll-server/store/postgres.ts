@@ -604,8 +604,9 @@ export class PostgresStore implements Store {
         try {
           await this.run(
             `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
-                 baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer, event_log, baseline_event_log)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`,
+                 baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer, event_log, baseline_event_log,
+                 last_pcrs, last_quote_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)`,
             [
               d.id,
               d.zone,
@@ -631,6 +632,8 @@ export class PostgresStore implements Store {
               d.ekIssuer ?? null,
               d.eventLog ?? null,
               d.baselineEventLog ?? null,
+              d.lastPcrs ? JSON.stringify(d.lastPcrs) : null,
+              d.lastQuoteAt ?? null,
             ],
             c,
           );
@@ -871,7 +874,7 @@ export class PostgresStore implements Store {
     for (const [k, v] of Object.entries(patch) as [keyof DevicePatch, unknown][]) {
       if (v === undefined) continue;
       sets.push(`${DEVICE_COLUMNS[k]} = ?`);
-      values.push(k === 'baseline' || k === 'claims' ? (v === null ? null : JSON.stringify(v)) : v);
+      values.push(k === 'baseline' || k === 'claims' || k === 'lastPcrs' ? (v === null ? null : JSON.stringify(v)) : v);
     }
     if (sets.length === 0) return false;
     const guard = onlyIfStatus?.length ? ' AND status = ANY(?::text[])' : '';

@@ -90,6 +90,8 @@ export function deviceFrom(r: Row): DeviceRecord {
     baselineEventLog: (r.baseline_event_log as Buffer | null | undefined) ?? null,
     baselineWindowUntil: num(r.baseline_window_until),
     baselineApprovalId: text(r.baseline_approval_id),
+    lastPcrs: r.last_pcrs ? (JSON.parse(String(r.last_pcrs)) as Record<string, string>) : null,
+    lastQuoteAt: num(r.last_quote_at),
     enrolledBy: String(r.enrolled_by),
     enrolledAt: Number(r.enrolled_at),
     retireBy: num(r.retire_by),
@@ -286,6 +288,8 @@ export const DEVICE_COLUMNS: Record<keyof DevicePatch, string> = {
   lastIp: 'last_ip',
   eventLog: 'event_log',
   baselineEventLog: 'baseline_event_log',
+  lastPcrs: 'last_pcrs',
+  lastQuoteAt: 'last_quote_at',
 };
 
 /** SQLite store: WAL, file 0600, write transactions BEGIN IMMEDIATE (serialises the audit chain). */
@@ -614,8 +618,9 @@ export class SqliteStore implements Store {
         if (live) throw new EkLive(String(live.id));
         this.q(
           `INSERT INTO devices (id, zone, owner, name, purpose, status, status_reason, status_changed_at, ek_hash, ak_pub, ak_name, baseline, claims,
-               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer, event_log, baseline_event_log)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`,
+               baseline_window_until, enrolled_by, enrolled_at, retire_by, last_seen, last_ip, ek_legacy, ek_pub, ek_verified, ek_issuer, event_log, baseline_event_log,
+               last_pcrs, last_quote_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           d.id,
           d.zone,
@@ -641,6 +646,8 @@ export class SqliteStore implements Store {
           d.ekIssuer ?? null,
           d.eventLog ?? null,
           d.baselineEventLog ?? null,
+          d.lastPcrs ? JSON.stringify(d.lastPcrs) : null,
+          d.lastQuoteAt ?? null,
         );
         this.insertCertificate(p.certificate);
         this.insertNonce(p.nonce, p.keepNonces);
@@ -847,7 +854,7 @@ export class SqliteStore implements Store {
     for (const [k, v] of Object.entries(patch) as [keyof DevicePatch, unknown][]) {
       if (v === undefined) continue;
       sets.push(`${DEVICE_COLUMNS[k]} = ?`);
-      values.push(k === 'baseline' || k === 'claims' ? (v === null ? null : JSON.stringify(v)) : v);
+      values.push(k === 'baseline' || k === 'claims' || k === 'lastPcrs' ? (v === null ? null : JSON.stringify(v)) : v);
     }
     if (sets.length === 0) return false;
     const guard = onlyIfStatus?.length ? ` AND status IN (${onlyIfStatus.map(() => '?').join(', ')})` : '';

@@ -71,6 +71,10 @@ export interface DeviceRecord {
   eventLog?: Buffer | null;
   /** The TCG event log approved with the PCR baseline, or null. */
   baselineEventLog?: Buffer | null;
+  /** PCR index → hex value of the last quote the server verified (accepted or refused), or null before one was stored. */
+  lastPcrs?: Record<string, string> | null;
+  /** When that quote was verified (ms since the epoch). */
+  lastQuoteAt?: number | null;
   baselineWindowUntil: number | null;
   /** Id of the approval that opened the baseline window (in both audit rows: the approval and the renewal that closed it). */
   baselineApprovalId?: string | null;
@@ -217,6 +221,8 @@ export type DevicePatch = Partial<
     | 'statusChangedAt'
     | 'eventLog'
     | 'baselineEventLog'
+    | 'lastPcrs'
+    | 'lastQuoteAt'
   >
 >;
 

@@ -103,6 +103,8 @@ async function enroll(s: Store, id: string, zone: string, enrolledAt: number, lo
     akPub: Buffer.from(`ak-${id}`),
     akName: null,
     baseline: { '0': 'aa', '7': 'bb' },
+    lastPcrs: { '0': 'aa', '7': 'bb' },
+    lastQuoteAt: enrolledAt,
     claims: { agentVersion: '1.2.3', kernel: '6.1' },
     eventLog: Buffer.from([1, 2, 3]),
     baselineEventLog: null,
@@ -246,7 +248,14 @@ async function scenario(s: Store): Promise<unknown[]> {
       nonce,
       now: NOW + n,
       deviceId: 'dev-0000000000000001',
-      patch: { lastSeen: NOW + n, lastIp: '10.0.0.9', claims: { agentVersion: '2' } as DeviceRecord['claims'], eventLog: Buffer.from([n]) },
+      patch: {
+        lastSeen: NOW + n,
+        lastIp: '10.0.0.9',
+        claims: { agentVersion: '2' } as DeviceRecord['claims'],
+        eventLog: Buffer.from([n]),
+        lastPcrs: { '0': 'aa', '7': `c${n}` },
+        lastQuoteAt: NOW + n,
+      },
       certificate: cert(`c-dev-0000000000000001-${n}`, 'dev-0000000000000001', NOW + (n + 1) * HOUR),
       nextNonce: {
         value: `n-dev-0000000000000001-${n}`,
@@ -290,6 +299,26 @@ async function scenario(s: Store): Promise<unknown[]> {
     ),
   );
 
+  // the inventory in every sort and order, paged after the first row
+  for (const sort of ['enrolled', 'name', 'lastSeen', 'expiry'] as const) {
+    for (const order of ['asc', 'desc'] as const) {
+      const first = await s.pageDevicesWithLastCertificate({}, { limit: 1, sort, order });
+      const l = first[0]!;
+      const key = {
+        enrolled: l.device.enrolledAt,
+        name: l.device.name ?? '',
+        lastSeen: l.device.lastSeen ?? 0,
+        expiry: l.lastCertificate?.notAfter ?? 0,
+      }[sort];
+      rec(`page.${sort}.${order}`, [
+        l.device.id,
+        ...(await s.pageDevicesWithLastCertificate({}, { limit: 10, sort, order, after: { key, id: l.device.id } })).map(
+          (x) => x.device.id,
+        ),
+      ]);
+    }
+  }
+
   // device updates, guarded by status
   rec('update', [
     await s.updateDevice(
@@ -306,10 +335,11 @@ async function scenario(s: Store): Promise<unknown[]> {
       statusReason: 'pcr',
       reason: 'privilege-withdrawn',
       now: NOW,
-      patch: { lastSeen: NOW },
+      patch: { lastSeen: NOW, lastPcrs: { '0': 'aa', '7': 'ee' }, lastQuoteAt: NOW + 4 },
       audit: audit('q'),
     }),
   ]);
+  rec('quarantined', await s.getDevice('dev-0000000000000002'));
   rec(
     'end',
     await s.endDevice({
@@ -556,6 +586,16 @@ test('every Store operation answers the same on SQLite and on PostgreSQL', async
   assert.deepEqual(get('start.other'), 'used');
   assert.deepEqual(get('finish.live'), { liveDevice: 'dev-0000000000000001' });
   assert.deepEqual(get('renew'), [true, true, false]);
+  // the last verified quote: written by the renewal and by the quarantine
+  const quoted = (label: string) => {
+    const d = get(label) as DeviceRecord;
+    return [d.lastPcrs, d.lastQuoteAt];
+  };
+  assert.deepEqual(quoted('quarantined'), [{ '0': 'aa', '7': 'ee' }, NOW + 4]);
+  assert.deepEqual((get('listing') as { device: DeviceRecord }[]).find((l) => l.device.id === 'dev-0000000000000001')?.device.lastPcrs, {
+    '0': 'aa',
+    '7': 'c2',
+  });
   assert.deepEqual(get('spend'), [true, false, false]);
   // the oldest challenge of each requesting network was evicted, the issued nonce never
   assert.deepEqual(
