@@ -438,6 +438,12 @@ export const DeviceView = Type.Object({
   eventLog: Type.Optional(
     Type.Object({ baselineSha256: NullableStr, currentSha256: NullableStr, diff: Type.Array(Str), unchanged: Type.Integer() }),
   ),
+  /**
+   * `device show` only: the PCR values (index → hex) of the last quote the server verified for the
+   * device, accepted or refused (null before one was stored), when, and for a zone in golden mode
+   * the zone's values (the quote passes when it equals them or the device's approved baseline).
+   */
+  lastQuote: Type.Optional(Nullable(Type.Object({ at: Iso, pcrs: StringMap, golden: Nullable(StringMap) }))),
 });
 export type DeviceView = Static<typeof DeviceView>;
 export const DeviceList = Type.Object({ devices: Type.Array(DeviceView), next: Type.Optional(Str) });

@@ -59,7 +59,16 @@ export function deviceView(
     ),
     ...(certificates ? { certificates: certificates.map(certificateView) } : {}),
     ...(certificates && (d.eventLog || d.baselineEventLog) ? { eventLog: eventLogView(d) } : {}),
+    ...(certificates ? { lastQuote: lastQuoteView(ctx, d) } : {}),
   };
+}
+
+/** `device show`: the last verified quote's PCRs, and the zone's golden values they are judged against (golden mode). */
+function lastQuoteView(ctx: ServerContext, d: DeviceRecord): NonNullable<DeviceView['lastQuote']> | null {
+  if (!d.lastPcrs || d.lastQuoteAt === null || d.lastQuoteAt === undefined) return null;
+  const posture = ctx.config.zones[d.zone]?.posture;
+  const golden = posture?.mode === 'golden' ? Object.fromEntries(Object.entries(posture.values).map(([k, v]) => [String(k), v])) : null;
+  return { at: iso(d.lastQuoteAt)!, pcrs: d.lastPcrs, golden };
 }
 
 /** `device show`: the approved and the current event log, and what differs between them. */

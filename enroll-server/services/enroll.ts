@@ -346,6 +346,8 @@ export async function enrollFinish(ctx: ServerContext, req: EnrollFinishRequest,
       lastIp: meta.ip,
       eventLog: eventLog.bytes,
       baselineEventLog: eventLog.bytes,
+      lastPcrs: ev.pcrs,
+      lastQuoteAt: now,
     };
     const nonce = newNonce(ctx, deviceId, nextNonceTtl(zone));
     const committed = await ctx.store.finishEnrollment({

@@ -205,7 +205,8 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
         reason: 'privilege-withdrawn',
         now,
         // the log replayed to the quote, so it is kept: `device show` diffs it against the approved one
-        patch: { lastSeen: now, lastIp: meta.ip, eventLog: eventLog.bytes },
+        // the refused quote's PCRs too: the console shows which values differ from the baseline
+        patch: { lastSeen: now, lastIp: meta.ip, eventLog: eventLog.bytes, lastPcrs: ev.pcrs, lastQuoteAt: now },
         audit: a.failRow(err),
       });
       a.recorded();
@@ -215,7 +216,14 @@ export async function renew(ctx: ServerContext, req: RenewRequest, meta: Request
 
     const cert = await issueFor(ctx, { deviceId: device.id, zone, spki: ev.spki });
     const next = newNonce(ctx, device.id, nextNonceTtl(zone));
-    const patch: DevicePatch = { lastSeen: now, lastIp: meta.ip, claims: ev.claims, eventLog: eventLog.bytes };
+    const patch: DevicePatch = {
+      lastSeen: now,
+      lastIp: meta.ip,
+      claims: ev.claims,
+      eventLog: eventLog.bytes,
+      lastPcrs: ev.pcrs,
+      lastQuoteAt: now,
+    };
     if (verdict.newBaseline) {
       patch.baseline = verdict.newBaseline;
       // the approved log is recorded with the PCRs it explains
