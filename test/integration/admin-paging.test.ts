@@ -1,7 +1,8 @@
 /**
  * Paged admin listings: the API answers at most `limit` (default and maximum 1000) tokens or
- * devices with a `next` cursor, pages neither repeat nor skip an item, a bad cursor is refused
- * (bad_request) — and `edgeid-admin tokens list` / `devices list` follow the pages transparently:
+ * devices with a `next` cursor, pages neither repeat nor skip an item, devices sorted by the server
+ * (sort, order) page in that order in both directions, a bad sort or order is refused (bad_request)
+ * and a malformed cursor or one of another sort (invalid_cursor) — and `edgeid-admin tokens list` / `devices list` follow the pages transparently:
  * --json is still one document holding every item. Real `edgeid-server` process, real SQLite.
  */
 import { test } from 'node:test';
@@ -10,7 +11,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { AdminClient, resolveTarget } from '../../enroll-server/admin/client.js';
-import { DeviceList, TokenList } from '../../protocol/api.js';
+import { DeviceList, TokenList, type DeviceView } from '../../protocol/api.js';
 import { startServerProcess } from '../../scripts/harness/server.js';
 import { runCli, seedDataDir } from '../helpers/cli.js';
 
@@ -45,10 +46,53 @@ test('admin listings are paged by the server and followed by edgeid-admin', { ti
     client.request('GET', '/v1/admin/devices?limit=5000', undefined, DeviceList),
     (e: { code: string }) => e.code === 'bad_request',
   );
-  await assert.rejects(
-    client.request('GET', '/v1/admin/devices?after=nonsense', undefined, DeviceList),
-    (e: { code: string }) => e.code === 'bad_request',
-  );
+  // sorted by the server: every page in the sort's order across the whole fleet, in both directions
+  const all = [...first.devices, ...second.devices];
+  const bytes = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+  for (const [sort, key] of [
+    ['name', (d: DeviceView) => d.name ?? ''],
+    ['expiry', (d: DeviceView) => d.certificateNotAfter ?? ''],
+  ] as const) {
+    for (const order of ['asc', 'desc'] as const) {
+      const want = [...all].sort((a, b) => (order === 'asc' ? 1 : -1) * (bytes(key(a), key(b)) || bytes(a.id, b.id))).map((d) => d.id);
+      const got: string[] = [];
+      let cursor: string | undefined;
+      let pages = 0;
+      do {
+        const p = await client.request(
+          'GET',
+          `/v1/admin/devices?sort=${sort}&order=${order}&limit=400${cursor ? `&after=${encodeURIComponent(cursor)}` : ''}`,
+          undefined,
+          DeviceList,
+        );
+        got.push(...p.devices.map((d) => d.id));
+        cursor = p.next;
+        pages++;
+      } while (cursor);
+      assert.equal(pages, 3, `${sort} ${order}`);
+      assert.deepEqual(got, want, `${sort} ${order}`);
+    }
+  }
+  const byName = await client.request('GET', '/v1/admin/devices?sort=name&order=desc&limit=2', undefined, DeviceList);
+  assert.match(byName.next!, /^name~desc~[A-Za-z0-9_-]+~dev-[0-9a-f]{16}$/);
+  // bad sort or order: the schema (bad_request); a malformed cursor, or one of another sort or order: invalid_cursor
+  for (const [query, code] of [
+    ['sort=size', 'bad_request'],
+    ['order=up', 'bad_request'],
+    ['after=nonsense', 'invalid_cursor'],
+    ['after=12:dev-0000000000000001:x', 'invalid_cursor'],
+    [`sort=name&order=asc&after=${encodeURIComponent(byName.next!)}`, 'invalid_cursor'],
+    [`sort=lastSeen&order=desc&after=${encodeURIComponent(byName.next!)}`, 'invalid_cursor'],
+    [`after=${encodeURIComponent(byName.next!)}`, 'invalid_cursor'],
+    ['sort=expiry&order=desc&after=expiry~desc~eA~dev-0000000000000001', 'invalid_cursor'],
+    [`sort=name&order=desc&after=name~desc~${'='}~dev-1`, 'invalid_cursor'],
+  ] as const) {
+    await assert.rejects(
+      client.request('GET', `/v1/admin/devices?${query}`, undefined, DeviceList),
+      (e: { code: string; status?: number }) => e.code === code,
+      query,
+    );
+  }
 
   // the CLI: one JSON document with every item, whatever the page size
   const devices = await runCli('edgeid-admin', ['devices', 'list', '--json', '--data', dataDir], { cwd: work });
