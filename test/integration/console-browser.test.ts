@@ -4,7 +4,9 @@
  * console/ assets when EDGEID_TEST_BINS=dist). An operator logs in, sees the fleet, revokes a
  * device through the typed-confirmation dialog and sees the device's row change state live in
  * another tab (no reload); a call without the CSRF token is refused; logout ends the session on
- * the server; a viewer sees no action buttons and the API refuses them (forbidden_role).
+ * the server; a viewer sees no action buttons and the API refuses them (forbidden_role); the
+ * fleet is sorted by the server (sort and order controls), and a device's detail compares the
+ * last quote with its baseline PCR by PCR (equal, or differs after a refused renewal).
  *
  * The device revoked is a real agent (`edgeid-agent run` on swtpm) connected to the Mosquitto the
  * server manages (scripts/harness/revocation.ts deployment): while its row turns "revoked" in the
@@ -28,7 +30,7 @@ import { startRevocationDeployment } from '../../scripts/harness/revocation.js';
 import { extendBootPcrs, startSwtpm } from '../../scripts/harness/swtpm.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { agentCli, spawnAgent } from '../helpers/agent.js';
-import { createSoftDevice, softClient } from '../../scripts/harness/softdevice.js';
+import { createSoftDevice, renew, softClient, type SoftDevice } from '../../scripts/harness/softdevice.js';
 import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -90,12 +92,14 @@ test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHR
     await agent.exit.catch(() => null);
   });
   const client = softClient(srv.url, srv.caPem);
+  const soft: Record<string, SoftDevice> = {};
   for (const name of ['press-01', 'robot-07']) {
     const tok = await srv.admin('POST', '/v1/admin/tokens', { zone: 'line', owner: 'plant-3', name });
     const dev = createSoftDevice();
     const r = await softEnroll(dev, softEk(), client, tok.body.token);
     assert.equal(r.status, 200, JSON.stringify(r.body));
     ids[name] = dev.deviceId!;
+    soft[name] = dev;
   }
   await waitFor('the agent on the broker', () => new RegExp(`as ${ids['press-02']} `).test(d.broker.log()), 60_000);
 
@@ -245,6 +249,43 @@ test('the console in headless Chromium', { skip: !existsSync(CHROMIUM) && `${CHR
       .getByTestId('chain')
       .filter({ hasText: /chain intact \(\d+ rows\)/ })
       .waitFor();
+    await context.close();
+  });
+
+  await t.test('the server sorts the fleet; device detail compares the last quote with the baseline per PCR', async () => {
+    const { context, page } = await login(operatorToken);
+    const order = () => page.locator('tr[data-device-id]').evaluateAll((rs) => rs.map((r) => r.getAttribute('data-device-id')));
+    await page.locator('tr[data-device-id]').nth(2).waitFor();
+    assert.deepEqual(await order(), [ids['press-02'], ids['press-01'], ids['robot-07']], 'enrolled, ascending');
+    await page.getByTestId('sort').selectOption('name');
+    await page.getByTestId('order').selectOption('desc');
+    const byNameDesc = [ids['robot-07'], ids['press-02'], ids['press-01']];
+    await waitFor('sorted by name, descending', async () => JSON.stringify(await order()) === JSON.stringify(byNameDesc));
+    await page.getByTestId('order').selectOption('asc');
+    await waitFor('sorted by name, ascending', async () => JSON.stringify(await order()) === JSON.stringify([...byNameDesc].reverse()));
+
+    const compared = async () =>
+      Object.fromEntries(
+        await page
+          .getByTestId('posture')
+          .locator('tr[data-pcr]')
+          .evaluateAll((rs) => rs.map((r) => [r.getAttribute('data-pcr'), r.querySelector('[data-testid="pcr-compare"]')!.textContent])),
+      );
+    await page.goto(`${consoleUrl}#/devices/${ids['robot-07']}`);
+    await page.getByTestId('device-title').filter({ hasText: 'robot-07' }).waitFor();
+    await page.getByTestId('posture').locator('tr[data-pcr]').nth(7).waitFor();
+    const equal = Object.fromEntries(['0', '1', '2', '3', '4', '5', '6', '7'].map((p) => [p, 'equal']));
+    assert.deepEqual(await compared(), equal);
+    // a changed boot chain: the renewal is refused and the device quarantined; PCR 3 differs
+    const dev = soft['robot-07']!;
+    dev.pcrValues.set(3, Buffer.alloc(32, 0x33));
+    const r = await renew(dev, client);
+    assert.equal(r.body.error?.code, 'posture_pcr_mismatch', JSON.stringify(r.body));
+    await page.getByTestId('detail-state').filter({ hasText: 'quarantined' }).waitFor({ timeout: 15_000 });
+    await waitFor('PCR 3 differs', async () => (await compared())['3'] === 'differs');
+    assert.deepEqual(await compared(), { ...equal, '3': 'differs' });
+    const last = page.getByTestId('posture').locator('tr[data-pcr="3"] td.mono').nth(1);
+    assert.equal(await last.textContent(), '33'.repeat(32));
     await context.close();
   });
 });

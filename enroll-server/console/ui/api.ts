@@ -92,6 +92,8 @@ export interface Device {
   certificateNotAfter: string | null;
   certificates?: { serial: string; notBefore: string; notAfter: string; revokedAt: string | null; reason: string | null }[];
   eventLog?: { baselineSha256: string | null; currentSha256: string | null; diff: string[]; unchanged: number };
+  /** Device detail only: the last quote the server verified (accepted or refused), and the zone's golden values (golden mode). */
+  lastQuote?: { at: string; pcrs: Record<string, string>; golden: Record<string, string> | null } | null;
 }
 
 export interface LiveEvent {

@@ -195,7 +195,8 @@ function App() {
 
 // --- devices -------------------------------------------------------------------------------------
 
-type SortKey = 'enrolledAt' | 'name' | 'lastSeen' | 'status' | 'zone';
+/** The server's sort keys (GET /v1/admin/devices sort=…&order=…): the whole fleet is sorted, not the page on screen. */
+type SortKey = 'enrolled' | 'name' | 'lastSeen' | 'expiry';
 
 function Devices({ me }: { me: SessionInfo }) {
   const [zone, setZone] = useState('');
@@ -203,7 +204,8 @@ function Devices({ me }: { me: SessionInfo }) {
   const [stale, setStale] = useState('');
   const [posture, setPosture] = useState('');
   const [search, setSearch] = useState('');
-  const [sort, setSort] = useState<SortKey>('enrolledAt');
+  const [sort, setSort] = useState<SortKey>('enrolled');
+  const [order, setOrder] = useState<'asc' | 'desc'>('asc');
   const [cursors, setCursors] = useState<string[]>([]);
   const [rows, setRows] = useState<Device[]>([]);
   const [next, setNext] = useState<string | undefined>();
@@ -215,26 +217,22 @@ function Devices({ me }: { me: SessionInfo }) {
     setError('');
     admin
       .get<{ devices: Device[]; next?: string }>(
-        `/devices${qs({ zone, status, stale, posture, q: search.trim().slice(0, 64), limit: PAGE, after })}`,
+        `/devices${qs({ zone, status, stale, posture, q: search.trim().slice(0, 64), sort, order, limit: PAGE, after })}`,
       )
       .then((r) => {
         setRows(r.devices);
         setNext(r.next);
       })
       .catch((e) => setError(errText(e)));
-  }, [zone, status, stale, posture, search, after]);
+  }, [zone, status, stale, posture, search, sort, order, after]);
   useEffect(load, [load]);
   useLive((e) => {
     setRows((rs) => rs.map((d) => (d.id === e.device.id ? e.device : d)));
     setFlash((f) => ({ ...f, [e.device.id]: e.kind }));
   });
 
-  // filters and search run on the server (one page at a time); sorting orders the page on screen
-  const shown = useMemo(() => {
-    const list = rows;
-    const key = (d: Device) => (sort === 'name' ? (d.name ?? d.id) : sort === 'lastSeen' ? (d.lastSeen ?? '') : String(d[sort]));
-    return [...list].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0) * (sort === 'lastSeen' ? -1 : 1));
-  }, [rows, sort]);
+  // filters, search and sorting run on the server, one page at a time (the cursor carries the sort)
+  const shown = rows;
 
   const resetPaging = () => setCursors([]);
   return (
@@ -320,12 +318,32 @@ function Devices({ me }: { me: SessionInfo }) {
         </label>
         <label>
           Sort
-          <select value={sort} onChange={(e) => setSort((e.target as HTMLSelectElement).value as SortKey)}>
-            <option value="enrolledAt">enrolled</option>
+          <select
+            value={sort}
+            onChange={(e) => {
+              setSort((e.target as HTMLSelectElement).value as SortKey);
+              resetPaging();
+            }}
+            data-testid="sort"
+          >
+            <option value="enrolled">enrolled</option>
             <option value="name">name</option>
             <option value="lastSeen">last seen</option>
-            <option value="status">state</option>
-            <option value="zone">zone</option>
+            <option value="expiry">certificate expiry</option>
+          </select>
+        </label>
+        <label>
+          Order
+          <select
+            value={order}
+            onChange={(e) => {
+              setOrder((e.target as HTMLSelectElement).value as 'asc' | 'desc');
+              resetPaging();
+            }}
+            data-testid="order"
+          >
+            <option value="asc">ascending</option>
+            <option value="desc">descending</option>
           </select>
         </label>
       </div>
@@ -372,7 +390,7 @@ function Devices({ me }: { me: SessionInfo }) {
           Previous
         </button>
         <span class="muted">
-          page {cursors.length + 1}; {shown.length} of {rows.length} shown
+          page {cursors.length + 1}; {shown.length} shown
         </span>
         <button disabled={!next} onClick={() => next && setCursors((c) => [...c, next])} data-testid="next-page">
           Next
@@ -425,8 +443,17 @@ function DeviceDetail({ id, me }: { id: string; me: SessionInfo }) {
       setNotice(`${what} refused: ${errText(e)}`);
     }
   };
-  const lastMismatch = audit.find((r) => r.event === 'renew' && r.reason === 'posture_pcr_mismatch');
-  const differing = new Set(((lastMismatch?.details?.pcrs as number[] | undefined) ?? []).map(String));
+  // per PCR: the approved value (the device's baseline, else the zone's golden value) against the
+  // last quote the server verified; a golden zone also accepts the device's approved baseline
+  const quote = d.lastQuote ?? null;
+  const pcrRows = [...new Set([...Object.keys(d.baseline ?? {}), ...Object.keys(quote?.golden ?? {}), ...Object.keys(quote?.pcrs ?? {})])]
+    .sort((a, b) => Number(a) - Number(b))
+    .map((pcr) => {
+      const approved = d.baseline?.[pcr] ?? quote?.golden?.[pcr] ?? null;
+      const last = quote?.pcrs[pcr] ?? null;
+      const equal = last !== null && (last === d.baseline?.[pcr] || last === quote?.golden?.[pcr]);
+      return { pcr, approved, fromGolden: d.baseline?.[pcr] === undefined && approved !== null, last, equal };
+    });
   return (
     <section>
       <p>
@@ -526,24 +553,31 @@ function DeviceDetail({ id, me }: { id: string; me: SessionInfo }) {
       <h3>Posture</h3>
       <p class="muted">
         {d.posture}
-        {d.baselineWindowUntil ? `; baseline window open until ${fmt(d.baselineWindowUntil)}` : ''}. The last quote is compared with the
-        baseline at every renewal; a PCR marked “differs” was named by the last refused renewal.
+        {d.baselineWindowUntil ? `; baseline window open until ${fmt(d.baselineWindowUntil)}` : ''}.{' '}
+        {quote
+          ? `Last quote verified ${fmt(quote.at)} (accepted or refused), compared with the baseline PCR by PCR.`
+          : 'No quote recorded yet.'}
       </p>
       <table class="grid" data-testid="posture">
         <thead>
           <tr>
             <th>PCR</th>
             <th>Baseline (sha256)</th>
-            <th>Last quote</th>
+            <th>Last quote (sha256)</th>
+            <th>Compared</th>
           </tr>
         </thead>
         <tbody>
-          {Object.entries(d.baseline ?? {}).map(([pcr, v]) => (
-            <tr>
-              <td>{pcr}</td>
-              <td class="mono">{v}</td>
-              <td class={differing.has(pcr) && d.status === 'quarantined' ? 'bad' : ''}>
-                {differing.has(pcr) && d.status === 'quarantined' ? 'differs' : 'matches'}
+          {pcrRows.map((r) => (
+            <tr data-pcr={r.pcr}>
+              <td>{r.pcr}</td>
+              <td class="mono">
+                {r.approved ?? '—'}
+                {r.fromGolden && <span class="muted"> (zone golden value)</span>}
+              </td>
+              <td class="mono">{r.last ?? '—'}</td>
+              <td class={r.last !== null && !r.equal ? 'bad' : ''} data-testid="pcr-compare">
+                {r.last === null ? 'not quoted' : r.equal ? 'equal' : 'differs'}
               </td>
             </tr>
           ))}
