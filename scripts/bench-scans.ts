@@ -2,7 +2,7 @@
  * Cost of every query on a request or timer path at 10,000 and 100,000 devices (issue: bounded
  * unauthenticated work): the /metrics scrape, the broker reconcile's id list, housekeeping's
  * due-to-retire list, the CRL's revoked certificates, one page of the admin device and token
- * listings (first and last page), and retention's selections — each with SQLite's query plan, so
+ * listings (first and last page; the device inventory in each server-side sort), and retention's selections — each with SQLite's query plan, so
  * a full scan shows as SCAN. Rows are seeded directly through the store's database (devices with
  * two certificates each, tokens, audit rows); no TPM, no HTTP.
  *   node --import tsx scripts/bench-scans.ts [--sizes 10000,100000] [--runs 7]
@@ -13,7 +13,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createMetrics } from '../enroll-server/metrics.js';
-import { SqliteStore } from '../enroll-server/store/sqlite.js';
+import { deviceSortSql, SqliteStore } from '../enroll-server/store/sqlite.js';
+import { DEVICE_SORTS, deviceSortKey } from '../enroll-server/store/store.js';
 
 const arg = (name: string, def: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -167,6 +168,25 @@ for (const n of sizes) {
       [now - DAY],
     ],
   ];
+  // the inventory sorted by the server: a page of 1000 after a cursor in the middle of the fleet,
+  // each sort and order, with the listing's own SQL (keyset on the migration-012 indexes)
+  const newest = 'SELECT serial FROM certificates WHERE device_id = d.id ORDER BY not_after DESC LIMIT 1';
+  for (const sort of DEVICE_SORTS) {
+    for (const order of ['asc', 'desc'] as const) {
+      const mid = (await store.pageDevicesWithLastCertificate({}, { limit: Math.floor(n / 2), sort, order })).at(-1)!;
+      const page = { limit: 1001, sort, order, after: { key: deviceSortKey(mid, sort), id: mid.device.id } };
+      const sql = deviceSortSql(page, 'd');
+      cases.push([
+        `admin devices list: sort=${sort}&order=${order}, a page mid-fleet (cursor)`,
+        () => store.pageDevicesWithLastCertificate({}, page),
+        `SELECT d.*, c.serial FROM (SELECT * FROM devices d WHERE ${sql.after!.where}${sql.orderBy} LIMIT 1001) d LEFT JOIN certificates c ON c.serial = (${newest})${sql.orderBy}`,
+        sql.after!.args,
+      ]);
+    }
+  }
+  // without the cert_not_after column: the newest notAfter computed per device for every page
+  const byMax = `SELECT d.* FROM devices d ORDER BY (SELECT MAX(not_after) FROM certificates WHERE device_id = d.id), d.id LIMIT 1001`;
+  cases.push(['before: sort=expiry by a correlated MAX(notAfter), first page', async () => store.db.prepare(byMax).all(), byMax, []]);
   for (const [what, fn, sql, args] of cases) {
     const r = await time(fn);
     results.push({ what, n, ms: r.median, items: r.items, plan: plan(store, sql, ...args) });
