@@ -123,10 +123,7 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
     const p = r.session.principal;
     const u = await ctx.store.getUser(p.name);
     const now = ctx.now();
-    const gone =
-      p.via === 'token'
-        ? !u || !r.session.tokenHash || !timingSafeEqual(u.tokenHash, r.session.tokenHash)
-        : u !== null && u.disabledAt !== null;
+    const gone = p.via === 'token' ? !u || !r.session.tokenHash || !timingSafeEqual(u.tokenHash, r.session.tokenHash) : u !== null; // a single sign-on whose name became a local account's (the sign-on refuses such names)
     if (gone || (u && (u.disabledAt !== null || (u.expiresAt !== null && u.expiresAt <= now)))) {
       sessions.delete(r.key);
       throw new EdgeidError('console_session_ended', `the console session of ${p.name} ended: the account changed since the login`);
