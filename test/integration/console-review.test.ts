@@ -156,10 +156,10 @@ test('console under attack: streams after account changes, stream and session bo
     return { cookie, csrf: s.body.csrf as string };
   };
 
-  // one device per zone, and a spare one in each to revoke later
+  // devices to revoke, in both zones
   const client = softClient(info.url, ca);
   const devices: Record<string, string[]> = { a: [], b: [] };
-  for (const zone of ['a', 'b', 'a', 'b']) {
+  for (const zone of ['a', 'b', 'a', 'b', 'b']) {
     const tok = await api('POST', '/v1/admin/tokens', { zone, owner: 'line' });
     const dev = createSoftDevice();
     assert.equal((await softEnroll(dev, softEk(), client, tok.body.token)).status, 200);
@@ -192,6 +192,17 @@ test('console under attack: streams after account changes, stream and session bo
     assert.deepEqual([again.status, again.body.error.code], [401, 'console_unauthenticated'], 'and the session is gone');
   });
 
+  await t.test('a sign-out in another tab ends the open stream at the next event', async () => {
+    const s = await session(await addUser('tess', 'viewer'));
+    const stream = events(base, ca, s.cookie);
+    await stream.until(() => stream.state.ready, 'stream ready');
+    const out = await call('POST', '/console/logout', { cookie: s.cookie, csrf: s.csrf, body: {} });
+    assert.equal(out.status, 200);
+    await revoke(devices.b![1]!);
+    await stream.until(() => stream.state.ended, 'the stream to end');
+    assert.equal(stream.got.length, 0, 'the revocation did not reach a signed-out session');
+  });
+
   await t.test(`a session holds at most ${MAX_STREAMS_PER_SESSION} streams: a further one ends its oldest`, async () => {
     const s = await session(await addUser('sam', 'viewer'));
     const open: ReturnType<typeof events>[] = [];
@@ -206,7 +217,7 @@ test('console under attack: streams after account changes, stream and session bo
       [true, ...Array(MAX_STREAMS_PER_SESSION).fill(false)],
     );
     // the others still hear events
-    await revoke(devices.b![1]!);
+    await revoke(devices.b![2]!);
     for (const st of open.slice(1)) await st.until(() => st.got.length === 1, 'the revocation');
     for (const st of open) st.close();
   });
