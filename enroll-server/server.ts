@@ -212,7 +212,17 @@ function oidcConsole(cfg: OidcConfig, zones: string[]) {
   return async (app: FastifyInstance, ctx: ServerContext) => {
     registerOidcRoutes(app, {
       login,
-      startSession: (reply, principal) => startSession(reply, principal, null, { audited: true }),
+      startSession: async (reply, principal) => {
+        // a sign-on never acts as a local account: both would be the one actor user:NAME in the
+        // audit log and own the same enrollment tokens (OIDC Core §5.7: only iss + sub identify a person)
+        if (await ctx.store.getUser(principal.name))
+          throw new EdgeidError(
+            'oidc_login_refused',
+            `the single sign-on name ${principal.name} is a local account's; the provider's users need other names (oidc.usernameClaim)`,
+            { name: principal.name, subject: principal.subject },
+          );
+        await startSession(reply, principal, null, { audited: true });
+      },
       audit: (e) => auditOidcLogin(ctx, e),
     });
   };

@@ -68,6 +68,11 @@ declare module 'fastify' {
   }
 }
 
+/** Live event streams one session may hold open at once (its browser's tabs). */
+export const MAX_STREAMS_PER_SESSION = 4;
+/** Bytes an event stream may have queued for a reader that does not read before it ends. */
+const MAX_STREAM_BUFFER = 1 << 20;
+
 const sha256 = (s: string) => createHash('sha256').update(s, 'utf8').digest();
 
 export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, opts: ConsoleAppOptions): Promise<FastifyInstance> {
@@ -106,13 +111,19 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
     const r = sessions.get(sessionIdOf(req.headers.cookie), touch);
     if ('ended' in r)
       throw new EdgeidError('console_unauthenticated', r.ended === 'timeout' ? 'the console session timed out' : 'no console session');
+    await refresh(r);
+    req.consoleSession = r.session;
+    return r;
+  };
+  /**
+   * Checks a session against its user's account as it is now: a disabled, expired or rotated
+   * account ends it (console_session_ended); a token session takes the account's current role and zones.
+   */
+  const refresh = async (r: { session: ConsoleSession; key: string }): Promise<void> => {
     const p = r.session.principal;
     const u = await ctx.store.getUser(p.name);
     const now = ctx.now();
-    const gone =
-      p.via === 'token'
-        ? !u || !r.session.tokenHash || !timingSafeEqual(u.tokenHash, r.session.tokenHash)
-        : u !== null && u.disabledAt !== null;
+    const gone = p.via === 'token' ? !u || !r.session.tokenHash || !timingSafeEqual(u.tokenHash, r.session.tokenHash) : u !== null; // a single sign-on whose name became a local account's (the sign-on refuses such names)
     if (gone || (u && (u.disabledAt !== null || (u.expiresAt !== null && u.expiresAt <= now)))) {
       sessions.delete(r.key);
       throw new EdgeidError('console_session_ended', `the console session of ${p.name} ended: the account changed since the login`);
@@ -122,8 +133,6 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
       p.role = u.role;
       p.zones = u.zones ? [...u.zones] : null;
     }
-    req.consoleSession = r.session;
-    return r;
   };
   const stateChanging = (req: FastifyRequest) => req.method !== 'GET' && req.method !== 'HEAD';
   const checkCsrf = (req: FastifyRequest, s: ConsoleSession) => {
@@ -239,11 +248,14 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
   // --- live events (server-sent events, WHATWG HTML §9.2) --------------------------------------
   // open streams end before the listener closes (a close waits for its connections)
   const streams = new Set<() => void>();
+  /** Open streams per session (by its key), oldest first. */
+  const bySession = new Map<string, (() => void)[]>();
   app.addHook('preClose', async () => {
     for (const end of [...streams]) end();
   });
   app.get('/console/api/events', async (req, reply) => {
-    const { session, key } = await sessionOf(req, false);
+    const r = await sessionOf(req, false);
+    const { session, key } = r;
     req.reachedService = true;
     reply.hijack();
     const res = reply.raw;
@@ -253,31 +265,68 @@ export async function buildConsoleApp(ctx: ServerContext, cfg: ConsoleConfig, op
       'cache-control': 'no-store',
       'x-request-id': req.id,
     });
-    res.write('retry: 3000\n\n');
-    const zones = session.principal.zones;
-    const stop = await live.subscribe((ev) => {
-      if (!sessions.alive(key)) return end();
-      if (zones && !zones.includes(ev.device.zone)) return;
-      res.write(`event: device\ndata: ${JSON.stringify(ev)}\n\n`);
-    });
-    // the stream is live from here on (what happens after this line reaches the page)
-    res.write('event: ready\ndata: {}\n\n');
-    const beat = setInterval(() => {
-      if (!sessions.alive(key)) end();
-      else res.write(': keep-alive\n\n');
-    }, 15_000);
-    beat.unref();
     let ended = false;
+    let beat: NodeJS.Timeout | undefined;
+    let stop: (() => void) | null = null;
     function end() {
       if (ended) return;
       ended = true;
-      clearInterval(beat);
-      stop();
+      if (beat) clearInterval(beat);
+      stop?.();
       streams.delete(end);
+      const mine = bySession.get(key);
+      if (mine) {
+        mine.splice(mine.indexOf(end) >>> 0, 1);
+        if (mine.length === 0) bySession.delete(key);
+      }
       res.end();
     }
-    req.raw.on('close', end);
+    // a few streams per session (a browser's tabs); a further one ends the session's oldest
+    const mine = bySession.get(key) ?? [];
+    bySession.set(key, mine);
+    mine.push(end);
+    while (mine.length > MAX_STREAMS_PER_SESSION) mine[0]!();
     streams.add(end);
+    req.raw.on('close', end);
+    /** Writes unless the reader has fallen too far behind (then the stream ends; the page reconnects). */
+    const send = (text: string) => {
+      if (ended) return;
+      if (res.writableLength > MAX_STREAM_BUFFER) return end();
+      res.write(text);
+    };
+    /** The session still exists and its account has not changed in a way that ends it (disable, rotation, expiry). */
+    const valid = async () => {
+      if (!sessions.alive(key)) return false;
+      try {
+        await refresh(r);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    send('retry: 3000\n\n');
+    // events are checked and written one after the other, in the feed's order
+    let queue = Promise.resolve();
+    stop = await live.subscribe((ev) => {
+      queue = queue.then(async () => {
+        if (ended) return;
+        if (!(await valid())) return end();
+        // the principal's zones as they are now (a narrowed account hears only its new zones)
+        const zones = session.principal.zones;
+        if (zones && !zones.includes(ev.device.zone)) return;
+        send(`event: device\ndata: ${JSON.stringify(ev)}\n\n`);
+      });
+    });
+    if (ended) stop();
+    // the stream is live from here on (what happens after this line reaches the page)
+    send('event: ready\ndata: {}\n\n');
+    beat = setInterval(() => {
+      queue = queue.then(async () => {
+        if (!(await valid())) end();
+        else send(': keep-alive\n\n');
+      });
+    }, 15_000);
+    beat.unref();
   });
 
   // --- the admin API, session-authenticated ----------------------------------------------------

@@ -17,6 +17,11 @@ import type { ServerContext } from '../services/context.js';
 export const SESSION_COOKIE = '__Host-edgeid_console';
 /** Sessions kept at most; beyond, the least recently used one ends. */
 const MAX_SESSIONS = 10_000;
+/**
+ * Sessions one user keeps at most; a further login ends that user's least recently used one, so
+ * that one account's logins never push other people's sessions out of the store.
+ */
+export const MAX_SESSIONS_PER_USER = 16;
 
 /** Who a console session acts for. */
 export interface ConsolePrincipal {
@@ -52,6 +57,14 @@ export class SessionStore {
     const id = randomBytes(32).toString('base64url');
     const now = this.ctx.now();
     const session: ConsoleSession = { principal, tokenHash, csrf: randomBytes(32).toString('base64url'), createdAt: now, lastSeen: now };
+    let own = 0;
+    for (const s of this.byHash.values()) if (s.principal.name === principal.name) own++;
+    for (const [k, s] of this.byHash) {
+      if (own < MAX_SESSIONS_PER_USER) break;
+      if (s.principal.name !== principal.name) continue;
+      this.byHash.delete(k);
+      own--;
+    }
     if (this.byHash.size >= MAX_SESSIONS) {
       const oldest = this.byHash.keys().next().value;
       if (oldest !== undefined) this.byHash.delete(oldest);

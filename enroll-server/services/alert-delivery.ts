@@ -136,13 +136,20 @@ export function startAlertDelivery(ctx: ServerContext): AlertDelivery {
           },
         },
         (res) => {
-          res.resume();
-          res.on('end', () => resolve({ status: res.statusCode ?? null, error: null }));
-          res.on('error', () => resolve({ status: res.statusCode ?? null, error: null }));
+          // the status is the answer; the body is not read (a receiver trickling it would hold the queue)
+          clearTimeout(deadline);
+          resolve({ status: res.statusCode ?? null, error: null });
+          res.destroy();
         },
       );
+      // `timeout` bounds the whole attempt up to the status line and headers, not only a silent
+      // socket: a receiver sending a byte now and then must not hold every later delivery
+      const deadline = setTimeout(() => req.destroy(new Error('timed out')), cfg!.timeout * 1000);
       req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (e: NodeJS.ErrnoException) => resolve({ status: null, error: (e.code ?? e.message).slice(0, 100) }));
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(deadline);
+        resolve({ status: null, error: (e.code ?? e.message).slice(0, 100) });
+      });
       req.end(body);
     });
 

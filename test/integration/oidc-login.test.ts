@@ -679,3 +679,75 @@ test('through edgeid-server itself: a server whose config has oidc signs an oper
     'one row per sign-on, with the issuer and subject',
   );
 });
+
+test('a single sign-on never acts as a local account of the same name: refused (oidc_login_refused, 403), and a session ends when such an account appears', async (t) => {
+  const consolePort = await freePort();
+  const redirect = `http://127.0.0.1:${consolePort}/console/oidc/callback`;
+  const idp = await startProvider(redirect);
+  t.after(async () => {
+    await new Promise<void>((resolve) => idp.server.close(() => resolve()));
+    idp.server.closeAllConnections();
+  });
+  const srv = await startInProcessServer({
+    zones: { 'hall-a': {}, 'hall-b': {} },
+    console: { listen: `127.0.0.1:${consolePort}` },
+    oidc: oidcSection(idp.issuer, { redirectUri: redirect }),
+  });
+  t.after(() => srv.close());
+  const consoleApp = srv.server.consoleApp!;
+  /** One sign-on of `login` at the provider, up to the console's answer to the callback. */
+  const signOn = async (login: string) => {
+    const start = await consoleApp.inject({ method: 'GET', url: '/console/oidc/login' });
+    assert.equal(start.statusCode, 302, start.body);
+    const loginCookie = /^edgeid_oidc=([^;]*)/.exec(([] as string[]).concat(start.headers['set-cookie'] ?? []).join('\n'))?.[1];
+    assert.ok(loginCookie);
+    // the person at the provider: its login and consent pages, up to the redirect back to the console
+    const b = new Browser();
+    let url = start.headers.location as string;
+    for (let step = 0; step < 12 && !url.startsWith(redirect); step++) {
+      let r = await b.request(url);
+      if (r.status === 200) {
+        const prompt = /name="prompt" value="(login|consent)"/.exec(await r.text())?.[1];
+        assert.ok(prompt);
+        r = await b.request(url, { method: 'POST', form: prompt === 'login' ? { prompt, login, password: 'x' } : { prompt } });
+      }
+      url = new URL(r.headers.get('location')!, url).href;
+    }
+    const back = new URL(url);
+    const res = await consoleApp.inject({
+      method: 'GET',
+      url: `${back.pathname}${back.search}`,
+      headers: { cookie: `${LOGIN_COOKIE}=${loginCookie}` },
+    });
+    const session = new RegExp(`^${SESSION_COOKIE}=([^;]+)`, 'm').exec(
+      ([] as string[]).concat(res.headers['set-cookie'] ?? []).join('\n'),
+    )?.[1];
+    return { res, cookie: session ? `${SESSION_COOKIE}=${session}` : null };
+  };
+  const addLocal = async (name: string) => {
+    const r = await srv.admin('POST', '/v1/admin/users', { name, role: 'viewer', zones: ['hall-a'] });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+  };
+
+  // olga signs on; then an admin makes a local account named olga: her session ends at its next request
+  const first = await signOn('olga');
+  assert.equal(first.res.statusCode, 302, first.res.body);
+  assert.ok(first.cookie);
+  assert.equal(
+    (await consoleApp.inject({ method: 'GET', url: '/console/api/session', headers: { cookie: first.cookie } })).statusCode,
+    200,
+  );
+  await addLocal('olga');
+  const ended = await consoleApp.inject({ method: 'GET', url: '/console/api/v1/admin/devices', headers: { cookie: first.cookie } });
+  assert.deepEqual([ended.statusCode, ended.json().error.code], [401, 'console_session_ended']);
+
+  // and a new sign-on as olga is refused: no session, a refusal row naming the provider's subject
+  const again = await signOn('olga');
+  assert.deepEqual([again.res.statusCode, again.res.json().error.code], [403, 'oidc_login_refused']);
+  assert.equal(again.cookie, null, 'no session cookie');
+  const rows = (await srv.server.ctx.store.listAudit()).filter((r) => r.event === 'console.login' && r.outcome === 'fail');
+  assert.deepEqual(
+    rows.map((r) => [r.actor, r.reason, (r.details as { subject?: string }).subject]),
+    [['user:olga', 'oidc_login_refused', 'olga']],
+  );
+});

@@ -108,6 +108,62 @@ test('webhook over HTTPS: delivered with caFile; without it refused by TLS, retr
   assert.deepEqual(got, ['dlv-00000000000000a1'], 'nothing reached the receiver without a trusted chain');
 });
 
+test('webhook: a receiver that trickles its answer a byte at a time fails the attempt at `timeout` (timed out)', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-alert-delivery-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const secretFile = path.join(dir, 'secret');
+  await writeFile(secretFile, 'a-webhook-secret-of-some-length\n', { mode: 0o600 });
+  // never idle long enough for a socket timeout, never done: a header byte every 100 ms
+  const sockets = new Set<net.Socket>();
+  const receiver = net.createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => undefined);
+    s.write('HTTP/1.1 200 OK\r\nX-Slow: ');
+    const drip = setInterval(() => s.write('a'), 100);
+    s.on('close', () => {
+      clearInterval(drip);
+      sockets.delete(s);
+    });
+  });
+  await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    receiver.close();
+  });
+  const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
+  const store = new SqliteStore(path.join(dir, 'edgeid.db'));
+  t.after(() => store.close());
+  await store.commitAlerts({
+    occurrences: [occurrence('alr-00000000000000b1')],
+    state: {},
+    delivery: (a: AlertRecord) => ({
+      id: 'dlv-00000000000000b1',
+      alertId: a.id,
+      body: JSON.stringify({ type: 'alert.opened', alert: { id: a.id } }),
+      state: 'pending',
+      attempts: 0,
+      nextAt: Date.now(),
+      lastStatus: null,
+      lastError: null,
+      createdAt: Date.now(),
+      deliveredAt: null,
+    }),
+  });
+  const started = Date.now();
+  const worker = startAlertDelivery(
+    context(store, {
+      webhook: { url, secretFile, caFile: null, maxAttempts: 1, backoff: 0.02, maxBackoff: 0.05, timeout: 1 },
+      syslog: null,
+    }),
+  );
+  worker.poke();
+  const d = async () => (await store.listAlertDeliveries({ limit: 1 }))[0]!;
+  await until(async () => (await d()).state === 'failed', 'the attempt to time out');
+  await worker.close();
+  assert.deepEqual([(await d()).lastStatus, (await d()).lastError], [null, 'timed out']);
+  assert.ok(Date.now() - started < 10_000, 'within the timeout, not when the receiver stops');
+});
+
 test('syslog over TCP: RFC 6587 octet-counting frames of RFC 5424 messages', async (t) => {
   const frames: Buffer[] = [];
   const server = net.createServer((s) => s.on('data', (c: Buffer) => frames.push(c)));
