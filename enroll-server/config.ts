@@ -195,6 +195,12 @@ export interface AlertsConfig {
   caExpiryDays: number;
   /** Seconds between the time-based checks (stale devices, CA expiry). */
   checkInterval: number;
+  /**
+   * Open alerts one per-source rule (failures of a device or a network, bad tokens) may hold; beyond
+   * it, new sources count on one alert per rule and zone, so a flood from ever new addresses or
+   * device ids cannot grow the alerts or the webhook queue without bound.
+   */
+  maxOpenPerRule: number;
   webhook: AlertWebhookConfig | null;
   syslog: AlertSyslogConfig | null;
 }
@@ -566,7 +572,7 @@ const isLoopbackHost = (h: string) => h === 'localhost' || h === '[::1]' || /^12
 /** The `alerts` section; its defaults are documented in enroll-server/README.md ("Alerts"). */
 function alertsConfig(f: Field, v: unknown, zones: Record<string, ZonePolicy>, staleAfter: number, cwd: string): AlertsConfig {
   const o = v === undefined ? {} : asObject(f, v);
-  onlyKeys(f, o, ['defaults', 'zones', 'checkInterval', 'webhook', 'syslog']);
+  onlyKeys(f, o, ['defaults', 'zones', 'checkInterval', 'maxOpenPerRule', 'webhook', 'syslog']);
   const df = f.at('defaults');
   const d = o.defaults === undefined ? {} : asObject(df, o.defaults);
   onlyKeys(df, d, [...ZONE_ALERT_KEYS, 'issuance', 'caExpiryDays']);
@@ -641,6 +647,7 @@ function alertsConfig(f: Field, v: unknown, zones: Record<string, ZonePolicy>, s
     issuance,
     caExpiryDays,
     checkInterval: o.checkInterval === undefined ? 60 : duration(f.at('checkInterval'), o.checkInterval, 1, 86400),
+    maxOpenPerRule: o.maxOpenPerRule === undefined ? 200 : int(f.at('maxOpenPerRule'), o.maxOpenPerRule, 1, 100_000),
     webhook,
     syslog,
   };

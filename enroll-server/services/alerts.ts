@@ -63,6 +63,10 @@ const WINDOW_ENTRIES = 10_000;
 const MAX_WINDOWS = 100_000;
 const FLUSH_DELAY_MS = 50;
 const MINUTE = 60_000;
+/** The rules keyed by a source (a device id or a network) that anyone can make up: capped by alerts.maxOpenPerRule. */
+const PER_SOURCE: ReadonlySet<string> = new Set(['attestation_failures_device', 'attestation_failures_address', 'enrollment_bad_tokens']);
+/** The key of the alert that counts a per-source rule's sources beyond the cap, in one zone. */
+const manyKey = (zone: string | null) => `many|${zone ?? '*'}`;
 
 /** Text from our own validated values only: ids, codes, addresses; anything else becomes '?'. */
 function safe(s: unknown): string {
@@ -214,7 +218,7 @@ export class AlertEngine {
     let opened: AlertRecord[];
     try {
       opened = await this.ctx.store.commitAlerts({
-        occurrences,
+        occurrences: await this.capped(occurrences),
         state,
         ...(webhook ? { delivery: (a) => this.deliveryFor(a) } : {}),
       });
@@ -230,6 +234,58 @@ export class AlertEngine {
       this.delivery.syslog(a);
     }
     if (opened.length > 0 && webhook) this.delivery.poke();
+  }
+
+  /**
+   * A per-source rule holds at most alerts.maxOpenPerRule open alerts: once there, the events of
+   * sources without one count on a single alert per rule and zone ("many sources"), which opens
+   * once and is bumped after. Decided from the open counts before the batch plus the sources the
+   * batch itself opens; the aggregate keeps the zone, so zone-limited users still see it.
+   */
+  private async capped(occurrences: AlertOccurrence[]): Promise<AlertOccurrence[]> {
+    if (!occurrences.some((o) => o.fire && PER_SOURCE.has(o.rule))) return occurrences;
+    const cap = this.ctx.config.alerts.maxOpenPerRule;
+    const open = new Map<string, number>();
+    for (const r of await this.ctx.store.countOpenAlerts()) open.set(r.rule, (open.get(r.rule) ?? 0) + r.count);
+    const openKeys = new Map<string, Set<string>>();
+    const out: AlertOccurrence[] = [];
+    for (const o of occurrences) {
+      if (!PER_SOURCE.has(o.rule)) {
+        out.push(o);
+        continue;
+      }
+      let keys = openKeys.get(o.rule);
+      if (!keys) openKeys.set(o.rule, (keys = new Set()));
+      if (keys.has(o.key)) {
+        out.push(o);
+        continue;
+      }
+      if ((open.get(o.rule) ?? 0) + keys.size < cap) {
+        // (a source whose alert is open already is counted twice here: the cap errs low)
+        if (o.fire) keys.add(o.key);
+        out.push(o);
+        continue;
+      }
+      // at the cap: a source whose alert is open keeps counting on it (the store bumps it)
+      if (await this.isOpen(o.rule, o.key)) {
+        out.push(o);
+        continue;
+      }
+      out.push({
+        ...o,
+        key: manyKey(o.zone),
+        deviceId: null,
+        address: null,
+        summary: `more than ${cap} sources at once; the latest: ${o.summary}`.slice(0, 500),
+        openCount: o.bumpBy,
+      });
+    }
+    return out;
+  }
+
+  private async isOpen(rule: string, key: string): Promise<boolean> {
+    const [a] = await this.ctx.store.listAlerts({ state: 'open', rule, key }, { limit: 1 });
+    return a !== undefined;
   }
 
   private deliveryFor(a: AlertRecord): AlertDeliveryRecord {

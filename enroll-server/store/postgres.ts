@@ -1399,6 +1399,10 @@ export class PostgresStore implements Store {
       where.push('rule = ?');
       args.push(f.rule);
     }
+    if (f.key !== undefined) {
+      where.push('alert_key = ?');
+      args.push(f.key);
+    }
     if (f.zones) {
       where.push('zone = ANY(?)');
       args.push(f.zones);

@@ -1315,6 +1315,10 @@ export class SqliteStore implements Store {
       where.push('rule = ?');
       args.push(f.rule);
     }
+    if (f.key !== undefined) {
+      where.push('alert_key = ?');
+      args.push(f.key);
+    }
     if (f.zones) {
       where.push(f.zones.length === 0 ? '1 = 0' : `zone IN (${f.zones.map(() => '?').join(', ')})`);
       args.push(...f.zones);

@@ -318,6 +318,8 @@ export interface AlertFilter {
   state?: 'open' | 'acknowledged';
   deviceId?: string;
   rule?: string;
+  /** Only the alert of this key (the device id, the source network, … that the rule counts by). */
+  key?: string;
   /** Only alerts whose zone is one of these (alerts without a zone are left out). */
   zones?: string[];
 }

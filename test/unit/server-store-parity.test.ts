@@ -550,6 +550,10 @@ async function scenario(s: Store): Promise<unknown[]> {
     (await s.listAlerts({ zones: ['b'] }, { limit: 10 })).map((a) => a.id),
   );
   rec(
+    'alerts.key',
+    (await s.listAlerts({ state: 'open', rule: 'renewal_failures', key: 'dev-2' }, { limit: 10 })).map((a) => a.id),
+  );
+  rec(
     'alerts.page',
     (await s.listAlerts({}, { after: { time: NOW + 1, id: 'alr-2' }, limit: 10 })).map((a) => a.id),
   );
@@ -620,6 +624,7 @@ test('every Store operation answers the same on SQLite and on PostgreSQL', async
   assert.deepEqual(get('alerts.reopen'), ['alr-3']);
   assert.deepEqual(get('alerts.state'), { cursor: '42', 'window:dev-1': '[1,2]' });
   assert.deepEqual(get('alerts.due'), ['dl-alr-1', 'dl-alr-2']);
+  assert.deepEqual(get('alerts.key'), ['alr-2']);
   assert.deepEqual(get('audit.newest'), [8, 7, 6]);
   assert.deepEqual(get('token.expire'), [true, false]);
   assert.deepEqual(get('ids.search'), ['dev-0000000000000003']);
