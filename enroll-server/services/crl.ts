@@ -57,7 +57,10 @@ export class CrlService {
 
   private async build(why: string): Promise<CrlData> {
     const { ctx } = this;
-    const number = BigInt((await ctx.store.getMeta('crl_number')) ?? '0') + 1n;
+    // two numbers (the short- and the long-lived CRL), reserved in the store before anything is
+    // built: a CRL number never repeats (RFC 5280 §5.2.3), also across several server instances
+    // on one database; a build that fails leaves a gap, which RFC 5280 allows
+    const number = await ctx.store.nextCrlNumbers(2);
     const entries: { serial: string; revokedAt: Date; reason: RevokeReason }[] = (await ctx.store.listRevokedUnexpired(ctx.now())).map(
       (c) => ({
         serial: c.serial,
@@ -94,10 +97,9 @@ export class CrlService {
     // several CRLs in one PEM file: Mosquitto's crlfile loads them all (X509_load_crl_file, PEM)
     const crl: CrlData = short[at]!;
     const longLived: CrlData = { ...long[at]!, pem: long.map((c) => c.pem).join('') };
-    // the number is spent first (a CRL number never repeats, RFC 5280 §5.2.3), then the CRLs are
-    // served from memory; if the files cannot be written (data dir full or read-only) they stay
-    // as they were, the error goes to the caller, and the next get() builds and writes again
-    await ctx.store.setMeta('crl_number', (number + 1n).toString());
+    // the CRLs are served from memory; if the files cannot be written (data dir full or
+    // read-only) they stay as they were, the error goes to the caller, and the next get() builds
+    // and writes again (with new numbers)
     this.byIssuer = new Map(issuers.map((i, k) => [i.name, short[k]!]));
     this.current = crl;
     this.longLived = longLived;

@@ -450,6 +450,19 @@ export class PostgresStore implements Store {
     await this.setMetaIn(key, value);
   }
 
+  async nextCrlNumbers(count: number): Promise<bigint> {
+    // one statement: the upsert takes the row lock, so concurrent instances queue on it and each
+    // reads the value the previous one committed (numeric: a number past 2^63 still adds up)
+    const r = (
+      await this.q(
+        `INSERT INTO meta (key, value) VALUES ('crl_number', (?::int)::text)
+         ON CONFLICT (key) DO UPDATE SET value = (meta.value::numeric + ?::int)::text RETURNING value`,
+        [count, count],
+      )
+    )[0]!;
+    return BigInt(String(r.value)) - BigInt(count) + 1n;
+  }
+
   async createToken(t: TokenRecord, audit: AuditInput): Promise<void> {
     await this.tx(async (c) => {
       await this.q(
