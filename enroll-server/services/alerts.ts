@@ -108,13 +108,17 @@ export class AlertEngine {
   readonly delivery: DeliveryWorker;
 
   private constructor(private readonly ctx: ServerContext) {
-    this.gauge = registerAlertGauge(ctx.metrics.registry, async () => {
-      const rows = await ctx.store.countOpenAlerts();
-      const out = new Map<string, { rule: string; severity: string; count: number }>();
-      for (const r of ALERT_RULES) out.set(`${r}|${RULE_SEVERITY[r]}`, { rule: r, severity: RULE_SEVERITY[r], count: 0 });
-      for (const r of rows) out.set(`${r.rule}|${r.severity}`, r);
-      return [...out.values()];
-    });
+    // an engine started again (this instance became the leader again, services/leader.ts) keeps the gauge registered first
+    const known = ctx.metrics.registry.getSingleMetric('edgeid_alerts_open') as Gauge<'rule' | 'severity'> | undefined;
+    this.gauge =
+      known ??
+      registerAlertGauge(ctx.metrics.registry, async () => {
+        const rows = await ctx.store.countOpenAlerts();
+        const out = new Map<string, { rule: string; severity: string; count: number }>();
+        for (const r of ALERT_RULES) out.set(`${r}|${RULE_SEVERITY[r]}`, { rule: r, severity: RULE_SEVERITY[r], count: 0 });
+        for (const r of rows) out.set(`${r.rule}|${r.severity}`, r);
+        return [...out.values()];
+      });
     this.delivery = startAlertDelivery(ctx);
   }
 

@@ -228,9 +228,14 @@ export class PostgresStore implements Store {
   /** The schema version the database was at when opened, and the one it is at now. */
   schema: { from: number; to: number } = { from: 0, to: 0 };
 
+  private readonly connectionString: string;
+  private readonly connectTimeoutMs: number;
+
   private constructor(opts: PostgresStoreOptions) {
+    this.connectionString = withPassword(opts.url, opts.password);
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 5000;
     this.pool = new pg.Pool({
-      connectionString: withPassword(opts.url, opts.password),
+      connectionString: this.connectionString,
       max: opts.poolSize ?? 10,
       connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       idleTimeoutMillis: 30_000,
@@ -243,6 +248,21 @@ export class PostgresStore implements Store {
     // pg_terminate_backend) emits 'error' on the client: without a listener that would end the
     // process (https://node-postgres.com/apis/pool#error); the statement in flight fails on its own
     this.pool.on('connect', (client) => client.on('error', (e) => opts.onError?.(e)));
+  }
+
+  /**
+   * A new connection outside the pool, not connected yet, with the pool's settings and TCP
+   * keepalives on (a session that must stay open, e.g. one holding a session advisory lock:
+   * services/leader.ts). The caller connects, listens for 'error' and ends it.
+   */
+  sessionClient(): pg.Client {
+    return new pg.Client({
+      connectionString: this.connectionString,
+      connectionTimeoutMillis: this.connectTimeoutMs,
+      application_name: 'edgeid-server leader',
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
   }
 
   /** Connects, brings the schema to the newest migration (once, whichever instance comes first) and returns the store. */
