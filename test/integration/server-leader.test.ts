@@ -15,84 +15,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { cp, writeFile } from 'node:fs/promises';
-import https from 'node:https';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { tmpDir } from '../../scripts/harness/fs.js';
-import { startServerProcess, type ServerProcess } from '../../scripts/harness/server.js';
+import type { ServerProcess } from '../../scripts/harness/server.js';
 import { createSoftDevice, enrollStartBody, softClient } from '../../scripts/harness/softdevice.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { runCli } from '../helpers/cli.js';
-import { freshPostgresDatabase, usePostgres } from '../helpers/stores.js';
+import { LEADER_INTERVAL, oneLeader, serversOnOneDatabase } from '../helpers/multi.js';
+import { usePostgres } from '../helpers/stores.js';
 
 usePostgres();
 
-/** Seconds between leadership attempts in this test (the default is 10). */
-const LEADER_INTERVAL = 1;
-
-export async function threeServers(t: import('node:test').TestContext, extra: Record<string, unknown> = {}): Promise<ServerProcess[]> {
-  const url = await freshPostgresDatabase();
-  const config = {
-    store: { url, poolSize: 4 },
-    leaderInterval: LEADER_INTERVAL,
-    rateLimit: {
-      perAddress: { max: 1_000_000, window: 60 },
-      enroll: { max: 1_000_000, window: 60 },
-      renew: { max: 1_000_000, window: 60 },
-      admin: { max: 1_000_000, window: 60 },
-    },
-    zones: { default: { lifetime: 3600 } },
-    ek: { requireEkCertificate: false },
-    ...extra,
-  };
-  const first = await startServerProcess({ dataDir: path.join(await tmpDir('edgeid-lead-0-', t), 'data'), config });
-  t.after(() => first.close());
-  const all = [first];
-  for (let i = 1; i < 3; i++) {
-    const dir = path.join(await tmpDir(`edgeid-lead-${i}-`, t), 'data');
-    await cp(path.join(first.dataDir, 'ca'), path.join(dir, 'ca'), { recursive: true });
-    await cp(path.join(first.dataDir, 'admin-token'), path.join(dir, 'admin-token'));
-    const s = await startServerProcess({ dataDir: dir, config });
-    t.after(() => s.close());
-    all.push(s);
-  }
-  return all;
-}
-
-/** The edgeid_leader gauge of one instance (null: not answering). */
-export function leaderGauge(s: ServerProcess): Promise<number | null> {
-  return new Promise((resolve) => {
-    const req = https.get(new URL('/metrics', s.url), { ca: s.caPem, timeout: 5000 }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => {
-        const m = /^edgeid_leader (\d+)$/m.exec(text);
-        resolve(res.statusCode === 200 && m ? Number(m[1]) : null);
-      });
-      res.on('error', () => resolve(null));
-    });
-    req.on('error', () => resolve(null));
-    req.on('timeout', () => req.destroy());
-  });
-}
-
-/** Waits until exactly one of `servers` reports itself the leader and the rest report 0; returns it. */
-export async function oneLeader(servers: ServerProcess[], timeoutMs = 30_000): Promise<ServerProcess> {
-  return waitFor(
-    'exactly one leader',
-    async () => {
-      const g = await Promise.all(servers.map(leaderGauge));
-      if (g.some((v) => v === null)) return null;
-      const leaders = servers.filter((_, i) => g[i] === 1);
-      return leaders.length === 1 ? leaders[0]! : null;
-    },
-    { timeoutMs },
-  );
-}
-
 test('three instances on one PostgreSQL database: one leader, one alert with the right count, distinct CRL numbers, backup refused; kill -9 of the leader moves the leadership', async (t) => {
-  const servers = await threeServers(t, {
+  const servers = await serversOnOneDatabase(t, 3, {
     audit: { aggregateRefusals: false },
     alerts: { defaults: { badTokens: { count: 4, window: '10m' } } },
   });

@@ -1,0 +1,103 @@
+/**
+ * Renewal races across three real edgeid-server processes on one PostgreSQL database: every round
+ * one device presents the same renewal nonce to two instances at the same moment (the pair
+ * rotates over the three, and several devices race at once, so the load is spread over all
+ * three). Every round exactly one renewal succeeds and the other is refused with a 4xx and its
+ * code, never a 5xx; afterwards the device renews on with the winner's nonce. Then a device
+ * revoked on one instance is refused renewal on the other two at once (device_revoked), and
+ * `edgeid-admin audit verify` accepts the one audit chain on every instance, whose renew rows
+ * are exactly the successful renewals.
+ *
+ * EDGEID_RACE_ROUNDS sets the rounds (default 200); EDGEID_RACE_DEVICES the devices racing at
+ * once (default 5). The enrollment-token race is in server-multi-instance.test.ts.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createToken } from '../../scripts/harness/server.js';
+import { createSoftDevice, renew, softClient, type SoftDevice } from '../../scripts/harness/softdevice.js';
+import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
+import { runCli } from '../helpers/cli.js';
+import { serversOnOneDatabase } from '../helpers/multi.js';
+import { usePostgres } from '../helpers/stores.js';
+
+usePostgres();
+
+const ROUNDS = Number(process.env.EDGEID_RACE_ROUNDS ?? 200);
+const PARALLEL = Number(process.env.EDGEID_RACE_DEVICES ?? 5);
+
+test(`three instances: the same renewal nonce sent to two of them at once renews exactly once (${ROUNDS} rounds); a revoke on one is refused on all; one audit chain`, async (t) => {
+  const servers = await serversOnOneDatabase(t, 3);
+  const clients = servers.map((s) => softClient(s.url, s.caPem));
+  t.after(() => clients.forEach((c) => c.close()));
+
+  const devices: SoftDevice[] = [];
+  for (let i = 0; i < PARALLEL + 1; i++) {
+    const { token } = await createToken(servers[i % 3]!);
+    const dev = createSoftDevice();
+    const r = await softEnroll(dev, softEk(), clients[i % 3]!, token);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    devices.push(dev);
+  }
+  const racers = devices.slice(0, PARALLEL);
+
+  const refusals: Record<string, number> = {};
+  const wins = [0, 0, 0];
+  let renewed = 0;
+  for (let round = 0; round < ROUNDS; round += PARALLEL) {
+    await Promise.all(
+      racers.slice(0, Math.min(PARALLEL, ROUNDS - round)).map(async (dev, k) => {
+        const n = round + k;
+        const a = n % 3;
+        const b = (n + 1) % 3;
+        const nonce = dev.nonce!;
+        const [ra, rb] = await Promise.all([renew(dev, clients[a]!, { nonce }), renew(dev, clients[b]!, { nonce })]);
+        const ok = [ra, rb].filter((r) => r.status === 200);
+        assert.equal(
+          ok.length,
+          1,
+          `round ${n}: exactly one renewal (${ra.status} ${JSON.stringify(ra.body)} / ${rb.status} ${JSON.stringify(rb.body)})`,
+        );
+        const lost = ra.status === 200 ? rb : ra;
+        assert.ok(lost.status >= 400 && lost.status < 500, `round ${n}: the other is refused with a 4xx, not ${lost.status}`);
+        const code = (lost.body as { error?: { code?: string } }).error?.code;
+        assert.ok(code, `round ${n}: the refusal has a code`);
+        refusals[code] = (refusals[code] ?? 0) + 1;
+        wins[ra.status === 200 ? a : b]!++;
+        renewed++;
+      }),
+    );
+  }
+  t.diagnostic(`refusals of the losing renewal: ${JSON.stringify(refusals)}; wins per instance: ${wins.join('/')}`);
+  assert.equal(renewed, ROUNDS);
+  // the nonce a race spent is spent on every instance; the winner's new nonce works anywhere
+  for (const [i, dev] of racers.entries()) {
+    const r = await renew(dev, clients[i % 3]!);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    renewed++;
+  }
+
+  // revoked on one instance, refused on the other two at once
+  const victim = devices[PARALLEL]!;
+  const revoked = await servers[0]!.admin('POST', `/v1/admin/devices/${victim.deviceId}/revoke`, { reason: 'key-compromise' });
+  assert.equal(revoked.status, 200, JSON.stringify(revoked.body));
+  const after = await Promise.all([renew(victim, clients[1]!), renew(victim, clients[2]!)]);
+  for (const r of after) assert.deepEqual([r.status, r.body.error?.code], [403, 'device_revoked'], JSON.stringify(r.body));
+
+  // one chain, verified from every instance by edgeid-admin
+  for (const s of servers) {
+    const v = await runCli('edgeid-admin', ['audit', 'verify', '--data', s.dataDir, '--json']);
+    assert.equal(v.code, 0, v.stderr);
+    assert.equal(JSON.parse(v.stdout.toString()).ok, true, v.stdout.toString());
+  }
+  // exactly one ok renew row per successful renewal (a lost race wrote none)
+  let okRows = 0;
+  for (const dev of racers) {
+    const r = await servers[2]!.admin<{ rows: { event: string; outcome: string }[] }>(
+      'GET',
+      `/v1/admin/audit?deviceId=${dev.deviceId}&limit=10000`,
+    );
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    okRows += r.body.rows.filter((x) => x.event === 'renew' && x.outcome === 'ok').length;
+  }
+  assert.equal(okRows, renewed);
+});
