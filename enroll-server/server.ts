@@ -14,7 +14,7 @@ import { buildApp } from './http/app.js';
 import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
 import { adoptBootstrapAdmin } from './services/users.js';
-import { AlertEngine } from './services/alerts.js';
+import { AlertEngine, openAlertsGauge } from './services/alerts.js';
 import { applyRetention } from './services/retention.js';
 import { Leadership } from './services/leader.js';
 import { readWebhookSecret } from './services/alert-delivery.js';
@@ -89,6 +89,7 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     // when this instance becomes it; the secret file is checked here all the same.
     if (store instanceof PostgresStore) {
       if (config.alerts.webhook) readWebhookSecret(config.alerts.webhook.secretFile);
+      openAlertsGauge(ctx);
     } else ctx.alerts = await AlertEngine.start(ctx, { periodic: opts.housekeeping ?? true });
   } catch (e) {
     ctx.auditFeed.close();

@@ -44,22 +44,25 @@ export async function serversOnOneDatabase(t: TestContext, n: number, extra: Rec
   return all;
 }
 
-/** The edgeid_leader gauge of one instance (null: not answering). */
-export function leaderGauge(s: ServerProcess): Promise<number | null> {
+/** GET /metrics of one instance (null: not answering). */
+export function metricsText(s: ServerProcess): Promise<string | null> {
   return new Promise((resolve) => {
     const req = https.get(new URL('/metrics', s.url), { ca: s.caPem, timeout: 5000 }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (text += c));
-      res.on('end', () => {
-        const m = /^edgeid_leader (\d+)$/m.exec(text);
-        resolve(res.statusCode === 200 && m ? Number(m[1]) : null);
-      });
+      res.on('end', () => resolve(res.statusCode === 200 ? text : null));
       res.on('error', () => resolve(null));
     });
     req.on('error', () => resolve(null));
     req.on('timeout', () => req.destroy());
   });
+}
+
+/** The edgeid_leader gauge of one instance (null: not answering). */
+export async function leaderGauge(s: ServerProcess): Promise<number | null> {
+  const m = /^edgeid_leader (\d+)$/m.exec((await metricsText(s)) ?? '');
+  return m ? Number(m[1]) : null;
 }
 
 /** Waits until exactly one of `servers` reports itself the leader and the rest report 0; returns it. */

@@ -22,7 +22,7 @@ import type { ServerProcess } from '../../scripts/harness/server.js';
 import { createSoftDevice, enrollStartBody, softClient } from '../../scripts/harness/softdevice.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { runCli } from '../helpers/cli.js';
-import { LEADER_INTERVAL, oneLeader, serversOnOneDatabase } from '../helpers/multi.js';
+import { LEADER_INTERVAL, metricsText, oneLeader, serversOnOneDatabase } from '../helpers/multi.js';
 import { usePostgres } from '../helpers/stores.js';
 
 usePostgres();
