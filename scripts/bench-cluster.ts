@@ -17,11 +17,13 @@
  *     --concurrency L   closed-loop levels, renewals in flight over all clients (default 6,24,96)
  *     --seconds S       duration of each level (default 15)
  *     --quick           < 2 minutes: 48 devices, levels 24, 4 s
+ * CPU per renewal from /proc/PID/stat: the edgeid-server processes, and PostgreSQL's postmaster
+ * with its backends (a backend that ended during a level is not counted).
  * Prints a markdown table for BENCHMARKS.md; exit code 1 when any renewal failed or a server died.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { cp } from 'node:fs/promises';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -76,6 +78,32 @@ function procCpuMs(pid: number): number {
   }
 }
 
+/** The postmaster listening on `port` and its children (the backends): their CPU so far, summed. */
+function postgresCpuMs(port: number): number {
+  const procs = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  let master = 0;
+  for (const p of procs) {
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if (path.basename(argv[0] ?? '') === 'postgres' && argv.includes('-p') && argv[argv.indexOf('-p') + 1] === String(port))
+        master = Number(p);
+    } catch {
+      /* gone */
+    }
+  }
+  if (!master) return NaN;
+  let total = procCpuMs(master);
+  for (const p of procs) {
+    try {
+      const f = readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      if (Number(f[1]) === master) total += (Number(f[11]) + Number(f[12])) * TICK_MS;
+    } catch {
+      /* gone */
+    }
+  }
+  return total;
+}
+
 interface Setup {
   name: string;
   instances: number;
@@ -89,6 +117,8 @@ interface Row {
   p50: number;
   p99: number;
   cpuPer: number;
+  /** PostgreSQL's CPU (postmaster and backends) per renewal; NaN on SQLite. */
+  dbCpuPer: number;
   errors: number;
   firstFailure: string | null;
 }
@@ -160,6 +190,7 @@ async function runSetup(
     const split = (total: number, k: number) => Math.floor(total / o.nClients) + (k < total % o.nClients ? 1 : 0);
     for (const level of o.levels) {
       const c0 = pids.reduce((a, p) => a + procCpuMs(p), 0);
+      const d0 = s.store === 'postgres' ? postgresCpuMs(o.pg!.port) : NaN;
       const rs = (await Promise.all(
         children.map((c, k) => {
           const p = waitMsg(c);
@@ -168,6 +199,7 @@ async function runSetup(
         }),
       )) as PhaseResult[];
       const cpu = pids.reduce((a, p) => a + procCpuMs(p), 0) - c0;
+      const dbCpu = s.store === 'postgres' ? postgresCpuMs(o.pg!.port) - d0 : NaN;
       if (!Number.isFinite(cpu)) throw new Error(`${s.name}: a server died during the load`);
       const lat = rs.flatMap((r) => r.lat).sort((a, b) => a - b);
       const ok = rs.reduce((a, r) => a + r.ok, 0);
@@ -179,6 +211,7 @@ async function runSetup(
         p50: pctl(lat, 50),
         p99: pctl(lat, 99),
         cpuPer: cpu / Math.max(1, ok),
+        dbCpuPer: dbCpu / Math.max(1, ok),
         errors,
         firstFailure: rs.find((r) => r.firstFailure)?.firstFailure ?? null,
       };
@@ -230,10 +263,14 @@ async function main(): Promise<number> {
       `Renewals, closed loop, ${nDevices} software devices, ${nClients} load processes (client k → instance k mod N), ${phaseMs / 1000} s per level; PostgreSQL 15 on the same machine (fsync on).`,
     );
     console.log('');
-    console.log('| setup | in flight | renewals/s | p50 ms | p99 ms | server CPU ms/renewal (all instances) | errors |');
-    console.log('|---|---:|---:|---:|---:|---:|---:|');
+    console.log(
+      '| setup | in flight | renewals/s | p50 ms | p99 ms | server CPU ms/renewal (all instances) | PostgreSQL CPU ms/renewal | errors |',
+    );
+    console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
     for (const r of rows)
-      console.log(`| ${r.setup.name} | ${r.level} | ${f0(r.rate)} | ${f1(r.p50)} | ${f1(r.p99)} | ${f1(r.cpuPer)} | ${r.errors} |`);
+      console.log(
+        `| ${r.setup.name} | ${r.level} | ${f0(r.rate)} | ${f1(r.p50)} | ${f1(r.p99)} | ${f1(r.cpuPer)} | ${f1(r.dbCpuPer)} | ${r.errors} |`,
+      );
     const best = (name: string) => Math.max(...rows.filter((r) => r.setup.name === name).map((r) => r.rate));
     console.log('');
     console.log(
