@@ -4,7 +4,8 @@
  * rotates over the three, and several devices race at once, so the load is spread over all
  * three). Every round exactly one renewal succeeds and the other is refused with a 4xx and its
  * code, never a 5xx; afterwards the device renews on with the winner's nonce. Then a device
- * revoked on one instance is refused renewal on the other two at once (device_revoked), and
+ * revoked on one instance is refused renewal on the other two at once (device_revoked) and is in
+ * the CRL each of them serves within PEER_CHECK_MS (services/crl.ts), and
  * `edgeid-admin audit verify` accepts the one audit chain on every instance, whose renew rows
  * are exactly the successful renewals.
  *
@@ -13,14 +14,36 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createToken } from '../../scripts/harness/server.js';
-import { createSoftDevice, renew, softClient, type SoftDevice } from '../../scripts/harness/softdevice.js';
+import https from 'node:https';
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { PEER_CHECK_MS } from '../../enroll-server/services/crl.js';
+import { createToken, type ServerProcess } from '../../scripts/harness/server.js';
+import { certificateSerial, createSoftDevice, renew, softClient, type SoftDevice } from '../../scripts/harness/softdevice.js';
+import { waitFor } from '../../scripts/harness/wait.js';
 import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
 import { runCli } from '../helpers/cli.js';
 import { serversOnOneDatabase } from '../helpers/multi.js';
 import { usePostgres } from '../helpers/stores.js';
 
 usePostgres();
+
+/** The serials GET /v1/crl of one instance lists (lower-case hex). */
+function crlSerials(s: ServerProcess): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    https
+      .get(new URL('/v1/crl?format=pem', s.url), { ca: s.caPem }, (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          if (res.statusCode !== 200) return reject(new Error(`GET /v1/crl: ${res.statusCode} ${text}`));
+          resolve(new x509.X509Crl(text).entries.map((e) => e.serialNumber.toLowerCase().replace(/^(00)+(?=[0-9a-f]{32}$)/, '')));
+        });
+      })
+      .on('error', reject);
+  });
+}
 
 const ROUNDS = Number(process.env.EDGEID_RACE_ROUNDS ?? 200);
 const PARALLEL = Number(process.env.EDGEID_RACE_DEVICES ?? 5);
@@ -82,6 +105,14 @@ test(`three instances: the same renewal nonce sent to two of them at once renews
   assert.equal(revoked.status, 200, JSON.stringify(revoked.body));
   const after = await Promise.all([renew(victim, clients[1]!), renew(victim, clients[2]!)]);
   for (const r of after) assert.deepEqual([r.status, r.body.error?.code], [403, 'device_revoked'], JSON.stringify(r.body));
+  // and its certificate is in the CRL every instance serves, within PEER_CHECK_MS of the revoke
+  const serial = certificateSerial(victim.certificate!);
+  for (const s of servers) {
+    const t0 = Date.now();
+    await waitFor(`the revoked serial in the CRL of ${s.url}`, async () => (await crlSerials(s)).includes(serial), 10_000);
+    const took = Date.now() - t0;
+    assert.ok(took <= PEER_CHECK_MS + 1000, `${s.url} served the CRL with the revocation after ${took} ms`);
+  }
 
   // one chain, verified from every instance by edgeid-admin
   for (const s of servers) {
