@@ -95,6 +95,11 @@ export interface ServerConfig {
   baselineWindow: number;
   housekeepingInterval: number;
   /**
+   * Seconds between an instance's attempts to become the leader on a shared PostgreSQL database
+   * (services/leader.ts): a dead leader's work moves to another instance within this time.
+   */
+  leaderInterval: number;
+  /**
    * perAddress: every route, per source address, counted at onRequest (before any parsing or
    * validation); enroll / renew / admin: the per-route limits on top of it.
    */
@@ -717,6 +722,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'staleAfter',
     'baselineWindow',
     'housekeepingInterval',
+    'leaderInterval',
     'rateLimit',
     'mqtt',
     'broker',
@@ -878,6 +884,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     baselineWindow: o.baselineWindow === undefined ? 86400 : duration(root.at('baselineWindow'), o.baselineWindow, 10, 30 * 86400),
     housekeepingInterval:
       o.housekeepingInterval === undefined ? 60 : duration(root.at('housekeepingInterval'), o.housekeepingInterval, 1, 86400),
+    leaderInterval: o.leaderInterval === undefined ? 10 : duration(root.at('leaderInterval'), o.leaderInterval, 1, 3600),
     rateLimit: {
       perAddress: rate(root.at('rateLimit').at('perAddress'), rl.perAddress, { max: 1200, window: 60 }),
       enroll: rate(root.at('rateLimit').at('enroll'), rl.enroll, { max: 30, window: 60 }),

@@ -15,11 +15,14 @@ import { buildConsoleApp } from './console/app.js';
 import { reconcileBroker } from './services/broker.js';
 import { housekeeping } from './services/devices.js';
 import { adoptBootstrapAdmin } from './services/users.js';
-import { AlertEngine } from './services/alerts.js';
+import { AlertEngine, openAlertsGauge } from './services/alerts.js';
 import { auditOidcLogin, OidcLogin, registerOidcRoutes } from './console/oidc.js';
 import { startSession } from './console/sessions.js';
 import type { OidcConfig } from './config.js';
 import { applyRetention } from './services/retention.js';
+import { Leadership } from './services/leader.js';
+import { readWebhookSecret } from './services/alert-delivery.js';
+import { PostgresStore } from './store/postgres.js';
 
 export { DATA_FILES };
 
@@ -94,8 +97,13 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
     admin = loadOrCreateAdminToken(config.dataDir);
     // the admin token is the bootstrap admin user (a data dir from before personal accounts too)
     await adoptBootstrapAdmin(ctx, admin.hash);
-    // the alert rules follow the audit feed from their committed cursor (a bad webhook secret file fails the start)
-    ctx.alerts = await AlertEngine.start(ctx, { periodic: opts.housekeeping ?? true });
+    // the alert rules follow the audit feed from their committed cursor (a bad webhook secret file
+    // fails the start). On PostgreSQL they run on the leader only (services/leader.ts), started
+    // when this instance becomes it; the secret file is checked here all the same.
+    if (store instanceof PostgresStore) {
+      if (config.alerts.webhook) readWebhookSecret(config.alerts.webhook.secretFile);
+      openAlertsGauge(ctx);
+    } else ctx.alerts = await AlertEngine.start(ctx, { periodic: opts.housekeeping ?? true });
   } catch (e) {
     ctx.auditFeed.close();
     await ctx.broker?.close();
@@ -133,6 +141,38 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
 
   let timer: NodeJS.Timeout | null = null;
   let consoleUp = false;
+  let leadership: Leadership | null = null;
+  const periodic = opts.housekeeping ?? true;
+  // the periodic work, on the one leader among the instances sharing the database
+  const leaderWork = {
+    async gain() {
+      if (store instanceof PostgresStore && !ctx.alerts) ctx.alerts = await AlertEngine.start(ctx, { periodic });
+      if (ctx.broker && config.broker?.reconcileOnStart) {
+        // In the background: a broker that is down must not keep the server from starting (it
+        // heals on the next reconcile; the failure is audited).
+        void reconcileBroker(ctx, { actor: 'server', ip: null }).catch((e: unknown) =>
+          log.warn({ err: (e as Error).message }, 'broker reconcile at start failed'),
+        );
+      }
+      if (periodic && !timer) {
+        timer = setInterval(() => {
+          housekeeping(ctx)
+            .then(() => applyRetention(ctx))
+            .catch((e) => log.error({ err: e }, 'housekeeping failed'));
+        }, config.housekeepingInterval * 1000);
+        timer.unref();
+      }
+    },
+    async lose() {
+      if (timer) clearInterval(timer);
+      timer = null;
+      if (store instanceof PostgresStore && ctx.alerts) {
+        const a = ctx.alerts;
+        ctx.alerts = undefined;
+        await a.close();
+      }
+    },
+  };
   return {
     app,
     consoleApp,
@@ -143,21 +183,12 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
       const addr = app.server.address() as AddressInfo;
       boundPort = addr.port;
       await ctx.crl.get();
-      if (ctx.broker && config.broker?.reconcileOnStart) {
-        // In the background: a broker that is down must not keep the server from starting (it
-        // heals on the next reconcile; the failure is audited).
-        void reconcileBroker(ctx, { actor: 'server', ip: null }).catch((e: unknown) =>
-          log.warn({ err: (e as Error).message }, 'broker reconcile at start failed'),
-        );
-      }
-      if (opts.housekeeping ?? true) {
-        timer = setInterval(() => {
-          housekeeping(ctx)
-            .then(() => applyRetention(ctx))
-            .catch((e) => log.error({ err: e }, 'housekeeping failed'));
-        }, config.housekeepingInterval * 1000);
-        timer.unref();
-      }
+      leadership = await Leadership.start(
+        ctx,
+        store instanceof PostgresStore ? () => store.sessionClient() : null,
+        leaderWork,
+        config.leaderInterval * 1000,
+      );
       let consoleUrl: string | undefined;
       if (consoleApp && config.console) {
         const c = config.console;
@@ -190,6 +221,7 @@ export async function createServer(opts: CreateServerOptions): Promise<EdgeidSer
       return info;
     },
     async close() {
+      await leadership?.close();
       if (timer) clearInterval(timer);
       // a console app that never listened never booted: nothing to close (closing would boot it first)
       if (consoleApp && consoleUp) await consoleApp.close();

@@ -82,6 +82,9 @@ function caMaterial(dataDir: string, ca: ServerContext['config']['ca']): { files
  * the audit head the backup holds.
  */
 export async function createBackup(ctx: ServerContext, passphrase: string, who: { actor: string; ip: string | null }): Promise<Buffer> {
+  // the online copy is SQLite's backup API; a PostgreSQL database is backed up with its own tools
+  if (!(ctx.store instanceof SqliteStore))
+    throw new EdgeidError('backup_unsupported_store', 'the store is PostgreSQL: back it up with pg_dump, and ca/ with your file backup');
   return audited(ctx, { event: 'admin.backup', actor: who.actor, ip: who.ip }, (a) =>
     caExclusive(ctx, async () => {
       const dataDir = ctx.config.dataDir;

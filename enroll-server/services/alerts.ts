@@ -112,13 +112,7 @@ export class AlertEngine {
   readonly delivery: DeliveryWorker;
 
   private constructor(private readonly ctx: ServerContext) {
-    this.gauge = registerAlertGauge(ctx.metrics.registry, async () => {
-      const rows = await ctx.store.countOpenAlerts();
-      const out = new Map<string, { rule: string; severity: string; count: number }>();
-      for (const r of ALERT_RULES) out.set(`${r}|${RULE_SEVERITY[r]}`, { rule: r, severity: RULE_SEVERITY[r], count: 0 });
-      for (const r of rows) out.set(`${r.rule}|${r.severity}`, r);
-      return [...out.values()];
-    });
+    this.gauge = openAlertsGauge(ctx);
     this.delivery = startAlertDelivery(ctx);
   }
 
@@ -597,6 +591,25 @@ export class AlertEngine {
     await this.flush().catch(() => undefined);
     await this.delivery.close();
   }
+}
+
+/**
+ * `edgeid_alerts_open` in the server's registry, registered once (read from the store at each
+ * scrape): every instance on a shared database exports it, also those that do not run the rules
+ * (services/leader.ts), and an engine started again keeps the one registered first.
+ */
+export function openAlertsGauge(ctx: ServerContext): Gauge<'rule' | 'severity'> {
+  const known = ctx.metrics.registry.getSingleMetric('edgeid_alerts_open') as Gauge<'rule' | 'severity'> | undefined;
+  return (
+    known ??
+    registerAlertGauge(ctx.metrics.registry, async () => {
+      const rows = await ctx.store.countOpenAlerts();
+      const out = new Map<string, { rule: string; severity: string; count: number }>();
+      for (const r of ALERT_RULES) out.set(`${r}|${RULE_SEVERITY[r]}`, { rule: r, severity: RULE_SEVERITY[r], count: 0 });
+      for (const r of rows) out.set(`${r.rule}|${r.severity}`, r);
+      return [...out.values()];
+    })
+  );
 }
 
 /** The wire form of an alert (protocol/api.ts Alert). */

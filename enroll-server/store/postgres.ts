@@ -244,9 +244,14 @@ export class PostgresStore implements Store {
   /** The schema version the database was at when opened, and the one it is at now. */
   schema: { from: number; to: number } = { from: 0, to: 0 };
 
+  private readonly connectionString: string;
+  private readonly connectTimeoutMs: number;
+
   private constructor(opts: PostgresStoreOptions) {
+    this.connectionString = withPassword(opts.url, opts.password);
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 5000;
     this.pool = new pg.Pool({
-      connectionString: withPassword(opts.url, opts.password),
+      connectionString: this.connectionString,
       max: opts.poolSize ?? 10,
       connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       idleTimeoutMillis: 30_000,
@@ -259,6 +264,21 @@ export class PostgresStore implements Store {
     // pg_terminate_backend) emits 'error' on the client: without a listener that would end the
     // process (https://node-postgres.com/apis/pool#error); the statement in flight fails on its own
     this.pool.on('connect', (client) => client.on('error', (e) => opts.onError?.(e)));
+  }
+
+  /**
+   * A new connection outside the pool, not connected yet, with the pool's settings and TCP
+   * keepalives on (a session that must stay open, e.g. one holding a session advisory lock:
+   * services/leader.ts). The caller connects, listens for 'error' and ends it.
+   */
+  sessionClient(): pg.Client {
+    return new pg.Client({
+      connectionString: this.connectionString,
+      connectionTimeoutMillis: this.connectTimeoutMs,
+      application_name: 'edgeid-server leader',
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
   }
 
   /** Connects, brings the schema to the newest migration (once, whichever instance comes first) and returns the store. */
@@ -464,6 +484,19 @@ export class PostgresStore implements Store {
 
   async setMeta(key: string, value: string): Promise<void> {
     await this.setMetaIn(key, value);
+  }
+
+  async nextCrlNumbers(count: number): Promise<bigint> {
+    // one statement: the upsert takes the row lock, so concurrent instances queue on it and each
+    // reads the value the previous one committed (numeric: a number past 2^63 still adds up)
+    const r = (
+      await this.q(
+        `INSERT INTO meta (key, value) VALUES ('crl_number', (?::int)::text)
+         ON CONFLICT (key) DO UPDATE SET value = (meta.value::numeric + ?::int)::text RETURNING value`,
+        [count, count],
+      )
+    )[0]!;
+    return BigInt(String(r.value)) - BigInt(count) + 1n;
   }
 
   async createToken(t: TokenRecord, audit: AuditInput): Promise<void> {

@@ -483,6 +483,15 @@ export class SqliteStore implements Store {
     this.setMetaSync(key, value);
   }
 
+  async nextCrlNumbers(count: number): Promise<bigint> {
+    // one statement: SQLite serialises writers, so two stores on one file never read the same value
+    const r = this.q(
+      `INSERT INTO meta (key, value) VALUES ('crl_number', CAST(? AS TEXT))
+       ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + ? AS TEXT) RETURNING value`,
+    ).get(BigInt(count), BigInt(count)) as Row;
+    return BigInt(String(r.value)) - BigInt(count) + 1n;
+  }
+
   async createToken(t: TokenRecord, audit: AuditInput): Promise<void> {
     this.tx(() => {
       this.q(

@@ -329,6 +329,13 @@ export interface Store {
 
   getMeta(key: string): Promise<string | null>;
   setMeta(key: string, value: string): Promise<void>;
+  /**
+   * Reserves `count` consecutive CRL numbers atomically (one statement on the meta row
+   * `crl_number`, which holds the last number spent) and returns the first: several server
+   * instances on one database never get the same number, and each reservation is above every
+   * earlier one (RFC 5280 §5.2.3: a CRL number increases monotonically).
+   */
+  nextCrlNumbers(count: number): Promise<bigint>;
 
   createToken(token: TokenRecord, audit: AuditInput): Promise<void>;
   getToken(id: string): Promise<TokenRecord | null>;

@@ -17,6 +17,11 @@ export const backupErrors = defineErrors({
     message: 'The backup file is not an edgeid backup, or it is damaged or truncated (its integrity check failed).',
     fix: 'Restore from another copy of the backup; nothing was written.',
   },
+  backup_unsupported_store: {
+    status: 409,
+    message: 'This server keeps its state in PostgreSQL: edgeid-admin backup copies only a SQLite store.',
+    fix: 'Back up the database with pg_dump (or the PostgreSQL backup you run) and the data dir (ca/, admin-token) with your file backup.',
+  },
   restore_target_not_empty: {
     status: 400,
     message: 'The restore target directory is not empty.',

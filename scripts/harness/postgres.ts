@@ -49,7 +49,11 @@ function runAs(): { user: string; uid: number; gid: number; prefix: string[] } {
   };
 }
 
-export async function startPostgres(): Promise<Postgres> {
+/**
+ * `durable`: fsync, synchronous_commit and full_page_writes left on (PostgreSQL's defaults), for
+ * benchmarks that compare it with SQLite's synchronous = FULL; tests leave them off.
+ */
+export async function startPostgres(o: { durable?: boolean } = {}): Promise<Postgres> {
   const who = runAs();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'edgeid-pg-'));
   const data = path.join(dir, 'data');
@@ -92,16 +96,11 @@ export async function startPostgres(): Promise<Postgres> {
       'listen_addresses=127.0.0.1',
       '-c',
       `unix_socket_directories=${dir}`,
-      '-c',
-      'fsync=off',
-      '-c',
-      'synchronous_commit=off',
-      '-c',
-      'full_page_writes=off',
+      ...(o.durable ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
       '-c',
       'max_connections=200',
       '-c',
-      'shared_buffers=32MB',
+      o.durable ? 'shared_buffers=128MB' : 'shared_buffers=32MB',
       '-c',
       'log_min_messages=warning',
     ]);

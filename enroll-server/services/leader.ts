@@ -1,0 +1,142 @@
+/**
+ * One leader among the server instances sharing a database: the periodic work (housekeeping with
+ * the CRL refresh and retention, the broker reconcile, the alert rules and their webhook
+ * delivery) runs on the leader only, so several instances do not each retire, reconcile or
+ * raise the same alert.
+ *
+ * PostgreSQL: the leader is the instance whose dedicated connection holds the session advisory
+ * lock LEADER_LOCK (pg_try_advisory_lock, https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS).
+ * Every instance tries every `leaderInterval` seconds; the leader checks its connection at the
+ * same pace. The lock belongs to the connection: when the leader's process dies, its backend
+ * ends and the lock is free, and another instance takes it on its next attempt, within one
+ * interval. A leader whose connection breaks steps down at once (its work stops), before another
+ * instance can take the lock. A leader host that vanishes without closing its TCP connection
+ * holds the lock until PostgreSQL notices the dead peer (its tcp_keepalives_* settings).
+ *
+ * SQLite: one instance owns the database file; it is always the leader.
+ */
+import type pg from 'pg';
+import { Gauge } from 'prom-client';
+import type { ServerContext } from './context.js';
+
+/** The advisory lock key of the leader (the migration lock is another key, store/postgres.ts). */
+export const LEADER_LOCK = '7305808092736503811';
+
+export interface LeaderWork {
+  /** Called when this instance becomes the leader (start the periodic work). */
+  gain(): Promise<void>;
+  /** Called when it stops being the leader (stop the periodic work). */
+  lose(): Promise<void>;
+}
+
+export class Leadership {
+  private leader = false;
+  private client: pg.Client | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private busy: Promise<void> = Promise.resolve();
+  private closed = false;
+  private readonly gauge: Gauge;
+
+  private constructor(
+    private readonly ctx: ServerContext,
+    private readonly connect: (() => pg.Client) | null,
+    private readonly work: LeaderWork,
+  ) {
+    this.gauge = new Gauge({
+      name: 'edgeid_leader',
+      help: '1 while this instance runs the periodic work (housekeeping, broker reconcile, alert rules), else 0',
+      registers: [ctx.metrics.registry],
+    });
+    this.gauge.set(0);
+  }
+
+  /** Whether this instance is the leader now. */
+  get isLeader(): boolean {
+    return this.leader;
+  }
+
+  /**
+   * Starts: a first attempt at once, then one every `intervalMs`. `connect` makes the dedicated
+   * PostgreSQL connection (null: SQLite, always the leader).
+   */
+  static async start(ctx: ServerContext, connect: (() => pg.Client) | null, work: LeaderWork, intervalMs: number): Promise<Leadership> {
+    const l = new Leadership(ctx, connect, work);
+    await l.attempt();
+    if (connect) {
+      l.timer = setInterval(() => void l.attempt(), intervalMs);
+      l.timer.unref();
+    }
+    return l;
+  }
+
+  /** One attempt (serialised): take the lock if free, or check that the held one is still held. */
+  attempt(): Promise<void> {
+    const run = this.busy.then(() => this.tryOnce());
+    this.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  private async tryOnce(): Promise<void> {
+    if (this.closed) return;
+    if (!this.connect) {
+      if (!this.leader) await this.become(true, 'single instance');
+      return;
+    }
+    try {
+      if (!this.client) {
+        const c = this.connect();
+        // the connection breaks (database restarted, backend terminated): the lock is gone with it
+        c.on('error', (e) => void this.dropped(c, e.message));
+        c.on('end', () => void this.dropped(c, 'connection ended'));
+        this.client = c;
+        await c.connect();
+      }
+      if (this.leader) {
+        // still connected means still holding the lock (it is only released with the session)
+        await this.client.query('SELECT 1');
+        return;
+      }
+      const r = await this.client.query('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
+      if (r.rows[0]?.ok === true) await this.become(true, 'advisory lock taken');
+    } catch (e) {
+      await this.dropped(this.client, (e as Error).message);
+    }
+  }
+
+  private async dropped(c: pg.Client | null, why: string): Promise<void> {
+    if (c === null || c !== this.client) return;
+    this.client = null;
+    c.removeAllListeners('end');
+    c.on('error', () => undefined);
+    void c.end().catch(() => undefined);
+    this.ctx.log.warn({ err: why.slice(0, 200) }, 'leader connection lost');
+    if (this.leader) await this.become(false, 'connection lost');
+  }
+
+  private async become(leader: boolean, why: string): Promise<void> {
+    this.leader = leader;
+    this.gauge.set(leader ? 1 : 0);
+    this.ctx.log.info({ leader, why }, leader ? 'this instance is the leader' : 'this instance is no longer the leader');
+    try {
+      await (leader ? this.work.gain() : this.work.lose());
+    } catch (e) {
+      this.ctx.log.error({ err: e }, leader ? 'starting the leader work failed' : 'stopping the leader work failed');
+    }
+  }
+
+  /** Stops trying, stops the work if leading, and ends the connection (which releases the lock). */
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.busy;
+    this.closed = true;
+    if (this.leader) await this.become(false, 'server stopping');
+    const c = this.client;
+    this.client = null;
+    if (c) {
+      c.removeAllListeners('end');
+      c.on('error', () => undefined);
+      await c.end().catch(() => undefined);
+    }
+  }
+}
