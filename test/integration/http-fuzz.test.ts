@@ -425,6 +425,13 @@ test(
       { method: 'POST', url: '/v1/admin/users', body: { name: 'fuzz-viewer', role: 'viewer', zones: ['default'] }, admin: true },
       { method: 'POST', url: '/v1/admin/users/:name/disable', params: { name: 'nobody' }, body: {}, admin: true },
       { method: 'POST', url: '/v1/admin/users/:name/rotate-token', params: { name: 'nobody' }, body: {}, admin: true },
+      {
+        method: 'POST',
+        url: '/v1/admin/users/:name/set-role',
+        params: { name: 'nobody' },
+        body: { role: 'viewer', zones: ['default'] },
+        admin: true,
+      },
       { method: 'GET', url: '/v1/admin/alerts', admin: true },
       { method: 'POST', url: '/v1/admin/alerts/:id/ack', params: { id: 'alr-0000000000000000' }, body: {}, admin: true },
       { method: 'GET', url: '/v1/admin/alerts/deliveries', admin: true },
