@@ -28,6 +28,7 @@ import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { arg, f0, f1, flag, pctl } from './harness/bench.js';
 import { binsMode } from './harness/bins.js';
 import { startPostgres, type Postgres } from './harness/postgres.js';
 import { startServerProcess, type ServerProcess } from './harness/server.js';
@@ -35,16 +36,6 @@ import { createSoftDevice, seedSoftDevices, type SoftDevice } from './harness/so
 
 const LOAD_CLIENT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'bench-server.ts');
 
-function arg(name: string, def: string): string {
-  const a = process.argv.slice(2);
-  const i = a.indexOf(name);
-  return i >= 0 ? a[i + 1]! : def;
-}
-const flag = (name: string) => process.argv.slice(2).includes(name);
-const pctl = (sorted: number[], p: number) =>
-  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
-const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : '–');
-const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
 const log = (s: string) => process.stderr.write(`[bench cluster] ${s}\n`);
 
 /** What a load client answers for one phase (scripts/bench-server.ts PhaseResult). */

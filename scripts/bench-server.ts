@@ -53,6 +53,7 @@ import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { objectName, parsePublic } from '../protocol/tpm/public.js';
+import { arg, f0, f1, flag, pctl } from './harness/bench.js';
 import { binsMode } from './harness/bins.js';
 import { createToken, startServerProcess, type ServerProcess } from './harness/server.js';
 import { challenge, createSoftDevice, renew, seedSoftDevices, softClient, type SoftDevice } from './harness/softdevice.js';
@@ -435,18 +436,6 @@ export function summariseProfile(prof: CpuProfile, window: { fromUs: number; toU
 // ---------------------------------------------------------------------------------------------
 // the bench
 // ---------------------------------------------------------------------------------------------
-
-function arg(name: string, def: string): string {
-  const a = process.argv.slice(2);
-  const i = a.indexOf(name);
-  return i >= 0 ? a[i + 1]! : def;
-}
-const flag = (name: string) => process.argv.slice(2).includes(name);
-
-const pctl = (sorted: number[], p: number) =>
-  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
-const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : '–');
-const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
 
 interface Merged {
   ok: number;

@@ -17,40 +17,13 @@ import pino from 'pino';
 import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
 import { CSP, startSession } from '../../enroll-server/console/app.js';
+import { request } from '../helpers/console.js';
 import { withSwtpmEkRoots } from '../../scripts/harness/server.js';
 import { REPO } from '../../scripts/harness/fs.js';
 import { createSoftDevice, softClient } from '../../scripts/harness/softdevice.js';
 import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
 
 const UI_DIR = path.join(REPO, 'enroll-server/console/ui');
-
-interface Res {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: any;
-}
-
-function request(base: string, ca: string, method: string, p: string, o: { headers?: Record<string, string>; body?: string } = {}) {
-  return new Promise<Res>((resolve, reject) => {
-    const req = https.request(new URL(p, base), { method, ca, headers: o.headers ?? {} }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let body: unknown = text;
-        try {
-          body = JSON.parse(text);
-        } catch {
-          /* not JSON */
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
-      });
-    });
-    req.on('error', reject);
-    if (o.body !== undefined) req.write(o.body);
-    req.end();
-  });
-}
 
 /** An open event stream: the device events it received so far, and a wait for one. */
 function events(base: string, ca: string, cookie: string) {

@@ -16,39 +16,10 @@ import { loadConfig } from '../../enroll-server/config.js';
 import { createServer } from '../../enroll-server/server.js';
 import { CSP, MAX_STREAMS_PER_SESSION } from '../../enroll-server/console/app.js';
 import { MAX_SESSIONS_PER_USER } from '../../enroll-server/console/sessions.js';
+import { request } from '../helpers/console.js';
 import { withSwtpmEkRoots } from '../../scripts/harness/server.js';
 import { createSoftDevice, softClient } from '../../scripts/harness/softdevice.js';
 import { softEk, softEnroll } from '../../scripts/harness/softenroll.js';
-
-interface Res {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: any;
-}
-
-function request(base: string, ca: string, method: string, p: string, o: { headers?: Record<string, string>; body?: string } = {}) {
-  return new Promise<Res>((resolve, reject) => {
-    // the path as written (a URL object would read //host/… as another host)
-    const u = new URL(base);
-    const req = https.request({ hostname: u.hostname, port: u.port, path: p, method, ca, headers: o.headers ?? {} }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let body: unknown = text;
-        try {
-          body = JSON.parse(text);
-        } catch {
-          /* not JSON */
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
-      });
-    });
-    req.on('error', reject);
-    if (o.body !== undefined) req.write(o.body);
-    req.end();
-  });
-}
 
 /** An open event stream: device events so far, whether the server ended it, and a wait. */
 function events(base: string, ca: string, cookie: string) {
