@@ -26,6 +26,8 @@
  *     --cpu-prof         the server runs under `node --cpu-prof` (from the sources, so that
  *                        functions and modules have their names); prints the top self-time
  *                        functions and modules
+ *     --client-prof      the load clients run under `node --cpu-prof`; prints the first client's top
+ *                        self-time functions (what the load generator's CPU per renewal is made of)
  *     --tamper-every M   every M-th renewal of each client carries a tampered quote (refused by the
  *                        server): proves that the bench fails on errors (its test)
  *     --enrollments E    fresh devices enrolled at the end (default 256; 0: none): enroll/start with a
@@ -484,6 +486,8 @@ async function startClients(o: {
   tamperEvery: number;
   serverPid: number;
   serverAlive: () => boolean;
+  /** a directory: the clients run under `node --cpu-prof` and write their profiles there */
+  profDir?: string;
 }) {
   const wire = o.devices.map((d): WireDevice => ({
     deviceId: d.deviceId!,
@@ -502,7 +506,10 @@ async function startClients(o: {
       });
     });
   for (let k = 0; k < o.n; k++) {
-    const c = fork(SELF, ['--load-client'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const c = fork(SELF, ['--load-client'], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv: o.profDir ? [...process.execArgv, '--cpu-prof', `--cpu-prof-dir=${o.profDir}`] : process.execArgv,
+    });
     o.children.push(c);
     await waitMsg(c);
   }
@@ -542,6 +549,7 @@ async function main(): Promise<number> {
   const quick = flag('--quick');
   const cpuProf = flag('--cpu-prof');
   const syncOff = flag('--tmpfs');
+  const clientProf = flag('--client-prof');
   const nDevices = Number(arg('--devices', quick ? '32' : '256'));
   const nClients = Number(arg('--clients', quick ? '2' : String(cpus().length)));
   const levels = arg('--concurrency', quick ? '1,8' : '1,4,16,64')
@@ -630,7 +638,18 @@ async function main(): Promise<number> {
     rss.push({ t: 0, mb: procRssMb(serverPid) });
 
     const url = `https://127.0.0.1:${srv.port}`;
-    const { phase } = await startClients({ children, n: nClients, url, caPem: srv.caPem, devices, tamperEvery, serverPid, serverAlive });
+    const clientProfDir = clientProf ? mkdtempSync(path.join(base, 'client-prof-')) : undefined;
+    const { phase } = await startClients({
+      children,
+      n: nClients,
+      url,
+      caPem: srv.caPem,
+      devices,
+      tamperEvery,
+      serverPid,
+      serverAlive,
+      profDir: clientProfDir,
+    });
     log(`${nClients} load processes ready`);
 
     const split = (total: number, k: number) => Math.floor(total / nClients) + (k < total % nClients ? 1 : 0);
@@ -798,6 +817,14 @@ async function main(): Promise<number> {
       out.push(
         summariseProfile(JSON.parse(readFileSync(path.join(profDir, f), 'utf8')) as CpuProfile, { fromUs: loadFromUs, toUs: loadToUs }),
       );
+    }
+    if (clientProfDir) {
+      await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once('exit', r)) : null)));
+      const f = readdirSync(clientProfDir).find((x) => x.endsWith('.cpuprofile'));
+      if (!f) throw new Error('no client .cpuprofile written');
+      out.push('');
+      out.push('Load client (one of them, whole run):');
+      out.push(summariseProfile(JSON.parse(readFileSync(path.join(clientProfDir, f), 'utf8')) as CpuProfile, null));
     }
     console.log(out.join('\n'));
     if (totalErr > 0) failed = true;

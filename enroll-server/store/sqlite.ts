@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { chmodSync, existsSync } from 'node:fs';
+import { chmodSync, close as closeFd, existsSync, fsync, open as openFile } from 'node:fs';
 import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
 import { auditHash, GENESIS_HASH, storableDetails, storableText, verifyChain, type ChainAnchor } from './audit-chain.js';
 import { loadMigrations, migrate } from './migrate.js';
@@ -351,11 +351,20 @@ export class SqliteStore implements Store {
   /**
    * Group commit for the request hot path (renewals, enrollments, challenges): the writes asked
    * for in one turn of the event loop run in one transaction, each in its own savepoint (so one
-   * that throws is rolled back alone), and one commit, one fsync, makes them all durable. Every
-   * caller's promise settles only after that commit: nothing is answered before it is on disk,
-   * as with one transaction per write. better-sqlite3 is synchronous, so while a commit syncs the
-   * thread waits and the next requests queue up: the busier the server, the bigger the groups.
-   * The order of the writes (and of their audit rows) is the order they were asked for.
+   * that throws is rolled back alone), and one commit makes them all durable. The order of the
+   * writes (and of their audit rows) is the order they were asked for.
+   *
+   * Durability as with synchronous = FULL, without the fsync on the event loop: the group commits
+   * with synchronous = NORMAL (in WAL mode the commit then writes the WAL without syncing it,
+   * https://www.sqlite.org/pragma.html#pragma_synchronous), and the WAL file is fsync'd in libuv's
+   * thread pool before any of the group's promises settle: nothing is answered before it is on
+   * disk. Checkpoints are unchanged (NORMAL syncs the WAL before each checkpoint and the database
+   * after it, https://www.sqlite.org/wal.html#performance_considerations), so frames not yet synced
+   * by us are never copied into the database unsynced. While one fsync runs, the next groups commit
+   * and share the next fsync (the busier the server, the bigger the groups). A concurrent request
+   * may read a committed write before its fsync returns; a power cut in that window loses the write
+   * and, at most, an answer given from it (e.g. nonce_used for a nonce whose spend was lost: the
+   * device asks for a new challenge). Every other transaction keeps synchronous = FULL.
    */
   private group: { fn: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }[] = [];
   private groupScheduled = false;
@@ -363,6 +372,7 @@ export class SqliteStore implements Store {
 
   private groupTx<T>(fn: () => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      if (this.walFailure) return reject(this.walFailure);
       this.group.push({ fn, resolve: resolve as (v: unknown) => void, reject });
       if (!this.groupScheduled) {
         this.groupScheduled = true;
@@ -380,36 +390,96 @@ export class SqliteStore implements Store {
       for (const j of jobs) j.reject(new Error('the database connection is not open'));
       return;
     }
-    if (jobs.length === 1) {
-      const j = jobs[0]!;
-      try {
-        j.resolve(this.tx(j.fn));
-      } catch (e) {
-        j.reject(e);
-      }
+    if (this.walFailure) {
+      for (const j of jobs) j.reject(this.walFailure);
       return;
     }
     const results: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
+    const deferSync = this.file !== ':memory:';
+    if (deferSync) this.q('PRAGMA synchronous = NORMAL').run();
     try {
-      this.tx(() => {
-        for (const j of jobs) {
-          try {
-            results.push({ ok: true, value: this.savepoint(j.fn) });
-          } catch (error) {
-            results.push({ ok: false, error });
-          }
+      if (jobs.length === 1) {
+        try {
+          results.push({ ok: true, value: this.tx(jobs[0]!.fn) });
+        } catch (error) {
+          results.push({ ok: false, error });
         }
-      });
+      } else {
+        this.tx(() => {
+          for (const j of jobs) {
+            try {
+              results.push({ ok: true, value: this.savepoint(j.fn) });
+            } catch (error) {
+              results.push({ ok: false, error });
+            }
+          }
+        });
+      }
     } catch (e) {
       // the commit itself failed (e.g. disk full): none of the group was written
       for (const j of jobs) j.reject(e);
       return;
+    } finally {
+      if (deferSync) this.q('PRAGMA synchronous = FULL').run();
     }
-    jobs.forEach((j, i) => {
-      const r = results[i]!;
-      if (r.ok) j.resolve(r.value);
-      else j.reject(r.error);
+    const settle = () =>
+      jobs.forEach((j, i) => {
+        const r = results[i]!;
+        if (r.ok) j.resolve(r.value);
+        else j.reject(r.error);
+      });
+    if (!deferSync) return settle();
+    this.syncWal().then(settle, (e: unknown) => {
+      for (const j of jobs) j.reject(e);
     });
+  }
+
+  /** fsync of the WAL file in the thread pool; calls made while one runs share the next one. */
+  private walSyncRunning = false;
+  private walWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  /** Set when an fsync failed: the kernel may have dropped the unsynced pages, so no later sync can be trusted to cover them, and every later hot-path write is refused (restart the server). */
+  private walFailure: Error | null = null;
+  /** The fsync used (a test replaces it to simulate a failing disk). */
+  walFsync: (fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => void = fsync;
+
+  private syncWal(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.walWaiters.push({ resolve, reject });
+      if (!this.walSyncRunning) this.runWalSync();
+    });
+  }
+
+  private runWalSync(): void {
+    this.walSyncRunning = true;
+    const waiters = this.walWaiters;
+    this.walWaiters = [];
+    const done = (err: NodeJS.ErrnoException | null) => {
+      if (err && !this.walFailure) {
+        this.walFailure = new Error(
+          `the database's write-ahead log could not be synced to disk (${err.code ?? err.message}); restart the server`,
+        );
+      }
+      for (const w of waiters) {
+        if (this.walFailure) w.reject(this.walFailure);
+        else w.resolve();
+      }
+      if (this.walWaiters.length > 0) this.runWalSync();
+      else this.walSyncRunning = false;
+    };
+    if (this.walFailure) return done(null);
+    // opened per sync: the WAL file SQLite keeps (it is the same inode while a connection is open)
+    openFile(`${this.file}-wal`, 'r', (oerr, fd) => {
+      // no WAL file: a checkpoint copied everything into the database, synced it, and removed the WAL
+      if (oerr?.code === 'ENOENT') return done(null);
+      if (oerr) return done(oerr);
+      this.walFsync(fd, (serr) => closeFd(fd, () => done(serr)));
+    });
+  }
+
+  /** Resolves once every write asked for so far is committed and synced. */
+  private async flushGroups(): Promise<void> {
+    if (this.group.length > 0) this.commitGroup();
+    if (this.walSyncRunning) await this.syncWal().catch(() => {});
   }
 
   /**
@@ -469,8 +539,8 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    // writes already asked for are committed (or refused) before the database closes
-    if (this.group.length > 0) this.commitGroup();
+    // writes already asked for are committed and synced (or refused) before the database closes
+    await this.flushGroups();
     if (this.db.open) this.db.close();
   }
 

@@ -146,3 +146,34 @@ test('group commit: a store closed with writes pending commits them first', asyn
   assert.equal((await again.getNonce('late'))!.value, 'late');
   assert.equal((await again.verifyAudit()).ok, true);
 });
+
+test('group commit: no answer before the WAL is synced; a failed fsync refuses the group and every later write', async (t) => {
+  const { s, nonce } = await enrolled(t);
+  const synced: number[] = [];
+  let fail = false;
+  s.walFsync = (fd, cb) => {
+    synced.push(fd);
+    setTimeout(() => cb(fail ? Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }) : null), 20);
+  };
+  let settled = false;
+  const ok = s.createNonce(nonce('a'), 10, audit('challenge a'), 'net').then(() => (settled = true));
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(settled, false, 'the write is committed but not answered while its fsync runs');
+  await ok;
+  assert.equal(synced.length, 1);
+  // writes asked for while an fsync runs share the next one
+  await Promise.all([
+    s.createNonce(nonce('b'), 10, audit('challenge b'), 'net'),
+    new Promise((r) => setImmediate(r)).then(() => s.createNonce(nonce('c'), 10, audit('challenge c'), 'net')),
+    new Promise((r) => setTimeout(r, 5)).then(() => s.createNonce(nonce('d'), 10, audit('challenge d'), 'net')),
+  ]);
+  assert.equal(synced.length, 3, 'b in one sync; c and d, asked for while it ran, in the next');
+  fail = true;
+  await assert.rejects(
+    s.createNonce(nonce('e'), 10, audit('challenge e'), 'net'),
+    /could not be synced to disk \(EIO\); restart the server/,
+  );
+  fail = false;
+  await assert.rejects(s.createNonce(nonce('f'), 10, audit('challenge f'), 'net'), /could not be synced to disk/);
+  assert.equal(await s.getNonce('f'), null, 'nothing written after the failure');
+});
