@@ -100,6 +100,12 @@ export interface ServerConfig {
    */
   leaderInterval: number;
   /**
+   * Imported public keys kept as KeyObjects (a device's AK is used twice per renewal): least
+   * recently used goes first. About 3 KB of native memory each; a fleet larger than the cache
+   * costs one key import per renewal (docs/SCALING.md).
+   */
+  keyCacheSize: number;
+  /**
    * perAddress: every route, per source address, counted at onRequest (before any parsing or
    * validation); enroll / renew / admin: the per-route limits on top of it.
    */
@@ -723,6 +729,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     'baselineWindow',
     'housekeepingInterval',
     'leaderInterval',
+    'keyCacheSize',
     'rateLimit',
     'mqtt',
     'broker',
@@ -885,6 +892,7 @@ export function loadConfig(src: ConfigSources = {}): ServerConfig {
     housekeepingInterval:
       o.housekeepingInterval === undefined ? 60 : duration(root.at('housekeepingInterval'), o.housekeepingInterval, 1, 86400),
     leaderInterval: o.leaderInterval === undefined ? 10 : duration(root.at('leaderInterval'), o.leaderInterval, 1, 3600),
+    keyCacheSize: o.keyCacheSize === undefined ? 16_384 : int(root.at('keyCacheSize'), o.keyCacheSize, 16, 1_000_000),
     rateLimit: {
       perAddress: rate(root.at('rateLimit').at('perAddress'), rl.perAddress, { max: 1200, window: 60 }),
       enroll: rate(root.at('rateLimit').at('enroll'), rl.enroll, { max: 30, window: 60 }),

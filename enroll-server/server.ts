@@ -23,6 +23,7 @@ import { applyRetention } from './services/retention.js';
 import { Leadership } from './services/leader.js';
 import { readWebhookSecret } from './services/alert-delivery.js';
 import { PostgresStore } from './store/postgres.js';
+import { setKeyCacheSize } from '../protocol/tpm/public.js';
 
 export { DATA_FILES };
 
@@ -83,6 +84,7 @@ function loadOrCreateAdminToken(dataDir: string): { hash: Buffer; created: strin
 /** Builds the whole server (store, CA, services, HTTP app) from a validated config. */
 export async function createServer(opts: CreateServerOptions): Promise<EdgeidServer> {
   const { config } = opts;
+  setKeyCacheSize(config.keyCacheSize);
   let boundPort: number | undefined;
   const ctx = await composeContext({
     config,

@@ -43,7 +43,8 @@
  *     done, p50/p99 from the moment each was due, failed renewals, renewals that came after the
  *     device's certificate expired, server RSS every 5 s, CPU, DB size and its growth per day.
  *     --devices N (default 10000; the goal is 100000), --lifetime L (seconds, default 300),
- *     --minutes M (default 15), --clients K.
+ *     --minutes M (default 15), --clients K, --key-cache C (the server's keyCacheSize; default: the
+ *     fleet's size + 5 %, at least 16,384).
  * Exit code 1 when any renewal failed or the server died.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -864,6 +865,8 @@ async function fleetMain(): Promise<number> {
   const minutes = Number(arg('--minutes', '15'));
   const nClients = Number(arg('--clients', String(cpus().length)));
   const intervalMs = (lifetimeS * 1000 * 2) / 3;
+  // the server's AK cache sized to the fleet (config keyCacheSize), unless told otherwise
+  const keyCache = Number(arg('--key-cache', String(Math.min(1_000_000, Math.max(16_384, Math.ceil(nDevices * 1.05))))));
   process.env.EDGEID_TEST_BINS ??= 'dist';
   const mode = binsMode();
   const base = mkdtempSync(path.join('/tmp', 'edgeid-bench-fleet-'));
@@ -872,7 +875,12 @@ async function fleetMain(): Promise<number> {
   let srv: ServerProcess | null = null;
   const children: ChildProcess[] = [];
   try {
-    const config = { ...BENCH_CONFIG, allowShortLifetimes: lifetimeS < 300, zones: { default: { lifetime: lifetimeS } } };
+    const config = {
+      ...BENCH_CONFIG,
+      allowShortLifetimes: lifetimeS < 300,
+      zones: { default: { lifetime: lifetimeS } },
+      keyCacheSize: keyCache,
+    };
     const t0 = performance.now();
     srv = await startServerProcess({ dataDir, config });
     await srv.stop();
@@ -926,7 +934,7 @@ async function fleetMain(): Promise<number> {
     const pick = rss.filter((_, i) => i % Math.max(1, Math.ceil(rss.length / 15)) === 0 || i === rss.length - 1);
     const out: string[] = [];
     out.push(
-      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle' : 'the sources (tsx)'}; data dir on /tmp (synchronous = FULL); ${nClients} load processes on the same machine.`,
+      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle' : 'the sources (tsx)'}; data dir on /tmp (synchronous = FULL); keyCacheSize ${keyCache}; ${nClients} load processes on the same machine.`,
     );
     out.push('');
     out.push(

@@ -22,7 +22,7 @@
  * seedSoftDevices (store rows like an enrollment: scripts/harness/seed.ts, crowd.ts) →
  * softClient (keep-alive HTTPS) → challenge → renewRequest → renew.
  */
-import { createHash, generateKeyPairSync, randomBytes, sign as nodeSign, X509Certificate, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, sign as nodeSign, type KeyObject } from 'node:crypto';
 import https from 'node:https';
 import pino from 'pino';
 import { buildCsr } from '../../agent/tpm/csr.js';
@@ -59,6 +59,8 @@ export interface SoftKey {
   /** nameAlg ‖ SHA-256(TPMT_PUBLIC). */
   name: Buffer;
   privateKey: KeyObject;
+  /** The public key as DER SubjectPublicKeyInfo (the session key's, for its CSR). */
+  spki?: Buffer;
 }
 
 export interface SoftDevice {
@@ -89,14 +91,15 @@ export function softKey(template: Buffer): SoftKey {
   // the point from the SPKI's uncompressed 04‖x‖y, not from a JWK export: Node 20's JWK export of an
   // EC key can deadlock when a garbage collection during it finalizes a key-generation job (seen
   // as a hang of thousands of software devices; gdb: ExportJWKEcKey → GC → ~KeyGenJob → mutex)
-  const point = publicKey.export({ type: 'spki', format: 'der' }).subarray(-64);
+  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  const point = spki.subarray(-64);
   const t = parsePublic(template);
   const pub = marshalPublic({
     ...t,
     ecc: { ...t.ecc!, x: Buffer.from(point.subarray(0, 32)), y: Buffer.from(point.subarray(32)) },
   });
   const parsed = parsePublic(pub);
-  return { public: pub, parsed, name: objectName(parsed), privateKey };
+  return { public: pub, parsed, name: objectName(parsed), privateKey, spki: Buffer.from(spki) };
 }
 
 /** A new device: AK from the agent's AK template, PCRs 0-7 with values of one (random) boot. */
@@ -187,7 +190,7 @@ export async function renewRequest(
   const q = quote(dev, dev.pcrs, quoteQualifyingData(n, dev.claims));
   if (o.tamperQuote) q.attest[q.attest.length - 1]! ^= 0x01;
   const csr = await buildCsr({
-    spki: publicKeySpkiDer(key.parsed),
+    spki: key.spki ?? publicKeySpkiDer(key.parsed),
     // TPM2_Sign of SHA-256(tbs) by an unrestricted ECDSA key = ECDSA-SHA256 over tbs
     sign: async (tbs) => signatureToDer(tpmSign(key.privateKey, tbs)),
   });
@@ -403,9 +406,42 @@ export async function renew(dev: SoftDevice, client: SoftClient, o: SoftEvidence
   return { ...r, nonce, serial };
 }
 
-/** The serial of a PEM certificate as the store keeps it: 16 bytes, lower-case hex (enroll-server/ca randomSerial). */
+/**
+ * The serial of a PEM certificate as the store keeps it: 16 bytes, lower-case hex (enroll-server/ca
+ * randomSerial). Read from the DER without a certificate parser (the load generator does this per
+ * renewal): Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version, serialNumber INTEGER … } }
+ * (RFC 5280 §4.1); test/unit/softdevice-serial.test.ts checks it against X509Certificate.
+ */
 export function certificateSerial(pem: string): string {
-  let s = new X509Certificate(pem).serialNumber.toLowerCase();
+  const der = Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+  let at = 0;
+  /** the header of the TLV at `at`: its tag, and where its value starts and ends */
+  const tlv = () => {
+    const tag = der[at]!;
+    let len = der[at + 1]!;
+    let start = at + 2;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      if (n < 1 || n > 3) throw new Error('certificateSerial: unexpected DER length');
+      len = der.readUIntBE(start, n);
+      start += n;
+    }
+    if (start + len > der.length) throw new Error('certificateSerial: truncated DER');
+    return { tag, start, end: start + len };
+  };
+  const cert = tlv();
+  if (cert.tag !== 0x30) throw new Error('certificateSerial: not a certificate');
+  at = cert.start;
+  const tbs = tlv();
+  if (tbs.tag !== 0x30) throw new Error('certificateSerial: not a certificate');
+  at = tbs.start;
+  let f = tlv();
+  if (f.tag === 0xa0) {
+    at = f.end;
+    f = tlv();
+  }
+  if (f.tag !== 0x02) throw new Error('certificateSerial: no serial number');
+  let s = der.subarray(f.start, f.end).toString('hex');
   // the DER INTEGER's sign octet, when the top bit is set
   while (s.length > 32 && s.startsWith('00')) s = s.slice(2);
   return s;

@@ -26,6 +26,8 @@ test('runs with no config: ./data, 0.0.0.0:8443, one zone "default" with baselin
   assert.equal(c.ek.builtinRoots, true);
   assert.equal(z.requireEkCertificate, null);
   assert.equal(serverUrl(c), 'https://localhost:8443');
+  assert.equal(c.keyCacheSize, 16_384);
+  assert.equal(loadConfig({ argv: [], env: {}, file: { keyCacheSize: 120_000 } }).keyCacheSize, 120_000);
 });
 
 test('flags win over env, env over the config file', () => {
@@ -63,6 +65,8 @@ test('names the bad field for every kind of mistake', () => {
   rejects({ zones: { a: { requireEkCertificate: 0 } } }, /zones\.a\.requireEkCertificate/);
   rejects({ rateLimit: { renew: { max: 0 } } }, /rateLimit\.renew\.max/);
   rejects({ typo: 1 }, /typo: unknown field/);
+  rejects({ keyCacheSize: 8 }, /keyCacheSize: must be an integer from 16 to 1000000/);
+  rejects({ keyCacheSize: '100k' }, /keyCacheSize/);
   rejects({}, /--listen/, ['--listen', 'x']);
   rejects({}, /unknown argument --frobnicate/, ['--frobnicate']);
 });
