@@ -252,6 +252,12 @@ async function loadClient(): Promise<void> {
             const wait = due - performance.now();
             if (wait > 0) await new Promise((res) => setTimeout(res, wait));
             try {
+              // a nonce that ran out (the challenge at start lives challengeTtl, 5 min by default)
+              // is replaced first, as the agent does: renew/challenge, then renew
+              if ((dev.nonceExpiresAt ?? Infinity) < Date.now() + 5000) {
+                const c = await challenge(dev, client!);
+                if (c.status !== 200) throw new Error(`challenge: ${c.status} ${JSON.stringify(c.body).slice(0, 200)}`);
+              }
               const out = await renew(dev, client!, {});
               const done = performance.now();
               if (out.status === 200) {

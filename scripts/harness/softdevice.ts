@@ -83,6 +83,8 @@ export interface SoftDevice {
   certificate: string | null;
   serial: string | null;
   sessionKey: SoftKey | null;
+  /** When the held nonce expires (ms since the epoch), from the last challenge or renewal; null: unknown. */
+  nonceExpiresAt?: number | null;
 }
 
 /** A software P-256 key in the TPMT_PUBLIC of `template` (a TPM2B_PUBLIC with an empty point). */
@@ -378,6 +380,7 @@ export async function challenge(dev: SoftDevice, client: SoftClient): Promise<So
   const r = await client.post('/v1/renew/challenge', { deviceId: dev.deviceId });
   if (r.status === 200) {
     dev.nonce = r.body.nonce;
+    dev.nonceExpiresAt = Date.parse(r.body.expiresAt);
     dev.pcrs = r.body.pcrs;
   }
   return r;
@@ -402,6 +405,7 @@ export async function renew(dev: SoftDevice, client: SoftClient, o: SoftEvidence
   dev.serial = serial;
   dev.sessionKey = sessionKey;
   dev.nonce = r.body.renew.nonce;
+  dev.nonceExpiresAt = Date.parse(r.body.renew.nonceExpiresAt);
   dev.pcrs = r.body.renew.pcrs;
   return { ...r, nonce, serial };
 }
