@@ -13,6 +13,12 @@
  * instance can take the lock. A leader host that vanishes without closing its TCP connection
  * holds the lock until PostgreSQL notices the dead peer (its tcp_keepalives_* settings).
  *
+ * A leader never acts on a stale belief: every statement on its connection must answer within one
+ * interval, or it steps down (a network that drops packets silently keeps a TCP connection "open"
+ * on our side for far longer than PostgreSQL keeps the session, and meanwhile another instance may
+ * take the lock). An instance whose leader work fails to start releases the lock (it ends its
+ * connection) so that another instance, or itself on its next attempt, can lead.
+ *
  * SQLite: one instance owns the database file; it is always the leader.
  */
 import type pg from 'pg';
@@ -41,6 +47,7 @@ export class Leadership {
     private readonly ctx: ServerContext,
     private readonly connect: (() => pg.Client) | null,
     private readonly work: LeaderWork,
+    private readonly intervalMs: number,
   ) {
     this.gauge = new Gauge({
       name: 'edgeid_leader',
@@ -60,12 +67,11 @@ export class Leadership {
    * PostgreSQL connection (null: SQLite, always the leader).
    */
   static async start(ctx: ServerContext, connect: (() => pg.Client) | null, work: LeaderWork, intervalMs: number): Promise<Leadership> {
-    const l = new Leadership(ctx, connect, work);
+    const l = new Leadership(ctx, connect, work, intervalMs);
     await l.attempt();
-    if (connect) {
-      l.timer = setInterval(() => void l.attempt(), intervalMs);
-      l.timer.unref();
-    }
+    // on SQLite too: an attempt whose work failed to start is tried again
+    l.timer = setInterval(() => void l.attempt(), intervalMs);
+    l.timer.unref();
     return l;
   }
 
@@ -89,18 +95,32 @@ export class Leadership {
         c.on('error', (e) => void this.dropped(c, e.message));
         c.on('end', () => void this.dropped(c, 'connection ended'));
         this.client = c;
-        await c.connect();
+        await this.answered(c.connect());
       }
+      const c = this.client;
       if (this.leader) {
         // still connected means still holding the lock (it is only released with the session)
-        await this.client.query('SELECT 1');
+        await this.answered(c.query('SELECT 1'));
         return;
       }
-      const r = await this.client.query('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]);
-      if (r.rows[0]?.ok === true) await this.become(true, 'advisory lock taken');
+      const r = await this.answered(c.query('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]));
+      if (r.rows[0]?.ok === true && !(await this.become(true, 'advisory lock taken'))) {
+        // the work did not start: give the lock back with the session, try again next interval
+        await this.dropped(c, 'the leader work did not start');
+      }
     } catch (e) {
       await this.dropped(this.client, (e as Error).message);
     }
+  }
+
+  /** The statement's answer, or a rejection once one interval has passed without it. */
+  private answered<T>(p: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer from PostgreSQL within ${this.intervalMs} ms`)), this.intervalMs);
+    });
+    p.catch(() => undefined); // a late failure after the timeout is not unhandled
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
   }
 
   private async dropped(c: pg.Client | null, why: string): Promise<void> {
@@ -108,20 +128,50 @@ export class Leadership {
     this.client = null;
     c.removeAllListeners('end');
     c.on('error', () => undefined);
-    void c.end().catch(() => undefined);
+    void this.end(c);
     this.ctx.log.warn({ err: why.slice(0, 200) }, 'leader connection lost');
     if (this.leader) await this.become(false, 'connection lost');
   }
 
-  private async become(leader: boolean, why: string): Promise<void> {
+  /**
+   * Starts or stops the work. Returns false when starting it failed: what started of it is
+   * stopped again and this instance is not the leader.
+   */
+  private async become(leader: boolean, why: string): Promise<boolean> {
     this.leader = leader;
     this.gauge.set(leader ? 1 : 0);
     this.ctx.log.info({ leader, why }, leader ? 'this instance is the leader' : 'this instance is no longer the leader');
     try {
       await (leader ? this.work.gain() : this.work.lose());
+      return true;
     } catch (e) {
       this.ctx.log.error({ err: e }, leader ? 'starting the leader work failed' : 'stopping the leader work failed');
+      if (!leader) return true;
+      this.leader = false;
+      this.gauge.set(0);
+      try {
+        await this.work.lose();
+      } catch (e2) {
+        this.ctx.log.error({ err: e2 }, 'stopping the leader work failed');
+      }
+      return false;
     }
+  }
+
+  /**
+   * Ends a connection without waiting on it; one whose peer no longer answers (end() waits for the
+   * server's close) has its socket destroyed after one interval.
+   */
+  private end(c: pg.Client): Promise<void> {
+    let t: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      t = setTimeout(() => {
+        (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+        resolve();
+      }, this.intervalMs);
+      t.unref();
+    });
+    return Promise.race([c.end().catch(() => undefined), late]).finally(() => clearTimeout(t));
   }
 
   /** Stops trying, stops the work if leading, and ends the connection (which releases the lock). */
@@ -136,7 +186,7 @@ export class Leadership {
     if (c) {
       c.removeAllListeners('end');
       c.on('error', () => undefined);
-      await c.end().catch(() => undefined);
+      await this.end(c);
     }
   }
 }

@@ -73,7 +73,7 @@ import type {
 export const PG_MIGRATIONS_DIR = fileURLToPath(new URL('./migrations-pg/', import.meta.url));
 
 /** Advisory lock keys (bigint): the audit chain's append and the schema migration. */
-const AUDIT_LOCK = '7305808092736503809'; // 0x6564676569640001 ("edgeid" 0001)
+export const AUDIT_LOCK = '7305808092736503809'; // 0x6564676569640001 ("edgeid" 0001)
 const MIGRATE_LOCK = '7305808092736503810';
 
 /** How often a transaction is run again after a deadlock or a serialization failure. */
@@ -88,6 +88,16 @@ export interface PostgresStoreOptions {
   poolSize?: number;
   /** How long to wait for a connection before answering store_unavailable (ms, default 5000). */
   connectTimeoutMs?: number;
+  /**
+   * How long a connection of the pool may sit idle inside an open transaction before PostgreSQL
+   * ends its session (ms, default 10000; idle_in_transaction_session_timeout,
+   * https://www.postgresql.org/docs/15/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT).
+   * An instance that stalls mid-transaction (stopped, swapping, its event loop stuck) would
+   * otherwise hold its row locks and the audit chain's lock, and every instance's writes would
+   * wait behind it. Every transaction here runs its statements back to back, so a few seconds
+   * idle means the instance is stuck.
+   */
+  idleInTransactionTimeoutMs?: number;
   /** Called with pool-level errors (an idle connection lost): they are not fatal. */
   onError?: (e: Error) => void;
 }
@@ -255,6 +265,7 @@ export class PostgresStore implements Store {
       max: opts.poolSize ?? 10,
       connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       idleTimeoutMillis: 30_000,
+      idle_in_transaction_session_timeout: opts.idleInTransactionTimeoutMs ?? 10_000,
       application_name: 'edgeid-server',
     });
     // an idle connection that breaks (the server restarted) is dropped by the pool; without a

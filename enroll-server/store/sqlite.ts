@@ -345,7 +345,18 @@ export class SqliteStore implements Store {
   }
 
   private tx<T>(fn: () => T): T {
+    this.writable();
     return this.db.transaction(fn).immediate();
+  }
+
+  /**
+   * Throws once a WAL fsync has failed: after fsync(2) reports an error the kernel may have
+   * dropped the unsynced pages (https://www.postgresql.org/docs/15/runtime-config-error-handling.html#GUC-DATA-SYNC-RETRY
+   * explains the same hazard), so a later write that syncs fine could make durable a log with a
+   * hole in it. Every write, on the hot path or not, is refused until the server restarts.
+   */
+  private writable(): void {
+    if (this.walFailure) throw this.walFailure;
   }
 
   /**
@@ -410,6 +421,11 @@ export class SqliteStore implements Store {
             try {
               results.push({ ok: true, value: this.savepoint(j.fn) });
             } catch (error) {
+              // SQLite may roll the whole transaction back on some errors (SQLITE_FULL, SQLITE_IOERR,
+              // SQLITE_NOMEM, https://www.sqlite.org/lang_transaction.html "Response To Errors Within
+              // A Transaction"): the members before this one are gone, and the next ones would run in
+              // transactions of their own. The whole group fails with this error.
+              if (!this.db.inTransaction) throw error;
               results.push({ ok: false, error });
             }
           }
@@ -550,10 +566,12 @@ export class SqliteStore implements Store {
   }
 
   async setMeta(key: string, value: string): Promise<void> {
+    this.writable();
     this.setMetaSync(key, value);
   }
 
   async nextCrlNumbers(count: number): Promise<bigint> {
+    this.writable();
     // one statement: SQLite serialises writers, so two stores on one file never read the same value
     const r = this.q(
       `INSERT INTO meta (key, value) VALUES ('crl_number', CAST(? AS TEXT))
@@ -831,6 +849,7 @@ export class SqliteStore implements Store {
   }
 
   async setAkName(id: string, akName: string): Promise<void> {
+    this.writable();
     this.q('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id);
   }
 

@@ -176,4 +176,39 @@ test('group commit: no answer before the WAL is synced; a failed fsync refuses t
   fail = false;
   await assert.rejects(s.createNonce(nonce('f'), 10, audit('challenge f'), 'net'), /could not be synced to disk/);
   assert.equal(await s.getNonce('f'), null, 'nothing written after the failure');
+  // every other write too, not only the hot path's
+  const refused = /could not be synced to disk/;
+  await assert.rejects(s.appendAudit(audit('after the failure')), refused);
+  await assert.rejects(s.setMeta('k', 'v'), refused);
+  await assert.rejects(s.nextCrlNumbers(1), refused);
+  await assert.rejects(s.setAkName('d1', 'aa'), refused);
+  assert.equal(await s.getMeta('k'), null);
+});
+
+test('group commit: a member whose error rolled the whole transaction back fails the group, and nothing of it stays', async (t) => {
+  const { s, nonce } = await enrolled(t);
+  // what SQLite does on SQLITE_FULL or SQLITE_IOERR inside a transaction: it may roll all of it
+  // back (https://www.sqlite.org/lang_transaction.html); the ROLLBACK here stands for that
+  const db = (s as unknown as { db: { exec(sql: string): void } }).db;
+  const groupTx = (s as unknown as { groupTx<T>(fn: () => T): Promise<T> }).groupTx.bind(s);
+  const full = Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+  const results = await Promise.allSettled([
+    s.createNonce(nonce('before'), 10, audit('challenge before'), 'net'),
+    groupTx(() => {
+      db.exec('ROLLBACK');
+      throw full;
+    }),
+    s.createNonce(nonce('after'), 10, audit('challenge after'), 'net'),
+  ]);
+  assert.deepEqual(
+    results.map((r) => r.status === 'rejected' && r.reason),
+    [full, full, full],
+    'every member is refused with the error that rolled the transaction back',
+  );
+  assert.equal(await s.getNonce('before'), null, 'rolled back with the transaction');
+  assert.equal(await s.getNonce('after'), null, 'not committed on its own after the rollback');
+  assert.equal((await s.verifyAudit()).ok, true);
+  // the store goes on
+  await s.createNonce(nonce('later'), 10, audit('challenge later'), 'net');
+  assert.equal((await s.getNonce('later'))!.value, 'later');
 });

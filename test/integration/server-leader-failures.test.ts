@@ -1,0 +1,125 @@
+/**
+ * Leadership under failures, on a real PostgreSQL (the leader's connection through a TCP proxy that
+ * can drop everything silently):
+ * - a leader whose connection stops answering (packets dropped, nothing closed) steps down at its
+ *   next check, within one interval of it, even in the worst case where the database has already
+ *   ended its session and another instance leads: without that check it would lead on for as long
+ *   as its side of the TCP connection stays open;
+ * - an instance whose leader work fails to start gives the lock back, another instance can lead,
+ *   and it tries again itself on its next attempt;
+ * - on SQLite (no lock), work that failed to start is tried again too.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import { LEADER_LOCK, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
+import type { ServerContext } from '../../enroll-server/services/context.js';
+import { FaultProxy } from '../../scripts/harness/fault-proxy.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { freshPostgresDatabase, pgClient, postgresServer, usePostgres } from '../helpers/stores.js';
+
+usePostgres();
+
+const INTERVAL = 500;
+
+/** The two things Leadership reads of the server's context. */
+function context(): ServerContext {
+  return { metrics: { registry: new Registry() }, log: pino({ level: 'silent' }) } as unknown as ServerContext;
+}
+
+/** Work that records what happened, across instances, in one list; `failGains` first starts fail. */
+function work(name: string, events: string[], failGains = 0): LeaderWork {
+  let fails = failGains;
+  return {
+    async gain() {
+      if (fails > 0) {
+        fails--;
+        events.push(`${name} gain failed`);
+        throw new Error('the CA key is not reachable');
+      }
+      events.push(`${name} gain`);
+    },
+    async lose() {
+      events.push(`${name} lose`);
+    },
+  };
+}
+
+async function leadership(t: TestContext, url: string, w: LeaderWork): Promise<Leadership> {
+  const l = await Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-test' }), w, INTERVAL);
+  t.after(() => l.close());
+  return l;
+}
+
+/** Backends holding the leader lock on this database. */
+async function lockHolders(c: pg.Client): Promise<number[]> {
+  const r = await c.query(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((classid::bigint << 32) | objid::bigint) = $1::bigint`,
+    [LEADER_LOCK],
+  );
+  return r.rows.map((x) => Number(x.pid));
+}
+
+test('a leader whose connection goes silent steps down at its next check instead of leading on forever', async (t) => {
+  const url = await freshPostgresDatabase();
+  const srv = await postgresServer();
+  const proxy = await FaultProxy.start(srv.port);
+  t.after(() => proxy.close());
+  const viaProxy = new URL(url);
+  viaProxy.port = String(proxy.port);
+  const watch = await pgClient(t, url);
+  const events: string[] = [];
+
+  const a = await leadership(t, viaProxy.toString(), work('a', events));
+  assert.equal(a.isLeader, true);
+  const b = await leadership(t, url, work('b', events));
+  assert.equal(b.isLeader, false, 'the lock is held');
+  const [holder] = await lockHolders(watch);
+  assert.ok(holder, 'a holds the lock');
+
+  // the network drops everything: a's connection stays open on its side, nothing answers; and
+  // PostgreSQL ends a's session (in production after tcp_keepalives_*, by default hours later;
+  // here at once, the worst case), so the lock is free for b
+  proxy.setMode('blackhole');
+  await watch.query('SELECT pg_terminate_backend($1)', [holder]);
+  await waitFor('the lock released', async () => (await lockHolders(watch)).length === 0);
+  await b.attempt();
+  assert.equal(b.isLeader, true);
+  // a cannot hear it; its next check gets no answer and it steps down within one interval
+  await a.attempt();
+  assert.equal(a.isLeader, false, 'a stepped down: its check got no answer within one interval');
+  assert.deepEqual(events, ['a gain', 'b gain', 'a lose']);
+});
+
+test('an instance whose leader work fails to start gives the lock back and tries again', async (t) => {
+  const url = await freshPostgresDatabase();
+  const watch = await pgClient(t, url);
+  const events: string[] = [];
+
+  const a = await leadership(t, url, work('a', events, 1));
+  assert.equal(a.isLeader, false, 'the work did not start: not the leader');
+  assert.deepEqual(events, ['a gain failed', 'a lose']);
+  // the lock was given back with the session (ended without waiting: poll the catalogue)
+  await waitFor('the lock released', async () => (await lockHolders(watch)).length === 0);
+  const b = await leadership(t, url, work('b', events));
+  assert.equal(b.isLeader, true, 'another instance can lead');
+  await b.close();
+  await a.attempt();
+  assert.equal(a.isLeader, true, 'a leads on its next attempt, its work started this time');
+  assert.deepEqual(events, ['a gain failed', 'a lose', 'b gain', 'b lose', 'a gain']);
+  assert.equal((await lockHolders(watch)).length, 1);
+});
+
+test('SQLite (one instance): leader work that failed to start is tried again', async (t) => {
+  const events: string[] = [];
+  const l = await Leadership.start(context(), null, work('s', events, 1), INTERVAL);
+  t.after(() => l.close());
+  assert.equal(l.isLeader, false);
+  await l.attempt();
+  assert.equal(l.isLeader, true);
+  assert.deepEqual(events, ['s gain failed', 's lose', 's gain']);
+});
