@@ -81,7 +81,20 @@ export function readStorePassword(p: Extract<StoreConfig, { kind: 'postgres' }>[
       `config: store.passwordFile: ${p.file} has mode ${(mode & 0o777).toString(8).padStart(4, '0')}: group and others must have no access (chmod 0600)`,
       { field: 'store.passwordFile' },
     );
-  const text = readFileSync(p.file, 'utf8').replace(/\r?\n$/, '');
+  if ((mode & 0o170000) !== 0o100000)
+    throw new EdgeidError('config_invalid', `config: store.passwordFile: ${p.file} is not a regular file`, { field: 'store.passwordFile' });
+  let raw: string;
+  try {
+    raw = readFileSync(p.file, 'utf8');
+  } catch (e) {
+    // e.g. EACCES: the service user may stat the file but not read it
+    throw new EdgeidError(
+      'config_invalid',
+      `config: store.passwordFile: cannot read ${p.file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+      { field: 'store.passwordFile' },
+    );
+  }
+  const text = raw.replace(/\r?\n$/, '');
   if (!text) throw new EdgeidError('config_invalid', `config: store.passwordFile: ${p.file} is empty`, { field: 'store.passwordFile' });
   return text;
 }

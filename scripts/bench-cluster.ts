@@ -28,7 +28,7 @@ import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { arg, f0, f1, flag, pctl } from './harness/bench.js';
+import { arg, checkArgs, f0, f1, flag, pctl } from './harness/bench.js';
 import { binsMode } from './harness/bins.js';
 import { startPostgres, type Postgres } from './harness/postgres.js';
 import { startServerProcess, type ServerProcess } from './harness/server.js';
@@ -218,6 +218,7 @@ async function runSetup(
 }
 
 async function main(): Promise<number> {
+  checkArgs(['--quick'], ['--devices', '--clients', '--concurrency', '--seconds']);
   const quick = flag('--quick');
   const nDevices = Number(arg('--devices', quick ? '48' : '192'));
   const nClients = Number(arg('--clients', '3'));

@@ -56,7 +56,7 @@ import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { objectName, parsePublic } from '../protocol/tpm/public.js';
-import { arg, f0, f1, flag, pctl } from './harness/bench.js';
+import { arg, checkArgs, f0, f1, flag, pctl } from './harness/bench.js';
 import { binsMode } from './harness/bins.js';
 import { createToken, startServerProcess, type ServerProcess } from './harness/server.js';
 import { challenge, createSoftDevice, renew, seedSoftDevices, softClient, type SoftDevice } from './harness/softdevice.js';
@@ -553,6 +553,10 @@ async function startClients(o: {
 }
 
 async function main(): Promise<number> {
+  checkArgs(
+    ['--quick', '--cpu-prof', '--tmpfs', '--client-prof'],
+    ['--devices', '--clients', '--concurrency', '--seconds', '--tamper-every', '--enrollments'],
+  );
   const quick = flag('--quick');
   const cpuProf = flag('--cpu-prof');
   const syncOff = flag('--tmpfs');
@@ -767,7 +771,7 @@ async function main(): Promise<number> {
     const out: string[] = [];
     const cores = cpus();
     out.push(
-      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle (dist/edgeid-server.js)' : 'the sources (tsx)'}${cpuProf ? ' under --cpu-prof' : ''}; data dir on ${syncOff ? '/dev/shm (tmpfs: fsync free)' : '/tmp'} (synchronous = FULL); ${nDevices} seeded devices, ${nClients} load processes, ${phaseMs / 1000} s per phase, rate limits raised.`,
+      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle (dist/edgeid-server.js)' : 'the sources (tsx)'}${cpuProf ? ' under --cpu-prof' : ''}; data dir on ${syncOff ? '/dev/shm (tmpfs: fsync free)' : '/tmp'} (synchronous = FULL; the hot path's group commit: NORMAL, then the WAL fsync'd before any answer); ${nDevices} seeded devices, ${nClients} load processes, ${phaseMs / 1000} s per phase, rate limits raised.`,
     );
     out.push('');
     out.push(
@@ -866,6 +870,7 @@ async function serverMetrics(url: string, caPem: string): Promise<Record<string,
 
 /** `--fleet`: N devices renewing on schedule (see the header). */
 async function fleetMain(): Promise<number> {
+  checkArgs(['--fleet'], ['--devices', '--lifetime', '--minutes', '--clients', '--key-cache']);
   const nDevices = Number(arg('--devices', '10000'));
   const lifetimeS = Number(arg('--lifetime', '300'));
   const minutes = Number(arg('--minutes', '15'));
@@ -940,7 +945,7 @@ async function fleetMain(): Promise<number> {
     const pick = rss.filter((_, i) => i % Math.max(1, Math.ceil(rss.length / 15)) === 0 || i === rss.length - 1);
     const out: string[] = [];
     out.push(
-      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle' : 'the sources (tsx)'}; data dir on /tmp (synchronous = FULL); keyCacheSize ${keyCache}; ${nClients} load processes on the same machine.`,
+      `Machine: ${cores.length} × ${cores[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}; server from ${mode === 'dist' ? 'the bundle' : 'the sources (tsx)'}; data dir on /tmp (synchronous = FULL; the hot path's group commit: NORMAL, then the WAL fsync'd before any answer); keyCacheSize ${keyCache}; ${nClients} load processes on the same machine.`,
     );
     out.push('');
     out.push(

@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { readStorePassword } from '../../enroll-server/composition.js';
@@ -75,6 +75,17 @@ test('store password: read from a 0600 file (one trailing newline dropped) or a 
   assert.throws(
     () => readStorePassword({ file }, {}),
     (e: any) => e.code === 'config_invalid' && /mode 0640/.test(e.message) && !e.message.includes('s3cret'),
+  );
+  // a directory, or no file at all: config_invalid naming the field, not a raw EISDIR / ENOENT
+  const sub = path.join(dir, 'pwdir');
+  mkdirSync(sub, { mode: 0o700 });
+  assert.throws(
+    () => readStorePassword({ file: sub }, {}),
+    (e: any) => e.code === 'config_invalid' && e.details?.field === 'store.passwordFile' && /is not a regular file/.test(e.message),
+  );
+  assert.throws(
+    () => readStorePassword({ file: path.join(dir, 'missing') }, {}),
+    (e: any) => e.code === 'config_invalid' && /cannot read .*ENOENT/.test(e.message),
   );
   assert.equal(readStorePassword({ env: 'PW' }, { PW: 'x' }), 'x');
   assert.throws(
