@@ -35,6 +35,10 @@ export interface LeaderWork {
   lose(): Promise<void>;
 }
 
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
 export class Leadership {
   private leader = false;
   private client: pg.Client | null = null;
@@ -68,7 +72,8 @@ export class Leadership {
    */
   static async start(ctx: ServerContext, connect: (() => pg.Client) | null, work: LeaderWork, intervalMs: number): Promise<Leadership> {
     const l = new Leadership(ctx, connect, work, intervalMs);
-    await l.attempt();
+    // a first attempt whose work hangs (gain() never returns) must not keep the server from starting
+    await Promise.race([l.attempt(), delay(intervalMs)]);
     // on SQLite too: an attempt whose work failed to start is tried again
     l.timer = setInterval(() => void l.attempt(), intervalMs);
     l.timer.unref();
@@ -143,6 +148,12 @@ export class Leadership {
     this.ctx.log.info({ leader, why }, leader ? 'this instance is the leader' : 'this instance is no longer the leader');
     try {
       await (leader ? this.work.gain() : this.work.lose());
+      if (leader && (!this.leader || this.closed)) {
+        // stepped down while the work was starting (the connection broke, or close() ran):
+        // lose() ran before gain() finished and found nothing to stop; stop what started now
+        await this.work.lose().catch((e2: unknown) => this.ctx.log.error({ err: e2 }, 'stopping the leader work failed'));
+        return false;
+      }
       return true;
     } catch (e) {
       this.ctx.log.error({ err: e }, leader ? 'starting the leader work failed' : 'stopping the leader work failed');
@@ -178,7 +189,8 @@ export class Leadership {
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.busy;
+    // an attempt stuck in gain() is not waited for beyond one interval (become() stops its work when it returns)
+    await Promise.race([this.busy, delay(this.intervalMs)]);
     this.closed = true;
     if (this.leader) await this.become(false, 'server stopping');
     const c = this.client;

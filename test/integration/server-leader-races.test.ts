@@ -1,0 +1,94 @@
+/**
+ * Leadership races (review rev43): the connection breaking while the leader work is starting, and
+ * leader work whose start hangs.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import { LEADER_LOCK, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
+import type { ServerContext } from '../../enroll-server/services/context.js';
+import { waitFor } from '../../scripts/harness/wait.js';
+import { freshPostgresDatabase, pgClient, usePostgres } from '../helpers/stores.js';
+
+usePostgres();
+
+const INTERVAL = 500;
+
+function context(): ServerContext {
+  return { metrics: { registry: new Registry() }, log: pino({ level: 'silent' }) } as unknown as ServerContext;
+}
+
+async function lockHolders(c: pg.Client): Promise<number[]> {
+  const r = await c.query(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((classid::bigint << 32) | objid::bigint) = $1::bigint`,
+    [LEADER_LOCK],
+  );
+  return r.rows.map((x) => Number(x.pid));
+}
+
+/** Work shaped like server.ts's: gain() awaits something (AlertEngine.start), then starts timers; lose() stops what is running. */
+function gatedWork(): { work: LeaderWork; running: () => boolean; open: () => void } {
+  let running = false;
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  return {
+    work: {
+      async gain() {
+        await gate;
+        running = true;
+      },
+      async lose() {
+        running = false;
+      },
+    },
+    running: () => running,
+    open: () => open(),
+  };
+}
+
+const start = (t: TestContext, url: string, w: LeaderWork) => {
+  const p = Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-race' }), w, INTERVAL);
+  t.after(async () => (await p).close());
+  return p;
+};
+
+test('the connection breaks while the leader work is starting: the work does not run on a non-leader', async (t) => {
+  const url = await freshPostgresDatabase();
+  const watch = await pgClient(t, url);
+  const a = gatedWork();
+  const la = start(t, url, a.work);
+  const [holder] = await waitFor('a holds the lock', async () => {
+    const h = await lockHolders(watch);
+    return h.length ? h : null;
+  });
+  // a's session ends while its gain() is still running
+  await watch.query('SELECT pg_terminate_backend($1)', [holder]);
+  await waitFor('the lock released', async () => (await lockHolders(watch)).length === 0);
+  await new Promise((r) => setTimeout(r, 100)); // the client's 'error'/'end' reach Leadership
+  a.open();
+  const l = await la;
+  // another instance takes the lock
+  const b = gatedWork();
+  b.open();
+  const lb = await start(t, url, b.work);
+  assert.equal(lb.isLeader, true);
+  assert.equal(l.isLeader, false);
+  assert.equal(a.running(), false, 'a is not the leader, yet its periodic work runs: two leaders');
+});
+
+test('leader work whose start hangs: close() still returns', { timeout: 20_000 }, async (t) => {
+  const url = await freshPostgresDatabase();
+  const a = gatedWork(); // never opened: gain() hangs
+  const p = Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-race' }), a.work, INTERVAL);
+  const watch = await pgClient(t, url);
+  await waitFor('a holds the lock', async () => (await lockHolders(watch)).length === 1);
+  // Leadership.start itself never resolves (server.listen() hangs); close it once it does
+  const l = await Promise.race([p, new Promise<null>((r) => setTimeout(() => r(null), 10 * INTERVAL))]);
+  assert.ok(l, 'Leadership.start() did not return within 10 intervals: gain() hangs and nothing bounds it');
+  const closed = await Promise.race([l.close().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10 * INTERVAL))]);
+  assert.equal(closed, true, 'close() hangs behind a gain() that never returns');
+});
