@@ -75,14 +75,14 @@ export function readStorePassword(p: Extract<StoreConfig, { kind: 'postgres' }>[
       },
     );
   }
+  if ((mode & 0o170000) !== 0o100000)
+    throw new EdgeidError('config_invalid', `config: store.passwordFile: ${p.file} is not a regular file`, { field: 'store.passwordFile' });
   if ((mode & 0o077) !== 0)
     throw new EdgeidError(
       'config_invalid',
       `config: store.passwordFile: ${p.file} has mode ${(mode & 0o777).toString(8).padStart(4, '0')}: group and others must have no access (chmod 0600)`,
       { field: 'store.passwordFile' },
     );
-  if ((mode & 0o170000) !== 0o100000)
-    throw new EdgeidError('config_invalid', `config: store.passwordFile: ${p.file} is not a regular file`, { field: 'store.passwordFile' });
   let raw: string;
   try {
     raw = readFileSync(p.file, 'utf8');

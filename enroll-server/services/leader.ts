@@ -13,10 +13,11 @@
  * instance can take the lock. A leader host that vanishes without closing its TCP connection
  * holds the lock until PostgreSQL notices the dead peer (its tcp_keepalives_* settings).
  *
- * A leader never acts on a stale belief: every statement on its connection must answer within one
- * interval, or it steps down (a network that drops packets silently keeps a TCP connection "open"
- * on our side for far longer than PostgreSQL keeps the session, and meanwhile another instance may
- * take the lock). An instance whose leader work fails to start releases the lock (it ends its
+ * A leader does not act on a stale belief for long: every statement on its connection must answer
+ * within one interval, or it steps down, at most two intervals after its connection went silent
+ * (a network that drops packets silently keeps a TCP connection "open" on our side for as long as
+ * the kernel retransmits, and PostgreSQL may end the session and give the lock to another instance
+ * sooner). An instance whose leader work fails to start releases the lock (it ends its
  * connection) so that another instance, or itself on its next attempt, can lead.
  *
  * SQLite: one instance owns the database file; it is always the leader.

@@ -166,6 +166,7 @@ export function pgFailure(e: unknown): unknown {
         code === '57P01' || // admin_shutdown
         code === '57P02' || // crash_shutdown
         code === '57P03' || // cannot_connect_now
+        code === '25P03' || // idle_in_transaction_session_timeout ended the session
         code === '53300' || // too_many_connections
         code === '53200' || // out_of_memory
         code === '3D000' || // invalid_catalog_name: the database does not exist

@@ -346,7 +346,25 @@ export class SqliteStore implements Store {
 
   private tx<T>(fn: () => T): T {
     this.writable();
-    return this.db.transaction(fn).immediate();
+    try {
+      return this.db.transaction(fn).immediate();
+    } catch (e) {
+      this.noteIoError(e);
+      throw e;
+    }
+  }
+
+  /**
+   * An I/O error that SQLite saw itself (SQLITE_IOERR and its extended codes, e.g. IOERR_FSYNC on
+   * a FULL commit or a checkpoint, https://www.sqlite.org/rescode.html#ioerr) puts the store in the
+   * same state as a failed WAL fsync of ours: every later write is refused. (Linux reports a
+   * writeback error to one fsync only, so our next fsync of the WAL could succeed over lost pages.)
+   */
+  private noteIoError(e: unknown): void {
+    const code = (e as { code?: unknown } | null)?.code;
+    if (typeof code === 'string' && code.startsWith('SQLITE_IOERR') && !this.walFailure) {
+      this.walFailure = new Error(`the database reported an I/O error (${code}); restart the server`);
+    }
   }
 
   /**
@@ -425,6 +443,7 @@ export class SqliteStore implements Store {
               // SQLITE_NOMEM, https://www.sqlite.org/lang_transaction.html "Response To Errors Within
               // A Transaction"): the members before this one are gone, and the next ones would run in
               // transactions of their own. The whole group fails with this error.
+              this.noteIoError(error);
               if (!this.db.inTransaction) throw error;
               results.push({ ok: false, error });
             }
@@ -445,9 +464,13 @@ export class SqliteStore implements Store {
         else j.reject(r.error);
       });
     if (!deferSync) return settle();
-    this.syncWal().then(settle, (e: unknown) => {
-      for (const j of jobs) j.reject(e);
-    });
+    this.syncWal().then(settle, (e: unknown) =>
+      // a member that failed on its own keeps its own error; the others were not made durable
+      jobs.forEach((j, i) => {
+        const r = results[i]!;
+        j.reject(r.ok ? e : r.error);
+      }),
+    );
   }
 
   /** fsync of the WAL file in the thread pool; calls made while one runs share the next one. */

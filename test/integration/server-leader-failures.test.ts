@@ -64,7 +64,7 @@ async function lockHolders(c: pg.Client): Promise<number[]> {
   return r.rows.map((x) => Number(x.pid));
 }
 
-test('a leader whose connection goes silent steps down at its next check instead of leading on forever', async (t) => {
+test('a leader whose connection goes silent steps down at its next check instead of leading on forever', { timeout: 60_000 }, async (t) => {
   const url = await freshPostgresDatabase();
   const srv = await postgresServer();
   const proxy = await FaultProxy.start(srv.port);
@@ -95,7 +95,7 @@ test('a leader whose connection goes silent steps down at its next check instead
   assert.deepEqual(events, ['a gain', 'b gain', 'a lose']);
 });
 
-test('an instance whose leader work fails to start gives the lock back and tries again', async (t) => {
+test('an instance whose leader work fails to start gives the lock back and tries again', { timeout: 60_000 }, async (t) => {
   const url = await freshPostgresDatabase();
   const watch = await pgClient(t, url);
   const events: string[] = [];
@@ -114,7 +114,7 @@ test('an instance whose leader work fails to start gives the lock back and tries
   assert.equal((await lockHolders(watch)).length, 1);
 });
 
-test('SQLite (one instance): leader work that failed to start is tried again', async (t) => {
+test('SQLite (one instance): leader work that failed to start is tried again', { timeout: 60_000 }, async (t) => {
   const events: string[] = [];
   const l = await Leadership.start(context(), null, work('s', events, 1), INTERVAL);
   t.after(() => l.close());

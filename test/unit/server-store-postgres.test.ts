@@ -78,7 +78,7 @@ test('store password: read from a 0600 file (one trailing newline dropped) or a 
   );
   // a directory, or no file at all: config_invalid naming the field, not a raw EISDIR / ENOENT
   const sub = path.join(dir, 'pwdir');
-  mkdirSync(sub, { mode: 0o700 });
+  mkdirSync(sub, { mode: 0o755 });
   assert.throws(
     () => readStorePassword({ file: sub }, {}),
     (e: any) => e.code === 'config_invalid' && e.details?.field === 'store.passwordFile' && /is not a regular file/.test(e.message),

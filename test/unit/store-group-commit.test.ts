@@ -212,3 +212,21 @@ test('group commit: a member whose error rolled the whole transaction back fails
   await s.createNonce(nonce('later'), 10, audit('challenge later'), 'net');
   assert.equal((await s.getNonce('later'))!.value, 'later');
 });
+
+test('an I/O error SQLite reports (SQLITE_IOERR_*) refuses every later write, as a failed fsync of ours does', async (t) => {
+  const { s, nonce } = await enrolled(t);
+  const groupTx = (s as unknown as { groupTx<T>(fn: () => T): Promise<T> }).groupTx.bind(s);
+  // what better-sqlite3 throws when SQLite's own fsync of a FULL commit or a checkpoint fails
+  const ioerr = Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_FSYNC' });
+  await assert.rejects(
+    groupTx(() => {
+      throw ioerr;
+    }),
+    (e) => e === ioerr,
+  );
+  const refused = /the database reported an I\/O error \(SQLITE_IOERR_FSYNC\); restart the server/;
+  await assert.rejects(s.createNonce(nonce('after'), 10, audit('challenge after'), 'net'), refused);
+  await assert.rejects(s.appendAudit(audit('after')), refused);
+  await assert.rejects(s.setMeta('k', 'v'), refused);
+  assert.equal(await s.getNonce('after'), null);
+});
