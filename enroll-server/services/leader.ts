@@ -17,8 +17,8 @@
  * within one interval, or it steps down, at most two intervals after its connection went silent
  * (a network that drops packets silently keeps a TCP connection "open" on our side for as long as
  * the kernel retransmits, and PostgreSQL may end the session and give the lock to another instance
- * sooner). An instance whose leader work fails to start releases the lock (it ends its
- * connection) so that another instance, or itself on its next attempt, can lead.
+ * sooner). An instance whose leader work fails to start, or does not start within
+ * GAIN_INTERVALS intervals, releases the lock (it ends its connection) so that another instance, or itself on its next attempt, can lead.
  *
  * SQLite: one instance owns the database file; it is always the leader.
  */
@@ -28,6 +28,9 @@ import type { ServerContext } from './context.js';
 
 /** The advisory lock key of the leader (the migration lock is another key, store/postgres.ts). */
 export const LEADER_LOCK = '7305808092736503811';
+
+/** How many intervals gain() may take before this instance gives the leadership up. */
+export const GAIN_INTERVALS = 3;
 
 export interface LeaderWork {
   /** Called when this instance becomes the leader (start the periodic work). */
@@ -148,7 +151,7 @@ export class Leadership {
     this.gauge.set(leader ? 1 : 0);
     this.ctx.log.info({ leader, why }, leader ? 'this instance is the leader' : 'this instance is no longer the leader');
     try {
-      await (leader ? this.work.gain() : this.work.lose());
+      await (leader ? this.startWork() : this.work.lose());
       if (leader && (!this.leader || this.closed)) {
         // stepped down while the work was starting (the connection broke, or close() ran):
         // lose() ran before gain() finished and found nothing to stop; stop what started now
@@ -168,6 +171,33 @@ export class Leadership {
       }
       return false;
     }
+  }
+
+  /**
+   * gain(), failed when it has not finished within GAIN_INTERVALS intervals: while it hangs (on a
+   * database that no longer answers, say) this instance would hold the lock, run no health check
+   * and start nothing. When a gain() given up on finishes after all and this instance is not the
+   * leader by then, what it started is stopped.
+   */
+  private startWork(): Promise<void> {
+    const limit = GAIN_INTERVALS * this.intervalMs;
+    let timer: NodeJS.Timeout | undefined;
+    let gaveUp = false;
+    const gain = this.work.gain();
+    gain.then(
+      () => {
+        if (gaveUp && (!this.leader || this.closed))
+          this.work.lose().catch((e: unknown) => this.ctx.log.error({ err: e }, 'stopping the leader work failed'));
+      },
+      () => undefined,
+    );
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        gaveUp = true;
+        reject(new Error(`the leader work did not start within ${limit} ms`));
+      }, limit);
+    });
+    return Promise.race([gain, late]).finally(() => clearTimeout(timer));
   }
 
   /**

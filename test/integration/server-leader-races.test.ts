@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import pino from 'pino';
 import { Registry } from 'prom-client';
-import { LEADER_LOCK, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
+import { GAIN_INTERVALS, LEADER_LOCK, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
 import type { ServerContext } from '../../enroll-server/services/context.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { freshPostgresDatabase, pgClient, usePostgres } from '../helpers/stores.js';
@@ -92,3 +92,45 @@ test('leader work whose start hangs: close() still returns', { timeout: 20_000 }
   const closed = await Promise.race([l.close().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10 * INTERVAL))]);
   assert.equal(closed, true, 'close() hangs behind a gain() that never returns');
 });
+
+test(
+  'leader work whose start hangs: the instance gives the lock up, another leads, and the late start is stopped',
+  { timeout: 30_000 },
+  async (t) => {
+    const url = await freshPostgresDatabase();
+    const watch = await pgClient(t, url);
+    const a = gatedWork();
+    const events: string[] = [];
+    const la = await start(t, url, {
+      gain: async () => {
+        await a.work.gain();
+        events.push('gain');
+      },
+      lose: async () => {
+        await a.work.lose();
+        events.push('lose');
+      },
+    });
+    // gain() has not returned within GAIN_INTERVALS intervals: a gives up and ends its session
+    await waitFor('a giving the lock up', async () => !la.isLeader && (await lockHolders(watch)).length === 0, {
+      timeoutMs: (GAIN_INTERVALS + 4) * INTERVAL,
+    });
+    const b = gatedWork();
+    b.open();
+    const lb = await start(t, url, b.work);
+    await waitFor('b leading', () => lb.isLeader && b.running(), { timeoutMs: 4 * INTERVAL });
+    // a's gain() finally returns: what it started is stopped at once, a is not the leader
+    a.open();
+    // (a may have given up more than once before b took the lock: each late start is stopped)
+    const stopped = () => {
+      const late = events.slice(events.indexOf('gain'));
+      const n = (e: string) => late.filter((x) => x === e).length;
+      return events.includes('gain') && n('lose') >= n('gain') && !a.running();
+    };
+    await waitFor('the late start stopped', stopped, { timeoutMs: 4 * INTERVAL }).catch((e: Error) =>
+      assert.fail(`${e.message}: ${events.join()}`),
+    );
+    assert.equal(la.isLeader, false);
+    assert.equal(lb.isLeader, true);
+  },
+);
