@@ -49,6 +49,12 @@ export class Leadership {
   private timer: NodeJS.Timeout | null = null;
   private busy: Promise<void> = Promise.resolve();
   private closed = false;
+  /**
+   * A gain() given up on that has not returned yet: until it has (and what it started is stopped),
+   * no attempt is made, so no second gain() runs beside it (the work's gain() is not safe to run
+   * twice at once: server.ts's would start a second AlertEngine and lose the first).
+   */
+  private straggler: Promise<void> | null = null;
   private readonly gauge: Gauge;
 
   private constructor(
@@ -92,7 +98,7 @@ export class Leadership {
   }
 
   private async tryOnce(): Promise<void> {
-    if (this.closed) return;
+    if (this.closed || this.straggler) return;
     if (!this.connect) {
       if (!this.leader) await this.become(true, 'single instance');
       return;
@@ -176,24 +182,27 @@ export class Leadership {
   /**
    * gain(), failed when it has not finished within GAIN_INTERVALS intervals: while it hangs (on a
    * database that no longer answers, say) this instance would hold the lock, run no health check
-   * and start nothing. When a gain() given up on finishes after all and this instance is not the
-   * leader by then, what it started is stopped.
+   * and start nothing. A gain() given up on is waited for before any further attempt (no second
+   * gain() runs beside it); when it finishes after all, what it started is stopped.
    */
   private startWork(): Promise<void> {
     const limit = GAIN_INTERVALS * this.intervalMs;
     let timer: NodeJS.Timeout | undefined;
-    let gaveUp = false;
     const gain = this.work.gain();
-    gain.then(
-      () => {
-        if (gaveUp && (!this.leader || this.closed))
-          this.work.lose().catch((e: unknown) => this.ctx.log.error({ err: e }, 'stopping the leader work failed'));
-      },
-      () => undefined,
-    );
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        gaveUp = true;
+        // no attempt runs until this settles (tryOnce): this instance is not the leader when it
+        // does, so what the late gain() started (all of it, or part of it when it fails) is stopped
+        this.straggler = gain
+          .then(
+            () => undefined,
+            () => undefined,
+          )
+          .then(() => this.work.lose())
+          .catch((e: unknown) => this.ctx.log.error({ err: e }, 'stopping the leader work failed'))
+          .finally(() => {
+            this.straggler = null;
+          });
         reject(new Error(`the leader work did not start within ${limit} ms`));
       }, limit);
     });
