@@ -230,3 +230,25 @@ test('an I/O error SQLite reports (SQLITE_IOERR_*) refuses every later write, as
   await assert.rejects(s.setMeta('k', 'v'), refused);
   assert.equal(await s.getNonce('after'), null);
 });
+
+test('group commit: an I/O error in one member (the transaction still open) commits none of the group', async (t) => {
+  const { s, nonce } = await enrolled(t);
+  const groupTx = (s as unknown as { groupTx<T>(fn: () => T): Promise<T> }).groupTx.bind(s);
+  // SQLite "might or might not" roll back on SQLITE_IOERR (https://www.sqlite.org/lang_transaction.html):
+  // here it did not, so the members after this one would run, and the group commit, after the error
+  const ioerr = Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' });
+  const results = await Promise.allSettled([
+    s.createNonce(nonce('before'), 10, audit('challenge before'), 'net'),
+    groupTx(() => {
+      throw ioerr;
+    }),
+    s.createNonce(nonce('after'), 10, audit('challenge after'), 'net'),
+  ]);
+  assert.deepEqual(
+    results.map((r) => r.status),
+    ['rejected', 'rejected', 'rejected'],
+  );
+  assert.equal(await s.getNonce('after'), null, 'a write run after the I/O error was committed');
+  assert.equal(await s.getNonce('before'), null, 'a write refused to its caller was committed');
+  assert.equal((await s.verifyAudit()).ok, true);
+});
