@@ -443,8 +443,10 @@ export class SqliteStore implements Store {
               // SQLITE_NOMEM, https://www.sqlite.org/lang_transaction.html "Response To Errors Within
               // A Transaction"): the members before this one are gone, and the next ones would run in
               // transactions of their own. The whole group fails with this error.
+              // An I/O error that left the transaction open fails it too: nothing more is written
+              // after it, and nothing of the group is committed (its callers are all refused).
               this.noteIoError(error);
-              if (!this.db.inTransaction) throw error;
+              if (!this.db.inTransaction || this.walFailure) throw error;
               results.push({ ok: false, error });
             }
           }
