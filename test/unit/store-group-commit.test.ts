@@ -252,3 +252,16 @@ test('group commit: an I/O error in one member (the transaction still open) comm
   assert.equal(await s.getNonce('before'), null, 'a write refused to its caller was committed');
   assert.equal((await s.verifyAudit()).ok, true);
 });
+
+test('an I/O error from a write outside a transaction (setMeta, nextCrlNumbers, setAkName) refuses every later write too', async (t) => {
+  const { s } = await enrolled(t);
+  const ioerr = Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_FSYNC' });
+  const inner = s as unknown as { q(sql: string): { run(...a: unknown[]): unknown } };
+  const q = inner.q.bind(s);
+  inner.q = (sql: string) => (sql.startsWith('INSERT INTO meta') ? { run: () => { throw ioerr; } } : q(sql));
+  await assert.rejects(s.setMeta('k', 'v'), (e) => e === ioerr);
+  inner.q = q;
+  const refused = /the database reported an I\/O error \(SQLITE_IOERR_FSYNC\); restart the server/;
+  await assert.rejects(s.appendAudit(audit('after')), refused);
+  await assert.rejects(s.setMeta('k', 'v'), refused);
+});
