@@ -377,6 +377,17 @@ export class SqliteStore implements Store {
     if (this.walFailure) throw this.walFailure;
   }
 
+  /** A write in autocommit (outside tx()): refused as tx() refuses, its I/O error noted as tx() notes it. */
+  private autocommit<T>(fn: () => T): T {
+    this.writable();
+    try {
+      return fn();
+    } catch (e) {
+      this.noteIoError(e);
+      throw e;
+    }
+  }
+
   /**
    * Group commit for the request hot path (renewals, enrollments, challenges): the writes asked
    * for in one turn of the event loop run in one transaction, each in its own savepoint (so one
@@ -591,17 +602,18 @@ export class SqliteStore implements Store {
   }
 
   async setMeta(key: string, value: string): Promise<void> {
-    this.writable();
-    this.setMetaSync(key, value);
+    this.autocommit(() => this.setMetaSync(key, value));
   }
 
   async nextCrlNumbers(count: number): Promise<bigint> {
-    this.writable();
     // one statement: SQLite serialises writers, so two stores on one file never read the same value
-    const r = this.q(
-      `INSERT INTO meta (key, value) VALUES ('crl_number', CAST(? AS TEXT))
+    const r = this.autocommit(
+      () =>
+        this.q(
+          `INSERT INTO meta (key, value) VALUES ('crl_number', CAST(? AS TEXT))
        ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + ? AS TEXT) RETURNING value`,
-    ).get(BigInt(count), BigInt(count)) as Row;
+        ).get(BigInt(count), BigInt(count)) as Row,
+    );
     return BigInt(String(r.value)) - BigInt(count) + 1n;
   }
 
@@ -874,8 +886,7 @@ export class SqliteStore implements Store {
   }
 
   async setAkName(id: string, akName: string): Promise<void> {
-    this.writable();
-    this.q('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id);
+    this.autocommit(() => this.q('UPDATE devices SET ak_name = ? WHERE id = ? AND ak_name IS NULL').run(akName.toLowerCase(), id));
   }
 
   async findLiveDeviceByEk(ekHash: string, legacyHashes: string[] = []): Promise<DeviceRecord | null> {

@@ -16,42 +16,46 @@ import { waitFor } from '../../scripts/harness/wait.js';
 const INTERVAL = 100;
 const context = () => ({ metrics: { registry: new Registry() }, log: pino({ level: 'silent' }) }) as unknown as ServerContext;
 
-test('a given-up gain() still running: no second gain() starts beside it; once it returns, it is stopped, then leading resumes', { timeout: 30_000 }, async (t) => {
-  let calls = 0;
-  let inFlight = 0;
-  let maxInFlight = 0;
-  let open!: () => void;
-  const gate = new Promise<void>((r) => (open = r));
-  const events: string[] = [];
-  const l = await Leadership.start(
-    context(),
-    null,
-    {
-      async gain() {
-        const n = ++calls;
-        inFlight++;
-        maxInFlight = Math.max(maxInFlight, inFlight);
-        try {
-          if (n === 1) await gate;
-        } finally {
-          inFlight--;
-        }
-        events.push(`gain ${n}`);
+test(
+  'a given-up gain() still running: no second gain() starts beside it; once it returns, it is stopped, then leading resumes',
+  { timeout: 30_000 },
+  async (t) => {
+    let calls = 0;
+    let inFlight = 0;
+    let maxInFlight = 0;
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    const events: string[] = [];
+    const l = await Leadership.start(
+      context(),
+      null,
+      {
+        async gain() {
+          const n = ++calls;
+          inFlight++;
+          maxInFlight = Math.max(maxInFlight, inFlight);
+          try {
+            if (n === 1) await gate;
+          } finally {
+            inFlight--;
+          }
+          events.push(`gain ${n}`);
+        },
+        async lose() {
+          events.push('lose');
+        },
       },
-      async lose() {
-        events.push('lose');
-      },
-    },
-    INTERVAL,
-  );
-  t.after(() => l.close());
-  await waitFor('the first gain() given up', () => events.includes('lose'), { timeoutMs: (GAIN_INTERVALS + 20) * INTERVAL });
-  // several attempts' worth of time while gain 1 still hangs
-  await new Promise((r) => setTimeout(r, 5 * INTERVAL));
-  assert.equal(calls, 1, 'a second gain() started while the given-up one still runs');
-  open();
-  await waitFor('leading again', () => l.isLeader && events.includes('gain 2'), { timeoutMs: 30 * INTERVAL });
-  assert.equal(maxInFlight, 1);
-  // gain 1's late start was stopped before gain 2 started
-  assert.deepEqual(events.slice(events.indexOf('gain 1')), ['gain 1', 'lose', 'gain 2']);
-});
+      INTERVAL,
+    );
+    t.after(() => l.close());
+    await waitFor('the first gain() given up', () => events.includes('lose'), { timeoutMs: (GAIN_INTERVALS + 20) * INTERVAL });
+    // several attempts' worth of time while gain 1 still hangs
+    await new Promise((r) => setTimeout(r, 5 * INTERVAL));
+    assert.equal(calls, 1, 'a second gain() started while the given-up one still runs');
+    open();
+    await waitFor('leading again', () => l.isLeader && events.includes('gain 2'), { timeoutMs: 30 * INTERVAL });
+    assert.equal(maxInFlight, 1);
+    // gain 1's late start was stopped before gain 2 started
+    assert.deepEqual(events.slice(events.indexOf('gain 1')), ['gain 1', 'lose', 'gain 2']);
+  },
+);

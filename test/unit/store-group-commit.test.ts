@@ -258,7 +258,14 @@ test('an I/O error from a write outside a transaction (setMeta, nextCrlNumbers, 
   const ioerr = Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_FSYNC' });
   const inner = s as unknown as { q(sql: string): { run(...a: unknown[]): unknown } };
   const q = inner.q.bind(s);
-  inner.q = (sql: string) => (sql.startsWith('INSERT INTO meta') ? { run: () => { throw ioerr; } } : q(sql));
+  inner.q = (sql: string) =>
+    sql.startsWith('INSERT INTO meta')
+      ? {
+          run: () => {
+            throw ioerr;
+          },
+        }
+      : q(sql);
   await assert.rejects(s.setMeta('k', 'v'), (e) => e === ioerr);
   inner.q = q;
   const refused = /the database reported an I\/O error \(SQLITE_IOERR_FSYNC\); restart the server/;
