@@ -47,8 +47,8 @@ function work(name: string, events: string[], failGains = 0): LeaderWork {
   };
 }
 
-async function leadership(t: TestContext, url: string, w: LeaderWork): Promise<Leadership> {
-  const l = await Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-test' }), w, INTERVAL);
+async function leadership(t: TestContext, url: string, w: LeaderWork, interval = INTERVAL): Promise<Leadership> {
+  const l = await Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-test' }), w, interval);
   t.after(() => l.close());
   return l;
 }
@@ -92,7 +92,9 @@ test('a leader whose connection goes silent steps down at its next check instead
   // a cannot hear it; its next check gets no answer and it steps down within one interval
   await a.attempt();
   assert.equal(a.isLeader, false, 'a stepped down: its check got no answer within one interval');
-  assert.deepEqual(events, ['a gain', 'b gain', 'a lose']);
+  // a's own timer may have run that check before b.attempt() returned (a loaded machine): the order
+  // of 'b gain' and 'a lose' is not what is tested, that a stepped down is
+  assert.deepEqual([events[0], ...events.slice(1).sort()], ['a gain', 'a lose', 'b gain']);
 });
 
 test('an instance whose leader work fails to start gives the lock back and tries again', { timeout: 60_000 }, async (t) => {
@@ -100,7 +102,9 @@ test('an instance whose leader work fails to start gives the lock back and tries
   const watch = await pgClient(t, url);
   const events: string[] = [];
 
-  const a = await leadership(t, url, work('a', events, 1));
+  // a's attempts are made by hand (an interval no test step reaches): on a loaded machine its own
+  // timer could otherwise take the lock back before b is started, and b would not lead
+  const a = await leadership(t, url, work('a', events, 1), 60_000);
   assert.equal(a.isLeader, false, 'the work did not start: not the leader');
   assert.deepEqual(events, ['a gain failed', 'a lose']);
   // the lock was given back with the session (ended without waiting: poll the catalogue)
