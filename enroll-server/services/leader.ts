@@ -124,7 +124,7 @@ export class Leadership {
         await this.dropped(c, 'the leader work did not start');
       }
     } catch (e) {
-      await this.dropped(this.client, (e as Error).message);
+      await this.dropped(this.client, e instanceof Error ? e.message : String(e));
     }
   }
 
@@ -157,7 +157,7 @@ export class Leadership {
     this.gauge.set(leader ? 1 : 0);
     this.ctx.log.info({ leader, why }, leader ? 'this instance is the leader' : 'this instance is no longer the leader');
     try {
-      await (leader ? this.startWork() : this.work.lose());
+      await (leader ? this.startWork() : this.stopWork());
       if (leader && (!this.leader || this.closed)) {
         // stepped down while the work was starting (the connection broke, or close() ran):
         // lose() ran before gain() finished and found nothing to stop; stop what started now
@@ -177,6 +177,24 @@ export class Leadership {
       }
       return false;
     }
+  }
+
+  /**
+   * lose(), waited for at most GAIN_INTERVALS intervals: a stop that hangs (a flush to a database
+   * that no longer answers) must not stop every later attempt. It goes on in the background.
+   */
+  private stopWork(): Promise<void> {
+    const lose = this.work.lose();
+    const limit = GAIN_INTERVALS * this.intervalMs;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.ctx.log.warn({ ms: limit }, 'stopping the leader work takes longer than expected; going on');
+        resolve();
+      }, limit);
+      timer.unref();
+    });
+    return Promise.race([lose, late]).finally(() => clearTimeout(timer));
   }
 
   /**

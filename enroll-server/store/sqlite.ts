@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { chmodSync, close as closeFd, existsSync, fsync, open as openFile } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsync, open as openFile, openSync } from 'node:fs';
 import type { AuditRow, AuditVerifyResult, DeviceStatus, RevokeReason } from '../../protocol/api.js';
 import { auditHash, GENESIS_HASH, storableDetails, storableText, verifyChain, type ChainAnchor } from './audit-chain.js';
 import { loadMigrations, migrate } from './migrate.js';
@@ -323,6 +323,14 @@ export class SqliteStore implements Store {
       this.db.close();
       throw e;
     }
+    // the WAL's descriptor before the first write of this store (see walFd)
+    if (file !== ':memory:') {
+      try {
+        this.walFd = openSync(`${file}-wal`, 'r');
+      } catch {
+        // no WAL file yet: opened at the first sync
+      }
+    }
   }
 
   /** The schema version the database was at when opened, and the one it is at now. */
@@ -436,8 +444,8 @@ export class SqliteStore implements Store {
     }
     const results: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
     const deferSync = this.file !== ':memory:';
-    if (deferSync) this.q('PRAGMA synchronous = NORMAL').run();
     try {
+      if (deferSync) this.q('PRAGMA synchronous = NORMAL').run();
       if (jobs.length === 1) {
         try {
           results.push({ ok: true, value: this.tx(jobs[0]!.fn) });
@@ -468,7 +476,13 @@ export class SqliteStore implements Store {
       for (const j of jobs) j.reject(e);
       return;
     } finally {
-      if (deferSync) this.q('PRAGMA synchronous = FULL').run();
+      try {
+        if (deferSync) this.q('PRAGMA synchronous = FULL').run();
+      } catch (e) {
+        // every later commit would go unsynced: refuse them all (the group's answers wait for the
+        // WAL sync, which now fails them)
+        this.walFailure ??= new Error(`the database's synchronous mode could not be restored (${String(e)}); restart the server`);
+      }
     }
     const settle = () =>
       jobs.forEach((j, i) => {
@@ -519,14 +533,25 @@ export class SqliteStore implements Store {
       else this.walSyncRunning = false;
     };
     if (this.walFailure) return done(null);
-    // opened per sync: the WAL file SQLite keeps (it is the same inode while a connection is open)
+    if (this.walFd !== null) return this.walFsync(this.walFd, done);
     openFile(`${this.file}-wal`, 'r', (oerr, fd) => {
-      // no WAL file: a checkpoint copied everything into the database, synced it, and removed the WAL
+      // no WAL file yet: nothing was written since the last connection closed
       if (oerr?.code === 'ENOENT') return done(null);
       if (oerr) return done(oerr);
-      this.walFsync(fd, (serr) => closeFd(fd, () => done(serr)));
+      this.walFd = fd;
+      this.walFsync(fd, done);
     });
   }
+
+  /**
+   * One descriptor of the WAL file for the store's life (SQLite keeps the same file, reset in
+   * place after checkpoints, while a connection is open). Linux reports a writeback error to every
+   * descriptor that was open when it happened, once each, but not to one opened after another
+   * descriptor has seen it (errseq, https://www.kernel.org/doc/html/latest/filesystems/vfs.html):
+   * an automatic checkpoint's fsync inside SQLite can see the error and ignore it, and a
+   * descriptor opened per sync would then report success over the lost pages.
+   */
+  private walFd: number | null = null;
 
   /** Resolves once every write asked for so far is committed and synced. */
   private async flushGroups(): Promise<void> {
@@ -594,6 +619,10 @@ export class SqliteStore implements Store {
     // writes already asked for are committed and synced (or refused) before the database closes
     await this.flushGroups();
     if (this.db.open) this.db.close();
+    if (this.walFd !== null) {
+      closeSync(this.walFd);
+      this.walFd = null;
+    }
   }
 
   async getMeta(key: string): Promise<string | null> {

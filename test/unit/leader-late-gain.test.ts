@@ -59,3 +59,27 @@ test(
     assert.deepEqual(events.slice(events.indexOf('gain 1')), ['gain 1', 'lose', 'gain 2']);
   },
 );
+
+test('a lose() that hangs does not hold close() (nor later attempts) for ever', { timeout: 30_000 }, async () => {
+  let stops = 0;
+  const l = await Leadership.start(
+    context(),
+    null,
+    {
+      async gain() {},
+      lose: () => {
+        stops++;
+        return new Promise<void>(() => undefined); // a flush to a database that never answers
+      },
+    },
+    INTERVAL,
+  );
+  assert.equal(l.isLeader, true);
+  const closed = await Promise.race([
+    l.close().then(() => true),
+    new Promise<boolean>((r) => setTimeout(() => r(false), (GAIN_INTERVALS + 10) * INTERVAL)),
+  ]);
+  assert.equal(closed, true, 'close() waits on a lose() that never returns');
+  assert.equal(stops, 1);
+  assert.equal(l.isLeader, false);
+});
