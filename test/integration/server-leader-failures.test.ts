@@ -12,22 +12,15 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import pino from 'pino';
-import { Registry } from 'prom-client';
-import { LEADER_LOCK, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
-import type { ServerContext } from '../../enroll-server/services/context.js';
+import { Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
 import { FaultProxy } from '../../scripts/harness/fault-proxy.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { freshPostgresDatabase, pgClient, postgresServer, usePostgres } from '../helpers/stores.js';
+import { leaderContext, lockHolders } from '../helpers/leader.js';
 
 usePostgres();
 
 const INTERVAL = 500;
-
-/** The two things Leadership reads of the server's context. */
-function context(): ServerContext {
-  return { metrics: { registry: new Registry() }, log: pino({ level: 'silent' }) } as unknown as ServerContext;
-}
 
 /** Work that records what happened, across instances, in one list; `failGains` first starts fail. */
 function work(name: string, events: string[], failGains = 0): LeaderWork {
@@ -48,20 +41,14 @@ function work(name: string, events: string[], failGains = 0): LeaderWork {
 }
 
 async function leadership(t: TestContext, url: string, w: LeaderWork, interval = INTERVAL): Promise<Leadership> {
-  const l = await Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-test' }), w, interval);
+  const l = await Leadership.start(
+    leaderContext(),
+    () => new pg.Client({ connectionString: url, application_name: 'leader-test' }),
+    w,
+    interval,
+  );
   t.after(() => l.close());
   return l;
-}
-
-/** Backends holding the leader lock on this database. */
-async function lockHolders(c: pg.Client): Promise<number[]> {
-  const r = await c.query(
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-       AND ((classid::bigint << 32) | objid::bigint) = $1::bigint`,
-    [LEADER_LOCK],
-  );
-  return r.rows.map((x) => Number(x.pid));
 }
 
 test('a leader whose connection goes silent steps down at its next check instead of leading on forever', { timeout: 60_000 }, async (t) => {
@@ -120,7 +107,7 @@ test('an instance whose leader work fails to start gives the lock back and tries
 
 test('SQLite (one instance): leader work that failed to start is tried again', { timeout: 60_000 }, async (t) => {
   const events: string[] = [];
-  const l = await Leadership.start(context(), null, work('s', events, 1), INTERVAL);
+  const l = await Leadership.start(leaderContext(), null, work('s', events, 1), INTERVAL);
   t.after(() => l.close());
   assert.equal(l.isLeader, false);
   // on its own timer (no attempt() by hand): the retry is the server's, not the test's

@@ -5,30 +5,14 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import pino from 'pino';
-import { Registry } from 'prom-client';
-import { GAIN_INTERVALS, LEADER_LOCK, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
-import type { ServerContext } from '../../enroll-server/services/context.js';
+import { GAIN_INTERVALS, Leadership, type LeaderWork } from '../../enroll-server/services/leader.js';
 import { waitFor } from '../../scripts/harness/wait.js';
 import { freshPostgresDatabase, pgClient, usePostgres } from '../helpers/stores.js';
+import { leaderContext, lockHolders } from '../helpers/leader.js';
 
 usePostgres();
 
 const INTERVAL = 500;
-
-function context(): ServerContext {
-  return { metrics: { registry: new Registry() }, log: pino({ level: 'silent' }) } as unknown as ServerContext;
-}
-
-async function lockHolders(c: pg.Client): Promise<number[]> {
-  const r = await c.query(
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-       AND ((classid::bigint << 32) | objid::bigint) = $1::bigint`,
-    [LEADER_LOCK],
-  );
-  return r.rows.map((x) => Number(x.pid));
-}
 
 /** Work shaped like server.ts's: gain() awaits something (AlertEngine.start), then starts timers; lose() stops what is running. */
 function gatedWork(): { work: LeaderWork; running: () => boolean; open: () => void } {
@@ -51,7 +35,7 @@ function gatedWork(): { work: LeaderWork; running: () => boolean; open: () => vo
 }
 
 const start = (t: TestContext, url: string, w: LeaderWork) => {
-  const p = Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-race' }), w, INTERVAL);
+  const p = Leadership.start(leaderContext(), () => new pg.Client({ connectionString: url, application_name: 'leader-race' }), w, INTERVAL);
   t.after(async () => (await p).close());
   return p;
 };
@@ -83,7 +67,12 @@ test('the connection breaks while the leader work is starting: the work does not
 test('leader work whose start hangs: close() still returns', { timeout: 20_000 }, async (t) => {
   const url = await freshPostgresDatabase();
   const a = gatedWork(); // never opened: gain() hangs
-  const p = Leadership.start(context(), () => new pg.Client({ connectionString: url, application_name: 'leader-race' }), a.work, INTERVAL);
+  const p = Leadership.start(
+    leaderContext(),
+    () => new pg.Client({ connectionString: url, application_name: 'leader-race' }),
+    a.work,
+    INTERVAL,
+  );
   const watch = await pgClient(t, url);
   await waitFor('a holds the lock', async () => (await lockHolders(watch)).length === 1);
   // Leadership.start itself never resolves (server.listen() hangs); close it once it does

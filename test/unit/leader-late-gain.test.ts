@@ -7,14 +7,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import pino from 'pino';
-import { Registry } from 'prom-client';
 import { GAIN_INTERVALS, Leadership } from '../../enroll-server/services/leader.js';
-import type { ServerContext } from '../../enroll-server/services/context.js';
 import { waitFor } from '../../scripts/harness/wait.js';
+import { leaderContext } from '../helpers/leader.js';
 
 const INTERVAL = 100;
-const context = () => ({ metrics: { registry: new Registry() }, log: pino({ level: 'silent' }) }) as unknown as ServerContext;
 
 test(
   'a given-up gain() still running: no second gain() starts beside it; once it returns, it is stopped, then leading resumes',
@@ -27,7 +24,7 @@ test(
     const gate = new Promise<void>((r) => (open = r));
     const events: string[] = [];
     const l = await Leadership.start(
-      context(),
+      leaderContext(),
       null,
       {
         async gain() {
@@ -63,7 +60,7 @@ test(
 test('a lose() that hangs does not hold close() (nor later attempts) for ever', { timeout: 30_000 }, async () => {
   let stops = 0;
   const l = await Leadership.start(
-    context(),
+    leaderContext(),
     null,
     {
       async gain() {},
