@@ -18,7 +18,8 @@
  * (a network that drops packets silently keeps a TCP connection "open" on our side for as long as
  * the kernel retransmits, and PostgreSQL may end the session and give the lock to another instance
  * sooner). An instance whose leader work fails to start, or does not start within
- * GAIN_INTERVALS intervals, releases the lock (it ends its connection) so that another instance, or itself on its next attempt, can lead.
+ * GAIN_INTERVALS intervals, releases the lock (it ends its connection) so that another instance,
+ * or itself on its next attempt, can lead.
  *
  * SQLite: one instance owns the database file; it is always the leader.
  */
@@ -39,8 +40,24 @@ export interface LeaderWork {
   lose(): Promise<void>;
 }
 
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
+/**
+ * `p`, or what `late()` returns (or throws) once `ms` have passed without it. A timer that is
+ * `unref`'d does not keep the process alive on its own.
+ */
+function within<T>(p: Promise<T>, ms: number, late: () => T, unref = false): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<T>((resolve, reject) => {
+    timer = setTimeout(() => {
+      try {
+        resolve(late());
+      } catch (e) {
+        reject(e);
+      }
+    }, ms);
+    if (unref) timer.unref();
+  });
+  p.catch(() => undefined); // a failure after the timeout is not unhandled
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 export class Leadership {
@@ -83,7 +100,7 @@ export class Leadership {
   static async start(ctx: ServerContext, connect: (() => pg.Client) | null, work: LeaderWork, intervalMs: number): Promise<Leadership> {
     const l = new Leadership(ctx, connect, work, intervalMs);
     // a first attempt whose work hangs (gain() never returns) must not keep the server from starting
-    await Promise.race([l.attempt(), delay(intervalMs)]);
+    await within(l.attempt(), intervalMs, () => undefined, true);
     // on SQLite too: an attempt whose work failed to start is tried again
     l.timer = setInterval(() => void l.attempt(), intervalMs);
     l.timer.unref();
@@ -130,12 +147,9 @@ export class Leadership {
 
   /** The statement's answer, or a rejection once one interval has passed without it. */
   private answered<T>(p: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer from PostgreSQL within ${this.intervalMs} ms`)), this.intervalMs);
+    return within(p, this.intervalMs, () => {
+      throw new Error(`no answer from PostgreSQL within ${this.intervalMs} ms`);
     });
-    p.catch(() => undefined); // a late failure after the timeout is not unhandled
-    return Promise.race([p, late]).finally(() => clearTimeout(timer));
   }
 
   private async dropped(c: pg.Client | null, why: string): Promise<void> {
@@ -161,7 +175,7 @@ export class Leadership {
       if (leader && (!this.leader || this.closed)) {
         // stepped down while the work was starting (the connection broke, or close() ran):
         // lose() ran before gain() finished and found nothing to stop; stop what started now
-        await this.work.lose().catch((e2: unknown) => this.ctx.log.error({ err: e2 }, 'stopping the leader work failed'));
+        await this.loseLogged();
         return false;
       }
       return true;
@@ -170,13 +184,14 @@ export class Leadership {
       if (!leader) return true;
       this.leader = false;
       this.gauge.set(0);
-      try {
-        await this.work.lose();
-      } catch (e2) {
-        this.ctx.log.error({ err: e2 }, 'stopping the leader work failed');
-      }
+      await this.loseLogged();
       return false;
     }
+  }
+
+  /** lose(), its failure logged. */
+  private loseLogged(): Promise<void> {
+    return this.work.lose().catch((e: unknown) => this.ctx.log.error({ err: e }, 'stopping the leader work failed'));
   }
 
   /**
@@ -184,17 +199,13 @@ export class Leadership {
    * that no longer answers) must not stop every later attempt. It goes on in the background.
    */
   private stopWork(): Promise<void> {
-    const lose = this.work.lose();
     const limit = GAIN_INTERVALS * this.intervalMs;
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<void>((resolve) => {
-      timer = setTimeout(() => {
-        this.ctx.log.warn({ ms: limit }, 'stopping the leader work takes longer than expected; going on');
-        resolve();
-      }, limit);
-      timer.unref();
-    });
-    return Promise.race([lose, late]).finally(() => clearTimeout(timer));
+    return within(
+      this.work.lose(),
+      limit,
+      () => this.ctx.log.warn({ ms: limit }, 'stopping the leader work takes longer than expected; going on'),
+      true,
+    );
   }
 
   /**
@@ -205,26 +216,18 @@ export class Leadership {
    */
   private startWork(): Promise<void> {
     const limit = GAIN_INTERVALS * this.intervalMs;
-    let timer: NodeJS.Timeout | undefined;
     const gain = this.work.gain();
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        // no attempt runs until this settles (tryOnce): this instance is not the leader when it
-        // does, so what the late gain() started (all of it, or part of it when it fails) is stopped
-        this.straggler = gain
-          .then(
-            () => undefined,
-            () => undefined,
-          )
-          .then(() => this.work.lose())
-          .catch((e: unknown) => this.ctx.log.error({ err: e }, 'stopping the leader work failed'))
-          .finally(() => {
-            this.straggler = null;
-          });
-        reject(new Error(`the leader work did not start within ${limit} ms`));
-      }, limit);
+    return within(gain, limit, () => {
+      // no attempt runs until this settles (tryOnce): this instance is not the leader when it
+      // does, so what the late gain() started (all of it, or part of it when it fails) is stopped
+      this.straggler = gain
+        .catch(() => undefined)
+        .then(() => this.loseLogged())
+        .finally(() => {
+          this.straggler = null;
+        });
+      throw new Error(`the leader work did not start within ${limit} ms`);
     });
-    return Promise.race([gain, late]).finally(() => clearTimeout(timer));
   }
 
   /**
@@ -232,15 +235,12 @@ export class Leadership {
    * server's close) has its socket destroyed after one interval.
    */
   private end(c: pg.Client): Promise<void> {
-    let t: NodeJS.Timeout | undefined;
-    const late = new Promise<void>((resolve) => {
-      t = setTimeout(() => {
-        (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
-        resolve();
-      }, this.intervalMs);
-      t.unref();
-    });
-    return Promise.race([c.end().catch(() => undefined), late]).finally(() => clearTimeout(t));
+    return within(
+      c.end().catch(() => undefined),
+      this.intervalMs,
+      () => (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy(),
+      true,
+    );
   }
 
   /** Stops trying, stops the work if leading, and ends the connection (which releases the lock). */
@@ -248,7 +248,7 @@ export class Leadership {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     // an attempt stuck in gain() is not waited for beyond one interval (become() stops its work when it returns)
-    await Promise.race([this.busy, delay(this.intervalMs)]);
+    await within(this.busy, this.intervalMs, () => undefined, true);
     this.closed = true;
     if (this.leader) await this.become(false, 'server stopping');
     const c = this.client;

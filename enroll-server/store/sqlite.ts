@@ -353,13 +353,7 @@ export class SqliteStore implements Store {
   }
 
   private tx<T>(fn: () => T): T {
-    this.writable();
-    try {
-      return this.db.transaction(fn).immediate();
-    } catch (e) {
-      this.noteIoError(e);
-      throw e;
-    }
+    return this.autocommit(() => this.db.transaction(fn).immediate());
   }
 
   /**
@@ -385,7 +379,7 @@ export class SqliteStore implements Store {
     if (this.walFailure) throw this.walFailure;
   }
 
-  /** A write in autocommit (outside tx()): refused as tx() refuses, its I/O error noted as tx() notes it. */
+  /** A write that commits on its own (one statement, or tx()'s transaction): refused after a storage failure, its I/O error noted. */
   private autocommit<T>(fn: () => T): T {
     this.writable();
     try {
